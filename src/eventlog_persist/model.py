@@ -1,0 +1,255 @@
+"""The ``EventLog`` ORM model, bound to the host's declarative ``Base``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, overload
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    PrimaryKeyConstraint,
+    String,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.sql.elements import conv
+
+from eventlog_persist.exceptions import ConfigurationError
+from eventlog_persist.ids import new_event_id
+from eventlog_persist.schema import (
+    APPROVAL_STATUS_LENGTH,
+    ERROR_CODE_LENGTH,
+    EVENT_TYPE_LENGTH,
+    FK_NAMES,
+    PK_NAME,
+    TABLE_NAME,
+    TOOL_NAME_LENGTH,
+)
+from eventlog_persist.targets import ForeignKeyTargets
+
+__all__ = ["EventLogMixin", "JSONValue", "KeyT", "event_log_model"]
+
+JSONValue: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None
+"""Any JSON document: what ``payload`` holds."""
+
+KeyT = TypeVar("KeyT", uuid.UUID, int)
+"""The Python type of the host's primary keys: ``uuid.UUID`` or ``int``."""
+
+# JSONB on PostgreSQL; plain JSON elsewhere so a host's SQLite ``create_all()`` keeps working.
+_PAYLOAD_TYPE = JSON().with_variant(JSONB(), "postgresql")
+
+
+class EventLogMixin(Generic[KeyT]):
+    """Columns, keys and indexes of ``event_logs``, for a class that also inherits the host's ``Base``.
+
+    ``KeyT`` is the Python type of the host's primary keys (``uuid.UUID`` or ``int``); the
+    SQL types of the foreign-key columns are copied from the referenced columns, so UUID,
+    INTEGER and BIGINT hosts all work. Set ``__eventlog_targets__`` to point the foreign keys
+    at other table names or another schema::
+
+        class EventLog(EventLogMixin[uuid.UUID], Base):
+            __eventlog_targets__ = ForeignKeyTargets(users="accounts")
+
+    Every constraint and index has a fixed name that a host ``naming_convention`` cannot
+    rewrite, so the model always matches the shipped migration.
+    """
+
+    __eventlog_targets__: ClassVar[ForeignKeyTargets] = ForeignKeyTargets()
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return TABLE_NAME
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        targets = _targets_of(cls)
+        return (
+            PrimaryKeyConstraint("id", name=conv(PK_NAME)),
+            # Timelines of a session / user; the leading column also serves the FK's ON DELETE.
+            Index(conv("ix_event_logs_session_id_created_at"), "session_id", "created_at"),
+            Index(conv("ix_event_logs_user_id_created_at"), "user_id", "created_at"),
+            # Partial: most events may have no project / agent, and ON DELETE SET NULL only
+            # ever looks for non-null keys, so those rows need no index entry.
+            Index(
+                conv("ix_event_logs_project_id_created_at"),
+                "project_id",
+                "created_at",
+                postgresql_where=text("project_id IS NOT NULL"),
+            ),
+            Index(
+                conv("ix_event_logs_agent_id_created_at"),
+                "agent_id",
+                "created_at",
+                postgresql_where=text("agent_id IS NOT NULL"),
+            ),
+            {"schema": targets.schema},
+        )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), primary_key=True, default=new_event_id, sort_order=-10
+    )
+
+    @declared_attr
+    def session_id(cls) -> Mapped[KeyT]:
+        return _foreign_key(cls, "session_id", "chat_sessions", "CASCADE", nullable=False)
+
+    @declared_attr
+    def user_id(cls) -> Mapped[KeyT]:
+        return _foreign_key(cls, "user_id", "users", "CASCADE", nullable=False)
+
+    @declared_attr
+    def project_id(cls) -> Mapped[KeyT | None]:
+        return _foreign_key(cls, "project_id", "user_projects", "SET NULL", nullable=True)
+
+    @declared_attr
+    def agent_id(cls) -> Mapped[KeyT | None]:
+        return _foreign_key(cls, "agent_id", "user_agents", "SET NULL", nullable=True)
+
+    event_type: Mapped[str] = mapped_column(String(EVENT_TYPE_LENGTH), sort_order=-5)
+    payload: Mapped[JSONValue] = mapped_column(
+        _PAYLOAD_TYPE, nullable=False, server_default=text("'{}'"), sort_order=-4
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), sort_order=-3
+    )
+    error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
+    tool_name: Mapped[str | None] = mapped_column(String(TOOL_NAME_LENGTH))
+    approval_status: Mapped[str | None] = mapped_column(String(APPROVAL_STATUS_LENGTH))
+
+    def __init__(
+        self,
+        *,
+        session_id: KeyT,
+        user_id: KeyT,
+        event_type: str,
+        payload: JSONValue = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        error_code: str | None = None,
+        tool_name: str | None = None,
+        approval_status: str | None = None,
+        created_at: datetime | None = None,
+        id: uuid.UUID | None = None,
+    ) -> None:
+        # The id is set now, not at flush, so a caller can log or return it at once.
+        self.id = new_event_id() if id is None else id
+        self.session_id = session_id
+        self.user_id = user_id
+        self.event_type = event_type
+        self.payload = {} if payload is None else payload
+        self.project_id = project_id
+        self.agent_id = agent_id
+        self.error_code = error_code
+        self.tool_name = tool_name
+        self.approval_status = approval_status
+        if created_at is not None:
+            self.created_at = created_at
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} id={self.id} event_type={self.event_type!r} "
+            f"session_id={self.session_id!r}>"
+        )
+
+
+_COLUMN_ORDER = {"session_id": -9, "user_id": -8, "project_id": -7, "agent_id": -6}
+
+
+def _targets_of(cls: type[Any]) -> ForeignKeyTargets:
+    targets = getattr(cls, "__eventlog_targets__", None)
+    if not isinstance(targets, ForeignKeyTargets):
+        raise ConfigurationError(
+            f"{cls.__name__}.__eventlog_targets__ must be a ForeignKeyTargets instance, "
+            f"got {targets!r}; set it to eventlog_persist.ForeignKeyTargets(...)"
+        )
+    return targets
+
+
+def _foreign_key(
+    cls: type[Any], column: str, target: str, ondelete: str, *, nullable: bool
+) -> Mapped[Any]:
+    targets = _targets_of(cls)
+    # No SQL type here: SQLAlchemy copies the referenced column's type (UUID, INTEGER, BIGINT).
+    return mapped_column(
+        ForeignKey(
+            targets.qualified(getattr(targets, target)),
+            ondelete=ondelete,
+            name=conv(FK_NAMES[column]),
+        ),
+        nullable=nullable,
+        sort_order=_COLUMN_ORDER[column],
+    )
+
+
+@overload
+def event_log_model(
+    base: type[DeclarativeBase],
+    *,
+    key_type: type[uuid.UUID] = ...,
+    targets: ForeignKeyTargets | None = ...,
+    class_name: str = ...,
+) -> type[EventLogMixin[uuid.UUID]]: ...
+
+
+@overload
+def event_log_model(
+    base: type[DeclarativeBase],
+    *,
+    key_type: type[int],
+    targets: ForeignKeyTargets | None = ...,
+    class_name: str = ...,
+) -> type[EventLogMixin[int]]: ...
+
+
+def event_log_model(
+    base: type[DeclarativeBase],
+    *,
+    key_type: type[uuid.UUID] | type[int] = uuid.UUID,
+    targets: ForeignKeyTargets | None = None,
+    class_name: str = "EventLog",
+) -> type[EventLogMixin[Any]]:
+    """Create the ``EventLog`` model class on the host's declarative ``Base``.
+
+    Args:
+        base: The host's declarative base (a ``DeclarativeBase`` subclass); the model joins
+            its ``metadata``, so the foreign keys resolve and Alembic autogenerate sees it.
+        key_type: Python type of the host's primary keys, ``uuid.UUID`` or ``int``
+            (``int`` also covers BIGINT keys). It types the foreign-key attributes; their SQL
+            types are always copied from the referenced columns.
+        targets: Names of the referenced host tables and their schema.
+        class_name: Name of the generated class.
+
+    Returns:
+        A mapped class that inherits ``EventLogMixin`` and ``base``.
+
+    Raises:
+        ConfigurationError: An argument has a value the model cannot use.
+
+    Example:
+        >>> EventLog = event_log_model(Base)  # doctest: +SKIP
+    """
+    if not (isinstance(base, type) and issubclass(base, DeclarativeBase)):
+        raise ConfigurationError(
+            f"base must be the host's declarative base class (a sqlalchemy.orm.DeclarativeBase "
+            f"subclass), got {base!r}"
+        )
+    if key_type not in (uuid.UUID, int):
+        raise ConfigurationError(
+            f"key_type must be uuid.UUID or int (the Python type of the host's primary keys), "
+            f"got {key_type!r}"
+        )
+    if not class_name.isidentifier():
+        raise ConfigurationError(f"class_name must be a Python identifier, got {class_name!r}")
+    namespace: dict[str, Any] = {
+        "__eventlog_targets__": targets or ForeignKeyTargets(),
+        "__module__": base.__module__,
+        "__qualname__": class_name,
+    }
+    return type(class_name, (EventLogMixin, base), namespace)

@@ -1,0 +1,121 @@
+"""Real PostgreSQL for every test: a server chosen by --pg-dsn / EVENTLOG_TEST_DSN, else embedded."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
+
+from hostmodels import HostModels, build_host_models
+from pgserver import ServerInfo, start_embedded
+
+_SERVER = pytest.StashKey[ServerInfo]()
+_STOP = pytest.StashKey[object]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pg-dsn",
+        default=os.environ.get("EVENTLOG_TEST_DSN"),
+        help="libpq DSN of a PostgreSQL server to test against (a superuser); default: "
+        "$EVENTLOG_TEST_DSN, else an embedded PostgreSQL 18 started for the run",
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    dsn = config.getoption("--pg-dsn")
+    if dsn:
+        params = conninfo_to_dict(dsn)
+        info = ServerInfo(
+            host=str(params.get("host", "localhost")),
+            port=int(params.get("port", 5432)),
+            user=str(params.get("user", "postgres")),
+            password=str(params["password"]) if params.get("password") else None,
+        )
+    else:
+        server, info = start_embedded(Path(tempfile.mkdtemp(prefix="eventlog-pg-")))
+        config.stash[_STOP] = server
+    # Fail the run loudly when the chosen server is not there; never skip.
+    with psycopg.connect(**info.connect_kwargs("postgres")) as conn:
+        info.version = conn.info.server_version // 10000
+        info.version_text = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    config.stash[_SERVER] = info
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    server = session.config.stash.get(_STOP, None)
+    if server is not None:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    info = config.stash.get(_SERVER, None)
+    if info is None:
+        return "postgresql: not started"
+    where = "embedded" if config.stash.get(_STOP, None) is not None else "--pg-dsn"
+    return f"postgresql: {info.version_text} ({where}, {info.host}:{info.port})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    info = config.stash.get(_SERVER, None)
+    for item in items:
+        marker = item.get_closest_marker("pg_min")
+        if marker and info and info.version < marker.args[0]:
+            item.add_marker(pytest.mark.skip(reason=f"needs PostgreSQL >= {marker.args[0]}"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(pytestconfig: pytest.Config) -> ServerInfo:
+    """The PostgreSQL server under test."""
+    return pytestconfig.stash[_SERVER]
+
+
+@pytest.fixture
+def database_url(pg_server: ServerInfo) -> Iterator[URL]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    dbname = f"evl_test_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=pg_server.user,
+        host=pg_server.host,
+        port=pg_server.port,
+        password=pg_server.password,
+        dbname=dbname,
+    )
+    janitor.init()
+    try:
+        yield pg_server.sqlalchemy_url(dbname)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def engine(database_url: URL) -> Iterator[Engine]:
+    """An engine on the test's fresh database."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def host_models() -> HostModels:
+    """A UUID-keyed host's models with ``EventLog``; override to test other host shapes."""
+    return build_host_models()
+
+
+@pytest.fixture
+def host_engine(engine: Engine, host_models: HostModels) -> Engine:
+    """The fresh database with the host's tables and ``event_logs`` created from the models."""
+    host_models.Base.metadata.create_all(engine)
+    return engine

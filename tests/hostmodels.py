@@ -1,0 +1,82 @@
+"""In-process host models: a fresh declarative Base per test, as hosts define them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, MetaData, String, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from eventlog_persist import EventLogMixin, ForeignKeyTargets, event_log_model
+
+
+@dataclass
+class HostModels:
+    """One host's classes; ``EventLog`` is bound to its ``Base``."""
+
+    Base: type[DeclarativeBase]
+    User: type[Any]
+    ChatSession: type[Any]
+    UserProject: type[Any]
+    UserAgent: type[Any]
+    EventLog: type[EventLogMixin[Any]]
+
+    def new_key(self) -> Any:
+        """A fresh primary-key value of this host's key type (``None``: let the server pick)."""
+        return uuid.uuid4() if self.keys == "uuid" else None
+
+    keys: str = "uuid"
+
+
+def build_host_models(
+    *,
+    keys: str = "uuid",
+    naming_convention: dict[str, str] | None = None,
+    targets: ForeignKeyTargets | None = None,
+) -> HostModels:
+    """Declare a host's tables and bind ``EventLog`` to its ``Base``.
+
+    Args:
+        keys: ``"uuid"`` or ``"integer"`` (INTEGER keys, BIGINT ``chat_sessions.id``).
+        naming_convention: Given to the host's ``MetaData``.
+        targets: Host table names / schema for the event log's foreign keys.
+    """
+    targets = targets or ForeignKeyTargets()
+    host_metadata = MetaData(naming_convention=naming_convention or {}, schema=targets.schema)
+
+    class Base(DeclarativeBase):
+        metadata = host_metadata
+
+    def key_column(big: bool = False) -> Any:
+        if keys == "uuid":
+            return mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+        return mapped_column(BigInteger if big else Integer, primary_key=True, autoincrement=True)
+
+    owner = targets.qualified(targets.users)
+
+    class User(Base):
+        __tablename__ = targets.users
+        id: Mapped[Any] = key_column()
+        name: Mapped[str] = mapped_column(String(100), default="someone")
+
+    class UserProject(Base):
+        __tablename__ = targets.user_projects
+        id: Mapped[Any] = key_column()
+        user_id: Mapped[Any] = mapped_column(ForeignKey(owner, ondelete="CASCADE"))
+
+    class UserAgent(Base):
+        __tablename__ = targets.user_agents
+        id: Mapped[Any] = key_column()
+        user_id: Mapped[Any] = mapped_column(ForeignKey(owner, ondelete="CASCADE"))
+
+    class ChatSession(Base):
+        __tablename__ = targets.chat_sessions
+        id: Mapped[Any] = key_column(big=True)
+        user_id: Mapped[Any] = mapped_column(ForeignKey(owner, ondelete="CASCADE"))
+
+    event_log = event_log_model(
+        Base, key_type=uuid.UUID if keys == "uuid" else int, targets=targets
+    )
+    return HostModels(Base, User, ChatSession, UserProject, UserAgent, event_log, keys)

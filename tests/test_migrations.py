@@ -1,0 +1,255 @@
+"""The eventlog Alembic branch, driven through the real alembic CLI on example host projects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import URL
+
+from catalog import INTEGER_KEYS, UUID_KEYS, expected_event_logs, of_table, snapshot
+from hostkit import HostProject, make_host
+
+
+@pytest.fixture
+def host(tmp_path: Path, database_url: URL) -> HostProject:
+    return make_host(tmp_path / "host", database_url)
+
+
+def event_logs_schema(engine: Engine) -> dict[str, dict[str, object]]:
+    with engine.connect() as connection:
+        return of_table(snapshot(connection), "event_logs")
+
+
+def test_each_branch_has_one_head(host: HostProject) -> None:
+    heads = host.run("heads").stdout.splitlines()
+    assert sorted(heads) == [
+        "eventlog_prereqs (app) (effective head)",
+        "evl_0001 (eventlog) (head)",
+    ]
+
+
+def test_fresh_upgrade_creates_the_spec_table(host: HostProject, engine: Engine) -> None:
+    result = host.run("upgrade", "heads")
+    # The anchor orders event_logs after the host's tables, whatever the location order.
+    assert result.stderr.index("-> h001_core") < result.stderr.index("-> evl_0001")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+
+
+def test_fresh_upgrade_of_eventlog_branch_alone_pulls_in_host_tables(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "eventlog@head")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+
+
+def test_package_location_listed_first_still_orders_after_host(
+    host: HostProject, engine: Engine
+) -> None:
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        "eventlog_persist:migrations %(here)s/migrations/versions",
+    )
+    host.run("upgrade", "heads")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+
+
+def test_integer_keyed_host_with_naming_convention(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url, keys="integer", naming_convention=True)
+    host.run("upgrade", "heads")
+    assert event_logs_schema(engine) == expected_event_logs(INTEGER_KEYS)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+
+
+def test_alembic_check_is_clean_after_upgrade(host: HostProject) -> None:
+    host.run("upgrade", "heads")
+    assert "No new upgrade operations detected." in host.run("check").stdout
+
+
+def test_existing_database_adoption_runs_only_the_package_revision(
+    host: HostProject, engine: Engine
+) -> None:
+    # The host database predates the adoption: only its own history, no anchor, no location.
+    anchor = host.root / "migrations" / "versions" / "eventlog_prereqs.py"
+    anchor_text = anchor.read_text()
+    anchor.unlink()
+    host.edit("alembic.ini", " eventlog_persist:migrations", "")
+    host.run("upgrade", "head")
+    with engine.connect() as connection:
+        before = snapshot(connection)
+    # Adoption: the anchor on the current head, then the location.
+    anchor.write_text(anchor_text)
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+    )
+    result = host.run("upgrade", "heads")
+    ran = [line for line in result.stderr.splitlines() if "Running upgrade" in line]
+    assert len(ran) == 2
+    assert "h001_core -> eventlog_prereqs" in ran[0]
+    assert "-> evl_0001" in ran[1]
+    with engine.connect() as connection:
+        after = snapshot(connection)
+    assert {k: v for k, v in after["columns"].items() if k[0] != "event_logs"} == before["columns"]
+
+
+def test_downgrade_branch_removes_everything_it_created(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "app@head")
+    with engine.connect() as connection:
+        host_only = snapshot(connection)
+    host.run("upgrade", "heads")
+    result = host.run("downgrade", "eventlog@-1")
+    assert "Running downgrade evl_0001" in result.stderr
+    with engine.connect() as connection:
+        after = snapshot(connection)
+    assert after == host_only
+    assert host.run("current").stdout.split()[0] == "eventlog_prereqs"
+
+
+def test_downgrade_to_branch_base_then_upgrade_again(host: HostProject, engine: Engine) -> None:
+    host.run("upgrade", "heads")
+    host.run("downgrade", "eventlog@base")
+    assert not inspect(engine).has_table("event_logs")
+    host.run("upgrade", "heads")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+
+
+def test_full_downgrade_drops_event_logs_before_host_tables(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "heads")
+    host.run("downgrade", "base")
+    assert inspect(engine).get_table_names() == ["alembic_version"]
+
+
+def test_offline_sql_requires_key_type_and_says_how(host: HostProject) -> None:
+    result = host.run("upgrade", "heads", "--sql", check=False)
+    assert result.returncode != 0
+    assert "-x eventlog_persist.pk_type=uuid" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("pk_type", "session_type", "user_type"),
+    [
+        ("uuid", "UUID", "UUID"),
+        ("bigint", "BIGINT", "BIGINT"),
+        (
+            "chat_sessions=bigint,users=integer,user_projects=integer,user_agents=integer",
+            "BIGINT",
+            "INTEGER",
+        ),
+    ],
+)
+def test_offline_sql_with_key_type(
+    host: HostProject, pk_type: str, session_type: str, user_type: str
+) -> None:
+    sql = host.run("-x", f"eventlog_persist.pk_type={pk_type}", "upgrade", "heads", "--sql").stdout
+    assert "CREATE TABLE event_logs (" in sql
+    assert f"session_id {session_type} NOT NULL" in sql
+    assert f"user_id {user_type} NOT NULL" in sql
+    assert "CREATE INDEX ix_event_logs_session_id_created_at" in sql
+    assert "WHERE project_id IS NOT NULL" in sql
+
+
+def test_offline_sql_rejects_incomplete_key_type_map(host: HostProject) -> None:
+    result = host.run(
+        "-x", "eventlog_persist.pk_type=users=integer", "upgrade", "heads", "--sql", check=False
+    )
+    assert "names no key type for chat_sessions, user_agents, user_projects" in result.stderr
+
+
+def test_online_key_type_mismatch_is_refused(host: HostProject, engine: Engine) -> None:
+    result = host.run("-x", "eventlog_persist.pk_type=bigint", "upgrade", "heads", check=False)
+    assert "pk_type says chat_sessions keys are bigint, but the database has uuid" in result.stderr
+    assert not inspect(engine).has_table("event_logs")
+
+
+def test_missing_target_table_fails_clearly_and_writes_nothing(
+    host: HostProject, engine: Engine
+) -> None:
+    host.edit("alembic.ini", "# users = users", "users = accounts")
+    result = host.run("upgrade", "heads", check=False)
+    assert result.returncode != 0
+    assert "FK target table 'accounts' (users) does not exist" in result.stderr
+    # The whole run is one transaction: nothing is half-written.
+    assert inspect(engine).get_table_names() == []
+
+
+def test_missing_anchor_breaks_alembic_and_check_explains(host: HostProject) -> None:
+    (host.root / "migrations" / "versions" / "eventlog_prereqs.py").unlink()
+    assert "KeyError" in host.run("heads", check=False).stderr
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 1
+    assert "no host revision is named 'eventlog_prereqs'" in result.stderr
+    assert "--rev-id eventlog_prereqs" in result.stderr
+
+
+def test_os_path_separator_is_reported(host: HostProject) -> None:
+    host.edit("alembic.ini", "path_separator = space", "path_separator = os")
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        "%(here)s/migrations/versions:eventlog_persist:migrations",
+    )
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 1
+    assert "path_separator = os cuts 'eventlog_persist:migrations'" in result.stderr
+
+
+def test_check_passes_and_verifies_targets_online(host: HostProject) -> None:
+    assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
+    url = host.url.render_as_string(hide_password=False)
+    result = host.run("eventlog-persist", "check", "--url", url, check=False)
+    assert "FK target table 'users' does not exist" in result.stderr
+    host.run("upgrade", "app@head")
+    assert "setup OK" in host.run("eventlog-persist", "check", "--url", url).stdout
+
+
+def test_host_without_model_needs_include_name(host: HostProject) -> None:
+    host.edit("app/models/__init__.py", "from app.models.event_log import EventLog\n", "")
+    host.edit("app/models/__init__.py", '"EventLog", ', "")
+    host.run("upgrade", "heads")
+    result = host.run("check", check=False)
+    assert "Detected removed table 'event_logs'" in result.stderr + result.stdout
+    host.edit(
+        "migrations/env.py",
+        "context.configure(connection=connection, target_metadata=target_metadata)",
+        "context.configure(connection=connection, target_metadata=target_metadata, "
+        "include_name=eventlog_persist.include_name)",
+        count=2,
+    )
+    host.edit("migrations/env.py", "import app.models", "import eventlog_persist\nimport app.models")
+    assert "No new upgrade operations detected." in host.run("check").stdout
+
+
+def test_linear_mode_single_head_upgrade_head_and_downgrade_minus_one(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    assert "not adopted" in host.run("eventlog-persist", "check", check=False).stderr
+    written = host.run("eventlog-persist", "linear-revision").stdout
+    assert "eventlog_0001_create_event_logs.py" in written
+    assert host.run("heads").stdout.split() == ["eventlog_0001", "(app)", "(head)"]
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
+    host.run("upgrade", "head")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    result = host.run("downgrade", "-1")
+    assert "Running downgrade eventlog_0001 -> h001_core" in result.stderr
+    assert not inspect(engine).has_table("event_logs")
+    assert "already has every package revision" in host.run(
+        "eventlog-persist", "linear-revision"
+    ).stdout
+
+
+def test_linear_mode_refuses_branch_mode_host(host: HostProject) -> None:
+    result = host.run("eventlog-persist", "linear-revision", check=False)
+    assert result.returncode == 2
+    assert "is in version_locations (branch mode)" in result.stderr
