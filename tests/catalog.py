@@ -49,7 +49,8 @@ def snapshot(connection: Connection, schema: str = "public") -> dict[str, Any]:
         for table, name, definition in connection.execute(_CONSTRAINTS, params)
     }
     indexes = {
-        (table, name): definition for table, name, definition in connection.execute(_INDEXES, params)
+        (table, name): definition
+        for table, name, definition in connection.execute(_INDEXES, params)
     }
     return {"columns": columns, "constraints": constraints, "indexes": indexes}
 
@@ -65,6 +66,7 @@ def of_table(snap: dict[str, Any], table: str) -> dict[str, dict[str, Any]]:
 def expected_event_logs(key_types: dict[str, str], schema_prefix: str = "") -> dict[str, Any]:
     """What ``event_logs`` must look like for hosts whose keys have ``key_types``."""
     p = schema_prefix
+    on = f"ON {p or 'public.'}event_logs USING btree"
     return {
         "columns": {
             "id": ("uuid", True, None),
@@ -83,24 +85,26 @@ def expected_event_logs(key_types: dict[str, str], schema_prefix: str = "") -> d
             "pk_event_logs": "PRIMARY KEY (id)",
             "fk_event_logs_session_id": f"FOREIGN KEY (session_id) REFERENCES {p}chat_sessions(id) "
             "ON DELETE CASCADE",
-            "fk_event_logs_user_id": f"FOREIGN KEY (user_id) REFERENCES {p}users(id) ON DELETE CASCADE",
+            "fk_event_logs_user_id": f"FOREIGN KEY (user_id) REFERENCES {p}users(id) "
+            "ON DELETE CASCADE",
             "fk_event_logs_project_id": f"FOREIGN KEY (project_id) REFERENCES {p}user_projects(id) "
             "ON DELETE SET NULL",
             "fk_event_logs_agent_id": f"FOREIGN KEY (agent_id) REFERENCES {p}user_agents(id) "
             "ON DELETE SET NULL",
         },
         "indexes": {
-            "pk_event_logs": f"CREATE UNIQUE INDEX pk_event_logs ON {p or 'public.'}event_logs "
-            "USING btree (id)",
-            "ix_event_logs_session_id_created_at": "CREATE INDEX ix_event_logs_session_id_created_at"
-            f" ON {p or 'public.'}event_logs USING btree (session_id, created_at)",
+            "pk_event_logs": f"CREATE UNIQUE INDEX pk_event_logs {on} (id)",
+            "ix_event_logs_session_id_created_at": "CREATE INDEX"
+            " ix_event_logs_session_id_created_at"
+            f" {on} (session_id, created_at)",
             "ix_event_logs_user_id_created_at": "CREATE INDEX ix_event_logs_user_id_created_at"
-            f" ON {p or 'public.'}event_logs USING btree (user_id, created_at)",
-            "ix_event_logs_project_id_created_at": "CREATE INDEX ix_event_logs_project_id_created_at"
-            f" ON {p or 'public.'}event_logs USING btree (project_id, created_at) "
+            f" {on} (user_id, created_at)",
+            "ix_event_logs_project_id_created_at": "CREATE INDEX"
+            " ix_event_logs_project_id_created_at"
+            f" {on} (project_id, created_at) "
             "WHERE (project_id IS NOT NULL)",
             "ix_event_logs_agent_id_created_at": "CREATE INDEX ix_event_logs_agent_id_created_at"
-            f" ON {p or 'public.'}event_logs USING btree (agent_id, created_at) "
+            f" {on} (agent_id, created_at) "
             "WHERE (agent_id IS NOT NULL)",
         },
     }

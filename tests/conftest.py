@@ -1,4 +1,4 @@
-"""Real PostgreSQL for every test: a server chosen by --pg-dsn / EVENTLOG_TEST_DSN, else embedded."""
+"""Real PostgreSQL for every test: the server of --pg-dsn / EVENTLOG_TEST_DSN, else embedded."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hostmodels import HostModels, build_host_models
+from pgserver import ServerInfo, start_embedded
 from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
-
-from hostmodels import HostModels, build_host_models
-from pgserver import ServerInfo, start_embedded
 
 _SERVER = pytest.StashKey[ServerInfo]()
 _STOP = pytest.StashKey[object]()

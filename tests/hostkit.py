@@ -114,7 +114,9 @@ def _integer_keys(host: HostProject) -> None:
         count=4,
     )
     host.edit(models, "user_id: Mapped[uuid.UUID]", "user_id: Mapped[int]", count=3)
-    host.edit(models, "from sqlalchemy import ForeignKey", "from sqlalchemy import BigInteger, ForeignKey")
+    host.edit(
+        models, "from sqlalchemy import ForeignKey", "from sqlalchemy import BigInteger, ForeignKey"
+    )
     path = host.root / models
     text = path.read_text()
     text = re.sub(
@@ -125,7 +127,12 @@ def _integer_keys(host: HostProject) -> None:
     path.write_text(text)
     host.edit("app/models/event_log.py", "EventLogMixin[uuid.UUID]", "EventLogMixin[int]")
     revision = "migrations/versions/h001_core.py"
-    host.edit(revision, 'sa.Column("id", sa.Uuid(), primary_key=True)', 'sa.Column("id", sa.Integer(), primary_key=True)', count=3)
+    host.edit(
+        revision,
+        'sa.Column("id", sa.Uuid(), primary_key=True)',
+        'sa.Column("id", sa.Integer(), primary_key=True)',
+        count=3,
+    )
     host.edit(revision, '"user_id", sa.Uuid()', '"user_id", sa.Integer()', count=2)
     path = host.root / revision
     text = path.read_text()

@@ -43,8 +43,10 @@ class ServerInfo:
         )
 
     def libpq_dsn(self, dbname: str) -> str:
-        return self.sqlalchemy_url(dbname).render_as_string(hide_password=False).replace(
-            "postgresql+psycopg://", "postgresql://"
+        return (
+            self.sqlalchemy_url(dbname)
+            .render_as_string(hide_password=False)
+            .replace("postgresql+psycopg://", "postgresql://")
         )
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect
-from sqlalchemy.engine import URL
-
 from catalog import INTEGER_KEYS, UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import URL
 
 
 @pytest.fixture
@@ -98,9 +97,7 @@ def test_existing_database_adoption_runs_only_the_package_revision(
     assert {k: v for k, v in after["columns"].items() if k[0] != "event_logs"} == before["columns"]
 
 
-def test_downgrade_branch_removes_everything_it_created(
-    host: HostProject, engine: Engine
-) -> None:
+def test_downgrade_branch_removes_everything_it_created(host: HostProject, engine: Engine) -> None:
     host.run("upgrade", "app@head")
     with engine.connect() as connection:
         host_only = snapshot(connection)
@@ -225,7 +222,9 @@ def test_host_without_model_needs_include_name(host: HostProject) -> None:
         "include_name=eventlog_persist.include_name)",
         count=2,
     )
-    host.edit("migrations/env.py", "import app.models", "import eventlog_persist\nimport app.models")
+    host.edit(
+        "migrations/env.py", "import app.models", "import eventlog_persist\nimport app.models"
+    )
     assert "No new upgrade operations detected." in host.run("check").stdout
 
 
@@ -244,9 +243,10 @@ def test_linear_mode_single_head_upgrade_head_and_downgrade_minus_one(
     result = host.run("downgrade", "-1")
     assert "Running downgrade eventlog_0001 -> h001_core" in result.stderr
     assert not inspect(engine).has_table("event_logs")
-    assert "already has every package revision" in host.run(
-        "eventlog-persist", "linear-revision"
-    ).stdout
+    assert (
+        "already has every package revision"
+        in host.run("eventlog-persist", "linear-revision").stdout
+    )
 
 
 def test_linear_mode_refuses_branch_mode_host(host: HostProject) -> None:

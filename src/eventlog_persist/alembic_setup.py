@@ -131,7 +131,7 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
                 f"no host revision is named {ANCHOR_REVISION!r}, which the eventlog branch "
                 "depends on, so every alembic command fails with KeyError. Remove "
                 f"{MIGRATIONS_LOCATION!r} from version_locations, run 'alembic revision -m "
-                f"\"eventlog_persist prerequisites\" --rev-id {ANCHOR_REVISION}' (it must come "
+                f'"eventlog_persist prerequisites" --rev-id {ANCHOR_REVISION}\' (it must come '
                 "after the revisions that create the referenced tables), then add it back"
             )
         if linear:

@@ -47,7 +47,7 @@ _PAYLOAD_TYPE = JSON().with_variant(JSONB(), "postgresql")
 
 
 class EventLogMixin(Generic[KeyT]):
-    """Columns, keys and indexes of ``event_logs``, for a class that also inherits the host's ``Base``.
+    """Columns, keys and indexes of ``event_logs``; a host class inherits it and its ``Base``.
 
     ``KeyT`` is the Python type of the host's primary keys (``uuid.UUID`` or ``int``); the
     SQL types of the foreign-key columns are copied from the referenced columns, so UUID,
@@ -162,7 +162,7 @@ class EventLogMixin(Generic[KeyT]):
 _COLUMN_ORDER = {"session_id": -9, "user_id": -8, "project_id": -7, "agent_id": -6}
 
 
-def _targets_of(cls: type[Any]) -> ForeignKeyTargets:
+def _targets_of(cls: Any) -> ForeignKeyTargets:
     targets = getattr(cls, "__eventlog_targets__", None)
     if not isinstance(targets, ForeignKeyTargets):
         raise ConfigurationError(
@@ -173,7 +173,7 @@ def _targets_of(cls: type[Any]) -> ForeignKeyTargets:
 
 
 def _foreign_key(
-    cls: type[Any], column: str, target: str, ondelete: str, *, nullable: bool
+    cls: Any, column: str, target: str, ondelete: str, *, nullable: bool
 ) -> Mapped[Any]:
     targets = _targets_of(cls)
     # No SQL type here: SQLAlchemy copies the referenced column's type (UUID, INTEGER, BIGINT).

@@ -229,10 +229,12 @@ class PayloadPolicy:
                     f"PayloadPolicy({name}={hook!r}) is not valid; pass a callable or None"
                 )
         record_key = self.redaction_record_key
-        if record_key is not None and (type(record_key) is not str or not record_key):
+        if record_key is not None and (
+            type(record_key) is not str or not record_key or "\x00" in record_key
+        ):
             raise ConfigurationError(
                 f"PayloadPolicy(redaction_record_key={record_key!r}) is not valid; "
-                "use a non-empty str, or None to keep the record out of the payload"
+                "use a non-empty str without NUL, or None to keep the record out of the payload"
             )
         object.__setattr__(self, "redact_keys", self._checked_redact_keys())
         object.__setattr__(self, "_redact_suffixes", _suffixes(self.redact_keys))
@@ -463,7 +465,10 @@ class _Pass:
         if type(value) is int:
             return value if value.bit_length() <= self.max_int_bits else self.big_int(value)
         if type(value) is float:
-            return value if math.isfinite(value) else self.not_finite(value)
+            if math.isfinite(value):
+                return value
+            self.not_finite(value)
+            return None
         if value is None or type(value) is bool:
             return value
         if type(value) is dict:
@@ -514,9 +519,9 @@ class _Pass:
         if default is not None:
             return self.converted(value, "PayloadPolicy.default", lambda: default(value))
         raise self.fail(
-            f"cannot store a {_type_name(value)} {_where(_pointer(self.parts))} as JSON: convert "
-            "it to str, int, float, bool, None, dict or list first, give its class a __json__() "
-            "method, or pass PayloadPolicy(default=...) to convert it"
+            f"cannot store a value of type {_type_name(value)} {_where(_pointer(self.parts))} "
+            "as JSON: convert it to str, int, float, bool, None, dict or list first, give its "
+            "class a __json__() method, or pass PayloadPolicy(default=...) to convert it"
         )
 
     def converted(self, value: object, hook: str, call: Callable[[], object]) -> JSONSafeValue:
@@ -699,7 +704,6 @@ class _Pass:
                 "cannot hold; store None or a str instead, or use PayloadPolicy(non_finite='null')"
             )
         self.note_replaced()
-        return None
 
     def big_int(self, number: int) -> int:
         self.int_text(number, _pointer(self.parts))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from logging.config import fileConfig
 
-from alembic import context
-from sqlalchemy import create_engine, pool
-
 import app.models  # noqa: F401  (registers every model on Base.metadata)
+from alembic import context
 from app.database import Base
+from sqlalchemy import create_engine, pool
 
 config = context.config
 if config.config_file_name is not None:

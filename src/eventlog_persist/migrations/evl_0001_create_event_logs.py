@@ -167,9 +167,7 @@ def upgrade() -> None:
         sa.Column("id", postgresql.UUID(), nullable=False),
         *fk_columns,
         sa.Column("event_type", sa.String(64), nullable=False),
-        sa.Column(
-            "payload", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'")
-        ),
+        sa.Column("payload", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'")),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),

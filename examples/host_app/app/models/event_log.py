@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from eventlog_persist import EventLogMixin
-
 from app.database import Base
+from eventlog_persist import EventLogMixin
 
 
 class EventLog(EventLogMixin[uuid.UUID], Base):

@@ -1,0 +1,883 @@
+"""Tests for prepare_payload and PayloadPolicy: conversions, JSONB limits, size caps, redaction."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import copy
+import dataclasses
+import enum
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventLogError,
+    PayloadError,
+    ValidationError,
+)
+from eventlog_persist.payload import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_POLICY,
+    DEFAULT_REDACT_KEYS,
+    REDACTED,
+    PayloadPolicy,
+    PreparedPayload,
+    prepare_payload,
+)
+
+REPLACEMENT = "\ufffd"
+NO_REDACTION = PayloadPolicy(redact_keys=frozenset())
+
+
+def prepare(value: object, **policy: Any) -> PreparedPayload:
+    return prepare_payload(value, policy=PayloadPolicy(**policy))
+
+
+def assert_consistent(result: PreparedPayload) -> None:
+    assert json.loads(result.json_text) == result.value
+    assert result.size_bytes == len(result.json_text.encode("utf-8"))
+
+
+def payload_error(value: object, **policy: Any) -> PayloadError:
+    with pytest.raises(PayloadError) as info:
+        prepare(value, **policy)
+    return info.value
+
+
+class Color(enum.Enum):
+    RED = "red"
+    PAIR = (1, 2)
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Kind(enum.StrEnum):
+    CHAT = "chat"
+
+
+class LegacyKind(str, enum.Enum):
+    CHAT = "chat-legacy"
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Inner:
+    when: datetime
+    tags: frozenset[str]
+
+
+@dataclasses.dataclass
+class Outer:
+    name: str
+    inner: Inner
+    password: str
+
+
+class Opaque:
+    pass
+
+
+class WithHook:
+    def __init__(self, data: object) -> None:
+        self.data = data
+
+    def __json__(self) -> object:
+        return self.data
+
+
+class FakeModel:
+    """Mimics a pydantic v2 model: model_dump(mode=...)."""
+
+    def __init__(self) -> None:
+        self.modes: list[str] = []
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, object]:
+        self.modes.append(mode)
+        return {"id": "abc", "score": 0.5}
+
+
+# --- plain JSON ------------------------------------------------------------------------------
+
+
+def test_plain_json_comes_back_equal_as_a_new_object_with_metadata() -> None:
+    data = {"a": [1, 2.5, True, None, "x"], "b": {"c": -0.0}, "é": "日本"}
+    result = prepare_payload(data)
+    assert result.value == data
+    assert result.value is not data
+    assert result.value["b"] is not data["b"]  # type: ignore[call-overload,index]
+    assert result.redacted_paths == ()
+    assert result.replaced_paths == ()
+    assert result.truncated is False
+    assert result.json_text == json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    assert_consistent(result)
+
+
+def test_negative_zero_is_kept() -> None:
+    result = prepare_payload({"z": -0.0})
+    assert math.copysign(1.0, result.value["z"]) == -1.0  # type: ignore[index,call-overload,arg-type]
+    assert result.json_text == '{"z":-0.0}'
+
+
+@pytest.mark.parametrize("value", ["text", 7, 1.5, True, None, [1, "a"]])
+def test_non_dict_top_level_values(value: object) -> None:
+    result = prepare_payload(value)
+    assert result.value == value
+    assert_consistent(result)
+
+
+def test_input_is_not_modified() -> None:
+    data = {"password": "p", "list": [float("nan"), "a\x00b"], "k\x00": {"token": 1}}
+    before = copy.deepcopy(data)
+    prepare_payload(data)
+    assert repr(data) == repr(before)  # repr: NaN != NaN would defeat ==
+
+
+# --- conversions -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (datetime(2024, 5, 1, 12, 30, tzinfo=UTC), "2024-05-01T12:30:00+00:00"),
+        (
+            datetime(2024, 5, 1, 12, 30, 1, 500, tzinfo=timezone(timedelta(hours=-5))),
+            "2024-05-01T12:30:01.000500-05:00",
+        ),
+        (datetime(2024, 5, 1, 12, 30), "2024-05-01T12:30:00"),  # naive stays naive
+        (date(2024, 2, 29), "2024-02-29"),
+        (time(8, 5, 3), "08:05:03"),
+        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (Decimal("0.1"), "0.1"),
+        (Decimal("1.10"), "1.10"),
+        (Decimal("1E+2"), "1E+2"),
+        (Decimal("3.14159265358979323846264338327950288"), "3.14159265358979323846264338327950288"),
+        (Color.RED, "red"),
+        (Color.PAIR, [1, 2]),
+        (Level.HIGH, 3),
+        (Kind.CHAT, "chat"),
+        (LegacyKind.CHAT, "chat-legacy"),
+        (b"\x00\xffhi", base64.b64encode(b"\x00\xffhi").decode()),
+        (bytearray(b"abc"), "YWJj"),
+        (memoryview(b"abcd"), "YWJjZA=="),
+        (b"", ""),
+        ((1, "a", (2,)), [1, "a", [2]]),
+        (Point(1, 2), [1, 2]),
+        ({3, 1, 2}, [1, 2, 3]),
+        (frozenset({"b", "a", "c"}), ["a", "b", "c"]),
+        (collections.OrderedDict([("b", 1), ("a", 2)]), {"b": 1, "a": 2}),
+        (collections.defaultdict(list, {"a": [1]}), {"a": [1]}),
+        (MappingProxyType({"m": (1,)}), {"m": [1]}),
+    ],
+)
+def test_conversions(value: object, expected: object) -> None:
+    result = prepare_payload({"v": value})
+    assert result.value == {"v": expected}
+    assert type(result.value["v"]) is type(expected)  # type: ignore[call-overload,index]
+    assert_consistent(result)
+
+
+def test_unsortable_set_keeps_iteration_order() -> None:
+    mixed = {1, "a", 2.5}
+    result = prepare_payload({"s": mixed})
+    assert result.value == {"s": list(mixed)}
+
+
+def test_subclasses_of_builtins_become_exact_builtins() -> None:
+    class MyStr(str):
+        def __str__(self) -> str:
+            return "overridden"
+
+    class MyInt(int):
+        pass
+
+    class MyFloat(float):
+        pass
+
+    class MyList(list[int]):
+        pass
+
+    result = prepare_payload({"s": MyStr("x"), "i": MyInt(4), "f": MyFloat(0.5), "l": MyList([1])})
+    assert result.value == {"s": "x", "i": 4, "f": 0.5, "l": [1]}
+    assert [type(v) for v in result.value.values()] == [str, int, float, list]  # type: ignore[union-attr]
+
+
+def test_dataclass_becomes_dict_through_the_same_pass() -> None:
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    result = prepare_payload(Outer("n", Inner(when, frozenset({"y", "x"})), "hunter2"))
+    assert result.value == {
+        "name": "n",
+        "inner": {"when": "2024-01-02T03:04:05+00:00", "tags": ["x", "y"]},
+        "password": REDACTED,
+        "_redacted": ["/password"],
+    }
+
+
+def test_json_hook_result_is_prepared_recursively() -> None:
+    result = prepare_payload({"h": WithHook({"id": uuid.UUID(int=2), "nested": WithHook([b"x"])})})
+    assert result.value == {
+        "h": {"id": "00000000-0000-0000-0000-000000000002", "nested": ["eA=="]},
+    }
+
+
+def test_json_hook_wins_over_dataclass_conversion() -> None:
+    @dataclasses.dataclass
+    class Custom:
+        secret_field: int
+
+        def __json__(self) -> object:
+            return "custom"
+
+    assert prepare_payload([Custom(1)]).value == ["custom"]
+
+
+def test_model_dump_is_called_in_json_mode() -> None:
+    model = FakeModel()
+    result = prepare_payload({"m": model})
+    assert result.value == {"m": {"id": "abc", "score": 0.5}}
+    assert model.modes == ["json"]
+
+
+def test_default_hook_converts_unknown_values_recursively() -> None:
+    def default(value: object) -> object:
+        if isinstance(value, timedelta):
+            return {"seconds": value.total_seconds(), "inner": Opaque()}
+        if isinstance(value, Opaque):
+            return "opaque"
+        raise TypeError(f"unsupported {type(value).__name__}")
+
+    result = prepare({"d": [timedelta(minutes=1)]}, default=default)
+    assert result.value == {"d": [{"seconds": 60.0, "inner": "opaque"}]}
+
+
+def test_default_hook_raising_becomes_payload_error_with_path() -> None:
+    def default(value: object) -> object:
+        raise TypeError("no way")
+
+    error = payload_error({"a": [0, Opaque()]}, default=default)
+    assert error.path == "/a/1"
+    assert "no way" in str(error)
+    assert isinstance(error.__cause__, TypeError)
+
+
+def test_hook_returning_its_input_is_rejected() -> None:
+    error = payload_error({"a": Opaque()}, default=lambda value: value)
+    assert error.path == "/a"
+    assert "unchanged" in str(error)
+
+
+def test_hook_returning_new_objects_forever_is_a_payload_error_not_recursion_error() -> None:
+    class Endless:
+        def __json__(self) -> object:
+            return Endless()
+
+    with pytest.raises(PayloadError, match=r"Endless|recursion"):
+        prepare_payload({"e": Endless()})
+
+
+def test_json_hook_exception_is_wrapped() -> None:
+    class Broken:
+        def __json__(self) -> object:
+            raise RuntimeError("boom")
+
+    with pytest.raises(PayloadError, match="boom") as info:
+        prepare_payload({"x": {"y": Broken()}})
+    assert info.value.path == "/x/y"
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "type_name"),
+    [
+        ({"a": {"b": [Opaque()]}}, "/a/b/0", "Opaque"),
+        (Opaque(), "", "Opaque"),
+        ({"td": timedelta(1)}, "/td", "timedelta"),
+        ({"cls": int}, "/cls", "type"),
+        ({"cls": WithHook}, "/cls", "type"),
+        ({"c": 1j}, "/c", "complex"),
+        ({"gen": (i for i in range(2))}, "/gen", "generator"),
+    ],
+)
+def test_unsupported_values_name_path_type_and_fixes(
+    payload: object, path: str, type_name: str
+) -> None:
+    error = payload_error(payload)
+    assert error.path == path
+    message = str(error)
+    assert type_name in message
+    assert "__json__" in message
+    assert "default=" in message
+    assert isinstance(error, ValidationError)
+    assert isinstance(error, ValueError)
+
+
+def test_error_paths_escape_json_pointer_characters() -> None:
+    error = payload_error({"a/b": {"c~d": [Opaque()]}})
+    assert error.path == "/a~1b/c~0d/0"
+
+
+def test_big_integers() -> None:
+    assert prepare_payload({"n": 10**100}).value == {"n": 10**100}
+    error = payload_error({"n": [10**5000]})
+    assert error.path == "/n/0"
+    assert "digits" in str(error)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def test_non_string_keys_are_converted_like_json_dumps() -> None:
+    data = {1: "a", 2.5: "b", False: "c", None: "d", Level.HIGH: "e"}
+    result = prepare_payload(data)
+    assert result.value == json.loads(json.dumps(data))
+    assert list(result.value) == ["1", "2.5", "false", "null", "3"]  # type: ignore[arg-type]
+
+
+def test_uuid_and_enum_keys() -> None:
+    key = uuid.UUID(int=3)
+    result = prepare_payload({key: 1, Color.RED: 2, Kind.CHAT: 3, LegacyKind.CHAT: 4})
+    assert result.value == {str(key): 1, "red": 2, "chat": 3, "chat-legacy": 4}
+    assert all(type(k) is str for k in result.value)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("key", [(1, 2), Opaque(), b"k", Decimal(1), Color.PAIR])
+def test_unsupported_keys_name_the_object_path(key: object) -> None:
+    error = payload_error({"outer": {"ok": 1, key: 2}})
+    assert error.path == "/outer"
+    assert "key" in str(error)
+    assert "str" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({1: "a", "1": "b"}, "/1"),
+        ({"x": {"true": 1, True: 2}}, "/x/true"),
+        ({None: 1, "null": 2}, "/null"),
+        ({"a\x00": 1, f"a{REPLACEMENT}": 2}, f"/a{REPLACEMENT}"),
+    ],
+)
+def test_keys_that_collide_after_conversion(payload: object, path: str) -> None:
+    error = payload_error(payload)
+    assert error.path == path
+    assert "already" in str(error)
+
+
+# --- NUL, surrogates, non-finite numbers -----------------------------------------------------
+
+
+def test_nul_in_values_and_keys_is_replaced_and_recorded() -> None:
+    result = prepare_payload({"a": ["ok", "x\x00y"], "k\x00": "v", "both\x00": "\x00"})
+    assert result.value == {
+        "a": ["ok", f"x{REPLACEMENT}y"],
+        f"k{REPLACEMENT}": "v",
+        f"both{REPLACEMENT}": REPLACEMENT,
+    }
+    assert result.replaced_paths == ("/a/1", f"/k{REPLACEMENT}", f"/both{REPLACEMENT}")
+    assert "\\u0000" not in result.json_text
+    assert "\x00" not in result.json_text
+
+
+def test_nul_error_mode() -> None:
+    error = payload_error({"a": [{"b": "x\x00"}]}, nul="error")
+    assert error.path == "/a/0/b"
+    assert "NUL" in str(error)
+    assert "nul='replace'" in str(error)
+    key_error = payload_error({"a": {"b\x00": 1}}, nul="error")
+    assert key_error.path == "/a"
+    assert "key" in str(key_error)
+
+
+def test_lone_surrogates_are_replaced_and_recorded() -> None:
+    result = prepare_payload({"s": "a\ud800b", "\udfffk": ["\U0001f600 fine"]})
+    assert result.value == {"s": f"a{REPLACEMENT}b", f"{REPLACEMENT}k": ["\U0001f600 fine"]}
+    assert result.replaced_paths == ("/s", f"/{REPLACEMENT}k")
+    result.json_text.encode("utf-8")  # would raise on a surrogate
+
+
+def test_surrogate_error_mode() -> None:
+    error = payload_error({"list": ["ok", "bad\udc80"]}, surrogates="error")
+    assert error.path == "/list/1"
+    assert "surrogate" in str(error)
+    key_error = payload_error({"x": {"\ud83d": 1}}, surrogates="error")
+    assert key_error.path == "/x"
+
+
+def test_non_finite_numbers_become_null_and_are_recorded() -> None:
+    data = {"a": [1.0, float("nan"), [float("inf"), float("-inf")]], "b": float("nan")}
+    result = prepare_payload(data)
+    assert result.value == {"a": [1.0, None, [None, None]], "b": None}
+    assert result.replaced_paths == ("/a/1", "/a/2/0", "/a/2/1", "/b")
+    assert_consistent(result)
+
+
+def test_non_finite_error_mode() -> None:
+    error = payload_error({"a": [0.0, [float("-inf")]]}, non_finite="error")
+    assert error.path == "/a/1/0"
+    assert "-inf" in str(error)
+    key_error = payload_error({"m": {float("nan"): 1}}, non_finite="error")
+    assert key_error.path == "/m"
+
+
+def test_non_finite_key_becomes_null() -> None:
+    result = prepare_payload({"m": {float("inf"): 1}})
+    assert result.value == {"m": {"null": 1}}
+    assert result.replaced_paths == ("/m/null",)
+
+
+# --- depth and cycles ------------------------------------------------------------------------
+
+
+def nested_lists(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_default_max_depth_is_inclusive() -> None:
+    assert DEFAULT_MAX_DEPTH == 64
+    prepare_payload(nested_lists(64))
+    error = payload_error(nested_lists(65))
+    assert error.path == "/0" * 64
+    assert "max_depth=64" in str(error)
+
+
+def test_custom_max_depth_names_the_path() -> None:
+    assert prepare({"a": {"b": {"c": 1}}}, max_depth=3).value == {"a": {"b": {"c": 1}}}
+    error = payload_error({"a": {"b": {"c": {}}}}, max_depth=3)
+    assert error.path == "/a/b/c"
+
+
+def test_very_deep_input_is_a_payload_error() -> None:
+    error = payload_error(nested_lists(20_000))
+    assert "max_depth" in str(error)
+
+
+def test_list_containing_itself() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    error = payload_error(loop)
+    assert "cycle" in str(error)
+    assert error.path == "/0"
+
+
+def test_dict_cycle_through_a_list_names_both_paths() -> None:
+    root: dict[str, object] = {"ok": 1}
+    root["children"] = [{"parent": root}]
+    error = payload_error({"wrap": root})
+    assert error.path == "/wrap/children/0/parent"
+    assert "'/wrap'" in str(error)
+
+
+def test_shared_references_are_not_cycles() -> None:
+    shared = {"x": [1]}
+    result = prepare_payload({"a": shared, "b": [shared, shared]})
+    assert result.value == {"a": shared, "b": [shared, shared]}
+
+
+# --- size cap and truncation -----------------------------------------------------------------
+
+
+def test_size_at_cap_passes_and_one_byte_over_fails() -> None:
+    cap = 256
+    overhead = len('{"x":""}')
+    assert prepare({"x": "a" * (cap - overhead)}, max_bytes=cap).size_bytes == cap
+    error = payload_error({"x": "a" * (cap - overhead + 1)}, max_bytes=cap)
+    message = str(error)
+    assert str(cap + 1) in message
+    assert f"max_bytes={cap}" in message
+    assert "truncate" in message
+    assert error.path == ""
+
+
+def test_size_is_counted_in_utf8_bytes() -> None:
+    value = {"x": "\u00e9" * 200}  # 208 characters, 408 bytes
+    with pytest.raises(PayloadError, match="408 bytes"):
+        prepare(value, max_bytes=300)
+    assert prepare(value, max_bytes=408).size_bytes == 408
+
+
+def test_default_cap_is_256_kib() -> None:
+    assert DEFAULT_MAX_BYTES == 256 * 1024
+    with pytest.raises(PayloadError, match=str(DEFAULT_MAX_BYTES)):
+        prepare_payload({"x": "a" * DEFAULT_MAX_BYTES})
+    assert prepare({"x": "a" * DEFAULT_MAX_BYTES}, max_bytes=None).size_bytes > DEFAULT_MAX_BYTES
+
+
+@pytest.mark.parametrize("cap", [256, 300, 1000, 4096])
+@pytest.mark.parametrize(
+    "text", ["a" * 10_000, '"\\\n\x01' * 3000, "\u00e9\U0001f600\u65e5" * 3000]
+)
+def test_truncation_marker_fits_the_cap(cap: int, text: str) -> None:
+    payload = {"text": text, "password": "p"}
+    full = prepare(payload, max_bytes=None)
+    result = prepare(payload, max_bytes=cap, oversize="truncate")
+    assert result.truncated is True
+    assert result.size_bytes <= cap
+    assert_consistent(result)
+    marker = result.value
+    assert isinstance(marker, dict)
+    assert set(marker) == {"_truncated", "original_bytes", "max_bytes", "preview"}
+    assert marker["_truncated"] is True
+    assert marker["original_bytes"] == full.size_bytes
+    assert marker["max_bytes"] == cap
+    preview = marker["preview"]
+    assert isinstance(preview, str)
+    assert preview
+    assert full.json_text.startswith(preview)
+    assert result.redacted_paths == ("/password",)
+
+
+def test_truncation_preview_is_as_long_as_fits() -> None:
+    result = prepare({"x": "a" * 10_000}, max_bytes=1000, oversize="truncate")
+    assert result.size_bytes in range(990, 1001)
+    short = prepare({"x": "a" * 10_000}, max_bytes=1000, oversize="truncate", preview_chars=10)
+    assert short.value["preview"] == '{"x":"aaaa'  # type: ignore[call-overload,index]
+    empty = prepare({"x": "a" * 10_000}, max_bytes=1000, oversize="truncate", preview_chars=0)
+    assert empty.value["preview"] == ""  # type: ignore[call-overload,index]
+
+
+def test_payload_under_cap_is_not_truncated() -> None:
+    result = prepare({"x": "small"}, max_bytes=256, oversize="truncate")
+    assert result.truncated is False
+    assert result.value == {"x": "small"}
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "PASSWORD",
+        "db_password",
+        "DB Password",
+        "passwd",
+        "Authorization",
+        "proxy-authorization",
+        "Proxy_Authorization",
+        "X-API-KEY",
+        "x_api_key",
+        "api key",
+        "apiKey",
+        "openai_api_key",
+        "OPENAI-API-KEY",
+        "access_token",
+        "refreshToken",
+        "id_token",
+        "github_token",
+        "Cookie",
+        "set-cookie",
+        "cookies",
+        "client_secret",
+        "aws_secret_access_key",
+        "private_key",
+        "credentials",
+        "session_token",
+        "card_number",
+    ],
+)
+def test_sensitive_keys_are_redacted(key: str) -> None:
+    result = prepare_payload({"outer": [{key: "s3cr3t", "other": 1}]})
+    assert result.value == {
+        "outer": [{key: REDACTED, "other": 1}],
+        "_redacted": [f"/outer/0/{key}"],
+    }
+    assert result.redacted_paths == (f"/outer/0/{key}",)
+    assert "s3cr3t" not in result.json_text
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "max_tokens",
+        "total_tokens",
+        "token_count",
+        "keyboard",
+        "author",
+        "password_hint_shown_at",
+        "session_id",
+        "secretary",
+        "cookie_consent",
+    ],
+)
+def test_similar_keys_are_not_redacted(key: str) -> None:
+    result = prepare_payload({key: "visible"})
+    assert result.value == {key: "visible"}
+    assert result.redacted_paths == ()
+
+
+def test_whole_subtree_is_redacted_without_being_prepared() -> None:
+    result = prepare_payload({"credentials": {"user": "u", "pw": [1, Opaque(), float("nan")]}})
+    assert result.value == {"credentials": REDACTED, "_redacted": ["/credentials"]}
+    assert result.replaced_paths == ()
+
+
+def test_redacted_paths_are_in_document_order_and_escaped() -> None:
+    data = {
+        "headers": {"Authorization": "Bearer x", "Accept": "json"},
+        "a/b": {"token": "t"},
+        "list": [{"password": 1}, {"password": None}],
+    }
+    result = prepare_payload(data)
+    expected = ("/headers/Authorization", "/a~1b/token", "/list/0/password", "/list/1/password")
+    assert result.redacted_paths == expected
+    assert result.value["_redacted"] == list(expected)  # type: ignore[call-overload,index]
+    assert list(result.value)[-1] == "_redacted"  # type: ignore[arg-type]
+    assert_consistent(result)
+
+
+def test_non_dict_payload_reports_redactions_in_metadata_only() -> None:
+    result = prepare_payload([{"password": "x"}, "y"])
+    assert result.value == [{"password": REDACTED}, "y"]
+    assert result.redacted_paths == ("/0/password",)
+
+
+def test_record_key_can_be_renamed_or_disabled() -> None:
+    renamed = prepare({"token": "t"}, redaction_record_key="__redactions")
+    assert renamed.value == {"token": REDACTED, "__redactions": ["/token"]}
+    off = prepare({"token": "t"}, redaction_record_key=None)
+    assert off.value == {"token": REDACTED}
+    assert off.redacted_paths == ("/token",)
+
+
+def test_record_key_is_reserved_at_top_level_only() -> None:
+    error = payload_error({"_redacted": []})
+    assert error.path == "/_redacted"
+    assert "reserved" in str(error)
+    assert prepare_payload({"x": {"_redacted": 1}}).value == {"x": {"_redacted": 1}}
+    assert prepare({"_redacted": 1}, redaction_record_key=None).value == {"_redacted": 1}
+
+
+def test_redact_keys_can_be_extended_or_replaced() -> None:
+    extended = prepare({"pin": 1, "card_pin": 2, "password": 3}, redact_keys=DEFAULT_REDACT_KEYS | {"pin"})
+    assert extended.redacted_paths == ("/pin", "/card_pin", "/password")
+    replaced = prepare({"password": 1, "Foo-Bar": 2}, redact_keys=frozenset({"foo_bar"}))
+    assert replaced.value == {"password": 1, "Foo-Bar": REDACTED, "_redacted": ["/Foo-Bar"]}
+    off = prepare_payload({"password": 1}, policy=NO_REDACTION)
+    assert off.value == {"password": 1}
+
+
+def test_dropping_token_keeps_the_specific_token_names() -> None:
+    policy = PayloadPolicy(redact_keys=DEFAULT_REDACT_KEYS - {"token"})
+    result = prepare_payload({"token": "hello", "access_token": "a"}, policy=policy)
+    assert result.value == {"token": "hello", "access_token": REDACTED, "_redacted": ["/access_token"]}
+
+
+def test_redactor_sees_every_string_value_with_its_path() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def redactor(path: str, text: str) -> str:
+        seen.append((path, text))
+        return text
+
+    data = {"msg": "hi", "n": 1, "id": uuid.UUID(int=4), "list": ["a"], "password": "x", "k": None}
+    result = prepare(data, redactor=redactor)
+    assert seen == [
+        ("/msg", "hi"),
+        ("/id", "00000000-0000-0000-0000-000000000004"),
+        ("/list/0", "a"),
+    ]
+    assert result.redacted_paths == ("/password",)
+
+
+def test_redactor_replacements_are_recorded() -> None:
+    email = re.compile(r"[\w.]+@[\w.]+")
+
+    def redactor(path: str, text: str) -> str:
+        return email.sub("[EMAIL]", text)
+
+    result = prepare({"m": ["write to a.b@example.com", "nothing here"]}, redactor=redactor)
+    assert result.value == {"m": ["write to [EMAIL]", "nothing here"], "_redacted": ["/m/0"]}
+    assert result.redacted_paths == ("/m/0",)
+
+
+def test_redactor_equal_but_new_string_is_not_a_redaction() -> None:
+    result = prepare({"m": "abc"}, redactor=lambda path, text: "".join(list(text)))
+    assert result.redacted_paths == ()
+
+
+def test_redactor_sees_repaired_text_and_its_output_is_repaired() -> None:
+    seen: list[str] = []
+
+    def redactor(path: str, text: str) -> str:
+        seen.append(text)
+        return "bad\x00"
+
+    result = prepare({"m": "a\x00"}, redactor=redactor)
+    assert seen == [f"a{REPLACEMENT}"]
+    assert result.value == {"m": f"bad{REPLACEMENT}", "_redacted": ["/m"]}
+
+
+def test_redactor_returning_non_str_is_a_configuration_error() -> None:
+    bad: Callable[[str, str], Any] = lambda path, text: None  # noqa: E731
+    with pytest.raises(ConfigurationError, match="/m/0"):
+        prepare({"m": ["x"]}, redactor=bad)
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def test_default_policy() -> None:
+    policy = PayloadPolicy()
+    assert policy == DEFAULT_POLICY
+    assert policy.max_depth == 64
+    assert policy.max_bytes == 256 * 1024
+    assert policy.oversize == "error"
+    assert policy.nul == "replace"
+    assert policy.surrogates == "replace"
+    assert policy.non_finite == "null"
+    assert policy.redact_keys == DEFAULT_REDACT_KEYS
+    assert policy.redactor is None
+    assert policy.default is None
+    assert policy.redaction_record_key == "_redacted"
+    assert {"password", "api_key", "authorization", "cookie", "token"} <= DEFAULT_REDACT_KEYS
+
+
+def test_policy_is_frozen_and_keyword_only() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_POLICY.max_depth = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PayloadPolicy(10)  # type: ignore[misc]
+
+
+def test_policy_accepts_a_set_and_stores_a_frozenset() -> None:
+    policy = PayloadPolicy(redact_keys={"pin"})  # type: ignore[arg-type]
+    assert policy.redact_keys == frozenset({"pin"})
+    assert isinstance(policy.redact_keys, frozenset)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_depth": 0}, "max_depth=0"),
+        ({"max_depth": 257}, "max_depth=257"),
+        ({"max_depth": True}, "max_depth=True"),
+        ({"max_depth": "64"}, "max_depth='64'"),
+        ({"max_bytes": 255}, "max_bytes=255"),
+        ({"max_bytes": 1024.0}, "max_bytes=1024.0"),
+        ({"preview_chars": -1}, "preview_chars=-1"),
+        ({"oversize": "drop"}, "oversize='drop'"),
+        ({"nul": "strip"}, "nul='strip'"),
+        ({"surrogates": "ignore"}, "surrogates='ignore'"),
+        ({"non_finite": "zero"}, "non_finite='zero'"),
+        ({"redact_keys": "password"}, "redact_keys='password'"),
+        ({"redact_keys": ["password"]}, "redact_keys=['password']"),
+        ({"redact_keys": frozenset({"-_ "})}, "'-_ '"),
+        ({"redact_keys": frozenset({1})}, "contains 1"),
+        ({"redactor": "x"}, "redactor='x'"),
+        ({"default": 3}, "default=3"),
+        ({"redaction_record_key": ""}, "redaction_record_key=''"),
+        ({"redaction_record_key": "a\x00"}, "redaction_record_key="),
+    ],
+)
+def test_policy_rejects_bad_values_eagerly(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PayloadPolicy(**kwargs)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, EventLogError)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_SAFE_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=12,
+)
+
+
+def _normalized(key: str) -> str:
+    return key.casefold().replace("-", "").replace("_", "").replace(" ", "")
+
+
+_SECRET_SUFFIXES = tuple(_normalized(key) for key in DEFAULT_REDACT_KEYS)
+_PLAIN_KEYS = _SAFE_TEXT.filter(
+    lambda key: key != "_redacted" and not _normalized(key).endswith(_SECRET_SUFFIXES)
+)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _SAFE_TEXT,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(_PLAIN_KEYS, children, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_JSON)
+def test_json_compatible_input_round_trips_unchanged(data: object) -> None:
+    result = prepare_payload(data, policy=PayloadPolicy(max_bytes=None))
+    assert result.value == data
+    assert json.loads(result.json_text) == data
+    assert result.redacted_paths == ()
+    assert result.replaced_paths == ()
+    assert result.size_bytes == len(result.json_text.encode("utf-8"))
+
+
+_MESSY_LEAVES = (
+    st.none()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.decimals()
+    | st.uuids()
+    | st.datetimes()
+    | st.frozensets(st.integers(), max_size=3)
+)
+_MESSY = st.recursive(
+    _MESSY_LEAVES,
+    lambda children: st.lists(children, max_size=4)
+    | st.tuples(children, children)
+    | st.dictionaries(
+        st.text(max_size=8) | st.integers() | st.booleans() | st.none(), children, max_size=4
+    ),
+    max_leaves=25,
+)
+
+
+def _only_json_types(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _only_json_types(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_only_json_types(item) for item in value)
+    if type(value) is float:
+        return math.isfinite(value)
+    return value is None or type(value) in (str, int, bool)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_MESSY)
+def test_any_supported_input_becomes_storable_json(data: object) -> None:
+    try:
+        result = prepare_payload(data, policy=PayloadPolicy(max_bytes=None))
+    except PayloadError as error:
+        # The only way these inputs fail: two keys such as 1 and "1" that collide.
+        assert "already" in str(error)
+        return
+    assert _only_json_types(result.value)
+    assert "\x00" not in result.json_text
+    result.json_text.encode("utf-8")
+    assert json.loads(result.json_text) == result.value

@@ -1,0 +1,69 @@
+"""The public API as a host writes it; type-checked by mypy --strict in CI, never run."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from alembic.config import Config
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import eventlog_persist
+from eventlog_persist import (
+    EventLogMixin,
+    ForeignKeyTargets,
+    JSONValue,
+    check_setup,
+    event_log_model,
+    include_name,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+
+
+class EventLog(EventLogMixin[uuid.UUID], Base):
+    __eventlog_targets__ = ForeignKeyTargets(users="users")
+
+
+class IntBase(DeclarativeBase):
+    pass
+
+
+IntEventLog = event_log_model(IntBase, key_type=int)
+
+
+def record(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
+    payload: JSONValue = {"text": "hi", "n": [1, 2.5, None]}
+    event = EventLog(
+        session_id=session_id,
+        user_id=user.id,
+        event_type="user_message",
+        payload=payload,
+        created_at=datetime.now(UTC),
+    )
+    session.add(event)
+    agent: uuid.UUID | None = event.agent_id
+    assert agent is None
+    return event.id
+
+
+def count_int_events(session: Session) -> int:
+    event = IntEventLog(session_id=1, user_id=2, event_type="error", error_code="timeout")
+    session.add(event)
+    key: int = event.session_id
+    rows = session.scalars(select(IntEventLog).where(IntEventLog.user_id == key)).all()
+    return len(rows)
+
+
+def setup_ok(config: Config) -> bool:
+    keep: bool = include_name("event_logs", "table", {})
+    location: str = eventlog_persist.MIGRATIONS_LOCATION
+    return check_setup(config).ok and keep and bool(location)
