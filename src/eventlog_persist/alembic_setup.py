@@ -12,6 +12,7 @@ from typing import Final, Literal
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
@@ -111,7 +112,7 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     host = _host_script(config, host_locations)
     try:
         host_revisions = {rev.revision: rev for rev in host.walk_revisions()}
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         problems.append(f"the host's own Alembic history does not load: {exc}")
         return SetupReport(None, tuple(problems))
 

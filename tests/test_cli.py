@@ -1,0 +1,97 @@
+"""The eventlog-persist command line and the setup checks behind it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from hostkit import make_host
+from sqlalchemy import inspect
+from sqlalchemy.engine import URL, Engine
+
+from eventlog_persist import MigrationSetupError, check_setup, include_name, write_linear_revisions
+from eventlog_persist.cli import main
+
+
+def test_demo_runs_on_a_given_database(
+    database_url: URL, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--url", database_url.render_as_string(hide_password=False)]) == 0
+    out = capsys.readouterr().out
+    assert "recorded 7 events of one session" in out
+    assert "session timeline: " in out
+    assert "using ix_event_logs_session_id_created_at" in out
+    assert "using ix_event_logs_user_id_created_at" in out
+    assert "events after deleting the agent: 7, agent_id now NULL" in out
+    assert "events after deleting the session: 0" in out
+    assert "event_logs dropped: True" in out
+    assert not inspect(engine).has_table("event_logs")
+
+
+def test_both_modes_at_once_is_a_problem(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    config = Config(str(host.root / "alembic.ini"))
+    write_linear_revisions(config)
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+    )
+    host.edit(
+        "migrations/versions/eventlog_0001_create_event_logs.py",
+        "depends_on = None\n",
+        'depends_on = None\nbranch_labels = ("eventlog_prereqs",)\n',
+    )
+    report = check_setup(Config(str(host.root / "alembic.ini")))
+    assert report.mode == "branch"
+    assert any("created twice" in problem for problem in report.problems)
+
+
+def test_linear_mode_reports_revisions_not_copied_yet(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    config = Config(str(host.root / "alembic.ini"))
+    [written] = write_linear_revisions(config)
+    written.write_text(written.read_text().replace("'evl_0001'", "'evl_0000'"))
+    report = check_setup(config)
+    assert report.mode == "linear"
+    assert report.problems == (
+        "package revisions evl_0001 are not in the host history yet; run "
+        "'eventlog-persist linear-revision' to write them",
+    )
+
+
+def test_linear_mode_needs_a_single_head(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    (host.root / "migrations/versions/h900_other.py").write_text(
+        'revision = "h900"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+    )
+    with pytest.raises(MigrationSetupError, match=r"several heads \(.*\).*alembic merge heads"):
+        write_linear_revisions(Config(str(host.root / "alembic.ini")))
+
+
+def test_broken_host_history_is_reported(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "migrations/versions/h001_core.py",
+        "down_revision = None",
+        'down_revision = "eventlog_prereqs"',
+    )
+    report = check_setup(Config(str(host.root / "alembic.ini")))
+    assert not report.ok
+    assert "the host's own Alembic history does not load" in report.problems[0]
+
+
+def test_cli_check_missing_targets_with_url(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["check", "-c", str(host.root / "alembic.ini"), "--url", url]) == 1
+    assert capsys.readouterr().err.count("does not exist in the database") == 4
+
+
+def test_include_name_hides_only_the_event_log_table() -> None:
+    assert include_name("event_logs", "table", {}) is False
+    assert include_name("users", "table", {}) is True
+    assert include_name("event_logs", "column", {"table_name": "x"}) is True
