@@ -10,6 +10,8 @@ from hostkit import HostProject, make_host
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import URL
 
+from eventlog_persist.alembic_setup import package_revisions
+
 
 @pytest.fixture
 def host(tmp_path: Path, database_url: URL) -> HostProject:
@@ -253,3 +255,24 @@ def test_linear_mode_refuses_branch_mode_host(host: HostProject) -> None:
     result = host.run("eventlog-persist", "linear-revision", check=False)
     assert result.returncode == 2
     assert "is in version_locations (branch mode)" in result.stderr
+
+
+def test_every_package_revision_goes_up_down_and_up_again(
+    host: HostProject, engine: Engine
+) -> None:
+    # The pytest-alembic "up/down consistency" check, per revision of the eventlog branch.
+    host.run("upgrade", "app@head")
+    with engine.connect() as connection:
+        states = [snapshot(connection)]
+    revisions = [rev for rev, _ in package_revisions()]
+    for revision in revisions:
+        host.run("upgrade", revision)
+        with engine.connect() as connection:
+            states.append(snapshot(connection))
+    for index in range(len(revisions), 0, -1):
+        host.run("downgrade", "eventlog@-1")
+        with engine.connect() as connection:
+            assert snapshot(connection) == states[index - 1]
+    host.run("upgrade", "heads")
+    with engine.connect() as connection:
+        assert snapshot(connection) == states[-1]
