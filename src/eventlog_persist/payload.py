@@ -119,6 +119,11 @@ ends with one of these names so normalized: ``"X-Api-Key"``, ``"openai_api_key"`
 """
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# Exact types that never carry __json__ or model_dump: skip those lookups, which are slow
+# because a missing attribute raises internally.
+_HOOKLESS: Final = frozenset(
+    {datetime, date, time, UUID, Decimal, bytes, bytearray, memoryview, set, frozenset}
+)
 # PostgreSQL numeric keeps at most 131072 digits before the decimal point.
 _PG_MAX_INT_DIGITS: Final = 131072
 
@@ -479,12 +484,17 @@ class _Pass:
 
     def other(self, value: object) -> JSONSafeValue:
         cls = type(value)
-        hook = getattr(cls, "__json__", None)
-        if callable(hook) and not isinstance(value, type):
-            return self.converted(value, "__json__()", lambda: hook(value))
-        dump = getattr(cls, "model_dump", None)
-        if callable(dump) and not isinstance(value, type):
-            return self.converted(value, "model_dump()", lambda: dump(value, mode="json"))
+        if cls not in _HOOKLESS:
+            hook = getattr(cls, "__json__", None)
+            if callable(hook) and not isinstance(value, type):
+                return self.converted(value, "__json__()", lambda: hook(value))
+            dump = getattr(cls, "model_dump", None)
+            if callable(dump) and not isinstance(value, type):
+                return self.converted(value, "model_dump()", lambda: dump(value, mode="json"))
+        return self.known(value)
+
+    def known(self, value: object) -> JSONSafeValue:
+        """Apply the built-in conversions, then ``default``; raise when nothing applies."""
         if isinstance(value, Enum):
             return self.value(value.value)
         if isinstance(value, str):
