@@ -12,6 +12,15 @@ from eventlog_persist.alembic_setup import (
     include_name,
     write_linear_revisions,
 )
+from eventlog_persist.buffered import (
+    AsyncBufferedWriter,
+    BufferedWriter,
+    QueueFullError,
+    WriterClosedError,
+    WriterCounters,
+)
+from eventlog_persist.bulk import BulkResult, awrite_events, write_events
+from eventlog_persist.events import NewEvent, new_event
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventLogError,
@@ -21,7 +30,11 @@ from eventlog_persist.exceptions import (
 )
 from eventlog_persist.ids import new_event_id
 from eventlog_persist.model import EventLogMixin, JSONValue, event_log_model
+from eventlog_persist.payload import PayloadPolicy, prepare_payload
+from eventlog_persist.retry import RetriesExhaustedError, RetryPolicy
 from eventlog_persist.targets import ForeignKeyTargets
+from eventlog_persist.vocabulary import ApprovalStatus, EventFieldRules, EventType
+from eventlog_persist.writer import EventWriteError, EventWriter
 
 __version__ = _version("eventlog-persist")
 
@@ -29,17 +42,36 @@ __all__ = [
     "ANCHOR_REVISION",
     "BRANCH_LABEL",
     "MIGRATIONS_LOCATION",
+    "ApprovalStatus",
+    "AsyncBufferedWriter",
+    "BufferedWriter",
+    "BulkResult",
     "ConfigurationError",
+    "EventFieldRules",
     "EventLogError",
     "EventLogMixin",
+    "EventType",
+    "EventWriteError",
+    "EventWriter",
     "ForeignKeyTargets",
     "JSONValue",
     "MigrationSetupError",
+    "NewEvent",
     "PayloadError",
+    "PayloadPolicy",
+    "QueueFullError",
+    "RetriesExhaustedError",
+    "RetryPolicy",
     "ValidationError",
+    "WriterClosedError",
+    "WriterCounters",
+    "awrite_events",
     "check_setup",
     "event_log_model",
     "include_name",
+    "new_event",
     "new_event_id",
+    "prepare_payload",
+    "write_events",
     "write_linear_revisions",
 ]

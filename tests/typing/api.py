@@ -6,17 +6,24 @@ import uuid
 from datetime import UTC, datetime
 
 from alembic.config import Config
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import eventlog_persist
 from eventlog_persist import (
+    BufferedWriter,
+    BulkResult,
     EventLogMixin,
+    EventType,
+    EventWriter,
     ForeignKeyTargets,
     JSONValue,
+    NewEvent,
+    WriterCounters,
     check_setup,
     event_log_model,
     include_name,
+    write_events,
 )
 
 
@@ -67,3 +74,16 @@ def setup_ok(config: Config) -> bool:
     keep: bool = include_name("event_logs", "table", {})
     location: str = eventlog_persist.MIGRATIONS_LOCATION
     return check_setup(config).ok and keep and bool(location)
+
+
+def write(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> int:
+    writer = EventWriter(EventLog)
+    writer.record(session, session_id=chat, user_id=user.id, event_type=EventType.TOOL_CALL)
+    event: NewEvent = writer.record_detached(
+        engine, session_id=chat, user_id=user.id, event_type="error", error_code="timeout"
+    )
+    result: BulkResult = write_events(engine, EventLog, [event])
+    with BufferedWriter(EventLog, engine) as buffered:
+        buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
+    counters: WriterCounters = buffered.counters
+    return result.written + counters.written

@@ -1,0 +1,356 @@
+"""The event to write (`NewEvent`), how it is built and checked, and the table it goes to."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, NotRequired, TypeAlias
+
+from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
+from typing_extensions import TypedDict
+
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.ids import new_event_id
+from eventlog_persist.model import EventLogMixin, KeyT
+from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
+
+__all__ = [
+    "COLUMNS",
+    "DeadLetterHook",
+    "EventFields",
+    "EventTable",
+    "Key",
+    "NewEvent",
+    "build_event",
+    "new_event",
+]
+
+Key: TypeAlias = uuid.UUID | int
+"""A host primary-key value: ``uuid.UUID`` or ``int``."""
+
+
+class EventFields(TypedDict, Generic[KeyT]):
+    """The keyword arguments that describe one event (``enqueue(**fields)`` and friends)."""
+
+    session_id: KeyT
+    user_id: KeyT
+    event_type: str
+    payload: NotRequired[object]
+    project_id: NotRequired[KeyT | None]
+    agent_id: NotRequired[KeyT | None]
+    error_code: NotRequired[str | None]
+    tool_name: NotRequired[str | None]
+    approval_status: NotRequired[str | None]
+    created_at: NotRequired[datetime | None]
+    id: NotRequired[uuid.UUID | None]
+
+
+COLUMNS: Final = (
+    "id",
+    "session_id",
+    "user_id",
+    "project_id",
+    "agent_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "error_code",
+    "tool_name",
+    "approval_status",
+)
+"""The columns every writer fills, in the order of `EventTable.row`."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One checked event, ready for any writer; build it with `new_event`.
+
+    Attributes:
+        id: The event's UUIDv7, assigned when it was built.
+        session_id: The chat session's key.
+        user_id: The user's key.
+        event_type: The event type (checked).
+        payload_json: The prepared payload as compact JSON text.
+        created_at: The event time, timezone-aware; the client's clock unless given.
+        project_id: The project's key, if any.
+        agent_id: The agent's key, if any.
+        error_code: The error code, if any (checked).
+        tool_name: The tool's name, if any (checked).
+        approval_status: The approval status, if any (checked).
+        redacted_paths: JSON pointers of the payload values that were redacted.
+    """
+
+    id: uuid.UUID
+    session_id: Key
+    user_id: Key
+    event_type: str
+    payload_json: str
+    created_at: datetime
+    project_id: Key | None = None
+    agent_id: Key | None = None
+    error_code: str | None = None
+    tool_name: str | None = None
+    approval_status: str | None = None
+    redacted_paths: tuple[str, ...] = ()
+
+    @property
+    def size_bytes(self) -> int:
+        """Approximate bytes this event holds in memory, used by the buffered writers' bound."""
+        return len(self.payload_json) + _EVENT_OVERHEAD_BYTES
+
+
+# Object headers, the UUID, the datetime and short strings of one NewEvent, rounded up.
+_EVENT_OVERHEAD_BYTES: Final = 512
+
+DeadLetterHook: TypeAlias = Callable[[NewEvent, BaseException], None]
+"""``hook(event, error)``: called once for each event a writer gives up on, with the reason."""
+
+
+def new_event(
+    *,
+    session_id: Key,
+    user_id: Key,
+    event_type: str,
+    payload: object = None,
+    project_id: Key | None = None,
+    agent_id: Key | None = None,
+    error_code: str | None = None,
+    tool_name: str | None = None,
+    approval_status: str | None = None,
+    created_at: datetime | None = None,
+    id: uuid.UUID | None = None,
+    payload_policy: PayloadPolicy = DEFAULT_POLICY,
+    field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+) -> NewEvent:
+    """Check an event's fields, prepare its payload and give it an id and a time.
+
+    Args:
+        session_id: The chat session's key (``uuid.UUID`` or ``int``, as the host's keys).
+        user_id: The user's key.
+        event_type: An `EventType` or a custom name passing `validate_fields`.
+        payload: Any value `prepare_payload` accepts; ``None`` stores ``{}``.
+        project_id: The project's key, or None.
+        agent_id: The agent's key, or None.
+        error_code: The error code, or None.
+        tool_name: The tool's name, or None.
+        approval_status: An `ApprovalStatus` or a custom status, or None.
+        created_at: When the event happened (timezone-aware); default: now, by the client's
+            clock.
+        id: The event id; default: a new UUIDv7. Pass the same id again to make a retry of
+            your own idempotent.
+        payload_policy: How the payload is converted, redacted and capped.
+        field_rules: Which ``event_type`` and column values are allowed.
+
+    Returns:
+        The checked event.
+
+    Raises:
+        ValidationError: A field is not acceptable; the message says which and why.
+        PayloadError: The payload cannot be stored; ``path`` says where.
+    """
+    return build_event(
+        session_id=session_id,
+        user_id=user_id,
+        event_type=event_type,
+        payload=payload,
+        project_id=project_id,
+        agent_id=agent_id,
+        error_code=error_code,
+        tool_name=tool_name,
+        approval_status=approval_status,
+        created_at=created_at,
+        id=id,
+        payload_policy=payload_policy,
+        field_rules=field_rules,
+    )[0]
+
+
+def build_event(
+    *,
+    session_id: Key,
+    user_id: Key,
+    event_type: str,
+    payload: object,
+    project_id: Key | None,
+    agent_id: Key | None,
+    error_code: str | None,
+    tool_name: str | None,
+    approval_status: str | None,
+    created_at: datetime | None,
+    id: uuid.UUID | None,
+    payload_policy: PayloadPolicy,
+    field_rules: EventFieldRules,
+) -> tuple[NewEvent, PreparedPayload]:
+    """`new_event` that also returns the prepared payload (its JSON value and redactions)."""
+    _check_key("session_id", session_id, required=True)
+    _check_key("user_id", user_id, required=True)
+    _check_key("project_id", project_id, required=False)
+    _check_key("agent_id", agent_id, required=False)
+    if id is not None and not isinstance(id, uuid.UUID):
+        raise ValidationError(f"id must be a uuid.UUID or None, got {type(id).__name__} {id!r}")
+    validate_fields(
+        event_type=event_type,
+        error_code=error_code,
+        tool_name=tool_name,
+        approval_status=approval_status,
+        rules=field_rules,
+    )
+    if created_at is None:
+        created_at = datetime.now(UTC)
+    elif not isinstance(created_at, datetime) or created_at.utcoffset() is None:
+        raise ValidationError(
+            f"created_at must be a timezone-aware datetime, got {created_at!r}; use e.g. "
+            "datetime.now(UTC), or leave it out to use the current time"
+        )
+    prepared = prepare_payload({} if payload is None else payload, policy=payload_policy)
+    event = NewEvent(
+        new_event_id() if id is None else id,
+        session_id,
+        user_id,
+        str(event_type),
+        prepared.json_text,
+        created_at,
+        project_id,
+        agent_id,
+        None if error_code is None else str(error_code),
+        None if tool_name is None else str(tool_name),
+        None if approval_status is None else str(approval_status),
+        prepared.redacted_paths,
+    )
+    return event, prepared
+
+
+def _check_key(name: str, value: object, *, required: bool) -> None:
+    if value is None and not required:
+        return
+    if isinstance(value, uuid.UUID) or (type(value) is int):
+        return
+    what = "a uuid.UUID or int" if required else "a uuid.UUID, int or None"
+    raise ValidationError(
+        f"{name} must be {what} (the host's primary-key value), got "
+        f"{type(value).__name__} {value!r}"
+    )
+
+
+_INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+
+@dataclass(frozen=True, slots=True)
+class EventTable:
+    """Where a host's events go: the table's name and the SQL types of its key columns.
+
+    Build it with `EventTable.of`; writers use it to check keys and to write rows.
+
+    Attributes:
+        table: The model's ``Table``.
+        qualified_name: The quoted, schema-qualified table name for SQL.
+        key_types: The PostgreSQL types of ``session_id``, ``user_id``, ``project_id`` and
+            ``agent_id``: each ``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"``.
+    """
+
+    table: Table
+    qualified_name: str
+    key_types: tuple[str, str, str, str]
+
+    @classmethod
+    def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
+        """Read the table of a host's ``EventLog`` model.
+
+        Raises:
+            ConfigurationError: ``model`` is not an ``EventLog`` model, or a foreign key does
+                not resolve to a UUID or integer column.
+        """
+        table = getattr(model, "__table__", None)
+        if not (isinstance(model, type) and issubclass(model, EventLogMixin)) or not isinstance(
+            table, Table
+        ):
+            raise ConfigurationError(
+                f"model must be the host's EventLog class (built with event_log_model() or "
+                f"inheriting EventLogMixin and the host's Base), got {model!r}"
+            )
+        name = _quote(table.name)
+        if table.schema:
+            name = f"{_quote(table.schema)}.{name}"
+        types = tuple(
+            _key_sql_type(model, table, column)
+            for column in ("session_id", "user_id", "project_id", "agent_id")
+        )
+        return cls(table, name, (types[0], types[1], types[2], types[3]))
+
+    def check_keys(self, *values: Key | None) -> None:
+        """Raise `ValidationError` when a key does not fit its column's type.
+
+        Args:
+            values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
+        """
+        for name, sql_type, value in zip(COLUMNS[1:5], self.key_types, values, strict=True):
+            if value is None:
+                continue
+            if sql_type == "uuid":
+                if not isinstance(value, uuid.UUID):
+                    raise ValidationError(
+                        f"{name}={value!r} does not fit the uuid column {name}; pass a uuid.UUID"
+                    )
+            elif not isinstance(value, int):
+                raise ValidationError(
+                    f"{name}={value!r} does not fit the {sql_type} column {name}; pass an int"
+                )
+            elif not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
+                raise ValidationError(
+                    f"{name}={value} is out of range for the {sql_type} column {name}"
+                )
+
+    @property
+    def copy_types(self) -> list[str]:
+        """PostgreSQL types of `COLUMNS`, for a binary COPY."""
+        return [
+            "uuid",
+            *self.key_types,
+            "text",
+            "jsonb",
+            "timestamptz",
+            "text",
+            "text",
+            "text",
+        ]
+
+    @staticmethod
+    def row(event: NewEvent) -> tuple[object, ...]:
+        """Return the event's values in `COLUMNS` order."""
+        return (
+            event.id,
+            event.session_id,
+            event.user_id,
+            event.project_id,
+            event.agent_id,
+            event.event_type,
+            event.payload_json,
+            event.created_at,
+            event.error_code,
+            event.tool_name,
+            event.approval_status,
+        )
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
+    sql_type = table.c[column].type
+    if isinstance(sql_type, Uuid):
+        return "uuid"
+    if isinstance(sql_type, BigInteger):
+        return "int8"
+    if isinstance(sql_type, SmallInteger):
+        return "int2"
+    if isinstance(sql_type, Integer):
+        return "int4"
+    raise ConfigurationError(
+        f"{model.__name__}.{column} has type {sql_type!r}; the writers support UUID, SMALLINT, "
+        "INTEGER and BIGINT keys. Declare the host's tables before the EventLog model so the "
+        "foreign keys resolve, and use one of these key types"
+    )

@@ -1,0 +1,332 @@
+"""Record single events: in the caller's transaction, or detached on their own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Generic
+
+from sqlalchemy import Engine, Insert, Text, bindparam, cast
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from typing_extensions import Unpack
+
+from eventlog_persist.events import (
+    COLUMNS,
+    EventFields,
+    EventTable,
+    NewEvent,
+    build_event,
+    new_event,
+)
+from eventlog_persist.exceptions import ConfigurationError, EventLogError
+from eventlog_persist.model import EventLogMixin, KeyT
+from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist.retry import (
+    DEFAULT_RETRY,
+    ErrorKind,
+    RetriesExhaustedError,
+    RetryPolicy,
+    classify_error,
+)
+from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
+
+__all__ = ["EventWriteError", "EventWriter"]
+
+
+class EventWriteError(EventLogError):
+    """The database refused an event for good (a foreign key, a constraint, a permission).
+
+    Attributes:
+        event: The event that was not written. The database error is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, event: NewEvent) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+def _insert_statement(table: EventTable) -> Insert:
+    """``INSERT ... ON CONFLICT (id) DO NOTHING`` with one bind parameter per column."""
+    values: dict[str, Any] = {name: bindparam(name) for name in COLUMNS}
+    # The payload is JSON text already: cast it instead of encoding it a second time.
+    values["payload"] = cast(bindparam("payload", type_=Text()), JSONB)
+    return pg_insert(table.table).values(values).on_conflict_do_nothing(index_elements=["id"])
+
+
+def _params(event: NewEvent) -> dict[str, object]:
+    return dict(zip(COLUMNS, EventTable.row(event), strict=True))
+
+
+def _refused(event: NewEvent, exc: BaseException) -> EventWriteError:
+    cause = getattr(exc, "orig", None) or exc
+    return EventWriteError(
+        f"event {event.id} ({event.event_type}) was refused by the database: "
+        f"{type(cause).__name__}: {str(cause).strip()}; check that its session, user, project "
+        "and agent still exist and that the table is migrated",
+        event=event,
+    )
+
+
+class EventWriter(Generic[KeyT]):
+    """Builds checked events for one host model and records them.
+
+    * `record` adds the event to the caller's ``Session`` or ``AsyncSession``: it is
+      committed or rolled back with the caller's own changes.
+    * `record_detached` / `arecord_detached` write it at once in a short transaction of its
+      own, so it survives a rollback of the caller (log errors and failed tool calls this
+      way). Transient errors are retried; ``ON CONFLICT (id) DO NOTHING`` makes the retry
+      of a commit whose outcome is unknown harmless.
+
+    Every event's ``created_at`` is the client's clock at build time unless given.
+
+    Args:
+        model: The host's ``EventLog`` model.
+        payload_policy: How payloads are converted, redacted and capped.
+        field_rules: Which ``event_type`` and column values are allowed.
+        retry: How the detached writes retry transient errors.
+
+    Raises:
+        ConfigurationError: An argument is not valid.
+
+    Example:
+        >>> writer = EventWriter(EventLog)  # doctest: +SKIP
+        >>> writer.record(session, session_id=s.id, user_id=u.id, event_type="user_message",
+        ...               payload={"text": "hi"})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: type[EventLogMixin[KeyT]],
+        *,
+        payload_policy: PayloadPolicy = DEFAULT_POLICY,
+        field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        if not isinstance(payload_policy, PayloadPolicy):
+            raise ConfigurationError(
+                f"payload_policy={payload_policy!r} is not valid; pass a PayloadPolicy"
+            )
+        if not isinstance(field_rules, EventFieldRules):
+            raise ConfigurationError(
+                f"field_rules={field_rules!r} is not valid; pass an EventFieldRules"
+            )
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
+        self.model: type[EventLogMixin[KeyT]] = model
+        self.table = EventTable.of(model)
+        self.payload_policy = payload_policy
+        self.field_rules = field_rules
+        self.retry = retry
+        self._insert = _insert_statement(self.table)
+
+    def event(
+        self,
+        *,
+        session_id: KeyT,
+        user_id: KeyT,
+        event_type: str,
+        payload: object = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        error_code: str | None = None,
+        tool_name: str | None = None,
+        approval_status: str | None = None,
+        created_at: datetime | None = None,
+        id: uuid.UUID | None = None,
+    ) -> NewEvent:
+        """Build a checked event with this writer's rules; see `new_event` for the arguments.
+
+        Raises:
+            ValidationError: A field or key is not acceptable.
+            PayloadError: The payload cannot be stored; ``path`` says where.
+        """
+        self.table.check_keys(session_id, user_id, project_id, agent_id)
+        return new_event(
+            session_id=session_id,
+            user_id=user_id,
+            event_type=event_type,
+            payload=payload,
+            project_id=project_id,
+            agent_id=agent_id,
+            error_code=error_code,
+            tool_name=tool_name,
+            approval_status=approval_status,
+            created_at=created_at,
+            id=id,
+            payload_policy=self.payload_policy,
+            field_rules=self.field_rules,
+        )
+
+    def record(
+        self,
+        session: Session | AsyncSession,
+        *,
+        session_id: KeyT,
+        user_id: KeyT,
+        event_type: str,
+        payload: object = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        error_code: str | None = None,
+        tool_name: str | None = None,
+        approval_status: str | None = None,
+        created_at: datetime | None = None,
+        id: uuid.UUID | None = None,
+    ) -> EventLogMixin[KeyT]:
+        """Add an event to the caller's session, in the caller's transaction.
+
+        Nothing is sent yet: the row is inserted at the session's next flush and stored only
+        if the caller commits. Adding needs no I/O, so this plain method also serves an
+        ``AsyncSession`` (``await session.flush()`` to surface database errors early).
+
+        Args:
+            session: The caller's ``Session`` or ``AsyncSession``.
+            session_id: The chat session's key.
+            user_id: The user's key.
+            event_type: An `EventType` or a custom name.
+            payload: The payload; ``None`` stores ``{}``.
+            project_id: The project's key, or None.
+            agent_id: The agent's key, or None.
+            error_code: The error code, or None.
+            tool_name: The tool's name, or None.
+            approval_status: An `ApprovalStatus` or a custom status, or None.
+            created_at: When the event happened; default: now, by the client's clock.
+            id: The event id; default: a new UUIDv7.
+
+        Returns:
+            The new ``EventLog`` instance, already holding its ``id``.
+
+        Raises:
+            ValidationError: A field or key is not acceptable.
+            PayloadError: The payload cannot be stored; ``path`` says where.
+        """
+        self.table.check_keys(session_id, user_id, project_id, agent_id)
+        event, prepared = build_event(
+            session_id=session_id,
+            user_id=user_id,
+            event_type=event_type,
+            payload=payload,
+            project_id=project_id,
+            agent_id=agent_id,
+            error_code=error_code,
+            tool_name=tool_name,
+            approval_status=approval_status,
+            created_at=created_at,
+            id=id,
+            payload_policy=self.payload_policy,
+            field_rules=self.field_rules,
+        )
+        row: EventLogMixin[KeyT] = self.model(
+            id=event.id,
+            session_id=session_id,
+            user_id=user_id,
+            event_type=event.event_type,
+            payload=prepared.value,
+            project_id=project_id,
+            agent_id=agent_id,
+            error_code=event.error_code,
+            tool_name=event.tool_name,
+            approval_status=event.approval_status,
+            created_at=event.created_at,
+        )
+        session.add(row)
+        return row
+
+    def record_detached(self, engine: Engine, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
+        """Build an event and write it at once in its own transaction on ``engine``.
+
+        Takes the keyword arguments of `event`. The event is stored even if the caller's
+        own transaction later rolls back.
+
+        Returns:
+            The stored event.
+
+        Raises:
+            ValidationError: A field or key is not acceptable (nothing is written).
+            PayloadError: The payload cannot be stored (nothing is written).
+            EventWriteError: The database refused the event for good.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+        """
+        event = self.event(**fields)
+        self.write_detached(engine, event)
+        return event
+
+    def write_detached(self, engine: Engine, event: NewEvent) -> bool:
+        """Write a built event in its own transaction, retrying transient errors.
+
+        Returns:
+            True if the event was inserted, False if it was already stored.
+
+        Raises:
+            EventWriteError: The database refused the event for good.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+        """
+        params = _params(event)
+        started = time.monotonic()
+        retries = 0
+        while True:
+            try:
+                with engine.begin() as conn:
+                    return conn.execute(self._insert, params).rowcount == 1
+            except Exception as exc:
+                delay = self._retry_delay(event, exc, retries, started)
+            time.sleep(delay)
+            retries += 1
+
+    async def arecord_detached(
+        self, engine: AsyncEngine, **fields: Unpack[EventFields[KeyT]]
+    ) -> NewEvent:
+        """Async `record_detached`: build an event and write it in its own transaction.
+
+        Returns:
+            The stored event.
+
+        Raises:
+            ValidationError: A field or key is not acceptable (nothing is written).
+            PayloadError: The payload cannot be stored (nothing is written).
+            EventWriteError: The database refused the event for good.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+        """
+        event = self.event(**fields)
+        await self.awrite_detached(engine, event)
+        return event
+
+    async def awrite_detached(self, engine: AsyncEngine, event: NewEvent) -> bool:
+        """Async `write_detached`.
+
+        Returns:
+            True if the event was inserted, False if it was already stored.
+
+        Raises:
+            EventWriteError: The database refused the event for good.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+        """
+        params = _params(event)
+        started = time.monotonic()
+        retries = 0
+        while True:
+            try:
+                async with engine.begin() as conn:
+                    return (await conn.execute(self._insert, params)).rowcount == 1
+            except Exception as exc:
+                delay = self._retry_delay(event, exc, retries, started)
+            await asyncio.sleep(delay)
+            retries += 1
+
+    def _retry_delay(self, event: NewEvent, exc: Exception, retries: int, started: float) -> float:
+        """Return how long to wait before retrying, or raise the error to give the caller."""
+        if classify_error(exc) is not ErrorKind.TRANSIENT:
+            raise _refused(event, exc) from exc
+        delay = self.retry.delay(retries, time.monotonic() - started)
+        if delay is None:
+            raise RetriesExhaustedError(
+                f"writing event {event.id} failed {retries + 1} times with transient errors, "
+                f"the last: {exc}; check that the database is reachable, or allow more time "
+                "with RetryPolicy(max_attempts=..., max_elapsed=...)"
+            ) from exc
+        return delay

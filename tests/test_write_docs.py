@@ -1,0 +1,55 @@
+"""The examples of docs/writing.md run against a real database."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def load(name: str) -> object:
+    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", DOCS / "examples" / name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # SQLAlchemy resolves the models' string annotations through sys.modules.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_the_page_shows_every_example() -> None:
+    page = (DOCS / "writing.md").read_text()
+    for example in sorted((DOCS / "examples").glob("writing_*.py")):
+        assert f"examples/{example.name}" in page
+    # Every line of every fenced block is taken from an example, so it cannot go stale.
+    source = {
+        line.strip()
+        for example in (DOCS / "examples").glob("writing_*.py")
+        for line in example.read_text().splitlines()
+    }
+    for block in re.findall(r"```python\n(.*?)```", page, flags=re.S):
+        lines = [line.strip() for line in block.splitlines() if line.strip() not in ("", "...")]
+        missing = [line for line in lines if line not in source]
+        assert missing == [], "docs/writing.md shows code that no example runs"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("writing_script.py", 1502), ("writing_lifespan.py", 40)]
+)
+def test_example_runs(
+    database_url: URL, name: str, expected: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load(name)
+    total = module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    assert total == expected
+    assert f"events stored: {expected}" in capsys.readouterr().out

@@ -1,0 +1,208 @@
+"""Recording single events: in the caller's transaction (sync and async) and detached."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hostmodels import HostModels
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from eventlog_persist.events import new_event
+from eventlog_persist.exceptions import PayloadError, ValidationError
+from eventlog_persist.retry import RetryPolicy
+from eventlog_persist.vocabulary import EventFieldRules, EventType
+from eventlog_persist.writer import EventWriteError, EventWriter
+
+
+def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
+    """Create a user and a chat session; return their keys."""
+    with Session(engine) as session:
+        user = models.User(id=models.new_key())
+        session.add(user)
+        session.flush()
+        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
+        session.add(chat)
+        session.commit()
+        return user.id, chat.id
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT count(*) FROM event_logs")) or 0)
+
+
+def test_record_commits_and_rolls_back_with_the_caller(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    with Session(host_engine) as session:
+        row = writer.record(
+            session,
+            session_id=session_id,
+            user_id=user_id,
+            event_type=EventType.TOOL_CALL,
+            tool_name="search",
+            payload={"query": "x", "api_key": "sk-123", "at": datetime(2026, 1, 2, tzinfo=UTC)},
+        )
+        session.commit()
+        event_id = row.id
+    with Session(host_engine) as session:
+        writer.record(session, session_id=session_id, user_id=user_id, event_type="chat")
+        session.rollback()
+    with Session(host_engine) as session:
+        stored = session.scalars(select(host_models.EventLog)).one()
+    assert stored.id == event_id
+    assert stored.event_type == "tool_call"
+    assert stored.tool_name == "search"
+    assert stored.payload == {
+        "query": "x",
+        "api_key": "[REDACTED]",
+        "at": "2026-01-02T00:00:00+00:00",
+        "_redacted": ["/api_key"],
+    }
+    assert stored.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "path"),
+    [
+        ({"event_type": "bad type"}, ValidationError, None),
+        ({"event_type": "x", "tool_name": "t" * 129}, ValidationError, None),
+        ({"event_type": "x", "payload": {"a": [object()]}}, PayloadError, "/a/0"),
+        ({"event_type": "x", "payload": {"s": "\ud800"}, "_nul": "error"}, PayloadError, "/s"),
+        ({"event_type": "x", "created_at": datetime(2026, 1, 1)}, ValidationError, None),
+        ({"event_type": "x", "session_id": "not-a-key"}, ValidationError, None),
+        ({"event_type": "x", "session_id": 7}, ValidationError, None),
+    ],
+)
+def test_bad_input_raises_in_the_caller_and_writes_nothing(
+    host_engine: Engine,
+    host_models: HostModels,
+    fields: dict[str, Any],
+    error: type[Exception],
+    path: str | None,
+) -> None:
+    from eventlog_persist.payload import PayloadPolicy
+
+    user_id, session_id = seed(host_engine, host_models)
+    strict = fields.pop("_nul", None) is not None
+    writer = EventWriter(
+        host_models.EventLog,
+        payload_policy=PayloadPolicy(surrogates="error") if strict else PayloadPolicy(),
+    )
+    args = {"session_id": session_id, "user_id": user_id, **fields}
+    with Session(host_engine) as session:
+        with pytest.raises(error) as caught:
+            writer.record(session, **args)
+        session.commit()
+    with pytest.raises(error):
+        writer.record_detached(host_engine, **args)
+    if path is not None:
+        assert isinstance(caught.value, PayloadError)
+        assert caught.value.path == path
+    assert count(host_engine) == 0
+
+
+def test_field_rules_restrict_the_vocabulary(host_models: HostModels) -> None:
+    writer = EventWriter(
+        host_models.EventLog, field_rules=EventFieldRules(event_types=frozenset(EventType))
+    )
+    key = uuid.uuid4()
+    writer.event(session_id=key, user_id=key, event_type=EventType.ERROR, error_code="timeout")
+    with pytest.raises(ValidationError, match="not one of the allowed event types"):
+        writer.event(session_id=key, user_id=key, event_type="custom.thing")
+
+
+def test_detached_survives_the_callers_rollback_and_is_idempotent(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    with Session(host_engine) as session:
+        writer.record(session, session_id=session_id, user_id=user_id, event_type="tool_call")
+        event = writer.record_detached(
+            host_engine,
+            session_id=session_id,
+            user_id=user_id,
+            event_type=EventType.ERROR,
+            error_code="tool_failed",
+        )
+        session.rollback()
+    assert writer.write_detached(host_engine, event) is False  # a retry: no second row
+    with host_engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, error_code FROM event_logs")).all()
+    assert rows == [(event.id, "tool_failed")]
+
+
+def test_detached_fk_violation_is_a_typed_error(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, _ = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(EventWriteError, match="refused by the database") as caught:
+        writer.record_detached(
+            host_engine, session_id=uuid.uuid4(), user_id=user_id, event_type="x"
+        )
+    assert caught.value.event.event_type == "x"
+    assert count(host_engine) == 0
+
+
+@pytest_asyncio.fixture
+async def async_engine(host_engine: Engine, database_url: URL) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_async_session_record_and_detached(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    when = datetime.now(UTC) - timedelta(minutes=5)
+    async with AsyncSession(async_engine) as session:
+        kept = writer.record(
+            session, session_id=session_id, user_id=user_id, event_type="chat", created_at=when
+        )
+        kept_id = kept.id
+        await session.commit()
+    async with AsyncSession(async_engine) as session:
+        writer.record(session, session_id=session_id, user_id=user_id, event_type="chat")
+        detached = await writer.arecord_detached(
+            async_engine, session_id=session_id, user_id=user_id, event_type="error"
+        )
+        await session.rollback()
+    assert await writer.awrite_detached(async_engine, detached) is False
+    async with AsyncSession(async_engine) as session:
+        ids = set(await session.scalars(select(host_models.EventLog.id)))
+        stamp = await session.scalar(
+            select(func.min(host_models.EventLog.created_at)).where(
+                host_models.EventLog.id == kept_id
+            )
+        )
+    assert ids == {kept_id, detached.id}
+    assert stamp == when
+
+
+def test_new_event_is_a_frozen_checked_value() -> None:
+    key = uuid.uuid4()
+    event = new_event(
+        session_id=key, user_id=key, event_type="user_message", payload={"token": "t"}
+    )
+    assert event.payload_json == '{"token":"[REDACTED]","_redacted":["/token"]}'
+    assert event.redacted_paths == ("/token",)
+    assert event.id.version == 7
+    with pytest.raises(AttributeError):
+        event.event_type = "x"  # type: ignore[misc]
