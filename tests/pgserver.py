@@ -31,13 +31,14 @@ class ServerInfo:
 
     def sqlalchemy_url(self, dbname: str, driver: str = "psycopg") -> URL:
         # A host starting with "/" is a Unix socket directory.
-        query = {"host": self.host} if self.host.startswith("/") else {}
+        socket = self.host.startswith("/")
+        query = {"host": self.host, "port": str(self.port)} if socket else {}
         return URL.create(
             f"postgresql+{driver}",
             username=self.user,
             password=self.password,
-            host=None if query else self.host,
-            port=None if query else self.port,
+            host=None if socket else self.host,
+            port=None if socket else self.port,
             database=dbname,
             query=query,
         )

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import MetaData, Table, create_engine
+from sqlalchemy.exc import NoSuchTableError
 
 from eventlog_persist.alembic_setup import check_setup, write_linear_revisions
-from eventlog_persist.exceptions import EventLogError
+from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
+from eventlog_persist.retention import DEFAULT_BATCH_SIZE, count_purgeable, purge_events
+from eventlog_persist.schema import TABLE_NAME
 
 __all__ = ["main"]
 
@@ -34,8 +40,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
     demo.add_argument("--url", help="use this PostgreSQL database instead of an embedded one")
 
+    purge = commands.add_parser(
+        "purge",
+        help="delete events older than a cutoff in short batches (for a cron job)",
+        description="Delete events created before a cutoff, each batch in its own transaction.",
+    )
+    purge.add_argument("--url", required=True, help="SQLAlchemy URL of the database")
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        help="an age such as 30d, 12h, 2w, 90m (from now) or an ISO datetime with offset",
+    )
+    purge.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    purge.add_argument("--max-batches", type=int, help="stop after this many batches")
+    purge.add_argument("--sleep", type=float, default=0.0, help="seconds between batches")
+    purge.add_argument("--user-id", help="only this user's events")
+    purge.add_argument("--project-id", help="only this project's events")
+    purge.add_argument("--schema", help="schema of event_logs (default: search_path)")
+    purge.add_argument("--dry-run", action="store_true", help="count, do not delete")
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "purge":
+            return _purge(args)
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "linear-revision":
@@ -74,6 +101,90 @@ def _linear(config_path: str, version_path: str | None) -> int:
     if not written:
         print("eventlog-persist: the host history already has every package revision")
     return 0
+
+
+_AGE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_cutoff(value: str, *, now: datetime | None = None) -> datetime:
+    """Return the instant ``--older-than`` names: ``now`` minus an age, or an ISO datetime.
+
+    Raises:
+        ValidationError: The value is neither, or the datetime has no UTC offset.
+    """
+    match = _AGE.fullmatch(value.strip())
+    if match:
+        age = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return (now or datetime.now(UTC)) - age
+    try:
+        cutoff = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            f"--older-than {value!r} is neither an age (30d, 12h, 2w, 90m, 3600s) nor an ISO "
+            "datetime such as 2025-01-31T00:00:00+00:00"
+        ) from None
+    if cutoff.utcoffset() is None:
+        raise ValidationError(
+            f"--older-than {value!r} has no UTC offset; add one, e.g. {value}+00:00"
+        )
+    return cutoff
+
+
+def _purge(args: argparse.Namespace) -> int:
+    cutoff = parse_cutoff(args.older_than)
+    engine = create_engine(args.url)
+    try:
+        with engine.connect() as connection:
+            try:
+                table = Table(
+                    TABLE_NAME,
+                    MetaData(schema=args.schema),
+                    autoload_with=connection,
+                    resolve_fks=False,
+                )
+            except NoSuchTableError:
+                where = f"schema {args.schema!r}" if args.schema else "the search_path"
+                raise ConfigurationError(
+                    f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
+                    "or pass the schema that holds it as --schema"
+                ) from None
+        keys = {
+            name: _key(table, name, value)
+            for name, value in (("user_id", args.user_id), ("project_id", args.project_id))
+            if value is not None
+        }
+        if args.dry_run:
+            count = count_purgeable(engine, table, older_than=cutoff, **keys)
+            print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
+            return 0
+        result = purge_events(
+            engine,
+            table,
+            older_than=cutoff,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+            sleep=args.sleep,
+            **keys,
+        )
+    finally:
+        engine.dispose()
+    print(
+        f"eventlog-persist: purged {result.deleted} events older than {cutoff.isoformat()} "
+        f"in {result.batches} batches"
+    )
+    return 0
+
+
+def _key(table: Table, column: str, value: str) -> uuid.UUID | int:
+    python_type = table.c[column].type.python_type
+    try:
+        return uuid.UUID(value) if python_type is uuid.UUID else int(value)
+    except ValueError:
+        raise ValidationError(
+            f"--{column.replace('_', '-')} {value!r} is not a valid {python_type.__name__} "
+            f"key for {TABLE_NAME}.{column}"
+        ) from None
 
 
 if __name__ == "__main__":

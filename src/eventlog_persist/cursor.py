@@ -1,0 +1,86 @@
+"""Opaque keyset-pagination cursors: a position ``(created_at, id)`` bound to one query."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from eventlog_persist.exceptions import ValidationError
+
+__all__ = ["CursorPosition", "InvalidCursorError", "decode_cursor", "encode_cursor"]
+
+_VERSION: Final = 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# version, microseconds since the epoch (UTC), id bytes, then a tag over those and the query.
+_BODY: Final = struct.Struct(">Bq16s")
+_TAG_BYTES: Final = 12
+
+CursorPosition = tuple[datetime, uuid.UUID]
+"""Where a page ended: the ``(created_at, id)`` of its last event."""
+
+
+class InvalidCursorError(ValidationError):
+    """A cursor is garbled, was altered, or belongs to another query."""
+
+
+def _tag(body: bytes, query_key: str) -> bytes:
+    # A checksum, not a secret: scoping is enforced by the query itself, so a forged position
+    # can only move within rows the caller may already read.
+    return hashlib.blake2b(body + b"\0" + query_key.encode(), digest_size=_TAG_BYTES).digest()
+
+
+def encode_cursor(position: CursorPosition, query_key: str) -> str:
+    """Return the url-safe token for ``position`` in the query identified by ``query_key``.
+
+    Args:
+        position: ``(created_at, id)`` of the last event on the page; ``created_at`` aware.
+        query_key: Canonical description of the query (scope, filters, order).
+    """
+    created_at, event_id = position
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    body = _BODY.pack(_VERSION, micros, event_id.bytes)
+    return base64.urlsafe_b64encode(body + _tag(body, query_key)).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(token: str, query_key: str) -> CursorPosition:
+    """Return the position a token holds, after checking it was made by the same query.
+
+    Args:
+        token: A ``Page.next_cursor`` value.
+        query_key: Canonical description of the query now being run.
+
+    Raises:
+        InvalidCursorError: The token is not a cursor, was altered, or comes from a query
+            with another scope, other filters or another order.
+    """
+    if not isinstance(token, str):
+        raise InvalidCursorError(
+            f"cursor must be a str (a Page.next_cursor value), got {type(token).__name__}"
+        )
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != _BODY.size + _TAG_BYTES or raw[0] != _VERSION:
+        raise InvalidCursorError(
+            f"cursor {_show(token)} is not a cursor made by this version of eventlog_persist; "
+            "pass a Page.next_cursor value unchanged, or None to start from the first page"
+        )
+    body, tag = raw[: _BODY.size], raw[_BODY.size :]
+    if _tag(body, query_key) != tag:
+        raise InvalidCursorError(
+            f"cursor {_show(token)} was altered or belongs to another query (another scope, "
+            "filters or order); pass the next_cursor of the previous page of this same query, "
+            "or None to start from the first page"
+        )
+    _, micros, id_bytes = _BODY.unpack(body)
+    return _EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes)
+
+
+def _show(token: str) -> str:
+    return repr(token) if len(token) <= 24 else f"{token[:24]!r}..."

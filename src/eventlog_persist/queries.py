@@ -1,0 +1,599 @@
+"""Read-path statements and result types, shared by the sync and the async reader."""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Final, Generic, Literal, TypeAlias, get_args
+
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    ColumnElement,
+    Dialect,
+    Integer,
+    Interval,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    select,
+    tuple_,
+)
+
+from eventlog_persist.cursor import decode_cursor, encode_cursor
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.model import EventLogMixin, JSONValue, KeyT
+
+__all__ = [
+    "ANY_ERROR",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "UNSCOPED",
+    "BucketCount",
+    "CalendarUnit",
+    "CountField",
+    "ErrorMatch",
+    "EventFilter",
+    "EventRecord",
+    "GroupCount",
+    "Order",
+    "Page",
+    "PreparedQuery",
+    "TimelineQuery",
+    "Unscoped",
+    "bucket_query",
+    "count_query",
+    "event_table",
+    "timeline_query",
+]
+
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+
+Order: TypeAlias = Literal["newest", "oldest"]
+"""Timeline order: ``"newest"`` first (the default) or ``"oldest"`` first."""
+CountField: TypeAlias = Literal["event_type", "tool_name", "error_code", "agent_id"]
+"""A column that `count_query` groups by."""
+CalendarUnit: TypeAlias = Literal["hour", "day", "week", "month"]
+"""A calendar bucket, cut in a time zone by ``date_trunc``; weeks start on Monday."""
+
+# date_bin buckets line up with this instant: a Monday at midnight UTC, so 7-day buckets are weeks.
+_BIN_ORIGIN: Final = datetime.fromisoformat("2001-01-01T00:00:00+00:00")
+
+
+class ErrorMatch(Enum):
+    """Special values of ``EventFilter.error_code``."""
+
+    ANY = "any"
+    """Any event that has an error code (``error_code IS NOT NULL``)."""
+
+
+ANY_ERROR: Final = ErrorMatch.ANY
+"""``EventFilter(error_code=ANY_ERROR)``: every event with an error code."""
+
+
+class Unscoped(Enum):
+    """The explicit opt-out of the owning-user check on session and agent timelines."""
+
+    UNSCOPED = "unscoped"
+    """Read every user's events: for operator tools only, never for a user's request."""
+
+
+UNSCOPED: Final = Unscoped.UNSCOPED
+"""Pass as ``user_id=UNSCOPED`` to read a session or agent timeline across every user."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventFilter:
+    """Conditions an event must meet; all given conditions must hold.
+
+    Args:
+        event_types: Only these event types (any iterable of str; stored as a frozenset).
+        error_code: Only events with this error code, or `ANY_ERROR` for every event that
+            has one.
+        tool_name: Only events of this tool.
+        approval_status: Only events with this approval status.
+        since: Only events created at or after this instant (time-zone aware).
+        until: Only events created before this instant (time-zone aware, exclusive).
+
+    Raises:
+        ValidationError: A value cannot select anything or is ambiguous (empty
+            ``event_types``, empty strings, naive datetimes, ``since`` not before ``until``).
+    """
+
+    event_types: frozenset[str] | None = None
+    error_code: str | ErrorMatch | None = None
+    tool_name: str | None = None
+    approval_status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        types: object = self.event_types
+        if types is not None:
+            if isinstance(types, str) or not isinstance(types, Iterable):
+                raise ValidationError(
+                    f"EventFilter(event_types={types!r}) must be a collection of event types, "
+                    "e.g. {'tool_call', 'error'}"
+                )
+            chosen = frozenset(types)
+            if not chosen:
+                raise ValidationError(
+                    "EventFilter(event_types=...) is empty and would match nothing; list at "
+                    "least one event type, or pass None for every type"
+                )
+            for name in chosen:
+                _check_text("event_types", name)
+            object.__setattr__(self, "event_types", chosen)
+        if not isinstance(self.error_code, ErrorMatch):
+            _check_text("error_code", self.error_code)
+        _check_text("tool_name", self.tool_name)
+        _check_text("approval_status", self.approval_status)
+        check_range(self.since, self.until, owner="EventFilter")
+
+    def _key(self) -> str:
+        types = ",".join(sorted(self.event_types)) if self.event_types is not None else "*"
+        error = self.error_code.value if isinstance(self.error_code, ErrorMatch) else None
+        parts = (
+            types,
+            f"any:{error}" if error else repr(self.error_code),
+            repr(self.tool_name),
+            repr(self.approval_status),
+            self.since.isoformat() if self.since else "-",
+            self.until.isoformat() if self.until else "-",
+        )
+        return "|".join(parts)
+
+
+def _check_text(field: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValidationError(
+            f"EventFilter({field}=...) got {value!r}; pass a non-empty str, or None for any"
+        )
+
+
+def check_range(since: datetime | None, until: datetime | None, *, owner: str) -> None:
+    """Reject naive datetimes and empty ranges.
+
+    Raises:
+        ValidationError: ``since`` or ``until`` is naive, or ``since`` is not before ``until``.
+    """
+    for name, value in (("since", since), ("until", until)):
+        if value is None:
+            continue
+        if not isinstance(value, datetime):
+            raise ValidationError(f"{owner}({name}=...) must be a datetime, got {value!r}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValidationError(
+                f"{owner}({name}={value.isoformat()}) is a naive datetime, which PostgreSQL "
+                "would read in the session's time zone; pass an aware one, e.g. "
+                "datetime.now(UTC) or value.replace(tzinfo=UTC)"
+            )
+    if since is not None and until is not None and since >= until:
+        raise ValidationError(
+            f"{owner}(since={since.isoformat()}, until={until.isoformat()}) is an empty range; "
+            "since must be before until (since is inclusive, until exclusive)"
+        )
+
+
+_NO_FILTER: Final = EventFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord(Generic[KeyT]):
+    """One stored event, as the readers return it."""
+
+    id: uuid.UUID
+    session_id: KeyT
+    user_id: KeyT
+    project_id: KeyT | None
+    agent_id: KeyT | None
+    event_type: str
+    payload: JSONValue
+    created_at: datetime
+    error_code: str | None
+    tool_name: str | None
+    approval_status: str | None
+
+
+_RECORD_COLUMNS: Final = (
+    "id",
+    "session_id",
+    "user_id",
+    "project_id",
+    "agent_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "error_code",
+    "tool_name",
+    "approval_status",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[KeyT]):
+    """One page of a timeline.
+
+    Attributes:
+        items: The events, in the requested order.
+        next_cursor: Pass it as ``cursor=`` to the same call for the next page; ``None`` when
+            this is the last page.
+    """
+
+    items: tuple[EventRecord[KeyT], ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCount:
+    """How many events share one value of the grouped column (``None``: the column is NULL)."""
+
+    key: str | uuid.UUID | int | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCount:
+    """How many events fall in the time bucket that starts at ``start``."""
+
+    start: datetime
+    count: int
+
+
+def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:
+    """Return the ``event_logs`` table of a host's ``EventLog`` model (or the table itself).
+
+    Raises:
+        ConfigurationError: ``model`` is not a mapped ``EventLogMixin`` class or a ``Table``
+            with the event log's columns.
+    """
+    table = model if isinstance(model, Table) else getattr(model, "__table__", None)
+    if not isinstance(table, Table) or not set(_RECORD_COLUMNS) <= set(table.c.keys()):
+        raise ConfigurationError(
+            f"expected the host's EventLog model class (built with event_log_model() or "
+            f"EventLogMixin) or the event_logs Table, got {model!r}"
+        )
+    return table
+
+
+def check_key(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int)):
+        raise ValidationError(
+            f"{name} must be a uuid.UUID or an int (the host's primary-key type), got "
+            f"{type(value).__name__} {value!r}"
+            + ("; convert it with uuid.UUID(...)" if isinstance(value, str) else "")
+        )
+
+
+def _show_key(value: object) -> str:
+    return f"{type(value).__name__}:{value}"
+
+
+def _filter_shape(filters: EventFilter, params: dict[str, Any]) -> list[str]:
+    """Shape tokens and parameter values of a filter's conditions, except its time range."""
+    shape = []
+    if filters.event_types is not None:
+        shape.append("types")
+        params["event_types"] = sorted(filters.event_types)
+    if filters.error_code is ANY_ERROR:
+        shape.append("error:any")
+    elif filters.error_code is not None:
+        shape.append("error")
+        params["error_code"] = filters.error_code
+    if filters.tool_name is not None:
+        shape.append("tool")
+        params["tool_name"] = filters.tool_name
+    if filters.approval_status is not None:
+        shape.append("approval")
+        params["approval_status"] = filters.approval_status
+    return shape
+
+
+def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool]]:
+    """The WHERE conditions a shape names, each with a bind parameter of a fixed name."""
+    c = table.c
+
+    def param(name: str, column: str | None = None) -> BindParameter[Any]:
+        return bindparam(name, type_=c[column or name].type)
+
+    makers: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "user": lambda: c.user_id == param("user_id"),
+        "project": lambda: c.project_id == param("project_id"),
+        "agent": lambda: c.agent_id == param("agent_id"),
+        "types": lambda: (
+            c.event_type == any_(bindparam("event_types", type_=ARRAY(c.event_type.type)))
+        ),
+        "error:any": lambda: c.error_code.is_not(None),
+        "error": lambda: c.error_code == param("error_code"),
+        "tool": lambda: c.tool_name == param("tool_name"),
+        "approval": lambda: c.approval_status == param("approval_status"),
+        "since": lambda: c.created_at >= param("since", "created_at"),
+        "until": lambda: c.created_at < param("until", "created_at"),
+    }
+    conditions = []
+    for token in shape:
+        if token.startswith("key:"):
+            conditions.append(c[token[4:]] == param("key", token[4:]))
+        elif token.startswith("after:"):
+            position = tuple_(c.created_at, c.id)
+            after = tuple_(param("after_created_at", "created_at"), param("after_id", "id"))
+            conditions.append(position < after if token == "after:newest" else position > after)
+        elif token in makers:
+            conditions.append(makers[token]())
+    return conditions
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A statement as its shape (what its SQL text depends on) and its parameter values.
+
+    The SQL text of a shape is compiled once per dialect and kept in the table's ``info``
+    (no module-level cache), so repeated calls skip statement building and compilation.
+    """
+
+    table: Table
+    shape: tuple[str, ...]
+    params: dict[str, Any]
+    builder: Callable[[Table, tuple[str, ...]], Select[Any]]
+
+    def statement(self) -> Select[Any]:
+        """The SQLAlchemy statement; execute it with `params`."""
+        return self.builder(self.table, self.shape)
+
+    def driver_sql(self, dialect: Dialect) -> tuple[str, Any] | None:
+        """``(sql, parameters)`` for ``exec_driver_sql``, or None when the driver is not psycopg.
+
+        psycopg needs no SQLAlchemy bind or result processing for these columns, so its
+        rows come straight from the driver; other drivers go through ``execute``.
+        """
+        if dialect.driver != "psycopg":
+            return None
+        cache: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None]]
+        cache = self.table.info.setdefault(_SQL_CACHE, {})
+        key = (dialect.name, dialect.driver, dialect.paramstyle, self.builder, self.shape)
+        entry = cache.get(key)
+        if entry is None:
+            compiled = self.statement().compile(dialect=dialect)
+            order = compiled.positiontup
+            entry = (compiled.string, tuple(order) if order is not None else None)
+            cache[key] = entry
+        sql, positions = entry
+        if positions is None:
+            return sql, self.params
+        return sql, tuple(self.params[name] for name in positions)
+
+
+_SQL_CACHE: Final = "eventlog_persist.sql"
+
+
+def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    c = table.c
+    statement = select(*[c[name] for name in _RECORD_COLUMNS]).where(*_conditions(table, shape))
+    if "order:newest" in shape:
+        statement = statement.order_by(c.created_at.desc(), c.id.desc())
+    else:
+        statement = statement.order_by(c.created_at.asc(), c.id.asc())
+    return statement.limit(bindparam("limit", type_=Integer()))
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineQuery:
+    """A timeline query ready to run, and what turns its rows into a `Page`."""
+
+    query: PreparedQuery
+    limit: int
+    query_key: str
+
+    def page(self, rows: Sequence[Sequence[Any]]) -> Page[Any]:
+        """Build the page from the rows the statement returned (``limit + 1`` at most)."""
+        if len(rows) <= self.limit:
+            return Page(tuple([EventRecord(*row) for row in rows]), None)
+        items = tuple([EventRecord(*row) for row in rows[: self.limit]])
+        last = items[-1]
+        return Page(items, encode_cursor((last.created_at, last.id), self.query_key))
+
+
+def timeline_query(
+    table: Table,
+    *,
+    column: Literal["session_id", "user_id", "project_id", "agent_id"],
+    key: object,
+    user_id: object = None,
+    project_id: object = None,
+    filters: EventFilter | None = None,
+    order: Order = "newest",
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> TimelineQuery:
+    """Build one page of the timeline of ``column == key``, newest or oldest first.
+
+    Pages are cut by keyset on ``(created_at, id)``: a row comparison that the
+    ``(<column>, created_at)`` index serves, so page 1000 costs what page 1 does, and rows
+    inserted meanwhile never shift or repeat events already returned.
+
+    Raises:
+        ValidationError: A key, the order, the limit or the cursor is not valid.
+    """
+    check_key(column, key)
+    for name, value in (("user_id", user_id), ("project_id", project_id)):
+        if value is not None and value is not UNSCOPED:
+            check_key(name, value)
+    if order not in get_args(Order):
+        raise ValidationError(f"order must be 'newest' or 'oldest', got {order!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValidationError(
+            f"limit must be an int from 1 to {MAX_PAGE_SIZE} (MAX_PAGE_SIZE), got {limit!r}; "
+            "page through longer timelines with the cursor"
+        )
+    filters = _NO_FILTER if filters is None else filters
+    if not isinstance(filters, EventFilter):
+        raise ValidationError(f"filters must be an EventFilter or None, got {filters!r}")
+    query_key = "|".join(
+        (column, _show_key(key), _show_key(user_id), _show_key(project_id), order, filters._key())
+    )
+    params: dict[str, Any] = {"key": key, "limit": limit + 1}
+    shape = [f"key:{column}", f"order:{order}"]
+    if user_id is not None and user_id is not UNSCOPED and column != "user_id":
+        shape.append("user")
+        params["user_id"] = user_id
+    if project_id is not None and column != "project_id":
+        shape.append("project")
+        params["project_id"] = project_id
+    shape += _filter_shape(filters, params)
+    for name in ("since", "until"):
+        if getattr(filters, name) is not None:
+            shape.append(name)
+            params[name] = getattr(filters, name)
+    if cursor is not None:
+        params["after_created_at"], params["after_id"] = decode_cursor(cursor, query_key)
+        shape.append(f"after:{order}")
+    prepared = PreparedQuery(table, tuple(shape), params, _timeline_select)
+    return TimelineQuery(prepared, limit, query_key)
+
+
+def _aggregate_shape(
+    user_id: object,
+    project_id: object,
+    agent_id: object,
+    since: datetime,
+    until: datetime,
+    filters: EventFilter | None,
+) -> tuple[list[str], dict[str, Any]]:
+    if user_id is None and project_id is None:
+        raise ValidationError(
+            "an aggregate needs a scope: pass user_id=..., project_id=... or both (agent_id "
+            "only narrows a scope)"
+        )
+    shape: list[str] = []
+    params: dict[str, Any] = {}
+    for name, value in (("user_id", user_id), ("project_id", project_id), ("agent_id", agent_id)):
+        if value is not None:
+            check_key(name, value)
+            shape.append(name.removesuffix("_id"))
+            params[name] = value
+    if since is None or until is None:
+        raise ValidationError("an aggregate needs a time range: pass since=... and until=...")
+    check_range(since, until, owner="aggregate")
+    if filters is not None:
+        if not isinstance(filters, EventFilter):
+            raise ValidationError(f"filters must be an EventFilter or None, got {filters!r}")
+        shape += _filter_shape(filters, params)
+        # All conditions hold at once: the filter's range narrows the aggregate's.
+        since = max(since, filters.since or since)
+        until = min(until, filters.until or until)
+    shape += ["since", "until"]
+    params.update(since=since, until=until)
+    return shape, params
+
+
+def _count_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    column = table.c[shape[0].removeprefix("count:")]
+    count = func.count().label("count")
+    return (
+        select(column, count)
+        .where(*_conditions(table, shape))
+        .group_by(column)
+        .order_by(count.desc(), column.asc().nulls_first())
+    )
+
+
+def count_query(
+    table: Table,
+    field: CountField,
+    *,
+    since: datetime,
+    until: datetime,
+    user_id: object = None,
+    project_id: object = None,
+    agent_id: object = None,
+    filters: EventFilter | None = None,
+) -> PreparedQuery:
+    """Count events per value of ``field`` in a scope and time range, largest count first.
+
+    Raises:
+        ValidationError: No scope, no or an empty range, or an unknown ``field``.
+    """
+    if field not in get_args(CountField):
+        raise ValidationError(
+            f"cannot count by {field!r}; choose one of {', '.join(get_args(CountField))}"
+        )
+    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    return PreparedQuery(table, (f"count:{field}", *shape), params, _count_select)
+
+
+def _bucket_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    created_at = table.c.created_at
+    expression: ColumnElement[datetime]
+    if shape[0] == "bin":
+        interval = bindparam("bucket", type_=Interval())
+        expression = func.date_bin(interval, created_at, bindparam("origin", type_=created_at.type))
+    else:
+        unit = bindparam("unit", type_=String())
+        expression = func.date_trunc(unit, created_at, bindparam("time_zone", type_=String()))
+    inner = select(expression.label("start")).where(*_conditions(table, shape)).subquery("buckets")
+    return (
+        select(inner.c.start, func.count().label("count"))
+        .group_by(inner.c.start)
+        .order_by(inner.c.start)
+    )
+
+
+def bucket_query(
+    table: Table,
+    bucket: timedelta | CalendarUnit,
+    *,
+    since: datetime,
+    until: datetime,
+    user_id: object = None,
+    project_id: object = None,
+    agent_id: object = None,
+    filters: EventFilter | None = None,
+    time_zone: str = "UTC",
+) -> PreparedQuery:
+    """Count events per time bucket in a scope and range; empty buckets have no row.
+
+    A ``timedelta`` bucket uses ``date_bin`` with buckets aligned to 2001-01-01 00:00 UTC (a
+    Monday), so a 15-minute bucket starts on the quarter hour; ``time_zone`` must stay
+    ``"UTC"``. A calendar unit uses ``date_trunc(unit, created_at, time_zone)``, so days,
+    weeks and months follow that zone's midnights, daylight-saving changes included.
+
+    Raises:
+        ValidationError: No scope, no or an empty range, a bucket that is not positive or
+            not a calendar unit, or an unknown time zone.
+    """
+    if isinstance(bucket, timedelta):
+        if bucket <= timedelta(0):
+            raise ValidationError(f"bucket must be a positive timedelta, got {bucket!r}")
+        if time_zone != "UTC":
+            raise ValidationError(
+                f"time_zone={time_zone!r} applies to calendar buckets only; a timedelta bucket "
+                "is aligned to UTC. Use bucket='day' (or 'hour', 'week', 'month') to cut "
+                "buckets at that zone's midnights"
+            )
+        kind, values = "bin", {"bucket": bucket, "origin": _BIN_ORIGIN}
+    elif bucket in get_args(CalendarUnit):
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+            raise ValidationError(
+                f"time_zone={time_zone!r} is not an IANA time zone name such as "
+                "'UTC' or 'Europe/Paris'"
+            ) from exc
+        kind, values = "trunc", {"unit": bucket, "time_zone": time_zone}
+    else:
+        raise ValidationError(
+            f"bucket must be a timedelta or one of {', '.join(get_args(CalendarUnit))}, "
+            f"got {bucket!r}"
+        )
+    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    return PreparedQuery(table, (kind, *shape), {**params, **values}, _bucket_select)

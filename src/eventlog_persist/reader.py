@@ -1,0 +1,514 @@
+"""``EventLogReader`` and ``AsyncEventLogReader``: timelines and counts over `queries`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.model import EventLogMixin, KeyT
+from eventlog_persist.queries import (
+    DEFAULT_PAGE_SIZE,
+    BucketCount,
+    CalendarUnit,
+    CountField,
+    EventFilter,
+    GroupCount,
+    Order,
+    Page,
+    PreparedQuery,
+    TimelineQuery,
+    Unscoped,
+    bucket_query,
+    count_query,
+    event_table,
+    timeline_query,
+)
+
+__all__ = ["AsyncEventLogReader", "EventLogReader"]
+
+
+class _Statements:
+    """What both readers build: one statement per call, from the pure functions in queries."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, model: type[EventLogMixin[Any]]) -> None:
+        self._table = event_table(model)
+
+    def _session(self, session_id: object, user_id: object, **options: Any) -> TimelineQuery:
+        if user_id is None:
+            raise _owner_required("session_timeline", "session_id")
+        return timeline_query(
+            self._table, column="session_id", key=session_id, user_id=user_id, **options
+        )
+
+    def _agent(self, agent_id: object, user_id: object, **options: Any) -> TimelineQuery:
+        if user_id is None:
+            raise _owner_required("agent_timeline", "agent_id")
+        return timeline_query(
+            self._table, column="agent_id", key=agent_id, user_id=user_id, **options
+        )
+
+    def _user(self, user_id: object, project_id: object, **options: Any) -> TimelineQuery:
+        return timeline_query(
+            self._table, column="user_id", key=user_id, project_id=project_id, **options
+        )
+
+    def _project(self, project_id: object, user_id: object, **options: Any) -> TimelineQuery:
+        return timeline_query(
+            self._table, column="project_id", key=project_id, user_id=user_id, **options
+        )
+
+    def _counts(self, field: CountField, **options: Any) -> PreparedQuery:
+        return count_query(self._table, field, **options)
+
+    def _buckets(self, bucket: timedelta | CalendarUnit, **options: Any) -> PreparedQuery:
+        return bucket_query(self._table, bucket, **options)
+
+
+def _owner_required(method: str, key: str) -> ValidationError:
+    return ValidationError(
+        f"{method}() got user_id=None; pass the id of the user who owns the {key[:-3]}, so one "
+        "user can never read another's events, or user_id=UNSCOPED in operator tools that may "
+        "read every user's events"
+    )
+
+
+def _group_counts(rows: Sequence[Any]) -> list[GroupCount]:
+    return [GroupCount(key, count) for key, count in rows]
+
+
+def _bucket_counts(rows: Sequence[Any]) -> list[BucketCount]:
+    return [BucketCount(start, count) for start, count in rows]
+
+
+class EventLogReader(_Statements, Generic[KeyT]):
+    """Read a host's event log: timelines page by page, and counts for dashboards.
+
+    Every timeline is scoped: a user's or a project's timeline by its own key, a session's or
+    an agent's by the owning user too (``user_id=``), so a request handler that passes the
+    signed-in user's id cannot leak another user's events. Each call runs one indexed
+    statement; see ``docs/reading.md`` for which index serves which call.
+
+    Args:
+        bind: An ``Engine`` (a pooled connection per call), or a ``Connection`` or ORM
+            ``Session`` whose transaction the reads join.
+        model: The host's ``EventLog`` model class.
+
+    Raises:
+        ConfigurationError: ``bind`` or ``model`` cannot be used.
+
+    Example:
+        >>> reader = EventLogReader(engine, EventLog)  # doctest: +SKIP
+        >>> page = reader.session_timeline(session_id, user_id=user_id)  # doctest: +SKIP
+    """
+
+    __slots__ = ("_bind",)
+
+    def __init__(
+        self, bind: Engine | Connection | Session, model: type[EventLogMixin[KeyT]]
+    ) -> None:
+        if not isinstance(bind, (Engine, Connection, Session)):
+            hint = "; use AsyncEventLogReader" if _is_async(bind) else ""
+            raise ConfigurationError(
+                f"EventLogReader needs a sqlalchemy Engine, Connection or Session, got "
+                f"{bind!r}{hint}"
+            )
+        super().__init__(model)
+        self._bind = bind
+
+    def _all(self, query: PreparedQuery) -> Sequence[Any]:
+        bind = self._bind
+        if isinstance(bind, Engine):
+            with bind.connect() as connection:
+                return _run(connection, query)
+        return _run(bind.connection() if isinstance(bind, Session) else bind, query)
+
+    def session_timeline(
+        self,
+        session_id: KeyT,
+        *,
+        user_id: KeyT | Unscoped,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """Return one page of a chat session's events.
+
+        Args:
+            session_id: The session.
+            user_id: The user who owns the session: events of other users are never
+                returned. ``UNSCOPED`` reads every user's events (operator tools only).
+            filters: Extra conditions; all must hold.
+            order: ``"newest"`` first (default) or ``"oldest"`` first.
+            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
+            cursor: ``next_cursor`` of the previous page of this same call; ``None`` for
+                the first page.
+
+        Returns:
+            The page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: An argument is not valid (``user_id`` is ``None``, say).
+            InvalidCursorError: The cursor is garbled, altered or from another call.
+        """
+        query = self._session(
+            session_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(self._all(query.query))
+
+    def user_timeline(
+        self,
+        user_id: KeyT,
+        *,
+        project_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """Return one page of a user's events, optionally within one project.
+
+        Args:
+            user_id: The user.
+            project_id: Only events of this project.
+            filters: Extra conditions; all must hold.
+            order: ``"newest"`` first (default) or ``"oldest"`` first.
+            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
+            cursor: ``next_cursor`` of the previous page of this same call.
+
+        Returns:
+            The page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: An argument is not valid.
+            InvalidCursorError: The cursor is garbled, altered or from another call.
+        """
+        query = self._user(
+            user_id, project_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(self._all(query.query))
+
+    def project_timeline(
+        self,
+        project_id: KeyT,
+        *,
+        user_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """Return one page of a project's events, optionally of one user only.
+
+        Args:
+            project_id: The project; it is the scope, so check that the caller may read it.
+            user_id: Only events of this user.
+            filters: Extra conditions; all must hold.
+            order: ``"newest"`` first (default) or ``"oldest"`` first.
+            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
+            cursor: ``next_cursor`` of the previous page of this same call.
+
+        Returns:
+            The page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: An argument is not valid.
+            InvalidCursorError: The cursor is garbled, altered or from another call.
+        """
+        query = self._project(
+            project_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(self._all(query.query))
+
+    def agent_timeline(
+        self,
+        agent_id: KeyT,
+        *,
+        user_id: KeyT | Unscoped,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """Return one page of an agent's events.
+
+        Args:
+            agent_id: The agent.
+            user_id: The user who owns the agent; ``UNSCOPED`` reads every user's events
+                (operator tools only).
+            filters: Extra conditions; all must hold.
+            order: ``"newest"`` first (default) or ``"oldest"`` first.
+            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
+            cursor: ``next_cursor`` of the previous page of this same call.
+
+        Returns:
+            The page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: An argument is not valid (``user_id`` is ``None``, say).
+            InvalidCursorError: The cursor is garbled, altered or from another call.
+        """
+        query = self._agent(
+            agent_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(self._all(query.query))
+
+    def count_by(
+        self,
+        field: CountField,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+    ) -> list[GroupCount]:
+        """Count events per ``event_type``, ``tool_name``, ``error_code`` or ``agent_id``.
+
+        Args:
+            field: The column to group by; events where it is NULL count under key ``None``.
+            since: Start of the range (inclusive, time-zone aware).
+            until: End of the range (exclusive, time-zone aware).
+            user_id: The user whose events count; give it, ``project_id``, or both.
+            project_id: The project whose events count.
+            agent_id: Only events of this agent (narrows the scope).
+            filters: Extra conditions; all must hold (its range intersects the one above).
+
+        Returns:
+            One `GroupCount` per value, largest count first.
+
+        Raises:
+            ValidationError: No scope, no or an empty range, or an unknown ``field``.
+        """
+        query = self._counts(
+            field,
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+        )
+        return _group_counts(self._all(query))
+
+    def count_by_bucket(
+        self,
+        bucket: timedelta | CalendarUnit,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        time_zone: str = "UTC",
+    ) -> list[BucketCount]:
+        """Count events per time bucket; buckets with no event have no row.
+
+        Args:
+            bucket: A ``timedelta`` (``date_bin``, aligned to UTC) or ``"hour"``, ``"day"``,
+                ``"week"`` (from Monday) or ``"month"`` (``date_trunc`` in ``time_zone``).
+            since: Start of the range (inclusive, time-zone aware).
+            until: End of the range (exclusive, time-zone aware).
+            user_id: The user whose events count; give it, ``project_id``, or both.
+            project_id: The project whose events count.
+            agent_id: Only events of this agent (narrows the scope).
+            filters: Extra conditions; all must hold.
+            time_zone: IANA zone whose midnights cut calendar buckets; ``"UTC"`` for a
+                ``timedelta`` bucket.
+
+        Returns:
+            One `BucketCount` per non-empty bucket, oldest first.
+
+        Raises:
+            ValidationError: No scope, no or an empty range, or a bad bucket or time zone.
+        """
+        query = self._buckets(
+            bucket,
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+            time_zone=time_zone,
+        )
+        return _bucket_counts(self._all(query))
+
+
+class AsyncEventLogReader(_Statements, Generic[KeyT]):
+    """The asyncio twin of `EventLogReader`: same methods, same statements, awaited.
+
+    Args:
+        bind: An ``AsyncEngine``, ``AsyncConnection`` or ``AsyncSession``.
+        model: The host's ``EventLog`` model class.
+
+    Raises:
+        ConfigurationError: ``bind`` or ``model`` cannot be used.
+    """
+
+    __slots__ = ("_bind",)
+
+    def __init__(
+        self,
+        bind: AsyncEngine | AsyncConnection | AsyncSession,
+        model: type[EventLogMixin[KeyT]],
+    ) -> None:
+        if not _is_async(bind):
+            raise ConfigurationError(
+                f"AsyncEventLogReader needs a sqlalchemy AsyncEngine, AsyncConnection or "
+                f"AsyncSession, got {bind!r}; use EventLogReader for sync binds"
+            )
+        super().__init__(model)
+        self._bind = bind
+
+    async def _all(self, query: PreparedQuery) -> Sequence[Any]:
+        bind = self._bind
+        if isinstance(bind, AsyncEngine):
+            async with bind.connect() as connection:
+                return await _run_async(connection, query)
+        if isinstance(bind, AsyncSession):
+            return await _run_async(await bind.connection(), query)
+        return await _run_async(bind, query)
+
+    async def session_timeline(
+        self,
+        session_id: KeyT,
+        *,
+        user_id: KeyT | Unscoped,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """See `EventLogReader.session_timeline`."""
+        query = self._session(
+            session_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(await self._all(query.query))
+
+    async def user_timeline(
+        self,
+        user_id: KeyT,
+        *,
+        project_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """See `EventLogReader.user_timeline`."""
+        query = self._user(
+            user_id, project_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(await self._all(query.query))
+
+    async def project_timeline(
+        self,
+        project_id: KeyT,
+        *,
+        user_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """See `EventLogReader.project_timeline`."""
+        query = self._project(
+            project_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(await self._all(query.query))
+
+    async def agent_timeline(
+        self,
+        agent_id: KeyT,
+        *,
+        user_id: KeyT | Unscoped,
+        filters: EventFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[KeyT]:
+        """See `EventLogReader.agent_timeline`."""
+        query = self._agent(
+            agent_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        )
+        return query.page(await self._all(query.query))
+
+    async def count_by(
+        self,
+        field: CountField,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+    ) -> list[GroupCount]:
+        """See `EventLogReader.count_by`."""
+        query = self._counts(
+            field,
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+        )
+        return _group_counts(await self._all(query))
+
+    async def count_by_bucket(
+        self,
+        bucket: timedelta | CalendarUnit,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        time_zone: str = "UTC",
+    ) -> list[BucketCount]:
+        """See `EventLogReader.count_by_bucket`."""
+        query = self._buckets(
+            bucket,
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+            time_zone=time_zone,
+        )
+        return _bucket_counts(await self._all(query))
+
+
+def _run(connection: Connection, query: PreparedQuery) -> Sequence[Any]:
+    driver_sql = query.driver_sql(connection.dialect)
+    if driver_sql is None:
+        return connection.execute(query.statement(), query.params).all()
+    return connection.exec_driver_sql(*driver_sql).all()
+
+
+async def _run_async(connection: AsyncConnection, query: PreparedQuery) -> Sequence[Any]:
+    driver_sql = query.driver_sql(connection.dialect)
+    if driver_sql is None:
+        result = await connection.execute(query.statement(), query.params)
+    else:
+        result = await connection.exec_driver_sql(*driver_sql)
+    rows: Sequence[Any] = result.all()
+    return rows
+
+
+def _is_async(bind: object) -> bool:
+    return isinstance(bind, (AsyncEngine, AsyncConnection, AsyncSession))

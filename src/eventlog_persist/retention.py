@@ -1,0 +1,199 @@
+"""Retention: delete events older than a cutoff in short batches, one transaction each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Delete, Engine, Table, delete, func, select
+
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.model import EventLogMixin
+from eventlog_persist.queries import check_key, event_table
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "PurgeResult",
+    "count_purgeable",
+    "purge_events",
+    "purge_statement",
+]
+
+DEFAULT_BATCH_SIZE: Final = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What `purge_events` did.
+
+    Attributes:
+        deleted: Events deleted.
+        batches: Batches that deleted at least one event, each in its own transaction.
+    """
+
+    deleted: int
+    batches: int
+
+
+def _conditions(
+    table: Table, older_than: datetime, user_id: object, project_id: object
+) -> list[Any]:
+    if not isinstance(older_than, datetime) or older_than.utcoffset() is None:
+        raise ValidationError(
+            f"older_than must be a time-zone aware datetime, got {older_than!r}; e.g. "
+            "datetime.now(UTC) - timedelta(days=30)"
+        )
+    c = table.c
+    conditions = [c.created_at < older_than]
+    for name, value in (("user_id", user_id), ("project_id", project_id)):
+        if value is not None:
+            check_key(name, value)
+            conditions.append(c[name] == value)
+    return conditions
+
+
+def purge_statement(
+    table: Table,
+    *,
+    older_than: datetime,
+    user_id: object = None,
+    project_id: object = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Delete:
+    """Build one batch: delete up to ``batch_size`` events created before ``older_than``.
+
+    The ids come from a ``LIMIT`` subquery that locks its rows with ``SKIP LOCKED``, so a
+    batch never waits on rows another transaction holds. Scoped to a user or project, the
+    ``(user_id, created_at)`` or ``(project_id, created_at)`` index finds the rows; unscoped,
+    a sequential scan stops after ``batch_size`` matches, which in an append-mostly table are
+    near its start.
+    """
+    c = table.c
+    victims = (
+        select(c.id)
+        .where(*_conditions(table, older_than, user_id, project_id))
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    return delete(table).where(c.id.in_(victims.scalar_subquery()))
+
+
+@contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            yield connection
+    else:
+        with bind.begin():
+            yield bind
+
+
+def _check_bind(bind: object) -> None:
+    if isinstance(bind, Engine):
+        return
+    if not isinstance(bind, Connection):
+        raise ConfigurationError(
+            f"purge needs a sqlalchemy Engine or Connection, got {bind!r}; it commits each "
+            "batch itself, so it cannot run inside an ORM Session's transaction"
+        )
+    if bind.in_transaction():
+        raise ConfigurationError(
+            "the connection is already in a transaction; purge_events commits each batch on "
+            "its own, so pass an Engine or a connection with no transaction begun"
+        )
+
+
+def count_purgeable(
+    bind: Engine | Connection,
+    model: type[EventLogMixin[Any]] | Table,
+    *,
+    older_than: datetime,
+    user_id: Any = None,
+    project_id: Any = None,
+) -> int:
+    """Count the events `purge_events` would delete with the same arguments (a dry run).
+
+    Raises:
+        ValidationError: ``older_than`` is naive, or a key has the wrong type.
+    """
+    table = event_table(model)
+    statement = select(func.count()).where(*_conditions(table, older_than, user_id, project_id))
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
+    return int(bind.execute(statement).scalar_one())
+
+
+def purge_events(
+    bind: Engine | Connection,
+    model: type[EventLogMixin[Any]] | Table,
+    *,
+    older_than: datetime,
+    user_id: Any = None,
+    project_id: Any = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batches: int | None = None,
+    sleep: float = 0.0,
+) -> PurgeResult:
+    """Delete events created before ``older_than``, in batches of short transactions.
+
+    Each batch deletes at most ``batch_size`` events and commits, so no lock is held long
+    and no transaction grows large on a live table. Events created at or after
+    ``older_than`` are never touched. Rows locked by other transactions are skipped and left
+    for the next run.
+
+    Args:
+        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
+        model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
+        older_than: Cutoff instant (time-zone aware, exclusive).
+        user_id: Only this user's events.
+        project_id: Only this project's events.
+        batch_size: Most events per batch.
+        max_batches: Stop after this many batches (``None``: until nothing is left).
+        sleep: Seconds to wait between batches, to leave room for other work.
+
+    Returns:
+        How many events were deleted, in how many batches.
+
+    Raises:
+        ConfigurationError: ``bind`` cannot be used, or a batching option is out of range.
+        ValidationError: ``older_than`` is naive, or a key has the wrong type.
+
+    Example:
+        >>> purge_events(engine, EventLog, older_than=cutoff)  # doctest: +SKIP
+        PurgeResult(deleted=12000, batches=3)
+    """
+    _check_bind(bind)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ConfigurationError(
+            f"max_batches must be a positive int or None (no limit), got {max_batches!r}"
+        )
+    if not isinstance(sleep, (int, float)) or sleep < 0:
+        raise ConfigurationError(f"sleep must be a number of seconds >= 0, got {sleep!r}")
+    statement = purge_statement(
+        event_table(model),
+        older_than=older_than,
+        user_id=user_id,
+        project_id=project_id,
+        batch_size=batch_size,
+    )
+    deleted = batches = 0
+    while True:
+        with _transaction(bind) as connection:
+            count = connection.execute(statement).rowcount
+        if count:
+            deleted += count
+            batches += 1
+        if count < batch_size or batches == max_batches:
+            break
+        if sleep:
+            time.sleep(sleep)
+    return PurgeResult(deleted, batches)

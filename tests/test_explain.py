@@ -1,0 +1,279 @@
+"""Every read and purge statement is served by an index, proven with EXPLAIN on a loaded table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from pgserver import ServerInfo
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine, create_engine, event, func, select
+
+from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
+from eventlog_persist.reader import EventLogReader
+from eventlog_persist.retention import count_purgeable, purge_statement
+
+ROWS = 30_000
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SESSION_IX = "ix_event_logs_session_id_created_at"
+USER_IX = "ix_event_logs_user_id_created_at"
+PROJECT_IX = "ix_event_logs_project_id_created_at"
+AGENT_IX = "ix_event_logs_agent_id_created_at"
+
+
+def bench_module(name: str) -> ModuleType:
+    """Import a script from benchmarks/ (not a package) under its own name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_server: ServerInfo) -> Iterator[tuple[Engine, Any]]:
+    """A database of its own with ROWS generated events, analyzed; shared by this module."""
+    datagen = bench_module("datagen")
+    dbname = f"evl_explain_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=pg_server.user,
+        host=pg_server.host,
+        port=pg_server.port,
+        password=pg_server.password,
+        dbname=dbname,
+    )
+    janitor.init()
+    engine = create_engine(pg_server.sqlalchemy_url(dbname))
+    try:
+        datagen.create_schema(engine)
+        data = datagen.load(pg_server.libpq_dsn(dbname), ROWS)
+        yield engine, data
+    finally:
+        engine.dispose()
+        janitor.drop()
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Record the SQL and parameters that reach the driver."""
+    seen: list[tuple[str, Any]] = []
+
+    def hook(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", hook)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", hook)
+
+
+def plan_of(engine: Engine, statement: str, parameters: Any) -> dict[str, Any]:
+    with engine.connect() as connection:
+        result = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+        plan: dict[str, Any] = result.scalar_one()[0]["Plan"]
+    return plan
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def assert_indexed(plan: dict[str, Any], *allowed: str) -> str:
+    """The plan reads event_logs through one of ``allowed`` and never scans it whole."""
+    used = {node["Index Name"] for node in nodes(plan) if "Index Name" in node}
+    scans = [
+        node["Node Type"]
+        for node in nodes(plan)
+        if node["Node Type"] == "Seq Scan" and node.get("Relation Name") == "event_logs"
+    ]
+    assert not scans, f"sequential scan of event_logs in {plan}"
+    assert used & set(allowed), f"expected one of {allowed}, the plan uses {used}: {plan}"
+    return next(iter(used & set(allowed)))
+
+
+def explain_call(engine: Engine, call: Callable[[], object]) -> list[dict[str, Any]]:
+    """Run ``call`` and return the plans of the statements it executed."""
+    with captured(engine) as seen:
+        call()
+    statements = [(sql, params) for sql, params in seen if "event_logs" in sql]
+    assert statements, "the call executed no statement on event_logs"
+    return [plan_of(engine, sql, params) for sql, params in statements]
+
+
+def pick(data: Any) -> dict[str, Any]:
+    """Arguments for the calls: a typical session, its user, and that user's project/agent."""
+    session, user, _ = sorted(data.sessions, key=lambda s: s[2])[len(data.sessions) // 2]
+    project = next(key for key, owner in data.projects if owner == user)
+    agent = next(key for key, owner in data.agents if owner == user)
+    until = bench_module("datagen").END
+    return {
+        "session": session,
+        "user": user,
+        "project": project,
+        "agent": agent,
+        "week": {"since": until - timedelta(days=7), "until": until},
+        "month": {"since": until - timedelta(days=30), "until": until},
+    }
+
+
+def reader_calls(reader: Any, k: dict[str, Any]) -> list[tuple[str, Any, tuple[str, ...]]]:
+    def last_week() -> EventFilter:
+        return EventFilter(error_code=ANY_ERROR, **k["week"])
+
+    return [
+        (
+            "session",
+            lambda: reader.session_timeline(k["session"], user_id=k["user"]),
+            (SESSION_IX,),
+        ),
+        (
+            "session, oldest, typed",
+            lambda: reader.session_timeline(
+                k["session"],
+                user_id=k["user"],
+                order="oldest",
+                filters=EventFilter(event_types={"tool_call", "tool_result"}),
+            ),
+            (SESSION_IX,),
+        ),
+        (
+            "session unscoped",
+            lambda: reader.session_timeline(k["session"], user_id=UNSCOPED),
+            (SESSION_IX,),
+        ),
+        ("user", lambda: reader.user_timeline(k["user"]), (USER_IX,)),
+        (
+            "user errors last week",
+            lambda: reader.user_timeline(k["user"], filters=last_week()),
+            (USER_IX,),
+        ),
+        (
+            "user tool",
+            lambda: reader.user_timeline(k["user"], filters=EventFilter(tool_name="tool_00")),
+            (USER_IX,),
+        ),
+        (
+            "user approvals",
+            lambda: reader.user_timeline(
+                k["user"], filters=EventFilter(approval_status="denied", error_code="E000")
+            ),
+            (USER_IX,),
+        ),
+        (
+            "user in project",
+            lambda: reader.user_timeline(k["user"], project_id=k["project"]),
+            (USER_IX, PROJECT_IX),
+        ),
+        ("project", lambda: reader.project_timeline(k["project"]), (PROJECT_IX,)),
+        (
+            "project of user",
+            lambda: reader.project_timeline(k["project"], user_id=k["user"]),
+            (PROJECT_IX, USER_IX),
+        ),
+        ("agent", lambda: reader.agent_timeline(k["agent"], user_id=k["user"]), (AGENT_IX,)),
+        *[
+            (
+                f"count by {field}",
+                lambda field=field: reader.count_by(field, user_id=k["user"], **k["month"]),
+                (USER_IX,),
+            )
+            for field in ("event_type", "tool_name", "error_code", "agent_id")
+        ],
+        (
+            "count in project",
+            lambda: reader.count_by("tool_name", project_id=k["project"], **k["month"]),
+            (PROJECT_IX,),
+        ),
+        (
+            "count of agent",
+            lambda: reader.count_by(
+                "event_type", user_id=k["user"], agent_id=k["agent"], **k["month"]
+            ),
+            (USER_IX, AGENT_IX),
+        ),
+        (
+            "hourly",
+            lambda: reader.count_by_bucket(timedelta(hours=1), user_id=k["user"], **k["week"]),
+            (USER_IX,),
+        ),
+        (
+            "daily in Paris",
+            lambda: reader.count_by_bucket(
+                "day", user_id=k["user"], time_zone="Europe/Paris", **k["month"]
+            ),
+            (USER_IX,),
+        ),
+    ]
+
+
+CALL_NAMES = [name for name, _, _ in reader_calls(None, {})]
+
+
+@pytest.mark.parametrize("name", CALL_NAMES)
+def test_reader_call_uses_its_index(loaded: tuple[Engine, Any], name: str) -> None:
+    engine, data = loaded
+    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    (call, allowed) = next((c, a) for n, c, a in reader_calls(reader, pick(data)) if n == name)
+    for plan in explain_call(engine, call):
+        assert_indexed(plan, *allowed)
+
+
+def test_second_page_keeps_the_index(loaded: tuple[Engine, Any]) -> None:
+    engine, data = loaded
+    k = pick(data)
+    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    first = reader.session_timeline(k["session"], user_id=k["user"], limit=10)
+    assert first.next_cursor is not None
+    (plan,) = explain_call(
+        engine,
+        lambda: reader.session_timeline(
+            k["session"], user_id=k["user"], limit=10, cursor=first.next_cursor
+        ),
+    )
+    assert_indexed(plan, SESSION_IX)
+    # The keyset's row comparison reaches the index as a bound on created_at.
+    scans = [node for node in nodes(plan) if node.get("Index Name") == SESSION_IX]
+    assert "created_at" in scans[0]["Index Cond"]
+
+
+@pytest.mark.parametrize(("scope", "index"), [("user_id", USER_IX), ("project_id", PROJECT_IX)])
+def test_scoped_purge_uses_its_index(loaded: tuple[Engine, Any], scope: str, index: str) -> None:
+    engine, data = loaded
+    k = pick(data)
+    table = bench_module("datagen").EventLog.__table__
+    key = k["user"] if scope == "user_id" else k["project"]
+    statement = purge_statement(
+        table, older_than=k["month"]["since"], batch_size=500, **{scope: key}
+    )
+    compiled = statement.compile(engine)
+    assert_indexed(plan_of(engine, str(compiled), compiled.params), index)
+    for plan in explain_call(
+        engine,
+        lambda: count_purgeable(engine, table, older_than=k["month"]["since"], **{scope: key}),
+    ):
+        assert_indexed(plan, index)
+
+
+def test_the_table_is_big_enough_for_seq_scans(loaded: tuple[Engine, Any]) -> None:
+    """Control: without a usable index the planner does scan, so the checks above mean something."""
+    engine, _ = loaded
+    table = bench_module("datagen").EventLog.__table__
+    statement = select(func.count()).where(table.c.tool_name == "tool_00").compile(engine)
+    plan = plan_of(engine, str(statement), statement.params)
+    assert any(node["Node Type"] == "Seq Scan" for node in nodes(plan))
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(table)) == ROWS

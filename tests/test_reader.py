@@ -1,0 +1,526 @@
+"""EventLogReader on real PostgreSQL: timelines, cursors, filters, scoping and counts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hostmodels import HostModels, build_host_models
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from eventlog_persist.cursor import InvalidCursorError, decode_cursor, encode_cursor
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.queries import (
+    ANY_ERROR,
+    MAX_PAGE_SIZE,
+    UNSCOPED,
+    BucketCount,
+    EventFilter,
+    EventRecord,
+    GroupCount,
+    Page,
+)
+from eventlog_persist.reader import EventLogReader
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    """Two users; each has two sessions, a project and an agent."""
+
+    users: list[Any]
+    sessions: list[list[Any]]
+    projects: list[Any]
+    agents: list[Any]
+
+
+def make_world(engine: Engine, models: HostModels) -> World:
+    world = World([], [], [], [])
+    with Session(engine) as session:
+        for _ in range(2):
+            user = models.User(id=models.new_key())
+            session.add(user)
+            session.flush()
+            chats = [models.ChatSession(id=models.new_key(), user_id=user.id) for _ in range(2)]
+            project = models.UserProject(id=models.new_key(), user_id=user.id)
+            agent = models.UserAgent(id=models.new_key(), user_id=user.id)
+            session.add_all([*chats, project, agent])
+            session.flush()
+            world.users.append(user.id)
+            world.sessions.append([chat.id for chat in chats])
+            world.projects.append(project.id)
+            world.agents.append(agent.id)
+        session.commit()
+    return world
+
+
+def add_events(engine: Engine, models: HostModels, events: list[dict[str, Any]]) -> list[Any]:
+    with Session(engine) as session:
+        rows = [models.EventLog(**event) for event in events]
+        session.add_all(rows)
+        session.commit()
+        return [row.id for row in rows]
+
+
+def timeline_events(world: World, who: int = 0, count: int = 12) -> list[dict[str, Any]]:
+    """Events of one user's first session, two per second so created_at ties occur."""
+    kinds = ["user_message", "tool_call", "tool_result", "error", "approval_requested"]
+    return [
+        {
+            "session_id": world.sessions[who][0],
+            "user_id": world.users[who],
+            "project_id": world.projects[who] if n % 2 else None,
+            "agent_id": world.agents[who] if n % 3 else None,
+            "event_type": kinds[n % len(kinds)],
+            "payload": {"n": n},
+            "created_at": T0 + timedelta(seconds=n // 2),
+            "error_code": "timeout" if kinds[n % len(kinds)] == "error" else None,
+            "tool_name": "search" if n % 5 in (1, 2) else None,
+            "approval_status": "pending" if n % 5 == 4 else None,
+        }
+        for n in range(count)
+    ]
+
+
+@pytest.fixture
+def world(host_engine: Engine, host_models: HostModels) -> World:
+    world = make_world(host_engine, host_models)
+    add_events(host_engine, host_models, timeline_events(world, 0))
+    add_events(host_engine, host_models, timeline_events(world, 1, count=4))
+    return world
+
+
+@pytest.fixture
+def reader(host_engine: Engine, host_models: HostModels) -> EventLogReader[Any]:
+    return EventLogReader(host_engine, host_models.EventLog)
+
+
+def keys(page: Page[Any]) -> list[tuple[datetime, uuid.UUID]]:
+    return [(event.created_at, event.id) for event in page.items]
+
+
+def walk(fetch: Any, **options: Any) -> list[EventRecord[Any]]:
+    """Every event of a timeline, following cursors; checks no page repeats an event."""
+    seen: list[EventRecord[Any]] = []
+    cursor = None
+    while True:
+        page = fetch(cursor=cursor, **options)
+        seen.extend(page.items)
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+def test_session_timeline_is_newest_first_with_id_tiebreak(
+    reader: EventLogReader[Any], world: World
+) -> None:
+    page = reader.session_timeline(world.sessions[0][0], user_id=world.users[0])
+    assert len(page.items) == 12
+    assert page.next_cursor is None
+    assert keys(page) == sorted(keys(page), reverse=True)
+    first = page.items[0]
+    assert isinstance(first, EventRecord)
+    assert first.payload == {"n": first.payload["n"]}  # type: ignore[index,call-overload]
+    assert first.created_at == T0 + timedelta(seconds=5)
+    assert first.created_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+@pytest.mark.parametrize("limit", [1, 3, 5, 12])
+def test_pages_cover_the_timeline_once_in_order(
+    reader: EventLogReader[Any], world: World, order: Any, limit: int
+) -> None:
+    seen = walk(
+        reader.session_timeline,
+        session_id=world.sessions[0][0],
+        user_id=world.users[0],
+        order=order,
+        limit=limit,
+    )
+    pairs = [(event.created_at, event.id) for event in seen]
+    assert len(pairs) == len(set(pairs)) == 12
+    assert pairs == sorted(pairs, reverse=order == "newest")
+
+
+def test_last_full_page_has_no_cursor(reader: EventLogReader[Any], world: World) -> None:
+    page = reader.session_timeline(world.sessions[0][0], user_id=world.users[0], limit=6)
+    assert page.next_cursor is not None
+    last = reader.session_timeline(
+        world.sessions[0][0], user_id=world.users[0], limit=6, cursor=page.next_cursor
+    )
+    assert len(last.items) == 6
+    assert last.next_cursor is None
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_concurrent_inserts_never_shift_or_repeat_paged_events(
+    host_engine: Engine, host_models: HostModels, world: World, order: Any
+) -> None:
+    reader = EventLogReader(host_engine, host_models.EventLog)
+    chat, user = world.sessions[0][0], world.users[0]
+    first = reader.session_timeline(chat, user_id=user, order=order, limit=5)
+    # Newer events, and events at the very instant of the page boundary, arrive meanwhile.
+    boundary = first.items[-1].created_at
+    late = [
+        {"session_id": chat, "user_id": user, "event_type": "late", "created_at": when}
+        for when in (T0 + timedelta(hours=1), boundary, boundary, T0 - timedelta(hours=1))
+    ]
+    add_events(host_engine, host_models, late)
+    rest = walk(reader.session_timeline, session_id=chat, user_id=user, order=order, limit=5)
+    later = walk(
+        reader.session_timeline,
+        session_id=chat,
+        user_id=user,
+        order=order,
+        limit=5,
+    )
+    assert len(later) == 16
+    resumed = []
+    cursor = first.next_cursor
+    while cursor is not None:
+        page = reader.session_timeline(chat, user_id=user, order=order, limit=5, cursor=cursor)
+        resumed.extend(page.items)
+        cursor = page.next_cursor
+    ids = [event.id for event in (*first.items, *resumed)]
+    assert len(ids) == len(set(ids)), "an event was returned twice"
+    assert {event.id for event in first.items} <= {event.id for event in rest}
+    pairs = [(event.created_at, event.id) for event in (*first.items, *resumed)]
+    assert pairs == sorted(pairs, reverse=order == "newest")
+    # Everything the first page did not reach and that sorts after it is still found.
+    edge = (first.items[-1].created_at, first.items[-1].id)
+    beyond = [
+        (e.created_at, e.id)
+        for e in later
+        if ((e.created_at, e.id) < edge if order == "newest" else (e.created_at, e.id) > edge)
+    ]
+    assert pairs[5:] == beyond
+
+
+def test_session_timeline_is_scoped_to_the_owner(reader: EventLogReader[Any], world: World) -> None:
+    chat = world.sessions[0][0]
+    assert reader.session_timeline(chat, user_id=world.users[1]).items == ()
+    assert len(reader.session_timeline(chat, user_id=UNSCOPED).items) == 12
+    with pytest.raises(ValidationError, match="user_id=UNSCOPED"):
+        reader.session_timeline(chat, user_id=None)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="user_id=UNSCOPED"):
+        reader.agent_timeline(world.agents[0], user_id=None)  # type: ignore[arg-type]
+
+
+def test_user_project_and_agent_timelines(reader: EventLogReader[Any], world: World) -> None:
+    user, project, agent = world.users[0], world.projects[0], world.agents[0]
+    mine = reader.user_timeline(user).items
+    assert len(mine) == 12
+    assert {event.user_id for event in mine} == {user}
+    in_project = reader.user_timeline(user, project_id=project).items
+    assert {event.project_id for event in in_project} == {project}
+    assert len(in_project) == 6
+    assert reader.project_timeline(project).items == in_project
+    assert reader.project_timeline(project, user_id=world.users[1]).items == ()
+    by_agent = reader.agent_timeline(agent, user_id=user).items
+    assert len(by_agent) == 8
+    assert {event.agent_id for event in by_agent} == {agent}
+    assert reader.agent_timeline(agent, user_id=world.users[1]).items == ()
+    assert reader.agent_timeline(agent, user_id=UNSCOPED).items == by_agent
+
+
+def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
+    user = world.users[0]
+
+    def events(**conditions: Any) -> list[int]:
+        page = reader.user_timeline(user, filters=EventFilter(**conditions), order="oldest")
+        return [event.payload["n"] for event in page.items]  # type: ignore[call-overload,index]
+
+    assert events(event_types={"error", "tool_call"}) == [1, 3, 6, 8, 11]
+    assert events(error_code=ANY_ERROR) == [3, 8]
+    assert events(error_code="timeout") == [3, 8]
+    assert events(error_code="nope") == []
+    assert events(tool_name="search") == [1, 2, 6, 7, 11]
+    assert events(approval_status="pending") == [4, 9]
+    assert events(tool_name="search", event_types=["tool_call"]) == [1, 6, 11]
+    # since is inclusive, until exclusive.
+    assert events(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3)) == [2, 3, 4, 5]
+    paged = walk(
+        reader.user_timeline,
+        user_id=user,
+        filters=EventFilter(tool_name="search"),
+        limit=2,
+    )
+    assert [event.payload["n"] for event in paged] == [11, 7, 6, 2, 1]  # type: ignore[call-overload,index]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        ({"since": datetime(2025, 1, 1)}, "naive datetime"),
+        ({"until": datetime(2025, 1, 1)}, "aware one"),
+        ({"since": T0, "until": T0}, "since must be before until"),
+        ({"event_types": set()}, "match nothing"),
+        ({"event_types": "error"}, "collection of event types"),
+        ({"event_types": {""}}, "non-empty str"),
+        ({"tool_name": ""}, "tool_name"),
+        ({"error_code": 42}, "error_code"),
+    ],
+)
+def test_filter_validation(conditions: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        EventFilter(**conditions)
+
+
+def test_argument_validation(reader: EventLogReader[Any], world: World) -> None:
+    user = world.users[0]
+    with pytest.raises(ValidationError, match="limit must be"):
+        reader.user_timeline(user, limit=0)
+    with pytest.raises(ValidationError, match="limit must be"):
+        reader.user_timeline(user, limit=MAX_PAGE_SIZE + 1)
+    with pytest.raises(ValidationError, match="order must be"):
+        reader.user_timeline(user, order="latest")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"uuid\.UUID\(\.\.\.\)"):
+        reader.user_timeline(str(user))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="EventFilter or None"):
+        reader.user_timeline(user, filters={"tool_name": "x"})  # type: ignore[arg-type]
+
+
+def test_cursor_from_another_query_or_altered_is_refused(
+    reader: EventLogReader[Any], world: World
+) -> None:
+    chat, user = world.sessions[0][0], world.users[0]
+    cursor = reader.session_timeline(chat, user_id=user, limit=2).next_cursor
+    assert cursor is not None
+    assert reader.session_timeline(chat, user_id=user, limit=7, cursor=cursor).items
+    foreign = [
+        lambda: reader.session_timeline(chat, user_id=UNSCOPED, cursor=cursor),
+        lambda: reader.session_timeline(chat, user_id=user, order="oldest", cursor=cursor),
+        lambda: reader.user_timeline(user, cursor=cursor),
+        lambda: reader.session_timeline(
+            chat, user_id=user, filters=EventFilter(tool_name="x"), cursor=cursor
+        ),
+    ]
+    for call in foreign:
+        with pytest.raises(InvalidCursorError, match="belongs to another query"):
+            call()
+    flipped = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+    with pytest.raises(InvalidCursorError, match="altered"):
+        reader.session_timeline(chat, user_id=user, cursor=flipped)
+    for garbage in ("", "not a cursor!", cursor[:-4], "AAAA" * 20):
+        with pytest.raises(InvalidCursorError, match=r"Page\.next_cursor") as raised:
+            reader.session_timeline(chat, user_id=user, cursor=garbage)
+        assert isinstance(raised.value, ValidationError)
+        assert isinstance(raised.value, ValueError)
+
+
+def test_cursor_round_trip_keeps_microseconds() -> None:
+    when = datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    event_id = uuid.uuid4()
+    token = encode_cursor((when, event_id), "q")
+    assert decode_cursor(token, "q") == (when, event_id)
+    assert "=" not in token
+    assert token == token.encode("ascii").decode()
+    with pytest.raises(InvalidCursorError, match="str"):
+        decode_cursor(42, "q")  # type: ignore[arg-type]
+
+
+def test_counts(reader: EventLogReader[Any], world: World) -> None:
+    user, project = world.users[0], world.projects[0]
+    span = {"since": T0, "until": T0 + timedelta(minutes=1)}
+    by_type = reader.count_by("event_type", user_id=user, **span)
+    assert by_type[0].count >= by_type[-1].count
+    assert sum(group.count for group in by_type) == 12
+    assert GroupCount("error", 2) in by_type
+    assert reader.count_by("tool_name", user_id=user, **span) == [
+        GroupCount(None, 7),
+        GroupCount("search", 5),
+    ]
+    errors = reader.count_by(
+        "error_code", user_id=user, filters=EventFilter(error_code=ANY_ERROR), **span
+    )
+    assert errors == [GroupCount("timeout", 2)]
+    by_agent = reader.count_by("agent_id", project_id=project, **span)
+    assert by_agent == [GroupCount(world.agents[0], 4), GroupCount(None, 2)]
+    narrowed = reader.count_by("event_type", user_id=user, agent_id=world.agents[0], **span)
+    assert sum(group.count for group in narrowed) == 8
+    assert reader.count_by("event_type", user_id=world.users[1], project_id=project, **span) == []
+    # A filter's range intersects the aggregate's.
+    late = EventFilter(since=T0 + timedelta(seconds=5))
+    assert (
+        sum(g.count for g in reader.count_by("event_type", user_id=user, filters=late, **span)) == 2
+    )
+
+
+def test_count_by_bucket(reader: EventLogReader[Any], world: World) -> None:
+    user = world.users[0]
+    span = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
+    buckets = reader.count_by_bucket(timedelta(seconds=2), user_id=user, **span)
+    assert buckets == [
+        BucketCount(T0, 4),
+        BucketCount(T0 + timedelta(seconds=2), 4),
+        BucketCount(T0 + timedelta(seconds=4), 4),
+    ]
+    assert reader.count_by_bucket("day", user_id=user, **span) == [
+        BucketCount(datetime(2025, 3, 1, tzinfo=UTC), 12)
+    ]
+    # Midnight in Tokyo (UTC+9) cuts the day at 15:00 UTC the day before.
+    assert reader.count_by_bucket("day", user_id=user, time_zone="Asia/Tokyo", **span) == [
+        BucketCount(datetime(2025, 2, 28, 15, tzinfo=UTC), 12)
+    ]
+    assert reader.count_by_bucket("week", user_id=user, **span)[0].start == datetime(
+        2025, 2, 24, tzinfo=UTC
+    )
+    assert reader.count_by_bucket(timedelta(days=7), user_id=user, **span)[0].start == datetime(
+        2025, 2, 24, tzinfo=UTC
+    )
+
+
+def test_calendar_buckets_follow_daylight_saving(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    # Paris moved to summer time on 2025-03-30: that local day lasted 23 hours, from 23:00 UTC
+    # to 22:00 UTC. These two events share a UTC day but not a Paris one.
+    chat, user = world.sessions[1][0], world.users[1]
+    instants = [
+        datetime(2025, 3, 30, 21, 30, tzinfo=UTC),
+        datetime(2025, 3, 30, 22, 30, tzinfo=UTC),
+    ]
+    add_events(
+        host_engine,
+        host_models,
+        [
+            {"session_id": chat, "user_id": user, "event_type": "x", "created_at": t}
+            for t in instants
+        ],
+    )
+    reader = EventLogReader(host_engine, host_models.EventLog)
+    buckets = reader.count_by_bucket(
+        "day",
+        user_id=user,
+        since=datetime(2025, 3, 29, tzinfo=UTC),
+        until=datetime(2025, 4, 1, tzinfo=UTC),
+        time_zone="Europe/Paris",
+    )
+    assert buckets == [
+        BucketCount(datetime(2025, 3, 29, 23, tzinfo=UTC), 1),
+        BucketCount(datetime(2025, 3, 30, 22, tzinfo=UTC), 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"user_id": None}, "needs a scope"),
+        ({"since": datetime(2025, 1, 1)}, "naive"),
+        ({"until": T0 - timedelta(days=9)}, "empty range"),
+        ({"until": None}, "needs a time range"),
+        ({"bucket": "fortnight"}, "bucket must be"),
+        ({"bucket": timedelta(0)}, "positive"),
+        ({"bucket": timedelta(hours=1), "time_zone": "Europe/Paris"}, "calendar buckets only"),
+        ({"time_zone": "Mars/Olympus"}, "IANA"),
+        ({"filters": "x"}, "EventFilter"),
+    ],
+)
+def test_aggregate_validation(
+    reader: EventLogReader[Any], world: World, arguments: dict[str, Any], message: str
+) -> None:
+    options: dict[str, Any] = {
+        "bucket": "day",
+        "user_id": world.users[0],
+        "since": T0 - timedelta(days=1),
+        "until": T0,
+        **arguments,
+    }
+    with pytest.raises(ValidationError, match=message):
+        reader.count_by_bucket(**options)
+    if "bucket" not in arguments and "time_zone" not in arguments:
+        del options["bucket"]
+        with pytest.raises(ValidationError, match=message):
+            reader.count_by("event_type", **options)
+    with pytest.raises(ValidationError, match="cannot count by"):
+        reader.count_by("payload", user_id=world.users[0], since=T0, until=T0 + timedelta(1))  # type: ignore[arg-type]
+
+
+def test_connection_and_session_binds_join_the_callers_transaction(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    chat, user = world.sessions[0][1], world.users[0]
+    with Session(host_engine) as session:
+        session.add(host_models.EventLog(session_id=chat, user_id=user, event_type="draft"))
+        session.flush()
+        page = EventLogReader(session, host_models.EventLog).session_timeline(chat, user_id=user)
+        assert [event.event_type for event in page.items] == ["draft"]
+        session.rollback()
+    with host_engine.connect() as connection:
+        reader = EventLogReader(connection, host_models.EventLog)
+        assert reader.session_timeline(chat, user_id=user).items == ()
+
+
+def test_integer_keyed_host(engine: Engine) -> None:
+    models = build_host_models(keys="integer")
+    models.Base.metadata.create_all(engine)
+    world = make_world(engine, models)
+    add_events(engine, models, timeline_events(world, 0))
+    reader = EventLogReader(engine, models.EventLog)
+    everything = walk(reader.user_timeline, user_id=world.users[0], limit=5)
+    assert len(everything) == 12
+    assert all(isinstance(event.session_id, int) for event in everything)
+    span = {"since": T0, "until": T0 + timedelta(hours=1)}
+    assert reader.count_by("agent_id", user_id=world.users[0], **span)[0] == GroupCount(
+        world.agents[0], 8
+    )
+
+
+def test_reader_rejects_what_it_cannot_use(host_engine: Engine, host_models: HostModels) -> None:
+    with pytest.raises(ConfigurationError, match="Engine, Connection or Session"):
+        EventLogReader("postgresql://", host_models.EventLog)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="EventLog model class"):
+        EventLogReader(host_engine, host_models.User)
+
+
+def test_statement_path_matches_the_driver_path(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    """Drivers other than psycopg run the SQLAlchemy statement; both paths agree."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from eventlog_persist.queries import bucket_query, count_query, event_table, timeline_query
+
+    table = event_table(host_models.EventLog)
+    span = {"since": T0, "until": T0 + timedelta(hours=1)}
+    queries = [
+        timeline_query(
+            table,
+            column="session_id",
+            key=world.sessions[0][0],
+            user_id=world.users[0],
+            filters=EventFilter(event_types={"error", "tool_call"}, tool_name="search"),
+        ).query,
+        count_query(table, "tool_name", user_id=world.users[0], **span),
+        bucket_query(table, timedelta(seconds=2), project_id=world.projects[0], **span),
+    ]
+    positional = PGDialect_psycopg(paramstyle="format")
+    with host_engine.connect() as connection:
+        for query in queries:
+            driver_sql = query.driver_sql(connection.dialect)
+            assert driver_sql is not None
+            expected = connection.exec_driver_sql(*driver_sql).all()
+            assert expected
+            assert connection.execute(query.statement(), query.params).all() == expected
+            sql, parameters = query.driver_sql(positional) or ("", ())
+            assert isinstance(parameters, tuple)
+            assert connection.exec_driver_sql(sql, parameters).all() == expected
+    other = type("Other", (), {"driver": "asyncpg"})()
+    assert queries[0].driver_sql(other) is None  # type: ignore[arg-type]
+
+
+def test_readers_fall_back_to_the_statement(
+    reader: EventLogReader[Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventlog_persist.queries import PreparedQuery
+
+    expected = reader.session_timeline(world.sessions[0][0], user_id=world.users[0], limit=4)
+    monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
+    assert (
+        reader.session_timeline(world.sessions[0][0], user_id=world.users[0], limit=4) == expected
+    )

@@ -1,0 +1,138 @@
+"""AsyncEventLogReader returns exactly what EventLogReader returns, for every call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hostmodels import HostModels
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from test_reader import T0, World, add_events, make_world, timeline_events
+
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
+from eventlog_persist.reader import AsyncEventLogReader, EventLogReader
+
+SPAN = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
+
+
+@pytest.fixture
+def world(host_engine: Engine, host_models: HostModels) -> World:
+    world = make_world(host_engine, host_models)
+    add_events(host_engine, host_models, timeline_events(world, 0))
+    add_events(host_engine, host_models, timeline_events(world, 1, count=4))
+    return world
+
+
+@pytest_asyncio.fixture
+async def async_engine(database_url: URL, host_engine: Engine) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def calls(world: World) -> dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    user, chat = world.users[0], world.sessions[0][0]
+    errors = EventFilter(error_code=ANY_ERROR)
+    return {
+        "session": ("session_timeline", (chat,), {"user_id": user, "limit": 5}),
+        "session oldest": ("session_timeline", (chat,), {"user_id": UNSCOPED, "order": "oldest"}),
+        "user": ("user_timeline", (user,), {"filters": errors}),
+        "user in project": ("user_timeline", (user,), {"project_id": world.projects[0]}),
+        "project": ("project_timeline", (world.projects[0],), {"limit": 2}),
+        "agent": ("agent_timeline", (world.agents[0],), {"user_id": user}),
+        "count": ("count_by", ("tool_name",), {"user_id": user, **SPAN}),
+        "buckets": ("count_by_bucket", ("hour",), {"user_id": user, **SPAN}),
+    }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "name",
+    [
+        "session",
+        "session oldest",
+        "user",
+        "user in project",
+        "project",
+        "agent",
+        "count",
+        "buckets",
+    ],
+)
+async def test_async_matches_sync(
+    host_engine: Engine,
+    host_models: HostModels,
+    async_engine: AsyncEngine,
+    world: World,
+    name: str,
+) -> None:
+    method, args, options = calls(world)[name]
+    sync_result = getattr(EventLogReader(host_engine, host_models.EventLog), method)(
+        *args, **options
+    )
+    reader = AsyncEventLogReader(async_engine, host_models.EventLog)
+    async_result = await getattr(reader, method)(*args, **options)
+    assert async_result == sync_result
+    cursor = getattr(sync_result, "next_cursor", None)
+    if cursor is not None:
+        following = await getattr(reader, method)(*args, cursor=cursor, **options)
+        assert following == getattr(EventLogReader(host_engine, host_models.EventLog), method)(
+            *args, cursor=cursor, **options
+        )
+
+
+@pytest.mark.asyncio
+async def test_async_session_and_connection_binds(
+    host_models: HostModels, async_engine: AsyncEngine, world: World
+) -> None:
+    chat, user = world.sessions[0][1], world.users[0]
+    async with AsyncSession(async_engine) as session:
+        session.add(host_models.EventLog(session_id=chat, user_id=user, event_type="draft"))
+        await session.flush()
+        page = await AsyncEventLogReader(session, host_models.EventLog).session_timeline(
+            chat, user_id=user
+        )
+        assert [event.event_type for event in page.items] == ["draft"]
+        await session.rollback()
+    async with async_engine.connect() as connection:
+        reader = AsyncEventLogReader(connection, host_models.EventLog)
+        assert (await reader.session_timeline(chat, user_id=user)).items == ()
+        with pytest.raises(ValidationError, match="UNSCOPED"):
+            await reader.session_timeline(chat, user_id=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_binds_of_the_wrong_kind_are_refused(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine
+) -> None:
+    with pytest.raises(ConfigurationError, match="use AsyncEventLogReader"):
+        EventLogReader(async_engine, host_models.EventLog)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="use EventLogReader"):
+        AsyncEventLogReader(host_engine, host_models.EventLog)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_async_reader_falls_back_to_the_statement(
+    host_engine: Engine,
+    host_models: HostModels,
+    async_engine: AsyncEngine,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from eventlog_persist.queries import PreparedQuery
+
+    user = world.users[0]
+    expected = EventLogReader(host_engine, host_models.EventLog).count_by(
+        "event_type", user_id=user, **SPAN
+    )
+    monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
+    reader = AsyncEventLogReader(async_engine, host_models.EventLog)
+    assert await reader.count_by("event_type", user_id=user, **SPAN) == expected
