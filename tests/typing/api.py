@@ -11,18 +11,25 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import eventlog_persist
 from eventlog_persist import (
+    ANY_ERROR,
     BufferedWriter,
     BulkResult,
+    EventFilter,
     EventLogMixin,
+    EventLogReader,
+    EventRecord,
     EventType,
     EventWriter,
     ForeignKeyTargets,
     JSONValue,
     NewEvent,
+    Page,
+    PurgeResult,
     WriterCounters,
     check_setup,
     event_log_model,
     include_name,
+    purge_events,
     write_events,
 )
 
@@ -87,3 +94,14 @@ def write(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> int:
         buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
     counters: WriterCounters = buffered.counters
     return result.written + counters.written
+
+
+def read(engine: Engine, user: User, chat: uuid.UUID) -> list[str]:
+    reader = EventLogReader(engine, EventLog)
+    page: Page[uuid.UUID] = reader.session_timeline(chat, user_id=user.id, limit=20)
+    errors = reader.user_timeline(user.id, filters=EventFilter(error_code=ANY_ERROR))
+    items: tuple[EventRecord[uuid.UUID], ...] = page.items + errors.items
+    if page.next_cursor is not None:
+        items += reader.session_timeline(chat, user_id=user.id, cursor=page.next_cursor).items
+    purged: PurgeResult = purge_events(engine, EventLog, older_than=datetime.now(UTC))
+    return [item.event_type for item in items] + [str(purged.deleted)]
