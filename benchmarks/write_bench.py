@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist import event_log_model
 from eventlog_persist.buffered import BufferedWriter
-from eventlog_persist.bulk import write_events
+from eventlog_persist.bulk import DEFAULT_BATCH_SIZE, write_events
 from eventlog_persist.events import COLUMNS, EventTable, NewEvent
 from eventlog_persist.writer import EventWriter
 
@@ -60,14 +60,19 @@ class UserAgent(Base):
 EventLog = event_log_model(Base)
 
 
-def payload(n: int) -> dict[str, Any]:
-    """About 600 bytes of JSON, shaped like a tool call."""
+def payload(n: int, *, non_ascii: bool = False) -> dict[str, Any]:
+    """About 600 bytes of JSON, shaped like a tool call (non-ASCII text when asked)."""
+    user = "Find me a quiet Italian restaurant near the station " * 2
+    agent = "Looking that up for you now, one moment. " * 3
+    if non_ascii:  # the same number of characters, 1.5-4 bytes each in UTF-8
+        user = "駅の近くの静かなイタリアンを探して。" * 6
+        agent = "Ça marche, je cherche 🍝 — un instant. " * 3
     return {
         "model": "gpt-4.1-mini",
         "turn": n,
         "messages": [
-            {"role": "user", "content": "Find me a quiet Italian restaurant near the station " * 2},
-            {"role": "assistant", "content": "Looking that up for you now, one moment. " * 3},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": agent},
         ],
         "tool": {"name": "search_places", "arguments": {"q": "italian", "radius_m": 800}},
         "usage": {"input_tokens": 812, "output_tokens": 96, "latency_ms": 431.5},
@@ -130,44 +135,53 @@ class Bench:
         with self.engine.connect() as conn:
             return int(conn.scalar(text("SELECT count(*) FROM event_logs")) or 0)
 
-    def best(self, run: Callable[[], None], repeat: int = 5) -> float:
-        times = []
-        for _ in range(repeat):
-            self.reset()
-            gc.collect()
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-            if self.rows() != self.count:
-                raise RuntimeError(f"expected {self.count} rows, found {self.rows()}")
-        return min(times)
+    def timed(self, run: Callable[[], None]) -> float:
+        self.reset()
+        gc.collect()
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+        if self.rows() != self.count:
+            raise RuntimeError(f"expected {self.count} rows, found {self.rows()}")
+        return seconds
 
-    def raw_copy(self, events: list[NewEvent]) -> None:
+    def throughput(self, events: list[NewEvent], rounds: int = 5) -> None:
+        """Raw COPY, bulk and buffered, interleaved round by round, so drift hits all three.
+
+        The raw baseline commits every ``DEFAULT_BATCH_SIZE`` rows, as the bulk writer does.
+        """
         rows = [EventTable.row(event) for event in events]  # prepared outside the timing
         types = self.table.copy_types
         sql = f"COPY event_logs ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-        def run() -> None:
-            with psycopg.connect(self.conninfo) as conn, conn.cursor() as cur:
+        def raw() -> None:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn, conn.cursor() as cur:
                 set_json_dumps(lambda value: value, cur)
-                with cur.copy(sql) as copy:
-                    copy.set_types(types)
-                    for row in rows:
-                        copy.write_row(row)
+                for start in range(0, len(rows), DEFAULT_BATCH_SIZE):
+                    with conn.transaction(), cur.copy(sql) as copy:
+                        copy.set_types(types)
+                        for row in rows[start : start + DEFAULT_BATCH_SIZE]:
+                            copy.write_row(row)
 
-        self.raw = self.best(run)
+        def bulk() -> None:
+            write_events(self.conninfo, EventLog, events)
 
-    def bulk(self, events: list[NewEvent]) -> None:
-        self.bulk_time = self.best(lambda: write_events(self.conninfo, EventLog, events))
-
-    def buffered(self, events: list[NewEvent]) -> None:
-        def run() -> None:
+        def buffered() -> None:
             with BufferedWriter(EventLog, self.conninfo) as writer:
                 for event in events:
                     writer.enqueue_event(event)
                 writer.flush()
 
-        self.buffered_time = self.best(run)
+        runs: dict[str, list[float]] = {"raw": [], "bulk": [], "buffered": []}
+        order = [("raw", raw), ("bulk", bulk), ("buffered", buffered)]
+        for round_ in range(rounds):
+            shift = round_ % len(order)  # rotate which one runs first
+            for name, run in order[shift:] + order[:shift]:
+                runs[name].append(self.timed(run))
+        self.runs = runs
+
+    def buffered_full(self) -> None:
+        """The buffered writer fed with `enqueue()`: checks and payload prep in the producer."""
 
         def run_full() -> None:
             sessions = self.session_ids
@@ -182,10 +196,14 @@ class Bench:
                     )
                 writer.flush()
 
-        self.buffered_full_time = self.best(run_full, repeat=1)
+        self.buffered_full_time = self.timed(run_full)
 
-    def orm(self, n: int = 2000, rounds: int = 5) -> None:
-        """Per-event time of one ORM insert + commit, hand-written vs `EventWriter.record`."""
+    def orm(self, rounds: int = 6) -> None:
+        """Hand-written ORM insert vs `EventWriter.record`, alternating which goes first.
+
+        Two shapes: one event per transaction (the commit dominates) and 200 events per
+        transaction (the per-event overhead shows). Each round measures both variants.
+        """
         sessions = self.session_ids
         writer = self.writer
 
@@ -210,18 +228,37 @@ class Bench:
                 payload=payload(i),
             )
 
-        results: dict[str, list[float]] = {"hand": [], "ours": []}
-        for _ in range(rounds):
-            for name, add in (("hand", hand), ("ours", ours)):
-                self.reset()
-                started = time.perf_counter()
-                for i in range(n // rounds):
-                    with Session(self.engine) as session:
-                        add(i, session)
-                        session.commit()
-                results[name].append((time.perf_counter() - started) / (n // rounds))
-        self.orm_hand = statistics.median(results["hand"])
-        self.orm_ours = statistics.median(results["ours"])
+        def one_per_tx(add: Callable[[int, Session], None]) -> float:
+            n = 300
+            started = time.perf_counter()
+            for i in range(n):
+                with Session(self.engine) as session:
+                    add(i, session)
+                    session.commit()
+            return (time.perf_counter() - started) / n
+
+        def many_per_tx(add: Callable[[int, Session], None]) -> float:
+            per_tx, txs = 200, 10
+            started = time.perf_counter()
+            for t in range(txs):
+                with Session(self.engine) as session:
+                    for i in range(per_tx):
+                        add(t * per_tx + i, session)
+                    session.commit()
+            return (time.perf_counter() - started) / (per_tx * txs)
+
+        self.orm_results: dict[str, dict[str, list[float]]] = {}
+        for shape, measure in (("1", one_per_tx), ("200", many_per_tx)):
+            results: dict[str, list[float]] = {"hand": [], "ours": []}
+            for round_ in range(rounds):
+                pair = [("hand", hand), ("ours", ours)]
+                if round_ % 2:
+                    pair.reverse()
+                for name, add in pair:
+                    self.reset()
+                    gc.collect()
+                    results[name].append(measure(add))
+            self.orm_results[shape] = results
 
     def enqueue_latency(self, n: int = 20_000) -> None:
         events = self.build(n)
@@ -251,7 +288,9 @@ class Bench:
                 )
             )
 
-    def memory_down(self, n: int = 100_000, bound: int = 16 * 1024 * 1024) -> None:
+    def memory_down(
+        self, n: int = 100_000, bound: int = 16 * 1024 * 1024, *, non_ascii: bool = False
+    ) -> tuple[int, int, int, int, int, int]:
         """Traced memory of a writer whose database is unreachable, fed n events."""
         down = "host=/nonexistent-eventlog-bench port=1 dbname=x"
         gc.collect()
@@ -268,7 +307,7 @@ class Bench:
                 user_id=self.user_id,
                 event_type="tool_call",
                 tool_name="search_places",
-                payload=payload(i),
+                payload=payload(i, non_ascii=non_ascii),
             )
         counters = writer.counters
         used = tracemalloc.get_traced_memory()[0] - base
@@ -276,54 +315,83 @@ class Bench:
         tracemalloc.stop()
         writer.close(timeout=0.1)
         logging.getLogger("eventlog_persist").disabled = False
-        self.mem = (bound, counters.queued, counters.queued_bytes, counters.dropped, used, peak)
+        return bound, counters.queued, counters.queued_bytes, counters.dropped, used, peak
+
+
+def spread(values: list[float]) -> str:
+    """Median, and min-max as a +/- percentage of it."""
+    mid = statistics.median(values)
+    return f"{(min(values) / mid - 1) * 100:+.0f}/{(max(values) / mid - 1) * 100:+.0f} %"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="libpq URL of an empty database (default: embedded 18)")
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with database(args.url) as url:
         bench = Bench(url, args.events)
         with psycopg.connect(url) as conn:
             version = conn.execute("SHOW server_version").fetchone()
         events = bench.build(args.events)
-        bench.raw_copy(events)
-        bench.bulk(events)
-        bench.buffered(events)
+        bench.throughput(events, rounds=args.rounds)
+        bench.buffered_full()
         bench.orm()
         bench.enqueue_latency()
-        bench.memory_down()
+        mem = {
+            label: bench.memory_down(non_ascii=label != "ASCII") for label in ("ASCII", "non-ASCII")
+        }
         bench.engine.dispose()
 
     n = args.events
-    rate = lambda seconds: n / seconds  # noqa: E731
-    print(f"PostgreSQL {version[0] if version else '?'}, {n} events, ~600-byte payloads\n")
-    print("| path | events/s | ratio | target | met |")
-    print("|---|---:|---:|---|---|")
-    print(f"| raw psycopg COPY binary (baseline) | {rate(bench.raw):,.0f} | 1.00 | | |")
-    checks = [
-        ("bulk `write_events`", bench.bulk_time, 0.9),
-        ("`BufferedWriter`, sustained (prebuilt events)", bench.buffered_time, 0.75),
-    ]
-    for name, seconds, target in checks:
-        ratio = bench.raw / seconds
+    runs = bench.runs
+    raw = statistics.median(runs["raw"])
+    print(
+        f"PostgreSQL {version[0] if version else '?'}, {n} events, ~600-byte payloads, "
+        f"{args.rounds} interleaved rounds (order rotated)\n"
+    )
+    print(
+        "| path | events/s (median) | spread (min/max vs median) | ratio (median) | "
+        "ratio range (per round) | target | met |"
+    )
+    print("|---|---:|---:|---:|---:|---|---|")
+    print(
+        f"| raw psycopg COPY binary, {DEFAULT_BATCH_SIZE:,} rows per transaction (baseline) | "
+        f"{n / raw:,.0f} | {spread(runs['raw'])} | 1.00 | | | |"
+    )
+    for name, key, target in (
+        ("bulk `write_events`", "bulk", 0.9),
+        ("`BufferedWriter`, sustained (prebuilt events)", "buffered", 0.75),
+    ):
+        seconds = statistics.median(runs[key])
+        ratio = raw / seconds
+        per_round = [r / s for r, s in zip(runs["raw"], runs[key], strict=True)]
         print(
-            f"| {name} | {rate(seconds):,.0f} | {ratio:.2f} | >= {target} | "
+            f"| {name} | {n / seconds:,.0f} | {spread(runs[key])} | {ratio:.2f} | "
+            f"{min(per_round):.2f}-{max(per_round):.2f} | >= {target} | "
             f"{'yes' if ratio >= target else 'NO'} |"
         )
-    full = bench.raw / bench.buffered_full_time
+    full = raw / bench.buffered_full_time
     print(
-        f"| `BufferedWriter`, `enqueue()` incl. checks + payload prep | "
-        f"{rate(bench.buffered_full_time):,.0f} | {full:.2f} | (info) | |"
+        f"| `BufferedWriter`, `enqueue()` incl. checks + payload prep (1 run) | "
+        f"{n / bench.buffered_full_time:,.0f} | | {full:.2f} | | (info) | |"
     )
-    ratio = bench.orm_ours / bench.orm_hand
+    print("\nIn-transaction (`EventWriter.record` vs hand-written `session.add(EventLog(...))`):\n")
     print(
-        f"\nIn-transaction, one event per transaction: hand-written ORM insert "
-        f"{bench.orm_hand * 1e6:,.0f} us, `EventWriter.record` {bench.orm_ours * 1e6:,.0f} us: "
-        f"ratio {ratio:.3f} (target <= 1.15: {'yes' if ratio <= 1.15 else 'NO'})"
+        "| events per transaction | hand, us/event (median) | record, us/event (median) | "
+        "overhead us/event | ratio (median) | ratio range (per round) | target <= 1.15 |"
     )
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for shape, results in bench.orm_results.items():
+        hand, ours = statistics.median(results["hand"]), statistics.median(results["ours"])
+        per_round = [o / h for o, h in zip(results["ours"], results["hand"], strict=True)]
+        ratio = ours / hand
+        print(
+            f"| {shape} | {hand * 1e6:,.1f} | {ours * 1e6:,.1f} | {(ours - hand) * 1e6:+,.1f} | "
+            f"{ratio:.3f} | {min(per_round):.3f}-{max(per_round):.3f} | "
+            f"{'yes' if ratio <= 1.15 else 'NO'} |"
+        )
     print("\nEnqueue on the request path (us), p50 / p99:")
     print(f"- bare queue.Queue.put: {bench.lat_queue[0]:.2f} / {bench.lat_queue[1]:.2f}")
     for name, (p50, p99) in (
@@ -331,13 +399,16 @@ def main() -> None:
         ("BufferedWriter.enqueue (checks + payload prep)", bench.lat_full),
     ):
         print(f"- {name}: {p50:.2f} / {p99:.2f}")
-    bound, queued, queued_bytes, dropped, used, peak = bench.mem
-    print(f"\nDatabase down, 100,000 events offered, max_queued_bytes={bound:,}:")
-    print(f"- queued {queued:,} events, counted {queued_bytes:,} bytes, dropped {dropped:,}")
-    print(
-        f"- traced memory held: {used:,} bytes (peak {peak:,}); under the bound: "
-        f"{'yes' if peak <= bound else 'NO'}"
-    )
+    for label, (bound, queued, queued_bytes, dropped, used, peak) in mem.items():
+        print(
+            f"\nDatabase down, {label} payloads, 100,000 events offered, "
+            f"max_queued_bytes={bound:,}:"
+        )
+        print(f"- queued {queued:,} events, counted {queued_bytes:,} bytes, dropped {dropped:,}")
+        print(
+            f"- traced memory held: {used:,} bytes (peak {peak:,}); under the bound: "
+            f"{'yes' if peak <= bound else 'NO'}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,11 +27,12 @@ from eventlog_persist.buffered import (
     BufferedWriter,
     QueueFullError,
     WriterClosedError,
+    WriterNotStartedError,
 )
 from eventlog_persist.bulk import conninfo_of
 from eventlog_persist.events import NewEvent, new_event
 from eventlog_persist.exceptions import PayloadError, ValidationError
-from eventlog_persist.retry import RetriesExhaustedError, RetryPolicy
+from eventlog_persist.retry import EventWriteError, RetriesExhaustedError, RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
 DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"
@@ -388,6 +390,7 @@ async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
         await engine.dispose()
     assert dead.items == []
     assert writer.counters.written == 3000
+    assert writer.counters.retried >= 1  # the terminated backend was noticed and retried
     assert counts(host_engine) == (3000, 3000)
     with pytest.raises(WriterClosedError):
         await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
@@ -419,3 +422,152 @@ def test_bad_configuration_is_rejected(host_models: HostModels) -> None:
         BufferedWriter(host_models.EventLog, DOWN, when_full="drop_oldest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size"):
         BufferedWriter(host_models.EventLog, DOWN, batch_size=0)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A "database" that accepts TCP connections and never answers (a hung server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"host=127.0.0.1 port={listener.getsockname()[1]} dbname=x user=x"
+    finally:
+        listener.close()
+
+
+def test_close_gives_up_on_the_batch_in_flight_and_reports_it_once(
+    host_models: HostModels, silent_server: str
+) -> None:
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        silent_server,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        connect_timeout=2,  # libpq's minimum
+    ).start()
+    key = uuid.uuid4()
+    for _ in range(10):
+        writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    time.sleep(0.2)  # the thread took the batch and hangs connecting
+    assert writer.counters.queued == 10
+    started = time.monotonic()
+    final = writer.close(timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert (final.unwritten, final.queued, final.written, final.dead_lettered) == (10, 0, 0, 0)
+    assert len(dead.items) == 10
+    assert all(isinstance(error, WriterClosedError) for _, error in dead.items)
+    assert "may not have been written" in str(dead.items[0][1])
+    # connect_timeout ends the hung connection attempt; the late outcome is not counted.
+    thread = writer._thread
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()
+    assert writer.counters == final
+    assert len(dead.items) == 10
+    assert writer.flush(timeout=0.1)
+
+
+@pytest.mark.asyncio
+async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
+    host_models: HostModels, silent_server: str
+) -> None:
+    dead = DeadLetters()
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog, silent_server, flush_interval=0.01, on_dead_letter=dead
+    ).start()
+    key = uuid.uuid4()
+    for _ in range(10):
+        await writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    final = await writer.close(timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert (final.unwritten, final.queued, final.written, final.dead_lettered) == (10, 0, 0, 0)
+    assert len(dead.items) == 10
+    assert all(isinstance(error, WriterClosedError) for _, error in dead.items)
+    assert await writer.flush(timeout=0.5)
+    assert writer.counters == final
+
+
+def test_hooks_run_outside_the_lock(host_engine: Engine, host_models: HostModels) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    current: list[BufferedWriter[Any]] = []
+    seen: list[tuple[type[BaseException], int, int, int]] = []
+
+    def hook(event: NewEvent, error: EventWriteError) -> None:
+        counters = current[0].counters  # takes the writer's lock: deadlocked when held
+        seen.append((type(error), counters.dropped, counters.dead_lettered, counters.unwritten))
+
+    def run(call: Any) -> None:
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(3)
+        assert not thread.is_alive(), "the hook deadlocked against the writer's lock"
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=60,
+        max_queued=1,
+        when_full="drop_newest",
+        on_dead_letter=hook,
+    )
+    current.append(writer)
+    orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="x")
+    writer.enqueue_event(orphan)  # queued (not started yet)
+    extra = new_event(session_id=session_id, user_id=user_id, event_type="x")
+    run(lambda: writer.enqueue_event(extra))  # dropped on the request path: the queue is full
+    writer.start()
+    run(lambda: writer.flush(timeout=5))  # the orphan is refused, in the writer's thread
+    run(lambda: writer.close(timeout=5))
+    # A writer that never started gives up on its queue in close().
+    current[0] = idle = BufferedWriter(host_models.EventLog, DOWN, on_dead_letter=hook)
+    idle.enqueue_event(new_event(session_id=session_id, user_id=user_id, event_type="x"))
+    run(lambda: idle.close(timeout=0))
+    # Each hook saw the counters already including its own event.
+    assert seen == [
+        (QueueFullError, 1, 0, 0),
+        (EventWriteError, 1, 1, 0),
+        (WriterClosedError, 0, 0, 1),
+    ]
+
+
+def test_flush_before_start_raises_instead_of_hanging(host_models: HostModels) -> None:
+    key = uuid.uuid4()
+    writer = BufferedWriter(host_models.EventLog, DOWN)
+    writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    with pytest.raises(WriterNotStartedError, match="start"):
+        writer.flush(timeout=1)
+    assert writer.close(timeout=0).unwritten == 1
+    assert writer.flush(timeout=0)  # closed: nothing left to wait for
+
+
+@pytest.mark.asyncio
+async def test_async_flush_before_start_raises_instead_of_hanging(
+    host_models: HostModels,
+) -> None:
+    key = uuid.uuid4()
+    writer = AsyncBufferedWriter(host_models.EventLog, DOWN)
+    await writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    with pytest.raises(WriterNotStartedError):
+        await writer.flush(timeout=1)
+    assert (await writer.close(timeout=0)).unwritten == 1
+
+
+@pytest.mark.parametrize("text", ["a", "é", "中", "😀", "a" * 99 + "😀"])
+def test_the_memory_bound_counts_bytes_not_characters(host_models: HostModels, text: str) -> None:
+    key = uuid.uuid4()
+    event = new_event(
+        session_id=key, user_id=key, event_type="x", payload={"t": (text * 10_000)[:10_000]}
+    )
+    held = max(len(event.payload_json.encode("utf-8")), sys.getsizeof(event.payload_json))
+    assert event.size_bytes >= held  # the COPY buffer's UTF-8, and what CPython holds
+    writer = BufferedWriter(
+        host_models.EventLog, DOWN, max_queued_bytes=3 * held, when_full="drop_newest"
+    )
+    accepted = sum(writer.enqueue_event(event) for _ in range(5))
+    assert writer.counters.queued_bytes <= 3 * held
+    assert accepted == 2
+    writer.close(timeout=0)

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy.exc as sa_exc
 from hostmodels import HostModels, build_host_models
 from pgserver import ServerInfo
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.bulk import awrite_events, write_events
+from eventlog_persist.bulk import awrite_events, conninfo_of, write_events
 from eventlog_persist.events import NewEvent, new_event
-from eventlog_persist.retry import ErrorKind, RetriesExhaustedError, RetryPolicy, classify_error
+from eventlog_persist.retry import (
+    ErrorKind,
+    EventWriteError,
+    RetriesExhaustedError,
+    RetryPolicy,
+    RowEncodingError,
+    classify_error,
+)
 
 
 def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
@@ -78,7 +88,7 @@ def test_bulk_copy_integer_host(engine: Engine, keys: str) -> None:
     assert result.written == 30
     too_big = new_event(session_id=2**40, user_id=user_id, event_type="x")  # int8 fits
     bad_user = new_event(session_id=session_id, user_id=2**40, event_type="x")  # int4 doesn't
-    dead: list[tuple[NewEvent, BaseException]] = []
+    dead: list[tuple[NewEvent, EventWriteError]] = []
     result = write_events(
         engine,
         models.EventLog,
@@ -87,7 +97,7 @@ def test_bulk_copy_integer_host(engine: Engine, keys: str) -> None:
     )
     assert result.written == 3
     assert [event for event, _ in dead] == [too_big, bad_user]
-    assert isinstance(dead[0][1], psycopg.errors.ForeignKeyViolation)
+    assert isinstance(dead[0][1].__cause__, psycopg.errors.ForeignKeyViolation)
     assert len(stored(engine)) == 33
 
 
@@ -98,7 +108,7 @@ def test_one_fk_violating_row_does_not_sink_the_batch(
     batch = events(user_id, session_id, 999)
     orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="tool_call")
     batch.insert(617, orphan)
-    dead: list[tuple[NewEvent, BaseException]] = []
+    dead: list[tuple[NewEvent, EventWriteError]] = []
     result = write_events(
         host_engine,
         host_models.EventLog,
@@ -108,8 +118,13 @@ def test_one_fk_violating_row_does_not_sink_the_batch(
     assert result.written == 999
     assert len(dead) == 1
     assert dead[0][0] is orphan
-    assert isinstance(dead[0][1], psycopg.errors.ForeignKeyViolation)
-    assert "fk_event_logs_session_id" in str(dead[0][1])
+    error = dead[0][1]
+    assert isinstance(error, EventWriteError)
+    assert error.event is orphan
+    assert error.sqlstate == "23503"
+    assert isinstance(error.__cause__, psycopg.errors.ForeignKeyViolation)
+    assert str(orphan.id) in str(error)
+    assert "fk_event_logs_session_id" in str(error)
     assert result.dead_lettered == dead
     assert len(stored(host_engine)) == 999
 
@@ -123,7 +138,11 @@ def test_a_setup_error_dead_letters_the_batch_without_retrying(
     result = write_events(host_engine, host_models.EventLog, events(user_id, session_id, 4))
     assert result.written == 0
     assert len(result.dead_lettered) == 4
-    assert classify_error(result.dead_lettered[0][1]) is ErrorKind.BATCH
+    error = result.dead_lettered[0][1]
+    assert error.sqlstate == "42P01"
+    assert error.__cause__ is not None
+    assert classify_error(error.__cause__) is ErrorKind.BATCH
+    assert "migrated" in str(error)
     assert result.retries == 0
 
 
@@ -163,6 +182,15 @@ async def test_async_bulk_copy(
     assert len(stored(host_engine)) == 40
 
 
+class _DriverError(Exception):
+    """An error of a driver other than psycopg (psycopg2 has ``pgcode``, asyncpg ``sqlstate``)."""
+
+    def __init__(self, message: str, *, pgcode: str | None = None, sqlstate: str | None = None):
+        super().__init__(message)
+        self.pgcode = pgcode
+        self.sqlstate = sqlstate
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
@@ -172,7 +200,32 @@ async def test_async_bulk_copy(
         (psycopg.OperationalError("connection lost"), ErrorKind.TRANSIENT),
         (psycopg.errors.ForeignKeyViolation(), ErrorKind.ROW),
         (psycopg.errors.UndefinedTable(), ErrorKind.BATCH),
-        (ValueError("cannot dump"), ErrorKind.ROW),
+        (RowEncodingError("cannot dump"), ErrorKind.ROW),
+        # Not psycopg: the pool, SQLAlchemy's driver-agnostic errors, other drivers.
+        (sa_exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached"), ErrorKind.TRANSIENT),
+        (sa_exc.DisconnectionError("gone"), ErrorKind.TRANSIENT),
+        (
+            sa_exc.OperationalError("SELECT 1", {}, _DriverError("server closed")),
+            ErrorKind.TRANSIENT,
+        ),
+        (sa_exc.InterfaceError("SELECT 1", {}, _DriverError("closed")), ErrorKind.TRANSIENT),
+        (
+            sa_exc.DBAPIError("x", {}, _DriverError("x"), connection_invalidated=True),
+            ErrorKind.TRANSIENT,
+        ),
+        (sa_exc.IntegrityError("x", {}, _DriverError("fk", pgcode="23503")), ErrorKind.ROW),
+        (
+            sa_exc.DBAPIError("x", {}, _DriverError("deadlock", sqlstate="40P01")),
+            ErrorKind.TRANSIENT,
+        ),
+        (
+            sa_exc.ProgrammingError("x", {}, _DriverError("no table", pgcode="42P01")),
+            ErrorKind.BATCH,
+        ),
+        (sa_exc.DBAPIError("x", {}, _DriverError("???")), ErrorKind.UNEXPECTED),
+        (ConnectionResetError(), ErrorKind.TRANSIENT),
+        (ValueError("cannot dump"), ErrorKind.UNEXPECTED),
+        (RuntimeError("a bug"), ErrorKind.UNEXPECTED),
     ],
 )
 def test_error_classification(error: BaseException, kind: ErrorKind) -> None:
@@ -181,9 +234,81 @@ def test_error_classification(error: BaseException, kind: ErrorKind) -> None:
 
 def test_retry_policy_limits() -> None:
     policy = RetryPolicy(max_attempts=3, max_elapsed=None, initial_delay=1.0, max_delay=1.5)
-    assert 0 <= (policy.delay(0, 0.0) or 0) <= 1.0
-    assert 0 <= (policy.delay(1, 0.0) or 0) <= 1.5
+    first, second = policy.delay(0, 0.0), policy.delay(1, 0.0)
+    assert first is not None
+    assert 0 <= first <= 1.0
+    assert second is not None
+    assert 0 <= second <= 1.5
     assert policy.delay(2, 0.0) is None
     assert RetryPolicy(max_attempts=None, max_elapsed=1.0).delay(99, 1.0) is None
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
+
+
+def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
+    host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eventlog_persist.bulk as bulk
+
+    user_id, session_id = seed(host_engine, host_models)
+    calls = 0
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(bulk, "_store", broken)
+    result = write_events(
+        host_engine,
+        host_models.EventLog,
+        events(user_id, session_id, 3),
+        retry=RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.001),
+    )
+    assert calls == 3  # retried, but not forever even with an unlimited policy
+    assert len(result.dead_lettered) == 3
+    error = result.dead_lettered[0][1]
+    assert isinstance(error.__cause__, RuntimeError)
+    assert "unexpected error" in str(error)
+    assert "refused" not in str(error)  # not blamed on the data
+
+
+def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow_event(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with host_engine.begin() as conn:  # one event makes any statement writing it slow
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.event_type = 'slow' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; "
+                "END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER slow_event BEFORE INSERT ON event_logs "
+                "FOR EACH ROW EXECUTE FUNCTION slow_event()"
+            )
+        )
+    target = make_conninfo(conninfo_of(host_engine), options="-c statement_timeout=150")
+    batch = events(user_id, session_id, 15)
+    slow = new_event(session_id=session_id, user_id=user_id, event_type="slow")
+    batch.insert(9, slow)
+    started = time.monotonic()
+    result = write_events(
+        target,
+        host_models.EventLog,
+        batch,
+        # The buffered writers' kind of policy: no limit, so only splitting ends the loop
+        # (max_elapsed only stops the test from running forever if it does not).
+        retry=RetryPolicy(max_attempts=None, max_elapsed=8, initial_delay=0.001, max_delay=0.01),
+    )
+    assert time.monotonic() - started < 6
+    assert result.written == 15
+    ((event, error),) = result.dead_lettered
+    assert event is slow
+    assert error.sqlstate == "57014"
+    assert not isinstance(error, RetriesExhaustedError)
+    assert "statement_timeout" in str(error)
+    assert len(stored(host_engine)) == 15

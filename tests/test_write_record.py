@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 from hostmodels import HostModels
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.events import new_event
+from eventlog_persist.events import NewEvent, new_event
 from eventlog_persist.exceptions import PayloadError, ValidationError
-from eventlog_persist.retry import RetryPolicy
+from eventlog_persist.retry import RetriesExhaustedError, RetryPolicy
 from eventlog_persist.vocabulary import EventFieldRules, EventType
 from eventlog_persist.writer import EventWriteError, EventWriter
 
@@ -125,10 +128,16 @@ def test_field_rules_restrict_the_vocabulary(host_models: HostModels) -> None:
 def test_detached_survives_the_callers_rollback_and_is_idempotent(
     host_engine: Engine, host_models: HostModels
 ) -> None:
-    user_id, session_id = seed(host_engine, host_models)
+    user_id, session_id = seed(host_engine, host_models)  # committed earlier
     writer = EventWriter(host_models.EventLog)
     with Session(host_engine) as session:
+        # The caller's transaction is really open, with writes of its own (one referencing
+        # the same session row, which takes a KEY SHARE lock on it) when the detached write
+        # runs on another connection.
+        session.add(host_models.User(id=host_models.new_key()))
         writer.record(session, session_id=session_id, user_id=user_id, event_type="tool_call")
+        session.flush()
+        assert session.in_transaction()
         event = writer.record_detached(
             host_engine,
             session_id=session_id,
@@ -140,7 +149,9 @@ def test_detached_survives_the_callers_rollback_and_is_idempotent(
     assert writer.write_detached(host_engine, event) is False  # a retry: no second row
     with host_engine.connect() as conn:
         rows = conn.execute(text("SELECT id, error_code FROM event_logs")).all()
+        users = conn.scalar(text("SELECT count(*) FROM users"))
     assert rows == [(event.id, "tool_failed")]
+    assert users == 1  # the caller's own writes were rolled back
 
 
 def test_detached_fk_violation_is_a_typed_error(
@@ -148,12 +159,101 @@ def test_detached_fk_violation_is_a_typed_error(
 ) -> None:
     user_id, _ = seed(host_engine, host_models)
     writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
-    with pytest.raises(EventWriteError, match="refused by the database") as caught:
+    with pytest.raises(EventWriteError, match="the database refused it") as caught:
         writer.record_detached(
             host_engine, session_id=uuid.uuid4(), user_id=user_id, event_type="x"
         )
-    assert caught.value.event.event_type == "x"
+    error = caught.value
+    assert error.event is not None
+    assert error.event.event_type == "x"
+    assert str(error.event.id) in str(error)
+    assert error.sqlstate == "23503"
+    assert isinstance(error.__cause__, psycopg.errors.ForeignKeyViolation)
     assert count(host_engine) == 0
+
+
+def _detached_in_thread(
+    writer: EventWriter[Any], engine: Engine, **fields: Any
+) -> tuple[threading.Thread, dict[str, object]]:
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            box["result"] = writer.record_detached(engine, **fields)
+        except Exception as exc:
+            box["result"] = exc
+        box["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_detached_against_the_callers_row_lock_fails_fast_with_the_fix(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, lock_timeout=0.2)  # default retry policy
+    chat = host_models.ChatSession
+    with Session(host_engine) as session:
+        # A common pattern: serialize the work on one chat session. The detached insert's
+        # foreign-key check needs KEY SHARE on that row, which FOR UPDATE blocks.
+        session.execute(select(chat).where(chat.id == session_id).with_for_update()).one()
+        thread, box = _detached_in_thread(
+            writer, host_engine, session_id=session_id, user_id=user_id, event_type="error"
+        )
+        thread.join(5)
+        blocked = thread.is_alive()
+        session.rollback()
+    thread.join(5)
+    assert not blocked, "the detached write waited for the caller's own lock"
+    error = box["result"]
+    assert isinstance(error, EventWriteError)
+    assert not isinstance(error, RetriesExhaustedError)
+    assert error.sqlstate == "55P03"
+    assert "lock_timeout (0.2 s)" in str(error)
+    assert "record(session, ...)" in str(error)
+    assert float(box["seconds"]) < 2  # type: ignore[arg-type]  # not retried six times
+    assert count(host_engine) == 0
+
+
+def test_detached_referencing_the_callers_uncommitted_row_explains_why(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, _ = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, lock_timeout=0.5)
+    with Session(host_engine) as session:
+        chat = host_models.ChatSession(id=host_models.new_key(), user_id=user_id)
+        session.add(chat)
+        session.flush()  # inserted, not committed: invisible to the detached transaction
+        with pytest.raises(EventWriteError, match="has not committed yet") as caught:
+            writer.record_detached(host_engine, session_id=chat.id, user_id=user_id, event_type="x")
+        # The fix the message gives: record it in the caller's transaction.
+        writer.record(session, session_id=chat.id, user_id=user_id, event_type="x")
+        session.commit()
+    assert caught.value.sqlstate == "23503"
+    assert count(host_engine) == 1
+
+
+def test_detached_retries_a_pool_timeout(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(initial_delay=0.05, max_delay=0.2))
+    try:
+        held = engine.connect()  # e.g. the caller's own session holds the only connection
+        thread, box = _detached_in_thread(
+            writer, engine, session_id=session_id, user_id=user_id, event_type="error"
+        )
+        time.sleep(0.3)
+        held.close()
+        thread.join(10)
+    finally:
+        engine.dispose()
+    assert isinstance(box["result"], NewEvent), box["result"]
+    assert count(host_engine) == 1
 
 
 @pytest_asyncio.fixture
@@ -180,6 +280,8 @@ async def test_async_session_record_and_detached(
         await session.commit()
     async with AsyncSession(async_engine) as session:
         writer.record(session, session_id=session_id, user_id=user_id, event_type="chat")
+        await session.flush()  # the caller's transaction is open, with the row inserted
+        assert session.in_transaction()
         detached = await writer.arecord_detached(
             async_engine, session_id=session_id, user_id=user_id, event_type="error"
         )

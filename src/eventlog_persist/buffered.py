@@ -17,20 +17,23 @@ from typing import Final, Generic, Literal, Self, TypeAlias
 from typing_extensions import Unpack
 
 from eventlog_persist.bulk import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TCP_USER_TIMEOUT,
+    AsyncConnector,
     AsyncTarget,
+    Connector,
+    Outcome,
     Target,
-    _adeliver,
-    _AsyncConnector,
-    _Connector,
-    _deliver,
-    _Outcome,
-    _report,
+    adeliver,
+    check_timeout,
+    deliver,
+    report_dead_letters,
 )
 from eventlog_persist.events import DeadLetterHook, EventFields, NewEvent
 from eventlog_persist.exceptions import ConfigurationError, EventLogError
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist.retry import RetryPolicy
+from eventlog_persist.retry import EventWriteError, Reason, RetryPolicy, write_error
 from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.writer import EventWriter
 
@@ -42,6 +45,7 @@ __all__ = [
     "WhenFull",
     "WriterClosedError",
     "WriterCounters",
+    "WriterNotStartedError",
 ]
 
 logger = logging.getLogger("eventlog_persist")
@@ -53,12 +57,22 @@ BUFFERED_RETRY: Final = RetryPolicy(max_attempts=None, max_elapsed=None, max_del
 """The buffered writers' default: retry transient errors until the database is back."""
 
 
-class WriterClosedError(EventLogError):
+_Dead: TypeAlias = list[tuple[NewEvent, EventWriteError]]
+
+
+class WriterClosedError(EventWriteError):
     """The writer is closed: it takes no new events, or closed before writing this one."""
 
 
-class QueueFullError(EventLogError):
+class QueueFullError(EventWriteError):
     """The queue stayed full (the database is down or slow), so the event was dropped."""
+
+
+class WriterNotStartedError(EventLogError, RuntimeError):
+    """`flush` was called before `start`: no thread or task would ever write the queue.
+
+    .. versionadded:: 0.2.0
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +83,11 @@ class WriterCounters:
         written: Events stored (inserted, or found already stored by an idempotent retry).
         duplicates: Of ``written``, events that were already stored.
         retried: Transient failures that were retried.
-        dead_lettered: Events the database refused for good (sent to the dead-letter hook).
+        dead_lettered: Events given up on while writing: refused by the database, past the
+            retry policy, or failing unexpectedly (sent to the dead-letter hook).
         dropped: Events refused at enqueue because the queue stayed full (sent to the hook).
-        unwritten: Events still queued when `close` gave up waiting (sent to the hook).
+        unwritten: Events still queued or being written when `close` gave up waiting (sent
+            to the hook). Those of the batch being written may in fact have committed.
         queued: Events enqueued and not yet written or given up, the batch being written
             included.
         queued_bytes: Their estimated size (`NewEvent.size_bytes`).
@@ -132,6 +148,7 @@ class _State(Generic[KeyT]):
         self.retry = retry
         self.on_dead_letter = on_dead_letter
         self.queue: deque[NewEvent] = deque()
+        self.inflight: list[NewEvent] | None = None  # the batch being written
         self.oldest = 0.0  # monotonic time the oldest queued event arrived
         self.pending = 0  # queued + being written
         self.pending_bytes = 0
@@ -178,18 +195,17 @@ class _State(Generic[KeyT]):
         self.enqueued += 1
         return first or len(queue) == self.batch_size
 
-    def drop(self, event: NewEvent) -> None:
+    def drop(self, event: NewEvent) -> _Dead:
+        """Count a dropped event; return it with its error, to report without the lock."""
         self.dropped += 1
-        _report(
-            self.on_dead_letter,
-            event,
-            QueueFullError(
-                f"event {event.id} was dropped: the writer's queue held {self.pending} events "
-                f"({self.pending_bytes} bytes), at its bound, because the database is down or "
-                "slower than the producers; raise max_queued / max_queued_bytes, or use "
-                "when_full='block' with a longer block_timeout"
-            ),
+        error = QueueFullError(
+            f"event {event.id} was dropped: the writer's queue held {self.pending} events "
+            f"({self.pending_bytes} bytes), at its bound, because the database is down or "
+            "slower than the producers; raise max_queued / max_queued_bytes, or use "
+            "when_full='block' with a longer block_timeout",
+            event=event,
         )
+        return [(event, error)]
 
     def wait_time(self) -> float | None:
         """Seconds the writer may sleep before a batch is due; None: due now; inf: idle."""
@@ -207,47 +223,88 @@ class _State(Generic[KeyT]):
         self.taken += count
         if queue:
             self.oldest = time.monotonic()
+        self.inflight = batch
         return batch
 
     def settle(
-        self, batch: list[NewEvent], outcome: _Outcome | None, error: BaseException | None
-    ) -> None:
-        """Count a finished batch and report what was not written; never raises."""
+        self, batch: list[NewEvent], outcome: Outcome | None, error: BaseException | None
+    ) -> _Dead:
+        """Count a finished batch; return what was not written, to report without the lock.
+
+        A batch that `abandon` already reported (close gave up on it) is not counted again,
+        whatever its write did: no event is ever both written and unwritten.
+        """
+        if self.inflight is not batch:
+            return []
+        self.inflight = None
+        dead: _Dead
         if outcome is not None:
             self.written += outcome.inserted + outcome.duplicates
             self.duplicates += outcome.duplicates
-            dead: list[tuple[NewEvent, BaseException]] = outcome.dead
-        else:
-            dead = [(event, error or WriterClosedError("not written")) for event in batch]
-        self.dead_lettered += len(dead)
-        for event, exc in dead:
-            _report(self.on_dead_letter, event, exc)
+            dead = outcome.dead
+            self.dead_lettered += len(dead)
+        elif isinstance(error, Exception):  # a bug in the writer: not the data's fault
+            dead = [(event, write_error(event, Reason.UNEXPECTED, error)) for event in batch]
+            self.dead_lettered += len(dead)
+        else:  # cancelled or interrupted mid-write
+            dead = [(event, _closed_error(event, error, in_flight=True)) for event in batch]
+            self.unwritten += len(dead)
         self.release(batch)
+        return dead
 
     def release(self, batch: list[NewEvent]) -> None:
         self.pending -= len(batch)
         self.pending_bytes -= sum(event.size_bytes for event in batch)
         self.done += len(batch)
 
-    def abandon(self) -> None:
-        """Report every still-queued event as unwritten (the writer is closing for good)."""
-        batch = list(self.queue)
+    def abandon(self) -> _Dead:
+        """Give up on the batch being written and the queue (the writer is closing for good).
+
+        Returns:
+            Each event with its `WriterClosedError`, to report without the lock.
+        """
+        inflight = self.inflight or []
+        self.inflight = None
+        queued = list(self.queue)
         self.queue.clear()
-        self.taken += len(batch)
-        self.unwritten += len(batch)
-        for event in batch:
-            _report(
-                self.on_dead_letter,
-                event,
-                WriterClosedError(
-                    f"event {event.id} was not written: the writer closed before the database "
-                    "accepted it; give close() a longer timeout, or check the database"
-                ),
-            )
-        self.release(batch)
+        self.taken += len(queued)
+        self.unwritten += len(inflight) + len(queued)
+        self.release(inflight)
+        self.release(queued)
+        dead: _Dead = [(event, _closed_error(event, None, in_flight=True)) for event in inflight]
+        dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
+        return dead
 
     def count_retry(self) -> None:
         self.retried += 1
+
+
+def _closed_error(
+    event: NewEvent, cause: BaseException | None, *, in_flight: bool
+) -> WriterClosedError:
+    if in_flight:
+        message = (
+            f"event {event.id} may not have been written: the writer closed while its batch "
+            "was being written (the database is down, slow or unreachable), so its commit "
+            "may or may not have happened; replaying it with write_events() is safe, since "
+            "ids already stored are skipped. Give close() a longer timeout"
+        )
+    else:
+        message = (
+            f"event {event.id} was not written: the writer closed before the database "
+            "accepted it; give close() a longer timeout, or check the database"
+        )
+    error = WriterClosedError(message, event=event)
+    error.__cause__ = cause
+    return error
+
+
+def _not_started(name: str) -> WriterNotStartedError:
+    return WriterNotStartedError(
+        f"{name}.flush() was called before start(): no writer is running, so it would wait "
+        f"forever; call start() first (or use the writer as a context manager). Events "
+        "enqueued before start() are written once it starts"
+    )
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -297,11 +354,21 @@ class BufferedWriter(Generic[KeyT]):
         block_timeout: Most seconds `enqueue` waits under ``"block"``; None waits forever.
         retry: How transient errors are retried; when it gives up, the batch goes to
             ``on_dead_letter`` with `RetriesExhaustedError`.
-        on_dead_letter: Called (from the writer's thread, or from `enqueue` for drops) with
-            each event not written and the reason; exceptions it raises are logged.
+        on_dead_letter: Called with each event not written and its `EventWriteError`
+            (`QueueFullError`, `WriterClosedError`, `RetriesExhaustedError`, or the
+            database's refusal with the driver error as ``__cause__``); exceptions it raises
+            are logged. It runs without the writer's lock, so it may read `counters`, but it
+            may run in several threads at once (the writer's thread; producers, for drops;
+            the thread calling `close`), so it must be thread-safe.
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
         exit_timeout: Seconds the exit hook waits for the queue to be written.
+        connect_timeout: Seconds to wait for a new connection; see `write_events`.
+        tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
+
+    .. versionchanged:: 0.2.0
+       ``connect_timeout`` and ``tcp_user_timeout``; `flush` before `start` raises
+       `WriterNotStartedError`; hooks run outside the lock and get `EventWriteError`.
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -323,8 +390,12 @@ class BufferedWriter(Generic[KeyT]):
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         exit_timeout: float = 10.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
     ) -> None:
         _seconds("exit_timeout", exit_timeout, allow_none=False)
+        check_timeout("connect_timeout", connect_timeout)
+        check_timeout("tcp_user_timeout", tcp_user_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -338,7 +409,9 @@ class BufferedWriter(Generic[KeyT]):
             payload_policy=payload_policy,
             field_rules=field_rules,
         )
-        self._connector = _Connector(target)
+        self._connector = Connector(
+            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+        )
         self._exit_timeout = exit_timeout
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -352,7 +425,9 @@ class BufferedWriter(Generic[KeyT]):
         """Start the writer thread and register the exit hook; returns the writer."""
         with self._lock:
             if self._state.closing:
-                raise WriterClosedError("this BufferedWriter is closed; create a new one")
+                raise WriterClosedError(
+                    "this BufferedWriter is closed; create a new one", event=None
+                )
             if self._thread is not None:
                 return self
             self._thread = threading.Thread(
@@ -384,9 +459,14 @@ class BufferedWriter(Generic[KeyT]):
 
         Returns:
             True if all of them were handled in time.
+
+        Raises:
+            WriterNotStartedError: `start` was not called yet.
         """
         state = self._state
         with self._lock:
+            if self._thread is None and not state.closing:
+                raise _not_started("BufferedWriter")
             target = state.enqueued
             if state.done >= target:
                 return True
@@ -397,9 +477,11 @@ class BufferedWriter(Generic[KeyT]):
     def close(self, timeout: float | None = 30.0) -> WriterCounters:
         """Stop taking events, write what is queued, stop the thread.
 
-        Events still unwritten after ``timeout`` seconds (the database is down) are given to
-        ``on_dead_letter`` with `WriterClosedError` and counted as ``unwritten``. Closing
-        twice is harmless.
+        Events still unwritten after ``timeout`` seconds (the database is down, or a network
+        call hangs) are given to ``on_dead_letter`` with `WriterClosedError` and counted as
+        ``unwritten``: the queued ones, and the batch being written. That batch's commit
+        may still happen afterwards; it is not counted again (as written or otherwise), and
+        replaying its events with `write_events` is safe. Closing twice is harmless.
 
         Args:
             timeout: Most seconds to wait for the queue to be written.
@@ -417,16 +499,13 @@ class BufferedWriter(Generic[KeyT]):
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                self._abort.set()
-                with self._lock:
-                    self._wake.notify()
-                thread.join(5.0)
+                self._abort.set()  # stop retrying; the thread closes its connection on exit
         with self._lock:
-            # Never started, or stuck in a network call: report what is left in the queue.
-            state.abandon()
+            # Never started, or stuck in a network call: give up on what is left.
+            dead = state.abandon()
+            self._wake.notify()
             self._room.notify_all()
-        if thread is None or not thread.is_alive():
-            self._connector.close()
+        report_dead_letters(state.on_dead_letter, dead)
         return self.counters
 
     @property
@@ -468,48 +547,56 @@ class BufferedWriter(Generic[KeyT]):
             if state.closing:
                 raise WriterClosedError(
                     f"cannot enqueue event {event.id}: the writer is closed; record it with "
-                    "EventWriter.record_detached() or a new writer"
+                    "EventWriter.record_detached() or a new writer",
+                    event=event,
                 )
-            if not state.fits(size):
-                if state.when_full == "drop_newest" or not self._room.wait_for(
+            if state.fits(size) or (
+                state.when_full == "block"
+                and self._room.wait_for(
                     lambda: state.closing or state.fits(size), state.block_timeout
-                ):
-                    state.drop(event)
-                    return False
+                )
+            ):
                 if state.closing:
                     raise WriterClosedError(
-                        f"cannot enqueue event {event.id}: the writer closed while waiting"
+                        f"cannot enqueue event {event.id}: the writer closed while waiting",
+                        event=event,
                     )
-            if state.add(event, size):
-                self._wake.notify()
-        return True
+                if state.add(event, size):
+                    self._wake.notify()
+                return True
+            dead = state.drop(event)
+        report_dead_letters(state.on_dead_letter, dead)
+        return False
 
     # -- the thread --
 
     def _run(self) -> None:
         state = self._state
-        while True:
-            try:
-                with self._lock:
-                    while (wait := state.wait_time()) is not None:
-                        self._wake.wait(None if wait == float("inf") else wait)
-                    if self._abort.is_set() or not state.queue:
-                        if state.closing:
-                            return
-                        continue
-                    batch = state.take()
-                self._write(batch)
-            except Exception:  # pragma: no cover - a bug; keep the thread alive
-                logger.exception("unexpected error in the buffered event writer")
-                with self._lock:
-                    state.errors += 1
+        try:
+            while True:
+                try:
+                    with self._lock:
+                        while (wait := state.wait_time()) is not None:
+                            self._wake.wait(None if wait == float("inf") else wait)
+                        if self._abort.is_set() or not state.queue:
+                            if state.closing:
+                                return
+                            continue
+                        batch = state.take()
+                    self._write(batch)
+                except Exception:  # pragma: no cover - a bug; keep the thread alive
+                    logger.exception("unexpected error in the buffered event writer")
+                    with self._lock:
+                        state.errors += 1
+        finally:
+            self._connector.close()
 
     def _write(self, batch: list[NewEvent]) -> None:
         state = self._state
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         error: BaseException | None = None
         try:
-            outcome = _deliver(
+            outcome = deliver(
                 self._connector,
                 state.builder.table,
                 batch,
@@ -517,11 +604,14 @@ class BufferedWriter(Generic[KeyT]):
                 stop=self._abort,
                 on_retry=self._count_retry,
             )
-        except Exception as exc:
+        except BaseException as exc:
             error = exc
-        with self._lock:
-            state.settle(batch, outcome, error)
-            self._room.notify_all()
+            raise
+        finally:
+            with self._lock:
+                dead = state.settle(batch, outcome, error)
+                self._room.notify_all()
+            report_dead_letters(state.on_dead_letter, dead)
 
     def _count_retry(self) -> None:
         with self._lock:
@@ -555,7 +645,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None = None,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
     ) -> None:
+        check_timeout("connect_timeout", connect_timeout)
+        check_timeout("tcp_user_timeout", tcp_user_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -569,7 +663,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
             payload_policy=payload_policy,
             field_rules=field_rules,
         )
-        self._connector = _AsyncConnector(target)
+        self._connector = AsyncConnector(
+            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+        )
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._abort = asyncio.Event()
@@ -578,7 +674,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
     async def start(self) -> Self:
         """Start the writer task on the running loop; returns the writer."""
         if self._state.closing:
-            raise WriterClosedError("this AsyncBufferedWriter is closed; create a new one")
+            raise WriterClosedError(
+                "this AsyncBufferedWriter is closed; create a new one", event=None
+            )
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="eventlog-buffered-writer"
@@ -606,8 +704,13 @@ class AsyncBufferedWriter(Generic[KeyT]):
 
         Returns:
             True if all of them were handled in time.
+
+        Raises:
+            WriterNotStartedError: `start` was not called yet.
         """
         state = self._state
+        if self._task is None and not state.closing:
+            raise _not_started("AsyncBufferedWriter")
         target = state.enqueued
         if state.done >= target:
             return True
@@ -630,15 +733,17 @@ class AsyncBufferedWriter(Generic[KeyT]):
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
                 self._abort.set()
-                self._wake.set()
-                done, _ = await asyncio.wait({task}, timeout=5.0)
-                if not done:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        state.abandon()
+        # Give up on the queue and the batch being written before cancelling the task, so
+        # they count as unwritten once, whatever the task's last write did.
+        dead = state.abandon()
         self._room.set()
-        await self._connector.close()
+        report_dead_letters(state.on_dead_letter, dead)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if task is None:
+            await self._connector.close()
         return state.counters()
 
     async def enqueue(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
@@ -671,17 +776,19 @@ class AsyncBufferedWriter(Generic[KeyT]):
         if state.closing:
             raise WriterClosedError(
                 f"cannot enqueue event {event.id}: the writer is closed; record it with "
-                "EventWriter.arecord_detached() or a new writer"
+                "EventWriter.arecord_detached() or a new writer",
+                event=event,
             )
         if not state.fits(size):
             if state.when_full == "drop_newest" or not await self._wait_room(
                 lambda: state.closing or state.fits(size), state.block_timeout
             ):
-                state.drop(event)
+                report_dead_letters(state.on_dead_letter, state.drop(event))
                 return False
             if state.closing:
                 raise WriterClosedError(
-                    f"cannot enqueue event {event.id}: the writer closed while waiting"
+                    f"cannot enqueue event {event.id}: the writer closed while waiting",
+                    event=event,
                 )
         if state.add(event, size):
             self._wake.set()
@@ -700,29 +807,32 @@ class AsyncBufferedWriter(Generic[KeyT]):
 
     async def _run(self) -> None:
         state = self._state
-        while True:
-            try:
-                while (wait := state.wait_time()) is not None:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), None if wait == float("inf") else wait
-                        )
-                if self._abort.is_set() or not state.queue:
-                    if state.closing:
-                        return
-                    continue
-                await self._write(state.take())
-            except Exception:  # pragma: no cover - a bug; keep the task alive
-                logger.exception("unexpected error in the buffered event writer")
-                state.errors += 1
+        try:
+            while True:
+                try:
+                    while (wait := state.wait_time()) is not None:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self._wake.wait(), None if wait == float("inf") else wait
+                            )
+                    if self._abort.is_set() or not state.queue:
+                        if state.closing:
+                            return
+                        continue
+                    await self._write(state.take())
+                except Exception:  # pragma: no cover - a bug; keep the task alive
+                    logger.exception("unexpected error in the buffered event writer")
+                    state.errors += 1
+        finally:
+            await self._connector.close()
 
     async def _write(self, batch: list[NewEvent]) -> None:
         state = self._state
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         error: BaseException | None = None
         try:
-            outcome = await _adeliver(
+            outcome = await adeliver(
                 self._connector,
                 state.builder.table,
                 batch,
@@ -730,7 +840,10 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 stop=self._abort,
                 on_retry=state.count_retry,
             )
-        except Exception as exc:
+        except BaseException as exc:  # CancelledError too: the batch is settled either way
             error = exc
-        state.settle(batch, outcome, error)
-        self._room.set()
+            raise
+        finally:
+            dead = state.settle(batch, outcome, error)
+            self._room.set()
+            report_dead_letters(state.on_dead_letter, dead)

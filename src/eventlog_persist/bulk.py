@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Final
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,14 +25,22 @@ from eventlog_persist.exceptions import ConfigurationError
 from eventlog_persist.model import EventLogMixin
 from eventlog_persist.retry import (
     DEFAULT_RETRY,
+    Action,
+    Attempt,
     ErrorKind,
-    RetriesExhaustedError,
+    EventWriteError,
+    Reason,
     RetryPolicy,
+    RowEncodingError,
     classify_error,
+    decide,
+    write_error,
 )
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_TCP_USER_TIMEOUT",
     "AsyncTarget",
     "BulkResult",
     "Target",
@@ -40,6 +52,10 @@ __all__ = [
 logger = logging.getLogger("eventlog_persist")
 
 DEFAULT_BATCH_SIZE: Final = 10_000
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+"""Seconds the writers' own connections wait to be established (libpq ``connect_timeout``)."""
+DEFAULT_TCP_USER_TIMEOUT: Final = 60.0
+"""Seconds sent data may stay unacknowledged before the connection is dropped (Linux)."""
 
 Target = str | Engine | psycopg.Connection[Any]
 """Where a sync writer connects: a libpq conninfo/URL, a SQLAlchemy ``Engine`` or a connection."""
@@ -56,13 +72,14 @@ class BulkResult:
     Attributes:
         written: Events now stored: inserted, or found already stored by an idempotent retry.
         duplicates: Of ``written``, the events that were already stored.
-        dead_lettered: Events given up on, each with its error (also passed to the hook).
-        retries: Transient failures that were retried.
+        dead_lettered: Events given up on, each with its `EventWriteError` (also passed to
+            the hook); the driver's error is its ``__cause__``.
+        retries: Failed attempts that were retried.
     """
 
     written: int = 0
     duplicates: int = 0
-    dead_lettered: list[tuple[NewEvent, BaseException]] = field(default_factory=list)
+    dead_lettered: list[tuple[NewEvent, EventWriteError]] = field(default_factory=list)
     retries: int = 0
 
 
@@ -112,10 +129,21 @@ def _json_text(text: str) -> str:
 
 
 @dataclass(slots=True)
-class _Outcome:
+class Outcome:
+    """What the delivery of one batch did (shared with the buffered writers)."""
+
     inserted: int = 0
     duplicates: int = 0
-    dead: list[tuple[NewEvent, BaseException]] = field(default_factory=list)
+    dead: list[tuple[NewEvent, EventWriteError]] = field(default_factory=list)
+
+    def count(self, size: int, inserted: int) -> None:
+        self.inserted += inserted
+        self.duplicates += size - inserted
+
+    def merge(self, other: Outcome) -> None:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.dead.extend(other.dead)
 
 
 class _NeedStaging(Exception):
@@ -127,12 +155,171 @@ def _halves(events: Sequence[NewEvent]) -> tuple[Sequence[NewEvent], Sequence[Ne
     return events[:middle], events[middle:]
 
 
-def _row_failure(exc: Exception, staged: bool) -> bool:
-    """Whether the failure of a (sub-)batch is to be narrowed down to rows; else re-raise."""
+class _PartStep(Enum):
+    RAISE = "raise"  # not a row's fault: the whole transaction fails, `deliver` decides
+    DEAD = "dead"  # the one event of the part is bad
+    SPLIT = "split"  # some row is bad: bisect under savepoints
+
+
+def _part_step(exc: Exception, *, staged: bool, size: int, broken: bool) -> _PartStep:
+    """What a failed (sub-)batch inside the batch's transaction leads to."""
+    if broken:
+        return _PartStep.RAISE
     kind = classify_error(exc)
     if kind is ErrorKind.DUPLICATE and not staged:
         raise _NeedStaging from exc
-    return kind is ErrorKind.ROW or (kind is ErrorKind.DUPLICATE and staged)
+    if kind is ErrorKind.ROW or kind is ErrorKind.DUPLICATE:
+        return _PartStep.DEAD if size == 1 else _PartStep.SPLIT
+    return _PartStep.RAISE
+
+
+@dataclass(slots=True)
+class _Part:
+    """A (sub-)batch still to write, with its retry state."""
+
+    events: Sequence[NewEvent]
+    attempt: Attempt
+    staged: bool = False
+
+
+def _after_failure(
+    part: _Part,
+    exc: Exception,
+    policy: RetryPolicy,
+    pending: list[_Part],
+    outcome: Outcome,
+    *,
+    broken: bool,
+    stopping: bool,
+) -> float | None:
+    """Apply `decide` to a failed part: requeue it, split it, or dead-letter its events.
+
+    Returns:
+        Seconds to wait before the retry, or None when nothing is retried.
+    """
+    decision = decide(
+        part.attempt,
+        exc,
+        size=len(part.events),
+        policy=policy,
+        now=time.monotonic(),
+        broken=broken,
+        stopping=stopping,
+    )
+    if decision.action is Action.RETRY:
+        part.staged = True  # the commit may have happened: only an idempotent write from now
+        pending.append(part)
+        logger.warning("event write failed, retrying in %.2fs: %s", decision.delay, exc)
+        return decision.delay
+    if decision.action is Action.SPLIT:
+        first, second = _halves(part.events)
+        now = time.monotonic()
+        pending.append(_Part(second, Attempt(started=now), staged=True))
+        pending.append(_Part(first, Attempt(started=now), staged=True))
+        logger.warning(
+            "writing %d events hit statement_timeout repeatedly; writing them in halves: %s",
+            len(part.events),
+            exc,
+        )
+        return None
+    reason = decision.reason or Reason.UNEXPECTED
+    attempts = part.attempt.retries + 1
+    if reason is Reason.UNEXPECTED:
+        logger.error("unexpected error writing %d events", len(part.events), exc_info=exc)
+    outcome.dead.extend(
+        (event, write_error(event, reason, exc, attempts=attempts)) for event in part.events
+    )
+    return None
+
+
+def report_dead_letters(
+    hook: DeadLetterHook | None, dead: Iterable[tuple[NewEvent, EventWriteError]]
+) -> None:
+    """Call the dead-letter hook (or log) for each event; never raises.
+
+    Callers hold no lock: the hook may read the writer's counters or be slow.
+    """
+    for event, error in dead:
+        if hook is None:
+            logger.error("event %s was not written: %s", event.id, error)
+            continue
+        try:
+            hook(event, error)
+        except Exception:
+            logger.exception("the dead-letter hook failed for event %s", event.id)
+
+
+def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
+    batch: list[NewEvent] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def check_timeout(name: str, value: object) -> None:
+    """Raise `ConfigurationError` unless ``value`` is None or seconds > 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        raise ConfigurationError(
+            f"{name}={value!r} is not valid; use seconds (a number > 0), or None for the "
+            "libpq default"
+        )
+
+
+def _check_args(
+    batch_size: int, retry: object, connect_timeout: object, tcp_user_timeout: object
+) -> None:
+    if type(batch_size) is not int or batch_size < 1:
+        raise ConfigurationError(f"batch_size={batch_size!r} is not valid; use an int >= 1")
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
+    check_timeout("connect_timeout", connect_timeout)
+    check_timeout("tcp_user_timeout", tcp_user_timeout)
+
+
+def _settle(outcome: Outcome, result: BulkResult, hook: DeadLetterHook | None) -> None:
+    result.written += outcome.inserted + outcome.duplicates
+    result.duplicates += outcome.duplicates
+    result.dead_lettered.extend(outcome.dead)
+    report_dead_letters(hook, outcome.dead)
+
+
+# libpq has tcp_user_timeout since version 12, and it works where TCP_USER_TIMEOUT exists.
+_HAS_TCP_USER_TIMEOUT: Final = sys.platform == "linux" and psycopg.pq.version() >= 120000
+
+
+def connect_conninfo(
+    conninfo: str, connect_timeout: float | None, tcp_user_timeout: float | None
+) -> str:
+    """Add the writers' network timeouts to ``conninfo``, unless it sets them itself."""
+    params = conninfo_to_dict(conninfo)
+    extra: dict[str, Any] = {}
+    if connect_timeout is not None and "connect_timeout" not in params:
+        extra["connect_timeout"] = max(2, math.ceil(connect_timeout))  # whole seconds, >= 2
+    if tcp_user_timeout is not None and "tcp_user_timeout" not in params and _HAS_TCP_USER_TIMEOUT:
+        extra["tcp_user_timeout"] = max(1, round(tcp_user_timeout * 1000))  # milliseconds
+    return make_conninfo(conninfo, **extra) if extra else conninfo
+
+
+class _ConnectorBase:
+    def __init__(
+        self,
+        target: object,
+        given: type[Any],
+        engine: type[Any],
+        connect_timeout: float | None,
+        tcp_user_timeout: float | None,
+    ) -> None:
+        self._owned = not isinstance(target, given)
+        self._conninfo = ""
+        if self._owned:
+            raw = conninfo_of(target) if isinstance(target, engine) else str(target)
+            self._conninfo = connect_conninfo(raw, connect_timeout, tcp_user_timeout)
 
 
 # --- sync -------------------------------------------------------------------------------------
@@ -147,7 +334,12 @@ def _copy_part(
             copy.set_types(table.copy_types)
             row = table.row
             for event in events:
-                copy.write_row(row(event))
+                try:
+                    copy.write_row(row(event))
+                except psycopg.Error:
+                    raise
+                except Exception as exc:
+                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
         cur.execute(_move_sql(table))
@@ -158,7 +350,7 @@ def _store_part(
     conn: psycopg.Connection[Any],
     table: EventTable,
     events: Sequence[NewEvent],
-    outcome: _Outcome,
+    outcome: Outcome,
     *,
     staged: bool,
 ) -> None:
@@ -166,23 +358,23 @@ def _store_part(
         with conn.transaction():
             inserted = _copy_part(conn, table, events, staged=staged)
     except Exception as exc:
-        if conn.broken or not _row_failure(exc, staged):
+        step = _part_step(exc, staged=staged, size=len(events), broken=conn.broken)
+        if step is _PartStep.RAISE:
             raise
-        if len(events) == 1:
-            outcome.dead.append((events[0], exc))
-            return
-        for half in _halves(events):
-            _store_part(conn, table, half, outcome, staged=staged)
+        if step is _PartStep.DEAD:
+            outcome.dead.append((events[0], write_error(events[0], Reason.REFUSED, exc)))
+        else:
+            for half in _halves(events):
+                _store_part(conn, table, half, outcome, staged=staged)
         return
-    outcome.inserted += inserted
-    outcome.duplicates += len(events) - inserted
+    outcome.count(len(events), inserted)
 
 
 def _store(
     conn: psycopg.Connection[Any], table: EventTable, events: Sequence[NewEvent], *, staged: bool
-) -> _Outcome:
+) -> Outcome:
     """Write ``events`` in one transaction; bad rows are found by bisection with savepoints."""
-    outcome = _Outcome()
+    outcome = Outcome()
     with conn.transaction():
         if staged:
             conn.execute(_staging_sql(table))
@@ -190,19 +382,20 @@ def _store(
     return outcome
 
 
-class _Connector:
-    """Opens (and reopens) the connection a sync writer uses."""
+class Connector(_ConnectorBase):
+    """Opens (and reopens) the connection a sync writer uses (shared with `BufferedWriter`)."""
 
-    def __init__(self, target: Target) -> None:
-        self._owned = not isinstance(target, psycopg.Connection)
-        self._conninfo = (
-            ""
-            if isinstance(target, psycopg.Connection)
-            else conninfo_of(target)
-            if isinstance(target, Engine)
-            else target
+    def __init__(
+        self,
+        target: Target,
+        *,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+    ) -> None:
+        super().__init__(target, psycopg.Connection, Engine, connect_timeout, tcp_user_timeout)
+        self._conn: psycopg.Connection[Any] | None = (
+            target if isinstance(target, psycopg.Connection) else None
         )
-        self._conn: psycopg.Connection[Any] | None = None if self._owned else target  # type: ignore[assignment]
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -226,90 +419,45 @@ class _Connector:
         self.discard()
 
 
-def _deliver(
-    connector: _Connector,
+def deliver(
+    connector: Connector,
     table: EventTable,
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: threading.Event | None = None,
     on_retry: Callable[[], None] | None = None,
-) -> _Outcome:
-    """Write one batch, retrying transient failures; raise what cannot be retried."""
-    staged = False
-    retries = 0
-    started = time.monotonic()
-    while True:
+) -> Outcome:
+    """Write one batch: retry, split after repeated statement timeouts, dead-letter the rest.
+
+    Never raises for a failed write: every event ends up counted or in ``Outcome.dead``.
+    """
+    outcome = Outcome()
+    pending = [_Part(events, Attempt(started=time.monotonic()))]
+    while pending:
+        part = pending.pop()
         try:
-            return _store(connector.get(), table, events, staged=staged)
+            outcome.merge(_store(connector.get(), table, part.events, staged=part.staged))
+            continue
         except _NeedStaging:
-            staged = True
+            part.staged = True
+            pending.append(part)
             continue
         except Exception as exc:
             broken = connector.broken()
             if broken:
                 connector.discard()
-            if classify_error(exc) is not ErrorKind.TRANSIENT and not broken:
-                raise
-            # The commit may have happened: only an idempotent write is safe from now on.
-            staged = True
-            delay = retry.delay(retries, time.monotonic() - started)
-            if delay is None or (stop is not None and stop.is_set()):
-                raise RetriesExhaustedError(
-                    f"writing {len(events)} events failed {retries + 1} times with transient "
-                    f"errors, the last: {exc}; check that the database is reachable, or "
-                    "allow more time with RetryPolicy(max_attempts=..., max_elapsed=...)"
-                ) from exc
-            logger.warning("event write failed, retrying in %.2fs: %s", delay, exc)
-            retries += 1
+            stopping = stop is not None and stop.is_set()
+            delay = _after_failure(
+                part, exc, retry, pending, outcome, broken=broken, stopping=stopping
+            )
+        if delay is not None:
             if on_retry is not None:
                 on_retry()
             if stop is not None:
                 stop.wait(delay)
             else:
                 time.sleep(delay)
-
-
-def _report(hook: DeadLetterHook | None, event: NewEvent, error: BaseException) -> None:
-    """Call the dead-letter hook (or log) without ever raising."""
-    if hook is None:
-        logger.error("event %s was not written: %s", event.id, error)
-        return
-    try:
-        hook(event, error)
-    except Exception:
-        logger.exception("the dead-letter hook failed for event %s", event.id)
-
-
-def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
-    batch: list[NewEvent] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _check_args(batch_size: int, retry: object) -> None:
-    if type(batch_size) is not int or batch_size < 1:
-        raise ConfigurationError(f"batch_size={batch_size!r} is not valid; use an int >= 1")
-    if not isinstance(retry, RetryPolicy):
-        raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
-
-
-def _settle(outcome: _Outcome, result: BulkResult, hook: DeadLetterHook | None) -> None:
-    result.written += outcome.inserted + outcome.duplicates
-    result.duplicates += outcome.duplicates
-    _dead_letter(outcome.dead, result, hook)
-
-
-def _dead_letter(
-    dead: Iterable[tuple[NewEvent, BaseException]], result: BulkResult, hook: DeadLetterHook | None
-) -> None:
-    for event, error in dead:
-        result.dead_lettered.append((event, error))
-        _report(hook, event, error)
+    return outcome
 
 
 def write_events(
@@ -320,6 +468,8 @@ def write_events(
     batch_size: int = DEFAULT_BATCH_SIZE,
     retry: RetryPolicy = DEFAULT_RETRY,
     on_dead_letter: DeadLetterHook | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
 ) -> BulkResult:
     """Write events with binary COPY, ``batch_size`` per transaction.
 
@@ -328,7 +478,8 @@ def write_events(
     into a temporary staging table and moved with ``INSERT ... ON CONFLICT (id) DO NOTHING``,
     so no event is ever stored twice. A row the database refuses (a foreign key to a session
     deleted a moment ago, say) is isolated by bisecting the batch under savepoints: every
-    other row is written, and the bad one goes to ``on_dead_letter`` with its error.
+    other row is written, and the bad one goes to ``on_dead_letter``. A batch canceled by
+    ``statement_timeout`` twice in a row is written in halves, down to single events.
 
     Args:
         target: A libpq conninfo or URL, a SQLAlchemy ``Engine`` (its URL is used), or an
@@ -337,31 +488,41 @@ def write_events(
         events: Events built with `new_event` (or a writer's ``event()``).
         batch_size: Events per transaction.
         retry: How transient errors are retried.
-        on_dead_letter: Called with each event that is not written and its error; without
-            it such events are logged at ERROR level on the ``eventlog_persist`` logger.
+        on_dead_letter: Called with each event that is not written and its
+            `EventWriteError`; without it such events are logged at ERROR level on the
+            ``eventlog_persist`` logger.
+        connect_timeout: Seconds to wait for a new connection (libpq ``connect_timeout``,
+            whole seconds, at least 2); None: no limit. Not applied when the conninfo sets
+            it, or to a connection you pass.
+        tcp_user_timeout: Seconds sent data may stay unacknowledged before the connection
+            counts as lost (libpq ``tcp_user_timeout``, on Linux); None: the system's.
 
     Returns:
         Counts, and the dead-lettered events with their errors.
 
     Raises:
         ConfigurationError: An argument is not valid.
+
+    .. versionchanged:: 0.2.0
+       ``connect_timeout``, ``tcp_user_timeout``; hooks get `EventWriteError`.
     """
-    _check_args(batch_size, retry)
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
     table = EventTable.of(model)
     result = BulkResult()
-    connector = _Connector(target)
+    connector = Connector(
+        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+    )
 
     def count_retry() -> None:
         result.retries += 1
 
     try:
         for batch in _batches(events, batch_size):
-            try:
-                outcome = _deliver(connector, table, batch, retry, on_retry=count_retry)
-            except Exception as exc:
-                _dead_letter([(event, exc) for event in batch], result, on_dead_letter)
-            else:
-                _settle(outcome, result, on_dead_letter)
+            _settle(
+                deliver(connector, table, batch, retry, on_retry=count_retry),
+                result,
+                on_dead_letter,
+            )
     finally:
         connector.close()
     return result
@@ -383,7 +544,12 @@ async def _acopy_part(
             copy.set_types(table.copy_types)
             row = table.row
             for event in events:
-                await copy.write_row(row(event))
+                try:
+                    await copy.write_row(row(event))
+                except psycopg.Error:
+                    raise
+                except Exception as exc:
+                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
         await cur.execute(_move_sql(table))
@@ -394,7 +560,7 @@ async def _astore_part(
     conn: psycopg.AsyncConnection[Any],
     table: EventTable,
     events: Sequence[NewEvent],
-    outcome: _Outcome,
+    outcome: Outcome,
     *,
     staged: bool,
 ) -> None:
@@ -402,16 +568,16 @@ async def _astore_part(
         async with conn.transaction():
             inserted = await _acopy_part(conn, table, events, staged=staged)
     except Exception as exc:
-        if conn.broken or not _row_failure(exc, staged):
+        step = _part_step(exc, staged=staged, size=len(events), broken=conn.broken)
+        if step is _PartStep.RAISE:
             raise
-        if len(events) == 1:
-            outcome.dead.append((events[0], exc))
-            return
-        for half in _halves(events):
-            await _astore_part(conn, table, half, outcome, staged=staged)
+        if step is _PartStep.DEAD:
+            outcome.dead.append((events[0], write_error(events[0], Reason.REFUSED, exc)))
+        else:
+            for half in _halves(events):
+                await _astore_part(conn, table, half, outcome, staged=staged)
         return
-    outcome.inserted += inserted
-    outcome.duplicates += len(events) - inserted
+    outcome.count(len(events), inserted)
 
 
 async def _astore(
@@ -420,8 +586,8 @@ async def _astore(
     events: Sequence[NewEvent],
     *,
     staged: bool,
-) -> _Outcome:
-    outcome = _Outcome()
+) -> Outcome:
+    outcome = Outcome()
     async with conn.transaction():
         if staged:
             await conn.execute(_staging_sql(table))
@@ -429,20 +595,21 @@ async def _astore(
     return outcome
 
 
-class _AsyncConnector:
+class AsyncConnector(_ConnectorBase):
     """Opens (and reopens) the connection an async writer uses."""
 
-    def __init__(self, target: AsyncTarget) -> None:
-        self._owned = not isinstance(target, psycopg.AsyncConnection)
-        self._conninfo = (
-            ""
-            if isinstance(target, psycopg.AsyncConnection)
-            else conninfo_of(target)
-            if isinstance(target, AsyncEngine)
-            else target
+    def __init__(
+        self,
+        target: AsyncTarget,
+        *,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            target, psycopg.AsyncConnection, AsyncEngine, connect_timeout, tcp_user_timeout
         )
         self._conn: psycopg.AsyncConnection[Any] | None = (
-            None if self._owned else target  # type: ignore[assignment]
+            target if isinstance(target, psycopg.AsyncConnection) else None
         )
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
@@ -460,46 +627,44 @@ class _AsyncConnector:
 
     async def discard(self) -> None:
         if self._owned and self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            await conn.close()
 
     async def close(self) -> None:
         await self.discard()
 
 
-async def _adeliver(
-    connector: _AsyncConnector,
+async def adeliver(
+    connector: AsyncConnector,
     table: EventTable,
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: asyncio.Event | None = None,
     on_retry: Callable[[], None] | None = None,
-) -> _Outcome:
-    staged = False
-    retries = 0
-    started = time.monotonic()
-    while True:
+) -> Outcome:
+    """Async `deliver`: the same decisions, with awaits."""
+    outcome = Outcome()
+    pending = [_Part(events, Attempt(started=time.monotonic()))]
+    while pending:
+        part = pending.pop()
         try:
-            return await _astore(await connector.get(), table, events, staged=staged)
+            outcome.merge(
+                await _astore(await connector.get(), table, part.events, staged=part.staged)
+            )
+            continue
         except _NeedStaging:
-            staged = True
+            part.staged = True
+            pending.append(part)
             continue
         except Exception as exc:
             broken = connector.broken()
             if broken:
                 await connector.discard()
-            if classify_error(exc) is not ErrorKind.TRANSIENT and not broken:
-                raise
-            staged = True
-            delay = retry.delay(retries, time.monotonic() - started)
-            if delay is None or (stop is not None and stop.is_set()):
-                raise RetriesExhaustedError(
-                    f"writing {len(events)} events failed {retries + 1} times with transient "
-                    f"errors, the last: {exc}; check that the database is reachable, or "
-                    "allow more time with RetryPolicy(max_attempts=..., max_elapsed=...)"
-                ) from exc
-            logger.warning("event write failed, retrying in %.2fs: %s", delay, exc)
-            retries += 1
+            stopping = stop is not None and stop.is_set()
+            delay = _after_failure(
+                part, exc, retry, pending, outcome, broken=broken, stopping=stopping
+            )
+        if delay is not None:
             if on_retry is not None:
                 on_retry()
             if stop is None:
@@ -507,6 +672,7 @@ async def _adeliver(
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+    return outcome
 
 
 async def awrite_events(
@@ -517,6 +683,8 @@ async def awrite_events(
     batch_size: int = DEFAULT_BATCH_SIZE,
     retry: RetryPolicy = DEFAULT_RETRY,
     on_dead_letter: DeadLetterHook | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
 ) -> BulkResult:
     """Write events with binary COPY from async code; the same behavior as `write_events`.
 
@@ -527,7 +695,10 @@ async def awrite_events(
         events: Events built with `new_event`.
         batch_size: Events per transaction.
         retry: How transient errors are retried.
-        on_dead_letter: Called with each event that is not written and its error.
+        on_dead_letter: Called with each event that is not written and its
+            `EventWriteError`.
+        connect_timeout: As in `write_events`.
+        tcp_user_timeout: As in `write_events`.
 
     Returns:
         Counts, and the dead-lettered events with their errors.
@@ -535,22 +706,20 @@ async def awrite_events(
     Raises:
         ConfigurationError: An argument is not valid.
     """
-    _check_args(batch_size, retry)
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
     table = EventTable.of(model)
     result = BulkResult()
-    connector = _AsyncConnector(target)
+    connector = AsyncConnector(
+        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+    )
 
     def count_retry() -> None:
         result.retries += 1
 
     try:
         for batch in _batches(events, batch_size):
-            try:
-                outcome = await _adeliver(connector, table, batch, retry, on_retry=count_retry)
-            except Exception as exc:
-                _dead_letter([(event, exc) for event in batch], result, on_dead_letter)
-            else:
-                _settle(outcome, result, on_dead_letter)
+            outcome = await adeliver(connector, table, batch, retry, on_retry=count_retry)
+            _settle(outcome, result, on_dead_letter)
     finally:
         await connector.close()
     return result

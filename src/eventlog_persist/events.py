@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, NotRequired, TypeAlias
 
@@ -15,6 +16,7 @@ from eventlog_persist.exceptions import ConfigurationError, ValidationError
 from eventlog_persist.ids import new_event_id
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist.retry import EventWriteError
 from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
 
 __all__ = [
@@ -81,6 +83,7 @@ class NewEvent:
         tool_name: The tool's name, if any (checked).
         approval_status: The approval status, if any (checked).
         redacted_paths: JSON pointers of the payload values that were redacted.
+        payload_bytes: Length of ``payload_json`` in UTF-8 (computed when not given).
     """
 
     id: uuid.UUID
@@ -95,18 +98,35 @@ class NewEvent:
     tool_name: str | None = None
     approval_status: str | None = None
     redacted_paths: tuple[str, ...] = ()
+    payload_bytes: int = field(default=-1, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.payload_bytes < 0:
+            object.__setattr__(self, "payload_bytes", len(self.payload_json.encode("utf-8")))
 
     @property
     def size_bytes(self) -> int:
-        """Approximate bytes this event holds in memory, used by the buffered writers' bound."""
-        return len(self.payload_json) + _EVENT_OVERHEAD_BYTES
+        """Estimated bytes this event holds in memory, used by the buffered writers' bound.
+
+        The larger of the payload's UTF-8 size (what the COPY buffer holds) and the size of
+        its Python string (1, 2 or 4 bytes per character, by the widest character in it),
+        plus a fixed allowance for the rest of the event.
+
+        .. versionchanged:: 0.2.0
+           Counts bytes, not characters, so non-ASCII payloads are not undercounted.
+        """
+        return max(self.payload_bytes, sys.getsizeof(self.payload_json)) + _EVENT_OVERHEAD_BYTES
 
 
 # Object headers, the UUID, the datetime and short strings of one NewEvent, rounded up.
 _EVENT_OVERHEAD_BYTES: Final = 512
 
-DeadLetterHook: TypeAlias = Callable[[NewEvent, BaseException], None]
-"""``hook(event, error)``: called once for each event a writer gives up on, with the reason."""
+DeadLetterHook: TypeAlias = Callable[[NewEvent, EventWriteError], None]
+"""``hook(event, error)``: called once for each event a writer gives up on, with the reason.
+
+The error is an `EventWriteError` (or a subclass) naming the event, the reason and the fix;
+the driver's error, if any, is its ``__cause__``. A hook taking ``BaseException`` fits too.
+"""
 
 
 def new_event(
@@ -219,6 +239,7 @@ def build_event(
         None if tool_name is None else str(tool_name),
         None if approval_status is None else str(approval_status),
         prepared.redacted_paths,
+        prepared.size_bytes,
     )
     return event, prepared
 

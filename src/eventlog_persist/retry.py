@@ -1,4 +1,4 @@
-"""Which write errors are worth retrying, and how long to wait between attempts."""
+"""Which write errors are worth retrying, what to do next, and how long to wait."""
 
 from __future__ import annotations
 
@@ -6,22 +6,71 @@ import math
 import random
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import psycopg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from eventlog_persist.exceptions import ConfigurationError, EventLogError
 from eventlog_persist.schema import PK_NAME
 
-__all__ = ["DEFAULT_RETRY", "ErrorKind", "RetriesExhaustedError", "RetryPolicy", "classify_error"]
+if TYPE_CHECKING:
+    from eventlog_persist.events import NewEvent
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "Action",
+    "Attempt",
+    "Decision",
+    "ErrorKind",
+    "EventWriteError",
+    "Reason",
+    "RetriesExhaustedError",
+    "RetryPolicy",
+    "RowEncodingError",
+    "classify_error",
+    "decide",
+    "sqlstate_of",
+    "write_error",
+]
 
 
-class RetriesExhaustedError(EventLogError):
+class EventWriteError(EventLogError):
+    """An event was not written; the message names the event, the reason and the fix.
+
+    Raised by the detached writes, and given to every dead-letter hook (and listed in
+    `BulkResult.dead_lettered`), so a hook sees one type whatever the driver.
+
+    Attributes:
+        event: The event that was not written (None only when a closed writer refuses to
+            start).
+        sqlstate: The database's SQLSTATE code (e.g. ``"23503"``), when a database error is
+            the reason; the driver's error itself is the ``__cause__``.
+
+    .. versionchanged:: 0.2.0
+       Hooks and ``BulkResult.dead_lettered`` receive it instead of the raw driver error.
+    """
+
+    def __init__(
+        self, message: str, *, event: NewEvent | None, sqlstate: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.event = event
+        self.sqlstate = sqlstate
+
+
+class RetriesExhaustedError(EventWriteError):
     """A write kept failing with transient errors until the retry policy gave up.
 
     The last error is the ``__cause__``.
     """
+
+
+class RowEncodingError(ValueError):
+    """The client could not encode one event's values for COPY (e.g. an int for a UUID key)."""
 
 
 class ErrorKind(Enum):
@@ -35,6 +84,8 @@ class ErrorKind(Enum):
     """Some row's data was refused (foreign key, check, value); the other rows are fine."""
     BATCH = "batch"
     """The write can never work as set up (missing table, no permission); retrying won't help."""
+    UNEXPECTED = "unexpected"
+    """Not a known database or connection error (a bug, or an unknown driver's error)."""
 
 
 # SQLSTATE classes and codes after which the same statement may succeed on a new attempt:
@@ -45,14 +96,44 @@ _TRANSIENT_CODES: Final = frozenset({"55P03", "55006", "XX000"})
 # Data exceptions, integrity violations and program limits (e.g. a value too large): one
 # row's content is to blame.
 _ROW_CLASSES: Final = frozenset({"22", "23", "54"})
+STATEMENT_TIMEOUT: Final = "57014"
+LOCK_NOT_AVAILABLE: Final = "55P03"
+
+
+def sqlstate_of(exc: BaseException | None) -> str | None:
+    """Return the SQLSTATE of a database error, looking through wrappers; else None.
+
+    Reads psycopg's ``sqlstate``, psycopg2's ``pgcode`` and asyncpg's ``sqlstate``, through
+    SQLAlchemy's ``DBAPIError.orig`` and `EventWriteError`'s cause.
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        seen += 1
+        if isinstance(exc, EventWriteError):
+            if exc.sqlstate:
+                return exc.sqlstate
+            exc = exc.__cause__
+            continue
+        if isinstance(exc, DBAPIError):
+            exc = exc.orig
+            continue
+        for name in ("sqlstate", "pgcode"):
+            state = getattr(exc, name, None)
+            if isinstance(state, str) and len(state) == 5:
+                return state
+        return None
+    return None
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
     """Say whether a write error is transient, a duplicate id, a bad row or a bad setup.
 
-    SQLAlchemy's ``DBAPIError`` is looked through to the psycopg error it wraps. Errors that
-    are not database errors (e.g. a value psycopg cannot convert) count as ``ROW``, so the
-    writer isolates the row that raised them instead of failing every event.
+    SQLAlchemy's ``DBAPIError`` is looked through to the driver error it wraps, and its
+    SQLSTATE is read whatever the driver (psycopg, psycopg2, asyncpg). SQLAlchemy's pool
+    timeout, disconnects and invalidated connections, and driver errors of the connection
+    kind without a SQLSTATE, are transient. A value the client cannot encode
+    (`RowEncodingError`) is a bad row. Anything else is ``UNEXPECTED``: never blamed on the
+    data, retried a few times, then given up on with the real error.
 
     Args:
         exc: The exception raised by a write.
@@ -60,17 +141,37 @@ def classify_error(exc: BaseException) -> ErrorKind:
     Returns:
         The error's kind.
     """
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    if not isinstance(exc, psycopg.Error):
+    if isinstance(exc, RowEncodingError):
         return ErrorKind.ROW
-    state = exc.sqlstate
-    if state is None:
-        # Raised by the client (libpq): connection lost, refused, closed.
-        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+    if isinstance(exc, (PoolTimeoutError, DisconnectionError)):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
             return ErrorKind.TRANSIENT
-        return ErrorKind.BATCH
-    if state == "23505" and exc.diag.constraint_name == PK_NAME:
+        if isinstance(exc.orig, psycopg.Error):
+            exc = exc.orig
+        else:
+            state = sqlstate_of(exc)
+            if state is not None:
+                return _kind_of_state(state, constraint=getattr(exc.orig, "constraint_name", None))
+            if isinstance(exc, (SAOperationalError, SAInterfaceError)):
+                return ErrorKind.TRANSIENT
+            return ErrorKind.UNEXPECTED
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:
+            # Raised by the client (libpq): connection lost, refused, closed.
+            if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                return ErrorKind.TRANSIENT
+            return ErrorKind.BATCH
+        return _kind_of_state(state, constraint=exc.diag.constraint_name)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.UNEXPECTED
+
+
+def _kind_of_state(state: str, *, constraint: object) -> ErrorKind:
+    if state == "23505" and constraint == PK_NAME:
         return ErrorKind.DUPLICATE
     if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES:
         return ErrorKind.TRANSIENT
@@ -153,3 +254,184 @@ def _non_negative(value: object) -> bool:
 
 DEFAULT_RETRY: Final = RetryPolicy()
 """Six attempts within 30 s: the default of the detached and bulk writers."""
+
+
+# --- what to do after a failed write: one decision for every writer, sync and async ---------
+
+TIMEOUTS_BEFORE_SPLIT: Final = 2
+"""Statement timeouts (57014) in a row after which a batch is halved (one event: given up)."""
+UNEXPECTED_ATTEMPTS: Final = 3
+"""Most attempts after ``UNEXPECTED`` errors, whatever the retry policy allows."""
+
+
+class Action(Enum):
+    """The next step for a (sub-)batch whose write failed."""
+
+    RETRY = "retry"
+    """Wait `Decision.delay` seconds and write the same events again, idempotently."""
+    SPLIT = "split"
+    """Write each half on its own (a batch that keeps hitting ``statement_timeout``)."""
+    GIVE_UP = "give_up"
+    """Dead-letter every event with `write_error` for `Decision.reason`."""
+
+
+class Reason(Enum):
+    """Why events were given up on; picks the message and type of `write_error`."""
+
+    REFUSED = "refused"
+    SETUP = "setup"
+    EXHAUSTED = "exhausted"
+    STATEMENT_TIMEOUT = "statement_timeout"
+    LOCK_TIMEOUT = "lock_timeout"
+    UNEXPECTED = "unexpected"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The retry state of one (sub-)batch, updated by `decide`."""
+
+    started: float
+    retries: int = 0
+    timeouts: int = 0
+    unexpected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `decide` chose: the action, the wait before a retry, the reason to give up."""
+
+    action: Action
+    delay: float = 0.0
+    reason: Reason | None = None
+
+
+def decide(
+    attempt: Attempt,
+    exc: BaseException,
+    *,
+    size: int,
+    policy: RetryPolicy,
+    now: float,
+    broken: bool = False,
+    stopping: bool = False,
+    lock_wait_is_final: bool = False,
+) -> Decision:
+    """Decide what follows a failed write of ``size`` events: retry, split or give up.
+
+    Pure except for counting into ``attempt``; shared by the detached, bulk and buffered
+    writers, sync and async.
+
+    Args:
+        attempt: The (sub-)batch's retry state.
+        exc: The error of the failed attempt.
+        size: Events in the (sub-)batch.
+        policy: The retry policy.
+        now: ``time.monotonic()``.
+        broken: The connection was lost: whatever the error says, retry on a new one.
+        stopping: The writer is closing: give up instead of waiting.
+        lock_wait_is_final: ``lock_timeout`` (55P03) ends the write: the detached path sets
+            its own ``lock_timeout``, and waiting again would wait for the same lock.
+    """
+    kind = ErrorKind.TRANSIENT if broken else classify_error(exc)
+    state = None if broken else sqlstate_of(exc)
+    if kind in (ErrorKind.ROW, ErrorKind.DUPLICATE):
+        return Decision(Action.GIVE_UP, reason=Reason.REFUSED)
+    if kind is ErrorKind.BATCH:
+        return Decision(Action.GIVE_UP, reason=Reason.SETUP)
+    if state == LOCK_NOT_AVAILABLE and lock_wait_is_final:
+        return Decision(Action.GIVE_UP, reason=Reason.LOCK_TIMEOUT)
+    if state == STATEMENT_TIMEOUT:
+        attempt.timeouts += 1
+        if attempt.timeouts >= TIMEOUTS_BEFORE_SPLIT:
+            if size > 1:
+                return Decision(Action.SPLIT)
+            return Decision(Action.GIVE_UP, reason=Reason.STATEMENT_TIMEOUT)
+    else:
+        attempt.timeouts = 0
+    give_up = Reason.UNEXPECTED if kind is ErrorKind.UNEXPECTED else Reason.EXHAUSTED
+    if kind is ErrorKind.UNEXPECTED:
+        attempt.unexpected += 1
+        if attempt.unexpected >= UNEXPECTED_ATTEMPTS:
+            return Decision(Action.GIVE_UP, reason=give_up)
+    delay = None if stopping else policy.delay(attempt.retries, now - attempt.started)
+    if delay is None:
+        return Decision(Action.GIVE_UP, reason=give_up)
+    attempt.retries += 1
+    return Decision(Action.RETRY, delay=delay)
+
+
+def write_error(
+    event: NewEvent,
+    reason: Reason,
+    exc: BaseException,
+    *,
+    attempts: int = 1,
+    lock_timeout: float | None = None,
+) -> EventWriteError:
+    """Build the error that reports ``event`` as not written.
+
+    The message says what failed, why, and how to fix it; the driver's error (``exc``, or
+    the one a SQLAlchemy ``DBAPIError`` wraps) is the ``__cause__``.
+    """
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = " ".join(str(cause).split()) or "no message"
+    detail = f"{type(cause).__name__}: {text}"
+    state = sqlstate_of(exc)
+    what = f"event {event.id} ({event.event_type}) was not written"
+    error_type: type[EventWriteError] = EventWriteError
+    if reason is Reason.REFUSED:
+        if isinstance(exc, RowEncodingError):
+            fix = (
+                "a key or value does not fit its column's type; build events with the "
+                "writer's event() (or EventWriter.event), which checks keys against the model"
+            )
+        elif state == "23503":
+            fix = (
+                "the session, user, project or agent it references does not exist, or "
+                "exists only in a transaction that has not committed yet (the caller's own, "
+                "for a detached write); record it in that transaction with record(), or "
+                "after the commit"
+            )
+        else:
+            fix = "check the event's values against the table's constraints"
+        message = f"{what}: the database refused it ({detail}); {fix}"
+    elif reason is Reason.SETUP:
+        message = (
+            f"{what}: the write cannot work as set up ({detail}); check that the table is "
+            "migrated and that the role may insert into it"
+        )
+    elif reason is Reason.EXHAUSTED:
+        error_type = RetriesExhaustedError
+        message = (
+            f"{what}: {attempts} attempts failed with transient errors, the last: {detail}; "
+            "check that the database is reachable, or allow more time with "
+            "RetryPolicy(max_attempts=..., max_elapsed=...). Replaying it (write_events) "
+            "is safe: an id already stored is skipped"
+        )
+    elif reason is Reason.STATEMENT_TIMEOUT:
+        message = (
+            f"{what}: writing it, even alone, was canceled by statement_timeout "
+            f"{TIMEOUTS_BEFORE_SPLIT} times ({detail}); raise the role's or database's "
+            "statement_timeout, or look for slow triggers or lock waits on event_logs"
+        )
+    elif reason is Reason.LOCK_TIMEOUT:
+        limit = "" if lock_timeout is None else f" ({lock_timeout:g} s)"
+        message = (
+            f"{what}: it waited longer than lock_timeout{limit} for a lock on a row it "
+            "references (its chat session, user, project or agent). Usually the caller's "
+            "own open transaction holds that lock: it ran SELECT ... FOR UPDATE on the row, "
+            "or updated or deleted it, and a detached write cannot wait past the caller. "
+            "Record the event in the caller's transaction with record(session, ...), or "
+            "record it detached after the commit; if another transaction holds the lock "
+            f"for long, raise EventWriter(lock_timeout=...). ({detail})"
+        )
+    else:
+        message = (
+            f"{what}: an unexpected error failed the write {attempts} times ({detail}); "
+            "this is not a known database or connection error, so it may be a bug or an "
+            "environment problem. Replaying the event (write_events) is safe: an id "
+            "already stored is skipped"
+        )
+    error = error_type(message, event=event, sqlstate=state)
+    error.__cause__ = cause
+    return error

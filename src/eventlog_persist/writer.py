@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic
 
-from sqlalchemy import Engine, Insert, Text, bindparam, cast
+from sqlalchemy import Engine, Insert, Text, TextClause, bindparam, cast, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -23,31 +23,22 @@ from eventlog_persist.events import (
     build_event,
     new_event,
 )
-from eventlog_persist.exceptions import ConfigurationError, EventLogError
+from eventlog_persist.exceptions import ConfigurationError
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist.retry import (
     DEFAULT_RETRY,
-    ErrorKind,
-    RetriesExhaustedError,
+    Action,
+    Attempt,
+    EventWriteError,
+    Reason,
     RetryPolicy,
-    classify_error,
+    decide,
+    write_error,
 )
 from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 
 __all__ = ["EventWriteError", "EventWriter"]
-
-
-class EventWriteError(EventLogError):
-    """The database refused an event for good (a foreign key, a constraint, a permission).
-
-    Attributes:
-        event: The event that was not written. The database error is the ``__cause__``.
-    """
-
-    def __init__(self, message: str, *, event: NewEvent) -> None:
-        super().__init__(message)
-        self.event = event
 
 
 def _insert_statement(table: EventTable) -> Insert:
@@ -62,14 +53,9 @@ def _params(event: NewEvent) -> dict[str, object]:
     return dict(zip(COLUMNS, EventTable.row(event), strict=True))
 
 
-def _refused(event: NewEvent, exc: BaseException) -> EventWriteError:
-    cause = getattr(exc, "orig", None) or exc
-    return EventWriteError(
-        f"event {event.id} ({event.event_type}) was refused by the database: "
-        f"{type(cause).__name__}: {str(cause).strip()}; check that its session, user, project "
-        "and agent still exist and that the table is migrated",
-        event=event,
-    )
+def _lock_timeout_sql(seconds: float) -> TextClause:
+    # SET LOCAL takes no bind parameters; the value is a validated number of milliseconds.
+    return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
 
 
 class EventWriter(Generic[KeyT]):
@@ -80,7 +66,9 @@ class EventWriter(Generic[KeyT]):
     * `record_detached` / `arecord_detached` write it at once in a short transaction of its
       own, so it survives a rollback of the caller (log errors and failed tool calls this
       way). Transient errors are retried; ``ON CONFLICT (id) DO NOTHING`` makes the retry
-      of a commit whose outcome is unknown harmless.
+      of a commit whose outcome is unknown harmless. The transaction sets ``lock_timeout``,
+      so a row lock held by the caller's own transaction (``SELECT ... FOR UPDATE`` on the
+      chat session) raises `EventWriteError` instead of waiting forever.
 
     Every event's ``created_at`` is the client's clock at build time unless given.
 
@@ -89,6 +77,12 @@ class EventWriter(Generic[KeyT]):
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
         retry: How the detached writes retry transient errors.
+        lock_timeout: Most seconds a detached write waits for a row lock (the foreign-key
+            check locks the referenced rows ``FOR KEY SHARE``); None: the server's setting.
+            Default 5.
+
+    .. versionchanged:: 0.2.0
+       ``lock_timeout``; detached writes raise `EventWriteError` after it.
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -106,6 +100,7 @@ class EventWriter(Generic[KeyT]):
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         retry: RetryPolicy = DEFAULT_RETRY,
+        lock_timeout: float | None = 5.0,
     ) -> None:
         if not isinstance(payload_policy, PayloadPolicy):
             raise ConfigurationError(
@@ -117,12 +112,23 @@ class EventWriter(Generic[KeyT]):
             )
         if not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
+        if lock_timeout is not None and (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, (int, float))
+            or not 0 < lock_timeout < 86_400
+        ):
+            raise ConfigurationError(
+                f"lock_timeout={lock_timeout!r} is not valid; use seconds (a number > 0 and "
+                "< 86400), or None for the server's setting"
+            )
         self.model: type[EventLogMixin[KeyT]] = model
         self.table = EventTable.of(model)
         self.payload_policy = payload_policy
         self.field_rules = field_rules
         self.retry = retry
+        self.lock_timeout = lock_timeout
         self._insert = _insert_statement(self.table)
+        self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
 
     def event(
         self,
@@ -249,8 +255,12 @@ class EventWriter(Generic[KeyT]):
         Raises:
             ValidationError: A field or key is not acceptable (nothing is written).
             PayloadError: The payload cannot be stored (nothing is written).
-            EventWriteError: The database refused the event for good.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+            EventWriteError: The event was not written: the database refused it for good,
+                a row it references stayed locked past ``lock_timeout`` (the caller's own
+                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
+                the ``__cause__`` give the database's error.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
+                `EventWriteError` too).
         """
         event = self.event(**fields)
         self.write_detached(engine, event)
@@ -263,20 +273,24 @@ class EventWriter(Generic[KeyT]):
             True if the event was inserted, False if it was already stored.
 
         Raises:
-            EventWriteError: The database refused the event for good.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+            EventWriteError: The event was not written: the database refused it for good,
+                a row it references stayed locked past ``lock_timeout`` (the caller's own
+                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
+                the ``__cause__`` give the database's error.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
+                `EventWriteError` too).
         """
         params = _params(event)
-        started = time.monotonic()
-        retries = 0
+        attempt = Attempt(started=time.monotonic())
         while True:
             try:
                 with engine.begin() as conn:
+                    if self._set_lock_timeout is not None:
+                        conn.execute(self._set_lock_timeout)
                     return conn.execute(self._insert, params).rowcount == 1
             except Exception as exc:
-                delay = self._retry_delay(event, exc, retries, started)
+                delay = self._retry_delay(event, exc, attempt)
             time.sleep(delay)
-            retries += 1
 
     async def arecord_detached(
         self, engine: AsyncEngine, **fields: Unpack[EventFields[KeyT]]
@@ -289,8 +303,12 @@ class EventWriter(Generic[KeyT]):
         Raises:
             ValidationError: A field or key is not acceptable (nothing is written).
             PayloadError: The payload cannot be stored (nothing is written).
-            EventWriteError: The database refused the event for good.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+            EventWriteError: The event was not written: the database refused it for good,
+                a row it references stayed locked past ``lock_timeout`` (the caller's own
+                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
+                the ``__cause__`` give the database's error.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
+                `EventWriteError` too).
         """
         event = self.event(**fields)
         await self.awrite_detached(engine, event)
@@ -303,30 +321,37 @@ class EventWriter(Generic[KeyT]):
             True if the event was inserted, False if it was already stored.
 
         Raises:
-            EventWriteError: The database refused the event for good.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy.
+            EventWriteError: The event was not written: the database refused it for good,
+                a row it references stayed locked past ``lock_timeout`` (the caller's own
+                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
+                the ``__cause__`` give the database's error.
+            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
+                `EventWriteError` too).
         """
         params = _params(event)
-        started = time.monotonic()
-        retries = 0
+        attempt = Attempt(started=time.monotonic())
         while True:
             try:
                 async with engine.begin() as conn:
+                    if self._set_lock_timeout is not None:
+                        await conn.execute(self._set_lock_timeout)
                     return (await conn.execute(self._insert, params)).rowcount == 1
             except Exception as exc:
-                delay = self._retry_delay(event, exc, retries, started)
+                delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)
-            retries += 1
 
-    def _retry_delay(self, event: NewEvent, exc: Exception, retries: int, started: float) -> float:
+    def _retry_delay(self, event: NewEvent, exc: Exception, attempt: Attempt) -> float:
         """Return how long to wait before retrying, or raise the error to give the caller."""
-        if classify_error(exc) is not ErrorKind.TRANSIENT:
-            raise _refused(event, exc) from exc
-        delay = self.retry.delay(retries, time.monotonic() - started)
-        if delay is None:
-            raise RetriesExhaustedError(
-                f"writing event {event.id} failed {retries + 1} times with transient errors, "
-                f"the last: {exc}; check that the database is reachable, or allow more time "
-                "with RetryPolicy(max_attempts=..., max_elapsed=...)"
-            ) from exc
-        return delay
+        decision = decide(
+            attempt, exc, size=1, policy=self.retry, now=time.monotonic(), lock_wait_is_final=True
+        )
+        if decision.action is Action.RETRY:
+            return decision.delay
+        error = write_error(
+            event,
+            decision.reason or Reason.UNEXPECTED,
+            exc,
+            attempts=attempt.retries + 1,
+            lock_timeout=self.lock_timeout,
+        )
+        raise error from error.__cause__
