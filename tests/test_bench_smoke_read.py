@@ -30,9 +30,10 @@ def test_read_bench_runs(pg_server: ServerInfo, tmp_path: Path) -> None:
     out = tmp_path / "read-path.md"
     page = read_bench.run(
         pg_server.sqlalchemy_url("postgres"),
-        [300, 600],
+        [3000, 6000],
         iterations=3,
         insert_rows=20,
+        purge_rows=40,
         out=out,
         command="smoke",
         log=lambda _: None,
@@ -40,5 +41,33 @@ def test_read_bench_runs(pg_server: ServerInfo, tmp_path: Path) -> None:
     assert out.read_text() == page
     for heading in ("Reader calls", "raw SQL vs the reader", "Deleting a parent", "Insert"):
         assert heading in page
-    assert "| session timeline, newest 50 |" in page
-    assert "| + agent_id_created_at |" in page
+    for row in (
+        "| session timeline, newest 50 |",
+        "| session timeline, newest 50: sessions read once each (first touch) |",
+        "| heavy users: error_code = E014 (rarest), no range |",
+        f"| {read_bench.RAW_NAME} |",
+        f"| {read_bench.TARGET_NAME} |",
+        "| whole table: oldest 40 events in batches of 5,000, p50 / max of 3 runs |",
+        "| one user's events (~1,000, one batch), p50 / p99 of 10 users |",
+        "| whole table: run right after, nothing left to delete |",
+        "| + agent_id_created_at |",
+    ):
+        assert row in page, row
+    assert "warm cache" in page.lower()
+
+
+def test_raw_and_reader_run_the_same_sql() -> None:
+    """The raw path of the benchmark sends the reader's SQL text, LIMIT bound alike."""
+    import uuid
+
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from eventlog_persist.queries import event_table, timeline_query
+
+    datagen = bench_module("datagen")
+    query = timeline_query(
+        event_table(datagen.EventLog), column="session_id", key=uuid.uuid4(), user_id=uuid.uuid4()
+    ).query
+    sql, params = query.driver_sql(PGDialect_psycopg()) or ("", {})
+    assert "LIMIT %(limit)s" in sql
+    assert params["limit"] == 51

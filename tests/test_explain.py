@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from pgserver import ServerInfo
 from pytest_postgresql.janitor import DatabaseJanitor
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 
 from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
 from eventlog_persist.reader import EventLogReader
@@ -81,8 +82,12 @@ def captured(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
 
 def plan_of(engine: Engine, statement: str, parameters: Any) -> dict[str, Any]:
     with engine.connect() as connection:
-        result = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
-        plan: dict[str, Any] = result.scalar_one()[0]["Plan"]
+        return plan_on(connection, statement, parameters)
+
+
+def plan_on(connection: Connection, statement: str, parameters: Any) -> dict[str, Any]:
+    result = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+    plan: dict[str, Any] = result.scalar_one()[0]["Plan"]
     return plan
 
 
@@ -92,8 +97,14 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from nodes(child)
 
 
+def scope_column(index: str) -> str:
+    """The column an ``ix_event_logs_<column>_created_at`` index leads with."""
+    return index.removeprefix("ix_event_logs_").removesuffix("_created_at")
+
+
 def assert_indexed(plan: dict[str, Any], *allowed: str) -> str:
-    """The plan reads event_logs through one of ``allowed`` and never scans it whole."""
+    """The plan reads event_logs through one of ``allowed``, searching it by its scope column
+    (not walking the whole index), and never scans the table whole."""
     used = {node["Index Name"] for node in nodes(plan) if "Index Name" in node}
     scans = [
         node["Node Type"]
@@ -102,6 +113,13 @@ def assert_indexed(plan: dict[str, Any], *allowed: str) -> str:
     ]
     assert not scans, f"sequential scan of event_logs in {plan}"
     assert used & set(allowed), f"expected one of {allowed}, the plan uses {used}: {plan}"
+    for node in nodes(plan):
+        index = node.get("Index Name")
+        if index in allowed:
+            condition = node.get("Index Cond", "")
+            assert re.search(rf"\b{scope_column(index)} = ", condition), (
+                f"{index} is used without a condition on {scope_column(index)}: {node}"
+            )
     return next(iter(used & set(allowed)))
 
 
@@ -268,12 +286,34 @@ def test_scoped_purge_uses_its_index(loaded: tuple[Engine, Any], scope: str, ind
         assert_indexed(plan, index)
 
 
-def test_the_table_is_big_enough_for_seq_scans(loaded: tuple[Engine, Any]) -> None:
-    """Control: without a usable index the planner does scan, so the checks above mean something."""
-    engine, _ = loaded
-    table = bench_module("datagen").EventLog.__table__
-    statement = select(func.count()).where(table.c.tool_name == "tool_00").compile(engine)
-    plan = plan_of(engine, str(statement), statement.params)
-    assert any(node["Node Type"] == "Seq Scan" for node in nodes(plan))
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("user", USER_IX), ("count by event_type", USER_IX), ("project", PROJECT_IX)],
+)
+def test_without_its_index_the_planner_scans_the_table(
+    loaded: tuple[Engine, Any], name: str, index: str
+) -> None:
+    """Control: drop the scope's index (in a transaction, rolled back) and the same statement
+    is planned as a sequential scan, so the table is big enough for the index to matter."""
+    engine, data = loaded
+    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    call = next(c for n, c, _ in reader_calls(reader, pick(data)) if n == name)
+    with captured(engine) as seen:
+        call()
+    ((sql, params),) = [(sql, params) for sql, params in seen if "event_logs" in sql]
     with engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(table)) == ROWS
+        indexed = plan_on(connection, sql, params)
+        assert_indexed(indexed, index)
+        connection.execute(text(f'DROP INDEX "{index}"'))
+        scanned = plan_on(connection, sql, params)
+        connection.rollback()
+    assert any(
+        node["Node Type"] == "Seq Scan" and node.get("Relation Name") == "event_logs"
+        for node in nodes(scanned)
+    ), scanned
+    assert scanned["Total Cost"] > 3 * indexed["Total Cost"]
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(text("event_logs"))) == ROWS
+        assert connection.scalar(
+            text("SELECT count(*) FROM pg_indexes WHERE indexname = :index"), {"index": index}
+        )

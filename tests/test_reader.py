@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hostmodels import HostModels, build_host_models
-from sqlalchemy import Engine
+from pgserver import ServerInfo
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from eventlog_persist.cursor import InvalidCursorError, decode_cursor, encode_cursor
@@ -104,10 +108,9 @@ def keys(page: Page[Any]) -> list[tuple[datetime, uuid.UUID]]:
     return [(event.created_at, event.id) for event in page.items]
 
 
-def walk(fetch: Any, **options: Any) -> list[EventRecord[Any]]:
-    """Every event of a timeline, following cursors; checks no page repeats an event."""
+def walk(fetch: Any, cursor: str | None = None, **options: Any) -> list[EventRecord[Any]]:
+    """Every event of a timeline (from ``cursor``), following cursors."""
     seen: list[EventRecord[Any]] = []
-    cursor = None
     while True:
         page = fetch(cursor=cursor, **options)
         seen.extend(page.items)
@@ -157,48 +160,117 @@ def test_last_full_page_has_no_cursor(reader: EventLogReader[Any], world: World)
     assert last.next_cursor is None
 
 
+def pairs_of(events: Any) -> list[tuple[datetime, uuid.UUID]]:
+    return [(event.created_at, event.id) for event in events]
+
+
 @pytest.mark.parametrize("order", ["newest", "oldest"])
-def test_concurrent_inserts_never_shift_or_repeat_paged_events(
+def test_inserts_between_pages_never_shift_or_repeat_paged_events(
     host_engine: Engine, host_models: HostModels, world: World, order: Any
 ) -> None:
+    """The guarantee: resumed pages hold exactly what sorts after the cursor, nothing else.
+
+    Whether an event inserted meanwhile is returned depends on where its created_at sorts,
+    not on when it was committed: one stamped behind the cursor is never returned.
+    """
     reader = EventLogReader(host_engine, host_models.EventLog)
     chat, user = world.sessions[0][0], world.users[0]
     first = reader.session_timeline(chat, user_id=user, order=order, limit=5)
-    # Newer events, and events at the very instant of the page boundary, arrive meanwhile.
+    assert first.next_cursor is not None
+    edge = (first.items[-1].created_at, first.items[-1].id)
+
+    def beyond(pair: tuple[datetime, uuid.UUID]) -> bool:
+        return pair < edge if order == "newest" else pair > edge
+
+    # Newer events, events at the very instant of the page boundary, and an older one.
     boundary = first.items[-1].created_at
     late = [
-        {"session_id": chat, "user_id": user, "event_type": "late", "created_at": when}
-        for when in (T0 + timedelta(hours=1), boundary, boundary, T0 - timedelta(hours=1))
+        {"session_id": chat, "user_id": user, "event_type": f"late {n}", "created_at": when}
+        for n, when in enumerate(
+            (T0 + timedelta(hours=1), boundary, boundary, T0 - timedelta(hours=1))
+        )
     ]
-    add_events(host_engine, host_models, late)
-    rest = walk(reader.session_timeline, session_id=chat, user_id=user, order=order, limit=5)
-    later = walk(
+    late_ids = add_events(host_engine, host_models, late)
+    resumed = walk(
         reader.session_timeline,
         session_id=chat,
         user_id=user,
         order=order,
         limit=5,
+        cursor=first.next_cursor,
     )
-    assert len(later) == 16
-    resumed = []
-    cursor = first.next_cursor
-    while cursor is not None:
-        page = reader.session_timeline(chat, user_id=user, order=order, limit=5, cursor=cursor)
-        resumed.extend(page.items)
-        cursor = page.next_cursor
-    ids = [event.id for event in (*first.items, *resumed)]
-    assert len(ids) == len(set(ids)), "an event was returned twice"
-    assert {event.id for event in first.items} <= {event.id for event in rest}
-    pairs = [(event.created_at, event.id) for event in (*first.items, *resumed)]
-    assert pairs == sorted(pairs, reverse=order == "newest")
-    # Everything the first page did not reach and that sorts after it is still found.
-    edge = (first.items[-1].created_at, first.items[-1].id)
-    beyond = [
-        (e.created_at, e.id)
-        for e in later
-        if ((e.created_at, e.id) < edge if order == "newest" else (e.created_at, e.id) > edge)
-    ]
-    assert pairs[5:] == beyond
+    now = walk(reader.session_timeline, session_id=chat, user_id=user, order=order, limit=5)
+    assert len(now) == 16
+    read = pairs_of((*first.items, *resumed))
+    assert len(read) == len(set(read)), "an event was returned twice"
+    assert read == sorted(read, reverse=order == "newest")
+    assert pairs_of(resumed) == [pair for pair in pairs_of(now) if beyond(pair)]
+    returned = {event.id for event in resumed}
+    newer, older = late_ids[0], late_ids[3]
+    if order == "newest":
+        # Newest first: a newer event sorts behind the cursor; start again to see it.
+        assert newer not in returned
+        assert older in returned
+    else:
+        # Oldest first: an event stamped before the cursor is never returned by this walk.
+        assert newer in returned
+        assert older not in returned
+    assert len(read) < 16
+
+
+def test_oldest_first_tail_sees_late_commits_only_with_a_lag(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    """docs/reading.md: a tail that stays MAX_FLUSH_DELAY behind the clock misses nothing."""
+    reader = EventLogReader(host_engine, host_models.EventLog)
+    chat, user = world.sessions[1][1], world.users[1]
+    base = T0 + timedelta(days=1)
+    max_flush_delay = timedelta(seconds=5)
+
+    def write(*seconds: float) -> list[Any]:
+        events = [
+            {
+                "session_id": chat,
+                "user_id": user,
+                "event_type": f"at {second}",
+                "created_at": base + timedelta(seconds=second),
+            }
+            for second in seconds
+        ]
+        return add_events(host_engine, host_models, events)
+
+    def window(since: datetime, until: datetime | None = None) -> list[EventRecord[Any]]:
+        filters = EventFilter(since=since, until=until)
+        return walk(
+            reader.session_timeline,
+            session_id=chat,
+            user_id=user,
+            order="oldest",
+            filters=filters,
+            limit=3,
+        )
+
+    write(*range(10))  # committed on time: stamped at base+0s .. base+9s
+    # The clock reads base+10s. A buffered writer has stamped an event at base+7s (its own
+    # clock, at build time) and flushes it at base+11s, after the tails below have read.
+    now = base + timedelta(seconds=10)
+
+    # A tail that reads up to now and resumes after the last event it saw misses it.
+    naive = window(base)
+    lagging = window(base, now - max_flush_delay)
+    (late,) = write(7)
+    naive += window(naive[-1].created_at + timedelta(microseconds=1))
+    assert late not in {event.id for event in naive}
+    assert len(naive) == 10
+
+    # A tail that reads only up to now - MAX_FLUSH_DELAY, and starts the next window where
+    # this one ended, reads every event once: base+7s had not been read yet.
+    assert len(lagging) == 5
+    now = base + timedelta(seconds=20)
+    lagging += window(base + timedelta(seconds=5), now - max_flush_delay)
+    ids = [event.id for event in lagging]
+    assert late in ids
+    assert len(ids) == len(set(ids)) == 11
 
 
 def test_session_timeline_is_scoped_to_the_owner(reader: EventLogReader[Any], world: World) -> None:
@@ -523,4 +595,149 @@ def test_readers_fall_back_to_the_statement(
     monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
     assert (
         reader.session_timeline(world.sessions[0][0], user_id=world.users[0], limit=4) == expected
+    )
+
+
+@pytest.fixture
+def tenant_engine(host_engine: Engine, host_models: HostModels, world: World) -> Engine:
+    """The host's tables again in schema tenant_b, via schema_translate_map, with the same
+    keys as in public but every event typed "tenant_b"."""
+    tenant = host_engine.execution_options(schema_translate_map={None: "tenant_b"})
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE SCHEMA tenant_b"))
+    host_models.Base.metadata.create_all(tenant)
+    with host_engine.begin() as connection:
+        for table in host_models.Base.metadata.sorted_tables:
+            connection.execute(
+                text(f'INSERT INTO tenant_b."{table.name}" SELECT * FROM public."{table.name}"')
+            )
+        connection.execute(text("UPDATE tenant_b.event_logs SET event_type = 'tenant_b'"))
+    return tenant
+
+
+def test_schema_translate_map_is_honoured(
+    host_engine: Engine, host_models: HostModels, world: World, tenant_engine: Engine
+) -> None:
+    """Schema-per-tenant hosts: the reader reads the schema the bind translates to."""
+    chat, user = world.sessions[0][0], world.users[0]
+    span = {"since": T0, "until": T0 + timedelta(hours=1)}
+
+    def types(bind: Any) -> set[str]:
+        reader = EventLogReader(bind, host_models.EventLog)
+        events = walk(reader.session_timeline, session_id=chat, user_id=user, limit=5)
+        assert len(events) == 12
+        counted = reader.count_by("event_type", user_id=user, **span)
+        assert {group.key for group in counted} <= {event.event_type for event in events}
+        return {event.event_type for event in events}
+
+    # public first, so its SQL is cached before the tenant's calls.
+    assert "tenant_b" not in types(host_engine)
+    assert types(tenant_engine) == {"tenant_b"}
+    with tenant_engine.connect() as connection:
+        assert types(connection) == {"tenant_b"}
+    with Session(tenant_engine) as session:
+        assert types(session) == {"tenant_b"}
+    with host_engine.connect() as connection:
+        connection.execution_options(schema_translate_map={None: "tenant_b"})
+        assert types(connection) == {"tenant_b"}
+    assert "tenant_b" not in types(host_engine)
+
+
+@pytest.fixture
+def other_engine(pg_server: ServerInfo, host_models: HostModels) -> Iterator[Engine]:
+    """A second database with the same (empty) tables: the wrong place to read from."""
+    janitor = DatabaseJanitor(
+        user=pg_server.user,
+        host=pg_server.host,
+        port=pg_server.port,
+        password=pg_server.password,
+        dbname=f"evl_other_{uuid.uuid4().hex[:12]}",
+    )
+    janitor.init()
+    engine = create_engine(pg_server.sqlalchemy_url(janitor.dbname))
+    try:
+        host_models.Base.metadata.create_all(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        janitor.drop()
+
+
+def test_session_with_per_model_binds_reads_the_models_database(
+    host_engine: Engine, host_models: HostModels, world: World, other_engine: Engine
+) -> None:
+    chat, user = world.sessions[0][0], world.users[0]
+    model = host_models.EventLog
+    for options in (
+        {"binds": {model: host_engine}},  # no default bind
+        {"bind": other_engine, "binds": {model: host_engine}},  # a default bind elsewhere
+        {"bind": other_engine, "binds": {host_models.Base: host_engine}},  # per Base class
+    ):
+        with Session(**options) as session:  # type: ignore[arg-type]
+            page = EventLogReader(session, model).session_timeline(chat, user_id=user)
+            assert len(page.items) == 12, options
+    with Session(bind=other_engine) as session:
+        assert EventLogReader(session, model).session_timeline(chat, user_id=user).items == ()
+
+
+def test_crafted_cursor_with_an_impossible_time_is_refused(
+    reader: EventLogReader[Any], world: World, host_models: HostModels
+) -> None:
+    """The tag is a checksum anyone can rebuild: a crafted position must fail cleanly."""
+    import base64
+
+    from eventlog_persist import cursor as cursors
+    from eventlog_persist.queries import event_table, timeline_query
+
+    chat, user = world.sessions[0][0], world.users[0]
+    key = timeline_query(
+        event_table(host_models.EventLog), column="session_id", key=chat, user_id=user
+    ).query_key
+
+    def crafted(micros: int) -> str:
+        body = cursors._BODY.pack(cursors._VERSION, micros, uuid.uuid4().bytes)
+        token = base64.urlsafe_b64encode(body + cursors._tag(body, key))
+        return token.rstrip(b"=").decode()
+
+    def micros_of(when: datetime) -> int:
+        return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+    first = micros_of(datetime.min.replace(tzinfo=UTC))
+    last = micros_of(datetime.max.replace(tzinfo=UTC))
+    for micros in (2**63 - 1, -(2**63), last + 1, first - 1, 2**62):
+        with pytest.raises(InvalidCursorError, match=r"outside.*Page\.next_cursor"):
+            reader.session_timeline(chat, user_id=user, cursor=crafted(micros))
+    # The extremes themselves are valid positions, and PostgreSQL takes them.
+    assert len(reader.session_timeline(chat, user_id=user, cursor=crafted(last)).items) == 12
+    assert reader.session_timeline(chat, user_id=user, cursor=crafted(first)).items == ()
+
+
+def test_distinct_filters_never_share_a_cursor() -> None:
+    from eventlog_persist.queries import event_table, timeline_query
+
+    table = event_table(build_host_models().EventLog)
+    user = uuid.uuid4()
+
+    def key(filters: EventFilter | None, **options: Any) -> str:
+        return timeline_query(
+            table, column="user_id", key=options.pop("key", user), filters=filters, **options
+        ).query_key
+
+    pairs = [
+        (EventFilter(event_types={"a,b"}), EventFilter(event_types={"a", "b"})),
+        (EventFilter(event_types={"a|b"}), EventFilter(event_types={"a", "b"})),
+        (EventFilter(tool_name="x|'y'"), EventFilter(tool_name="x", approval_status="'y'")),
+        (EventFilter(error_code=ANY_ERROR), EventFilter(error_code="any")),
+        (EventFilter(tool_name="None"), None),
+    ]
+    position = (T0, uuid.uuid4())
+    for one, other in pairs:
+        assert key(one) != key(other), (one, other)
+        with pytest.raises(InvalidCursorError, match="belongs to another query"):
+            decode_cursor(encode_cursor(position, key(one)), key(other))
+    assert key(None, key=1) != key(None, key=uuid.UUID(int=1))
+    # The same filter, written differently, is the same query.
+    paris = T0.astimezone(ZoneInfo("Europe/Paris"))
+    assert key(EventFilter(since=T0, event_types=["b", "a"])) == key(
+        EventFilter(since=paris, event_types={"a", "b"})
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from hostmodels import HostModels
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from test_reader import T0, World, add_events, make_world, timeline_events
@@ -136,3 +136,45 @@ async def test_async_reader_falls_back_to_the_statement(
     monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
     reader = AsyncEventLogReader(async_engine, host_models.EventLog)
     assert await reader.count_by("event_type", user_id=user, **SPAN) == expected
+
+
+@pytest.mark.asyncio
+async def test_async_session_with_per_model_binds(
+    host_models: HostModels, async_engine: AsyncEngine, world: World
+) -> None:
+    chat, user = world.sessions[0][0], world.users[0]
+    async with AsyncSession(binds={host_models.EventLog: async_engine}) as session:
+        reader = AsyncEventLogReader(session, host_models.EventLog)
+        assert len((await reader.session_timeline(chat, user_id=user)).items) == 12
+
+
+@pytest.mark.asyncio
+async def test_async_reader_honours_schema_translate_map(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine, world: World
+) -> None:
+    tenant = host_engine.execution_options(schema_translate_map={None: "tenant_b"})
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE SCHEMA tenant_b"))
+    host_models.Base.metadata.create_all(tenant)
+    with host_engine.begin() as connection:
+        for table in host_models.Base.metadata.sorted_tables:
+            connection.execute(
+                text(f'INSERT INTO tenant_b."{table.name}" SELECT * FROM public."{table.name}"')
+            )
+        connection.execute(text("UPDATE tenant_b.event_logs SET event_type = 'tenant_b'"))
+    chat, user = world.sessions[0][0], world.users[0]
+
+    async def types(bind: Any) -> set[str]:
+        page = await AsyncEventLogReader(bind, host_models.EventLog).session_timeline(
+            chat, user_id=user
+        )
+        assert len(page.items) == 12
+        return {event.event_type for event in page.items}
+
+    assert "tenant_b" not in await types(async_engine)
+    async_tenant = async_engine.execution_options(schema_translate_map={None: "tenant_b"})
+    assert await types(async_tenant) == {"tenant_b"}
+    async with async_tenant.connect() as connection:
+        assert await types(connection) == {"tenant_b"}
+    async with AsyncSession(async_tenant) as session:
+        assert await types(session) == {"tenant_b"}

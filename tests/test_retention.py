@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from eventlog_persist import retention
+from eventlog_persist import cli, retention
 from eventlog_persist.cli import parse_cutoff
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 from eventlog_persist.retention import PurgeResult, count_purgeable, purge_events
@@ -236,3 +237,41 @@ def test_purge_command_errors(
     assert result.returncode == 2
     assert result.stderr.startswith("eventlog-persist: error:")
     assert message in result.stderr
+
+
+def test_purge_command_database_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    """Cron gets exit status 2 and one line naming what failed and what to check."""
+    nowhere = URL.create(
+        "postgresql+psycopg", username="nobody", database="nodb", query={"host": str(tmp_path)}
+    )
+    result = run_cli(nowhere, "--older-than", "30d")
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "eventlog-persist: error: purge failed while connecting to the database: OperationalError: "
+    )
+    assert "check --url" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_purge_command_lock_timeout_is_reported(
+    host_engine: Engine,
+    owners: list[dict[str, Any]],
+    database_url: URL,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A database error mid-purge goes through the same boundary (here a lock timeout)."""
+    url = database_url.update_query_dict({"options": "-c lock_timeout=100ms"})
+    with host_engine.connect() as other:
+        other.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+        status = cli.main(
+            ["purge", "--url", url.render_as_string(hide_password=False), "--older-than", "1d"]
+        )
+        other.rollback()
+    assert status == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1
+    assert "purge failed while deleting events: LockNotAvailable: " in message
+    assert "batches committed before the error stay deleted" in message

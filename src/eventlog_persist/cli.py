@@ -11,11 +11,16 @@ from datetime import UTC, datetime, timedelta
 
 from alembic.config import Config
 from sqlalchemy import MetaData, Table, create_engine
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist.alembic_setup import check_setup, write_linear_revisions
 from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
-from eventlog_persist.retention import DEFAULT_BATCH_SIZE, count_purgeable, purge_events
+from eventlog_persist.retention import (
+    DEFAULT_BATCH_SIZE,
+    PurgeError,
+    count_purgeable,
+    purge_events,
+)
 from eventlog_persist.schema import TABLE_NAME
 
 __all__ = ["main"]
@@ -131,11 +136,49 @@ def parse_cutoff(value: str, *, now: datetime | None = None) -> datetime:
     return cutoff
 
 
+_PURGE_HINTS = {
+    "connect": "check --url (driver, host, port, database, user, password) and that the "
+    "server accepts connections from here",
+    "reflect": "check that --url names the database that holds event_logs and that the "
+    "role may read its catalog; on a lock timeout, run it again when no migration holds "
+    "the table",
+    "count": "check that the role may SELECT from event_logs",
+    "purge": "batches committed before the error stay deleted; if a lock or statement "
+    "timeout expired, run it again when the table is less busy (or with a smaller "
+    "--batch-size); check that the role may DELETE from event_logs",
+}
+
+
 def _purge(args: argparse.Namespace) -> int:
+    """Run ``purge``, turning any database error into one `PurgeError` (exit status 2)."""
     cutoff = parse_cutoff(args.older_than)
+    stage = ["connect"]
+    try:
+        return _purge_at(args, cutoff, stage)
+    except SQLAlchemyError as exc:
+        step = {
+            "connect": "connecting to the database",
+            "reflect": "reading the event_logs table definition",
+            "count": "counting events",
+            "purge": "deleting events",
+        }[stage[0]]
+        raise PurgeError(
+            f"purge failed while {step}: {_one_line(exc)}; {_PURGE_HINTS[stage[0]]}"
+        ) from exc
+
+
+def _one_line(exc: SQLAlchemyError) -> str:
+    """The database's own message, on one line, without SQLAlchemy's SQL and link."""
+    error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {' '.join(lines) or 'no message'}"
+
+
+def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> int:
     engine = create_engine(args.url)
     try:
         with engine.connect() as connection:
+            stage[0] = "reflect"
             try:
                 table = Table(
                     TABLE_NAME,
@@ -155,9 +198,11 @@ def _purge(args: argparse.Namespace) -> int:
             if value is not None
         }
         if args.dry_run:
+            stage[0] = "count"
             count = count_purgeable(engine, table, older_than=cutoff, **keys)
             print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
             return 0
+        stage[0] = "purge"
         result = purge_events(
             engine,
             table,

@@ -14,8 +14,13 @@ from eventlog_persist.exceptions import ValidationError
 
 __all__ = ["CursorPosition", "InvalidCursorError", "decode_cursor", "encode_cursor"]
 
-_VERSION: Final = 1
+# 2: query keys became JSON (version 1 keys could collide, e.g. event types "a,b" vs "a", "b").
+_VERSION: Final = 2
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Positions a cursor may hold: the datetimes Python can represent (years 1 to 9999, UTC), which
+# lie inside PostgreSQL's timestamptz range (4713 BC to 294276 AD).
+_MIN_MICROS: Final = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MAX_MICROS: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 # version, microseconds since the epoch (UTC), id bytes, then a tag over those and the query.
 _BODY: Final = struct.Struct(">Bq16s")
 _TAG_BYTES: Final = 12
@@ -29,8 +34,9 @@ class InvalidCursorError(ValidationError):
 
 
 def _tag(body: bytes, query_key: str) -> bytes:
-    # A checksum, not a secret: scoping is enforced by the query itself, so a forged position
-    # can only move within rows the caller may already read.
+    # A checksum, not a secret: anyone can rebuild it, and need not be stopped from doing so.
+    # Scoping is enforced by the query itself, so a forged cursor can only move the start of
+    # the page within the rows the call may read anyway; decode_cursor range-checks it.
     return hashlib.blake2b(body + b"\0" + query_key.encode(), digest_size=_TAG_BYTES).digest()
 
 
@@ -79,7 +85,17 @@ def decode_cursor(token: str, query_key: str) -> CursorPosition:
             "or None to start from the first page"
         )
     _, micros, id_bytes = _BODY.unpack(body)
-    return _EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes)
+    try:
+        if not _MIN_MICROS <= micros <= _MAX_MICROS:
+            raise OverflowError(micros)
+        created_at = _EPOCH + timedelta(microseconds=micros)
+    except (OverflowError, ValueError):
+        raise InvalidCursorError(
+            f"cursor {_show(token)} holds a position outside the timestamps an event can have "
+            "(years 1 to 9999), so it was not made by this reader; pass a Page.next_cursor "
+            "value unchanged, or None to start from the first page"
+        ) from None
+    return created_at, uuid.UUID(bytes=id_bytes)
 
 
 def _show(token: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Generic, Literal, TypeAlias, get_args
 
@@ -138,18 +139,23 @@ class EventFilter:
         _check_text("approval_status", self.approval_status)
         check_range(self.since, self.until, owner="EventFilter")
 
-    def _key(self) -> str:
-        types = ",".join(sorted(self.event_types)) if self.event_types is not None else "*"
-        error = self.error_code.value if isinstance(self.error_code, ErrorMatch) else None
-        parts = (
-            types,
-            f"any:{error}" if error else repr(self.error_code),
-            repr(self.tool_name),
-            repr(self.approval_status),
-            self.since.isoformat() if self.since else "-",
-            self.until.isoformat() if self.until else "-",
-        )
-        return "|".join(parts)
+    def _key(self) -> list[object]:
+        """The conditions as JSON-ready values: equal filters, and only those, give equal keys."""
+        error: object = self.error_code
+        if isinstance(error, ErrorMatch):
+            error = {"match": error.value}
+        return [
+            sorted(self.event_types) if self.event_types is not None else None,
+            error,
+            self.tool_name,
+            self.approval_status,
+            _instant(self.since),
+            _instant(self.until),
+        ]
+
+
+def _instant(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 def _check_text(field: str, value: object) -> None:
@@ -275,8 +281,13 @@ def check_key(name: str, value: object) -> None:
         )
 
 
-def _show_key(value: object) -> str:
-    return f"{type(value).__name__}:{value}"
+def _show_key(value: object) -> list[object]:
+    """A key as JSON-ready values that keep its type: ``UUID`` 1 and int 1 differ."""
+    if isinstance(value, uuid.UUID):
+        return ["uuid", str(value)]
+    if isinstance(value, Enum):
+        return [type(value).__name__, value.value]
+    return [type(value).__name__, value]
 
 
 def _filter_shape(filters: EventFilter, params: dict[str, Any]) -> list[str]:
@@ -354,7 +365,9 @@ class PreparedQuery:
         """``(sql, parameters)`` for ``exec_driver_sql``, or None when the driver is not psycopg.
 
         psycopg needs no SQLAlchemy bind or result processing for these columns, so its
-        rows come straight from the driver; other drivers go through ``execute``.
+        rows come straight from the driver; other drivers go through ``execute``. The text
+        names the table as the model does: a connection with a ``schema_translate_map``
+        must run `statement` through ``execute`` instead (the readers do).
         """
         if dialect.driver != "psycopg":
             return None
@@ -438,8 +451,17 @@ def timeline_query(
     filters = _NO_FILTER if filters is None else filters
     if not isinstance(filters, EventFilter):
         raise ValidationError(f"filters must be an EventFilter or None, got {filters!r}")
-    query_key = "|".join(
-        (column, _show_key(key), _show_key(user_id), _show_key(project_id), order, filters._key())
+    # JSON of the parts: every value is quoted, so no value can pose as a separator.
+    query_key = json.dumps(
+        [
+            column,
+            _show_key(key),
+            _show_key(user_id),
+            _show_key(project_id),
+            order,
+            filters._key(),
+        ],
+        separators=(",", ":"),
     )
     params: dict[str, Any] = {"key": key, "limit": limit + 1}
     shape = [f"key:{column}", f"order:{order}"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 from eventlog_persist.model import EventLogMixin, KeyT
@@ -36,10 +36,16 @@ __all__ = ["AsyncEventLogReader", "EventLogReader"]
 class _Statements:
     """What both readers build: one statement per call, from the pure functions in queries."""
 
-    __slots__ = ("_table",)
+    __slots__ = ("_bind_arguments", "_table")
 
     def __init__(self, model: type[EventLogMixin[Any]]) -> None:
         self._table = event_table(model)
+        # A Session routes by mapper (``Session(binds={EventLog: engine})``, or a bind per
+        # Base class); a reflected Table routes by the table itself.
+        mapper = getattr(model, "__mapper__", None)
+        self._bind_arguments: dict[str, Any] = (
+            {"mapper": mapper} if isinstance(mapper, Mapper) else {"clause": self._table}
+        )
 
     def _session(self, session_id: object, user_id: object, **options: Any) -> TimelineQuery:
         if user_id is None:
@@ -97,8 +103,9 @@ class EventLogReader(_Statements, Generic[KeyT]):
     statement; see ``docs/reading.md`` for which index serves which call.
 
     Args:
-        bind: An ``Engine`` (a pooled connection per call), or a ``Connection`` or ORM
-            ``Session`` whose transaction the reads join.
+        bind: An ``Engine`` (a pooled connection per call, its one statement run in
+            autocommit mode), or a ``Connection`` or ORM ``Session`` whose transaction the
+            reads join; a Session picks the bind mapped to ``model``.
         model: The host's ``EventLog`` model class.
 
     Raises:
@@ -127,8 +134,13 @@ class EventLogReader(_Statements, Generic[KeyT]):
         bind = self._bind
         if isinstance(bind, Engine):
             with bind.connect() as connection:
+                # One statement needs no transaction of its own: autocommit spares the BEGIN
+                # and the ROLLBACK on return to the pool, two round trips per call.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
                 return _run(connection, query)
-        return _run(bind.connection() if isinstance(bind, Session) else bind, query)
+        if isinstance(bind, Session):
+            return _run(bind.connection(bind_arguments=self._bind_arguments), query)
+        return _run(bind, query)
 
     def session_timeline(
         self,
@@ -375,9 +387,11 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         bind = self._bind
         if isinstance(bind, AsyncEngine):
             async with bind.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 return await _run_async(connection, query)
         if isinstance(bind, AsyncSession):
-            return await _run_async(await bind.connection(), query)
+            connection = await bind.connection(bind_arguments=self._bind_arguments)
+            return await _run_async(connection, query)
         return await _run_async(bind, query)
 
     async def session_timeline(
@@ -493,15 +507,31 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         return _bucket_counts(await self._all(query))
 
 
+def _driver_sql(
+    query: PreparedQuery, dialect: Dialect, options: Mapping[str, Any]
+) -> tuple[str, Any] | None:
+    """The cached driver SQL of ``query``, or None when only ``execute`` runs it correctly.
+
+    ``exec_driver_sql`` runs SQL text as is, so a ``schema_translate_map`` (a host with a
+    schema per tenant) would be ignored and another tenant's table read: with a map, the
+    statement goes through ``execute``, which applies it (and caches per map, bounded).
+    """
+    if options.get("schema_translate_map"):
+        return None
+    return query.driver_sql(dialect)
+
+
 def _run(connection: Connection, query: PreparedQuery) -> Sequence[Any]:
-    driver_sql = query.driver_sql(connection.dialect)
+    driver_sql = _driver_sql(query, connection.dialect, connection.get_execution_options())
     if driver_sql is None:
         return connection.execute(query.statement(), query.params).all()
     return connection.exec_driver_sql(*driver_sql).all()
 
 
 async def _run_async(connection: AsyncConnection, query: PreparedQuery) -> Sequence[Any]:
-    driver_sql = query.driver_sql(connection.dialect)
+    started = connection.sync_connection
+    options = (started or connection.sync_engine).get_execution_options()
+    driver_sql = _driver_sql(query, connection.dialect, options)
     if driver_sql is None:
         result = await connection.execute(query.statement(), query.params)
     else:
