@@ -10,8 +10,9 @@ from hostkit import make_host
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine
 
-from eventlog_persist import MigrationSetupError, check_setup, include_name, write_linear_revisions
+from eventlog_persist import check_setup, include_name, write_linear_revisions
 from eventlog_persist.cli import main
+from eventlog_persist.exceptions import MigrationSetupError
 
 
 def test_demo_runs_on_a_given_database(

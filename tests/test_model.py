@@ -13,12 +13,8 @@ from sqlalchemy import Engine, MetaData, create_engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
 
-from eventlog_persist import (
-    ConfigurationError,
-    EventLogMixin,
-    ForeignKeyTargets,
-    event_log_model,
-)
+from eventlog_persist import EventLogMixin, ForeignKeyTargets, event_log_model
+from eventlog_persist.exceptions import ConfigurationError
 
 
 def seed(session: Session, models: HostModels) -> dict[str, object]:

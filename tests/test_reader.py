@@ -16,8 +16,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from eventlog_persist.cursor import InvalidCursorError, decode_cursor, encode_cursor
-from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.cursor import decode_cursor, encode_cursor
+from eventlog_persist.exceptions import ConfigurationError, InvalidCursorError, ValidationError
 from eventlog_persist.queries import (
     ANY_ERROR,
     MAX_PAGE_SIZE,

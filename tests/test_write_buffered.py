@@ -22,17 +22,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.buffered import (
-    AsyncBufferedWriter,
-    BufferedWriter,
+from eventlog_persist.buffered import AsyncBufferedWriter, BufferedWriter
+from eventlog_persist.bulk import conninfo_of
+from eventlog_persist.events import NewEvent, new_event
+from eventlog_persist.exceptions import (
+    EventWriteError,
+    PayloadError,
     QueueFullError,
+    RetriesExhaustedError,
+    ValidationError,
     WriterClosedError,
     WriterNotStartedError,
 )
-from eventlog_persist.bulk import conninfo_of
-from eventlog_persist.events import NewEvent, new_event
-from eventlog_persist.exceptions import PayloadError, ValidationError
-from eventlog_persist.retry import EventWriteError, RetriesExhaustedError, RetryPolicy
+from eventlog_persist.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
 DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"

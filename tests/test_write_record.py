@@ -19,10 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import Session
 
 from eventlog_persist.events import NewEvent, new_event
-from eventlog_persist.exceptions import PayloadError, ValidationError
-from eventlog_persist.retry import RetriesExhaustedError, RetryPolicy
+from eventlog_persist.exceptions import (
+    EventWriteError,
+    PayloadError,
+    RetriesExhaustedError,
+    ValidationError,
+)
+from eventlog_persist.retry import RetryPolicy
 from eventlog_persist.vocabulary import EventFieldRules, EventType
-from eventlog_persist.writer import EventWriteError, EventWriter
+from eventlog_persist.writer import EventWriter
 
 
 def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:

@@ -30,10 +30,16 @@ from eventlog_persist.bulk import (
     report_dead_letters,
 )
 from eventlog_persist.events import DeadLetterHook, EventFields, NewEvent
-from eventlog_persist.exceptions import ConfigurationError, EventLogError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventWriteError,
+    QueueFullError,
+    WriterClosedError,
+    WriterNotStartedError,
+)
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist.retry import EventWriteError, Reason, RetryPolicy, write_error
+from eventlog_persist.retry import Reason, RetryPolicy, write_error
 from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.writer import EventWriter
 
@@ -41,11 +47,8 @@ __all__ = [
     "BUFFERED_RETRY",
     "AsyncBufferedWriter",
     "BufferedWriter",
-    "QueueFullError",
     "WhenFull",
-    "WriterClosedError",
     "WriterCounters",
-    "WriterNotStartedError",
 ]
 
 logger = logging.getLogger("eventlog_persist")
@@ -58,21 +61,6 @@ BUFFERED_RETRY: Final = RetryPolicy(max_attempts=None, max_elapsed=None, max_del
 
 
 _Dead: TypeAlias = list[tuple[NewEvent, EventWriteError]]
-
-
-class WriterClosedError(EventWriteError):
-    """The writer is closed: it takes no new events, or closed before writing this one."""
-
-
-class QueueFullError(EventWriteError):
-    """The queue stayed full (the database is down or slow), so the event was dropped."""
-
-
-class WriterNotStartedError(EventLogError, RuntimeError):
-    """`flush` was called before `start`: no thread or task would ever write the queue.
-
-    .. versionadded:: 0.2.0
-    """
 
 
 @dataclass(frozen=True, slots=True)

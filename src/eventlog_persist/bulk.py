@@ -21,14 +21,13 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist.events import COLUMNS, DeadLetterHook, EventTable, NewEvent
-from eventlog_persist.exceptions import ConfigurationError
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 from eventlog_persist.model import EventLogMixin
 from eventlog_persist.retry import (
     DEFAULT_RETRY,
     Action,
     Attempt,
     ErrorKind,
-    EventWriteError,
     Reason,
     RetryPolicy,
     RowEncodingError,

@@ -14,10 +14,14 @@ from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist.alembic_setup import check_setup, write_linear_revisions
-from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventLogError,
+    PurgeError,
+    ValidationError,
+)
 from eventlog_persist.retention import (
     DEFAULT_BATCH_SIZE,
-    PurgeError,
     count_purgeable,
     purge_events,
 )

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from eventlog_persist.exceptions import ValidationError
+from eventlog_persist.exceptions import InvalidCursorError
 
 __all__ = ["CursorPosition", "InvalidCursorError", "decode_cursor", "encode_cursor"]
 
@@ -27,10 +27,6 @@ _TAG_BYTES: Final = 12
 
 CursorPosition = tuple[datetime, uuid.UUID]
 """Where a page ended: the ``(created_at, id)`` of its last event."""
-
-
-class InvalidCursorError(ValidationError):
-    """A cursor is garbled, was altered, or belongs to another query."""
 
 
 def _tag(body: bytes, query_key: str) -> bytes:

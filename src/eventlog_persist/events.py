@@ -12,11 +12,10 @@ from typing import Any, Final, Generic, NotRequired, TypeAlias
 from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
 from typing_extensions import TypedDict
 
-from eventlog_persist.exceptions import ConfigurationError, ValidationError
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError, ValidationError
 from eventlog_persist.ids import new_event_id
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
-from eventlog_persist.retry import EventWriteError
 from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
 
 __all__ = [

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eventlog_persist.events import NewEvent
+
 __all__ = [
     "ConfigurationError",
     "EventLogError",
+    "EventWriteError",
+    "InvalidCursorError",
     "MigrationSetupError",
     "PayloadError",
+    "PurgeError",
+    "QueueFullError",
+    "RetriesExhaustedError",
     "ValidationError",
+    "WriterClosedError",
+    "WriterNotStartedError",
 ]
 
 
@@ -38,3 +50,55 @@ class PayloadError(ValidationError):
     def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)
         self.path = path
+
+
+class EventWriteError(EventLogError):
+    """An event was not written; the message names the event, the reason and the fix.
+
+    Raised by the detached writes, and given to every dead-letter hook (and listed in
+    `BulkResult.dead_lettered`), so a hook sees one type whatever the driver.
+
+    Attributes:
+        event: The event that was not written (None only when a closed writer refuses to
+            start).
+        sqlstate: The database's SQLSTATE code (e.g. ``"23503"``), when a database error is
+            the reason; the driver's error itself is the ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, event: NewEvent | None, sqlstate: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.event = event
+        self.sqlstate = sqlstate
+
+
+class RetriesExhaustedError(EventWriteError):
+    """A write kept failing with transient errors until the retry policy gave up.
+
+    The last error is the ``__cause__``.
+    """
+
+
+class WriterClosedError(EventWriteError):
+    """The writer is closed: it takes no new events, or closed before writing this one."""
+
+
+class QueueFullError(EventWriteError):
+    """The queue stayed full (the database is down or slow), so the event was dropped."""
+
+
+class WriterNotStartedError(EventLogError, RuntimeError):
+    """`flush` was called before `start`: no thread or task would ever write the queue."""
+
+
+class InvalidCursorError(ValidationError):
+    """A cursor is garbled, was altered, or belongs to another query."""
+
+
+class PurgeError(EventLogError):
+    """The ``purge`` command failed in the database (connection, lock, permission).
+
+    The message says which step failed, the database's reason, and what to check; the
+    original error is its ``__cause__``. Batches committed before the error stay deleted.
+    """

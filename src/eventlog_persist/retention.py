@@ -11,13 +11,15 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Table, delete, func, select
 
-from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    ValidationError,
+)
 from eventlog_persist.model import EventLogMixin
 from eventlog_persist.queries import check_key, event_table
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "PurgeError",
     "PurgeResult",
     "count_purgeable",
     "purge_events",
@@ -25,14 +27,6 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE: Final = 5000
-
-
-class PurgeError(EventLogError):
-    """The ``purge`` command failed in the database (connection, lock, permission).
-
-    The message says which step failed, the database's reason, and what to check; the
-    original error is its ``__cause__``. Batches committed before the error stay deleted.
-    """
 
 
 @dataclass(frozen=True, slots=True)

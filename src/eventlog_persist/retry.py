@@ -14,7 +14,11 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from eventlog_persist.exceptions import ConfigurationError, EventLogError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventWriteError,
+    RetriesExhaustedError,
+)
 from eventlog_persist.schema import PK_NAME
 
 if TYPE_CHECKING:
@@ -26,9 +30,7 @@ __all__ = [
     "Attempt",
     "Decision",
     "ErrorKind",
-    "EventWriteError",
     "Reason",
-    "RetriesExhaustedError",
     "RetryPolicy",
     "RowEncodingError",
     "classify_error",
@@ -36,37 +38,6 @@ __all__ = [
     "sqlstate_of",
     "write_error",
 ]
-
-
-class EventWriteError(EventLogError):
-    """An event was not written; the message names the event, the reason and the fix.
-
-    Raised by the detached writes, and given to every dead-letter hook (and listed in
-    `BulkResult.dead_lettered`), so a hook sees one type whatever the driver.
-
-    Attributes:
-        event: The event that was not written (None only when a closed writer refuses to
-            start).
-        sqlstate: The database's SQLSTATE code (e.g. ``"23503"``), when a database error is
-            the reason; the driver's error itself is the ``__cause__``.
-
-    .. versionchanged:: 0.2.0
-       Hooks and ``BulkResult.dead_lettered`` receive it instead of the raw driver error.
-    """
-
-    def __init__(
-        self, message: str, *, event: NewEvent | None, sqlstate: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.event = event
-        self.sqlstate = sqlstate
-
-
-class RetriesExhaustedError(EventWriteError):
-    """A write kept failing with transient errors until the retry policy gave up.
-
-    The last error is the ``__cause__``.
-    """
 
 
 class RowEncodingError(ValueError):

@@ -23,14 +23,13 @@ from eventlog_persist.events import (
     build_event,
     new_event,
 )
-from eventlog_persist.exceptions import ConfigurationError
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 from eventlog_persist.model import EventLogMixin, KeyT
 from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist.retry import (
     DEFAULT_RETRY,
     Action,
     Attempt,
-    EventWriteError,
     Reason,
     RetryPolicy,
     decide,

@@ -13,25 +13,24 @@ import eventlog_persist
 from eventlog_persist import (
     ANY_ERROR,
     BufferedWriter,
-    BulkResult,
     EventFilter,
     EventLogMixin,
     EventLogReader,
-    EventRecord,
     EventType,
     EventWriter,
     ForeignKeyTargets,
-    JSONValue,
-    NewEvent,
-    Page,
-    PurgeResult,
-    WriterCounters,
     check_setup,
     event_log_model,
     include_name,
     purge_events,
     write_events,
 )
+from eventlog_persist.buffered import WriterCounters
+from eventlog_persist.bulk import BulkResult
+from eventlog_persist.events import NewEvent
+from eventlog_persist.model import JSONValue
+from eventlog_persist.queries import EventRecord, Page
+from eventlog_persist.retention import PurgeResult
 
 
 class Base(DeclarativeBase):
