@@ -129,43 +129,20 @@ class EventWriter(Generic[KeyT]):
         self._insert = _insert_statement(self.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
 
-    def event(
-        self,
-        *,
-        session_id: KeyT,
-        user_id: KeyT,
-        event_type: str,
-        payload: object = None,
-        project_id: KeyT | None = None,
-        agent_id: KeyT | None = None,
-        error_code: str | None = None,
-        tool_name: str | None = None,
-        approval_status: str | None = None,
-        created_at: datetime | None = None,
-        id: uuid.UUID | None = None,
-    ) -> NewEvent:
+    def event(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
         """Build a checked event with this writer's rules; see `new_event` for the arguments.
 
         Raises:
             ValidationError: A field or key is not acceptable.
             PayloadError: The payload cannot be stored; ``path`` says where.
         """
-        self.table.check_keys(session_id, user_id, project_id, agent_id)
-        return new_event(
-            session_id=session_id,
-            user_id=user_id,
-            event_type=event_type,
-            payload=payload,
-            project_id=project_id,
-            agent_id=agent_id,
-            error_code=error_code,
-            tool_name=tool_name,
-            approval_status=approval_status,
-            created_at=created_at,
-            id=id,
-            payload_policy=self.payload_policy,
-            field_rules=self.field_rules,
+        self.table.check_keys(
+            fields["session_id"],
+            fields["user_id"],
+            fields.get("project_id"),
+            fields.get("agent_id"),
         )
+        return new_event(**fields, payload_policy=self.payload_policy, field_rules=self.field_rules)
 
     def record(
         self,
