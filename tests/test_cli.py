@@ -96,3 +96,60 @@ def test_include_name_hides_only_the_event_log_table() -> None:
     assert include_name("event_logs", "table", {}) is False
     assert include_name("users", "table", {}) is True
     assert include_name("event_logs", "column", {"table_name": "x"}) is True
+
+
+def test_only_the_package_location_is_a_problem(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        "eventlog_persist:migrations",
+    )
+    report = check_setup(Config(str(host.root / "alembic.ini")))
+    assert not report.ok
+    assert "lists only 'eventlog_persist:migrations'" in report.problems[0]
+
+
+def test_os_separator_with_a_space_separated_list_is_reported(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit("alembic.ini", "path_separator = space", "path_separator = os")
+    report = check_setup(Config(str(host.root / "alembic.ini")))
+    assert "cuts 'eventlog_persist:migrations' at its colon" in report.problems[0]
+
+
+def test_check_reads_pyproject_version_locations(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "alembic.ini",
+        "version_locations = %(here)s/migrations/versions eventlog_persist:migrations\n",
+        "",
+    )
+    (host.root / "pyproject.toml").write_text(
+        '[tool.alembic]\nversion_locations = ["%(here)s/migrations/versions", '
+        '"eventlog_persist:migrations"]\n'
+    )
+    assert main(["check", "-c", str(host.root / "alembic.ini")]) == 0
+    assert "setup OK (branch mode)" in capsys.readouterr().out
+
+
+def test_cli_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "-c", str(tmp_path / "missing.ini")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.ini does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_linear_revision_refuses_to_overwrite_a_foreign_file(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    clash = host.root / "migrations/versions/eventlog_0001_create_event_logs.py"
+    clash.write_text('revision = "other"\ndown_revision = "h001_core"\n')
+    with pytest.raises(MigrationSetupError, match="exists but is not a linear copy"):
+        write_linear_revisions(Config(str(host.root / "alembic.ini")))

@@ -276,3 +276,13 @@ def test_every_package_revision_goes_up_down_and_up_again(
     host.run("upgrade", "heads")
     with engine.connect() as connection:
         assert snapshot(connection) == states[-1]
+
+
+def test_target_key_must_be_named_id(host: HostProject, engine: Engine) -> None:
+    revision = "migrations/versions/h001_core.py"
+    users_key = 'sa.Column("{}", sa.Uuid(), primary_key=True),\n        sa.Column("name"'
+    host.edit(revision, users_key.format("id"), users_key.format("uid"))
+    host.edit(revision, 'sa.ForeignKey("users.id"', 'sa.ForeignKey("users.uid"', count=2)
+    result = host.run("upgrade", "heads", check=False)
+    assert "'users' must have a single-column primary key named 'id'" in result.stderr
+    assert not inspect(engine).has_table("event_logs")

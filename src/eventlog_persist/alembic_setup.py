@@ -7,13 +7,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 from typing import Final, Literal
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
+from alembic.util.pyfiles import coerce_resource_to_filename
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
@@ -109,11 +109,20 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
         return SetupReport(None, tuple(problems))
 
     host_locations = [loc for loc in locations if loc != MIGRATIONS_LOCATION]
-    host = _host_script(config, host_locations)
+    if locations and not host_locations:
+        problems.append(
+            f"version_locations lists only {MIGRATIONS_LOCATION!r}: Alembic then no longer "
+            "reads the host's own versions folder. List it too, e.g. "
+            f"'version_locations = %(here)s/migrations/versions {MIGRATIONS_LOCATION}'"
+        )
+        return SetupReport(None, tuple(problems))
     try:
+        host = _host_script(config, host_locations)
         host_revisions = {rev.revision: rev for rev in host.walk_revisions()}
-    except (CommandError, RevisionError) as exc:
-        problems.append(f"the host's own Alembic history does not load: {exc}")
+    except Exception as exc:  # any failure to load the history is a finding, not a crash
+        problems.append(
+            f"the host's own Alembic history does not load: {type(exc).__name__}: {exc}"
+        )
         return SetupReport(None, tuple(problems))
 
     linear = sorted(
@@ -198,7 +207,12 @@ def write_linear_revisions(config: Config, *, version_path: str | Path | None = 
         for rev in host.walk_revisions()
         if hasattr(rev.module, LINEAR_MARKER)
     }
-    target = Path(version_path or (locations[0] if locations else Path(host.dir, "versions")))
+    if version_path is not None:
+        target = Path(version_path)
+    elif locations:
+        target = coerce_resource_to_filename(locations[0])
+    else:
+        target = Path(host.dir, "versions")
     head = heads[0] if heads else None
     written = []
     for package_rev, source in package_revisions():
@@ -206,6 +220,11 @@ def write_linear_revisions(config: Config, *, version_path: str | Path | None = 
             continue
         new_rev = package_rev.replace("evl_", "eventlog_", 1)
         path = target / f"{new_rev}_{source.stem.split('_', 2)[2]}.py"
+        if path.exists():
+            raise MigrationSetupError(
+                f"{path} exists but is not a linear copy of {package_rev} in the host "
+                "history (no eventlog_persist_revision marker); move it away and run again"
+            )
         path.write_text(_linearize(source.read_text(), package_rev, new_rev, head))
         written.append(path)
         head = new_rev
@@ -229,9 +248,12 @@ def _linearize(text: str, package_rev: str, new_rev: str, down: str | None) -> s
 
 
 def _split_location(locations: Iterable[str]) -> bool:
+    # Split at its colon, the location leaves "...eventlog_persist" then "migrations...".
     package, _, folder = MIGRATIONS_LOCATION.partition(":")
-    names = {Path(loc).name for loc in locations} | set(locations)
-    return package in names and folder in names
+    items = [loc.strip() for loc in locations]
+    return any(
+        first.endswith(package) and second.startswith(folder) for first, second in pairwise(items)
+    )
 
 
 def _host_script(config: Config, locations: list[str]) -> ScriptDirectory:

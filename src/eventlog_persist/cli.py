@@ -8,8 +8,10 @@ import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
@@ -17,6 +19,7 @@ from eventlog_persist.alembic_setup import check_setup, write_linear_revisions
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventLogError,
+    MigrationSetupError,
     PurgeError,
     ValidationError,
 )
@@ -79,13 +82,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eventlog_persist.demo import run_demo
 
         return run_demo(url=args.url)
-    except EventLogError as exc:
-        print(f"eventlog-persist: error: {exc}", file=sys.stderr)
+    except (EventLogError, CommandError, SQLAlchemyError, OSError) as exc:
+        # Exit status 2 means "could not run"; 1 is reserved for "check found problems".
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        print(f"eventlog-persist: error: {message}", file=sys.stderr)
         return 2
 
 
+def _config(config_path: str) -> Config:
+    """The host's Alembic config, with ``[tool.alembic]`` of a pyproject.toml beside it."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise MigrationSetupError(
+            f"{config_path} does not exist; run in the folder of alembic.ini or pass -c PATH"
+        )
+    toml = path.parent / "pyproject.toml"
+    return Config(str(path), toml_file=str(toml) if toml.is_file() else None)
+
+
 def _check(config_path: str, url: str | None) -> int:
-    config = Config(config_path)
+    config = _config(config_path)
     if url is None:
         report = check_setup(config)
     else:
@@ -104,7 +120,7 @@ def _check(config_path: str, url: str | None) -> int:
 
 
 def _linear(config_path: str, version_path: str | None) -> int:
-    written = write_linear_revisions(Config(config_path), version_path=version_path)
+    written = write_linear_revisions(_config(config_path), version_path=version_path)
     for path in written:
         print(f"eventlog-persist: wrote {path}")
     if not written:

@@ -111,10 +111,11 @@ def _reflect_key_types(schema: str | None, tables: dict[str, str]) -> dict[str, 
                 f"'{logical} = <your table>' in the [{_SECTION}] section of alembic.ini"
             )
         key = inspector.get_pk_constraint(actual, schema=schema)["constrained_columns"]
-        if len(key) != 1:
+        if key != ["id"]:
+            # The EventLog model references "<table>.id"; any other key would drift from it.
             raise CommandError(
-                f"eventlog_persist: {actual!r} must have a single-column primary key for "
-                f"event_logs to reference, found {key or 'none'}"
+                f"eventlog_persist: {actual!r} must have a single-column primary key named "
+                f"'id' for event_logs to reference, found {key or 'none'}"
             )
         columns = {c["name"]: c for c in inspector.get_columns(actual, schema=schema)}
         kind = _kind_of(columns[key[0]]["type"])
