@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import datetime
 from typing import Any, Generic
 
 from sqlalchemy import Engine, Insert, Text, TextClause, bindparam, cast, text
@@ -21,11 +19,10 @@ from eventlog_persist.events import (
     EventTable,
     NewEvent,
     build_event,
-    new_event,
 )
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 from eventlog_persist.model import EventLogMixin, KeyT
-from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload
 from eventlog_persist.retry import (
     DEFAULT_RETRY,
     Action,
@@ -136,29 +133,10 @@ class EventWriter(Generic[KeyT]):
             ValidationError: A field or key is not acceptable.
             PayloadError: The payload cannot be stored; ``path`` says where.
         """
-        self.table.check_keys(
-            fields["session_id"],
-            fields["user_id"],
-            fields.get("project_id"),
-            fields.get("agent_id"),
-        )
-        return new_event(**fields, payload_policy=self.payload_policy, field_rules=self.field_rules)
+        return self._build(fields)[0]
 
     def record(
-        self,
-        session: Session | AsyncSession,
-        *,
-        session_id: KeyT,
-        user_id: KeyT,
-        event_type: str,
-        payload: object = None,
-        project_id: KeyT | None = None,
-        agent_id: KeyT | None = None,
-        error_code: str | None = None,
-        tool_name: str | None = None,
-        approval_status: str | None = None,
-        created_at: datetime | None = None,
-        id: uuid.UUID | None = None,
+        self, session: Session | AsyncSession, **fields: Unpack[EventFields[KeyT]]
     ) -> EventLogMixin[KeyT]:
         """Add an event to the caller's session, in the caller's transaction.
 
@@ -168,17 +146,7 @@ class EventWriter(Generic[KeyT]):
 
         Args:
             session: The caller's ``Session`` or ``AsyncSession``.
-            session_id: The chat session's key.
-            user_id: The user's key.
-            event_type: An `EventType` or a custom name.
-            payload: The payload; ``None`` stores ``{}``.
-            project_id: The project's key, or None.
-            agent_id: The agent's key, or None.
-            error_code: The error code, or None.
-            tool_name: The tool's name, or None.
-            approval_status: An `ApprovalStatus` or a custom status, or None.
-            created_at: When the event happened; default: now, by the client's clock.
-            id: The event id; default: a new UUIDv7.
+            **fields: The event, as the keyword arguments of `new_event`.
 
         Returns:
             The new ``EventLog`` instance, already holding its ``id``.
@@ -187,30 +155,15 @@ class EventWriter(Generic[KeyT]):
             ValidationError: A field or key is not acceptable.
             PayloadError: The payload cannot be stored; ``path`` says where.
         """
-        self.table.check_keys(session_id, user_id, project_id, agent_id)
-        event, prepared = build_event(
-            session_id=session_id,
-            user_id=user_id,
-            event_type=event_type,
-            payload=payload,
-            project_id=project_id,
-            agent_id=agent_id,
-            error_code=error_code,
-            tool_name=tool_name,
-            approval_status=approval_status,
-            created_at=created_at,
-            id=id,
-            payload_policy=self.payload_policy,
-            field_rules=self.field_rules,
-        )
+        event, prepared = self._build(fields)
         row: EventLogMixin[KeyT] = self.model(
             id=event.id,
-            session_id=session_id,
-            user_id=user_id,
+            session_id=fields["session_id"],
+            user_id=fields["user_id"],
             event_type=event.event_type,
             payload=prepared.value,
-            project_id=project_id,
-            agent_id=agent_id,
+            project_id=fields.get("project_id"),
+            agent_id=fields.get("agent_id"),
             error_code=event.error_code,
             tool_name=event.tool_name,
             approval_status=event.approval_status,
@@ -218,6 +171,17 @@ class EventWriter(Generic[KeyT]):
         )
         session.add(row)
         return row
+
+    def _build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:
+        self.table.check_keys(
+            fields["session_id"],
+            fields["user_id"],
+            fields.get("project_id"),
+            fields.get("agent_id"),
+        )
+        return build_event(
+            **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
+        )
 
     def record_detached(self, engine: Engine, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
         """Build an event and write it at once in its own transaction on ``engine``.
