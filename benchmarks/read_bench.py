@@ -45,10 +45,8 @@ from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
-from eventlog_persist.ids import new_event_id
-from eventlog_persist.queries import ANY_ERROR, EventFilter, event_table, timeline_query
-from eventlog_persist.reader import EventLogReader
-from eventlog_persist.retention import purge_events
+from eventlog_persist import ANY_ERROR, EventFilter, EventLogReader, new_event_id, purge_events
+from eventlog_persist._read_sql import event_table, timeline_query
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "read-path.md"
 INDEXES = (
@@ -247,7 +245,7 @@ def measure_queries(engine: Engine, picks: Picks, iterations: int) -> dict[str, 
     cache (or disk) instead.
     """
     with engine.connect() as connection:
-        reader = EventLogReader(connection, datagen.EventLog)
+        reader = EventLogReader(datagen.EventLog, connection)
         samples = []
         for session, user in picks.untouched:
             began = time.perf_counter()
@@ -304,9 +302,9 @@ def measure_raw(engine: Engine, dsn: str, picks: Picks, iterations: int) -> dict
             )
             return session.scalars(statement).all()
 
-    pooled = EventLogReader(engine, datagen.EventLog)
+    pooled = EventLogReader(datagen.EventLog, engine)
     with psycopg.connect(dsn) as raw, engine.connect() as connection:
-        reader = EventLogReader(connection, datagen.EventLog)
+        reader = EventLogReader(datagen.EventLog, connection)
         paths: dict[str, Callable[[Any], object]] = {
             RAW_NAME: lambda a: raw.execute(
                 sql, {"key": a[0], "user_id": a[1], "limit": limit}
@@ -342,7 +340,7 @@ def measure_purge(engine: Engine, picks: Picks, rows: int = PURGE_ROWS) -> dict[
     samples = []
     for user in picks.users[: max(1, min(PURGE_USERS, len(picks.users) // 2))]:
         began = time.perf_counter()
-        purge_events(engine, model, older_than=datagen.END, user_id=user, max_batches=1)
+        purge_events(model, engine, older_than=datagen.END, user_id=user, max_batches=1)
         samples.append(time.perf_counter() - began)
     # (Fewer users only at smoke-test sizes; the label stays the same at every size.)
     users = f"one user's events (~1,000, one batch), p50 / p99 of {PURGE_USERS} users"
@@ -355,12 +353,12 @@ def measure_purge(engine: Engine, picks: Picks, rows: int = PURGE_ROWS) -> dict[
                 {"n": rows},
             ).scalar_one()
         began = time.perf_counter()
-        done = purge_events(engine, model, older_than=cutoff, batch_size=PURGE_BATCH)
+        done = purge_events(model, engine, older_than=cutoff, batch_size=PURGE_BATCH)
         runs.append(time.perf_counter() - began)
         if done.deleted != rows:
             raise RuntimeError(f"purged {done.deleted} events, expected {rows}")
         began = time.perf_counter()
-        purge_events(engine, model, older_than=cutoff, batch_size=PURGE_BATCH)
+        purge_events(model, engine, older_than=cutoff, batch_size=PURGE_BATCH)
         idle.append(time.perf_counter() - began)
     whole = f"whole table: oldest {rows:,} events in batches of {PURGE_BATCH:,}"
     results[f"{whole}, p50 / max of {PURGE_RUNS} runs"] = percentiles(runs)

@@ -25,11 +25,9 @@ from psycopg.types.json import set_json_dumps
 from sqlalchemy import ForeignKey, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from eventlog_persist import event_log_model
-from eventlog_persist.buffered import BufferedWriter
-from eventlog_persist.bulk import DEFAULT_BATCH_SIZE, write_events
-from eventlog_persist.events import COLUMNS, EventTable, NewEvent
-from eventlog_persist.writer import EventWriter
+from eventlog_persist import BufferedWriter, EventWriter, NewEvent, event_log_model, write_events
+from eventlog_persist._bulk import DEFAULT_BATCH_SIZE
+from eventlog_persist._table import COLUMNS, EventTable
 
 
 class Base(DeclarativeBase):
@@ -164,7 +162,7 @@ class Bench:
                             copy.write_row(row)
 
         def bulk() -> None:
-            write_events(self.conninfo, EventLog, events)
+            write_events(EventLog, self.conninfo, events)
 
         def buffered() -> None:
             with BufferedWriter(EventLog, self.conninfo) as writer:

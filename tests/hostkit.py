@@ -35,7 +35,7 @@ class HostProject:
         program = argv[0] if argv[0] in ("eventlog-persist", "python") else "alembic"
         args = argv[1:] if program != "alembic" else argv
         executable = (
-            [sys.executable, "-m", "eventlog_persist.cli"]
+            [sys.executable, "-m", "eventlog_persist"]
             if program == "eventlog-persist"
             else [sys.executable]
             if program == "python"

@@ -62,7 +62,7 @@ def test_raw_and_reader_run_the_same_sql() -> None:
 
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-    from eventlog_persist.queries import event_table, timeline_query
+    from eventlog_persist._read_sql import event_table, timeline_query
 
     datagen = bench_module("datagen")
     query = timeline_query(

@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine
 
 from eventlog_persist import check_setup, include_name, write_linear_revisions
-from eventlog_persist.cli import main
+from eventlog_persist._cli import main
 from eventlog_persist.exceptions import MigrationSetupError
 
 

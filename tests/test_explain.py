@@ -18,9 +18,8 @@ from pgserver import ServerInfo
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 
-from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
-from eventlog_persist.reader import EventLogReader
-from eventlog_persist.retention import count_purgeable, purge_statement
+from eventlog_persist import ANY_ERROR, UNSCOPED, EventFilter, EventLogReader, count_purgeable
+from eventlog_persist._retention import purge_statement
 
 ROWS = 30_000
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -244,7 +243,7 @@ CALL_NAMES = [name for name, _, _ in reader_calls(None, {})]
 @pytest.mark.parametrize("name", CALL_NAMES)
 def test_reader_call_uses_its_index(loaded: tuple[Engine, Any], name: str) -> None:
     engine, data = loaded
-    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    reader = EventLogReader(bench_module("datagen").EventLog, engine)
     (call, allowed) = next((c, a) for n, c, a in reader_calls(reader, pick(data)) if n == name)
     for plan in explain_call(engine, call):
         assert_indexed(plan, *allowed)
@@ -253,7 +252,7 @@ def test_reader_call_uses_its_index(loaded: tuple[Engine, Any], name: str) -> No
 def test_second_page_keeps_the_index(loaded: tuple[Engine, Any]) -> None:
     engine, data = loaded
     k = pick(data)
-    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    reader = EventLogReader(bench_module("datagen").EventLog, engine)
     first = reader.session_timeline(k["session"], user_id=k["user"], limit=10)
     assert first.next_cursor is not None
     (plan,) = explain_call(
@@ -281,7 +280,7 @@ def test_scoped_purge_uses_its_index(loaded: tuple[Engine, Any], scope: str, ind
     assert_indexed(plan_of(engine, str(compiled), compiled.params), index)
     for plan in explain_call(
         engine,
-        lambda: count_purgeable(engine, table, older_than=k["month"]["since"], **{scope: key}),
+        lambda: count_purgeable(table, engine, older_than=k["month"]["since"], **{scope: key}),
     ):
         assert_indexed(plan, index)
 
@@ -296,7 +295,7 @@ def test_without_its_index_the_planner_scans_the_table(
     """Control: drop the scope's index (in a transaction, rolled back) and the same statement
     is planned as a sequential scan, so the table is big enough for the index to matter."""
     engine, data = loaded
-    reader = EventLogReader(engine, bench_module("datagen").EventLog)
+    reader = EventLogReader(bench_module("datagen").EventLog, engine)
     call = next(c for n, c, _ in reader_calls(reader, pick(data)) if n == name)
     with captured(engine) as seen:
         call()

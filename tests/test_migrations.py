@@ -10,7 +10,7 @@ from hostkit import HostProject, make_host
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import URL
 
-from eventlog_persist.alembic_setup import package_revisions
+from eventlog_persist._alembic_setup import package_revisions
 
 
 @pytest.fixture

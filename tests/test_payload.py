@@ -21,21 +21,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventlog_persist.exceptions import (
-    ConfigurationError,
-    EventLogError,
-    PayloadError,
-    ValidationError,
-)
-from eventlog_persist.payload import (
+from eventlog_persist import PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist._payload import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_POLICY,
     DEFAULT_REDACT_KEYS,
     REDACTED,
-    PayloadPolicy,
-    PreparedPayload,
-    prepare_payload,
+)
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventLogError,
+    PayloadError,
+    ValidationError,
 )
 
 REPLACEMENT = "\ufffd"

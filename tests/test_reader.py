@@ -16,19 +16,19 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from eventlog_persist.cursor import decode_cursor, encode_cursor
-from eventlog_persist.exceptions import ConfigurationError, InvalidCursorError, ValidationError
-from eventlog_persist.queries import (
+from eventlog_persist import (
     ANY_ERROR,
-    MAX_PAGE_SIZE,
     UNSCOPED,
     BucketCount,
     EventFilter,
+    EventLogReader,
     EventRecord,
     GroupCount,
     Page,
 )
-from eventlog_persist.reader import EventLogReader
+from eventlog_persist._cursor import decode_cursor, encode_cursor
+from eventlog_persist._read_sql import MAX_PAGE_SIZE
+from eventlog_persist.exceptions import ConfigurationError, InvalidCursorError, ValidationError
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -101,7 +101,7 @@ def world(host_engine: Engine, host_models: HostModels) -> World:
 
 @pytest.fixture
 def reader(host_engine: Engine, host_models: HostModels) -> EventLogReader[Any]:
-    return EventLogReader(host_engine, host_models.EventLog)
+    return EventLogReader(host_models.EventLog, host_engine)
 
 
 def keys(page: Page[Any]) -> list[tuple[datetime, uuid.UUID]]:
@@ -173,7 +173,7 @@ def test_inserts_between_pages_never_shift_or_repeat_paged_events(
     Whether an event inserted meanwhile is returned depends on where its created_at sorts,
     not on when it was committed: one stamped behind the cursor is never returned.
     """
-    reader = EventLogReader(host_engine, host_models.EventLog)
+    reader = EventLogReader(host_models.EventLog, host_engine)
     chat, user = world.sessions[0][0], world.users[0]
     first = reader.session_timeline(chat, user_id=user, order=order, limit=5)
     assert first.next_cursor is not None
@@ -222,7 +222,7 @@ def test_oldest_first_tail_sees_late_commits_only_with_a_lag(
     host_engine: Engine, host_models: HostModels, world: World
 ) -> None:
     """docs/reading.md: a tail that stays MAX_FLUSH_DELAY behind the clock misses nothing."""
-    reader = EventLogReader(host_engine, host_models.EventLog)
+    reader = EventLogReader(host_models.EventLog, host_engine)
     chat, user = world.sessions[1][1], world.users[1]
     base = T0 + timedelta(days=1)
     max_flush_delay = timedelta(seconds=5)
@@ -465,7 +465,7 @@ def test_calendar_buckets_follow_daylight_saving(
             for t in instants
         ],
     )
-    reader = EventLogReader(host_engine, host_models.EventLog)
+    reader = EventLogReader(host_models.EventLog, host_engine)
     buckets = reader.count_by_bucket(
         "day",
         user_id=user,
@@ -520,11 +520,11 @@ def test_connection_and_session_binds_join_the_callers_transaction(
     with Session(host_engine) as session:
         session.add(host_models.EventLog(session_id=chat, user_id=user, event_type="draft"))
         session.flush()
-        page = EventLogReader(session, host_models.EventLog).session_timeline(chat, user_id=user)
+        page = EventLogReader(host_models.EventLog, session).session_timeline(chat, user_id=user)
         assert [event.event_type for event in page.items] == ["draft"]
         session.rollback()
     with host_engine.connect() as connection:
-        reader = EventLogReader(connection, host_models.EventLog)
+        reader = EventLogReader(host_models.EventLog, connection)
         assert reader.session_timeline(chat, user_id=user).items == ()
 
 
@@ -533,7 +533,7 @@ def test_integer_keyed_host(engine: Engine) -> None:
     models.Base.metadata.create_all(engine)
     world = make_world(engine, models)
     add_events(engine, models, timeline_events(world, 0))
-    reader = EventLogReader(engine, models.EventLog)
+    reader = EventLogReader(models.EventLog, engine)
     everything = walk(reader.user_timeline, user_id=world.users[0], limit=5)
     assert len(everything) == 12
     assert all(isinstance(event.session_id, int) for event in everything)
@@ -545,9 +545,9 @@ def test_integer_keyed_host(engine: Engine) -> None:
 
 def test_reader_rejects_what_it_cannot_use(host_engine: Engine, host_models: HostModels) -> None:
     with pytest.raises(ConfigurationError, match="Engine, Connection or Session"):
-        EventLogReader("postgresql://", host_models.EventLog)  # type: ignore[arg-type]
+        EventLogReader(host_models.EventLog, "postgresql://")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="EventLog model class"):
-        EventLogReader(host_engine, host_models.User)
+        EventLogReader(host_models.User, host_engine)
 
 
 def test_statement_path_matches_the_driver_path(
@@ -556,7 +556,7 @@ def test_statement_path_matches_the_driver_path(
     """Drivers other than psycopg run the SQLAlchemy statement; both paths agree."""
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-    from eventlog_persist.queries import bucket_query, count_query, event_table, timeline_query
+    from eventlog_persist._read_sql import bucket_query, count_query, event_table, timeline_query
 
     table = event_table(host_models.EventLog)
     span = {"since": T0, "until": T0 + timedelta(hours=1)}
@@ -589,7 +589,7 @@ def test_statement_path_matches_the_driver_path(
 def test_readers_fall_back_to_the_statement(
     reader: EventLogReader[Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eventlog_persist.queries import PreparedQuery
+    from eventlog_persist._read_sql import PreparedQuery
 
     expected = reader.session_timeline(world.sessions[0][0], user_id=world.users[0], limit=4)
     monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
@@ -623,7 +623,7 @@ def test_schema_translate_map_is_honoured(
     span = {"since": T0, "until": T0 + timedelta(hours=1)}
 
     def types(bind: Any) -> set[str]:
-        reader = EventLogReader(bind, host_models.EventLog)
+        reader = EventLogReader(host_models.EventLog, bind)
         events = walk(reader.session_timeline, session_id=chat, user_id=user, limit=5)
         assert len(events) == 12
         counted = reader.count_by("event_type", user_id=user, **span)
@@ -674,10 +674,10 @@ def test_session_with_per_model_binds_reads_the_models_database(
         {"bind": other_engine, "binds": {host_models.Base: host_engine}},  # per Base class
     ):
         with Session(**options) as session:  # type: ignore[arg-type]
-            page = EventLogReader(session, model).session_timeline(chat, user_id=user)
+            page = EventLogReader(model, session).session_timeline(chat, user_id=user)
             assert len(page.items) == 12, options
     with Session(bind=other_engine) as session:
-        assert EventLogReader(session, model).session_timeline(chat, user_id=user).items == ()
+        assert EventLogReader(model, session).session_timeline(chat, user_id=user).items == ()
 
 
 def test_crafted_cursor_with_an_impossible_time_is_refused(
@@ -686,8 +686,8 @@ def test_crafted_cursor_with_an_impossible_time_is_refused(
     """The tag is a checksum anyone can rebuild: a crafted position must fail cleanly."""
     import base64
 
-    from eventlog_persist import cursor as cursors
-    from eventlog_persist.queries import event_table, timeline_query
+    from eventlog_persist import _cursor as cursors
+    from eventlog_persist._read_sql import event_table, timeline_query
 
     chat, user = world.sessions[0][0], world.users[0]
     key = timeline_query(
@@ -713,7 +713,7 @@ def test_crafted_cursor_with_an_impossible_time_is_refused(
 
 
 def test_distinct_filters_never_share_a_cursor() -> None:
-    from eventlog_persist.queries import event_table, timeline_query
+    from eventlog_persist._read_sql import event_table, timeline_query
 
     table = event_table(build_host_models().EventLog)
     user = uuid.uuid4()

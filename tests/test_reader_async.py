@@ -14,9 +14,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from test_reader import T0, World, add_events, make_world, timeline_events
 
+from eventlog_persist import ANY_ERROR, UNSCOPED, AsyncEventLogReader, EventFilter, EventLogReader
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
-from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
-from eventlog_persist.reader import AsyncEventLogReader, EventLogReader
 
 SPAN = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
 
@@ -75,16 +74,16 @@ async def test_async_matches_sync(
     name: str,
 ) -> None:
     method, args, options = calls(world)[name]
-    sync_result = getattr(EventLogReader(host_engine, host_models.EventLog), method)(
+    sync_result = getattr(EventLogReader(host_models.EventLog, host_engine), method)(
         *args, **options
     )
-    reader = AsyncEventLogReader(async_engine, host_models.EventLog)
+    reader = AsyncEventLogReader(host_models.EventLog, async_engine)
     async_result = await getattr(reader, method)(*args, **options)
     assert async_result == sync_result
     cursor = getattr(sync_result, "next_cursor", None)
     if cursor is not None:
         following = await getattr(reader, method)(*args, cursor=cursor, **options)
-        assert following == getattr(EventLogReader(host_engine, host_models.EventLog), method)(
+        assert following == getattr(EventLogReader(host_models.EventLog, host_engine), method)(
             *args, cursor=cursor, **options
         )
 
@@ -97,13 +96,13 @@ async def test_async_session_and_connection_binds(
     async with AsyncSession(async_engine) as session:
         session.add(host_models.EventLog(session_id=chat, user_id=user, event_type="draft"))
         await session.flush()
-        page = await AsyncEventLogReader(session, host_models.EventLog).session_timeline(
+        page = await AsyncEventLogReader(host_models.EventLog, session).session_timeline(
             chat, user_id=user
         )
         assert [event.event_type for event in page.items] == ["draft"]
         await session.rollback()
     async with async_engine.connect() as connection:
-        reader = AsyncEventLogReader(connection, host_models.EventLog)
+        reader = AsyncEventLogReader(host_models.EventLog, connection)
         assert (await reader.session_timeline(chat, user_id=user)).items == ()
         with pytest.raises(ValidationError, match="UNSCOPED"):
             await reader.session_timeline(chat, user_id=None)  # type: ignore[arg-type]
@@ -114,9 +113,9 @@ async def test_binds_of_the_wrong_kind_are_refused(
     host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine
 ) -> None:
     with pytest.raises(ConfigurationError, match="use AsyncEventLogReader"):
-        EventLogReader(async_engine, host_models.EventLog)  # type: ignore[arg-type]
+        EventLogReader(host_models.EventLog, async_engine)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="use EventLogReader"):
-        AsyncEventLogReader(host_engine, host_models.EventLog)  # type: ignore[arg-type]
+        AsyncEventLogReader(host_models.EventLog, host_engine)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio
@@ -127,14 +126,14 @@ async def test_async_reader_falls_back_to_the_statement(
     world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from eventlog_persist.queries import PreparedQuery
+    from eventlog_persist._read_sql import PreparedQuery
 
     user = world.users[0]
-    expected = EventLogReader(host_engine, host_models.EventLog).count_by(
+    expected = EventLogReader(host_models.EventLog, host_engine).count_by(
         "event_type", user_id=user, **SPAN
     )
     monkeypatch.setattr(PreparedQuery, "driver_sql", lambda self, dialect: None)
-    reader = AsyncEventLogReader(async_engine, host_models.EventLog)
+    reader = AsyncEventLogReader(host_models.EventLog, async_engine)
     assert await reader.count_by("event_type", user_id=user, **SPAN) == expected
 
 
@@ -144,7 +143,7 @@ async def test_async_session_with_per_model_binds(
 ) -> None:
     chat, user = world.sessions[0][0], world.users[0]
     async with AsyncSession(binds={host_models.EventLog: async_engine}) as session:
-        reader = AsyncEventLogReader(session, host_models.EventLog)
+        reader = AsyncEventLogReader(host_models.EventLog, session)
         assert len((await reader.session_timeline(chat, user_id=user)).items) == 12
 
 
@@ -165,7 +164,7 @@ async def test_async_reader_honours_schema_translate_map(
     chat, user = world.sessions[0][0], world.users[0]
 
     async def types(bind: Any) -> set[str]:
-        page = await AsyncEventLogReader(bind, host_models.EventLog).session_timeline(
+        page = await AsyncEventLogReader(host_models.EventLog, bind).session_timeline(
             chat, user_id=user
         )
         assert len(page.items) == 12

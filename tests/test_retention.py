@@ -15,10 +15,11 @@ from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from eventlog_persist import cli, retention
-from eventlog_persist.cli import parse_cutoff
+from eventlog_persist import PurgeResult, count_purgeable, purge_events
+from eventlog_persist import _cli as cli
+from eventlog_persist import _retention as retention
+from eventlog_persist._cli import parse_cutoff
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
-from eventlog_persist.retention import PurgeResult, count_purgeable, purge_events
 
 CUTOFF = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -63,12 +64,12 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(
     host_engine: Engine, host_models: HostModels, owners: list[dict[str, Any]]
 ) -> None:
     model = host_models.EventLog
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 20
-    result = purge_events(host_engine, model, older_than=CUTOFF)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
+    result = purge_events(model, host_engine, older_than=CUTOFF)
     assert result == PurgeResult(deleted=20, batches=1)
     # The event at exactly the cutoff and the newer ones stay.
     assert kinds(host_engine, host_models) == ["kept"] * 6
-    assert purge_events(host_engine, model, older_than=CUTOFF) == PurgeResult(0, 0)
+    assert purge_events(model, host_engine, older_than=CUTOFF) == PurgeResult(0, 0)
 
 
 def test_purge_runs_in_batches_each_committed(
@@ -76,7 +77,7 @@ def test_purge_runs_in_batches_each_committed(
 ) -> None:
     commits: list[object] = []
     event.listen(host_engine, "commit", commits.append)
-    result = purge_events(host_engine, host_models.EventLog, older_than=CUTOFF, batch_size=6)
+    result = purge_events(host_models.EventLog, host_engine, older_than=CUTOFF, batch_size=6)
     assert result == PurgeResult(deleted=20, batches=4)
     # 6 + 6 + 6 + 2: the short fourth batch shows nothing is left, so no fifth one runs.
     assert len(commits) == 4
@@ -92,11 +93,11 @@ def test_max_batches_and_sleep(
     monkeypatch.setattr(retention.time, "sleep", naps.append)
     model = host_models.EventLog
     result = purge_events(
-        host_engine, model, older_than=CUTOFF, batch_size=3, max_batches=2, sleep=0.25
+        model, host_engine, older_than=CUTOFF, batch_size=3, max_batches=2, sleep=0.25
     )
     assert result == PurgeResult(6, 2)
     assert naps == [0.25]
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 14
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 14
 
 
 @pytest.mark.parametrize("scope", ["user", "project"])
@@ -106,11 +107,11 @@ def test_scoped_purge(
     model = host_models.EventLog
     key = {f"{scope}_id": owners[0][scope]}
     expected = 10 if scope == "user" else 5
-    assert count_purgeable(host_engine, model, older_than=CUTOFF, **key) == expected
-    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=4, **key)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF, **key) == expected
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=4, **key)
     assert result.deleted == expected
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 20 - expected
-    assert count_purgeable(host_engine, model, older_than=CUTOFF, **key) == 0
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20 - expected
+    assert count_purgeable(model, host_engine, older_than=CUTOFF, **key) == 0
 
 
 def test_rows_locked_elsewhere_are_skipped_not_waited_for(
@@ -125,7 +126,7 @@ def test_rows_locked_elsewhere_are_skipped_not_waited_for(
         with host_engine.connect() as connection:
             connection.execute(text("SET lock_timeout = '1s'"))
             connection.commit()
-            result = purge_events(connection, host_models.EventLog, older_than=CUTOFF)
+            result = purge_events(host_models.EventLog, connection, older_than=CUTOFF)
         assert result.deleted == 19
         other.rollback()
     with host_engine.connect() as connection:
@@ -137,19 +138,19 @@ def test_purge_rejects_what_it_cannot_use(
 ) -> None:
     model = host_models.EventLog
     with pytest.raises(ValidationError, match="aware"):
-        purge_events(host_engine, model, older_than=datetime(2025, 1, 1))
+        purge_events(model, host_engine, older_than=datetime(2025, 1, 1))
     with pytest.raises(ValidationError, match="user_id must be"):
-        purge_events(host_engine, model, older_than=CUTOFF, user_id="alice")
+        purge_events(model, host_engine, older_than=CUTOFF, user_id="alice")
     for options in ({"batch_size": 0}, {"max_batches": 0}, {"sleep": -1}):
         with pytest.raises(ConfigurationError, match=next(iter(options))):
-            purge_events(host_engine, model, older_than=CUTOFF, **options)  # type: ignore[arg-type]
+            purge_events(model, host_engine, older_than=CUTOFF, **options)  # type: ignore[arg-type]
     with host_engine.connect() as connection:
         connection.execute(text("SELECT 1"))
         with pytest.raises(ConfigurationError, match="already in a transaction"):
-            purge_events(connection, model, older_than=CUTOFF)
+            purge_events(model, connection, older_than=CUTOFF)
     with Session(host_engine) as session, pytest.raises(ConfigurationError, match="Session"):
-        purge_events(session, model, older_than=CUTOFF)  # type: ignore[arg-type]
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 20
+        purge_events(model, session, older_than=CUTOFF)  # type: ignore[arg-type]
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
 
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
@@ -183,7 +184,7 @@ def run_cli(url: URL, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "eventlog_persist.cli",
+            "eventlog_persist._cli",
             "purge",
             "--url",
             url.render_as_string(hide_password=False),
@@ -207,7 +208,7 @@ def test_purge_command(
     dry = run_cli(database_url, "--older-than", iso, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would purge 20 events" in dry.stdout
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 20
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
     user = str(owners[1]["user"])
     scoped = run_cli(database_url, "--older-than", iso, "--user-id", user, "--batch-size", "4")
     assert scoped.returncode == 0, scoped.stderr

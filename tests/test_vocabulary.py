@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from eventlog_persist import schema
-from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
-from eventlog_persist.vocabulary import (
+from eventlog_persist import ApprovalStatus, EventFieldRules, EventType
+from eventlog_persist import _schema as schema
+from eventlog_persist._vocabulary import (
     APPROVAL_STATUS_MAX_LENGTH,
     DEFAULT_FIELD_RULES,
     ERROR_CODE_MAX_LENGTH,
@@ -17,11 +17,9 @@ from eventlog_persist.vocabulary import (
     EVENT_TYPE_PATTERN,
     OTEL_OPERATION_NAMES,
     TOOL_NAME_MAX_LENGTH,
-    ApprovalStatus,
-    EventFieldRules,
-    EventType,
     validate_fields,
 )
+from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
 
 OTEL_NAMES = {
     "chat",
@@ -264,7 +262,7 @@ def test_rules_are_frozen_keyword_only_and_store_frozensets() -> None:
     [
         ({"event_types": frozenset()}, "reject every event"),
         ({"event_types": "chat"}, "event_types='chat'"),
-        ({"tool_names": ["a"]}, "tool_names=['a']"),
+        ({"tool_names": "a"}, "tool_names='a'"),
         ({"event_types": frozenset({"bad type"})}, "does not match"),
         ({"error_codes": frozenset({"e" * 129})}, "limit of 128"),
         ({"tool_names": frozenset({""})}, "tool_name is empty"),

@@ -22,9 +22,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.buffered import AsyncBufferedWriter, BufferedWriter
-from eventlog_persist.bulk import conninfo_of
-from eventlog_persist.events import NewEvent, new_event
+from eventlog_persist import AsyncBufferedWriter, BufferedWriter, NewEvent, RetryPolicy, new_event
+from eventlog_persist._delivery import conninfo_of
 from eventlog_persist.exceptions import (
     EventWriteError,
     PayloadError,
@@ -34,7 +33,6 @@ from eventlog_persist.exceptions import (
     WriterClosedError,
     WriterNotStartedError,
 )
-from eventlog_persist.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
 DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"
@@ -66,6 +64,13 @@ class DeadLetters:
     def __call__(self, event: NewEvent, error: BaseException) -> None:
         with self.lock:
             self.items.append((event, error))
+
+
+def queued(writer: BufferedWriter[Any], event: NewEvent) -> bool:
+    """Enqueue ``event``; True if it was queued, False if it was dropped (and reported)."""
+    dropped = writer.counters.dropped
+    writer.enqueue(event)
+    return writer.counters.dropped == dropped
 
 
 def test_writes_batches_and_flushes(host_engine: Engine, host_models: HostModels) -> None:
@@ -206,15 +211,12 @@ def test_database_down_drop_newest_is_bounded_counted_and_reported(
         retry=FAST_RETRY,
         on_dead_letter=dead,
     ).start()
-    accepted = 0
     for i in range(150):
-        accepted += writer.enqueue_event(
-            new_event(session_id=key, user_id=key, event_type="x", payload={"i": i})
-        )
+        writer.enqueue(new_event(session_id=key, user_id=key, event_type="x", payload={"i": i}))
         assert writer.counters.queued <= 100
     time.sleep(0.1)
     mid = writer.counters
-    assert (accepted, mid.dropped, mid.queued, mid.written) == (100, 50, 100, 0)
+    assert (mid.dropped, mid.queued, mid.written) == (50, 100, 0)
     assert mid.retried >= 1
     assert len(dead.items) == 50
     assert all(isinstance(error, QueueFullError) for _, error in dead.items)
@@ -242,9 +244,7 @@ def test_database_down_block_waits_then_drops_and_bytes_bound_holds(
     try:
         payload = {"text": "x" * 400}
         results = [
-            writer.enqueue_event(
-                new_event(session_id=key, user_id=key, event_type="x", payload=payload)
-            )
+            queued(writer, new_event(session_id=key, user_id=key, event_type="x", payload=payload))
             for _ in range(12)
         ]
         counters = writer.counters
@@ -253,7 +253,7 @@ def test_database_down_block_waits_then_drops_and_bytes_bound_holds(
         assert counters.dropped == results.count(False) > 0
         started = time.monotonic()
         late = new_event(session_id=key, user_id=key, event_type="x", payload=payload)
-        assert writer.enqueue_event(late) is False
+        assert queued(writer, late) is False
         assert time.monotonic() - started >= 0.04
     finally:
         final = writer.close(timeout=0.2)
@@ -304,14 +304,17 @@ def test_writer_survives_bad_input(host_engine: Engine, host_models: HostModels)
         assert caught.value.path == "/k"
         orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="x")
         wrong_key = new_event(session_id=12, user_id=user_id, event_type="x")  # not a uuid
-        for event in (orphan, wrong_key):
-            writer.enqueue_event(event)
+        with pytest.raises(ValidationError, match="does not fit the uuid column"):
+            writer.enqueue(wrong_key)  # a built event is checked against the model too
+        for event in (orphan,):
+            writer.enqueue(event)
             writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
         assert writer.flush(timeout=10)
         for _ in range(7):
             writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
-    assert [event for event, _ in seen] == [orphan, wrong_key]
-    assert writer.counters.dead_lettered == 2
+    assert [event for event, _ in seen] == [orphan]
+    assert writer.counters.dead_lettered == 1
     assert writer.counters.written == 9
     assert counts(host_engine) == (9, 9)
 
@@ -324,7 +327,7 @@ def test_process_exit_flushes_the_queue(
         f"""
         import uuid
         from hostmodels import build_host_models
-        from eventlog_persist.buffered import BufferedWriter
+        from eventlog_persist._buffered import BufferedWriter
 
         models = build_host_models()
         writer = BufferedWriter(models.EventLog, {conninfo_of(host_engine)!r},
@@ -451,7 +454,7 @@ def test_close_gives_up_on_the_batch_in_flight_and_reports_it_once(
     ).start()
     key = uuid.uuid4()
     for _ in range(10):
-        writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+        writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
     time.sleep(0.2)  # the thread took the batch and hangs connecting
     assert writer.counters.queued == 10
     started = time.monotonic()
@@ -481,7 +484,7 @@ async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     ).start()
     key = uuid.uuid4()
     for _ in range(10):
-        await writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+        await writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
     await asyncio.sleep(0.2)
     started = time.monotonic()
     final = await writer.close(timeout=0.3)
@@ -518,15 +521,15 @@ def test_hooks_run_outside_the_lock(host_engine: Engine, host_models: HostModels
     )
     current.append(writer)
     orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="x")
-    writer.enqueue_event(orphan)  # queued (not started yet)
+    writer.enqueue(orphan)  # queued (not started yet)
     extra = new_event(session_id=session_id, user_id=user_id, event_type="x")
-    run(lambda: writer.enqueue_event(extra))  # dropped on the request path: the queue is full
+    run(lambda: writer.enqueue(extra))  # dropped on the request path: the queue is full
     writer.start()
     run(lambda: writer.flush(timeout=5))  # the orphan is refused, in the writer's thread
     run(lambda: writer.close(timeout=5))
     # A writer that never started gives up on its queue in close().
     current[0] = idle = BufferedWriter(host_models.EventLog, DOWN, on_dead_letter=hook)
-    idle.enqueue_event(new_event(session_id=session_id, user_id=user_id, event_type="x"))
+    idle.enqueue(new_event(session_id=session_id, user_id=user_id, event_type="x"))
     run(lambda: idle.close(timeout=0))
     # Each hook saw the counters already including its own event.
     assert seen == [
@@ -539,7 +542,7 @@ def test_hooks_run_outside_the_lock(host_engine: Engine, host_models: HostModels
 def test_flush_before_start_raises_instead_of_hanging(host_models: HostModels) -> None:
     key = uuid.uuid4()
     writer = BufferedWriter(host_models.EventLog, DOWN)
-    writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
     with pytest.raises(WriterNotStartedError, match="start"):
         writer.flush(timeout=1)
     assert writer.close(timeout=0).unwritten == 1
@@ -552,7 +555,7 @@ async def test_async_flush_before_start_raises_instead_of_hanging(
 ) -> None:
     key = uuid.uuid4()
     writer = AsyncBufferedWriter(host_models.EventLog, DOWN)
-    await writer.enqueue_event(new_event(session_id=key, user_id=key, event_type="x"))
+    await writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
     with pytest.raises(WriterNotStartedError):
         await writer.flush(timeout=1)
     assert (await writer.close(timeout=0)).unwritten == 1
@@ -569,7 +572,7 @@ def test_the_memory_bound_counts_bytes_not_characters(host_models: HostModels, t
     writer = BufferedWriter(
         host_models.EventLog, DOWN, max_queued_bytes=3 * held, when_full="drop_newest"
     )
-    accepted = sum(writer.enqueue_event(event) for _ in range(5))
+    accepted = sum(queued(writer, event) for _ in range(5))
     assert writer.counters.queued_bytes <= 3 * held
     assert accepted == 2
     writer.close(timeout=0)

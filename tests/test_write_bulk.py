@@ -17,16 +17,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.bulk import awrite_events, conninfo_of, write_events
-from eventlog_persist.events import NewEvent, new_event
-from eventlog_persist.retry import (
-    ErrorKind,
-    EventWriteError,
-    RetriesExhaustedError,
-    RetryPolicy,
-    RowEncodingError,
-    classify_error,
-)
+from eventlog_persist import NewEvent, RetryPolicy, awrite_events, new_event, write_events
+from eventlog_persist._delivery import conninfo_of
+from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
+from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
 
 
 def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
@@ -63,10 +57,10 @@ def test_bulk_copy_uuid_host_and_idempotent_replay(
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     batch = events(user_id, session_id, 250)
-    first = write_events(host_engine, host_models.EventLog, batch, batch_size=100)
+    first = write_events(host_models.EventLog, host_engine, batch, batch_size=100)
     assert (first.written, first.duplicates, first.dead_lettered) == (250, 0, [])
     again = write_events(
-        host_engine, host_models.EventLog, batch[:150] + events(user_id, session_id, 5)
+        host_models.EventLog, host_engine, batch[:150] + events(user_id, session_id, 5)
     )
     assert (again.written, again.duplicates) == (155, 150)
     rows = stored(host_engine)
@@ -84,14 +78,14 @@ def test_bulk_copy_integer_host(engine: Engine, keys: str) -> None:
     with psycopg.connect(
         engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     ) as conn:
-        result = write_events(conn, models.EventLog, events(user_id, session_id, 30))
+        result = write_events(models.EventLog, conn, events(user_id, session_id, 30))
     assert result.written == 30
     too_big = new_event(session_id=2**40, user_id=user_id, event_type="x")  # int8 fits
     bad_user = new_event(session_id=session_id, user_id=2**40, event_type="x")  # int4 doesn't
     dead: list[tuple[NewEvent, EventWriteError]] = []
     result = write_events(
-        engine,
         models.EventLog,
+        engine,
         [*events(user_id, session_id, 3), too_big, bad_user],
         on_dead_letter=lambda event, error: dead.append((event, error)),
     )
@@ -110,8 +104,8 @@ def test_one_fk_violating_row_does_not_sink_the_batch(
     batch.insert(617, orphan)
     dead: list[tuple[NewEvent, EventWriteError]] = []
     result = write_events(
-        host_engine,
         host_models.EventLog,
+        host_engine,
         batch,
         on_dead_letter=lambda event, error: dead.append((event, error)),
     )
@@ -135,7 +129,7 @@ def test_a_setup_error_dead_letters_the_batch_without_retrying(
     user_id, session_id = seed(host_engine, host_models)
     with host_engine.begin() as conn:
         conn.execute(text("ALTER TABLE event_logs RENAME TO event_logs_gone"))
-    result = write_events(host_engine, host_models.EventLog, events(user_id, session_id, 4))
+    result = write_events(host_models.EventLog, host_engine, events(user_id, session_id, 4))
     assert result.written == 0
     assert len(result.dead_lettered) == 4
     error = result.dead_lettered[0][1]
@@ -149,8 +143,8 @@ def test_a_setup_error_dead_letters_the_batch_without_retrying(
 def test_unreachable_database_exhausts_retries(host_models: HostModels) -> None:
     key = uuid.uuid4()
     result = write_events(
-        "host=/nonexistent-dir port=1 dbname=x connect_timeout=1",
         host_models.EventLog,
+        "host=/nonexistent-dir port=1 dbname=x connect_timeout=1",
         [new_event(session_id=key, user_id=key, event_type="x")],
         retry=RetryPolicy(max_attempts=3, initial_delay=0.01),
     )
@@ -169,7 +163,7 @@ async def test_async_bulk_copy(
     orphan = new_event(session_id=uuid.uuid4(), user_id=user_id, event_type="x")
     engine = create_async_engine(database_url)
     try:
-        result = await awrite_events(engine, host_models.EventLog, [*batch, orphan])
+        result = await awrite_events(host_models.EventLog, engine, [*batch, orphan])
     finally:
         await engine.dispose()
     assert result.written == 40
@@ -177,7 +171,7 @@ async def test_async_bulk_copy(
     async with await psycopg.AsyncConnection.connect(
         **pg_server.connect_kwargs(database_url.database or "")
     ) as conn:
-        replay = await awrite_events(conn, host_models.EventLog, batch)
+        replay = await awrite_events(host_models.EventLog, conn, batch)
     assert (replay.written, replay.duplicates) == (40, 40)
     assert len(stored(host_engine)) == 40
 
@@ -248,7 +242,7 @@ def test_retry_policy_limits() -> None:
 def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
     host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import eventlog_persist.bulk as bulk
+    import eventlog_persist._delivery as delivery
 
     user_id, session_id = seed(host_engine, host_models)
     calls = 0
@@ -258,10 +252,10 @@ def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
         calls += 1
         raise RuntimeError("something nobody expected")
 
-    monkeypatch.setattr(bulk, "_store", broken)
+    monkeypatch.setattr(delivery, "_store", broken)
     result = write_events(
-        host_engine,
         host_models.EventLog,
+        host_engine,
         events(user_id, session_id, 3),
         retry=RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.001),
     )
@@ -297,8 +291,8 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
     batch.insert(9, slow)
     started = time.monotonic()
     result = write_events(
-        target,
         host_models.EventLog,
+        target,
         batch,
         # The buffered writers' kind of policy: no limit, so only splitting ends the loop
         # (max_elapsed only stops the test from running forever if it does not).

@@ -18,16 +18,20 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist.events import NewEvent, new_event
+from eventlog_persist import (
+    EventFieldRules,
+    EventType,
+    EventWriter,
+    NewEvent,
+    RetryPolicy,
+    new_event,
+)
 from eventlog_persist.exceptions import (
     EventWriteError,
     PayloadError,
     RetriesExhaustedError,
     ValidationError,
 )
-from eventlog_persist.retry import RetryPolicy
-from eventlog_persist.vocabulary import EventFieldRules, EventType
-from eventlog_persist.writer import EventWriter
 
 
 def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
@@ -99,7 +103,7 @@ def test_bad_input_raises_in_the_caller_and_writes_nothing(
     error: type[Exception],
     path: str | None,
 ) -> None:
-    from eventlog_persist.payload import PayloadPolicy
+    from eventlog_persist._payload import PayloadPolicy
 
     user_id, session_id = seed(host_engine, host_models)
     strict = fields.pop("_nul", None) is not None
@@ -151,7 +155,7 @@ def test_detached_survives_the_callers_rollback_and_is_idempotent(
             error_code="tool_failed",
         )
         session.rollback()
-    assert writer.write_detached(host_engine, event) is False  # a retry: no second row
+    assert writer.record_detached(host_engine, event) is event  # a retry: no second row
     with host_engine.connect() as conn:
         rows = conn.execute(text("SELECT id, error_code FROM event_logs")).all()
         users = conn.scalar(text("SELECT count(*) FROM users"))
@@ -178,7 +182,7 @@ def test_detached_fk_violation_is_a_typed_error(
 
 
 def _detached_in_thread(
-    writer: EventWriter[Any], engine: Engine, **fields: Any
+    writer: EventWriter[Any, Any], engine: Engine, **fields: Any
 ) -> tuple[threading.Thread, dict[str, object]]:
     box: dict[str, object] = {}
 
@@ -291,7 +295,7 @@ async def test_async_session_record_and_detached(
             async_engine, session_id=session_id, user_id=user_id, event_type="error"
         )
         await session.rollback()
-    assert await writer.awrite_detached(async_engine, detached) is False
+    assert await writer.arecord_detached(async_engine, detached) is detached  # no second row
     async with AsyncSession(async_engine) as session:
         ids = set(await session.scalars(select(host_models.EventLog.id)))
         stamp = await session.scalar(

@@ -78,7 +78,7 @@ def main(url: str) -> int:
         writer.event(session_id=session_id, user_id=user_id, event_type="chat", payload={"n": n})
         for n in range(1000)
     ]
-    print("bulk written:", write_events(engine, EventLog, imported).written)
+    print("bulk written:", write_events(EventLog, engine, imported).written)
 
     # Buffered: the request path only enqueues; close() (or process exit) writes the rest.
     with BufferedWriter(EventLog, engine) as buffered:

@@ -1,33 +1,64 @@
 """Persist AI-agent interaction events in PostgreSQL: model, migrations, writers and readers.
 
-The names here are the everyday API. Options and result types live in the modules that own
-them: `eventlog_persist.exceptions`, `.payload` (`PayloadPolicy`), `.vocabulary`
-(`EventFieldRules`), `.retry` (`RetryPolicy`), `.events` (`NewEvent`), `.queries`
-(`EventRecord`, `Page`), `.retention` (`PurgeResult`).
+Every name a host application writes in its own code is importable from here; the modules
+whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`.
+
+The Alembic helpers (`check_setup`, `include_name`, `write_linear_revisions`,
+`MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so that importing the package
+in a web worker does not import Alembic.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
 
-from eventlog_persist.alembic_setup import (
-    MIGRATIONS_LOCATION,
-    check_setup,
-    include_name,
-    write_linear_revisions,
+from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter, WriterCounters
+from eventlog_persist._bulk import BulkResult, awrite_events, write_events
+from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
+from eventlog_persist._ids import new_event_id
+from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
+from eventlog_persist._payload import PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist._read_types import (
+    ANY_ERROR,
+    UNSCOPED,
+    BucketCount,
+    EventFilter,
+    EventRecord,
+    GroupCount,
+    Page,
 )
-from eventlog_persist.buffered import AsyncBufferedWriter, BufferedWriter
-from eventlog_persist.bulk import awrite_events, write_events
+from eventlog_persist._reader import AsyncEventLogReader, EventLogReader
+from eventlog_persist._retention import PurgeResult, count_purgeable, purge_events
+from eventlog_persist._retry import RetryPolicy
+from eventlog_persist._targets import ForeignKeyTargets
+from eventlog_persist._vocabulary import ApprovalStatus, EventFieldRules, EventType
+from eventlog_persist._writer import EventWriter
 from eventlog_persist.exceptions import EventLogError
-from eventlog_persist.model import EventLogMixin, event_log_model
-from eventlog_persist.queries import ANY_ERROR, UNSCOPED, EventFilter
-from eventlog_persist.reader import AsyncEventLogReader, EventLogReader
-from eventlog_persist.retention import purge_events
-from eventlog_persist.targets import ForeignKeyTargets
-from eventlog_persist.vocabulary import ApprovalStatus, EventType
-from eventlog_persist.writer import EventWriter
+
+if TYPE_CHECKING:
+    from eventlog_persist._alembic_setup import (
+        MIGRATIONS_LOCATION,
+        SetupReport,
+        check_setup,
+        include_name,
+        write_linear_revisions,
+    )
 
 __version__ = _version("eventlog-persist")
+
+_ALEMBIC_HELPERS = frozenset(
+    {"MIGRATIONS_LOCATION", "SetupReport", "check_setup", "include_name", "write_linear_revisions"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ALEMBIC_HELPERS:
+        from eventlog_persist import _alembic_setup
+
+        return getattr(_alembic_setup, name)
+    raise AttributeError(f"module 'eventlog_persist' has no attribute {name!r}")
+
 
 __all__ = [
     "ANY_ERROR",
@@ -36,18 +67,38 @@ __all__ = [
     "ApprovalStatus",
     "AsyncBufferedWriter",
     "AsyncEventLogReader",
+    "BucketCount",
     "BufferedWriter",
+    "BulkResult",
+    "DeadLetterHook",
+    "EventFieldRules",
+    "EventFields",
     "EventFilter",
     "EventLogError",
     "EventLogMixin",
     "EventLogReader",
+    "EventRecord",
     "EventType",
     "EventWriter",
     "ForeignKeyTargets",
+    "GroupCount",
+    "JSONValue",
+    "NewEvent",
+    "Page",
+    "PayloadPolicy",
+    "PreparedPayload",
+    "PurgeResult",
+    "RetryPolicy",
+    "SetupReport",
+    "WriterCounters",
     "awrite_events",
     "check_setup",
+    "count_purgeable",
     "event_log_model",
     "include_name",
+    "new_event",
+    "new_event_id",
+    "prepare_payload",
     "purge_events",
     "write_events",
     "write_linear_revisions",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from eventlog_persist.events import NewEvent
+    from eventlog_persist._events import NewEvent
 
 __all__ = [
     "ConfigurationError",

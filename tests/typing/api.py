@@ -13,24 +13,25 @@ import eventlog_persist
 from eventlog_persist import (
     ANY_ERROR,
     BufferedWriter,
+    BulkResult,
     EventFilter,
     EventLogMixin,
     EventLogReader,
+    EventRecord,
     EventType,
     EventWriter,
     ForeignKeyTargets,
+    JSONValue,
+    NewEvent,
+    Page,
+    PurgeResult,
+    WriterCounters,
     check_setup,
     event_log_model,
     include_name,
     purge_events,
     write_events,
 )
-from eventlog_persist.buffered import WriterCounters
-from eventlog_persist.bulk import BulkResult
-from eventlog_persist.events import NewEvent
-from eventlog_persist.model import JSONValue
-from eventlog_persist.queries import EventRecord, Page
-from eventlog_persist.retention import PurgeResult
 
 
 class Base(DeclarativeBase):
@@ -88,7 +89,7 @@ def write(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> int:
     event: NewEvent = writer.record_detached(
         engine, session_id=chat, user_id=user.id, event_type="error", error_code="timeout"
     )
-    result: BulkResult = write_events(engine, EventLog, [event])
+    result: BulkResult = write_events(EventLog, engine, [event])
     with BufferedWriter(EventLog, engine) as buffered:
         buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
     counters: WriterCounters = buffered.counters
@@ -96,11 +97,11 @@ def write(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> int:
 
 
 def read(engine: Engine, user: User, chat: uuid.UUID) -> list[str]:
-    reader = EventLogReader(engine, EventLog)
+    reader = EventLogReader(EventLog, engine)
     page: Page[uuid.UUID] = reader.session_timeline(chat, user_id=user.id, limit=20)
     errors = reader.user_timeline(user.id, filters=EventFilter(error_code=ANY_ERROR))
     items: tuple[EventRecord[uuid.UUID], ...] = page.items + errors.items
     if page.next_cursor is not None:
         items += reader.session_timeline(chat, user_id=user.id, cursor=page.next_cursor).items
-    purged: PurgeResult = purge_events(engine, EventLog, older_than=datetime.now(UTC))
+    purged: PurgeResult = purge_events(EventLog, engine, older_than=datetime.now(UTC))
     return [item.event_type for item in items] + [str(purged.deleted)]

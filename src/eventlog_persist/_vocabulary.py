@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from eventlog_persist.exceptions import ConfigurationError, ValidationError
-from eventlog_persist.schema import (
+from eventlog_persist._schema import (
     APPROVAL_STATUS_LENGTH,
     ERROR_CODE_LENGTH,
     EVENT_TYPE_LENGTH,
     TOOL_NAME_LENGTH,
 )
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = [
     "APPROVAL_STATUS_MAX_LENGTH",
@@ -188,14 +188,15 @@ def _problem(column: _Column, value: object) -> str | None:
 def _allowed(value: object, column: _Column) -> frozenset[str] | None:
     if value is None:
         return None
-    if not isinstance(value, (frozenset, set)):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ConfigurationError(
-            f"EventFieldRules({column.rules_field}={value!r}) is not valid; pass a frozenset "
-            f"of allowed {column.plural}, or None to allow any"
+            f"EventFieldRules({column.rules_field}={value!r}) is not valid; pass a set (or "
+            f"any iterable of str) of allowed {column.plural}, or None to allow any"
         )
+    value = frozenset(value)
     if column.required and not value:
         raise ConfigurationError(
-            f"EventFieldRules({column.rules_field}=frozenset()) would reject every event; "
+            f"EventFieldRules({column.rules_field}=set()) would reject every event; "
             "list at least one event type, or pass None to allow any"
         )
     for entry in value:
@@ -208,7 +209,7 @@ def _allowed(value: object, column: _Column) -> frozenset[str] | None:
     return frozenset(value)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, init=False)
 class EventFieldRules:
     """Which values the denormalized columns accept, beyond the fixed checks.
 
@@ -216,8 +217,10 @@ class EventFieldRules:
     passes the fixed checks. Allowed values are themselves checked on creation. Example, to
     accept only the built-in vocabulary::
 
-        EventFieldRules(event_types=frozenset(EventType),
-                        approval_statuses=frozenset(ApprovalStatus))
+        EventFieldRules(event_types=EventType, approval_statuses=ApprovalStatus)
+
+    Each argument takes any iterable of str (a set, a list, a `StrEnum` class); it is
+    stored as a frozenset.
 
     Attributes:
         event_types: Allowed ``event_type`` values; must not be empty.
@@ -231,9 +234,22 @@ class EventFieldRules:
     tool_names: frozenset[str] | None = None
     approval_statuses: frozenset[str] | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        event_types: Iterable[str] | None = None,
+        error_codes: Iterable[str] | None = None,
+        tool_names: Iterable[str] | None = None,
+        approval_statuses: Iterable[str] | None = None,
+    ) -> None:
+        given = {
+            "event_types": event_types,
+            "error_codes": error_codes,
+            "tool_names": tool_names,
+            "approval_statuses": approval_statuses,
+        }
         for column in _COLUMNS:
-            checked = _allowed(getattr(self, column.rules_field), column)
+            checked = _allowed(given[column.rules_field], column)
             object.__setattr__(self, column.rules_field, checked)
 
 

@@ -10,10 +10,17 @@ from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper, Session
 
-from eventlog_persist.exceptions import ConfigurationError, ValidationError
-from eventlog_persist.model import EventLogMixin, KeyT
-from eventlog_persist.queries import (
+from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._read_sql import (
     DEFAULT_PAGE_SIZE,
+    PreparedQuery,
+    TimelineQuery,
+    bucket_query,
+    count_query,
+    event_table,
+    timeline_query,
+)
+from eventlog_persist._read_types import (
     BucketCount,
     CalendarUnit,
     CountField,
@@ -21,14 +28,9 @@ from eventlog_persist.queries import (
     GroupCount,
     Order,
     Page,
-    PreparedQuery,
-    TimelineQuery,
     Unscoped,
-    bucket_query,
-    count_query,
-    event_table,
-    timeline_query,
 )
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = ["AsyncEventLogReader", "EventLogReader"]
 
@@ -103,23 +105,23 @@ class EventLogReader(_Statements, Generic[KeyT]):
     statement; see ``docs/reading.md`` for which index serves which call.
 
     Args:
+        model: The host's ``EventLog`` model class.
         bind: An ``Engine`` (a pooled connection per call, its one statement run in
             autocommit mode), or a ``Connection`` or ORM ``Session`` whose transaction the
             reads join; a Session picks the bind mapped to ``model``.
-        model: The host's ``EventLog`` model class.
 
     Raises:
         ConfigurationError: ``bind`` or ``model`` cannot be used.
 
     Example:
-        >>> reader = EventLogReader(engine, EventLog)  # doctest: +SKIP
+        >>> reader = EventLogReader(EventLog, engine)  # doctest: +SKIP
         >>> page = reader.session_timeline(session_id, user_id=user_id)  # doctest: +SKIP
     """
 
     __slots__ = ("_bind",)
 
     def __init__(
-        self, bind: Engine | Connection | Session, model: type[EventLogMixin[KeyT]]
+        self, model: type[EventLogMixin[KeyT]], bind: Engine | Connection | Session
     ) -> None:
         if not isinstance(bind, (Engine, Connection, Session)):
             hint = "; use AsyncEventLogReader" if _is_async(bind) else ""
@@ -361,8 +363,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
     """The asyncio twin of `EventLogReader`: same methods, same statements, awaited.
 
     Args:
-        bind: An ``AsyncEngine``, ``AsyncConnection`` or ``AsyncSession``.
         model: The host's ``EventLog`` model class.
+        bind: An ``AsyncEngine``, ``AsyncConnection`` or ``AsyncSession``.
 
     Raises:
         ConfigurationError: ``bind`` or ``model`` cannot be used.
@@ -372,8 +374,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
 
     def __init__(
         self,
-        bind: AsyncEngine | AsyncConnection | AsyncSession,
         model: type[EventLogMixin[KeyT]],
+        bind: AsyncEngine | AsyncConnection | AsyncSession,
     ) -> None:
         if not _is_async(bind):
             raise ConfigurationError(

@@ -1,15 +1,16 @@
-"""Read-path statements and result types, shared by the sync and the async reader."""
+"""How the readers' SQL is built: timeline, count and bucket statements, keyset conditions,
+and the per-table cache of compiled driver SQL. Shared by the sync and the async reader."""
 
 from __future__ import annotations
 
 import json
 import uuid
 import zoneinfo
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Final, Generic, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import (
     ARRAY,
@@ -28,28 +29,28 @@ from sqlalchemy import (
     tuple_,
 )
 
-from eventlog_persist.cursor import decode_cursor, encode_cursor
+from eventlog_persist._cursor import decode_cursor, encode_cursor
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist._read_types import (
+    ANY_ERROR,
+    UNSCOPED,
+    CalendarUnit,
+    CountField,
+    EventFilter,
+    EventRecord,
+    Order,
+    Page,
+    check_range,
+)
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
-from eventlog_persist.model import EventLogMixin, JSONValue, KeyT
 
 __all__ = [
-    "ANY_ERROR",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
-    "UNSCOPED",
-    "BucketCount",
-    "CalendarUnit",
-    "CountField",
-    "ErrorMatch",
-    "EventFilter",
-    "EventRecord",
-    "GroupCount",
-    "Order",
-    "Page",
     "PreparedQuery",
     "TimelineQuery",
-    "Unscoped",
     "bucket_query",
+    "check_key",
     "count_query",
     "event_table",
     "timeline_query",
@@ -58,157 +59,12 @@ __all__ = [
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
 
-Order: TypeAlias = Literal["newest", "oldest"]
-"""Timeline order: ``"newest"`` first (the default) or ``"oldest"`` first."""
-CountField: TypeAlias = Literal["event_type", "tool_name", "error_code", "agent_id"]
-"""A column that `count_query` groups by."""
-CalendarUnit: TypeAlias = Literal["hour", "day", "week", "month"]
-"""A calendar bucket, cut in a time zone by ``date_trunc``; weeks start on Monday."""
 
 # date_bin buckets line up with this instant: a Monday at midnight UTC, so 7-day buckets are weeks.
 _BIN_ORIGIN: Final = datetime.fromisoformat("2001-01-01T00:00:00+00:00")
 
 
-class ErrorMatch(Enum):
-    """Special values of ``EventFilter.error_code``."""
-
-    ANY = "any"
-    """Any event that has an error code (``error_code IS NOT NULL``)."""
-
-
-ANY_ERROR: Final = ErrorMatch.ANY
-"""``EventFilter(error_code=ANY_ERROR)``: every event with an error code."""
-
-
-class Unscoped(Enum):
-    """The explicit opt-out of the owning-user check on session and agent timelines."""
-
-    UNSCOPED = "unscoped"
-    """Read every user's events: for operator tools only, never for a user's request."""
-
-
-UNSCOPED: Final = Unscoped.UNSCOPED
-"""Pass as ``user_id=UNSCOPED`` to read a session or agent timeline across every user."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventFilter:
-    """Conditions an event must meet; all given conditions must hold.
-
-    Args:
-        event_types: Only these event types (any iterable of str; stored as a frozenset).
-        error_code: Only events with this error code, or `ANY_ERROR` for every event that
-            has one.
-        tool_name: Only events of this tool.
-        approval_status: Only events with this approval status.
-        since: Only events created at or after this instant (time-zone aware).
-        until: Only events created before this instant (time-zone aware, exclusive).
-
-    Raises:
-        ValidationError: A value cannot select anything or is ambiguous (empty
-            ``event_types``, empty strings, naive datetimes, ``since`` not before ``until``).
-    """
-
-    event_types: frozenset[str] | None = None
-    error_code: str | ErrorMatch | None = None
-    tool_name: str | None = None
-    approval_status: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def __post_init__(self) -> None:
-        types: object = self.event_types
-        if types is not None:
-            if isinstance(types, str) or not isinstance(types, Iterable):
-                raise ValidationError(
-                    f"EventFilter(event_types={types!r}) must be a collection of event types, "
-                    "e.g. {'tool_call', 'error'}"
-                )
-            chosen = frozenset(types)
-            if not chosen:
-                raise ValidationError(
-                    "EventFilter(event_types=...) is empty and would match nothing; list at "
-                    "least one event type, or pass None for every type"
-                )
-            for name in chosen:
-                _check_text("event_types", name)
-            object.__setattr__(self, "event_types", chosen)
-        if not isinstance(self.error_code, ErrorMatch):
-            _check_text("error_code", self.error_code)
-        _check_text("tool_name", self.tool_name)
-        _check_text("approval_status", self.approval_status)
-        check_range(self.since, self.until, owner="EventFilter")
-
-    def _key(self) -> list[object]:
-        """The conditions as JSON-ready values: equal filters, and only those, give equal keys."""
-        error: object = self.error_code
-        if isinstance(error, ErrorMatch):
-            error = {"match": error.value}
-        return [
-            sorted(self.event_types) if self.event_types is not None else None,
-            error,
-            self.tool_name,
-            self.approval_status,
-            _instant(self.since),
-            _instant(self.until),
-        ]
-
-
-def _instant(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
-
-
-def _check_text(field: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise ValidationError(
-            f"EventFilter({field}=...) got {value!r}; pass a non-empty str, or None for any"
-        )
-
-
-def check_range(since: datetime | None, until: datetime | None, *, owner: str) -> None:
-    """Reject naive datetimes and empty ranges.
-
-    Raises:
-        ValidationError: ``since`` or ``until`` is naive, or ``since`` is not before ``until``.
-    """
-    for name, value in (("since", since), ("until", until)):
-        if value is None:
-            continue
-        if not isinstance(value, datetime):
-            raise ValidationError(f"{owner}({name}=...) must be a datetime, got {value!r}")
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValidationError(
-                f"{owner}({name}={value.isoformat()}) is a naive datetime, which PostgreSQL "
-                "would read in the session's time zone; pass an aware one, e.g. "
-                "datetime.now(UTC) or value.replace(tzinfo=UTC)"
-            )
-    if since is not None and until is not None and since >= until:
-        raise ValidationError(
-            f"{owner}(since={since.isoformat()}, until={until.isoformat()}) is an empty range; "
-            "since must be before until (since is inclusive, until exclusive)"
-        )
-
-
 _NO_FILTER: Final = EventFilter()
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord(Generic[KeyT]):
-    """One stored event, as the readers return it."""
-
-    id: uuid.UUID
-    session_id: KeyT
-    user_id: KeyT
-    project_id: KeyT | None
-    agent_id: KeyT | None
-    event_type: str
-    payload: JSONValue
-    created_at: datetime
-    error_code: str | None
-    tool_name: str | None
-    approval_status: str | None
 
 
 _RECORD_COLUMNS: Final = (
@@ -224,36 +80,6 @@ _RECORD_COLUMNS: Final = (
     "tool_name",
     "approval_status",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[KeyT]):
-    """One page of a timeline.
-
-    Attributes:
-        items: The events, in the requested order.
-        next_cursor: Pass it as ``cursor=`` to the same call for the next page; ``None`` when
-            this is the last page.
-    """
-
-    items: tuple[EventRecord[KeyT], ...]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class GroupCount:
-    """How many events share one value of the grouped column (``None``: the column is NULL)."""
-
-    key: str | uuid.UUID | int | None
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class BucketCount:
-    """How many events fall in the time bucket that starts at ``start``."""
-
-    start: datetime
-    count: int
 
 
 def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:

@@ -17,9 +17,9 @@ from alembic.util.pyfiles import coerce_resource_to_filename
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
+from eventlog_persist._schema import TABLE_NAME
+from eventlog_persist._targets import ForeignKeyTargets
 from eventlog_persist.exceptions import MigrationSetupError
-from eventlog_persist.schema import TABLE_NAME
-from eventlog_persist.targets import ForeignKeyTargets
 
 __all__ = [
     "ANCHOR_REVISION",

@@ -21,9 +21,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.sql.elements import conv
 
-from eventlog_persist.exceptions import ConfigurationError
-from eventlog_persist.ids import new_event_id
-from eventlog_persist.schema import (
+from eventlog_persist._ids import new_event_id
+from eventlog_persist._schema import (
     APPROVAL_STATUS_LENGTH,
     ERROR_CODE_LENGTH,
     EVENT_TYPE_LENGTH,
@@ -32,7 +31,8 @@ from eventlog_persist.schema import (
     TABLE_NAME,
     TOOL_NAME_LENGTH,
 )
-from eventlog_persist.targets import ForeignKeyTargets
+from eventlog_persist._targets import ForeignKeyTargets
+from eventlog_persist.exceptions import ConfigurationError
 
 __all__ = ["EventLogMixin", "JSONValue", "KeyT", "event_log_model"]
 

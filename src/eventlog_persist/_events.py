@@ -1,4 +1,4 @@
-"""The event to write (`NewEvent`), how it is built and checked, and the table it goes to."""
+"""The event to write (`NewEvent`) and how it is built and checked (`new_event`, `EventBuilder`)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,26 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, NotRequired, TypeAlias
+from typing import Final, Generic, NotRequired, TypeAlias
 
-from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
 from typing_extensions import TypedDict
 
+from eventlog_persist._ids import new_event_id
+from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._payload import (
+    DEFAULT_POLICY,
+    PayloadPolicy,
+    PreparedPayload,
+    prepare_payload,
+)
+from eventlog_persist._table import EventTable
+from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError, ValidationError
-from eventlog_persist.ids import new_event_id
-from eventlog_persist.model import EventLogMixin, KeyT
-from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
-from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
 
 __all__ = [
-    "COLUMNS",
     "DeadLetterHook",
+    "EventBuilder",
     "EventFields",
-    "EventTable",
     "Key",
     "NewEvent",
     "build_event",
@@ -47,22 +51,6 @@ class EventFields(TypedDict, Generic[KeyT]):
     approval_status: NotRequired[str | None]
     created_at: NotRequired[datetime | None]
     id: NotRequired[uuid.UUID | None]
-
-
-COLUMNS: Final = (
-    "id",
-    "session_id",
-    "user_id",
-    "project_id",
-    "agent_id",
-    "event_type",
-    "payload",
-    "created_at",
-    "error_code",
-    "tool_name",
-    "approval_status",
-)
-"""The columns every writer fills, in the order of `EventTable.row`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,122 +243,69 @@ def _check_key(name: str, value: object, *, required: bool) -> None:
     )
 
 
-_INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
-
-
 @dataclass(frozen=True, slots=True)
-class EventTable:
-    """Where a host's events go: the table's name and the SQL types of its key columns.
+class EventBuilder(Generic[KeyT]):
+    """Builds checked events for one host model: its key types, payload policy and rules.
 
-    Build it with `EventTable.of`; writers use it to check keys and to write rows.
-
-    Attributes:
-        table: The model's ``Table``.
-        qualified_name: The quoted, schema-qualified table name for SQL.
-        key_types: The PostgreSQL types of ``session_id``, ``user_id``, ``project_id`` and
-            ``agent_id``: each ``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"``.
+    Every writer builds its events through one of these, so `record`, `record_detached`,
+    `enqueue` and `new_event` check and prepare an event in exactly the same way.
     """
 
-    table: Table
-    qualified_name: str
-    key_types: tuple[str, str, str, str]
+    table: EventTable
+    payload_policy: PayloadPolicy = DEFAULT_POLICY
+    field_rules: EventFieldRules = DEFAULT_FIELD_RULES
 
     @classmethod
-    def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
-        """Read the table of a host's ``EventLog`` model.
+    def of(
+        cls,
+        model: type[EventLogMixin[KeyT]],
+        *,
+        payload_policy: PayloadPolicy = DEFAULT_POLICY,
+        field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+    ) -> EventBuilder[KeyT]:
+        """Check the options and read the model's table.
 
         Raises:
-            ConfigurationError: ``model`` is not an ``EventLog`` model, or a foreign key does
-                not resolve to a UUID or integer column.
+            ConfigurationError: An argument is not valid.
         """
-        table = getattr(model, "__table__", None)
-        if not (isinstance(model, type) and issubclass(model, EventLogMixin)) or not isinstance(
-            table, Table
-        ):
+        if not isinstance(payload_policy, PayloadPolicy):
             raise ConfigurationError(
-                f"model must be the host's EventLog class (built with event_log_model() or "
-                f"inheriting EventLogMixin and the host's Base), got {model!r}"
+                f"payload_policy={payload_policy!r} is not valid; pass a PayloadPolicy"
             )
-        name = _quote(table.name)
-        if table.schema:
-            name = f"{_quote(table.schema)}.{name}"
-        types = tuple(
-            _key_sql_type(model, table, column)
-            for column in ("session_id", "user_id", "project_id", "agent_id")
+        if not isinstance(field_rules, EventFieldRules):
+            raise ConfigurationError(
+                f"field_rules={field_rules!r} is not valid; pass an EventFieldRules"
+            )
+        return cls(EventTable.of(model), payload_policy, field_rules)
+
+    def build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:
+        """Check ``fields`` against the table and the rules; return the event and payload."""
+        self.table.check_keys(
+            fields["session_id"],
+            fields["user_id"],
+            fields.get("project_id"),
+            fields.get("agent_id"),
         )
-        return cls(table, name, (types[0], types[1], types[2], types[3]))
-
-    def check_keys(self, *values: Key | None) -> None:
-        """Raise `ValidationError` when a key does not fit its column's type.
-
-        Args:
-            values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
-        """
-        for name, sql_type, value in zip(COLUMNS[1:5], self.key_types, values, strict=True):
-            if value is None:
-                continue
-            if sql_type == "uuid":
-                if not isinstance(value, uuid.UUID):
-                    raise ValidationError(
-                        f"{name}={value!r} does not fit the uuid column {name}; pass a uuid.UUID"
-                    )
-            elif not isinstance(value, int):
-                raise ValidationError(
-                    f"{name}={value!r} does not fit the {sql_type} column {name}; pass an int"
-                )
-            elif not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
-                raise ValidationError(
-                    f"{name}={value} is out of range for the {sql_type} column {name}"
-                )
-
-    @property
-    def copy_types(self) -> list[str]:
-        """PostgreSQL types of `COLUMNS`, for a binary COPY."""
-        return [
-            "uuid",
-            *self.key_types,
-            "text",
-            "jsonb",
-            "timestamptz",
-            "text",
-            "text",
-            "text",
-        ]
-
-    @staticmethod
-    def row(event: NewEvent) -> tuple[object, ...]:
-        """Return the event's values in `COLUMNS` order."""
-        return (
-            event.id,
-            event.session_id,
-            event.user_id,
-            event.project_id,
-            event.agent_id,
-            event.event_type,
-            event.payload_json,
-            event.created_at,
-            event.error_code,
-            event.tool_name,
-            event.approval_status,
+        return build_event(
+            **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
         )
 
+    def event(self, fields: EventFields[KeyT]) -> NewEvent:
+        """`build`, the event only."""
+        return self.build(fields)[0]
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
-    sql_type = table.c[column].type
-    if isinstance(sql_type, Uuid):
-        return "uuid"
-    if isinstance(sql_type, BigInteger):
-        return "int8"
-    if isinstance(sql_type, SmallInteger):
-        return "int2"
-    if isinstance(sql_type, Integer):
-        return "int4"
-    raise ConfigurationError(
-        f"{model.__name__}.{column} has type {sql_type!r}; the writers support UUID, SMALLINT, "
-        "INTEGER and BIGINT keys. Declare the host's tables before the EventLog model so the "
-        "foreign keys resolve, and use one of these key types"
-    )
+    def given(self, event: NewEvent | None, fields: EventFields[KeyT]) -> NewEvent:
+        """The event a write verb was given: built already, or built now from ``fields``."""
+        if event is None:
+            return self.build(fields)[0]
+        if not isinstance(event, NewEvent):
+            raise ValidationError(
+                f"expected a NewEvent (from new_event() or EventWriter.event()), got "
+                f"{type(event).__name__} {event!r}; or pass the event's fields as keywords"
+            )
+        if fields:
+            raise ValidationError(
+                f"got a NewEvent and the fields {sorted(fields)}; pass one or the other"
+            )
+        self.table.check_keys(event.session_id, event.user_id, event.project_id, event.agent_id)
+        return event

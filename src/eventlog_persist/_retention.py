@@ -11,12 +11,12 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Table, delete, func, select
 
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist._read_sql import check_key, event_table
 from eventlog_persist.exceptions import (
     ConfigurationError,
     ValidationError,
 )
-from eventlog_persist.model import EventLogMixin
-from eventlog_persist.queries import check_key, event_table
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -111,8 +111,8 @@ def _check_bind(bind: object) -> None:
 
 
 def count_purgeable(
-    bind: Engine | Connection,
     model: type[EventLogMixin[Any]] | Table,
+    bind: Engine | Connection,
     *,
     older_than: datetime,
     user_id: Any = None,
@@ -132,8 +132,8 @@ def count_purgeable(
 
 
 def purge_events(
-    bind: Engine | Connection,
     model: type[EventLogMixin[Any]] | Table,
+    bind: Engine | Connection,
     *,
     older_than: datetime,
     user_id: Any = None,
@@ -150,8 +150,8 @@ def purge_events(
     for the next run.
 
     Args:
-        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
+        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
         older_than: Cutoff instant (time-zone aware, exclusive).
         user_id: Only this user's events.
         project_id: Only this project's events.

@@ -15,7 +15,13 @@ from alembic.util import CommandError
 from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
-from eventlog_persist.alembic_setup import check_setup, write_linear_revisions
+from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
+from eventlog_persist._retention import (
+    DEFAULT_BATCH_SIZE,
+    count_purgeable,
+    purge_events,
+)
+from eventlog_persist._schema import TABLE_NAME
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventLogError,
@@ -23,12 +29,6 @@ from eventlog_persist.exceptions import (
     PurgeError,
     ValidationError,
 )
-from eventlog_persist.retention import (
-    DEFAULT_BATCH_SIZE,
-    count_purgeable,
-    purge_events,
-)
-from eventlog_persist.schema import TABLE_NAME
 
 __all__ = ["main"]
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.config, args.url)
         if args.command == "linear-revision":
             return _linear(args.config, args.version_path)
-        from eventlog_persist.demo import run_demo
+        from eventlog_persist._demo import run_demo
 
         return run_demo(url=args.url)
     except (EventLogError, CommandError, SQLAlchemyError, OSError) as exc:
@@ -219,13 +219,13 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
         }
         if args.dry_run:
             stage[0] = "count"
-            count = count_purgeable(engine, table, older_than=cutoff, **keys)
+            count = count_purgeable(table, engine, older_than=cutoff, **keys)
             print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
             return 0
         stage[0] = "purge"
         result = purge_events(
-            engine,
             table,
+            engine,
             older_than=cutoff,
             batch_size=args.batch_size,
             max_batches=args.max_batches,

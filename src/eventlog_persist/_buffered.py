@@ -12,11 +12,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Generic, Literal, Self, TypeAlias
+from typing import Any, Generic, Literal, Self, TypeAlias, cast, overload
 
 from typing_extensions import Unpack
 
-from eventlog_persist.bulk import (
+from eventlog_persist._delivery import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TCP_USER_TIMEOUT,
     AsyncConnector,
@@ -29,7 +29,12 @@ from eventlog_persist.bulk import (
     deliver,
     report_dead_letters,
 )
-from eventlog_persist.events import DeadLetterHook, EventFields, NewEvent
+from eventlog_persist._events import DeadLetterHook, EventBuilder, EventFields, NewEvent
+from eventlog_persist._failures import Reason, write_error
+from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._retry import BUFFERED_RETRY, RetryPolicy
+from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventWriteError,
@@ -37,14 +42,8 @@ from eventlog_persist.exceptions import (
     WriterClosedError,
     WriterNotStartedError,
 )
-from eventlog_persist.model import EventLogMixin, KeyT
-from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist.retry import Reason, RetryPolicy, write_error
-from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
-from eventlog_persist.writer import EventWriter
 
 __all__ = [
-    "BUFFERED_RETRY",
     "AsyncBufferedWriter",
     "BufferedWriter",
     "WhenFull",
@@ -55,9 +54,6 @@ logger = logging.getLogger("eventlog_persist")
 
 WhenFull: TypeAlias = Literal["block", "drop_newest"]
 """What `enqueue` does when the queue is at its bound; see `BufferedWriter`."""
-
-BUFFERED_RETRY: Final = RetryPolicy(max_attempts=None, max_elapsed=None, max_delay=2.0)
-"""The buffered writers' default: retry transient errors until the database is back."""
 
 
 _Dead: TypeAlias = list[tuple[NewEvent, EventWriteError]]
@@ -124,8 +120,10 @@ class _State(Generic[KeyT]):
             raise ConfigurationError(
                 f"on_dead_letter={on_dead_letter!r} is not valid; pass a callable or None"
             )
-        self.builder: EventWriter[KeyT] = EventWriter(
-            model, payload_policy=payload_policy, field_rules=field_rules, retry=retry
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
+        self.builder: EventBuilder[KeyT] = EventBuilder.of(
+            model, payload_policy=payload_policy, field_rules=field_rules
         )
         self.batch_size = batch_size
         self.flush_interval = float(flush_interval)
@@ -504,8 +502,12 @@ class BufferedWriter(Generic[KeyT]):
 
     # -- request path --
 
-    def enqueue(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
-        """Check an event and queue it; takes the keyword arguments of `new_event`.
+    @overload
+    def enqueue(self, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    def enqueue(self, /, **fields: Unpack[EventFields[KeyT]]) -> NewEvent: ...
+    def enqueue(self, event: NewEvent | None = None, /, **fields: Any) -> NewEvent:
+        """Queue an event: one built with `new_event`, or its fields as keyword arguments.
 
         Returns:
             The queued event (its ``id`` is final). Under back-pressure it may have been
@@ -516,19 +518,7 @@ class BufferedWriter(Generic[KeyT]):
             PayloadError: The payload cannot be stored (nothing is queued).
             WriterClosedError: The writer is closed.
         """
-        event = self._state.builder.event(**fields)
-        self.enqueue_event(event)
-        return event
-
-    def enqueue_event(self, event: NewEvent) -> bool:
-        """Queue an event built with `new_event` (or `EventWriter.event`).
-
-        Returns:
-            True if queued, False if dropped under back-pressure (and reported).
-
-        Raises:
-            WriterClosedError: The writer is closed.
-        """
+        event = self._state.builder.given(event, cast("EventFields[KeyT]", fields))
         state = self._state
         size = event.size_bytes
         with self._lock:
@@ -551,10 +541,10 @@ class BufferedWriter(Generic[KeyT]):
                     )
                 if state.add(event, size):
                     self._wake.notify()
-                return True
+                return event
             dead = state.drop(event)
         report_dead_letters(state.on_dead_letter, dead)
-        return False
+        return event
 
     # -- the thread --
 
@@ -734,8 +724,12 @@ class AsyncBufferedWriter(Generic[KeyT]):
             await self._connector.close()
         return state.counters()
 
-    async def enqueue(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
-        """Check an event and queue it; takes the keyword arguments of `new_event`.
+    @overload
+    async def enqueue(self, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    async def enqueue(self, /, **fields: Unpack[EventFields[KeyT]]) -> NewEvent: ...
+    async def enqueue(self, event: NewEvent | None = None, /, **fields: Any) -> NewEvent:
+        """Queue an event: one built with `new_event`, or its fields as keyword arguments.
 
         Returns:
             The queued event. Under back-pressure it may have been dropped instead: then it
@@ -746,19 +740,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
             PayloadError: The payload cannot be stored (nothing is queued).
             WriterClosedError: The writer is closed.
         """
-        event = self._state.builder.event(**fields)
-        await self.enqueue_event(event)
-        return event
-
-    async def enqueue_event(self, event: NewEvent) -> bool:
-        """Queue an event built with `new_event`.
-
-        Returns:
-            True if queued, False if dropped under back-pressure (and reported).
-
-        Raises:
-            WriterClosedError: The writer is closed.
-        """
+        event = self._state.builder.given(event, cast("EventFields[KeyT]", fields))
         state = self._state
         size = event.size_bytes
         if state.closing:
@@ -772,7 +754,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 lambda: state.closing or state.fits(size), state.block_timeout
             ):
                 report_dead_letters(state.on_dead_letter, state.drop(event))
-                return False
+                return event
             if state.closing:
                 raise WriterClosedError(
                     f"cannot enqueue event {event.id}: the writer closed while waiting",
@@ -780,7 +762,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 )
         if state.add(event, size):
             self._wake.set()
-        return True
+        return event
 
     async def _wait_room(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -16,8 +16,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, ForeignKey, String, Uuid, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from eventlog_persist.alembic_setup import ANCHOR_REVISION, MIGRATIONS_LOCATION
-from eventlog_persist.model import EventLogMixin
+from eventlog_persist._alembic_setup import ANCHOR_REVISION, MIGRATIONS_LOCATION
+from eventlog_persist._model import EventLogMixin
 
 __all__ = ["run_demo"]
 

@@ -3,45 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from typing import Any, Generic
+import uuid
+from typing import Any, Generic, TypeVar, cast, overload
 
-from sqlalchemy import Engine, Insert, Text, TextClause, bindparam, cast, text
+from sqlalchemy import Engine, Insert, Text, TextClause, bindparam, text
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import Unpack
 
-from eventlog_persist.events import (
-    COLUMNS,
-    EventFields,
-    EventTable,
-    NewEvent,
-    build_event,
-)
-from eventlog_persist.exceptions import ConfigurationError, EventWriteError
-from eventlog_persist.model import EventLogMixin, KeyT
-from eventlog_persist.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload
-from eventlog_persist.retry import (
-    DEFAULT_RETRY,
-    Action,
-    Attempt,
-    Reason,
-    RetryPolicy,
-    decide,
-    write_error,
-)
-from eventlog_persist.vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
+from eventlog_persist._events import EventBuilder, EventFields, NewEvent
+from eventlog_persist._failures import Action, Attempt, Reason, decide, write_error
+from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._retry import DEFAULT_RETRY, RetryPolicy
+from eventlog_persist._table import COLUMNS, EventTable
+from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
+from eventlog_persist.exceptions import ConfigurationError
 
-__all__ = ["EventWriteError", "EventWriter"]
+ModelT = TypeVar("ModelT", bound=EventLogMixin[Any])
+_UuidModelT = TypeVar("_UuidModelT", bound=EventLogMixin[uuid.UUID])
+_IntModelT = TypeVar("_IntModelT", bound=EventLogMixin[int])
+
+__all__ = ["EventWriter"]
 
 
 def _insert_statement(table: EventTable) -> Insert:
     """``INSERT ... ON CONFLICT (id) DO NOTHING`` with one bind parameter per column."""
     values: dict[str, Any] = {name: bindparam(name) for name in COLUMNS}
     # The payload is JSON text already: cast it instead of encoding it a second time.
-    values["payload"] = cast(bindparam("payload", type_=Text()), JSONB)
+    values["payload"] = sql_cast(bindparam("payload", type_=Text()), JSONB)
     return pg_insert(table.table).values(values).on_conflict_do_nothing(index_elements=["id"])
 
 
@@ -54,7 +49,7 @@ def _lock_timeout_sql(seconds: float) -> TextClause:
     return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
 
 
-class EventWriter(Generic[KeyT]):
+class EventWriter(Generic[ModelT, KeyT]):
     """Builds checked events for one host model and records them.
 
     * `record` adds the event to the caller's ``Session`` or ``AsyncSession``: it is
@@ -77,9 +72,6 @@ class EventWriter(Generic[KeyT]):
             check locks the referenced rows ``FOR KEY SHARE``); None: the server's setting.
             Default 5.
 
-    .. versionchanged:: 0.2.0
-       ``lock_timeout``; detached writes raise `EventWriteError` after it.
-
     Raises:
         ConfigurationError: An argument is not valid.
 
@@ -89,23 +81,35 @@ class EventWriter(Generic[KeyT]):
         ...               payload={"text": "hi"})  # doctest: +SKIP
     """
 
+    @overload
+    def __init__(
+        self: EventWriter[_UuidModelT, uuid.UUID],
+        model: type[_UuidModelT],
+        *,
+        payload_policy: PayloadPolicy = ...,
+        field_rules: EventFieldRules = ...,
+        retry: RetryPolicy = ...,
+        lock_timeout: float | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: EventWriter[_IntModelT, int],
+        model: type[_IntModelT],
+        *,
+        payload_policy: PayloadPolicy = ...,
+        field_rules: EventFieldRules = ...,
+        retry: RetryPolicy = ...,
+        lock_timeout: float | None = ...,
+    ) -> None: ...
     def __init__(
         self,
-        model: type[EventLogMixin[KeyT]],
+        model: type[Any],
         *,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         retry: RetryPolicy = DEFAULT_RETRY,
         lock_timeout: float | None = 5.0,
     ) -> None:
-        if not isinstance(payload_policy, PayloadPolicy):
-            raise ConfigurationError(
-                f"payload_policy={payload_policy!r} is not valid; pass a PayloadPolicy"
-            )
-        if not isinstance(field_rules, EventFieldRules):
-            raise ConfigurationError(
-                f"field_rules={field_rules!r} is not valid; pass an EventFieldRules"
-            )
         if not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
         if lock_timeout is not None and (
@@ -117,14 +121,24 @@ class EventWriter(Generic[KeyT]):
                 f"lock_timeout={lock_timeout!r} is not valid; use seconds (a number > 0 and "
                 "< 86400), or None for the server's setting"
             )
-        self.model: type[EventLogMixin[KeyT]] = model
-        self.table = EventTable.of(model)
-        self.payload_policy = payload_policy
-        self.field_rules = field_rules
+        self._builder: EventBuilder[KeyT] = EventBuilder.of(
+            model, payload_policy=payload_policy, field_rules=field_rules
+        )
+        self.model: type[ModelT] = model
         self.retry = retry
         self.lock_timeout = lock_timeout
-        self._insert = _insert_statement(self.table)
+        self._insert = _insert_statement(self._builder.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
+
+    @property
+    def payload_policy(self) -> PayloadPolicy:
+        """How this writer converts, redacts and caps payloads."""
+        return self._builder.payload_policy
+
+    @property
+    def field_rules(self) -> EventFieldRules:
+        """Which ``event_type`` and column values this writer allows."""
+        return self._builder.field_rules
 
     def event(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
         """Build a checked event with this writer's rules; see `new_event` for the arguments.
@@ -133,11 +147,17 @@ class EventWriter(Generic[KeyT]):
             ValidationError: A field or key is not acceptable.
             PayloadError: The payload cannot be stored; ``path`` says where.
         """
-        return self._build(fields)[0]
+        return self._builder.event(fields)
 
+    @overload
+    def record(self, session: Session | AsyncSession, event: NewEvent, /) -> ModelT: ...
+    @overload
     def record(
-        self, session: Session | AsyncSession, **fields: Unpack[EventFields[KeyT]]
-    ) -> EventLogMixin[KeyT]:
+        self, session: Session | AsyncSession, /, **fields: Unpack[EventFields[KeyT]]
+    ) -> ModelT: ...
+    def record(
+        self, session: Session | AsyncSession, event: NewEvent | None = None, /, **fields: Any
+    ) -> ModelT:
         """Add an event to the caller's session, in the caller's transaction.
 
         Nothing is sent yet: the row is inserted at the session's next flush and stored only
@@ -146,24 +166,30 @@ class EventWriter(Generic[KeyT]):
 
         Args:
             session: The caller's ``Session`` or ``AsyncSession``.
-            **fields: The event, as the keyword arguments of `new_event`.
+            event: An event built with `new_event` or `event`; or instead:
+            **fields: The event's fields, as the keyword arguments of `new_event`.
 
         Returns:
-            The new ``EventLog`` instance, already holding its ``id``.
+            The new row, an instance of the host's model, already holding its ``id``.
 
         Raises:
             ValidationError: A field or key is not acceptable.
             PayloadError: The payload cannot be stored; ``path`` says where.
         """
-        event, prepared = self._build(fields)
-        row: EventLogMixin[KeyT] = self.model(
+        if event is None:
+            event, prepared = self._builder.build(cast("EventFields[KeyT]", fields))
+            payload = prepared.value
+        else:
+            event = self._builder.given(event, cast("EventFields[KeyT]", fields))
+            payload = json.loads(event.payload_json)
+        row = self.model(
             id=event.id,
-            session_id=fields["session_id"],
-            user_id=fields["user_id"],
+            session_id=event.session_id,
+            user_id=event.user_id,
             event_type=event.event_type,
-            payload=prepared.value,
-            project_id=fields.get("project_id"),
-            agent_id=fields.get("agent_id"),
+            payload=payload,
+            project_id=event.project_id,
+            agent_id=event.agent_id,
             error_code=event.error_code,
             tool_name=event.tool_name,
             approval_status=event.approval_status,
@@ -172,25 +198,23 @@ class EventWriter(Generic[KeyT]):
         session.add(row)
         return row
 
-    def _build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:
-        self.table.check_keys(
-            fields["session_id"],
-            fields["user_id"],
-            fields.get("project_id"),
-            fields.get("agent_id"),
-        )
-        return build_event(
-            **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
-        )
+    @overload
+    def record_detached(self, engine: Engine, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    def record_detached(
+        self, engine: Engine, /, **fields: Unpack[EventFields[KeyT]]
+    ) -> NewEvent: ...
+    def record_detached(
+        self, engine: Engine, event: NewEvent | None = None, /, **fields: Any
+    ) -> NewEvent:
+        """Write an event at once, in a short transaction of its own on ``engine``.
 
-    def record_detached(self, engine: Engine, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
-        """Build an event and write it at once in its own transaction on ``engine``.
-
-        Takes the keyword arguments of `event`. The event is stored even if the caller's
-        own transaction later rolls back.
+        Takes a built event or its fields, like `record`. The event is stored even if the
+        caller's own transaction later rolls back; a retry after a commit whose outcome was
+        unknown never stores it twice.
 
         Returns:
-            The stored event.
+            The stored event (also when an earlier attempt had stored it already).
 
         Raises:
             ValidationError: A field or key is not acceptable (nothing is written).
@@ -202,24 +226,7 @@ class EventWriter(Generic[KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
-        event = self.event(**fields)
-        self.write_detached(engine, event)
-        return event
-
-    def write_detached(self, engine: Engine, event: NewEvent) -> bool:
-        """Write a built event in its own transaction, retrying transient errors.
-
-        Returns:
-            True if the event was inserted, False if it was already stored.
-
-        Raises:
-            EventWriteError: The event was not written: the database refused it for good,
-                a row it references stayed locked past ``lock_timeout`` (the caller's own
-                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
-                the ``__cause__`` give the database's error.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
-                `EventWriteError` too).
-        """
+        event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
         while True:
@@ -227,18 +234,25 @@ class EventWriter(Generic[KeyT]):
                 with engine.begin() as conn:
                     if self._set_lock_timeout is not None:
                         conn.execute(self._set_lock_timeout)
-                    return conn.execute(self._insert, params).rowcount == 1
+                    conn.execute(self._insert, params)
+                    return event
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             time.sleep(delay)
 
+    @overload
+    async def arecord_detached(self, engine: AsyncEngine, event: NewEvent, /) -> NewEvent: ...
+    @overload
     async def arecord_detached(
-        self, engine: AsyncEngine, **fields: Unpack[EventFields[KeyT]]
+        self, engine: AsyncEngine, /, **fields: Unpack[EventFields[KeyT]]
+    ) -> NewEvent: ...
+    async def arecord_detached(
+        self, engine: AsyncEngine, event: NewEvent | None = None, /, **fields: Any
     ) -> NewEvent:
-        """Async `record_detached`: build an event and write it in its own transaction.
+        """Async `record_detached`: write an event at once, in a transaction of its own.
 
         Returns:
-            The stored event.
+            The stored event (also when an earlier attempt had stored it already).
 
         Raises:
             ValidationError: A field or key is not acceptable (nothing is written).
@@ -250,24 +264,7 @@ class EventWriter(Generic[KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
-        event = self.event(**fields)
-        await self.awrite_detached(engine, event)
-        return event
-
-    async def awrite_detached(self, engine: AsyncEngine, event: NewEvent) -> bool:
-        """Async `write_detached`.
-
-        Returns:
-            True if the event was inserted, False if it was already stored.
-
-        Raises:
-            EventWriteError: The event was not written: the database refused it for good,
-                a row it references stayed locked past ``lock_timeout`` (the caller's own
-                transaction holds it), or an unexpected error persisted. ``sqlstate`` and
-                the ``__cause__`` give the database's error.
-            RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
-                `EventWriteError` too).
-        """
+        event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
         while True:
@@ -275,7 +272,8 @@ class EventWriter(Generic[KeyT]):
                 async with engine.begin() as conn:
                     if self._set_lock_timeout is not None:
                         await conn.execute(self._set_lock_timeout)
-                    return (await conn.execute(self._insert, params)).rowcount == 1
+                    await conn.execute(self._insert, params)
+                    return event
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)

@@ -1,0 +1,195 @@
+"""Write many events at once: `write_events` / `awrite_events` and their `BulkResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from eventlog_persist._delivery import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TCP_USER_TIMEOUT,
+    AsyncConnector,
+    AsyncTarget,
+    Connector,
+    Outcome,
+    Target,
+    adeliver,
+    check_timeout,
+    deliver,
+    report_dead_letters,
+)
+from eventlog_persist._events import DeadLetterHook, NewEvent
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist._retry import DEFAULT_RETRY, RetryPolicy
+from eventlog_persist._table import EventTable
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError
+
+__all__ = ["DEFAULT_BATCH_SIZE", "BulkResult", "awrite_events", "write_events"]
+
+DEFAULT_BATCH_SIZE: Final = 10_000
+
+
+@dataclass(slots=True)
+class BulkResult:
+    """What a bulk write did.
+
+    Attributes:
+        written: Events now stored: inserted, or found already stored by an idempotent retry.
+        duplicates: Of ``written``, the events that were already stored.
+        dead_lettered: Events given up on, each with its `EventWriteError` (also passed to
+            the hook); the driver's error is its ``__cause__``.
+        retries: Failed attempts that were retried.
+    """
+
+    written: int = 0
+    duplicates: int = 0
+    dead_lettered: list[tuple[NewEvent, EventWriteError]] = field(default_factory=list)
+    retries: int = 0
+
+
+def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
+    batch: list[NewEvent] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _check_args(
+    batch_size: int, retry: object, connect_timeout: object, tcp_user_timeout: object
+) -> None:
+    if type(batch_size) is not int or batch_size < 1:
+        raise ConfigurationError(f"batch_size={batch_size!r} is not valid; use an int >= 1")
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
+    check_timeout("connect_timeout", connect_timeout)
+    check_timeout("tcp_user_timeout", tcp_user_timeout)
+
+
+def _settle(outcome: Outcome, result: BulkResult, hook: DeadLetterHook | None) -> None:
+    result.written += outcome.inserted + outcome.duplicates
+    result.duplicates += outcome.duplicates
+    result.dead_lettered.extend(outcome.dead)
+    report_dead_letters(hook, outcome.dead)
+
+
+def write_events(
+    model: type[EventLogMixin[Any]],
+    target: Target,
+    events: Iterable[NewEvent],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    on_dead_letter: DeadLetterHook | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+) -> BulkResult:
+    """Write events with binary COPY, ``batch_size`` per transaction.
+
+    Each batch is first copied straight into ``event_logs``. After a transient error (the
+    commit's outcome may be unknown) or when an id is already stored, the batch is copied
+    into a temporary staging table and moved with ``INSERT ... ON CONFLICT (id) DO NOTHING``,
+    so no event is ever stored twice. A row the database refuses (a foreign key to a session
+    deleted a moment ago, say) is isolated by bisecting the batch under savepoints: every
+    other row is written, and the bad one goes to ``on_dead_letter``. A batch canceled by
+    ``statement_timeout`` twice in a row is written in halves, down to single events.
+
+    Args:
+        model: The host's ``EventLog`` model.
+        target: A libpq conninfo or URL, a SQLAlchemy ``Engine`` (its URL is used), or an
+            open psycopg connection (used as is, not reopened after a connection loss).
+        events: Events built with `new_event` (or a writer's ``event()``).
+        batch_size: Events per transaction.
+        retry: How transient errors are retried.
+        on_dead_letter: Called with each event that is not written and its
+            `EventWriteError`; without it such events are logged at ERROR level on the
+            ``eventlog_persist`` logger.
+        connect_timeout: Seconds to wait for a new connection (libpq ``connect_timeout``,
+            whole seconds, at least 2); None: no limit. Not applied when the conninfo sets
+            it, or to a connection you pass.
+        tcp_user_timeout: Seconds sent data may stay unacknowledged before the connection
+            counts as lost (libpq ``tcp_user_timeout``, on Linux); None: the system's.
+
+    Returns:
+        Counts, and the dead-lettered events with their errors.
+
+    Raises:
+        ConfigurationError: An argument is not valid.
+
+    .. versionchanged:: 0.2.0
+       ``connect_timeout``, ``tcp_user_timeout``; hooks get `EventWriteError`.
+    """
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
+    table = EventTable.of(model)
+    result = BulkResult()
+    connector = Connector(
+        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+    )
+
+    def count_retry() -> None:
+        result.retries += 1
+
+    try:
+        for batch in _batches(events, batch_size):
+            _settle(
+                deliver(connector, table, batch, retry, on_retry=count_retry),
+                result,
+                on_dead_letter,
+            )
+    finally:
+        connector.close()
+    return result
+
+
+async def awrite_events(
+    model: type[EventLogMixin[Any]],
+    target: AsyncTarget,
+    events: Iterable[NewEvent],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    on_dead_letter: DeadLetterHook | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+) -> BulkResult:
+    """Write events with binary COPY from async code; the same behavior as `write_events`.
+
+    Args:
+        model: The host's ``EventLog`` model.
+        target: A libpq conninfo or URL, a SQLAlchemy ``AsyncEngine`` (its URL is used), or
+            an open psycopg ``AsyncConnection`` (used as is).
+        events: Events built with `new_event`.
+        batch_size: Events per transaction.
+        retry: How transient errors are retried.
+        on_dead_letter: Called with each event that is not written and its
+            `EventWriteError`.
+        connect_timeout: As in `write_events`.
+        tcp_user_timeout: As in `write_events`.
+
+    Returns:
+        Counts, and the dead-lettered events with their errors.
+
+    Raises:
+        ConfigurationError: An argument is not valid.
+    """
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
+    table = EventTable.of(model)
+    result = BulkResult()
+    connector = AsyncConnector(
+        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+    )
+
+    def count_retry() -> None:
+        result.retries += 1
+
+    try:
+        for batch in _batches(events, batch_size):
+            outcome = await adeliver(connector, table, batch, retry, on_retry=count_retry)
+            _settle(outcome, result, on_dead_letter)
+    finally:
+        await connector.close()
+    return result

@@ -1,0 +1,91 @@
+"""How transient write errors are retried: `RetryPolicy` and the writers' defaults."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from eventlog_persist.exceptions import ConfigurationError
+
+__all__ = ["BUFFERED_RETRY", "DEFAULT_RETRY", "RetryPolicy"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient write errors.
+
+    The n-th retry (0-based) waits a random time between 0 and
+    ``min(max_delay, initial_delay * multiplier ** n)`` seconds. Retrying stops when either
+    limit is reached; ``None`` disables that limit.
+
+    Attributes:
+        max_attempts: Most attempts in all, the first included (default 6); ``None`` for
+            no limit.
+        max_elapsed: Most seconds from the first attempt to the start of the last (default
+            30); ``None`` for no limit.
+        initial_delay: Cap of the first wait, in seconds (default 0.05).
+        max_delay: Largest cap of any wait, in seconds (default 5).
+        multiplier: Growth of the cap per retry (default 2).
+    """
+
+    max_attempts: int | None = 6
+    max_elapsed: float | None = 30.0
+    initial_delay: float = 0.05
+    max_delay: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and (
+            type(self.max_attempts) is not int or self.max_attempts < 1
+        ):
+            raise ConfigurationError(
+                f"RetryPolicy(max_attempts={self.max_attempts!r}) is not valid; use an int of "
+                "at least 1, or None for no limit"
+            )
+        if self.max_elapsed is not None and not _non_negative(self.max_elapsed):
+            raise ConfigurationError(
+                f"RetryPolicy(max_elapsed={self.max_elapsed!r}) is not valid; use seconds "
+                "(a number >= 0), or None for no limit"
+            )
+        for name in ("initial_delay", "max_delay"):
+            if not _non_negative(getattr(self, name)):
+                raise ConfigurationError(
+                    f"RetryPolicy({name}={getattr(self, name)!r}) is not valid; use seconds "
+                    "(a number >= 0)"
+                )
+        if not _non_negative(self.multiplier) or self.multiplier < 1:
+            raise ConfigurationError(
+                f"RetryPolicy(multiplier={self.multiplier!r}) is not valid; use a number >= 1"
+            )
+
+    def delay(self, retry: int, elapsed: float) -> float | None:
+        """Return how long to wait before retry number ``retry``, or None to give up.
+
+        Args:
+            retry: How many retries were made already (0 before the first retry).
+            elapsed: Seconds since the first attempt started.
+
+        Returns:
+            Seconds to sleep, or ``None`` when a limit is reached.
+        """
+        if self.max_attempts is not None and retry + 1 >= self.max_attempts:
+            return None
+        if self.max_elapsed is not None and elapsed >= self.max_elapsed:
+            return None
+        cap = min(self.max_delay, self.initial_delay * self.multiplier ** min(retry, 64))
+        return random.uniform(0.0, cap)
+
+
+def _non_negative(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+DEFAULT_RETRY: Final = RetryPolicy()
+"""Six attempts within 30 s: the default of the detached and bulk writers."""
+
+BUFFERED_RETRY: Final = RetryPolicy(max_attempts=None, max_elapsed=None, max_delay=2.0)
+"""Retry until the database is back, waits capped at 2 s: the buffered writers' default."""

@@ -1,0 +1,150 @@
+"""Where a host's events go: the model's table, its key column types, and the row layout."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
+
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+
+if TYPE_CHECKING:
+    from eventlog_persist._events import Key, NewEvent
+
+COLUMNS: Final = (
+    "id",
+    "session_id",
+    "user_id",
+    "project_id",
+    "agent_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "error_code",
+    "tool_name",
+    "approval_status",
+)
+"""The columns every writer fills, in the order of `EventTable.row`."""
+
+_INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+
+@dataclass(frozen=True, slots=True)
+class EventTable:
+    """Where a host's events go: the table's name and the SQL types of its key columns.
+
+    Build it with `EventTable.of`; writers use it to check keys and to write rows.
+
+    Attributes:
+        table: The model's ``Table``.
+        qualified_name: The quoted, schema-qualified table name for SQL.
+        key_types: The PostgreSQL types of ``session_id``, ``user_id``, ``project_id`` and
+            ``agent_id``: each ``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"``.
+    """
+
+    table: Table
+    qualified_name: str
+    key_types: tuple[str, str, str, str]
+
+    @classmethod
+    def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
+        """Read the table of a host's ``EventLog`` model.
+
+        Raises:
+            ConfigurationError: ``model`` is not an ``EventLog`` model, or a foreign key does
+                not resolve to a UUID or integer column.
+        """
+        table = getattr(model, "__table__", None)
+        if not (isinstance(model, type) and issubclass(model, EventLogMixin)) or not isinstance(
+            table, Table
+        ):
+            raise ConfigurationError(
+                f"model must be the host's EventLog class (built with event_log_model() or "
+                f"inheriting EventLogMixin and the host's Base), got {model!r}"
+            )
+        name = _quote(table.name)
+        if table.schema:
+            name = f"{_quote(table.schema)}.{name}"
+        types = tuple(
+            _key_sql_type(model, table, column)
+            for column in ("session_id", "user_id", "project_id", "agent_id")
+        )
+        return cls(table, name, (types[0], types[1], types[2], types[3]))
+
+    def check_keys(self, *values: Key | None) -> None:
+        """Raise `ValidationError` when a key does not fit its column's type.
+
+        Args:
+            values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
+        """
+        for name, sql_type, value in zip(COLUMNS[1:5], self.key_types, values, strict=True):
+            if value is None:
+                continue
+            if sql_type == "uuid":
+                if not isinstance(value, uuid.UUID):
+                    raise ValidationError(
+                        f"{name}={value!r} does not fit the uuid column {name}; pass a uuid.UUID"
+                    )
+            elif not isinstance(value, int):
+                raise ValidationError(
+                    f"{name}={value!r} does not fit the {sql_type} column {name}; pass an int"
+                )
+            elif not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
+                raise ValidationError(
+                    f"{name}={value} is out of range for the {sql_type} column {name}"
+                )
+
+    @property
+    def copy_types(self) -> list[str]:
+        """PostgreSQL types of `COLUMNS`, for a binary COPY."""
+        return [
+            "uuid",
+            *self.key_types,
+            "text",
+            "jsonb",
+            "timestamptz",
+            "text",
+            "text",
+            "text",
+        ]
+
+    @staticmethod
+    def row(event: NewEvent) -> tuple[object, ...]:
+        """Return the event's values in `COLUMNS` order."""
+        return (
+            event.id,
+            event.session_id,
+            event.user_id,
+            event.project_id,
+            event.agent_id,
+            event.event_type,
+            event.payload_json,
+            event.created_at,
+            event.error_code,
+            event.tool_name,
+            event.approval_status,
+        )
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
+    sql_type = table.c[column].type
+    if isinstance(sql_type, Uuid):
+        return "uuid"
+    if isinstance(sql_type, BigInteger):
+        return "int8"
+    if isinstance(sql_type, SmallInteger):
+        return "int2"
+    if isinstance(sql_type, Integer):
+        return "int4"
+    raise ConfigurationError(
+        f"{model.__name__}.{column} has type {sql_type!r}; the writers support UUID, SMALLINT, "
+        "INTEGER and BIGINT keys. Declare the host's tables before the EventLog model so the "
+        "foreign keys resolve, and use one of these key types"
+    )
