@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +10,7 @@ import pytest
 from catalog import INTEGER_KEYS, UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import NAMING_CONVENTION
 from hostmodels import HostModels, build_host_models
-from sqlalchemy import Engine, MetaData, create_engine, select
+from sqlalchemy import Engine, MetaData, create_engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -115,6 +116,33 @@ def test_payload_defaults_to_empty_object_and_event_time_is_kept(
         session.expire_all()
         assert event.payload == {}
         assert event.created_at == when
+
+
+def test_each_row_of_one_transaction_gets_its_own_time(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    # A tool call and its result logged in one request transaction must show how long the
+    # tool took: neither the ORM nor a Core insert may fall back to now() (transaction start).
+    model = host_models.EventLog
+    with Session(host_engine) as session:
+        keys = seed(session, host_models)
+        started = session.scalar(select(func.now()))
+        call = model(session_id=keys["session"], user_id=keys["user"], event_type="tool_call")
+        session.add(call)
+        time.sleep(0.01)
+        result = model(session_id=keys["session"], user_id=keys["user"], event_type="tool_result")
+        session.add(result)
+        session.execute(
+            insert(model).values(
+                id=uuid.uuid4(), session_id=keys["session"], user_id=keys["user"], event_type="core"
+            )
+        )
+        session.commit()
+        times = {
+            row[0]: row[1] for row in session.execute(select(model.event_type, model.created_at))
+        }
+    assert times["tool_result"] - times["tool_call"] >= timedelta(milliseconds=10)
+    assert times["core"] > times["tool_result"] > started
 
 
 def test_ids_are_time_ordered(host_models: HostModels) -> None:

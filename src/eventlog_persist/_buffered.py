@@ -352,10 +352,6 @@ class BufferedWriter(Generic[KeyT]):
         connect_timeout: Seconds to wait for a new connection; see `write_events`.
         tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
 
-    .. versionchanged:: 0.2.0
-       ``connect_timeout`` and ``tcp_user_timeout``; `flush` before `start` raises
-       `WriterNotStartedError`; hooks run outside the lock and get `EventWriteError`.
-
     Raises:
         ConfigurationError: An argument is not valid.
     """

@@ -119,9 +119,6 @@ def write_events(
 
     Raises:
         ConfigurationError: An argument is not valid.
-
-    .. versionchanged:: 0.2.0
-       ``connect_timeout``, ``tcp_user_timeout``; hooks get `EventWriteError`.
     """
     _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
     table = EventTable.of(model)

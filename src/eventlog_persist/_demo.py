@@ -18,6 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist._alembic_setup import ANCHOR_REVISION, MIGRATIONS_LOCATION
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._reader import EventLogReader
+from eventlog_persist._writer import EventWriter
 
 __all__ = ["run_demo"]
 
@@ -151,29 +153,36 @@ def _record_and_query(session: Session) -> None:
         ("error", {"message": "payment gateway timeout"}, {"error_code": "timeout"}),
         ("agent_message", {"text": "Booked the 08:04, receipt follows."}, {}),
     ]
+    writer = EventWriter(EventLog)
     for event_type, payload, columns in steps:
-        session.add(
-            EventLog(
-                session_id=chat.id,
-                user_id=alice.id,
-                project_id=project.id,
-                agent_id=agent.id,
-                event_type=event_type,
-                payload=payload,
-                **columns,
-            )
+        writer.record(
+            session,
+            session_id=chat.id,
+            user_id=alice.id,
+            project_id=project.id,
+            agent_id=agent.id,
+            event_type=event_type,
+            payload=payload,
+            **columns,
         )
-    session.commit()
-    _say(f"2. recorded {len(steps)} events of one session")
+    session.commit()  # the events commit with the host's own changes
+    _say(f"2. EventWriter.record: {len(steps)} events of one session, each with its own time")
+
+    page = EventLogReader(EventLog, session).session_timeline(
+        chat.id, user_id=alice.id, order="oldest"
+    )
+    for event in page.items:
+        print(
+            f"   {event.created_at:%H:%M:%S.%f} {event.event_type:<19} "
+            f"{event.tool_name or '':<7} {event.payload}"
+        )
 
     timeline = (
-        select(EventLog.created_at, EventLog.event_type, EventLog.tool_name, EventLog.payload)
+        select(EventLog.id)
         .where(EventLog.session_id == chat.id)
-        .order_by(EventLog.created_at, EventLog.id)
+        .order_by(EventLog.created_at.desc(), EventLog.id.desc())
+        .limit(50)
     )
-    for created_at, event_type, tool, data in session.execute(timeline):
-        print(f"   {created_at:%H:%M:%S.%f} {event_type:<19} {tool or '':<7} {data}")
-
     _say("3. the timeline and the user's errors are served by the package's indexes")
     session.execute(text("SET LOCAL enable_seqscan = off"))  # a 7-row table would be seq-scanned
     errors = select(EventLog.id).where(

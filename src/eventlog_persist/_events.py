@@ -98,9 +98,6 @@ class NewEvent:
         The larger of the payload's UTF-8 size (what the COPY buffer holds) and the size of
         its Python string (1, 2 or 4 bytes per character, by the widest character in it),
         plus a fixed allowance for the rest of the event.
-
-        .. versionchanged:: 0.2.0
-           Counts bytes, not characters, so non-ASCII payloads are not undercounted.
         """
         return max(self.payload_bytes, sys.getsizeof(self.payload_json)) + _EVENT_OVERHEAD_BYTES
 

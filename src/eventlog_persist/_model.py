@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, overload
 
 from sqlalchemy import (
@@ -44,6 +44,10 @@ KeyT = TypeVar("KeyT", uuid.UUID, int)
 
 # JSONB on PostgreSQL; plain JSON elsewhere so a host's SQLite ``create_all()`` keeps working.
 _PAYLOAD_TYPE = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class EventLogMixin(Generic[KeyT]):
@@ -116,8 +120,10 @@ class EventLogMixin(Generic[KeyT]):
     payload: Mapped[JSONValue] = mapped_column(
         _PAYLOAD_TYPE, nullable=False, server_default=text("'{}'"), sort_order=-4
     )
+    # Each row gets its own time (the client's clock) on every ORM and Core insert; the
+    # server default now() is the transaction's start, the same for every row it inserts.
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), sort_order=-3
+        DateTime(timezone=True), default=_now, server_default=func.now(), sort_order=-3
     )
     error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
     tool_name: Mapped[str | None] = mapped_column(String(TOOL_NAME_LENGTH))
@@ -149,8 +155,7 @@ class EventLogMixin(Generic[KeyT]):
         self.error_code = error_code
         self.tool_name = tool_name
         self.approval_status = approval_status
-        if created_at is not None:
-            self.created_at = created_at
+        self.created_at = _now() if created_at is None else created_at
 
     def __repr__(self) -> str:
         return (
