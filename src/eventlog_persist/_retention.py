@@ -167,7 +167,7 @@ def purge_events(
         ValidationError: ``older_than`` is naive, or a key has the wrong type.
 
     Example:
-        >>> purge_events(engine, EventLog, older_than=cutoff)  # doctest: +SKIP
+        >>> purge_events(EventLog, engine, older_than=cutoff)  # doctest: +SKIP
         PurgeResult(deleted=12000, batches=3)
     """
     _check_bind(bind)

@@ -1,9 +1,14 @@
-"""The public API as a host writes it; type-checked by mypy --strict in CI, never run."""
+"""The public API as a host writes it; type-checked by mypy --strict in CI, never run.
+
+``assert_type`` pins the types a host relies on; a line with ``# type: ignore[code]`` is a
+misuse that must stay a type error (mypy's ``warn_unused_ignores`` fails if it is not).
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import assert_type
 
 from alembic.config import Config
 from sqlalchemy import Engine, select
@@ -12,8 +17,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import eventlog_persist
 from eventlog_persist import (
     ANY_ERROR,
+    UNSCOPED,
+    ApprovalStatus,
+    BucketCount,
     BufferedWriter,
     BulkResult,
+    EventFieldRules,
     EventFilter,
     EventLogMixin,
     EventLogReader,
@@ -21,14 +30,21 @@ from eventlog_persist import (
     EventType,
     EventWriter,
     ForeignKeyTargets,
+    GroupCount,
     JSONValue,
     NewEvent,
     Page,
+    PayloadPolicy,
+    PreparedPayload,
     PurgeResult,
+    RetryPolicy,
     WriterCounters,
     check_setup,
+    count_purgeable,
     event_log_model,
     include_name,
+    new_event,
+    prepare_payload,
     purge_events,
     write_events,
 )
@@ -51,10 +67,18 @@ class IntBase(DeclarativeBase):
     pass
 
 
-IntEventLog = event_log_model(IntBase, key_type=int)
+class IntEventLog(EventLogMixin[int], IntBase):
+    pass
 
 
-def record(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
+class GeneratedBase(DeclarativeBase):
+    pass
+
+
+GeneratedIntEventLog = event_log_model(GeneratedBase, key_type=int)
+
+
+def model_columns(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
     payload: JSONValue = {"text": "hi", "n": [1, 2.5, None]}
     event = EventLog(
         session_id=session_id,
@@ -70,10 +94,12 @@ def record(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
 
 
 def count_int_events(session: Session) -> int:
-    event = IntEventLog(session_id=1, user_id=2, event_type="error", error_code="timeout")
+    event = GeneratedIntEventLog(session_id=1, user_id=2, event_type="error", error_code="x")
     session.add(event)
     key: int = event.session_id
-    rows = session.scalars(select(IntEventLog).where(IntEventLog.user_id == key)).all()
+    rows = session.scalars(
+        select(GeneratedIntEventLog).where(GeneratedIntEventLog.user_id == key)
+    ).all()
     return len(rows)
 
 
@@ -83,25 +109,112 @@ def setup_ok(config: Config) -> bool:
     return check_setup(config).ok and keep and bool(location)
 
 
-def write(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> int:
-    writer = EventWriter(EventLog)
-    writer.record(session, session_id=chat, user_id=user.id, event_type=EventType.TOOL_CALL)
-    event: NewEvent = writer.record_detached(
+def record(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> None:
+    writer = EventWriter(EventLog, retry=RetryPolicy(max_attempts=3), lock_timeout=2.0)
+    assert_type(writer, EventWriter[EventLog, uuid.UUID])
+
+    # In the caller's transaction: the host's own model comes back, not the mixin.
+    row = writer.record(session, session_id=chat, user_id=user.id, event_type=EventType.TOOL_CALL)
+    assert_type(row, EventLog)
+    built = new_event(session_id=chat, user_id=user.id, event_type="user_message", payload="hi")
+    assert_type(writer.record(session, built), EventLog)
+    assert_type(writer.event(session_id=chat, user_id=user.id, event_type="x"), NewEvent)
+
+    # Detached: the NewEvent comes back, whether given fields or a built event.
+    detached = writer.record_detached(
         engine, session_id=chat, user_id=user.id, event_type="error", error_code="timeout"
     )
-    result: BulkResult = write_events(EventLog, engine, [event])
-    with BufferedWriter(EventLog, engine) as buffered:
-        buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
-    counters: WriterCounters = buffered.counters
-    return result.written + counters.written
+    assert_type(detached, NewEvent)
+    assert_type(writer.record_detached(engine, built), NewEvent)
+
+    # A key of the wrong type is a type error.
+    writer.event(session_id=1, user_id=user.id, event_type="x")  # type: ignore[arg-type]
+    writer.record(session, session_id=1, user_id=user.id, event_type="x")  # type: ignore[call-overload]
+    writer.record_detached(engine, session_id=chat, user_id=2, event_type="x")  # type: ignore[call-overload]
 
 
-def read(engine: Engine, user: User, chat: uuid.UUID) -> list[str]:
+def int_keys(session: Session) -> None:
+    writer = EventWriter(IntEventLog)
+    assert_type(writer, EventWriter[IntEventLog, int])
+    assert_type(writer.record(session, session_id=1, user_id=2, event_type="x"), IntEventLog)
+    writer.record(session, session_id=uuid.uuid4(), user_id=2, event_type="x")  # type: ignore[call-overload]
+    reader = EventLogReader(IntEventLog, session)
+    assert_type(reader, EventLogReader[int])
+    assert_type(reader.user_timeline(2), Page[int])
+
+
+def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
+    events = [new_event(session_id=chat, user_id=user.id, event_type="tool_result")]
+    result = write_events(EventLog, engine, events, batch_size=500)
+    assert_type(result, BulkResult)
+    assert_type(write_events(EventLog, "postgresql://localhost/app", iter(events)), BulkResult)
+
+    with BufferedWriter(EventLog, engine, when_full="drop_newest") as buffered:
+        assert_type(buffered, BufferedWriter[uuid.UUID])
+        queued = buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
+        assert_type(queued, NewEvent)
+        assert_type(buffered.enqueue(events[0]), NewEvent)
+        buffered.enqueue(session_id=chat, user_id=7, event_type="x")  # type: ignore[call-overload]
+        assert_type(buffered.flush(timeout=5), bool)
+    counters = buffered.counters
+    assert_type(counters, WriterCounters)
+    assert_type(buffered.close(), WriterCounters)
+    return result.written + counters.written + counters.dropped
+
+
+def rules_and_payloads(value: dict[str, object]) -> NewEvent:
+    rules = EventFieldRules(event_types=EventType, approval_statuses={"granted"})
+    EventFieldRules(tool_names=("search",), error_codes=frozenset({"timeout"}))
+    policy = PayloadPolicy(max_bytes=64 * 1024, oversize="truncate", redact_keys=frozenset())
+    prepared = prepare_payload(value, policy=policy)
+    assert_type(prepared, PreparedPayload)
+    text: str = prepared.json_text
+    writer = EventWriter(EventLog, payload_policy=policy, field_rules=rules)
+    return writer.event(
+        session_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        event_type=EventType.APPROVAL_GRANTED,
+        approval_status=ApprovalStatus.GRANTED,
+        payload=text,
+    )
+
+
+def read(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> list[str]:
     reader = EventLogReader(EventLog, engine)
-    page: Page[uuid.UUID] = reader.session_timeline(chat, user_id=user.id, limit=20)
+    assert_type(reader, EventLogReader[uuid.UUID])
+    page = reader.session_timeline(chat, user_id=user.id, limit=20)
+    assert_type(page, Page[uuid.UUID])
     errors = reader.user_timeline(user.id, filters=EventFilter(error_code=ANY_ERROR))
-    items: tuple[EventRecord[uuid.UUID], ...] = page.items + errors.items
+    tools = reader.agent_timeline(
+        uuid.uuid4(), user_id=UNSCOPED, filters=EventFilter(event_types={"tool_call"})
+    )
+    items = page.items + errors.items + tools.items
+    assert_type(items, tuple[EventRecord[uuid.UUID], ...])
     if page.next_cursor is not None:
         items += reader.session_timeline(chat, user_id=user.id, cursor=page.next_cursor).items
-    purged: PurgeResult = purge_events(EventLog, engine, older_than=datetime.now(UTC))
-    return [item.event_type for item in items] + [str(purged.deleted)]
+    key: uuid.UUID = items[0].session_id
+    reader.session_timeline(1, user_id=user.id)  # type: ignore[arg-type]
+
+    in_session = EventLogReader(EventLog, session)
+    since, until = datetime(2025, 1, 1, tzinfo=UTC), datetime.now(UTC)
+    counts = in_session.count_by(
+        "event_type",
+        since=since,
+        until=until,
+        user_id=user.id,
+        filters=EventFilter(event_types=["a", "b"]),
+    )
+    assert_type(counts, list[GroupCount])
+    buckets = in_session.count_by_bucket(timedelta(hours=1), since=since, until=until, user_id=key)
+    assert_type(buckets, list[BucketCount])
+    by_day = in_session.count_by_bucket("day", since=since, until=until, project_id=key)
+    return [item.event_type for item in items] + [str(c.key) for c in counts] + [str(by_day)]
+
+
+def retention(engine: Engine, user: User) -> int:
+    cutoff = datetime.now(UTC) - timedelta(days=90)
+    pending = count_purgeable(EventLog, engine, older_than=cutoff, user_id=user.id)
+    assert_type(pending, int)
+    purged = purge_events(EventLog, engine, older_than=cutoff, batch_size=1000, max_batches=5)
+    assert_type(purged, PurgeResult)
+    return pending - purged.deleted
