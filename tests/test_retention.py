@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from hostmodels import HostModels
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -276,3 +279,310 @@ def test_purge_command_lock_timeout_is_reported(
     assert message.count("\n") == 1
     assert "purge failed while deleting events: LockNotAvailable: " in message
     assert "batches committed before the error stay deleted" in message
+
+
+# Uneven data for scoped purges: per owner, a different number of old and recent events, so a
+# purge (or count) that picked the wrong owners could not give the right totals by chance.
+# (user, project as (owning user, n) or None, old events, recent events). User 1 also works in
+# user 0's first project; user 3 has recent events only.
+SEGMENTS: Final = [
+    (0, (0, 0), 5, 2),
+    (0, (0, 1), 2, 0),
+    (0, None, 2, 1),
+    (1, (1, 0), 3, 1),
+    (1, (0, 0), 1, 1),
+    (1, None, 2, 0),
+    (2, (2, 0), 0, 3),
+    (2, (2, 1), 2, 0),
+    (2, None, 0, 2),
+    (3, None, 0, 2),
+]
+PROJECTS: Final = [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: uuid.UUID
+    user: int
+    project: tuple[int, int] | None
+    old: bool
+
+
+@dataclass
+class Estate:
+    """Four users, five projects, 29 events of which 17 are older than CUTOFF."""
+
+    users: list[Any]
+    projects: dict[tuple[int, int], Any]
+    rows: list[Row]
+
+    def all_ids(self) -> set[uuid.UUID]:
+        return {row.id for row in self.rows}
+
+    def old(
+        self, *, user: int | None = None, project: tuple[int, int] | None = None
+    ) -> set[uuid.UUID]:
+        """Ids of the events a purge with this scope must delete."""
+        return {
+            row.id
+            for row in self.rows
+            if row.old
+            and (user is None or row.user == user)
+            and (project is None or row.project == project)
+        }
+
+
+@pytest.fixture
+def estate(host_engine: Engine, host_models: HostModels) -> Estate:
+    models = host_models
+    with Session(host_engine) as session:
+        users = [models.User(id=models.new_key()) for _ in range(4)]
+        session.add_all(users)
+        session.flush()
+        chats = [models.ChatSession(id=models.new_key(), user_id=user.id) for user in users]
+        projects = {
+            key: models.UserProject(id=models.new_key(), user_id=users[key[0]].id)
+            for key in PROJECTS
+        }
+        session.add_all([*chats, *projects.values()])
+        session.flush()
+        rows, events = [], []
+        for who, project, old, recent in SEGMENTS:
+            ages = [timedelta(days=n + 1, microseconds=who) for n in range(old)]
+            # The first recent event is stamped exactly at the cutoff, which is kept.
+            ages += [-timedelta(hours=n) for n in range(recent)]
+            for age in ages:
+                event_log = models.EventLog(
+                    session_id=chats[who].id,
+                    user_id=users[who].id,
+                    project_id=projects[project].id if project else None,
+                    event_type="old" if age > timedelta(0) else "kept",
+                    created_at=CUTOFF - age,
+                )
+                events.append(event_log)
+                rows.append(Row(event_log.id, who, project, age > timedelta(0)))
+        session.add_all(events)
+        session.commit()
+        return Estate([user.id for user in users], {k: p.id for k, p in projects.items()}, rows)
+
+
+def stored_ids(engine: Engine, models: HostModels) -> set[Any]:
+    table = models.EventLog.__table__  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        return set(connection.scalars(select(table.c.id)))
+
+
+def test_estate_is_uneven(estate: Estate) -> None:
+    """Guard of the data below: no scope holds half the old events (`!=` would tie)."""
+    assert len(estate.rows) == 29
+    assert len(estate.old()) == 17
+    assert [len(estate.old(user=who)) for who in range(4)] == [9, 6, 2, 0]
+    assert [len(estate.old(project=key)) for key in PROJECTS] == [6, 2, 3, 0, 2]
+
+
+@pytest.mark.parametrize("who", range(4))
+def test_purge_for_one_user_deletes_exactly_their_old_events_and_no_one_elses(
+    host_engine: Engine, host_models: HostModels, estate: Estate, who: int
+) -> None:
+    model = host_models.EventLog
+    gone = estate.old(user=who)
+    scope = {"user_id": estate.users[who]}
+    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
+    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=2, **scope)
+    assert result == PurgeResult(deleted=len(gone), batches=(len(gone) + 1) // 2)
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
+    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 17 - len(gone)
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_purge_for_one_project_deletes_exactly_its_old_events_and_nothing_outside_it(
+    host_engine: Engine, host_models: HostModels, estate: Estate, project: tuple[int, int]
+) -> None:
+    """Other projects' events and events in no project stay, whoever owns them."""
+    model = host_models.EventLog
+    gone = estate.old(project=project)
+    scope = {"project_id": estate.projects[project]}
+    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
+    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=4, **scope)
+    assert result.deleted == len(gone)
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
+
+
+@pytest.mark.parametrize(("who", "project"), [(1, (0, 0)), (0, (0, 0)), (0, (0, 1)), (2, (0, 0))])
+def test_purge_for_a_user_within_a_project_deletes_only_events_matching_both(
+    host_engine: Engine,
+    host_models: HostModels,
+    estate: Estate,
+    who: int,
+    project: tuple[int, int],
+) -> None:
+    model = host_models.EventLog
+    gone = estate.old(user=who, project=project)
+    scope = {"user_id": estate.users[who], "project_id": estate.projects[project]}
+    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
+    assert purge_events(host_engine, model, older_than=CUTOFF, **scope).deleted == len(gone)
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
+
+
+def test_count_purgeable_counts_every_scope_exactly_and_deletes_nothing(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    model = host_models.EventLog
+
+    def count(**scope: Any) -> int:
+        return count_purgeable(host_engine, model, older_than=CUTOFF, **scope)
+
+    assert count() == 17
+    for who, user in enumerate(estate.users):
+        assert count(user_id=user) == len(estate.old(user=who)), who
+        for key, project in estate.projects.items():
+            expected = len(estate.old(user=who, project=key))
+            assert count(user_id=user, project_id=project) == expected, (who, key)
+    for key, project in estate.projects.items():
+        assert count(project_id=project) == len(estate.old(project=key)), key
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_purge_through_a_connection_commits_what_it_deletes(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    """Deletes made through the caller's Connection are committed, batch by batch.
+
+    Checked from a fresh engine while that connection is still open (uncommitted deletes
+    would be invisible there) and again after it is closed (they would be rolled back).
+    """
+    model = host_models.EventLog
+    fresh = create_engine(database_url)
+    try:
+        with host_engine.connect() as connection:
+            result = purge_events(
+                connection, model, older_than=CUTOFF, user_id=estate.users[0], batch_size=4
+            )
+            assert result == PurgeResult(deleted=9, batches=3)
+            assert stored_ids(fresh, host_models) == estate.all_ids() - estate.old(user=0)
+            assert not connection.in_transaction()
+            # The connection takes another purge at once: no transaction was left open.
+            result = purge_events(connection, model, older_than=CUTOFF, user_id=estate.users[1])
+            assert result == PurgeResult(deleted=6, batches=1)
+        expected = estate.all_ids() - estate.old(user=0) - estate.old(user=1)
+        assert stored_ids(fresh, host_models) == expected
+    finally:
+        fresh.dispose()
+
+
+def test_count_purgeable_through_a_connection_returns_the_count(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    model = host_models.EventLog
+    with host_engine.connect() as connection:
+        counted = count_purgeable(connection, model, older_than=CUTOFF, user_id=estate.users[1])
+        assert type(counted) is int
+        assert counted == 6
+        project = estate.projects[(0, 0)]
+        assert count_purgeable(connection, model, older_than=CUTOFF, project_id=project) == 6
+        assert count_purgeable(connection, model, older_than=CUTOFF) == 17
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_batch_size_one_with_max_batches_three_deletes_exactly_three_events(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    commits: list[object] = []
+    event.listen(host_engine, "commit", commits.append)
+    result = purge_events(
+        host_engine,
+        host_models.EventLog,
+        older_than=CUTOFF,
+        user_id=estate.users[1],
+        batch_size=1,
+        max_batches=3,
+    )
+    assert result == PurgeResult(deleted=3, batches=3)
+    assert len(commits) == 3
+    removed = estate.all_ids() - stored_ids(host_engine, host_models)
+    assert len(removed) == 3
+    assert removed <= estate.old(user=1)
+
+
+def test_batch_size_one_deletes_one_event_per_batch_until_none_is_left(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    model = host_models.EventLog
+    result = purge_events(
+        host_engine, model, older_than=CUTOFF, user_id=estate.users[1], batch_size=1
+    )
+    assert result == PurgeResult(deleted=6, batches=6)
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old(user=1)
+
+
+def test_max_batches_one_runs_a_single_batch(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    model = host_models.EventLog
+    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=4, max_batches=1)
+    assert result == PurgeResult(deleted=4, batches=1)
+    removed = estate.all_ids() - stored_ids(host_engine, host_models)
+    assert len(removed) == 4
+    assert removed <= estate.old()
+    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 13
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"batch_size": 0}, "batch_size must be a positive int, got 0", id="batch-0"),
+        pytest.param({"batch_size": -1}, "positive int, got -1", id="batch-negative"),
+        pytest.param({"batch_size": -5000}, "positive int, got -5000", id="batch-very-negative"),
+        pytest.param({"batch_size": True}, "batch_size must be a positive int", id="batch-bool"),
+        pytest.param({"batch_size": 2.0}, "batch_size must be a positive int", id="batch-float"),
+        pytest.param(
+            {"max_batches": 0},
+            "max_batches must be a positive int or None (no limit), got 0",
+            id="max-batches-0",
+        ),
+        pytest.param({"max_batches": -1}, "or None (no limit), got -1", id="max-batches-negative"),
+        pytest.param({"max_batches": False}, "max_batches must be", id="max-batches-bool"),
+    ],
+)
+def test_out_of_range_batching_is_refused_before_anything_is_deleted(
+    host_engine: Engine,
+    host_models: HostModels,
+    estate: Estate,
+    options: dict[str, Any],
+    message: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as raised:
+        purge_events(host_engine, host_models.EventLog, older_than=CUTOFF, **options)
+    assert isinstance(raised.value, ValueError)
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_purge_command_with_user_id_deletes_only_that_users_old_events(
+    host_engine: Engine,
+    host_models: HostModels,
+    estate: Estate,
+    database_url: URL,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    iso, user = CUTOFF.isoformat(), str(estate.users[1])
+    url = database_url.render_as_string(hide_password=False)
+    # The dry run in process (the same main() the console script runs), the purge as cron runs it.
+    status = cli.main(["purge", "--url", url, "--older-than", iso, "--user-id", user, "--dry-run"])
+    assert status == 0
+    assert "would purge 6 events" in capsys.readouterr().out
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+    done = run_cli(database_url, "--older-than", iso, "--user-id", user, "--batch-size", "4")
+    assert done.returncode == 0, done.stderr
+    assert "purged 6 events" in done.stdout
+    assert "in 2 batches" in done.stdout
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old(user=1)
+
+
+def test_purge_command_with_project_id_deletes_only_that_projects_old_events(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    project = str(estate.projects[(0, 0)])
+    done = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--project-id", project)
+    assert done.returncode == 0, done.stderr
+    assert "purged 6 events" in done.stdout
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old(project=(0, 0))

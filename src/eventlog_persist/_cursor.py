@@ -74,7 +74,10 @@ def decode_cursor(token: str, query_key: str) -> CursorPosition:
             "pass a Page.next_cursor value unchanged, or None to start from the first page"
         )
     body, tag = raw[: _BODY.size], raw[_BODY.size :]
-    if _tag(body, query_key) != tag:
+    # Only the exact token decodes: base64 also reads other spellings of the same bytes
+    # (unused bits of the last character changed, '+' for '-', padding, stray characters).
+    canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if _tag(body, query_key) != tag or canonical != token:
         raise InvalidCursorError(
             f"cursor {_show(token)} was altered or belongs to another query (another scope, "
             "filters or order); pass the next_cursor of the previous page of this same query, "
