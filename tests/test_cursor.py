@@ -23,9 +23,9 @@ from hostmodels import HostModels
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from eventlog_persist import UNSCOPED, EventFilter, EventLogReader
+from eventlog_persist import UNSCOPED, EventFilter, EventLogReader, EventRecord, Page
+from eventlog_persist._read_sql import event_table, timeline_query
 from eventlog_persist.exceptions import InvalidCursorError, ValidationError
-from eventlog_persist.queries import EventRecord, Page, event_table, timeline_query
 
 USER: Final = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 OTHER_USER: Final = uuid.UUID("00000000-0000-4000-8000-0000000000a2")
@@ -116,7 +116,7 @@ def data(host_engine: Engine, host_models: HostModels) -> Data:
             for created_at, _ in EVENTS
         )
         session.commit()
-    return Data(EventLogReader(host_engine, models.EventLog), models.EventLog)
+    return Data(EventLogReader(models.EventLog, host_engine), models.EventLog)
 
 
 def positions(page: Page[Any]) -> list[tuple[datetime, uuid.UUID]]:

@@ -187,7 +187,7 @@ def run_cli(url: URL, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "eventlog_persist._cli",
+            "eventlog_persist",
             "purge",
             "--url",
             url.render_as_string(hide_password=False),
@@ -387,11 +387,11 @@ def test_purge_for_one_user_deletes_exactly_their_old_events_and_no_one_elses(
     model = host_models.EventLog
     gone = estate.old(user=who)
     scope = {"user_id": estate.users[who]}
-    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
-    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=2, **scope)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF, **scope) == len(gone)
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=2, **scope)
     assert result == PurgeResult(deleted=len(gone), batches=(len(gone) + 1) // 2)
     assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 17 - len(gone)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 17 - len(gone)
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -402,8 +402,8 @@ def test_purge_for_one_project_deletes_exactly_its_old_events_and_nothing_outsid
     model = host_models.EventLog
     gone = estate.old(project=project)
     scope = {"project_id": estate.projects[project]}
-    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
-    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=4, **scope)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF, **scope) == len(gone)
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=4, **scope)
     assert result.deleted == len(gone)
     assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
 
@@ -419,8 +419,8 @@ def test_purge_for_a_user_within_a_project_deletes_only_events_matching_both(
     model = host_models.EventLog
     gone = estate.old(user=who, project=project)
     scope = {"user_id": estate.users[who], "project_id": estate.projects[project]}
-    assert count_purgeable(host_engine, model, older_than=CUTOFF, **scope) == len(gone)
-    assert purge_events(host_engine, model, older_than=CUTOFF, **scope).deleted == len(gone)
+    assert count_purgeable(model, host_engine, older_than=CUTOFF, **scope) == len(gone)
+    assert purge_events(model, host_engine, older_than=CUTOFF, **scope).deleted == len(gone)
     assert stored_ids(host_engine, host_models) == estate.all_ids() - gone
 
 
@@ -430,7 +430,7 @@ def test_count_purgeable_counts_every_scope_exactly_and_deletes_nothing(
     model = host_models.EventLog
 
     def count(**scope: Any) -> int:
-        return count_purgeable(host_engine, model, older_than=CUTOFF, **scope)
+        return count_purgeable(model, host_engine, older_than=CUTOFF, **scope)
 
     assert count() == 17
     for who, user in enumerate(estate.users):
@@ -456,13 +456,13 @@ def test_purge_through_a_connection_commits_what_it_deletes(
     try:
         with host_engine.connect() as connection:
             result = purge_events(
-                connection, model, older_than=CUTOFF, user_id=estate.users[0], batch_size=4
+                model, connection, older_than=CUTOFF, user_id=estate.users[0], batch_size=4
             )
             assert result == PurgeResult(deleted=9, batches=3)
             assert stored_ids(fresh, host_models) == estate.all_ids() - estate.old(user=0)
             assert not connection.in_transaction()
             # The connection takes another purge at once: no transaction was left open.
-            result = purge_events(connection, model, older_than=CUTOFF, user_id=estate.users[1])
+            result = purge_events(model, connection, older_than=CUTOFF, user_id=estate.users[1])
             assert result == PurgeResult(deleted=6, batches=1)
         expected = estate.all_ids() - estate.old(user=0) - estate.old(user=1)
         assert stored_ids(fresh, host_models) == expected
@@ -475,12 +475,12 @@ def test_count_purgeable_through_a_connection_returns_the_count(
 ) -> None:
     model = host_models.EventLog
     with host_engine.connect() as connection:
-        counted = count_purgeable(connection, model, older_than=CUTOFF, user_id=estate.users[1])
+        counted = count_purgeable(model, connection, older_than=CUTOFF, user_id=estate.users[1])
         assert type(counted) is int
         assert counted == 6
         project = estate.projects[(0, 0)]
-        assert count_purgeable(connection, model, older_than=CUTOFF, project_id=project) == 6
-        assert count_purgeable(connection, model, older_than=CUTOFF) == 17
+        assert count_purgeable(model, connection, older_than=CUTOFF, project_id=project) == 6
+        assert count_purgeable(model, connection, older_than=CUTOFF) == 17
     assert stored_ids(host_engine, host_models) == estate.all_ids()
 
 
@@ -490,8 +490,8 @@ def test_batch_size_one_with_max_batches_three_deletes_exactly_three_events(
     commits: list[object] = []
     event.listen(host_engine, "commit", commits.append)
     result = purge_events(
-        host_engine,
         host_models.EventLog,
+        host_engine,
         older_than=CUTOFF,
         user_id=estate.users[1],
         batch_size=1,
@@ -509,7 +509,7 @@ def test_batch_size_one_deletes_one_event_per_batch_until_none_is_left(
 ) -> None:
     model = host_models.EventLog
     result = purge_events(
-        host_engine, model, older_than=CUTOFF, user_id=estate.users[1], batch_size=1
+        model, host_engine, older_than=CUTOFF, user_id=estate.users[1], batch_size=1
     )
     assert result == PurgeResult(deleted=6, batches=6)
     assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old(user=1)
@@ -519,12 +519,12 @@ def test_max_batches_one_runs_a_single_batch(
     host_engine: Engine, host_models: HostModels, estate: Estate
 ) -> None:
     model = host_models.EventLog
-    result = purge_events(host_engine, model, older_than=CUTOFF, batch_size=4, max_batches=1)
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=4, max_batches=1)
     assert result == PurgeResult(deleted=4, batches=1)
     removed = estate.all_ids() - stored_ids(host_engine, host_models)
     assert len(removed) == 4
     assert removed <= estate.old()
-    assert count_purgeable(host_engine, model, older_than=CUTOFF) == 13
+    assert count_purgeable(model, host_engine, older_than=CUTOFF) == 13
 
 
 @pytest.mark.parametrize(
@@ -552,7 +552,7 @@ def test_out_of_range_batching_is_refused_before_anything_is_deleted(
     message: str,
 ) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)) as raised:
-        purge_events(host_engine, host_models.EventLog, older_than=CUTOFF, **options)
+        purge_events(host_models.EventLog, host_engine, older_than=CUTOFF, **options)
     assert isinstance(raised.value, ValueError)
     assert stored_ids(host_engine, host_models) == estate.all_ids()
 
