@@ -1,4 +1,9 @@
-"""Real PostgreSQL for every test: the server of --pg-dsn / EVENTLOG_TEST_DSN, else embedded."""
+"""Real PostgreSQL for every test: the server of --pg-dsn / EVENTLOG_TEST_DSN, else embedded.
+
+Under pytest-xdist (``-n auto`` in pyproject) each worker starts its own embedded server; the
+controller, which runs no test, starts none. Every test gets a database of its own, so workers
+can share the --pg-dsn server.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process only hands tests to pytest-xdist workers (it runs none itself)."""
+    return config.pluginmanager.has_plugin("dsession")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     dsn = config.getoption("--pg-dsn")
+    if not dsn and _is_xdist_controller(config):
+        return  # each worker starts its own embedded server
     if dsn:
         params = conninfo_to_dict(dsn)
         info = ServerInfo(
@@ -44,11 +56,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     else:
         server, info = start_embedded(Path(tempfile.mkdtemp(prefix="eventlog-pg-")))
         config.stash[_STOP] = server
+        _skip_durability(info)
     # Fail the run loudly when the chosen server is not there; never skip.
     with psycopg.connect(**info.connect_kwargs("postgres")) as conn:
         info.version = conn.info.server_version // 10000
         info.version_text = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     config.stash[_SERVER] = info
+
+
+def _skip_durability(info: ServerInfo) -> None:
+    """No fsync on the throwaway embedded server: every test creates and drops a database."""
+    with psycopg.connect(**info.connect_kwargs("postgres"), autocommit=True) as conn:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {setting} = off")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -60,14 +81,26 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     info = config.stash.get(_SERVER, None)
     if info is None:
+        if _is_xdist_controller(config):
+            return "postgresql: embedded, one per xdist worker"
         return "postgresql: not started"
     where = "embedded" if config.stash.get(_STOP, None) is not None else "--pg-dsn"
     return f"postgresql: {info.version_text} ({where}, {info.host}:{info.port})"
 
 
+# Module-scoped fixtures that are expensive to build: with --dist loadgroup (pyproject), the
+# tests using one run on the same xdist worker, so it is built once, not once per worker.
+_SHARED_SETUP = {"loaded": "explain-table"}  # test_explain.py: a table of generated events
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     info = config.stash.get(_SERVER, None)
+    grouping = config.pluginmanager.has_plugin("xdist")  # -p no:xdist: no such marker
     for item in items:
+        for fixture, group in _SHARED_SETUP.items():
+            if grouping and fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
         marker = item.get_closest_marker("pg_min")
         if marker and info and info.version < marker.args[0]:
             item.add_marker(pytest.mark.skip(reason=f"needs PostgreSQL >= {marker.args[0]}"))

@@ -21,7 +21,7 @@ print(type(EventLog.__table__.c.session_id.type).__name__)
 
 def test_host_imports_event_log_from_app_models(tmp_path: Path, database_url: URL) -> None:
     host = make_host(tmp_path / "host", database_url)
-    lines = host.run("python", "-c", _PROBE).stdout.splitlines()
+    lines = host.run_cli("python", "-c", _PROBE).stdout.splitlines()
     assert lines == [
         "['agent_id', 'approval_status', 'created_at', 'error_code', 'event_type', 'id', "
         "'payload', 'project_id', 'session_id', 'tool_name', 'user_id']",

@@ -1,4 +1,8 @@
-"""The eventlog Alembic branch, driven through the real alembic CLI on example host projects."""
+"""The eventlog Alembic branch, driven through the alembic CLI on example host projects.
+
+``host.run`` runs the CLI's code in this process (see tests/hostkit.py); the tests commented
+"real CLI" start ``python -m alembic`` / ``python -m eventlog_persist`` as subprocesses.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def test_each_branch_has_one_head(host: HostProject) -> None:
 
 
 def test_fresh_upgrade_creates_the_spec_table(host: HostProject, engine: Engine) -> None:
-    result = host.run("upgrade", "heads")
+    # Real CLI: `alembic upgrade heads` in a subprocess, logging to stderr via env.py.
+    result = host.run_cli("upgrade", "heads")
     # The anchor orders event_logs after the host's tables, whatever the location order.
     assert result.stderr.index("-> h001_core") < result.stderr.index("-> evl_0001")
     assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
@@ -203,9 +208,11 @@ def test_os_path_separator_is_reported(host: HostProject) -> None:
 
 
 def test_check_passes_and_verifies_targets_online(host: HostProject) -> None:
-    assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
+    # Real CLI: `python -m eventlog_persist check` in a subprocess.
+    assert "setup OK (branch mode)" in host.run_cli("eventlog-persist", "check").stdout
     url = host.url.render_as_string(hide_password=False)
     result = host.run("eventlog-persist", "check", "--url", url, check=False)
+    assert result.returncode == 1
     assert "FK target table 'users' does not exist" in result.stderr
     host.run("upgrade", "app@head")
     assert "setup OK" in host.run("eventlog-persist", "check", "--url", url).stdout

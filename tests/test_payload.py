@@ -10,6 +10,7 @@ import enum
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -26,8 +27,12 @@ from eventlog_persist._payload import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_POLICY,
+    DEFAULT_PREVIEW_CHARS,
     DEFAULT_REDACT_KEYS,
+    MAX_DEPTH_LIMIT,
+    MIN_MAX_BYTES,
     REDACTED,
+    REDACTION_RECORD_KEY,
 )
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -896,3 +901,618 @@ def test_any_supported_input_becomes_storable_json(data: object) -> None:
     assert "\x00" not in result.json_text
     result.json_text.encode("utf-8")
     assert json.loads(result.json_text) == result.value
+
+
+# --- pinned behaviour: default names, hook output, boundaries ----------------------------------
+
+# The default denylist as documented, copied on purpose: this literal is the pin. Changing the
+# defaults must change this list too (and CHANGELOG.md).
+DOCUMENTED_REDACT_KEYS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "client_secret",
+    "secret_key",
+    "private_key",
+    "credential",
+    "credentials",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "session_token",
+    "auth_token",
+    "bearer_token",
+    "csrf_token",
+    "jwt",
+    "api_key",
+    "apikey",
+    "x-api-key",
+    "access_key",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "cookies",
+    "set-cookie",
+    "card_number",
+    "cvv",
+    "cvc",
+    "ssn",
+)
+
+
+def _spellings(name: str) -> list[str]:
+    """How a listed name shows up in real payloads: any case, any separator, as a suffix."""
+    words = re.split(r"[-_]", name)
+    capitalized = [word.capitalize() for word in words]
+    return sorted(
+        {
+            name,
+            name.upper(),
+            "_".join(words),
+            "-".join(words),
+            " ".join(words),
+            "-".join(capitalized),  # HTTP header style: X-Api-Key
+            words[0] + "".join(capitalized[1:]),  # camelCase
+            "".join(capitalized),  # PascalCase
+            "".join(words).upper(),
+            f"db_{'_'.join(words)}",  # suffix forms
+            f"OPENAI_{'_'.join(words).upper()}",
+            f"X-{'-'.join(capitalized)}",
+            f"upstream{''.join(capitalized)}",
+            f"Service {' '.join(capitalized)}",
+        }
+    )
+
+
+def test_default_redact_keys_are_exactly_the_documented_list() -> None:
+    assert len(set(DOCUMENTED_REDACT_KEYS)) == len(DOCUMENTED_REDACT_KEYS)
+    assert frozenset(DOCUMENTED_REDACT_KEYS) == DEFAULT_REDACT_KEYS
+    assert PayloadPolicy().redact_keys == frozenset(DOCUMENTED_REDACT_KEYS)
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_REDACT_KEYS)
+def test_every_default_name_is_redacted_in_every_spelling_and_place(name: str) -> None:
+    for key in _spellings(name):
+        data = {
+            key: "s3cr3t",
+            "outer": [{"keep": "visible", "inner": {key: ["s3cr3t", {"n": 1}]}}],
+        }
+        result = prepare_payload(data)
+        expected = (f"/{key}", f"/outer/0/inner/{key}")
+        assert result.value == {
+            key: "[REDACTED]",
+            "outer": [{"keep": "visible", "inner": {key: "[REDACTED]"}}],
+            "_redacted": list(expected),
+        }, key
+        assert result.redacted_paths == expected
+        assert "s3cr3t" not in result.json_text
+        in_list = prepare_payload([{key: "s3cr3t"}, key])
+        assert in_list.value == [{key: "[REDACTED]"}, key]  # a name as a value is kept
+        assert in_list.redacted_paths == ("/0/" + key,)
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_REDACT_KEYS)
+def test_every_default_name_is_matched_on_its_own(name: str) -> None:
+    # Like the *_token names without "token": dropping a shorter listed name that this one
+    # ends with (after normalizing) still redacts this one.
+    shorter = {
+        other
+        for other in DEFAULT_REDACT_KEYS
+        if other != name and _normalized(name).endswith(_normalized(other))
+    }
+    policy = PayloadPolicy(redact_keys=DEFAULT_REDACT_KEYS - shorter)
+    for key in (name, name.upper(), f"my_{name}"):
+        result = prepare_payload({key: "s3cr3t", "other": "x"}, policy=policy)
+        assert result.value == {key: "[REDACTED]", "other": "x", "_redacted": [f"/{key}"]}
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_REDACT_KEYS)
+def test_default_names_followed_by_more_words_are_not_redacted(name: str) -> None:
+    # The rule is "equals or ends with": a listed name at the start or in the middle is not
+    # enough.
+    for key in (f"{name}_hint", f"{name}Count", f"{name} length", f"has_{name}_field"):
+        result = prepare_payload({key: "visible"})
+        assert result.value == {key: "visible"}, key
+        assert result.redacted_paths == ()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "input_tokens",
+        "output_tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "tokenizer",
+        "token_ids",
+        "password_hint",
+        "passwordless",
+        "secret_rotated_at",
+        "api_version",
+        "ssn_last_checked",
+        "cookie_policy",
+    ],
+)
+def test_llm_counters_and_look_alike_keys_stay_visible(key: str) -> None:
+    result = prepare_payload({"usage": {key: 12}})
+    assert result.value == {"usage": {key: 12}}
+    assert result.redacted_paths == ()
+
+
+def test_redaction_matching_uses_case_folding() -> None:
+    # casefold(), not lower(): the long s folds to "s".
+    result = prepare_payload({"PA\u017f\u017fWORD": "x", "\u017fecret": "y"})
+    assert result.value == {
+        "PA\u017f\u017fWORD": "[REDACTED]",
+        "\u017fecret": "[REDACTED]",
+        "_redacted": ["/PA\u017f\u017fWORD", "/\u017fecret"],
+    }
+    assert result.replaced_paths == ()
+
+
+def test_redacted_value_is_the_documented_literal() -> None:
+    assert REDACTED == "[REDACTED]"
+    assert REDACTION_RECORD_KEY == "_redacted"
+    assert (
+        prepare_payload({"token": 1}).json_text == '{"token":"[REDACTED]","_redacted":["/token"]}'
+    )
+
+
+class SecretField(enum.Enum):
+    API_KEY = "api_key"
+    HEADER = "X-Api-Key"
+
+
+class SecretStrField(enum.StrEnum):
+    API_KEY = "api_key"
+
+
+class LegacySecretField(str, enum.Enum):  # noqa: UP042 - the pre-3.11 spelling of StrEnum
+    API_KEY = "api_key"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [SecretField.API_KEY, SecretStrField.API_KEY, LegacySecretField.API_KEY, SecretField.HEADER],
+)
+def test_enum_keys_are_redacted_like_their_string_value(key: enum.Enum) -> None:
+    result = prepare_payload({"request": {key: "sk-123", "model": "m"}})
+    text_key = key.value
+    assert result.value == {
+        "request": {text_key: "[REDACTED]", "model": "m"},
+        "_redacted": [f"/request/{text_key}"],
+    }
+    assert [type(k) for k in as_dict(result)["request"]] == [str, str]
+    assert "sk-123" not in result.json_text
+
+
+class KeyValue(enum.Enum):
+    NONE = None
+    YES = True
+    NO = False
+    TWO = 2
+    HALF = 1.5
+    NEGATIVE = -7
+    BIG = 10**20
+    TEXT = "plain"
+
+
+def test_enum_keys_convert_their_value_like_json_dumps() -> None:
+    result = prepare_payload({member: member.name for member in KeyValue})
+    expected = json.loads(json.dumps({member.value: member.name for member in KeyValue}))
+    assert result.value == expected
+    assert list(as_dict(result)) == [
+        "null",
+        "true",
+        "false",
+        "2",
+        "1.5",
+        "-7",
+        str(10**20),
+        "plain",
+    ]
+    assert result.replaced_paths == ()
+
+
+def test_enum_key_with_a_non_finite_value_follows_the_non_finite_rule() -> None:
+    class Limit(enum.Enum):
+        NONE = float("inf")
+
+    result = prepare_payload({"m": {Limit.NONE: 1}})
+    assert result.value == {"m": {"null": 1}}
+    assert result.replaced_paths == ("/m/null",)
+    assert payload_error({"m": {Limit.NONE: 1}}, non_finite="error").path == "/m"
+
+
+def test_enum_key_colliding_with_its_string_value_is_an_error() -> None:
+    error = payload_error({"x": {"red": 1, Color.RED: 2}})
+    assert error.path == "/x/red"
+    assert "already" in str(error)
+
+
+# Hook output goes through the same repair as any other input.
+
+
+def test_redactor_output_with_lone_surrogate_is_repaired_and_recorded() -> None:
+    def redactor(path: str, text: str) -> str:
+        return "masked\ud800" if path == "/m" else text
+
+    result = prepare({"m": "user@example.com", "n": "ok"}, redactor=redactor)
+    assert result.value == {"m": f"masked{REPLACEMENT}", "n": "ok", "_redacted": ["/m"]}
+    assert result.redacted_paths == ("/m",)
+    assert result.replaced_paths == ("/m",)
+    result.json_text.encode("utf-8")  # would raise on a surrogate
+    assert_consistent(result)
+
+
+def test_redactor_output_with_nul_and_surrogate_is_repaired_and_recorded() -> None:
+    result = prepare({"a": ["clean", "x"]}, redactor=lambda path, text: f"{text}\x00\udfff")
+    assert result.value == {
+        "a": [f"clean{REPLACEMENT}{REPLACEMENT}", f"x{REPLACEMENT}{REPLACEMENT}"],
+        "_redacted": ["/a/0", "/a/1"],
+    }
+    assert result.replaced_paths == ("/a/0", "/a/1")
+    assert "\x00" not in result.json_text
+    assert "\\u0000" not in result.json_text
+    assert_consistent(result)
+
+
+def test_repaired_input_and_repaired_redactor_output_record_the_path_once() -> None:
+    result = prepare({"m": "a\x00"}, redactor=lambda path, text: "b\x00")
+    assert result.value == {"m": f"b{REPLACEMENT}", "_redacted": ["/m"]}
+    assert result.replaced_paths == ("/m",)
+
+
+def test_redactor_output_that_needs_no_repair_is_not_recorded_as_replaced() -> None:
+    result = prepare(
+        {"m": "card 4111"}, redactor=lambda path, text: "card \u2022\u2022\u2022\u2022"
+    )
+    assert result.value == {"m": "card \u2022\u2022\u2022\u2022", "_redacted": ["/m"]}
+    assert result.replaced_paths == ()
+
+
+def test_redactor_output_obeys_the_error_modes() -> None:
+    nul = payload_error({"m": ["x"]}, redactor=lambda path, text: "y\x00", nul="error")
+    assert nul.path == "/m/0"
+    assert "NUL" in str(nul)
+    surrogate = payload_error(
+        {"m": ["x"]}, redactor=lambda path, text: "y\udc80", surrogates="error"
+    )
+    assert surrogate.path == "/m/0"
+    assert "surrogate" in str(surrogate)
+
+
+def test_redactor_returning_nan_is_a_configuration_error() -> None:
+    bad: Callable[[str, str], Any] = lambda path, text: float("nan")  # noqa: E731
+    with pytest.raises(
+        ConfigurationError, match=r"redactor returned a float for the string at '/m'"
+    ):
+        prepare({"m": "x"}, redactor=bad)
+
+
+def test_default_hook_output_is_repaired_recorded_and_seen_by_the_redactor() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def redactor(path: str, text: str) -> str:
+        seen.append((path, text))
+        return text
+
+    def default(value: object) -> object:
+        return {"score": float("nan"), "k\x00": "v\ud800", "inf": [float("-inf")], "ok": "fine"}
+
+    result = prepare({"o": Opaque()}, default=default, redactor=redactor)
+    assert result.value == {
+        "o": {
+            "score": None,
+            f"k{REPLACEMENT}": f"v{REPLACEMENT}",
+            "inf": [None],
+            "ok": "fine",
+        }
+    }
+    assert result.replaced_paths == ("/o/score", f"/o/k{REPLACEMENT}", "/o/inf/0")
+    assert seen == [(f"/o/k{REPLACEMENT}", f"v{REPLACEMENT}"), ("/o/ok", "fine")]
+    assert_consistent(result)
+
+
+def test_json_hook_output_is_repaired_and_redacted() -> None:
+    result = prepare_payload({"h": WithHook({"token": "t", "text": "a\x00", "n": float("inf")})})
+    assert result.value == {
+        "h": {"token": "[REDACTED]", "text": f"a{REPLACEMENT}", "n": None},
+        "_redacted": ["/h/token"],
+    }
+    assert result.replaced_paths == ("/h/text", "/h/n")
+
+
+def test_default_hook_is_only_asked_about_values_without_a_built_in_rule() -> None:
+    asked: list[object] = []
+
+    def default(value: object) -> object:
+        asked.append(value)
+        return "converted"
+
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    result = prepare({"d": when, "u": uuid.UUID(int=5), "o": Opaque()}, default=default)
+    assert result.value == {
+        "d": "2024-01-01T00:00:00+00:00",
+        "u": "00000000-0000-0000-0000-000000000005",
+        "o": "converted",
+    }
+    assert [type(value) for value in asked] == [Opaque]
+
+
+def test_payload_error_raised_by_a_hook_propagates_unchanged() -> None:
+    own = PayloadError("rejected by the hook", path="/custom")
+
+    def default(value: object) -> object:
+        raise own
+
+    with pytest.raises(PayloadError) as info:
+        prepare({"a": Opaque()}, default=default)
+    assert info.value is own
+    assert info.value.path == "/custom"
+
+
+def test_json_hook_wins_over_model_dump() -> None:
+    class Both(FakeModel):
+        def __json__(self) -> object:
+            return "from __json__"
+
+    both = Both()
+    assert prepare_payload({"b": both}).value == {"b": "from __json__"}
+    assert both.modes == []
+
+
+@pytest.mark.parametrize("cls", [FakeModel, Inner])
+def test_model_and_dataclass_classes_are_not_converted(cls: type) -> None:
+    error = payload_error({"cls": cls})
+    assert error.path == "/cls"
+    assert "cannot store a value of type type at '/cls'" in str(error)
+
+
+def test_endless_hook_error_names_the_path() -> None:
+    class Endless:
+        def __json__(self) -> object:
+            return Endless()
+
+    with pytest.raises(PayloadError) as info:
+        prepare_payload({"a": [{"e": Endless()}]})
+    assert info.value.path == "/a/0/e"
+    assert "'/a/0/e'" in str(info.value)
+
+
+# Error messages say what and where.
+
+
+def test_error_messages_name_the_type_and_the_place() -> None:
+    top = str(payload_error(Opaque()))
+    assert f"type {Opaque.__module__}.Opaque at the top level" in top
+    nested = str(payload_error({"td": [timedelta(1)]}))
+    assert "type datetime.timedelta at '/td/0'" in nested
+    key = str(payload_error({b"k": 1}))
+    assert "key b'k' (bytes) in the object at the top level" in key
+    loop: list[object] = []
+    loop.append(loop)
+    assert "same object as its ancestor at the top level" in str(payload_error(loop))
+
+
+def test_long_values_in_messages_are_shortened_past_80_characters() -> None:
+    fits = b"x" * 77  # repr is exactly 80 characters
+    assert f"key {fits!r} (bytes)" in str(payload_error({fits: 1}))
+    longer = b"x" * 78  # repr is 81 characters
+    message = str(payload_error({longer: 1}))
+    assert f"key b'{'x' * 75}... (bytes)" in message
+    assert repr(longer) not in message
+
+
+# NUL, surrogates and non-finite numbers: each rule on its own.
+
+
+def test_nul_error_mode_still_replaces_lone_surrogates() -> None:
+    result = prepare({"s": "a\ud800", "\udc00k": 1}, nul="error")
+    assert result.value == {"s": f"a{REPLACEMENT}", f"{REPLACEMENT}k": 1}
+    assert result.replaced_paths == ("/s", f"/{REPLACEMENT}k")
+
+
+def test_surrogate_error_mode_still_replaces_nul() -> None:
+    # U+FFFD, which replaces NUL, is not a surrogate.
+    result = prepare({"s": "a\x00", "k\x00": "v", "\u00e9": "\u65e5"}, surrogates="error")
+    assert result.value == {"s": f"a{REPLACEMENT}", f"k{REPLACEMENT}": "v", "\u00e9": "\u65e5"}
+    assert result.replaced_paths == ("/s", f"/k{REPLACEMENT}")
+
+
+def test_valid_non_ascii_keys_and_values_are_not_recorded_as_replaced() -> None:
+    data = {"\u00e9t\u00e9": "\U0001f600", "\U0001f600": ["\u65e5\u672c"]}
+    result = prepare_payload(data)
+    assert result.value == data
+    assert result.replaced_paths == ()
+
+
+def test_nul_and_surrogate_in_one_key_and_its_value_record_the_path_once() -> None:
+    result = prepare_payload({"a\x00\ud800": "b\udfff\x00"})
+    key = f"a{REPLACEMENT}{REPLACEMENT}"
+    assert result.value == {key: f"b{REPLACEMENT}{REPLACEMENT}"}
+    assert result.replaced_paths == (f"/{key}",)
+
+
+def test_non_finite_key_and_value_record_the_path_once() -> None:
+    result = prepare_payload({"m": {float("nan"): float("nan")}, "n": float("inf")})
+    assert result.value == {"m": {"null": None}, "n": None}
+    assert result.replaced_paths == ("/m/null", "/n")
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({None: 1, float("nan"): 2}, "/null"),
+        ({"1.0": 1, 1.0: 2}, "/1.0"),
+        ({"x": {str(uuid.UUID(int=7)): 1, uuid.UUID(int=7): 2}}, f"/x/{uuid.UUID(int=7)}"),
+        ({"\ud800": 1, REPLACEMENT: 2}, f"/{REPLACEMENT}"),
+        ({"false": 1, False: 2}, "/false"),
+    ],
+)
+def test_more_keys_that_collide_after_conversion(payload: object, path: str) -> None:
+    error = payload_error(payload)
+    assert error.path == path
+    assert "already" in str(error)
+
+
+# Integers: Python's str conversion limit and PostgreSQL's numeric limit.
+
+
+@pytest.fixture
+def int_max_str_digits() -> Any:
+    original = sys.get_int_max_str_digits()
+
+    def set_limit(digits: int) -> None:
+        sys.set_int_max_str_digits(digits)
+
+    yield set_limit
+    sys.set_int_max_str_digits(original)
+
+
+def test_integers_up_to_pythons_digit_limit_are_kept(int_max_str_digits: Any) -> None:
+    int_max_str_digits(4300)
+    largest = 10**4300 - 1  # 4300 digits
+    result = prepare_payload({"n": [largest, -largest]}, policy=PayloadPolicy(max_bytes=None))
+    assert result.value == {"n": [largest, -largest]}
+    error = payload_error({"n": [1, 10**4300]}, max_bytes=None)  # 4301 digits
+    assert error.path == "/n/1"
+    assert "too many digits" in str(error)
+    as_key = prepare_payload({largest: 1}, policy=PayloadPolicy(max_bytes=None))
+    assert as_dict(as_key) == {str(largest): 1}
+    key_error = payload_error({"m": {10**4300: 1}}, max_bytes=None)
+    assert key_error.path == "/m"
+
+
+def test_integers_up_to_postgresqls_digit_limit_are_kept(int_max_str_digits: Any) -> None:
+    int_max_str_digits(0)  # no Python limit: PostgreSQL's 131072 digits apply
+    largest = -(10**131072 - 1)  # 131072 digits and a sign
+    result = prepare_payload({"n": largest}, policy=PayloadPolicy(max_bytes=None))
+    assert result.value == {"n": largest}
+    error = payload_error({"n": 10**131072}, max_bytes=None)  # 131073 digits
+    assert error.path == "/n"
+    assert "131072" in str(error)
+
+
+# Depth and cycles at the limits.
+
+
+def test_max_depth_bounds_are_inclusive() -> None:
+    assert MAX_DEPTH_LIMIT == 256
+    prepare(nested_lists(256), max_depth=256)
+    deepest = payload_error(nested_lists(257), max_depth=256)
+    assert deepest.path == "/0" * 256
+    assert "max_depth=256" in str(deepest)
+    assert prepare({"a": 1, "b": "x"}, max_depth=1).value == {"a": 1, "b": "x"}
+    assert prepare([], max_depth=1).value == []
+    error = payload_error({"a": 1, "b": []}, max_depth=1)
+    assert error.path == "/b"
+    assert "max_depth=1" in str(error)
+
+
+def test_sibling_containers_do_not_add_up_to_the_depth() -> None:
+    siblings = {"a": [{"n": i} for i in range(300)], "b": [[1], (2,), {3}]}
+    result = prepare(siblings, max_depth=3)
+    assert as_dict(result)["a"][299] == {"n": 299}
+    assert payload_error({"a": [{}, {"n": [1]}]}, max_depth=3).path == "/a/1/n"
+
+
+def test_hooks_add_no_level_but_what_they_return_does() -> None:
+    assert prepare({"h": WithHook({"x": 1})}, max_depth=2).value == {"h": {"x": 1}}
+    assert payload_error({"h": WithHook({"x": [1]})}, max_depth=2).path == "/h/x"
+    assert payload_error({"s": {1}}, max_depth=1).path == "/s"
+    assert payload_error({"d": Inner(datetime(2024, 1, 1), frozenset())}, max_depth=1).path == "/d"
+
+
+def test_cycle_reaching_the_depth_limit_is_reported_as_a_cycle() -> None:
+    first: list[object] = []
+    second: list[object] = [first]
+    first.append(second)
+    error = payload_error(first, max_depth=2)
+    assert error.path == "/0/0"
+    assert "cycle" in str(error)
+    loop: list[object] = []
+    loop.append(loop)
+    tight = payload_error(loop, max_depth=1)
+    assert tight.path == "/0"
+    assert "cycle" in str(tight)
+
+
+# Size cap and truncation at the boundaries.
+
+
+def test_truncate_mode_keeps_a_payload_exactly_at_the_cap() -> None:
+    cap = 300
+    overhead = len('{"x":""}')
+    at_cap = prepare({"x": "a" * (cap - overhead)}, max_bytes=cap, oversize="truncate")
+    assert at_cap.truncated is False
+    assert at_cap.size_bytes == cap
+    over = prepare({"x": "a" * (cap - overhead + 1)}, max_bytes=cap, oversize="truncate")
+    assert over.truncated is True
+    assert as_dict(over)["original_bytes"] == cap + 1
+    assert over.size_bytes == cap  # plain ASCII: the preview fills the cap exactly
+
+
+@pytest.mark.parametrize("cap", [256, 257, 1000])
+@pytest.mark.parametrize("text", ["a" * 5000, '"\\\n' * 2000, "\u00e9\U0001f600" * 2000])
+def test_truncation_preview_is_the_longest_that_fits(cap: int, text: str) -> None:
+    full = prepare({"t": text}, max_bytes=None)
+    result = prepare({"t": text}, max_bytes=cap, oversize="truncate")
+    marker = as_dict(result)
+    preview = marker["preview"]
+    assert full.json_text.startswith(preview)
+    assert result.size_bytes <= cap
+    one_more = {**marker, "preview": full.json_text[: len(preview) + 1]}
+    assert len(json.dumps(one_more, ensure_ascii=False, separators=(",", ":")).encode()) > cap
+
+
+def test_truncation_preview_defaults_to_2048_characters() -> None:
+    assert DEFAULT_PREVIEW_CHARS == 2048
+    assert PayloadPolicy().preview_chars == 2048
+    result = prepare({"x": "a" * 10_000}, max_bytes=5000, oversize="truncate")
+    assert len(as_dict(result)["preview"]) == 2048
+    exact = prepare({"x": "a" * 10_000}, max_bytes=5000, oversize="truncate", preview_chars=11)
+    assert as_dict(exact)["preview"] == '{"x":"aaaaa'
+
+
+# Redaction records.
+
+
+def test_key_and_redactor_redactions_are_listed_once_in_document_order() -> None:
+    def redactor(path: str, text: str) -> str:
+        return "[EMAIL]" if "@" in text else text
+
+    data = {"to": "a@b.c", "password": "a@b.c", "cc": ["x", "d@e.f"], "api_key": "k"}
+    result = prepare(data, redactor=redactor)
+    expected = ["/to", "/password", "/cc/1", "/api_key"]
+    assert result.value == {
+        "to": "[EMAIL]",
+        "password": "[REDACTED]",
+        "cc": ["x", "[EMAIL]"],
+        "api_key": "[REDACTED]",
+        "_redacted": expected,
+    }
+    assert list(result.redacted_paths) == expected
+
+
+# Policy bounds.
+
+
+def test_policy_bounds_are_inclusive_and_named_in_errors() -> None:
+    assert MIN_MAX_BYTES == 256
+    assert PayloadPolicy(max_depth=1).max_depth == 1
+    assert PayloadPolicy(max_depth=MAX_DEPTH_LIMIT).max_depth == 256
+    assert PayloadPolicy(max_bytes=256).max_bytes == 256
+    assert PayloadPolicy(preview_chars=0).preview_chars == 0
+    assert PayloadPolicy(max_bytes=None).max_bytes is None
+    with pytest.raises(ConfigurationError, match="use an int between 1 and 256"):
+        PayloadPolicy(max_depth=257)
+    with pytest.raises(ConfigurationError, match="use an int at least 256"):
+        PayloadPolicy(max_bytes=255)
+    with pytest.raises(ConfigurationError, match="use an int at least 0"):
+        PayloadPolicy(preview_chars=-1)
+    with pytest.raises(ConfigurationError, match="redaction_record_key=5"):
+        PayloadPolicy(redaction_record_key=5)  # type: ignore[arg-type]

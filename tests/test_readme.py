@@ -46,4 +46,4 @@ def test_model_block_is_the_example_hosts_model() -> None:
 def test_writing_and_reading_block_runs(tmp_path: Path, database_url: URL) -> None:
     host = make_host(tmp_path / "host", database_url)
     code = textwrap.dedent(_PRELUDE) + BLOCKS[1] + textwrap.dedent(_CHECK)
-    assert host.run("python", "-c", code).stdout.strip() == "readme ok"
+    assert host.run_cli("python", "-c", code).stdout.strip() == "readme ok"

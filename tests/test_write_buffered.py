@@ -101,6 +101,8 @@ def test_flush_interval_writes_a_partial_batch(
         assert counts(host_engine) == (1, 1)
 
 
+@pytest.mark.fault
+@pytest.mark.timeout(120)
 def test_terminated_backend_mid_stream_loses_and_doubles_nothing(
     host_engine: Engine, host_models: HostModels
 ) -> None:
@@ -150,6 +152,8 @@ def restartable(tmp_path: Path) -> Iterator[tuple[Any, ServerInfo]]:
         server.cleanup()
 
 
+@pytest.mark.fault
+@pytest.mark.timeout(180)
 def test_server_restart_mid_stream_loses_and_doubles_nothing(
     restartable: tuple[Any, ServerInfo], host_models: HostModels
 ) -> None:
@@ -196,6 +200,7 @@ def test_server_restart_mid_stream_loses_and_doubles_nothing(
         engine.dispose()
 
 
+@pytest.mark.fault
 def test_database_down_drop_newest_is_bounded_counted_and_reported(
     host_models: HostModels,
 ) -> None:
@@ -228,6 +233,7 @@ def test_database_down_drop_newest_is_bounded_counted_and_reported(
     assert late <= {WriterClosedError, RetriesExhaustedError}
 
 
+@pytest.mark.fault
 def test_database_down_block_waits_then_drops_and_bytes_bound_holds(
     host_models: HostModels,
 ) -> None:
@@ -319,6 +325,8 @@ def test_writer_survives_bad_input(host_engine: Engine, host_models: HostModels)
     assert counts(host_engine) == (9, 9)
 
 
+@pytest.mark.fault
+@pytest.mark.timeout(120)
 def test_process_exit_flushes_the_queue(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:
@@ -352,6 +360,8 @@ def test_process_exit_flushes_the_queue(
     assert counts(host_engine) == (1500, 1500)
 
 
+@pytest.mark.fault
+@pytest.mark.timeout(120)
 @pytest.mark.asyncio
 async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
     host_engine: Engine, host_models: HostModels, database_url: URL
@@ -401,6 +411,7 @@ async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
         await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
 
 
+@pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_writer_database_down_reports_everything(host_models: HostModels) -> None:
     dead = DeadLetters()
@@ -441,6 +452,7 @@ def silent_server() -> Iterator[str]:
         listener.close()
 
 
+@pytest.mark.fault
 def test_close_gives_up_on_the_batch_in_flight_and_reports_it_once(
     host_models: HostModels, silent_server: str
 ) -> None:
@@ -474,6 +486,7 @@ def test_close_gives_up_on_the_batch_in_flight_and_reports_it_once(
     assert writer.flush(timeout=0.1)
 
 
+@pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     host_models: HostModels, silent_server: str

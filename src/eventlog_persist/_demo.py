@@ -166,7 +166,7 @@ def _record_and_query(session: Session) -> None:
             **columns,
         )
     session.commit()  # the events commit with the host's own changes
-    _say(f"2. EventWriter.record: {len(steps)} events of one session, each with its own time")
+    _say(f"2. recorded {len(steps)} events of one session with EventWriter.record")
 
     page = EventLogReader(EventLog, session).session_timeline(
         chat.id, user_id=alice.id, order="oldest"

@@ -678,6 +678,7 @@ class _Pass:
         self.redacted.append(path)
         if "\x00" in new or (not new.isascii() and _SURROGATE.search(new) is not None):
             new, _ = self.repair(new, is_key=False)
+            self.note_replaced()
         return new
 
     def repair(self, text: str, *, is_key: bool) -> tuple[str, bool]:
