@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -181,23 +183,20 @@ def test_parse_cutoff_errors(value: str, message: str) -> None:
         parse_cutoff(value)
 
 
-def run_cli(url: URL, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning,ignore::UserWarning"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eventlog_persist",
-            "purge",
-            "--url",
-            url.render_as_string(hide_password=False),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+def run_cli(url: URL, *args: str, real: bool = False) -> subprocess.CompletedProcess[str]:
+    """``eventlog-persist purge --url URL *args``: in-process, or as a real process."""
+    argv = ["purge", "--url", url.render_as_string(hide_password=False), *args]
+    if real:
+        env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning,ignore::UserWarning"}
+        command = [sys.executable, "-m", "eventlog_persist", *argv]
+        return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit_:  # argparse refuses bad arguments this way
+            code = exit_.code if isinstance(exit_.code, int) else 2
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def test_purge_command(
@@ -208,7 +207,7 @@ def test_purge_command(
 ) -> None:
     model = host_models.EventLog
     iso = CUTOFF.isoformat()
-    dry = run_cli(database_url, "--older-than", iso, "--dry-run")
+    dry = run_cli(database_url, "--older-than", iso, "--dry-run", real=True)
     assert dry.returncode == 0, dry.stderr
     assert "would purge 20 events" in dry.stdout
     assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
