@@ -267,6 +267,7 @@ def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
     assert "refused" not in str(error)  # not blamed on the data
 
 
+@pytest.mark.fault
 def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow_event(
     host_engine: Engine, host_models: HostModels
 ) -> None:
