@@ -18,6 +18,8 @@ Usage (from anywhere; standard library plus the ``test`` extras)::
     python scripts/mutation.py --target purge --max-mutants 5  # a quick trial
     python scripts/mutation.py --only 'purge:purge_events:*'  # some mutants (fnmatch)
 
+The repository (code and tests) is copied once at the start, from the work tree or from
+``--from-git REV``, and every run uses that copy, so edits made meanwhile do not mix in.
 One PostgreSQL serves the whole run: ``$EVENTLOG_TEST_DSN`` when set, else an embedded one.
 Mutant ids are ``<target>:<function>:<operator>:<k>``, k counting that operator in that function,
 so they survive edits elsewhere. Exit status: 0 when every selected target reaches
@@ -34,6 +36,8 @@ import contextlib
 import copy
 import fnmatch
 import importlib
+import importlib.util
+import io
 import json
 import math
 import os
@@ -42,6 +46,7 @@ import signal
 import site
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -83,7 +88,7 @@ TARGETS: Final[dict[str, Target]] = {
     "retry": Target(
         "src/eventlog_persist/_failures.py",
         (
-            "tests/test_retry.py?",
+            "tests/test_failures.py",
             "tests/test_write_bulk.py",
             "tests/test_write_record.py",
             "tests/test_write_buffered.py",
@@ -553,10 +558,11 @@ class Result:
 class Runner:
     """Owns the run's temporary directory, its PostgreSQL and the pytest children."""
 
-    def __init__(self, workdir: Path, dsn: str, snapshot: Path) -> None:
+    def __init__(self, workdir: Path, dsn: str, root: Path) -> None:
         self.workdir = workdir
         self.dsn = dsn
-        self.snapshot = snapshot
+        self.root = root
+        self.snapshot = root / PACKAGE
         self.python = self._make_venv()
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()
@@ -656,6 +662,8 @@ class Runner:
         work = self._workspace(relative, source)
         command = [str(self.python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
         command += ["-p", "no:randomly", *extra]
+        if importlib.util.find_spec("xdist") is not None:
+            command += ["-n", "0"]  # one process per mutant: -j runs mutants side by side
         if test_timeout is not None:
             command.append(f"--timeout={test_timeout:.0f}")
         command += list(selectors)
@@ -666,7 +674,7 @@ class Runner:
                     raise KeyboardInterrupt
                 process = subprocess.Popen(
                     command,
-                    cwd=ROOT,
+                    cwd=self.root,
                     env=self._env(work),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -710,29 +718,34 @@ class Runner:
             self._kill(process)
 
 
-def snapshot_package(workdir: Path, rev: str | None) -> Path:
-    """Copy the package once, from the work tree or a git revision: others may edit the tree
-    while the run goes on, and every mutant must start from the same code."""
-    destination = workdir / "snapshot" / Path(PACKAGE).name
-    if rev is None:
-        ignore = shutil.ignore_patterns("__pycache__")
-        shutil.copytree(ROOT / PACKAGE, destination, ignore=ignore)
-        return destination
+def snapshot_repo(workdir: Path, rev: str | None) -> Path:
+    """Copy the repository once (its files, not .git), from the work tree or a git revision,
+    and return the copy's root: the tests run there, so that the code and the tests of every
+    mutant are those of the moment the run started, whatever others edit meanwhile."""
+    root = workdir / "repo"
+    root.mkdir()
     git = ["git", "-C", str(ROOT)]
+    if rev is not None:
+        archive = subprocess.run([*git, "archive", "--format=tar", rev], capture_output=True)
+        if archive.returncode != 0:
+            raise UsageError(f"--from-git {rev}: {archive.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+        return root
     listed = subprocess.run(
-        [*git, "ls-tree", "-r", "-z", "--name-only", rev, "--", PACKAGE],
+        [*git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True,
-        check=False,
     )
-    names = [n for n in listed.stdout.decode().split("\0") if n]
-    if listed.returncode != 0 or not names:
-        raise UsageError(f"--from-git {rev}: no {PACKAGE} there ({listed.stderr.decode().strip()})")
-    for name in names:
-        blob = subprocess.run([*git, "show", f"{rev}:{name}"], capture_output=True, check=True)
-        path = destination / Path(name).relative_to(PACKAGE)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(blob.stdout)
-    return destination
+    if listed.returncode != 0:  # not a git checkout: copy what is there
+        ignore = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".venv", "build")
+        shutil.copytree(ROOT, root, ignore=ignore, dirs_exist_ok=True)
+        return root
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():  # listed files may be deleted in the work tree
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
 
 
 @contextlib.contextmanager
@@ -804,13 +817,13 @@ def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
     return {key: str(value) for key, value in data.items()}
 
 
-def plan_target(name: str, package: Path) -> tuple[Target, list[str]]:
+def plan_target(name: str, root: Path) -> tuple[Target, list[str]]:
     """The target's module and the selectors that exist; a clear error for a stale table."""
     target = TARGETS[name]
     where = f"the TARGETS table at the top of {Path(__file__).name}"
     if not Path(target.source).is_relative_to(PACKAGE):
         raise UsageError(f"target {name!r}: {target.source} is not inside {PACKAGE}; see {where}")
-    if not (package / Path(target.source).relative_to(PACKAGE)).is_file():
+    if not (root / target.source).is_file():
         raise UsageError(
             f"target {name!r}: {target.source} does not exist (renamed?); update {where}"
         )
@@ -818,7 +831,7 @@ def plan_target(name: str, package: Path) -> tuple[Target, list[str]]:
     for selector in target.tests:
         optional = selector.endswith("?")
         selector = selector.removesuffix("?")
-        if (ROOT / selector.split("::")[0]).exists():
+        if (root / selector.split("::")[0]).exists():
             selectors.append(selector)
         elif not optional:
             raise UsageError(f"target {name!r}: {selector} does not exist; update {where}")
@@ -980,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--from-git",
         metavar="REV",
-        help="mutate the package as committed at REV (e.g. HEAD) instead of the work tree",
+        help="take the code and tests as committed at REV (e.g. HEAD), not the work tree",
     )
     parser.add_argument(
         "--run-equivalents",
@@ -1006,16 +1019,13 @@ def _select(plan_mutants: list[Mutant], args: argparse.Namespace) -> list[Mutant
     return chosen
 
 
-def _plans(
-    names: list[str], args: argparse.Namespace, package: Path
-) -> tuple[list[Plan], set[str]]:
+def _plans(names: list[str], args: argparse.Namespace, root: Path) -> tuple[list[Plan], set[str]]:
     """The selected targets' plans, and the ids of all their mutants (before any filter)."""
     plans = []
     ids: set[str] = set()
     for name in names:
-        target, selectors = plan_target(name, package)
-        relative = Path(target.source).relative_to(PACKAGE)
-        everything = generate_mutants(name, (package / relative).read_text())
+        target, selectors = plan_target(name, root)
+        everything = generate_mutants(name, (root / target.source).read_text())
         ids.update(m.id for m in everything)
         plans.append(Plan(name, target, selectors, _select(everything, args), len(everything)))
     return plans, ids
@@ -1038,14 +1048,14 @@ def _run(args: argparse.Namespace) -> int:
     runner: Runner | None = None
     started = time.monotonic()
     try:
-        snapshot = snapshot_package(workdir, args.from_git)
-        plans, ids = _plans(names, args, snapshot)
+        root = snapshot_repo(workdir, args.from_git)
+        plans, ids = _plans(names, args, root)
         stale = _stale(names, ids, equivalents)
         if args.list:
             _list(plans, equivalents, stale)
             return 0
         with postgres(workdir) as dsn:
-            runner = Runner(workdir, dsn, snapshot)
+            runner = Runner(workdir, dsn, root)
             runner.check_shadowing()
             results: list[Result] = []
             summaries = []

@@ -1,0 +1,122 @@
+"""How a failed write is classified: the SQLSTATE table every writer's retry decision rests on.
+
+A wrong entry here silently changes what happens to events: a transient error classed as a
+bad row is dead-lettered at once instead of retried; a bad row classed as transient blocks
+a buffered writer's queue with retries. So every class and code is pinned, through each kind
+of wrapper a driver or SQLAlchemy puts around the database's error.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from eventlog_persist._failures import ErrorKind, classify_error, sqlstate_of
+from eventlog_persist.exceptions import EventWriteError
+
+# One real code of each SQLSTATE class or single code the table names, and what it means.
+TABLE = [
+    ("08006", ErrorKind.TRANSIENT),  # connection failure
+    ("40001", ErrorKind.TRANSIENT),  # serialization failure
+    ("40P01", ErrorKind.TRANSIENT),  # deadlock
+    ("53300", ErrorKind.TRANSIENT),  # too many connections
+    ("53100", ErrorKind.TRANSIENT),  # disk full
+    ("57P01", ErrorKind.TRANSIENT),  # admin shutdown
+    ("57014", ErrorKind.TRANSIENT),  # statement timeout (split after repeats)
+    ("58030", ErrorKind.TRANSIENT),  # I/O error
+    ("55P03", ErrorKind.TRANSIENT),  # lock not available
+    ("55006", ErrorKind.TRANSIENT),  # object in use
+    ("XX000", ErrorKind.TRANSIENT),  # internal error
+    ("22001", ErrorKind.ROW),  # string too long
+    ("22P02", ErrorKind.ROW),  # invalid text representation
+    ("23503", ErrorKind.ROW),  # foreign key violation
+    ("23505", ErrorKind.ROW),  # unique violation of another constraint
+    ("54000", ErrorKind.ROW),  # program limit exceeded
+    ("42P01", ErrorKind.BATCH),  # undefined table: the setup, not the data
+    ("42501", ErrorKind.BATCH),  # insufficient privilege
+    ("55000", ErrorKind.BATCH),  # object not in prerequisite state (not 55P03/55006)
+    ("XX001", ErrorKind.BATCH),  # data corrupted (only XX000 is retried)
+]
+
+
+class DriverError(Exception):
+    """A driver error as asyncpg (``sqlstate``) or psycopg2 (``pgcode``) shapes it."""
+
+    def __init__(self, code: str, *, attribute: str = "sqlstate", constraint: str | None = None):
+        super().__init__(code)
+        setattr(self, attribute, code)
+        self.constraint_name = constraint
+
+
+@pytest.mark.parametrize(("code", "kind"), TABLE)
+def test_each_sqlstate_means_what_the_table_says_from_psycopg(code: str, kind: ErrorKind) -> None:
+    assert classify_error(psycopg.errors.lookup(code)("boom")) is kind
+
+
+@pytest.mark.parametrize(("code", "kind"), TABLE)
+@pytest.mark.parametrize("attribute", ["sqlstate", "pgcode"])
+def test_each_sqlstate_means_the_same_through_sqlalchemy_and_other_drivers(
+    code: str, kind: ErrorKind, attribute: str
+) -> None:
+    wrapped = DBAPIError("INSERT ...", {}, DriverError(code, attribute=attribute))
+    assert classify_error(wrapped) is kind
+
+
+def test_a_unique_violation_of_the_primary_key_is_a_duplicate_and_nothing_else_is() -> None:
+    on_pk = DBAPIError("COPY", {}, DriverError("23505", constraint="pk_event_logs"))
+    elsewhere = DBAPIError("COPY", {}, DriverError("23505", constraint="uq_other"))
+    assert classify_error(on_pk) is ErrorKind.DUPLICATE
+    assert classify_error(elsewhere) is ErrorKind.ROW
+    assert (
+        classify_error(DBAPIError("COPY", {}, DriverError("23503", constraint="pk_event_logs")))
+        is ErrorKind.ROW
+    )
+
+
+def test_client_side_psycopg_errors_without_a_sqlstate() -> None:
+    assert classify_error(psycopg.OperationalError("connection lost")) is ErrorKind.TRANSIENT
+    assert classify_error(psycopg.InterfaceError("connection closed")) is ErrorKind.TRANSIENT
+    assert classify_error(psycopg.ProgrammingError("bad query")) is ErrorKind.BATCH
+    assert classify_error(ValueError("a bug")) is ErrorKind.UNEXPECTED
+
+
+def test_sqlstate_is_read_through_every_wrapper() -> None:
+    driver = psycopg.errors.lookup("23503")("fk")
+    assert sqlstate_of(driver) == "23503"
+    assert sqlstate_of(DBAPIError("s", {}, DriverError("40001", attribute="pgcode"))) == "40001"
+    given = EventWriteError("refused", event=None, sqlstate="22001")
+    given.__cause__ = driver
+    assert sqlstate_of(given) == "22001"  # the writer's own record wins
+    plain = EventWriteError("refused", event=None)
+    plain.__cause__ = DBAPIError("s", {}, driver)
+    assert sqlstate_of(plain) == "23503"  # else its cause is looked through
+    assert sqlstate_of(EventWriteError("closed", event=None)) is None
+    assert sqlstate_of(None) is None
+    assert sqlstate_of(ValueError("no database here")) is None
+    assert sqlstate_of(DBAPIError("s", {}, DriverError("2300"))) is None  # not a SQLSTATE
+
+
+def chain(depth: int, code: str) -> BaseException:
+    """``depth`` wrappers (EventWriteError and DBAPIError, alternating) around a driver error."""
+    exc: BaseException = psycopg.errors.lookup(code)("deep")
+    for level in range(depth):
+        if level % 2:
+            exc = DBAPIError("s", {}, exc)  # type: ignore[arg-type]
+        else:
+            outer = EventWriteError("wrapped", event=None)
+            outer.__cause__ = exc
+            exc = outer
+    return exc
+
+
+def test_sqlstate_looks_through_seven_wrappers_and_gives_up_after_that() -> None:
+    assert sqlstate_of(chain(7, "53300")) == "53300"  # the eighth object is the driver error
+    assert sqlstate_of(chain(8, "53300")) is None
+
+
+def test_a_cycle_of_causes_ends() -> None:
+    first = EventWriteError("a", event=None)
+    second = EventWriteError("b", event=None)
+    first.__cause__, second.__cause__ = second, first
+    assert sqlstate_of(first) is None
