@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -585,3 +586,10 @@ def test_purge_command_with_project_id_deletes_only_that_projects_old_events(
     assert done.returncode == 0, done.stderr
     assert "purged 6 events" in done.stdout
     assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old(project=(0, 0))
+
+
+def test_documented_defaults() -> None:
+    # docs/reading.md and the CLI promise batches of 5000 and no pause between them.
+    parameters = inspect.signature(purge_events).parameters
+    assert parameters["batch_size"].default == 5000
+    assert parameters["sleep"].default == 0
