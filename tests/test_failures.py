@@ -12,7 +12,16 @@ import psycopg
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from eventlog_persist._failures import ErrorKind, classify_error, sqlstate_of
+from eventlog_persist import RetryPolicy
+from eventlog_persist._failures import (
+    Action,
+    Attempt,
+    ErrorKind,
+    Reason,
+    classify_error,
+    decide,
+    sqlstate_of,
+)
 from eventlog_persist.exceptions import EventWriteError
 
 # One real code of each SQLSTATE class or single code the table names, and what it means.
@@ -120,3 +129,40 @@ def test_a_cycle_of_causes_ends() -> None:
     second = EventWriteError("b", event=None)
     first.__cause__, second.__cause__ = second, first
     assert sqlstate_of(first) is None
+
+
+def timeout_error() -> BaseException:
+    return psycopg.errors.lookup("57014")("canceling statement due to statement timeout")
+
+
+def test_a_batch_is_split_after_the_second_statement_timeout_in_a_row() -> None:
+    policy = RetryPolicy(max_attempts=None, max_elapsed=None)
+    attempt = Attempt(started=0.0)
+    assert decide(attempt, timeout_error(), size=10, policy=policy, now=0).action is Action.RETRY
+    # Another error in between starts the count again.
+    other = psycopg.errors.lookup("40001")("serialization failure")
+    assert decide(attempt, other, size=10, policy=policy, now=0).action is Action.RETRY
+    assert decide(attempt, timeout_error(), size=10, policy=policy, now=0).action is Action.RETRY
+    assert decide(attempt, timeout_error(), size=10, policy=policy, now=0).action is Action.SPLIT
+    single = Attempt(started=0.0)
+    assert decide(single, timeout_error(), size=1, policy=policy, now=0).action is Action.RETRY
+    last = decide(single, timeout_error(), size=1, policy=policy, now=0)
+    assert (last.action, last.reason) == (Action.GIVE_UP, Reason.STATEMENT_TIMEOUT)
+
+
+def test_unexpected_errors_get_three_attempts_whatever_the_policy() -> None:
+    policy = RetryPolicy(max_attempts=None, max_elapsed=None)
+    attempt = Attempt(started=0.0)
+    actions = [decide(attempt, ValueError("bug"), size=5, policy=policy, now=0) for _ in range(3)]
+    assert [d.action for d in actions] == [Action.RETRY, Action.RETRY, Action.GIVE_UP]
+    assert actions[-1].reason is Reason.UNEXPECTED
+
+
+def test_a_lock_wait_ends_a_detached_write_but_is_retried_elsewhere() -> None:
+    lock = psycopg.errors.lookup("55P03")("lock timeout")
+    policy = RetryPolicy()
+    final = decide(
+        Attempt(started=0.0), lock, size=1, policy=policy, now=0, lock_wait_is_final=True
+    )
+    assert (final.action, final.reason) == (Action.GIVE_UP, Reason.LOCK_TIMEOUT)
+    assert decide(Attempt(started=0.0), lock, size=1, policy=policy, now=0).action is Action.RETRY
