@@ -1047,6 +1047,8 @@ def _run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     runner: Runner | None = None
     started = time.monotonic()
+    results: list[Result] = []
+    summaries: list[Summary] = []
     try:
         root = snapshot_repo(workdir, args.from_git)
         plans, ids = _plans(names, args, root)
@@ -1057,8 +1059,6 @@ def _run(args: argparse.Namespace) -> int:
         with postgres(workdir) as dsn:
             runner = Runner(workdir, dsn, root)
             runner.check_shadowing()
-            results: list[Result] = []
-            summaries = []
             for plan in plans:
                 summary = run_target(
                     runner,
@@ -1070,10 +1070,18 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 summary.meets = summary.score >= args.min_score
                 summaries.append(summary)
+                print(
+                    f"   {plan.name}: {summary.killed} killed ({summary.hangs} hangs), "
+                    f"{summary.survived} survived, {summary.equivalent} equivalent: "
+                    f"{summary.score:.1f}% in {summary.wall_seconds:.0f}s",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         if runner is not None:
             runner.stop_all()
-        print("\nmutation.py: interrupted", file=sys.stderr)
+        if summaries:
+            _print_summary(summaries, args.min_score, results)
+        print("\nmutation.py: interrupted; the targets above were complete", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

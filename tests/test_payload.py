@@ -1516,3 +1516,77 @@ def test_policy_bounds_are_inclusive_and_named_in_errors() -> None:
         PayloadPolicy(preview_chars=-1)
     with pytest.raises(ConfigurationError, match="redaction_record_key=5"):
         PayloadPolicy(redaction_record_key=5)  # type: ignore[arg-type]
+
+
+def test_rule_errors_say_whether_a_key_or_a_string_broke_the_rule() -> None:
+    assert str(payload_error({"a": [{"b": "x\x00"}]}, nul="error")).startswith(
+        "string 'x\\x00' at '/a/0/b' contains NUL"
+    )
+    assert str(payload_error({"a": {"b\x00": 1}}, nul="error")).startswith(
+        "key 'b\\x00' in the object at '/a' contains NUL"
+    )
+    assert str(payload_error(["\ud800"], surrogates="error")).startswith(
+        "string '\\ud800' at '/0' contains a lone surrogate"
+    )
+    assert str(payload_error({"\ud800": 1}, surrogates="error")).startswith(
+        "key '\\ud800' in the object at the top level contains a lone surrogate"
+    )
+
+
+def test_hook_errors_name_the_hook() -> None:
+    class Broken:
+        def __json__(self) -> object:
+            raise RuntimeError("boom")
+
+    class BrokenModel:
+        def model_dump(self, *, mode: str) -> object:
+            raise RuntimeError("bad dump")
+
+    def default(value: object) -> object:
+        raise TypeError("no way")
+
+    assert "__json__() raised RuntimeError: boom for the " in str(payload_error([Broken()]))
+    assert "model_dump() raised RuntimeError: bad dump" in str(payload_error([BrokenModel()]))
+    rejected = str(payload_error([Opaque()], default=default))
+    assert "PayloadPolicy.default raised TypeError: no way" in rejected
+    unchanged = str(payload_error([Opaque()], default=lambda value: value))
+    assert unchanged.startswith(f"PayloadPolicy.default returned the {Opaque.__module__}.Opaque")
+
+
+def test_policy_choice_errors_list_the_valid_options() -> None:
+    with pytest.raises(ConfigurationError, match=r"use 'error' or 'truncate'$"):
+        PayloadPolicy(oversize="drop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"use 'null' or 'error'$"):
+        PayloadPolicy(non_finite="zero")  # type: ignore[arg-type]
+
+
+def test_converted_keys_are_not_recorded_as_replaced() -> None:
+    data = {uuid.UUID(int=8): 1, Kind.CHAT: 2, 3: 3, 2.5: 4, True: 5, None: 6}
+    result = prepare_payload({"m": data})
+    assert len(as_dict(result)["m"]) == 6
+    assert result.replaced_paths == ()
+
+
+def test_prepared_payload_is_frozen() -> None:
+    result = prepare_payload({"a": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.json_text = "{}"  # type: ignore[misc]
+
+
+def test_redactor_returning_an_equal_new_string_keeps_the_text() -> None:
+    result = prepare({"m": ["abc", "d"]}, redactor=lambda path, text: "".join(list(text)))
+    assert result.value == {"m": ["abc", "d"]}
+    assert result.redacted_paths == ()
+
+
+def test_policy_repr_shows_the_settings_only() -> None:
+    text = repr(PayloadPolicy(max_depth=5))
+    assert text.startswith("PayloadPolicy(max_depth=5, max_bytes=262144, ")
+    assert "_redact_suffixes" not in text
+
+
+def test_prepared_payload_defaults_describe_an_unchanged_payload() -> None:
+    prepared = PreparedPayload(value={}, json_text="{}", size_bytes=2)
+    assert prepared.redacted_paths == ()
+    assert prepared.replaced_paths == ()
+    assert prepared.truncated is False
