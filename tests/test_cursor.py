@@ -320,3 +320,17 @@ def test_a_cursor_from_another_query_is_refused(data: Data) -> None:
     assert filtered is not None
     assert reader.user_timeline(USER, filters=since, cursor=filtered).items
     refused(lambda: reader.user_timeline(USER, cursor=filtered), "belongs to another query")
+
+
+def test_the_error_quotes_a_short_token_whole_and_a_long_one_cut_at_24_characters(
+    data: Data,
+) -> None:
+    # The message must let an operator recognise the token, without pasting a whole one.
+    short = "B" * 24
+    quoted = str(refused_token(data, short, "not a cursor"))
+    assert repr(short) in quoted
+    assert "..." not in quoted.split(" is not a cursor")[0]
+    long = "C" * 25
+    message = str(refused_token(data, long, "not a cursor"))
+    assert f"{'C' * 24!r}..." in message
+    assert repr(long) not in message
