@@ -809,8 +809,11 @@ def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
     """Mutant id -> why no test can kill it."""
     if not path.exists():
         return {}
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path.name} is not valid TOML: {error}") from None
     bad = [key for key, value in data.items() if not isinstance(value, str)]
     if bad:
         raise UsageError(f'{path.name}: each entry must be id = "reason"; not so: {bad}')
