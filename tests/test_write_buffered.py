@@ -312,10 +312,9 @@ def test_writer_survives_bad_input(host_engine: Engine, host_models: HostModels)
         wrong_key = new_event(session_id=12, user_id=user_id, event_type="x")  # not a uuid
         with pytest.raises(ValidationError, match="does not fit the uuid column"):
             writer.enqueue(wrong_key)  # a built event is checked against the model too
-        for event in (orphan,):
-            writer.enqueue(event)
+        writer.enqueue(orphan)
+        for _ in range(2):
             writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
-        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
         assert writer.flush(timeout=10)
         for _ in range(7):
             writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
