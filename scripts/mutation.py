@@ -96,7 +96,7 @@ TARGETS: Final[dict[str, Target]] = {
     ),
     "delivery": Target(
         "src/eventlog_persist/_delivery.py",
-        ("tests/test_write_bulk.py", "tests/test_write_buffered.py"),
+        ("tests/test_delivery.py", "tests/test_write_bulk.py", "tests/test_write_buffered.py"),
     ),
     "setup": Target(
         "src/eventlog_persist/_alembic_setup.py",

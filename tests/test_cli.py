@@ -153,3 +153,45 @@ def test_linear_revision_refuses_to_overwrite_a_foreign_file(
     clash.write_text('revision = "other"\ndown_revision = "h001_core"\n')
     with pytest.raises(MigrationSetupError, match="exists but is not a linear copy"):
         write_linear_revisions(Config(str(host.root / "alembic.ini")))
+
+
+def test_host_revisions_in_a_folder_of_their_own_are_found(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    (host.root / "migrations" / "versions").rename(host.root / "migrations" / "history")
+    host.edit("alembic.ini", "%(here)s/migrations/versions", "%(here)s/migrations/history")
+    config = Config(str(host.root / "alembic.ini"))
+    (written,) = write_linear_revisions(config)
+    assert written.parent == host.root / "migrations" / "history"
+    assert "down_revision = 'h001_core'" in written.read_text()
+    report = check_setup(config)
+    assert (report.mode, report.problems) == ("linear", ())
+
+
+def test_a_host_folder_named_after_the_package_is_not_a_split_location(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    (host.root / "extra_eventlog_persist").mkdir()
+    host.edit(
+        "alembic.ini",
+        "version_locations = %(here)s/migrations/versions",
+        "version_locations = %(here)s/extra_eventlog_persist %(here)s/migrations/versions",
+    )
+    config = Config(str(host.root / "alembic.ini"))
+    write_linear_revisions(config, version_path=host.root / "migrations" / "versions")
+    report = check_setup(config)
+    assert (report.mode, report.problems) == ("linear", ())
+
+
+def test_a_bad_table_name_in_the_settings_is_refused_by_name(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit("alembic.ini", "# users = users", "users = app users")
+    with engine.connect() as conn:
+        report = check_setup(Config(str(host.root / "alembic.ini")), connection=conn)
+    (problem,) = report.problems
+    assert problem.startswith("the [eventlog_persist] settings in alembic.ini are not valid")
+    assert "users='app users' is not a plain SQL identifier" in problem

@@ -258,6 +258,71 @@ def test_linear_mode_single_head_upgrade_head_and_downgrade_minus_one(
     )
 
 
+def test_linear_mode_without_version_locations_writes_into_the_script_directory(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    host.edit("alembic.ini", "version_locations = %(here)s/migrations/versions\n", "")
+    written = host.run("eventlog-persist", "linear-revision").stdout
+    assert (
+        tmp_path / "h" / "migrations" / "versions" / "eventlog_0001_create_event_logs.py"
+    ).is_file()
+    assert "eventlog_0001_create_event_logs.py" in written
+    host.run("upgrade", "head")
+    assert inspect(engine).has_table("event_logs")
+
+
+def _second_revision(tmp_path: Path, *, drop: str | None = None) -> list[tuple[str, Path]]:
+    """The package's revisions plus a made-up ``evl_0002`` that follows the house layout."""
+    revisions = package_revisions()
+    first_rev, first_file = revisions[-1]
+    text = first_file.read_text()
+    for old, new in [
+        (f"Revision ID: {first_rev}", "Revision ID: evl_0002"),
+        ("Revises:", f"Revises: {first_rev}"),
+        (f"revision = {first_rev!r}".replace("'", '"'), 'revision = "evl_0002"'),
+        ("down_revision = None", f'down_revision = "{first_rev}"'),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    if drop is not None:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(drop))
+    second = tmp_path / "evl_0002_second_change.py"
+    second.write_text(text)
+    return [*revisions, ("evl_0002", second)]
+
+
+def test_linear_mode_chains_each_package_revision_on_the_one_before(
+    tmp_path: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eventlog_persist._alembic_setup as setup
+
+    monkeypatch.setattr(setup, "package_revisions", lambda: _second_revision(tmp_path))
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    host.run("eventlog-persist", "linear-revision")
+    versions = tmp_path / "h" / "migrations" / "versions"
+    second = (versions / "eventlog_0002_second_change.py").read_text()
+    assert "down_revision = 'eventlog_0001'" in second
+    assert "eventlog_persist_revision = 'evl_0002'" in second
+    first = (versions / "eventlog_0001_create_event_logs.py").read_text()
+    assert "down_revision = 'h001_core'" in first
+    assert host.run("heads").stdout.split() == ["eventlog_0002", "(app)", "(head)"]
+
+
+def test_linear_mode_refuses_a_revision_file_it_cannot_rewrite(
+    tmp_path: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eventlog_persist._alembic_setup as setup
+
+    monkeypatch.setattr(
+        setup, "package_revisions", lambda: _second_revision(tmp_path, drop="branch_labels")
+    )
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    result = host.run("eventlog-persist", "linear-revision", check=False)
+    assert result.returncode != 0
+    assert "cannot rewrite '^branch_labels = .*$' in revision evl_0002" in result.stderr
+
+
 def test_linear_mode_refuses_branch_mode_host(host: HostProject) -> None:
     result = host.run("eventlog-persist", "linear-revision", check=False)
     assert result.returncode == 2

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from eventlog_persist._schema import TABLE_NAME
 from eventlog_persist._targets import ForeignKeyTargets
-from eventlog_persist.exceptions import MigrationSetupError
+from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
 
 __all__ = [
     "ANCHOR_REVISION",
@@ -242,7 +242,7 @@ def _linearize(text: str, package_rev: str, new_rev: str, down: str | None) -> s
     }
     for pattern, replacement in replacements.items():
         text, count = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
-        if count != 1:  # pragma: no cover - guards the shipped revision files' layout
+        if count != 1:  # guards the layout of the shipped revision files
             raise MigrationSetupError(f"cannot rewrite {pattern!r} in revision {package_rev}")
     return text
 
@@ -273,7 +273,10 @@ def _missing_targets(config: Config, connection: Connection) -> list[str]:
         for key in ("users", "chat_sessions", "user_projects", "user_agents")
     }
     schema = config.get_section_option(section, "schema")
-    ForeignKeyTargets(schema=schema, **names)  # validates the names
+    try:
+        ForeignKeyTargets(schema=schema, **names)  # validates the names
+    except ConfigurationError as exc:
+        return [f"the [{section}] settings in alembic.ini are not valid: {exc}"]
     inspector = inspect(connection)
     return [
         f"FK target table {actual!r} does not exist in the database"

@@ -230,7 +230,9 @@ class _State(Generic[KeyT]):
             dead = outcome.dead
             self.dead_lettered += len(dead)
         elif isinstance(error, Exception):  # a bug in the writer: not the data's fault
-            dead = [(event, write_error(event, Reason.UNEXPECTED, error)) for event in batch]
+            dead = [
+                (event, write_error(event, Reason.UNEXPECTED, error, attempts=1)) for event in batch
+            ]
             self.dead_lettered += len(dead)
         else:  # cancelled or interrupted mid-write
             dead = [(event, _closed_error(event, error, in_flight=True)) for event in batch]

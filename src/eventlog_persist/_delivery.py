@@ -209,7 +209,7 @@ def report_dead_letters(
     """
     for event, error in dead:
         if hook is None:
-            logger.error("event %s was not written: %s", event.id, error)
+            logger.error("%s", error)  # the message names the event
             continue
         try:
             hook(event, error)
@@ -301,7 +301,9 @@ def _store_part(
         if step is _PartStep.RAISE:
             raise
         if step is _PartStep.DEAD:
-            outcome.dead.append((events[0], write_error(events[0], Reason.REFUSED, exc)))
+            outcome.dead.append(
+                (events[0], write_error(events[0], Reason.REFUSED, exc, attempts=1))
+            )
         else:
             for half in _halves(events):
                 _store_part(conn, table, half, outcome, staged=staged)
@@ -443,7 +445,9 @@ async def _astore_part(
         if step is _PartStep.RAISE:
             raise
         if step is _PartStep.DEAD:
-            outcome.dead.append((events[0], write_error(events[0], Reason.REFUSED, exc)))
+            outcome.dead.append(
+                (events[0], write_error(events[0], Reason.REFUSED, exc, attempts=1))
+            )
         else:
             for half in _halves(events):
                 await _astore_part(conn, table, half, outcome, staged=staged)

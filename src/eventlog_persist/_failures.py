@@ -241,7 +241,7 @@ def write_error(
     reason: Reason,
     exc: BaseException,
     *,
-    attempts: int = 1,
+    attempts: int,
     lock_timeout: float | None = None,
 ) -> EventWriteError:
     """Build the error that reports ``event`` as not written.
@@ -303,7 +303,7 @@ def write_error(
         )
     else:
         message = (
-            f"{what}: an unexpected error failed the write {attempts} times ({detail}); "
+            f"{what}: an unexpected error failed the write (attempts: {attempts}; {detail}); "
             "this is not a known database or connection error, so it may be a bug or an "
             "environment problem. Replaying the event (write_events) is safe: an id "
             "already stored is skipped"
