@@ -309,6 +309,21 @@ def test_linear_mode_chains_each_package_revision_on_the_one_before(
     assert host.run("heads").stdout.split() == ["eventlog_0002", "(app)", "(head)"]
 
 
+def test_linear_mode_adds_only_the_package_revisions_a_host_lacks(
+    tmp_path: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eventlog_persist._alembic_setup as setup
+
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    host.run("eventlog-persist", "linear-revision")  # an earlier release: evl_0001 only
+    monkeypatch.setattr(setup, "package_revisions", lambda: _second_revision(tmp_path))
+    written = host.run("eventlog-persist", "linear-revision").stdout
+    assert "eventlog_0002_second_change.py" in written
+    assert "eventlog_0001" not in written.replace("eventlog_0002", "")
+    second = tmp_path / "h" / "migrations" / "versions" / "eventlog_0002_second_change.py"
+    assert "down_revision = 'eventlog_0001'" in second.read_text()
+
+
 def test_linear_mode_refuses_a_revision_file_it_cannot_rewrite(
     tmp_path: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
