@@ -18,6 +18,7 @@ from typing_extensions import Unpack
 
 from eventlog_persist._delivery import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
     DEFAULT_TCP_USER_TIMEOUT,
     AsyncConnector,
     AsyncTarget,
@@ -67,6 +68,9 @@ class WriterCounters:
         written: Events stored (inserted, or found already stored by an idempotent retry).
         duplicates: Of ``written``, events that were already stored.
         retried: Transient failures that were retried.
+        read_only_retries: Of ``retried``, the failures because the database accepted only
+            reads: a failover in progress, or a writer pointed at a standby by mistake
+            (also logged at ERROR level, at most every 30 s).
         dead_lettered: Events given up on while writing: refused by the database, past the
             retry policy, or failing unexpectedly (sent to the dead-letter hook).
         dropped: Events refused at enqueue because the queue stayed full (sent to the hook).
@@ -81,6 +85,7 @@ class WriterCounters:
     written: int
     duplicates: int
     retried: int
+    read_only_retries: int
     dead_lettered: int
     dropped: int
     unwritten: int
@@ -144,6 +149,7 @@ class _State(Generic[KeyT]):
         self.flush_target = 0
         self.closing = False
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
+        self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
 
     def counters(self) -> WriterCounters:
@@ -151,6 +157,7 @@ class _State(Generic[KeyT]):
             written=self.written,
             duplicates=self.duplicates,
             retried=self.retried,
+            read_only_retries=self.read_only_retries,
             dead_lettered=self.dead_lettered,
             dropped=self.dropped,
             unwritten=self.unwritten,
@@ -263,8 +270,9 @@ class _State(Generic[KeyT]):
         dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
         return dead
 
-    def count_retry(self) -> None:
+    def count_retry(self, read_only: bool) -> None:
         self.retried += 1
+        self.read_only_retries += read_only
 
 
 def _closed_error(
@@ -326,9 +334,11 @@ class BufferedWriter(Generic[KeyT]):
     reported (`QueueFullError`), so a request never hangs on the log. ``"drop_newest"``
     drops and reports at once, for request paths that must never wait.
 
-    Transient errors are retried with `BUFFERED_RETRY` (until the database is back) unless
-    ``retry`` says otherwise. The writer registers `close` with `atexit`, so a process that
-    exits normally writes what is queued first (up to ``exit_timeout`` seconds).
+    Transient errors (a lost connection, a restart, a failover, a database that accepts only
+    reads, a lock held past ``lock_timeout``) are retried on a new connection with
+    `BUFFERED_RETRY`, until the database is back, unless ``retry`` says otherwise. The
+    writer registers `close` with `atexit`, so a process that exits normally writes what is
+    queued first (up to ``exit_timeout`` seconds).
 
     Args:
         model: The host's ``EventLog`` model.
@@ -353,6 +363,7 @@ class BufferedWriter(Generic[KeyT]):
         exit_timeout: Seconds the exit hook waits for the queue to be written.
         connect_timeout: Seconds to wait for a new connection; see `write_events`.
         tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
+        lock_timeout: Seconds one attempt waits for a row lock; see `write_events`.
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -376,10 +387,12 @@ class BufferedWriter(Generic[KeyT]):
         exit_timeout: float = 10.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         _seconds("exit_timeout", exit_timeout, allow_none=False)
         check_timeout("connect_timeout", connect_timeout)
         check_timeout("tcp_user_timeout", tcp_user_timeout)
+        check_timeout("lock_timeout", lock_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -394,7 +407,10 @@ class BufferedWriter(Generic[KeyT]):
             field_rules=field_rules,
         )
         self._connector = Connector(
-            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+            target,
+            connect_timeout=connect_timeout,
+            tcp_user_timeout=tcp_user_timeout,
+            lock_timeout=lock_timeout,
         )
         self._exit_timeout = exit_timeout
         self._lock = threading.Lock()
@@ -589,9 +605,9 @@ class BufferedWriter(Generic[KeyT]):
                 self._room.notify_all()
             report_dead_letters(state.on_dead_letter, dead)
 
-    def _count_retry(self) -> None:
+    def _count_retry(self, read_only: bool) -> None:
         with self._lock:
-            self._state.count_retry()
+            self._state.count_retry(read_only)
 
 
 class AsyncBufferedWriter(Generic[KeyT]):
@@ -623,9 +639,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         check_timeout("connect_timeout", connect_timeout)
         check_timeout("tcp_user_timeout", tcp_user_timeout)
+        check_timeout("lock_timeout", lock_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -640,7 +658,10 @@ class AsyncBufferedWriter(Generic[KeyT]):
             field_rules=field_rules,
         )
         self._connector = AsyncConnector(
-            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+            target,
+            connect_timeout=connect_timeout,
+            tcp_user_timeout=tcp_user_timeout,
+            lock_timeout=lock_timeout,
         )
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
