@@ -399,6 +399,11 @@ class Connector(_ConnectorBase):
             self._conn.close()
             self._conn = None
 
+    def forget(self) -> None:
+        """Drop the connection unclosed: in a forked child it is the parent's (psycopg does
+        not close a connection another process opened when it is collected)."""
+        self._conn = None
+
     def close(self) -> None:
         self.discard()
 
