@@ -62,6 +62,8 @@ _SYNC_ONLY_PARAMETERS = {
     ("BufferedWriter", "__init__"): {
         "exit_timeout": "only the thread writer registers an atexit hook; the asyncio "
         "writer's loop is gone at exit, so the host closes it in its lifespan",
+        "handle_sigterm": "the asyncio writer is closed by the ASGI server's lifespan "
+        "shutdown, which the server runs on SIGTERM",
     },
 }
 # Protocol methods are documented in the class docstring, not their own.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from hostkit import make_host
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Engine
 
 from eventlog_persist import check_setup, include_name, write_linear_revisions
@@ -195,3 +195,21 @@ def test_a_bad_table_name_in_the_settings_is_refused_by_name(
     (problem,) = report.problems
     assert problem.startswith("the [eventlog_persist] settings in alembic.ini are not valid")
     assert "users='app users' is not a plain SQL identifier" in problem
+
+
+def test_check_says_when_the_database_accepts_only_reads(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    config = Config(str(host.root / "alembic.ini"))
+    with engine.connect() as conn:
+        assert not [p for p in check_setup(config, connection=conn).problems if "reads" in p]
+        conn.execute(text("SET default_transaction_read_only = on"))
+        conn.commit()
+        problems = [p for p in check_setup(config, connection=conn).problems if "reads" in p]
+    assert problems == [
+        "the database accepts only reads: its transactions are read-only "
+        "(default_transaction_read_only = on). The writers would retry their events until it "
+        "accepts writes; point them and --url at the primary, or use a multi-host conninfo "
+        "with target_session_attrs=read-write"
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from hostmodels import build_host_models
 from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist import RetryPolicy
@@ -33,6 +34,8 @@ TABLE = [
     ("53100", ErrorKind.TRANSIENT),  # disk full
     ("57P01", ErrorKind.TRANSIENT),  # admin shutdown
     ("57014", ErrorKind.TRANSIENT),  # statement timeout (split after repeats)
+    ("57P03", ErrorKind.TRANSIENT),  # cannot connect now: starting up, shutting down, recovery
+    ("25006", ErrorKind.TRANSIENT),  # read-only transaction: a standby, a demoted primary
     ("58030", ErrorKind.TRANSIENT),  # I/O error
     ("55P03", ErrorKind.TRANSIENT),  # lock not available
     ("55006", ErrorKind.TRANSIENT),  # object in use
@@ -45,6 +48,7 @@ TABLE = [
     ("42P01", ErrorKind.BATCH),  # undefined table: the setup, not the data
     ("42501", ErrorKind.BATCH),  # insufficient privilege
     ("55000", ErrorKind.BATCH),  # object not in prerequisite state (not 55P03/55006)
+    ("25P02", ErrorKind.BATCH),  # in failed transaction: class 25 is not transient, 25006 is
     ("XX001", ErrorKind.BATCH),  # data corrupted (only XX000 is retried)
 ]
 
@@ -166,3 +170,35 @@ def test_a_lock_wait_ends_a_detached_write_but_is_retried_elsewhere() -> None:
     )
     assert (final.action, final.reason) == (Action.GIVE_UP, Reason.LOCK_TIMEOUT)
     assert decide(Attempt(started=0.0), lock, size=1, policy=policy, now=0).action is Action.RETRY
+
+
+def test_the_default_policies_are_deadlines_in_time() -> None:
+    from eventlog_persist import EventWriter
+
+    assert (RetryPolicy().max_attempts, RetryPolicy().max_elapsed) == (None, 30.0)
+    assert RetryPolicy().max_delay == 2.0
+    writer = EventWriter(build_host_models().EventLog)
+    assert (writer.retry.max_attempts, writer.retry.max_elapsed) == (None, 10.0)
+
+
+def test_no_wait_reaches_past_the_deadline() -> None:
+    policy = RetryPolicy(max_elapsed=30.0, initial_delay=10.0, max_delay=10.0)
+    waits = [policy.delay(5, 29.9) for _ in range(200)]
+    assert all(wait is not None and 0 <= wait <= 0.1 + 1e-9 for wait in waits)
+    assert policy.delay(5, 30.0) is None
+    assert policy.delay(5, 31.0) is None
+    unlimited = RetryPolicy(max_elapsed=None, max_delay=0.5)
+    assert unlimited.delay(10_000, 1e9) is not None
+
+
+def test_a_retry_budget_rides_out_a_five_second_outage() -> None:
+    """Simulated clock: attempts fail for the first 5 s; the defaults still get one after."""
+    for policy in (RetryPolicy(), RetryPolicy(max_elapsed=10.0)):
+        for _ in range(200):
+            now, attempt = 0.0, Attempt(started=0.0)
+            while now < 5.0:
+                decision = decide(
+                    attempt, psycopg.OperationalError("down"), size=1, policy=policy, now=now
+                )
+                assert decision.action is Action.RETRY
+                now += decision.delay + 0.01  # each failed attempt takes a little time

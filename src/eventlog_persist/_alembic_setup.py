@@ -14,7 +14,7 @@ from typing import Final, Literal
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.pyfiles import coerce_resource_to_filename
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from eventlog_persist._schema import TABLE_NAME
@@ -166,6 +166,7 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
         )
 
     if connection is not None:
+        problems.extend(_read_only(connection))
         problems.extend(_missing_targets(config, connection))
     return SetupReport(mode, tuple(problems))
 
@@ -264,6 +265,23 @@ def _host_script(config: Config, locations: list[str]) -> ScriptDirectory:
         version_locations=locations or None,
         recursive_version_locations=script.recursive_version_locations,
     )
+
+
+def _read_only(connection: Connection) -> list[str]:
+    in_recovery, read_only = connection.execute(
+        text("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+    ).one()
+    if in_recovery:
+        why = "it is a standby (in recovery)"
+    elif read_only == "on":
+        why = "its transactions are read-only (default_transaction_read_only = on)"
+    else:
+        return []
+    return [
+        f"the database accepts only reads: {why}. The writers would retry their events "
+        "until it accepts writes; point them and --url at the primary, or use a multi-host "
+        "conninfo with target_session_attrs=read-write"
+    ]
 
 
 def _missing_targets(config: Config, connection: Connection) -> list[str]:

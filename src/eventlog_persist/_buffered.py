@@ -16,8 +16,10 @@ from typing import Any, Generic, Literal, Self, TypeAlias, cast, overload
 
 from typing_extensions import Unpack
 
+from eventlog_persist import _shutdown
 from eventlog_persist._delivery import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
     DEFAULT_TCP_USER_TIMEOUT,
     AsyncConnector,
     AsyncTarget,
@@ -67,6 +69,9 @@ class WriterCounters:
         written: Events stored (inserted, or found already stored by an idempotent retry).
         duplicates: Of ``written``, events that were already stored.
         retried: Transient failures that were retried.
+        read_only_retries: Of ``retried``, the failures because the database accepted only
+            reads: a failover in progress, or a writer pointed at a standby by mistake
+            (also logged at ERROR level, at most every 30 s).
         dead_lettered: Events given up on while writing: refused by the database, past the
             retry policy, or failing unexpectedly (sent to the dead-letter hook).
         dropped: Events refused at enqueue because the queue stayed full (sent to the hook).
@@ -81,6 +86,7 @@ class WriterCounters:
     written: int
     duplicates: int
     retried: int
+    read_only_retries: int
     dead_lettered: int
     dropped: int
     unwritten: int
@@ -144,6 +150,18 @@ class _State(Generic[KeyT]):
         self.flush_target = 0
         self.closing = False
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
+        self.read_only_retries = 0
+        self.dropped = self.unwritten = self.errors = 0
+
+    def forget(self) -> None:
+        """Start over empty, counters included: a forked child's copy of the parent's queue
+        belongs to the parent, whose thread writes it."""
+        self.queue = deque()
+        self.inflight = None
+        self.pending = self.pending_bytes = 0
+        self.enqueued = self.taken = self.done = self.flush_target = 0
+        self.written = self.duplicates = self.retried = self.dead_lettered = 0
+        self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
 
     def counters(self) -> WriterCounters:
@@ -151,6 +169,7 @@ class _State(Generic[KeyT]):
             written=self.written,
             duplicates=self.duplicates,
             retried=self.retried,
+            read_only_retries=self.read_only_retries,
             dead_lettered=self.dead_lettered,
             dropped=self.dropped,
             unwritten=self.unwritten,
@@ -263,8 +282,9 @@ class _State(Generic[KeyT]):
         dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
         return dead
 
-    def count_retry(self) -> None:
+    def count_retry(self, read_only: bool) -> None:
         self.retried += 1
+        self.read_only_retries += read_only
 
 
 def _closed_error(
@@ -326,9 +346,11 @@ class BufferedWriter(Generic[KeyT]):
     reported (`QueueFullError`), so a request never hangs on the log. ``"drop_newest"``
     drops and reports at once, for request paths that must never wait.
 
-    Transient errors are retried with `BUFFERED_RETRY` (until the database is back) unless
-    ``retry`` says otherwise. The writer registers `close` with `atexit`, so a process that
-    exits normally writes what is queued first (up to ``exit_timeout`` seconds).
+    Transient errors (a lost connection, a restart, a failover, a database that accepts only
+    reads, a lock held past ``lock_timeout``) are retried on a new connection with
+    `BUFFERED_RETRY`, until the database is back, unless ``retry`` says otherwise. The
+    writer registers `close` with `atexit`, so a process that exits normally writes what is
+    queued first (up to ``exit_timeout`` seconds).
 
     Args:
         model: The host's ``EventLog`` model.
@@ -351,8 +373,13 @@ class BufferedWriter(Generic[KeyT]):
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
         exit_timeout: Seconds the exit hook waits for the queue to be written.
+        handle_sigterm: Close the writer on SIGTERM too (``docker stop``, Kubernetes): the
+            first writer started in the main thread installs a handler that closes every
+            writer, then lets the signal end the process; a handler the host installed
+            before runs instead (its normal exit runs the exit hook). See docs/writing.md.
         connect_timeout: Seconds to wait for a new connection; see `write_events`.
         tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
+        lock_timeout: Seconds one attempt waits for a row lock; see `write_events`.
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -374,12 +401,19 @@ class BufferedWriter(Generic[KeyT]):
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         exit_timeout: float = 10.0,
+        handle_sigterm: bool = True,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         _seconds("exit_timeout", exit_timeout, allow_none=False)
+        if not isinstance(handle_sigterm, bool):
+            raise ConfigurationError(
+                f"handle_sigterm={handle_sigterm!r} is not valid; use True or False"
+            )
         check_timeout("connect_timeout", connect_timeout)
         check_timeout("tcp_user_timeout", tcp_user_timeout)
+        check_timeout("lock_timeout", lock_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -394,9 +428,14 @@ class BufferedWriter(Generic[KeyT]):
             field_rules=field_rules,
         )
         self._connector = Connector(
-            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+            target,
+            connect_timeout=connect_timeout,
+            tcp_user_timeout=tcp_user_timeout,
+            lock_timeout=lock_timeout,
         )
         self._exit_timeout = exit_timeout
+        self._handle_sigterm = handle_sigterm
+        self._restart = False  # set in a forked child whose parent had started the writer
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
@@ -406,12 +445,17 @@ class BufferedWriter(Generic[KeyT]):
     # -- lifecycle --
 
     def start(self) -> Self:
-        """Start the writer thread and register the exit hook; returns the writer."""
+        """Start the writer thread and register the exit hooks; returns the writer.
+
+        The exit hooks close the writer (within ``exit_timeout``) when the process exits
+        normally, and, unless ``handle_sigterm=False``, on SIGTERM; see the class docs.
+        """
         with self._lock:
             if self._state.closing:
                 raise WriterClosedError(
                     "this BufferedWriter is closed; create a new one", event=None
                 )
+            self._restart = False
             if self._thread is not None:
                 return self
             self._thread = threading.Thread(
@@ -419,7 +463,19 @@ class BufferedWriter(Generic[KeyT]):
             )
             self._thread.start()
         atexit.register(self._close_at_exit)
+        _shutdown.watch(self, sigterm=self._handle_sigterm)
         return self
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child: no thread, no connection, no parent's events."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._abort = threading.Event()
+        self._connector.forget()
+        self._state.forget()
+        self._restart = self._thread is not None and not self._state.closing
+        self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -447,6 +503,8 @@ class BufferedWriter(Generic[KeyT]):
         Raises:
             WriterNotStartedError: `start` was not called yet.
         """
+        if self._restart:
+            self.start()
         state = self._state
         with self._lock:
             if self._thread is None and not state.closing:
@@ -474,6 +532,7 @@ class BufferedWriter(Generic[KeyT]):
             The final counters.
         """
         atexit.unregister(self._close_at_exit)
+        _shutdown.unwatch(self)
         state = self._state
         with self._lock:
             state.closing = True
@@ -517,6 +576,8 @@ class BufferedWriter(Generic[KeyT]):
             WriterClosedError: The writer is closed.
         """
         event = self._state.builder.given(event, cast("EventFields[KeyT]", fields))
+        if self._restart:
+            self.start()
         state = self._state
         size = event.size_bytes
         with self._lock:
@@ -589,9 +650,9 @@ class BufferedWriter(Generic[KeyT]):
                 self._room.notify_all()
             report_dead_letters(state.on_dead_letter, dead)
 
-    def _count_retry(self) -> None:
+    def _count_retry(self, read_only: bool) -> None:
         with self._lock:
-            self._state.count_retry()
+            self._state.count_retry(read_only)
 
 
 class AsyncBufferedWriter(Generic[KeyT]):
@@ -623,9 +684,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         check_timeout("connect_timeout", connect_timeout)
         check_timeout("tcp_user_timeout", tcp_user_timeout)
+        check_timeout("lock_timeout", lock_timeout)
         self._state: _State[KeyT] = _State(
             model,
             batch_size=batch_size,
@@ -640,7 +703,10 @@ class AsyncBufferedWriter(Generic[KeyT]):
             field_rules=field_rules,
         )
         self._connector = AsyncConnector(
-            target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+            target,
+            connect_timeout=connect_timeout,
+            tcp_user_timeout=tcp_user_timeout,
+            lock_timeout=lock_timeout,
         )
         self._wake = asyncio.Event()
         self._room = asyncio.Event()

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from eventlog_persist._delivery import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
     DEFAULT_TCP_USER_TIMEOUT,
     AsyncConnector,
     AsyncTarget,
@@ -40,12 +41,15 @@ class BulkResult:
         dead_lettered: Events given up on, each with its `EventWriteError` (also passed to
             the hook); the driver's error is its ``__cause__``.
         retries: Failed attempts that were retried.
+        read_only_retries: Of ``retries``, those the database refused because it accepted
+            only reads (a standby, or a primary demoted by a failover).
     """
 
     written: int = 0
     duplicates: int = 0
     dead_lettered: list[tuple[NewEvent, EventWriteError]] = field(default_factory=list)
     retries: int = 0
+    read_only_retries: int = 0
 
 
 def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
@@ -60,13 +64,18 @@ def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
 
 
 def _check_args(
-    batch_size: int, retry: object, connect_timeout: object, tcp_user_timeout: object
+    batch_size: int,
+    retry: object,
+    connect_timeout: object,
+    tcp_user_timeout: object,
+    lock_timeout: object,
 ) -> None:
     if type(batch_size) is not int or batch_size < 1:
         raise ConfigurationError(f"batch_size={batch_size!r} is not valid; use an int >= 1")
     if not isinstance(retry, RetryPolicy):
         raise ConfigurationError(f"retry={retry!r} is not valid; pass a RetryPolicy")
     check_timeout("connect_timeout", connect_timeout)
+    check_timeout("lock_timeout", lock_timeout)
     check_timeout("tcp_user_timeout", tcp_user_timeout)
 
 
@@ -87,10 +96,14 @@ def write_events(
     on_dead_letter: DeadLetterHook | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
 ) -> BulkResult:
     """Write events with binary COPY, ``batch_size`` per transaction.
 
-    Each batch is first copied straight into ``event_logs``. After a transient error (the
+    Transient errors (a lost connection, a restart, a failover, a database that accepts only
+    reads, a lock held past ``lock_timeout``) are retried on a new connection until the
+    ``retry`` deadline, 30 s by default. Each batch is first copied straight into
+    ``event_logs``. After a transient error (the
     commit's outcome may be unknown) or when an id is already stored, the batch is copied
     into a temporary staging table and moved with ``INSERT ... ON CONFLICT (id) DO NOTHING``,
     so no event is ever stored twice. A row the database refuses (a foreign key to a session
@@ -113,6 +126,9 @@ def write_events(
             it, or to a connection you pass.
         tcp_user_timeout: Seconds sent data may stay unacknowledged before the connection
             counts as lost (libpq ``tcp_user_timeout``, on Linux); None: the system's.
+        lock_timeout: Seconds one attempt waits for a row lock (the foreign-key checks lock
+            the referenced session, user, project and agent rows) before it fails and is
+            retried like any transient error; None: the role's or database's setting.
 
     Returns:
         Counts, and the dead-lettered events with their errors.
@@ -120,15 +136,19 @@ def write_events(
     Raises:
         ConfigurationError: An argument is not valid.
     """
-    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
     result = BulkResult()
     connector = Connector(
-        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+        target,
+        connect_timeout=connect_timeout,
+        tcp_user_timeout=tcp_user_timeout,
+        lock_timeout=lock_timeout,
     )
 
-    def count_retry() -> None:
+    def count_retry(read_only: bool) -> None:
         result.retries += 1
+        result.read_only_retries += read_only
 
     try:
         for batch in _batches(events, batch_size):
@@ -152,6 +172,7 @@ async def awrite_events(
     on_dead_letter: DeadLetterHook | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
 ) -> BulkResult:
     """Write events with binary COPY from async code; the same behavior as `write_events`.
 
@@ -166,6 +187,7 @@ async def awrite_events(
             `EventWriteError`.
         connect_timeout: As in `write_events`.
         tcp_user_timeout: As in `write_events`.
+        lock_timeout: As in `write_events`.
 
     Returns:
         Counts, and the dead-lettered events with their errors.
@@ -173,15 +195,19 @@ async def awrite_events(
     Raises:
         ConfigurationError: An argument is not valid.
     """
-    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout)
+    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
     result = BulkResult()
     connector = AsyncConnector(
-        target, connect_timeout=connect_timeout, tcp_user_timeout=tcp_user_timeout
+        target,
+        connect_timeout=connect_timeout,
+        tcp_user_timeout=tcp_user_timeout,
+        lock_timeout=lock_timeout,
     )
 
-    def count_retry() -> None:
+    def count_retry(read_only: bool) -> None:
         result.retries += 1
+        result.read_only_retries += read_only
 
     try:
         for batch in _batches(events, batch_size):

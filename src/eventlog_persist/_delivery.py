@@ -30,6 +30,7 @@ from eventlog_persist._failures import (
     RowEncodingError,
     classify_error,
     decide,
+    is_read_only,
     write_error,
 )
 from eventlog_persist._retry import RetryPolicy
@@ -42,6 +43,10 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 """Seconds the writers' own connections wait to be established (libpq ``connect_timeout``)."""
 DEFAULT_TCP_USER_TIMEOUT: Final = 60.0
 """Seconds sent data may stay unacknowledged before the connection is dropped (Linux)."""
+DEFAULT_LOCK_TIMEOUT: Final = 5.0
+"""Seconds one attempt of a write waits for a row lock before it counts as failed."""
+READ_ONLY_LOG_INTERVAL: Final = 30.0
+"""Seconds between two log lines saying that a writer's database accepts only reads."""
 
 Target = str | Engine | psycopg.Connection[Any]
 """Where a sync writer connects: a libpq conninfo/URL, a SQLAlchemy ``Engine`` or a connection."""
@@ -89,6 +94,10 @@ def _move_sql(table: EventTable) -> str:
         f"INSERT INTO {table.qualified_name} ({_COLUMN_LIST}) "
         f"SELECT {_COLUMN_LIST} FROM moved ON CONFLICT (id) DO NOTHING"
     )
+
+
+def _lock_timeout_sql(seconds: float) -> str:
+    return f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}"
 
 
 def _json_text(text: str) -> str:
@@ -159,6 +168,7 @@ def _after_failure(
     *,
     broken: bool,
     stopping: bool,
+    lock_timeout: float | None,
 ) -> float | None:
     """Apply `decide` to a failed part: requeue it, split it, or dead-letter its events.
 
@@ -195,7 +205,8 @@ def _after_failure(
     if reason is Reason.UNEXPECTED:
         logger.error("unexpected error writing %d events", len(part.events), exc_info=exc)
     outcome.dead.extend(
-        (event, write_error(event, reason, exc, attempts=attempts)) for event in part.events
+        (event, write_error(event, reason, exc, attempts=attempts, lock_timeout=lock_timeout))
+        for event in part.events
     )
     return None
 
@@ -223,8 +234,8 @@ def check_timeout(name: str, value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
         raise ConfigurationError(
-            f"{name}={value!r} is not valid; use seconds (a number > 0), or None for the "
-            "libpq default"
+            f"{name}={value!r} is not valid; use seconds (a number > 0), or None to leave it "
+            "to the connection's own setting"
         )
 
 
@@ -253,12 +264,34 @@ class _ConnectorBase:
         engine: type[Any],
         connect_timeout: float | None,
         tcp_user_timeout: float | None,
+        lock_timeout: float | None,
     ) -> None:
         self._owned = not isinstance(target, given)
         self._conninfo = ""
         if self._owned:
             raw = conninfo_of(target) if isinstance(target, engine) else str(target)
             self._conninfo = connect_conninfo(raw, connect_timeout, tcp_user_timeout)
+        self.lock_timeout = lock_timeout
+        self._read_only_logged = -math.inf
+
+    def failed(self, exc: BaseException) -> bool:
+        """Note a failed attempt; True when the database refused it as read-only.
+
+        Says so on the log at most once per `READ_ONLY_LOG_INTERVAL`: the events are kept
+        and retried, but a writer pointed at a standby by mistake must not stay silent.
+        """
+        if not is_read_only(exc):
+            return False
+        now = time.monotonic()
+        if now - self._read_only_logged >= READ_ONLY_LOG_INTERVAL:
+            self._read_only_logged = now
+            logger.error(
+                "the database accepts only reads (%s); events are kept and retried until it "
+                "accepts writes. If this lasts, the writer points at a standby: use the "
+                "primary, or a multi-host conninfo with target_session_attrs=read-write",
+                " ".join(str(exc).split()),
+            )
+        return True
 
 
 # --- sync -------------------------------------------------------------------------------------
@@ -312,11 +345,18 @@ def _store_part(
 
 
 def _store(
-    conn: psycopg.Connection[Any], table: EventTable, events: Sequence[NewEvent], *, staged: bool
+    conn: psycopg.Connection[Any],
+    table: EventTable,
+    events: Sequence[NewEvent],
+    *,
+    staged: bool,
+    lock_timeout: float | None,
 ) -> Outcome:
     """Write ``events`` in one transaction; bad rows are found by bisection with savepoints."""
     outcome = Outcome()
     with conn.transaction():
+        if lock_timeout is not None:
+            conn.execute(_lock_timeout_sql(lock_timeout))
         if staged:
             conn.execute(_staging_sql(table))
         _store_part(conn, table, events, outcome, staged=staged)
@@ -332,8 +372,11 @@ class Connector(_ConnectorBase):
         *,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
-        super().__init__(target, psycopg.Connection, Engine, connect_timeout, tcp_user_timeout)
+        super().__init__(
+            target, psycopg.Connection, Engine, connect_timeout, tcp_user_timeout, lock_timeout
+        )
         self._conn: psycopg.Connection[Any] | None = (
             target if isinstance(target, psycopg.Connection) else None
         )
@@ -356,6 +399,11 @@ class Connector(_ConnectorBase):
             self._conn.close()
             self._conn = None
 
+    def forget(self) -> None:
+        """Drop the connection unclosed: in a forked child it is the parent's (psycopg does
+        not close a connection another process opened when it is collected)."""
+        self._conn = None
+
     def close(self) -> None:
         self.discard()
 
@@ -366,10 +414,13 @@ def deliver(
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: threading.Event | None = None,
-    on_retry: Callable[[], None] | None = None,
+    on_retry: Callable[[bool], None] | None = None,
 ) -> Outcome:
     """Write one batch: retry, split after repeated statement timeouts, dead-letter the rest.
 
+    A failed attempt never reuses its connection: the next one connects afresh, so a
+    multi-host conninfo reaches the new primary after a failover. ``on_retry`` is told
+    whether the failure was the database refusing writes as read-only.
     Never raises for a failed write: every event ends up counted or in ``Outcome.dead``.
     """
     outcome = Outcome()
@@ -377,7 +428,16 @@ def deliver(
     while pending:
         part = pending.pop()
         try:
-            outcome.merge(_store(connector.get(), table, part.events, staged=part.staged))
+            conn = connector.get()
+            outcome.merge(
+                _store(
+                    conn,
+                    table,
+                    part.events,
+                    staged=part.staged,
+                    lock_timeout=connector.lock_timeout,
+                )
+            )
             continue
         except _NeedStaging:
             part.staged = True
@@ -385,15 +445,22 @@ def deliver(
             continue
         except Exception as exc:
             broken = connector.broken()
-            if broken:
-                connector.discard()
+            connector.discard()
+            read_only = connector.failed(exc)
             stopping = stop is not None and stop.is_set()
             delay = _after_failure(
-                part, exc, retry, pending, outcome, broken=broken, stopping=stopping
+                part,
+                exc,
+                retry,
+                pending,
+                outcome,
+                broken=broken,
+                stopping=stopping,
+                lock_timeout=connector.lock_timeout,
             )
         if delay is not None:
             if on_retry is not None:
-                on_retry()
+                on_retry(read_only)
             if stop is not None:
                 stop.wait(delay)
             else:
@@ -461,9 +528,12 @@ async def _astore(
     events: Sequence[NewEvent],
     *,
     staged: bool,
+    lock_timeout: float | None,
 ) -> Outcome:
     outcome = Outcome()
     async with conn.transaction():
+        if lock_timeout is not None:
+            await conn.execute(_lock_timeout_sql(lock_timeout))
         if staged:
             await conn.execute(_staging_sql(table))
         await _astore_part(conn, table, events, outcome, staged=staged)
@@ -479,9 +549,15 @@ class AsyncConnector(_ConnectorBase):
         *,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         super().__init__(
-            target, psycopg.AsyncConnection, AsyncEngine, connect_timeout, tcp_user_timeout
+            target,
+            psycopg.AsyncConnection,
+            AsyncEngine,
+            connect_timeout,
+            tcp_user_timeout,
+            lock_timeout,
         )
         self._conn: psycopg.AsyncConnection[Any] | None = (
             target if isinstance(target, psycopg.AsyncConnection) else None
@@ -515,7 +591,7 @@ async def adeliver(
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: asyncio.Event | None = None,
-    on_retry: Callable[[], None] | None = None,
+    on_retry: Callable[[bool], None] | None = None,
 ) -> Outcome:
     """Async `deliver`: the same decisions, with awaits."""
     outcome = Outcome()
@@ -523,8 +599,15 @@ async def adeliver(
     while pending:
         part = pending.pop()
         try:
+            conn = await connector.get()
             outcome.merge(
-                await _astore(await connector.get(), table, part.events, staged=part.staged)
+                await _astore(
+                    conn,
+                    table,
+                    part.events,
+                    staged=part.staged,
+                    lock_timeout=connector.lock_timeout,
+                )
             )
             continue
         except _NeedStaging:
@@ -533,15 +616,22 @@ async def adeliver(
             continue
         except Exception as exc:
             broken = connector.broken()
-            if broken:
-                await connector.discard()
+            await connector.discard()
+            read_only = connector.failed(exc)
             stopping = stop is not None and stop.is_set()
             delay = _after_failure(
-                part, exc, retry, pending, outcome, broken=broken, stopping=stopping
+                part,
+                exc,
+                retry,
+                pending,
+                outcome,
+                broken=broken,
+                stopping=stopping,
+                lock_timeout=connector.lock_timeout,
             )
         if delay is not None:
             if on_retry is not None:
-                on_retry()
+                on_retry(read_only)
             if stop is None:
                 await asyncio.sleep(delay)
             else:

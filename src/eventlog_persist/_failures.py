@@ -50,6 +50,9 @@ _TRANSIENT_CODES: Final = frozenset({"55P03", "55006", "XX000"})
 _ROW_CLASSES: Final = frozenset({"22", "23", "54"})
 STATEMENT_TIMEOUT: Final = "57014"
 LOCK_NOT_AVAILABLE: Final = "55P03"
+# A standby, a primary demoted by a failover, or default_transaction_read_only: an outage of
+# the primary, not a bad setup, so it is retried on a new connection.
+READ_ONLY: Final = "25006"
 
 
 def sqlstate_of(exc: BaseException | None) -> str | None:
@@ -122,10 +125,15 @@ def classify_error(exc: BaseException) -> ErrorKind:
     return ErrorKind.UNEXPECTED
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """True when the database refused a write because it accepts only reads (25006)."""
+    return sqlstate_of(exc) == READ_ONLY
+
+
 def _kind_of_state(state: str, *, constraint: object) -> ErrorKind:
     if state == "23505" and constraint == PK_NAME:
         return ErrorKind.DUPLICATE
-    if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES:
+    if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES or state == READ_ONLY:
         return ErrorKind.TRANSIENT
     if state[:2] in _ROW_CLASSES:
         return ErrorKind.ROW
@@ -280,9 +288,9 @@ def write_error(
         error_type = RetriesExhaustedError
         message = (
             f"{what}: {attempts} attempts failed with transient errors, the last: {detail}; "
-            "check that the database is reachable, or allow more time with "
-            "RetryPolicy(max_attempts=..., max_elapsed=...). Replaying it (write_events) "
-            "is safe: an id already stored is skipped"
+            f"{_outage_fix(state, lock_timeout)}, or allow more time with "
+            "RetryPolicy(max_elapsed=...). Replaying it (write_events) is safe: an id "
+            "already stored is skipped"
         )
     elif reason is Reason.STATEMENT_TIMEOUT:
         message = (
@@ -311,3 +319,21 @@ def write_error(
     error = error_type(message, event=event, sqlstate=state)
     error.__cause__ = cause
     return error
+
+
+def _outage_fix(state: str | None, lock_timeout: float | None) -> str:
+    """What to do about the transient error that outlasted the retries."""
+    if state == READ_ONLY:
+        return (
+            "the database accepts only reads (a standby, a primary demoted by a failover, or "
+            "default_transaction_read_only = on): point the writer at the primary; a "
+            "multi-host conninfo with target_session_attrs=read-write follows a failover"
+        )
+    if state == LOCK_NOT_AVAILABLE:
+        limit = "" if lock_timeout is None else f" ({lock_timeout:g} s)"
+        return (
+            f"every attempt waited longer than lock_timeout{limit} for a lock on a row it "
+            "references (its chat session, user, project or agent): find the transaction "
+            "that holds it (pg_locks, pg_stat_activity)"
+        )
+    return "check that the database is reachable"

@@ -9,31 +9,32 @@ from typing import Final
 
 from eventlog_persist.exceptions import ConfigurationError
 
-__all__ = ["BUFFERED_RETRY", "DEFAULT_RETRY", "RetryPolicy"]
+__all__ = ["BUFFERED_RETRY", "DEFAULT_RETRY", "DETACHED_RETRY", "RetryPolicy"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for transient write errors.
+    """Exponential backoff with full jitter for transient write errors, within a deadline.
 
     The n-th retry (0-based) waits a random time between 0 and
-    ``min(max_delay, initial_delay * multiplier ** n)`` seconds. Retrying stops when either
-    limit is reached; ``None`` disables that limit.
+    ``min(max_delay, initial_delay * multiplier ** n)`` seconds, never past the deadline:
+    the last attempt starts at ``max_elapsed`` seconds at the latest. Retrying stops at the
+    deadline or after ``max_attempts``; ``None`` disables that limit.
 
     Attributes:
-        max_attempts: Most attempts in all, the first included (default 6); ``None`` for
-            no limit.
-        max_elapsed: Most seconds from the first attempt to the start of the last (default
-            30); ``None`` for no limit.
+        max_attempts: Most attempts in all, the first included (default ``None``: as many
+            as the deadline allows).
+        max_elapsed: The deadline: most seconds from the first attempt to the start of the
+            last (default 30); ``None`` for no deadline.
         initial_delay: Cap of the first wait, in seconds (default 0.05).
-        max_delay: Largest cap of any wait, in seconds (default 5).
+        max_delay: Largest cap of any wait, in seconds (default 2).
         multiplier: Growth of the cap per retry (default 2).
     """
 
-    max_attempts: int | None = 6
+    max_attempts: int | None = None
     max_elapsed: float | None = 30.0
     initial_delay: float = 0.05
-    max_delay: float = 5.0
+    max_delay: float = 2.0
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
@@ -72,10 +73,11 @@ class RetryPolicy:
         """
         if self.max_attempts is not None and retry + 1 >= self.max_attempts:
             return None
-        if self.max_elapsed is not None and elapsed >= self.max_elapsed:
+        remaining = math.inf if self.max_elapsed is None else self.max_elapsed - elapsed
+        if remaining <= 0:
             return None
         cap = min(self.max_delay, self.initial_delay * self.multiplier ** min(retry, 64))
-        return random.uniform(0.0, cap)
+        return min(random.uniform(0.0, cap), remaining)
 
 
 def _non_negative(value: object) -> bool:
@@ -85,7 +87,14 @@ def _non_negative(value: object) -> bool:
 
 
 DEFAULT_RETRY: Final = RetryPolicy()
-"""Six attempts within 30 s: the default of the detached and bulk writers."""
+"""Retry for 30 s, waits capped at 2 s: the bulk writers' default (rides out a restart)."""
 
-BUFFERED_RETRY: Final = RetryPolicy(max_attempts=None, max_elapsed=None, max_delay=2.0)
+DETACHED_RETRY: Final = RetryPolicy(max_elapsed=10.0)
+"""Retry for 10 s: `EventWriter`'s default for detached writes, which a request waits for.
+
+Long enough for a server restart or a managed failover of a few seconds; short enough that
+a request does not hang on a database that is down for good.
+"""
+
+BUFFERED_RETRY: Final = RetryPolicy(max_elapsed=None)
 """Retry until the database is back, waits capped at 2 s: the buffered writers' default."""

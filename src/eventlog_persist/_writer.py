@@ -17,10 +17,18 @@ from sqlalchemy.orm import Session
 from typing_extensions import Unpack
 
 from eventlog_persist._events import EventBuilder, EventFields, NewEvent
-from eventlog_persist._failures import Action, Attempt, Reason, decide, write_error
+from eventlog_persist._failures import (
+    Action,
+    Attempt,
+    ErrorKind,
+    Reason,
+    classify_error,
+    decide,
+    write_error,
+)
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist._retry import DEFAULT_RETRY, RetryPolicy
+from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import ConfigurationError
@@ -67,7 +75,10 @@ class EventWriter(Generic[ModelT, KeyT]):
         model: The host's ``EventLog`` model.
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
-        retry: How the detached writes retry transient errors.
+        retry: How the detached writes retry transient errors (a lost connection, a
+            restart, a failover, a database that accepts only reads); default
+            `DETACHED_RETRY`, 10 s. Each retry takes a new connection from the pool: the
+            one that failed is invalidated.
         lock_timeout: Most seconds a detached write waits for a row lock (the foreign-key
             check locks the referenced rows ``FOR KEY SHARE``); None: the server's setting.
             Default 5.
@@ -107,7 +118,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         *,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        retry: RetryPolicy = DETACHED_RETRY,
         lock_timeout: float | None = 5.0,
     ) -> None:
         if not isinstance(retry, RetryPolicy):
@@ -231,11 +242,17 @@ class EventWriter(Generic[ModelT, KeyT]):
         attempt = Attempt(started=time.monotonic())
         while True:
             try:
-                with engine.begin() as conn:
-                    if self._set_lock_timeout is not None:
-                        conn.execute(self._set_lock_timeout)
-                    conn.execute(self._insert, params)
-                    return event
+                with engine.connect() as conn:
+                    try:
+                        with conn.begin():
+                            if self._set_lock_timeout is not None:
+                                conn.execute(self._set_lock_timeout)
+                            conn.execute(self._insert, params)
+                        return event
+                    except Exception as exc:
+                        if classify_error(exc) is ErrorKind.TRANSIENT:
+                            conn.invalidate()  # never retried on: it may reach a standby
+                        raise
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             time.sleep(delay)
@@ -269,11 +286,17 @@ class EventWriter(Generic[ModelT, KeyT]):
         attempt = Attempt(started=time.monotonic())
         while True:
             try:
-                async with engine.begin() as conn:
-                    if self._set_lock_timeout is not None:
-                        await conn.execute(self._set_lock_timeout)
-                    await conn.execute(self._insert, params)
-                    return event
+                async with engine.connect() as conn:
+                    try:
+                        async with conn.begin():
+                            if self._set_lock_timeout is not None:
+                                await conn.execute(self._set_lock_timeout)
+                            await conn.execute(self._insert, params)
+                        return event
+                    except Exception as exc:
+                        if classify_error(exc) is ErrorKind.TRANSIENT:
+                            await conn.invalidate()  # never retried on: it may reach a standby
+                        raise
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)

@@ -1,0 +1,87 @@
+"""How a process's end reaches the thread writers: SIGTERM, and ``fork()``.
+
+Python runs ``atexit`` hooks on a normal exit, ``sys.exit``, an unhandled exception and
+SIGINT, but not when SIGTERM (what ``docker stop`` and Kubernetes send) kills the process
+with the default action. So the first writer started in the main thread installs one
+SIGTERM handler for every writer: it closes them (each within its ``exit_timeout``), then
+gives the signal its previous effect. A forked child gets fresh writers of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import weakref
+from types import FrameType
+from typing import Any, Protocol
+
+logger = logging.getLogger("eventlog_persist")
+
+
+class _Closable(Protocol):
+    def _close_at_exit(self) -> None: ...
+    def _after_fork_in_child(self) -> None: ...
+
+
+_writers: weakref.WeakSet[Any] = weakref.WeakSet()
+_previous: Any = None  # the SIGTERM handler ours replaced; None while ours is not installed
+_installed = False
+_lock = threading.Lock()
+
+
+def watch(writer: _Closable, *, sigterm: bool) -> None:
+    """Close ``writer`` on SIGTERM (when ``sigterm``) and reset it in a forked child."""
+    global _installed, _previous
+    with _lock:
+        _writers.add(writer)
+        if not sigterm or _installed:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning(
+                "a BufferedWriter was started outside the main thread, where no signal "
+                "handler can be installed: SIGTERM will not flush it. Close it in the "
+                "application's shutdown, or start it from the main thread"
+            )
+            return
+        current = signal.getsignal(signal.SIGTERM)
+        if current is signal.SIG_IGN or current is None:
+            return  # the host ignores SIGTERM, or handles it outside Python: leave it be
+        _previous = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _installed = True
+
+
+def unwatch(writer: _Closable) -> None:
+    with _lock:
+        _writers.discard(writer)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _installed
+    previous = _previous
+    if callable(previous):
+        # The host's or its server's handler (uvicorn, gunicorn) shuts down gracefully and
+        # exits normally: the writers' exit hooks flush them after the last request.
+        previous(signum, frame)
+        return
+    for writer in list(_writers):
+        try:
+            writer._close_at_exit()
+        except Exception:  # pragma: no cover - close reports through the hook and the log
+            logger.exception("closing a BufferedWriter on SIGTERM failed")
+    with _lock:
+        signal.signal(signal.SIGTERM, previous)
+        _installed = False
+    signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for writer in list(_writers):
+        writer._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

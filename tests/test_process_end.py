@@ -1,0 +1,250 @@
+"""How a process ends, and what happens to its queued events: SIGTERM with and without a
+handler of the host's, a forked child, and an ASGI server's lifespan under a real uvicorn.
+
+Each test runs a real process and counts the rows it left behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostmodels import HostModels
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
+
+TESTS = Path(__file__).parent
+
+
+def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
+    with Session(engine) as session:
+        user = models.User(id=models.new_key())
+        session.add(user)
+        session.flush()
+        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
+        session.add(chat)
+        session.commit()
+        return user.id, chat.id
+
+
+def stored(engine: Engine) -> dict[str, int]:
+    """Distinct stored ids per event type."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT event_type, count(DISTINCT id), count(*) FROM event_logs GROUP BY 1")
+        ).all()
+    assert all(distinct == total for _, distinct, total in rows), "an event stored twice"
+    return {kind: distinct for kind, distinct, _ in rows}
+
+
+def conninfo(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def start(script: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(script)],
+        cwd=TESTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], expected: str) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if line != expected:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"expected {expected!r}, got {line!r}; stderr:\n{err}")
+
+
+def queue_then_wait(
+    url: URL, user_id: Any, session_id: Any, setup: str = "", **options: Any
+) -> str:
+    """A process that queues 3,000 events (written only when it closes), then sleeps."""
+    extra = "".join(f", {name}={value!r}" for name, value in options.items())
+    return f"""
+        import time, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        {setup}
+        models = build_host_models()
+        writer = BufferedWriter(models.EventLog, {conninfo(url)!r}, flush_interval=600{extra})
+        writer.start()
+        for i in range(3000):
+            writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
+                           user_id=uuid.UUID({str(user_id)!r}), event_type="queued")
+        print("queued", flush=True)
+        time.sleep(60)
+    """
+
+
+def test_sigterm_writes_the_queue_then_ends_the_process_as_sigterm_does(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    process = start(queue_then_wait(database_url, user_id, session_id))
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, err  # the signal's normal effect
+    assert stored(host_engine) == {"queued": 3000}
+
+
+def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queue(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    setup = """
+        import signal, sys
+        def graceful(signum, frame):
+            print("host handler", flush=True)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, graceful)
+    """
+    process = start(queue_then_wait(database_url, user_id, session_id, setup=setup.strip()))
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, err
+    assert out.strip() == "host handler"
+    assert stored(host_engine) == {"queued": 3000}
+
+
+def test_without_the_handler_sigterm_kills_the_queue(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    process = start(queue_then_wait(database_url, user_id, session_id, handle_sigterm=False))
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
+    assert stored(host_engine) == {}  # what the handler is for
+
+
+def test_a_forked_child_writes_through_its_own_connection_and_thread(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import os, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+
+        models = build_host_models()
+        keys = dict(session_id=uuid.UUID({str(session_id)!r}), user_id=uuid.UUID({str(user_id)!r}))
+        writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=0.01)
+        writer.start()
+        for _ in range(100):
+            writer.enqueue(event_type="parent", **keys)
+        assert writer.flush(timeout=30)
+        for _ in range(50):  # queued in the parent at the fork: the parent's to write
+            writer.enqueue(event_type="at-fork", **keys)
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(70):
+                writer.enqueue(event_type="child", **keys)
+            counters = writer.close(timeout=30)
+            os._exit(0 if (counters.written, counters.retried) == (70, 0) else 1)
+        _, status = os.waitpid(pid, 0)
+        for _ in range(30):
+            writer.enqueue(event_type="parent", **keys)
+        counters = writer.close(timeout=30)
+        print(os.waitstatus_to_exitcode(status), counters.written, counters.retried, flush=True)
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # The child exited 0, and the parent's connection survived the child: no retry.
+    assert done.stdout.split() == ["0", "180", "0"]
+    assert stored(host_engine) == {"parent": 130, "at-fork": 50, "child": 70}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_uvicorn_on_sigterm_runs_the_lifespan_shutdown_that_flushes_both_writers(
+    host_engine: Engine, host_models: HostModels, database_url: URL, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    app = tmp_path / "asgi_host.py"
+    app.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, contextlib, uuid
+            from hostmodels import build_host_models
+            from eventlog_persist import AsyncBufferedWriter, BufferedWriter
+
+            models = build_host_models()
+            KEYS = dict(session_id=uuid.UUID({str(session_id)!r}),
+                        user_id=uuid.UUID({str(user_id)!r}))
+            TARGET = {conninfo(database_url)!r}
+            # Started at import, before uvicorn installs its signal handlers.
+            threaded = BufferedWriter(models.EventLog, TARGET, flush_interval=600).start()
+
+            async def app(scope, receive, send):
+                assert scope["type"] == "lifespan"
+                message = await receive()  # startup
+                queued = AsyncBufferedWriter(models.EventLog, TARGET, flush_interval=600)
+                await queued.start()
+                for _ in range(2000):
+                    await queued.enqueue(event_type="async", **KEYS)
+                    threaded.enqueue(event_type="thread", **KEYS)
+                await send({{"type": "lifespan.startup.complete"}})
+                print("queued", flush=True)
+                message = await receive()  # shutdown, on SIGTERM
+                await queued.close()
+                await send({{"type": "lifespan.shutdown.complete"}})
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "asgi_host:app",
+            "--port",
+            str(free_port()),
+            "--lifespan",
+            "on",
+            "--app-dir",
+            str(tmp_path),
+        ],
+        cwd=TESTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_line(process, "queued")
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert "Application shutdown complete" in err
+    # The async writer flushed in the lifespan shutdown; the thread writer when uvicorn,
+    # done, gave the signal back to the handler it had found: the package's.
+    assert process.returncode == -signal.SIGTERM
+    assert stored(host_engine) == {"async": 2000, "thread": 2000}
