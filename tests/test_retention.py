@@ -542,6 +542,17 @@ def test_max_batches_one_runs_a_single_batch(
         ),
         pytest.param({"max_batches": -1}, "or None (no limit), got -1", id="max-batches-negative"),
         pytest.param({"max_batches": False}, "max_batches must be", id="max-batches-bool"),
+        pytest.param(
+            {"sleep": -1},
+            "sleep must be a number of seconds from 0 to 86400, got -1",
+            id="sleep-neg",
+        ),
+        pytest.param({"sleep": float("nan")}, "from 0 to 86400, got nan", id="sleep-nan"),
+        pytest.param({"sleep": float("inf")}, "from 0 to 86400, got inf", id="sleep-inf"),
+        pytest.param({"sleep": 86400.5}, "from 0 to 86400, got 86400.5", id="sleep-over-a-day"),
+        pytest.param({"sleep": 10**400}, "sleep must be a number", id="sleep-huge-int"),
+        pytest.param({"sleep": "1"}, "sleep must be a number", id="sleep-str"),
+        pytest.param({"on_batch": "print"}, "on_batch must be a callable", id="on-batch-str"),
     ],
 )
 def test_out_of_range_batching_is_refused_before_anything_is_deleted(
@@ -593,3 +604,33 @@ def test_documented_defaults() -> None:
     parameters = inspect.signature(purge_events).parameters
     assert parameters["batch_size"].default == 5000
     assert parameters["sleep"].default == 0
+
+
+def test_on_batch_gets_the_totals_after_each_committed_batch(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    seen: list[tuple[PurgeResult, set[Any]]] = []
+
+    def on_batch(done: PurgeResult) -> None:
+        # Each call comes after the commit: a fresh connection already misses those events.
+        seen.append((done, estate.all_ids() - stored_ids(host_engine, host_models)))
+
+    model = host_models.EventLog
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=6, on_batch=on_batch)
+    assert result == PurgeResult(deleted=17, batches=3)
+    assert [done for done, _ in seen] == [PurgeResult(6, 1), PurgeResult(12, 2), PurgeResult(17, 3)]
+    assert [len(gone) for _, gone in seen] == [6, 12, 17]
+
+
+def test_an_error_in_on_batch_ends_the_purge_after_that_batch(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    def on_batch(done: PurgeResult) -> None:
+        raise RuntimeError(f"stop after {done.batches}")
+
+    with pytest.raises(RuntimeError, match="stop after 1"):
+        purge_events(
+            host_models.EventLog, host_engine, older_than=CUTOFF, batch_size=4, on_batch=on_batch
+        )
+    # The batch before the error is committed; nothing after it ran.
+    assert len(estate.all_ids() - stored_ids(host_engine, host_models)) == 4

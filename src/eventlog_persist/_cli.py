@@ -212,14 +212,13 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
                     f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
                     "or pass the schema that holds it as --schema"
                 ) from None
-        keys = {
-            name: _key(table, name, value)
-            for name, value in (("user_id", args.user_id), ("project_id", args.project_id))
-            if value is not None
-        }
+        user_id = None if args.user_id is None else _key(table, "user_id", args.user_id)
+        project_id = None if args.project_id is None else _key(table, "project_id", args.project_id)
         if args.dry_run:
             stage[0] = "count"
-            count = count_purgeable(table, engine, older_than=cutoff, **keys)
+            count = count_purgeable(
+                table, engine, older_than=cutoff, user_id=user_id, project_id=project_id
+            )
             print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
             return 0
         stage[0] = "purge"
@@ -230,7 +229,8 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
             batch_size=args.batch_size,
             max_batches=args.max_batches,
             sleep=args.sleep,
-            **keys,
+            user_id=user_id,
+            project_id=project_id,
         )
     finally:
         engine.dispose()
