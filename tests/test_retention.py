@@ -800,3 +800,47 @@ def test_all_with_a_past_cutoff_changes_nothing(
     assert done.returncode == 0, done.stderr
     assert "purged 17 events" in done.stdout
     assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old()
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+PROGRESS = re.compile(
+    r"eventlog-persist: batch (\d+) done, (\d+) events deleted so far, \d+\.\d s elapsed"
+)
+
+
+def test_purge_command_reports_each_batch_on_stderr(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    user = str(estate.users[0])
+    args = ["--older-than", CUTOFF.isoformat(), "--user-id", user, "--batch-size", "4"]
+    result = run_cli(database_url, *args, real=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    matches = [PROGRESS.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [(int(m[1]), int(m[2])) for m in matches if m] == [(1, 4), (2, 8), (3, 9)]
+    # The summary stays alone on stdout.
+    assert result.stdout.splitlines() == [
+        f"eventlog-persist: purged 9 events older than {CUTOFF.isoformat()} in 3 batches"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "-q"])
+def test_quiet_silences_the_progress_but_not_the_summary(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL, flag: str
+) -> None:
+    result = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--batch-size", "4", flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "purged 17 events" in result.stdout
+    assert "in 5 batches" in result.stdout
+
+
+def test_nothing_to_purge_prints_no_progress(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    result = run_cli(database_url, "--older-than", "2000-01-01T00:00:00+00:00")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "purged 0 events" in result.stdout

@@ -6,8 +6,9 @@ import argparse
 import configparser
 import re
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,7 @@ from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
 from eventlog_persist._retention import (
     DEFAULT_BATCH_SIZE,
     MAX_SLEEP,
+    PurgeResult,
     count_purgeable,
     purge_events,
 )
@@ -114,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     purge.add_argument("--project-id", type=_key_argument, help="only this project's events")
     purge.add_argument("--schema", help="schema of event_logs (default: search_path)")
     purge.add_argument("--dry-run", action="store_true", help="count, do not delete")
+    purge.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines on stderr, only the summary"
+    )
 
     try:
         args = parser.parse_args(argv)
@@ -408,6 +413,7 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
             sleep=args.sleep,
             user_id=user_id,
             project_id=project_id,
+            on_batch=None if args.quiet else _progress(),
         )
     finally:
         engine.dispose()
@@ -416,6 +422,21 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
         f"in {result.batches} batches"
     )
     return 0
+
+
+def _progress() -> Callable[[PurgeResult], None]:
+    """A progress line on stderr per committed batch: batches, events so far, time taken."""
+    started = time.monotonic()
+
+    def report(done: PurgeResult) -> None:
+        print(
+            f"eventlog-persist: batch {done.batches} done, {done.deleted} events deleted so "
+            f"far, {time.monotonic() - started:.1f} s elapsed",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
 
 
 class _BadArgument(Exception):
