@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 from alembic.config import Config
+from alembic.util import CommandError
 from hostkit import make_host
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine
 
 from eventlog_persist import check_setup, include_name, write_linear_revisions
+from eventlog_persist._alembic_setup import refuse_cut_location
 from eventlog_persist._cli import main
 from eventlog_persist.exceptions import MigrationSetupError
 
@@ -153,6 +155,17 @@ def test_linear_revision_refuses_to_overwrite_a_foreign_file(
     clash.write_text('revision = "other"\ndown_revision = "h001_core"\n')
     with pytest.raises(MigrationSetupError, match="exists but is not a linear copy"):
         write_linear_revisions(Config(str(host.root / "alembic.ini")))
+
+
+def test_the_guard_refuses_only_a_cut_package_location(tmp_path: Path, database_url: URL) -> None:
+    """What the package runs on import inside a running Alembic environment."""
+    host = make_host(tmp_path / "h", database_url)
+    refuse_cut_location(Config(str(host.root / "alembic.ini")))  # the documented setup
+    host.edit("alembic.ini", "path_separator = space", "path_separator = os")
+    with pytest.raises(MigrationSetupError, match="cuts 'eventlog_persist:migrations'") as raised:
+        refuse_cut_location(Config(str(host.root / "alembic.ini")))
+    # The alembic command prints a CommandError as one "FAILED:" line, not a traceback.
+    assert isinstance(raised.value, CommandError)
 
 
 @pytest.mark.parametrize(
