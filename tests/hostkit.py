@@ -81,8 +81,14 @@ class HostProject:
         result = subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
         return _checked(result, check)
 
-    def run_cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``alembic ARGV`` (or ``eventlog-persist``, ``python``) as a real subprocess."""
+    def run_cli(
+        self, *argv: str, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``alembic ARGV`` (or ``eventlog-persist``, ``python``) as a real subprocess.
+
+        With ``timeout`` (seconds), a process still running then is killed and
+        ``subprocess.TimeoutExpired`` raised: a hang fails the test and leaves nothing behind.
+        """
         program = argv[0] if argv[0] in ("eventlog-persist", "python") else "alembic"
         args = argv[1:] if program != "alembic" else argv
         executable = (
@@ -102,7 +108,12 @@ class HostProject:
             "PYTHONWARNINGS": "error::DeprecationWarning,ignore::UserWarning:platformdirs.api",
         }
         result = subprocess.run(
-            [*executable, *args], cwd=self.root, env=env, capture_output=True, text=True
+            [*executable, *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         return _checked(result, check)
 

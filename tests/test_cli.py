@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 from alembic.config import Config
+from alembic.util import CommandError
 from hostkit import make_host
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Engine
 
 from eventlog_persist import check_setup, include_name, write_linear_revisions
+from eventlog_persist._alembic_setup import refuse_cut_location
 from eventlog_persist._cli import main
 from eventlog_persist.exceptions import MigrationSetupError
 
@@ -213,3 +215,89 @@ def test_check_says_when_the_database_accepts_only_reads(
         "accepts writes; point them and --url at the primary, or use a multi-host conninfo "
         "with target_session_attrs=read-write"
     ]
+
+
+def test_the_guard_refuses_only_a_cut_package_location(tmp_path: Path, database_url: URL) -> None:
+    """What the package runs on import inside a running Alembic environment."""
+    host = make_host(tmp_path / "h", database_url)
+    refuse_cut_location(Config(str(host.root / "alembic.ini")))  # the documented setup
+    host.edit("alembic.ini", "path_separator = space", "path_separator = os")
+    with pytest.raises(MigrationSetupError, match="cuts 'eventlog_persist:migrations'") as raised:
+        refuse_cut_location(Config(str(host.root / "alembic.ini")))
+    # The alembic command prints a CommandError as one "FAILED:" line, not a traceback.
+    assert isinstance(raised.value, CommandError)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"alembic.ini": "no section\n"}, "alembic.ini cannot be used: File contains no section"),
+        (
+            {"alembic.ini": "[alembic]\npath_separator = comma\nversion_locations = a b\n"},
+            "alembic.ini cannot be used: 'comma' is not a valid value for path_separator",
+        ),
+        (
+            {"alembic.ini": "[alembic]\n", "pyproject.toml": "[tool.alembic\n"},
+            "pyproject.toml cannot be used: ",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "linear-revision"])
+def test_an_unreadable_config_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, str],
+    message: str,
+    command: str,
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    assert main([command, "-c", str(tmp_path / "alembic.ini")]) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith("eventlog-persist: error: ")
+    assert message in line
+    assert line.endswith("; correct it")
+
+
+def test_a_folder_is_not_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(tmp_path)]) == 2
+    assert "is a folder, not a file; run in the folder of alembic.ini" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["check"], ["demo"]])
+def test_an_unreachable_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    nowhere = URL.create(
+        "postgresql+psycopg", username="nobody", database="nodb", query={"host": str(tmp_path)}
+    )
+    argv = [*command, "--url", nowhere.render_as_string(hide_password=False)]
+    if command == ["check"]:
+        argv += ["-c", str(tmp_path / "alembic.ini")]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("eventlog-persist: error: OperationalError: ")
+    assert line.endswith("; check --url")
+
+
+@pytest.mark.parametrize("command", ["check", "demo"])
+def test_every_url_option_takes_only_postgresql(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    assert main([command, "--url", "sqlite://"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"eventlog-persist {command}: error: argument --url: 'sqlite://' is not")
+
+
+def test_argparse_refusals_are_one_line_with_a_pointer_to_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["purge", "--url", "postgresql://db/app"]) == 2
+    assert capsys.readouterr().err == (
+        "eventlog-persist purge: error: the following arguments are required: --older-than; "
+        "see 'eventlog-persist purge --help'\n"
+    )
+    assert main(["purge", "--help"]) == 0
+    assert "--all" in capsys.readouterr().out

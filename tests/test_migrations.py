@@ -207,6 +207,39 @@ def test_os_path_separator_is_reported(host: HostProject) -> None:
     assert "path_separator = os cuts 'eventlog_persist:migrations'" in result.stderr
 
 
+@pytest.mark.timeout(60)  # the subprocess's own limit below fires first; never hang the run
+@pytest.mark.parametrize(
+    "locations",
+    [
+        # What `alembic init` writes (path_separator = os) with the documented list appended.
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        # The same list written with the os separator itself.
+        "%(here)s/migrations/versions:eventlog_persist:migrations",
+    ],
+)
+def test_upgrade_with_os_path_separator_fails_fast_with_the_fix(
+    host: HostProject, engine: Engine, locations: str
+) -> None:
+    """Real CLI: `alembic upgrade heads` fails in seconds instead of hanging.
+
+    Cut at the colon, the list names the relative folder ``migrations``: the host's own
+    script directory, so Alembic loads its env.py as a revision, whose second run waits
+    forever on the lock of the first run's uncommitted ``alembic_version`` table. The
+    package, imported by env.py through the host's models, refuses the list first.
+    """
+    host.edit("alembic.ini", "path_separator = space", "path_separator = os")
+    host.edit("alembic.ini", "%(here)s/migrations/versions eventlog_persist:migrations", locations)
+    result = host.run_cli("upgrade", "heads", check=False, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    # Alembic prints a CommandError as one "FAILED:" line, on stdout.
+    [failed] = [line for line in result.stdout.splitlines() if line.startswith("FAILED:")]
+    assert "path_separator = os cuts 'eventlog_persist:migrations' at its colon" in failed
+    assert "Set 'path_separator = space'" in failed
+    # It failed before connecting: nothing was written.
+    assert inspect(engine).get_table_names() == []
+
+
 def test_check_passes_and_verifies_targets_online(host: HostProject) -> None:
     # Real CLI: `python -m eventlog_persist check` in a subprocess.
     assert "setup OK (branch mode)" in host.run_cli("eventlog-persist", "check").stdout

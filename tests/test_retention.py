@@ -178,15 +178,40 @@ def test_parse_cutoff(value: str, expected: datetime) -> None:
     assert parse_cutoff(value, now=NOW) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [("30 days", "neither"), ("2025-01-31", "offset")])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30 days", "is neither an age"),
+        ("2025-01-31", "has no UTC offset"),
+        ("2025-13-01T00:00:00+00:00", "is neither an age"),
+        # Past datetime's range, and past timedelta's (999999999 days) too.
+        ("739999d", "reaches back before the year 1"),
+        ("1000000000d", "reaches back before the year 1"),
+        ("9" * 5000 + "s", "reaches back before the year 1"),
+    ],
+)
 def test_parse_cutoff_errors(value: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        parse_cutoff(value)
+        parse_cutoff(value, now=NOW)
+
+
+def test_parse_cutoff_oldest_age_is_the_one_the_error_names() -> None:
+    with pytest.raises(ValidationError, match=r"at most (\d+)d") as raised:
+        parse_cutoff("1000000000d", now=NOW)
+    oldest = re.search(r"at most (\d+)d", str(raised.value))
+    assert oldest is not None
+    assert parse_cutoff(f"{oldest[1]}d", now=NOW).year == 1
+    with pytest.raises(ValidationError):
+        parse_cutoff(f"{int(oldest[1]) + 2}d", now=NOW)
 
 
 def run_cli(url: URL, *args: str, real: bool = False) -> subprocess.CompletedProcess[str]:
     """``eventlog-persist purge --url URL *args``: in-process, or as a real process."""
-    argv = ["purge", "--url", url.render_as_string(hide_password=False), *args]
+    return run_main(["purge", "--url", url.render_as_string(hide_password=False), *args], real)
+
+
+def run_main(argv: list[str], real: bool = False) -> subprocess.CompletedProcess[str]:
+    """``eventlog-persist *argv``: in-process, or as a real process."""
     if real:
         env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning,ignore::UserWarning"}
         command = [sys.executable, "-m", "eventlog_persist", *argv]
@@ -225,22 +250,13 @@ def test_purge_command(
     assert kinds(host_engine, host_models) == []
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--older-than", "soon"], "neither an age"),
-        (["--older-than", "30d", "--project-id", "nope"], "--project-id 'nope' is not a valid"),
-        (["--older-than", "30d", "--batch-size", "0"], "batch_size must be"),
-        (["--older-than", "30d", "--schema", "elsewhere"], "no event_logs table in schema"),
-    ],
-)
-def test_purge_command_errors(
-    host_engine: Engine, database_url: URL, args: list[str], message: str
+def test_purge_command_without_the_table_says_where_it_looked(
+    host_engine: Engine, database_url: URL
 ) -> None:
-    result = run_cli(database_url, *args)
+    result = run_cli(database_url, "--older-than", "30d", "--schema", "elsewhere")
     assert result.returncode == 2
-    assert result.stderr.startswith("eventlog-persist: error:")
-    assert message in result.stderr
+    assert result.stderr.startswith("eventlog-persist: error: there is no event_logs table in ")
+    assert "schema 'elsewhere'" in result.stderr
 
 
 def test_purge_command_database_error_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -542,6 +558,17 @@ def test_max_batches_one_runs_a_single_batch(
         ),
         pytest.param({"max_batches": -1}, "or None (no limit), got -1", id="max-batches-negative"),
         pytest.param({"max_batches": False}, "max_batches must be", id="max-batches-bool"),
+        pytest.param(
+            {"sleep": -1},
+            "sleep must be a number of seconds from 0 to 86400, got -1",
+            id="sleep-neg",
+        ),
+        pytest.param({"sleep": float("nan")}, "from 0 to 86400, got nan", id="sleep-nan"),
+        pytest.param({"sleep": float("inf")}, "from 0 to 86400, got inf", id="sleep-inf"),
+        pytest.param({"sleep": 86400.5}, "from 0 to 86400, got 86400.5", id="sleep-over-a-day"),
+        pytest.param({"sleep": 10**400}, "sleep must be a number", id="sleep-huge-int"),
+        pytest.param({"sleep": "1"}, "sleep must be a number", id="sleep-str"),
+        pytest.param({"on_batch": "print"}, "on_batch must be a callable", id="on-batch-str"),
     ],
 )
 def test_out_of_range_batching_is_refused_before_anything_is_deleted(
@@ -593,3 +620,227 @@ def test_documented_defaults() -> None:
     parameters = inspect.signature(purge_events).parameters
     assert parameters["batch_size"].default == 5000
     assert parameters["sleep"].default == 0
+
+
+def test_on_batch_gets_the_totals_after_each_committed_batch(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    seen: list[tuple[PurgeResult, set[Any]]] = []
+
+    def on_batch(done: PurgeResult) -> None:
+        # Each call comes after the commit: a fresh connection already misses those events.
+        seen.append((done, estate.all_ids() - stored_ids(host_engine, host_models)))
+
+    model = host_models.EventLog
+    result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=6, on_batch=on_batch)
+    assert result == PurgeResult(deleted=17, batches=3)
+    assert [done for done, _ in seen] == [PurgeResult(6, 1), PurgeResult(12, 2), PurgeResult(17, 3)]
+    assert [len(gone) for _, gone in seen] == [6, 12, 17]
+
+
+def test_an_error_in_on_batch_ends_the_purge_after_that_batch(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    def on_batch(done: PurgeResult) -> None:
+        raise RuntimeError(f"stop after {done.batches}")
+
+    with pytest.raises(RuntimeError, match="stop after 1"):
+        purge_events(
+            host_models.EventLog, host_engine, older_than=CUTOFF, batch_size=4, on_batch=on_batch
+        )
+    # The batch before the error is committed; nothing after it ran.
+    assert len(estate.all_ids() - stored_ids(host_engine, host_models)) == 4
+
+
+# -- the purge command refuses bad arguments before anything is deleted ----------------------
+
+NO_DRIVER = "postgresql+nosuchdriver://app:secret@db.example/app"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "message"),
+    [
+        # Ages past what a datetime can hold: OverflowError tracebacks before.
+        (["--older-than", "1000000000d"], "--older-than", "'1000000000d' reaches back before"),
+        (["--older-than", "999999999d"], "--older-than", "give an age of at most "),
+        (["--older-than", "soon"], "--older-than", "'soon' is neither an age"),
+        (["--older-than", "2025-01-31"], "--older-than", "add one, e.g. 2025-01-31+00:00"),
+        # A pause that time.sleep() cannot take: a traceback after the first batch before.
+        (["--sleep", "nan"], "--sleep", "'nan' is not a number of seconds from 0 to 86400"),
+        (["--sleep", "inf"], "--sleep", "'inf' is not a number of seconds"),
+        (["--sleep", "1e300"], "--sleep", "'1e300' is not a number of seconds"),
+        (["--sleep", "-1"], "--sleep", "'-1' is not a number of seconds"),
+        (["--sleep", "soon"], "--sleep", "'soon' is not a number of seconds"),
+        (["--batch-size", "0"], "--batch-size", "'0' is not a whole number from 1 to "),
+        (["--batch-size", "-5"], "--batch-size", "'-5' is not a whole number"),
+        (["--batch-size", "1.5"], "--batch-size", "'1.5' is not a whole number"),
+        (["--batch-size", "many"], "--batch-size", "'many' is not a whole number"),
+        (["--batch-size", str(2**63)], "--batch-size", "is not a whole number from 1 to 9223"),
+        (["--max-batches", "0"], "--max-batches", "'0' is not a whole number"),
+        (["--max-batches", "two"], "--max-batches", "'two' is not a whole number"),
+        (["--user-id", "alice"], "--user-id", "'alice' is neither a UUID nor an integer"),
+        (["--project-id", "nope"], "--project-id", "'nope' is neither a UUID nor an integer"),
+    ],
+)
+def test_purge_command_refuses_a_bad_argument_in_one_line(
+    host_engine: Engine,
+    host_models: HostModels,
+    estate: Estate,
+    database_url: URL,
+    args: list[str],
+    option: str,
+    message: str,
+) -> None:
+    older = [] if "--older-than" in args else ["--older-than", CUTOFF.isoformat()]
+    result = run_cli(database_url, *older, *args)
+    assert_refused(result, option, message)
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], option: str, message: str) -> None:
+    """Exit status 2, nothing on stdout, one argparse-style line naming the value and the fix."""
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"eventlog-persist purge: error: argument {option}: "), line
+    assert message in line
+    assert "; " in line  # what is wrong; how to fix it
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///events.db", "'sqlite:///events.db' is not a PostgreSQL database"),
+        ("mysql+pymysql://app:secret@db/app", "'mysql+pymysql://app:***@db/app' is not a"),
+        ("events", "not a database URL; write it as postgresql+psycopg://"),
+        ("postgresql+psycopg://app:secret@db:port/app", "not a database URL"),
+        (NO_DRIVER, "names the driver 'nosuchdriver', which cannot be loaded"),
+        ("postgresql+psycopg_async://app@db/app", "names the asyncio driver 'psycopg_async'"),
+    ],
+)
+def test_purge_command_refuses_a_url_it_cannot_use(
+    host_engine: Engine, host_models: HostModels, estate: Estate, url: str, message: str
+) -> None:
+    result = run_main(["purge", "--url", url, "--older-than", "30d"])
+    assert_refused(result, "--url", message)
+    assert "secret" not in result.stderr
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_the_reported_tracebacks_are_one_line_in_a_real_process(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    """The three arguments reported with a traceback, as cron runs the command."""
+    big = run_cli(database_url, "--older-than", "1000000000d", real=True)
+    assert_refused(big, "--older-than", "reaches back before the year 1")
+    nan = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--sleep", "nan", real=True)
+    assert_refused(nan, "--sleep", "'nan' is not a number of seconds")
+    sqlite = run_main(["purge", "--url", "sqlite://", "--older-than", "30d"], real=True)
+    assert_refused(sqlite, "--url", "is not a PostgreSQL database")
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_a_key_of_the_wrong_type_for_the_table_is_refused_in_one_line(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    # The test host's keys are UUIDs; 42 is a valid key only for an integer-keyed host.
+    result = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--user-id", "42")
+    assert_refused(result, "--user-id", "event_logs.user_id holds UUID keys and '42' is not one")
+    assert "pass a UUID" in result.stderr
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_a_url_without_a_driver_uses_psycopg(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    bare = database_url.set(drivername="postgresql")
+    result = run_cli(bare, "--older-than", CUTOFF.isoformat(), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would purge 17 events" in result.stdout
+
+
+# -- a cutoff at or after now needs --all -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--older-than", "0d"],
+        ["--older-than", "0s", "--dry-run"],
+        ["--older-than", "2999-01-01T00:00:00+00:00"],
+    ],
+)
+def test_a_cutoff_not_before_now_is_refused_without_all(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL, args: list[str]
+) -> None:
+    result = run_cli(database_url, *args)
+    assert_refused(result, "--older-than", "is not before now, so every event would be deleted")
+    assert "add --all if that is what you mean" in result.stderr
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_all_deletes_every_event_up_to_now(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    dry = run_cli(database_url, "--older-than", "0d", "--all", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would purge 29 events" in dry.stdout
+    done = run_cli(database_url, "--older-than", "0d", "--all", "--batch-size", "10")
+    assert done.returncode == 0, done.stderr
+    assert "purged 29 events" in done.stdout
+    assert "in 3 batches" in done.stdout
+    assert stored_ids(host_engine, host_models) == set()
+
+
+def test_all_with_a_past_cutoff_changes_nothing(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    done = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--all")
+    assert done.returncode == 0, done.stderr
+    assert "purged 17 events" in done.stdout
+    assert stored_ids(host_engine, host_models) == estate.all_ids() - estate.old()
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+PROGRESS = re.compile(
+    r"eventlog-persist: batch (\d+) done, (\d+) events deleted so far, \d+\.\d s elapsed"
+)
+
+
+def test_purge_command_reports_each_batch_on_stderr(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    user = str(estate.users[0])
+    args = ["--older-than", CUTOFF.isoformat(), "--user-id", user, "--batch-size", "4"]
+    result = run_cli(database_url, *args, real=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    matches = [PROGRESS.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [(int(m[1]), int(m[2])) for m in matches if m] == [(1, 4), (2, 8), (3, 9)]
+    # The summary stays alone on stdout.
+    assert result.stdout.splitlines() == [
+        f"eventlog-persist: purged 9 events older than {CUTOFF.isoformat()} in 3 batches"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "-q"])
+def test_quiet_silences_the_progress_but_not_the_summary(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL, flag: str
+) -> None:
+    result = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--batch-size", "4", flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "purged 17 events" in result.stdout
+    assert "in 5 batches" in result.stdout
+
+
+def test_nothing_to_purge_prints_no_progress(
+    host_engine: Engine, host_models: HostModels, estate: Estate, database_url: URL
+) -> None:
+    result = run_cli(database_url, "--older-than", "2000-01-01T00:00:00+00:00")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "purged 0 events" in result.stdout

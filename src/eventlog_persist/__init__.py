@@ -10,6 +10,7 @@ in a web worker does not import Alembic.
 
 from __future__ import annotations
 
+import sys as _sys
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
@@ -103,3 +104,19 @@ __all__ = [
     "write_events",
     "write_linear_revisions",
 ]
+
+
+def _refuse_a_cut_location() -> None:
+    """Fail at once, instead of hanging, when imported by a mis-configured Alembic ``env.py``.
+
+    Only inside a running Alembic environment (its ``context.config`` is set only then), so
+    Alembic is never imported here. See `_alembic_setup.refuse_cut_location`.
+    """
+    config = getattr(_sys.modules.get("alembic.context"), "config", None)
+    if config is not None:
+        from eventlog_persist._alembic_setup import refuse_cut_location
+
+        refuse_cut_location(config)
+
+
+_refuse_a_cut_location()

@@ -13,6 +13,7 @@ from typing import Final, Literal
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from alembic.util.pyfiles import coerce_resource_to_filename
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
@@ -29,6 +30,7 @@ __all__ = [
     "check_setup",
     "include_name",
     "package_revisions",
+    "refuse_cut_location",
     "write_linear_revisions",
 ]
 
@@ -98,15 +100,9 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     """
     problems: list[str] = []
     locations = config.get_version_locations_list() or []
-    separator = config.get_alembic_option("path_separator")
-    if MIGRATIONS_LOCATION not in locations and _split_location(locations):
-        problems.append(
-            f"version_locations was split into {locations!r}: path_separator = "
-            f"{separator or 'os'} cuts {MIGRATIONS_LOCATION!r} at its colon. Set "
-            "'path_separator = space' (or newline) in alembic.ini, or use the list form of "
-            "version_locations in pyproject.toml"
-        )
-        return SetupReport(None, tuple(problems))
+    cut = _cut_location(config)
+    if cut is not None:
+        return SetupReport(None, (cut,))
 
     host_locations = [loc for loc in locations if loc != MIGRATIONS_LOCATION]
     if locations and not host_locations:
@@ -246,6 +242,42 @@ def _linearize(text: str, package_rev: str, new_rev: str, down: str | None) -> s
         if count != 1:  # guards the layout of the shipped revision files
             raise MigrationSetupError(f"cannot rewrite {pattern!r} in revision {package_rev}")
     return text
+
+
+class _CutLocationError(MigrationSetupError, CommandError):
+    """`MigrationSetupError` that the ``alembic`` command prints as one ``FAILED:`` line."""
+
+
+def refuse_cut_location(config: Config) -> None:
+    """Raise if ``version_locations`` holds the package location cut at its colon.
+
+    The package runs this on import inside a running Alembic environment (``env.py``
+    importing the host's models): with the location cut, ``alembic upgrade`` would otherwise
+    never create ``event_logs``, or load the host's ``migrations/env.py`` as a revision, which
+    then waits forever on the outer run's own transaction.
+
+    Raises:
+        MigrationSetupError: The location is cut; the message names the fix.
+    """
+    problem = _cut_location(config)
+    if problem is not None:
+        raise _CutLocationError(f"eventlog_persist: {problem}")
+
+
+def _cut_location(config: Config) -> str | None:
+    """The problem (with its fix) when ``path_separator`` cut the package location apart."""
+    locations = config.get_version_locations_list() or []
+    if MIGRATIONS_LOCATION in locations or not _split_location(locations):
+        return None
+    separator = config.get_alembic_option("path_separator")
+    return (
+        f"version_locations was split into {locations!r}: path_separator = "
+        f"{separator or 'os'} cuts {MIGRATIONS_LOCATION!r} at its colon: Alembic never "
+        "finds the package's revisions, and loads a 'migrations' folder of the working "
+        "directory as revisions, env.py included, which hangs 'alembic upgrade'. "
+        "Set 'path_separator = space' (or newline) in alembic.ini, or use the list form of "
+        "version_locations in pyproject.toml"
+    )
 
 
 def _split_location(locations: Iterable[str]) -> bool:

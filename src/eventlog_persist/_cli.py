@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import configparser
 import re
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import MetaData, Table, create_engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
 from eventlog_persist._retention import (
     DEFAULT_BATCH_SIZE,
+    MAX_SLEEP,
+    PurgeResult,
     count_purgeable,
     purge_events,
 )
@@ -33,14 +39,28 @@ from eventlog_persist.exceptions import (
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each refusal on one line: ``PROG: error: WHAT; FIX`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # Our own checks name the fix after "; "; argparse's own messages get a pointer to --help.
+        hint = "" if "; " in message else f"; see '{self.prog} --help'"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="eventlog-persist", description=__doc__)
+    now = datetime.now(UTC)
+    parser = _Parser(prog="eventlog-persist", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="check the host's Alembic setup for the event log")
     check.add_argument("-c", "--config", default="alembic.ini", help="alembic.ini of the host")
-    check.add_argument("--url", help="also check that the FK target tables exist in this database")
+    check.add_argument(
+        "--url",
+        type=_url_argument,
+        help="also check that the FK target tables exist in this database",
+    )
 
     linear = commands.add_parser(
         "linear-revision",
@@ -50,57 +70,214 @@ def main(argv: Sequence[str] | None = None) -> int:
     linear.add_argument("--version-path", help="folder to write into (default: host versions)")
 
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
-    demo.add_argument("--url", help="use this PostgreSQL database instead of an embedded one")
+    demo.add_argument(
+        "--url", type=_url_argument, help="use this PostgreSQL database instead of an embedded one"
+    )
 
     purge = commands.add_parser(
         "purge",
         help="delete events older than a cutoff in short batches (for a cron job)",
-        description="Delete events created before a cutoff, each batch in its own transaction.",
+        description="Delete events created before a cutoff, each batch in its own transaction. "
+        "Arguments are checked before anything is deleted; a refusal is one line on stderr "
+        "and exit status 2.",
     )
-    purge.add_argument("--url", required=True, help="SQLAlchemy URL of the database")
+    purge.add_argument(
+        "--url",
+        required=True,
+        type=_url_argument,
+        help="SQLAlchemy URL of the PostgreSQL database (postgresql+psycopg://...)",
+    )
     purge.add_argument(
         "--older-than",
         required=True,
-        help="an age such as 30d, 12h, 2w, 90m (from now) or an ISO datetime with offset",
+        type=lambda value: _cutoff_argument(value, now),
+        help="an age such as 30d, 12h, 2w, 90m, 3600s (back from now) or an ISO datetime "
+        "with a UTC offset",
     )
-    purge.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    purge.add_argument("--max-batches", type=int, help="stop after this many batches")
-    purge.add_argument("--sleep", type=float, default=0.0, help="seconds between batches")
-    purge.add_argument("--user-id", help="only this user's events")
-    purge.add_argument("--project-id", help="only this project's events")
+    purge.add_argument(
+        "--all",
+        action="store_true",
+        help="allow a cutoff at or after now (e.g. --older-than 0d): every event goes",
+    )
+    purge.add_argument(
+        "--batch-size",
+        type=_count_argument,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"most events per batch (default {DEFAULT_BATCH_SIZE})",
+    )
+    purge.add_argument("--max-batches", type=_count_argument, help="stop after this many batches")
+    purge.add_argument(
+        "--sleep",
+        type=_seconds_argument,
+        default=0.0,
+        help=f"seconds between batches, 0 to {MAX_SLEEP:.0f} (default 0)",
+    )
+    purge.add_argument("--user-id", type=_key_argument, help="only this user's events")
+    purge.add_argument("--project-id", type=_key_argument, help="only this project's events")
     purge.add_argument("--schema", help="schema of event_logs (default: search_path)")
     purge.add_argument("--dry-run", action="store_true", help="count, do not delete")
+    purge.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines on stderr, only the summary"
+    )
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a refusal (status 2), or --help (status 0)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         if args.command == "purge":
-            return _purge(args)
+            if args.older_than >= now and not args.all:
+                return _refuse(
+                    purge,
+                    f"argument --older-than: the cutoff {args.older_than.isoformat()} is not "
+                    "before now, so every event would be deleted, those being written too; "
+                    "add --all if that is what you mean, else give an age such as 90d",
+                )
+            try:
+                return _purge(args)
+            except _BadArgument as exc:
+                return _refuse(purge, str(exc))
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "linear-revision":
             return _linear(args.config, args.version_path)
         from eventlog_persist._demo import run_demo
 
-        return run_demo(url=args.url)
-    except (EventLogError, CommandError, SQLAlchemyError, OSError) as exc:
+        return run_demo(url=None if args.url is None else _render(args.url))
+    except SQLAlchemyError as exc:
+        print(f"eventlog-persist: error: {_one_line(exc)}; check --url", file=sys.stderr)
+        return 2
+    except (EventLogError, CommandError, OSError) as exc:
         # Exit status 2 means "could not run"; 1 is reserved for "check found problems".
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         print(f"eventlog-persist: error: {message}", file=sys.stderr)
         return 2
 
 
+def _refuse(parser: argparse.ArgumentParser, message: str) -> int:
+    """Refuse an argument found wrong after parsing, as argparse does: one line, status 2."""
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# -- argument types: each returns the value or raises ArgumentTypeError naming the fix --------
+
+_MAX_COUNT = 2**63 - 1  # PostgreSQL's LIMIT is a bigint
+
+
+def _url_argument(value: str) -> URL:
+    """A SQLAlchemy URL of a PostgreSQL database with an installed sync driver.
+
+    No driver (``postgresql://``) means psycopg, the driver eventlog-persist installs.
+    """
+    example = "postgresql+psycopg://user:password@host:5432/dbname"
+    try:
+        url = make_url(value)
+    except (SQLAlchemyError, ValueError):
+        # Not echoed: an unparsable URL may still hold a password.
+        raise argparse.ArgumentTypeError(f"not a database URL; write it as {example}") from None
+    shown = _render(url, hide_password=True)
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() != "postgresql":
+        raise argparse.ArgumentTypeError(
+            f"{shown!r} is not a PostgreSQL database, the only one eventlog-persist supports; "
+            f"write it as {example}"
+        )
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except (SQLAlchemyError, ImportError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"{shown!r} names the driver {url.get_driver_name()!r}, which cannot be loaded "
+            f"({type(exc).__name__}); use psycopg, which eventlog-persist installs: {example}"
+        ) from None
+    if dialect.is_async:
+        raise argparse.ArgumentTypeError(
+            f"{shown!r} names the asyncio driver {url.get_driver_name()!r}; the command needs "
+            f"a sync one: {example}"
+        )
+    return url
+
+
+def _render(url: URL, *, hide_password: bool = False) -> str:
+    return url.render_as_string(hide_password=hide_password)
+
+
+def _count_argument(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= _MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number from 1 to {_MAX_COUNT}; pass e.g. 1000"
+        )
+    return count
+
+
+def _seconds_argument(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    # The chained comparison refuses nan and inf too.
+    if not 0 <= seconds <= MAX_SLEEP:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds from 0 to {MAX_SLEEP:.0f}; pass e.g. 0.5"
+        )
+    return seconds
+
+
+def _key_argument(value: str) -> str:
+    """A UUID or an integer; which one the column holds is checked once it is reflected."""
+    for parse in (uuid.UUID, int):
+        try:
+            parse(value)
+        except ValueError:
+            continue
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is neither a UUID nor an integer; pass the id as event_logs stores it, "
+        "e.g. 0195f1d2-7c4e-7a3b-9f00-3c2a1b0d9e8f or 42"
+    )
+
+
+def _cutoff_argument(value: str, now: datetime) -> datetime:
+    try:
+        return parse_cutoff(value, now=now)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _config(config_path: str) -> Config:
-    """The host's Alembic config, with ``[tool.alembic]`` of a pyproject.toml beside it."""
+    """The host's Alembic config, with ``[tool.alembic]`` of a pyproject.toml beside it.
+
+    Both files are read here, so that a syntax error is one line naming the file, not a
+    traceback from deep inside Alembic.
+    """
     path = Path(config_path)
     if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise MigrationSetupError(
-            f"{config_path} does not exist; run in the folder of alembic.ini or pass -c PATH"
+            f"{config_path} {what}; run in the folder of alembic.ini or pass -c PATH"
         )
     toml = path.parent / "pyproject.toml"
-    return Config(str(path), toml_file=str(toml) if toml.is_file() else None)
+    config = Config(str(path), toml_file=str(toml) if toml.is_file() else None)
+    for name, read in (
+        (str(path), lambda: config.file_config),
+        (str(toml), lambda: config.toml_alembic_config),
+        (str(path), config.get_version_locations_list),
+    ):
+        try:
+            read()
+        except (configparser.Error, ValueError) as exc:  # TOMLDecodeError is a ValueError
+            detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise MigrationSetupError(f"{name} cannot be used: {detail}; correct it") from None
+    return config
 
 
-def _check(config_path: str, url: str | None) -> int:
+def _check(config_path: str, url: URL | None) -> int:
     config = _config(config_path)
     if url is None:
         report = check_setup(config)
@@ -136,23 +313,29 @@ def parse_cutoff(value: str, *, now: datetime | None = None) -> datetime:
     """Return the instant ``--older-than`` names: ``now`` minus an age, or an ISO datetime.
 
     Raises:
-        ValidationError: The value is neither, or the datetime has no UTC offset.
+        ValidationError: The value is neither, the datetime has no UTC offset, or the age
+            reaches back before the year 1.
     """
+    now = now or datetime.now(UTC)
     match = _AGE.fullmatch(value.strip())
     if match:
-        age = timedelta(**{_UNITS[match[2]]: int(match[1])})
-        return (now or datetime.now(UTC)) - age
+        try:
+            return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except (OverflowError, ValueError):  # past timedelta's or datetime's range
+            oldest = (now - datetime.min.replace(tzinfo=UTC)).days - 1
+            raise ValidationError(
+                f"{value!r} reaches back before the year 1, which no datetime can hold; "
+                f"give an age of at most {oldest}d, or an ISO datetime"
+            ) from None
     try:
         cutoff = datetime.fromisoformat(value)
     except ValueError:
         raise ValidationError(
-            f"--older-than {value!r} is neither an age (30d, 12h, 2w, 90m, 3600s) nor an ISO "
-            "datetime such as 2025-01-31T00:00:00+00:00"
+            f"{value!r} is neither an age (30d, 12h, 2w, 90m, 3600s) nor an ISO "
+            "datetime; write e.g. 90d or 2025-01-31T00:00:00+00:00"
         ) from None
     if cutoff.utcoffset() is None:
-        raise ValidationError(
-            f"--older-than {value!r} has no UTC offset; add one, e.g. {value}+00:00"
-        )
+        raise ValidationError(f"{value!r} has no UTC offset; add one, e.g. {value}+00:00")
     return cutoff
 
 
@@ -171,10 +354,9 @@ _PURGE_HINTS = {
 
 def _purge(args: argparse.Namespace) -> int:
     """Run ``purge``, turning any database error into one `PurgeError` (exit status 2)."""
-    cutoff = parse_cutoff(args.older_than)
     stage = ["connect"]
     try:
-        return _purge_at(args, cutoff, stage)
+        return _purge_at(args, args.older_than, stage)
     except SQLAlchemyError as exc:
         step = {
             "connect": "connecting to the database",
@@ -212,14 +394,13 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
                     f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
                     "or pass the schema that holds it as --schema"
                 ) from None
-        keys = {
-            name: _key(table, name, value)
-            for name, value in (("user_id", args.user_id), ("project_id", args.project_id))
-            if value is not None
-        }
+        user_id = None if args.user_id is None else _key(table, "user_id", args.user_id)
+        project_id = None if args.project_id is None else _key(table, "project_id", args.project_id)
         if args.dry_run:
             stage[0] = "count"
-            count = count_purgeable(table, engine, older_than=cutoff, **keys)
+            count = count_purgeable(
+                table, engine, older_than=cutoff, user_id=user_id, project_id=project_id
+            )
             print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
             return 0
         stage[0] = "purge"
@@ -230,7 +411,9 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
             batch_size=args.batch_size,
             max_batches=args.max_batches,
             sleep=args.sleep,
-            **keys,
+            user_id=user_id,
+            project_id=project_id,
+            on_batch=None if args.quiet else _progress(),
         )
     finally:
         engine.dispose()
@@ -241,14 +424,34 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
     return 0
 
 
+def _progress() -> Callable[[PurgeResult], None]:
+    """A progress line on stderr per committed batch: batches, events so far, time taken."""
+    started = time.monotonic()
+
+    def report(done: PurgeResult) -> None:
+        print(
+            f"eventlog-persist: batch {done.batches} done, {done.deleted} events deleted so "
+            f"far, {time.monotonic() - started:.1f} s elapsed",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+class _BadArgument(Exception):
+    """An argument refused once the table is known; reported like argparse's refusals."""
+
+
 def _key(table: Table, column: str, value: str) -> uuid.UUID | int:
     python_type = table.c[column].type.python_type
     try:
         return uuid.UUID(value) if python_type is uuid.UUID else int(value)
     except ValueError:
-        raise ValidationError(
-            f"--{column.replace('_', '-')} {value!r} is not a valid {python_type.__name__} "
-            f"key for {TABLE_NAME}.{column}"
+        kind = "a UUID" if python_type is uuid.UUID else "an integer"
+        raise _BadArgument(
+            f"argument --{column.replace('_', '-')}: {TABLE_NAME}.{column} holds "
+            f"{python_type.__name__} keys and {value!r} is not one; pass {kind}"
         ) from None
 
 

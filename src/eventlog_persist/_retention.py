@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE: Final = 5000
+MAX_SLEEP: Final = 86400.0
+"""Longest pause between batches, in seconds (one day): longer is a typo, not a pause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ def purge_events(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batches: int | None = None,
     sleep: float = 0.0,
+    on_batch: Callable[[PurgeResult], object] | None = None,
 ) -> PurgeResult:
     """Delete events created before ``older_than``, in batches of short transactions.
 
@@ -157,18 +160,26 @@ def purge_events(
         project_id: Only this project's events.
         batch_size: Most events per batch.
         max_batches: Stop after this many batches (``None``: until nothing is left).
-        sleep: Seconds to wait between batches, to leave room for other work.
+        sleep: Seconds to wait between batches, to leave room for other work (at most
+            86400).
+        on_batch: Called after each batch that deleted events, once it is committed, with
+            the totals so far; for progress reports. An exception it raises ends the purge
+            (the batches committed before stay deleted).
 
     Returns:
         How many events were deleted, in how many batches.
 
     Raises:
-        ConfigurationError: ``bind`` cannot be used, or a batching option is out of range.
+        ConfigurationError: ``bind`` cannot be used, a batching option is out of range, or
+            ``on_batch`` is not callable.
         ValidationError: ``older_than`` is naive, or a key has the wrong type.
 
     Example:
         >>> purge_events(EventLog, engine, older_than=cutoff)  # doctest: +SKIP
         PurgeResult(deleted=12000, batches=3)
+
+    .. versionchanged:: 0.3.0
+       ``on_batch`` added; ``sleep`` must be finite and at most a day.
     """
     _check_bind(bind)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -179,8 +190,15 @@ def purge_events(
         raise ConfigurationError(
             f"max_batches must be a positive int or None (no limit), got {max_batches!r}"
         )
-    if not isinstance(sleep, (int, float)) or sleep < 0:
-        raise ConfigurationError(f"sleep must be a number of seconds >= 0, got {sleep!r}")
+    # The chained comparison refuses NaN and infinity too (every comparison with NaN is False).
+    if not isinstance(sleep, (int, float)) or not 0 <= sleep <= MAX_SLEEP:
+        raise ConfigurationError(
+            f"sleep must be a number of seconds from 0 to {MAX_SLEEP:.0f}, got {sleep!r}"
+        )
+    if on_batch is not None and not callable(on_batch):
+        raise ConfigurationError(
+            f"on_batch must be a callable taking a PurgeResult, or None, got {on_batch!r}"
+        )
     statement = purge_statement(
         event_table(model),
         older_than=older_than,
@@ -195,6 +213,8 @@ def purge_events(
         if count:
             deleted += count
             batches += 1
+            if on_batch is not None:
+                on_batch(PurgeResult(deleted, batches))
         if count < batch_size or batches == max_batches:
             break
         if sleep:

@@ -217,4 +217,8 @@ def retention(engine: Engine, user: User) -> int:
     assert_type(pending, int)
     purged = purge_events(EventLog, engine, older_than=cutoff, batch_size=1000, max_batches=5)
     assert_type(purged, PurgeResult)
-    return pending - purged.deleted
+    progress: list[int] = []
+    purge_events(EventLog, engine, older_than=cutoff, on_batch=lambda done: done.deleted)
+    purge_events(EventLog, engine, older_than=cutoff, on_batch=print, sleep=0.5)
+    purge_events(EventLog, engine, older_than=cutoff, on_batch=lambda d: progress.append(d.batches))
+    return pending - purged.deleted - sum(progress)
