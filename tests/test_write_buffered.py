@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from hostmodels import HostModels
-from pgserver import ServerInfo, start_embedded
+from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -140,16 +140,6 @@ def test_terminated_backend_mid_stream_loses_and_doubles_nothing(
     assert final.written == total
     assert final.retried >= 1
     assert (final.dead_lettered, final.dropped, final.unwritten, final.queued) == (0, 0, 0, 0)
-
-
-@pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[tuple[Any, ServerInfo]]:
-    """A throwaway embedded PostgreSQL of this test's own, so it can be stopped and started."""
-    server, info = start_embedded(tmp_path)
-    try:
-        yield server, info
-    finally:
-        server.cleanup()
 
 
 @pytest.mark.fault

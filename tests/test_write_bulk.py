@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -240,7 +241,10 @@ def test_retry_policy_limits() -> None:
 
 
 def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
-    host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
+    host_engine: Engine,
+    host_models: HostModels,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import eventlog_persist._delivery as delivery
 
@@ -265,6 +269,10 @@ def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
     assert isinstance(error.__cause__, RuntimeError)
     assert "unexpected error" in str(error)
     assert "refused" not in str(error)  # not blamed on the data
+    (logged,) = [r for r in caplog.records if r.getMessage() == "unexpected error writing 3 events"]
+    assert logged.levelno == logging.ERROR
+    assert logged.exc_info is not None
+    assert isinstance(logged.exc_info[1], RuntimeError)
 
 
 @pytest.mark.fault
@@ -275,9 +283,11 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
     with host_engine.begin() as conn:  # one event makes any statement writing it slow
         conn.execute(
             text(
+                # A sequence is not transactional: it counts the attempts that rolled back.
+                "CREATE SEQUENCE slow_attempts; "
                 "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "IF NEW.event_type = 'slow' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; "
-                "END $$"
+                "IF NEW.event_type = 'slow' THEN PERFORM nextval('slow_attempts'); "
+                "PERFORM pg_sleep(2); END IF; RETURN NEW; END $$"
             )
         )
         conn.execute(
@@ -307,3 +317,7 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
     assert not isinstance(error, RetriesExhaustedError)
     assert "statement_timeout" in str(error)
     assert len(stored(host_engine)) == 15
+    # Two attempts per size (16, 8, 4, 2, 1), none more: a timeout is not a reason to
+    # switch to the staging table, and each halving starts a fresh count.
+    with host_engine.connect() as conn:
+        assert conn.execute(text("SELECT last_value FROM slow_attempts")).scalar() == 10
