@@ -20,7 +20,12 @@ from eventlog_persist._payload import (
     prepare_payload,
 )
 from eventlog_persist._table import EventTable
-from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
+from eventlog_persist._vocabulary import (
+    DEFAULT_FIELD_RULES,
+    EventFieldRules,
+    validate_created_at,
+    validate_fields,
+)
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError, ValidationError
 
 __all__ = [
@@ -141,12 +146,14 @@ def new_event(
         error_code: The error code, or None.
         tool_name: The tool's name, or None.
         approval_status: An `ApprovalStatus` or a custom status, or None.
-        created_at: When the event happened (timezone-aware); default: now, by the client's
-            clock.
+        created_at: When the event happened (timezone-aware, from 0001-01-02 to 9999-12-30
+            in UTC, at most ``field_rules.max_future`` ahead of the clock); default: now, by
+            the client's clock.
         id: The event id; default: a new UUIDv7. Pass the same id again to make a retry of
             your own idempotent.
         payload_policy: How the payload is converted, redacted and capped.
-        field_rules: Which ``event_type`` and column values are allowed.
+        field_rules: Which ``event_type`` and column values are allowed, and how far ahead
+            of the clock ``created_at`` may be.
 
     Returns:
         The checked event.
@@ -204,11 +211,8 @@ def build_event(
     )
     if created_at is None:
         created_at = datetime.now(UTC)
-    elif not isinstance(created_at, datetime) or created_at.utcoffset() is None:
-        raise ValidationError(
-            f"created_at must be a timezone-aware datetime, got {created_at!r}; use e.g. "
-            "datetime.now(UTC), or leave it out to use the current time"
-        )
+    else:
+        validate_created_at(created_at, rules=field_rules)
     prepared = prepare_payload({} if payload is None else payload, policy=payload_policy)
     event = NewEvent(
         new_event_id() if id is None else id,
@@ -305,4 +309,18 @@ class EventBuilder(Generic[KeyT]):
                 f"got a NewEvent and the fields {sorted(fields)}; pass one or the other"
             )
         self.table.check_keys(event.session_id, event.user_id, event.project_id, event.agent_id)
+        # new_event checked all this already; a NewEvent made by hand was not, and a value
+        # that the driver cannot send would fail the caller's whole commit in record().
+        validate_fields(
+            event_type=event.event_type,
+            error_code=event.error_code,
+            tool_name=event.tool_name,
+            approval_status=event.approval_status,
+        )
+        validate_created_at(event.created_at, rules=_NO_TIME_LIMIT)
         return event
+
+
+# A built event keeps the rules it was built with (allowed sets, max_future); only the fixed
+# checks, which protect the write itself, run again.
+_NO_TIME_LIMIT: Final = EventFieldRules(max_future=None)
