@@ -42,6 +42,7 @@ from eventlog_persist._read_types import (
     Page,
     check_range,
 )
+from eventlog_persist._table import check_key_fits, key_sql_type
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = [
@@ -98,13 +99,19 @@ def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:
     return table
 
 
-def check_key(name: str, value: object) -> None:
+def check_key(table: Table, name: str, value: object) -> None:
+    """Raise `ValidationError` unless ``value`` fits the key column ``name`` of ``table``.
+
+    An int for a UUID column (or the reverse) would otherwise reach the database and come
+    back as the driver's "operator does not exist" error.
+    """
     if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int)):
         raise ValidationError(
             f"{name} must be a uuid.UUID or an int (the host's primary-key type), got "
             f"{type(value).__name__} {value!r}"
             + ("; convert it with uuid.UUID(...)" if isinstance(value, str) else "")
         )
+    check_key_fits(name, key_sql_type(table.c[name].type), value)
 
 
 def _show_key(value: object) -> list[object]:
@@ -263,10 +270,10 @@ def timeline_query(
     Raises:
         ValidationError: A key, the order, the limit or the cursor is not valid.
     """
-    check_key(column, key)
+    check_key(table, column, key)
     for name, value in (("user_id", user_id), ("project_id", project_id)):
         if value is not None and value is not UNSCOPED:
-            check_key(name, value)
+            check_key(table, name, value)
     if order not in get_args(Order):
         raise ValidationError(f"order must be 'newest' or 'oldest', got {order!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
@@ -310,6 +317,7 @@ def timeline_query(
 
 
 def _aggregate_shape(
+    table: Table,
     user_id: object,
     project_id: object,
     agent_id: object,
@@ -326,7 +334,7 @@ def _aggregate_shape(
     params: dict[str, Any] = {}
     for name, value in (("user_id", user_id), ("project_id", project_id), ("agent_id", agent_id)):
         if value is not None:
-            check_key(name, value)
+            check_key(table, name, value)
             shape.append(name.removesuffix("_id"))
             params[name] = value
     if since is None or until is None:
@@ -375,7 +383,7 @@ def count_query(
         raise ValidationError(
             f"cannot count by {field!r}; choose one of {', '.join(get_args(CountField))}"
         )
-    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
     return PreparedQuery(table, (f"count:{field}", *shape), params, _count_select)
 
 
@@ -443,5 +451,5 @@ def bucket_query(
             f"bucket must be a timedelta or one of {', '.join(get_args(CalendarUnit))}, "
             f"got {bucket!r}"
         )
-    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
     return PreparedQuery(table, (kind, *shape), {**params, **values}, _bucket_select)
