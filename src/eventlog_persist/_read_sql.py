@@ -16,6 +16,7 @@ from sqlalchemy import (
     ARRAY,
     BindParameter,
     ColumnElement,
+    DateTime,
     Dialect,
     Integer,
     Interval,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
+    literal_column,
     select,
     tuple_,
 )
@@ -42,6 +44,7 @@ from eventlog_persist._read_types import (
     Page,
     check_range,
 )
+from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
 from eventlog_persist._table import check_key_fits, key_sql_type
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
@@ -114,6 +117,30 @@ def check_key(table: Table, name: str, value: object) -> None:
     check_key_fits(name, key_sql_type(table.c[name].type), value)
 
 
+# Times are returned within what Python reads back in any session time zone. A row that
+# another tool or an older version stored beyond (year 10000, 'infinity', 4713 BC) comes back
+# at the nearest bound instead of failing the whole call; see `_readable`.
+_FIRST_READABLE: Final = literal_column(
+    f"TIMESTAMPTZ '{CREATED_AT_MIN.isoformat()}'", DateTime(timezone=True)
+)
+_LAST_READABLE: Final = literal_column(
+    f"TIMESTAMPTZ '{CREATED_AT_MAX.isoformat()}'", DateTime(timezone=True)
+)
+
+
+def _readable(value: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """``value`` moved into ``CREATED_AT_MIN`` .. ``CREATED_AT_MAX``: what Python can load.
+
+    The bounds are constants in the SQL text, so the compiled statement is cached as before;
+    ordering and keyset conditions keep using the column itself, so its index still serves
+    them. Every value the writers accept lies inside the bounds and comes back unchanged.
+    """
+    timestamptz = DateTime(timezone=True)
+    return func.least(
+        func.greatest(value, _FIRST_READABLE, type_=timestamptz), _LAST_READABLE, type_=timestamptz
+    )
+
+
 def _show_key(value: object) -> list[object]:
     """A key as JSON-ready values that keep its type: ``UUID`` 1 and int 1 differ."""
     if isinstance(value, uuid.UUID):
@@ -169,12 +196,36 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
         if token.startswith("key:"):
             conditions.append(c[token[4:]] == param("key", token[4:]))
         elif token.startswith("after:"):
+            resume_at: ColumnElement[datetime] = param("after_created_at", "created_at")
+            if token.endswith(":edge"):
+                resume_at = func.coalesce(_stored_created_at(table, shape), resume_at)
             position = tuple_(c.created_at, c.id)
-            after = tuple_(param("after_created_at", "created_at"), param("after_id", "id"))
-            conditions.append(position < after if token == "after:newest" else position > after)
+            after = tuple_(resume_at, param("after_id", "id"))
+            newest = token.startswith("after:newest")
+            conditions.append(position < after if newest else position > after)
         elif token in makers:
             conditions.append(makers[token]())
     return conditions
+
+
+def _stored_created_at(table: Table, shape: tuple[str, ...]) -> ColumnElement[datetime]:
+    """The stored ``created_at`` of the cursor's event, looked up by its id (the primary key).
+
+    A page that ends on a row whose time lies beyond what Python reads (see `_readable`)
+    gives a cursor at a bound, not at the row's real time; resuming from the real time, and
+    only within the same timeline, keeps every such row exactly once. If the event is gone
+    (purged meanwhile), ``COALESCE`` falls back to the bound.
+    """
+    column = next(token[4:] for token in shape if token.startswith("key:"))
+    row = table.alias("cursor_event")
+    return (
+        select(row.c.created_at)
+        .where(
+            row.c.id == bindparam("after_id", type_=table.c.id.type),
+            row.c[column] == bindparam("key", type_=table.c[column].type),
+        )
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +275,11 @@ _SQL_CACHE: Final = "eventlog_persist.sql"
 
 def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
     c = table.c
-    statement = select(*[c[name] for name in _RECORD_COLUMNS]).where(*_conditions(table, shape))
+    columns = [
+        _readable(c.created_at).label(name) if name == "created_at" else c[name]
+        for name in _RECORD_COLUMNS
+    ]
+    statement = select(*columns).where(*_conditions(table, shape))
     if "order:newest" in shape:
         statement = statement.order_by(c.created_at.desc(), c.id.desc())
     else:
@@ -310,8 +365,11 @@ def timeline_query(
             shape.append(name)
             params[name] = getattr(filters, name)
     if cursor is not None:
-        params["after_created_at"], params["after_id"] = decode_cursor(cursor, query_key)
-        shape.append(f"after:{order}")
+        after, params["after_id"] = decode_cursor(cursor, query_key)
+        params["after_created_at"] = after
+        # A position at a bound may stand for a row stored beyond it: resume from that row.
+        edge = not CREATED_AT_MIN < after < CREATED_AT_MAX
+        shape.append(f"after:{order}:edge" if edge else f"after:{order}")
     prepared = PreparedQuery(table, tuple(shape), params, _timeline_select)
     return TimelineQuery(prepared, limit, query_key)
 
@@ -396,7 +454,11 @@ def _bucket_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
     else:
         unit = bindparam("unit", type_=String())
         expression = func.date_trunc(unit, created_at, bindparam("time_zone", type_=String()))
-    inner = select(expression.label("start")).where(*_conditions(table, shape)).subquery("buckets")
+    inner = (
+        select(_readable(expression).label("start"))
+        .where(*_conditions(table, shape))
+        .subquery("buckets")
+    )
     return (
         select(inner.c.start, func.count().label("count"))
         .group_by(inner.c.start)
