@@ -336,6 +336,13 @@ def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
         ({"event_types": {""}}, "non-empty str"),
         ({"tool_name": ""}, "tool_name"),
         ({"error_code": 42}, "error_code"),
+        (
+            {"tool_name": "a\ud800"},
+            r"tool_name=\.\.\.\) got 'a\\ud800', which holds U\+D800 at index 1",
+        ),
+        ({"error_code": "\x00"}, r"U\+0000 at index 0: NUL and lone surrogates cannot be sent"),
+        ({"approval_status": "ok\udfff"}, "U\\+DFFF at index 2"),
+        ({"event_types": {"chat", "x\udc80"}}, r"event_types=\.\.\.\) got 'x\\udc80'"),
     ],
 )
 def test_filter_validation(conditions: dict[str, Any], message: str) -> None:
