@@ -192,7 +192,12 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
 
 @dataclass(frozen=True, slots=True)
 class EventRecord(Generic[KeyT]):
-    """One stored event, as the readers return it."""
+    """One stored event, as the readers return it.
+
+    ``created_at`` lies from 0001-01-02 to 9999-12-30 23:59:59.999999 UTC, what the writers
+    accept; a time another tool stored beyond (year 10000, ``infinity``) comes back at the
+    nearest of these bounds, so it never fails the read.
+    """
 
     id: uuid.UUID
     session_id: KeyT
