@@ -336,6 +336,13 @@ def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
         ({"event_types": {""}}, "non-empty str"),
         ({"tool_name": ""}, "tool_name"),
         ({"error_code": 42}, "error_code"),
+        (
+            {"tool_name": "a\ud800"},
+            r"tool_name=\.\.\.\) got 'a\\ud800', which holds U\+D800 at index 1",
+        ),
+        ({"error_code": "\x00"}, r"U\+0000 at index 0: NUL and lone surrogates cannot be sent"),
+        ({"approval_status": "ok\udfff"}, "U\\+DFFF at index 2"),
+        ({"event_types": {"chat", "x\udc80"}}, r"event_types=\.\.\.\) got 'x\\udc80'"),
     ],
 )
 def test_filter_validation(conditions: dict[str, Any], message: str) -> None:
@@ -355,6 +362,55 @@ def test_argument_validation(reader: EventLogReader[Any], world: World) -> None:
         reader.user_timeline(str(user))  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="EventFilter or None"):
         reader.user_timeline(user, filters={"tool_name": "x"})  # type: ignore[arg-type]
+
+
+def test_a_key_of_the_other_type_is_refused_before_any_query(
+    reader: EventLogReader[Any], world: World
+) -> None:
+    """An int for a UUID column used to reach PostgreSQL: 'operator does not exist'."""
+    user, chat = world.users[0], world.sessions[0][0]
+    span = {"since": T0, "until": T0 + timedelta(hours=1)}
+    calls = {
+        "user_id=5 (int)": lambda: reader.user_timeline(5),
+        "user_id=7 (int)": lambda: reader.session_timeline(chat, user_id=7),
+        "session_id=8 (int)": lambda: reader.session_timeline(8, user_id=user),
+        "project_id=3 (int)": lambda: reader.user_timeline(user, project_id=3),
+        "agent_id=4 (int)": lambda: reader.agent_timeline(4, user_id=UNSCOPED),
+        "project_id=9 (int)": lambda: reader.count_by("event_type", project_id=9, **span),
+        "agent_id=6 (int)": lambda: reader.count_by_bucket(
+            "day",
+            user_id=user,
+            agent_id=6,
+            **span,
+        ),
+    }
+    for shown, call in calls.items():
+        with pytest.raises(ValidationError) as raised:
+            call()
+        column = shown.split("=")[0]
+        assert str(raised.value) == (
+            f"{shown} does not fit the uuid column {column}; pass a uuid.UUID"
+        )
+
+
+def test_integer_keyed_reader_refuses_uuids_and_keys_out_of_range(engine: Engine) -> None:
+    models = build_host_models(keys="integer")  # INTEGER keys, a BIGINT chat_sessions.id
+    models.Base.metadata.create_all(engine)
+    integer = EventLogReader(models.EventLog, engine)
+    with pytest.raises(
+        ValidationError,
+        match=r"user_id=UUID\('.*'\) \(UUID\) does not fit the "
+        r"int4 column user_id; pass an int",
+    ):
+        integer.user_timeline(uuid.uuid4())
+    with pytest.raises(ValidationError, match="user_id=2147483648 is out of range for the int4"):
+        integer.user_timeline(2**31)
+    assert integer.user_timeline(2**31 - 1).items == ()
+    with pytest.raises(ValidationError, match="session_id=9223372036854775808 is out of range"):
+        integer.session_timeline(2**63, user_id=1)
+    assert integer.session_timeline(2**63 - 1, user_id=1).items == ()
+    with pytest.raises(ValidationError, match=r"uuid\.UUID or an int"):
+        integer.user_timeline(True)
 
 
 def test_cursor_from_another_query_or_altered_is_refused(
@@ -735,7 +791,10 @@ def test_distinct_filters_never_share_a_cursor() -> None:
         assert key(one) != key(other), (one, other)
         with pytest.raises(InvalidCursorError, match="belongs to another query"):
             decode_cursor(encode_cursor(position, key(one)), key(other))
-    assert key(None, key=1) != key(None, key=uuid.UUID(int=1))
+    # A key's type is part of the query: int 1 (an integer-keyed host) is not UUID 1.
+    int_table = event_table(build_host_models(keys="integer").EventLog)
+    int_key = timeline_query(int_table, column="user_id", key=1).query_key
+    assert int_key != key(None, key=uuid.UUID(int=1))
     # The same filter, written differently, is the same query.
     paris = T0.astimezone(ZoneInfo("Europe/Paris"))
     assert key(EventFilter(since=T0, event_types=["b", "a"])) == key(

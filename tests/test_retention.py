@@ -147,6 +147,8 @@ def test_purge_rejects_what_it_cannot_use(
         purge_events(model, host_engine, older_than=datetime(2025, 1, 1))
     with pytest.raises(ValidationError, match="user_id must be"):
         purge_events(model, host_engine, older_than=CUTOFF, user_id="alice")
+    with pytest.raises(ValidationError, match=r"project_id=5 \(int\) does not fit the uuid"):
+        purge_events(model, host_engine, older_than=CUTOFF, project_id=5)
     for options in ({"batch_size": 0}, {"max_batches": 0}, {"sleep": -1}):
         with pytest.raises(ConfigurationError, match=next(iter(options))):
             purge_events(model, host_engine, older_than=CUTOFF, **options)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -12,11 +13,13 @@ from eventlog_persist import _schema as schema
 from eventlog_persist._vocabulary import (
     APPROVAL_STATUS_MAX_LENGTH,
     DEFAULT_FIELD_RULES,
+    DEFAULT_MAX_FUTURE,
     ERROR_CODE_MAX_LENGTH,
     EVENT_TYPE_MAX_LENGTH,
     EVENT_TYPE_PATTERN,
     OTEL_OPERATION_NAMES,
     TOOL_NAME_MAX_LENGTH,
+    validate_created_at,
     validate_fields,
 )
 from eventlog_persist.exceptions import ConfigurationError, EventLogError, ValidationError
@@ -241,10 +244,12 @@ def test_long_allowed_lists_are_shortened() -> None:
 # --- EventFieldRules -------------------------------------------------------------------------
 
 
-def test_default_rules_allow_anything_valid() -> None:
+def test_default_rules_allow_anything_valid_up_to_a_day_ahead() -> None:
     assert EventFieldRules() == DEFAULT_FIELD_RULES
     for field in dataclasses.fields(EventFieldRules):
-        assert getattr(DEFAULT_FIELD_RULES, field.name) is None
+        if field.name != "max_future":
+            assert getattr(DEFAULT_FIELD_RULES, field.name) is None
+    assert DEFAULT_FIELD_RULES.max_future == DEFAULT_MAX_FUTURE == timedelta(days=1)
 
 
 def test_rules_are_frozen_keyword_only_and_store_frozensets() -> None:
@@ -288,3 +293,186 @@ def test_validation_error_hierarchy() -> None:
         validate_fields(event_type="")
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, EventLogError)
+
+
+# --- characters no text column takes ---------------------------------------------------------
+
+ALL_FIELDS = ["event_type", "error_code", "tool_name", "approval_status"]
+
+# Each refused character, its code point as the message names it, and a word of the reason.
+FORBIDDEN = [
+    ("\x00", "U+0000", "NUL"),
+    ("\x01", "U+0001", "control character"),
+    ("\t", "U+0009", "tab"),
+    ("\n", "U+000A", "line feed"),
+    ("\r", "U+000D", "carriage return"),
+    ("\x1b", "U+001B", "control character"),
+    ("\x1f", "U+001F", "control character"),
+    ("\x7f", "U+007F", "DEL"),
+    ("\x80", "U+0080", "control character"),
+    ("\x85", "U+0085", "control character"),
+    ("\x9f", "U+009F", "control character"),
+    ("\u2028", "U+2028", "line separator"),
+    ("\u2029", "U+2029", "paragraph separator"),
+    ("\ud800", "U+D800", "lone surrogate"),
+    ("\udbff", "U+DBFF", "lone surrogate"),
+    ("\udc80", "U+DC80", "lone surrogate"),
+    ("\udfff", "U+DFFF", "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("field", ALL_FIELDS)
+@pytest.mark.parametrize(("char", "code", "word"), FORBIDDEN)
+def test_every_text_column_refuses_control_characters_and_lone_surrogates(
+    field: str, char: str, code: str, word: str
+) -> None:
+    value = f"ab{char}cd"  # inside the value: no whitespace at either end to strip
+    message = rejection(**{field: value})
+    assert message.startswith(f"{field} 'ab")
+    assert f"{word} ({code}) at index 2" in message
+    assert "remove" in message
+    # The character itself never reaches the message: it is shown escaped, so the message
+    # can be logged and encoded as is.
+    assert char not in message
+    assert message.isprintable()
+    message.encode("utf-8")
+
+
+def test_the_position_is_that_of_the_first_refused_character() -> None:
+    message = rejection(tool_name="x" * 300 + "\udc80" + "\x00")
+    assert "lone surrogate (U+DC80) at index 300" in message
+    assert "'... (302 characters) contains" in message  # the value itself is cut short
+
+
+@pytest.mark.parametrize("field", ["error_code", "tool_name", "approval_status"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "caf\u00e9",
+        "a b",
+        "a\u00a0b",  # no-break space: whitespace inside, not a control character
+        "\U0001f527 wrench",  # outside the BMP: a surrogate pair in UTF-16, one code point here
+        "\ud7ff\ue000",  # the code points on either side of the surrogate block
+        "a ~\xa0b",  # on either side of DEL and the C1 block
+        "a\u2027\u202ab",
+    ],
+)
+def test_other_characters_are_accepted(field: str, value: str) -> None:
+    validate_fields(**{"event_type": "tool_call", field: value})
+
+
+def test_surrounding_whitespace_is_reported_before_the_character() -> None:
+    # Stripping is the whole fix for a trailing newline, so that is what the message says.
+    assert "strip it" in rejection(tool_name="search\n")
+    assert "tab (U+0009)" in rejection(tool_name="search\ttool")
+
+
+@pytest.mark.parametrize(
+    "rules_field", ["event_types", "error_codes", "tool_names", "approval_statuses"]
+)
+def test_rules_refuse_allowed_values_with_control_characters(rules_field: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        EventFieldRules(**{rules_field: {"fine", "bad\ud800"}})
+    message = str(info.value)
+    assert "can never be stored" in message
+    assert "lone surrogate (U+D800) at index 3" in message
+
+
+# --- created_at ------------------------------------------------------------------------------
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+MINUS_12 = timezone(timedelta(hours=-12))
+PLUS_14 = timezone(timedelta(hours=14))
+US = timedelta(microseconds=1)
+NO_LIMIT = EventFieldRules(max_future=None)
+
+
+def time_rejection(created_at: object, rules: EventFieldRules = NO_LIMIT) -> str:
+    with pytest.raises(ValidationError) as info:
+        validate_created_at(created_at, rules=rules, now=NOW)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        datetime(1, 1, 2, tzinfo=UTC),
+        datetime(1, 1, 2, 14, tzinfo=PLUS_14),
+        datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(9999, 12, 30, 11, 59, 59, 999999, tzinfo=MINUS_12),
+        NOW,
+    ],
+)
+def test_times_from_the_second_day_of_year_1_to_the_eve_of_year_10000_are_accepted(
+    created_at: datetime,
+) -> None:
+    validate_created_at(created_at, rules=NO_LIMIT, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("created_at", "shown"),
+    [
+        # The issue's case: a valid local time that is year 10000 in UTC.
+        (datetime(9999, 12, 31, 23, 59, tzinfo=MINUS_12), "after the year 9999 in UTC"),
+        (datetime(1, 1, 1, 1, tzinfo=PLUS_14), "before the year 1 in UTC"),
+        (datetime.max.replace(tzinfo=UTC), "9999-12-31T23:59:59.999999+00:00 is outside"),
+        (datetime.min.replace(tzinfo=UTC), "0001-01-01T00:00:00+00:00 is outside"),
+        (datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC) + US, "is outside"),
+        (datetime(1, 1, 2, tzinfo=UTC) - US, "is outside"),
+        (
+            datetime(9999, 12, 31, 10, tzinfo=timezone(timedelta(hours=1))),
+            "(9999-12-31T09:00:00+00:00 in UTC) is outside",
+        ),
+    ],
+)
+def test_times_python_cannot_read_back_in_every_time_zone_are_refused(
+    created_at: datetime, shown: str
+) -> None:
+    message = time_rejection(created_at)
+    assert message.startswith(f"created_at {created_at.isoformat()}")
+    assert shown in message
+    assert "0001-01-02T00:00:00+00:00 to 9999-12-30T23:59:59.999999+00:00" in message
+    assert "leave it out" in message
+
+
+@pytest.mark.parametrize("created_at", [datetime(2026, 1, 1), "2026-01-01T00:00:00Z", 1.5e9])
+def test_naive_or_non_datetime_times_are_refused(created_at: object) -> None:
+    assert "timezone-aware datetime" in time_rejection(created_at)
+
+
+def test_max_future_bounds_how_far_ahead_of_the_clock_a_time_may_be() -> None:
+    rules = EventFieldRules(max_future=timedelta(hours=1))
+    validate_created_at(NOW + timedelta(hours=1), rules=rules, now=NOW)
+    validate_created_at(NOW - timedelta(days=3650), rules=rules, now=NOW)
+    ahead = (NOW + timedelta(hours=1) + US).astimezone(MINUS_12)
+    message = time_rejection(ahead, rules)
+    assert message.startswith(f"created_at {ahead.isoformat()} is 1:00:00.000001 ahead")
+    assert "(2026-06-01T12:00:00+00:00)" in message
+    assert "EventFieldRules(max_future=1:00:00)" in message
+    assert "None: no limit" in message
+
+
+def test_default_max_future_is_one_day() -> None:
+    validate_created_at(NOW + timedelta(days=1), now=NOW)
+    message = time_rejection(NOW + timedelta(days=1, seconds=1), DEFAULT_FIELD_RULES)
+    assert "max_future=1 day, 0:00:00" in message
+    # Without a limit, any time Python reads back is accepted.
+    validate_created_at(datetime(9999, 12, 30, tzinfo=UTC), rules=NO_LIMIT, now=NOW)
+    # The clock is read when none is given.
+    validate_created_at(datetime.now(UTC) + timedelta(hours=23))
+    with pytest.raises(ValidationError, match="ahead of the current time"):
+        validate_created_at(datetime.now(UTC) + timedelta(days=2))
+
+
+def test_zero_max_future_refuses_any_future_time() -> None:
+    rules = EventFieldRules(max_future=timedelta(0))
+    validate_created_at(NOW, rules=rules, now=NOW)
+    assert "0:00:00.000001 ahead" in time_rejection(NOW + US, rules)
+
+
+@pytest.mark.parametrize("bad", [3600, timedelta(seconds=-1), True, "1 day"])
+def test_rules_reject_a_bad_max_future(bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        EventFieldRules(max_future=bad)  # type: ignore[arg-type]
+    assert f"EventFieldRules(max_future={bad!r}) is not valid" in str(info.value)
+    assert "None for no limit" in str(info.value)

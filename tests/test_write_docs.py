@@ -44,7 +44,8 @@ def test_the_page_shows_every_example() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("writing_script.py", 1502), ("writing_lifespan.py", 40)]
+    ("name", "expected"),
+    [("writing_script.py", 1502), ("writing_lifespan.py", 40), ("writing_checks.py", 2)],
 )
 def test_example_runs(
     database_url: URL, name: str, expected: int, capsys: pytest.CaptureFixture[str]
@@ -53,3 +54,16 @@ def test_example_runs(
     total = module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
     assert total == expected
     assert f"events stored: {expected}" in capsys.readouterr().out
+
+
+def test_the_checks_example_refuses_in_the_caller(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load("writing_checks.py")
+    module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "refused: tool_name 'search\\udc80' contains a lone surrogate (U+DC80) at index 6" in out
+    assert "refused: created_at " in out
+    assert "EventFieldRules(max_future=0:05:00)" in out
+    assert "imported: 2" in out
+    assert "chat sessions stored: 2" in out  # the host's own change committed

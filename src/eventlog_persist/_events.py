@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Final, Generic, NotRequired, TypeAlias
 
@@ -20,7 +20,12 @@ from eventlog_persist._payload import (
     prepare_payload,
 )
 from eventlog_persist._table import EventTable
-from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules, validate_fields
+from eventlog_persist._vocabulary import (
+    DEFAULT_FIELD_RULES,
+    EventFieldRules,
+    validate_created_at,
+    validate_fields,
+)
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError, ValidationError
 
 __all__ = [
@@ -57,6 +62,14 @@ class EventFields(TypedDict, Generic[KeyT]):
 class NewEvent:
     """One checked event, ready for any writer; build it with `new_event`.
 
+    An event made directly (``NewEvent(...)``, ``dataclasses.replace``) gets the fixed checks
+    of `new_event` too (types, the text columns, ``created_at``'s range; not a writer's
+    `EventFieldRules`), so no writer is ever handed a value that the driver cannot send or
+    that Python cannot read back; its ``payload_json`` is taken as given.
+
+    Raises:
+        ValidationError: A field breaks a fixed check (on direct construction only).
+
     Attributes:
         id: The event's UUIDv7, assigned when it was built.
         session_id: The chat session's key.
@@ -88,8 +101,17 @@ class NewEvent:
     payload_bytes: int = field(default=-1, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        _check_made_by_hand(self)
         if self.payload_bytes < 0:
             object.__setattr__(self, "payload_bytes", len(self.payload_json.encode("utf-8")))
+
+    @classmethod
+    def _checked(cls, *values: object) -> NewEvent:
+        """The event of `build_event`, which has checked every value already: no second check."""
+        event = object.__new__(cls)
+        for name, value in zip(_NEW_EVENT_FIELDS, values, strict=True):
+            object.__setattr__(event, name, value)
+        return event
 
     @property
     def size_bytes(self) -> int:
@@ -104,6 +126,38 @@ class NewEvent:
 
 # Object headers, the UUID, the datetime and short strings of one NewEvent, rounded up.
 _EVENT_OVERHEAD_BYTES: Final = 512
+_NEW_EVENT_FIELDS: Final = tuple(item.name for item in fields(NewEvent))
+
+# An event made by hand keeps to the fixed checks; the allowed sets and max_future are a
+# writer's or new_event's choice, which such an event never went through.
+_FIXED_ONLY: Final = EventFieldRules(max_future=None)
+
+
+def _check_made_by_hand(event: NewEvent) -> None:
+    """The fixed checks of `build_event`, for a `NewEvent` constructed directly."""
+    if not isinstance(event.id, uuid.UUID):
+        raise ValidationError(
+            f"id must be a uuid.UUID, got {type(event.id).__name__} {event.id!r}; leave it "
+            "out of new_event() to get a new UUIDv7"
+        )
+    _check_key("session_id", event.session_id, required=True)
+    _check_key("user_id", event.user_id, required=True)
+    _check_key("project_id", event.project_id, required=False)
+    _check_key("agent_id", event.agent_id, required=False)
+    validate_fields(
+        event_type=event.event_type,
+        error_code=event.error_code,
+        tool_name=event.tool_name,
+        approval_status=event.approval_status,
+        rules=_FIXED_ONLY,
+    )
+    validate_created_at(event.created_at, rules=_FIXED_ONLY)
+    if not isinstance(event.payload_json, str):
+        raise ValidationError(
+            f"payload_json must be a str of JSON text, got {type(event.payload_json).__name__}; "
+            "build the event with new_event(), which prepares the payload"
+        )
+
 
 DeadLetterHook: TypeAlias = Callable[[NewEvent, EventWriteError], None]
 """``hook(event, error)``: called once for each event a writer gives up on, with the reason.
@@ -141,12 +195,14 @@ def new_event(
         error_code: The error code, or None.
         tool_name: The tool's name, or None.
         approval_status: An `ApprovalStatus` or a custom status, or None.
-        created_at: When the event happened (timezone-aware); default: now, by the client's
-            clock.
+        created_at: When the event happened (timezone-aware, from 0001-01-02 to 9999-12-30
+            in UTC, at most ``field_rules.max_future`` ahead of the clock); default: now, by
+            the client's clock.
         id: The event id; default: a new UUIDv7. Pass the same id again to make a retry of
             your own idempotent.
         payload_policy: How the payload is converted, redacted and capped.
-        field_rules: Which ``event_type`` and column values are allowed.
+        field_rules: Which ``event_type`` and column values are allowed, and how far ahead
+            of the clock ``created_at`` may be.
 
     Returns:
         The checked event.
@@ -204,13 +260,10 @@ def build_event(
     )
     if created_at is None:
         created_at = datetime.now(UTC)
-    elif not isinstance(created_at, datetime) or created_at.utcoffset() is None:
-        raise ValidationError(
-            f"created_at must be a timezone-aware datetime, got {created_at!r}; use e.g. "
-            "datetime.now(UTC), or leave it out to use the current time"
-        )
+    else:
+        validate_created_at(created_at, rules=field_rules)
     prepared = prepare_payload({} if payload is None else payload, policy=payload_policy)
-    event = NewEvent(
+    event = NewEvent._checked(
         new_event_id() if id is None else id,
         session_id,
         user_id,

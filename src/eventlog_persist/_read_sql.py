@@ -16,6 +16,7 @@ from sqlalchemy import (
     ARRAY,
     BindParameter,
     ColumnElement,
+    DateTime,
     Dialect,
     Integer,
     Interval,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
+    literal_column,
     select,
     tuple_,
 )
@@ -42,6 +44,8 @@ from eventlog_persist._read_types import (
     Page,
     check_range,
 )
+from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
+from eventlog_persist._table import check_key_fits, key_sql_type
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = [
@@ -98,13 +102,43 @@ def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:
     return table
 
 
-def check_key(name: str, value: object) -> None:
+def check_key(table: Table, name: str, value: object) -> None:
+    """Raise `ValidationError` unless ``value`` fits the key column ``name`` of ``table``.
+
+    An int for a UUID column (or the reverse) would otherwise reach the database and come
+    back as the driver's "operator does not exist" error.
+    """
     if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int)):
         raise ValidationError(
             f"{name} must be a uuid.UUID or an int (the host's primary-key type), got "
             f"{type(value).__name__} {value!r}"
             + ("; convert it with uuid.UUID(...)" if isinstance(value, str) else "")
         )
+    check_key_fits(name, key_sql_type(table.c[name].type), value)
+
+
+# Times are returned within what Python reads back in any session time zone. A row that
+# another tool or an older version stored beyond (year 10000, 'infinity', 4713 BC) comes back
+# at the nearest bound instead of failing the whole call; see `_readable`.
+_FIRST_READABLE: Final = literal_column(
+    f"TIMESTAMPTZ '{CREATED_AT_MIN.isoformat()}'", DateTime(timezone=True)
+)
+_LAST_READABLE: Final = literal_column(
+    f"TIMESTAMPTZ '{CREATED_AT_MAX.isoformat()}'", DateTime(timezone=True)
+)
+
+
+def _readable(value: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """``value`` moved into ``CREATED_AT_MIN`` .. ``CREATED_AT_MAX``: what Python can load.
+
+    The bounds are constants in the SQL text, so the compiled statement is cached as before;
+    ordering and keyset conditions keep using the column itself, so its index still serves
+    them. Every value the writers accept lies inside the bounds and comes back unchanged.
+    """
+    timestamptz = DateTime(timezone=True)
+    return func.least(
+        func.greatest(value, _FIRST_READABLE, type_=timestamptz), _LAST_READABLE, type_=timestamptz
+    )
 
 
 def _show_key(value: object) -> list[object]:
@@ -162,12 +196,36 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
         if token.startswith("key:"):
             conditions.append(c[token[4:]] == param("key", token[4:]))
         elif token.startswith("after:"):
+            resume_at: ColumnElement[datetime] = param("after_created_at", "created_at")
+            if token.endswith(":edge"):
+                resume_at = func.coalesce(_stored_created_at(table, shape), resume_at)
             position = tuple_(c.created_at, c.id)
-            after = tuple_(param("after_created_at", "created_at"), param("after_id", "id"))
-            conditions.append(position < after if token == "after:newest" else position > after)
+            after = tuple_(resume_at, param("after_id", "id"))
+            newest = token.startswith("after:newest")
+            conditions.append(position < after if newest else position > after)
         elif token in makers:
             conditions.append(makers[token]())
     return conditions
+
+
+def _stored_created_at(table: Table, shape: tuple[str, ...]) -> ColumnElement[datetime]:
+    """The stored ``created_at`` of the cursor's event, looked up by its id (the primary key).
+
+    A page that ends on a row whose time lies beyond what Python reads (see `_readable`)
+    gives a cursor at a bound, not at the row's real time; resuming from the real time, and
+    only within the same timeline, keeps every such row exactly once. If the event is gone
+    (purged meanwhile), ``COALESCE`` falls back to the bound.
+    """
+    column = next(token[4:] for token in shape if token.startswith("key:"))
+    row = table.alias("cursor_event")
+    return (
+        select(row.c.created_at)
+        .where(
+            row.c.id == bindparam("after_id", type_=table.c.id.type),
+            row.c[column] == bindparam("key", type_=table.c[column].type),
+        )
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +275,11 @@ _SQL_CACHE: Final = "eventlog_persist.sql"
 
 def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
     c = table.c
-    statement = select(*[c[name] for name in _RECORD_COLUMNS]).where(*_conditions(table, shape))
+    columns = [
+        _readable(c.created_at).label(name) if name == "created_at" else c[name]
+        for name in _RECORD_COLUMNS
+    ]
+    statement = select(*columns).where(*_conditions(table, shape))
     if "order:newest" in shape:
         statement = statement.order_by(c.created_at.desc(), c.id.desc())
     else:
@@ -263,10 +325,10 @@ def timeline_query(
     Raises:
         ValidationError: A key, the order, the limit or the cursor is not valid.
     """
-    check_key(column, key)
+    check_key(table, column, key)
     for name, value in (("user_id", user_id), ("project_id", project_id)):
         if value is not None and value is not UNSCOPED:
-            check_key(name, value)
+            check_key(table, name, value)
     if order not in get_args(Order):
         raise ValidationError(f"order must be 'newest' or 'oldest', got {order!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
@@ -303,13 +365,17 @@ def timeline_query(
             shape.append(name)
             params[name] = getattr(filters, name)
     if cursor is not None:
-        params["after_created_at"], params["after_id"] = decode_cursor(cursor, query_key)
-        shape.append(f"after:{order}")
+        after, params["after_id"] = decode_cursor(cursor, query_key)
+        params["after_created_at"] = after
+        # A position at a bound may stand for a row stored beyond it: resume from that row.
+        edge = not CREATED_AT_MIN < after < CREATED_AT_MAX
+        shape.append(f"after:{order}:edge" if edge else f"after:{order}")
     prepared = PreparedQuery(table, tuple(shape), params, _timeline_select)
     return TimelineQuery(prepared, limit, query_key)
 
 
 def _aggregate_shape(
+    table: Table,
     user_id: object,
     project_id: object,
     agent_id: object,
@@ -326,7 +392,7 @@ def _aggregate_shape(
     params: dict[str, Any] = {}
     for name, value in (("user_id", user_id), ("project_id", project_id), ("agent_id", agent_id)):
         if value is not None:
-            check_key(name, value)
+            check_key(table, name, value)
             shape.append(name.removesuffix("_id"))
             params[name] = value
     if since is None or until is None:
@@ -375,7 +441,7 @@ def count_query(
         raise ValidationError(
             f"cannot count by {field!r}; choose one of {', '.join(get_args(CountField))}"
         )
-    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
     return PreparedQuery(table, (f"count:{field}", *shape), params, _count_select)
 
 
@@ -388,7 +454,11 @@ def _bucket_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
     else:
         unit = bindparam("unit", type_=String())
         expression = func.date_trunc(unit, created_at, bindparam("time_zone", type_=String()))
-    inner = select(expression.label("start")).where(*_conditions(table, shape)).subquery("buckets")
+    inner = (
+        select(_readable(expression).label("start"))
+        .where(*_conditions(table, shape))
+        .subquery("buckets")
+    )
     return (
         select(inner.c.start, func.count().label("count"))
         .group_by(inner.c.start)
@@ -443,5 +513,5 @@ def bucket_query(
             f"bucket must be a timedelta or one of {', '.join(get_args(CalendarUnit))}, "
             f"got {bucket!r}"
         )
-    shape, params = _aggregate_shape(user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
     return PreparedQuery(table, (kind, *shape), {**params, **values}, _bucket_select)

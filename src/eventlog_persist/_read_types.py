@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -145,12 +146,23 @@ def _instant(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
+# What no query parameter can carry: NUL (PostgreSQL text) and lone surrogates (UTF-8).
+_UNSENDABLE: Final = re.compile(r"[\x00\ud800-\udfff]")
+
+
 def _check_text(field: str, value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not value:
         raise ValidationError(
             f"EventFilter({field}=...) got {value!r}; pass a non-empty str, or None for any"
+        )
+    found = _UNSENDABLE.search(value)
+    if found is not None:
+        raise ValidationError(
+            f"EventFilter({field}=...) got {value!r}, which holds U+{ord(found.group()):04X} "
+            f"at index {found.start()}: NUL and lone surrogates cannot be sent to PostgreSQL, "
+            "and no stored event holds them; remove it"
         )
 
 
@@ -180,7 +192,12 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
 
 @dataclass(frozen=True, slots=True)
 class EventRecord(Generic[KeyT]):
-    """One stored event, as the readers return it."""
+    """One stored event, as the readers return it.
+
+    ``created_at`` lies from 0001-01-02 to 9999-12-30 23:59:59.999999 UTC, what the writers
+    accept; a time another tool stored beyond (year 10000, ``infinity``) comes back at the
+    nearest of these bounds, so it never fails the read.
+    """
 
     id: uuid.UUID
     session_id: KeyT

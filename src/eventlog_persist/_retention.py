@@ -56,7 +56,7 @@ def _conditions(
     conditions = [c.created_at < older_than]
     for name, value in (("user_id", user_id), ("project_id", project_id)):
         if value is not None:
-            check_key(name, value)
+            check_key(table, name, value)
             conditions.append(c[name] == value)
     return conditions
 

@@ -5,10 +5,13 @@ Released migration revisions do not import this module: they carry their own fro
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 __all__ = [
     "APPROVAL_STATUS_LENGTH",
+    "CREATED_AT_MAX",
+    "CREATED_AT_MIN",
     "ERROR_CODE_LENGTH",
     "EVENT_TYPE_LENGTH",
     "FK_NAMES",
@@ -24,6 +27,15 @@ EVENT_TYPE_LENGTH: Final = 64
 ERROR_CODE_LENGTH: Final = 128
 TOOL_NAME_LENGTH: Final = 128
 APPROVAL_STATUS_LENGTH: Final = 32
+
+# The created_at values that survive a round trip: PostgreSQL stores 4713 BC to 294276 AD, but
+# Python's datetime ends at years 1 and 9999, and psycopg returns each value in the session's
+# time zone. One day inside Python's range, a value stays in it under any UTC offset (they
+# are all under 16 hours), so it reads back whatever the reader's TimeZone setting.
+CREATED_AT_MIN: Final = datetime(1, 1, 2, tzinfo=UTC)
+"""Earliest ``created_at`` the writers accept and the readers return (0001-01-02 UTC)."""
+CREATED_AT_MAX: Final = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+"""Latest ``created_at`` the writers accept and the readers return (9999-12-30 UTC)."""
 
 PK_NAME: Final = "pk_event_logs"
 FK_NAMES: Final = {

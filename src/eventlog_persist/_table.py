@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
+from sqlalchemy.types import TypeEngine
 
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
@@ -81,21 +82,8 @@ class EventTable:
             values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
         """
         for name, sql_type, value in zip(COLUMNS[1:5], self.key_types, values, strict=True):
-            if value is None:
-                continue
-            if sql_type == "uuid":
-                if not isinstance(value, uuid.UUID):
-                    raise ValidationError(
-                        f"{name}={value!r} does not fit the uuid column {name}; pass a uuid.UUID"
-                    )
-            elif not isinstance(value, int):
-                raise ValidationError(
-                    f"{name}={value!r} does not fit the {sql_type} column {name}; pass an int"
-                )
-            elif not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
-                raise ValidationError(
-                    f"{name}={value} is out of range for the {sql_type} column {name}"
-                )
+            if value is not None:
+                check_key_fits(name, sql_type, value)
 
     @property
     def copy_types(self) -> list[str]:
@@ -129,12 +117,35 @@ class EventTable:
         )
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+def check_key_fits(name: str, sql_type: str | None, value: object) -> None:
+    """Raise `ValidationError` when ``value`` does not fit a key column of ``sql_type``.
+
+    Args:
+        name: The column, for the message.
+        sql_type: ``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"`` (see `key_sql_type`);
+            None (a type the package does not know) accepts any value.
+        value: The key value, not None.
+    """
+    if sql_type == "uuid":
+        if not isinstance(value, uuid.UUID):
+            raise ValidationError(
+                f"{name}={value!r} ({type(value).__name__}) does not fit the uuid column "
+                f"{name}; pass a uuid.UUID"
+            )
+    elif sql_type in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(
+                f"{name}={value!r} ({type(value).__name__}) does not fit the {sql_type} column "
+                f"{name}; pass an int"
+            )
+        if not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
+            raise ValidationError(
+                f"{name}={value} is out of range for the {sql_type} column {name}"
+            )
 
 
-def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
-    sql_type = table.c[column].type
+def key_sql_type(sql_type: TypeEngine[Any]) -> str | None:
+    """``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"`` for a key column's type, else None."""
     if isinstance(sql_type, Uuid):
         return "uuid"
     if isinstance(sql_type, BigInteger):
@@ -143,6 +154,18 @@ def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
         return "int2"
     if isinstance(sql_type, Integer):
         return "int4"
+    return None
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
+    sql_type = table.c[column].type
+    found = key_sql_type(sql_type)
+    if found is not None:
+        return found
     raise ConfigurationError(
         f"{model.__name__}.{column} has type {sql_type!r}; the writers support UUID, SMALLINT, "
         "INTEGER and BIGINT keys. Declare the host's tables before the EventLog model so the "

@@ -1,16 +1,19 @@
-"""Event types and approval statuses, and the checks on the denormalized text columns."""
+"""Event types and approval statuses, and the checks on the text columns and ``created_at``."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
 from eventlog_persist._schema import (
     APPROVAL_STATUS_LENGTH,
+    CREATED_AT_MAX,
+    CREATED_AT_MIN,
     ERROR_CODE_LENGTH,
     EVENT_TYPE_LENGTH,
     TOOL_NAME_LENGTH,
@@ -20,6 +23,7 @@ from eventlog_persist.exceptions import ConfigurationError, ValidationError
 __all__ = [
     "APPROVAL_STATUS_MAX_LENGTH",
     "DEFAULT_FIELD_RULES",
+    "DEFAULT_MAX_FUTURE",
     "ERROR_CODE_MAX_LENGTH",
     "EVENT_TYPE_MAX_LENGTH",
     "EVENT_TYPE_PATTERN",
@@ -28,6 +32,8 @@ __all__ = [
     "ApprovalStatus",
     "EventFieldRules",
     "EventType",
+    "forbidden_character",
+    "validate_created_at",
     "validate_fields",
 ]
 
@@ -45,6 +51,21 @@ EVENT_TYPE_PATTERN: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
 
 Dots and colons leave room for namespaced custom types such as ``"myapp.review:done"``.
 """
+
+DEFAULT_MAX_FUTURE: Final = timedelta(days=1)
+"""How far ahead of the clock ``created_at`` may be, unless `EventFieldRules` says otherwise."""
+
+# Characters no text column takes: C0 controls (tab and newlines included), DEL, C1 controls,
+# the Unicode line and paragraph separators, and lone surrogates (UTF-8 cannot encode them).
+_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CHARACTER_NAMES: Final = {
+    "\t": "tab",
+    "\n": "line feed",
+    "\r": "carriage return",
+    "\x7f": "DEL",
+    "\u2028": "line separator",
+    "\u2029": "paragraph separator",
+}
 
 
 class EventType(StrEnum):
@@ -155,6 +176,34 @@ def _show(value: str) -> str:
     return f"{value[:40]!r}... ({len(value)} characters)"
 
 
+def forbidden_character(name: str, value: str) -> str | None:
+    """Say which character of ``value`` no text column may hold, and where; or return None.
+
+    The message shows the value with ``repr`` escapes and names the character by its code
+    point, so it never carries the raw character into a log line.
+    """
+    found = _FORBIDDEN.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    where = f"(U+{ord(char):04X}) at index {found.start()}"
+    if char == "\x00":
+        why = f"NUL {where}, which PostgreSQL text columns cannot store; remove it"
+    elif "\ud800" <= char <= "\udfff":
+        why = (
+            f"a lone surrogate {where}, which UTF-8 cannot encode (text decoded with "
+            "errors='surrogateescape', or half of a broken UTF-16 pair); decode the source "
+            "text correctly, or remove the character"
+        )
+    else:
+        why = (
+            f"a {_CHARACTER_NAMES.get(char, 'control character')} {where}; these names are "
+            "single-line identifiers, so control characters (tabs and newlines too) are "
+            "refused: remove it"
+        )
+    return f"{name} {_show(value)} contains {why}"
+
+
 def _problem(column: _Column, value: object) -> str | None:
     """Say what is wrong with a non-None ``value`` for ``column``, or return None."""
     name = column.name
@@ -164,13 +213,11 @@ def _problem(column: _Column, value: object) -> str | None:
     if not value:
         fix = "pass a name such as 'tool_call'" if column.required else "pass None instead"
         return f"{name} is empty; {fix}"
-    if "\x00" in value:
-        return (
-            f"{name} {_show(value)} contains NUL (\\u0000), which PostgreSQL text columns "
-            "cannot store; remove it"
-        )
     if value != value.strip():
         return f"{name} {_show(value)} has leading or trailing whitespace; strip it"
+    problem = forbidden_character(name, value)
+    if problem is not None:
+        return problem
     if len(value) > column.max_length:
         return (
             f"{name} {_show(value)} is {len(value)} characters, over the limit of "
@@ -211,15 +258,15 @@ def _allowed(value: object, column: _Column) -> frozenset[str] | None:
 
 @dataclass(frozen=True, slots=True, init=False)
 class EventFieldRules:
-    """Which values the denormalized columns accept, beyond the fixed checks.
+    """Which values the denormalized columns and ``created_at`` accept, beyond the fixed checks.
 
-    Each field is a set of allowed values, or ``None`` (the default) to allow any value that
-    passes the fixed checks. Allowed values are themselves checked on creation. Example, to
-    accept only the built-in vocabulary::
+    Each set field is a set of allowed values, or ``None`` (the default) to allow any value
+    that passes the fixed checks. Allowed values are themselves checked on creation. Example,
+    to accept only the built-in vocabulary::
 
         EventFieldRules(event_types=EventType, approval_statuses=ApprovalStatus)
 
-    Each argument takes any iterable of str (a set, a list, a `StrEnum` class); it is
+    Each set argument takes any iterable of str (a set, a list, a `StrEnum` class); it is
     stored as a frozenset.
 
     Attributes:
@@ -227,12 +274,19 @@ class EventFieldRules:
         error_codes: Allowed ``error_code`` values (``None`` as a value is always fine).
         tool_names: Allowed ``tool_name`` values.
         approval_statuses: Allowed ``approval_status`` values.
+        max_future: How far ahead of the client's clock a given ``created_at`` may be, when
+            the event is built: `DEFAULT_MAX_FUTURE` (one day) unless set; ``None`` for no
+            limit. A time far ahead would stay first in every newest-first timeline; it is
+            nearly always a wrong clock, time zone or unit.
+
+    .. versionadded:: 0.3.0 ``max_future``.
     """
 
     event_types: frozenset[str] | None = None
     error_codes: frozenset[str] | None = None
     tool_names: frozenset[str] | None = None
     approval_statuses: frozenset[str] | None = None
+    max_future: timedelta | None = DEFAULT_MAX_FUTURE
 
     def __init__(
         self,
@@ -241,6 +295,7 @@ class EventFieldRules:
         error_codes: Iterable[str] | None = None,
         tool_names: Iterable[str] | None = None,
         approval_statuses: Iterable[str] | None = None,
+        max_future: timedelta | None = DEFAULT_MAX_FUTURE,
     ) -> None:
         given = {
             "event_types": event_types,
@@ -251,12 +306,21 @@ class EventFieldRules:
         for column in _COLUMNS:
             checked = _allowed(given[column.rules_field], column)
             object.__setattr__(self, column.rules_field, checked)
+        if max_future is not None and (
+            not isinstance(max_future, timedelta) or max_future < timedelta(0)
+        ):
+            raise ConfigurationError(
+                f"EventFieldRules(max_future={max_future!r}) is not valid; pass a timedelta "
+                ">= 0 (how far ahead of the clock created_at may be), or None for no limit"
+            )
+        object.__setattr__(self, "max_future", max_future)
 
 
 _COLUMNS: Final = (_EVENT_TYPE, _ERROR_CODE, _TOOL_NAME, _APPROVAL_STATUS)
 
 DEFAULT_FIELD_RULES: Final = EventFieldRules()
-"""Rules that allow any value passing the fixed checks."""
+"""Rules that allow any value passing the fixed checks, and a ``created_at`` up to one day
+ahead of the clock (`DEFAULT_MAX_FUTURE`)."""
 
 
 def validate_fields(
@@ -272,8 +336,10 @@ def validate_fields(
     Fixed checks: ``event_type`` is a non-empty str of at most `EVENT_TYPE_MAX_LENGTH`
     characters that fully matches `EVENT_TYPE_PATTERN`. The others are ``None`` or a
     non-empty str within `ERROR_CODE_MAX_LENGTH`, `TOOL_NAME_MAX_LENGTH` or
-    `APPROVAL_STATUS_MAX_LENGTH` characters. None may contain NUL or begin or end with
-    whitespace. Then each value must be in its set in ``rules``, when that set is not None.
+    `APPROVAL_STATUS_MAX_LENGTH` characters. None may begin or end with whitespace, or
+    contain a control character (C0 with tab and newlines, DEL, C1), a Unicode line or
+    paragraph separator, or a lone surrogate (see `forbidden_character`). Then each value
+    must be in its set in ``rules``, when that set is not None.
 
     Args:
         event_type: The event type, e.g. ``EventType.TOOL_CALL`` or a custom name.
@@ -308,3 +374,65 @@ def _listing(allowed: frozenset[str], shown: int = 10) -> str:
         return "none"
     head = ", ".join(repr(name) for name in names[:shown])
     return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
+
+
+def validate_created_at(
+    created_at: object,
+    *,
+    rules: EventFieldRules = DEFAULT_FIELD_RULES,
+    now: datetime | None = None,
+) -> None:
+    """Check an event time given by the caller, before the event is written.
+
+    Fixed checks: ``created_at`` is a timezone-aware ``datetime`` whose UTC value lies from
+    ``CREATED_AT_MIN`` (0001-01-02) to ``CREATED_AT_MAX`` (9999-12-30 23:59:59.999999):
+    PostgreSQL stores far more, but only these read back as Python datetimes under any
+    session time zone. Then it is at most ``rules.max_future`` ahead of ``now``.
+
+    Args:
+        created_at: The event time.
+        rules: Its ``max_future`` bounds how far ahead of the clock the time may be.
+        now: The current time; default: ``datetime.now(UTC)``.
+
+    Raises:
+        ValidationError: The time is naive, not a datetime, out of range or too far ahead;
+            the message names the value, the limit and the fix.
+    """
+    if not isinstance(created_at, datetime) or created_at.utcoffset() is None:
+        raise ValidationError(
+            f"created_at must be a timezone-aware datetime, got {created_at!r}; use e.g. "
+            "datetime.now(UTC), or leave it out to use the current time"
+        )
+    try:
+        utc: datetime | None = created_at.astimezone(UTC)
+    except OverflowError:  # beyond year 9999, or before year 1, once moved to UTC
+        utc = None
+    if utc is None or not CREATED_AT_MIN <= utc <= CREATED_AT_MAX:
+        if utc is None:
+            in_utc = (
+                " (after the year 9999 in UTC)"
+                if created_at.year > 1
+                else " (before the year 1 in UTC)"
+            )
+        elif created_at.utcoffset():
+            in_utc = f" ({utc.isoformat()} in UTC)"
+        else:
+            in_utc = ""
+        raise ValidationError(
+            f"created_at {created_at.isoformat()}{in_utc} is outside the times an event can "
+            f"have, {CREATED_AT_MIN.isoformat()} to {CREATED_AT_MAX.isoformat()}: PostgreSQL "
+            "would store it, but Python could not read it back in every time zone; pass the "
+            "real time of the event, or leave it out to use the current time"
+        )
+    limit = rules.max_future
+    if limit is None:
+        return
+    now = datetime.now(UTC) if now is None else now
+    ahead = utc - now
+    if ahead > limit:
+        raise ValidationError(
+            f"created_at {created_at.isoformat()} is {ahead} ahead of the current time "
+            f"({now.astimezone(UTC).isoformat()}), more than EventFieldRules(max_future="
+            f"{limit}) allows; check the clock, time zone or unit that produced it, or raise "
+            "the limit with EventFieldRules(max_future=...) (None: no limit)"
+        )

@@ -165,6 +165,9 @@ def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
 def rules_and_payloads(value: dict[str, object]) -> NewEvent:
     rules = EventFieldRules(event_types=EventType, approval_statuses={"granted"})
     EventFieldRules(tool_names=("search",), error_codes=frozenset({"timeout"}))
+    EventFieldRules(max_future=timedelta(minutes=5))
+    assert_type(EventFieldRules(max_future=None).max_future, timedelta | None)
+    EventFieldRules(max_future=300)  # type: ignore[arg-type]
     policy = PayloadPolicy(max_bytes=64 * 1024, oversize="truncate", redact_keys=frozenset())
     prepared = prepare_payload(value, policy=policy)
     assert_type(prepared, PreparedPayload)

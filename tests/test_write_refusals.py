@@ -1,0 +1,340 @@
+"""Nothing invalid leaves the caller: every write path refuses a bad field with ValidationError.
+
+A lone surrogate in a text column used to pass the checks; ``record`` then failed the host's
+whole commit with ``UnicodeEncodeError``, and the host's own row was lost with it. A
+``created_at`` of 9999-12-31 23:59 at UTC-12 (year 10000 in UTC) was stored, and every later
+read of that timeline failed. Each bad input below is refused, on each path, before anything
+is sent: the caller's own transaction commits, and no event row exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hostmodels import HostModels
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from eventlog_persist import (
+    AsyncBufferedWriter,
+    BufferedWriter,
+    EventFieldRules,
+    EventLogReader,
+    EventWriter,
+    NewEvent,
+    awrite_events,
+    new_event,
+    write_events,
+)
+from eventlog_persist.exceptions import ValidationError
+
+UTC_MINUS_12 = timezone(timedelta(hours=-12))
+
+# (fields, the field the message starts with, a fragment of the message)
+BAD = [
+    pytest.param(
+        {"tool_name": "search\ud800"},
+        "tool_name",
+        "lone surrogate (U+D800) at index 6",
+        id="tool_name-surrogate",
+    ),
+    pytest.param(
+        {"error_code": "\udcfftimeout"},
+        "error_code",
+        "lone surrogate (U+DCFF) at index 0",
+        id="error_code-surrogate",
+    ),
+    pytest.param(
+        {"approval_status": "pend\udc80ing"},
+        "approval_status",
+        "lone surrogate (U+DC80) at index 4",
+        id="approval_status-surrogate",
+    ),
+    pytest.param(
+        {"event_type": "tool\udc80call"},
+        "event_type",
+        "lone surrogate (U+DC80) at index 4",
+        id="event_type-surrogate",
+    ),
+    pytest.param({"tool_name": "a\x00b"}, "tool_name", "NUL (U+0000) at index 1", id="NUL"),
+    pytest.param(
+        {"error_code": "E\x1b[31mRED"},
+        "error_code",
+        "control character (U+001B) at index 1",
+        id="escape",
+    ),
+    pytest.param(
+        {"approval_status": "ok\nno"},
+        "approval_status",
+        "line feed (U+000A) at index 2",
+        id="newline",
+    ),
+    pytest.param({"tool_name": "x\ty"}, "tool_name", "tab (U+0009) at index 1", id="tab"),
+    pytest.param({"tool_name": "x\x7fy"}, "tool_name", "DEL (U+007F) at index 1", id="DEL"),
+    pytest.param(
+        {"tool_name": "x\x85y"}, "tool_name", "control character (U+0085) at index 1", id="C1"
+    ),
+    pytest.param(
+        {"error_code": "a\u2028b"},
+        "error_code",
+        "line separator (U+2028) at index 1",
+        id="line-separator",
+    ),
+    pytest.param(
+        {"created_at": datetime(9999, 12, 31, 23, 59, tzinfo=UTC_MINUS_12)},
+        "created_at",
+        "(after the year 9999 in UTC) is outside the times an event can have",
+        id="year-10000-in-UTC",
+    ),
+    pytest.param(
+        {"created_at": datetime.min.replace(tzinfo=UTC)},
+        "created_at",
+        "is outside the times an event can have",
+        id="datetime-min",
+    ),
+    pytest.param(
+        {"created_at": datetime.now(UTC) + timedelta(days=30)},
+        "created_at",
+        "ahead of the current time",
+        id="far-future",
+    ),
+    pytest.param(
+        {"created_at": datetime(2026, 1, 1)},
+        "created_at must be a timezone-aware datetime",
+        "",
+        id="naive",
+    ),
+]
+
+
+def seed(engine: Engine, models: HostModels) -> dict[str, Any]:
+    with Session(engine) as session:
+        user = models.User(id=models.new_key())
+        session.add(user)
+        session.flush()
+        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
+        session.add(chat)
+        session.commit()
+        return {"session_id": chat.id, "user_id": user.id}
+
+
+def events_stored(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.scalar(text("SELECT count(*) FROM event_logs")) or 0)
+
+
+def users_named(engine: Engine, models: HostModels, name: str) -> int:
+    with Session(engine) as session:
+        query = select(func.count()).select_from(models.User).where(models.User.name == name)
+        return int(session.scalar(query) or 0)
+
+
+def refused(field: str, fragment: str, error: BaseException) -> None:
+    """The error is a ValidationError that names the field and the problem, escaped."""
+    assert isinstance(error, ValidationError), repr(error)
+    message = str(error)
+    assert message.startswith(field), message
+    assert fragment in message, message
+    message.encode("utf-8")  # no raw surrogate in the message: it can be logged as is
+    assert message.isprintable()
+
+
+@pytest_asyncio.fixture
+async def async_engine(database_url: URL, host_engine: Engine) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(("fields", "field", "fragment"), BAD)
+def test_record_refuses_in_the_caller_and_the_hosts_own_row_still_commits(
+    host_engine: Engine,
+    host_models: HostModels,
+    fields: dict[str, Any],
+    field: str,
+    fragment: str,
+) -> None:
+    """The host flow: its own row, an event recorded with it, one commit."""
+    keys = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    with Session(host_engine) as session:
+        session.add(host_models.User(id=host_models.new_key(), name="host row"))
+        with pytest.raises(ValidationError) as caught:
+            writer.record(session, **{**keys, "event_type": "x", **fields})
+        session.commit()  # would raise, and lose the host row, had the event been added
+    refused(field, fragment, caught.value)
+    assert users_named(host_engine, host_models, "host row") == 1
+    assert events_stored(host_engine) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("fields", "field", "fragment"), BAD)
+async def test_every_other_write_path_refuses_in_the_caller(
+    host_engine: Engine,
+    host_models: HostModels,
+    async_engine: AsyncEngine,
+    fields: dict[str, Any],
+    field: str,
+    fragment: str,
+) -> None:
+    keys = seed(host_engine, host_models)
+    model = host_models.EventLog
+    args: dict[str, Any] = {**keys, "event_type": "x", **fields}
+    writer = EventWriter(model)
+    errors: list[BaseException] = []
+
+    def expect_refusal() -> Any:
+        return pytest.raises(ValidationError)
+
+    # Building the event: new_event, the writer's event(), and a NewEvent made by hand.
+    for build in (lambda: new_event(**args), lambda: writer.event(**args)):
+        with expect_refusal() as caught:
+            build()
+        errors.append(caught.value)
+    # max_future is a rule of new_event and the writers; an event made by hand gets the
+    # fixed checks only (see the last test).
+    fixed = "ahead of the current time" not in fragment
+    if fixed:
+        good = new_event(**keys, event_type="x")
+        by_hand = {name: fields.get(name, getattr(good, name)) for name in NEW_EVENT_FIELDS}
+        with expect_refusal() as caught:
+            NewEvent(**by_hand)
+        errors.append(caught.value)
+        with expect_refusal() as caught:
+            dataclasses.replace(good, **fields)
+        errors.append(caught.value)
+
+    # record in an AsyncSession: the host's row commits.
+    async with AsyncSession(async_engine) as session:
+        session.add(host_models.User(id=host_models.new_key(), name="async host row"))
+        with expect_refusal() as caught:
+            writer.record(session, **args)
+        errors.append(caught.value)
+        await session.commit()
+    assert users_named(host_engine, host_models, "async host row") == 1
+
+    # Detached, sync and async.
+    with expect_refusal() as caught:
+        writer.record_detached(host_engine, **args)
+    errors.append(caught.value)
+    with expect_refusal() as caught:
+        await writer.arecord_detached(async_engine, **args)
+    errors.append(caught.value)
+
+    # Buffered, thread and task: enqueue raises, the writer has nothing to write or report.
+    with BufferedWriter(model, host_engine) as buffered:
+        with expect_refusal() as caught:
+            buffered.enqueue(**args)
+        errors.append(caught.value)
+    async with AsyncBufferedWriter(model, async_engine) as abuffered:
+        with expect_refusal() as caught:
+            await abuffered.enqueue(**args)
+        errors.append(caught.value)
+    for counters in (buffered.counters, abuffered.counters):
+        assert (counters.written, counters.dead_lettered, counters.dropped) == (0, 0, 0)
+
+    # Bulk: events come from new_event, so the bad one raises while the batch is gathered.
+    def stream() -> Iterator[NewEvent]:
+        yield new_event(**keys, event_type="fine")
+        yield new_event(**args)
+
+    with expect_refusal() as caught:
+        write_events(model, host_engine, stream())
+    errors.append(caught.value)
+    with expect_refusal() as caught:
+        await awrite_events(model, async_engine, stream())
+    errors.append(caught.value)
+
+    assert len(errors) == (11 if fixed else 9)
+    for error in errors:
+        refused(field, fragment, error)
+    assert events_stored(host_engine) == 0
+
+
+NEW_EVENT_FIELDS = [field.name for field in dataclasses.fields(NewEvent)]
+
+
+@pytest.fixture
+def engine_at_utc_plus_14(database_url: URL) -> Iterator[Engine]:
+    engine = create_engine(database_url, connect_args={"options": "-c TimeZone=Pacific/Kiritimati"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_values_at_the_limits_are_stored_by_every_path_and_read_back_unchanged(
+    host_engine: Engine,
+    host_models: HostModels,
+    async_engine: AsyncEngine,
+    engine_at_utc_plus_14: Engine,
+) -> None:
+    """What the checks accept, PostgreSQL stores and Python reads back, in any time zone."""
+    keys = seed(host_engine, host_models)
+    model = host_models.EventLog
+    writer = EventWriter(model, field_rules=EventFieldRules(max_future=None))
+    first = datetime(1, 1, 2, tzinfo=UTC)
+    last = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    columns = {
+        "tool_name": "caf\u00e9 \U0001f527 \u2211",
+        "error_code": "E\u00a0500",  # no-break space inside
+        "approval_status": "\u00e0 revoir",
+    }
+
+    def fields(path: str, when: datetime) -> dict[str, Any]:
+        return {**keys, "event_type": path, "created_at": when, **columns}
+
+    expected: dict[str, datetime] = {}
+    for when, suffix in ((first, "first"), (last, "last")):
+        paths = {name: f"{name}.{suffix}" for name in ("record", "detached", "adetached")}
+        paths |= {name: f"{name}.{suffix}" for name in ("enqueue", "aenqueue", "bulk")}
+        with Session(host_engine) as session:
+            writer.record(session, **fields(paths["record"], when))
+            session.commit()
+        writer.record_detached(host_engine, **fields(paths["detached"], when))
+        await writer.arecord_detached(async_engine, **fields(paths["adetached"], when))
+        with BufferedWriter(model, host_engine) as buffered:
+            buffered.enqueue(writer.event(**fields(paths["enqueue"], when)))
+        async with AsyncBufferedWriter(model, async_engine) as abuffered:
+            await abuffered.enqueue(writer.event(**fields(paths["aenqueue"], when)))
+        bulk = write_events(model, host_engine, [writer.event(**fields(paths["bulk"], when))])
+        assert bulk.written == 1
+        expected |= dict.fromkeys(paths.values(), when)
+
+    reader = EventLogReader(model, engine_at_utc_plus_14)
+    page = reader.session_timeline(keys["session_id"], user_id=keys["user_id"], order="oldest")
+    assert {event.event_type: event.created_at for event in page.items} == expected
+    for event in page.items:
+        assert (event.tool_name, event.error_code, event.approval_status) == tuple(columns.values())
+    with Session(engine_at_utc_plus_14) as session:  # the host's own ORM reads work too
+        stored = session.scalars(select(model.created_at).order_by(model.created_at)).all()
+    assert stored == sorted(expected.values())
+
+
+def test_a_wrong_id_or_key_in_a_hand_made_event_is_refused() -> None:
+    key = uuid.uuid4()
+    good = new_event(session_id=key, user_id=key, event_type="x")
+    for change, fragment in (
+        ({"id": "01890000-0000-7000-8000-000000000000"}, "id must be a uuid.UUID, got str"),
+        ({"session_id": "abc"}, "session_id must be a uuid.UUID or int"),
+        ({"project_id": 1.5}, "project_id must be a uuid.UUID, int or None"),
+        ({"payload_json": {"a": 1}}, "payload_json must be a str of JSON text, got dict"),
+        ({"event_type": "bad type"}, "event_type 'bad type' does not match"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            dataclasses.replace(good, **change)
+        assert str(caught.value).startswith(fragment)
+    # A hand-made event gets the fixed checks only: the far future is a rule of new_event's.
+    far = dataclasses.replace(good, created_at=datetime(3000, 1, 1, tzinfo=UTC))
+    assert far.created_at.year == 3000
