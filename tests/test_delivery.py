@@ -8,6 +8,7 @@ only watched on their way out of psycopg's ``connect``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import uuid
@@ -31,6 +32,7 @@ from eventlog_persist import (
     new_event,
     write_events,
 )
+from eventlog_persist._failures import RowEncodingError
 from eventlog_persist.exceptions import ConfigurationError, RetriesExhaustedError
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.01)
@@ -411,3 +413,22 @@ def test_a_row_refused_by_a_host_constraint_names_it_and_points_at_the_constrain
     assert "ck_no_forbidden_tool" in message
     assert "check the event's values against the table's constraints" in message
     assert result.retries == 0
+
+
+def test_a_value_the_client_cannot_encode_sinks_only_its_own_event(
+    flavor: Flavor, host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    good = batch(user_id, session_id, 6)
+    # A payload text built by hand, past the checks of new_event: a lone surrogate cannot
+    # be encoded as UTF-8, so the client fails on that row before the server sees it.
+    bad = dataclasses.replace(good[2], id=uuid.uuid4(), payload_json='{"text": "a\ud800b"}')
+    result = flavor.write(host_models.EventLog, host_engine, [*good[:3], bad, *good[3:]])
+    assert result.written == 6
+    ((event, error),) = result.dead_lettered
+    assert event is bad
+    assert "cannot encode event" in str(error)
+    assert "the database refused it" in str(error)
+    assert isinstance(error.__cause__, RowEncodingError)
+    assert isinstance(error.__cause__.__cause__, UnicodeEncodeError)
+    assert sorted(stored_ids(host_engine)) == sorted(e.id for e in good)
