@@ -102,6 +102,11 @@ TARGETS: Final[dict[str, Target]] = {
         "src/eventlog_persist/_alembic_setup.py",
         ("tests/test_cli.py", "tests/test_migrations.py"),
     ),
+    "policy": Target(
+        "src/eventlog_persist/_retry.py",
+        ("tests/test_failures.py", "tests/test_write_bulk.py::test_retry_policy_limits"),
+    ),
+    "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"

@@ -23,7 +23,7 @@ from eventlog_persist._failures import (
     decide,
     sqlstate_of,
 )
-from eventlog_persist.exceptions import EventWriteError
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 
 # One real code of each SQLSTATE class or single code the table names, and what it means.
 TABLE = [
@@ -202,3 +202,51 @@ def test_a_retry_budget_rides_out_a_five_second_outage() -> None:
                 )
                 assert decision.action is Action.RETRY
                 now += decision.delay + 0.01  # each failed attempt takes a little time
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_attempts", 0),
+        ("max_attempts", -1),
+        ("max_attempts", 1.5),
+        ("max_attempts", True),
+        ("max_attempts", "3"),
+        ("max_elapsed", -1),
+        ("max_elapsed", float("nan")),
+        ("max_elapsed", float("inf")),
+        ("max_elapsed", True),
+        ("max_elapsed", "30"),
+        ("initial_delay", -0.1),
+        ("initial_delay", float("nan")),
+        ("max_delay", -1),
+        ("max_delay", float("inf")),
+        ("multiplier", 0.5),
+        ("multiplier", float("nan")),
+        ("multiplier", True),
+    ],
+)
+def test_a_bad_retry_policy_is_refused_by_name(field: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"RetryPolicy\({field}={value!r}\) is not valid"):
+        RetryPolicy(**{field: value})  # type: ignore[arg-type]
+
+
+def test_the_limits_of_a_retry_policy_are_accepted() -> None:
+    policy = RetryPolicy(max_attempts=1, max_elapsed=0, initial_delay=0, max_delay=0, multiplier=1)
+    assert policy.delay(0, 0.0) is None  # one attempt in all: no retry
+    assert RetryPolicy(max_elapsed=None, max_delay=0).delay(3, 1e9) == 0
+
+
+def test_the_attempt_limit_counts_the_first_attempt() -> None:
+    policy = RetryPolicy(max_attempts=3, max_elapsed=None)
+    assert policy.delay(0, 0.0) is not None
+    assert policy.delay(1, 0.0) is not None
+    assert policy.delay(2, 0.0) is None
+
+
+def test_the_wait_cap_grows_by_the_multiplier_up_to_max_delay() -> None:
+    policy = RetryPolicy(max_elapsed=None, initial_delay=1.0, multiplier=2.0, max_delay=100.0)
+    for retry, cap in [(0, 1.0), (3, 8.0), (10, 100.0), (10_000, 100.0)]:
+        waits = [policy.delay(retry, 0.0) for _ in range(500)]
+        assert all(w is not None and 0 <= w <= cap for w in waits)
+        assert max(w for w in waits if w is not None) > cap / 2  # full jitter up to the cap
