@@ -176,6 +176,7 @@ def test_the_default_policies_are_deadlines_in_time() -> None:
     from eventlog_persist import EventWriter
 
     assert (RetryPolicy().max_attempts, RetryPolicy().max_elapsed) == (None, 30.0)
+    assert (RetryPolicy().initial_delay, RetryPolicy().multiplier) == (0.05, 2.0)
     assert RetryPolicy().max_delay == 2.0
     writer = EventWriter(build_host_models().EventLog)
     assert (writer.retry.max_attempts, writer.retry.max_elapsed) == (None, 10.0)
@@ -250,3 +251,11 @@ def test_the_wait_cap_grows_by_the_multiplier_up_to_max_delay() -> None:
         waits = [policy.delay(retry, 0.0) for _ in range(500)]
         assert all(w is not None and 0 <= w <= cap for w in waits)
         assert max(w for w in waits if w is not None) > cap / 2  # full jitter up to the cap
+
+
+def test_a_steep_policy_never_overflows() -> None:
+    policy = RetryPolicy(max_elapsed=None, initial_delay=1.0, multiplier=1e6, max_delay=3.0)
+    for retry in (10, 60, 64, 65, 10_000):
+        wait = policy.delay(retry, 0.0)
+        assert wait is not None
+        assert 0 <= wait <= 3.0

@@ -76,14 +76,20 @@ class RetryPolicy:
         remaining = math.inf if self.max_elapsed is None else self.max_elapsed - elapsed
         if remaining <= 0:
             return None
-        cap = min(self.max_delay, self.initial_delay * self.multiplier ** min(retry, 64))
+        try:
+            cap = min(self.max_delay, self.initial_delay * self.multiplier**retry)
+        except OverflowError:  # grown past any float: long past max_delay
+            cap = self.max_delay
         return min(random.uniform(0.0, cap), remaining)
 
 
 def _non_negative(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value >= 0
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 DEFAULT_RETRY: Final = RetryPolicy()
