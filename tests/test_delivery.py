@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,7 +285,10 @@ def test_own_connections_are_closed_when_the_write_returns(
 
 
 def test_a_lost_connection_is_replaced_and_the_batch_stored_once(
-    flavor: Flavor, host_engine: Engine, host_models: HostModels
+    flavor: Flavor,
+    host_engine: Engine,
+    host_models: HostModels,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
 
@@ -297,8 +301,12 @@ def test_a_lost_connection_is_replaced_and_the_batch_stored_once(
 
     flavor.after_connect = kill_the_first
     events = batch(user_id, session_id, 30)
-    result = flavor.write(host_models.EventLog, conninfo(host_engine), events, retry=FAST_RETRY)
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        result = flavor.write(host_models.EventLog, conninfo(host_engine), events, retry=FAST_RETRY)
     assert (result.written, result.duplicates, result.retries) == (30, 0, 1)
+    # One retry, for the lost connection itself: a broken connection is not bisected.
+    (retried,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert "terminating connection due to administrator command" in retried
     assert result.dead_lettered == []
     first, second = flavor.opened.connections
     assert first.closed
@@ -432,3 +440,47 @@ def test_a_value_the_client_cannot_encode_sinks_only_its_own_event(
     assert isinstance(error.__cause__, RowEncodingError)
     assert isinstance(error.__cause__.__cause__, UnicodeEncodeError)
     assert sorted(stored_ids(host_engine)) == sorted(e.id for e in good)
+
+
+def test_each_attempt_sets_the_lock_timeout(
+    flavor: Flavor, host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with host_engine.begin() as conn:  # each row records the lock_timeout it was written under
+        conn.execute(
+            text(
+                "CREATE FUNCTION note_lock_timeout() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN NEW.error_code := current_setting('lock_timeout'); RETURN NEW; END $$; "
+                "CREATE TRIGGER note_lock_timeout BEFORE INSERT ON event_logs "
+                "FOR EACH ROW EXECUTE FUNCTION note_lock_timeout()"
+            )
+        )
+    target = conninfo(host_engine)
+    flavor.write(host_models.EventLog, target, batch(user_id, session_id, 2))  # default
+    flavor.write(host_models.EventLog, target, batch(user_id, session_id, 1), lock_timeout=0.25)
+    flavor.write(host_models.EventLog, target, batch(user_id, session_id, 1), lock_timeout=None)
+    with host_engine.connect() as conn:
+        noted = conn.execute(
+            text("SELECT error_code, count(*) FROM event_logs GROUP BY 1 ORDER BY 1")
+        ).all()
+    assert noted == [("0", 1), ("250ms", 1), ("5s", 2)]  # None: the server's (no limit)
+
+
+def test_a_read_only_database_is_logged_at_most_every_30_seconds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from eventlog_persist._delivery import Connector
+
+    connector = Connector("host=/nonexistent-dir dbname=x")  # opens nothing until used
+    read_only = psycopg.errors.lookup("25006")("cannot execute INSERT in a read-only transaction")
+    now = 1000.0
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        for step in (0.0, 29.9, 0.1, 29.9, 0.1):  # the clock at 1000, 1029.9, 1030, ...
+            now += step
+            monkeypatch.setattr(time, "monotonic", lambda now=now: now)
+            assert connector.failed(read_only)
+            monkeypatch.undo()
+        assert not connector.failed(psycopg.OperationalError("connection lost"))
+    alarms = [r for r in caplog.records if "accepts only reads" in r.getMessage()]
+    assert len(alarms) == 3  # at 1000, 1030 and 1060
+    assert "cannot execute INSERT in a read-only transaction" in alarms[0].getMessage()
