@@ -823,7 +823,11 @@ def _normalized(key: str) -> str:
     return key.casefold().replace("-", "").replace("_", "").replace(" ", "")
 
 
-_SECRET_SUFFIXES = tuple(_normalized(key) for key in DEFAULT_REDACT_KEYS)
+# The listed names and their plurals (none for token names), as DEFAULT_REDACT_KEYS documents.
+_SECRET_SUFFIXES = tuple(
+    {_normalized(key) for key in DEFAULT_REDACT_KEYS}
+    | {_normalized(key) + "s" for key in DEFAULT_REDACT_KEYS if not key.endswith("token")}
+)
 _PLAIN_KEYS = _SAFE_TEXT.filter(
     lambda key: key != "_redacted" and not _normalized(key).endswith(_SECRET_SUFFIXES)
 )
@@ -917,6 +921,16 @@ DOCUMENTED_REDACT_KEYS = (
     "private_key",
     "credential",
     "credentials",
+    "pwd",
+    "signing_key",
+    "encryption_key",
+    "master_key",
+    "dsn",
+    "database_url",
+    "database_uri",
+    "db_url",
+    "connection_string",
+    "conn_str",
     "token",
     "access_token",
     "refresh_token",

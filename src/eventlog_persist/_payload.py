@@ -81,6 +81,17 @@ DEFAULT_REDACT_KEYS: Final = frozenset(
         "private_key",
         "credential",
         "credentials",
+        "pwd",
+        "signing_key",
+        "encryption_key",
+        "master_key",
+        # Connection strings, which carry a password.
+        "dsn",
+        "database_url",
+        "database_uri",
+        "db_url",
+        "connection_string",
+        "conn_str",
         # Tokens; the *_token names stay listed so that dropping "token" keeps them.
         "token",
         "access_token",
@@ -112,10 +123,17 @@ DEFAULT_REDACT_KEYS: Final = frozenset(
 """Key names whose values are redacted by default.
 
 A key matches when, after case-folding and removing ``-``, ``_`` and spaces, it equals or
-ends with one of these names so normalized: ``"X-Api-Key"``, ``"openai_api_key"`` and
-``"DB Password"`` all match, while ``"max_tokens"`` and ``"token_count"`` do not. The
+ends with one of these names so normalized, or with its plural made by adding ``s``:
+``"X-Api-Key"``, ``"openai_api_key"``, ``"DB Password"``, ``"secrets"`` and ``"apiKeys"`` all
+match. Names that end in ``token`` get no plural, because ``*_tokens`` keys count tokens in
+LLM payloads: ``"max_tokens"``, ``"input_tokens"`` and ``"token_count"`` stay visible. The
 ``"token"`` entry also matches the ``token`` field of LLM log-probabilities; drop it with
 ``DEFAULT_REDACT_KEYS - {"token"}`` if you log those.
+
+.. versionchanged:: 0.3.0
+   Added ``pwd``, ``signing_key``, ``encryption_key``, ``master_key``, ``dsn``,
+   ``database_url``, ``database_uri``, ``db_url``, ``connection_string``, ``conn_str``, and
+   the plural rule.
 """
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -262,6 +280,8 @@ class PayloadPolicy:
 
 def _suffixes(keys: frozenset[str]) -> tuple[str, ...]:
     names = {_normalize_key(key) for key in keys}
+    # Plurals match too, except for token names: "*_tokens" keys count tokens.
+    names |= {f"{name}s" for name in names if not name.endswith("token")}
     # A name that ends with another listed name can never decide a match on its own.
     return tuple(
         sorted(
