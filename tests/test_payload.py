@@ -831,12 +831,17 @@ _SECRET_SUFFIXES = tuple(
 _PLAIN_KEYS = _SAFE_TEXT.filter(
     lambda key: key != "_redacted" and not _normalized(key).endswith(_SECRET_SUFFIXES)
 )
+# Plain text as values too: no secret name (which would make ["pwd", x] a header pair) and
+# no URL, the only detected shape short enough for these strings.
+_PLAIN_TEXT = _SAFE_TEXT.filter(
+    lambda text: not _normalized(text).endswith(_SECRET_SUFFIXES) and "://" not in text
+)
 _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
-    | _SAFE_TEXT,
+    | _PLAIN_TEXT,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(_PLAIN_KEYS, children, max_size=4)
     ),

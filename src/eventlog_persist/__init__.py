@@ -19,6 +19,7 @@ from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
 from eventlog_persist._payload import (
+    DEFAULT_DETECTORS,
     DEFAULT_REDACT_KEYS,
     PayloadPolicy,
     PreparedPayload,
@@ -67,6 +68,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ANY_ERROR",
+    "DEFAULT_DETECTORS",
     "DEFAULT_REDACT_KEYS",
     "MIGRATIONS_LOCATION",
     "UNSCOPED",
