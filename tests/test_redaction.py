@@ -175,6 +175,7 @@ def whole(detector: str, secret: str) -> Secret:
 DB_PASSWORD = "p4ss" + "word"
 SECRETS = [
     whole("llm_api_key", "sk-" + "a" * 48),
+    whole("llm_api_key", "sk-ant-" + "a" * 20),  # the shortest
     whole("llm_api_key", "sk-" + "AbC123" * 8),
     whole("llm_api_key", "sk-proj-" + "Ab1_-" * 4),
     whole("llm_api_key", "sk-proj-" + "q" * 156),
@@ -190,6 +191,7 @@ SECRETS = [
     whole("git_host_token", "ghs_" + "d" * 36),
     whole("git_host_token", "ghr_" + "e" * 36),
     whole("git_host_token", "github_pat_" + "A" * 22 + "_" + "b" * 59),
+    whole("git_host_token", "github_pat_" + "A" * 22),  # the shortest
     whole("git_host_token", "glpat-" + "x" * 20),
     whole("slack_token", "xoxb-" + "123456789012-1234567890123-" + "a" * 24),
     whole("slack_token", "xoxp-" + "1" * 10),
@@ -198,9 +200,10 @@ SECRETS = [
     whole("slack_token", "xoxs-" + "4" * 12),
     whole("jwt", jwt({"sub": "1234567890", "name": "Test"})),
     whole("jwt", jwt({"sub": "u"}, signature="")),  # unsigned: "alg": "none"
+    whole("jwt", "eyJa.eyJb."),  # the shortest
     Secret("bearer_token", "Bearer " + "opaque" + "1" * 10, "Bearer " + REDACTED),
     Secret("bearer_token", "bearer " + "AbCdEfGhIj", "bearer " + REDACTED),
-    Secret("bearer_token", "BEARER\t" + "x9" * 8 + "==", "BEARER\t" + REDACTED),
+    Secret("bearer_token", "Bearer\t" + "x9" * 8 + "==", "Bearer\t" + REDACTED),
     Secret(
         "url_password",
         "postgresql://app:" + DB_PASSWORD + "@db:5432/app",
@@ -251,6 +254,7 @@ NEAR_MISSES = [
     ("bearer_token", "the bearer of bad news"),
     ("bearer_token", "Bearer abc123"),  # under 8 characters
     ("bearer_token", "Bearer tokens/cookies"),  # prose: no digit, no inner capital
+    ("bearer_token", "cupbearer " + "x1" * 8),  # inside a word
     ("url_password", "https://example.com:8443/path"),
     ("url_password", "https://user@example.com/"),
     ("url_password", "mailto:user@example.com"),
@@ -441,6 +445,13 @@ def test_header_pairs_follow_redact_keys_and_can_be_switched_off() -> None:
     off = prepare_payload(pairs, policy=without("header_pair"))
     assert off.value == [["pin", "1234"], ["Authorization", "x"]]
     assert off.redacted_paths == ()
+
+
+def test_a_repaired_pair_name_is_recorded_at_its_own_path() -> None:
+    result = prepare_payload([["\ud800Cookie", "v"]])
+    assert result.value == [["\ufffdCookie", REDACTED]]
+    assert result.replaced_paths == ("/0/0",)
+    assert result.redacted_paths == ("/0/1",)
 
 
 def test_a_pair_with_an_ordinary_name_still_gets_its_value_scanned() -> None:

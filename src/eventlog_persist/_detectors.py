@@ -112,12 +112,16 @@ _JWT: Final = _Shape(
     re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
     REDACTED,
 )
-# "Bearer <token68>" (RFC 6750), spelled Bearer, bearer or BEARER; _mask_bearer decides.
-_BEARER_PATTERN: Final = re.compile(
-    r"(?<![A-Za-z0-9])(Bearer|bearer|BEARER)([ \t]+)([A-Za-z0-9._~+/-]*[A-Za-z0-9_~+/-]=*)"
+# "Bearer <token68>" (RFC 6750), spelled Bearer or bearer; _mask_bearer decides.
+_BEARER: Final = _Shape(
+    "",
+    "earer",
+    15,
+    re.compile(
+        r"([Bb]earer)(?<![A-Za-z0-9][Bb]earer)([ \t]+)([A-Za-z0-9._~+/-]*[A-Za-z0-9_~+/-]=*)"
+    ),
+    _mask_bearer,
 )
-_BEARER: Final = _Shape("", "earer", 15, _BEARER_PATTERN, _mask_bearer)
-_BEARER_UPPER: Final = _Shape("R", "EARER", 15, _BEARER_PATTERN, _mask_bearer)
 # scheme://user:password@host: only the password is masked. The user may be empty
 # (redis://:pw@host); the password runs to the last "@" before the path.
 _URL_PASSWORD: Final = _Shape(
@@ -134,7 +138,7 @@ _SHAPES: Final[dict[str, tuple[_Shape, ...]]] = {
     "git_host_token": (_GITHUB_TOKEN, _GITLAB_TOKEN),
     "slack_token": (_SLACK_TOKEN,),
     "jwt": (_JWT,),
-    "bearer_token": (_BEARER, _BEARER_UPPER),
+    "bearer_token": (_BEARER,),
     "url_password": (_URL_PASSWORD,),
 }
 
