@@ -7,10 +7,13 @@ secret-shaped literal sits in the repository.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import re
 import uuid
 from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
@@ -26,6 +29,7 @@ from eventlog_persist import (
 )
 from eventlog_persist.exceptions import ConfigurationError
 
+ROOT = Path(__file__).resolve().parent.parent
 REDACTED = "[REDACTED]"
 NO_DETECTORS = PayloadPolicy(detectors=frozenset())
 
@@ -345,7 +349,7 @@ def test_text_made_from_bytes_uuid_decimal_and_dates_is_not_scanned() -> None:
     blob = base64.b64decode("AKIA" + "ABCDEFGHIJKLMNOP" + "////")
     result = prepare_payload({"blob": blob, "id": uuid.UUID(int=7), "amount": Decimal("1.5")})
     assert result.redacted_paths == ()
-    assert base64.b64decode(result.value["blob"]) == blob  # type: ignore[index,call-overload]
+    assert base64.b64decode(json.loads(result.json_text)["blob"]) == blob
     # The same text as a str is masked.
     as_text = prepare_payload({"blob": base64.b64encode(blob).decode()})
     assert as_text.value == {"blob": f"{REDACTED}////", "_redacted": ["/blob"]}
@@ -550,3 +554,24 @@ def test_masked_output_prepared_again_is_unchanged_and_not_listed() -> None:
     assert first.redacted_paths == ("/t", "/h/0/1")
     # The [REDACTED] already in place is not a new redaction, except for the pair's value.
     assert again.redacted_paths == ("/h/0/1",)
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"loaded_{path.stem}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_at_a_tiny_size() -> None:
+    bench = load(ROOT / "benchmarks" / "redaction_bench.py")
+    results = bench.run(6, 1)
+    assert set(results) == {"typical payloads, no secret", "same payloads, one secret each"}
+    for off, on in results.values():
+        assert off > 0
+        assert on > 0
