@@ -556,7 +556,7 @@ def test_masked_output_prepared_again_is_unchanged_and_not_listed() -> None:
     assert again.redacted_paths == ("/h/0/1",)
 
 
-# --- the benchmark ---------------------------------------------------------------------------
+# --- the docs example and the benchmark ------------------------------------------------------
 
 
 def load(path: Path) -> ModuleType:
@@ -575,3 +575,14 @@ def test_benchmark_runs_at_a_tiny_size() -> None:
     for off, on in results.values():
         assert off > 0
         assert on > 0
+
+
+def test_docs_example_prints_what_the_docs_show(capsys: pytest.CaptureFixture[str]) -> None:
+    load(ROOT / "docs" / "examples" / "writing_redaction.py").main()
+    printed = capsys.readouterr().out
+    assert printed.count(REDACTED) == 4
+    assert "x" * 40 not in printed
+    assert "not-a-real-password" not in printed
+    assert printed.endswith("('/messages/0/content', '/headers/0/1', '/db_password')\n")
+    page = (ROOT / "docs" / "writing.md").read_text()
+    assert f"```text\n{printed}```" in page
