@@ -823,16 +823,25 @@ def _normalized(key: str) -> str:
     return key.casefold().replace("-", "").replace("_", "").replace(" ", "")
 
 
-_SECRET_SUFFIXES = tuple(_normalized(key) for key in DEFAULT_REDACT_KEYS)
+# The listed names and their plurals (none for token names), as DEFAULT_REDACT_KEYS documents.
+_SECRET_SUFFIXES = tuple(
+    {_normalized(key) for key in DEFAULT_REDACT_KEYS}
+    | {_normalized(key) + "s" for key in DEFAULT_REDACT_KEYS if not key.endswith("token")}
+)
 _PLAIN_KEYS = _SAFE_TEXT.filter(
     lambda key: key != "_redacted" and not _normalized(key).endswith(_SECRET_SUFFIXES)
+)
+# Plain text as values too: no secret name (which would make ["pwd", x] a header pair) and
+# no URL, the only detected shape short enough for these strings.
+_PLAIN_TEXT = _SAFE_TEXT.filter(
+    lambda text: not _normalized(text).endswith(_SECRET_SUFFIXES) and "://" not in text
 )
 _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
-    | _SAFE_TEXT,
+    | _PLAIN_TEXT,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(_PLAIN_KEYS, children, max_size=4)
     ),
@@ -917,6 +926,16 @@ DOCUMENTED_REDACT_KEYS = (
     "private_key",
     "credential",
     "credentials",
+    "pwd",
+    "signing_key",
+    "encryption_key",
+    "master_key",
+    "dsn",
+    "database_url",
+    "database_uri",
+    "db_url",
+    "connection_string",
+    "conn_str",
     "token",
     "access_token",
     "refresh_token",

@@ -19,7 +19,13 @@ from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
-from eventlog_persist._payload import PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist._payload import (
+    DEFAULT_DETECTORS,
+    DEFAULT_REDACT_KEYS,
+    PayloadPolicy,
+    PreparedPayload,
+    prepare_payload,
+)
 from eventlog_persist._read_types import (
     ANY_ERROR,
     UNSCOPED,
@@ -63,6 +69,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ANY_ERROR",
+    "DEFAULT_DETECTORS",
+    "DEFAULT_REDACT_KEYS",
     "MIGRATIONS_LOCATION",
     "UNSCOPED",
     "ApprovalStatus",

@@ -16,9 +16,17 @@ from enum import Enum
 from typing import Final, Literal, TypeAlias
 from uuid import UUID
 
+from eventlog_persist._detectors import (
+    DEFAULT_DETECTORS,
+    HEADER_PAIR,
+    REDACTED,
+    SecretMasker,
+    masker,
+)
 from eventlog_persist.exceptions import ConfigurationError, PayloadError
 
 __all__ = [
+    "DEFAULT_DETECTORS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_POLICY",
@@ -64,8 +72,6 @@ MIN_MAX_BYTES: Final = 256
 """Smallest accepted ``max_bytes``: room for the truncation marker with any sizes in it."""
 DEFAULT_PREVIEW_CHARS: Final = 2048
 
-REDACTED: Final = "[REDACTED]"
-"""What a redacted value is stored as."""
 REDACTION_RECORD_KEY: Final = "_redacted"
 """Default top-level key that lists the redacted paths."""
 
@@ -81,6 +87,17 @@ DEFAULT_REDACT_KEYS: Final = frozenset(
         "private_key",
         "credential",
         "credentials",
+        "pwd",
+        "signing_key",
+        "encryption_key",
+        "master_key",
+        # Connection strings, which carry a password.
+        "dsn",
+        "database_url",
+        "database_uri",
+        "db_url",
+        "connection_string",
+        "conn_str",
         # Tokens; the *_token names stay listed so that dropping "token" keeps them.
         "token",
         "access_token",
@@ -112,10 +129,17 @@ DEFAULT_REDACT_KEYS: Final = frozenset(
 """Key names whose values are redacted by default.
 
 A key matches when, after case-folding and removing ``-``, ``_`` and spaces, it equals or
-ends with one of these names so normalized: ``"X-Api-Key"``, ``"openai_api_key"`` and
-``"DB Password"`` all match, while ``"max_tokens"`` and ``"token_count"`` do not. The
+ends with one of these names so normalized, or with its plural made by adding ``s``:
+``"X-Api-Key"``, ``"openai_api_key"``, ``"DB Password"``, ``"secrets"`` and ``"apiKeys"`` all
+match. Names that end in ``token`` get no plural, because ``*_tokens`` keys count tokens in
+LLM payloads: ``"max_tokens"``, ``"input_tokens"`` and ``"token_count"`` stay visible. The
 ``"token"`` entry also matches the ``token`` field of LLM log-probabilities; drop it with
 ``DEFAULT_REDACT_KEYS - {"token"}`` if you log those.
+
+.. versionchanged:: 0.3.0
+   Added ``pwd``, ``signing_key``, ``encryption_key``, ``master_key``, ``dsn``,
+   ``database_url``, ``database_uri``, ``db_url``, ``connection_string``, ``conn_str``, and
+   the plural rule.
 """
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -194,10 +218,25 @@ class PayloadPolicy:
         redact_keys: Key names whose whole value is stored as ``"[REDACTED]"``; see
             `DEFAULT_REDACT_KEYS` for the matching rule. Extend with
             ``DEFAULT_REDACT_KEYS | {"pin"}``; an empty set turns key redaction off.
+        detectors: Names of the detectors that look at values, all of `DEFAULT_DETECTORS` by
+            default. Each one masks the secrets of one shape inside any string value, in
+            place, keeping the text around them: ``"llm_api_key"`` (``sk-...``, ``sk-proj-...``,
+            ``sk-ant-...``), ``"aws_access_key"`` (``AKIA...``, ``ASIA...``),
+            ``"git_host_token"`` (``ghp_...``, ``gho_...``, ``ghu_...``, ``ghs_...``,
+            ``ghr_...``, ``github_pat_...``, ``glpat-...``), ``"slack_token"``
+            (``xoxb-...`` and the other ``xox?-`` kinds), ``"jwt"`` (``eyJ...eyJ...``),
+            ``"bearer_token"`` (the credential after ``Bearer``) and ``"url_password"`` (the
+            password of ``scheme://user:password@host``). ``"header_pair"`` redacts the
+            second item of a two-item list whose first item is a str matching `redact_keys`,
+            such as ``["Authorization", "Bearer ..."]``. Switch one off with
+            ``DEFAULT_DETECTORS - {"jwt"}``; an empty set turns them all off. Text made from
+            bytes, UUID, Decimal and datetime values is not scanned.
+
+            .. versionadded:: 0.3.0
         redactor: Called as ``redactor(path, text)`` for every string value (not key) after
-            conversion and NUL/surrogate repair, except values already redacted by key. Return
-            ``text`` unchanged to keep it; a different str replaces it and counts as a
-            redaction. Default ``None``.
+            conversion, NUL/surrogate repair and the detectors, except values already redacted
+            whole (by key or as a header pair). Return ``text`` unchanged to keep it; a
+            different str replaces it and counts as a redaction. Default ``None``.
         redaction_record_key: Top-level key listing the redacted paths, added only when
             something was redacted and the payload is a dict; that key is then reserved in
             every dict payload. ``None`` keeps the list in `PreparedPayload` only.
@@ -213,10 +252,12 @@ class PayloadPolicy:
     surrogates: SurrogateMode = "replace"
     non_finite: NonFiniteMode = "null"
     redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    detectors: frozenset[str] = DEFAULT_DETECTORS
     redactor: Redactor | None = None
     redaction_record_key: str | None = REDACTION_RECORD_KEY
     default: DefaultHook | None = None
     _redact_suffixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _masker: SecretMasker | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _int_field("max_depth", self.max_depth, 1, MAX_DEPTH_LIMIT)
@@ -243,6 +284,8 @@ class PayloadPolicy:
             )
         object.__setattr__(self, "redact_keys", self._checked_redact_keys())
         object.__setattr__(self, "_redact_suffixes", _suffixes(self.redact_keys))
+        object.__setattr__(self, "detectors", self._checked_detectors())
+        object.__setattr__(self, "_masker", masker(self.detectors))
 
     def _checked_redact_keys(self) -> frozenset[str]:
         keys: object = self.redact_keys
@@ -259,9 +302,27 @@ class PayloadPolicy:
                 )
         return frozenset(keys)
 
+    def _checked_detectors(self) -> frozenset[str]:
+        names: object = self.detectors
+        if not isinstance(names, (frozenset, set)):
+            raise ConfigurationError(
+                f"PayloadPolicy(detectors={_show(names)}) is not valid; pass a frozenset of "
+                "detector names, e.g. DEFAULT_DETECTORS - {'jwt'}, or frozenset() for none"
+            )
+        for name in names:
+            if name not in DEFAULT_DETECTORS:
+                valid = ", ".join(repr(known) for known in sorted(DEFAULT_DETECTORS))
+                raise ConfigurationError(
+                    f"PayloadPolicy(detectors=...) contains {_show(name)}, which is not a "
+                    f"detector; use names among {valid}"
+                )
+        return frozenset(names)
+
 
 def _suffixes(keys: frozenset[str]) -> tuple[str, ...]:
     names = {_normalize_key(key) for key in keys}
+    # Plurals match too, except for token names: "*_tokens" keys count tokens.
+    names |= {f"{name}s" for name in names if not name.endswith("token")}
     # A name that ends with another listed name can never decide a match on its own.
     return tuple(
         sorted(
@@ -321,9 +382,11 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
     ``"true"``, ``None`` -> ``"null"``, ``1.5`` -> ``"1.5"``; a NaN or infinite key becomes
     ``"null"`` under ``non_finite="null"``); two keys that become the same str are an error.
 
-    Redaction (see `PayloadPolicy`) replaces values, never keys. For a dict payload the
-    redacted paths are also listed under ``policy.redaction_record_key``; other payloads are
-    not wrapped, and report them in `PreparedPayload.redacted_paths` only.
+    Redaction (see `PayloadPolicy`) replaces values, never keys: whole values under secret
+    keys and in ``[name, value]`` pairs, and secrets that the detectors find inside strings,
+    in place. Each changed value's path is listed once, in document order; for a dict
+    payload also under ``policy.redaction_record_key``, while other payloads are not wrapped
+    and report them in `PreparedPayload.redacted_paths` only.
 
     Args:
         value: The payload, usually a dict.
@@ -424,6 +487,8 @@ class _Pass:
 
     __slots__ = (
         "default",
+        "header_pairs",
+        "masker",
         "max_depth",
         "max_int_bits",
         "non_finite",
@@ -446,6 +511,8 @@ class _Pass:
         self.redactor = policy.redactor
         self.default = policy.default
         self.suffixes = policy._redact_suffixes
+        self.header_pairs = bool(self.suffixes) and HEADER_PAIR in policy.detectors
+        self.masker = policy._masker
         # parts[i] is the key or index being visited inside stack[i].
         self.parts: list[str | int] = []
         self.stack: list[object] = []
@@ -479,7 +546,7 @@ class _Pass:
         if type(value) is dict:
             return self.entries(value, value.items())
         if type(value) is list or type(value) is tuple:
-            return self.items(value, value)
+            return self.sequence(value)
         return self.other(value)
 
     def other(self, value: object) -> JSONSafeValue:
@@ -503,22 +570,24 @@ class _Pass:
             return self.value(int(value))
         if isinstance(value, float):
             return self.value(float(value))
+        # Text made from these holds no secret the detectors look for (base64 could only
+        # give false hits), so it is not scanned.
         if isinstance(value, (datetime, date, time)):
-            return self.text(value.isoformat())
+            return self.text(value.isoformat(), scan=False)
         if isinstance(value, UUID):
-            return self.text(str(value))
+            return self.text(str(value), scan=False)
         if isinstance(value, Decimal):
-            return self.text(str(value))
+            return self.text(str(value), scan=False)
         if isinstance(value, (bytes, bytearray, memoryview)):
             raw = value.tobytes() if isinstance(value, memoryview) else value
-            return self.text(base64.b64encode(raw).decode("ascii"))
+            return self.text(base64.b64encode(raw).decode("ascii"), scan=False)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = dataclasses.fields(value)
             return self.entries(value, ((f.name, getattr(value, f.name)) for f in fields))
         if isinstance(value, Mapping):
             return self.entries(value, value.items())
         if isinstance(value, (list, tuple)):
-            return self.items(value, value)
+            return self.sequence(value)
         if isinstance(value, (set, frozenset)):
             try:
                 ordered: list[object] = sorted(value)
@@ -608,6 +677,24 @@ class _Pass:
         self.leave()
         return out
 
+    def sequence(self, value: list[object] | tuple[object, ...]) -> list[JSONSafeValue]:
+        """A list or tuple: a ``[name, value]`` pair with a secret name, or plain items."""
+        if (
+            len(value) == 2
+            and self.header_pairs
+            and type(value[0]) is str
+            and self.is_secret(value[0])
+        ):
+            self.enter(value)
+            parts = self.parts
+            parts[-1] = 0
+            name = self.text(value[0])
+            parts[-1] = 1
+            self.redacted.append(_pointer(parts))
+            self.leave()
+            return [name, REDACTED]
+        return self.items(value, value)
+
     def items(self, container: object, items: Iterable[object]) -> list[JSONSafeValue]:
         self.enter(container)
         parts = self.parts
@@ -657,29 +744,36 @@ class _Pass:
             hit = cache[key] = _normalize_key(key).endswith(self.suffixes)
         return hit
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, *, scan: bool = True) -> str:
         if "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None):
             text, _ = self.repair(text, is_key=False)
             self.note_replaced()
+        redacted = False
+        masker = self.masker
+        if masker is not None and scan and len(text) >= masker.min_length:
+            masked = masker(text)
+            if masked is not text and masked != text:
+                text = masked
+                redacted = True
         redactor = self.redactor
-        if redactor is None:
-            return text
-        path = _pointer(self.parts)
-        new = redactor(path, text)
-        if new is text:
-            return text
-        if type(new) is not str:
-            raise ConfigurationError(
-                f"PayloadPolicy.redactor returned a {_type_name(new)} for the string "
-                f"{_where(path)}; it must return a str (the text itself to keep it)"
-            )
-        if new == text:
-            return text
-        self.redacted.append(path)
-        if "\x00" in new or (not new.isascii() and _SURROGATE.search(new) is not None):
-            new, _ = self.repair(new, is_key=False)
-            self.note_replaced()
-        return new
+        if redactor is not None:
+            new = redactor(_pointer(self.parts), text)
+            if new is not text:
+                if type(new) is not str:
+                    raise ConfigurationError(
+                        f"PayloadPolicy.redactor returned a {_type_name(new)} for the string "
+                        f"{_where(_pointer(self.parts))}; it must return a str (the text "
+                        "itself to keep it)"
+                    )
+                if new != text:
+                    if "\x00" in new or (not new.isascii() and _SURROGATE.search(new) is not None):
+                        new, _ = self.repair(new, is_key=False)
+                        self.note_replaced()
+                    text = new
+                    redacted = True
+        if redacted:
+            self.redacted.append(_pointer(self.parts))
+        return text
 
     def repair(self, text: str, *, is_key: bool) -> tuple[str, bool]:
         """Apply the ``nul`` and ``surrogates`` rules; the flag says whether text changed."""

@@ -17,6 +17,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import eventlog_persist
 from eventlog_persist import (
     ANY_ERROR,
+    DEFAULT_DETECTORS,
+    DEFAULT_REDACT_KEYS,
     UNSCOPED,
     ApprovalStatus,
     BucketCount,
@@ -171,6 +173,9 @@ def rules_and_payloads(value: dict[str, object]) -> NewEvent:
     policy = PayloadPolicy(max_bytes=64 * 1024, oversize="truncate", redact_keys=frozenset())
     prepared = prepare_payload(value, policy=policy)
     assert_type(prepared, PreparedPayload)
+    assert_type(DEFAULT_DETECTORS, frozenset[str])
+    PayloadPolicy(redact_keys=DEFAULT_REDACT_KEYS | {"pin"}, detectors=DEFAULT_DETECTORS - {"jwt"})
+    PayloadPolicy(detectors=["jwt"])  # type: ignore[arg-type]
     text: str = prepared.json_text
     writer = EventWriter(EventLog, payload_policy=policy, field_rules=rules)
     return writer.event(
