@@ -80,6 +80,7 @@ def queue_then_wait(
         import time, uuid
         from hostmodels import build_host_models
         from eventlog_persist import BufferedWriter
+        SESSION, USER = {str(session_id)!r}, {str(user_id)!r}
         {setup}
         models = build_host_models()
         writer = BufferedWriter(models.EventLog, {conninfo(url)!r}, flush_interval=600{extra})
@@ -109,9 +110,12 @@ def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queu
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     setup = """
-        import signal, sys
+        import signal, sys, uuid
         def graceful(signum, frame):
+            # A server's graceful shutdown: the requests still running may log events.
             print("host handler", flush=True)
+            writer.enqueue(session_id=uuid.UUID(SESSION), user_id=uuid.UUID(USER),
+                           event_type="during-shutdown")
             sys.exit(3)
         signal.signal(signal.SIGTERM, graceful)
     """
@@ -121,7 +125,7 @@ def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queu
     out, err = process.communicate(timeout=60)
     assert process.returncode == 3, err
     assert out.strip() == "host handler"
-    assert stored(host_engine) == {"queued": 3000}
+    assert stored(host_engine) == {"queued": 3000, "during-shutdown": 1}
 
 
 def test_without_the_handler_sigterm_kills_the_queue(
@@ -134,6 +138,77 @@ def test_without_the_handler_sigterm_kills_the_queue(
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM
     assert stored(host_engine) == {}  # what the handler is for
+
+
+def test_sigterm_with_two_writers_writes_both_queues(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    setup = f"""
+        models0 = build_host_models()
+        other = BufferedWriter(models0.EventLog, {conninfo(database_url)!r}, flush_interval=600)
+        other.start()
+        for _ in range(500):
+            other.enqueue(session_id=uuid.UUID(SESSION), user_id=uuid.UUID(USER),
+                          event_type="other")
+    """
+    process = start(queue_then_wait(database_url, user_id, session_id, setup=setup.strip()))
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, err
+    assert stored(host_engine) == {"queued": 3000, "other": 500}
+
+
+def test_an_ignored_sigterm_stays_ignored(database_url: URL, host_models: HostModels) -> None:
+    script = f"""
+        import signal
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        writer = BufferedWriter(build_host_models().EventLog, {conninfo(database_url)!r}).start()
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+        writer.close()
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+
+
+def test_a_writer_started_in_another_thread_works_and_says_sigterm_will_not_flush_it(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import signal, threading, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        writer = BufferedWriter(build_host_models().EventLog, {conninfo(database_url)!r})
+        thread = threading.Thread(target=writer.start)
+        thread.start()
+        thread.join()
+        writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
+                       user_id=uuid.UUID({str(user_id)!r}), event_type="threaded")
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, writer.close().written)
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "1"]), done.stderr
+    assert "started outside the main thread" in done.stderr
+    assert "SIGTERM will not flush it" in done.stderr
+    assert stored(host_engine) == {"threaded": 1}
 
 
 def test_a_forked_child_writes_through_its_own_connection_and_thread(

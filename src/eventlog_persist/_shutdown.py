@@ -59,7 +59,6 @@ def unwatch(writer: _Closable) -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _installed
     previous = _previous
     if callable(previous):
         # The host's or its server's handler (uvicorn, gunicorn) shuts down gracefully and
@@ -71,9 +70,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
             writer._close_at_exit()
         except Exception:  # pragma: no cover - close reports through the hook and the log
             logger.exception("closing a BufferedWriter on SIGTERM failed")
-    with _lock:
-        signal.signal(signal.SIGTERM, previous)
-        _installed = False
+    signal.signal(signal.SIGTERM, previous)
     signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
 
 
