@@ -107,6 +107,7 @@ TARGETS: Final[dict[str, Target]] = {
         ("tests/test_failures.py", "tests/test_write_bulk.py::test_retry_policy_limits"),
     ),
     "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
+    "detectors": Target("src/eventlog_persist/_detectors.py", ("tests/test_redaction.py",)),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"
