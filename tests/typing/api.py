@@ -150,8 +150,15 @@ def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
     result = write_events(EventLog, engine, events, batch_size=500)
     assert_type(result, BulkResult)
     assert_type(write_events(EventLog, "postgresql://localhost/app", iter(events)), BulkResult)
+    patient = write_events(
+        EventLog, engine, events, lock_timeout=1.5, retry=RetryPolicy(max_elapsed=60)
+    )
+    assert_type(patient.read_only_retries, int)
+    write_events(EventLog, engine, events, lock_timeout=None)
 
-    with BufferedWriter(EventLog, engine, when_full="drop_newest") as buffered:
+    with BufferedWriter(
+        EventLog, engine, when_full="drop_newest", handle_sigterm=False, lock_timeout=2.0
+    ) as buffered:
         assert_type(buffered, BufferedWriter[uuid.UUID])
         queued = buffered.enqueue(session_id=chat, user_id=user.id, event_type="tool_result")
         assert_type(queued, NewEvent)
@@ -161,6 +168,7 @@ def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
     counters = buffered.counters
     assert_type(counters, WriterCounters)
     assert_type(buffered.close(), WriterCounters)
+    assert_type(counters.read_only_retries, int)
     return result.written + counters.written + counters.dropped
 
 
