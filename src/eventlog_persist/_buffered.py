@@ -6,8 +6,10 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from eventlog_persist._failures import Reason, write_error
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._retry import BUFFERED_RETRY, RetryPolicy
+from eventlog_persist._spool import Journal, Reading, Spool, encode_event
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -80,6 +83,13 @@ class WriterCounters:
             included.
         queued_bytes: Their estimated size (`NewEvent.size_bytes`).
         errors: Unexpected errors inside the writer loop (logged; the loop went on).
+        spilled: With a `Spool`: events on the spool only, not in memory, waiting to be
+            read back into the queue (it was full, or an earlier writer left them); after
+            `close`, the events left on the spool for the next writer. Not in ``queued``.
+        replayed: With a `Spool`: events read back from the spools of earlier writers
+            (this process's last writer, processes that are gone).
+        spool_damaged: With a `Spool`: damaged records skipped (a torn tail left by a
+            crash mid-write, a record whose checksum does not match), each logged at ERROR.
     """
 
     written: int
@@ -92,6 +102,9 @@ class WriterCounters:
     queued: int
     queued_bytes: int
     errors: int
+    spilled: int = 0
+    replayed: int = 0
+    spool_damaged: int = 0
 
 
 class _State(Generic[KeyT]):
@@ -111,6 +124,7 @@ class _State(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None,
         payload_policy: PayloadPolicy,
         field_rules: EventFieldRules,
+        spool: Spool | None,
     ) -> None:
         _positive_int("batch_size", batch_size)
         _positive_int("max_queued", max_queued)
@@ -151,6 +165,21 @@ class _State(Generic[KeyT]):
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
         self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
+        # -- the spool (see _spool.Journal) --
+        self.journal: Journal | None = None
+        self.feed_blocked = False  # the next spooled event did not fit: wait for a batch
+        if spool is not None:
+            self._open_spool(spool)
+
+    def _open_spool(self, spool: Spool) -> None:
+        if not isinstance(spool, Spool):
+            raise ConfigurationError(
+                f"spool={spool!r} is not valid; pass a Spool(directory) or None"
+            )
+        self.journal = journal = Journal(spool, self.builder.table.qualified_name)
+        self.enqueued = journal.spilled  # events left by earlier writers come first
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_spool(ref))
 
     def counters(self) -> WriterCounters:
         return WriterCounters(
@@ -164,7 +193,72 @@ class _State(Generic[KeyT]):
             queued=self.pending,
             queued_bytes=self.pending_bytes,
             errors=self.errors,
+            **self._spool_counters(),
         )
+
+    def _spool_counters(self) -> dict[str, int]:
+        journal = self.journal
+        if journal is None:
+            return {}
+        return {
+            "spilled": journal.spilled,
+            "replayed": journal.replayed,
+            "spool_damaged": journal.damaged,
+        }
+
+    # -- the spool: enqueue journals, the writer reads spilled events back, settle trims --
+
+    def spool_add(self, event: NewEvent, record: bytes, size: int) -> tuple[bool, _Dead]:
+        """Journal the event, then queue it, or leave it on the spool when the queue is full.
+
+        Returns:
+            Whether the writer should wake up, and the event with its error if it was
+            dropped (the spool is full or cannot be written), to report without the lock.
+        """
+        journal = self.journal
+        if journal is None:  # pragma: no cover - callers check
+            raise RuntimeError("no spool")
+        if journal.total_bytes + len(record) > journal.max_bytes:
+            return False, self.drop(event, spool=f"the spool is full ({journal.max_bytes} bytes)")
+        queued = not journal.spilled and self.fits(size)
+        try:
+            journal.append(record, queued=queued)
+        except OSError as exc:
+            return False, self.drop(event, spool=f"the spool could not be written ({exc})")
+        if queued:
+            return self.add(event, size), []
+        self.enqueued += 1
+        return journal.spilled == 1, []
+
+    def feed_room(self) -> tuple[int, float] | None:
+        """How many spooled events (and bytes) to read back into the queue now, if any."""
+        journal = self.journal
+        if journal is None or not journal.spilled or self.feed_blocked or journal.closed:
+            return None
+        if len(self.queue) >= self.batch_size or self.pending >= self.max_queued:
+            return None
+        room = float("inf") if self.pending == 0 else self.max_queued_bytes - self.pending_bytes
+        if room <= 0:
+            return None
+        return min(self.batch_size, self.max_queued - self.pending), room
+
+    def fed(self, reading: Reading) -> None:
+        """Queue the events read back from the spool (they count as enqueued already)."""
+        journal = self.journal
+        if journal is None or journal.closed:
+            return
+        if not journal.commit(reading):  # nothing fitted: wait until a batch is done
+            self.feed_blocked = bool(journal.spilled)
+            return
+        events = reading.events
+        if not events:
+            return
+        queue = self.queue
+        if not queue:
+            self.oldest = time.monotonic() - self.flush_interval  # due now: more may wait
+        queue.extend(events)
+        self.pending += len(events)
+        self.pending_bytes += sum(event.size_bytes for event in events)
 
     def fits(self, size: int) -> bool:
         # One event always fits an empty queue, however large, so nothing waits forever.
@@ -188,22 +282,30 @@ class _State(Generic[KeyT]):
         self.enqueued += 1
         return first or len(queue) == self.batch_size
 
-    def drop(self, event: NewEvent) -> _Dead:
+    def drop(self, event: NewEvent, *, spool: str = "") -> _Dead:
         """Count a dropped event; return it with its error, to report without the lock."""
         self.dropped += 1
-        error = QueueFullError(
-            f"event {event.id} was dropped: the writer's queue held {self.pending} events "
-            f"({self.pending_bytes} bytes), at its bound, because the database is down or "
-            "slower than the producers; raise max_queued / max_queued_bytes, or use "
-            "when_full='block' with a longer block_timeout",
-            event=event,
-        )
-        return [(event, error)]
+        if spool:
+            message = (
+                f"event {event.id} was dropped: {spool}, because the database has been "
+                "down or slower than the producers for long; raise Spool(max_bytes=...), "
+                "free disk space, or check the database"
+            )
+        else:
+            message = (
+                f"event {event.id} was dropped: the writer's queue held {self.pending} events "
+                f"({self.pending_bytes} bytes), at its bound, because the database is down or "
+                "slower than the producers; raise max_queued / max_queued_bytes, or use "
+                "when_full='block' with a longer block_timeout"
+            )
+        return [(event, QueueFullError(message, event=event))]
 
     def wait_time(self) -> float | None:
         """Seconds the writer may sleep before a batch is due; None: due now; inf: idle."""
         if self.closing or self.flush_target > self.taken or len(self.queue) >= self.batch_size:
             return None
+        if self.journal is not None and self.feed_room() is not None:
+            return None  # spooled events to read back
         if not self.queue:
             return float("inf")
         left = self.oldest + self.flush_interval - time.monotonic()
@@ -230,6 +332,14 @@ class _State(Generic[KeyT]):
         if self.inflight is not batch:
             return []
         self.inflight = None
+        if self.journal is not None:
+            self.feed_blocked = False
+            if outcome is not None or isinstance(error, Exception):
+                self.journal.ack(len(batch))  # written, or given to the hook
+            else:  # interrupted: the events stay on the spool, and so does all after them
+                self.journal.pinned = True
+                self.release(batch)
+                return []
         dead: _Dead
         if outcome is not None:
             self.written += outcome.inserted + outcome.duplicates
@@ -247,6 +357,11 @@ class _State(Generic[KeyT]):
         self.release(batch)
         return dead
 
+    def spool_waiting(self) -> bool:
+        """Whether spooled events wait to be read back (the writer must not stop yet)."""
+        journal = self.journal
+        return journal is not None and journal.spilled > 0 and not self.feed_blocked
+
     def release(self, batch: list[NewEvent]) -> None:
         self.pending -= len(batch)
         self.pending_bytes -= sum(event.size_bytes for event in batch)
@@ -263,9 +378,12 @@ class _State(Generic[KeyT]):
         queued = list(self.queue)
         self.queue.clear()
         self.taken += len(queued)
-        self.unwritten += len(inflight) + len(queued)
         self.release(inflight)
         self.release(queued)
+        if self.journal is not None:  # they stay on the spool for the next writer
+            self.journal.close()
+            return []
+        self.unwritten += len(inflight) + len(queued)
         dead: _Dead = [(event, _closed_error(event, None, in_flight=True)) for event in inflight]
         dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
         return dead
@@ -273,6 +391,14 @@ class _State(Generic[KeyT]):
     def count_retry(self, read_only: bool) -> None:
         self.retried += 1
         self.read_only_retries += read_only
+
+
+def _forget_spool(ref: weakref.ref[_State[Any]]) -> None:
+    """In a forked child: the spool is the parent's; the child's copy of a writer has none."""
+    state = ref()
+    if state is not None and state.journal is not None:
+        state.journal.forget()
+        state.journal = None
 
 
 def _closed_error(
@@ -360,6 +486,13 @@ class BufferedWriter(Generic[KeyT]):
             the thread calling `close`), so it must be thread-safe.
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
+        spool: Journal every event on local disk before `enqueue` returns (`Spool`), so
+            that a killed process loses nothing: a writer started later on the same
+            directory writes what is left, of its own process and of processes that are
+            gone. A full queue then spills to the spool instead of waiting or dropping
+            (``when_full`` and ``block_timeout`` apply to nothing), and events that
+            `close` gives up on stay on the spool instead of going to ``on_dead_letter``.
+            Opened (locked, and earlier writers' spools adopted) by the constructor.
         exit_timeout: Seconds the exit hook waits for the queue to be written.
         connect_timeout: Seconds to wait for a new connection; see `write_events`.
         tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
@@ -367,6 +500,7 @@ class BufferedWriter(Generic[KeyT]):
 
     Raises:
         ConfigurationError: An argument is not valid.
+        SpoolInUseError: Another writer of this process uses the same ``spool`` directory.
     """
 
     def __init__(
@@ -384,6 +518,7 @@ class BufferedWriter(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None = None,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        spool: Spool | None = None,
         exit_timeout: float = 10.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
@@ -405,6 +540,7 @@ class BufferedWriter(Generic[KeyT]):
             on_dead_letter=on_dead_letter,
             payload_policy=payload_policy,
             field_rules=field_rules,
+            spool=spool,
         )
         self._connector = Connector(
             target,
@@ -535,6 +671,7 @@ class BufferedWriter(Generic[KeyT]):
         event = self._state.builder.given(event, cast("EventFields[KeyT]", fields))
         state = self._state
         size = event.size_bytes
+        record = None if state.journal is None else encode_event(event)
         with self._lock:
             if state.closing:
                 raise WriterClosedError(
@@ -542,7 +679,13 @@ class BufferedWriter(Generic[KeyT]):
                     "EventWriter.record_detached() or a new writer",
                     event=event,
                 )
-            if state.fits(size) or (
+            if record is not None:  # with a spool: on disk before returning
+                wake, dead = state.spool_add(event, record, size)
+                if wake:
+                    self._wake.notify()
+                if not dead:
+                    return event
+            elif state.fits(size) or (
                 state.when_full == "block"
                 and self._room.wait_for(
                     lambda: state.closing or state.fits(size), state.block_timeout
@@ -556,7 +699,8 @@ class BufferedWriter(Generic[KeyT]):
                 if state.add(event, size):
                     self._wake.notify()
                 return event
-            dead = state.drop(event)
+            else:
+                dead = state.drop(event)
         report_dead_letters(state.on_dead_letter, dead)
         return event
 
@@ -567,13 +711,19 @@ class BufferedWriter(Generic[KeyT]):
         try:
             while True:
                 try:
+                    if state.journal is not None:
+                        self._feed_spool()
                     with self._lock:
                         while (wait := state.wait_time()) is not None:
                             self._wake.wait(None if wait == float("inf") else wait)
                         if self._abort.is_set() or not state.queue:
-                            if state.closing:
+                            if state.closing and (
+                                self._abort.is_set() or not state.spool_waiting()
+                            ):
                                 return
                             continue
+                        if state.feed_room() is not None:
+                            continue  # fill the queue from the spool before taking a batch
                         batch = state.take()
                     self._write(batch)
                 except Exception:  # pragma: no cover - a bug; keep the thread alive
@@ -582,6 +732,19 @@ class BufferedWriter(Generic[KeyT]):
                         state.errors += 1
         finally:
             self._connector.close()
+
+    def _feed_spool(self) -> None:
+        """Read spooled events back into the queue; the file reads run without the lock."""
+        state = self._state
+        with self._lock:
+            room = state.feed_room()
+            journal = state.journal
+        if room is None or journal is None:
+            return
+        reading = journal.read(*room)
+        with self._lock:
+            state.fed(reading)
+            self._room.notify_all()
 
     def _write(self, batch: list[NewEvent]) -> None:
         state = self._state
@@ -637,6 +800,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None = None,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        spool: Spool | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
@@ -656,6 +820,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
             on_dead_letter=on_dead_letter,
             payload_policy=payload_policy,
             field_rules=field_rules,
+            spool=spool,
         )
         self._connector = AsyncConnector(
             target,
@@ -768,6 +933,12 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 "EventWriter.arecord_detached() or a new writer",
                 event=event,
             )
+        if state.journal is not None:  # with a spool: on disk before returning
+            wake, dead = state.spool_add(event, encode_event(event), size)
+            if wake:
+                self._wake.set()
+            report_dead_letters(state.on_dead_letter, dead)
+            return event
         if not state.fits(size):
             if state.when_full == "drop_newest" or not await self._wait_room(
                 lambda: state.closing or state.fits(size), state.block_timeout
@@ -799,6 +970,10 @@ class AsyncBufferedWriter(Generic[KeyT]):
         try:
             while True:
                 try:
+                    if (journal := state.journal) is not None:
+                        room = state.feed_room()
+                        if room is not None:  # small local file reads, on the loop
+                            state.fed(journal.read(*room))
                     while (wait := state.wait_time()) is not None:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -806,9 +981,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
                                 self._wake.wait(), None if wait == float("inf") else wait
                             )
                     if self._abort.is_set() or not state.queue:
-                        if state.closing:
+                        if state.closing and (self._abort.is_set() or not state.spool_waiting()):
                             return
                         continue
+                    if state.feed_room() is not None:
+                        continue  # fill the queue from the spool before taking a batch
                     await self._write(state.take())
                 except Exception:  # pragma: no cover - a bug; keep the task alive
                     logger.exception("unexpected error in the buffered event writer")
