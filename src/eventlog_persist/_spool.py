@@ -42,11 +42,11 @@ FsyncPolicy: TypeAlias = Literal["never", "always"] | float
 """When spooled records are forced to disk: ``"never"``, ``"always"``, or every N seconds."""
 
 _FRAME: Final = struct.Struct("<II")  # body length, CRC32 of the body
-_HEAD: Final = struct.Struct("<B16sqiBB")  # version, id, created_at us, utc offset s, kinds, flags
-_LENGTHS: Final = struct.Struct("<IIIII")  # event_type, error_code, tool_name, approval, redacted
+# version, id, created_at's local date and time fields and UTC offset in seconds, key kinds,
+# which optional fields are set, byte lengths of: event_type, error_code, tool_name,
+# approval_status, redacted_paths (JSON)
+_HEAD: Final = struct.Struct("<B16sHBBBBBIiBBIIIII")
 _VERSION: Final = 1
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_US: Final = timedelta(microseconds=1)
 _NO_KEY, _UUID_KEY, _INT_KEY = 0, 1, 2
 _SEGMENT_RE: Final = re.compile(r"^(\d{12})\.seg$")
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
@@ -135,22 +135,28 @@ def _key_bytes(key: uuid.UUID | int | None) -> bytes:
 def encode_event(event: NewEvent) -> bytes:
     """One framed record: body length, CRC32 of the body, body (see `decode_event`).
 
-    The body holds every field of the event: a fixed head (format version, id, time as
-    microseconds since the epoch and UTC offset, key kinds, which optional fields are set),
-    the keys as 16 bytes each, the lengths of the short texts, the texts in UTF-8 and the
-    payload's JSON text last.
+    The body holds every field of the event: a fixed head (format version, id, the time's
+    fields and UTC offset, key kinds, which optional fields are set, the lengths of the
+    short texts), the keys as 16 bytes each, the short texts in UTF-8, and the payload's
+    JSON text last. Plain attribute reads and one ``struct`` call: this runs in `enqueue`.
     """
     created = event.created_at
-    offset = created.utcoffset()
-    micros = (created - _EPOCH) // _US
+    tz = created.tzinfo
+    if tz is UTC:
+        offset = 0
+    else:
+        delta = created.utcoffset()
+        offset = 0 if delta is None else delta.days * 86400 + delta.seconds
     session_id, user_id = event.session_id, event.user_id
     project_id, agent_id = event.project_id, event.agent_id
-    if type(session_id) is uuid.UUID and type(user_id) is uuid.UUID and project_id is None:
+    if (
+        type(session_id) is uuid.UUID
+        and type(user_id) is uuid.UUID
+        and project_id is None
+        and agent_id is None
+    ):
         keys = session_id.int.to_bytes(16, "little") + user_id.int.to_bytes(16, "little")
         kinds = _UUID_KEY | _UUID_KEY << 2
-        if agent_id is not None:
-            keys += _key_bytes(agent_id)
-            kinds |= _key_kind(agent_id) << 6
     else:
         keys = b"".join(map(_key_bytes, (session_id, user_id, project_id, agent_id)))
         kinds = (
@@ -161,32 +167,41 @@ def encode_event(event: NewEvent) -> bytes:
         )
     error_code, tool_name = event.error_code, event.tool_name
     approval, redacted = event.approval_status, event.redacted_paths
-    flags = (
-        (error_code is not None)
-        | (tool_name is not None) << 1
-        | (approval is not None) << 2
-        | bool(redacted) << 3
-    )
-    texts = [
-        event.event_type.encode(),
-        b"" if error_code is None else error_code.encode(),
-        b"" if tool_name is None else tool_name.encode(),
-        b"" if approval is None else approval.encode(),
-        json.dumps(redacted).encode() if redacted else b"",
-    ]
+    event_type = event.event_type.encode()
+    error = b"" if error_code is None else error_code.encode()
+    tool = b"" if tool_name is None else tool_name.encode()
+    status = b"" if approval is None else approval.encode()
+    paths = json.dumps(redacted).encode() if redacted else b""
     body = b"".join(
         (
             _HEAD.pack(
                 _VERSION,
                 event.id.int.to_bytes(16, "little"),
-                micros,
-                0 if offset is None else offset // timedelta(seconds=1),
+                created.year,
+                created.month,
+                created.day,
+                created.hour,
+                created.minute,
+                created.second,
+                created.microsecond,
+                offset,
                 kinds,
-                flags,
+                (error_code is not None)
+                | (tool_name is not None) << 1
+                | (approval is not None) << 2
+                | bool(redacted) << 3,
+                len(event_type),
+                len(error),
+                len(tool),
+                len(status),
+                len(paths),
             ),
             keys,
-            _LENGTHS.pack(*map(len, texts)),
-            *texts,
+            event_type,
+            error,
+            tool,
+            status,
+            paths,
             event.payload_json.encode(),
         )
     )
@@ -199,7 +214,21 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
     Raises:
         ValueError: The body is not a record this version can read.
     """
-    version, id_bytes, micros, offset, kinds, flags = _HEAD.unpack_from(body)
+    (
+        version,
+        id_bytes,
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        micro,
+        offset,
+        kinds,
+        flags,
+        *lengths,
+    ) = _HEAD.unpack_from(body)
     if version != _VERSION:
         raise ValueError(f"unknown spool record version {version}")
     at = _HEAD.size
@@ -217,8 +246,6 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
             keys.append(int.from_bytes(raw, "little", signed=True))
         else:
             raise ValueError(f"unknown key kind {kind}")
-    lengths = _LENGTHS.unpack_from(body, at)
-    at += _LENGTHS.size
     texts = []
     for length in lengths:
         texts.append(bytes(body[at : at + length]).decode())
@@ -234,7 +261,7 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
         user_id,
         texts[0],
         payload.decode(),
-        (_EPOCH + micros * _US).astimezone(tz),
+        datetime(year, month, day, hour, minute, second, micro, tz),
         project_id,
         agent_id,
         texts[1] if flags & 1 else None,
@@ -568,27 +595,30 @@ class Journal:
             active = self._start_segment()
             self._trim()
         start = active.size
+        fd = self._fd
         try:
-            written = os.write(self._fd, record)
+            written = os.write(fd, record)
             if written != len(record):
                 raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
         except OSError:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)  # never leave half a record to append after
+                os.ftruncate(fd, start)  # never leave half a record to append after
             raise
-        active.size += written
+        active.size = start + written
         active.records += 1
         self.total_bytes += written
         if self.always:
-            _fdatasync(self._fd)
+            _fdatasync(fd)
         else:
             self._dirty = True
         if queued:
             runs = self.runs
-            if runs and runs[-1].segment is active:
-                runs[-1].count += 1
-            else:
-                runs.append(_Run(active, 1))
+            if runs:
+                run = runs[-1]
+                if run.segment is active:
+                    run.count += 1
+                    return
+            runs.append(_Run(active, 1))
         else:
             if not self.spilled:
                 self.cursor = _Cursor(active, start, active.records - 1)
