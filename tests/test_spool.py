@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -456,3 +458,21 @@ async def test_async_writer_spools_and_replays(
     assert (again.counters.replayed, again.counters.written) == (25, 25)
     assert sorted(stored(host_engine)) == sorted(event.id for event in events)
     assert files(tmp_path) == []
+
+
+def test_a_forked_child_lets_go_of_the_parents_spool(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    key = uuid.uuid4()
+    writer.enqueue(session_id=key, user_id=key, event_type="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = writer._state.journal is None and writer.counters.spilled == 0
+        os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    final = writer.close(timeout=0)
+    assert final.spilled == 1  # the parent's spool is intact
+    assert len(segments(tmp_path)) == 1

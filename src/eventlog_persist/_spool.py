@@ -441,7 +441,10 @@ class Journal:
         while True:
             self.dir.mkdir(exist_ok=True, mode=0o700)
             path = self.dir / "lock"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # removed by a writer adopting it as an orphan
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
