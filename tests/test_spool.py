@@ -146,8 +146,8 @@ def test_bad_spool_settings_name_the_value_and_the_fix(
     for directory in ("", None, 3):
         with pytest.raises(ConfigurationError, match=r"Spool\(directory="):
             Spool(directory)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="spool='/tmp' is not valid; pass a Spool"):
-        BufferedWriter(host_models.EventLog, DOWN, spool="/tmp")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="spool='spool-dir' is not valid; pass a Spool"):
+        BufferedWriter(host_models.EventLog, DOWN, spool="spool-dir")  # type: ignore[arg-type]
     assert Spool(tmp_path, fsync=0.05).fsync == 0.05
     assert Spool(str(tmp_path), fsync="always").fsync == "always"
 
