@@ -208,7 +208,7 @@ class _State(Generic[KeyT]):
 
     # -- the spool: enqueue journals, the writer reads spilled events back, settle trims --
 
-    def spool_add(self, event: NewEvent, record: bytes, size: int) -> tuple[bool, _Dead]:
+    def spool_add(self, event: NewEvent, record: bytes, size: int) -> tuple[bool, _Dead | None]:
         """Journal the event, then queue it, or leave it on the spool when the queue is full.
 
         Returns:
@@ -222,13 +222,13 @@ class _State(Generic[KeyT]):
             return False, self.drop(event, spool=f"the spool is full ({journal.max_bytes} bytes)")
         queued = not journal.spilled and self.fits(size)
         try:
-            journal.append(record, queued=queued)
+            journal.append(record, queued)
         except OSError as exc:
             return False, self.drop(event, spool=f"the spool could not be written ({exc})")
         if queued:
-            return self.add(event, size), []
+            return self.add(event, size), None
         self.enqueued += 1
-        return journal.spilled == 1, []
+        return journal.spilled == 1, None
 
     def feed_room(self) -> tuple[int, float] | None:
         """How many spooled events (and bytes) to read back into the queue now, if any."""
@@ -680,11 +680,12 @@ class BufferedWriter(Generic[KeyT]):
                     event=event,
                 )
             if record is not None:  # with a spool: on disk before returning
-                wake, dead = state.spool_add(event, record, size)
+                wake, dropped = state.spool_add(event, record, size)
                 if wake:
                     self._wake.notify()
-                if not dead:
+                if dropped is None:
                     return event
+                dead = dropped
             elif state.fits(size) or (
                 state.when_full == "block"
                 and self._room.wait_for(
@@ -934,10 +935,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 event=event,
             )
         if state.journal is not None:  # with a spool: on disk before returning
-            wake, dead = state.spool_add(event, encode_event(event), size)
+            wake, dropped = state.spool_add(event, encode_event(event), size)
             if wake:
                 self._wake.set()
-            report_dead_letters(state.on_dead_letter, dead)
+            if dropped:
+                report_dead_letters(state.on_dead_letter, dropped)
             return event
         if not state.fits(size):
             if state.when_full == "drop_newest" or not await self._wait_room(

@@ -585,7 +585,7 @@ class Journal:
 
     # -- the writer's calls --
 
-    def append(self, record: bytes, *, queued: bool) -> None:
+    def append(self, record: bytes, queued: bool) -> None:
         """Write one record before ``enqueue`` returns; ``queued``: it is in the queue too.
 
         Raises:
