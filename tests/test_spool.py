@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 import warnings
@@ -476,3 +477,69 @@ def test_a_forked_child_lets_go_of_the_parents_spool(
     final = writer.close(timeout=0)
     assert final.spilled == 1  # the parent's spool is intact
     assert len(segments(tmp_path)) == 1
+
+
+def test_a_failed_spool_write_drops_and_reports_and_leaves_no_partial_record(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = DeadLetters()
+    key = uuid.uuid4()
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path), on_dead_letter=dead)
+    first, second, third = (new_event(session_id=key, user_id=key, event_type="x") for _ in "abc")
+    writer.enqueue(first)
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:10])  # the disk filled up mid-record
+
+    monkeypatch.setattr(spool_module.os, "write", short_write)
+    writer.enqueue(second)
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    writer.enqueue(third)
+    assert [event for event, _ in dead.items] == [second]
+    assert "the spool could not be written" in str(dead.items[0][1])
+    assert writer.counters.dropped == 1
+    [segment] = segments(tmp_path)
+    assert segment.read_bytes() == encode_event(first) + encode_event(third)
+    writer.close(timeout=0)
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(60)
+def test_concurrent_producers_spill_and_read_back_without_loss_or_doubles(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(
+        host_models.EventLog,
+        conninfo_of(host_engine),
+        spool=Spool(tmp_path),
+        max_queued=40,
+        batch_size=15,
+        flush_interval=0.001,
+    ) as writer:
+
+        def produce(worker: int) -> None:
+            for i in range(400):
+                writer.enqueue(
+                    session_id=session_id,
+                    user_id=user_id,
+                    event_type="chat",
+                    payload={"w": worker, "i": i},
+                )
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        most_spilled = 0
+        while any(thread.is_alive() for thread in threads):
+            most_spilled = max(most_spilled, writer.counters.spilled)
+        for thread in threads:
+            thread.join()
+        assert writer.flush(timeout=30)
+    final = writer.counters
+    assert most_spilled > 0  # the queue overflowed to the spool and was read back
+    rows = stored(host_engine)
+    assert len(rows) == len(set(rows)) == 1600
+    assert (final.written, final.dropped, final.spilled, final.dead_lettered) == (1600, 0, 0, 0)
+    assert files(tmp_path) == []
