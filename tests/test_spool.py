@@ -160,20 +160,33 @@ def test_fsync_policies(
     original = spool_module._fdatasync
     monkeypatch.setattr(spool_module, "_fdatasync", lambda fd: synced.append(fd) or original(fd))
     key = uuid.uuid4()
-    for policy, check in (
-        ("never", lambda count: count == 0),
-        ("always", lambda count: count >= 5),
-        (0.01, lambda count: 1 <= count < 5),
-    ):
+
+    def spool_five(policy: Any) -> BufferedWriter[Any]:
         synced.clear()
         writer = BufferedWriter(
             host_models.EventLog, DOWN, spool=Spool(tmp_path / str(policy), fsync=policy)
         )
         for _ in range(5):
             writer.enqueue(session_id=key, user_id=key, event_type="x")
-        time.sleep(0.1)  # the interval policy's thread syncs once: nothing new after that
-        assert check(len(synced)), (policy, len(synced))
-        writer.close(timeout=0)
+        return writer
+
+    writer = spool_five("never")
+    time.sleep(0.05)
+    assert synced == []
+    writer.close(timeout=0)
+    writer = spool_five("always")
+    assert len(synced) == 5  # each enqueue waited for its sync
+    writer.close(timeout=0)
+    writer = spool_five(0.01)
+    deadline = time.monotonic() + 5
+    while not synced and time.monotonic() < deadline:  # the background thread syncs
+        time.sleep(0.01)
+    time.sleep(0.05)
+    done = len(synced)
+    assert 1 <= done <= 5
+    time.sleep(0.05)
+    assert len(synced) == done  # nothing new written, nothing synced again
+    writer.close(timeout=0)
 
 
 # -- one writer per spool, adoption ----------------------------------------------------------
