@@ -19,7 +19,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -81,6 +81,7 @@ class Spool:
     """
 
     directory: str | os.PathLike[str]
+    _: KW_ONLY
     fsync: FsyncPolicy = "never"
     max_bytes: int = 1 << 30
 
