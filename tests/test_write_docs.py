@@ -45,7 +45,12 @@ def test_the_page_shows_every_example() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("writing_script.py", 1502), ("writing_lifespan.py", 40), ("writing_checks.py", 2)],
+    [
+        ("writing_script.py", 1502),
+        ("writing_lifespan.py", 40),
+        ("writing_checks.py", 2),
+        ("writing_spool.py", 200),
+    ],
 )
 def test_example_runs(
     database_url: URL, name: str, expected: int, capsys: pytest.CaptureFixture[str]

@@ -70,11 +70,9 @@ def main(url: str) -> int:
 
     # Producers with synchronized clocks: at most five minutes ahead, instead of a day.
     strict = EventWriter(EventLog, field_rules=EventFieldRules(max_future=timedelta(minutes=5)))
-    in_an_hour = datetime.now(UTC) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     try:
-        strict.event(
-            session_id=session_id, user_id=user_id, event_type="chat", created_at=in_an_hour
-        )
+        strict.event(session_id=session_id, user_id=user_id, event_type="chat", created_at=later)
     except ValidationError as error:
         print("refused:", error)  # created_at ... is 0:59:59.99... ahead of the current time ...
 

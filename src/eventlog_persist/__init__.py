@@ -38,6 +38,7 @@ from eventlog_persist._read_types import (
 from eventlog_persist._reader import AsyncEventLogReader, EventLogReader
 from eventlog_persist._retention import PurgeResult, count_purgeable, purge_events
 from eventlog_persist._retry import RetryPolicy
+from eventlog_persist._spool import Spool
 from eventlog_persist._targets import ForeignKeyTargets
 from eventlog_persist._vocabulary import ApprovalStatus, EventFieldRules, EventType
 from eventlog_persist._writer import EventWriter
@@ -99,6 +100,7 @@ __all__ = [
     "PurgeResult",
     "RetryPolicy",
     "SetupReport",
+    "Spool",
     "WriterCounters",
     "awrite_events",
     "check_setup",

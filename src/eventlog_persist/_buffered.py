@@ -36,6 +36,7 @@ from eventlog_persist._failures import Reason, write_error
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._retry import BUFFERED_RETRY, RetryPolicy
+from eventlog_persist._spool import Journal, Reading, Spool, encode_event
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -81,6 +82,13 @@ class WriterCounters:
             included.
         queued_bytes: Their estimated size (`NewEvent.size_bytes`).
         errors: Unexpected errors inside the writer loop (logged; the loop went on).
+        spilled: With a `Spool`: events on the spool only, not in memory, waiting to be
+            read back into the queue (it was full, or an earlier writer left them); after
+            `close`, the events left on the spool for the next writer. Not in ``queued``.
+        replayed: With a `Spool`: events read back from the spools of earlier writers
+            (this process's last writer, processes that are gone).
+        spool_damaged: With a `Spool`: damaged records skipped (a torn tail left by a
+            crash mid-write, a record whose checksum does not match), each logged at ERROR.
     """
 
     written: int
@@ -93,6 +101,9 @@ class WriterCounters:
     queued: int
     queued_bytes: int
     errors: int
+    spilled: int = 0
+    replayed: int = 0
+    spool_damaged: int = 0
 
 
 class _State(Generic[KeyT]):
@@ -112,6 +123,7 @@ class _State(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None,
         payload_policy: PayloadPolicy,
         field_rules: EventFieldRules,
+        spool: Spool | None,
     ) -> None:
         _positive_int("batch_size", batch_size)
         _positive_int("max_queued", max_queued)
@@ -152,6 +164,19 @@ class _State(Generic[KeyT]):
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
         self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
+        # -- the spool (see _spool.Journal) --
+        self.journal: Journal | None = None
+        self.feed_blocked = False  # the next spooled event did not fit: wait for a batch
+        if spool is not None:
+            self._open_spool(spool)
+
+    def _open_spool(self, spool: Spool) -> None:
+        if not isinstance(spool, Spool):
+            raise ConfigurationError(
+                f"spool={spool!r} is not valid; pass a Spool(directory) or None"
+            )
+        self.journal = journal = Journal(spool, self.builder.table.qualified_name)
+        self.enqueued = journal.spilled  # events left by earlier writers come first
 
     def forget(self) -> None:
         """Start over empty, counters included: a forked child's copy of the parent's queue
@@ -163,6 +188,10 @@ class _State(Generic[KeyT]):
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
         self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
+        if self.journal is not None:  # the parent's files: the child's copy has no spool
+            self.journal.forget()
+            self.journal = None
+        self.feed_blocked = False
 
     def counters(self) -> WriterCounters:
         return WriterCounters(
@@ -176,7 +205,72 @@ class _State(Generic[KeyT]):
             queued=self.pending,
             queued_bytes=self.pending_bytes,
             errors=self.errors,
+            **self._spool_counters(),
         )
+
+    def _spool_counters(self) -> dict[str, int]:
+        journal = self.journal
+        if journal is None:
+            return {}
+        return {
+            "spilled": journal.spilled,
+            "replayed": journal.replayed,
+            "spool_damaged": journal.damaged,
+        }
+
+    # -- the spool: enqueue journals, the writer reads spilled events back, settle trims --
+
+    def spool_add(self, event: NewEvent, record: bytes, size: int) -> tuple[bool, _Dead | None]:
+        """Journal the event, then queue it, or leave it on the spool when the queue is full.
+
+        Returns:
+            Whether the writer should wake up, and the event with its error if it was
+            dropped (the spool is full or cannot be written), to report without the lock.
+        """
+        journal = self.journal
+        if journal is None:  # pragma: no cover - callers check
+            raise RuntimeError("no spool")
+        if journal.total_bytes + len(record) > journal.max_bytes:
+            return False, self.drop(event, spool=f"the spool is full ({journal.max_bytes} bytes)")
+        queued = not journal.spilled and self.fits(size)
+        try:
+            journal.append(record, queued)
+        except OSError as exc:
+            return False, self.drop(event, spool=f"the spool could not be written ({exc})")
+        if queued:
+            return self.add(event, size), None
+        self.enqueued += 1
+        return journal.spilled == 1, None
+
+    def feed_room(self) -> tuple[int, float] | None:
+        """How many spooled events (and bytes) to read back into the queue now, if any."""
+        journal = self.journal
+        if journal is None or not journal.spilled or self.feed_blocked or journal.closed:
+            return None
+        if len(self.queue) >= self.batch_size or self.pending >= self.max_queued:
+            return None
+        room = float("inf") if self.pending == 0 else self.max_queued_bytes - self.pending_bytes
+        if room <= 0:
+            return None
+        return min(self.batch_size, self.max_queued - self.pending), room
+
+    def fed(self, reading: Reading) -> None:
+        """Queue the events read back from the spool (they count as enqueued already)."""
+        journal = self.journal
+        if journal is None or journal.closed:
+            return
+        if not journal.commit(reading):  # nothing fitted: wait until a batch is done
+            self.feed_blocked = bool(journal.spilled)
+            return
+        events = reading.events
+        if not events:
+            return
+        queue = self.queue
+        if not queue:
+            self.oldest = time.monotonic() - self.flush_interval  # due now: more may wait
+        queue.extend(events)
+        self.pending += len(events)
+        self.pending_bytes += sum(event.size_bytes for event in events)
 
     def fits(self, size: int) -> bool:
         # One event always fits an empty queue, however large, so nothing waits forever.
@@ -200,22 +294,30 @@ class _State(Generic[KeyT]):
         self.enqueued += 1
         return first or len(queue) == self.batch_size
 
-    def drop(self, event: NewEvent) -> _Dead:
+    def drop(self, event: NewEvent, *, spool: str = "") -> _Dead:
         """Count a dropped event; return it with its error, to report without the lock."""
         self.dropped += 1
-        error = QueueFullError(
-            f"event {event.id} was dropped: the writer's queue held {self.pending} events "
-            f"({self.pending_bytes} bytes), at its bound, because the database is down or "
-            "slower than the producers; raise max_queued / max_queued_bytes, or use "
-            "when_full='block' with a longer block_timeout",
-            event=event,
-        )
-        return [(event, error)]
+        if spool:
+            message = (
+                f"event {event.id} was dropped: {spool}, because the database has been "
+                "down or slower than the producers for long; raise Spool(max_bytes=...), "
+                "free disk space, or check the database"
+            )
+        else:
+            message = (
+                f"event {event.id} was dropped: the writer's queue held {self.pending} events "
+                f"({self.pending_bytes} bytes), at its bound, because the database is down or "
+                "slower than the producers; raise max_queued / max_queued_bytes, or use "
+                "when_full='block' with a longer block_timeout"
+            )
+        return [(event, QueueFullError(message, event=event))]
 
     def wait_time(self) -> float | None:
         """Seconds the writer may sleep before a batch is due; None: due now; inf: idle."""
         if self.closing or self.flush_target > self.taken or len(self.queue) >= self.batch_size:
             return None
+        if self.journal is not None and self.feed_room() is not None:
+            return None  # spooled events to read back
         if not self.queue:
             return float("inf")
         left = self.oldest + self.flush_interval - time.monotonic()
@@ -242,6 +344,14 @@ class _State(Generic[KeyT]):
         if self.inflight is not batch:
             return []
         self.inflight = None
+        if self.journal is not None:
+            self.feed_blocked = False
+            if outcome is not None or isinstance(error, Exception):
+                self.journal.ack(len(batch))  # written, or given to the hook
+            else:  # interrupted: the events stay on the spool, and so does all after them
+                self.journal.pinned = True
+                self.release(batch)
+                return []
         dead: _Dead
         if outcome is not None:
             self.written += outcome.inserted + outcome.duplicates
@@ -259,6 +369,11 @@ class _State(Generic[KeyT]):
         self.release(batch)
         return dead
 
+    def spool_waiting(self) -> bool:
+        """Whether spooled events wait to be read back (the writer must not stop yet)."""
+        journal = self.journal
+        return journal is not None and journal.spilled > 0 and not self.feed_blocked
+
     def release(self, batch: list[NewEvent]) -> None:
         self.pending -= len(batch)
         self.pending_bytes -= sum(event.size_bytes for event in batch)
@@ -275,9 +390,12 @@ class _State(Generic[KeyT]):
         queued = list(self.queue)
         self.queue.clear()
         self.taken += len(queued)
-        self.unwritten += len(inflight) + len(queued)
         self.release(inflight)
         self.release(queued)
+        if self.journal is not None:  # they stay on the spool for the next writer
+            self.journal.close()
+            return []
+        self.unwritten += len(inflight) + len(queued)
         dead: _Dead = [(event, _closed_error(event, None, in_flight=True)) for event in inflight]
         dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
         return dead
@@ -372,6 +490,13 @@ class BufferedWriter(Generic[KeyT]):
             the thread calling `close`), so it must be thread-safe.
         payload_policy: How payloads are converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed.
+        spool: Journal every event on local disk before `enqueue` returns (`Spool`), so
+            that a killed process loses nothing: a writer started later on the same
+            directory writes what is left, of its own process and of processes that are
+            gone. A full queue then spills to the spool instead of waiting or dropping
+            (``when_full`` and ``block_timeout`` apply to nothing), and events that
+            `close` gives up on stay on the spool instead of going to ``on_dead_letter``.
+            Opened (locked, and earlier writers' spools adopted) by the constructor.
         exit_timeout: Seconds the exit hook waits for the queue to be written.
         handle_sigterm: Close the writer on SIGTERM too (``docker stop``, Kubernetes): the
             first writer started in the main thread installs a handler that closes every
@@ -383,6 +508,7 @@ class BufferedWriter(Generic[KeyT]):
 
     Raises:
         ConfigurationError: An argument is not valid.
+        SpoolInUseError: Another writer of this process uses the same ``spool`` directory.
     """
 
     def __init__(
@@ -400,6 +526,7 @@ class BufferedWriter(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None = None,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        spool: Spool | None = None,
         exit_timeout: float = 10.0,
         handle_sigterm: bool = True,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -426,6 +553,7 @@ class BufferedWriter(Generic[KeyT]):
             on_dead_letter=on_dead_letter,
             payload_policy=payload_policy,
             field_rules=field_rules,
+            spool=spool,
         )
         self._connector = Connector(
             target,
@@ -441,6 +569,7 @@ class BufferedWriter(Generic[KeyT]):
         self._room = threading.Condition(self._lock)
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
+        _shutdown.reset_after_fork(self)
 
     # -- lifecycle --
 
@@ -580,6 +709,7 @@ class BufferedWriter(Generic[KeyT]):
             self.start()
         state = self._state
         size = event.size_bytes
+        record = None if state.journal is None else encode_event(event)
         with self._lock:
             if state.closing:
                 raise WriterClosedError(
@@ -587,7 +717,14 @@ class BufferedWriter(Generic[KeyT]):
                     "EventWriter.record_detached() or a new writer",
                     event=event,
                 )
-            if state.fits(size) or (
+            if record is not None:  # with a spool: on disk before returning
+                wake, dropped = state.spool_add(event, record, size)
+                if wake:
+                    self._wake.notify()
+                if dropped is None:
+                    return event
+                dead = dropped
+            elif state.fits(size) or (
                 state.when_full == "block"
                 and self._room.wait_for(
                     lambda: state.closing or state.fits(size), state.block_timeout
@@ -601,7 +738,8 @@ class BufferedWriter(Generic[KeyT]):
                 if state.add(event, size):
                     self._wake.notify()
                 return event
-            dead = state.drop(event)
+            else:
+                dead = state.drop(event)
         report_dead_letters(state.on_dead_letter, dead)
         return event
 
@@ -612,13 +750,19 @@ class BufferedWriter(Generic[KeyT]):
         try:
             while True:
                 try:
+                    if state.journal is not None:
+                        self._feed_spool()
                     with self._lock:
                         while (wait := state.wait_time()) is not None:
                             self._wake.wait(None if wait == float("inf") else wait)
                         if self._abort.is_set() or not state.queue:
-                            if state.closing:
+                            if state.closing and (
+                                self._abort.is_set() or not state.spool_waiting()
+                            ):
                                 return
                             continue
+                        if state.feed_room() is not None:
+                            continue  # fill the queue from the spool before taking a batch
                         batch = state.take()
                     self._write(batch)
                 except Exception:  # pragma: no cover - a bug; keep the thread alive
@@ -627,6 +771,19 @@ class BufferedWriter(Generic[KeyT]):
                         state.errors += 1
         finally:
             self._connector.close()
+
+    def _feed_spool(self) -> None:
+        """Read spooled events back into the queue; the file reads run without the lock."""
+        state = self._state
+        with self._lock:
+            room = state.feed_room()
+            journal = state.journal
+        if room is None or journal is None:
+            return
+        reading = journal.read(*room)
+        with self._lock:
+            state.fed(reading)
+            self._room.notify_all()
 
     def _write(self, batch: list[NewEvent]) -> None:
         state = self._state
@@ -682,6 +839,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         on_dead_letter: DeadLetterHook | None = None,
         payload_policy: PayloadPolicy = DEFAULT_POLICY,
         field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+        spool: Spool | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
@@ -701,6 +859,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
             on_dead_letter=on_dead_letter,
             payload_policy=payload_policy,
             field_rules=field_rules,
+            spool=spool,
         )
         self._connector = AsyncConnector(
             target,
@@ -712,6 +871,12 @@ class AsyncBufferedWriter(Generic[KeyT]):
         self._room = asyncio.Event()
         self._abort = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        _shutdown.reset_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child: the parent's queue and spool are not the child's."""
+        self._connector.forget()
+        self._state.forget()
 
     async def start(self) -> Self:
         """Start the writer task on the running loop; returns the writer."""
@@ -813,6 +978,13 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 "EventWriter.arecord_detached() or a new writer",
                 event=event,
             )
+        if state.journal is not None:  # with a spool: on disk before returning
+            wake, dropped = state.spool_add(event, encode_event(event), size)
+            if wake:
+                self._wake.set()
+            if dropped:
+                report_dead_letters(state.on_dead_letter, dropped)
+            return event
         if not state.fits(size):
             if state.when_full == "drop_newest" or not await self._wait_room(
                 lambda: state.closing or state.fits(size), state.block_timeout
@@ -844,6 +1016,10 @@ class AsyncBufferedWriter(Generic[KeyT]):
         try:
             while True:
                 try:
+                    if (journal := state.journal) is not None:
+                        room = state.feed_room()
+                        if room is not None:  # small local file reads, on the loop
+                            state.fed(journal.read(*room))
                     while (wait := state.wait_time()) is not None:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -851,9 +1027,11 @@ class AsyncBufferedWriter(Generic[KeyT]):
                                 self._wake.wait(), None if wait == float("inf") else wait
                             )
                     if self._abort.is_set() or not state.queue:
-                        if state.closing:
+                        if state.closing and (self._abort.is_set() or not state.spool_waiting()):
                             return
                         continue
+                    if state.feed_room() is not None:
+                        continue  # fill the queue from the spool before taking a batch
                     await self._write(state.take())
                 except Exception:  # pragma: no cover - a bug; keep the task alive
                     logger.exception("unexpected error in the buffered event writer")

@@ -274,6 +274,11 @@ class _ConnectorBase:
         self.lock_timeout = lock_timeout
         self._read_only_logged = -math.inf
 
+    def forget(self) -> None:
+        """Drop the connection unclosed: in a forked child it is the parent's (psycopg does
+        not close a connection another process opened when it is collected)."""
+        self._conn: Any = None
+
     def failed(self, exc: BaseException) -> bool:
         """Note a failed attempt; True when the database refused it as read-only.
 
@@ -398,11 +403,6 @@ class Connector(_ConnectorBase):
         if self._owned and self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def forget(self) -> None:
-        """Drop the connection unclosed: in a forked child it is the parent's (psycopg does
-        not close a connection another process opened when it is collected)."""
-        self._conn = None
 
     def close(self) -> None:
         self.discard()

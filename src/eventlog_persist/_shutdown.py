@@ -22,17 +22,26 @@ logger = logging.getLogger("eventlog_persist")
 
 class _Closable(Protocol):
     def _close_at_exit(self) -> None: ...
+
+
+class _Forkable(Protocol):
     def _after_fork_in_child(self) -> None: ...
 
 
-_writers: weakref.WeakSet[Any] = weakref.WeakSet()
+_writers: weakref.WeakSet[Any] = weakref.WeakSet()  # closed on SIGTERM
+_forkable: weakref.WeakSet[Any] = weakref.WeakSet()  # reset in a forked child
 _previous: Any = None  # the SIGTERM handler ours replaced; None while ours is not installed
 _installed = False
 _lock = threading.Lock()
 
 
+def reset_after_fork(writer: _Forkable) -> None:
+    """Have ``writer`` reset itself in a forked child (from its construction on)."""
+    _forkable.add(writer)
+
+
 def watch(writer: _Closable, *, sigterm: bool) -> None:
-    """Close ``writer`` on SIGTERM (when ``sigterm``) and reset it in a forked child."""
+    """Close ``writer`` on SIGTERM (when ``sigterm``) and at a forked child's exit."""
     global _installed, _previous
     with _lock:
         _writers.add(writer)
@@ -77,7 +86,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
-    for writer in list(_writers):
+    for writer in list(_forkable):
         writer._after_fork_in_child()
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "PurgeError",
     "QueueFullError",
     "RetriesExhaustedError",
+    "SpoolInUseError",
     "ValidationError",
     "WriterClosedError",
     "WriterNotStartedError",
@@ -86,6 +87,13 @@ class WriterClosedError(EventWriteError):
 
 class QueueFullError(EventWriteError):
     """The queue stayed full (the database is down or slow), so the event was dropped."""
+
+
+class SpoolInUseError(EventLogError, RuntimeError):
+    """Another writer of this process holds the spool; give each writer its own directory.
+
+    .. versionadded:: 0.3.0
+    """
 
 
 class WriterNotStartedError(EventLogError, RuntimeError):

@@ -40,6 +40,7 @@ from eventlog_persist import (
     PreparedPayload,
     PurgeResult,
     RetryPolicy,
+    Spool,
     WriterCounters,
     check_setup,
     count_purgeable,
@@ -169,7 +170,12 @@ def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
     assert_type(counters, WriterCounters)
     assert_type(buffered.close(), WriterCounters)
     assert_type(counters.read_only_retries, int)
-    return result.written + counters.written + counters.dropped
+    spool = Spool("event-spool", fsync=0.05, max_bytes=256 * 1024 * 1024)
+    Spool("event-spool", fsync="sometimes")  # type: ignore[arg-type]
+    with BufferedWriter(EventLog, engine, spool=spool) as spooled:
+        spooled.enqueue(events[0])
+    left: int = spooled.counters.spilled + spooled.counters.replayed
+    return result.written + counters.written + counters.dropped + left
 
 
 def rules_and_payloads(value: dict[str, object]) -> NewEvent:

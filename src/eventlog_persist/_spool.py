@@ -1,0 +1,844 @@
+"""The spool: a local journal that keeps a buffered writer's events across a killed process."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+import weakref
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Final, Literal, TypeAlias
+
+from eventlog_persist._events import NewEvent
+from eventlog_persist.exceptions import ConfigurationError, SpoolInUseError
+
+__all__ = ["Journal", "Spool", "decode_event", "encode_event"]
+
+logger = logging.getLogger("eventlog_persist")
+
+SEGMENT_BYTES: Final = 1 << 20
+"""A segment file is closed and a new one started when the next record would pass this."""
+DRAINED_ROTATE_BYTES: Final = 64 << 10
+"""When every record was acknowledged and the open segment holds this much, it is replaced."""
+LOCK_WAIT: Final = 0.25
+"""Seconds a starting writer retries its own spool's lock (an adopter may hold it briefly)."""
+
+FsyncPolicy: TypeAlias = Literal["never", "always"] | float
+"""When spooled records are forced to disk: ``"never"``, ``"always"``, or every N seconds."""
+
+_FRAME: Final = struct.Struct("<II")  # body length, CRC32 of the body
+# version, id, created_at's local date and time fields and UTC offset in seconds, key kinds,
+# which optional fields are set, byte lengths of: event_type, error_code, tool_name,
+# approval_status, redacted_paths (JSON)
+_HEAD: Final = struct.Struct("<B16sHBBBBBIiBBIIIII")
+_VERSION: Final = 1
+_NO_KEY, _UUID_KEY, _INT_KEY = 0, 1, 2
+_SEGMENT_RE: Final = re.compile(r"^(\d{12})\.seg$")
+_fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
+
+
+@dataclass(frozen=True, slots=True)
+class Spool:
+    """Where and how a buffered writer journals its events on local disk (opt-in).
+
+    Every event is appended to a journal in ``directory`` before ``enqueue`` returns, and
+    removed once the database stored it (or the writer gave up on it and told the
+    dead-letter hook). A writer started later on the same directory writes what is left:
+    its own process's journal and those of processes that are gone. Each process gets its
+    own journal under ``directory``, so every worker of a server can share it.
+
+    Attributes:
+        directory: A directory on a local file system, one per destination (model and
+            database). Created if missing.
+        fsync: When records are forced to disk. ``"never"`` (default): a record is in the
+            operating system's page cache when ``enqueue`` returns, which survives the
+            process being killed (SIGKILL, out of memory), not a power loss or kernel crash.
+            A number of seconds: at most that much is lost to a power loss (a background
+            thread syncs). ``"always"``: every ``enqueue`` waits for the disk.
+        max_bytes: Bound on the journal's size. When it is reached, because the database
+            has been down for a long time, events are dropped and reported as with a full
+            queue (`QueueFullError`).
+
+    Raises:
+        ConfigurationError: A value is not valid.
+
+    .. versionadded:: 0.3.0
+    """
+
+    directory: str | os.PathLike[str]
+    _: KW_ONLY
+    fsync: FsyncPolicy = "never"
+    max_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        directory = self.directory
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ConfigurationError(
+                f"Spool(directory={directory!r}) is not valid; pass the path of a directory "
+                "on a local file system (a str or pathlib.Path)"
+            )
+        fsync = self.fsync
+        if isinstance(fsync, str):
+            if fsync not in ("never", "always"):
+                raise ConfigurationError(
+                    f"Spool(fsync={fsync!r}) is not valid; use 'never', 'always', or the "
+                    "seconds between two syncs (a number > 0, e.g. 0.05)"
+                )
+        elif (
+            isinstance(fsync, bool)
+            or not isinstance(fsync, (int, float))
+            or not (0 < fsync <= 3600 and math.isfinite(fsync))
+        ):
+            raise ConfigurationError(
+                f"Spool(fsync={fsync!r}) is not valid; use 'never', 'always', or the seconds "
+                "between two syncs (a number > 0 and <= 3600, e.g. 0.05)"
+            )
+        max_bytes = self.max_bytes
+        if type(max_bytes) is not int or max_bytes < 4096:
+            raise ConfigurationError(
+                f"Spool(max_bytes={max_bytes!r}) is not valid; use an int >= 4096 (bytes of "
+                "disk the journal may take, e.g. 1 << 30)"
+            )
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+def _key_kind(key: uuid.UUID | int | None) -> int:
+    if key is None:
+        return _NO_KEY
+    return _UUID_KEY if type(key) is uuid.UUID else _INT_KEY
+
+
+def _key_bytes(key: uuid.UUID | int | None) -> bytes:
+    if isinstance(key, uuid.UUID):
+        return key.int.to_bytes(16, "little")
+    if key is None:
+        return b""
+    return key.to_bytes(16, "little", signed=True)
+
+
+def encode_event(event: NewEvent) -> bytes:
+    """One framed record: body length, CRC32 of the body, body (see `decode_event`).
+
+    The body holds every field of the event: a fixed head (format version, id, the time's
+    fields and UTC offset, key kinds, which optional fields are set, the lengths of the
+    short texts), the keys as 16 bytes each, the short texts in UTF-8, and the payload's
+    JSON text last. Plain attribute reads and one ``struct`` call: this runs in `enqueue`.
+    """
+    created = event.created_at
+    tz = created.tzinfo
+    if tz is UTC:
+        offset = 0
+    else:
+        delta = created.utcoffset()
+        offset = 0 if delta is None else delta.days * 86400 + delta.seconds
+    session_id, user_id = event.session_id, event.user_id
+    project_id, agent_id = event.project_id, event.agent_id
+    if (
+        type(session_id) is uuid.UUID
+        and type(user_id) is uuid.UUID
+        and project_id is None
+        and agent_id is None
+    ):
+        keys = session_id.int.to_bytes(16, "little") + user_id.int.to_bytes(16, "little")
+        kinds = _UUID_KEY | _UUID_KEY << 2
+    else:
+        keys = b"".join(map(_key_bytes, (session_id, user_id, project_id, agent_id)))
+        kinds = (
+            _key_kind(session_id)
+            | _key_kind(user_id) << 2
+            | _key_kind(project_id) << 4
+            | _key_kind(agent_id) << 6
+        )
+    error_code, tool_name = event.error_code, event.tool_name
+    approval, redacted = event.approval_status, event.redacted_paths
+    event_type = event.event_type.encode()
+    error = b"" if error_code is None else error_code.encode()
+    tool = b"" if tool_name is None else tool_name.encode()
+    status = b"" if approval is None else approval.encode()
+    paths = json.dumps(redacted).encode() if redacted else b""
+    body = b"".join(
+        (
+            _HEAD.pack(
+                _VERSION,
+                event.id.int.to_bytes(16, "little"),
+                created.year,
+                created.month,
+                created.day,
+                created.hour,
+                created.minute,
+                created.second,
+                created.microsecond,
+                offset,
+                kinds,
+                (error_code is not None)
+                | (tool_name is not None) << 1
+                | (approval is not None) << 2
+                | bool(redacted) << 3,
+                len(event_type),
+                len(error),
+                len(tool),
+                len(status),
+                len(paths),
+            ),
+            keys,
+            event_type,
+            error,
+            tool,
+            status,
+            paths,
+            event.payload_json.encode(),
+        )
+    )
+    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def decode_event(body: bytes | memoryview) -> NewEvent:
+    """The event of a record's body, as `encode_event` wrote it.
+
+    Raises:
+        ValueError: The body is not a record this version can read.
+    """
+    (
+        version,
+        id_bytes,
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        micro,
+        offset,
+        kinds,
+        flags,
+        *lengths,
+    ) = _HEAD.unpack_from(body)
+    if version != _VERSION:
+        raise ValueError(f"unknown spool record version {version}")
+    at = _HEAD.size
+    keys: list[uuid.UUID | int | None] = []
+    for shift in (0, 2, 4, 6):
+        kind = kinds >> shift & 3
+        if kind == _NO_KEY:
+            keys.append(None)
+            continue
+        raw = bytes(body[at : at + 16])
+        at += 16
+        if kind == _UUID_KEY:
+            keys.append(uuid.UUID(int=int.from_bytes(raw, "little")))
+        elif kind == _INT_KEY:
+            keys.append(int.from_bytes(raw, "little", signed=True))
+        else:
+            raise ValueError(f"unknown key kind {kind}")
+    texts = []
+    for length in lengths:
+        texts.append(bytes(body[at : at + length]).decode())
+        at += length
+    payload = bytes(body[at:])
+    tz = UTC if offset == 0 else timezone(timedelta(seconds=offset))
+    session_id, user_id, project_id, agent_id = keys
+    if session_id is None or user_id is None:
+        raise ValueError("a spool record without session_id or user_id")
+    return NewEvent(
+        uuid.UUID(int=int.from_bytes(id_bytes, "little")),
+        session_id,
+        user_id,
+        texts[0],
+        payload.decode(),
+        datetime(year, month, day, hour, minute, second, micro, tz),
+        project_id,
+        agent_id,
+        texts[1] if flags & 1 else None,
+        texts[2] if flags & 2 else None,
+        texts[3] if flags & 4 else None,
+        tuple(json.loads(texts[4])) if flags & 8 else (),
+        len(payload),
+    )
+
+
+def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, memoryview | None]]:
+    """``(offset, end, body)`` of each record in ``data[start:]``, at most ``limit``.
+
+    A record whose checksum does not match (but whose length fits) gives ``body=None`` and
+    the parse goes on after it; a record cut short (a torn tail) gives ``end=-1`` and ends
+    the parse.
+    """
+    view = memoryview(data)
+    size = len(data)
+    at = start
+    while at < size and limit > 0:
+        if at + _FRAME.size > size:
+            yield at, -1, None
+            return
+        length, crc = _FRAME.unpack_from(data, at)
+        end = at + _FRAME.size + length
+        if end > size:
+            yield at, -1, None
+            return
+        body = view[at + _FRAME.size : end]
+        yield at, end, (body if zlib.crc32(body) == crc else None)
+        at = end
+        limit -= 1
+
+
+# --- the journal --------------------------------------------------------------------------------
+
+
+class _Segment:
+    """One journal file: its records in the order they were appended."""
+
+    __slots__ = ("inherited", "next", "number", "path", "records", "size")
+
+    def __init__(self, number: int, path: Path, *, inherited: bool) -> None:
+        self.number = number
+        self.path = path
+        self.size = 0  # bytes of whole records (for an inherited segment: up to a torn tail)
+        self.records = 0
+        self.inherited = inherited  # written by an earlier writer: replayed
+        self.next: _Segment | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive records of one segment that are in the writer's queue."""
+
+    segment: _Segment
+    count: int
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """The first spooled record not read back yet."""
+
+    segment: _Segment
+    offset: int = 0
+    index: int = 0
+
+
+@dataclass(slots=True)
+class Reading:
+    """Records read back from the journal, to hand to `Journal.commit` under the lock."""
+
+    events: list[NewEvent]
+    runs: list[tuple[_Segment, int]]
+    cursor: _Cursor | None
+    consumed: int  # records the cursor moved past (events, plus records lost to damage)
+    damaged: int
+    replayed: int
+
+
+def _process_name() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:012d}.seg"
+
+
+def _segment_files(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.iterdir():
+        match = _SEGMENT_RE.match(path.name)
+        if match:
+            found.append((int(match[1]), path))
+    return sorted(found)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """One writer's journal: ``<directory>/<host>-<pid>/`` with a lock and segment files.
+
+    The records are kept in one order, which is also the order of the writer's queue:
+    ``[acknowledged | in the queue (runs) | spooled only (from the cursor) ]``. The writer
+    calls every method but `read` with its lock held (or on its event loop).
+    """
+
+    def __init__(self, spool: Spool, table: str) -> None:
+        self.spool = spool
+        self.table = table
+        self.max_bytes = spool.max_bytes
+        self.root = Path(os.fspath(spool.directory))
+        self.dir = self.root / _process_name()
+        self.always = spool.fsync == "always"
+        self.syncs = spool.fsync != "never"
+        self.runs: deque[_Run] = deque()  # the queue's records, by segment
+        self.cursor: _Cursor | None = None
+        self.spilled = 0  # records on disk only, from the cursor on
+        self.damaged = 0
+        self.replayed = 0
+        self.total_bytes = 0
+        self.closed = False
+        self.pinned = False  # the queue's order no longer matches: delete nothing more
+        self._first: _Segment | None = None
+        self._active: _Segment | None = None
+        self._fd = -1
+        self._lock_fd = -1
+        self._guard = threading.Lock()  # the open segment's fd, against the sync thread
+        self._dirty = False
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        self._open()
+
+    # -- opening: lock, adopt, scan --
+
+    def _open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_own()
+        try:
+            own = _segment_files(self.dir)
+            inherited = [path for _, path in own]
+            number = own[-1][0] + 1 if own else 1
+            for sibling in sorted(self.root.iterdir()):
+                if sibling != self.dir and sibling.is_dir():
+                    moved = self._adopt(sibling, number)
+                    inherited.extend(moved)
+                    number += len(moved)
+            for path in inherited:
+                self._scan(path)
+            self._start_segment()
+        except BaseException:
+            self._release()
+            raise
+        if self.spilled:
+            logger.warning(
+                "replaying %d events spooled by earlier writers in %s", self.spilled, self.root
+            )
+        if isinstance(self.spool.fsync, (int, float)):
+            self._syncer = threading.Thread(
+                target=_sync_loop,
+                args=(weakref.ref(self), float(self.spool.fsync), self._stop),
+                name="eventlog-spool-sync",
+                daemon=True,
+            )
+            self._syncer.start()
+
+    def _lock_own(self) -> None:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            self.dir.mkdir(exist_ok=True, mode=0o700)
+            path = self.dir / "lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # removed by a writer adopting it as an orphan
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() < deadline:  # a starting writer adopting it gives it back
+                    time.sleep(0.02)
+                    continue
+                raise SpoolInUseError(
+                    f"the spool {self.dir} is in use by another writer of this process "
+                    f"(pid {os.getpid()}); give each writer its own Spool directory"
+                ) from None
+            try:
+                linked = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                linked = False
+            if linked:  # not removed by a writer that adopted it as an orphan meanwhile
+                break
+            os.close(fd)
+        self._lock_fd = fd
+        table_file = self.dir / "table"
+        try:
+            found = table_file.read_text()
+        except FileNotFoundError:
+            table_file.write_text(self.table)
+            return
+        if found != self.table:
+            self._release()
+            raise ConfigurationError(
+                f"the spool {self.dir} holds events for the table {found}, not {self.table}; "
+                "use one Spool directory per destination (model and database)"
+            )
+
+    def _adopt(self, sibling: Path, number: int) -> list[Path]:
+        """Move the segments of a dead process's spool into ours; return their new paths."""
+        lock = sibling / "lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # being created, or adopted by someone else
+        moved: list[Path] = []
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # its writer is alive
+            if os.fstat(fd).st_nlink == 0:
+                return []  # adopted by another writer while we waited
+            try:
+                table = (sibling / "table").read_text()
+            except FileNotFoundError:
+                table = self.table
+            if table != self.table:
+                logger.warning(
+                    "not replaying the spool %s: it holds events for the table %s, this "
+                    "writer writes %s; use one Spool directory per destination",
+                    sibling,
+                    table,
+                    self.table,
+                )
+                return []
+            for _, path in _segment_files(sibling):
+                target = self.dir / _segment_name(number)
+                os.rename(path, target)
+                moved.append(target)
+                number += 1
+            if moved and self.syncs:
+                _fsync_directory(self.dir)
+            for name in ("table", "lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (sibling / name).unlink()
+            with contextlib.suppress(OSError):
+                sibling.rmdir()
+            logger.warning("adopted the spool of a process that is gone: %s", sibling)
+        finally:
+            os.close(fd)
+        return moved
+
+    def _scan(self, path: Path) -> None:
+        """Count the whole records of an inherited segment; report damaged ones."""
+        number = int(path.name.split(".")[0])
+        segment = _Segment(number, path, inherited=True)
+        data = path.read_bytes()
+        for offset, end, body in _records(data, 0, len(data)):
+            if end < 0:
+                self._report(path, offset, len(data) - offset, torn=True)
+                break
+            if _decoded(body) is None:
+                self._report(path, offset, end - offset, torn=False)
+            else:
+                segment.records += 1
+            segment.size = end
+        if not segment.records:
+            path.unlink()
+            return
+        self._link(segment)
+        self.total_bytes += segment.size
+        self.spilled += segment.records
+        if self.cursor is None:
+            self.cursor = _Cursor(segment)
+
+    def _report(
+        self, path: Path, offset: int, length: int, *, torn: bool, now: bool = True
+    ) -> None:
+        if now:
+            self.damaged += 1
+        what = "a torn record (cut short by a crash)" if torn else "a damaged record"
+        logger.error(
+            "spool %s: %s at byte %d, %d bytes skipped; the event in it is lost, the "
+            "records around it are replayed",
+            path,
+            what,
+            offset,
+            length,
+        )
+
+    def _link(self, segment: _Segment) -> None:
+        if self._active is None:
+            self._first = segment
+        else:
+            self._active.next = segment
+        self._active = segment
+
+    def _start_segment(self) -> _Segment:
+        number = self._active.number + 1 if self._active is not None else 1
+        path = self.dir / _segment_name(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        if self.syncs:
+            _fsync_directory(self.dir)
+        with self._guard:
+            old, self._fd = self._fd, fd
+            if old >= 0:
+                if self.syncs:
+                    _fdatasync(old)
+                os.close(old)
+        segment = _Segment(number, path, inherited=False)
+        self._link(segment)
+        return segment
+
+    # -- the writer's calls --
+
+    def append(self, record: bytes, queued: bool) -> None:
+        """Write one record before ``enqueue`` returns; ``queued``: it is in the queue too.
+
+        Raises:
+            OSError: It could not be written (the disk is full...); nothing is kept.
+        """
+        active = self._active
+        if active is None or self.closed:
+            raise OSError(errno.EBADF, "the spool is closed")
+        if active.size and active.size + len(record) > SEGMENT_BYTES:
+            active = self._start_segment()
+            self._trim()
+        start = active.size
+        fd = self._fd
+        try:
+            written = os.write(fd, record)
+            if written != len(record):
+                raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # never leave half a record to append after
+            raise
+        active.size = start + written
+        active.records += 1
+        self.total_bytes += written
+        if self.always:
+            _fdatasync(fd)
+        else:
+            self._dirty = True
+        if queued:
+            runs = self.runs
+            if runs:
+                run = runs[-1]
+                if run.segment is active:
+                    run.count += 1
+                    return
+            runs.append(_Run(active, 1))
+        else:
+            if not self.spilled:
+                self.cursor = _Cursor(active, start, active.records - 1)
+            self.spilled += 1
+
+    def ack(self, count: int) -> None:
+        """The first ``count`` queued records were written or given up: drop them."""
+        if self.pinned or self.closed:
+            return
+        runs = self.runs
+        while count and runs:
+            run = runs[0]
+            if run.count > count:
+                run.count -= count
+                break
+            count -= run.count
+            runs.popleft()
+        self._trim()
+        active = self._active
+        if not runs and not self.spilled and active and active.size >= DRAINED_ROTATE_BYTES:
+            self._start_segment()
+            self._trim()
+
+    def _trim(self) -> None:
+        """Delete leading segments that nothing in the queue or on the cursor's way needs."""
+        runs, cursor = self.runs, self.cursor
+        while (segment := self._first) is not None and segment is not self._active:
+            if runs and runs[0].segment is segment:
+                return
+            if self.spilled and cursor is not None and cursor.segment is segment:
+                return
+            self._first = segment.next
+            self.total_bytes -= segment.size
+            try:
+                segment.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                logger.exception("could not delete the spool segment %s", segment.path)
+
+    def read(self, max_events: int, max_bytes: float) -> Reading:
+        """Read back spooled records, oldest first, without the writer's lock.
+
+        At most ``max_events`` and, after the first, at most ``max_bytes`` of
+        `NewEvent.size_bytes`. Appends may run meanwhile: only records counted in
+        ``spilled`` when this starts are read, and each was whole on disk before it was
+        counted (``size`` is raised before ``records``, ``records`` before ``spilled``).
+        """
+        cursor = self.cursor
+        limit = min(self.spilled, max_events)
+        reading = Reading([], [], cursor, 0, 0, 0)
+        if cursor is None or limit <= 0:
+            return reading
+        segment, offset, index = cursor.segment, cursor.offset, cursor.index
+        size = 0
+        full = False
+        while limit > 0 and not full:
+            records = segment.records
+            if index >= records:
+                if segment.next is None:
+                    break
+                segment, offset, index = segment.next, 0, 0
+                continue
+            data = _read_from(segment.path, offset, segment.size)
+            fed = at = 0
+            # An inherited segment may hold damaged records besides the ``records`` whole ones.
+            most = len(data) if segment.inherited else records - index
+            for _, end, body in _records(data, 0, most):
+                event = None if end < 0 else _decoded(body)
+                if event is None:
+                    if end < 0:
+                        break
+                    at = end
+                    if not segment.inherited:  # inherited ones were reported by the scan
+                        self._report(segment.path, offset + at, end - at, torn=False, now=False)
+                        reading.damaged += 1
+                        reading.consumed += 1
+                        index += 1
+                        limit -= 1
+                    continue
+                if reading.events and size + event.size_bytes > max_bytes:
+                    full = True
+                    break
+                size += event.size_bytes
+                reading.events.append(event)
+                reading.consumed += 1
+                reading.replayed += segment.inherited
+                fed += 1
+                index += 1
+                limit -= 1
+                at = end
+                if limit <= 0:
+                    break
+            if fed:
+                reading.runs.append((segment, fed))
+            offset += at
+            if not full and limit > 0 and index < records:
+                # The rest of this segment cannot be read (cut short): its events are lost.
+                lost = records - index
+                if not segment.inherited:
+                    self._report(segment.path, offset, segment.size - offset, torn=True, now=False)
+                    reading.damaged += 1
+                reading.consumed += lost
+                limit -= lost
+                index, offset = records, segment.size
+        reading.cursor = _Cursor(segment, offset, index)
+        return reading
+
+    def commit(self, reading: Reading) -> bool:
+        """The records read are now in the queue; False if the journal closed meanwhile."""
+        if self.closed or not reading.consumed:
+            return False
+        runs = self.runs
+        for segment, count in reading.runs:
+            if runs and runs[-1].segment is segment:
+                runs[-1].count += count
+            else:
+                runs.append(_Run(segment, count))
+        self.spilled -= reading.consumed
+        self.damaged += reading.damaged
+        self.replayed += reading.replayed
+        self.cursor = reading.cursor if self.spilled else None
+        self._trim()
+        return True
+
+    def sync(self) -> None:
+        """Force what was written to disk, if anything was since the last time."""
+        with self._guard:
+            if not self._dirty or self._fd < 0:
+                return
+            self._dirty = False
+            fd = os.dup(self._fd)
+        try:
+            _fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Stop; what was not acknowledged stays on disk for the next writer (`spilled`).
+
+        With nothing left, the process's spool directory is removed.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._stop.set()
+        left = self.spilled + sum(run.count for run in self.runs)
+        self.spilled = left
+        self.runs.clear()
+        with self._guard:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                if self.syncs:
+                    _fdatasync(fd)
+            os.close(fd)
+        if not left and not self.pinned:
+            segment = self._first
+            while segment is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    segment.path.unlink()
+                segment = segment.next
+            self._first = None
+            self.total_bytes = 0
+            for name in ("table", "lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / name).unlink()
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
+        elif self.syncs:
+            with contextlib.suppress(OSError):
+                _fsync_directory(self.dir)
+        self._release()
+
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's files without touching them."""
+        self.closed = True
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = -1
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock: the spool may now be adopted
+            self._lock_fd = -1
+
+
+def _decoded(body: memoryview | None) -> NewEvent | None:
+    if body is None:
+        return None
+    try:
+        return decode_event(body)
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+
+
+def _read_from(path: Path, offset: int, end: int) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return file.read(end - offset)
+    except OSError:
+        logger.exception("could not read the spool segment %s", path)
+        return b""
+
+
+def _sync_loop(ref: weakref.ref[Journal], interval: float, stop: threading.Event) -> None:
+    """The ``fsync=<seconds>`` policy: sync the open segment every ``interval``."""
+    while not stop.wait(interval):
+        journal = ref()
+        if journal is None:
+            return
+        try:
+            journal.sync()
+        except OSError:
+            logger.exception("could not sync the spool %s", journal.dir)
+        del journal
