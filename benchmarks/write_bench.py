@@ -167,7 +167,7 @@ class Bench:
         def buffered() -> None:
             with BufferedWriter(EventLog, self.conninfo) as writer:
                 for event in events:
-                    writer.enqueue_event(event)
+                    writer.enqueue(event)
                 writer.flush()
 
         runs: dict[str, list[float]] = {"raw": [], "bulk": [], "buffered": []}
@@ -275,7 +275,7 @@ class Bench:
         self.lat_queue = timed(lambda i: bare.put(events[i]))
         self.reset()
         with BufferedWriter(EventLog, self.conninfo) as writer:
-            self.lat_event = timed(lambda i: writer.enqueue_event(events[i]))
+            self.lat_event = timed(lambda i: writer.enqueue(events[i]))
             self.lat_full = timed(
                 lambda i: writer.enqueue(
                     session_id=sessions[i % 10],
@@ -393,7 +393,7 @@ def main() -> None:
     print("\nEnqueue on the request path (us), p50 / p99:")
     print(f"- bare queue.Queue.put: {bench.lat_queue[0]:.2f} / {bench.lat_queue[1]:.2f}")
     for name, (p50, p99) in (
-        ("BufferedWriter.enqueue_event (prebuilt)", bench.lat_event),
+        ("BufferedWriter.enqueue(event) (prebuilt)", bench.lat_event),
         ("BufferedWriter.enqueue (checks + payload prep)", bench.lat_full),
     ):
         print(f"- {name}: {p50:.2f} / {p99:.2f}")
