@@ -96,7 +96,13 @@ TARGETS: Final[dict[str, Target]] = {
     ),
     "delivery": Target(
         "src/eventlog_persist/_delivery.py",
-        ("tests/test_delivery.py", "tests/test_write_bulk.py", "tests/test_write_buffered.py"),
+        (
+            "tests/test_delivery.py",
+            "tests/test_write_bulk.py",
+            "tests/test_write_buffered.py",
+            "tests/test_outages.py::test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
+            "tests/test_process_end.py::test_a_forked_child_writes_through_its_own_connection_and_thread",
+        ),
     ),
     "setup": Target(
         "src/eventlog_persist/_alembic_setup.py",

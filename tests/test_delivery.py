@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
 from eventlog_persist import (
+    AsyncBufferedWriter,
+    BufferedWriter,
     BulkResult,
     NewEvent,
     RetryPolicy,
@@ -484,3 +486,46 @@ def test_a_read_only_database_is_logged_at_most_every_30_seconds(
     alarms = [r for r in caplog.records if "accepts only reads" in r.getMessage()]
     assert len(alarms) == 3  # at 1000, 1030 and 1060
     assert "cannot execute INSERT in a read-only transaction" in alarms[0].getMessage()
+
+
+def test_retries_wait_between_attempts(flavor: Flavor, host_models: HostModels) -> None:
+    """Against a database that refuses at once, the waits, not the attempts, fill the time."""
+    key = uuid.uuid4()
+    started = time.monotonic()
+    result = flavor.write(
+        host_models.EventLog,
+        "host=/nonexistent-dir port=1 dbname=x",
+        [new_event(session_id=key, user_id=key, event_type="x")],
+        retry=RetryPolicy(max_elapsed=0.6, initial_delay=0.2, max_delay=0.2),
+    )
+    assert time.monotonic() - started >= 0.6  # the deadline, reached by waiting
+    assert 2 <= result.retries <= 40  # about 6 waits of 0.1 s on average, not a busy loop
+
+
+@pytest.mark.parametrize("kind", ["thread", "task"])
+def test_a_buffered_writer_waits_between_attempts_too(kind: str, host_models: HostModels) -> None:
+    key = uuid.uuid4()
+    down = "host=/nonexistent-dir port=1 dbname=x"
+    policy = RetryPolicy(max_elapsed=None, initial_delay=0.2, max_delay=0.2)
+    if kind == "thread":
+        writer = BufferedWriter(host_models.EventLog, down, flush_interval=0.01, retry=policy)
+        writer.start()
+        writer.enqueue(session_id=key, user_id=key, event_type="x")
+        time.sleep(1.0)
+        retried = writer.counters.retried
+        writer.close(timeout=0.1)
+    else:
+
+        async def run() -> int:
+            writer = AsyncBufferedWriter(
+                host_models.EventLog, down, flush_interval=0.01, retry=policy
+            )
+            await writer.start()
+            await writer.enqueue(session_id=key, user_id=key, event_type="x")
+            await asyncio.sleep(1.0)
+            retried = writer.counters.retried
+            await writer.close(timeout=0.1)
+            return retried
+
+        retried = asyncio.run(run())
+    assert 2 <= retried <= 60  # about ten waits of 0.1 s on average, not a busy loop
