@@ -207,6 +207,8 @@ SECRETS = [
     whole("jwt", "eyJa.eyJb."),  # the shortest
     Secret("bearer_token", "Bearer " + "opaque" + "1" * 10, "Bearer " + REDACTED),
     Secret("bearer_token", "bearer " + "AbCdEfGhIj", "bearer " + REDACTED),
+    Secret("bearer_token", "Bearer " + "abcdefg1", "Bearer " + REDACTED),  # the shortest
+    Secret("bearer_token", "Bearer " + "aBcdefgh", "Bearer " + REDACTED),  # a capital inside
     Secret("bearer_token", "Bearer\t" + "x9" * 8 + "==", "Bearer\t" + REDACTED),
     Secret(
         "url_password",
@@ -221,7 +223,8 @@ SECRETS = [
     Secret(
         "url_password", "amqp://user:" + "p@ss" + "@mq/vhost", f"amqp://user:{REDACTED}@mq/vhost"
     ),
-    Secret("url_password", "x://:" + "p" + "@h", f"x://:{REDACTED}@h"),  # the shortest
+    Secret("url_password", "x://:" + "p" + "@h", f"x://:{REDACTED}@h"),
+    Secret("url_password", "x://:" + "p" + "@", f"x://:{REDACTED}@"),  # the shortest
     Secret(
         "url_password",
         "https://user:" + DB_PASSWORD + "@example.com/x?y=1#z",
@@ -258,6 +261,7 @@ NEAR_MISSES = [
     ("bearer_token", "the bearer of bad news"),
     ("bearer_token", "Bearer abc123"),  # under 8 characters
     ("bearer_token", "Bearer tokens/cookies"),  # prose: no digit, no inner capital
+    ("bearer_token", "Bearer Abcdefghij"),  # a capital only first: a word, not a token
     ("bearer_token", "cupbearer " + "x1" * 8),  # inside a word
     ("url_password", "https://example.com:8443/path"),
     ("url_password", "https://user@example.com/"),
