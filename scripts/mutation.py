@@ -114,6 +114,7 @@ TARGETS: Final[dict[str, Target]] = {
     ),
     "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
     "detectors": Target("src/eventlog_persist/_detectors.py", ("tests/test_redaction.py",)),
+    "spool": Target("src/eventlog_persist/_spool.py", ("tests/test_spool.py",)),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"
