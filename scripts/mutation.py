@@ -101,6 +101,7 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_write_bulk.py",
             "tests/test_write_buffered.py",
             "tests/test_outages.py::test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
+            "tests/test_outages.py::test_an_async_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
             "tests/test_process_end.py::test_a_forked_child_writes_through_its_own_connection_and_thread",
         ),
     ),

@@ -29,6 +29,7 @@ from eventlog_persist import (
     EventWriter,
     NewEvent,
     RetryPolicy,
+    awrite_events,
     new_event,
     write_events,
 )
@@ -168,6 +169,25 @@ def test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults(
     assert result.written == 1000
     assert result.read_only_retries >= 1
     assert stored(host_engine) == (1000, 1000)
+
+
+def test_an_async_bulk_write_rides_out_a_read_only_spell_with_the_defaults(
+    host_engine: Engine, host_models: HostModels, database_url: URL, spell: ReadOnlySpell
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = [
+        new_event(session_id=session_id, user_id=user_id, event_type="x", payload={"i": i})
+        for i in range(300)
+    ]
+    spell.begin()
+    timer = spell.end_after(1.5)
+    result = asyncio.run(
+        awrite_events(host_models.EventLog, conninfo(database_url), events, batch_size=100)
+    )
+    timer.join()
+    assert (result.written, result.dead_lettered) == (300, [])
+    assert result.read_only_retries >= 1
+    assert stored(host_engine) == (300, 300)
 
 
 def test_a_read_only_spell_longer_than_the_deadline_names_the_cause(

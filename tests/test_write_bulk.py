@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -276,8 +277,9 @@ def test_unexpected_errors_are_retried_then_dead_lettered_with_the_real_error(
 
 
 @pytest.mark.fault
+@pytest.mark.parametrize("flavor", ["sync", "async"])
 def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow_event(
-    host_engine: Engine, host_models: HostModels
+    host_engine: Engine, host_models: HostModels, flavor: str
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     with host_engine.begin() as conn:  # one event makes any statement writing it slow
@@ -301,14 +303,13 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
     slow = new_event(session_id=session_id, user_id=user_id, event_type="slow")
     batch.insert(9, slow)
     started = time.monotonic()
-    result = write_events(
-        host_models.EventLog,
-        target,
-        batch,
-        # The buffered writers' kind of policy: no limit, so only splitting ends the loop
-        # (max_elapsed only stops the test from running forever if it does not).
-        retry=RetryPolicy(max_attempts=None, max_elapsed=8, initial_delay=0.001, max_delay=0.01),
-    )
+    # The buffered writers' kind of policy: no limit, so only splitting ends the loop
+    # (max_elapsed only stops the test from running forever if it does not).
+    policy = RetryPolicy(max_attempts=None, max_elapsed=8, initial_delay=0.001, max_delay=0.01)
+    if flavor == "sync":
+        result = write_events(host_models.EventLog, target, batch, retry=policy)
+    else:
+        result = asyncio.run(awrite_events(host_models.EventLog, target, batch, retry=policy))
     assert time.monotonic() - started < 6
     assert result.written == 15
     ((event, error),) = result.dead_lettered
