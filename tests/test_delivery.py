@@ -529,3 +529,49 @@ def test_a_buffered_writer_waits_between_attempts_too(kind: str, host_models: Ho
 
         retried = asyncio.run(run())
     assert 2 <= retried <= 60  # about ten waits of 0.1 s on average, not a busy loop
+
+
+def test_a_refused_row_on_a_connection_that_then_dies_is_retried_not_blamed(
+    flavor: Flavor,
+    host_engine: Engine,
+    host_models: HostModels,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The row's error arrives, then the connection dies before the savepoint is rolled back:
+    the batch is retried on a new connection, and only the bad row is reported."""
+    user_id, session_id = seed(host_engine, host_models)
+    with host_engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE SEQUENCE first_refusal; "
+                "CREATE FUNCTION refuse_and_die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.tool_name = 'refused' THEN "
+                "  IF nextval('first_refusal') = 1 THEN "
+                "    PERFORM pg_terminate_backend(pg_backend_pid()); "
+                "  END IF; "
+                "  RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; "
+                "END IF; RETURN NEW; END $$; "
+                "CREATE TRIGGER refuse_and_die BEFORE INSERT ON event_logs "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_and_die()"
+            )
+        )
+    events = batch(user_id, session_id, 6)
+    bad = new_event(
+        session_id=session_id, user_id=user_id, event_type="tool_call", tool_name="refused"
+    )
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        result = flavor.write(
+            host_models.EventLog,
+            conninfo(host_engine),
+            [*events[:3], bad, *events[3:]],
+            retry=FAST_RETRY,
+        )
+    assert result.retries == 1
+    # Retried for the lost connection, without bisecting the batch on the dead one first.
+    (retried,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert "terminating connection due to administrator command" in retried
+    assert result.written == 6
+    ((event, error),) = result.dead_lettered
+    assert event is bad
+    assert error.sqlstate == "23514"
+    assert sorted(stored_ids(host_engine)) == sorted(e.id for e in events)

@@ -586,6 +586,15 @@ def test_out_of_range_batching_is_refused_before_anything_is_deleted(
     assert stored_ids(host_engine, host_models) == estate.all_ids()
 
 
+@pytest.mark.parametrize("sleep", [0, 0.0, 86400, 86400.0])
+def test_the_limits_of_sleep_are_accepted(
+    host_engine: Engine, host_models: HostModels, sleep: float
+) -> None:
+    # No batch deletes anything here, so no pause is taken: only the check runs.
+    result = purge_events(host_models.EventLog, host_engine, older_than=CUTOFF, sleep=sleep)
+    assert result.deleted == 0
+
+
 def test_purge_command_with_user_id_deletes_only_that_users_old_events(
     host_engine: Engine,
     host_models: HostModels,
