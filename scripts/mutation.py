@@ -84,7 +84,9 @@ TARGETS: Final[dict[str, Target]] = {
         "src/eventlog_persist/_cursor.py",
         ("tests/test_cursor.py?", "tests/test_reader.py"),
     ),
-    "payload": Target("src/eventlog_persist/_payload.py", ("tests/test_payload.py",)),
+    "payload": Target(
+        "src/eventlog_persist/_payload.py", ("tests/test_payload.py", "tests/test_redaction.py")
+    ),
     "retry": Target(
         "src/eventlog_persist/_failures.py",
         (
