@@ -259,3 +259,15 @@ def test_a_steep_policy_never_overflows() -> None:
         wait = policy.delay(retry, 0.0)
         assert wait is not None
         assert 0 <= wait <= 3.0
+
+
+def test_a_read_only_refusal_is_told_apart_through_every_wrapper() -> None:
+    from eventlog_persist._failures import is_read_only
+
+    refusal = psycopg.errors.lookup("25006")("cannot execute INSERT in a read-only transaction")
+    assert is_read_only(refusal)
+    assert is_read_only(DBAPIError("INSERT", {}, refusal))
+    assert is_read_only(DriverError("25006"))  # asyncpg's shape
+    assert not is_read_only(psycopg.errors.lookup("25P02")("in failed transaction"))
+    assert not is_read_only(psycopg.OperationalError("connection lost"))
+    assert not is_read_only(ValueError("25006"))
