@@ -154,6 +154,8 @@ def test_unreachable_database_exhausts_retries(host_models: HostModels) -> None:
     ((_event, error),) = result.dead_lettered
     assert isinstance(error, RetriesExhaustedError)
     assert isinstance(error.__cause__, psycopg.OperationalError)
+    assert "3 attempts failed with transient errors" in str(error)
+    assert "check that the database is reachable" in str(error)
 
 
 @pytest.mark.asyncio
