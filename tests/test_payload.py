@@ -1609,3 +1609,10 @@ def test_prepared_payload_defaults_describe_an_unchanged_payload() -> None:
     assert prepared.redacted_paths == ()
     assert prepared.replaced_paths == ()
     assert prepared.truncated is False
+
+
+def test_a_policy_shows_only_its_settings() -> None:
+    shown = repr(PayloadPolicy())
+    assert shown.startswith("PayloadPolicy(")
+    assert "_masker" not in shown
+    assert "_redact_suffixes" not in shown
