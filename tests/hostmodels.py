@@ -6,8 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, MetaData, String, Uuid
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import BigInteger, Engine, ForeignKey, Integer, MetaData, String, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist import EventLogMixin, ForeignKeyTargets, event_log_model
 
@@ -80,3 +80,15 @@ def build_host_models(
         Base, key_type=uuid.UUID if keys == "uuid" else int, targets=targets
     )
     return HostModels(Base, User, ChatSession, UserProject, UserAgent, event_log, keys)
+
+
+def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
+    """Create a user and a chat session of ``models``; return their keys."""
+    with Session(engine) as session:
+        user = models.User(id=models.new_key())
+        session.add(user)
+        session.flush()
+        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
+        session.add(chat)
+        session.commit()
+        return user.id, chat.id

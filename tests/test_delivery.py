@@ -19,11 +19,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -39,17 +38,6 @@ from eventlog_persist._failures import RowEncodingError
 from eventlog_persist.exceptions import ConfigurationError, RetriesExhaustedError
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.01)
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def batch(user_id: Any, session_id: Any, n: int) -> list[NewEvent]:

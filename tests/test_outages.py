@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from pgserver import ServerInfo, throwaway_server
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
@@ -36,17 +36,6 @@ from eventlog_persist import (
 from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
 
 pytestmark = pytest.mark.fault
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def stored(engine: Engine) -> tuple[int, int]:

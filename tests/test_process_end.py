@@ -16,25 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
 TESTS = Path(__file__).parent
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def stored(engine: Engine) -> dict[str, int]:

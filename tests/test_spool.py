@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -39,17 +38,6 @@ from eventlog_persist.exceptions import ConfigurationError, QueueFullError, Spoo
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
 DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"
 TESTS = Path(__file__).parent
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def stored(engine: Engine) -> list[uuid.UUID]:

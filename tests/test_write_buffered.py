@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
 
 from eventlog_persist import AsyncBufferedWriter, BufferedWriter, NewEvent, RetryPolicy, new_event
 from eventlog_persist._delivery import conninfo_of
@@ -36,17 +35,6 @@ from eventlog_persist.exceptions import (
 
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
 DOWN = "host=/nonexistent-eventlog-dir port=1 dbname=x"
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def counts(engine: Engine) -> tuple[int, int]:

@@ -11,29 +11,17 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy.exc as sa_exc
-from hostmodels import HostModels, build_host_models
+from hostmodels import HostModels, build_host_models, seed
 from pgserver import ServerInfo
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
 
 from eventlog_persist import NewEvent, RetryPolicy, awrite_events, new_event, write_events
 from eventlog_persist._delivery import conninfo_of
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
 from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def events(user_id: Any, session_id: Any, n: int) -> list[NewEvent]:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
-from hostmodels import HostModels
+from hostmodels import HostModels, seed
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -32,18 +32,6 @@ from eventlog_persist.exceptions import (
     RetriesExhaustedError,
     ValidationError,
 )
-
-
-def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
-    """Create a user and a chat session; return their keys."""
-    with Session(engine) as session:
-        user = models.User(id=models.new_key())
-        session.add(user)
-        session.flush()
-        chat = models.ChatSession(id=models.new_key(), user_id=user.id)
-        session.add(chat)
-        session.commit()
-        return user.id, chat.id
 
 
 def count(engine: Engine) -> int:
