@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from hostmodels import HostModels, seed
 from pgserver import ServerInfo, throwaway_server
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -463,3 +464,46 @@ def test_a_bad_lock_timeout_is_refused(host_models: HostModels) -> None:
         )
     with pytest.raises(ConfigurationError, match="lock_timeout=-1 is not valid"):
         BufferedWriter(host_models.EventLog, "host=/nonexistent-dir dbname=x", lock_timeout=-1)
+
+
+# --- a statement timeout that can cancel any statement -----------------------------------------
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+def test_statement_timeouts_on_any_statement_cost_no_event_and_no_warning(
+    host_engine: Engine,
+    host_models: HostModels,
+    database_url: URL,
+    flavor: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A timeout of a few milliseconds cancels whichever statement runs long on a busy server,
+    the savepoint commands of the bisection included; each attempt then ends cleanly (no
+    "error ignored in rollback" warning from psycopg) and every event is accounted for."""
+    user_id, session_id = seed(host_engine, host_models)
+    stranger = uuid.uuid4()  # a session that does not exist: one refused row per batch
+    batches = []
+    for _ in range(6):
+        batch = [
+            new_event(session_id=session_id, user_id=user_id, event_type="x", payload={"n": n})
+            for n in range(1500)
+        ]
+        batch.insert(700, new_event(session_id=stranger, user_id=user_id, event_type="x"))
+        batches.append(batch)
+    target = make_conninfo(conninfo(database_url), options="-c statement_timeout=4")
+    policy = RetryPolicy(max_elapsed=2, initial_delay=0.001, max_delay=0.01)
+    written, dead = 0, []
+    with caplog.at_level(logging.WARNING, logger="psycopg"):
+        for batch in batches:
+            if flavor == "sync":
+                result = write_events(host_models.EventLog, target, batch, retry=policy)
+            else:
+                result = asyncio.run(
+                    awrite_events(host_models.EventLog, target, batch, retry=policy)
+                )
+            written += result.written
+            dead += [event.id for event, _ in result.dead_lettered]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    assert written + len(dead) == 6 * 1501
+    assert len(dead) == len(set(dead))
+    assert stored(host_engine) == (written, written)

@@ -96,6 +96,15 @@ def _move_sql(table: EventTable) -> str:
     )
 
 
+# Savepoints are our own, not psycopg's nested transaction(): when the SAVEPOINT command
+# itself fails (a statement timeout can cancel it), psycopg rolls back to the savepoint that
+# was never made and logs a warning. Here a failed SAVEPOINT or ROLLBACK TO simply raises;
+# the batch's transaction is rolled back and the attempt counts as failed.
+_SAVEPOINT: Final = "SAVEPOINT eventlog_part"
+_RELEASE: Final = "RELEASE SAVEPOINT eventlog_part"
+_UNDO: Final = "ROLLBACK TO SAVEPOINT eventlog_part; RELEASE SAVEPOINT eventlog_part"
+
+
 def _lock_timeout_sql(seconds: float) -> str:
     return f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}"
 
@@ -332,8 +341,14 @@ def _store_part(
     staged: bool,
 ) -> None:
     try:
-        with conn.transaction():
+        conn.execute(_SAVEPOINT, prepare=False)
+        try:
             inserted = _copy_part(conn, table, events, staged=staged)
+        except Exception:
+            if not conn.broken:
+                conn.execute(_UNDO, prepare=False)
+            raise
+        conn.execute(_RELEASE, prepare=False)
     except Exception as exc:
         step = _part_step(exc, staged=staged, size=len(events), broken=conn.broken)
         if step is _PartStep.RAISE:
@@ -505,8 +520,14 @@ async def _astore_part(
     staged: bool,
 ) -> None:
     try:
-        async with conn.transaction():
+        await conn.execute(_SAVEPOINT, prepare=False)
+        try:
             inserted = await _acopy_part(conn, table, events, staged=staged)
+        except Exception:
+            if not conn.broken:
+                await conn.execute(_UNDO, prepare=False)
+            raise
+        await conn.execute(_RELEASE, prepare=False)
     except Exception as exc:
         step = _part_step(exc, staged=staged, size=len(events), broken=conn.broken)
         if step is _PartStep.RAISE:
