@@ -123,6 +123,15 @@ def test_a_record_holds_the_whole_event(fields: dict[str, Any]) -> None:
     assert type(again.session_id) is type(event.session_id)
 
 
+def test_a_record_of_another_format_version_is_not_read() -> None:
+    event = new_event(session_id=1, user_id=2, event_type="x")
+    body = bytearray(encode_event(event)[8:])
+    assert body[1] == 2  # the version, first in the MessagePack array
+    body[1] = 3
+    with pytest.raises(ValueError, match="unknown spool record version 3"):
+        decode_event(bytes(body))
+
+
 def test_bad_spool_settings_name_the_value_and_the_fix(
     host_models: HostModels, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import math
 import os
@@ -23,6 +22,8 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
+
+import msgspec
 
 from eventlog_persist._events import NewEvent
 from eventlog_persist.exceptions import ConfigurationError, SpoolInUseError
@@ -42,12 +43,7 @@ FsyncPolicy: TypeAlias = Literal["never", "always"] | float
 """When spooled records are forced to disk: ``"never"``, ``"always"``, or every N seconds."""
 
 _FRAME: Final = struct.Struct("<II")  # body length, CRC32 of the body
-# version, id, created_at's local date and time fields and UTC offset in seconds, key kinds,
-# which optional fields are set, byte lengths of: event_type, error_code, tool_name,
-# approval_status, redacted_paths (JSON)
-_HEAD: Final = struct.Struct("<B16sHBBBBBIiBBIIIII")
-_VERSION: Final = 1
-_NO_KEY, _UUID_KEY, _INT_KEY = 0, 1, 2
+_VERSION: Final = 2
 _SEGMENT_RE: Final = re.compile(r"^(\d{12})\.seg$")
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
 
@@ -119,91 +115,61 @@ class Spool:
 # --- records ----------------------------------------------------------------------------------
 
 
-def _key_kind(key: uuid.UUID | int | None) -> int:
-    if key is None:
-        return _NO_KEY
-    return _UUID_KEY if type(key) is uuid.UUID else _INT_KEY
+class _Body(msgspec.Struct, array_like=True, frozen=True):
+    """A record's body: a MessagePack array of the event's fields, the format version first.
+
+    ``created_at`` goes as a MessagePack timestamp (an instant), its UTC offset in seconds
+    beside it so the event comes back with the clock it was made with.
+    """
+
+    version: int
+    id: uuid.UUID
+    created_at: datetime
+    utc_offset: int
+    session_id: uuid.UUID | int
+    user_id: uuid.UUID | int
+    project_id: uuid.UUID | int | None
+    agent_id: uuid.UUID | int | None
+    event_type: str
+    error_code: str | None
+    tool_name: str | None
+    approval_status: str | None
+    redacted_paths: tuple[str, ...]
+    payload_json: str
 
 
-def _key_bytes(key: uuid.UUID | int | None) -> bytes:
-    if isinstance(key, uuid.UUID):
-        return key.int.to_bytes(16, "little")
-    if key is None:
-        return b""
-    return key.to_bytes(16, "little", signed=True)
+# One C call builds the body: the spool's share of `enqueue` is mostly this and the write.
+_encode: Final = msgspec.msgpack.Encoder(uuid_format="bytes").encode
+_decode: Final = msgspec.msgpack.Decoder(_Body).decode
 
 
 def encode_event(event: NewEvent) -> bytes:
-    """One framed record: body length, CRC32 of the body, body (see `decode_event`).
+    """One framed record: body length, CRC32 of the body, body (see `_Body`).
 
-    The body holds every field of the event: a fixed head (format version, id, the time's
-    fields and UTC offset, key kinds, which optional fields are set, the lengths of the
-    short texts), the keys as 16 bytes each, the short texts in UTF-8, and the payload's
-    JSON text last. Plain attribute reads and one ``struct`` call: this runs in `enqueue`.
+    Integer keys were checked against their columns (at most BIGINT), so they fit.
     """
     created = event.created_at
-    tz = created.tzinfo
-    if tz is UTC:
+    if created.tzinfo is UTC:
         offset = 0
     else:
         delta = created.utcoffset()
         offset = 0 if delta is None else delta.days * 86400 + delta.seconds
-    session_id, user_id = event.session_id, event.user_id
-    project_id, agent_id = event.project_id, event.agent_id
-    if (
-        type(session_id) is uuid.UUID
-        and type(user_id) is uuid.UUID
-        and project_id is None
-        and agent_id is None
-    ):
-        keys = session_id.int.to_bytes(16, "little") + user_id.int.to_bytes(16, "little")
-        kinds = _UUID_KEY | _UUID_KEY << 2
-    else:
-        keys = b"".join(map(_key_bytes, (session_id, user_id, project_id, agent_id)))
-        kinds = (
-            _key_kind(session_id)
-            | _key_kind(user_id) << 2
-            | _key_kind(project_id) << 4
-            | _key_kind(agent_id) << 6
-        )
-    error_code, tool_name = event.error_code, event.tool_name
-    approval, redacted = event.approval_status, event.redacted_paths
-    event_type = event.event_type.encode()
-    error = b"" if error_code is None else error_code.encode()
-    tool = b"" if tool_name is None else tool_name.encode()
-    status = b"" if approval is None else approval.encode()
-    paths = json.dumps(redacted).encode() if redacted else b""
-    body = b"".join(
+    body = _encode(
         (
-            _HEAD.pack(
-                _VERSION,
-                event.id.int.to_bytes(16, "little"),
-                created.year,
-                created.month,
-                created.day,
-                created.hour,
-                created.minute,
-                created.second,
-                created.microsecond,
-                offset,
-                kinds,
-                (error_code is not None)
-                | (tool_name is not None) << 1
-                | (approval is not None) << 2
-                | bool(redacted) << 3,
-                len(event_type),
-                len(error),
-                len(tool),
-                len(status),
-                len(paths),
-            ),
-            keys,
-            event_type,
-            error,
-            tool,
-            status,
-            paths,
-            event.payload_json.encode(),
+            _VERSION,
+            event.id,
+            created,
+            offset,
+            event.session_id,
+            event.user_id,
+            event.project_id,
+            event.agent_id,
+            event.event_type,
+            event.error_code,
+            event.tool_name,
+            event.approval_status,
+            event.redacted_paths,
+            event.payload_json,
         )
     )
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
@@ -215,61 +181,26 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
     Raises:
         ValueError: The body is not a record this version can read.
     """
-    (
-        version,
-        id_bytes,
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        micro,
-        offset,
-        kinds,
-        flags,
-        *lengths,
-    ) = _HEAD.unpack_from(body)
-    if version != _VERSION:
-        raise ValueError(f"unknown spool record version {version}")
-    at = _HEAD.size
-    keys: list[uuid.UUID | int | None] = []
-    for shift in (0, 2, 4, 6):
-        kind = kinds >> shift & 3
-        if kind == _NO_KEY:
-            keys.append(None)
-            continue
-        raw = bytes(body[at : at + 16])
-        at += 16
-        if kind == _UUID_KEY:
-            keys.append(uuid.UUID(int=int.from_bytes(raw, "little")))
-        elif kind == _INT_KEY:
-            keys.append(int.from_bytes(raw, "little", signed=True))
-        else:
-            raise ValueError(f"unknown key kind {kind}")
-    texts = []
-    for length in lengths:
-        texts.append(bytes(body[at : at + length]).decode())
-        at += length
-    payload = bytes(body[at:])
-    tz = UTC if offset == 0 else timezone(timedelta(seconds=offset))
-    session_id, user_id, project_id, agent_id = keys
-    if session_id is None or user_id is None:
-        raise ValueError("a spool record without session_id or user_id")
+    record = _decode(body)
+    if record.version != _VERSION:
+        raise ValueError(f"unknown spool record version {record.version}")
+    offset = record.utc_offset
+    created = record.created_at
+    if offset:
+        created = created.astimezone(timezone(timedelta(seconds=offset)))
     return NewEvent(
-        uuid.UUID(int=int.from_bytes(id_bytes, "little")),
-        session_id,
-        user_id,
-        texts[0],
-        payload.decode(),
-        datetime(year, month, day, hour, minute, second, micro, tz),
-        project_id,
-        agent_id,
-        texts[1] if flags & 1 else None,
-        texts[2] if flags & 2 else None,
-        texts[3] if flags & 4 else None,
-        tuple(json.loads(texts[4])) if flags & 8 else (),
-        len(payload),
+        record.id,
+        record.session_id,
+        record.user_id,
+        record.event_type,
+        record.payload_json,
+        created,
+        record.project_id,
+        record.agent_id,
+        record.error_code,
+        record.tool_name,
+        record.approval_status,
+        record.redacted_paths,
     )
 
 
@@ -817,7 +748,7 @@ def _decoded(body: memoryview | None) -> NewEvent | None:
         return None
     try:
         return decode_event(body)
-    except (ValueError, UnicodeDecodeError, struct.error):
+    except ValueError:  # msgspec's errors and ValidationError are ValueErrors
         return None
 
 
