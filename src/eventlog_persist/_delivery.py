@@ -96,6 +96,9 @@ def _move_sql(table: EventTable) -> str:
     )
 
 
+# Every statement runs with prepare=False: psycopg would otherwise prepare it on the server
+# after a few runs, and behind a transaction pooler (PgBouncer) that prepared statement
+# stays on a server connection that another client's transaction gets next.
 # Savepoints are our own, not psycopg's nested transaction(): when the SAVEPOINT command
 # itself fails (a statement timeout can cancel it), psycopg rolls back to the savepoint that
 # was never made and logs a warning. Here a failed SAVEPOINT or ROLLBACK TO simply raises;
@@ -328,7 +331,7 @@ def _copy_part(
                     raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
-        cur.execute(_move_sql(table))
+        cur.execute(_move_sql(table), prepare=False)
         return cur.rowcount
 
 
@@ -376,9 +379,9 @@ def _store(
     outcome = Outcome()
     with conn.transaction():
         if lock_timeout is not None:
-            conn.execute(_lock_timeout_sql(lock_timeout))
+            conn.execute(_lock_timeout_sql(lock_timeout), prepare=False)
         if staged:
-            conn.execute(_staging_sql(table))
+            conn.execute(_staging_sql(table), prepare=False)
         _store_part(conn, table, events, outcome, staged=staged)
     return outcome
 
@@ -507,7 +510,7 @@ async def _acopy_part(
                     raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
-        await cur.execute(_move_sql(table))
+        await cur.execute(_move_sql(table), prepare=False)
         return cur.rowcount
 
 
@@ -554,9 +557,9 @@ async def _astore(
     outcome = Outcome()
     async with conn.transaction():
         if lock_timeout is not None:
-            await conn.execute(_lock_timeout_sql(lock_timeout))
+            await conn.execute(_lock_timeout_sql(lock_timeout), prepare=False)
         if staged:
-            await conn.execute(_staging_sql(table))
+            await conn.execute(_staging_sql(table), prepare=False)
         await _astore_part(conn, table, events, outcome, staged=staged)
     return outcome
 
