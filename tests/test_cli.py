@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.util import CommandError
-from hostkit import make_host
+from hostkit import HostProject, make_host
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Engine
 
@@ -91,7 +91,114 @@ def test_cli_check_missing_targets_with_url(
     host = make_host(tmp_path / "h", database_url)
     url = database_url.render_as_string(hide_password=False)
     assert main(["check", "-c", str(host.root / "alembic.ini"), "--url", url]) == 1
-    assert capsys.readouterr().err.count("does not exist in the database") == 4
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        "eventlog-persist: problem: FK target tables 'users', 'chat_sessions', "
+        "'user_projects', 'user_agents' do not exist in the search_path of that database; "
+        "run the host's migrations up to 'eventlog_prereqs' first, check --url, or name your "
+        "tables in the [eventlog_persist] section of alembic.ini (e.g. 'users = accounts')"
+    )
+
+
+# What Alembic before 1.16 wrote: the separator under its old name, and no [eventlog_persist].
+_PRE_1_16 = pytest.mark.filterwarnings(
+    "ignore:The version_path_separator configuration parameter is deprecated:DeprecationWarning"
+)
+
+
+def _as_written_before_alembic_1_16(host: HostProject, separator: str) -> None:
+    ini = host.root / "alembic.ini"
+    text_ = ini.read_text()
+    section = text_[text_.index("[eventlog_persist]") : text_.index("[loggers]")]
+    text_ = text_.replace(section, "").replace(
+        "path_separator = space", f"version_path_separator = {separator}"
+    )
+    ini.write_text(text_)
+
+
+@_PRE_1_16
+def test_check_url_on_a_migrated_database_with_a_pre_1_16_alembic_ini(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported failure: no [eventlog_persist] section is not a problem; defaults apply."""
+    host = make_host(tmp_path / "h", database_url)
+    _as_written_before_alembic_1_16(host, "space")
+    host.run("upgrade", "heads")
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["check", "-c", str(host.root / "alembic.ini"), "--url", url]) == 0
+    assert capsys.readouterr().out == "eventlog-persist: setup OK (branch mode)\n"
+
+
+@_PRE_1_16
+def test_the_pre_1_16_os_separator_is_named_in_the_finding_and_the_guard(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    _as_written_before_alembic_1_16(host, "os")
+    config = Config(str(host.root / "alembic.ini"))
+    [problem] = check_setup(config).problems
+    assert "version_path_separator = os cuts 'eventlog_persist:migrations' at its colon" in problem
+    assert "Replace 'version_path_separator = os' with 'path_separator = space'" in problem
+    with pytest.raises(MigrationSetupError, match="Replace 'version_path_separator = os'"):
+        refuse_cut_location(config)
+
+
+@_PRE_1_16
+def test_path_separator_wins_over_the_pre_1_16_key(tmp_path: Path, database_url: URL) -> None:
+    """As in Alembic: with both keys, version_locations is split on path_separator only."""
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "alembic.ini",
+        "path_separator = space",
+        "path_separator = space\nversion_path_separator = os",
+    )
+    report = check_setup(Config(str(host.root / "alembic.ini")))
+    assert (report.mode, report.problems) == ("branch", ())
+
+
+def test_check_url_with_pyproject_configuration_and_no_settings_section(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    # alembic.ini as 'alembic init --template pyproject' writes it: logging and the URL only.
+    ini = host.root / "alembic.ini"
+    text_ = ini.read_text()
+    ini.write_text(
+        "[alembic]\n"
+        + text_[text_.index("sqlalchemy.url") : text_.index("[eventlog_persist]")]
+        + text_[text_.index("[loggers]") :]
+    )
+    (host.root / "pyproject.toml").write_text(
+        '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
+        'version_locations = ["%(here)s/migrations/versions", "eventlog_persist:migrations"]\n'
+    )
+    host.run("upgrade", "heads")
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["check", "-c", str(ini), "--url", url]) == 0
+    assert capsys.readouterr().out == "eventlog-persist: setup OK (branch mode)\n"
+
+
+def test_check_url_reports_drift_of_the_migrated_table(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.run("upgrade", "heads")
+    config = Config(str(host.root / "alembic.ini"))
+    with engine.connect() as conn:
+        assert check_setup(config, connection=conn).ok
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_event_logs_session_id_created_at"))
+        conn.execute(text("ALTER TABLE event_logs ALTER COLUMN tool_name TYPE varchar(200)"))
+        conn.execute(text("ALTER TABLE event_logs DROP CONSTRAINT fk_event_logs_agent_id"))
+        conn.execute(text("ALTER TABLE event_logs ADD COLUMN note text"))
+    with engine.connect() as conn:
+        [problem] = check_setup(config, connection=conn).problems
+    assert problem.startswith("event_logs in the database differs from the package's model: ")
+    assert "index ix_event_logs_session_id_created_at is missing" in problem
+    assert "column tool_name type is VARCHAR(200), the model says VARCHAR(128)" in problem
+    assert "constraint fk_event_logs_agent_id is missing" in problem
+    assert "column note is not in the model" in problem
+    assert problem.endswith("undo that change by hand")
 
 
 def test_include_name_hides_only_the_event_log_table() -> None:

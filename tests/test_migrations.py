@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from catalog import INTEGER_KEYS, UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import URL
 
 from eventlog_persist._alembic_setup import package_revisions
@@ -240,15 +240,21 @@ def test_upgrade_with_os_path_separator_fails_fast_with_the_fix(
     assert inspect(engine).get_table_names() == []
 
 
-def test_check_passes_and_verifies_targets_online(host: HostProject) -> None:
+def test_check_passes_and_verifies_targets_online(host: HostProject, engine: Engine) -> None:
     # Real CLI: `python -m eventlog_persist check` in a subprocess.
     assert "setup OK (branch mode)" in host.run_cli("eventlog-persist", "check").stdout
     url = host.url.render_as_string(hide_password=False)
     result = host.run("eventlog-persist", "check", "--url", url, check=False)
     assert result.returncode == 1
-    assert "FK target table 'users' does not exist" in result.stderr
+    assert "FK target tables 'users', 'chat_sessions', 'user_projects', 'user_agents' do not" in (
+        result.stderr
+    )
     host.run("upgrade", "app@head")
     assert "setup OK" in host.run("eventlog-persist", "check", "--url", url).stdout
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE user_agents"))
+    result = host.run("eventlog-persist", "check", "--url", url, check=False)
+    assert "FK target table 'user_agents' does not exist in the search_path" in result.stderr
 
 
 def test_host_without_model_needs_include_name(host: HostProject) -> None:

@@ -3,9 +3,9 @@
 Every name a host application writes in its own code is importable from here; the modules
 whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`.
 
-The Alembic helpers (`check_setup`, `include_name`, `write_linear_revisions`,
-`MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so that importing the package
-in a web worker does not import Alembic.
+The Alembic helpers (`check_setup`, `include_name`, `include_object`,
+`write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so
+that importing the package in a web worker does not import Alembic.
 """
 
 from __future__ import annotations
@@ -50,13 +50,21 @@ if TYPE_CHECKING:
         SetupReport,
         check_setup,
         include_name,
+        include_object,
         write_linear_revisions,
     )
 
 __version__ = _version("eventlog-persist")
 
 _ALEMBIC_HELPERS = frozenset(
-    {"MIGRATIONS_LOCATION", "SetupReport", "check_setup", "include_name", "write_linear_revisions"}
+    {
+        "MIGRATIONS_LOCATION",
+        "SetupReport",
+        "check_setup",
+        "include_name",
+        "include_object",
+        "write_linear_revisions",
+    }
 )
 
 
@@ -107,6 +115,7 @@ __all__ = [
     "count_purgeable",
     "event_log_model",
     "include_name",
+    "include_object",
     "new_event",
     "new_event_id",
     "prepare_payload",

@@ -46,6 +46,7 @@ from eventlog_persist import (
     count_purgeable,
     event_log_model,
     include_name,
+    include_object,
     new_event,
     prepare_payload,
     purge_events,
@@ -107,7 +108,9 @@ def count_int_events(session: Session) -> int:
 
 
 def setup_ok(config: Config) -> bool:
-    keep: bool = include_name("event_logs", "table", {})
+    keep: bool = include_name("event_logs", "table", {}) and include_object(
+        None, "users", "table", True, None
+    )
     location: str = eventlog_persist.MIGRATIONS_LOCATION
     return check_setup(config).ok and keep and bool(location)
 
