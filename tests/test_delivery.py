@@ -461,7 +461,9 @@ def test_a_read_only_database_is_logged_at_most_every_30_seconds(
 ) -> None:
     from eventlog_persist._delivery import Connector
 
-    connector = Connector("host=/nonexistent-dir dbname=x")  # opens nothing until used
+    connector = Connector(
+        "host=/nonexistent-dir dbname=x", api="write_events"
+    )  # opens nothing until used
     read_only = psycopg.errors.lookup("25006")("cannot execute INSERT in a read-only transaction")
     now = 1000.0
     with caplog.at_level(logging.ERROR, logger="eventlog_persist"):

@@ -557,6 +557,7 @@ class BufferedWriter(Generic[KeyT]):
         )
         self._connector = Connector(
             target,
+            api="BufferedWriter",
             connect_timeout=connect_timeout,
             tcp_user_timeout=tcp_user_timeout,
             lock_timeout=lock_timeout,
@@ -863,6 +864,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         )
         self._connector = AsyncConnector(
             target,
+            api="AsyncBufferedWriter",
             connect_timeout=connect_timeout,
             tcp_user_timeout=tcp_user_timeout,
             lock_timeout=lock_timeout,

@@ -141,6 +141,7 @@ def write_events(
     result = BulkResult()
     connector = Connector(
         target,
+        api="write_events",
         connect_timeout=connect_timeout,
         tcp_user_timeout=tcp_user_timeout,
         lock_timeout=lock_timeout,
@@ -200,6 +201,7 @@ async def awrite_events(
     result = BulkResult()
     connector = AsyncConnector(
         target,
+        api="awrite_events",
         connect_timeout=connect_timeout,
         tcp_user_timeout=tcp_user_timeout,
         lock_timeout=lock_timeout,
