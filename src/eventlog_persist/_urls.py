@@ -33,15 +33,10 @@ _TAKE_URLS: Final = frozenset(
     {"write_events", "awrite_events", "BufferedWriter", "AsyncBufferedWriter"}
 )
 
-_SECRETS: Final = (
-    "password",
-    "sslpassword",
-    "oauth_client_secret",
-    "scram_client_key",
-    "scram_server_key",
-)
+# Values hidden in messages: password, sslpassword, oauth_client_secret, scram_*_key, and
+# misspellings such as passwd or pwd.
 _SECRET_PARAM = re.compile(
-    rf"\b({'|'.join(_SECRETS)})(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE
+    r"\b(\w*(?:pass|pwd|secret|_key)\w*)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE
 )
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)\S*@")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -90,6 +85,12 @@ def conninfo(target: object) -> str:
             libpq equivalent. The message shows the value with its password hidden.
     """
     params = libpq_params(target)
+    ports = params.get("port", "").split(",")
+    if not all(port.isdigit() or not port for port in ports):  # else libpq says so at connect
+        raise ConfigurationError(
+            f"{shown(target)!r} has the port {params['port']!r}, which is not a number; "
+            f"write it as {EXAMPLE}"
+        )
     try:
         return make_conninfo("", **params)
     except psycopg.ProgrammingError as exc:
