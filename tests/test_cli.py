@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,8 @@ from eventlog_persist.exceptions import MigrationSetupError
 def test_demo_runs_on_a_given_database(
     database_url: URL, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--url", database_url.render_as_string(hide_password=False)]) == 0
+    url = database_url.set(drivername="postgresql+asyncpg")  # any driver: the demo uses psycopg
+    assert main(["demo", "--url", url.render_as_string(hide_password=False)]) == 0
     out = capsys.readouterr().out
     assert "recorded 7 events of one session" in out
     assert "session timeline: " in out
@@ -408,3 +412,114 @@ def test_argparse_refusals_are_one_line_with_a_pointer_to_help(
     )
     assert main(["purge", "--help"]) == 0
     assert "--all" in capsys.readouterr().out
+
+
+# -- --url: any PostgreSQL URL, and DATABASE_URL when not given --------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests set DATABASE_URL themselves; the one of the shell running them is not theirs."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
+def asyncpg_url(database_url: URL) -> str:
+    """The test database as an asyncpg application writes it, with asyncpg's own parameters."""
+    url = database_url.set(drivername="postgresql+asyncpg").update_query_dict(
+        {"ssl": "prefer", "prepared_statement_cache_size": "0", "command_timeout": "30"}
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def test_check_and_purge_take_the_url_from_database_url(
+    tmp_path: Path,
+    database_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    ini = str(host.root / "alembic.ini")
+    monkeypatch.setenv("DATABASE_URL", asyncpg_url(database_url))
+    assert main(["check", "-c", ini]) == 1  # online: the host's tables are not there yet
+    assert capsys.readouterr().err.count("does not exist in the database") == 4
+    assert main(["check", "-c", ini, "--offline"]) == 0
+    assert capsys.readouterr().out == "eventlog-persist: setup OK (branch mode)\n"
+    host.run("upgrade", "heads")
+    assert main(["check", "-c", ini]) == 0
+    assert main(["purge", "--older-than", "30d", "--dry-run"]) == 0
+    assert "would purge 0 events older than" in capsys.readouterr().out
+
+
+def test_purge_needs_a_url_or_database_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["purge", "--older-than", "30d"]) == 2
+    assert capsys.readouterr().err == (
+        "eventlog-persist purge: error: argument --url: required unless DATABASE_URL is set; "
+        "pass --url postgresql://user:password@host:5432/dbname\n"
+    )
+
+
+@pytest.mark.parametrize("command", [["purge", "--older-than", "30d"], ["check"]])
+def test_a_bad_database_url_is_named_in_one_line_without_its_password(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql+aiomysql://app:hunter2@db/app")
+    assert main(command) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"eventlog-persist {command[0]}: error: DATABASE_URL: 'mysql+aiomysql://app:***@db/app' "
+        "is not a PostgreSQL database"
+    )
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize("command", ["check", "purge"])
+def test_help_names_database_url(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    assert "$DATABASE_URL" in " ".join(capsys.readouterr().out.split())
+
+
+_WITHOUT_ASYNCPG = """
+import sys
+from importlib.abc import MetaPathFinder
+
+
+class NoAsyncpg(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "asyncpg" or name.startswith("asyncpg."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoAsyncpg())
+from eventlog_persist._cli import main  # the console script's entry point
+
+status = main(sys.argv[1:])
+print("asyncpg loaded:", "asyncpg" in sys.modules)
+sys.exit(status)
+"""
+
+
+def test_an_asyncpg_url_works_where_asyncpg_is_not_installed(
+    host_engine: Engine, database_url: URL
+) -> None:
+    """The commands connect with psycopg, translating the URL, instead of loading asyncpg."""
+    url = asyncpg_url(database_url)
+    command = [sys.executable, "-c", _WITHOUT_ASYNCPG]
+    purge = subprocess.run(
+        [*command, "purge", "--url", url, "--older-than", "30d"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert purge.returncode == 0, purge.stderr
+    assert purge.stdout.splitlines() == [
+        purge.stdout.splitlines()[0],
+        "asyncpg loaded: False",
+    ]
+    assert purge.stdout.startswith("eventlog-persist: purged 0 events older than")
+    env = {**os.environ, "DATABASE_URL": url}
+    unreachable = subprocess.run(
+        [*command, "check", "-c", "missing.ini"], capture_output=True, text=True, env=env
+    )
+    assert unreachable.returncode == 2
+    assert "ModuleNotFoundError" not in unreachable.stderr

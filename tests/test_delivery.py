@@ -228,7 +228,7 @@ def test_an_engine_is_reached_through_its_url_password_included(
 def test_a_non_postgresql_engine_is_refused_by_name(host_models: HostModels) -> None:
     key = uuid.uuid4()
     event = new_event(session_id=key, user_id=key, event_type="x")
-    with pytest.raises(ConfigurationError, match="PostgreSQL engine, got the 'sqlite' dialect"):
+    with pytest.raises(ConfigurationError, match=r"^'Engine\(sqlite://\)' is not a PostgreSQL"):
         write_events(host_models.EventLog, create_engine("sqlite://"), [event])
 
 
@@ -461,7 +461,9 @@ def test_a_read_only_database_is_logged_at_most_every_30_seconds(
 ) -> None:
     from eventlog_persist._delivery import Connector
 
-    connector = Connector("host=/nonexistent-dir dbname=x")  # opens nothing until used
+    connector = Connector(
+        "host=/nonexistent-dir dbname=x", api="write_events"
+    )  # opens nothing until used
     read_only = psycopg.errors.lookup("25006")("cannot execute INSERT in a read-only transaction")
     now = 1000.0
     with caplog.at_level(logging.ERROR, logger="eventlog_persist"):

@@ -241,8 +241,12 @@ def test_upgrade_with_os_path_separator_fails_fast_with_the_fix(
 
 
 def test_check_passes_and_verifies_targets_online(host: HostProject, engine: Engine) -> None:
-    # Real CLI: `python -m eventlog_persist check` in a subprocess.
-    assert "setup OK (branch mode)" in host.run_cli("eventlog-persist", "check").stdout
+    # Real CLI: `python -m eventlog_persist check` in a subprocess, DATABASE_URL set.
+    offline = host.run_cli("eventlog-persist", "check", "--offline")
+    assert "setup OK (branch mode)" in offline.stdout
+    online = host.run_cli("eventlog-persist", "check", check=False)  # --url from DATABASE_URL
+    assert online.returncode == 1
+    assert "FK target tables 'users', 'chat_sessions'" in online.stderr
     url = host.url.render_as_string(hide_password=False)
     result = host.run("eventlog-persist", "check", "--url", url, check=False)
     assert result.returncode == 1
@@ -251,6 +255,7 @@ def test_check_passes_and_verifies_targets_online(host: HostProject, engine: Eng
     )
     host.run("upgrade", "app@head")
     assert "setup OK" in host.run("eventlog-persist", "check", "--url", url).stdout
+    assert "setup OK" in host.run("eventlog-persist", "check").stdout
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE user_agents"))
     result = host.run("eventlog-persist", "check", "--url", url, check=False)
@@ -284,7 +289,7 @@ def test_linear_mode_single_head_upgrade_head_and_downgrade_minus_one(
     written = host.run("eventlog-persist", "linear-revision").stdout
     assert "eventlog_0001_create_event_logs.py" in written
     assert host.run("heads").stdout.split() == ["eventlog_0001", "(app)", "(head)"]
-    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
     assert "No new upgrade operations detected." in host.run("check").stdout

@@ -31,7 +31,6 @@ from eventlog_persist import (
     new_event,
 )
 from eventlog_persist import _spool as spool_module
-from eventlog_persist._delivery import conninfo_of
 from eventlog_persist._spool import decode_event, encode_event
 from eventlog_persist.exceptions import ConfigurationError, QueueFullError, SpoolInUseError
 
@@ -265,7 +264,7 @@ def test_a_new_writer_adopts_the_spools_of_dead_processes_only(
             assert dead.returncode == -signal.SIGKILL, dead.stderr
             assert len(list(tmp_path.iterdir())) == 2  # one spool per process
             writer = BufferedWriter(
-                host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path)
+                host_models.EventLog, host_engine.url, spool=Spool(tmp_path)
             ).start()
             assert writer.flush(timeout=20)
             final = writer.close()
@@ -274,9 +273,7 @@ def test_a_new_writer_adopts_the_spools_of_dead_processes_only(
             assert len(list(tmp_path.iterdir())) == 1  # the live process's spool is untouched
         finally:
             alive.kill()
-    writer = BufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path)
-    ).start()
+    writer = BufferedWriter(host_models.EventLog, host_engine.url, spool=Spool(tmp_path)).start()
     assert writer.flush(timeout=20)
     assert writer.close().replayed == 20
     assert len(set(stored(host_engine))) == len(stored(host_engine)) == 50
@@ -315,7 +312,7 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
     seed_ = random.randrange(1 << 30)
     delay = random.Random(seed_).uniform(0.3, 1.2)
     script = _PRODUCER.format(
-        url=conninfo_of(host_engine),
+        url=host_engine.url.render_as_string(hide_password=False),
         directory=str(directory),
         user_id=str(user_id),
         session_id=str(session_id),
@@ -331,9 +328,7 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
         assert producer.wait(10) == -signal.SIGKILL
     returned = [uuid.UUID(line) for line in log.read_text().split()]
     before = set(stored(host_engine))
-    writer = BufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(directory)
-    ).start()
+    writer = BufferedWriter(host_models.EventLog, host_engine.url, spool=Spool(directory)).start()
     assert writer.flush(timeout=30)
     final = writer.close()
     rows = stored(host_engine)
@@ -369,7 +364,7 @@ def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
     segment.write_bytes(bytes(data[:-5]))  # and the last record cut short
     with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
         writer = BufferedWriter(
-            host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path)
+            host_models.EventLog, host_engine.url, spool=Spool(tmp_path)
         ).start()
         assert writer.flush(timeout=20)
     final = writer.close()
@@ -432,7 +427,7 @@ def test_spilled_events_are_read_back_through_a_small_queue_and_segments_trimmed
     new = chat_events(user_id, session_id, 200)
     with BufferedWriter(
         host_models.EventLog,
-        conninfo_of(host_engine),
+        host_engine.url,
         spool=Spool(tmp_path),
         max_queued=10,
         batch_size=7,
@@ -463,7 +458,7 @@ async def test_async_writer_spools_and_replays(
         await writer.enqueue(event)
     assert (await writer.close(timeout=0.05)).spilled == 25
     async with AsyncBufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=5
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), max_queued=5
     ) as again:
         assert await again.flush(timeout=20)
     assert (again.counters.replayed, again.counters.written) == (25, 25)
@@ -522,7 +517,7 @@ def test_concurrent_producers_spill_and_read_back_without_loss_or_doubles(
     user_id, session_id = seed(host_engine, host_models)
     with BufferedWriter(
         host_models.EventLog,
-        conninfo_of(host_engine),
+        host_engine.url,
         spool=Spool(tmp_path),
         max_queued=40,
         batch_size=15,

@@ -22,7 +22,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventlog_persist import AsyncBufferedWriter, BufferedWriter, NewEvent, RetryPolicy, new_event
-from eventlog_persist._delivery import conninfo_of
 from eventlog_persist.exceptions import (
     EventWriteError,
     PayloadError,
@@ -308,6 +307,7 @@ def test_process_exit_flushes_the_queue(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
+    url = database_url.render_as_string(hide_password=False)
     script = textwrap.dedent(
         f"""
         import uuid
@@ -315,8 +315,7 @@ def test_process_exit_flushes_the_queue(
         from eventlog_persist._buffered import BufferedWriter
 
         models = build_host_models()
-        writer = BufferedWriter(models.EventLog, {conninfo_of(host_engine)!r},
-                                flush_interval=60).start()
+        writer = BufferedWriter(models.EventLog, {url!r}, flush_interval=60).start()
         for i in range(1500):
             writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
                            user_id=uuid.UUID({str(user_id)!r}), event_type="chat",

@@ -13,13 +13,11 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from hostmodels import HostModels, build_host_models, seed
 from pgserver import ServerInfo
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventlog_persist import NewEvent, RetryPolicy, awrite_events, new_event, write_events
-from eventlog_persist._delivery import conninfo_of
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
 from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
 
@@ -288,7 +286,7 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
                 "FOR EACH ROW EXECUTE FUNCTION slow_event()"
             )
         )
-    target = make_conninfo(conninfo_of(host_engine), options="-c statement_timeout=150")
+    target = host_engine.url.update_query_dict({"options": "-c statement_timeout=150"})
     batch = events(user_id, session_id, 15)
     slow = new_event(session_id=session_id, user_id=user_id, event_type="slow")
     batch.insert(9, slow)

@@ -472,8 +472,9 @@ class BufferedWriter(Generic[KeyT]):
 
     Args:
         model: The host's ``EventLog`` model.
-        target: A libpq conninfo or URL, or a SQLAlchemy ``Engine`` (its URL is used); the
-            thread opens its own connection and reopens it after a loss.
+        target: A libpq conninfo, a URL of any PostgreSQL driver, or a SQLAlchemy
+            ``Engine`` (its URL is used), as in `write_events`; the thread opens its own
+            psycopg connection and reopens it after a loss.
         batch_size: Most events per COPY transaction.
         flush_interval: Most seconds an event waits in the queue before a batch is written.
         max_queued: Bound on queued events.
@@ -557,6 +558,7 @@ class BufferedWriter(Generic[KeyT]):
         )
         self._connector = Connector(
             target,
+            api="BufferedWriter",
             connect_timeout=connect_timeout,
             tcp_user_timeout=tcp_user_timeout,
             lock_timeout=lock_timeout,
@@ -815,10 +817,11 @@ class BufferedWriter(Generic[KeyT]):
 class AsyncBufferedWriter(Generic[KeyT]):
     """The asyncio twin of `BufferedWriter`: a task on the running loop writes the batches.
 
-    Same arguments and behavior as `BufferedWriter`, with an ``AsyncEngine`` or conninfo as
-    ``target``; `enqueue`, `flush` and `close` are coroutines and must run on the writer's
-    loop. ``when_full="block"`` awaits room without blocking the loop. There is no exit hook
-    (the loop is gone by then): close the writer in the application's shutdown (lifespan).
+    Same arguments and behavior as `BufferedWriter`, with an ``AsyncEngine``, a URL of any
+    PostgreSQL driver or a conninfo as ``target``; `enqueue`, `flush` and `close` are
+    coroutines and must run on the writer's loop. ``when_full="block"`` awaits room without
+    blocking the loop. There is no exit hook (the loop is gone by then): close the writer in
+    the application's shutdown (lifespan).
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -863,6 +866,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         )
         self._connector = AsyncConnector(
             target,
+            api="AsyncBufferedWriter",
             connect_timeout=connect_timeout,
             tcp_user_timeout=tcp_user_timeout,
             lock_timeout=lock_timeout,

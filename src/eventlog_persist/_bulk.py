@@ -113,8 +113,11 @@ def write_events(
 
     Args:
         model: The host's ``EventLog`` model.
-        target: A libpq conninfo or URL, a SQLAlchemy ``Engine`` (its URL is used), or an
-            open psycopg connection (used as is, not reopened after a connection loss).
+        target: A libpq conninfo; a URL of any PostgreSQL driver (``postgresql://``,
+            ``postgresql+asyncpg://``, ..., as a string or SQLAlchemy ``URL``), whose other
+            drivers' parameters are translated to libpq's; a SQLAlchemy ``Engine`` (its URL
+            is used); or an open psycopg connection (used as is, not reopened after a
+            connection loss). docs/writing.md has the table.
         events: Events built with `new_event` (or a writer's ``event()``).
         batch_size: Events per transaction.
         retry: How transient errors are retried.
@@ -134,13 +137,19 @@ def write_events(
         Counts, and the dead-lettered events with their errors.
 
     Raises:
-        ConfigurationError: An argument is not valid.
+        ConfigurationError: An argument is not valid: ``target`` is not PostgreSQL, cannot
+            be parsed, has a URL parameter with no libpq equivalent, or is an
+            ``AsyncEngine`` (use `awrite_events`).
+
+    .. versionchanged:: 0.3.0
+       ``target`` takes a URL of any PostgreSQL driver and a SQLAlchemy ``URL``.
     """
     _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
     result = BulkResult()
     connector = Connector(
         target,
+        api="write_events",
         connect_timeout=connect_timeout,
         tcp_user_timeout=tcp_user_timeout,
         lock_timeout=lock_timeout,
@@ -178,8 +187,8 @@ async def awrite_events(
 
     Args:
         model: The host's ``EventLog`` model.
-        target: A libpq conninfo or URL, a SQLAlchemy ``AsyncEngine`` (its URL is used), or
-            an open psycopg ``AsyncConnection`` (used as is).
+        target: As in `write_events`, with a SQLAlchemy ``AsyncEngine`` (its URL is used)
+            or an open psycopg ``AsyncConnection`` (used as is) instead of the sync ones.
         events: Events built with `new_event`.
         batch_size: Events per transaction.
         retry: How transient errors are retried.
@@ -193,13 +202,15 @@ async def awrite_events(
         Counts, and the dead-lettered events with their errors.
 
     Raises:
-        ConfigurationError: An argument is not valid.
+        ConfigurationError: An argument is not valid, as in `write_events`; a sync
+            ``Engine`` or connection names `write_events`.
     """
     _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
     result = BulkResult()
     connector = AsyncConnector(
         target,
+        api="awrite_events",
         connect_timeout=connect_timeout,
         tcp_user_timeout=tcp_user_timeout,
         lock_timeout=lock_timeout,

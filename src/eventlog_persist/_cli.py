@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import os
 import re
 import sys
 import time
@@ -15,8 +16,7 @@ from typing import NoReturn
 
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import MetaData, Table, create_engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
@@ -28,6 +28,7 @@ from eventlog_persist._retention import (
     purge_events,
 )
 from eventlog_persist._schema import TABLE_NAME
+from eventlog_persist._urls import EXAMPLE, conninfo, psycopg_engine
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventLogError,
@@ -37,6 +38,9 @@ from eventlog_persist.exceptions import (
 )
 
 __all__ = ["main"]
+
+_ENVIRONMENT = "DATABASE_URL"
+"""The variable ``check`` and ``purge`` take ``--url`` from when it is not given."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,10 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check = commands.add_parser("check", help="check the host's Alembic setup for the event log")
     check.add_argument("-c", "--config", default="alembic.ini", help="alembic.ini of the host")
-    check.add_argument(
+    database = check.add_mutually_exclusive_group()
+    database.add_argument(
         "--url",
         type=_url_argument,
-        help="also check that the FK target tables exist in this database",
+        help="also check that the FK target tables exist in this database: a PostgreSQL URL "
+        f"of any driver, or a libpq conninfo (default: ${_ENVIRONMENT}, when set)",
+    )
+    database.add_argument(
+        "--offline",
+        action="store_true",
+        help=f"check the files only, even with ${_ENVIRONMENT} set (before the first upgrade)",
     )
 
     linear = commands.add_parser(
@@ -71,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
     demo.add_argument(
-        "--url", type=_url_argument, help="use this PostgreSQL database instead of an embedded one"
+        "--url",
+        type=_url_argument,
+        help=f"use this PostgreSQL database instead of an embedded one (never ${_ENVIRONMENT}: "
+        "the demo creates and drops tables)",
     )
 
     purge = commands.add_parser(
@@ -83,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument(
         "--url",
-        required=True,
         type=_url_argument,
-        help="SQLAlchemy URL of the PostgreSQL database (postgresql+psycopg://...)",
+        help="the PostgreSQL database: a URL of any driver (postgresql+asyncpg://... too) or a "
+        f"libpq conninfo; default: ${_ENVIRONMENT}",
     )
     purge.add_argument(
         "--older-than",
@@ -124,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # a refusal (status 2), or --help (status 0)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command in ("check", "purge") and args.url is None:
+        command = check if args.command == "check" else purge
+        try:
+            if not getattr(args, "offline", False):
+                args.url = _url_from_environment(required=args.command == "purge")
+        except argparse.ArgumentTypeError as exc:
+            return _refuse(command, str(exc))
     try:
         if args.command == "purge":
             if args.older_than >= now and not args.all:
@@ -143,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _linear(args.config, args.version_path)
         from eventlog_persist._demo import run_demo
 
-        return run_demo(url=None if args.url is None else _render(args.url))
+        return run_demo(url=args.url)
     except SQLAlchemyError as exc:
         print(f"eventlog-persist: error: {_one_line(exc)}; check --url", file=sys.stderr)
         return 2
@@ -152,6 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         print(f"eventlog-persist: error: {message}", file=sys.stderr)
         return 2
+
+
+def _url_from_environment(*, required: bool) -> str | None:
+    """``--url`` when not given: the conninfo of ``$DATABASE_URL``, if set."""
+    value = os.environ.get(_ENVIRONMENT, "")
+    if value:
+        try:
+            return _url_argument(value)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{_ENVIRONMENT}: {exc}") from None
+    if required:
+        raise argparse.ArgumentTypeError(
+            f"argument --url: required unless {_ENVIRONMENT} is set; pass --url {EXAMPLE}"
+        )
+    return None
 
 
 def _refuse(parser: argparse.ArgumentParser, message: str) -> int:
@@ -165,43 +201,16 @@ def _refuse(parser: argparse.ArgumentParser, message: str) -> int:
 _MAX_COUNT = 2**63 - 1  # PostgreSQL's LIMIT is a bigint
 
 
-def _url_argument(value: str) -> URL:
-    """A SQLAlchemy URL of a PostgreSQL database with an installed sync driver.
+def _url_argument(value: str) -> str:
+    """The libpq conninfo of a PostgreSQL URL (any driver) or conninfo.
 
-    No driver (``postgresql://``) means psycopg, the driver eventlog-persist installs.
+    The commands connect with psycopg whatever driver the URL names, so an asyncpg URL
+    works where asyncpg is not installed.
     """
-    example = "postgresql+psycopg://user:password@host:5432/dbname"
     try:
-        url = make_url(value)
-    except (SQLAlchemyError, ValueError):
-        # Not echoed: an unparsable URL may still hold a password.
-        raise argparse.ArgumentTypeError(f"not a database URL; write it as {example}") from None
-    shown = _render(url, hide_password=True)
-    if url.drivername in ("postgres", "postgresql"):
-        url = url.set(drivername="postgresql+psycopg")
-    if url.get_backend_name() != "postgresql":
-        raise argparse.ArgumentTypeError(
-            f"{shown!r} is not a PostgreSQL database, the only one eventlog-persist supports; "
-            f"write it as {example}"
-        )
-    try:
-        dialect = url.get_dialect()
-        dialect.import_dbapi()
-    except (SQLAlchemyError, ImportError) as exc:
-        raise argparse.ArgumentTypeError(
-            f"{shown!r} names the driver {url.get_driver_name()!r}, which cannot be loaded "
-            f"({type(exc).__name__}); use psycopg, which eventlog-persist installs: {example}"
-        ) from None
-    if dialect.is_async:
-        raise argparse.ArgumentTypeError(
-            f"{shown!r} names the asyncio driver {url.get_driver_name()!r}; the command needs "
-            f"a sync one: {example}"
-        )
-    return url
-
-
-def _render(url: URL, *, hide_password: bool = False) -> str:
-    return url.render_as_string(hide_password=hide_password)
+        return conninfo(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count_argument(value: str) -> int:
@@ -277,12 +286,12 @@ def _config(config_path: str) -> Config:
     return config
 
 
-def _check(config_path: str, url: URL | None) -> int:
+def _check(config_path: str, url: str | None) -> int:
     config = _config(config_path)
     if url is None:
         report = check_setup(config)
     else:
-        engine = create_engine(url)
+        engine = psycopg_engine(url)
         try:
             with engine.connect() as connection:
                 report = check_setup(config, connection=connection)
@@ -377,7 +386,7 @@ def _one_line(exc: SQLAlchemyError) -> str:
 
 
 def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> int:
-    engine = create_engine(args.url)
+    engine = psycopg_engine(args.url)
     try:
         with engine.connect() as connection:
             stage[0] = "reflect"

@@ -19,6 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._events import DeadLetterHook, NewEvent
@@ -35,6 +36,7 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._retry import RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
+from eventlog_persist._urls import conninfo, refuse_other_flavour
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 
 logger = logging.getLogger("eventlog_persist")
@@ -48,26 +50,14 @@ DEFAULT_LOCK_TIMEOUT: Final = 5.0
 READ_ONLY_LOG_INTERVAL: Final = 30.0
 """Seconds between two log lines saying that a writer's database accepts only reads."""
 
-Target = str | Engine | psycopg.Connection[Any]
-"""Where a sync writer connects: a libpq conninfo/URL, a SQLAlchemy ``Engine`` or a connection."""
-AsyncTarget = str | AsyncEngine | psycopg.AsyncConnection[Any]
-"""Where an async writer connects: a conninfo/URL, an ``AsyncEngine`` or an async connection."""
+Target = str | URL | Engine | psycopg.Connection[Any]
+"""Where a sync writer connects: a conninfo or URL of any PostgreSQL driver, an ``Engine``, or
+a connection."""
+AsyncTarget = str | URL | AsyncEngine | psycopg.AsyncConnection[Any]
+"""Where an async writer connects: a conninfo or URL, an ``AsyncEngine``, or an async
+connection."""
 
 _STAGING: Final = "_eventlog_staging"
-
-
-def conninfo_of(engine: Engine | AsyncEngine) -> str:
-    """Return a libpq connection URL for the database of a SQLAlchemy engine.
-
-    Only the URL is used: ``connect_args`` given to ``create_engine`` are not, so pass a
-    conninfo string to the writers when you need them (SSL settings, options).
-    """
-    url = engine.url
-    if url.get_backend_name() != "postgresql":
-        raise ConfigurationError(
-            f"the writers need a PostgreSQL engine, got the {url.get_backend_name()!r} dialect"
-        )
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # --- SQL, shared by the sync and async paths ------------------------------------------------
@@ -273,15 +263,16 @@ class _ConnectorBase:
         self,
         target: object,
         given: type[Any],
-        engine: type[Any],
+        api: str,
         connect_timeout: float | None,
         tcp_user_timeout: float | None,
         lock_timeout: float | None,
     ) -> None:
+        refuse_other_flavour(target, api=api, is_async=given is psycopg.AsyncConnection)
         self._owned = not isinstance(target, given)
         self._conninfo = ""
         if self._owned:
-            raw = conninfo_of(target) if isinstance(target, engine) else str(target)
+            raw = conninfo(target)
             self._conninfo = connect_conninfo(raw, connect_timeout, tcp_user_timeout)
         self.lock_timeout = lock_timeout
         self._read_only_logged = -math.inf
@@ -393,12 +384,13 @@ class Connector(_ConnectorBase):
         self,
         target: Target,
         *,
+        api: str,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         super().__init__(
-            target, psycopg.Connection, Engine, connect_timeout, tcp_user_timeout, lock_timeout
+            target, psycopg.Connection, api, connect_timeout, tcp_user_timeout, lock_timeout
         )
         self._conn: psycopg.Connection[Any] | None = (
             target if isinstance(target, psycopg.Connection) else None
@@ -571,6 +563,7 @@ class AsyncConnector(_ConnectorBase):
         self,
         target: AsyncTarget,
         *,
+        api: str,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
@@ -578,7 +571,7 @@ class AsyncConnector(_ConnectorBase):
         super().__init__(
             target,
             psycopg.AsyncConnection,
-            AsyncEngine,
+            api,
             connect_timeout,
             tcp_user_timeout,
             lock_timeout,

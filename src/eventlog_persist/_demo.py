@@ -13,12 +13,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, ForeignKey, String, Uuid, create_engine, func, select, text
+from sqlalchemy import Connection, ForeignKey, String, Uuid, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist._alembic_setup import ANCHOR_REVISION, MIGRATIONS_LOCATION
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._reader import EventLogReader
+from eventlog_persist._urls import conninfo, psycopg_engine
 from eventlog_persist._writer import EventWriter
 
 __all__ = ["run_demo"]
@@ -112,11 +113,12 @@ def run_demo(*, url: str | None = None) -> int:
     show the indexed queries and the cascade, then downgrade the branch.
 
     Args:
-        url: A PostgreSQL database to use (its ``public`` schema must be empty); default: an
-            embedded PostgreSQL server started for the demo and removed afterwards.
+        url: A PostgreSQL database to use (its ``public`` schema must be empty), as a URL of
+            any driver or a conninfo; default: an embedded PostgreSQL server started for the
+            demo and removed afterwards.
     """
     with _database(url) as database_url, tempfile.TemporaryDirectory() as scripts:
-        engine = create_engine(database_url)
+        engine = psycopg_engine(conninfo(database_url))
         try:
             with engine.begin() as connection:
                 config = _host_alembic(Path(scripts), connection)

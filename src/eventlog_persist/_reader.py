@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic
+from typing import Any, Final, Generic
 
 from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -30,6 +30,7 @@ from eventlog_persist._read_types import (
     Page,
     Unscoped,
 )
+from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = ["AsyncEventLogReader", "EventLogReader"]
@@ -124,10 +125,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
         self, model: type[EventLogMixin[KeyT]], bind: Engine | Connection | Session
     ) -> None:
         if not isinstance(bind, (Engine, Connection, Session)):
-            hint = "; use AsyncEventLogReader" if _is_async(bind) else ""
+            fix = "use AsyncEventLogReader for async binds" if _is_async(bind) else _BIND_FIX
             raise ConfigurationError(
                 f"EventLogReader needs a sqlalchemy Engine, Connection or Session, got "
-                f"{bind!r}{hint}"
+                f"{shown(bind)}; {fix}"
             )
         super().__init__(model)
         self._bind = bind
@@ -378,9 +379,11 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         bind: AsyncEngine | AsyncConnection | AsyncSession,
     ) -> None:
         if not _is_async(bind):
+            sync = isinstance(bind, (Engine, Connection, Session))
+            fix = "use EventLogReader for sync binds" if sync else _BIND_FIX
             raise ConfigurationError(
                 f"AsyncEventLogReader needs a sqlalchemy AsyncEngine, AsyncConnection or "
-                f"AsyncSession, got {bind!r}; use EventLogReader for sync binds"
+                f"AsyncSession, got {shown(bind)}; {fix}"
             )
         super().__init__(model)
         self._bind = bind
@@ -540,6 +543,12 @@ async def _run_async(connection: AsyncConnection, query: PreparedQuery) -> Seque
         result = await connection.exec_driver_sql(*driver_sql)
     rows: Sequence[Any] = result.all()
     return rows
+
+
+_BIND_FIX: Final = (
+    "the reader runs on the application's own engine or session: pass it (an engine made "
+    "with create_engine(url) for a URL)"
+)
 
 
 def _is_async(bind: object) -> bool:

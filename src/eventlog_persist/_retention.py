@@ -10,9 +10,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Table, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import check_key, event_table
+from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import (
     ConfigurationError,
     ValidationError,
@@ -97,13 +99,24 @@ def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
             yield bind
 
 
+def _check_sync(bind: object) -> None:
+    if isinstance(bind, (AsyncEngine, AsyncConnection)):
+        raise ConfigurationError(
+            f"purge needs a sync sqlalchemy Engine or Connection, got {shown(bind)}; there is "
+            "no async twin: from async code, run it in a thread (asyncio.to_thread) with an "
+            "Engine of a sync driver, e.g. create_engine('postgresql+psycopg://...')"
+        )
+
+
 def _check_bind(bind: object) -> None:
     if isinstance(bind, Engine):
         return
+    _check_sync(bind)
     if not isinstance(bind, Connection):
         raise ConfigurationError(
-            f"purge needs a sqlalchemy Engine or Connection, got {bind!r}; it commits each "
-            "batch itself, so it cannot run inside an ORM Session's transaction"
+            f"purge needs a sqlalchemy Engine or Connection, got {shown(bind)}; pass "
+            "create_engine(url) for a URL. It commits each batch itself, so it cannot run "
+            "inside an ORM Session's transaction"
         )
     if bind.in_transaction():
         raise ConfigurationError(
@@ -125,6 +138,7 @@ def count_purgeable(
     Raises:
         ValidationError: ``older_than`` is naive, or a key has the wrong type.
     """
+    _check_sync(bind)
     table = event_table(model)
     statement = select(func.count()).where(*_conditions(table, older_than, user_id, project_id))
     if isinstance(bind, Engine):

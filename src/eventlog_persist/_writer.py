@@ -30,6 +30,7 @@ from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
+from eventlog_persist._urls import refuse_other_flavour, shown
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import ConfigurationError
 
@@ -55,6 +56,18 @@ def _params(event: NewEvent) -> dict[str, object]:
 def _lock_timeout_sql(seconds: float) -> TextClause:
     # SET LOCAL takes no bind parameters; the value is a validated number of milliseconds.
     return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
+
+
+def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
+    """Refuse anything but an engine of ``kind``, naming the twin or the fix."""
+    if isinstance(engine, kind):
+        return
+    refuse_other_flavour(engine, api=api, is_async=kind is AsyncEngine)
+    raise ConfigurationError(
+        f"{api} needs a sqlalchemy {kind.__name__}, got {shown(engine)}; it writes through "
+        "the engine's connection pool, so pass the application's engine (for a URL, the "
+        "engine made from it once at start-up)"
+    )
 
 
 class EventWriter(Generic[ModelT, KeyT]):
@@ -228,6 +241,8 @@ class EventWriter(Generic[ModelT, KeyT]):
             The stored event (also when an earlier attempt had stored it already).
 
         Raises:
+            ConfigurationError: ``engine`` is not an ``Engine`` (an ``AsyncEngine`` names
+                `arecord_detached`).
             ValidationError: A field or key is not acceptable (nothing is written).
             PayloadError: The payload cannot be stored (nothing is written).
             EventWriteError: The event was not written: the database refused it for good,
@@ -237,6 +252,7 @@ class EventWriter(Generic[ModelT, KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
+        _check_engine(engine, Engine, "record_detached")
         event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
@@ -272,6 +288,8 @@ class EventWriter(Generic[ModelT, KeyT]):
             The stored event (also when an earlier attempt had stored it already).
 
         Raises:
+            ConfigurationError: ``engine`` is not an ``AsyncEngine`` (an ``Engine`` names
+                `record_detached`).
             ValidationError: A field or key is not acceptable (nothing is written).
             PayloadError: The payload cannot be stored (nothing is written).
             EventWriteError: The event was not written: the database refused it for good,
@@ -281,6 +299,7 @@ class EventWriter(Generic[ModelT, KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
+        _check_engine(engine, AsyncEngine, "arecord_detached")
         event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
