@@ -1124,12 +1124,11 @@ def test_a_timeline_cannot_be_narrowed_by_its_own_key(
     keyword, and the shared statement builder refuses it too."""
     from eventlog_persist._read_sql import event_table, timeline_query
 
+    user, agent, (chat, other_chat) = world.users[0], world.agents[0], world.sessions[0]
     with pytest.raises(TypeError, match="agent_id"):
-        reader.agent_timeline(world.agents[0], user_id=world.users[0], agent_id=world.agents[1])  # type: ignore[call-arg]
+        reader.agent_timeline(agent, user_id=user, agent_id=world.agents[1])  # type: ignore[misc]
     with pytest.raises(TypeError, match="session_id"):
-        reader.session_timeline(
-            world.sessions[0][0], user_id=world.users[0], session_id=world.sessions[0][1]
-        )  # type: ignore[call-arg]
+        reader.session_timeline(chat, user_id=user, session_id=other_chat)  # type: ignore[misc]
     table = event_table(reader._table)
     with pytest.raises(ValidationError, match=r"scoped by agent_id already; drop agent_id="):
-        timeline_query(table, column="agent_id", key=world.agents[0], agent_id=world.agents[0])
+        timeline_query(table, column="agent_id", key=agent, agent_id=agent)

@@ -97,8 +97,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
 
     Every timeline is scoped: a user's or a project's timeline by its own key, a session's or
     an agent's by the owning user too (``user_id=``), so a request handler that passes the
-    signed-in user's id cannot leak another user's events. Each call runs one indexed
-    statement; see ``docs/reading.md`` for which index serves which call.
+    signed-in user's id cannot leak another user's events. Every timeline narrows by the
+    other keys too (``agent_id=``, ``session_id=``, ...), and `count` gives its total with
+    the same keywords. Each call runs one indexed statement; see ``docs/reading.md`` for
+    which index serves which call.
 
     Args:
         model: The host's ``EventLog`` model class.
