@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from eventlog_persist import (
     Page,
 )
 from eventlog_persist._cursor import decode_cursor, encode_cursor
-from eventlog_persist._read_sql import MAX_PAGE_SIZE
+from eventlog_persist._read_sql import MAX_OFFSET, MAX_PAGE_SIZE
 from eventlog_persist.exceptions import ConfigurationError, InvalidCursorError, ValidationError
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -561,7 +562,7 @@ def test_aggregate_validation(
     }
     with pytest.raises(ValidationError, match=message):
         reader.count_by_bucket(**options)
-    if "bucket" not in arguments and "time_zone" not in arguments:
+    if not {"bucket", "time_zone"} & arguments.keys() and message != "needs a time range":
         del options["bucket"]
         with pytest.raises(ValidationError, match=message):
             reader.count_by("event_type", **options)
@@ -800,3 +801,334 @@ def test_distinct_filters_never_share_a_cursor() -> None:
     assert key(EventFilter(since=T0, event_types=["b", "a"])) == key(
         EventFilter(since=paris, event_types={"a", "b"})
     )
+
+
+# -- narrowing, offsets and totals (the analytics a host API serves) ----------------------
+
+
+@pytest.fixture
+def two_sessions(host_engine: Engine, host_models: HostModels, world: World) -> World:
+    """User 0 also has events in a second session, in the same project and agent."""
+    second = [
+        {
+            "session_id": world.sessions[0][1],
+            "user_id": world.users[0],
+            "project_id": world.projects[0] if n != 4 else None,
+            "agent_id": world.agents[0] if n % 2 else None,
+            "event_type": "tool_call" if n % 2 else "error",
+            "error_code": None if n % 2 else "rate_limited",
+            "payload": {"n": 100 + n},
+            "created_at": T0 + timedelta(seconds=3, milliseconds=250 * n),
+        }
+        for n in range(6)
+    ]
+    add_events(host_engine, host_models, second)
+    return world
+
+
+def narrowed_calls(world: World) -> list[tuple[str, dict[str, Any]]]:
+    """(timeline method, its scope and filters as keywords)."""
+    user, project, agent = world.users[0], world.projects[0], world.agents[0]
+    first, second = world.sessions[0]
+    calls = EventFilter(event_types={"tool_call"})
+    return [
+        ("user_timeline", {"user_id": user, "project_id": project}),
+        ("user_timeline", {"user_id": user, "agent_id": agent}),
+        ("user_timeline", {"user_id": user, "session_id": second}),
+        (
+            "user_timeline",
+            {"user_id": user, "project_id": project, "agent_id": agent, "session_id": first},
+        ),
+        ("project_timeline", {"project_id": project, "user_id": user, "agent_id": agent}),
+        ("project_timeline", {"project_id": project, "session_id": second}),
+        (
+            "project_timeline",
+            {"project_id": project, "user_id": user, "agent_id": agent, "filters": calls},
+        ),
+        ("session_timeline", {"session_id": second, "user_id": user, "agent_id": agent}),
+        ("session_timeline", {"session_id": first, "user_id": user, "project_id": project}),
+        ("agent_timeline", {"agent_id": agent, "user_id": user, "project_id": project}),
+        ("agent_timeline", {"agent_id": agent, "user_id": user, "session_id": second}),
+    ]
+
+
+def matches(event: EventRecord[Any], scope: dict[str, Any]) -> bool:
+    filters = scope.get("filters")
+    if filters is not None and event.event_type not in filters.event_types:
+        return False
+    return all(getattr(event, name) == value for name, value in scope.items() if name != "filters")
+
+
+def call_timeline(reader: Any, method: str, scope: dict[str, Any], **options: Any) -> Any:
+    """``reader.<method>(key, **rest, **options)``: the scope's own key goes positionally."""
+    column = method.replace("_timeline", "_id")
+    rest = {name: value for name, value in scope.items() if name != column}
+    return getattr(reader, method)(scope[column], **rest, **options)
+
+
+def test_timelines_narrow_by_every_other_key(
+    reader: EventLogReader[Any], two_sessions: World
+) -> None:
+    world = two_sessions
+    everything = walk(reader.user_timeline, user_id=world.users[0], limit=MAX_PAGE_SIZE)
+    assert len(everything) == 18
+    for method, scope in narrowed_calls(world):
+        expected = [event for event in everything if matches(event, scope)]
+        assert expected, (method, scope)
+        assert len(expected) < len(everything), (method, scope)
+        page = call_timeline(reader, method, scope, limit=MAX_PAGE_SIZE)
+        assert list(page.items) == expected, (method, scope)
+        walked = walk(functools.partial(call_timeline, reader, method, scope), limit=2)
+        assert walked == expected, (method, scope)
+        oldest = call_timeline(reader, method, scope, order="oldest").items
+        assert list(oldest) == expected[::-1], (method, scope)
+        # count() takes the same scope and filters, all as keywords: the page's total.
+        assert reader.count(**scope) == len(expected), (method, scope)
+
+
+def test_narrowing_never_reaches_another_users_events(
+    reader: EventLogReader[Any], two_sessions: World
+) -> None:
+    world = two_sessions
+    mine, theirs = world.users
+    assert reader.project_timeline(world.projects[0], user_id=theirs).items == ()
+    assert reader.user_timeline(theirs, agent_id=world.agents[0]).items == ()
+    assert reader.user_timeline(theirs, session_id=world.sessions[0][1]).items == ()
+    assert reader.session_timeline(world.sessions[0][1], user_id=theirs, agent_id=None).items == ()
+    assert reader.count(user_id=theirs, project_id=world.projects[0]) == 0
+    assert reader.count(user_id=theirs, session_id=world.sessions[0][0]) == 0
+    assert reader.count(user_id=theirs) == 4
+    unscoped = reader.session_timeline(
+        world.sessions[0][1], user_id=UNSCOPED, agent_id=world.agents[0]
+    )
+    assert {event.user_id for event in unscoped.items} == {mine}
+    assert len(unscoped.items) == 3
+
+
+def test_a_narrowed_timeline_has_cursors_of_its_own(
+    reader: EventLogReader[Any], two_sessions: World
+) -> None:
+    world = two_sessions
+    user, agent, second = world.users[0], world.agents[0], world.sessions[0][1]
+    cursor = reader.user_timeline(user, agent_id=agent, limit=2).next_cursor
+    assert cursor is not None
+    assert reader.user_timeline(user, agent_id=agent, cursor=cursor).items
+    for other in (
+        {},
+        {"session_id": second},
+        {"agent_id": agent, "session_id": second},
+        {"project_id": world.projects[0]},
+    ):
+        with pytest.raises(InvalidCursorError, match="belongs to another query"):
+            reader.user_timeline(user, cursor=cursor, **other)
+    # A narrowing by agent is not one by session, even for the same key value.
+    agent_key = reader.user_timeline(user, agent_id=agent, limit=1).next_cursor
+    with pytest.raises(InvalidCursorError, match="belongs to another query"):
+        reader.user_timeline(user, session_id=agent, cursor=agent_key)
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+@pytest.mark.parametrize("limit", [1, 4, 7])
+def test_offset_pages_are_slices_of_the_timeline(
+    reader: EventLogReader[Any], two_sessions: World, order: Any, limit: int
+) -> None:
+    world = two_sessions
+    scope = {"project_id": world.projects[0], "user_id": world.users[0]}
+    everything = walk(reader.project_timeline, order=order, limit=MAX_PAGE_SIZE, **scope)
+    assert len(everything) == 11
+    for offset in range(len(everything) + 2):
+        page = reader.project_timeline(order=order, limit=limit, offset=offset, **scope)
+        assert list(page.items) == everything[offset : offset + limit], offset
+        if offset + limit < len(everything):
+            # The cursor of an offset page continues right after it.
+            assert page.next_cursor is not None
+            following = reader.project_timeline(
+                order=order, limit=limit, cursor=page.next_cursor, **scope
+            )
+            assert list(following.items) == everything[offset + limit : offset + 2 * limit]
+        else:
+            assert page.next_cursor is None
+    assert reader.count(**scope) == len(everything)
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (-1, r"offset must be an int from 0 to 10000 \(MAX_OFFSET\), got int -1"),
+        (True, r"offset must be an int from 0 to 10000 \(MAX_OFFSET\), got bool True"),
+        ("20", r"offset must be an int .* got str '20'"),
+        (2.0, r"offset must be an int .* got float 2\.0"),
+        (None, r"offset must be an int .* got NoneType None"),
+        (
+            MAX_OFFSET + 1,
+            r"offset=10001 is beyond MAX_OFFSET \(10000\): .* page further with "
+            r"cursor=page\.next_cursor",
+        ),
+        (10**12, r"offset=1000000000000 is beyond MAX_OFFSET"),
+    ],
+)
+def test_offset_out_of_bounds_is_refused(
+    reader: EventLogReader[Any], world: World, offset: Any, message: str
+) -> None:
+    user, chat = world.users[0], world.sessions[0][0]
+    for call in (
+        lambda: reader.user_timeline(user, offset=offset),
+        lambda: reader.session_timeline(chat, user_id=user, offset=offset),
+        lambda: reader.project_timeline(world.projects[0], offset=offset),
+        lambda: reader.agent_timeline(world.agents[0], user_id=UNSCOPED, offset=offset),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            call()
+
+
+def test_offset_with_a_cursor_is_refused(reader: EventLogReader[Any], world: World) -> None:
+    user = world.users[0]
+    first = reader.user_timeline(user, limit=3)
+    assert first.next_cursor is not None
+    with pytest.raises(
+        ValidationError,
+        match=r"offset=3 was given with a cursor, which already says where the page starts; "
+        r"pass the cursor alone \(offset=0\)",
+    ):
+        reader.user_timeline(user, limit=3, offset=3, cursor=first.next_cursor)
+    second = reader.user_timeline(user, limit=3, offset=0, cursor=first.next_cursor)
+    assert second == reader.user_timeline(user, limit=3, offset=3)
+    # The deepest offset allowed runs (and finds nothing here).
+    assert reader.user_timeline(user, offset=MAX_OFFSET).items == ()
+
+
+def test_count_is_the_total_of_a_timeline(reader: EventLogReader[Any], two_sessions: World) -> None:
+    world = two_sessions
+    user, project = world.users[0], world.projects[0]
+    assert reader.count(user_id=user) == 18
+    assert reader.count(project_id=project) == 11
+    assert reader.count(user_id=user, session_id=world.sessions[0][1]) == 6
+    errors = EventFilter(error_code=ANY_ERROR)
+    assert reader.count(user_id=user, filters=errors) == 5
+    assert reader.count(user_id=user, filters=EventFilter(error_code="rate_limited")) == 3
+    # since is inclusive, until exclusive; a filter's range intersects the call's.
+    window = {"since": T0 + timedelta(seconds=1), "until": T0 + timedelta(seconds=3)}
+    assert reader.count(user_id=user, **window) == 4
+    assert reader.count(user_id=user, filters=EventFilter(**window)) == 4
+    assert reader.count(user_id=user, since=window["since"]) == 16
+    assert reader.count(user_id=user, until=window["until"]) == 6
+    assert (
+        reader.count(
+            user_id=user,
+            since=T0,
+            filters=EventFilter(since=window["since"], until=T0 + timedelta(1)),
+        )
+        == 16
+    )
+    assert reader.count(user_id=user, since=T0 + timedelta(days=1)) == 0
+
+
+def test_count_by_takes_an_optional_range(reader: EventLogReader[Any], two_sessions: World) -> None:
+    world = two_sessions
+    user = world.users[0]
+    all_time = reader.count_by("event_type", user_id=user)
+    assert sum(group.count for group in all_time) == 18
+    wide = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
+    assert reader.count_by("event_type", user_id=user, **wide) == all_time
+    assert reader.count_by(
+        "error_code", user_id=user, filters=EventFilter(error_code=ANY_ERROR)
+    ) == [
+        GroupCount("rate_limited", 3),
+        GroupCount("timeout", 2),
+    ]
+    assert reader.count_by("agent_id", project_id=world.projects[0], session_id=None) == [
+        GroupCount(world.agents[0], 7),
+        GroupCount(None, 4),
+    ]
+    since_only = reader.count_by("event_type", user_id=user, since=T0 + timedelta(seconds=5))
+    assert sum(group.count for group in since_only) == 2
+    until_only = reader.count_by("tool_name", user_id=user, until=T0 + timedelta(seconds=1))
+    assert sum(group.count for group in until_only) == 2
+    in_session = reader.count_by("event_type", user_id=user, session_id=world.sessions[0][1])
+    assert in_session == [GroupCount("error", 3), GroupCount("tool_call", 3)]
+    assert sum(b.count for b in reader.count_by_bucket("day", user_id=user, **wide)) == 18
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({}, "needs a scope: pass user_id=..., project_id=... or both"),
+        ({"session_id": "the session"}, r"with session_id, pass the session's owner as user_id"),
+        ({"agent_id": "the agent"}, "agent_id and session_id only narrow a scope"),
+        ({"user_id": "42"}, r"user_id must be a uuid\.UUID or an int .* convert it"),
+        ({"user_id": UNSCOPED}, r"user_id must be a uuid\.UUID or an int .* got Unscoped"),
+        ({"user_id": "me", "session_id": 7}, r"session_id=7 \(int\) does not fit the uuid column"),
+        ({"user_id": "me", "agent_id": True}, r"agent_id must be a uuid\.UUID or an int"),
+        ({"user_id": "me", "since": datetime(2025, 1, 1)}, "naive datetime"),
+        ({"user_id": "me", "since": T0, "until": T0}, "since must be before until"),
+        ({"user_id": "me", "until": "2025-01-01"}, r"until=\.\.\.\) must be a datetime"),
+        (
+            {"user_id": "me", "filters": {"event_types": ["error"]}},
+            r"got dict .* EventFilter\(\.\.\.\)",
+        ),
+    ],
+)
+def test_count_refuses_what_cannot_be_counted(
+    reader: EventLogReader[Any], world: World, arguments: dict[str, Any], message: str
+) -> None:
+    values = {
+        "me": world.users[0],
+        "the session": world.sessions[0][0],
+        "the agent": world.agents[0],
+    }
+    options = {
+        name: values.get(value, value) if isinstance(value, str) and name != "until" else value
+        for name, value in arguments.items()
+    }
+    if options.get("user_id") == "42":
+        options["user_id"] = "42"
+    with pytest.raises(ValidationError, match=message):
+        reader.count(**options)
+    with pytest.raises(ValidationError, match=message):
+        reader.count_by("event_type", **options)
+
+
+@pytest.mark.parametrize(
+    ("narrowing", "message"),
+    [
+        ({"agent_id": "agent-7"}, r"agent_id must be a uuid\.UUID or an int .* got str 'agent-7'"),
+        ({"session_id": 12}, r"session_id=12 \(int\) does not fit the uuid column session_id"),
+        ({"project_id": UNSCOPED}, r"project_id must be a uuid\.UUID or an int .* got Unscoped"),
+        ({"agent_id": 1.5}, r"agent_id must be a uuid\.UUID or an int .* got float 1\.5"),
+        ({"filters": "error"}, r"filters must be an EventFilter or None, got str 'error'"),
+        ({"filters": [EventFilter()]}, r"filters must be an EventFilter or None, got list"),
+    ],
+)
+def test_narrowing_of_the_wrong_type_is_refused_before_any_query(
+    reader: EventLogReader[Any], world: World, narrowing: dict[str, Any], message: str
+) -> None:
+    user = world.users[0]
+    calls = [lambda: reader.user_timeline(user, **narrowing)]
+    if "agent_id" not in narrowing:
+        calls.append(lambda: reader.agent_timeline(world.agents[0], user_id=user, **narrowing))
+    if "session_id" not in narrowing:
+        calls.append(
+            lambda: reader.session_timeline(world.sessions[0][0], user_id=user, **narrowing)
+        )
+    if "project_id" not in narrowing:
+        calls.append(lambda: reader.project_timeline(world.projects[0], **narrowing))
+    for call in calls:
+        with pytest.raises(ValidationError, match=message):
+            call()
+
+
+def test_a_timeline_cannot_be_narrowed_by_its_own_key(
+    reader: EventLogReader[Any], world: World
+) -> None:
+    """An agent timeline narrowed to an agent makes no sense: the signature has no such
+    keyword, and the shared statement builder refuses it too."""
+    from eventlog_persist._read_sql import event_table, timeline_query
+
+    user, agent, (chat, other_chat) = world.users[0], world.agents[0], world.sessions[0]
+    with pytest.raises(TypeError, match="agent_id"):
+        reader.agent_timeline(agent, user_id=user, agent_id=world.agents[1])  # type: ignore[misc]
+    with pytest.raises(TypeError, match="session_id"):
+        reader.session_timeline(chat, user_id=user, session_id=other_chat)  # type: ignore[misc]
+    table = event_table(reader._table)
+    with pytest.raises(ValidationError, match=r"scoped by agent_id already; drop agent_id="):
+        timeline_query(table, column="agent_id", key=agent, agent_id=agent)

@@ -49,6 +49,18 @@ def calls(world: World) -> dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]
         "agent": ("agent_timeline", (world.agents[0],), {"user_id": user}),
         "count": ("count_by", ("tool_name",), {"user_id": user, **SPAN}),
         "buckets": ("count_by_bucket", ("hour",), {"user_id": user, **SPAN}),
+        "project narrowed, offset": (
+            "project_timeline",
+            (world.projects[0],),
+            {"user_id": user, "agent_id": world.agents[0], "limit": 2, "offset": 1},
+        ),
+        "session narrowed": (
+            "session_timeline",
+            (chat,),
+            {"user_id": user, "agent_id": world.agents[0], "order": "oldest", "limit": 3},
+        ),
+        "total": ("count", (), {"project_id": world.projects[0], "user_id": user}),
+        "count all time": ("count_by", ("event_type",), {"user_id": user, "session_id": chat}),
     }
 
 
@@ -64,6 +76,10 @@ def calls(world: World) -> dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]
         "agent",
         "count",
         "buckets",
+        "project narrowed, offset",
+        "session narrowed",
+        "total",
+        "count all time",
     ],
 )
 async def test_async_matches_sync(
@@ -80,8 +96,10 @@ async def test_async_matches_sync(
     reader = AsyncEventLogReader(host_models.EventLog, async_engine)
     async_result = await getattr(reader, method)(*args, **options)
     assert async_result == sync_result
+    assert getattr(async_result, "items", async_result), "the call found nothing to compare"
     cursor = getattr(sync_result, "next_cursor", None)
     if cursor is not None:
+        options = {**options, "offset": 0}
         following = await getattr(reader, method)(*args, cursor=cursor, **options)
         assert following == getattr(EventLogReader(host_models.EventLog, host_engine), method)(
             *args, cursor=cursor, **options

@@ -26,6 +26,7 @@ from eventlog_persist._payload import (
     PreparedPayload,
     prepare_payload,
 )
+from eventlog_persist._read_sql import MAX_OFFSET, MAX_PAGE_SIZE
 from eventlog_persist._read_types import (
     ANY_ERROR,
     UNSCOPED,
@@ -80,6 +81,8 @@ __all__ = [
     "ANY_ERROR",
     "DEFAULT_DETECTORS",
     "DEFAULT_REDACT_KEYS",
+    "MAX_OFFSET",
+    "MAX_PAGE_SIZE",
     "MIGRATIONS_LOCATION",
     "UNSCOPED",
     "ApprovalStatus",

@@ -50,6 +50,7 @@ from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "MAX_OFFSET",
     "MAX_PAGE_SIZE",
     "PreparedQuery",
     "TimelineQuery",
@@ -58,10 +59,23 @@ __all__ = [
     "count_query",
     "event_table",
     "timeline_query",
+    "total_query",
 ]
 
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
+"""The most events one timeline page holds (``limit=``)."""
+MAX_OFFSET: Final = 10_000
+"""The largest ``offset=`` a timeline takes: an offset reads and discards every event before
+the page, so deeper pages are read with cursors, whose cost does not grow with depth."""
+
+# The key columns a timeline or an aggregate can be narrowed to, and their shape tokens.
+_NARROWINGS: Final = {
+    "user_id": "user",
+    "project_id": "project",
+    "agent_id": "agent",
+    "session_id": "session",
+}
 
 
 # date_bin buckets line up with this instant: a Monday at midnight UTC, so 7-day buckets are weeks.
@@ -181,6 +195,7 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
         "user": lambda: c.user_id == param("user_id"),
         "project": lambda: c.project_id == param("project_id"),
         "agent": lambda: c.agent_id == param("agent_id"),
+        "session": lambda: c.session_id == param("session_id"),
         "types": lambda: (
             c.event_type == any_(bindparam("event_types", type_=ARRAY(c.event_type.type)))
         ),
@@ -284,7 +299,10 @@ def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
         statement = statement.order_by(c.created_at.desc(), c.id.desc())
     else:
         statement = statement.order_by(c.created_at.asc(), c.id.asc())
-    return statement.limit(bindparam("limit", type_=Integer()))
+    statement = statement.limit(bindparam("limit", type_=Integer()))
+    if "offset" in shape:
+        statement = statement.offset(bindparam("offset", type_=Integer()))
+    return statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +322,37 @@ class TimelineQuery:
         return Page(items, encode_cursor((last.created_at, last.id), self.query_key))
 
 
+def _check_filters(filters: object) -> EventFilter:
+    if filters is None:
+        return _NO_FILTER
+    if not isinstance(filters, EventFilter):
+        raise ValidationError(
+            f"filters must be an EventFilter or None, got {type(filters).__name__} {filters!r}; "
+            "build one with EventFilter(...), e.g. EventFilter(event_types={'error'})"
+        )
+    return filters
+
+
+def _check_offset(offset: object, cursor: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationError(
+            f"offset must be an int from 0 to {MAX_OFFSET} (MAX_OFFSET), got "
+            f"{type(offset).__name__} {offset!r}"
+        )
+    if offset > MAX_OFFSET:
+        raise ValidationError(
+            f"offset={offset} is beyond MAX_OFFSET ({MAX_OFFSET}): an offset makes the database "
+            "read and discard every event before the page, so it costs more the deeper it goes; "
+            "page further with cursor=page.next_cursor (keyset pages cost the same at any depth)"
+        )
+    if offset and cursor is not None:
+        raise ValidationError(
+            f"offset={offset} was given with a cursor, which already says where the page "
+            "starts; pass the cursor alone (offset=0) for the next page, or an offset without "
+            "a cursor"
+        )
+
+
 def timeline_query(
     table: Table,
     *,
@@ -311,23 +360,41 @@ def timeline_query(
     key: object,
     user_id: object = None,
     project_id: object = None,
+    agent_id: object = None,
+    session_id: object = None,
     filters: EventFilter | None = None,
     order: Order = "newest",
     limit: int = DEFAULT_PAGE_SIZE,
+    offset: int = 0,
     cursor: str | None = None,
 ) -> TimelineQuery:
     """Build one page of the timeline of ``column == key``, newest or oldest first.
 
-    Pages are cut by keyset on ``(created_at, id)``: a row comparison that the
-    ``(<column>, created_at)`` index serves, so page 1000 costs what page 1 does, and rows
-    inserted meanwhile never shift or repeat events already returned.
+    The other key columns (``user_id``, ``project_id``, ``agent_id``, ``session_id``) narrow
+    the timeline; ``user_id=UNSCOPED`` narrows nothing. Pages are cut by keyset on
+    ``(created_at, id)``: a row comparison that the ``(<column>, created_at)`` index serves,
+    so page 1000 costs what page 1 does, and rows inserted meanwhile never shift or repeat
+    events already returned. An ``offset`` skips that many events first (at most
+    `MAX_OFFSET`); it is not part of the cursor's query, so a page read with an offset
+    continues with its ``next_cursor``.
 
     Raises:
-        ValidationError: A key, the order, the limit or the cursor is not valid.
+        ValidationError: A key, the order, the limit, the offset or the cursor is not valid.
     """
     check_key(table, column, key)
-    for name, value in (("user_id", user_id), ("project_id", project_id)):
-        if value is not None and value is not UNSCOPED:
+    narrowings = {
+        "user_id": user_id,
+        "project_id": project_id,
+        "agent_id": agent_id,
+        "session_id": session_id,
+    }
+    if narrowings[column] is not None:
+        raise ValidationError(
+            f"the {column[:-3]} timeline is scoped by {column} already; drop {column}=... from "
+            "the narrowing arguments"
+        )
+    for name, value in narrowings.items():
+        if value is not None and not (name == "user_id" and value is UNSCOPED):
             check_key(table, name, value)
     if order not in get_args(Order):
         raise ValidationError(f"order must be 'newest' or 'oldest', got {order!r}")
@@ -336,29 +403,29 @@ def timeline_query(
             f"limit must be an int from 1 to {MAX_PAGE_SIZE} (MAX_PAGE_SIZE), got {limit!r}; "
             "page through longer timelines with the cursor"
         )
-    filters = _NO_FILTER if filters is None else filters
-    if not isinstance(filters, EventFilter):
-        raise ValidationError(f"filters must be an EventFilter or None, got {filters!r}")
-    # JSON of the parts: every value is quoted, so no value can pose as a separator.
-    query_key = json.dumps(
-        [
-            column,
-            _show_key(key),
-            _show_key(user_id),
-            _show_key(project_id),
-            order,
-            filters._key(),
-        ],
-        separators=(",", ":"),
-    )
+    _check_offset(offset, cursor)
+    filters = _check_filters(filters)
+    # JSON of the parts: every value is quoted, so no value can pose as a separator. The
+    # agent and session narrowings come last, and only when given, so the queries that
+    # existed before them keep their keys (and their cursors stay valid across versions).
+    parts: list[object] = [
+        column,
+        _show_key(key),
+        _show_key(user_id),
+        _show_key(project_id),
+        order,
+        filters._key(),
+    ]
+    if agent_id is not None or session_id is not None:
+        parts.append({"agent_id": _show_key(agent_id), "session_id": _show_key(session_id)})
+    query_key = json.dumps(parts, separators=(",", ":"))
     params: dict[str, Any] = {"key": key, "limit": limit + 1}
     shape = [f"key:{column}", f"order:{order}"]
-    if user_id is not None and user_id is not UNSCOPED and column != "user_id":
-        shape.append("user")
-        params["user_id"] = user_id
-    if project_id is not None and column != "project_id":
-        shape.append("project")
-        params["project_id"] = project_id
+    for name, token in _NARROWINGS.items():
+        value = narrowings[name]
+        if value is not None and value is not UNSCOPED:
+            shape.append(token)
+            params[name] = value
     shape += _filter_shape(filters, params)
     for name in ("since", "until"):
         if getattr(filters, name) is not None:
@@ -370,44 +437,99 @@ def timeline_query(
         # A position at a bound may stand for a row stored beyond it: resume from that row.
         edge = not CREATED_AT_MIN < after < CREATED_AT_MAX
         shape.append(f"after:{order}:edge" if edge else f"after:{order}")
+    if offset:
+        shape.append("offset")
+        params["offset"] = offset
     prepared = PreparedQuery(table, tuple(shape), params, _timeline_select)
     return TimelineQuery(prepared, limit, query_key)
 
 
 def _aggregate_shape(
     table: Table,
+    *,
     user_id: object,
     project_id: object,
     agent_id: object,
-    since: datetime,
-    until: datetime,
+    session_id: object,
+    since: datetime | None,
+    until: datetime | None,
     filters: EventFilter | None,
+    range_required: bool = False,
 ) -> tuple[list[str], dict[str, Any]]:
     if user_id is None and project_id is None:
         raise ValidationError(
             "an aggregate needs a scope: pass user_id=..., project_id=... or both (agent_id "
-            "only narrows a scope)"
+            "and session_id only narrow a scope; with session_id, pass the session's owner as "
+            "user_id)"
         )
     shape: list[str] = []
     params: dict[str, Any] = {}
-    for name, value in (("user_id", user_id), ("project_id", project_id), ("agent_id", agent_id)):
+    scope = {
+        "user_id": user_id,
+        "project_id": project_id,
+        "agent_id": agent_id,
+        "session_id": session_id,
+    }
+    for name, token in _NARROWINGS.items():
+        value = scope[name]
         if value is not None:
             check_key(table, name, value)
-            shape.append(name.removesuffix("_id"))
+            shape.append(token)
             params[name] = value
-    if since is None or until is None:
+    if range_required and (since is None or until is None):
         raise ValidationError("an aggregate needs a time range: pass since=... and until=...")
     check_range(since, until, owner="aggregate")
     if filters is not None:
-        if not isinstance(filters, EventFilter):
-            raise ValidationError(f"filters must be an EventFilter or None, got {filters!r}")
-        shape += _filter_shape(filters, params)
+        shape += _filter_shape(_check_filters(filters), params)
         # All conditions hold at once: the filter's range narrows the aggregate's.
-        since = max(since, filters.since or since)
-        until = min(until, filters.until or until)
-    shape += ["since", "until"]
-    params.update(since=since, until=until)
+        since = _later(since, filters.since)
+        until = _earlier(until, filters.until)
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            shape.append(name)
+            params[name] = value
     return shape, params
+
+
+def _later(one: datetime | None, other: datetime | None) -> datetime | None:
+    return other if one is None else one if other is None else max(one, other)
+
+
+def _earlier(one: datetime | None, other: datetime | None) -> datetime | None:
+    return other if one is None else one if other is None else min(one, other)
+
+
+def _total_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    return select(func.count().label("count")).where(*_conditions(table, shape))
+
+
+def total_query(
+    table: Table,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user_id: object = None,
+    project_id: object = None,
+    agent_id: object = None,
+    session_id: object = None,
+    filters: EventFilter | None = None,
+) -> PreparedQuery:
+    """Count the events of a scope, optionally in a time range: one row, one column.
+
+    Raises:
+        ValidationError: No scope, a bad key, an empty or naive range, or bad filters.
+    """
+    shape, params = _aggregate_shape(
+        table,
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        session_id=session_id,
+        since=since,
+        until=until,
+        filters=filters,
+    )
+    return PreparedQuery(table, ("total", *shape), params, _total_select)
 
 
 def _count_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
@@ -425,23 +547,33 @@ def count_query(
     table: Table,
     field: CountField,
     *,
-    since: datetime,
-    until: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
     user_id: object = None,
     project_id: object = None,
     agent_id: object = None,
+    session_id: object = None,
     filters: EventFilter | None = None,
 ) -> PreparedQuery:
-    """Count events per value of ``field`` in a scope and time range, largest count first.
+    """Count events per value of ``field`` in a scope (and time range), largest count first.
 
     Raises:
-        ValidationError: No scope, no or an empty range, or an unknown ``field``.
+        ValidationError: No scope, an empty or naive range, or an unknown ``field``.
     """
     if field not in get_args(CountField):
         raise ValidationError(
             f"cannot count by {field!r}; choose one of {', '.join(get_args(CountField))}"
         )
-    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(
+        table,
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        session_id=session_id,
+        since=since,
+        until=until,
+        filters=filters,
+    )
     return PreparedQuery(table, (f"count:{field}", *shape), params, _count_select)
 
 
@@ -475,6 +607,7 @@ def bucket_query(
     user_id: object = None,
     project_id: object = None,
     agent_id: object = None,
+    session_id: object = None,
     filters: EventFilter | None = None,
     time_zone: str = "UTC",
 ) -> PreparedQuery:
@@ -513,5 +646,15 @@ def bucket_query(
             f"bucket must be a timedelta or one of {', '.join(get_args(CalendarUnit))}, "
             f"got {bucket!r}"
         )
-    shape, params = _aggregate_shape(table, user_id, project_id, agent_id, since, until, filters)
+    shape, params = _aggregate_shape(
+        table,
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        session_id=session_id,
+        since=since,
+        until=until,
+        filters=filters,
+        range_required=True,
+    )
     return PreparedQuery(table, (kind, *shape), {**params, **values}, _bucket_select)

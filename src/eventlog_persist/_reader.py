@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Generic
+from typing import Any, Final, Generic, Literal
 
 from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -19,6 +19,7 @@ from eventlog_persist._read_sql import (
     count_query,
     event_table,
     timeline_query,
+    total_query,
 )
 from eventlog_persist._read_types import (
     BucketCount,
@@ -50,29 +51,19 @@ class _Statements:
             {"mapper": mapper} if isinstance(mapper, Mapper) else {"clause": self._table}
         )
 
-    def _session(self, session_id: object, user_id: object, **options: Any) -> TimelineQuery:
-        if user_id is None:
-            raise _owner_required("session_timeline", "session_id")
-        return timeline_query(
-            self._table, column="session_id", key=session_id, user_id=user_id, **options
-        )
+    def _timeline(
+        self,
+        method: str,
+        column: Literal["session_id", "user_id", "project_id", "agent_id"],
+        key: object,
+        **options: Any,
+    ) -> TimelineQuery:
+        if column in ("session_id", "agent_id") and options["user_id"] is None:
+            raise _owner_required(method, column)
+        return timeline_query(self._table, column=column, key=key, **options)
 
-    def _agent(self, agent_id: object, user_id: object, **options: Any) -> TimelineQuery:
-        if user_id is None:
-            raise _owner_required("agent_timeline", "agent_id")
-        return timeline_query(
-            self._table, column="agent_id", key=agent_id, user_id=user_id, **options
-        )
-
-    def _user(self, user_id: object, project_id: object, **options: Any) -> TimelineQuery:
-        return timeline_query(
-            self._table, column="user_id", key=user_id, project_id=project_id, **options
-        )
-
-    def _project(self, project_id: object, user_id: object, **options: Any) -> TimelineQuery:
-        return timeline_query(
-            self._table, column="project_id", key=project_id, user_id=user_id, **options
-        )
+    def _total(self, **options: Any) -> PreparedQuery:
+        return total_query(self._table, **options)
 
     def _counts(self, field: CountField, **options: Any) -> PreparedQuery:
         return count_query(self._table, field, **options)
@@ -89,6 +80,11 @@ def _owner_required(method: str, key: str) -> ValidationError:
     )
 
 
+def _total(rows: Sequence[Any]) -> int:
+    (count,) = rows[0]
+    return int(count)
+
+
 def _group_counts(rows: Sequence[Any]) -> list[GroupCount]:
     return [GroupCount(key, count) for key, count in rows]
 
@@ -102,8 +98,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
 
     Every timeline is scoped: a user's or a project's timeline by its own key, a session's or
     an agent's by the owning user too (``user_id=``), so a request handler that passes the
-    signed-in user's id cannot leak another user's events. Each call runs one indexed
-    statement; see ``docs/reading.md`` for which index serves which call.
+    signed-in user's id cannot leak another user's events. Every timeline narrows by the
+    other keys too (``agent_id=``, ``session_id=``, ...), and `count` gives its total with
+    the same keywords. Each call runs one indexed statement; see ``docs/reading.md`` for
+    which index serves which call.
 
     Args:
         model: The host's ``EventLog`` model class.
@@ -150,9 +148,12 @@ class EventLogReader(_Statements, Generic[KeyT]):
         session_id: KeyT,
         *,
         user_id: KeyT | Unscoped,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """Return one page of a chat session's events.
@@ -161,9 +162,14 @@ class EventLogReader(_Statements, Generic[KeyT]):
             session_id: The session.
             user_id: The user who owns the session: events of other users are never
                 returned. ``UNSCOPED`` reads every user's events (operator tools only).
+            project_id: Only events of this project.
+            agent_id: Only events of this agent.
             filters: Extra conditions; all must hold.
             order: ``"newest"`` first (default) or ``"oldest"`` first.
-            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
+            limit: Events per page, 1 to `MAX_PAGE_SIZE`.
+            offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
+                API is limit/offset; each call reads and discards them, so prefer cursors.
+                Not with ``cursor``; the page's ``next_cursor`` continues after it.
             cursor: ``next_cursor`` of the previous page of this same call; ``None`` for
                 the first page.
 
@@ -173,9 +179,22 @@ class EventLogReader(_Statements, Generic[KeyT]):
         Raises:
             ValidationError: An argument is not valid (``user_id`` is ``None``, say).
             InvalidCursorError: The cursor is garbled, altered or from another call.
+
+        .. versionchanged:: 0.3.0
+           ``offset``; narrowing by ``project_id``, ``agent_id``.
         """
-        query = self._session(
-            session_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "session_timeline",
+            "session_id",
+            session_id,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(self._all(query.query))
 
@@ -184,20 +203,29 @@ class EventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT,
         *,
         project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
-        """Return one page of a user's events, optionally within one project.
+        """Return one page of a user's events, optionally narrowed.
 
         Args:
             user_id: The user.
             project_id: Only events of this project.
+            agent_id: Only events of this agent.
+            session_id: Only events of this chat session.
             filters: Extra conditions; all must hold.
             order: ``"newest"`` first (default) or ``"oldest"`` first.
-            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
-            cursor: ``next_cursor`` of the previous page of this same call.
+            limit: Events per page, 1 to `MAX_PAGE_SIZE`.
+            offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
+                API is limit/offset; each call reads and discards them, so prefer cursors.
+                Not with ``cursor``; the page's ``next_cursor`` continues after it.
+            cursor: ``next_cursor`` of the previous page of this same call; ``None`` for
+                the first page.
 
         Returns:
             The page; ``next_cursor`` is ``None`` on the last one.
@@ -205,9 +233,23 @@ class EventLogReader(_Statements, Generic[KeyT]):
         Raises:
             ValidationError: An argument is not valid.
             InvalidCursorError: The cursor is garbled, altered or from another call.
+
+        .. versionchanged:: 0.3.0
+           ``offset``; narrowing by ``agent_id``, ``session_id``.
         """
-        query = self._user(
-            user_id, project_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "user_timeline",
+            "user_id",
+            user_id,
+            user_id=None,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(self._all(query.query))
 
@@ -216,20 +258,30 @@ class EventLogReader(_Statements, Generic[KeyT]):
         project_id: KeyT,
         *,
         user_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
-        """Return one page of a project's events, optionally of one user only.
+        """Return one page of a project's events, optionally narrowed.
 
         Args:
             project_id: The project; it is the scope, so check that the caller may read it.
-            user_id: Only events of this user.
+            user_id: Only events of this user: pass the signed-in user's id to show
+                them only their own events.
+            agent_id: Only events of this agent.
+            session_id: Only events of this chat session.
             filters: Extra conditions; all must hold.
             order: ``"newest"`` first (default) or ``"oldest"`` first.
-            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
-            cursor: ``next_cursor`` of the previous page of this same call.
+            limit: Events per page, 1 to `MAX_PAGE_SIZE`.
+            offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
+                API is limit/offset; each call reads and discards them, so prefer cursors.
+                Not with ``cursor``; the page's ``next_cursor`` continues after it.
+            cursor: ``next_cursor`` of the previous page of this same call; ``None`` for
+                the first page.
 
         Returns:
             The page; ``next_cursor`` is ``None`` on the last one.
@@ -237,9 +289,22 @@ class EventLogReader(_Statements, Generic[KeyT]):
         Raises:
             ValidationError: An argument is not valid.
             InvalidCursorError: The cursor is garbled, altered or from another call.
+
+        .. versionchanged:: 0.3.0
+           ``offset``; narrowing by ``agent_id``, ``session_id``.
         """
-        query = self._project(
-            project_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "project_timeline",
+            "project_id",
+            project_id,
+            user_id=user_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(self._all(query.query))
 
@@ -248,9 +313,12 @@ class EventLogReader(_Statements, Generic[KeyT]):
         agent_id: KeyT,
         *,
         user_id: KeyT | Unscoped,
+        project_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """Return one page of an agent's events.
@@ -259,10 +327,16 @@ class EventLogReader(_Statements, Generic[KeyT]):
             agent_id: The agent.
             user_id: The user who owns the agent; ``UNSCOPED`` reads every user's events
                 (operator tools only).
+            project_id: Only events of this project.
+            session_id: Only events of this chat session.
             filters: Extra conditions; all must hold.
             order: ``"newest"`` first (default) or ``"oldest"`` first.
-            limit: Events per page, 1 to ``MAX_PAGE_SIZE``.
-            cursor: ``next_cursor`` of the previous page of this same call.
+            limit: Events per page, 1 to `MAX_PAGE_SIZE`.
+            offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
+                API is limit/offset; each call reads and discards them, so prefer cursors.
+                Not with ``cursor``; the page's ``next_cursor`` continues after it.
+            cursor: ``next_cursor`` of the previous page of this same call; ``None`` for
+                the first page.
 
         Returns:
             The page; ``next_cursor`` is ``None`` on the last one.
@@ -270,39 +344,107 @@ class EventLogReader(_Statements, Generic[KeyT]):
         Raises:
             ValidationError: An argument is not valid (``user_id`` is ``None``, say).
             InvalidCursorError: The cursor is garbled, altered or from another call.
+
+        .. versionchanged:: 0.3.0
+           ``offset``; narrowing by ``project_id``, ``session_id``.
         """
-        query = self._agent(
-            agent_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "agent_timeline",
+            "agent_id",
+            agent_id,
+            user_id=user_id,
+            project_id=project_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(self._all(query.query))
+
+    def count(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+    ) -> int:
+        """Count the events of a scope: the ``total`` of a timeline with the same arguments.
+
+        Takes the scope and filters that the timelines take, as keywords: the project
+        timeline ``project_timeline(p, user_id=u, agent_id=a, filters=f)`` has
+        ``count(project_id=p, user_id=u, agent_id=a, filters=f)`` events. It reads every
+        matching index entry, so its cost grows with the scope's size; give a range for
+        large scopes.
+
+        Args:
+            since: Start of the range (inclusive, time-zone aware); ``None``: no start.
+            until: End of the range (exclusive, time-zone aware); ``None``: no end.
+            user_id: The user whose events count; give it, ``project_id``, or both.
+            project_id: The project whose events count.
+            agent_id: Only events of this agent (narrows the scope).
+            session_id: Only events of this chat session (narrows the scope; pass its
+                owner as ``user_id``).
+            filters: Extra conditions; all must hold (its range intersects the one above).
+
+        Returns:
+            How many events match.
+
+        Raises:
+            ValidationError: No scope (``user_id`` or ``project_id``), a bad key, an empty
+                or naive range, or ``filters`` that are not an `EventFilter`.
+
+        .. versionadded:: 0.3.0
+        """
+        query = self._total(
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+        )
+        return _total(self._all(query))
 
     def count_by(
         self,
         field: CountField,
         *,
-        since: datetime,
-        until: datetime,
+        since: datetime | None = None,
+        until: datetime | None = None,
         user_id: KeyT | None = None,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
     ) -> list[GroupCount]:
         """Count events per ``event_type``, ``tool_name``, ``error_code`` or ``agent_id``.
 
         Args:
             field: The column to group by; events where it is NULL count under key ``None``.
-            since: Start of the range (inclusive, time-zone aware).
-            until: End of the range (exclusive, time-zone aware).
+            since: Start of the range (inclusive, time-zone aware); ``None``: no start.
+            until: End of the range (exclusive, time-zone aware); ``None``: no end.
             user_id: The user whose events count; give it, ``project_id``, or both.
             project_id: The project whose events count.
             agent_id: Only events of this agent (narrows the scope).
+            session_id: Only events of this chat session (narrows the scope; pass its
+                owner as ``user_id``).
             filters: Extra conditions; all must hold (its range intersects the one above).
 
         Returns:
             One `GroupCount` per value, largest count first.
 
         Raises:
-            ValidationError: No scope, no or an empty range, or an unknown ``field``.
+            ValidationError: No scope, an empty or naive range, or an unknown ``field``.
+
+        .. versionchanged:: 0.3.0
+           ``since`` and ``until`` are optional; ``session_id`` narrows the scope.
         """
         query = self._counts(
             field,
@@ -311,6 +453,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            session_id=session_id,
             filters=filters,
         )
         return _group_counts(self._all(query))
@@ -324,6 +467,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | None = None,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         time_zone: str = "UTC",
     ) -> list[BucketCount]:
@@ -337,6 +481,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id: The user whose events count; give it, ``project_id``, or both.
             project_id: The project whose events count.
             agent_id: Only events of this agent (narrows the scope).
+            session_id: Only events of this chat session (narrows the scope; pass its
+                owner as ``user_id``).
             filters: Extra conditions; all must hold.
             time_zone: IANA zone whose midnights cut calendar buckets; ``"UTC"`` for a
                 ``timedelta`` bucket.
@@ -346,6 +492,9 @@ class EventLogReader(_Statements, Generic[KeyT]):
 
         Raises:
             ValidationError: No scope, no or an empty range, or a bad bucket or time zone.
+
+        .. versionchanged:: 0.3.0
+           ``session_id`` narrows the scope.
         """
         query = self._buckets(
             bucket,
@@ -354,6 +503,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            session_id=session_id,
             filters=filters,
             time_zone=time_zone,
         )
@@ -404,14 +554,27 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         session_id: KeyT,
         *,
         user_id: KeyT | Unscoped,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """See `EventLogReader.session_timeline`."""
-        query = self._session(
-            session_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "session_timeline",
+            "session_id",
+            session_id,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(await self._all(query.query))
 
@@ -420,14 +583,28 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT,
         *,
         project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """See `EventLogReader.user_timeline`."""
-        query = self._user(
-            user_id, project_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "user_timeline",
+            "user_id",
+            user_id,
+            user_id=None,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(await self._all(query.query))
 
@@ -436,14 +613,27 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         project_id: KeyT,
         *,
         user_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """See `EventLogReader.project_timeline`."""
-        query = self._project(
-            project_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "project_timeline",
+            "project_id",
+            project_id,
+            user_id=user_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(await self._all(query.query))
 
@@ -452,26 +642,63 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         agent_id: KeyT,
         *,
         user_id: KeyT | Unscoped,
+        project_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
+        offset: int = 0,
         cursor: str | None = None,
     ) -> Page[KeyT]:
         """See `EventLogReader.agent_timeline`."""
-        query = self._agent(
-            agent_id, user_id, filters=filters, order=order, limit=limit, cursor=cursor
+        query = self._timeline(
+            "agent_timeline",
+            "agent_id",
+            agent_id,
+            user_id=user_id,
+            project_id=project_id,
+            session_id=session_id,
+            filters=filters,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return query.page(await self._all(query.query))
+
+    async def count(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+    ) -> int:
+        """See `EventLogReader.count`."""
+        query = self._total(
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+        )
+        return _total(await self._all(query))
 
     async def count_by(
         self,
         field: CountField,
         *,
-        since: datetime,
-        until: datetime,
+        since: datetime | None = None,
+        until: datetime | None = None,
         user_id: KeyT | None = None,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
     ) -> list[GroupCount]:
         """See `EventLogReader.count_by`."""
@@ -482,6 +709,7 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            session_id=session_id,
             filters=filters,
         )
         return _group_counts(await self._all(query))
@@ -495,6 +723,7 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | None = None,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
         filters: EventFilter | None = None,
         time_zone: str = "UTC",
     ) -> list[BucketCount]:
@@ -506,6 +735,7 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            session_id=session_id,
             filters=filters,
             time_zone=time_zone,
         )

@@ -19,6 +19,8 @@ from eventlog_persist import (
     ANY_ERROR,
     DEFAULT_DETECTORS,
     DEFAULT_REDACT_KEYS,
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
     UNSCOPED,
     ApprovalStatus,
     BucketCount,
@@ -233,7 +235,27 @@ def read(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> list[
     buckets = in_session.count_by_bucket(timedelta(hours=1), since=since, until=until, user_id=key)
     assert_type(buckets, list[BucketCount])
     by_day = in_session.count_by_bucket("day", since=since, until=until, project_id=key)
-    return [item.event_type for item in items] + [str(c.key) for c in counts] + [str(by_day)]
+
+    # Narrowed timelines, offsets and totals: the same keywords for a page and its total.
+    project, agent = uuid.uuid4(), uuid.uuid4()
+    narrowed = reader.project_timeline(
+        project, user_id=user.id, agent_id=agent, session_id=chat, limit=MAX_PAGE_SIZE, offset=10
+    )
+    assert_type(narrowed, Page[uuid.UUID])
+    total = reader.count(project_id=project, user_id=user.id, agent_id=agent)
+    assert_type(total, int)
+    reader.user_timeline(user.id, agent_id=agent, session_id=chat, offset=MAX_OFFSET)
+    reader.session_timeline(chat, user_id=UNSCOPED, project_id=project, agent_id=agent)
+    reader.agent_timeline(agent, user_id=user.id, project_id=project, session_id=chat)
+    assert_type(reader.count_by("agent_id", user_id=user.id), list[GroupCount])
+    reader.count(user_id=user.id, session_id=1)  # type: ignore[arg-type]
+    reader.user_timeline(user.id, offset="10")  # type: ignore[arg-type]
+    reader.agent_timeline(agent, user_id=user.id, agent_id=agent)  # type: ignore[misc]
+    return (
+        [item.event_type for item in items + narrowed.items]
+        + [str(c.key) for c in counts]
+        + [str(by_day), str(total)]
+    )
 
 
 def retention(engine: Engine, user: User) -> int:

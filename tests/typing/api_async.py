@@ -87,4 +87,9 @@ async def read(engine: AsyncEngine, user_id: uuid.UUID, chat: uuid.UUID) -> int:
             filters=EventFilter(event_types=["tool_call", "tool_result"]),
         )
     assert_type(counts, list[GroupCount])
-    return len(page.items) + sum(count.count for count in counts)
+    narrowed = await reader.user_timeline(user_id, session_id=chat, limit=20, offset=40)
+    assert_type(narrowed, Page[uuid.UUID])
+    total = await reader.count(user_id=user_id, session_id=chat)
+    assert_type(total, int)
+    await reader.count(user_id=user_id, agent_id=7)  # type: ignore[arg-type]
+    return len(page.items) + sum(count.count for count in counts) + total
