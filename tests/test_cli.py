@@ -249,6 +249,22 @@ def test_check_reads_pyproject_version_locations(
     assert "setup OK (branch mode)" in capsys.readouterr().out
 
 
+def test_check_runs_on_a_project_whose_alembic_settings_are_all_in_pyproject(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    (host.root / "alembic.ini").unlink()  # Alembic runs on [tool.alembic] alone
+    (host.root / "pyproject.toml").write_text(
+        '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
+        'version_locations = ["%(here)s/migrations/versions", "eventlog_persist:migrations"]\n'
+    )
+    assert main(["check", "--offline", "-c", str(host.root / "alembic.ini")]) == 0
+    assert capsys.readouterr().out == "eventlog-persist: setup OK (branch mode)\n"
+    (host.root / "pyproject.toml").write_text("[tool.ruff]\nline-length = 99\n")
+    assert main(["check", "--offline", "-c", str(host.root / "alembic.ini")]) == 2
+    assert "no pyproject.toml beside it has a [tool.alembic] table" in capsys.readouterr().err
+
+
 def test_cli_errors_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -266,12 +267,17 @@ def _config(config_path: str) -> Config:
     traceback from deep inside Alembic.
     """
     path = Path(config_path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+    toml = path.parent / "pyproject.toml"
+    # Alembic itself runs without alembic.ini when pyproject.toml has a [tool.alembic] table.
+    if not path.is_file() and not (path.name == "alembic.ini" and _has_tool_alembic(toml)):
+        what = (
+            "is a folder, not a file"
+            if path.is_dir()
+            else "does not exist, and no pyproject.toml beside it has a [tool.alembic] table"
+        )
         raise MigrationSetupError(
             f"{config_path} {what}; run in the folder of alembic.ini or pass -c PATH"
         )
-    toml = path.parent / "pyproject.toml"
     config = Config(str(path), toml_file=str(toml) if toml.is_file() else None)
     for name, read in (
         (str(path), lambda: config.file_config),
@@ -284,6 +290,14 @@ def _config(config_path: str) -> Config:
             detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise MigrationSetupError(f"{name} cannot be used: {detail}; correct it") from None
     return config
+
+
+def _has_tool_alembic(toml: Path) -> bool:
+    try:
+        with toml.open("rb") as file:
+            return "alembic" in tomllib.load(file).get("tool", {})
+    except (OSError, ValueError):  # no file, or one _config reports as unreadable later
+        return toml.is_file()
 
 
 def _check(config_path: str, url: str | None) -> int:
