@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from alembic.config import Config
 from alembic.util import CommandError
 from hostkit import HostProject, make_host
+from pgserver import ServerInfo
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Engine
 
@@ -407,6 +410,37 @@ def test_an_unreachable_database_is_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("eventlog-persist: error: OperationalError: ")
     assert line.endswith("; check --url")
+
+
+def test_a_wrong_password_is_one_line_that_does_not_show_it(
+    tmp_path: Path,
+    restartable: tuple[Any, ServerInfo],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, info = restartable
+    with psycopg.connect(**info.connect_kwargs("postgres"), autocommit=True) as admin:
+        admin.execute("CREATE ROLE app LOGIN PASSWORD 'right-one'")
+        hba = admin.execute("SHOW hba_file").fetchone()
+        assert hba is not None
+        Path(hba[0]).write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+        admin.execute("SELECT pg_reload_conf()")
+    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    wrong = URL.create(
+        "postgresql+asyncpg",
+        username="app",
+        password="wrong-one",
+        database="postgres",
+        query={"host": info.host, "port": str(info.port)},
+    ).render_as_string(hide_password=False)
+    for argv in (
+        ["check", "-c", str(tmp_path / "alembic.ini"), "--url", wrong],
+        ["purge", "--older-than", "30d", "--url", wrong],
+    ):
+        assert main(argv) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert "password authentication failed for user" in line
+        assert "wrong-one" not in line
+        assert "check --url" in line
 
 
 @pytest.mark.parametrize("command", ["check", "demo"])
