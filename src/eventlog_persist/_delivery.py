@@ -32,6 +32,8 @@ from eventlog_persist._failures import (
     classify_error,
     decide,
     is_read_only,
+    server_text,
+    sqlstate_of,
     write_error,
 )
 from eventlog_persist._retry import RetryPolicy
@@ -189,7 +191,16 @@ def _after_failure(
     if decision.action is Action.RETRY:
         part.staged = True  # the commit may have happened: only an idempotent write from now
         pending.append(part)
-        logger.warning("event write failed, retrying in %.2fs: %s", decision.delay, exc)
+        logger.warning(
+            "event write failed, retrying in %.2fs: %s",
+            decision.delay,
+            server_text(exc),
+            extra={
+                "batch_size": len(part.events),
+                "sqlstate": sqlstate_of(exc),
+                "retry_in": decision.delay,
+            },
+        )
         return decision.delay
     if decision.action is Action.SPLIT:
         first, second = _halves(part.events)
@@ -199,18 +210,33 @@ def _after_failure(
         logger.warning(
             "writing %d events hit statement_timeout repeatedly; writing them in halves: %s",
             len(part.events),
-            exc,
+            server_text(exc),
+            extra={"batch_size": len(part.events), "sqlstate": sqlstate_of(exc)},
         )
         return None
     reason = decision.reason or Reason.UNEXPECTED
     attempts = part.attempt.retries + 1
     if reason is Reason.UNEXPECTED:
-        logger.error("unexpected error writing %d events", len(part.events), exc_info=exc)
+        logger.error(
+            "unexpected error writing %d events",
+            len(part.events),
+            exc_info=exc,
+            extra={"batch_size": len(part.events)},
+        )
     outcome.dead.extend(
         (event, write_error(event, reason, exc, attempts=attempts, lock_timeout=lock_timeout))
         for event in part.events
     )
     return None
+
+
+def log_fields(event: NewEvent) -> dict[str, str]:
+    """The structured fields (``extra=``) of a log line about one event: ids, never content."""
+    return {
+        "event_id": str(event.id),
+        "session_id": str(event.session_id),
+        "event_type": event.event_type,
+    }
 
 
 def report_dead_letters(
@@ -222,12 +248,15 @@ def report_dead_letters(
     """
     for event, error in dead:
         if hook is None:
-            logger.error("%s", error)  # the message names the event
+            # The message names the event; the fields let a JSON log be filtered by them.
+            logger.error("%s", error, extra={**log_fields(event), "sqlstate": error.sqlstate})
             continue
         try:
             hook(event, error)
         except Exception:
-            logger.exception("the dead-letter hook failed for event %s", event.id)
+            logger.exception(
+                "the dead-letter hook failed for event %s", event.id, extra=log_fields(event)
+            )
 
 
 def check_timeout(name: str, value: object) -> None:
@@ -297,7 +326,8 @@ class _ConnectorBase:
                 "the database accepts only reads (%s); events are kept and retried until it "
                 "accepts writes. If this lasts, the writer points at a standby: use the "
                 "primary, or a multi-host conninfo with target_session_attrs=read-write",
-                " ".join(str(exc).split()),
+                server_text(exc),
+                extra={"sqlstate": sqlstate_of(exc)},
             )
         return True
 

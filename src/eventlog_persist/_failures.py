@@ -244,6 +244,38 @@ def decide(
     return Decision(Action.RETRY, delay=delay)
 
 
+# The server's DETAIL is kept only where it names keys; elsewhere it can quote the row, payload
+# included ("Failing row contains (...)" of a check or not-null violation, a JSON token).
+_KEY_DETAILS: Final = frozenset({"23503", "23505"})
+
+
+def server_text(exc: BaseException) -> str:
+    """The database error of ``exc`` in one line, without the row's values.
+
+    The primary message, the DETAIL only when it names keys (foreign key and unique
+    violations), and the HINT. Never the CONTEXT or a "Failing row contains" detail: those
+    copy the event's payload into log lines and error messages.
+    """
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    state = sqlstate_of(cause)
+    diag = getattr(cause, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary is not None:  # psycopg and psycopg2
+        parts = [primary]
+        detail = getattr(diag, "message_detail", None)
+        if detail and state in _KEY_DETAILS:
+            parts.append(f"DETAIL: {detail}")
+        hint = getattr(diag, "message_hint", None)
+        if hint:
+            parts.append(f"HINT: {hint}")
+        text = " ".join(parts)
+    else:
+        text = str(cause)
+        if state not in _KEY_DETAILS:
+            text = text.split("\nDETAIL:", 1)[0].split("\nCONTEXT:", 1)[0]
+    return " ".join(text.split()) or "no message"
+
+
 def write_error(
     event: NewEvent,
     reason: Reason,
@@ -258,8 +290,7 @@ def write_error(
     the one a SQLAlchemy ``DBAPIError`` wraps) is the ``__cause__``.
     """
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = " ".join(str(cause).split()) or "no message"
-    detail = f"{type(cause).__name__}: {text}"
+    detail = f"{type(cause).__name__}: {server_text(cause)}"
     state = sqlstate_of(exc)
     what = f"event {event.id} ({event.event_type}) was not written"
     error_type: type[EventWriteError] = EventWriteError
