@@ -104,9 +104,9 @@ class DatabaseFactory:
     """Makes fresh databases from one template, one clone ahead, and drops them afterwards.
 
     All ``CREATE`` and ``DROP DATABASE`` run in one background thread on one connection to
-    the maintenance database, so a test takes a clone that was made while the previous test
-    ran, and its drop costs it nothing. The template has no other connection, which
-    ``CREATE DATABASE ... TEMPLATE`` requires.
+    the maintenance database, so a test takes a clone that was made (and connected to once)
+    while the previous test ran, and its drop costs it nothing. The template has no other
+    connection, which ``CREATE DATABASE ... TEMPLATE`` requires.
     """
 
     def __init__(self, server: PostgresServer, template: str) -> None:
@@ -121,6 +121,7 @@ class DatabaseFactory:
         self._strategy = sql.SQL(" STRATEGY FILE_COPY" if server.version >= 150000 else "")
         self._next: Future[str] | None = None
         self._drops: list[Future[None]] = []
+        self._unused: list[str] = []
 
     def take(self) -> str:
         """The name of a fresh clone of the template, for the caller alone.
@@ -131,12 +132,20 @@ class DatabaseFactory:
         with self._lock:
             ready = self._next if self._next is not None else self._submit_clone()
             self._next = self._submit_clone()
+            self._submit_drops()
         return ready.result()
 
+    def _submit_drops(self) -> None:
+        self._drops += [self._executor.submit(self._drop, name) for name in self._unused]
+        self._unused.clear()
+
     def release(self, name: str) -> None:
-        """Drop ``name`` in the background, closing the connections still open on it."""
+        """Drop ``name`` in the background, closing the connections still open on it.
+
+        The drop waits until the next `take` has asked for its clone, which goes first.
+        """
         with self._lock:
-            self._drops.append(self._executor.submit(self._drop, name))
+            self._unused.append(name)
 
     def close(self) -> None:
         """Drop the clone made ahead, wait for every drop, close the connection.
@@ -147,9 +156,9 @@ class DatabaseFactory:
         with self._lock:
             if self._next is not None:
                 with contextlib.suppress(ValueError):
-                    name = self._next.result()
-                    self._drops.append(self._executor.submit(self._drop, name))
+                    self._unused.append(self._next.result())
                 self._next = None
+            self._submit_drops()
             drops, self._drops = self._drops, []
         try:
             for drop in drops:
@@ -175,6 +184,9 @@ class DatabaseFactory:
                 f"{str(exc).strip()}; no session may stay connected to the template (a "
                 "fixture or test connecting to it by name)"
             ) from exc
+        # The first connection to a new database builds its relation cache file: do it here,
+        # in the background, rather than in the test.
+        psycopg.connect(self.server.conninfo(name)).close()
         return name
 
     def _drop(self, name: str) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy.orm import Session
-
 from app.models import User
+from sqlalchemy.orm import Session
 
 pytest_plugins = ["eventlog_persist.testing"]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from app.chat import start_chat
+from app.models import EventLog, User
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.chat import start_chat
-from app.models import EventLog, User
 from eventlog_persist import EventLogReader, EventWriter
 
 

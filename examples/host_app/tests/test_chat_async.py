@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from app.models import ChatSession, EventLog, User
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.models import ChatSession, EventLog, User
 from eventlog_persist import EventType, EventWriter
 
 

@@ -7,6 +7,7 @@ from unittest import mock
 
 from app.chat import start_chat
 from app.models import EventLog
+
 from eventlog_persist.testing import CapturingWriter
 
 
