@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import os
 import re
@@ -244,7 +245,7 @@ def test_twin_targets_agree() -> None:
 _DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 _EXAMPLE_DIRS = [ROOT / "docs" / "examples", ROOT / "examples"]
 _FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^[ \t]*```", flags=re.M | re.S)
-_PUBLIC_MODULES = {"eventlog_persist.exceptions"}
+_PUBLIC_MODULES = {"eventlog_persist.exceptions", "eventlog_persist.testing"}
 
 
 def _example_files() -> Iterator[Path]:
@@ -312,7 +313,7 @@ def _check_use(what: str) -> str | None:
                 return "imports a name that is not in eventlog_persist.__all__"
         elif module not in _PUBLIC_MODULES:
             return "imports from a private or unknown module"
-        elif name not in eventlog_persist.exceptions.__all__:
+        elif name not in importlib.import_module(module).__all__:
             return f"imports a name that is not in {module}.__all__"
     else:
         name = what.removeprefix("eventlog_persist.")

@@ -273,7 +273,6 @@ def test_host_without_model_needs_include_name(host: HostProject) -> None:
         "context.configure(connection=connection, target_metadata=target_metadata)",
         "context.configure(connection=connection, target_metadata=target_metadata, "
         "include_name=eventlog_persist.include_name)",
-        count=2,
     )
     host.edit(
         "migrations/env.py", "import app.models", "import eventlog_persist\nimport app.models"

@@ -1,7 +1,8 @@
 """Persist AI-agent interaction events in PostgreSQL: model, migrations, writers and readers.
 
 Every name a host application writes in its own code is importable from here; the modules
-whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`.
+whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`,
+`eventlog_persist.testing` (a pytest plugin and capturing writers for host test suites).
 
 The Alembic helpers (`check_setup`, `include_name`, `include_object`,
 `write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so

@@ -38,7 +38,7 @@ ModelT = TypeVar("ModelT", bound=EventLogMixin[Any])
 _UuidModelT = TypeVar("_UuidModelT", bound=EventLogMixin[uuid.UUID])
 _IntModelT = TypeVar("_IntModelT", bound=EventLogMixin[int])
 
-__all__ = ["EventWriter"]
+__all__ = ["EventWriter", "event_row"]
 
 
 def _insert_statement(table: EventTable) -> Insert:
@@ -51,6 +51,23 @@ def _insert_statement(table: EventTable) -> Insert:
 
 def _params(event: NewEvent) -> dict[str, object]:
     return dict(zip(COLUMNS, EventTable.row(event), strict=True))
+
+
+def event_row(model: type[ModelT], event: NewEvent, payload: Any) -> ModelT:
+    """A new, unsaved row of the host's model holding ``event`` (``payload``: its JSON value)."""
+    return model(
+        id=event.id,
+        session_id=event.session_id,
+        user_id=event.user_id,
+        event_type=event.event_type,
+        payload=payload,
+        project_id=event.project_id,
+        agent_id=event.agent_id,
+        error_code=event.error_code,
+        tool_name=event.tool_name,
+        approval_status=event.approval_status,
+        created_at=event.created_at,
+    )
 
 
 def _lock_timeout_sql(seconds: float) -> TextClause:
@@ -206,19 +223,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         else:
             event = self._builder.given(event, cast("EventFields[KeyT]", fields))
             payload = json.loads(event.payload_json)
-        row = self.model(
-            id=event.id,
-            session_id=event.session_id,
-            user_id=event.user_id,
-            event_type=event.event_type,
-            payload=payload,
-            project_id=event.project_id,
-            agent_id=event.agent_id,
-            error_code=event.error_code,
-            tool_name=event.tool_name,
-            approval_status=event.approval_status,
-            created_at=event.created_at,
-        )
+        row = event_row(self.model, event, payload)
         session.add(row)
         return row
 

@@ -8,7 +8,7 @@ from logging.config import fileConfig
 import app.models  # noqa: F401  (registers every model on Base.metadata)
 from alembic import context
 from app.database import Base
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 
 config = context.config
 if config.config_file_name is not None:
@@ -26,18 +26,22 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+    # A caller may pass a Connection (Alembic's cookbook, eventlog_persist.testing) or an
+    # Engine (pytest-alembic) in config.attributes["connection"]; else use DATABASE_URL.
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        _run(given)
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = given if given is not None else create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
 
 
 if context.is_offline_mode():

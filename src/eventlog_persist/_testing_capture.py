@@ -1,0 +1,364 @@
+"""Writers that capture events instead of writing them, and assertions on what they captured."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, cast, overload
+
+from typing_extensions import Unpack
+
+from eventlog_persist._buffered import WriterCounters
+from eventlog_persist._events import EventBuilder, EventFields, NewEvent
+from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
+from eventlog_persist._writer import event_row
+from eventlog_persist.exceptions import WriterClosedError
+
+__all__ = ["AsyncCapturingWriter", "CapturedEvent", "CapturingWriter", "payload_of"]
+
+ModelT = TypeVar("ModelT", bound=EventLogMixin[Any])
+
+_FIELDS = frozenset(f.name for f in fields(NewEvent)) - {"payload_json", "payload_bytes"}
+_MATCH_KEYS = _FIELDS | {"payload", "via"}
+
+
+def payload_of(event: NewEvent) -> Any:
+    """The stored payload of ``event`` as JSON values (after conversion and redaction)."""
+    return json.loads(event.payload_json)
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedEvent:
+    """One captured event and the verb that was called with it.
+
+    Attributes:
+        via: ``"record"``, ``"record_detached"``, ``"arecord_detached"`` or ``"enqueue"``.
+        event: The checked event, exactly as the real writer would have written it.
+    """
+
+    via: str
+    event: NewEvent
+
+
+class _Capture(Generic[KeyT]):
+    """What both capturing writers share: the event checks and the assertions."""
+
+    def __init__(
+        self,
+        model: type[EventLogMixin[KeyT]],
+        *,
+        payload_policy: PayloadPolicy = DEFAULT_POLICY,
+        field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+    ) -> None:
+        self._builder: EventBuilder[KeyT] = EventBuilder.of(
+            model, payload_policy=payload_policy, field_rules=field_rules
+        )
+        self.captured: list[CapturedEvent] = []
+        self._closed = False
+
+    # -- what was captured --
+
+    @property
+    def events(self) -> list[NewEvent]:
+        """The captured events, oldest first."""
+        return [item.event for item in self.captured]
+
+    @property
+    def event_types(self) -> list[str]:
+        """The ``event_type`` of each captured event, oldest first."""
+        return [item.event.event_type for item in self.captured]
+
+    def clear(self) -> None:
+        """Forget every captured event."""
+        self.captured.clear()
+
+    def matching(self, **expected: Any) -> list[NewEvent]:
+        """The captured events that match ``expected``, oldest first.
+
+        Args:
+            **expected: ``NewEvent`` attributes (``event_type``, ``tool_name``,
+                ``session_id``, ...) that must be equal; ``payload``: a dict whose keys must
+                hold equal values in the stored payload (other keys are ignored), or any
+                other value the stored payload must equal; ``via``: the verb called.
+
+        Raises:
+            TypeError: An expected name is not one of those.
+        """
+        unknown = sorted(set(expected) - _MATCH_KEYS)
+        if unknown:
+            raise TypeError(
+                f"cannot match on {', '.join(unknown)}; use {', '.join(sorted(_MATCH_KEYS))}"
+            )
+        return [item.event for item in self.captured if _matches(item, expected)]
+
+    def assert_recorded(self, *, count: int | None = None, **expected: Any) -> NewEvent:
+        """Assert that an event matching ``expected`` was captured (see `matching`).
+
+        Args:
+            count: How many captured events must match (1 or more); default: at least one.
+            **expected: As for `matching`.
+
+        Returns:
+            The first matching event.
+
+        Raises:
+            AssertionError: No event (or not ``count`` events) matched; the message lists
+                what was captured.
+            ValueError: ``count`` is not a number >= 1.
+        """
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 1
+        ):
+            raise ValueError(
+                f"count={count!r} is not valid; use a number >= 1, or assert_not_recorded()"
+            )
+        found = self.matching(**expected)
+        if found and (count is None or len(found) == count):
+            return found[0]
+        wanted = "an event" if count is None else f"{count} event(s)"
+        raise AssertionError(
+            f"expected {wanted} matching {_describe(expected)}, found {len(found)}; "
+            f"{self._listing()}"
+        )
+
+    def assert_not_recorded(self, **expected: Any) -> None:
+        """Assert that no captured event matches ``expected`` (see `matching`).
+
+        Raises:
+            AssertionError: Some did; the message lists them.
+        """
+        found = self.matching(**expected)
+        if found:
+            raise AssertionError(
+                f"expected no event matching {_describe(expected)}, found {len(found)}; "
+                f"{self._listing()}"
+            )
+
+    def _listing(self) -> str:
+        if not self.captured:
+            return "nothing was captured"
+        lines = [f"captured {len(self.captured)}:"]
+        lines += [f"  {i}. {_summary(item)}" for i, item in enumerate(self.captured, 1)]
+        return "\n".join(lines)
+
+    # -- the writers' common verbs --
+
+    def event(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
+        """Build a checked event, as `EventWriter.event` does."""
+        return self._builder.event(fields)
+
+    @property
+    def counters(self) -> WriterCounters:
+        """The counters a buffered writer would show: every enqueued event is written."""
+        written = sum(item.via == "enqueue" for item in self.captured)
+        return WriterCounters(
+            written=written,
+            duplicates=0,
+            retried=0,
+            read_only_retries=0,
+            dead_lettered=0,
+            dropped=0,
+            unwritten=0,
+            queued=0,
+            queued_bytes=0,
+            errors=0,
+        )
+
+    def _capture(self, via: str, event: NewEvent | None, fields: dict[str, Any]) -> NewEvent:
+        event = self._builder.given(event, cast("EventFields[KeyT]", fields))
+        self.captured.append(CapturedEvent(via, event))
+        return event
+
+    def _enqueue(self, event: NewEvent | None, fields: dict[str, Any]) -> NewEvent:
+        event = self._builder.given(event, cast("EventFields[KeyT]", fields))
+        if self._closed:
+            raise WriterClosedError(
+                f"cannot enqueue event {event.id}: the writer is closed; record it with "
+                "EventWriter.record_detached() or a new writer",
+                event=event,
+            )
+        self.captured.append(CapturedEvent("enqueue", event))
+        return event
+
+
+class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
+    """Stands in for `EventWriter` and `BufferedWriter` in unit tests: captures, never writes.
+
+    Every verb checks and builds the event exactly as the real writer does (the same
+    `ValidationError` and `PayloadError`), then appends it to `captured` instead of touching
+    a session, an engine or a database. Pass it where the host's code expects its writer.
+
+    Covered: `event`, `record`, `record_detached`, `arecord_detached` (of `EventWriter`);
+    `enqueue`, `start`, `flush`, `close`, `counters` and ``with`` (of `BufferedWriter`).
+
+    Args:
+        model: The host's ``EventLog`` model (its key types are checked; no table is used).
+        payload_policy: As for the real writer.
+        field_rules: As for the real writer.
+
+    Example:
+        >>> writer = CapturingWriter(EventLog)  # doctest: +SKIP
+        >>> handle_request(writer)  # doctest: +SKIP
+        >>> writer.assert_recorded(event_type="tool_call", tool_name="search")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: type[ModelT],
+        *,
+        payload_policy: PayloadPolicy = DEFAULT_POLICY,
+        field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
+    ) -> None:
+        super().__init__(model, payload_policy=payload_policy, field_rules=field_rules)
+        self.model: type[ModelT] = model
+
+    @overload
+    def record(self, session: object, event: NewEvent, /) -> ModelT: ...
+    @overload
+    def record(self, session: object, /, **fields: Unpack[EventFields[KeyT]]) -> ModelT: ...
+    def record(self, session: object, event: NewEvent | None = None, /, **fields: Any) -> ModelT:
+        """Capture the event; return the row `EventWriter.record` would add (``session``
+        is not used)."""
+        event = self._capture("record", event, fields)
+        return event_row(self.model, event, payload_of(event))
+
+    @overload
+    def record_detached(self, engine: object, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    def record_detached(
+        self, engine: object, /, **fields: Unpack[EventFields[KeyT]]
+    ) -> NewEvent: ...
+    def record_detached(
+        self, engine: object, event: NewEvent | None = None, /, **fields: Any
+    ) -> NewEvent:
+        """Capture the event, as `EventWriter.record_detached` would write it (``engine``
+        is not used)."""
+        return self._capture("record_detached", event, fields)
+
+    @overload
+    async def arecord_detached(self, engine: object, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    async def arecord_detached(
+        self, engine: object, /, **fields: Unpack[EventFields[KeyT]]
+    ) -> NewEvent: ...
+    async def arecord_detached(
+        self, engine: object, event: NewEvent | None = None, /, **fields: Any
+    ) -> NewEvent:
+        """Capture the event, as `EventWriter.arecord_detached` would write it."""
+        return self._capture("arecord_detached", event, fields)
+
+    @overload
+    def enqueue(self, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    def enqueue(self, /, **fields: Unpack[EventFields[KeyT]]) -> NewEvent: ...
+    def enqueue(self, event: NewEvent | None = None, /, **fields: Any) -> NewEvent:
+        """Capture the event, as `BufferedWriter.enqueue` would queue it.
+
+        Raises:
+            WriterClosedError: `close` was called.
+        """
+        return self._enqueue(event, fields)
+
+    def start(self) -> Self:
+        """Nothing to start; returns the writer."""
+        return self
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing to wait for; returns True."""
+        return True
+
+    def close(self, timeout: float | None = 30.0) -> WriterCounters:
+        """Refuse further `enqueue` calls; return the counters."""
+        self._closed = True
+        return self.counters
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncCapturingWriter(_Capture[KeyT]):
+    """Stands in for `AsyncBufferedWriter` in unit tests: captures, never writes.
+
+    Covered: `event`, ``await enqueue``, ``await start``, ``await flush``, ``await close``,
+    `counters` and ``async with``. For `EventWriter`'s ``arecord_detached``, use
+    `CapturingWriter`. Arguments as for `CapturingWriter`.
+    """
+
+    @overload
+    async def enqueue(self, event: NewEvent, /) -> NewEvent: ...
+    @overload
+    async def enqueue(self, /, **fields: Unpack[EventFields[KeyT]]) -> NewEvent: ...
+    async def enqueue(self, event: NewEvent | None = None, /, **fields: Any) -> NewEvent:
+        """Capture the event, as `AsyncBufferedWriter.enqueue` would queue it.
+
+        Raises:
+            WriterClosedError: `close` was called.
+        """
+        return self._enqueue(event, fields)
+
+    async def start(self) -> Self:
+        """Nothing to start; returns the writer."""
+        return self
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Nothing to wait for; returns True."""
+        return True
+
+    async def close(self, timeout: float | None = 30.0) -> WriterCounters:
+        """Refuse further `enqueue` calls; return the counters."""
+        self._closed = True
+        return self.counters
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _matches(item: CapturedEvent, expected: dict[str, Any]) -> bool:
+    for name, value in expected.items():
+        if name == "via":
+            if item.via != value:
+                return False
+        elif name == "payload":
+            stored = payload_of(item.event)
+            if isinstance(value, dict) and isinstance(stored, dict):
+                if any(key not in stored or stored[key] != v for key, v in value.items()):
+                    return False
+            elif stored != value:
+                return False
+        elif getattr(item.event, name) != value:
+            return False
+    return True
+
+
+def _describe(expected: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in expected.items()) or "anything"
+
+
+def _summary(item: CapturedEvent) -> str:
+    event = item.event
+    parts = [f"via {item.via}", f"event_type={event.event_type!r}"]
+    for name in ("tool_name", "error_code", "approval_status"):
+        value = getattr(event, name)
+        if value is not None:
+            parts.append(f"{name}={value!r}")
+    parts.append(f"payload={event.payload_json[:200]}")
+    return ", ".join(parts)
