@@ -338,7 +338,10 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
     assert set(returned) <= set(rows), why  # none lost
     assert len(set(rows) - set(returned)) <= 1, why  # at most the one enqueue cut short
     assert final.replayed >= len(set(rows) - before), why
-    assert (final.dead_lettered, final.spool_damaged, final.spilled) == (0, 0, 0), why
+    assert (final.dead_lettered, final.spilled) == (0, 0), why
+    # The kill may cut the write() of the record being appended (the kernel stops a write at
+    # a page boundary for SIGKILL): a torn tail, whose enqueue never returned.
+    assert final.spool_damaged <= 1, why
     assert files(directory) == []
 
 
