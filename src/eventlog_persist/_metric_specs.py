@@ -23,10 +23,10 @@ DEFAULT_WRITER_NAME = "default"
 
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
-    """One metric: its name in each ecosystem (None: reported another way there)."""
+    """One metric: its name in each ecosystem (None: Prometheus has it in a summary)."""
 
     prometheus: str | None  # without the prefix and, for a counter, the ``_total`` suffix
-    opentelemetry: str | None
+    opentelemetry: str
     kind: Kind
     unit: str  # UCUM, as OpenTelemetry wants it
     help: str

@@ -50,15 +50,13 @@ def _observe_last_error(writers: WriterSet) -> _Callback:
 def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
     provider = get_meter_provider() if meter_provider is None else meter_provider
     meter: Meter = provider.get_meter(METER_NAME, version("eventlog-persist"))
+    create = {
+        "counter": meter.create_observable_counter,
+        "updown": meter.create_observable_up_down_counter,
+        "gauge": meter.create_observable_gauge,
+    }
     for spec in SPECS:
-        if spec.opentelemetry is None:  # pragma: no cover - every spec has a name here
-            continue
-        create = {
-            "counter": meter.create_observable_counter,
-            "updown": meter.create_observable_up_down_counter,
-            "gauge": meter.create_observable_gauge,
-        }[spec.kind]
-        create(
+        create[spec.kind](
             spec.opentelemetry,
             callbacks=[_observe(writers, spec)],
             unit=spec.unit,
