@@ -6,7 +6,8 @@
   parameters, defaults, annotations (up to the sync/async type names) and docstrings, and the
   async side is awaited wherever the sync side does I/O.
 * The documentation and examples import only the facade, ``eventlog_persist``, and its topic
-  module ``eventlog_persist.exceptions``; every name in ``__all__`` exists and is documented.
+  modules ``eventlog_persist.exceptions`` and ``eventlog_persist.metrics``; every name in
+  ``__all__`` exists and is documented.
 * ``import eventlog_persist`` stays light: Alembic is loaded only when its helpers are used.
 """
 
@@ -57,6 +58,7 @@ _RENAMED = {
 _NOT_AWAITED = {
     "__init__": "a constructor cannot be awaited; the async writer connects in start()",
     "counters": "a property: a snapshot of in-memory counters, no I/O",
+    "stats": "a property: a snapshot of in-memory counters and timings, no I/O",
 }
 # Parameters only one twin has: (class, member) -> {parameter: reason}.
 _SYNC_ONLY_PARAMETERS = {
@@ -245,7 +247,11 @@ def test_twin_targets_agree() -> None:
 _DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 _EXAMPLE_DIRS = [ROOT / "docs" / "examples", ROOT / "examples"]
 _FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^[ \t]*```", flags=re.M | re.S)
-_PUBLIC_MODULES = {"eventlog_persist.exceptions", "eventlog_persist.testing"}
+_PUBLIC_MODULES = {
+    "eventlog_persist.exceptions",
+    "eventlog_persist.metrics",
+    "eventlog_persist.testing",
+}
 
 
 def _example_files() -> Iterator[Path]:
@@ -398,6 +404,11 @@ def test_all_is_public_importable_and_documented() -> None:
     exceptions = eventlog_persist.exceptions
     assert not [name for name in exceptions.__all__ if name.startswith("_")]
     assert all(vars(getattr(exceptions, name)).get("__doc__") for name in exceptions.__all__)
+    metrics = importlib.import_module("eventlog_persist.metrics")
+    for name in metrics.__all__:
+        obj = getattr(metrics, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert vars(obj).get("__doc__") or obj.__doc__, name
 
 
 def test_unknown_attribute_raises() -> None:

@@ -50,6 +50,7 @@ def test_the_page_shows_every_example() -> None:
         ("writing_lifespan.py", 40),
         ("writing_checks.py", 2),
         ("writing_spool.py", 200),
+        ("writing_metrics.py", 200),
     ],
 )
 def test_example_runs(
@@ -72,3 +73,15 @@ def test_the_checks_example_refuses_in_the_caller(
     assert "EventFieldRules(max_future=0:05:00)" in out
     assert "imported: 2" in out
     assert "chat sessions stored: 2" in out  # the host's own change committed
+
+
+def test_the_metrics_example_reports_the_writer(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load("writing_metrics.py")
+    module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "written: 200 queued: 0" in out
+    assert "oldest queued age: None last error: None" in out
+    assert 'eventlog_writer_events_written_total{writer="api"} 200.0' in out
+    assert "OpenTelemetry instruments: 19" in out  # the last error has no point yet

@@ -2,7 +2,9 @@
 
 Every name a host application writes in its own code is importable from here; the modules
 whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`,
-`eventlog_persist.testing` (a pytest plugin and capturing writers for host test suites).
+`eventlog_persist.testing` (a pytest plugin and capturing writers for host test suites),
+and `eventlog_persist.metrics` (exporters for prometheus-client and OpenTelemetry, which are
+imported only when used).
 
 The Alembic helpers (`check_setup`, `include_name`, `include_object`,
 `write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so
@@ -15,7 +17,7 @@ import sys as _sys
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
-from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter, WriterCounters
+from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._ids import new_event_id
@@ -41,6 +43,7 @@ from eventlog_persist._reader import AsyncEventLogReader, EventLogReader
 from eventlog_persist._retention import PurgeResult, count_purgeable, purge_events
 from eventlog_persist._retry import RetryPolicy
 from eventlog_persist._spool import Spool
+from eventlog_persist._stats import LastError, WriterCounters, WriterStats
 from eventlog_persist._targets import ForeignKeyTargets
 from eventlog_persist._vocabulary import ApprovalStatus, EventFieldRules, EventType
 from eventlog_persist._writer import EventWriter
@@ -105,6 +108,7 @@ __all__ = [
     "ForeignKeyTargets",
     "GroupCount",
     "JSONValue",
+    "LastError",
     "NewEvent",
     "Page",
     "PayloadPolicy",
@@ -114,6 +118,7 @@ __all__ = [
     "SetupReport",
     "Spool",
     "WriterCounters",
+    "WriterStats",
     "awrite_events",
     "check_setup",
     "count_purgeable",

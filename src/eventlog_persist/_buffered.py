@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeAlias, cast, overload
 
@@ -37,6 +37,7 @@ from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._retry import BUFFERED_RETRY, RetryPolicy
 from eventlog_persist._spool import Journal, Reading, Spool, encode_event
+from eventlog_persist._stats import BatchTimes, LastError, WriterCounters, WriterStats
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -50,7 +51,6 @@ __all__ = [
     "AsyncBufferedWriter",
     "BufferedWriter",
     "WhenFull",
-    "WriterCounters",
 ]
 
 logger = logging.getLogger("eventlog_persist")
@@ -60,50 +60,6 @@ WhenFull: TypeAlias = Literal["block", "drop_newest"]
 
 
 _Dead: TypeAlias = list[tuple[NewEvent, EventWriteError]]
-
-
-@dataclass(frozen=True, slots=True)
-class WriterCounters:
-    """A snapshot of a buffered writer's counters.
-
-    Attributes:
-        written: Events stored (inserted, or found already stored by an idempotent retry).
-        duplicates: Of ``written``, events that were already stored.
-        retried: Transient failures that were retried.
-        read_only_retries: Of ``retried``, the failures because the database accepted only
-            reads: a failover in progress, or a writer pointed at a standby by mistake
-            (also logged at ERROR level, at most every 30 s).
-        dead_lettered: Events given up on while writing: refused by the database, past the
-            retry policy, or failing unexpectedly (sent to the dead-letter hook).
-        dropped: Events refused at enqueue because the queue stayed full (sent to the hook).
-        unwritten: Events still queued or being written when `close` gave up waiting (sent
-            to the hook). Those of the batch being written may in fact have committed.
-        queued: Events enqueued and not yet written or given up, the batch being written
-            included.
-        queued_bytes: Their estimated size (`NewEvent.size_bytes`).
-        errors: Unexpected errors inside the writer loop (logged; the loop went on).
-        spilled: With a `Spool`: events on the spool only, not in memory, waiting to be
-            read back into the queue (it was full, or an earlier writer left them); after
-            `close`, the events left on the spool for the next writer. Not in ``queued``.
-        replayed: With a `Spool`: events read back from the spools of earlier writers
-            (this process's last writer, processes that are gone).
-        spool_damaged: With a `Spool`: damaged records skipped (a torn tail left by a
-            crash mid-write, a record whose checksum does not match), each logged at ERROR.
-    """
-
-    written: int
-    duplicates: int
-    retried: int
-    read_only_retries: int
-    dead_lettered: int
-    dropped: int
-    unwritten: int
-    queued: int
-    queued_bytes: int
-    errors: int
-    spilled: int = 0
-    replayed: int = 0
-    spool_damaged: int = 0
 
 
 class _State(Generic[KeyT]):
@@ -164,6 +120,11 @@ class _State(Generic[KeyT]):
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
         self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
+        # -- stats (see _stats.WriterStats) --
+        self.arrivals: deque[float] = deque()  # monotonic time each queued event arrived
+        self.inflight_since = 0.0  # arrival of the oldest event of the batch being written
+        self.batch_times = BatchTimes()
+        self.last_error: LastError | None = None
         # -- the spool (see _spool.Journal) --
         self.journal: Journal | None = None
         self.feed_blocked = False  # the next spooled event did not fit: wait for a batch
@@ -188,6 +149,9 @@ class _State(Generic[KeyT]):
         self.written = self.duplicates = self.retried = self.dead_lettered = 0
         self.read_only_retries = 0
         self.dropped = self.unwritten = self.errors = 0
+        self.arrivals = deque()
+        self.batch_times = BatchTimes()
+        self.last_error = None
         if self.journal is not None:  # the parent's files: the child's copy has no spool
             self.journal.forget()
             self.journal = None
@@ -206,6 +170,24 @@ class _State(Generic[KeyT]):
             queued_bytes=self.pending_bytes,
             errors=self.errors,
             **self._spool_counters(),
+        )
+
+    def stats(self) -> WriterStats:
+        if self.inflight is not None:
+            since: float | None = self.inflight_since
+        else:
+            since = self.arrivals[0] if self.arrivals else None
+        times = self.batch_times
+        p50, slowest = times.p50_and_max()
+        return WriterStats(
+            counters=self.counters(),
+            oldest_queued_age=None if since is None else max(0.0, time.monotonic() - since),
+            batches=times.count,
+            batch_seconds_total=times.total,
+            last_batch_seconds=times.last,
+            recent_batch_seconds_p50=p50,
+            recent_batch_seconds_max=slowest,
+            last_error=self.last_error,
         )
 
     def _spool_counters(self) -> dict[str, int]:
@@ -266,9 +248,11 @@ class _State(Generic[KeyT]):
         if not events:
             return
         queue = self.queue
+        now = time.monotonic()
         if not queue:
-            self.oldest = time.monotonic() - self.flush_interval  # due now: more may wait
+            self.oldest = now - self.flush_interval  # due now: more may wait
         queue.extend(events)
+        self.arrivals.extend(repeat(now, len(events)))
         self.pending += len(events)
         self.pending_bytes += sum(event.size_bytes for event in events)
 
@@ -286,9 +270,11 @@ class _State(Generic[KeyT]):
         """
         queue = self.queue
         first = not queue
+        now = time.monotonic()
         if first:
-            self.oldest = time.monotonic()
+            self.oldest = now
         queue.append(event)
+        self.arrivals.append(now)
         self.pending += 1
         self.pending_bytes += size
         self.enqueued += 1
@@ -297,6 +283,11 @@ class _State(Generic[KeyT]):
     def drop(self, event: NewEvent, *, spool: str = "") -> _Dead:
         """Count a dropped event; return it with its error, to report without the lock."""
         self.dropped += 1
+        dead: _Dead = [(event, self._drop_error(event, spool))]
+        self.note(dead)
+        return dead
+
+    def _drop_error(self, event: NewEvent, spool: str) -> QueueFullError:
         if spool:
             message = (
                 f"event {event.id} was dropped: {spool}, because the database has been "
@@ -310,7 +301,7 @@ class _State(Generic[KeyT]):
                 "slower than the producers; raise max_queued / max_queued_bytes, or use "
                 "when_full='block' with a longer block_timeout"
             )
-        return [(event, QueueFullError(message, event=event))]
+        return QueueFullError(message, event=event)
 
     def wait_time(self) -> float | None:
         """Seconds the writer may sleep before a batch is due; None: due now; inf: idle."""
@@ -327,6 +318,10 @@ class _State(Generic[KeyT]):
         queue = self.queue
         count = min(len(queue), self.batch_size)
         batch = [queue.popleft() for _ in range(count)]
+        arrivals = self.arrivals
+        self.inflight_since = arrivals[0]
+        for _ in range(count):
+            arrivals.popleft()
         self.taken += count
         if queue:
             self.oldest = time.monotonic()
@@ -334,9 +329,15 @@ class _State(Generic[KeyT]):
         return batch
 
     def settle(
-        self, batch: list[NewEvent], outcome: Outcome | None, error: BaseException | None
+        self,
+        batch: list[NewEvent],
+        outcome: Outcome | None,
+        error: BaseException | None,
+        seconds: float,
     ) -> _Dead:
         """Count a finished batch; return what was not written, to report without the lock.
+
+        ``seconds`` is how long its write took, recorded for a write that finished.
 
         A batch that `abandon` already reported (close gave up on it) is not counted again,
         whatever its write did: no event is ever both written and unwritten.
@@ -354,6 +355,7 @@ class _State(Generic[KeyT]):
                 return []
         dead: _Dead
         if outcome is not None:
+            self.batch_times.record(seconds)
             self.written += outcome.inserted + outcome.duplicates
             self.duplicates += outcome.duplicates
             dead = outcome.dead
@@ -367,6 +369,7 @@ class _State(Generic[KeyT]):
             dead = [(event, _closed_error(event, error, in_flight=True)) for event in batch]
             self.unwritten += len(dead)
         self.release(batch)
+        self.note(dead)
         return dead
 
     def spool_waiting(self) -> bool:
@@ -389,6 +392,7 @@ class _State(Generic[KeyT]):
         self.inflight = None
         queued = list(self.queue)
         self.queue.clear()
+        self.arrivals.clear()
         self.taken += len(queued)
         self.release(inflight)
         self.release(queued)
@@ -398,11 +402,18 @@ class _State(Generic[KeyT]):
         self.unwritten += len(inflight) + len(queued)
         dead: _Dead = [(event, _closed_error(event, None, in_flight=True)) for event in inflight]
         dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
+        self.note(dead)
         return dead
 
-    def count_retry(self, read_only: bool) -> None:
+    def note(self, dead: _Dead) -> None:
+        """Keep the error of the last event given up on, for `stats`."""
+        if dead:
+            self.last_error = LastError.of(dead[-1][1], retried=False)
+
+    def count_retry(self, error: BaseException, read_only: bool) -> None:
         self.retried += 1
         self.read_only_retries += read_only
+        self.last_error = LastError.of(error, retried=True)
 
 
 def _closed_error(
@@ -688,6 +699,15 @@ class BufferedWriter(Generic[KeyT]):
         with self._lock:
             return self._state.counters()
 
+    @property
+    def stats(self) -> WriterStats:
+        """The counters, queue, batch write times and last error now, as one snapshot.
+
+        .. versionadded:: 0.3.0
+        """
+        with self._lock:
+            return self._state.stats()
+
     # -- request path --
 
     @overload
@@ -791,6 +811,7 @@ class BufferedWriter(Generic[KeyT]):
         state = self._state
         outcome: Outcome | None = None
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             outcome = deliver(
                 self._connector,
@@ -804,14 +825,15 @@ class BufferedWriter(Generic[KeyT]):
             error = exc
             raise
         finally:
+            seconds = time.monotonic() - started
             with self._lock:
-                dead = state.settle(batch, outcome, error)
+                dead = state.settle(batch, outcome, error, seconds)
                 self._room.notify_all()
             report_dead_letters(state.on_dead_letter, dead)
 
-    def _count_retry(self, read_only: bool) -> None:
+    def _count_retry(self, error: BaseException, read_only: bool) -> None:
         with self._lock:
-            self._state.count_retry(read_only)
+            self._state.count_retry(error, read_only)
 
 
 class AsyncBufferedWriter(Generic[KeyT]):
@@ -871,6 +893,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
             tcp_user_timeout=tcp_user_timeout,
             lock_timeout=lock_timeout,
         )
+        # The task and the producers all run on the loop; the lock only makes `counters` and
+        # `stats` safe to read from another thread (a metrics scrape).
+        self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._abort = asyncio.Event()
@@ -879,6 +904,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
 
     def _after_fork_in_child(self) -> None:
         """Runs in a forked child: the parent's queue and spool are not the child's."""
+        self._lock = threading.Lock()
         self._connector.forget()
         self._state.forget()
 
@@ -908,7 +934,17 @@ class AsyncBufferedWriter(Generic[KeyT]):
     @property
     def counters(self) -> WriterCounters:
         """The counters now."""
-        return self._state.counters()
+        with self._lock:
+            return self._state.counters()
+
+    @property
+    def stats(self) -> WriterStats:
+        """The counters, queue, batch write times and last error now, as one snapshot.
+
+        .. versionadded:: 0.3.0
+        """
+        with self._lock:
+            return self._state.stats()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event enqueued so far is written or given up.
@@ -946,7 +982,8 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 self._abort.set()
         # Give up on the queue and the batch being written before cancelling the task, so
         # they count as unwritten once, whatever the task's last write did.
-        dead = state.abandon()
+        with self._lock:
+            dead = state.abandon()
         self._room.set()
         report_dead_letters(state.on_dead_letter, dead)
         if task is not None and not task.done():
@@ -955,7 +992,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 await task
         if task is None:
             await self._connector.close()
-        return state.counters()
+        return self.counters
 
     @overload
     async def enqueue(self, event: NewEvent, /) -> NewEvent: ...
@@ -983,7 +1020,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 event=event,
             )
         if state.journal is not None:  # with a spool: on disk before returning
-            wake, dropped = state.spool_add(event, encode_event(event), size)
+            record = encode_event(event)
+            with self._lock:
+                wake, dropped = state.spool_add(event, record, size)
             if wake:
                 self._wake.set()
             if dropped:
@@ -993,14 +1032,18 @@ class AsyncBufferedWriter(Generic[KeyT]):
             if state.when_full == "drop_newest" or not await self._wait_room(
                 lambda: state.closing or state.fits(size), state.block_timeout
             ):
-                report_dead_letters(state.on_dead_letter, state.drop(event))
+                with self._lock:
+                    dead = state.drop(event)
+                report_dead_letters(state.on_dead_letter, dead)
                 return event
             if state.closing:
                 raise WriterClosedError(
                     f"cannot enqueue event {event.id}: the writer closed while waiting",
                     event=event,
                 )
-        if state.add(event, size):
+        with self._lock:
+            wake = state.add(event, size)
+        if wake:
             self._wake.set()
         return event
 
@@ -1023,7 +1066,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
                     if (journal := state.journal) is not None:
                         room = state.feed_room()
                         if room is not None:  # small local file reads, on the loop
-                            state.fed(journal.read(*room))
+                            reading = journal.read(*room)
+                            with self._lock:
+                                state.fed(reading)
                     while (wait := state.wait_time()) is not None:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -1036,10 +1081,13 @@ class AsyncBufferedWriter(Generic[KeyT]):
                         continue
                     if state.feed_room() is not None:
                         continue  # fill the queue from the spool before taking a batch
-                    await self._write(state.take())
+                    with self._lock:
+                        batch = state.take()
+                    await self._write(batch)
                 except Exception:  # pragma: no cover - a bug; keep the task alive
                     logger.exception("unexpected error in the buffered event writer")
-                    state.errors += 1
+                    with self._lock:
+                        state.errors += 1
         finally:
             await self._connector.close()
 
@@ -1047,6 +1095,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         state = self._state
         outcome: Outcome | None = None
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             outcome = await adeliver(
                 self._connector,
@@ -1054,12 +1103,18 @@ class AsyncBufferedWriter(Generic[KeyT]):
                 batch,
                 state.retry,
                 stop=self._abort,
-                on_retry=state.count_retry,
+                on_retry=self._count_retry,
             )
         except BaseException as exc:  # CancelledError too: the batch is settled either way
             error = exc
             raise
         finally:
-            dead = state.settle(batch, outcome, error)
+            seconds = time.monotonic() - started
+            with self._lock:
+                dead = state.settle(batch, outcome, error, seconds)
             self._room.set()
             report_dead_letters(state.on_dead_letter, dead)
+
+    def _count_retry(self, error: BaseException, read_only: bool) -> None:
+        with self._lock:
+            self._state.count_retry(error, read_only)

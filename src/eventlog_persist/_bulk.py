@@ -155,7 +155,7 @@ def write_events(
         lock_timeout=lock_timeout,
     )
 
-    def count_retry(read_only: bool) -> None:
+    def count_retry(_error: BaseException, read_only: bool) -> None:
         result.retries += 1
         result.read_only_retries += read_only
 
@@ -216,7 +216,7 @@ async def awrite_events(
         lock_timeout=lock_timeout,
     )
 
-    def count_retry(read_only: bool) -> None:
+    def count_retry(_error: BaseException, read_only: bool) -> None:
         result.retries += 1
         result.read_only_retries += read_only
 

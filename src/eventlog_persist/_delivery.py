@@ -454,13 +454,13 @@ def deliver(
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: threading.Event | None = None,
-    on_retry: Callable[[bool], None] | None = None,
+    on_retry: Callable[[BaseException, bool], None] | None = None,
 ) -> Outcome:
     """Write one batch: retry, split after repeated statement timeouts, dead-letter the rest.
 
     A failed attempt never reuses its connection: the next one connects afresh, so a
-    multi-host conninfo reaches the new primary after a failover. ``on_retry`` is told
-    whether the failure was the database refusing writes as read-only.
+    multi-host conninfo reaches the new primary after a failover. ``on_retry`` is given
+    each retried failure, and whether it was the database refusing writes as read-only.
     Never raises for a failed write: every event ends up counted or in ``Outcome.dead``.
     """
     outcome = Outcome()
@@ -487,6 +487,7 @@ def deliver(
             broken = connector.broken()
             connector.discard()
             read_only = connector.failed(exc)
+            failure = exc  # `exc` is unbound after the except clause
             stopping = stop is not None and stop.is_set()
             delay = _after_failure(
                 part,
@@ -500,7 +501,7 @@ def deliver(
             )
         if delay is not None:
             if on_retry is not None:
-                on_retry(read_only)
+                on_retry(failure, read_only)
             if stop is not None:
                 stop.wait(delay)
             else:
@@ -638,7 +639,7 @@ async def adeliver(
     events: Sequence[NewEvent],
     retry: RetryPolicy,
     stop: asyncio.Event | None = None,
-    on_retry: Callable[[bool], None] | None = None,
+    on_retry: Callable[[BaseException, bool], None] | None = None,
 ) -> Outcome:
     """Async `deliver`: the same decisions, with awaits."""
     outcome = Outcome()
@@ -665,6 +666,7 @@ async def adeliver(
             broken = connector.broken()
             await connector.discard()
             read_only = connector.failed(exc)
+            failure = exc  # `exc` is unbound after the except clause
             stopping = stop is not None and stop.is_set()
             delay = _after_failure(
                 part,
@@ -678,7 +680,7 @@ async def adeliver(
             )
         if delay is not None:
             if on_retry is not None:
-                on_retry(read_only)
+                on_retry(failure, read_only)
             if stop is None:
                 await asyncio.sleep(delay)
             else:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import assert_type
 
 from alembic.config import Config
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -36,6 +38,7 @@ from eventlog_persist import (
     ForeignKeyTargets,
     GroupCount,
     JSONValue,
+    LastError,
     NewEvent,
     Page,
     PayloadPolicy,
@@ -44,6 +47,7 @@ from eventlog_persist import (
     RetryPolicy,
     Spool,
     WriterCounters,
+    WriterStats,
     check_setup,
     count_purgeable,
     event_log_model,
@@ -53,6 +57,11 @@ from eventlog_persist import (
     prepare_payload,
     purge_events,
     write_events,
+)
+from eventlog_persist.metrics import (
+    MetricsRegistration,
+    register_opentelemetry,
+    register_prometheus,
 )
 
 
@@ -175,6 +184,20 @@ def bulk_and_buffered(engine: Engine, user: User, chat: uuid.UUID) -> int:
     assert_type(counters, WriterCounters)
     assert_type(buffered.close(), WriterCounters)
     assert_type(counters.read_only_retries, int)
+    stats = buffered.stats
+    assert_type(stats, WriterStats)
+    assert_type(stats.counters, WriterCounters)
+    assert_type(stats.oldest_queued_age, float | None)
+    assert_type(stats.recent_batch_seconds_max, float | None)
+    if stats.last_error is not None:
+        assert_type(stats.last_error, LastError)
+        assert_type(stats.last_error.sqlstate, str | None)
+    registration = register_prometheus(buffered, registry=CollectorRegistry())
+    assert_type(registration, MetricsRegistration)
+    registration.close()
+    register_prometheus({"api": buffered}).close()
+    register_prometheus({"api": 1})  # type: ignore[dict-item]
+    register_opentelemetry(buffered, meter_provider=MeterProvider()).close()
     spool = Spool("event-spool", fsync=0.05, max_bytes=256 * 1024 * 1024)
     Spool("event-spool", fsync="sometimes")  # type: ignore[arg-type]
     with BufferedWriter(EventLog, engine, spool=spool) as spooled:

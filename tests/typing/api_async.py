@@ -22,9 +22,11 @@ from eventlog_persist import (
     NewEvent,
     Page,
     WriterCounters,
+    WriterStats,
     awrite_events,
     new_event,
 )
+from eventlog_persist.metrics import register_prometheus
 
 
 class Base(DeclarativeBase):
@@ -59,6 +61,8 @@ async def buffered(engine: AsyncEngine, user_id: uuid.UUID, chat: uuid.UUID) -> 
         assert_type(await events.flush(), bool)
     counters = events.counters
     assert_type(counters, WriterCounters)
+    assert_type(events.stats, WriterStats)
+    register_prometheus({"events": events}).close()
 
     by_conninfo = await AsyncBufferedWriter(EventLog, "postgresql://localhost/app").start()
     assert_type(await by_conninfo.close(timeout=5), WriterCounters)

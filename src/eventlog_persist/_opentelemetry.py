@@ -1,0 +1,70 @@
+"""The OpenTelemetry instruments: observable ones, whose callbacks read the writers' stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
+
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    Observation,
+    get_meter_provider,
+)
+
+from eventlog_persist._metric_specs import SPECS, WRITER_ATTRIBUTE, MetricSpec, WriterSet
+
+METER_NAME = "eventlog_persist"
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+def _observe(writers: WriterSet, spec: MetricSpec) -> _Callback:
+    def callback(options: CallbackOptions) -> list[Observation]:
+        observations = []
+        for name, stats in writers.stats():
+            value = spec.value(stats)
+            if value is not None:
+                observations.append(Observation(value, {WRITER_ATTRIBUTE: name}))
+        return observations
+
+    return callback
+
+
+def _observe_last_error(writers: WriterSet) -> _Callback:
+    def callback(options: CallbackOptions) -> list[Observation]:
+        observations = []
+        for name, stats in writers.stats():
+            error = stats.last_error
+            if error is not None:
+                attributes = {WRITER_ATTRIBUTE: name, "error.type": error.type}
+                if error.sqlstate is not None:
+                    attributes["db.response.status_code"] = error.sqlstate
+                observations.append(Observation(error.at.timestamp(), attributes))
+        return observations
+
+    return callback
+
+
+def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
+    provider = get_meter_provider() if meter_provider is None else meter_provider
+    meter: Meter = provider.get_meter(METER_NAME, version("eventlog-persist"))
+    create = {
+        "counter": meter.create_observable_counter,
+        "updown": meter.create_observable_up_down_counter,
+        "gauge": meter.create_observable_gauge,
+    }
+    for spec in SPECS:
+        create[spec.kind](
+            spec.opentelemetry,
+            callbacks=[_observe(writers, spec)],
+            unit=spec.unit,
+            description=spec.help,
+        )
+    meter.create_observable_gauge(
+        "eventlog.writer.last_error.time",
+        callbacks=[_observe_last_error(writers)],
+        unit="s",
+        description="Unix time of the latest error, with its type and SQLSTATE as attributes.",
+    )
