@@ -9,10 +9,10 @@ from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from typing_extensions import Unpack
 
-from eventlog_persist._buffered import WriterCounters
 from eventlog_persist._events import EventBuilder, EventFields, NewEvent
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._stats import WriterCounters
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist._writer import event_row
 from eventlog_persist.exceptions import WriterClosedError
