@@ -35,13 +35,8 @@ def _nice_step(top: float, ticks: int = 5) -> float:
 
 
 def _number(value: float) -> str:
-    """A compact label: 3 significant figures, thousands separated."""
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    digits = max(0, 2 - math.floor(math.log10(abs(value))))
-    return f"{value:,.{digits}f}"
+    """A compact label: at most 3 significant figures, whole numbers thousands separated."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _tick(value: float, step: float) -> str:
