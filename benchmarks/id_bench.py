@@ -2,6 +2,7 @@
 
     python benchmarks/id_bench.py                 # 2,000,000 rows on an embedded PostgreSQL
     python benchmarks/id_bench.py --rows 200000 --url postgresql://user@host/db
+    python benchmarks/id_bench.py --svg docs/benchmarks/ids.svg   # also a chart of the ratios
 
 Each round loads the same rows (ids aside) into a fresh ``event_logs`` table with its primary
 key in place, through COPY BINARY in batches of 10,000, alternating v7 and v4 so drift on a
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import _svg
 import psycopg
 from uuid_utils.compat import uuid7
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", help="libpq URL of a PostgreSQL database (default: embedded)")
+    parser.add_argument("--svg", type=Path, help="also draw the ratios as an SVG chart here")
     args = parser.parse_args()
     times: dict[str, list[float]] = {"v7": [], "v4": []}
     sizes: dict[str, int] = {}
@@ -98,6 +101,26 @@ def main() -> None:
     print(f"load time ratio v7/v4: {v7 / v4:.3f}  ({(1 - v7 / v4) * 100:+.1f}% faster with v7)")
     print(f"primary key size v7 {sizes['v7'] / 2**20:.1f} MiB, v4 {sizes['v4'] / 2**20:.1f} MiB")
     print(f"primary key size ratio v7/v4: {sizes['v7'] / sizes['v4']:.3f}")
+    if args.svg:
+        chart = _svg.bar_chart(
+            "UUIDv7 ids against UUIDv4: load time and primary-key size (v7 / v4)",
+            [
+                (f"load time ({v7:.2f} s / {v4:.2f} s)", {"v7 / v4": v7 / v4}),
+                (
+                    f"primary key ({sizes['v7'] / 2**20:.1f} / {sizes['v4'] / 2**20:.1f} MiB)",
+                    {"v7 / v4": sizes["v7"] / sizes["v4"]},
+                ),
+            ],
+            subtitle=(
+                f"PostgreSQL {version // 10000}, {args.rows:,} rows, COPY in batches of "
+                f"10,000, median of {args.rounds} alternating rounds; lower is better for v7"
+            ),
+            unit="x",
+            label=lambda value: f"{value:.2f}",
+            reference=1.0,
+            reference_label="v4 = 1.00",
+        )
+        print(f"chart written to {_svg.write(args.svg, chart)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ host that uses the package imports anyway: SQLAlchemy's ORM and psycopg.
     python benchmarks/import_bench.py                  # the installed package
     python benchmarks/import_bench.py --other-src DIR  # also another checkout's src/, e.g. the
                                                        # release before, for a before/after table
+    python benchmarks/import_bench.py --svg docs/benchmarks/import.svg  # also a chart
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+import _svg
 
 _PROBE = """
 import json, sys, time
@@ -55,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--other-src", help="a src/ directory of another version to compare")
+    parser.add_argument("--svg", type=Path, help="also draw the medians as an SVG chart here")
     args = parser.parse_args()
     trees: dict[str, str | None] = {"this": None}
     if args.other_src:
@@ -82,6 +87,22 @@ def main() -> None:
             f"{(median - baseline[tree]) * 1000:7.1f} {median / baseline[tree]:7.2f} "
             f"{int(results[0]['modules']):8d} {'yes' if results[0]['alembic'] else 'no'}"
         )
+    if args.svg:
+        medians = {key: statistics.median(r["seconds"] for r in runs[key]) * 1000 for key in runs}
+        chart = _svg.bar_chart(
+            "Import time in a fresh interpreter (median ms)",
+            [
+                (name, {tree: medians[(tree, name)] for tree in trees if (tree, name) in medians})
+                for name in _VARIANTS
+            ],
+            subtitle=(
+                f"{args.rounds} interleaved rounds, Python {sys.version.split()[0]}"
+                + ("; other: the --other-src tree" if args.other_src else "")
+            ),
+            unit=" ms",
+            label=lambda value: f"{value:,.0f}",
+        )
+        print(f"chart written to {_svg.write(args.svg, chart)}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ For each size it creates a database, loads it with ``datagen`` (COPY), then meas
 
 Usage: ``python benchmarks/read_bench.py [--sizes 50000,1000000] [--url URL]``; without
 ``--url`` an embedded PostgreSQL is started in a temporary folder and deleted afterwards.
-Results go to ``docs/benchmarks/read-path.md`` (``--out``).
+Results go to ``docs/benchmarks/read-path.md`` (``--out``); with
+``--svg docs/benchmarks/read-path.svg`` the p50 latency of every reader call at every size
+is also drawn as a chart, which the page shows above its table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import _svg
 import datagen
 import psycopg
 from sqlalchemy import Engine, create_engine, insert, select, text
@@ -483,8 +486,23 @@ def _first(row: Any) -> str:
     return str(row[0]) if row else "?"
 
 
-def render(results: list[SizeResult], *, command: str, server: str) -> str:
-    """The results as a markdown page."""
+def chart(results: list[SizeResult], *, server: str) -> str:
+    """The p50 latency of every reader call at every size, as an SVG bar chart."""
+    return _svg.bar_chart(
+        "Reader calls: p50 latency by table size (ms, lower is better)",
+        [
+            (name, {f"{r.rows:,} rows": r.queries[name].p50 for r in results})
+            for name in results[0].queries
+        ],
+        subtitle=f"{server}; warm cache, one open connection",
+        unit=" ms",
+    )
+
+
+def render(
+    results: list[SizeResult], *, command: str, server: str, svg_link: str | None = None
+) -> str:
+    """The results as a markdown page; ``svg_link``: the chart, relative to the page."""
     first = results[0]
     sizes = [f"{r.rows:,}" for r in results]
     lines = [
@@ -520,6 +538,11 @@ def render(results: list[SizeResult], *, command: str, server: str) -> str:
         "the call walks the user's index entries, and their rows, until it finds a page or "
         "the timeline ends; the cost follows the user's event count, not the table's size.",
         "",
+        *(
+            [f"![p50 latency of every reader call at each size]({svg_link})", ""]
+            if svg_link
+            else []
+        ),
         _header("call", sizes),
         "|---|" + "---:|" * (2 * len(results) - 1),
     ]
@@ -629,9 +652,14 @@ def run(
     purge_rows: int = PURGE_ROWS,
     out: Path | None,
     command: str,
+    svg: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Benchmark every size against the server at ``admin``; return (and write) the page."""
+    """Benchmark every size against the server at ``admin``; return (and write) the page.
+
+    With ``svg``, the chart of reader latencies is written there too, and the page (when
+    ``out`` is given) links to it.
+    """
     with psycopg.connect(_libpq(admin)) as connection:
         version = connection.execute("SHOW server_version").fetchone()
         buffers = connection.execute("SHOW shared_buffers").fetchone()
@@ -644,7 +672,12 @@ def run(
         )
         log(f"  loaded in {result.load_seconds:.1f} s")
         results.append(result)
-    page = render(results, command=command, server=server)
+    svg_link = None
+    if svg is not None:
+        log(f"chart written to {_svg.write(svg, chart(results, server=server))}")
+        if out is not None:
+            svg_link = Path(os.path.relpath(svg.resolve(), out.resolve().parent)).as_posix()
+    page = render(results, command=command, server=server, svg_link=svg_link)
     log(page)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -664,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "--purge-rows", type=int, default=PURGE_ROWS, help="old events the purge run deletes"
     )
     parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
+    parser.add_argument("--svg", type=Path, help="also draw the reader latencies as SVG here")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     given = argv if argv is not None else sys.argv[1:]
@@ -673,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "insert_rows": args.insert_rows,
         "purge_rows": args.purge_rows,
         "out": args.out,
+        "svg": args.svg,
         "command": command.strip(),
     }
     if args.url:

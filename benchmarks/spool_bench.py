@@ -1,9 +1,10 @@
 """Spool benchmark: what the spool costs `enqueue`, and what SIGKILL under load loses with it.
 
 Usage: python benchmarks/spool_bench.py [--url postgresql://...] [--events 20000] [--rounds 6]
-       [--kills 5]
+       [--kills 5] [--svg docs/benchmarks/spool.svg]
 Without --url it starts a throwaway embedded PostgreSQL 18. The spools live in a temporary
-directory (on the file system of $TMPDIR).
+directory (on the file system of $TMPDIR). With --svg it also draws the p50 latency of
+``enqueue`` with and without a spool as a chart.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import _svg
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from write_bench import Base, ChatSession, EventLog, User, database  # the same host schema
@@ -236,6 +238,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--svg", type=Path, help="also draw the enqueue p50 as an SVG chart")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -291,6 +294,26 @@ def main() -> None:
             f"{min(deltas):+.2f} to {max(deltas):+.2f} | {statistics.median(ratios):.2f} | "
             f"{p99[0]:.2f} / {p99[1]:.2f} | {target} |"
         )
+    if args.svg:
+        chart = _svg.bar_chart(
+            "enqueue() p50 latency without and with a spool (fsync never)",
+            [
+                (
+                    label,
+                    {
+                        name: statistics.median(p50 for p50, _ in runs[key])
+                        for name, key in (("no spool", "off"), ("spool", "on"))
+                    },
+                )
+                for label, runs in (
+                    ("enqueue(event), prebuilt", prebuilt),
+                    ("enqueue(**fields)", fields),
+                )
+            ],
+            subtitle=f"{args.events:,} events of ~600 B, median of {args.rounds} rounds",
+            unit=" us",
+        )
+        print(f"chart written to {_svg.write(args.svg, chart)}")
     print(
         "\nOf the delta, building the record (length, CRC32, the event's fields): "
         f"p50 {statistics.median(encoding):.2f} us (median of {args.rounds} runs); the rest is "

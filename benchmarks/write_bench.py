@@ -1,7 +1,9 @@
 """Write-path benchmark: every writer against raw psycopg COPY and the ORM, in one run.
 
 Usage: python benchmarks/write_bench.py [--url postgresql://...] [--events 50000]
-Without --url it starts a throwaway embedded PostgreSQL 18.
+       [--svg docs/benchmarks/write-path.svg]
+Without --url it starts a throwaway embedded PostgreSQL 18. With --svg it also draws the
+throughput of each writer relative to raw COPY as a chart.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _svg
 import psycopg
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import ForeignKey, create_engine, text
@@ -327,6 +330,7 @@ def main() -> None:
     parser.add_argument("--url", help="libpq URL of an empty database (default: embedded 18)")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--svg", type=Path, help="also draw the throughput as an SVG chart here")
     args = parser.parse_args()
     with database(args.url) as url:
         bench = Bench(url, args.events)
@@ -375,6 +379,29 @@ def main() -> None:
         f"| `BufferedWriter`, `enqueue()` incl. checks + payload prep (1 run) | "
         f"{n / bench.buffered_full_time:,.0f} | | {full:.2f} | | (info) | |"
     )
+    if args.svg:
+        rates = {
+            "raw psycopg COPY (baseline)": raw,
+            "bulk write_events": statistics.median(runs["bulk"]),
+            "BufferedWriter, sustained (prebuilt events)": statistics.median(runs["buffered"]),
+            "BufferedWriter, enqueue() with checks + payload prep": bench.buffered_full_time,
+        }
+        chart = _svg.bar_chart(
+            "Write throughput relative to raw psycopg COPY (higher is better)",
+            [
+                (f"{name}: {n / seconds:,.0f}/s", {"ratio": raw / seconds})
+                for name, seconds in rates.items()
+            ],
+            subtitle=(
+                f"PostgreSQL {version[0] if version else '?'}, {n:,} events of ~600 B, "
+                f"median of {args.rounds} rounds (last row: one run)"
+            ),
+            unit="x",
+            label=lambda value: f"{value:.2f}",
+            reference=1.0,
+            reference_label="raw COPY = 1.00",
+        )
+        print(f"chart written to {_svg.write(args.svg, chart)}\n")
     print("\nIn-transaction (`EventWriter.record` vs hand-written `session.add(EventLog(...))`):\n")
     print(
         "| events per transaction | hand, us/event (median) | record, us/event (median) | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 from pgserver import ServerInfo
 from test_explain import bench_module
@@ -26,8 +27,10 @@ def test_generator_mix() -> None:
 
 def test_read_bench_runs(pg_server: ServerInfo, tmp_path: Path) -> None:
     bench_module("datagen")
+    bench_module("_svg")
     read_bench = bench_module("read_bench")
     out = tmp_path / "read-path.md"
+    svg = tmp_path / "charts" / "read-path.svg"
     page = read_bench.run(
         pg_server.sqlalchemy_url("postgres"),
         [3000, 6000],
@@ -36,9 +39,18 @@ def test_read_bench_runs(pg_server: ServerInfo, tmp_path: Path) -> None:
         purge_rows=40,
         out=out,
         command="smoke",
+        svg=svg,
         log=lambda _: None,
     )
     assert out.read_text() == page
+    assert "(charts/read-path.svg)" in page  # the chart, linked relative to the page
+    bars = [
+        element.get("data-series")
+        for element in ElementTree.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}rect")
+        if element.get("class") == "bar"
+    ]
+    assert Counter(bars) == {"3,000 rows": len(bars) // 2, "6,000 rows": len(bars) // 2}
+    assert "| session timeline, newest 50 |" in page
     for heading in ("Reader calls", "raw SQL vs the reader", "Deleting a parent", "Insert"):
         assert heading in page
     for row in (

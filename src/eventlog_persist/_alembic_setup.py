@@ -56,7 +56,7 @@ _TARGET_KEYS: Final = ("users", "chat_sessions", "user_projects", "user_agents")
 
 @dataclass(frozen=True, slots=True)
 class SetupReport:
-    """What :func:`check_setup` found.
+    """What `check_setup` found.
 
     Attributes:
         mode: ``"branch"`` (package location in ``version_locations``), ``"linear"``

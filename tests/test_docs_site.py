@@ -1,0 +1,88 @@
+"""The documentation site covers the whole public API, and renders its version notes.
+
+The site itself is built by CI (`.ci/run`: `mkdocs build --strict`, which fails on a broken
+link, anchor or reference, a page missing from the nav, or a docstring griffe cannot
+parse); it is not rebuilt here, so the suite needs no docs tools and does not build the site
+once per Python. These tests check what the strict build cannot see: a public name left out
+of the API reference, and the conversion of the reST version notes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+import eventlog_persist
+from eventlog_persist import exceptions
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "docs" / "reference"
+
+
+def documented() -> list[str]:
+    """Every ``::: eventlog_persist.NAME`` directive of the API reference, in page order."""
+    return [
+        name
+        for page in sorted(REFERENCE.glob("*.md"))
+        for name in re.findall(r"^::: eventlog_persist\.(\S+)$", page.read_text(), flags=re.M)
+    ]
+
+
+def test_every_public_name_has_one_entry_in_the_api_reference() -> None:
+    names = documented()
+    assert len(names) == len(set(names)), "a name is documented twice"
+    covered = set(names)
+    if "exceptions" in covered:  # the module page documents every name of its __all__
+        covered |= set(exceptions.__all__)
+    missing = sorted(set(eventlog_persist.__all__) - covered)
+    assert not missing, f"add these to a page of docs/reference/: {missing}"
+    extra = sorted(set(names) - set(eventlog_persist.__all__) - {"exceptions"})
+    assert not extra, f"not public (not in eventlog_persist.__all__): {extra}"
+
+
+def test_every_reference_page_is_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in REFERENCE.glob("*.md"):
+        assert f"reference/{page.name}" in nav, page.name
+
+
+def test_version_notes_become_markdown() -> None:
+    pytest.importorskip("griffe", reason="griffe comes with the docs extra: pip install '.[docs]'")
+    spec = importlib.util.spec_from_file_location(
+        "griffe_versions", ROOT / "scripts" / "griffe_versions.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    docstring = """Summary.
+
+Args:
+    detectors: Which detectors run.
+
+        .. versionadded:: 0.3.0
+    other: Unchanged.
+
+.. versionchanged:: 0.3.0
+   ``offset``; narrowing by
+   ``agent_id``.
+
+.. deprecated:: 0.4.0 Use ``x``.
+"""
+    assert (
+        module.rewrite(docstring)
+        == """Summary.
+
+Args:
+    detectors: Which detectors run.
+
+        *Added in version 0.3.0.*
+    other: Unchanged.
+
+*Changed in version 0.3.0:* ``offset``; narrowing by ``agent_id``.
+
+*Deprecated since version 0.4.0:* Use ``x``."""
+    )
