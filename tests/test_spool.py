@@ -339,10 +339,11 @@ def test_a_writer_leaves_no_file_open(
     key = uuid.uuid4()
     _leave_spool(host_models, tmp_path, chat_events(key, key, 2), "gone-1")
     fds = _open_fds()
-    for policy in ("always", 30, "never"):  # adopts gone-1, then its own spool
+    for policy in ("always", 0.01, "never"):  # adopts gone-1, then its own spool
         writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=policy))
         for event in chat_events(key, key, 100):  # across two segments, or more
             writer.enqueue(event)
+        time.sleep(0.05)  # the sync thread syncs (a copy of) the open segment
         writer.close(timeout=0)
         assert _open_fds() == fds
     assert writer.counters.spilled == 302
@@ -367,7 +368,8 @@ def test_a_periodic_spool_syncs_a_segment_before_it_moves_to_the_next(
     # The sync thread syncs only the open segment (not in an hour): each full one is synced
     # when the writer moves on from it.
     assert synced == [str(path) for path in segments(tmp_path)[:2]]
-    writer.close(timeout=0)
+    writer.close(timeout=0)  # and the open one when the writer closes
+    assert synced == [str(path) for path in segments(tmp_path)]
 
 
 def test_a_spool_is_for_one_table(host_models: HostModels, tmp_path: Path) -> None:
@@ -1037,6 +1039,92 @@ def test_a_file_is_deleted_as_soon_as_its_records_are_done_and_not_before(
     writer.close(timeout=0)
 
 
+@pytest.mark.parametrize(
+    ("spilled", "seen"),
+    [
+        # Equal sizes: each read back fills the queue's bytes exactly.
+        ([1000] * 5, [(2, 1), (4, 1), (6, 1), (8, 0)]),
+        # A larger event stops a read at the queue's bytes; a smaller one after it waits.
+        ([1500, 1500, 0, 1500, 0], [(2, 1), (4, 0), (6, 0), (8, 0)]),
+    ],
+)
+def test_spilled_events_are_read_back_within_the_queues_bytes(
+    host_models: HostModels, tmp_path: Path, spilled: list[int], seen: list[tuple[int, int]]
+) -> None:
+    key = uuid.uuid4()
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+        for length in [1000] * 3 + spilled
+    ]
+    calls: list[tuple[int, int]] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        counters = writer.counters  # on the writer's thread, between two batches
+        calls.append((counters.dead_lettered, counters.queued))
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),  # each batch given up on at once
+        batch_size=2,
+        max_queued_bytes=3 * events[0].size_bytes,  # the first three; the rest spill
+        on_dead_letter=hook,
+    )
+    for event in events:
+        writer.enqueue(event)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close(timeout=0)
+    # After each batch: the events given up on so far, and those left in the queue.
+    assert sorted(set(calls)) == seen
+
+
+@pytest.mark.fault
+def test_a_file_is_kept_while_any_of_its_events_is_not_done(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    events = _events_of(1024, 16)  # four files of four
+    dead = DeadLetters()
+    # A server that holds each batch's connection attempt until the test has looked at the
+    # spool, then hangs up: the batch is given up on (acknowledged) and the next one comes.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        writer = BufferedWriter(
+            host_models.EventLog,
+            f"host=127.0.0.1 port={port} dbname=x user=x sslmode=disable gssencmode=disable",
+            spool=Spool(tmp_path),
+            retry=RetryPolicy(max_attempts=1),
+            max_queued=4,  # the rest spill, and are read back in turn
+            batch_size=3,
+            connect_timeout=10,
+            on_dead_letter=dead,
+        )
+        for event in events:
+            writer.enqueue(event)
+        names = [path.name for path in segments(tmp_path)]
+        assert len(names) == 4
+        writer.start()
+        looks = 0
+        deadline = time.monotonic() + 20
+        while len(dead.items) < len(events) and time.monotonic() < deadline:
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                done = len(dead.items)  # a batch from events[done] on is being written
+                assert [path.name for path in segments(tmp_path)] == names[done // 4 :]
+                looks += 1
+        assert writer.flush(timeout=10)
+        writer.close(timeout=0)
+    assert [event for event, _ in dead.items] == events
+    assert looks >= 5
+
+
 @pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_writer_spools_and_replays(
@@ -1087,40 +1175,73 @@ def test_a_writer_left_open_does_not_hold_the_process_at_exit(tmp_path: Path) ->
 @pytest.mark.fault
 def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Path) -> None:
     # A daemon that closed its stdin gets descriptor 0 for the next file it opens: the lock
-    # of one writer, then a segment of another. Both must be closed like any other.
+    # of one writer, then segments of another. Each must be synced and closed like any other.
     script = textwrap.dedent(
         f"""
-        import os, uuid
+        import os, time, uuid
         from hostmodels import build_host_models
         from eventlog_persist import BufferedWriter, Spool
         from eventlog_persist import _spool
 
         _spool.SEGMENT_BYTES = 4096
+        synced = []
+        _spool._fdatasync = lambda fd: synced.append(os.readlink(f"/proc/self/fd/{{fd}}"))
         os.close(0)
+
+        def fd_0():
+            return os.readlink("/proc/self/fd/0") if os.path.exists("/proc/self/fd/0") else ""
+
         models = build_host_models()
-        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool({str(tmp_path / "a")!r}))
-        assert os.readlink("/proc/self/fd/0").endswith("/lock")
-        b = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool({str(tmp_path / "b")!r}))
+        spool = {str(tmp_path)!r}
+        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/a"))
+        assert fd_0().endswith("/lock")
+        b = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/b", fsync=0.02))
         a.close(timeout=0)
-        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool({str(tmp_path / "a")!r}))
+        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/a"))
         a.close(timeout=0)  # the lock was given back
-        assert not os.path.exists("/proc/self/fd/0")
+        assert fd_0() == ""
         key = uuid.uuid4()
-        segment_0 = False
-        for i in range(200):  # three segments: the second one gets descriptor 0
-            b.enqueue(session_id=key, user_id=key, event_type="x", payload={{"t": "x" * 100}})
-            fd_0 = os.readlink("/proc/self/fd/0") if os.path.exists("/proc/self/fd/0") else ""
-            segment_0 = segment_0 or fd_0.endswith(".seg")
+
+        def enqueue_until(test):
+            while not test():
+                b.enqueue(session_id=key, user_id=key, event_type="x", payload={{"t": "x" * 100}})
+
+        enqueue_until(lambda: fd_0().endswith(".seg"))  # the second segment
+        b.enqueue(session_id=key, user_id=key, event_type="x")
+        synced.clear()
+        time.sleep(0.2)
+        assert fd_0() in synced, synced  # the sync thread syncs it
+        enqueue_until(lambda: fd_0() == "")  # the third: the second one is closed
+        enqueue_until(lambda: fd_0().endswith(".seg"))  # the fourth
         b.close(timeout=0)
-        assert not os.path.exists("/proc/self/fd/0"), os.readlink("/proc/self/fd/0")
-        print(segment_0, b.counters.spilled)
+        assert fd_0() == "", fd_0()
+        print(b.counters.spilled > 0)
         """
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=TESTS, capture_output=True, text=True, timeout=30
     )
-    assert (done.returncode, done.stdout) == (0, "True 200\n"), done.stderr
-    assert len(segments(tmp_path / "b")) >= 3
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+    assert len(segments(tmp_path / "b")) == 4
+
+
+def test_closing_twice_does_not_touch_the_next_writers_spool(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    first = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=0.01))
+    assert "eventlog-spool-sync" in [thread.name for thread in threading.enumerate()]
+    first.close(timeout=0)
+    deadline = time.monotonic() + 5
+    while "eventlog-spool-sync" in [thread.name for thread in threading.enumerate()]:
+        assert time.monotonic() < deadline, "the sync thread is still running"
+        time.sleep(0.01)
+    second = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    layout = files(tmp_path)
+    first.close(timeout=0)
+    assert files(tmp_path) == layout  # its lock is still there, still held
+    with pytest.raises(SpoolInUseError):
+        BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    second.close(timeout=0)
 
 
 def test_a_forked_child_lets_go_of_the_parents_spool(
