@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gc
 import logging
 import math
 import os
@@ -826,23 +828,48 @@ def test_records_damaged_in_the_open_spool_are_skipped_and_reported(
     assert writer.counters.spilled == 6
     [segment] = segments(tmp_path)
     data = bytearray(segment.read_bytes())
-    fifth, eighth = sum(map(len, records[:4])), sum(map(len, records[:7]))
-    data[fifth + 20] ^= 0xFF  # the disk damaged the 5th record, and lost the 8th's end
+    sixth, eighth = sum(map(len, records[:5])), sum(map(len, records[:7]))
+    data[sixth + 20] ^= 0xFF  # the disk damaged the 6th record, and lost the 8th's end
     segment.write_bytes(bytes(data[: eighth + 10]))
     with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
         writer.start()
         assert writer.flush(timeout=20)
     final = writer.close()
     assert (final.written, final.spool_damaged, final.replayed, final.spilled) == (6, 2, 0, 0)
-    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:4] + events[5:7])
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:5] + events[6:7])
     messages = [record.getMessage() for record in caplog.records if "record" in record.msg]
     assert len(messages) == 2, messages
-    assert f"a damaged record at byte {fifth}, {len(records[4])} bytes skipped" in messages[0]
+    assert f"a damaged record at byte {sixth}, {len(records[5])} bytes skipped" in messages[0]
     assert (
         f"a torn record (cut short by a crash) at byte {eighth}, {len(records[7])} bytes"
         in messages[1]
     )
     assert files(tmp_path) == []
+
+
+@pytest.mark.fault
+def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
+    host_engine: Engine,
+    host_models: HostModels,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 5)
+    writer = BufferedWriter(
+        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+    )
+    for event in events:  # 2 in the queue, 3 on the spool only
+        writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    segment.unlink()  # a clean-up job removed it
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer.start()
+        assert writer.flush(timeout=20)
+    final = writer.close()
+    assert (final.written, final.spool_damaged, final.spilled, final.errors) == (2, 1, 0, 0)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:2])
+    assert any("could not read the spool segment" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.fault
@@ -1213,6 +1240,10 @@ def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Pa
         assert fd_0() in synced, synced  # the sync thread syncs it
         enqueue_until(lambda: fd_0() == "")  # the third: the second one is closed
         enqueue_until(lambda: fd_0().endswith(".seg"))  # the fourth
+        pid = os.fork()
+        if pid == 0:  # the child lets go of the parent's files, descriptor 0 too
+            os._exit(0 if fd_0() == "" else 1)
+        assert os.waitpid(pid, 0)[1] == 0
         b.close(timeout=0)
         assert fd_0() == "", fd_0()
         print(b.counters.spilled > 0)
@@ -1244,6 +1275,22 @@ def test_closing_twice_does_not_touch_the_next_writers_spool(
     second.close(timeout=0)
 
 
+def test_the_sync_thread_ends_when_its_writer_is_dropped(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    def syncers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "eventlog-spool-sync"]
+
+    before = syncers()
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=0.01))
+    [syncer] = [thread for thread in syncers() if thread not in before]
+    time.sleep(0.05)  # it holds no reference to the journal between two syncs
+    del writer
+    gc.collect()
+    syncer.join(5)
+    assert not syncer.is_alive()
+
+
 def test_a_forked_child_lets_go_of_the_parents_spool(
     host_models: HostModels, tmp_path: Path
 ) -> None:
@@ -1255,6 +1302,10 @@ def test_a_forked_child_lets_go_of_the_parents_spool(
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         ok = writer._state.journal is None and writer.counters.spilled == 0
+        # The child holds none of the parent's spool files open (nor so its lock).
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                ok = ok and not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
         os._exit(0 if ok else 1)
     assert os.waitpid(pid, 0)[1] == 0
     final = writer.close(timeout=0)
