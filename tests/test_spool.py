@@ -1067,16 +1067,22 @@ def test_a_file_is_deleted_as_soon_as_its_records_are_done_and_not_before(
 
 
 @pytest.mark.parametrize(
-    ("spilled", "seen"),
+    ("spilled", "damaged", "seen"),
     [
         # Equal sizes: each read back fills the queue's bytes exactly.
-        ([1000] * 5, [(2, 1), (4, 1), (6, 1), (8, 0)]),
+        ([1000] * 5, None, [(2, 1), (4, 1), (6, 1), (8, 0)]),
         # A larger event stops a read at the queue's bytes; a smaller one after it waits.
-        ([1500, 1500, 0, 1500, 0], [(2, 1), (4, 0), (6, 0), (8, 0)]),
+        ([1500, 1500, 0, 1500, 0], None, [(2, 1), (4, 0), (6, 0), (8, 0)]),
+        # A damaged record counts as one of the records a read may take.
+        ([1000] * 5, 3, [(2, 1), (4, 0), (6, 0), (7, 0)]),
     ],
 )
 def test_spilled_events_are_read_back_within_the_queues_bytes(
-    host_models: HostModels, tmp_path: Path, spilled: list[int], seen: list[tuple[int, int]]
+    host_models: HostModels,
+    tmp_path: Path,
+    spilled: list[int],
+    damaged: int | None,
+    seen: list[tuple[int, int]],
 ) -> None:
     key = uuid.uuid4()
     events = [
@@ -1101,6 +1107,11 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     for event in events:
         writer.enqueue(event)
     assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
+    if damaged is not None:  # the disk damaged one of the spilled records
+        [segment] = segments(tmp_path)
+        data = bytearray(segment.read_bytes())
+        data[sum(len(encode_event(event)) for event in events[:damaged]) + 20] ^= 0xFF
+        segment.write_bytes(bytes(data))
     writer.start()
     assert writer.flush(timeout=10)
     writer.close(timeout=0)
