@@ -1160,6 +1160,7 @@ def test_a_file_is_kept_while_any_of_its_events_is_not_done(
         assert writer.flush(timeout=10)
         writer.close(timeout=0)
     assert [event for event, _ in dead.items] == events
+    assert writer.counters.spool_damaged == 0
     assert looks >= 5
 
 
