@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import logging
 import math
 import os
 import random
+import resource
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -14,6 +21,7 @@ import threading
 import time
 import uuid
 import warnings
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -134,10 +142,10 @@ def test_a_record_of_another_format_version_is_not_read() -> None:
 def test_bad_spool_settings_name_the_value_and_the_fix(
     host_models: HostModels, tmp_path: Path
 ) -> None:
-    for bad in ("sometimes", 0, -1.0, math.nan, math.inf, True, 7200):
+    for bad in ("sometimes", 0, -1.0, math.nan, math.inf, True, 7200, 3600.001):
         with pytest.raises(ConfigurationError, match=r"Spool\(fsync=.*use 'never', 'always'"):
             Spool(tmp_path, fsync=bad)  # type: ignore[arg-type]
-    for size in (0, 100, 2.5, None):
+    for size in (0, 100, 4095, 2.5, None):
         with pytest.raises(ConfigurationError, match=r"Spool\(max_bytes=.*int >= 4096"):
             Spool(tmp_path, max_bytes=size)  # type: ignore[arg-type]
     for directory in ("", None, 3):
@@ -147,6 +155,10 @@ def test_bad_spool_settings_name_the_value_and_the_fix(
         BufferedWriter(host_models.EventLog, DOWN, spool="spool-dir")  # type: ignore[arg-type]
     assert Spool(tmp_path, fsync=0.05).fsync == 0.05
     assert Spool(str(tmp_path), fsync="always").fsync == "always"
+    # The largest interval and the smallest size are accepted; the defaults are the documented
+    # ones (no syncs, 1 GiB: docs/writing.md).
+    assert Spool(tmp_path, fsync=3600, max_bytes=4096).max_bytes == 4096
+    assert Spool(tmp_path) == Spool(tmp_path, fsync="never", max_bytes=1 << 30)
 
 
 def test_fsync_policies(
@@ -157,23 +169,27 @@ def test_fsync_policies(
     monkeypatch.setattr(spool_module, "_fdatasync", lambda fd: synced.append(fd) or original(fd))
     key = uuid.uuid4()
 
-    def spool_five(policy: Any) -> BufferedWriter[Any]:
+    def spool_some(policy: Any, count: int = 5) -> BufferedWriter[Any]:
         synced.clear()
         writer = BufferedWriter(
             host_models.EventLog, DOWN, spool=Spool(tmp_path / str(policy), fsync=policy)
         )
-        for _ in range(5):
+        for _ in range(count):
             writer.enqueue(session_id=key, user_id=key, event_type="x")
         return writer
 
-    writer = spool_five("never")
+    writer = spool_some("never")
     time.sleep(0.05)
     assert synced == []
     writer.close(timeout=0)
-    writer = spool_five("always")
+    writer = spool_some("always")
     assert len(synced) == 5  # each enqueue waited for its sync
     writer.close(timeout=0)
-    writer = spool_five(0.01)
+    writer = spool_some(0.01, count=0)
+    time.sleep(0.1)
+    assert synced == []  # the background thread syncs only what was written
+    writer.close(timeout=0)
+    writer = spool_some(0.02)
     deadline = time.monotonic() + 5
     while not synced and time.monotonic() < deadline:  # the background thread syncs
         time.sleep(0.01)
@@ -183,6 +199,53 @@ def test_fsync_policies(
     time.sleep(0.05)
     assert len(synced) == done  # nothing new written, nothing synced again
     writer.close(timeout=0)
+
+
+def _directory_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record the directories that are fsynced and removed, in order (``("fsync", path)``)."""
+    seen: list[tuple[str, str]] = []
+    real_fsync, real_rmdir = os.fsync, os.rmdir
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rmdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append(("rmdir", os.fspath(path)))
+        real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["always", 30])
+def test_a_syncing_spool_syncs_its_directory_before_it_removes_an_adopted_one(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: Any
+) -> None:
+    key = uuid.uuid4()
+    spool_down(host_models, tmp_path, chat_events(key, key, 3))
+    [mine] = tmp_path.iterdir()
+    dead = mine.rename(tmp_path / "gone-1")  # as a killed process of another pid leaves it
+    seen = _directory_syncs(monkeypatch)
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=policy))
+    # The renames into our spool are on disk before the dead spool's directory is removed,
+    # and the new segment's name before the first record is written into it.
+    assert seen == [("fsync", str(mine)), ("rmdir", str(dead)), ("fsync", str(mine))]
+    seen.clear()
+    writer.close(timeout=0)  # the 3 events stay: the directory entries are synced
+    assert seen == [("fsync", str(mine))]
+    monkeypatch.undo()
+    seen = _directory_syncs(monkeypatch)
+    mine.rename(dead)
+    synced: list[int] = []
+    monkeypatch.setattr(spool_module, "_fdatasync", synced.append)
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync="never"))
+    writer.enqueue(session_id=key, user_id=key, event_type="x")
+    writer.close(timeout=0)
+    assert (seen, synced) == ([("rmdir", str(dead))], [])  # "never": no sync at all
+    assert writer.counters.spilled == 4
 
 
 # -- one writer per spool, adoption ----------------------------------------------------------
@@ -199,13 +262,351 @@ def test_a_second_writer_on_the_same_spool_is_refused(
     BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path)).close(timeout=0)
 
 
+def _pin_host(monkeypatch: pytest.MonkeyPatch, host: str = "web-1") -> str:
+    """Name the host; return the name of this process's spool under the directory."""
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    return f"{host}-{os.getpid()}"
+
+
+def test_each_process_has_its_own_spool_named_after_its_host_and_pid(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = uuid.uuid4()
+    for host, name in [("web-1.example", "web-1.example"), ("a b/c:d", "a_b_c_d"), ("", "host")]:
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        directory = tmp_path / (name or "empty")
+        spool_down(host_models, directory, chat_events(key, key, 1))
+        assert files(directory) == [
+            f"{name}-{os.getpid()}/000000000001.seg",
+            f"{name}-{os.getpid()}/lock",
+            f"{name}-{os.getpid()}/table",
+        ]
+
+
+def test_the_spool_is_private_to_its_user(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "umask", os.umask)  # restored after the test
+    os.umask(0o022)
+    name = _pin_host(monkeypatch)
+    root = tmp_path / "not" / "there" / "yet"  # created, parents too
+    key = uuid.uuid4()
+    spool_down(host_models, root, chat_events(key, key, 1))
+    modes = {
+        str(path.relative_to(root)): stat.S_IMODE(path.stat().st_mode)
+        for path in [root, *root.rglob("*")]
+    }
+    assert modes == {
+        ".": 0o700,
+        name: 0o700,
+        f"{name}/000000000001.seg": 0o600,
+        f"{name}/lock": 0o600,
+        f"{name}/table": 0o644,  # the table's name only, behind the directory's 0o700
+    }
+
+
+def _open_fds() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_a_second_writer_waits_briefly_for_an_adopter_then_is_refused(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _pin_host(monkeypatch)
+    (tmp_path / name).mkdir(parents=True)
+    lock = os.open(tmp_path / name / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a starting writer adopting this spool, for 0.1 s
+    threading.Timer(0.1, os.close, [lock]).start()
+    started = time.monotonic()
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert 0.09 <= time.monotonic() - started < 0.6  # it waited for the lock, not longer
+    fds = _open_fds()
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    started = time.monotonic()
+    with pytest.raises(SpoolInUseError, match="give each writer its own Spool directory"):
+        BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    waited = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    assert 0.24 <= waited < 1.0  # refused after about a quarter of a second
+    assert after.ru_nvcsw - before.ru_nvcsw >= 5  # it slept between tries, not spun
+    assert _open_fds() == fds
+    writer.close(timeout=0)
+
+
+def test_a_writer_leaves_no_file_open(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    key = uuid.uuid4()
+    _leave_spool(host_models, tmp_path, chat_events(key, key, 2), "gone-1")
+    fds = _open_fds()
+    for policy in ("always", 0.01, "never"):  # adopts gone-1, then its own spool
+        writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=policy))
+        for event in chat_events(key, key, 100):  # across two segments, or more
+            writer.enqueue(event)
+        time.sleep(0.05)  # the sync thread syncs (a copy of) the open segment
+        writer.close(timeout=0)
+        assert _open_fds() == fds
+    assert writer.counters.spilled == 302
+
+
+def test_a_periodic_spool_syncs_a_segment_before_it_moves_to_the_next(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    synced: list[str] = []
+    original = spool_module._fdatasync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        original(fd)
+
+    monkeypatch.setattr(spool_module, "_fdatasync", record)
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=3600))
+    key = uuid.uuid4()
+    while len(segments(tmp_path)) < 3:
+        writer.enqueue(session_id=key, user_id=key, event_type="x", payload={"t": "x" * 300})
+    # The sync thread syncs only the open segment (not in an hour): each full one is synced
+    # when the writer moves on from it.
+    assert synced == [str(path) for path in segments(tmp_path)[:2]]
+    writer.close(timeout=0)  # and the open one when the writer closes
+    assert synced == [str(path) for path in segments(tmp_path)]
+
+
 def test_a_spool_is_for_one_table(host_models: HostModels, tmp_path: Path) -> None:
     key = uuid.uuid4()
     spool_down(host_models, tmp_path, chat_events(key, key, 3))
     name = files(tmp_path)[0].split("/")[0]
+    table = (tmp_path / name / "table").read_text()  # the spool records its table
+    assert host_models.EventLog.__tablename__ in table
     (tmp_path / name / "table").write_text("other.event_logs")
     with pytest.raises(ConfigurationError, match="one Spool directory per destination"):
         BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    (tmp_path / name / "table").write_text(table)  # the refusal let go of the lock
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert writer.counters.spilled == 3
+    writer.close(timeout=0)
+
+
+def _another_writer_adopts(
+    monkeypatch: pytest.MonkeyPatch, lock: Path, taken: Path, *, call: str
+) -> None:
+    """Let another process's starting writer adopt the spool of ``lock`` at the worst moment.
+
+    Just before this process's writer opens (``call="open"``) or locks (``"flock"``) that
+    lock file, the other writer moves the spool's segments to ``taken`` and removes its
+    files and directory, as `Journal._adopt` does. Two processes cannot be made to meet at
+    that instant otherwise, so the test wraps ``os.open`` / ``fcntl.flock``.
+    """
+    real = {"open": os.open, "flock": fcntl.flock}[call]
+    done = False
+
+    def adopt() -> None:
+        taken.mkdir()
+        for path in lock.parent.glob("*.seg"):
+            path.rename(taken / path.name)
+        for path in lock.parent.iterdir():
+            path.unlink()
+        lock.parent.rmdir()
+
+    def wrapper(target: Any, *args: Any) -> Any:
+        nonlocal done
+        path = os.readlink(f"/proc/self/fd/{target}") if call == "flock" else os.fspath(target)
+        if not done and path == str(lock):
+            done = True
+            adopt()
+        return real(target, *args)
+
+    monkeypatch.setattr(os if call == "open" else fcntl, call, wrapper)
+
+
+@pytest.mark.parametrize("call", ["open", "flock"])
+def test_a_writer_whose_spool_is_adopted_while_it_starts_makes_a_new_one(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    # An earlier writer of a process with our pid left 3 events; another process adopts
+    # them while we start.
+    _leave_spool(host_models, tmp_path, chat_events(key, key, 3), name)
+    fds = _open_fds()
+    _another_writer_adopts(monkeypatch, tmp_path / name / "lock", tmp_path / "taken", call=call)
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    monkeypatch.undo()
+    assert writer.counters.spilled == 0  # the other writer replays them
+    assert len(list((tmp_path / "taken").glob("*.seg"))) == 1
+    writer.enqueue(session_id=key, user_id=key, event_type="x")
+    writer.close(timeout=0)
+    assert writer.counters.spilled == 1
+    assert files(tmp_path) == sorted(
+        [
+            f"{name}/000000000001.seg",
+            f"{name}/lock",
+            f"{name}/table",
+            "taken/000000000001.seg",
+        ]
+    )
+    assert _open_fds() == fds
+
+
+def test_a_dead_spool_adopted_by_another_writer_meanwhile_is_skipped(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    dead = _leave_spool(host_models, tmp_path, chat_events(key, key, 3), "gone-1")
+    fds = _open_fds()
+    # It takes the dead spool between our open and our flock of its lock.
+    _another_writer_adopts(monkeypatch, dead / "lock", tmp_path / "taken", call="flock")
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    monkeypatch.undo()
+    assert writer.counters.spilled == 0
+    writer.close(timeout=0)
+    assert files(tmp_path) == ["taken/000000000001.seg"]
+    assert _open_fds() == fds
+    assert name not in os.listdir(tmp_path)
+
+
+def _leave_spool(
+    host_models: HostModels, root: Path, events: list[NewEvent], name: str, **options: Any
+) -> Path:
+    """The spool a killed process of another pid leaves: ours, spooled down, renamed."""
+    scratch = root.parent / f"{root.name}-scratch-{name}"  # not adopting what root holds
+    spool_down(host_models, scratch, events, **options)
+    [mine] = scratch.iterdir()
+    root.mkdir(exist_ok=True)
+    moved = mine.rename(root / name)
+    scratch.rmdir()
+    return moved
+
+
+def _journal(directory: Path) -> bytes:
+    """The records of a spool's segments, in the order of their numbers."""
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("*.seg")))
+
+
+def test_adopted_spools_are_replayed_after_our_own_in_order(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    first, second, ours = (chat_events(key, key, count) for count in (90, 100, 60))
+    _leave_spool(host_models, tmp_path, first, "gone-1")
+    _leave_spool(host_models, tmp_path, second, "gone-2")
+    _leave_spool(host_models, tmp_path, ours, name)  # an earlier writer of this process
+    layout = [path.name for path in sorted((tmp_path / name).glob("*.seg"))]
+    assert len(layout) >= 2
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert writer.counters.spilled == 250
+    numbers = [int(path.stem) for path in sorted((tmp_path / name).glob("*.seg"))]
+    assert numbers == list(range(1, len(numbers) + 1))  # none overwritten, none skipped
+    everything = ours + first + second
+    assert _journal(tmp_path / name) == b"".join(map(encode_event, everything))
+    writer.close(timeout=0)
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    # Adopted into an empty spool, the segments are numbered from 1 as ours are.
+    shutil.rmtree(tmp_path)
+    _leave_spool(host_models, tmp_path, first, "gone-1")
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert files(tmp_path)[0] == f"{name}/000000000001.seg"
+    assert _journal(tmp_path / name) == b"".join(map(encode_event, first))
+    writer.close(timeout=0)
+
+
+def test_what_a_starting_writer_leaves_alone_in_the_directory(
+    host_models: HostModels,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    other = _leave_spool(host_models, tmp_path, chat_events(key, key, 3), "other-1")
+    (other / "table").write_text("other.event_logs")  # a writer of another table left it
+    kept = files(other)
+    untabled = chat_events(key, key, 4)
+    orphan = _leave_spool(host_models, tmp_path, untabled, "killed-early-1")
+    (orphan / "table").unlink()  # killed before it wrote the name of its table
+    (tmp_path / "notes.txt").write_text("a stray file")
+    (tmp_path / "starting-2").mkdir()  # a process creating its spool: no lock file yet
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert writer.counters.spilled == 4  # the orphan's events only
+    assert _journal(tmp_path / name) == b"".join(map(encode_event, untabled))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [name, "notes.txt", "other-1", "starting-2"]
+    )
+    assert files(other) == kept
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(
+        f"not replaying the spool {other}: it holds events for the table other.event_logs"
+        in message
+        for message in messages
+    ), messages
+    writer.close(timeout=0)
+
+
+def test_a_spool_that_cannot_be_read_fails_the_writer_and_frees_the_lock(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    events = chat_events(key, key, 3)
+    dead = _leave_spool(host_models, tmp_path, events, "gone-1")
+    # Not a file we can read (an I/O error, or permissions; the tests may run as root).
+    (dead / "000000000002.seg").mkdir()
+    with pytest.raises(IsADirectoryError):
+        BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    (tmp_path / name / "000000000002.seg").rmdir()  # adopted, then found unreadable
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert writer.counters.spilled == 3
+    writer.close(timeout=0)
+
+
+def test_a_segment_with_no_whole_record_is_deleted_when_adopted(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    events = chat_events(key, key, 3)
+    dead = _leave_spool(host_models, tmp_path, events, "gone-1")
+    (dead / "000000000002.seg").write_bytes(b"")  # killed right after starting a segment
+    (dead / "000000000003.seg").write_bytes(encode_event(events[0])[:20])  # a torn one
+    (dead / "000000000004.seg").write_bytes(encode_event(events[1]))
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert (writer.counters.spilled, writer.counters.spool_damaged) == (4, 1)
+    assert [path.name for path in sorted((tmp_path / name).glob("*.seg"))] == [
+        "000000000001.seg",
+        "000000000004.seg",
+        "000000000005.seg",  # ours, after the last adopted one
+    ]
+    writer.close(timeout=0)
+
+
+@pytest.mark.fault
+def test_the_size_cap_counts_the_adopted_records(host_models: HostModels, tmp_path: Path) -> None:
+    key = uuid.uuid4()
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * 300})
+        for _ in range(30)
+    ]
+    size = len(encode_event(events[0]))
+    assert all(len(encode_event(event)) == size for event in events)
+    _leave_spool(host_models, tmp_path, events[:10], "gone-1")
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path, max_bytes=max(4096, 15 * size)),
+        on_dead_letter=dead,
+    )
+    assert 15 * size >= 4096  # room for exactly 15 records
+    for event in events[10:]:
+        writer.enqueue(event)
+    assert writer.counters.spilled + writer.counters.queued == 15
+    assert [event for event, _ in dead.items] == events[15:]
+    writer.close(timeout=0)
 
 
 def _spooling_process(
@@ -377,23 +778,131 @@ def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
         events[19].id,
     }
     messages = [record.getMessage() for record in caplog.records]
-    assert any("a damaged record at byte" in message for message in messages), messages
-    assert any("a torn record (cut short by a crash)" in message for message in messages)
+    damaged_at, torn_at = sum(map(len, records[:10])), sum(map(len, records[:19]))
+    damaged = f"a damaged record at byte {damaged_at}, {len(records[10])} bytes skipped"
+    torn = f"a torn record (cut short by a crash) at byte {torn_at}, {len(records[19]) - 5} bytes"
+    assert any(damaged in message for message in messages), messages
+    assert any(torn in message for message in messages), messages
     assert files(tmp_path) == []
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("cut", [1, 5, 7, 8])
+def test_a_record_torn_inside_its_header_is_skipped_and_reported(
+    host_models: HostModels, tmp_path: Path, caplog: pytest.LogCaptureFixture, cut: int
+) -> None:
+    key = uuid.uuid4()
+    events = chat_events(key, key, 6)
+    spool_down(host_models, tmp_path, events[:5])
+    [segment] = segments(tmp_path)
+    whole = segment.stat().st_size
+    with segment.open("ab") as file:  # the power went off after ``cut`` bytes of the 6th
+        file.write(encode_event(events[5])[:cut])
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert (writer.counters.spilled, writer.counters.spool_damaged) == (5, 1)
+    [message] = [record.getMessage() for record in caplog.records if "record" in record.msg]
+    assert f"a torn record (cut short by a crash) at byte {whole}, {cut} bytes skipped" in message
+    writer.enqueue(events[5])  # into a new segment, not after the torn bytes
+    writer.close(timeout=0)
+    assert segments(tmp_path)[-1].read_bytes() == encode_event(events[5])
+
+
+@pytest.mark.fault
+def test_records_damaged_in_the_open_spool_are_skipped_and_reported(
+    host_engine: Engine,
+    host_models: HostModels,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 8)
+    records = [encode_event(event) for event in events]
+    writer = BufferedWriter(
+        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+    )
+    for event in events:  # 2 in the queue, 6 on the spool only
+        writer.enqueue(event)
+    assert writer.counters.spilled == 6
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    sixth, eighth = sum(map(len, records[:5])), sum(map(len, records[:7]))
+    data[sixth + 20] ^= 0xFF  # the disk damaged the 6th record, and lost the 8th's end
+    segment.write_bytes(bytes(data[: eighth + 10]))
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer.start()
+        assert writer.flush(timeout=20)
+    final = writer.close()
+    assert (final.written, final.spool_damaged, final.replayed, final.spilled) == (6, 2, 0, 0)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:5] + events[6:7])
+    messages = [record.getMessage() for record in caplog.records if "record" in record.msg]
+    assert len(messages) == 2, messages
+    assert f"a damaged record at byte {sixth}, {len(records[5])} bytes skipped" in messages[0]
+    assert (
+        f"a torn record (cut short by a crash) at byte {eighth}, {len(records[7])} bytes"
+        in messages[1]
+    )
+    assert files(tmp_path) == []
+
+
+@pytest.mark.fault
+def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
+    host_engine: Engine,
+    host_models: HostModels,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 5)
+    writer = BufferedWriter(
+        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+    )
+    for event in events:  # 2 in the queue, 3 on the spool only
+        writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    segment.unlink()  # a clean-up job removed it
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer.start()
+        assert writer.flush(timeout=20)
+    final = writer.close()
+    assert (final.written, final.spool_damaged, final.spilled, final.errors) == (2, 1, 0, 0)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:2])
+    assert any("could not read the spool segment" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_async_flush_returns_when_the_last_spooled_record_is_found_damaged(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 3)
+    writer = AsyncBufferedWriter(
+        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+    )
+    for event in events:  # the third on the spool only
+        await writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # the disk damaged it
+    segment.write_bytes(bytes(data))
+    await writer.start()
+    started = time.monotonic()
+    assert await writer.flush(timeout=10)  # written or given up: all three
+    assert time.monotonic() - started < 5  # the loop was not held up
+    final = await writer.close()
+    assert (final.written, final.spool_damaged, final.spilled) == (2, 1, 0)
 
 
 @pytest.mark.fault
 def test_the_size_cap_drops_and_reports(host_models: HostModels, tmp_path: Path) -> None:
     dead = DeadLetters()
-    key = uuid.uuid4()
-    events = [
-        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * 900})
-        for _ in range(40)
-    ]
+    events = _events_of(1000, 40)
+    cap = 16 * 1000  # room for exactly 16 records
     writer = BufferedWriter(
         host_models.EventLog,
         DOWN,
-        spool=Spool(tmp_path, max_bytes=16 * 1024),
+        spool=Spool(tmp_path, max_bytes=cap),
         max_queued=4,
         retry=FAST_RETRY,
         on_dead_letter=dead,
@@ -402,13 +911,13 @@ def test_the_size_cap_drops_and_reports(host_models: HostModels, tmp_path: Path)
         writer.enqueue(event)
     counters = writer.counters
     on_disk = sum(path.stat().st_size for path in segments(tmp_path))
-    assert on_disk <= 16 * 1024
+    assert on_disk == cap
     assert counters.queued == 4
-    assert counters.queued + counters.spilled == 16 * 1024 // len(encode_event(events[0]))
-    assert counters.dropped == len(dead.items) == 40 - counters.queued - counters.spilled
-    assert [event for event, _ in dead.items] == events[40 - counters.dropped :]
+    assert counters.queued + counters.spilled == 16
+    assert counters.dropped == len(dead.items) == 40 - 16
+    assert [event for event, _ in dead.items] == events[16:]
     assert all(isinstance(error, QueueFullError) for _, error in dead.items)
-    assert "the spool is full (16384 bytes)" in str(dead.items[0][1])
+    assert "the spool is full (16000 bytes)" in str(dead.items[0][1])
     final = writer.close(timeout=0.05)
     assert final.spilled == 40 - final.dropped  # left on the spool, not reported
     assert len(dead.items) == final.dropped
@@ -447,6 +956,212 @@ def test_spilled_events_are_read_back_through_a_small_queue_and_segments_trimmed
     assert files(tmp_path) == []
 
 
+def _events_of(size: int, count: int) -> list[NewEvent]:
+    """``count`` events whose records are ``size`` bytes each."""
+    key = uuid.uuid4()
+
+    def make(length: int) -> NewEvent:
+        return new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+
+    length = next(n for n in range(size) if len(encode_event(make(n))) == size)
+    return [make(length) for _ in range(count)]
+
+
+@pytest.mark.fault
+def test_the_journal_is_split_into_files_of_one_mib(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    events = _events_of(4096, 300)  # 256 fill a file exactly
+    spool_down(host_models, tmp_path, events)
+    assert [path.stat().st_size for path in segments(tmp_path)] == [1 << 20, 44 * 4096]
+
+
+@pytest.mark.fault
+def test_a_drained_file_of_64_kib_is_replaced_and_deleted(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = _events_of(1024, 64)
+    events = [replace(event, session_id=session_id, user_id=user_id) for event in events]
+    size = len(encode_event(events[0]))
+    with BufferedWriter(
+        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path)
+    ) as writer:
+        for event in events[:-1]:
+            writer.enqueue(event)
+        assert writer.flush(timeout=20)
+        [segment] = segments(tmp_path)
+        assert segment.stat().st_size == 63 * size  # everything written, less than 64 KiB
+        writer.enqueue(events[-1])
+        assert writer.flush(timeout=20)
+        assert [path.stat().st_size for path in segments(tmp_path)] == [0]  # 64 KiB: a new one
+        assert segments(tmp_path)[0].name != segment.name
+    assert len(stored(host_engine)) == 64
+
+
+def test_a_file_whose_records_were_all_written_is_deleted_when_the_next_is_started(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    dead = DeadLetters()
+    events = _events_of(1024, 5)
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        flush_interval=30,
+        on_dead_letter=dead,
+    ).start()
+    for event in events[:4]:  # fill the first file
+        writer.enqueue(event)
+    assert writer.flush(timeout=10)  # given up on: acknowledged
+    assert len(dead.items) == 4
+    [first] = segments(tmp_path)
+    writer.enqueue(events[4])  # starts a second file; the first holds nothing to keep
+    assert [path.stat().st_size for path in segments(tmp_path)] == [1024]
+    assert first not in segments(tmp_path)
+    writer.close(timeout=0)
+
+
+def test_a_file_is_deleted_as_soon_as_its_records_are_done_and_not_before(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    acked, go = threading.Event(), threading.Event()
+    dead = DeadLetters()
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        dead(event, error)
+        acked.set()
+        assert go.wait(10)  # holds the writer's thread after its first batch
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path, max_bytes=9 * 1024),  # room for the 9 records
+        retry=RetryPolicy(max_attempts=1),  # each batch given up on at once: acknowledged
+        batch_size=4,
+        flush_interval=30,
+        on_dead_letter=hook,
+    )
+    events = _events_of(1024, 13)
+    for event in events[:9]:  # files of 4, 4 and 1 records, all in the queue
+        writer.enqueue(event)
+    _, second, third = segments(tmp_path)
+    writer.start()
+    assert acked.wait(10)  # the first batch, the first file's records, is done
+    assert segments(tmp_path) == [second, third]
+    go.set()
+    assert writer.flush(timeout=10)
+    assert [event for event, _ in dead.items] == events[:9]
+    assert segments(tmp_path) == [third]  # the open one is kept
+    for event in events[9:]:  # the deleted files' room is free again
+        writer.enqueue(event)
+    assert writer.flush(timeout=10)
+    assert [event for event, _ in dead.items] == events
+    assert writer.counters.dropped == 0
+    writer.close(timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("spilled", "damaged", "seen"),
+    [
+        # Equal sizes: each read back fills the queue's bytes exactly.
+        ([1000] * 5, None, [(2, 1), (4, 1), (6, 1), (8, 0)]),
+        # A larger event stops a read at the queue's bytes; a smaller one after it waits.
+        ([1500, 1500, 0, 1500, 0], None, [(2, 1), (4, 0), (6, 0), (8, 0)]),
+        # A damaged record counts as one of the records a read may take.
+        ([1000] * 5, 3, [(2, 1), (4, 0), (6, 0), (7, 0)]),
+    ],
+)
+def test_spilled_events_are_read_back_within_the_queues_bytes(
+    host_models: HostModels,
+    tmp_path: Path,
+    spilled: list[int],
+    damaged: int | None,
+    seen: list[tuple[int, int]],
+) -> None:
+    key = uuid.uuid4()
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+        for length in [1000] * 3 + spilled
+    ]
+    calls: list[tuple[int, int]] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        counters = writer.counters  # on the writer's thread, between two batches
+        calls.append((counters.dead_lettered, counters.queued))
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),  # each batch given up on at once
+        batch_size=2,
+        max_queued_bytes=3 * events[0].size_bytes,  # the first three; the rest spill
+        on_dead_letter=hook,
+    )
+    for event in events:
+        writer.enqueue(event)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
+    if damaged is not None:  # the disk damaged one of the spilled records
+        [segment] = segments(tmp_path)
+        data = bytearray(segment.read_bytes())
+        data[sum(len(encode_event(event)) for event in events[:damaged]) + 20] ^= 0xFF
+        segment.write_bytes(bytes(data))
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close(timeout=0)
+    # After each batch: the events given up on so far, and those left in the queue.
+    assert sorted(set(calls)) == seen
+
+
+@pytest.mark.fault
+def test_a_file_is_kept_while_any_of_its_events_is_not_done(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
+    events = _events_of(1024, 16)  # four files of four
+    dead = DeadLetters()
+    # A server that holds each batch's connection attempt until the test has looked at the
+    # spool, then hangs up: the batch is given up on (acknowledged) and the next one comes.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        writer = BufferedWriter(
+            host_models.EventLog,
+            f"host=127.0.0.1 port={port} dbname=x user=x sslmode=disable gssencmode=disable",
+            spool=Spool(tmp_path),
+            retry=RetryPolicy(max_attempts=1),
+            max_queued=4,  # the rest spill, and are read back in turn
+            batch_size=3,
+            connect_timeout=10,
+            on_dead_letter=dead,
+        )
+        for event in events:
+            writer.enqueue(event)
+        names = [path.name for path in segments(tmp_path)]
+        assert len(names) == 4
+        writer.start()
+        looks = 0
+        deadline = time.monotonic() + 20
+        while len(dead.items) < len(events) and time.monotonic() < deadline:
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                done = len(dead.items)  # a batch from events[done] on is being written
+                assert [path.name for path in segments(tmp_path)] == names[done // 4 :]
+                looks += 1
+        assert writer.flush(timeout=10)
+        writer.close(timeout=0)
+    assert [event for event, _ in dead.items] == events
+    assert writer.counters.spool_damaged == 0
+    assert looks >= 5
+
+
 @pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_writer_spools_and_replays(
@@ -469,6 +1184,123 @@ async def test_async_writer_spools_and_replays(
     assert files(tmp_path) == []
 
 
+@pytest.mark.fault
+def test_a_writer_left_open_does_not_hold_the_process_at_exit(tmp_path: Path) -> None:
+    # The fsync thread must not keep a process alive whose program forgot close(): the exit
+    # hook closes the writer, and the events stay on the spool.
+    script = textwrap.dedent(
+        f"""
+        import uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter, Spool
+
+        models = build_host_models()
+        writer = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool({str(tmp_path)!r},
+                                fsync=0.05), exit_timeout=0.1).start()
+        key = uuid.uuid4()
+        writer.enqueue(session_id=key, user_id=key, event_type="x")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=TESTS, capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    [segment] = segments(tmp_path)
+    assert decode_event(segment.read_bytes()[8:]).event_type == "x"
+
+
+@pytest.mark.fault
+def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Path) -> None:
+    # A daemon that closed its stdin gets descriptor 0 for the next file it opens: the lock
+    # of one writer, then segments of another. Each must be synced and closed like any other.
+    script = textwrap.dedent(
+        f"""
+        import os, time, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter, Spool
+        from eventlog_persist import _spool
+
+        _spool.SEGMENT_BYTES = 4096
+        synced = []
+        _spool._fdatasync = lambda fd: synced.append(os.readlink(f"/proc/self/fd/{{fd}}"))
+        os.close(0)
+
+        def fd_0():
+            return os.readlink("/proc/self/fd/0") if os.path.exists("/proc/self/fd/0") else ""
+
+        models = build_host_models()
+        spool = {str(tmp_path)!r}
+        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/a"))
+        assert fd_0().endswith("/lock")
+        b = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/b", fsync=0.02))
+        a.close(timeout=0)
+        a = BufferedWriter(models.EventLog, {DOWN!r}, spool=Spool(spool + "/a"))
+        a.close(timeout=0)  # the lock was given back
+        assert fd_0() == ""
+        key = uuid.uuid4()
+
+        def enqueue_until(test):
+            while not test():
+                b.enqueue(session_id=key, user_id=key, event_type="x", payload={{"t": "x" * 100}})
+
+        enqueue_until(lambda: fd_0().endswith(".seg"))  # the second segment
+        b.enqueue(session_id=key, user_id=key, event_type="x")
+        synced.clear()
+        time.sleep(0.2)
+        assert fd_0() in synced, synced  # the sync thread syncs it
+        enqueue_until(lambda: fd_0() == "")  # the third: the second one is closed
+        enqueue_until(lambda: fd_0().endswith(".seg"))  # the fourth
+        pid = os.fork()
+        if pid == 0:  # the child lets go of the parent's files, descriptor 0 too
+            os._exit(0 if fd_0() == "" else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        b.close(timeout=0)
+        assert fd_0() == "", fd_0()
+        print(b.counters.spilled > 0)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=TESTS, capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+    assert len(segments(tmp_path / "b")) == 4
+
+
+def test_closing_twice_does_not_touch_the_next_writers_spool(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    first = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=0.01))
+    assert "eventlog-spool-sync" in [thread.name for thread in threading.enumerate()]
+    first.close(timeout=0)
+    deadline = time.monotonic() + 5
+    while "eventlog-spool-sync" in [thread.name for thread in threading.enumerate()]:
+        assert time.monotonic() < deadline, "the sync thread is still running"
+        time.sleep(0.01)
+    second = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    layout = files(tmp_path)
+    first.close(timeout=0)
+    assert files(tmp_path) == layout  # its lock is still there, still held
+    with pytest.raises(SpoolInUseError):
+        BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    second.close(timeout=0)
+
+
+def test_the_sync_thread_ends_when_its_writer_is_dropped(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    def syncers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "eventlog-spool-sync"]
+
+    before = syncers()
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path, fsync=0.01))
+    [syncer] = [thread for thread in syncers() if thread not in before]
+    time.sleep(0.05)  # it holds no reference to the journal between two syncs
+    del writer
+    gc.collect()
+    syncer.join(5)
+    assert not syncer.is_alive()
+
+
 def test_a_forked_child_lets_go_of_the_parents_spool(
     host_models: HostModels, tmp_path: Path
 ) -> None:
@@ -480,6 +1312,10 @@ def test_a_forked_child_lets_go_of_the_parents_spool(
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         ok = writer._state.journal is None and writer.counters.spilled == 0
+        # The child holds none of the parent's spool files open (nor so its lock).
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                ok = ok and not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
         os._exit(0 if ok else 1)
     assert os.waitpid(pid, 0)[1] == 0
     final = writer.close(timeout=0)

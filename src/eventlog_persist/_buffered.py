@@ -245,6 +245,11 @@ class _State(Generic[KeyT]):
             self.feed_blocked = bool(journal.spilled)
             return
         events = reading.events
+        # Records found damaged (or unreadable) were enqueued: they are given up, taken and
+        # done at once, or flush() would wait for them (and the writer spin) forever.
+        lost = reading.consumed - len(events)
+        self.taken += lost
+        self.done += lost
         if not events:
             return
         queue = self.queue

@@ -621,14 +621,16 @@ class Journal:
             fed = at = 0
             # An inherited segment may hold damaged records besides the ``records`` whole ones.
             most = len(data) if segment.inherited else records - index
-            for _, end, body in _records(data, 0, most):
+            for start, end, body in _records(data, 0, most):
                 event = None if end < 0 else _decoded(body)
                 if event is None:
                     if end < 0:
                         break
                     at = end
                     if not segment.inherited:  # inherited ones were reported by the scan
-                        self._report(segment.path, offset + at, end - at, torn=False, now=False)
+                        self._report(
+                            segment.path, offset + start, end - start, torn=False, now=False
+                        )
                         reading.damaged += 1
                         reading.consumed += 1
                         index += 1
