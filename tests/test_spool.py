@@ -819,7 +819,7 @@ def test_records_damaged_in_the_open_spool_are_skipped_and_reported(
     events = chat_events(user_id, session_id, 8)
     records = [encode_event(event) for event in events]
     writer = BufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), max_queued=2
     )
     for event in events:  # 2 in the queue, 6 on the spool only
         writer.enqueue(event)
@@ -855,7 +855,7 @@ def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
     user_id, session_id = seed(host_engine, host_models)
     events = chat_events(user_id, session_id, 5)
     writer = BufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), max_queued=2
     )
     for event in events:  # 2 in the queue, 3 on the spool only
         writer.enqueue(event)
@@ -878,7 +878,7 @@ async def test_async_flush_returns_when_the_last_spooled_record_is_found_damaged
     user_id, session_id = seed(host_engine, host_models)
     events = chat_events(user_id, session_id, 3)
     writer = AsyncBufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path), max_queued=2
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), max_queued=2
     )
     for event in events:  # the third on the spool only
         await writer.enqueue(event)
@@ -984,9 +984,7 @@ def test_a_drained_file_of_64_kib_is_replaced_and_deleted(
     events = _events_of(1024, 64)
     events = [replace(event, session_id=session_id, user_id=user_id) for event in events]
     size = len(encode_event(events[0]))
-    with BufferedWriter(
-        host_models.EventLog, conninfo_of(host_engine), spool=Spool(tmp_path)
-    ) as writer:
+    with BufferedWriter(host_models.EventLog, host_engine.url, spool=Spool(tmp_path)) as writer:
         for event in events[:-1]:
             writer.enqueue(event)
         assert writer.flush(timeout=20)
