@@ -332,7 +332,6 @@ class Journal:
         self._guard = threading.Lock()  # the open segment's fd, against the sync thread
         self._dirty = False
         self._stop = threading.Event()
-        self._syncer: threading.Thread | None = None
         self._open()
 
     # -- opening: lock, adopt, scan --
@@ -360,13 +359,12 @@ class Journal:
                 "replaying %d events spooled by earlier writers in %s", self.spilled, self.root
             )
         if isinstance(self.spool.fsync, (int, float)):
-            self._syncer = threading.Thread(
+            threading.Thread(
                 target=_sync_loop,
                 args=(weakref.ref(self), float(self.spool.fsync), self._stop),
                 name="eventlog-spool-sync",
                 daemon=True,
-            )
-            self._syncer.start()
+            ).start()
 
     def _lock_own(self) -> None:
         deadline = time.monotonic() + LOCK_WAIT
