@@ -49,9 +49,7 @@ def pgbouncer(server: ServerInfo, *, pool_size: int) -> Iterator[ServerInfo]:
     Skips the test when ``pgbouncer`` is not installed, except in CI, where ``.ci/run``
     installs it and a missing one is an error.
     """
-    binary = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
-    )
+    binary = shutil.which("pgbouncer")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("pgbouncer is not installed; .ci/run installs Debian's pgbouncer")
