@@ -50,6 +50,7 @@ def _run(host: pytest.Pytester, pg_server: ServerInfo, *args: str) -> pytest.Run
 
 
 _ISOLATION = """
+import pathlib
 import uuid
 
 import pytest
@@ -67,6 +68,7 @@ def test_writes_a_user(eventlog_session):
 def test_the_next_test_sees_none(eventlog_session, eventlog_database_url):
     assert eventlog_session.scalar(select(func.count()).select_from(User)) == 0
     assert eventlog_database_url.database.startswith("evl_test_")
+    pathlib.Path("database-name.txt").write_text(eventlog_database_url.database)
 
 
 def test_migrated_to_heads(eventlog_engine):
@@ -104,9 +106,11 @@ def test_fresh_migrated_database_per_test_migrated_once(
     result.assert_outcomes(passed=4)
     assert upgrades == ["heads"]
     result.stdout.fnmatch_lines(["eventlog test databases: the server of --eventlog-dsn, *"])
+    # Other tests share the server: look only at this run's template and clones.
+    prefix = (host.path / "database-name.txt").read_text().rsplit("_", 1)[0] + "_"
     with pg_server_connect(pg_server) as conn:
         left = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'evl\\_test\\_%'"
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
         ).fetchall()
     assert left == [], "every test database and the template are dropped"
 
