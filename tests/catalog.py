@@ -80,6 +80,9 @@ def expected_event_logs(key_types: dict[str, str], schema_prefix: str = "") -> d
             "error_code": ("character varying(128)", False, None),
             "tool_name": ("character varying(128)", False, None),
             "approval_status": ("character varying(32)", False, None),
+            "request_id": ("character varying(128)", False, None),
+            "trace_id": ("character varying(32)", False, None),
+            "span_id": ("character varying(16)", False, None),
         },
         "constraints": {
             "pk_event_logs": "PRIMARY KEY (id)",

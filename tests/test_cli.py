@@ -61,12 +61,13 @@ def test_both_modes_at_once_is_a_problem(tmp_path: Path, database_url: URL) -> N
 def test_linear_mode_reports_revisions_not_copied_yet(tmp_path: Path, database_url: URL) -> None:
     host = make_host(tmp_path / "h", database_url, mode="linear")
     config = Config(str(host.root / "alembic.ini"))
-    [written] = write_linear_revisions(config)
-    written.write_text(written.read_text().replace("'evl_0001'", "'evl_0000'"))
+    first, second = write_linear_revisions(config)
+    first.write_text(first.read_text().replace("'evl_0001'", "'evl_0000'"))
+    second.write_text(second.read_text().replace("'evl_0002'", "'evl_0000b'"))
     report = check_setup(config)
     assert report.mode == "linear"
     assert report.problems == (
-        "package revisions evl_0001 are not in the host history yet; run "
+        "package revisions evl_0001, evl_0002 are not in the host history yet; run "
         "'eventlog-persist linear-revision' to write them",
     )
 
@@ -294,9 +295,10 @@ def test_host_revisions_in_a_folder_of_their_own_are_found(
     (host.root / "migrations" / "versions").rename(host.root / "migrations" / "history")
     host.edit("alembic.ini", "%(here)s/migrations/versions", "%(here)s/migrations/history")
     config = Config(str(host.root / "alembic.ini"))
-    (written,) = write_linear_revisions(config)
-    assert written.parent == host.root / "migrations" / "history"
-    assert "down_revision = 'h001_core'" in written.read_text()
+    first, second = write_linear_revisions(config)
+    assert first.parent == second.parent == host.root / "migrations" / "history"
+    assert "down_revision = 'h001_core'" in first.read_text()
+    assert "down_revision = 'eventlog_0001'" in second.read_text()
     report = check_setup(config)
     assert (report.mode, report.problems) == ("linear", ())
 

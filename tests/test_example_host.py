@@ -24,6 +24,7 @@ def test_host_imports_event_log_from_app_models(tmp_path: Path, database_url: UR
     lines = host.run_cli("python", "-c", _PROBE).stdout.splitlines()
     assert lines == [
         "['agent_id', 'approval_status', 'created_at', 'error_code', 'event_type', 'id', "
-        "'payload', 'project_id', 'session_id', 'tool_name', 'user_id']",
+        "'payload', 'project_id', 'request_id', 'session_id', 'span_id', 'tool_name', "
+        "'trace_id', 'user_id']",
         "Uuid",
     ]

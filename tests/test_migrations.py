@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_each_branch_has_one_head(host: HostProject) -> None:
     heads = host.run("heads").stdout.splitlines()
     assert sorted(heads) == [
         "eventlog_prereqs (app) (effective head)",
-        "evl_0001 (eventlog) (head)",
+        "evl_0002 (eventlog) (head)",
     ]
 
 
@@ -40,6 +41,7 @@ def test_fresh_upgrade_creates_the_spec_table(host: HostProject, engine: Engine)
     result = host.run_cli("upgrade", "heads")
     # The anchor orders event_logs after the host's tables, whatever the location order.
     assert result.stderr.index("-> h001_core") < result.stderr.index("-> evl_0001")
+    assert result.stderr.index("-> evl_0001") < result.stderr.index("-> evl_0002")
     assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
 
 
@@ -76,7 +78,7 @@ def test_alembic_check_is_clean_after_upgrade(host: HostProject) -> None:
     assert "No new upgrade operations detected." in host.run("check").stdout
 
 
-def test_existing_database_adoption_runs_only_the_package_revision(
+def test_existing_database_adoption_runs_only_the_package_revisions(
     host: HostProject, engine: Engine
 ) -> None:
     # The host database predates the adoption: only its own history, no anchor, no location.
@@ -96,9 +98,10 @@ def test_existing_database_adoption_runs_only_the_package_revision(
     )
     result = host.run("upgrade", "heads")
     ran = [line for line in result.stderr.splitlines() if "Running upgrade" in line]
-    assert len(ran) == 2
+    assert len(ran) == 3
     assert "h001_core -> eventlog_prereqs" in ran[0]
     assert "-> evl_0001" in ran[1]
+    assert "evl_0001 -> evl_0002" in ran[2]
     with engine.connect() as connection:
         after = snapshot(connection)
     assert {k: v for k, v in after["columns"].items() if k[0] != "event_logs"} == before["columns"]
@@ -109,7 +112,8 @@ def test_downgrade_branch_removes_everything_it_created(host: HostProject, engin
     with engine.connect() as connection:
         host_only = snapshot(connection)
     host.run("upgrade", "heads")
-    result = host.run("downgrade", "eventlog@-1")
+    result = host.run("downgrade", "eventlog@base")
+    assert "Running downgrade evl_0002 -> evl_0001" in result.stderr
     assert "Running downgrade evl_0001" in result.stderr
     with engine.connect() as connection:
         after = snapshot(connection)
@@ -287,12 +291,14 @@ def test_linear_mode_single_head_upgrade_head_and_downgrade_minus_one(
     assert "not adopted" in host.run("eventlog-persist", "check", check=False).stderr
     written = host.run("eventlog-persist", "linear-revision").stdout
     assert "eventlog_0001_create_event_logs.py" in written
-    assert host.run("heads").stdout.split() == ["eventlog_0001", "(app)", "(head)"]
+    assert "eventlog_0002_add_request_and_trace_ids.py" in written
+    assert host.run("heads").stdout.split() == ["eventlog_0002", "(app)", "(head)"]
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
     assert "No new upgrade operations detected." in host.run("check").stdout
-    result = host.run("downgrade", "-1")
+    result = host.run("downgrade", "-2")
+    assert "Running downgrade eventlog_0002 -> eventlog_0001" in result.stderr
     assert "Running downgrade eventlog_0001 -> h001_core" in result.stderr
     assert not inspect(engine).has_table("event_logs")
     assert (
@@ -315,24 +321,26 @@ def test_linear_mode_without_version_locations_writes_into_the_script_directory(
     assert inspect(engine).has_table("event_logs")
 
 
-def _second_revision(tmp_path: Path, *, drop: str | None = None) -> list[tuple[str, Path]]:
-    """The package's revisions plus a made-up ``evl_0002`` that follows the house layout."""
+def _next_revision(tmp_path: Path, *, drop: str | None = None) -> list[tuple[str, Path]]:
+    """The package's revisions plus a made-up next one that follows the house layout."""
     revisions = package_revisions()
-    first_rev, first_file = revisions[-1]
-    text = first_file.read_text()
-    for old, new in [
-        (f"Revision ID: {first_rev}", "Revision ID: evl_0002"),
-        ("Revises:", f"Revises: {first_rev}"),
-        (f"revision = {first_rev!r}".replace("'", '"'), 'revision = "evl_0002"'),
-        ("down_revision = None", f'down_revision = "{first_rev}"'),
+    last_rev, last_file = revisions[-1]
+    number = int(last_rev.removeprefix("evl_")) + 1
+    new_rev = f"evl_{number:04d}"
+    text = last_file.read_text()
+    for pattern, new in [
+        (r"^Revision ID: .*$", f"Revision ID: {new_rev}"),
+        (r"^Revises:.*$", f"Revises: {last_rev}"),
+        (r"^revision = .*$", f'revision = "{new_rev}"'),
+        (r"^down_revision = .*$", f'down_revision = "{last_rev}"'),
     ]:
-        assert old in text, old
-        text = text.replace(old, new, 1)
+        text, count = re.subn(pattern, new, text, count=1, flags=re.MULTILINE)
+        assert count == 1, pattern
     if drop is not None:
         text = "\n".join(line for line in text.splitlines() if not line.startswith(drop))
-    second = tmp_path / "evl_0002_second_change.py"
-    second.write_text(text)
-    return [*revisions, ("evl_0002", second)]
+    later = tmp_path / f"{new_rev}_later_change.py"
+    later.write_text(text)
+    return [*revisions, (new_rev, later)]
 
 
 def test_linear_mode_chains_each_package_revision_on_the_one_before(
@@ -340,31 +348,41 @@ def test_linear_mode_chains_each_package_revision_on_the_one_before(
 ) -> None:
     import eventlog_persist._alembic_setup as setup
 
-    monkeypatch.setattr(setup, "package_revisions", lambda: _second_revision(tmp_path))
+    monkeypatch.setattr(setup, "package_revisions", lambda: _next_revision(tmp_path))
     host = make_host(tmp_path / "h", database_url, mode="linear")
     host.run("eventlog-persist", "linear-revision")
     versions = tmp_path / "h" / "migrations" / "versions"
-    second = (versions / "eventlog_0002_second_change.py").read_text()
+    later = (versions / "eventlog_0003_later_change.py").read_text()
+    assert "down_revision = 'eventlog_0002'" in later
+    assert "eventlog_persist_revision = 'evl_0003'" in later
+    second = (versions / "eventlog_0002_add_request_and_trace_ids.py").read_text()
     assert "down_revision = 'eventlog_0001'" in second
-    assert "eventlog_persist_revision = 'evl_0002'" in second
     first = (versions / "eventlog_0001_create_event_logs.py").read_text()
     assert "down_revision = 'h001_core'" in first
-    assert host.run("heads").stdout.split() == ["eventlog_0002", "(app)", "(head)"]
+    assert host.run("heads").stdout.split() == ["eventlog_0003", "(app)", "(head)"]
 
 
 def test_linear_mode_adds_only_the_package_revisions_a_host_lacks(
-    tmp_path: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: URL, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import eventlog_persist._alembic_setup as setup
 
+    every = package_revisions()
     host = make_host(tmp_path / "h", database_url, mode="linear")
-    host.run("eventlog-persist", "linear-revision")  # an earlier release: evl_0001 only
-    monkeypatch.setattr(setup, "package_revisions", lambda: _second_revision(tmp_path))
+    with monkeypatch.context() as earlier:  # the host adopted 0.2, which had evl_0001 only
+        earlier.setattr(setup, "package_revisions", lambda: every[:1])
+        host.run("eventlog-persist", "linear-revision")
+    host.run("upgrade", "head")
     written = host.run("eventlog-persist", "linear-revision").stdout
-    assert "eventlog_0002_second_change.py" in written
-    assert "eventlog_0001" not in written.replace("eventlog_0002", "")
-    second = tmp_path / "h" / "migrations" / "versions" / "eventlog_0002_second_change.py"
+    assert "eventlog_0002_add_request_and_trace_ids.py" in written
+    assert "eventlog_0001" not in written
+    second = (
+        tmp_path / "h" / "migrations" / "versions" / "eventlog_0002_add_request_and_trace_ids.py"
+    )
     assert "down_revision = 'eventlog_0001'" in second.read_text()
+    host.run("upgrade", "head")
+    assert event_logs_schema(engine) == expected_event_logs(UUID_KEYS)
+    assert "No new upgrade operations detected." in host.run("check").stdout
 
 
 def test_linear_mode_refuses_a_revision_file_it_cannot_rewrite(
@@ -373,12 +391,12 @@ def test_linear_mode_refuses_a_revision_file_it_cannot_rewrite(
     import eventlog_persist._alembic_setup as setup
 
     monkeypatch.setattr(
-        setup, "package_revisions", lambda: _second_revision(tmp_path, drop="branch_labels")
+        setup, "package_revisions", lambda: _next_revision(tmp_path, drop="branch_labels")
     )
     host = make_host(tmp_path / "h", database_url, mode="linear")
     result = host.run("eventlog-persist", "linear-revision", check=False)
     assert result.returncode != 0
-    assert "cannot rewrite '^branch_labels = .*$' in revision evl_0002" in result.stderr
+    assert "cannot rewrite '^branch_labels = .*$' in revision evl_0003" in result.stderr
 
 
 def test_linear_mode_refuses_branch_mode_host(host: HostProject) -> None:

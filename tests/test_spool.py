@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
@@ -110,6 +111,9 @@ def chat_events(user_id: Any, session_id: Any, count: int) -> list[NewEvent]:
             "created_at": datetime(
                 2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-7))
             ),
+            "request_id": "req-42",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7",
         },
         {
             "session_id": uuid.uuid4(),
@@ -132,11 +136,11 @@ def test_a_record_holds_the_whole_event(fields: dict[str, Any]) -> None:
 
 def test_a_record_of_another_format_version_is_not_read() -> None:
     event = new_event(session_id=1, user_id=2, event_type="x")
-    body = bytearray(encode_event(event)[8:])
-    assert body[1] == 2  # the version, first in the MessagePack array
-    body[1] = 3
+    fields = msgspec.msgpack.decode(encode_event(event)[8:])
+    assert fields[0] == 2  # the version, first in the MessagePack array
+    fields[0] = 3
     with pytest.raises(ValueError, match="unknown spool record version 3"):
-        decode_event(bytes(body))
+        decode_event(msgspec.msgpack.encode(fields))
 
 
 def test_bad_spool_settings_name_the_value_and_the_fix(

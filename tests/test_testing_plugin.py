@@ -75,7 +75,7 @@ def test_migrated_to_heads(eventlog_engine):
     with eventlog_engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(EventLog)) == 0
         versions = {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
-    assert "evl_0001" in versions
+    assert "evl_0002" in versions
 
 
 @pytest.mark.asyncio

@@ -124,7 +124,7 @@ def test_a_setup_error_dead_letters_the_batch_without_retrying(
     assert error.sqlstate == "42P01"
     assert error.__cause__ is not None
     assert classify_error(error.__cause__) is ErrorKind.BATCH
-    assert "migrated" in str(error)
+    assert "run its migrations" in str(error)
     assert result.retries == 0
 
 

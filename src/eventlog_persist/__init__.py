@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
+from eventlog_persist._context import EventContext, current_event_context, event_context
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
@@ -96,6 +97,7 @@ __all__ = [
     "BufferedWriter",
     "BulkResult",
     "DeadLetterHook",
+    "EventContext",
     "EventFieldRules",
     "EventFields",
     "EventFilter",
@@ -122,6 +124,8 @@ __all__ = [
     "awrite_events",
     "check_setup",
     "count_purgeable",
+    "current_event_context",
+    "event_context",
     "event_log_model",
     "include_name",
     "include_object",

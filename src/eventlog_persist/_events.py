@@ -11,6 +11,7 @@ from typing import Final, Generic, NotRequired, TypeAlias
 
 from typing_extensions import TypedDict
 
+from eventlog_persist._context import _CURRENT, merge_extra, span_ids
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import (
@@ -23,6 +24,7 @@ from eventlog_persist._table import EventTable
 from eventlog_persist._vocabulary import (
     DEFAULT_FIELD_RULES,
     EventFieldRules,
+    check_key,
     validate_created_at,
     validate_fields,
 )
@@ -43,10 +45,17 @@ Key: TypeAlias = uuid.UUID | int
 
 
 class EventFields(TypedDict, Generic[KeyT]):
-    """The keyword arguments that describe one event (``enqueue(**fields)`` and friends)."""
+    """The keyword arguments that describe one event (``enqueue(**fields)`` and friends).
 
-    session_id: KeyT
-    user_id: KeyT
+    ``session_id`` and ``user_id`` may come from the `event_context` instead.
+
+    .. versionchanged:: 0.3.0
+       ``session_id`` and ``user_id`` are not required keys; ``request_id``, ``trace_id``
+       and ``span_id``.
+    """
+
+    session_id: NotRequired[KeyT | None]
+    user_id: NotRequired[KeyT | None]
     event_type: str
     payload: NotRequired[object]
     project_id: NotRequired[KeyT | None]
@@ -56,6 +65,9 @@ class EventFields(TypedDict, Generic[KeyT]):
     approval_status: NotRequired[str | None]
     created_at: NotRequired[datetime | None]
     id: NotRequired[uuid.UUID | None]
+    request_id: NotRequired[str | None]
+    trace_id: NotRequired[str | None]
+    span_id: NotRequired[str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +95,13 @@ class NewEvent:
         tool_name: The tool's name, if any (checked).
         approval_status: The approval status, if any (checked).
         redacted_paths: JSON pointers of the payload values that were redacted.
+        request_id: The id of the request that recorded the event, if any.
+        trace_id: The OpenTelemetry trace id (32 lowercase hex digits), if any.
+        span_id: The OpenTelemetry span id (16 lowercase hex digits), if any.
         payload_bytes: Length of ``payload_json`` in UTF-8 (computed when not given).
+
+    .. versionchanged:: 0.3.0
+       ``request_id``, ``trace_id`` and ``span_id``.
     """
 
     id: uuid.UUID
@@ -98,6 +116,9 @@ class NewEvent:
     tool_name: str | None = None
     approval_status: str | None = None
     redacted_paths: tuple[str, ...] = ()
+    request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
     payload_bytes: int = field(default=-1, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,16 +161,19 @@ def _check_made_by_hand(event: NewEvent) -> None:
             f"id must be a uuid.UUID, got {type(event.id).__name__} {event.id!r}; leave it "
             "out of new_event() to get a new UUIDv7"
         )
-    _check_key("session_id", event.session_id, required=True)
-    _check_key("user_id", event.user_id, required=True)
-    _check_key("project_id", event.project_id, required=False)
-    _check_key("agent_id", event.agent_id, required=False)
+    check_key("session_id", event.session_id, required=True)
+    check_key("user_id", event.user_id, required=True)
+    check_key("project_id", event.project_id, required=False)
+    check_key("agent_id", event.agent_id, required=False)
     validate_fields(
         event_type=event.event_type,
         error_code=event.error_code,
         tool_name=event.tool_name,
         approval_status=event.approval_status,
         rules=_FIXED_ONLY,
+        request_id=event.request_id,
+        trace_id=event.trace_id,
+        span_id=event.span_id,
     )
     validate_created_at(event.created_at, rules=_FIXED_ONLY)
     if not isinstance(event.payload_json, str):
@@ -169,9 +193,9 @@ the driver's error, if any, is its ``__cause__``. A hook taking ``BaseException`
 
 def new_event(
     *,
-    session_id: Key,
-    user_id: Key,
     event_type: str,
+    session_id: Key | None = None,
+    user_id: Key | None = None,
     payload: object = None,
     project_id: Key | None = None,
     agent_id: Key | None = None,
@@ -180,15 +204,23 @@ def new_event(
     approval_status: str | None = None,
     created_at: datetime | None = None,
     id: uuid.UUID | None = None,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
     payload_policy: PayloadPolicy = DEFAULT_POLICY,
     field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
 ) -> NewEvent:
     """Check an event's fields, prepare its payload and give it an id and a time.
 
+    Inside an `event_context` block, the keys and ``request_id`` left out (or None) come
+    from the context, and its extra keys join the payload. When neither ``trace_id`` nor
+    ``span_id`` is given and an OpenTelemetry span is current, its ids are recorded.
+
     Args:
-        session_id: The chat session's key (``uuid.UUID`` or ``int``, as the host's keys).
-        user_id: The user's key.
         event_type: An `EventType` or a custom name passing `validate_fields`.
+        session_id: The chat session's key (``uuid.UUID`` or ``int``, as the host's keys);
+            required here or in the event context.
+        user_id: The user's key; required here or in the event context.
         payload: Any value `prepare_payload` accepts; ``None`` stores ``{}``.
         project_id: The project's key, or None.
         agent_id: The agent's key, or None.
@@ -200,6 +232,9 @@ def new_event(
             the client's clock.
         id: The event id; default: a new UUIDv7. Pass the same id again to make a retry of
             your own idempotent.
+        request_id: The id of the request being served (at most 128 characters), or None.
+        trace_id: A W3C / OpenTelemetry trace id (32 lowercase hex digits), or None.
+        span_id: A W3C / OpenTelemetry span id (16 lowercase hex digits), or None.
         payload_policy: How the payload is converted, redacted and capped.
         field_rules: Which ``event_type`` and column values are allowed, and how far ahead
             of the clock ``created_at`` may be.
@@ -208,8 +243,12 @@ def new_event(
         The checked event.
 
     Raises:
-        ValidationError: A field is not acceptable; the message says which and why.
+        ValidationError: A field is not acceptable or missing; the message says which and
+            why.
         PayloadError: The payload cannot be stored; ``path`` says where.
+
+    .. versionchanged:: 0.3.0
+       Event context; ``request_id``, ``trace_id`` and ``span_id``.
     """
     return build_event(
         session_id=session_id,
@@ -223,6 +262,9 @@ def new_event(
         approval_status=approval_status,
         created_at=created_at,
         id=id,
+        request_id=request_id,
+        trace_id=trace_id,
+        span_id=span_id,
         payload_policy=payload_policy,
         field_rules=field_rules,
     )[0]
@@ -230,9 +272,9 @@ def new_event(
 
 def build_event(
     *,
-    session_id: Key,
-    user_id: Key,
     event_type: str,
+    session_id: Key | None = None,
+    user_id: Key | None = None,
     payload: object = None,
     project_id: Key | None = None,
     agent_id: Key | None = None,
@@ -241,14 +283,35 @@ def build_event(
     approval_status: str | None = None,
     created_at: datetime | None = None,
     id: uuid.UUID | None = None,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
     payload_policy: PayloadPolicy = DEFAULT_POLICY,
     field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
 ) -> tuple[NewEvent, PreparedPayload]:
     """`new_event` that also returns the prepared payload (its JSON value and redactions)."""
-    _check_key("session_id", session_id, required=True)
-    _check_key("user_id", user_id, required=True)
-    _check_key("project_id", project_id, required=False)
-    _check_key("agent_id", agent_id, required=False)
+    context = _CURRENT.get()
+    if context is not None:
+        if session_id is None:
+            session_id = context.session_id
+        if user_id is None:
+            user_id = context.user_id
+        if project_id is None:
+            project_id = context.project_id
+        if agent_id is None:
+            agent_id = context.agent_id
+        if request_id is None:
+            request_id = context.request_id
+        if context.extra:
+            payload = merge_extra(payload, context.extra)
+    if trace_id is None and span_id is None:
+        ids = span_ids()
+        if ids is not None:
+            trace_id, span_id = ids
+    _check_required_key("session_id", session_id)
+    _check_required_key("user_id", user_id)
+    check_key("project_id", project_id, required=False)
+    check_key("agent_id", agent_id, required=False)
     if id is not None and not isinstance(id, uuid.UUID):
         raise ValidationError(f"id must be a uuid.UUID or None, got {type(id).__name__} {id!r}")
     validate_fields(
@@ -257,6 +320,9 @@ def build_event(
         tool_name=tool_name,
         approval_status=approval_status,
         rules=field_rules,
+        request_id=request_id,
+        trace_id=trace_id,
+        span_id=span_id,
     )
     if created_at is None:
         created_at = datetime.now(UTC)
@@ -276,21 +342,21 @@ def build_event(
         None if tool_name is None else str(tool_name),
         None if approval_status is None else str(approval_status),
         prepared.redacted_paths,
+        request_id,
+        trace_id,
+        span_id,
         prepared.size_bytes,
     )
     return event, prepared
 
 
-def _check_key(name: str, value: object, *, required: bool) -> None:
-    if value is None and not required:
-        return
-    if isinstance(value, uuid.UUID) or (type(value) is int):
-        return
-    what = "a uuid.UUID or int" if required else "a uuid.UUID, int or None"
-    raise ValidationError(
-        f"{name} must be {what} (the host's primary-key value), got "
-        f"{type(value).__name__} {value!r}"
-    )
+def _check_required_key(name: str, value: object) -> None:
+    if value is None:
+        raise ValidationError(
+            f"{name} is missing: pass {name}=... (the host's key), or record the event inside "
+            f"event_context({name}=...)"
+        )
+    check_key(name, value, required=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,15 +396,12 @@ class EventBuilder(Generic[KeyT]):
 
     def build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:
         """Check ``fields`` against the table and the rules; return the event and payload."""
-        self.table.check_keys(
-            fields["session_id"],
-            fields["user_id"],
-            fields.get("project_id"),
-            fields.get("agent_id"),
-        )
-        return build_event(
+        built = build_event(
             **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
         )
+        event = built[0]
+        self.table.check_keys(event.session_id, event.user_id, event.project_id, event.agent_id)
+        return built
 
     def event(self, fields: EventFields[KeyT]) -> NewEvent:
         """`build`, the event only."""

@@ -53,6 +53,8 @@ LOCK_NOT_AVAILABLE: Final = "55P03"
 # A standby, a primary demoted by a failover, or default_transaction_read_only: an outage of
 # the primary, not a bad setup, so it is retried on a new connection.
 READ_ONLY: Final = "25006"
+# undefined_table, undefined_column: the code is newer than the schema.
+_NOT_MIGRATED: Final = frozenset({"42P01", "42703"})
 
 
 def sqlstate_of(exc: BaseException | None) -> str | None:
@@ -311,10 +313,15 @@ def write_error(
             fix = "check the event's values against the table's constraints"
         message = f"{what}: the database refused it ({detail}); {fix}"
     elif reason is Reason.SETUP:
-        message = (
-            f"{what}: the write cannot work as set up ({detail}); check that the table is "
-            "migrated and that the role may insert into it"
-        )
+        if state in _NOT_MIGRATED:
+            fix = (
+                "the database lacks a table or column of this package version: run its "
+                "migrations before deploying the code ('alembic upgrade heads'; in linear "
+                "mode 'eventlog-persist linear-revision' first), then retry"
+            )
+        else:
+            fix = "check that the table is migrated and that the role may insert into it"
+        message = f"{what}: the write cannot work as set up ({detail}); {fix}"
     elif reason is Reason.EXHAUSTED:
         error_type = RetriesExhaustedError
         message = (

@@ -28,8 +28,11 @@ from eventlog_persist._schema import (
     EVENT_TYPE_LENGTH,
     FK_NAMES,
     PK_NAME,
+    REQUEST_ID_LENGTH,
+    SPAN_ID_LENGTH,
     TABLE_NAME,
     TOOL_NAME_LENGTH,
+    TRACE_ID_LENGTH,
 )
 from eventlog_persist._targets import ForeignKeyTargets
 from eventlog_persist.exceptions import ConfigurationError
@@ -128,6 +131,10 @@ class EventLogMixin(Generic[KeyT]):
     error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
     tool_name: Mapped[str | None] = mapped_column(String(TOOL_NAME_LENGTH))
     approval_status: Mapped[str | None] = mapped_column(String(APPROVAL_STATUS_LENGTH))
+    # Since revision evl_0002: where the event was recorded (see event_context).
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH))
+    trace_id: Mapped[str | None] = mapped_column(String(TRACE_ID_LENGTH))
+    span_id: Mapped[str | None] = mapped_column(String(SPAN_ID_LENGTH))
 
     def __init__(
         self,
@@ -143,6 +150,9 @@ class EventLogMixin(Generic[KeyT]):
         approval_status: str | None = None,
         created_at: datetime | None = None,
         id: uuid.UUID | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
     ) -> None:
         # The id is set now, not at flush, so a caller can log or return it at once.
         self.id = new_event_id() if id is None else id
@@ -156,6 +166,9 @@ class EventLogMixin(Generic[KeyT]):
         self.tool_name = tool_name
         self.approval_status = approval_status
         self.created_at = _now() if created_at is None else created_at
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.span_id = span_id
 
     def __repr__(self) -> str:
         return (

@@ -97,6 +97,9 @@ _RECORD_COLUMNS: Final = (
     "error_code",
     "tool_name",
     "approval_status",
+    "request_id",
+    "trace_id",
+    "span_id",
 )
 
 

@@ -196,7 +196,11 @@ class EventRecord(Generic[KeyT]):
 
     ``created_at`` lies from 0001-01-02 to 9999-12-30 23:59:59.999999 UTC, what the writers
     accept; a time another tool stored beyond (year 10000, ``infinity``) comes back at the
-    nearest of these bounds, so it never fails the read.
+    nearest of these bounds, so it never fails the read. ``request_id``, ``trace_id`` and
+    ``span_id`` say where the event was recorded (see `event_context`).
+
+    .. versionchanged:: 0.3.0
+       ``request_id``, ``trace_id`` and ``span_id``.
     """
 
     id: uuid.UUID
@@ -210,6 +214,9 @@ class EventRecord(Generic[KeyT]):
     error_code: str | None
     tool_name: str | None
     approval_status: str | None
+    request_id: str | None
+    trace_id: str | None
+    span_id: str | None
 
 
 @dataclass(frozen=True, slots=True)

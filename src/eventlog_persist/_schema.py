@@ -17,8 +17,11 @@ __all__ = [
     "FK_NAMES",
     "INDEX_NAMES",
     "PK_NAME",
+    "REQUEST_ID_LENGTH",
+    "SPAN_ID_LENGTH",
     "TABLE_NAME",
     "TOOL_NAME_LENGTH",
+    "TRACE_ID_LENGTH",
 ]
 
 TABLE_NAME: Final = "event_logs"
@@ -27,6 +30,10 @@ EVENT_TYPE_LENGTH: Final = 64
 ERROR_CODE_LENGTH: Final = 128
 TOOL_NAME_LENGTH: Final = 128
 APPROVAL_STATUS_LENGTH: Final = 32
+# Since revision evl_0002: W3C trace context ids as lowercase hex, and the host's request id.
+TRACE_ID_LENGTH: Final = 32
+SPAN_ID_LENGTH: Final = 16
+REQUEST_ID_LENGTH: Final = 128
 
 # The created_at values that survive a round trip: PostgreSQL stores 4713 BC to 294276 AD, but
 # Python's datetime ends at years 1 and 9999, and psycopg returns each value in the session's

@@ -136,6 +136,9 @@ class _Body(msgspec.Struct, array_like=True, frozen=True):
     approval_status: str | None
     redacted_paths: tuple[str, ...]
     payload_json: str
+    request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 # One C call builds the body: the spool's share of `enqueue` is mostly this and the write.
@@ -170,6 +173,9 @@ def encode_event(event: NewEvent) -> bytes:
             event.approval_status,
             event.redacted_paths,
             event.payload_json,
+            event.request_id,
+            event.trace_id,
+            event.span_id,
         )
     )
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
@@ -201,6 +207,9 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
         record.tool_name,
         record.approval_status,
         record.redacted_paths,
+        record.request_id,
+        record.trace_id,
+        record.span_id,
     )
 
 

@@ -27,6 +27,9 @@ COLUMNS: Final = (
     "error_code",
     "tool_name",
     "approval_status",
+    "request_id",
+    "trace_id",
+    "span_id",
 )
 """The columns every writer fills, in the order of `EventTable.row`."""
 
@@ -97,6 +100,9 @@ class EventTable:
             "text",
             "text",
             "text",
+            "text",
+            "text",
+            "text",
         ]
 
     @staticmethod
@@ -114,6 +120,9 @@ class EventTable:
             event.error_code,
             event.tool_name,
             event.approval_status,
+            event.request_id,
+            event.trace_id,
+            event.span_id,
         )
 
 

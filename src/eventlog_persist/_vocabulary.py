@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,10 @@ from eventlog_persist._schema import (
     CREATED_AT_MIN,
     ERROR_CODE_LENGTH,
     EVENT_TYPE_LENGTH,
+    REQUEST_ID_LENGTH,
+    SPAN_ID_LENGTH,
     TOOL_NAME_LENGTH,
+    TRACE_ID_LENGTH,
 )
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
@@ -32,6 +36,8 @@ __all__ = [
     "ApprovalStatus",
     "EventFieldRules",
     "EventType",
+    "check_key",
+    "check_request_id",
     "forbidden_character",
     "validate_created_at",
     "validate_fields",
@@ -323,6 +329,51 @@ DEFAULT_FIELD_RULES: Final = EventFieldRules()
 ahead of the clock (`DEFAULT_MAX_FUTURE`)."""
 
 
+_REQUEST_ID: Final = _Column(
+    "request_id", REQUEST_ID_LENGTH, "the request_id column", False, "", "request ids"
+)
+_HEX_IDS: Final = {
+    "trace_id": (TRACE_ID_LENGTH, re.compile(r"[0-9a-f]{32}")),
+    "span_id": (SPAN_ID_LENGTH, re.compile(r"[0-9a-f]{16}")),
+}
+
+
+def check_key(name: str, value: object, *, required: bool) -> None:
+    """Raise `ValidationError` unless ``value`` is a host key: ``uuid.UUID``, ``int`` (or None)."""
+    if value is None and not required:
+        return
+    if isinstance(value, uuid.UUID) or (type(value) is int):
+        return
+    what = "a uuid.UUID or int" if required else "a uuid.UUID, int or None"
+    raise ValidationError(
+        f"{name} must be {what} (the host's primary-key value), got "
+        f"{type(value).__name__} {value!r}"
+    )
+
+
+def check_request_id(value: object) -> None:
+    """Raise `ValidationError` unless ``value`` is None or a request id the column takes."""
+    if value is not None:
+        problem = _problem(_REQUEST_ID, value)
+        if problem is not None:
+            raise ValidationError(problem)
+
+
+def _check_hex_id(name: str, value: object) -> None:
+    length, pattern = _HEX_IDS[name]
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise ValidationError(
+            f"{name} must be {length} lowercase hex digits (W3C trace context) or None, got "
+            f"{type(value).__name__} {value!r}; format an OpenTelemetry id with "
+            f"format(id, '0{length}x')"
+        )
+    if value == "0" * length:
+        raise ValidationError(
+            f"{name} {value!r} is all zeros, which W3C trace context defines as invalid; pass "
+            "None when there is no span"
+        )
+
+
 def validate_fields(
     *,
     event_type: str,
@@ -330,6 +381,9 @@ def validate_fields(
     tool_name: str | None = None,
     approval_status: str | None = None,
     rules: EventFieldRules = DEFAULT_FIELD_RULES,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
 ) -> None:
     """Check the denormalized columns of one event before it is written.
 
@@ -339,7 +393,9 @@ def validate_fields(
     `APPROVAL_STATUS_MAX_LENGTH` characters. None may begin or end with whitespace, or
     contain a control character (C0 with tab and newlines, DEL, C1), a Unicode line or
     paragraph separator, or a lone surrogate (see `forbidden_character`). Then each value
-    must be in its set in ``rules``, when that set is not None.
+    must be in its set in ``rules``, when that set is not None. ``request_id`` follows the
+    same fixed checks within 128 characters; ``trace_id`` and ``span_id`` are None or 32 and
+    16 lowercase hex digits, not all zeros.
 
     Args:
         event_type: The event type, e.g. ``EventType.TOOL_CALL`` or a custom name.
@@ -347,10 +403,16 @@ def validate_fields(
         tool_name: The tool's name, if any.
         approval_status: The approval status, e.g. ``ApprovalStatus.PENDING``, if any.
         rules: Allowed values; `DEFAULT_FIELD_RULES` (any) unless given.
+        request_id: The id of the request that recorded the event, if any.
+        trace_id: The OpenTelemetry trace id, if any.
+        span_id: The OpenTelemetry span id, if any.
 
     Raises:
         ValidationError: A value breaks a check; the message names the field, the value,
             the limit or the allowed values, and the fix.
+
+    .. versionchanged:: 0.3.0
+       ``request_id``, ``trace_id`` and ``span_id``.
     """
     values = (event_type, error_code, tool_name, approval_status)
     for column, value in zip(_COLUMNS, values, strict=True):
@@ -366,6 +428,11 @@ def validate_fields(
                 f"({_listing(allowed)}); use one of them, or add it to "
                 f"EventFieldRules({column.rules_field}=...)"
             )
+    check_request_id(request_id)
+    if trace_id is not None:
+        _check_hex_id("trace_id", trace_id)
+    if span_id is not None:
+        _check_hex_id("span_id", span_id)
 
 
 def _listing(allowed: frozenset[str], shown: int = 10) -> str:

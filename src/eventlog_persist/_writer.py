@@ -67,6 +67,9 @@ def event_row(model: type[ModelT], event: NewEvent, payload: Any) -> ModelT:
         tool_name=event.tool_name,
         approval_status=event.approval_status,
         created_at=event.created_at,
+        request_id=event.request_id,
+        trace_id=event.trace_id,
+        span_id=event.span_id,
     )
 
 
