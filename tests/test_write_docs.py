@@ -51,6 +51,7 @@ def test_the_page_shows_every_example() -> None:
         ("writing_checks.py", 2),
         ("writing_spool.py", 200),
         ("writing_metrics.py", 200),
+        ("writing_context.py", 2),
     ],
 )
 def test_example_runs(
