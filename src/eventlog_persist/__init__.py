@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
+from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
 from eventlog_persist._payload import (
@@ -38,6 +39,7 @@ from eventlog_persist._read_types import (
     EventRecord,
     GroupCount,
     Page,
+    TokenUsage,
 )
 from eventlog_persist._reader import AsyncEventLogReader, EventLogReader
 from eventlog_persist._retention import PurgeResult, count_purgeable, purge_events
@@ -117,12 +119,14 @@ __all__ = [
     "RetryPolicy",
     "SetupReport",
     "Spool",
+    "TokenUsage",
     "WriterCounters",
     "WriterStats",
     "awrite_events",
     "check_setup",
     "count_purgeable",
     "event_log_model",
+    "genai_payload",
     "include_name",
     "include_object",
     "new_event",
