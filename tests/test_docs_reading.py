@@ -119,6 +119,7 @@ def test_reading_examples_run(
     assert "offset=10001 is beyond MAX_OFFSET (10000)" in printed
     assert "batch 1: 3 events deleted so far" in printed
     assert "deleted 3 events in 1 batches" in printed
+    assert "gpt-4o: 600 input, 60 output tokens" in printed
 
 
 CONSOLE = re.compile(r"^```console\n(.*?)^```", re.DOTALL | re.MULTILINE)

@@ -243,6 +243,7 @@ def reader_calls(reader: Any, k: dict[str, Any]) -> list[tuple[str, Any, tuple[s
             (USER_IX,),
         ),
         *narrowed_calls(reader, k),
+        *token_usage_calls(reader, k),
     ]
 
 
@@ -345,6 +346,23 @@ def narrowed_calls(reader: Any, k: dict[str, Any]) -> list[tuple[str, Any, tuple
     ]
 
 
+def token_usage_calls(reader: Any, k: dict[str, Any]) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """Token sums from the GenAI payload keys (new in 0.3.0): the payload is read only from
+    the rows the scope's index finds, never scanned for."""
+    return [
+        (
+            "token usage of user",
+            lambda: reader.token_usage(user_id=k["user"], **k["month"]),
+            (USER_IX,),
+        ),
+        (
+            "token usage in project, by model",
+            lambda: reader.token_usage(project_id=k["project"], by=("model",), **k["month"]),
+            (PROJECT_IX,),
+        ),
+    ]
+
+
 CALL_NAMES = [name for name, _, _ in reader_calls(None, {})]
 
 
@@ -432,3 +450,36 @@ def test_without_its_index_the_planner_scans_the_table(
         assert connection.scalar(
             text("SELECT count(*) FROM pg_indexes WHERE indexname = :index"), {"index": index}
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("token usage of user", USER_IX), ("token usage in project, by model", PROJECT_IX)],
+)
+def test_without_its_index_token_usage_reads_the_whole_range(
+    loaded: tuple[Engine, Any], name: str, index: str
+) -> None:
+    """Control for `token_usage`: drop the scope's index (rolled back) and the statement reads
+    every event of the range, of all users (a sequential scan, or on PostgreSQL 18 another
+    ``(…, created_at)`` index walked by its time alone), at several times the cost. The
+    payload expressions are costed per row read, which is what the scope's index saves."""
+    engine, data = loaded
+    reader = EventLogReader(bench_module("datagen").EventLog, engine)
+    call = next(c for n, c, _ in reader_calls(reader, pick(data)) if n == name)
+    with captured(engine) as seen:
+        call()
+    ((sql, params),) = [(sql, params) for sql, params in seen if "event_logs" in sql]
+    scope = rf"\b{scope_column(index)} = "
+    with engine.connect() as connection:
+        indexed = plan_on(connection, sql, params)
+        assert_indexed(indexed, index)
+        connection.execute(text(f'DROP INDEX "{index}"'))
+        unscoped = plan_on(connection, sql, params)
+        connection.rollback()
+    searched = [
+        node
+        for node in nodes(unscoped)
+        if re.search(scope, node.get("Index Cond", "") + node.get("Recheck Cond", ""))
+    ]
+    assert not searched, unscoped
+    assert unscoped["Total Cost"] > 3 * indexed["Total Cost"], (indexed, unscoped)

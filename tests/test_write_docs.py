@@ -52,6 +52,7 @@ def test_the_page_shows_every_example() -> None:
         ("writing_spool.py", 200),
         ("writing_metrics.py", 200),
         ("writing_context.py", 2),
+        ("writing_genai.py", 5),
     ],
 )
 def test_example_runs(
@@ -86,3 +87,17 @@ def test_the_metrics_example_reports_the_writer(
     assert "oldest queued age: None last error: None" in out
     assert 'eventlog_writer_events_written_total{writer="api"} 200.0' in out
     assert "OpenTelemetry instruments: 19" in out  # the last error has no point yet
+
+
+def test_the_genai_example_reads_back_its_token_usage(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load("writing_genai.py")
+    module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "reviewer on claude-sonnet-4: 9000 input + 1200 output tokens, events: 3",
+        "planner on gpt-4o-2024-08-06: 1200 input + 85 output tokens, events: 1",
+        "tokens in all: 11485",
+        "events stored: 5",
+    ]

@@ -21,6 +21,7 @@ from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._context import EventContext, current_event_context, event_context
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
+from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
 from eventlog_persist._payload import (
@@ -39,6 +40,7 @@ from eventlog_persist._read_types import (
     EventRecord,
     GroupCount,
     Page,
+    TokenUsage,
 )
 from eventlog_persist._reader import AsyncEventLogReader, EventLogReader
 from eventlog_persist._retention import PurgeResult, count_purgeable, purge_events
@@ -119,6 +121,7 @@ __all__ = [
     "RetryPolicy",
     "SetupReport",
     "Spool",
+    "TokenUsage",
     "WriterCounters",
     "WriterStats",
     "awrite_events",
@@ -127,6 +130,7 @@ __all__ = [
     "current_event_context",
     "event_context",
     "event_log_model",
+    "genai_payload",
     "include_name",
     "include_object",
     "new_event",

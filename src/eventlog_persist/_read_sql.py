@@ -1,4 +1,4 @@
-"""How the readers' SQL is built: timeline, count and bucket statements, keyset conditions,
+"""How the readers' SQL is built: timelines, counts, buckets and token sums, keyset conditions,
 and the per-table cache of compiled driver SQL. Shared by the sync and the async reader."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 import zoneinfo
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -20,18 +20,25 @@ from sqlalchemy import (
     Dialect,
     Integer,
     Interval,
+    Numeric,
     Select,
     String,
     Table,
     any_,
     bindparam,
+    case,
+    cast,
     func,
     literal_column,
+    null,
+    or_,
     select,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from eventlog_persist._cursor import decode_cursor, encode_cursor
+from eventlog_persist._genai import INPUT_TOKENS, OUTPUT_TOKENS, REQUEST_MODEL, RESPONSE_MODEL
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_types import (
     ANY_ERROR,
@@ -42,6 +49,7 @@ from eventlog_persist._read_types import (
     EventRecord,
     Order,
     Page,
+    TokenGroup,
     check_range,
 )
 from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
@@ -59,6 +67,7 @@ __all__ = [
     "count_query",
     "event_table",
     "timeline_query",
+    "token_usage_query",
     "total_query",
 ]
 
@@ -661,3 +670,140 @@ def bucket_query(
         range_required=True,
     )
     return PreparedQuery(table, (kind, *shape), {**params, **values}, _bucket_select)
+
+
+def _payload_value(table: Table, key: str) -> ColumnElement[Any]:
+    """``payload -> 'key'``: the JSONB value under a top-level key, NULL when it is missing.
+
+    The key is a constant of the SQL text, not a parameter, so the statement stays cached.
+    """
+    return table.c.payload.op("->", return_type=JSONB())(literal_column(_quoted(key)))
+
+
+def _quoted(key: str) -> str:
+    return "'" + key.replace("'", "''") + "'"
+
+
+def _json_is(value: ColumnElement[Any], kind: str) -> ColumnElement[bool]:
+    return func.jsonb_typeof(value) == literal_column(_quoted(kind))
+
+
+def _token_count(table: Table, key: str) -> ColumnElement[Any]:
+    """The count under ``key`` when it is a JSON number that is a whole number >= 0, else NULL.
+
+    ``CASE`` tests its branches in order, so the cast runs only on numbers: a string, an
+    object, a fraction or a negative number stored by another writer counts as no value,
+    and never fails the statement.
+    """
+    value = _payload_value(table, key)
+    number = cast(value, Numeric())
+    return case(
+        (~_json_is(value, "number"), null()),
+        ((number >= literal_column("0")) & (number == func.trunc(number)), number),
+        else_=null(),
+    )
+
+
+def _model(table: Table) -> ColumnElement[Any]:
+    """``gen_ai.response.model`` if it is a JSON string, else ``gen_ai.request.model``."""
+    branches = []
+    for key in (RESPONSE_MODEL, REQUEST_MODEL):
+        value = _payload_value(table, key)
+        text = table.c.payload.op("->>", return_type=String())(literal_column(_quoted(key)))
+        branches.append((_json_is(value, "string"), text))
+    return case(*branches, else_=null())
+
+
+def _token_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    groups = shape[0].removeprefix("tokens:").split(",") if shape[0] != "tokens:" else []
+    usage = (
+        select(
+            table.c.agent_id.label("agent_id"),
+            _model(table).label("model"),
+            _token_count(table, INPUT_TOKENS).label("input_tokens"),
+            _token_count(table, OUTPUT_TOKENS).label("output_tokens"),
+        )
+        .where(*_conditions(table, shape))
+        .subquery("usage")
+    )
+    keys = [usage.c[name] if name in groups else null().label(name) for name in _TOKEN_GROUPS]
+    input_sum = func.coalesce(func.sum(usage.c.input_tokens), literal_column("0"))
+    output_sum = func.coalesce(func.sum(usage.c.output_tokens), literal_column("0"))
+    events = func.count()
+    statement = (
+        select(
+            *keys,
+            input_sum.label("input_tokens"),
+            output_sum.label("output_tokens"),
+            events.label("events"),
+        )
+        .where(or_(usage.c.input_tokens.is_not(None), usage.c.output_tokens.is_not(None)))
+        .group_by(*[usage.c[name] for name in groups])
+        .order_by(
+            (input_sum + output_sum).desc(),
+            events.desc(),
+            *[usage.c[name].asc().nulls_first() for name in groups],
+        )
+    )
+    if not groups:  # one row for the whole scope, none when no event reported usage
+        statement = statement.having(events > literal_column("0"))
+    return statement
+
+
+_TOKEN_GROUPS: Final = get_args(TokenGroup)
+
+
+def _check_groups(by: object) -> tuple[str, ...]:
+    """``by`` as the known group names, in a fixed order; raise `ValidationError` if not."""
+    if isinstance(by, str) or not isinstance(by, Iterable):
+        example = f"by=({by!r},)" if by in _TOKEN_GROUPS else "by=('agent_id', 'model')"
+        raise ValidationError(
+            f"by must be a tuple of {' and/or '.join(map(repr, _TOKEN_GROUPS))}, got "
+            f"{type(by).__name__} {by!r}; pass e.g. {example}"
+        )
+    groups = tuple(by)
+    for name in groups:
+        if name not in _TOKEN_GROUPS:
+            raise ValidationError(
+                f"cannot group token usage by {name!r}; choose from "
+                f"{', '.join(map(repr, _TOKEN_GROUPS))}, e.g. by=('agent_id', 'model'), or "
+                "by=() for the scope's total"
+            )
+        if groups.count(name) > 1:
+            raise ValidationError(f"by={by!r} names {name!r} twice; name each group once")
+    return tuple(name for name in _TOKEN_GROUPS if name in groups)
+
+
+def token_usage_query(
+    table: Table,
+    *,
+    since: datetime,
+    until: datetime,
+    user_id: object = None,
+    project_id: object = None,
+    agent_id: object = None,
+    session_id: object = None,
+    filters: EventFilter | None = None,
+    by: Iterable[TokenGroup] = ("agent_id", "model"),
+) -> PreparedQuery:
+    """Sum the GenAI token counts of a scope's payloads in a range, per agent and/or model.
+
+    Only events whose ``gen_ai.usage.input_tokens`` or ``gen_ai.usage.output_tokens`` is a
+    whole JSON number >= 0 take part; other values count as none (see `_token_count`).
+
+    Raises:
+        ValidationError: No scope, no or an empty or naive range, or an unknown group.
+    """
+    groups = _check_groups(by)
+    shape, params = _aggregate_shape(
+        table,
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        session_id=session_id,
+        since=since,
+        until=until,
+        filters=filters,
+        range_required=True,
+    )
+    return PreparedQuery(table, (f"tokens:{','.join(groups)}", *shape), params, _token_select)

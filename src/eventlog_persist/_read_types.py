@@ -25,6 +25,8 @@ __all__ = [
     "GroupCount",
     "Order",
     "Page",
+    "TokenGroup",
+    "TokenUsage",
     "Unscoped",
     "check_range",
 ]
@@ -40,6 +42,10 @@ CountField: TypeAlias = Literal["event_type", "tool_name", "error_code", "agent_
 
 CalendarUnit: TypeAlias = Literal["hour", "day", "week", "month"]
 """A calendar bucket, cut in a time zone by ``date_trunc``; weeks start on Monday."""
+
+
+TokenGroup: TypeAlias = Literal["agent_id", "model"]
+"""What `token_usage_query` groups by: the ``agent_id`` column, the payload's model."""
 
 
 class ErrorMatch(Enum):
@@ -247,3 +253,26 @@ class BucketCount:
 
     start: datetime
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage(Generic[KeyT]):
+    """Tokens used by one agent and/or model over a time range (`EventLogReader.token_usage`).
+
+    Attributes:
+        agent_id: The agent; ``None`` for events without one, or when not grouped by agent.
+        model: ``gen_ai.response.model`` (the model that answered), else
+            ``gen_ai.request.model``; ``None`` when the event has neither as a JSON string,
+            or when not grouped by model.
+        input_tokens: Sum of ``gen_ai.usage.input_tokens``.
+        output_tokens: Sum of ``gen_ai.usage.output_tokens``.
+        events: How many events reported a count (input, output or both).
+
+    .. versionadded:: 0.3.0
+    """
+
+    agent_id: KeyT | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    events: int

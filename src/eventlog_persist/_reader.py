@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, Literal
 
@@ -19,6 +19,7 @@ from eventlog_persist._read_sql import (
     count_query,
     event_table,
     timeline_query,
+    token_usage_query,
     total_query,
 )
 from eventlog_persist._read_types import (
@@ -29,6 +30,8 @@ from eventlog_persist._read_types import (
     GroupCount,
     Order,
     Page,
+    TokenGroup,
+    TokenUsage,
     Unscoped,
 )
 from eventlog_persist._urls import shown
@@ -71,6 +74,9 @@ class _Statements:
     def _buckets(self, bucket: timedelta | CalendarUnit, **options: Any) -> PreparedQuery:
         return bucket_query(self._table, bucket, **options)
 
+    def _tokens(self, **options: Any) -> PreparedQuery:
+        return token_usage_query(self._table, **options)
+
 
 def _owner_required(method: str, key: str) -> ValidationError:
     return ValidationError(
@@ -91,6 +97,14 @@ def _group_counts(rows: Sequence[Any]) -> list[GroupCount]:
 
 def _bucket_counts(rows: Sequence[Any]) -> list[BucketCount]:
     return [BucketCount(start, count) for start, count in rows]
+
+
+def _token_usages(rows: Sequence[Any]) -> list[TokenUsage[Any]]:
+    # The sums are NUMERIC (Decimal), whole numbers by construction: exact as int.
+    return [
+        TokenUsage(agent, model, int(input_tokens), int(output_tokens), events)
+        for agent, model, input_tokens, output_tokens, events in rows
+    ]
 
 
 class EventLogReader(_Statements, Generic[KeyT]):
@@ -509,6 +523,65 @@ class EventLogReader(_Statements, Generic[KeyT]):
         )
         return _bucket_counts(self._all(query))
 
+    def token_usage(
+        self,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        by: Iterable[TokenGroup] = ("agent_id", "model"),
+    ) -> list[TokenUsage[KeyT]]:
+        """Sum the tokens that GenAI events reported, per agent and/or model, over a range.
+
+        Reads the payload keys of the OpenTelemetry GenAI conventions, as `genai_payload`
+        writes them: ``gen_ai.usage.input_tokens`` and ``gen_ai.usage.output_tokens`` for
+        the counts, ``gen_ai.response.model`` (else ``gen_ai.request.model``) for the model.
+        Only JSON numbers count, tested with ``jsonb_typeof`` before any cast, and only
+        whole numbers >= 0 among them: a count stored as a string (``"12"``), a fraction, a
+        negative number, ``null`` or a missing key counts as no value, so a bad payload
+        from another writer never fails the call. Events with neither count are left out;
+        an event with one counts 0 for the other. Scoped and served by an index as
+        `count_by_bucket` is.
+
+        Args:
+            since: Start of the range (inclusive, time-zone aware).
+            until: End of the range (exclusive, time-zone aware).
+            user_id: The user whose events count; give it, ``project_id``, or both.
+            project_id: The project whose events count.
+            agent_id: Only events of this agent (narrows the scope).
+            session_id: Only events of this chat session (narrows the scope; pass its
+                owner as ``user_id``).
+            filters: Extra conditions; all must hold (its range intersects the one above).
+            by: What to group by: ``"agent_id"``, ``"model"``, both (the default), or
+                ``()`` for one total of the scope. A field not grouped by is ``None`` in
+                the results.
+
+        Returns:
+            One `TokenUsage` per group, most tokens (input + output) first; none when no
+            event in the range reported a count.
+
+        Raises:
+            ValidationError: No scope, no or an empty or naive range, a bad key, or a
+                ``by`` that is not a tuple of ``"agent_id"`` and ``"model"``.
+
+        .. versionadded:: 0.3.0
+        """
+        query = self._tokens(
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            by=by,
+        )
+        return _token_usages(self._all(query))
+
 
 class AsyncEventLogReader(_Statements, Generic[KeyT]):
     """The asyncio twin of `EventLogReader`: same methods, same statements, awaited.
@@ -740,6 +813,31 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             time_zone=time_zone,
         )
         return _bucket_counts(await self._all(query))
+
+    async def token_usage(
+        self,
+        *,
+        since: datetime,
+        until: datetime,
+        user_id: KeyT | None = None,
+        project_id: KeyT | None = None,
+        agent_id: KeyT | None = None,
+        session_id: KeyT | None = None,
+        filters: EventFilter | None = None,
+        by: Iterable[TokenGroup] = ("agent_id", "model"),
+    ) -> list[TokenUsage[KeyT]]:
+        """See `EventLogReader.token_usage`."""
+        query = self._tokens(
+            since=since,
+            until=until,
+            user_id=user_id,
+            project_id=project_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            filters=filters,
+            by=by,
+        )
+        return _token_usages(await self._all(query))
 
 
 def _driver_sql(

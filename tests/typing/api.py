@@ -46,11 +46,13 @@ from eventlog_persist import (
     PurgeResult,
     RetryPolicy,
     Spool,
+    TokenUsage,
     WriterCounters,
     WriterStats,
     check_setup,
     count_purgeable,
     event_log_model,
+    genai_payload,
     include_name,
     include_object,
     new_event,
@@ -219,6 +221,11 @@ def rules_and_payloads(value: dict[str, object]) -> NewEvent:
     PayloadPolicy(redact_keys=DEFAULT_REDACT_KEYS | {"pin"}, detectors=DEFAULT_DETECTORS - {"jwt"})
     PayloadPolicy(detectors=["jwt"])  # type: ignore[arg-type]
     text: str = prepared.json_text
+    genai = genai_payload(value, request_model="gpt-4o", input_tokens=12, output_tokens=3)
+    assert_type(genai, dict[str, object])
+    genai_payload(provider="openai", operation_name=EventType.CHAT, tool_call_id="call_1")
+    genai_payload(input_tokens="12")  # type: ignore[arg-type]
+    genai_payload(input_token=12)  # type: ignore[call-arg]
     writer = EventWriter(EventLog, payload_policy=policy, field_rules=rules)
     return writer.event(
         session_id=uuid.uuid4(),
@@ -274,10 +281,22 @@ def read(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> list[
     reader.count(user_id=user.id, session_id=1)  # type: ignore[arg-type]
     reader.user_timeline(user.id, offset="10")  # type: ignore[arg-type]
     reader.agent_timeline(agent, user_id=user.id, agent_id=agent)  # type: ignore[misc]
+
+    # GenAI token usage: per agent and model by default, or by either, or one total.
+    usage = reader.token_usage(since=since, until=until, project_id=project, user_id=user.id)
+    assert_type(usage, list[TokenUsage[uuid.UUID]])
+    assert_type(usage[0].agent_id, uuid.UUID | None)
+    assert_type(usage[0].model, str | None)
+    by_model = reader.token_usage(since=since, until=until, user_id=user.id, by=("model",))
+    (total_tokens,) = reader.token_usage(since=since, until=until, user_id=user.id, by=())
+    assert_type(total_tokens.input_tokens + total_tokens.output_tokens, int)
+    reader.token_usage(since=since, until=until, user_id=user.id, by=("tool_name",))  # type: ignore[arg-type]
+    reader.token_usage(until=until, user_id=user.id)  # type: ignore[call-arg]
     return (
         [item.event_type for item in items + narrowed.items]
         + [str(c.key) for c in counts]
         + [str(by_day), str(total)]
+        + [str(group.model) for group in by_model]
     )
 
 

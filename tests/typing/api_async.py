@@ -21,6 +21,7 @@ from eventlog_persist import (
     GroupCount,
     NewEvent,
     Page,
+    TokenUsage,
     WriterCounters,
     WriterStats,
     awrite_events,
@@ -96,4 +97,9 @@ async def read(engine: AsyncEngine, user_id: uuid.UUID, chat: uuid.UUID) -> int:
     total = await reader.count(user_id=user_id, session_id=chat)
     assert_type(total, int)
     await reader.count(user_id=user_id, agent_id=7)  # type: ignore[arg-type]
-    return len(page.items) + sum(count.count for count in counts) + total
+    until = datetime.now(UTC)
+    usage = await reader.token_usage(since=until - timedelta(days=30), until=until, user_id=user_id)
+    assert_type(usage, list[TokenUsage[uuid.UUID]])
+    await reader.token_usage(since=until, until=until, project_id=chat, by="model")  # type: ignore[arg-type]
+    tokens = sum(group.input_tokens + group.output_tokens for group in usage)
+    return len(page.items) + sum(count.count for count in counts) + total + tokens
