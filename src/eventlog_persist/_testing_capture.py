@@ -356,7 +356,7 @@ def _describe(expected: dict[str, Any]) -> str:
 def _summary(item: CapturedEvent) -> str:
     event = item.event
     parts = [f"via {item.via}", f"event_type={event.event_type!r}"]
-    for name in ("tool_name", "error_code", "approval_status"):
+    for name in ("tool_name", "error_code", "approval_status", "request_id"):
         value = getattr(event, name)
         if value is not None:
             parts.append(f"{name}={value!r}")
