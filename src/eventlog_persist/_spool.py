@@ -16,7 +16,6 @@ import time
 import uuid
 import weakref
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -43,6 +42,8 @@ FsyncPolicy: TypeAlias = Literal["never", "always"] | float
 """When spooled records are forced to disk: ``"never"``, ``"always"``, or every N seconds."""
 
 _FRAME: Final = struct.Struct("<II")  # body length, CRC32 of the body
+_frame: Final = _FRAME.pack
+_crc32: Final = zlib.crc32
 _VERSION: Final = 2
 _SEGMENT_RE: Final = re.compile(r"^(\d{12})\.seg$")
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
@@ -172,7 +173,7 @@ def encode_event(event: NewEvent) -> bytes:
             event.payload_json,
         )
     )
-    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+    return _frame(len(body), _crc32(body)) + body
 
 
 def decode_event(body: bytes | memoryview) -> NewEvent:
@@ -224,7 +225,7 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
             yield at, -1, None
             return
         body = view[at + _FRAME.size : end]
-        yield at, end, (body if zlib.crc32(body) == crc else None)
+        yield at, end, (body if _crc32(body) == crc else None)
         at = end
         limit -= 1
 
@@ -235,23 +236,16 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
 class _Segment:
     """One journal file: its records in the order they were appended."""
 
-    __slots__ = ("inherited", "next", "number", "path", "records", "size")
+    __slots__ = ("inherited", "next", "number", "path", "queued", "records", "size")
 
     def __init__(self, number: int, path: Path, *, inherited: bool) -> None:
         self.number = number
         self.path = path
         self.size = 0  # bytes of whole records (for an inherited segment: up to a torn tail)
         self.records = 0
+        self.queued = 0  # of its records, those in the writer's queue (or its batch)
         self.inherited = inherited  # written by an earlier writer: replayed
         self.next: _Segment | None = None
-
-
-@dataclass(slots=True)
-class _Run:
-    """Consecutive records of one segment that are in the writer's queue."""
-
-    segment: _Segment
-    count: int
 
 
 @dataclass(slots=True)
@@ -305,8 +299,9 @@ class Journal:
     """One writer's journal: ``<directory>/<host>-<pid>/`` with a lock and segment files.
 
     The records are kept in one order, which is also the order of the writer's queue:
-    ``[acknowledged | in the queue (runs) | spooled only (from the cursor) ]``. The writer
-    calls every method but `read` with its lock held (or on its event loop).
+    ``[acknowledged | in the queue | spooled only (from the cursor) ]``; each segment counts
+    its records in the queue (``queued``). The writer calls every method but `read` with its
+    lock held (or on its event loop).
     """
 
     def __init__(self, spool: Spool, table: str) -> None:
@@ -317,12 +312,11 @@ class Journal:
         self.dir = self.root / _process_name()
         self.always = spool.fsync == "always"
         self.syncs = spool.fsync != "never"
-        self.runs: deque[_Run] = deque()  # the queue's records, by segment
         self.cursor: _Cursor | None = None
         self.spilled = 0  # records on disk only, from the cursor on
         self.damaged = 0
         self.replayed = 0
-        self.total_bytes = 0
+        self._sealed = 0  # bytes of the segments before the open one
         self.closed = False
         self.pinned = False  # the queue's order no longer matches: delete nothing more
         self._first: _Segment | None = None
@@ -470,7 +464,6 @@ class Journal:
             path.unlink()
             return
         self._link(segment)
-        self.total_bytes += segment.size
         self.spilled += segment.records
         if self.cursor is None:
             self.cursor = _Cursor(segment)
@@ -495,6 +488,7 @@ class Journal:
             self._first = segment
         else:
             self._active.next = segment
+            self._sealed += self._active.size
         self._active = segment
 
     def _start_segment(self) -> _Segment:
@@ -515,76 +509,82 @@ class Journal:
 
     # -- the writer's calls --
 
-    def append(self, record: bytes, queued: bool) -> None:
+    def append(self, record: bytes, queued: bool) -> str | None:
         """Write one record before ``enqueue`` returns; ``queued``: it is in the queue too.
 
-        Raises:
-            OSError: It could not be written (the disk is full...); nothing is kept.
+        Returns:
+            None, or why nothing of the record was kept: the spool is full, or it could not
+            be written (the disk is full, the spool is closed...).
         """
         active = self._active
-        if active is None or self.closed:
-            raise OSError(errno.EBADF, "the spool is closed")
-        if active.size and active.size + len(record) > SEGMENT_BYTES:
+        if active is None:  # pragma: no cover - opened by the constructor
+            return "the spool is not open"
+        start = active.size
+        length = len(record)
+        if self._sealed + start + length > self.max_bytes:
+            return f"the spool is full ({self.max_bytes} bytes)"
+        if start + length > SEGMENT_BYTES and start and not self.closed:
             active = self._start_segment()
             self._trim()
-        start = active.size
-        fd = self._fd
+            start = 0
+        fd = self._fd  # -1 once closed: the write fails
         try:
-            written = os.write(fd, record)
-            if written != len(record):
+            if os.write(fd, record) != length:
                 raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
-        except OSError:
+        except OSError as exc:
+            if self.closed:
+                return "the spool is closed"
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)  # never leave half a record to append after
-            raise
-        active.size = start + written
+            return f"the spool could not be written ({exc})"
+        active.size = start + length
         active.records += 1
-        self.total_bytes += written
-        if self.always:
-            _fdatasync(fd)
-        else:
-            self._dirty = True
+        if self.syncs:
+            if self.always:
+                _fdatasync(fd)
+            else:
+                self._dirty = True
         if queued:
-            runs = self.runs
-            if runs:
-                run = runs[-1]
-                if run.segment is active:
-                    run.count += 1
-                    return
-            runs.append(_Run(active, 1))
+            active.queued += 1
         else:
             if not self.spilled:
                 self.cursor = _Cursor(active, start, active.records - 1)
             self.spilled += 1
+        return None
 
     def ack(self, count: int) -> None:
         """The first ``count`` queued records were written or given up: drop them."""
         if self.pinned or self.closed:
             return
-        runs = self.runs
-        while count and runs:
-            run = runs[0]
-            if run.count > count:
-                run.count -= count
+        segment = self._first
+        while count and segment is not None:
+            queued = segment.queued
+            if queued > count:
+                segment.queued = queued - count
                 break
-            count -= run.count
-            runs.popleft()
+            count -= queued
+            segment.queued = 0
+            segment = segment.next
         self._trim()
         active = self._active
-        if not runs and not self.spilled and active and active.size >= DRAINED_ROTATE_BYTES:
+        if (
+            active is not None
+            and self._first is active  # nothing before it is needed any more
+            and not active.queued
+            and not self.spilled
+            and active.size >= DRAINED_ROTATE_BYTES
+        ):
             self._start_segment()
             self._trim()
 
     def _trim(self) -> None:
         """Delete leading segments that nothing in the queue or on the cursor's way needs."""
-        runs, cursor = self.runs, self.cursor
+        cursor = self.cursor if self.spilled else None
         while (segment := self._first) is not None and segment is not self._active:
-            if runs and runs[0].segment is segment:
-                return
-            if self.spilled and cursor is not None and cursor.segment is segment:
+            if segment.queued or (cursor is not None and cursor.segment is segment):
                 return
             self._first = segment.next
-            self.total_bytes -= segment.size
+            self._sealed -= segment.size
             try:
                 segment.path.unlink()
             except FileNotFoundError:
@@ -666,12 +666,8 @@ class Journal:
         """The records read are now in the queue; False if the journal closed meanwhile."""
         if self.closed or not reading.consumed:
             return False
-        runs = self.runs
         for segment, count in reading.runs:
-            if runs and runs[-1].segment is segment:
-                runs[-1].count += count
-            else:
-                runs.append(_Run(segment, count))
+            segment.queued += count
         self.spilled -= reading.consumed
         self.damaged += reading.damaged
         self.replayed += reading.replayed
@@ -700,9 +696,13 @@ class Journal:
             return
         self.closed = True
         self._stop.set()
-        left = self.spilled + sum(run.count for run in self.runs)
+        left = self.spilled
+        segment = self._first
+        while segment is not None:
+            left += segment.queued
+            segment.queued = 0
+            segment = segment.next
         self.spilled = left
-        self.runs.clear()
         with self._guard:
             fd, self._fd = self._fd, -1
         if fd >= 0:
@@ -717,7 +717,7 @@ class Journal:
                     segment.path.unlink()
                 segment = segment.next
             self._first = None
-            self.total_bytes = 0
+            self._sealed = 0
             for name in ("table", "lock"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / name).unlink()
