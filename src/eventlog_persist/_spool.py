@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import math
+import mmap
 import os
 import re
 import socket
@@ -35,6 +36,8 @@ SEGMENT_BYTES: Final = 1 << 20
 """A segment file is closed and a new one started when the next record would pass this."""
 DRAINED_ROTATE_BYTES: Final = 64 << 10
 """When every record was acknowledged and the open segment holds this much, it is replaced."""
+RESERVE_BYTES: Final = 64 << 10
+"""The open segment is extended this much at a time, with zeros (within ``max_bytes``)."""
 LOCK_WAIT: Final = 0.25
 """Seconds a starting writer retries its own spool's lock (an adopter may hold it briefly)."""
 
@@ -210,7 +213,8 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
 
     A record whose checksum does not match (but whose length fits) gives ``body=None`` and
     the parse goes on after it; a record cut short (a torn tail) gives ``end=-1`` and ends
-    the parse.
+    the parse. Zeros to the end (the room a writer that was killed had reserved) end it
+    too, silently; a zero length before anything else is a torn tail.
     """
     view = memoryview(data)
     size = len(data)
@@ -220,6 +224,10 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
             yield at, -1, None
             return
         length, crc = _FRAME.unpack_from(data, at)
+        if not length:  # no record is empty
+            if data.count(0, at) != size - at:
+                yield at, -1, None
+            return
         end = at + _FRAME.size + length
         if end > size:
             yield at, -1, None
@@ -321,7 +329,9 @@ class Journal:
         self.pinned = False  # the queue's order no longer matches: delete nothing more
         self._first: _Segment | None = None
         self._active: _Segment | None = None
-        self._fd = -1
+        self._fd = -1  # the open segment's file, and its records mapped in memory
+        self._map: mmap.mmap | None = None
+        self._reserved = 0  # the file's size: its records, then zeros
         self._lock_fd = -1
         self._guard = threading.Lock()  # the open segment's fd, against the sync thread
         self._dirty = False
@@ -494,18 +504,68 @@ class Journal:
     def _start_segment(self) -> _Segment:
         number = self._active.number + 1 if self._active is not None else 1
         path = self.dir / _segment_name(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if self.syncs:
             _fsync_directory(self.dir)
+        self._seal()
         with self._guard:
-            old, self._fd = self._fd, fd
-            if old >= 0:
-                if self.syncs:
-                    _fdatasync(old)
-                os.close(old)
+            self._fd = fd
         segment = _Segment(number, path, inherited=False)
         self._link(segment)
         return segment
+
+    def _seal(self) -> None:
+        """Close the open segment's file, cut to its records (the reserved zeros go)."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
+        with self._guard:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        active = self._active
+        try:
+            if active is not None and self._reserved > active.size:
+                os.ftruncate(fd, active.size)
+            if self.syncs:
+                _fdatasync(fd)
+        except OSError:
+            logger.exception("could not close the open spool segment in %s", self.dir)
+        finally:
+            self._reserved = 0
+            os.close(fd)
+
+    def _reserve(self, record: bytes, start: int) -> None:
+        """Write ``record`` at ``start`` with ``pwrite()``, then zeros up to a multiple of
+        `RESERVE_BYTES` (at most to the segment's or the spool's bound), and map the file
+        into memory: the next records are copied into the map, without a system call.
+
+        The zeros are written, not only a file size set, so that the disk blocks are
+        allocated now: a full disk is an error here, never a fault on a mapped page.
+        """
+        end = start + len(record)
+        size = end
+        if end < SEGMENT_BYTES:
+            size = min(
+                -(-end // RESERVE_BYTES) * RESERVE_BYTES,
+                SEGMENT_BYTES,
+                self.max_bytes - self._sealed,  # append checked that ``end`` fits
+            )
+        data = record + bytes(size - end)
+        fd = self._fd  # -1 once closed: the write fails
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
+        self._reserved = start
+        try:
+            if os.pwrite(fd, data, start) != len(data):
+                raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
+            self._map = mmap.mmap(fd, size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # never leave half a record to append after
+            raise
+        self._reserved = size
 
     # -- the writer's calls --
 
@@ -523,25 +583,26 @@ class Journal:
         length = len(record)
         if self._sealed + start + length > self.max_bytes:
             return f"the spool is full ({self.max_bytes} bytes)"
-        if start + length > SEGMENT_BYTES and start and not self.closed:
-            active = self._start_segment()
-            self._trim()
-            start = 0
-        fd = self._fd  # -1 once closed: the write fails
-        try:
-            if os.write(fd, record) != length:
-                raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
-        except OSError as exc:
-            if self.closed:
-                return "the spool is closed"
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)  # never leave half a record to append after
-            return f"the spool could not be written ({exc})"
-        active.size = start + length
+        end = start + length
+        mapped = self._map
+        if end <= self._reserved and mapped is not None:
+            mapped[start:end] = record  # into the page cache, as write() would, without a call
+        else:
+            if end > SEGMENT_BYTES and start and not self.closed:
+                active = self._start_segment()
+                self._trim()
+                start, end = 0, length
+            try:
+                self._reserve(record, start)
+            except OSError as exc:
+                if self.closed:
+                    return "the spool is closed"
+                return f"the spool could not be written ({exc})"
+        active.size = end
         active.records += 1
         if self.syncs:
             if self.always:
-                _fdatasync(fd)
+                _fdatasync(self._fd)
             else:
                 self._dirty = True
         if queued:
@@ -703,13 +764,7 @@ class Journal:
             segment.queued = 0
             segment = segment.next
         self.spilled = left
-        with self._guard:
-            fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                if self.syncs:
-                    _fdatasync(fd)
-            os.close(fd)
+        self._seal()
         if not left and not self.pinned:
             segment = self._first
             while segment is not None:
@@ -731,6 +786,10 @@ class Journal:
     def forget(self) -> None:
         """In a forked child: let go of the parent's files without touching them."""
         self.closed = True
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._reserved = 0
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
