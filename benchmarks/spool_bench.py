@@ -317,7 +317,8 @@ def main() -> None:
     print(
         "\nOf the delta, building the record (length, CRC32, the event's fields): "
         f"p50 {statistics.median(encoding):.2f} us (median of {args.rounds} runs); the rest is "
-        "the write() into the page cache and the journal's bookkeeping."
+        "the copy into the memory-mapped segment (in the page cache) and the journal's "
+        "bookkeeping."
     )
     print("\nOther fsync policies, `enqueue(event)` p50 / p99 us (one run, for information):")
     for name, (p50, p99) in policies.items():

@@ -64,6 +64,15 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*/*.seg"))
 
 
+def written(segment: Path) -> bytes:
+    """A segment's records: without the zeros its writer reserved after them, while open."""
+    data = segment.read_bytes()
+    at = 0
+    while at + 8 <= len(data) and (length := int.from_bytes(data[at : at + 4], "little")):
+        at += 8 + length
+    return data[:at]
+
+
 class DeadLetters:
     def __init__(self) -> None:
         self.items: list[tuple[NewEvent, BaseException]] = []
@@ -589,6 +598,34 @@ def test_a_segment_with_no_whole_record_is_deleted_when_adopted(
 
 
 @pytest.mark.fault
+@pytest.mark.parametrize("junk", [b"", b"\x01"])
+def test_the_room_a_killed_writer_reserved_is_not_damage_but_bytes_in_it_are(
+    host_models: HostModels,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    junk: bytes,
+) -> None:
+    _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    events = chat_events(key, key, 3)
+    dead = _leave_spool(host_models, tmp_path, events, "gone-1")
+    [segment] = sorted(dead.glob("*.seg"))
+    records = segment.read_bytes()
+    assert records == b"".join(map(encode_event, events))  # closing cut the reserved zeros
+    # Killed while its segment was open: the records, then the zeros reserved after them
+    # (with ``junk``: then the first bytes of a record copied in when the kill came).
+    segment.write_bytes(records + bytes(100) + junk + bytes(4000))
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert (writer.counters.spilled, writer.counters.spool_damaged) == (3, len(junk))
+    messages = [record.getMessage() for record in caplog.records if "record" in record.msg]
+    torn = f"a torn record (cut short by a crash) at byte {len(records)}, 4101 bytes skipped"
+    assert [torn in message for message in messages] == ([True] if junk else [])
+    writer.close(timeout=0)
+
+
+@pytest.mark.fault
 def test_the_size_cap_counts_the_adopted_records(host_models: HostModels, tmp_path: Path) -> None:
     key = uuid.uuid4()
     events = [
@@ -744,8 +781,9 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
     assert len(set(rows) - set(returned)) <= 1, why  # at most the one enqueue cut short
     assert final.replayed >= len(set(rows) - before), why
     assert (final.dead_lettered, final.spilled) == (0, 0), why
-    # The kill may cut the write() of the record being appended (the kernel stops a write at
-    # a page boundary for SIGKILL): a torn tail, whose enqueue never returned.
+    # The kill may cut the record being appended (copied into the mapped file, or written
+    # with pwrite(), which the kernel stops at a page boundary for SIGKILL): a torn tail,
+    # whose enqueue never returned.
     assert final.spool_damaged <= 1, why
     assert files(directory) == []
 
@@ -888,7 +926,7 @@ async def test_async_flush_returns_when_the_last_spooled_record_is_found_damaged
         await writer.enqueue(event)
     [segment] = segments(tmp_path)
     data = bytearray(segment.read_bytes())
-    data[-3] ^= 0xFF  # the disk damaged it
+    data[len(written(segment)) - 3] ^= 0xFF  # the disk damaged it
     segment.write_bytes(bytes(data))
     await writer.start()
     started = time.monotonic()
@@ -993,7 +1031,7 @@ def test_a_drained_file_of_64_kib_is_replaced_and_deleted(
             writer.enqueue(event)
         assert writer.flush(timeout=20)
         [segment] = segments(tmp_path)
-        assert segment.stat().st_size == 63 * size  # everything written, less than 64 KiB
+        assert len(written(segment)) == 63 * size  # everything written, less than 64 KiB
         writer.enqueue(events[-1])
         assert writer.flush(timeout=20)
         assert [path.stat().st_size for path in segments(tmp_path)] == [0]  # 64 KiB: a new one
@@ -1021,7 +1059,7 @@ def test_a_file_whose_records_were_all_written_is_deleted_when_the_next_is_start
     assert len(dead.items) == 4
     [first] = segments(tmp_path)
     writer.enqueue(events[4])  # starts a second file; the first holds nothing to keep
-    assert [path.stat().st_size for path in segments(tmp_path)] == [1024]
+    assert [written(path) for path in segments(tmp_path)] == [encode_event(events[4])]
     assert first not in segments(tmp_path)
     writer.close(timeout=0)
 
@@ -1214,7 +1252,8 @@ def test_a_writer_left_open_does_not_hold_the_process_at_exit(tmp_path: Path) ->
 @pytest.mark.fault
 def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Path) -> None:
     # A daemon that closed its stdin gets descriptor 0 for the next file it opens: the lock
-    # of one writer, then segments of another. Each must be synced and closed like any other.
+    # of one writer, then segments of another (the file, or the descriptor its memory map
+    # holds). Each must be synced and closed like any other.
     script = textwrap.dedent(
         f"""
         import os, time, uuid
@@ -1245,13 +1284,14 @@ def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Pa
             while not test():
                 b.enqueue(session_id=key, user_id=key, event_type="x", payload={{"t": "x" * 100}})
 
-        enqueue_until(lambda: fd_0().endswith(".seg"))  # the second segment
+        enqueue_until(lambda: fd_0().endswith(".seg"))  # the first segment, mapped
+        first = fd_0()
         b.enqueue(session_id=key, user_id=key, event_type="x")
         synced.clear()
         time.sleep(0.2)
-        assert fd_0() in synced, synced  # the sync thread syncs it
-        enqueue_until(lambda: fd_0() == "")  # the third: the second one is closed
-        enqueue_until(lambda: fd_0().endswith(".seg"))  # the fourth
+        assert first in synced, synced  # the sync thread syncs it
+        enqueue_until(lambda: fd_0() != first)  # the second: the first one is closed
+        assert fd_0().endswith(".seg"), fd_0()
         pid = os.fork()
         if pid == 0:  # the child lets go of the parent's files, descriptor 0 too
             os._exit(0 if fd_0() == "" else 1)
@@ -1265,7 +1305,7 @@ def test_a_process_without_stdin_gives_its_spools_descriptor_0_back(tmp_path: Pa
         [sys.executable, "-c", script], cwd=TESTS, capture_output=True, text=True, timeout=30
     )
     assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
-    assert len(segments(tmp_path / "b")) == 4
+    assert len(segments(tmp_path / "b")) == 2
 
 
 def test_closing_twice_does_not_touch_the_next_writers_spool(
@@ -1332,15 +1372,18 @@ def test_a_failed_spool_write_drops_and_reports_and_leaves_no_partial_record(
     key = uuid.uuid4()
     writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path), on_dead_letter=dead)
     first, second, third = (new_event(session_id=key, user_id=key, event_type="x") for _ in "abc")
+    # The file is extended for every record, so that each is written with pwrite(), the
+    # call that meets a full disk (the records copied into the reserved room make none).
+    monkeypatch.setattr(spool_module, "RESERVE_BYTES", 1)
     writer.enqueue(first)
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def short_write(fd: int, data: bytes) -> int:
-        return real_write(fd, data[:10])  # the disk filled up mid-record
+    def short_write(fd: int, data: bytes, offset: int) -> int:
+        return real_pwrite(fd, data[:10], offset)  # the disk filled up mid-record
 
-    monkeypatch.setattr(spool_module.os, "write", short_write)
+    monkeypatch.setattr(spool_module.os, "pwrite", short_write)
     writer.enqueue(second)
-    monkeypatch.setattr(spool_module.os, "write", real_write)
+    monkeypatch.setattr(spool_module.os, "pwrite", real_pwrite)
     writer.enqueue(third)
     assert [event for event, _ in dead.items] == [second]
     assert "the spool could not be written" in str(dead.items[0][1])

@@ -212,13 +212,14 @@ class _State(Generic[KeyT]):
         journal = self.journal
         if journal is None:  # pragma: no cover - callers check
             raise RuntimeError("no spool")
-        if journal.total_bytes + len(record) > journal.max_bytes:
-            return False, self.drop(event, spool=f"the spool is full ({journal.max_bytes} bytes)")
-        queued = not journal.spilled and self.fits(size)
-        try:
-            journal.append(record, queued)
-        except OSError as exc:
-            return False, self.drop(event, spool=f"the spool could not be written ({exc})")
+        pending = self.pending  # queued if it `fits`, inlined: this runs in every enqueue
+        queued = not journal.spilled and (
+            pending == 0
+            or (pending < self.max_queued and self.pending_bytes + size <= self.max_queued_bytes)
+        )
+        failed = journal.append(record, queued)
+        if failed is not None:
+            return False, self.drop(event, spool=failed)
         if queued:
             return self.add(event, size), None
         self.enqueued += 1

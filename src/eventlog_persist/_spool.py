@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import math
+import mmap
 import os
 import re
 import socket
@@ -16,7 +17,6 @@ import time
 import uuid
 import weakref
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -36,6 +36,8 @@ SEGMENT_BYTES: Final = 1 << 20
 """A segment file is closed and a new one started when the next record would pass this."""
 DRAINED_ROTATE_BYTES: Final = 64 << 10
 """When every record was acknowledged and the open segment holds this much, it is replaced."""
+RESERVE_BYTES: Final = 64 << 10
+"""The open segment is extended this much at a time, with zeros (within ``max_bytes``)."""
 LOCK_WAIT: Final = 0.25
 """Seconds a starting writer retries its own spool's lock (an adopter may hold it briefly)."""
 
@@ -43,6 +45,8 @@ FsyncPolicy: TypeAlias = Literal["never", "always"] | float
 """When spooled records are forced to disk: ``"never"``, ``"always"``, or every N seconds."""
 
 _FRAME: Final = struct.Struct("<II")  # body length, CRC32 of the body
+_frame: Final = _FRAME.pack
+_crc32: Final = zlib.crc32
 _VERSION: Final = 2
 _SEGMENT_RE: Final = re.compile(r"^(\d{12})\.seg$")
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
@@ -178,7 +182,7 @@ def encode_event(event: NewEvent) -> bytes:
             event.span_id,
         )
     )
-    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+    return _frame(len(body), _crc32(body)) + body
 
 
 def decode_event(body: bytes | memoryview) -> NewEvent:
@@ -218,7 +222,8 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
 
     A record whose checksum does not match (but whose length fits) gives ``body=None`` and
     the parse goes on after it; a record cut short (a torn tail) gives ``end=-1`` and ends
-    the parse.
+    the parse. Zeros to the end (the room a writer that was killed had reserved) end it
+    too, silently; a zero length before anything else is a torn tail.
     """
     view = memoryview(data)
     size = len(data)
@@ -228,12 +233,16 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
             yield at, -1, None
             return
         length, crc = _FRAME.unpack_from(data, at)
+        if not length:  # no record is empty
+            if data.count(0, at) != size - at:
+                yield at, -1, None
+            return
         end = at + _FRAME.size + length
         if end > size:
             yield at, -1, None
             return
         body = view[at + _FRAME.size : end]
-        yield at, end, (body if zlib.crc32(body) == crc else None)
+        yield at, end, (body if _crc32(body) == crc else None)
         at = end
         limit -= 1
 
@@ -244,23 +253,16 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
 class _Segment:
     """One journal file: its records in the order they were appended."""
 
-    __slots__ = ("inherited", "next", "number", "path", "records", "size")
+    __slots__ = ("inherited", "next", "number", "path", "queued", "records", "size")
 
     def __init__(self, number: int, path: Path, *, inherited: bool) -> None:
         self.number = number
         self.path = path
         self.size = 0  # bytes of whole records (for an inherited segment: up to a torn tail)
         self.records = 0
+        self.queued = 0  # of its records, those in the writer's queue (or its batch)
         self.inherited = inherited  # written by an earlier writer: replayed
         self.next: _Segment | None = None
-
-
-@dataclass(slots=True)
-class _Run:
-    """Consecutive records of one segment that are in the writer's queue."""
-
-    segment: _Segment
-    count: int
 
 
 @dataclass(slots=True)
@@ -314,8 +316,9 @@ class Journal:
     """One writer's journal: ``<directory>/<host>-<pid>/`` with a lock and segment files.
 
     The records are kept in one order, which is also the order of the writer's queue:
-    ``[acknowledged | in the queue (runs) | spooled only (from the cursor) ]``. The writer
-    calls every method but `read` with its lock held (or on its event loop).
+    ``[acknowledged | in the queue | spooled only (from the cursor) ]``; each segment counts
+    its records in the queue (``queued``). The writer calls every method but `read` with its
+    lock held (or on its event loop).
     """
 
     def __init__(self, spool: Spool, table: str) -> None:
@@ -326,17 +329,18 @@ class Journal:
         self.dir = self.root / _process_name()
         self.always = spool.fsync == "always"
         self.syncs = spool.fsync != "never"
-        self.runs: deque[_Run] = deque()  # the queue's records, by segment
         self.cursor: _Cursor | None = None
         self.spilled = 0  # records on disk only, from the cursor on
         self.damaged = 0
         self.replayed = 0
-        self.total_bytes = 0
+        self._sealed = 0  # bytes of the segments before the open one
         self.closed = False
         self.pinned = False  # the queue's order no longer matches: delete nothing more
         self._first: _Segment | None = None
         self._active: _Segment | None = None
-        self._fd = -1
+        self._fd = -1  # the open segment's file, and its records mapped in memory
+        self._map: mmap.mmap | None = None
+        self._reserved = 0  # the file's size: its records, then zeros
         self._lock_fd = -1
         self._guard = threading.Lock()  # the open segment's fd, against the sync thread
         self._dirty = False
@@ -479,7 +483,6 @@ class Journal:
             path.unlink()
             return
         self._link(segment)
-        self.total_bytes += segment.size
         self.spilled += segment.records
         if self.cursor is None:
             self.cursor = _Cursor(segment)
@@ -504,96 +507,154 @@ class Journal:
             self._first = segment
         else:
             self._active.next = segment
+            self._sealed += self._active.size
         self._active = segment
 
     def _start_segment(self) -> _Segment:
         number = self._active.number + 1 if self._active is not None else 1
         path = self.dir / _segment_name(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if self.syncs:
             _fsync_directory(self.dir)
+        self._seal()
         with self._guard:
-            old, self._fd = self._fd, fd
-            if old >= 0:
-                if self.syncs:
-                    _fdatasync(old)
-                os.close(old)
+            self._fd = fd
         segment = _Segment(number, path, inherited=False)
         self._link(segment)
         return segment
 
-    # -- the writer's calls --
-
-    def append(self, record: bytes, queued: bool) -> None:
-        """Write one record before ``enqueue`` returns; ``queued``: it is in the queue too.
-
-        Raises:
-            OSError: It could not be written (the disk is full...); nothing is kept.
-        """
+    def _seal(self) -> None:
+        """Close the open segment's file, cut to its records (the reserved zeros go)."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
+        with self._guard:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
         active = self._active
-        if active is None or self.closed:
-            raise OSError(errno.EBADF, "the spool is closed")
-        if active.size and active.size + len(record) > SEGMENT_BYTES:
-            active = self._start_segment()
-            self._trim()
-        start = active.size
-        fd = self._fd
         try:
-            written = os.write(fd, record)
-            if written != len(record):
+            if active is not None and self._reserved > active.size:
+                os.ftruncate(fd, active.size)
+            if self.syncs:
+                _fdatasync(fd)
+        except OSError:
+            logger.exception("could not close the open spool segment in %s", self.dir)
+        finally:
+            self._reserved = 0
+            os.close(fd)
+
+    def _reserve(self, record: bytes, start: int) -> None:
+        """Write ``record`` at ``start`` with ``pwrite()``, then zeros up to a multiple of
+        `RESERVE_BYTES` (at most to the segment's or the spool's bound), and map the file
+        into memory: the next records are copied into the map, without a system call.
+
+        The zeros are written, not only a file size set, so that the disk blocks are
+        allocated now: a full disk is an error here, never a fault on a mapped page.
+        """
+        end = start + len(record)
+        size = end
+        if end < SEGMENT_BYTES:
+            size = min(
+                -(-end // RESERVE_BYTES) * RESERVE_BYTES,
+                SEGMENT_BYTES,
+                self.max_bytes - self._sealed,  # append checked that ``end`` fits
+            )
+        data = record + bytes(size - end)
+        fd = self._fd  # -1 once closed: the write fails
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
+        self._reserved = start
+        try:
+            if os.pwrite(fd, data, start) != len(data):
                 raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
+            self._map = mmap.mmap(fd, size)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)  # never leave half a record to append after
             raise
-        active.size = start + written
-        active.records += 1
-        self.total_bytes += written
-        if self.always:
-            _fdatasync(fd)
+        self._reserved = size
+
+    # -- the writer's calls --
+
+    def append(self, record: bytes, queued: bool) -> str | None:
+        """Write one record before ``enqueue`` returns; ``queued``: it is in the queue too.
+
+        Returns:
+            None, or why nothing of the record was kept: the spool is full, or it could not
+            be written (the disk is full, the spool is closed...).
+        """
+        active = self._active
+        if active is None:  # pragma: no cover - opened by the constructor
+            return "the spool is not open"
+        start = active.size
+        length = len(record)
+        if self._sealed + start + length > self.max_bytes:
+            return f"the spool is full ({self.max_bytes} bytes)"
+        end = start + length
+        mapped = self._map
+        if end <= self._reserved and mapped is not None:
+            mapped[start:end] = record  # into the page cache, as write() would, without a call
         else:
-            self._dirty = True
+            if end > SEGMENT_BYTES and start and not self.closed:
+                active = self._start_segment()
+                self._trim()
+                start, end = 0, length
+            try:
+                self._reserve(record, start)
+            except OSError as exc:
+                if self.closed:
+                    return "the spool is closed"
+                return f"the spool could not be written ({exc})"
+        active.size = end
+        active.records += 1
+        if self.syncs:
+            if self.always:
+                _fdatasync(self._fd)
+            else:
+                self._dirty = True
         if queued:
-            runs = self.runs
-            if runs:
-                run = runs[-1]
-                if run.segment is active:
-                    run.count += 1
-                    return
-            runs.append(_Run(active, 1))
+            active.queued += 1
         else:
             if not self.spilled:
                 self.cursor = _Cursor(active, start, active.records - 1)
             self.spilled += 1
+        return None
 
     def ack(self, count: int) -> None:
         """The first ``count`` queued records were written or given up: drop them."""
         if self.pinned or self.closed:
             return
-        runs = self.runs
-        while count and runs:
-            run = runs[0]
-            if run.count > count:
-                run.count -= count
+        segment = self._first
+        while count and segment is not None:
+            queued = segment.queued
+            if queued > count:
+                segment.queued = queued - count
                 break
-            count -= run.count
-            runs.popleft()
+            count -= queued
+            segment.queued = 0
+            segment = segment.next
         self._trim()
         active = self._active
-        if not runs and not self.spilled and active and active.size >= DRAINED_ROTATE_BYTES:
+        if (
+            active is not None
+            and self._first is active  # nothing before it is needed any more
+            and not active.queued
+            and not self.spilled
+            and active.size >= DRAINED_ROTATE_BYTES
+        ):
             self._start_segment()
             self._trim()
 
     def _trim(self) -> None:
         """Delete leading segments that nothing in the queue or on the cursor's way needs."""
-        runs, cursor = self.runs, self.cursor
+        cursor = self.cursor if self.spilled else None
         while (segment := self._first) is not None and segment is not self._active:
-            if runs and runs[0].segment is segment:
-                return
-            if self.spilled and cursor is not None and cursor.segment is segment:
+            if segment.queued or (cursor is not None and cursor.segment is segment):
                 return
             self._first = segment.next
-            self.total_bytes -= segment.size
+            self._sealed -= segment.size
             try:
                 segment.path.unlink()
             except FileNotFoundError:
@@ -675,12 +736,8 @@ class Journal:
         """The records read are now in the queue; False if the journal closed meanwhile."""
         if self.closed or not reading.consumed:
             return False
-        runs = self.runs
         for segment, count in reading.runs:
-            if runs and runs[-1].segment is segment:
-                runs[-1].count += count
-            else:
-                runs.append(_Run(segment, count))
+            segment.queued += count
         self.spilled -= reading.consumed
         self.damaged += reading.damaged
         self.replayed += reading.replayed
@@ -709,16 +766,14 @@ class Journal:
             return
         self.closed = True
         self._stop.set()
-        left = self.spilled + sum(run.count for run in self.runs)
+        left = self.spilled
+        segment = self._first
+        while segment is not None:
+            left += segment.queued
+            segment.queued = 0
+            segment = segment.next
         self.spilled = left
-        self.runs.clear()
-        with self._guard:
-            fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                if self.syncs:
-                    _fdatasync(fd)
-            os.close(fd)
+        self._seal()
         if not left and not self.pinned:
             segment = self._first
             while segment is not None:
@@ -726,7 +781,7 @@ class Journal:
                     segment.path.unlink()
                 segment = segment.next
             self._first = None
-            self.total_bytes = 0
+            self._sealed = 0
             for name in ("table", "lock"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / name).unlink()
@@ -740,6 +795,10 @@ class Journal:
     def forget(self) -> None:
         """In a forked child: let go of the parent's files without touching them."""
         self.closed = True
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._reserved = 0
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
