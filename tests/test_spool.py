@@ -102,6 +102,31 @@ def chat_events(user_id: Any, session_id: Any, count: int) -> list[NewEvent]:
     ]
 
 
+@pytest.fixture(params=["mapped", "pwrite"])
+def file_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The open segment mapped in memory (ext4, XFS, tmpfs), or written with pwrite()."""
+    if request.param == "pwrite":
+        monkeypatch.setattr(spool_module, "_allocates_on_write", lambda directory: False)
+    return str(request.param)
+
+
+def test_only_file_systems_that_allocate_on_write_are_mapped(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
+        "23 22 0:30 / /data rw shared:2 - btrfs /dev/sdb rw\n"
+        "24 23 0:31 / /data/my\\040spool rw shared:3 - xfs /dev/sdc rw\n"
+        "25 22 0:32 / /srv/nfs rw shared:4 - nfs4 server:/x rw\n"
+    )
+    allocates = spool_module._allocates_on_write
+    assert allocates(Path("/var/spool/events"), mountinfo)
+    assert not allocates(Path("/data/events"), mountinfo)
+    assert allocates(Path("/database"), mountinfo)  # "/data" is a prefix of it, not a parent
+    assert allocates(Path("/data/my spool/events"), mountinfo)
+    assert not allocates(Path("/srv/nfs/events"), mountinfo)
+    assert not allocates(Path("/x"), tmp_path / "no-such-file")
+
+
 # -- records -----------------------------------------------------------------------------------
 
 
@@ -793,6 +818,7 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
 
 @pytest.mark.fault
 def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
+    file_mode: str,
     host_engine: Engine,
     host_models: HostModels,
     tmp_path: Path,
@@ -937,7 +963,9 @@ async def test_async_flush_returns_when_the_last_spooled_record_is_found_damaged
 
 
 @pytest.mark.fault
-def test_the_size_cap_drops_and_reports(host_models: HostModels, tmp_path: Path) -> None:
+def test_the_size_cap_drops_and_reports(
+    file_mode: str, host_models: HostModels, tmp_path: Path
+) -> None:
     dead = DeadLetters()
     events = _events_of(1000, 40)
     cap = 16 * 1000  # room for exactly 16 records
@@ -968,6 +996,7 @@ def test_the_size_cap_drops_and_reports(host_models: HostModels, tmp_path: Path)
 @pytest.mark.fault
 @pytest.mark.timeout(60)
 def test_spilled_events_are_read_back_through_a_small_queue_and_segments_trimmed(
+    file_mode: str,
     host_engine: Engine,
     host_models: HostModels,
     tmp_path: Path,
@@ -1011,7 +1040,7 @@ def _events_of(size: int, count: int) -> list[NewEvent]:
 
 @pytest.mark.fault
 def test_the_journal_is_split_into_files_of_one_mib(
-    host_models: HostModels, tmp_path: Path
+    file_mode: str, host_models: HostModels, tmp_path: Path
 ) -> None:
     events = _events_of(4096, 300)  # 256 fill a file exactly
     spool_down(host_models, tmp_path, events)
@@ -1366,7 +1395,7 @@ def test_a_forked_child_lets_go_of_the_parents_spool(
 
 
 def test_a_failed_spool_write_drops_and_reports_and_leaves_no_partial_record(
-    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    file_mode: str, host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead = DeadLetters()
     key = uuid.uuid4()
@@ -1396,7 +1425,7 @@ def test_a_failed_spool_write_drops_and_reports_and_leaves_no_partial_record(
 @pytest.mark.fault
 @pytest.mark.timeout(60)
 def test_concurrent_producers_spill_and_read_back_without_loss_or_doubles(
-    host_engine: Engine, host_models: HostModels, tmp_path: Path
+    file_mode: str, host_engine: Engine, host_models: HostModels, tmp_path: Path
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     with BufferedWriter(

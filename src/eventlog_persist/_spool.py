@@ -312,6 +312,35 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+# File systems where writing zeros allocates the blocks that a mapped page later fills in
+# place: ext2/3/4, XFS, tmpfs. On copy-on-write ones (btrfs, ZFS) a store into a mapped page
+# may need a new block, and a full disk then ends the process with SIGBUS; network file
+# systems have their own mmap caveats. Elsewhere each record is written with pwrite().
+_MAPPABLE_FILE_SYSTEMS: Final = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space as \040
+
+
+def _allocates_on_write(directory: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether ``directory`` lies on a file system in `_MAPPABLE_FILE_SYSTEMS` (Linux only)."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    where = str(directory.resolve())
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split(" ")
+        try:
+            mount_point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+            fs_type = fields[fields.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        inside = where == mount_point or where.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fs_type
+    return kind in _MAPPABLE_FILE_SYSTEMS
+
+
 class Journal:
     """One writer's journal: ``<directory>/<host>-<pid>/`` with a lock and segment files.
 
@@ -345,6 +374,7 @@ class Journal:
         self._guard = threading.Lock()  # the open segment's fd, against the sync thread
         self._dirty = False
         self._stop = threading.Event()
+        self.mapped = _allocates_on_write(self.dir)  # records copied into a mapped file
         self._open()
 
     # -- opening: lock, adopt, scan --
@@ -553,6 +583,12 @@ class Journal:
         allocated now: a full disk is an error here, never a fault on a mapped page.
         """
         end = start + len(record)
+        if not self.mapped:
+            if os.pwrite(self._fd, record, start) != len(record):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)  # never leave half a record to append after
+                raise OSError(errno.ENOSPC, "short write to the spool (the disk is full?)")
+            return
         size = end
         if end < SEGMENT_BYTES:
             size = min(
