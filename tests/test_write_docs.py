@@ -85,3 +85,13 @@ def test_the_metrics_example_reports_the_writer(
     assert "oldest queued age: None last error: None" in out
     assert 'eventlog_writer_events_written_total{writer="api"} 200.0' in out
     assert "OpenTelemetry instruments: 19" in out  # the last error has no point yet
+
+
+def test_the_lifespan_example_gives_each_request_its_id(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load("writing_lifespan.py")
+    module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "request ids: 20" in out  # each request's two events share one id
+    assert "event writer closed: WriterCounters(" in out
