@@ -6,7 +6,7 @@
   parameters, defaults, annotations (up to the sync/async type names) and docstrings, and the
   async side is awaited wherever the sync side does I/O.
 * The documentation and examples import only the facade, ``eventlog_persist``, and its topic
-  modules ``eventlog_persist.exceptions`` and ``eventlog_persist.metrics``; every name in
+  modules (``exceptions``, ``metrics``, ``testing``, ``fastapi``); every name in
   ``__all__`` exists and is documented.
 * ``import eventlog_persist`` stays light: Alembic is loaded only when its helpers are used.
 """
@@ -249,6 +249,7 @@ _EXAMPLE_DIRS = [ROOT / "docs" / "examples", ROOT / "examples"]
 _FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^[ \t]*```", flags=re.M | re.S)
 _PUBLIC_MODULES = {
     "eventlog_persist.exceptions",
+    "eventlog_persist.fastapi",
     "eventlog_persist.metrics",
     "eventlog_persist.testing",
 }

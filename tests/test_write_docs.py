@@ -101,3 +101,13 @@ def test_the_genai_example_reads_back_its_token_usage(
         "tokens in all: 11485",
         "events stored: 5",
     ]
+
+
+def test_the_lifespan_example_gives_each_request_its_id(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load("writing_lifespan.py")
+    module.main(database_url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "request ids: 20" in out  # each request's two events share one id
+    assert "event writer closed: WriterCounters(" in out

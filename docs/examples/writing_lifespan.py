@@ -1,14 +1,15 @@
-"""FastAPI-style app: an AsyncBufferedWriter started and stopped by the lifespan."""
+"""FastAPI app: eventlog_lifespan starts and stops an AsyncBufferedWriter with the app."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated
 
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.testclient import TestClient
 from sqlalchemy import ForeignKey, create_engine, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -20,6 +21,7 @@ from eventlog_persist import (
     EventWriter,
     event_log_model,
 )
+from eventlog_persist.fastapi import EventContextMiddleware, event_writer, eventlog_lifespan
 
 
 class Base(DeclarativeBase):
@@ -49,31 +51,32 @@ class UserAgent(Base):
 
 EventLog = event_log_model(Base)
 
-
-class App:
-    """Stands in for FastAPI(): a ``state`` namespace and a lifespan."""
-
-    def __init__(self, lifespan: Any) -> None:
-        self.state: dict[str, Any] = {}
-        self.lifespan = lifespan
+Events = Annotated[AsyncBufferedWriter[uuid.UUID], Depends(event_writer)]
+router = APIRouter()
 
 
-@asynccontextmanager
-async def lifespan(app: App) -> AsyncIterator[None]:
-    engine = create_async_engine(app.state["database_url"])
-    async with AsyncBufferedWriter(EventLog, engine) as events:  # start ... close
-        app.state["engine"] = engine
-        app.state["events"] = events
-        app.state["writer"] = EventWriter(EventLog)
-        yield
-    # Leaving the block wrote what was queued; anything unwritten went to on_dead_letter.
-    print("event writer closed:", events.counters)
-    await engine.dispose()
+def create_app(database_url: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_async_engine(database_url)
+        app.state.engine = engine
+        async with eventlog_lifespan(app, EventLog, engine) as events:  # start ... close
+            yield
+        # Leaving the block wrote what was queued; anything unwritten went to on_dead_letter.
+        print("event writer closed:", events.counters)
+        await engine.dispose()
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_middleware(EventContextMiddleware)  # an X-Request-ID on every event
+    app.include_router(router)
+    return app
 
 
-async def run_tool(app: App, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
+@router.post("/sessions/{session_id}/send_email")
+async def run_tool(
+    session_id: uuid.UUID, user_id: uuid.UUID, events: Events, request: Request
+) -> None:
     """A request handler: enqueue is cheap, and the database is never on its path."""
-    events: AsyncBufferedWriter[uuid.UUID] = app.state["events"]
     await events.enqueue(
         session_id=session_id,
         user_id=user_id,
@@ -83,18 +86,11 @@ async def run_tool(app: App, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
         payload={"to": "someone@example.com"},
     )
     # An event that must commit with the business change goes through the session instead.
-    async with AsyncSession(app.state["engine"]) as session:
-        app.state["writer"].record(
+    async with AsyncSession(request.app.state.engine) as session:
+        EventWriter(EventLog).record(
             session, session_id=session_id, user_id=user_id, event_type=EventType.TOOL_RESULT
         )
         await session.commit()
-
-
-async def serve(url: str, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
-    app = App(lifespan)
-    app.state["database_url"] = url
-    async with app.lifespan(app):  # what the ASGI server does at startup and shutdown
-        await asyncio.gather(*(run_tool(app, session_id, user_id) for _ in range(20)))
 
 
 def main(url: str) -> int:
@@ -108,10 +104,14 @@ def main(url: str) -> int:
         session.add(chat)
         session.commit()
         user_id, session_id = user.id, chat.id
-    asyncio.run(serve(url, session_id, user_id))
+    with TestClient(create_app(url)) as client:  # runs the lifespan, as an ASGI server does
+        for _ in range(20):
+            client.post(f"/sessions/{session_id}/send_email", params={"user_id": str(user_id)})
     with Session(engine) as session:
         total = session.scalar(select(func.count()).select_from(EventLog)) or 0
+        request_ids = session.scalar(select(func.count(func.distinct(EventLog.request_id))))
     engine.dispose()
+    print("request ids:", request_ids)
     print("events stored:", total)
     return total
 

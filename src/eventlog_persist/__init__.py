@@ -3,8 +3,9 @@
 Every name a host application writes in its own code is importable from here; the modules
 whose names start with ``_`` are private. Public topic modules: `eventlog_persist.exceptions`,
 `eventlog_persist.testing` (a pytest plugin and capturing writers for host test suites),
-and `eventlog_persist.metrics` (exporters for prometheus-client and OpenTelemetry, which are
-imported only when used).
+`eventlog_persist.metrics` (exporters for prometheus-client and OpenTelemetry, which are
+imported only when used) and `eventlog_persist.fastapi` (lifespan, dependencies and
+request-id middleware for FastAPI and Starlette, which only that module imports).
 
 The Alembic helpers (`check_setup`, `include_name`, `include_object`,
 `write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so
