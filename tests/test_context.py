@@ -26,7 +26,7 @@ from eventlog_persist import (
     new_event,
     write_events,
 )
-from eventlog_persist.exceptions import ValidationError
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -150,6 +150,17 @@ def test_context_follows_tasks_and_copied_threads_and_never_leaks() -> None:
         plain.join()
     assert seen == [None]  # a plain thread starts with an empty context
     assert copied.run(lambda: new_event(event_type="chat").session_id) == 1
+
+
+def test_a_block_ended_in_another_context_says_where_to_open_it() -> None:
+    def enter_here_exit_elsewhere() -> None:
+        block = event_context(session_id=1)
+        block.__enter__()
+        with pytest.raises(ConfigurationError, match=r"another context.*'async def' dependency"):
+            contextvars.copy_context().run(block.__exit__, None, None, None)
+
+    contextvars.copy_context().run(enter_here_exit_elsewhere)
+    assert current_event_context() is None
 
 
 def test_current_span_ids_are_recorded_and_explicit_ids_win() -> None:

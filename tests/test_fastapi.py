@@ -377,7 +377,7 @@ async def test_only_an_async_dependency_can_open_the_context(
         in_thread = await http.post("/events/sync", params=params(keys), headers=headers)
         # def dependency: it entered the block on a copy the endpoint never sees, and leaves
         # it on another copy, which fails the request.
-        with pytest.raises(ValueError, match="was created in a different Context"):
+        with pytest.raises(ConfigurationError, match="another context than the one it began in"):
             await http.get("/context/sync-dependency", params=params(keys), headers=headers)
     assert in_thread.json() == {"request_id": "r", "user_id": str(keys[0])}
     assert app.state.seen == {"request_id": "r", "user_id": None}

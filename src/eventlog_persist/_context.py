@@ -6,13 +6,13 @@ import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
 from eventlog_persist._vocabulary import check_key, check_request_id
-from eventlog_persist.exceptions import ValidationError
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = ["EventContext", "current_event_context", "event_context", "span_ids"]
 
@@ -88,6 +88,8 @@ def event_context(
     Raises:
         ValidationError: A key is not a ``uuid.UUID`` or ``int``, or ``request_id`` is not
             a valid id.
+        ConfigurationError: The block ends in another context than it began in (another
+            thread or task, e.g. a FastAPI ``def`` dependency).
 
     .. versionadded:: 0.3.0
     """
@@ -109,7 +111,19 @@ def event_context(
     try:
         yield merged
     finally:
+        _leave(token)
+
+
+def _leave(token: Token[EventContext | None]) -> None:
+    try:
         _CURRENT.reset(token)
+    except ValueError as exc:
+        raise ConfigurationError(
+            "event_context() ended in another context than the one it began in, so its values "
+            "never reached the code in between: a block opened in one thread or task and closed "
+            "in another (FastAPI runs a 'def' dependency's setup and teardown on copies of the "
+            "context); open it in an 'async def' dependency, or inside the endpoint"
+        ) from exc
 
 
 def span_ids() -> tuple[str, str] | None:
