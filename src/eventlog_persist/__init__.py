@@ -6,7 +6,7 @@ whose names start with ``_`` are private. Public topic modules: `eventlog_persis
 and `eventlog_persist.metrics` (exporters for prometheus-client and OpenTelemetry, which are
 imported only when used).
 
-The Alembic helpers (`check_setup`, `include_name`, `include_object`,
+The Alembic helpers (`check_setup`, `include_name`, `include_object`, `skip_partitions`,
 `write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so
 that importing the package in a web worker does not import Alembic.
 """
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         check_setup,
         include_name,
         include_object,
+        skip_partitions,
         write_linear_revisions,
     )
 
@@ -71,6 +72,7 @@ _ALEMBIC_HELPERS = frozenset(
         "check_setup",
         "include_name",
         "include_object",
+        "skip_partitions",
         "write_linear_revisions",
     }
 )
@@ -137,6 +139,7 @@ __all__ = [
     "new_event_id",
     "prepare_payload",
     "purge_events",
+    "skip_partitions",
     "write_events",
     "write_linear_revisions",
 ]
