@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, ForeignKey, Integer, MetaData, String, Uuid
+from sqlalchemy import BigInteger, Engine, ForeignKey, Integer, MetaData, String, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist import EventLogMixin, ForeignKeyTargets, event_log_model
@@ -35,6 +37,7 @@ def build_host_models(
     keys: str = "uuid",
     naming_convention: dict[str, str] | None = None,
     targets: ForeignKeyTargets | None = None,
+    partitioned: bool = False,
 ) -> HostModels:
     """Declare a host's tables and bind ``EventLog`` to its ``Base``.
 
@@ -42,6 +45,8 @@ def build_host_models(
         keys: ``"uuid"`` or ``"integer"`` (INTEGER keys, BIGINT ``chat_sessions.id``).
         naming_convention: Given to the host's ``MetaData``.
         targets: Host table names / schema for the event log's foreign keys.
+        partitioned: Bind ``EventLog`` in the partitioned layout; create its partitions
+            with `create_partitions` after ``create_all()``.
     """
     targets = targets or ForeignKeyTargets()
     host_metadata = MetaData(naming_convention=naming_convention or {}, schema=targets.schema)
@@ -77,7 +82,10 @@ def build_host_models(
         user_id: Mapped[Any] = mapped_column(ForeignKey(owner, ondelete="CASCADE"))
 
     event_log = event_log_model(
-        Base, key_type=uuid.UUID if keys == "uuid" else int, targets=targets
+        Base,
+        key_type=uuid.UUID if keys == "uuid" else int,
+        targets=targets,
+        partitioned=partitioned,
     )
     return HostModels(Base, User, ChatSession, UserProject, UserAgent, event_log, keys)
 
@@ -92,3 +100,39 @@ def seed(engine: Engine, models: HostModels) -> tuple[Any, Any]:
         session.add(chat)
         session.commit()
         return user.id, chat.id
+
+
+def create_partitions(
+    engine: Engine, *, schema: str | None = None, catch_all: bool = True
+) -> list[str]:
+    """Give a partitioned ``event_logs`` weekly partitions around now, and range partitions
+    below and above them, so tests may write any ``created_at`` (none is a DEFAULT partition).
+
+    Args:
+        catch_all: Also the range partitions below and above the weekly ones; without
+            them, an event outside the 6 weeks has no partition.
+
+    Returns:
+        The names of the partitions, oldest first.
+    """
+    table = f'"{schema}".event_logs' if schema else "event_logs"
+    prefix = f'"{schema}".' if schema else ""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = today - timedelta(days=today.weekday())
+    bounds = [monday + timedelta(weeks=week) for week in range(-2, 5)]
+    parts = [("event_logs_before", "MINVALUE", f"'{bounds[0].isoformat()}'")] if catch_all else []
+    parts += [
+        (f"event_logs_p{start:%Y%m%d}", f"'{start.isoformat()}'", f"'{end.isoformat()}'")
+        for start, end in pairwise(bounds)
+    ]
+    if catch_all:
+        parts.append(("event_logs_after", f"'{bounds[-1].isoformat()}'", "MAXVALUE"))
+    with engine.begin() as connection:
+        for name, low, high in parts:
+            connection.execute(
+                text(
+                    f"CREATE TABLE {prefix}{name} PARTITION OF {table} "
+                    f"FOR VALUES FROM ({low}) TO ({high})"
+                )
+            )
+    return [name for name, _, _ in parts]

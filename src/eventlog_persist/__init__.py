@@ -7,7 +7,7 @@ whose names start with ``_`` are private. Public topic modules: `eventlog_persis
 imported only when used) and `eventlog_persist.fastapi` (lifespan, dependencies and
 request-id middleware for FastAPI and Starlette, which only that module imports).
 
-The Alembic helpers (`check_setup`, `include_name`, `include_object`,
+The Alembic helpers (`check_setup`, `include_name`, `include_object`, `skip_partitions`,
 `write_linear_revisions`, `MIGRATIONS_LOCATION`, `SetupReport`) are loaded on first use, so
 that importing the package in a web worker does not import Alembic.
 """
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         check_setup,
         include_name,
         include_object,
+        skip_partitions,
         write_linear_revisions,
     )
 
@@ -72,6 +73,7 @@ _ALEMBIC_HELPERS = frozenset(
         "check_setup",
         "include_name",
         "include_object",
+        "skip_partitions",
         "write_linear_revisions",
     }
 )
@@ -138,6 +140,7 @@ __all__ = [
     "new_event_id",
     "prepare_payload",
     "purge_events",
+    "skip_partitions",
     "write_events",
     "write_linear_revisions",
 ]

@@ -30,12 +30,15 @@ __all__ = [
     "ANCHOR_REVISION",
     "BRANCH_LABEL",
     "MIGRATIONS_LOCATION",
+    "PARTITIONED_BRANCH_LABEL",
+    "PARTITIONED_LOCATION",
     "SetupReport",
     "check_setup",
     "include_name",
     "include_object",
     "package_revisions",
     "refuse_cut_location",
+    "skip_partitions",
     "write_linear_revisions",
 ]
 
@@ -43,12 +46,20 @@ MIGRATIONS_LOCATION: Final = "eventlog_persist:migrations"
 """What hosts add to Alembic's ``version_locations`` (branch mode)."""
 BRANCH_LABEL: Final = "eventlog"
 """Branch label of the package's revisions: ``alembic downgrade eventlog@-1``."""
+PARTITIONED_LOCATION: Final = "eventlog_persist:migrations_partitioned"
+"""What hosts opting in to the partitioned layout add to ``version_locations`` as well."""
+PARTITIONED_BRANCH_LABEL: Final = "eventlog_partitioned"
+"""Branch label of the partitioned layout's revisions (they depend on ``evl_0002``)."""
 ANCHOR_REVISION: Final = "eventlog_prereqs"
 """Revision id (or branch label) the host declares after the tables ``event_logs`` references."""
 LINEAR_MARKER: Final = "eventlog_persist_revision"
 """Module attribute naming the package revision a linear-mode host revision was written from."""
 
 _REVISION_FILE = re.compile(r"^(evl_\d{4})_\w+\.py$")
+_PARTITIONED_FILE = re.compile(r"^(evlpart_\d{4})_\w+\.py$")
+# The partitions the partitioned revision creates: event_logs_pYYYYMMDD (pg_partman's default
+# suffix for weekly and monthly partitions too).
+_PARTITION_NAME = re.compile(rf"^{TABLE_NAME}_p\d{{8}}$")
 _SECTION: Final = "eventlog_persist"
 """The optional alembic.ini section the package's revisions read their settings from."""
 _TARGET_KEYS: Final = ("users", "chat_sessions", "user_projects", "user_agents")
@@ -83,8 +94,26 @@ def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | 
     is in ``target_metadata``. A host with its own hook returns ``False`` when either does.
     """
     return not (
-        (type_ == "table" and name == TABLE_NAME) or parent_names.get("table_name") == TABLE_NAME
+        (type_ == "table" and name == TABLE_NAME)
+        or parent_names.get("table_name") == TABLE_NAME
+        or not skip_partitions(name, type_, parent_names)
     )
+
+
+def skip_partitions(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic ``include_name`` hook for the partitioned layout: partitions are not reflected.
+
+    PostgreSQL lists each partition of ``event_logs`` as a table of its own, which is not in
+    the host's models, so autogenerate would propose dropping it. With
+    ``context.configure(..., include_name=skip_partitions)`` it compares ``event_logs``
+    itself with the ``EventLog`` model and leaves the partitions (``event_logs_pYYYYMMDD``,
+    their indexes and constraints) alone. `include_name` skips them too. A host with its own
+    hook returns ``False`` when either does; partitions named otherwise need the host's own.
+
+    .. versionadded:: 0.3.0
+    """
+    table = name if type_ == "table" else parent_names.get("table_name")
+    return not (table is not None and _PARTITION_NAME.match(table))
 
 
 def include_object(
@@ -108,12 +137,19 @@ def include_object(
     return getattr(table, "name", None) != TABLE_NAME
 
 
-def package_revisions() -> list[tuple[str, Path]]:
-    """Return the package's revision ids and files, oldest first."""
-    folder = resources.files("eventlog_persist") / "migrations"
+def package_revisions(*, partitioned: bool = False) -> list[tuple[str, Path]]:
+    """Return the package's revision ids and files, oldest first.
+
+    Args:
+        partitioned: The revisions of the opt-in partitioned layout instead of the main ones.
+    """
+    folder = resources.files("eventlog_persist") / (
+        "migrations_partitioned" if partitioned else "migrations"
+    )
+    pattern = _PARTITIONED_FILE if partitioned else _REVISION_FILE
     found = []
     for entry in folder.iterdir():
-        match = _REVISION_FILE.match(entry.name)
+        match = pattern.match(entry.name)
         if match:
             found.append((match.group(1), Path(str(entry))))
     return sorted(found)
@@ -141,7 +177,9 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     if cut is not None:
         return SetupReport(None, (cut,))
 
-    host_locations = [loc for loc in locations if loc != MIGRATIONS_LOCATION]
+    host_locations = [
+        loc for loc in locations if loc not in (MIGRATIONS_LOCATION, PARTITIONED_LOCATION)
+    ]
     if locations and not host_locations:
         problems.append(
             f"version_locations lists only {MIGRATIONS_LOCATION!r}: Alembic then no longer "
@@ -177,12 +215,24 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
                 f'"eventlog_persist prerequisites" --rev-id {ANCHOR_REVISION}\' (it must come '
                 "after the revisions that create the referenced tables), then add it back"
             )
+        if PARTITIONED_LOCATION in locations and any(rev.startswith("evlpart_") for rev in linear):
+            problems.append(
+                f"the host history holds a linear-mode copy of the partitioned layout and "
+                f"{PARTITIONED_LOCATION!r} is in version_locations too; use one mode"
+            )
         if linear:
             problems.append(
                 f"the host history already holds linear-mode copies ({', '.join(linear)}) and "
                 f"{MIGRATIONS_LOCATION!r} is in version_locations too: event_logs would be "
                 "created twice. Use one mode: remove the location, or the copies"
             )
+    elif PARTITIONED_LOCATION in locations:
+        problems.append(
+            f"{PARTITIONED_LOCATION!r} is in version_locations without "
+            f"{MIGRATIONS_LOCATION!r}, whose evl_0002 it depends on (every alembic command "
+            f"fails with KeyError); list both, or neither. In linear mode run "
+            "'eventlog-persist linear-revision --partitioned' instead"
+        )
     elif linear:
         mode = "linear"
         missing = [rev for rev, _ in package_revisions() if rev not in linear]
@@ -204,7 +254,9 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     return SetupReport(mode, tuple(problems))
 
 
-def write_linear_revisions(config: Config, *, version_path: str | Path | None = None) -> list[Path]:
+def write_linear_revisions(
+    config: Config, *, version_path: str | Path | None = None, partitioned: bool = False
+) -> list[Path]:
     """Copy the package revisions the host lacks into its own history, chained on its head.
 
     Linear mode, for hosts that want a single head (``alembic upgrade head`` and
@@ -216,6 +268,10 @@ def write_linear_revisions(config: Config, *, version_path: str | Path | None = 
             ``version_locations``.
         version_path: Folder to write into; default: the first of the host's
             ``version_locations``, else ``<script_location>/versions``.
+        partitioned: Also copy the partitioned layout's revisions (opt-in), after the main
+            ones; their copies are named ``eventlog_part_NNNN``.
+
+            .. versionadded:: 0.3.0
 
     Returns:
         The files written, oldest first (empty when the host is up to date).
@@ -224,7 +280,7 @@ def write_linear_revisions(config: Config, *, version_path: str | Path | None = 
         MigrationSetupError: The host is in branch mode, or its history has several heads.
     """
     locations = config.get_version_locations_list() or []
-    if MIGRATIONS_LOCATION in locations:
+    if MIGRATIONS_LOCATION in locations or PARTITIONED_LOCATION in locations:
         raise MigrationSetupError(
             f"{MIGRATIONS_LOCATION!r} is in version_locations (branch mode); linear mode copies "
             "the revisions instead. Remove it from version_locations first"
@@ -249,10 +305,15 @@ def write_linear_revisions(config: Config, *, version_path: str | Path | None = 
         target = Path(host.dir, "versions")
     head = heads[0] if heads else None
     written = []
-    for package_rev, source in package_revisions():
+    wanted = package_revisions()
+    if partitioned:
+        wanted += package_revisions(partitioned=True)
+    for package_rev, source in wanted:
         if package_rev in present:
             continue
-        new_rev = package_rev.replace("evl_", "eventlog_", 1)
+        new_rev = package_rev.replace("evlpart_", "eventlog_part_", 1).replace(
+            "evl_", "eventlog_", 1
+        )
         path = target / f"{new_rev}_{source.stem.split('_', 2)[2]}.py"
         if path.exists():
             raise MigrationSetupError(
@@ -435,7 +496,12 @@ def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:
     class Base(DeclarativeBase):
         metadata = model_metadata
 
-    event_log_model(Base, targets=targets)
+    qualified = f"{targets.schema}.{TABLE_NAME}" if targets.schema else TABLE_NAME
+    partitioned = connection.execute(
+        text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:name)"),
+        {"name": qualified},
+    ).scalar()
+    event_log_model(Base, targets=targets, partitioned=bool(partitioned))
 
     def only_event_logs(name: str | None, type_: str, parents: Mapping[str, str | None]) -> bool:
         if type_ == "schema":

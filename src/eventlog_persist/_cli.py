@@ -80,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     linear.add_argument("-c", "--config", default="alembic.ini", help="alembic.ini of the host")
     linear.add_argument("--version-path", help="folder to write into (default: host versions)")
+    linear.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="also copy the opt-in partitioned layout's revision (event_logs partitioned by "
+        "created_at; see docs/adoption.md)",
+    )
 
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
     demo.add_argument(
@@ -162,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "linear-revision":
-            return _linear(args.config, args.version_path)
+            return _linear(args.config, args.version_path, partitioned=args.partitioned)
         from eventlog_persist._demo import run_demo
 
         return run_demo(url=args.url)
@@ -319,8 +325,10 @@ def _check(config_path: str, url: str | None) -> int:
     return 1
 
 
-def _linear(config_path: str, version_path: str | None) -> int:
-    written = write_linear_revisions(_config(config_path), version_path=version_path)
+def _linear(config_path: str, version_path: str | None, *, partitioned: bool = False) -> int:
+    written = write_linear_revisions(
+        _config(config_path), version_path=version_path, partitioned=partitioned
+    )
     for path in written:
         print(f"eventlog-persist: wrote {path}")
     if not written:

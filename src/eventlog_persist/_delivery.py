@@ -84,7 +84,7 @@ def _move_sql(table: EventTable) -> str:
     return (
         f"WITH moved AS (DELETE FROM {_STAGING} RETURNING *) "
         f"INSERT INTO {table.qualified_name} ({_COLUMN_LIST}) "
-        f"SELECT {_COLUMN_LIST} FROM moved ON CONFLICT (id) DO NOTHING"
+        f"SELECT {_COLUMN_LIST} FROM moved ON CONFLICT {table.conflict_target} DO NOTHING"
     )
 
 

@@ -3,6 +3,7 @@ and the messages of the errors handed to callers and dead-letter hooks."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
@@ -55,6 +56,8 @@ LOCK_NOT_AVAILABLE: Final = "55P03"
 READ_ONLY: Final = "25006"
 # undefined_table, undefined_column: the code is newer than the schema.
 _NOT_MIGRATED: Final = frozenset({"42P01", "42703"})
+# invalid_column_reference: no unique index matches ON CONFLICT (the model's primary key).
+_NO_CONFLICT_KEY: Final = "42P10"
 
 
 def sqlstate_of(exc: BaseException | None) -> str | None:
@@ -110,7 +113,11 @@ def classify_error(exc: BaseException) -> ErrorKind:
         else:
             state = sqlstate_of(exc)
             if state is not None:
-                return _kind_of_state(state, constraint=getattr(exc.orig, "constraint_name", None))
+                return _kind_of_state(
+                    state,
+                    constraint=getattr(exc.orig, "constraint_name", None),
+                    table=getattr(exc.orig, "table_name", None),
+                )
             if isinstance(exc, (SAOperationalError, SAInterfaceError)):
                 return ErrorKind.TRANSIENT
             return ErrorKind.UNEXPECTED
@@ -121,7 +128,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
             if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
                 return ErrorKind.TRANSIENT
             return ErrorKind.BATCH
-        return _kind_of_state(state, constraint=exc.diag.constraint_name)
+        return _kind_of_state(state, constraint=exc.diag.constraint_name, table=exc.diag.table_name)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return ErrorKind.TRANSIENT
     return ErrorKind.UNEXPECTED
@@ -132,8 +139,39 @@ def is_read_only(exc: BaseException) -> bool:
     return sqlstate_of(exc) == READ_ONLY
 
 
-def _kind_of_state(state: str, *, constraint: object) -> ErrorKind:
-    if state == "23505" and constraint == PK_NAME:
+# PostgreSQL's name for the primary-key index of a partition it creates: "<partition>_pkey",
+# the partition's name cut to fit 63 bytes, a digit added if the name is taken.
+_PARTITION_KEY: Final = re.compile(r"(.+)_pkey[0-9]*")
+
+
+def is_primary_key(constraint: object, table: object) -> bool:
+    """Whether a unique violation's constraint is the primary key of ``event_logs``.
+
+    ``pk_event_logs`` in the plain layout. In the partitioned layout the violation is
+    reported by the partition (``table``) with its own copy of the key, which PostgreSQL
+    names ``<partition>_pkey``; ``event_logs`` has no other unique index.
+    """
+    if constraint == PK_NAME:
+        return True
+    if not (isinstance(constraint, str) and isinstance(table, str)):
+        return False
+    match = _PARTITION_KEY.fullmatch(constraint)
+    return match is not None and table.startswith(match.group(1))
+
+
+def is_missing_partition(exc: BaseException) -> bool:
+    """Whether the write failed because no partition of ``event_logs`` holds a row's
+    ``created_at`` (SQLSTATE 23514 without a constraint: a CHECK violation names one)."""
+    if sqlstate_of(exc) != "23514":
+        return False
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    diag = getattr(cause, "diag", None)
+    constraint = getattr(diag, "constraint_name", getattr(cause, "constraint_name", None))
+    return constraint is None
+
+
+def _kind_of_state(state: str, *, constraint: object, table: object = None) -> ErrorKind:
+    if state == "23505" and is_primary_key(constraint, table):
         return ErrorKind.DUPLICATE
     if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES or state == READ_ONLY:
         return ErrorKind.TRANSIENT
@@ -302,6 +340,13 @@ def write_error(
                 "a key or value does not fit its column's type; build events with the "
                 "writer's event() (or EventWriter.event), which checks keys against the model"
             )
+        elif is_missing_partition(exc):
+            fix = (
+                f"event_logs is partitioned and no partition holds its created_at "
+                f"({event.created_at.isoformat()}): create partitions ahead of time (see "
+                "'Partitioned layout' in docs/adoption.md), or check the clock that set "
+                "created_at"
+            )
         elif state == "23503":
             fix = (
                 "the session, user, project or agent it references does not exist, or "
@@ -318,6 +363,12 @@ def write_error(
                 "the database lacks a table or column of this package version: run its "
                 "migrations before deploying the code ('alembic upgrade heads'; in linear "
                 "mode 'eventlog-persist linear-revision' first), then retry"
+            )
+        elif state == _NO_CONFLICT_KEY:
+            fix = (
+                "the EventLog model's layout does not match event_logs: set "
+                "__eventlog_partitioned__ = True (or event_log_model(..., partitioned=True)) "
+                "exactly when the host ran the partitioned revision evlpart_0001"
             )
         else:
             fix = "check that the table is migrated and that the role may insert into it"

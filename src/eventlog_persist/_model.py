@@ -66,9 +66,14 @@ class EventLogMixin(Generic[KeyT]):
 
     Every constraint and index has a fixed name that a host ``naming_convention`` cannot
     rewrite, so the model always matches the shipped migration.
+
+    Set ``__eventlog_partitioned__ = True`` when the host opted in to the partitioned layout
+    (revision ``evlpart_0001``): the primary key is then ``(id, created_at)`` and the table
+    is range-partitioned on ``created_at``, as in the database.
     """
 
     __eventlog_targets__: ClassVar[ForeignKeyTargets] = ForeignKeyTargets()
+    __eventlog_partitioned__: ClassVar[bool] = False
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -77,8 +82,14 @@ class EventLogMixin(Generic[KeyT]):
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
         targets = _targets_of(cls)
+        partitioned = _partitioned(cls)
+        # Partitioned: PostgreSQL requires the partition key in every unique key.
+        key = ("id", "created_at") if partitioned else ("id",)
+        options: dict[str, Any] = {"schema": targets.schema}
+        if partitioned:
+            options["postgresql_partition_by"] = "RANGE (created_at)"
         return (
-            PrimaryKeyConstraint("id", name=conv(PK_NAME)),
+            PrimaryKeyConstraint(*key, name=conv(PK_NAME)),
             # Timelines of a session / user; the leading column also serves the FK's ON DELETE.
             Index(conv("ix_event_logs_session_id_created_at"), "session_id", "created_at"),
             Index(conv("ix_event_logs_user_id_created_at"), "user_id", "created_at"),
@@ -96,12 +107,11 @@ class EventLogMixin(Generic[KeyT]):
                 "created_at",
                 postgresql_where=text("agent_id IS NOT NULL"),
             ),
-            {"schema": targets.schema},
+            options,
         )
 
-    id: Mapped[uuid.UUID] = mapped_column(
-        Uuid(), primary_key=True, default=new_event_id, sort_order=-10
-    )
+    # The primary key is declared in __table_args__: (id), or (id, created_at) when partitioned.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), default=new_event_id, sort_order=-10)
 
     @declared_attr
     def session_id(cls) -> Mapped[KeyT]:
@@ -190,6 +200,15 @@ def _targets_of(cls: Any) -> ForeignKeyTargets:
     return targets
 
 
+def _partitioned(cls: Any) -> bool:
+    partitioned = getattr(cls, "__eventlog_partitioned__", False)
+    if not isinstance(partitioned, bool):
+        raise ConfigurationError(
+            f"{cls.__name__}.__eventlog_partitioned__ must be True or False, got {partitioned!r}"
+        )
+    return partitioned
+
+
 def _foreign_key(
     cls: Any, column: str, target: str, ondelete: str, *, nullable: bool
 ) -> Mapped[Any]:
@@ -213,6 +232,7 @@ def event_log_model(
     key_type: type[uuid.UUID] = ...,
     targets: ForeignKeyTargets | None = ...,
     class_name: str = ...,
+    partitioned: bool = ...,
 ) -> type[EventLogMixin[uuid.UUID]]: ...
 
 
@@ -223,6 +243,7 @@ def event_log_model(
     key_type: type[int],
     targets: ForeignKeyTargets | None = ...,
     class_name: str = ...,
+    partitioned: bool = ...,
 ) -> type[EventLogMixin[int]]: ...
 
 
@@ -232,6 +253,7 @@ def event_log_model(
     key_type: type[uuid.UUID] | type[int] = uuid.UUID,
     targets: ForeignKeyTargets | None = None,
     class_name: str = "EventLog",
+    partitioned: bool = False,
 ) -> type[EventLogMixin[Any]]:
     """Create the ``EventLog`` model class on the host's declarative ``Base``.
 
@@ -243,6 +265,11 @@ def event_log_model(
             types are always copied from the referenced columns.
         targets: Names of the referenced host tables and their schema.
         class_name: Name of the generated class.
+        partitioned: The host opted in to the partitioned layout (revision
+            ``evlpart_0001``): primary key ``(id, created_at)``, range-partitioned on
+            ``created_at``. Sets ``__eventlog_partitioned__``.
+
+            .. versionadded:: 0.3.0
 
     Returns:
         A mapped class that inherits ``EventLogMixin`` and ``base``.
@@ -265,8 +292,11 @@ def event_log_model(
         )
     if not class_name.isidentifier():
         raise ConfigurationError(f"class_name must be a Python identifier, got {class_name!r}")
+    if not isinstance(partitioned, bool):
+        raise ConfigurationError(f"partitioned must be True or False, got {partitioned!r}")
     namespace: dict[str, Any] = {
         "__eventlog_targets__": targets or ForeignKeyTargets(),
+        "__eventlog_partitioned__": partitioned,
         "__module__": base.__module__,
         "__qualname__": class_name,
     }

@@ -47,11 +47,15 @@ class EventTable:
         qualified_name: The quoted, schema-qualified table name for SQL.
         key_types: The PostgreSQL types of ``session_id``, ``user_id``, ``project_id`` and
             ``agent_id``: each ``"uuid"``, ``"int2"``, ``"int4"`` or ``"int8"``.
+        key_columns: The primary key's columns: ``("id",)``, or ``("id", "created_at")``
+            in the partitioned layout. An event keeps both on every retry, so
+            ``ON CONFLICT`` on them makes every write idempotent in either layout.
     """
 
     table: Table
     qualified_name: str
     key_types: tuple[str, str, str, str]
+    key_columns: tuple[str, ...] = ("id",)
 
     @classmethod
     def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
@@ -76,7 +80,13 @@ class EventTable:
             _key_sql_type(model, table, column)
             for column in ("session_id", "user_id", "project_id", "agent_id")
         )
-        return cls(table, name, (types[0], types[1], types[2], types[3]))
+        key = tuple(column.name for column in table.primary_key.columns)
+        return cls(table, name, (types[0], types[1], types[2], types[3]), key)
+
+    @property
+    def conflict_target(self) -> str:
+        """``ON CONFLICT`` target of the primary key: ``(id)`` or ``(id, created_at)``."""
+        return f"({', '.join(self.key_columns)})"
 
     def check_keys(self, *values: Key | None) -> None:
         """Raise `ValidationError` when a key does not fit its column's type.

@@ -42,11 +42,15 @@ __all__ = ["EventWriter", "event_row"]
 
 
 def _insert_statement(table: EventTable) -> Insert:
-    """``INSERT ... ON CONFLICT (id) DO NOTHING`` with one bind parameter per column."""
+    """``INSERT ... ON CONFLICT (<primary key>) DO NOTHING``, one bind parameter per column."""
     values: dict[str, Any] = {name: bindparam(name) for name in COLUMNS}
     # The payload is JSON text already: cast it instead of encoding it a second time.
     values["payload"] = sql_cast(bindparam("payload", type_=Text()), JSONB)
-    return pg_insert(table.table).values(values).on_conflict_do_nothing(index_elements=["id"])
+    return (
+        pg_insert(table.table)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=list(table.key_columns))
+    )
 
 
 def _params(event: NewEvent) -> dict[str, object]:

@@ -58,6 +58,7 @@ from eventlog_persist import (
     new_event,
     prepare_payload,
     purge_events,
+    skip_partitions,
     write_events,
 )
 from eventlog_persist.metrics import (
@@ -95,6 +96,13 @@ class GeneratedBase(DeclarativeBase):
 GeneratedIntEventLog = event_log_model(GeneratedBase, key_type=int)
 
 
+class PartitionedBase(DeclarativeBase):
+    pass
+
+
+PartitionedEventLog = event_log_model(PartitionedBase, partitioned=True)
+
+
 def model_columns(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
     payload: JSONValue = {"text": "hi", "n": [1, 2.5, None]}
     event = EventLog(
@@ -124,6 +132,7 @@ def setup_ok(config: Config) -> bool:
     keep: bool = include_name("event_logs", "table", {}) and include_object(
         None, "users", "table", True, None
     )
+    keep = keep and skip_partitions("event_logs_p20261130", "table", {})
     location: str = eventlog_persist.MIGRATIONS_LOCATION
     return check_setup(config).ok and keep and bool(location)
 

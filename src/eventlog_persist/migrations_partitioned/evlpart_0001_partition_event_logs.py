@@ -1,0 +1,220 @@
+"""partition event_logs by created_at
+
+Revision ID: evlpart_0001
+Revises:
+Create Date: 2026-12-01
+
+Frozen history: this file declares its DDL inline and imports nothing from eventlog_persist,
+so it keeps doing exactly what it did when it was released.
+
+Opt-in (branch ``eventlog_partitioned``, depends on ``evl_0002``): turns an EMPTY
+``event_logs`` into a table range-partitioned on ``created_at``. The primary key becomes
+``(id, created_at)`` (PostgreSQL requires the partition key in it); the foreign keys, their
+ON DELETE actions and the four indexes keep their names. There is no DEFAULT partition: the
+partition holding the current week (or month) and ``partitions_ahead`` more after it are
+created, named ``event_logs_pYYYYMMDD`` after their first day (UTC). A table that holds rows
+is refused: converting a filled table online is a separate, later step.
+
+The downgrade turns the partitioned table back into the plain one and keeps every row (they
+are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy).
+
+Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
+``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
+
+- ``schema``, ``users``, ``chat_sessions``, ``user_projects``, ``user_agents``: as for
+  evl_0001 (the schema and the host tables the foreign keys reference);
+- ``partition_interval``: ``week`` (default; weeks start on Monday, UTC) or ``month``;
+- ``partitions_ahead``: partitions created after the current one, 1 to 52 (default 4).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from alembic import context, op
+from alembic.util import CommandError
+
+revision = "evlpart_0001"
+down_revision = None
+branch_labels = ("eventlog_partitioned",)
+depends_on = "evl_0002"
+
+_SECTION = "eventlog_persist"
+_TARGETS = {
+    "session_id": ("chat_sessions", "CASCADE"),
+    "user_id": ("users", "CASCADE"),
+    "project_id": ("user_projects", "SET NULL"),
+    "agent_id": ("user_agents", "SET NULL"),
+}
+_INDEXES = (
+    ("ix_event_logs_session_id_created_at", "session_id", None),
+    ("ix_event_logs_user_id_created_at", "user_id", None),
+    ("ix_event_logs_project_id_created_at", "project_id", "project_id IS NOT NULL"),
+    ("ix_event_logs_agent_id_created_at", "agent_id", "agent_id IS NOT NULL"),
+)
+_INTERVALS = ("week", "month")
+_MAX_AHEAD = 52
+_PLAIN = "event_logs_evlpart_plain"
+_PARTITIONED = "event_logs_evlpart_partitioned"
+
+
+def _setting(key: str) -> str | None:
+    config = context.config
+    attributes = config.attributes.get(_SECTION) or {}
+    if attributes.get(key) is not None:
+        return str(attributes[key])
+    x_arguments = context.get_x_argument(as_dictionary=True)
+    if f"{_SECTION}.{key}" in x_arguments:
+        return str(x_arguments[f"{_SECTION}.{key}"])
+    if config.file_config.has_option(_SECTION, key):
+        return config.file_config.get(_SECTION, key)
+    return None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    return f"{_quote(schema)}.{_quote(name)}" if schema else _quote(name)
+
+
+def _interval() -> str:
+    raw = (_setting("partition_interval") or "week").strip().lower()
+    if raw not in _INTERVALS:
+        raise CommandError(
+            f"eventlog_persist: partition_interval={raw!r} is not supported; use 'week' "
+            "(default) or 'month'. Shorter intervals create hundreds of partitions, and the "
+            "ON DELETE CASCADE of a session or user and the planning of every query that "
+            "does not bound created_at cost more with each partition"
+        )
+    return raw
+
+
+def _ahead() -> int:
+    raw = (_setting("partitions_ahead") or "4").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_AHEAD:
+        raise CommandError(
+            f"eventlog_persist: partitions_ahead={raw!r} is not valid; use a whole number "
+            f"from 1 to {_MAX_AHEAD} (default 4): every partition adds to the cost of "
+            "cascading deletes and of planning unbounded queries"
+        )
+    return int(raw)
+
+
+def _start_of(moment: datetime, interval: str) -> datetime:
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _next(start: datetime, interval: str) -> datetime:
+    if interval == "week":
+        return start + timedelta(days=7)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def _partitions(now: datetime, interval: str, ahead: int) -> list[tuple[str, datetime, datetime]]:
+    """``(name, from, to)`` of the partition holding ``now`` and ``ahead`` partitions after it."""
+    start = _start_of(now, interval)
+    found = []
+    for _ in range(ahead + 1):
+        end = _next(start, interval)
+        found.append((f"event_logs_p{start:%Y%m%d}", start, end))
+        start = end
+    return found
+
+
+def _refuse_rows(schema: str | None, table: str, message: str) -> None:
+    """Fail unless the table is empty: with a clear error online, from the script offline."""
+    name = _qualified(schema, table)
+    if context.is_offline_mode():
+        literal = message.replace("'", "''")
+        op.execute(
+            f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM {name}) THEN "
+            f"RAISE EXCEPTION '{literal}'; END IF; END $$"
+        )
+        return
+    if op.get_bind().execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {name})")).scalar():
+        raise CommandError(message)
+
+
+def _rebuild(schema: str | None, *, partitioned: bool) -> None:
+    """Replace ``event_logs`` by a table of the same columns in the other layout, rows kept."""
+    old = _PLAIN if partitioned else _PARTITIONED
+    op.execute(f"ALTER TABLE {_qualified(schema, 'event_logs')} RENAME TO {_quote(old)}")
+    layout = " PARTITION BY RANGE (created_at)" if partitioned else ""
+    # LIKE copies the columns in order with their types, NOT NULLs and defaults; the keys and
+    # indexes are declared below under their own names.
+    op.execute(
+        f"CREATE TABLE {_qualified(schema, 'event_logs')} "
+        f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS){layout}"
+    )
+    if not partitioned:
+        op.execute(
+            f"INSERT INTO {_qualified(schema, 'event_logs')} "
+            f"SELECT * FROM {_qualified(schema, old)}"
+        )
+    # Its constraints, indexes and (for the partitioned table) partitions go with it.
+    op.execute(f"DROP TABLE {_qualified(schema, old)}")
+    key = "id, created_at" if partitioned else "id"
+    op.execute(
+        f"ALTER TABLE {_qualified(schema, 'event_logs')} "
+        f"ADD CONSTRAINT pk_event_logs PRIMARY KEY ({key})"
+    )
+    for column, (target, ondelete) in _TARGETS.items():
+        table = _setting(target) or target
+        op.execute(
+            f"ALTER TABLE {_qualified(schema, 'event_logs')} "
+            f"ADD CONSTRAINT {_quote('fk_event_logs_' + column)} FOREIGN KEY ({column}) "
+            f"REFERENCES {_qualified(schema, table)} (id) ON DELETE {ondelete}"
+        )
+    for name, column, where in _INDEXES:
+        condition = f" WHERE {where}" if where else ""
+        op.execute(
+            f"CREATE INDEX {_quote(name)} ON {_qualified(schema, 'event_logs')} "
+            f"({column}, created_at){condition}"
+        )
+
+
+def upgrade() -> None:
+    schema = _setting("schema")
+    interval = _interval()
+    ahead = _ahead()
+    _refuse_rows(
+        schema,
+        "event_logs",
+        "eventlog_persist: event_logs holds rows; evlpart_0001 partitions only an empty "
+        "event_logs (a fresh adoption). Converting a filled table online is a separate "
+        "step that is not released yet (see 'Partitioned layout' in docs/adoption.md); "
+        "until then remove eventlog_persist:migrations_partitioned from version_locations "
+        "(linear mode: delete the copied eventlog_part_0001 revision)",
+    )
+    _rebuild(schema, partitioned=True)
+    for name, start, end in _partitions(datetime.now(UTC), interval, ahead):
+        op.execute(
+            f"CREATE TABLE {_qualified(schema, name)} PARTITION OF "
+            f"{_qualified(schema, 'event_logs')} FOR VALUES FROM ('{start.isoformat()}') "
+            f"TO ('{end.isoformat()}')"
+        )
+
+
+def downgrade() -> None:
+    schema = _setting("schema")
+    if not context.is_offline_mode():
+        twice = op.get_bind().execute(
+            sa.text(
+                f"SELECT id FROM {_qualified(schema, 'event_logs')} "
+                "GROUP BY id HAVING count(*) > 1 LIMIT 1"
+            )
+        )
+        duplicate = twice.scalar()
+        if duplicate is not None:
+            raise CommandError(
+                f"eventlog_persist: event id {duplicate} is stored more than once (with "
+                "different created_at values), so the plain layout's primary key (id) cannot "
+                "hold the rows; delete the extra copies first"
+            )
+    _rebuild(schema, partitioned=False)

@@ -1,0 +1,265 @@
+"""The opt-in partitioned layout (revision evlpart_0001) in branch and linear mode."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
+from hostkit import HostProject, make_host
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import URL
+
+PARTITIONED = "%(here)s/migrations/versions eventlog_persist:migrations "
+PARTITIONED += "eventlog_persist:migrations_partitioned"
+
+
+def opt_in(host: HostProject, *, location: bool = True) -> None:
+    """What a host changes to opt in: the location (branch mode), the model and env.py."""
+    if location:
+        host.edit(
+            "alembic.ini", "%(here)s/migrations/versions eventlog_persist:migrations", PARTITIONED
+        )
+    host.edit(
+        "app/models/event_log.py",
+        '    """Every user-agent interaction event (table ``event_logs``)."""\n',
+        '    """Every user-agent interaction event (table ``event_logs``)."""\n\n'
+        "    __eventlog_partitioned__ = True\n",
+    )
+    host.edit(
+        "migrations/env.py",
+        "context.configure(connection=connection, target_metadata=target_metadata)",
+        "context.configure(connection=connection, target_metadata=target_metadata, "
+        "include_name=eventlog_persist.skip_partitions)",
+    )
+    host.edit(
+        "migrations/env.py", "import app.models", "import eventlog_persist\nimport app.models"
+    )
+
+
+@pytest.fixture
+def host(tmp_path: Path, database_url: URL) -> HostProject:
+    host = make_host(tmp_path / "host", database_url)
+    opt_in(host)
+    return host
+
+
+def expected_partitioned(key_types: dict[str, str]) -> dict[str, Any]:
+    """``event_logs`` in the partitioned layout: as the plain one, keyed on (id, created_at)."""
+    expected = expected_event_logs(key_types)
+    expected["constraints"]["pk_event_logs"] = "PRIMARY KEY (id, created_at)"
+    expected["indexes"] = {
+        name: definition.replace("ON public.event_logs", "ON ONLY public.event_logs").replace(
+            "(id)", "(id, created_at)"
+        )
+        for name, definition in expected["indexes"].items()
+    }
+    return expected
+
+
+def partitions(engine: Engine) -> list[tuple[str, str]]:
+    with engine.connect() as connection:
+        return [
+            (name, bound)
+            for name, bound in connection.execute(
+                text(
+                    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'event_logs'::regclass ORDER BY 2"
+                )
+            )
+        ]
+
+
+def add_event(engine: Engine) -> None:
+    """Store one event (with its user and chat session) in ``event_logs``, whatever its layout."""
+    with engine.begin() as connection:
+        user = connection.execute(
+            text("INSERT INTO users (id, name) VALUES (gen_random_uuid(), 'a') RETURNING id")
+        ).scalar()
+        chat = connection.execute(
+            text(
+                "INSERT INTO chat_sessions (id, user_id, title) "
+                "VALUES (gen_random_uuid(), :u, 't') RETURNING id"
+            ),
+            {"u": user},
+        ).scalar()
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type) "
+                "VALUES (gen_random_uuid(), :c, :u, 'user_message')"
+            ),
+            {"c": chat, "u": user},
+        )
+
+
+def monday(moment: datetime) -> datetime:
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def test_heads_show_the_opt_in_branch(host: HostProject) -> None:
+    heads = host.run("heads").stdout.splitlines()
+    assert sorted(heads) == [
+        "eventlog_prereqs (app) (effective head)",
+        "evl_0002 (eventlog) (effective head)",
+        "evlpart_0001 (eventlog_partitioned) (head)",
+    ]
+
+
+def test_upgrade_creates_the_partitioned_table_and_weekly_partitions_ahead(
+    host: HostProject, engine: Engine
+) -> None:
+    result = host.run("upgrade", "heads")
+    assert result.stderr.index("-> evl_0002") < result.stderr.index("-> evlpart_0001")
+    with engine.connect() as connection:
+        schema = of_table(snapshot(connection), "event_logs")
+        kind = connection.execute(
+            text("SELECT relkind FROM pg_class WHERE oid = 'event_logs'::regclass")
+        ).scalar()
+    assert kind == "p"
+    assert schema == expected_partitioned(UUID_KEYS)
+    found = partitions(engine)
+    start = monday(datetime.now(UTC))
+    assert len(found) == 5  # the current week and 4 ahead; no DEFAULT partition
+    for week, (name, bound) in enumerate(found):
+        low, high = start + timedelta(weeks=week), start + timedelta(weeks=week + 1)
+        assert name == f"event_logs_p{low:%Y%m%d}"
+        assert bound == (
+            f"FOR VALUES FROM ('{low:%Y-%m-%d %H:%M:%S}+00') TO ('{high:%Y-%m-%d %H:%M:%S}+00')"
+        )
+    assert "No new upgrade operations detected." in host.run("check").stdout
+
+
+def test_monthly_partitions_and_how_many_ahead_are_settings(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run(
+        "-x",
+        "eventlog_persist.partition_interval=month",
+        "-x",
+        "eventlog_persist.partitions_ahead=2",
+        "upgrade",
+        "heads",
+    )
+    first = datetime.now(UTC).replace(day=1)
+    names = [name for name, _ in partitions(engine)]
+    assert len(names) == 3
+    assert names[0] == f"event_logs_p{first:%Y%m01}"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("partition_interval=day", "partition_interval='day' is not supported"),
+        ("partitions_ahead=500", "partitions_ahead='500' is not valid"),
+    ],
+)
+def test_settings_that_make_hundreds_of_partitions_are_refused(
+    host: HostProject, engine: Engine, setting: str, message: str
+) -> None:
+    result = host.run("-x", f"eventlog_persist.{setting}", "upgrade", "heads", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not inspect(engine).has_table("event_logs")
+
+
+def test_a_table_with_rows_is_refused_and_left_as_it_was(host: HostProject, engine: Engine) -> None:
+    host.run("upgrade", "evl_0002")
+    add_event(engine)
+    result = host.run("upgrade", "heads", check=False)
+    assert result.returncode != 0
+    assert "event_logs holds rows; evlpart_0001 partitions only an empty event_logs" in (
+        result.stdout + result.stderr
+    )
+    with engine.connect() as connection:
+        assert of_table(snapshot(connection), "event_logs") == expected_event_logs(UUID_KEYS)
+
+
+def test_downgrade_returns_to_the_plain_table_with_its_rows(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "app@head")
+    with engine.connect() as connection:
+        host_only = snapshot(connection)
+    host.run("upgrade", "evl_0002")
+    with engine.connect() as connection:
+        plain = snapshot(connection)
+    host.run("upgrade", "heads")
+    add_event(engine)
+    result = host.run("downgrade", "eventlog_partitioned@base")
+    assert "Running downgrade evlpart_0001" in result.stderr
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 1
+        after = snapshot(connection)
+        assert after == plain | {"columns": after["columns"]}
+        assert after["columns"] == plain["columns"]
+        connection.execute(text("DELETE FROM event_logs"))
+    host.run("upgrade", "heads")
+    assert len(partitions(engine)) == 5
+    host.run("downgrade", "eventlog@base")
+    with engine.connect() as connection:
+        assert snapshot(connection) == host_only
+
+
+def test_offline_sql_partitions_and_guards_against_rows(host: HostProject) -> None:
+    sql = host.run("-x", "eventlog_persist.pk_type=uuid", "upgrade", "heads", "--sql").stdout
+    assert 'IF EXISTS (SELECT 1 FROM "event_logs") THEN RAISE EXCEPTION' in sql
+    assert "PARTITION BY RANGE (created_at)" in sql
+    assert "PRIMARY KEY (id, created_at)" in sql
+    assert sql.count("PARTITION OF") == 5
+
+
+def test_the_opt_in_location_alone_is_reported(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        "%(here)s/migrations/versions eventlog_persist:migrations_partitioned",
+    )
+    result = host.run("eventlog-persist", "check", "--offline", check=False)
+    assert result.returncode == 1
+    assert "without 'eventlog_persist:migrations', whose evl_0002 it depends on" in result.stderr
+
+
+def test_check_setup_online_sees_no_drift_in_the_partitioned_table(host: HostProject) -> None:
+    host.run("upgrade", "heads")
+    assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
+
+
+def test_linear_mode_copies_the_partitioned_revision_on_request(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    opt_in(host, location=False)
+    written = host.run("eventlog-persist", "linear-revision", "--partitioned").stdout
+    assert "eventlog_0002_add_request_and_trace_ids.py" in written
+    assert "eventlog_part_0001_partition_event_logs.py" in written
+    copy = (
+        tmp_path / "h" / "migrations" / "versions" / "eventlog_part_0001_partition_event_logs.py"
+    ).read_text()
+    assert "down_revision = 'eventlog_0002'" in copy
+    assert "eventlog_persist_revision = 'evlpart_0001'" in copy
+    assert host.run("heads").stdout.split() == ["eventlog_part_0001", "(app)", "(head)"]
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
+    host.run("upgrade", "head")
+    with engine.connect() as connection:
+        assert of_table(snapshot(connection), "event_logs") == expected_partitioned(UUID_KEYS)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    host.run("downgrade", "-1")
+    with engine.connect() as connection:
+        assert of_table(snapshot(connection), "event_logs") == expected_event_logs(UUID_KEYS)
+
+
+def test_linear_mode_opts_in_later(tmp_path: Path, database_url: URL, engine: Engine) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    host.run("eventlog-persist", "linear-revision")
+    host.run("upgrade", "head")
+    opt_in(host, location=False)
+    written = host.run("eventlog-persist", "linear-revision", "--partitioned").stdout
+    assert "eventlog_part_0001_partition_event_logs.py" in written
+    assert "eventlog_0001" not in written
+    host.run("upgrade", "head")
+    assert len(partitions(engine)) == 5

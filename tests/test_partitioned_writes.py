@@ -1,0 +1,221 @@
+"""Idempotency and the missing-partition error of every writer on the partitioned layout."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hostmodels import HostModels, build_host_models, create_partitions, seed
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from eventlog_persist import BufferedWriter, EventWriter, NewEvent, RetryPolicy, write_events
+from eventlog_persist._failures import ErrorKind, classify_error, is_primary_key
+from eventlog_persist.exceptions import EventWriteError
+
+# Unbounded retries: a missing partition retried as if transient would hang the test.
+FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
+FAR = datetime.now(UTC) - timedelta(days=400)  # before the oldest partition (a backfill)
+NO_PARTITION = "event_logs is partitioned and no partition holds its created_at"
+
+
+@pytest.fixture
+def host_models() -> HostModels:
+    return build_host_models(partitioned=True)
+
+
+@pytest.fixture
+def host_engine(engine: Engine, host_models: HostModels) -> Engine:
+    """The partitioned table with weekly partitions only: 2 weeks back to 4 weeks ahead."""
+    host_models.Base.metadata.create_all(engine)
+    create_partitions(engine, catch_all=False)
+    return engine
+
+
+@pytest.fixture
+def keys(host_engine: Engine, host_models: HostModels) -> dict[str, Any]:
+    user_id, session_id = seed(host_engine, host_models)
+    return {"user_id": user_id, "session_id": session_id}
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.items: list[tuple[NewEvent, BaseException]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: NewEvent, error: BaseException) -> None:
+        with self.lock:
+            self.items.append((event, error))
+
+
+def stored(engine: Engine) -> list[tuple[Any, datetime]]:
+    with engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(text("SELECT id, created_at FROM event_logs ORDER BY id"))
+        ]  # type: ignore[misc]
+
+
+def test_the_primary_key_of_a_partition_is_recognised_by_its_name() -> None:
+    assert is_primary_key("pk_event_logs", "event_logs")
+    assert is_primary_key("event_logs_p20261130_pkey", "event_logs_p20261130")
+    assert is_primary_key("event_logs_p20261130_pkey1", "event_logs_p20261130")
+    long = "event_logs_" + "x" * 60
+    assert is_primary_key(f"{long[:58]}_pkey", long)  # PostgreSQL cuts the name to 63 bytes
+    assert not is_primary_key("uq_event_logs_request_id", "event_logs")
+    assert not is_primary_key("other_table_pkey", "event_logs_p20261130")
+    assert not is_primary_key(None, "event_logs_p20261130")
+
+
+def test_a_duplicate_in_a_partition_is_a_duplicate_and_a_missing_partition_a_bad_row(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    event = writer.event(event_type="user_message", **keys)
+    insert = "INSERT INTO event_logs (id, session_id, user_id, event_type, created_at) "
+    insert += "VALUES (%s, %s, %s, 'user_message', %s)"
+    values = (event.id, keys["session_id"], keys["user_id"], event.created_at)
+    with host_engine.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        raw.autocommit = True
+        raw.execute(insert, values)
+        with pytest.raises(psycopg.errors.UniqueViolation) as duplicate:
+            raw.execute(insert, values)
+        assert duplicate.value.diag.constraint_name.endswith("_pkey")
+        assert classify_error(duplicate.value) is ErrorKind.DUPLICATE
+        with pytest.raises(psycopg.errors.CheckViolation) as missing:
+            raw.execute(insert, (*values[:3], FAR))
+        assert classify_error(missing.value) is ErrorKind.ROW
+
+
+def test_record_in_the_callers_session(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    with Session(host_engine) as session:
+        row = writer.record(session, event_type="user_message", **keys)
+        session.commit()
+        assert session.get(host_models.EventLog, (row.id, row.created_at)) is row
+    with Session(host_engine) as session:
+        writer.record(session, event_type="user_message", created_at=FAR, **keys)
+        # The caller's flush raises the database's own error.
+        with pytest.raises(IntegrityError, match='no partition of relation "event_logs"'):
+            session.commit()
+    assert len(stored(host_engine)) == 1
+
+
+def test_a_detached_retry_stores_the_event_once(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    event = writer.event(event_type="user_message", **keys)
+    # A retry after a commit whose outcome was unknown writes the very same event again.
+    assert writer.record_detached(host_engine, event) is event
+    assert writer.record_detached(host_engine, event) is event
+    assert stored(host_engine) == [(event.id, event.created_at)]
+
+
+def test_a_detached_write_without_a_partition_names_the_fix(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog, retry=FAST_RETRY)
+    event = writer.event(event_type="user_message", created_at=FAR, **keys)
+    started = time.monotonic()
+    with pytest.raises(EventWriteError) as refused:
+        writer.record_detached(host_engine, event)
+    assert time.monotonic() - started < 5  # given up at once, never retried
+    assert refused.value.sqlstate == "23514"
+    assert NO_PARTITION in str(refused.value)
+    assert FAR.isoformat() in str(refused.value)
+    assert "docs/adoption.md" in str(refused.value)
+    assert stored(host_engine) == []
+
+
+def test_bulk_writes_are_idempotent_and_count_duplicates(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    first = [writer.event(event_type="user_message", **keys) for _ in range(30)]
+    later = [writer.event(event_type="user_message", **keys) for _ in range(20)]
+    week = timedelta(weeks=1)
+    spread = [  # over three partitions
+        writer.event(event_type="user_message", created_at=datetime.now(UTC) + n * week, **keys)
+        for n in (-2, -1, 0)
+    ]
+    assert write_events(host_models.EventLog, host_engine, first).written == 30
+    # Straight COPY meets the partition's own key, then the batch goes through ON CONFLICT.
+    result = write_events(host_models.EventLog, host_engine, first[10:] + later + spread)
+    assert (result.written, result.duplicates, result.dead_lettered) == (43, 20, [])
+    assert sorted(stored(host_engine)) == sorted(
+        (e.id, e.created_at) for e in first + later + spread
+    )
+
+
+def test_bulk_dead_letters_only_the_events_without_a_partition(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    events = [writer.event(event_type="user_message", **keys) for _ in range(9)]
+    lost = writer.event(event_type="user_message", created_at=FAR, **keys)
+    dead = DeadLetters()
+    result = write_events(
+        host_models.EventLog,
+        host_engine,
+        [*events[:4], lost, *events[4:]],
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    )
+    assert result.written == 9
+    assert [event for event, _ in result.dead_lettered] == [lost]
+    assert NO_PARTITION in str(result.dead_lettered[0][1])
+    assert [event for event, _ in dead.items] == [lost]
+    assert len(stored(host_engine)) == 9
+
+
+def test_buffered_writer_dead_letters_events_without_a_partition_and_goes_on(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        batch_size=20,
+        flush_interval=0.01,
+        retry=FAST_RETRY,
+        on_dead_letter=dead,
+    ) as writer:
+        for i in range(50):
+            when = FAR if i % 10 == 0 else None
+            writer.enqueue(event_type="chat", payload={"i": i}, created_at=when, **keys)
+        assert writer.flush(timeout=20)
+        # The queue was not blocked: later events are stored.
+        writer.enqueue(event_type="chat", payload={"i": 50}, **keys)
+        assert writer.flush(timeout=20)
+    assert len(stored(host_engine)) == 46
+    assert sorted(json.loads(event.payload_json)["i"] for event, _ in dead.items) == [
+        0,
+        10,
+        20,
+        30,
+        40,
+    ]
+    assert all(NO_PARTITION in str(error) for _, error in dead.items)
+
+
+def test_a_plain_model_on_a_partitioned_table_names_the_setting(
+    host_engine: Engine, keys: dict[str, Any]
+) -> None:
+    plain = build_host_models()
+    writer = EventWriter(plain.EventLog, retry=FAST_RETRY)
+    with pytest.raises(EventWriteError) as refused:
+        writer.record_detached(host_engine, event_type="user_message", **keys)
+    assert refused.value.sqlstate == "42P10"
+    assert "__eventlog_partitioned__ = True" in str(refused.value)
+    assert isinstance(refused.value.__cause__, psycopg.Error)
+    assert not isinstance(refused.value.__cause__, DBAPIError)
