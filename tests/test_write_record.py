@@ -94,6 +94,7 @@ def test_bad_input_raises_in_the_caller_and_writes_nothing(
     from eventlog_persist._payload import PayloadPolicy
 
     user_id, session_id = seed(host_engine, host_models)
+    fields = dict(fields)  # the parameter is shared with the partitioned layout's run
     strict = fields.pop("_nul", None) is not None
     writer = EventWriter(
         host_models.EventLog,
