@@ -326,7 +326,12 @@ class _Quick:
             copy = _DECODE(data)
         except msgspec.ValidationError:  # an int beyond 64 bits, which the decoder refuses
             return None
-        return PreparedPayload(value=copy, json_text=text, size_bytes=size)
+        prepared = object.__new__(PreparedPayload)
+        for set_field, field_value in zip(
+            _PREPARED_SETTERS, (copy, text, size, (), (), False), strict=True
+        ):
+            set_field(prepared, field_value)
+        return prepared
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -494,6 +499,12 @@ class PreparedPayload:
     redacted_paths: tuple[str, ...] = ()
     replaced_paths: tuple[str, ...] = ()
     truncated: bool = False
+
+
+# The slots' own setters, which a frozen dataclass's __setattr__ does not stand in front of.
+_PREPARED_SETTERS: Final = tuple(
+    getattr(PreparedPayload, item.name).__set__ for item in dataclasses.fields(PreparedPayload)
+)
 
 
 def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) -> PreparedPayload:
