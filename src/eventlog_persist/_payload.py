@@ -484,8 +484,13 @@ class PreparedPayload:
 
     Attributes:
         value: The JSON-safe structure (a new object; the input is never modified).
-        json_text: ``value`` as compact JSON (``separators=(",", ":")``, non-ASCII kept as is),
-            ready to send without encoding again.
+        json_text: ``value`` as compact JSON (``separators=(",", ":")``, non-ASCII kept as is,
+            strings escaped as ``json.dumps`` escapes them), ready to send without encoding
+            again. Numbers are written as msgspec writes them: the shortest text that reads
+            back as the same float, with a bare exponent (``1e16``, ``1e-7``, where
+            ``json.dumps`` writes ``1e+16``, ``1e-07``); PostgreSQL stores the same number.
+
+            .. versionchanged:: 0.3.0 Encoded with msgspec.
         size_bytes: Length of ``json_text`` in UTF-8.
         redacted_paths: JSON pointers of the redacted values, in document order.
         replaced_paths: JSON pointers of values or keys changed by the ``nul``, ``surrogates``
