@@ -31,7 +31,9 @@ class _Shape:
     run as one regex. ``pattern`` finds and masks the secrets only in text that passed both
     tests; it opens with a literal too, for the same fast scan, and checks the "not inside a
     longer word" boundary as a lookbehind after it. ``min_length`` is the length of the
-    shortest match.
+    shortest match. ``loose`` is ``probe`` without the boundary check: it finds the shape's
+    literal start wherever it is, so it also holds in a whole JSON document, where an escape
+    sequence (``\\n``) may end with a letter right before a secret.
     """
 
     anchor: str
@@ -39,6 +41,7 @@ class _Shape:
     min_length: int
     pattern: re.Pattern[str]
     replace: _Replace
+    loose: str
 
 
 def _mask_bearer(match: re.Match[str]) -> str:
@@ -68,6 +71,7 @@ _LLM_API_KEY: Final = _Shape(
         r"(?:(?:proj|ant|svcacct|admin|None)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{32,})"
     ),
     REDACTED,
+    r"-(?<=sk-)",
 )
 # AWS access key ids: long-term (AKIA) and temporary (ASIA), then 16 upper-case letters or
 # digits, and no more.
@@ -77,6 +81,7 @@ _AWS_ACCESS_KEY: Final = _Shape(
     20,
     re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"),
     REDACTED,
+    r"IA(?<=A[KS]IA)",
 )
 # GitHub classic tokens (ghp_ personal, gho_ OAuth, ghu_ user-to-server, ghs_ server-to-server,
 # ghr_ refresh) and fine-grained ones (github_pat_).
@@ -86,6 +91,7 @@ _GITHUB_TOKEN: Final = _Shape(
     33,
     re.compile(r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})"),
     REDACTED,
+    r"_(?<=gh[pousr]_)|_(?<=github_pat_)",
 )
 # GitLab personal access tokens.
 _GITLAB_TOKEN: Final = _Shape(
@@ -94,6 +100,7 @@ _GITLAB_TOKEN: Final = _Shape(
     26,
     re.compile(r"glpat-(?<![A-Za-z0-9_-]glpat-)[A-Za-z0-9_-]{20,}"),
     REDACTED,
+    r"-(?<=glpat-)",
 )
 # Slack bot, user, app-level, refresh and configuration tokens.
 _SLACK_TOKEN: Final = _Shape(
@@ -102,6 +109,7 @@ _SLACK_TOKEN: Final = _Shape(
     15,
     re.compile(r"xox(?<![A-Za-z0-9]xox)[abprs]-[A-Za-z0-9-]{10,}"),
     REDACTED,
+    r"-(?<=xox[abprs]-)",
 )
 # A JSON Web Token: two base64url JSON objects ('{"' encodes as "eyJ") and a signature,
 # empty in unsigned tokens.
@@ -111,6 +119,7 @@ _JWT: Final = _Shape(
     10,
     re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
     REDACTED,
+    r"J(?<=eyJ)",
 )
 # "Bearer <token68>" (RFC 6750), spelled Bearer or bearer; _mask_bearer decides.
 _BEARER: Final = _Shape(
@@ -121,6 +130,7 @@ _BEARER: Final = _Shape(
         r"([Bb]earer)(?<![A-Za-z0-9][Bb]earer)([ \t]+)([A-Za-z0-9._~+/-]*[A-Za-z0-9_~+/-]=*)"
     ),
     _mask_bearer,
+    "earer",
 )
 # scheme://user:password@host: only the password is masked. The user may be empty
 # (redis://:pw@host); the password runs to the last "@" before the path.
@@ -130,6 +140,7 @@ _URL_PASSWORD: Final = _Shape(
     7,
     re.compile(r"(://(?<=[A-Za-z0-9+.-]://)[^\s:/?#@]*:)[^\s/?#]*[^\s/?#@]@"),
     _mask_url_password,
+    "://",
 )
 
 _SHAPES: Final[dict[str, tuple[_Shape, ...]]] = {
@@ -164,7 +175,7 @@ def _probe(sources: list[str]) -> _Probe:
 class SecretMasker:
     """Masks what the chosen detectors find in a string; built once per policy."""
 
-    __slots__ = ("_groups", "min_length")
+    __slots__ = ("_groups", "_loose", "min_length")
 
     def __init__(self, shapes: tuple[_Shape, ...]) -> None:
         # Strings shorter than this hold nothing any chosen detector finds.
@@ -182,6 +193,10 @@ class SecretMasker:
             )
             for anchor, members in anchors.items()
         )
+        self._loose: tuple[tuple[str, _Probe], ...] = tuple(
+            (anchor, _probe([shape.loose for shape in members]))
+            for anchor, members in anchors.items()
+        )
 
     def __call__(self, text: str) -> str:
         """Return ``text`` itself when nothing is found, else a copy with every secret masked."""
@@ -191,6 +206,19 @@ class SecretMasker:
                 for pattern, replace in patterns:
                     text = pattern.sub(replace, text)
         return text
+
+    def may_find_in(self, document: str) -> bool:
+        """Whether a string inside the JSON ``document`` might hold a secret; False is sure.
+
+        Every secret a detector masks starts with a literal made of letters, digits and
+        ``-_:/``, which JSON never escapes, so the literal shows in the document as it does
+        in the string. The test looks for those literals only, without the boundary checks,
+        which an escape sequence before the literal (``\\n``) would fool.
+        """
+        for anchor, loose in self._loose:  # noqa: SIM110 - any() over a generator is slower
+            if anchor in document and loose(document):
+                return True
+        return False
 
 
 def masker(names: frozenset[str]) -> SecretMasker | None:

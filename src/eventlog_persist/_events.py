@@ -130,8 +130,8 @@ class NewEvent:
     def _checked(cls, *values: object) -> NewEvent:
         """The event of `build_event`, which has checked every value already: no second check."""
         event = object.__new__(cls)
-        for name, value in zip(_NEW_EVENT_FIELDS, values, strict=True):
-            object.__setattr__(event, name, value)
+        for set_field, value in zip(_FIELD_SETTERS, values, strict=True):
+            set_field(event, value)
         return event
 
     @property
@@ -148,6 +148,8 @@ class NewEvent:
 # Object headers, the UUID, the datetime and short strings of one NewEvent, rounded up.
 _EVENT_OVERHEAD_BYTES: Final = 512
 _NEW_EVENT_FIELDS: Final = tuple(item.name for item in fields(NewEvent))
+# The slots' own setters, which a frozen dataclass's __setattr__ does not stand in front of.
+_FIELD_SETTERS: Final = tuple(getattr(NewEvent, name).__set__ for name in _NEW_EVENT_FIELDS)
 
 # An event made by hand keeps to the fixed checks; the allowed sets and max_future are a
 # writer's or new_event's choice, which such an event never went through.
@@ -308,10 +310,15 @@ def build_event(
         ids = span_ids()
         if ids is not None:
             trace_id, span_id = ids
-    _check_required_key("session_id", session_id)
-    _check_required_key("user_id", user_id)
-    check_key("project_id", project_id, required=False)
-    check_key("agent_id", agent_id, required=False)
+    # The exact types first: the full checks only run for anything else.
+    if type(session_id) is not uuid.UUID and type(session_id) is not int:
+        _check_required_key("session_id", session_id)
+    if type(user_id) is not uuid.UUID and type(user_id) is not int:
+        _check_required_key("user_id", user_id)
+    if project_id is not None:
+        check_key("project_id", project_id, required=False)
+    if agent_id is not None:
+        check_key("agent_id", agent_id, required=False)
     if id is not None and not isinstance(id, uuid.UUID):
         raise ValidationError(f"id must be a uuid.UUID or None, got {type(id).__name__} {id!r}")
     validate_fields(

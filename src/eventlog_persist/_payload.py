@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -13,8 +12,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, cast
 from uuid import UUID
+
+import msgspec
 
 from eventlog_persist._detectors import (
     DEFAULT_DETECTORS,
@@ -194,6 +195,145 @@ def _int_field(name: str, value: object, low: int, high: int | None = None) -> N
         )
 
 
+# --- the quick path ---------------------------------------------------------------------------
+#
+# Most payloads hold plain JSON types only, and no rule changes them: then the careful pass
+# returns what the C encoder makes of the payload as it is. The quick path proves that no
+# rule applies, and any doubt sends the payload to the careful pass:
+#
+# * One walk over the containers (no path bookkeeping, nothing copied): every value is
+#   exactly a dict with str keys, a list, a tuple, a str, an int, a finite float, a bool or
+#   None (no subclass: an Enum or a str with __json__ goes the careful way); the nesting is
+#   within max_depth (a cycle runs into it); no key, and no str that opens a two-item list
+#   (a header pair), is a secret name. Names found not secret are remembered per policy,
+#   so the walk tests most keys with one set lookup per dict.
+# * The encoder fails on a lone surrogate and on an int over sys.get_int_max_str_digits().
+# * The text: within max_bytes, no NUL (written "\u0000"), no literal that starts a secret
+#   shape (`SecretMasker.may_find_in`), no int over PostgreSQL's digit limit.
+# * The reserved record key is not a top-level key.
+
+_KNOWN_NAMES_MAX: Final = 4096
+"""Most names one policy remembers as not secret (each at most _KNOWN_NAME_CHARS long)."""
+_KNOWN_NAME_CHARS: Final = 128
+_TOO_MANY_DIGITS: Final = re.compile(rb"(?<![0-9])[0-9]{%d}" % (_PG_MAX_INT_DIGITS + 1))
+_PLAIN_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_INFINITIES: Final = frozenset({math.inf, -math.inf})
+
+_Walk: TypeAlias = Callable[[object, int], bool]
+
+
+def _walker(suffixes: tuple[str, ...], header_pairs: bool) -> _Walk:
+    """``plain(container, levels_left)``: the walk of the quick path for one policy."""
+    known: set[str] = set()  # names that are not secret
+
+    def plain_name(name: object) -> bool:
+        if type(name) is not str or _normalize_key(name).endswith(suffixes):
+            return False
+        if len(known) < _KNOWN_NAMES_MAX and len(name) <= _KNOWN_NAME_CHARS:
+            known.add(name)
+        return True
+
+    def plain(container: object, left: int) -> bool:
+        if not left:
+            return False
+        items: Iterable[object]
+        if type(container) is dict:
+            if suffixes and not known.issuperset(container):
+                for key in container:
+                    if key not in known and not plain_name(key):
+                        return False
+            elif not suffixes and not all(type(key) is str for key in container):
+                return False
+            items = container.values()
+        else:  # a list or a tuple
+            sequence = cast("list[object]", container)
+            items = sequence
+            if (
+                header_pairs
+                and len(sequence) == 2
+                and type(sequence[0]) is str
+                and sequence[0] not in known
+                and not plain_name(sequence[0])
+            ):
+                return False
+        left -= 1
+        for item in items:
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if kind is float:
+                if item != item or item in _INFINITIES:
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                if not plain(item, left):
+                    return False
+            else:
+                return False
+        return True
+
+    return plain
+
+
+@dataclass(frozen=True, slots=True)
+class _Quick:
+    """The quick path of one policy: what its tests need, built once."""
+
+    walk: _Walk
+    masker: SecretMasker | None
+    max_depth: int
+    max_bytes: int | None
+    record_key: str | None
+
+    @classmethod
+    def of(cls, policy: PayloadPolicy) -> _Quick | None:
+        """The quick path for ``policy``; None when a redactor must see every string."""
+        if policy.redactor is not None:
+            return None
+        suffixes = policy._redact_suffixes
+        return cls(
+            _walker(suffixes, bool(suffixes) and HEADER_PAIR in policy.detectors),
+            policy._masker,
+            policy.max_depth,
+            policy.max_bytes,
+            policy.redaction_record_key,
+        )
+
+    def prepare(self, value: object) -> PreparedPayload | None:
+        """What the careful pass returns for ``value`` when no rule changes it, else None."""
+        kind = type(value)
+        if kind is dict or kind is list or kind is tuple:
+            if not self.walk(value, self.max_depth):
+                return None
+        elif kind not in _PLAIN_SCALARS or value != value or value in _INFINITIES:
+            return None
+        try:
+            data = _ENCODE(value)
+        except (UnicodeEncodeError, ValueError):  # a lone surrogate, too many digits
+            return None
+        size = len(data)
+        if (
+            (self.max_bytes is not None and size > self.max_bytes)
+            or (b"\\" in data and b"\\u0000" in data)
+            or (type(value) is dict and self.record_key is not None and self.record_key in value)
+        ):
+            return None
+        text = data.decode()
+        if (self.masker is not None and self.masker.may_find_in(text)) or (
+            size > _PG_MAX_INT_DIGITS and _TOO_MANY_DIGITS.search(data)
+        ):
+            return None
+        try:
+            copy = _DECODE(data)
+        except msgspec.ValidationError:  # an int beyond 64 bits, which the decoder refuses
+            return None
+        prepared = object.__new__(PreparedPayload)
+        for set_field, field_value in zip(
+            _PREPARED_SETTERS, (copy, text, size, (), (), False), strict=True
+        ):
+            set_field(prepared, field_value)
+        return prepared
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PayloadPolicy:
     """How `prepare_payload` treats what JSONB cannot store; every field is validated on creation.
@@ -258,6 +398,7 @@ class PayloadPolicy:
     default: DefaultHook | None = None
     _redact_suffixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _masker: SecretMasker | None = field(init=False, repr=False, compare=False)
+    _quick: _Quick | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _int_field("max_depth", self.max_depth, 1, MAX_DEPTH_LIMIT)
@@ -286,6 +427,7 @@ class PayloadPolicy:
         object.__setattr__(self, "_redact_suffixes", _suffixes(self.redact_keys))
         object.__setattr__(self, "detectors", self._checked_detectors())
         object.__setattr__(self, "_masker", masker(self.detectors))
+        object.__setattr__(self, "_quick", _Quick.of(self))
 
     def _checked_redact_keys(self) -> frozenset[str]:
         keys: object = self.redact_keys
@@ -342,8 +484,13 @@ class PreparedPayload:
 
     Attributes:
         value: The JSON-safe structure (a new object; the input is never modified).
-        json_text: ``value`` as compact JSON (``separators=(",", ":")``, non-ASCII kept as is),
-            ready to send without encoding again.
+        json_text: ``value`` as compact JSON (``separators=(",", ":")``, non-ASCII kept as is,
+            strings escaped as ``json.dumps`` escapes them), ready to send without encoding
+            again. Numbers are written as msgspec writes them: the shortest text that reads
+            back as the same float, with a bare exponent (``1e16``, ``1e-7``, where
+            ``json.dumps`` writes ``1e+16``, ``1e-07``); PostgreSQL stores the same number.
+
+            .. versionchanged:: 0.3.0 Encoded with msgspec.
         size_bytes: Length of ``json_text`` in UTF-8.
         redacted_paths: JSON pointers of the redacted values, in document order.
         replaced_paths: JSON pointers of values or keys changed by the ``nul``, ``surrogates``
@@ -357,6 +504,12 @@ class PreparedPayload:
     redacted_paths: tuple[str, ...] = ()
     replaced_paths: tuple[str, ...] = ()
     truncated: bool = False
+
+
+# The slots' own setters, which a frozen dataclass's __setattr__ does not stand in front of.
+_PREPARED_SETTERS: Final = tuple(
+    getattr(PreparedPayload, item.name).__set__ for item in dataclasses.fields(PreparedPayload)
+)
 
 
 def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) -> PreparedPayload:
@@ -401,6 +554,16 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
             under ``oversize="error"``. ``path`` says where.
         ConfigurationError: ``policy.redactor`` returned something other than a str.
     """
+    quick = policy._quick
+    if quick is not None:
+        done = quick.prepare(value)
+        if done is not None:
+            return done
+    return _prepare_carefully(value, policy)
+
+
+def _prepare_carefully(value: object, policy: PayloadPolicy) -> PreparedPayload:
+    """`prepare_payload` by the careful pass, which applies every rule value by value."""
     run = _Pass(policy)
     try:
         prepared = run.value(value)
@@ -448,11 +611,13 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
     )
 
 
+_ENCODE: Final = msgspec.json.Encoder().encode
+_DECODE: Final = msgspec.json.Decoder().decode
+
+
 def _encode(value: JSONSafeValue) -> str:
-    # The pass already rules out cycles and NaN, so the encoder need not look for them.
-    return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
-    )
+    # The pass already rules out cycles, NaN, lone surrogates and too many digits.
+    return _ENCODE(value).decode()
 
 
 def _utf8_size(text: str) -> int:

@@ -33,6 +33,7 @@ COLUMNS: Final = (
 )
 """The columns every writer fills, in the order of `EventTable.row`."""
 
+_KEY_COLUMNS: Final = COLUMNS[1:5]
 _INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
 
 
@@ -94,8 +95,8 @@ class EventTable:
         Args:
             values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
         """
-        for name, sql_type, value in zip(COLUMNS[1:5], self.key_types, values, strict=True):
-            if value is not None:
+        for name, sql_type, value in zip(_KEY_COLUMNS, self.key_types, values, strict=True):
+            if value is not None and not (sql_type == "uuid" and type(value) is uuid.UUID):
                 check_key_fits(name, sql_type, value)
 
     @property

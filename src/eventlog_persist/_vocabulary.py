@@ -323,6 +323,10 @@ class EventFieldRules:
 
 
 _COLUMNS: Final = (_EVENT_TYPE, _ERROR_CODE, _TOOL_NAME, _APPROVAL_STATUS)
+# Values of each column that passed the fixed checks, which depend on the text alone: a
+# memo, so that the same event types and tool names are not checked again on every event.
+_PASSED: Final[tuple[set[str], ...]] = tuple(set() for _ in _COLUMNS)
+_PASSED_MAX: Final = 1024
 
 DEFAULT_FIELD_RULES: Final = EventFieldRules()
 """Rules that allow any value passing the fixed checks, and a ``created_at`` up to one day
@@ -415,12 +419,15 @@ def validate_fields(
        ``request_id``, ``trace_id`` and ``span_id``.
     """
     values = (event_type, error_code, tool_name, approval_status)
-    for column, value in zip(_COLUMNS, values, strict=True):
+    for column, value, passed in zip(_COLUMNS, values, _PASSED, strict=True):
         if value is None and not column.required:
             continue
-        problem = _problem(column, value)
-        if problem is not None:
-            raise ValidationError(problem)
+        if not (isinstance(value, str) and value in passed):
+            problem = _problem(column, value)
+            if problem is not None:
+                raise ValidationError(problem)
+            if len(passed) < _PASSED_MAX:
+                passed.add(str(value))
         allowed: frozenset[str] | None = getattr(rules, column.rules_field)
         if allowed is not None and value not in allowed:
             raise ValidationError(
