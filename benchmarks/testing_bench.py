@@ -1,6 +1,7 @@
 """Testing-plugin benchmark: what a host test pays for a fresh migrated database.
 
 Usage: python benchmarks/testing_bench.py [--dsn DSN] [--tests 30] [--baseline-tests 8]
+       [--svg docs/benchmarks/testing.svg]
        [--rounds 2]
 
 Each round runs two pytest processes on a copy of examples/host_app, interleaved:
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import _svg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,8 +161,10 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=30)
     parser.add_argument("--baseline-tests", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--svg", type=Path, help="also draw the per-test medians as SVG here")
     options = parser.parse_args()
-    print(_conditions(options.dsn))
+    conditions = _conditions(options.dsn)
+    print(conditions)
     clone: list[float] = []
     baseline: list[float] = []
     firsts: list[float] = []
@@ -187,6 +192,20 @@ def main() -> None:
         f"ratio: the clone costs {clone_ms / base_ms:.3f}x the baseline "
         f"({base_ms / clone_ms:.1f} times faster)"
     )
+    if options.svg:
+        chart = _svg.bar_chart(
+            "Per test: a fresh migrated database (median ms, setup + call + teardown)",
+            [
+                ("clone of the migrated template (the plugin)", {"median": clone_ms}),
+                ("CREATE DATABASE + alembic upgrade heads", {"median": base_ms}),
+            ],
+            subtitle=conditions,
+            unit=" ms",
+            reference=100.0,
+            reference_label="target 100 ms",
+            label=lambda value: f"{value:,.1f}",
+        )
+        print(f"chart written to {_svg.write(options.svg, chart)}")
 
 
 if __name__ == "__main__":
