@@ -353,14 +353,7 @@ class _Conversion:
                 if sqlstate_of(exc) not in _RETRIED_STATES:
                     raise self._failed("swap", exc) from exc
                 if attempts >= self.attempts:
-                    raise ConversionError(
-                        f"convert: the swap could not get its locks in {attempts} attempts of "
-                        f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); a "
-                        f"long transaction holds a lock on {TABLE_NAME} or a table it "
-                        "references (see pg_locks, pg_stat_activity). The online steps stay "
-                        "done: run the conversion again, or with more swap_attempts or a "
-                        "longer lock_timeout"
-                    ) from exc
+                    raise self._locked_out("swap", attempts, exc) from exc
                 self.progress(f"swap: attempt {attempts} timed out waiting for a lock; retrying")
                 time.sleep(self.retry_delay)
                 continue
@@ -469,9 +462,20 @@ class _Conversion:
                     connection.exec_driver_sql(statement)
                 return
             except DBAPIError as exc:
-                if sqlstate_of(exc) not in _RETRIED_STATES or attempt == self.attempts:
+                if sqlstate_of(exc) not in _RETRIED_STATES:
                     raise self._failed("bound", exc) from exc
+                if attempt == self.attempts:
+                    raise self._locked_out("bound", attempt, exc) from exc
                 time.sleep(self.retry_delay)
+
+    def _locked_out(self, step: str, attempts: int, exc: DBAPIError) -> ConversionError:
+        return ConversionError(
+            f"convert: step {step!r} could not get its locks in {attempts} attempts of "
+            f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); a long transaction "
+            f"holds a lock on {TABLE_NAME} or a table it references (see pg_locks, "
+            "pg_stat_activity). The steps before it stay done: run the conversion again, "
+            "or with more swap_attempts or a longer lock_timeout"
+        )
 
     def _failed(self, step: str, exc: DBAPIError) -> ConversionError:
         return ConversionError(
