@@ -200,6 +200,26 @@ def test_an_interrupted_conversion_resumes_after_the_steps_done(
     assert count(plain) == 500
 
 
+def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again(
+    plain: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt(*args: Any, **kwargs: Any) -> None:
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conversion._Conversion, "_add_partitions", interrupt)
+        with pytest.raises(Interrupted):
+            convert_to_partitioned(plain)
+    assert [name for name, _ in partitions(plain)] == ["event_logs_legacy"]
+    again = convert_to_partitioned(plain)
+    assert again.state == "already_partitioned"
+    assert again.partitions
+    assert sorted(name for name, _ in partitions(plain)) == [
+        "event_logs_legacy",
+        *sorted(again.partitions),
+    ]
+
+
 def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(plain: Engine) -> None:
     convert_to_partitioned(plain, stop_before_swap=True)
     with plain.begin() as connection:
@@ -398,8 +418,14 @@ def test_a_table_that_is_not_the_event_log_is_refused(engine: Engine) -> None:
 def test_a_partitioned_table_is_left_alone_unless_it_has_a_default_partition(
     plain: Engine,
 ) -> None:
-    convert_to_partitioned(plain)
-    assert convert_to_partitioned(plain) == conversion.ConversionResult("already_partitioned")
+    converted = convert_to_partitioned(plain)
+    again = convert_to_partitioned(plain)
+    assert (again.state, again.boundary, again.steps, again.partitions) == (
+        "already_partitioned",
+        converted.boundary,
+        (),
+        (),
+    )
     with plain.begin() as connection:
         connection.execute(text("CREATE TABLE event_logs_rest PARTITION OF event_logs DEFAULT"))
     with pytest.raises(ConversionError, match=r"DEFAULT partition \(event_logs_rest\)"):

@@ -260,8 +260,16 @@ class _Conversion:
                         "partition would scan it). Move its rows into range partitions and "
                         "drop it; there is nothing to convert"
                     )
-                self.progress(f"{TABLE_NAME} is already partitioned: nothing to do")
-                return ConversionResult("already_partitioned")
+                if found.boundary is None:
+                    self.progress(f"{TABLE_NAME} is already partitioned: nothing to do")
+                    return ConversionResult("already_partitioned")
+                # Converted: the partitions after the legacy one may be missing still.
+                partitions = partitions_after(
+                    found.boundary, datetime.now(UTC), self.interval, self.ahead
+                )
+                created = self._add_partitions(partitions)
+                self.progress(f"{TABLE_NAME} is already converted: nothing else to do")
+                return ConversionResult("already_partitioned", found.boundary, (), created)
             now = datetime.now(UTC)
             boundary = found.boundary
             if boundary is not None and boundary - now < _RESUME_MARGIN:
@@ -348,7 +356,7 @@ class _Conversion:
             attempts += 1
             started = time.perf_counter()
             try:
-                hold, seconds = self._swap_once(boundary, partitions)
+                hold, seconds = self._swap_once(boundary)
             except DBAPIError as exc:
                 if sqlstate_of(exc) not in _RETRIED_STATES:
                     raise self._failed("swap", exc) from exc
@@ -358,6 +366,7 @@ class _Conversion:
                 time.sleep(self.retry_delay)
                 continue
             self.steps.append(("swap", time.perf_counter() - started))
+            created = self._add_partitions(partitions)
             self.progress(
                 f"swap: done; ACCESS EXCLUSIVE held {hold * 1000:.1f} ms (server), "
                 f"{seconds * 1000:.1f} ms to the commit's return (client)"
@@ -366,81 +375,120 @@ class _Conversion:
                 "converted",
                 boundary,
                 tuple(self.steps),
-                tuple(name for name, _, _ in partitions),
+                created,
                 attempts,
                 hold,
                 seconds,
             )
 
-    def _swap_once(
-        self, boundary: datetime, partitions: list[tuple[str, datetime, datetime]]
-    ) -> tuple[float, float]:
+    def _swap_once(self, boundary: datetime) -> tuple[float, float]:
         """One swap transaction; returns (server-side, client-side) seconds of the lock."""
-        table, legacy = self.table, self.name(LEGACY_PARTITION)
+        table = self.table
         with self.engine.connect() as connection:
+            with connection.begin():
+                # Read before the lock, so that it is held for the DDL only.
+                statements = self._swap_statements(connection, boundary)
             run = connection.exec_driver_sql
             with connection.begin():
                 run(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'")
                 run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
                 granted = time.perf_counter()
-                locked_at = run("SELECT clock_timestamp()").scalar_one()
-                # Under the lock, nothing can change any more: check again what the online
-                # steps left (another conversion may have swapped meanwhile).
-                found = self._inspect(connection)
-                if found.kind != "r" or not found.bound_valid or not found.key_valid:
+                # Under the lock nothing changes any more: check what the online steps left
+                # (another conversion may have swapped meanwhile).
+                state = connection.execute(
+                    text(
+                        "SELECT clock_timestamp(), c.relkind = 'r' AND EXISTS (SELECT 1 FROM "
+                        "pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :bound AND "
+                        "k.convalidated) AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x "
+                        "ON x.oid = i.indexrelid WHERE i.indrelid = c.oid AND x.relname = :key "
+                        "AND i.indisvalid) FROM pg_class c WHERE c.oid = to_regclass(:name)"
+                    ),
+                    {"bound": _BOUND, "key": _KEY, "name": table},
+                ).one()
+                locked_at, ready = state
+                if not ready:
                     raise ConversionError(
                         f"convert: {TABLE_NAME} changed while the conversion ran (another "
                         "conversion?); run it again"
                     )
-                fks = self._foreign_keys(connection)
-                owner, grants = self._privileges(connection)
-                run(f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}")
-                for index in INDEX_NAMES:
-                    suffix = index.removeprefix("ix_event_logs_")
-                    run(
-                        f"ALTER INDEX {self.name(index)} "
-                        f"RENAME TO {_quote(f'{LEGACY_PARTITION}_{suffix}_idx')}"
-                    )
-                run(f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(PK_NAME)}")
-                run(
-                    f"ALTER TABLE {legacy} ADD CONSTRAINT {_quote(_KEY)} "
-                    f"PRIMARY KEY USING INDEX {_quote(_KEY)}"
-                )
-                # The columns as they are (types, NOT NULLs, defaults), as evlpart_0001 does.
-                run(
-                    f"CREATE TABLE {table} (LIKE {legacy} INCLUDING DEFAULTS) "
-                    "PARTITION BY RANGE (created_at)"
-                )
-                run(
-                    f"ALTER TABLE {table} ADD CONSTRAINT {_quote(PK_NAME)} "
-                    "PRIMARY KEY (id, created_at)"
-                )
-                for name, definition in fks:
-                    run(f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {definition}")
-                for name, (column, where) in _INDEX_SHAPES.items():
-                    condition = f" WHERE {where}" if where else ""
-                    run(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
-                # The valid CHECK proves the partition bound: ATTACH does not scan, and the
-                # legacy table's key, indexes and foreign keys are attached, not rebuilt.
-                run(
-                    f"ALTER TABLE {table} ATTACH PARTITION {legacy} "
-                    f"FOR VALUES FROM (MINVALUE) TO ('{boundary.isoformat()}')"
-                )
-                run(f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(_BOUND)}")
-                for name, start, end in partitions:
-                    run(
-                        f"CREATE TABLE {self.name(name)} PARTITION OF {table} "
-                        f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                    )
-                if owner is not None:
-                    for relation in (table, *(self.name(name) for name, _, _ in partitions)):
-                        run(f"ALTER TABLE {relation} OWNER TO {_quote(owner)}")
-                for grantee, privilege, grantable in grants:
-                    option = " WITH GRANT OPTION" if grantable else ""
-                    run(f"GRANT {privilege} ON {table} TO {grantee}{option}")
+                # One round trip for the DDL: the lock is held for as short as it can be.
+                run(";\n".join(statements))
                 done_at = run("SELECT clock_timestamp()").scalar_one()
             seconds = time.perf_counter() - granted
         return (done_at - locked_at).total_seconds(), seconds
+
+    def _swap_statements(self, connection: Connection, boundary: datetime) -> list[str]:
+        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``."""
+        table, legacy = self.table, self.name(LEGACY_PARTITION)
+        fks = self._foreign_keys(connection)
+        owner, grants = self._privileges(connection)
+        sql = [f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}"]
+        for index in INDEX_NAMES:
+            suffix = index.removeprefix("ix_event_logs_")
+            sql.append(
+                f"ALTER INDEX {self.name(index)} "
+                f"RENAME TO {_quote(f'{LEGACY_PARTITION}_{suffix}_idx')}"
+            )
+        sql += [
+            f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(PK_NAME)}",
+            f"ALTER TABLE {legacy} ADD CONSTRAINT {_quote(_KEY)} "
+            f"PRIMARY KEY USING INDEX {_quote(_KEY)}",
+            # The columns as they are (types, NOT NULLs, defaults), as evlpart_0001 does.
+            f"CREATE TABLE {table} (LIKE {legacy} INCLUDING DEFAULTS) "
+            "PARTITION BY RANGE (created_at)",
+            f"ALTER TABLE {table} ADD CONSTRAINT {_quote(PK_NAME)} PRIMARY KEY (id, created_at)",
+        ]
+        sql += [f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {sql_}" for name, sql_ in fks]
+        for name, (column, where) in _INDEX_SHAPES.items():
+            condition = f" WHERE {where}" if where else ""
+            sql.append(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
+        # The valid CHECK proves the partition bound: ATTACH does not scan, and the legacy
+        # table's key, indexes and foreign keys are attached, not rebuilt.
+        sql += [
+            f"ALTER TABLE {table} ATTACH PARTITION {legacy} "
+            f"FOR VALUES FROM (MINVALUE) TO ('{boundary.isoformat()}')",
+            f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(_BOUND)}",
+        ]
+        if owner is not None:
+            sql.append(f"ALTER TABLE {table} OWNER TO {_quote(owner)}")
+        for grantee, privilege, grantable in grants:
+            option = " WITH GRANT OPTION" if grantable else ""
+            sql.append(f"GRANT {privilege} ON {table} TO {grantee}{option}")
+        return sql
+
+    def _add_partitions(self, partitions: list[tuple[str, datetime, datetime]]) -> tuple[str, ...]:
+        """Create the missing partitions from the boundary on, each without blocking writers.
+
+        ``CREATE TABLE ... PARTITION OF`` would lock ``event_logs`` ACCESS EXCLUSIVE; a new
+        empty table attached with ATTACH PARTITION locks it SHARE UPDATE EXCLUSIVE only (the
+        referenced tables briefly SHARE ROW EXCLUSIVE, for the foreign keys).
+        """
+        created = []
+        for name, start, end in partitions:
+            with self.engine.connect() as connection:
+                exists = connection.execute(
+                    text("SELECT to_regclass(:name) IS NOT NULL"), {"name": self.name(name)}
+                ).scalar()
+                connection.rollback()
+                if exists:
+                    continue
+            owner = self._privileges_of_parent()
+            statements = [
+                f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
+                *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
+                f"ALTER TABLE {self.table} ATTACH PARTITION {self.name(name)} "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')",
+            ]
+            self._blocking(";\n".join(statements), step="partitions")
+            self.progress(f"partitions: {name} created")
+            created.append(name)
+        return tuple(created)
+
+    def _privileges_of_parent(self) -> str | None:
+        with self.engine.connect() as connection:
+            owner, _ = self._privileges(connection)
+            connection.rollback()
+        return owner
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -451,7 +499,7 @@ class _Conversion:
         connection.exec_driver_sql("SET statement_timeout = 0")
         return connection
 
-    def _blocking(self, statement: str) -> None:
+    def _blocking(self, statement: str, *, step: str = "bound") -> None:
         """Run a statement that takes ACCESS EXCLUSIVE briefly, under lock_timeout, retried."""
         for attempt in range(1, self.attempts + 1):
             try:
@@ -463,9 +511,9 @@ class _Conversion:
                 return
             except DBAPIError as exc:
                 if sqlstate_of(exc) not in _RETRIED_STATES:
-                    raise self._failed("bound", exc) from exc
+                    raise self._failed(step, exc) from exc
                 if attempt == self.attempts:
-                    raise self._locked_out("bound", attempt, exc) from exc
+                    raise self._locked_out(step, attempt, exc) from exc
                 time.sleep(self.retry_delay)
 
     def _locked_out(self, step: str, attempts: int, exc: DBAPIError) -> ConversionError:
@@ -511,7 +559,17 @@ class _Conversion:
                 "WHERE i.inhparent = :oid AND c.oid = t.partdefid",
                 oid=oid,
             )
-            return _Found("p", default_partition=None if default is None else default[0])
+            legacy = self._one(
+                connection,
+                "SELECT pg_get_expr(relpartbound, oid) FROM pg_class "
+                "WHERE oid = to_regclass(:name) AND relispartition",
+                name=self.name(LEGACY_PARTITION),
+            )
+            return _Found(
+                "p",
+                boundary=None if legacy is None else _boundary_of(legacy[0]),
+                default_partition=None if default is None else default[0],
+            )
         if kind != "r" or is_partition:
             raise ConversionError(
                 f"convert: {self.table} is not a plain table (relkind {kind!r}"
