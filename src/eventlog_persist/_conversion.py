@@ -68,7 +68,8 @@ class ConversionResult:
             partition); ``None`` when nothing was done.
         steps: ``(step, seconds)`` of each step this call ran: ``bound``, ``validate``,
             ``key``, ``swap`` (steps found done are not listed).
-        partitions: The partitions the swap created after the legacy one.
+        partitions: The partitions this call created after the legacy one (each attached
+            after the swap, in its own short transaction).
         swap_attempts: Swap transactions started (1 when no lock wait timed out).
         swap_hold: Seconds the swap held its ACCESS EXCLUSIVE lock, measured by the server
             from the lock's grant to just before COMMIT (``clock_timestamp()``).
