@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._context import EventContext, current_event_context, event_context
+from eventlog_persist._conversion import ConversionResult, convert_to_partitioned
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
@@ -101,6 +102,7 @@ __all__ = [
     "BucketCount",
     "BufferedWriter",
     "BulkResult",
+    "ConversionResult",
     "DeadLetterHook",
     "EventContext",
     "EventFieldRules",
@@ -129,6 +131,7 @@ __all__ = [
     "WriterStats",
     "awrite_events",
     "check_setup",
+    "convert_to_partitioned",
     "count_purgeable",
     "current_event_context",
     "event_context",

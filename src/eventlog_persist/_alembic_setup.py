@@ -59,7 +59,7 @@ _REVISION_FILE = re.compile(r"^(evl_\d{4})_\w+\.py$")
 _PARTITIONED_FILE = re.compile(r"^(evlpart_\d{4})_\w+\.py$")
 # The partitions the partitioned revision creates: event_logs_pYYYYMMDD (pg_partman's default
 # suffix for weekly and monthly partitions too).
-_PARTITION_NAME = re.compile(rf"^{TABLE_NAME}_p\d{{8}}$")
+_PARTITION_NAME = re.compile(rf"^{TABLE_NAME}_(p\d{{8}}|legacy)$")
 _SECTION: Final = "eventlog_persist"
 """The optional alembic.ini section the package's revisions read their settings from."""
 _TARGET_KEYS: Final = ("users", "chat_sessions", "user_projects", "user_agents")

@@ -141,15 +141,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         "-q", "--quiet", action="store_true", help="no progress lines on stderr, only the summary"
     )
 
+    convert = commands.add_parser(
+        "convert",
+        help="convert a filled event_logs to the partitioned layout online (short lock)",
+        description="Convert a plain event_logs that holds rows into the partitioned layout "
+        "while writers go on: a CHECK bounding created_at, its validation, a unique index on "
+        "(id, created_at) built concurrently, then one short swap transaction under "
+        "--lock-timeout, retried. Resumes where an interrupted run stopped. Then run "
+        "'alembic upgrade': revision evlpart_0001 finds the table partitioned.",
+    )
+    convert.add_argument(
+        "--url",
+        type=_url_argument,
+        help="the PostgreSQL database: a URL of any driver or a libpq conninfo; "
+        f"default: ${_ENVIRONMENT}",
+    )
+    convert.add_argument("--schema", help="schema of event_logs (default: search_path)")
+    convert.add_argument(
+        "--interval", choices=("week", "month"), default="week", help="partition interval"
+    )
+    convert.add_argument(
+        "--ahead", type=_count_argument, default=4, help="partitions ahead (1 to 52; default 4)"
+    )
+    convert.add_argument(
+        "--lock-timeout",
+        type=_seconds_argument,
+        default=0.05,
+        help="seconds the swap waits for its locks before it retries (default 0.05)",
+    )
+    convert.add_argument(
+        "--attempts", type=_count_argument, default=50, help="swap attempts (default 50)"
+    )
+    convert.add_argument(
+        "--prepare",
+        action="store_true",
+        help="run the online steps only; deploy the model with partitioned=True, then run "
+        "convert again to swap without losing a write",
+    )
+
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # a refusal (status 2), or --help (status 0)
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command in ("check", "purge") and args.url is None:
-        command = check if args.command == "check" else purge
+    if args.command in ("check", "purge", "convert") and args.url is None:
+        command = {"check": check, "purge": purge, "convert": convert}[args.command]
         try:
             if not getattr(args, "offline", False):
-                args.url = _url_from_environment(required=args.command == "purge")
+                args.url = _url_from_environment(required=args.command != "check")
         except argparse.ArgumentTypeError as exc:
             return _refuse(command, str(exc))
     try:
@@ -167,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _refuse(purge, str(exc))
         if args.command == "check":
             return _check(args.config, args.url)
+        if args.command == "convert":
+            return _convert(args)
         if args.command == "linear-revision":
             return _linear(args.config, args.version_path, partitioned=args.partitioned)
         from eventlog_persist._demo import run_demo
@@ -488,3 +528,37 @@ def _key(table: Table, column: str, value: str) -> uuid.UUID | int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from eventlog_persist._conversion import convert_to_partitioned
+
+    engine = psycopg_engine(args.url)
+    try:
+        result = convert_to_partitioned(
+            engine,
+            schema=args.schema,
+            partition_interval=args.interval,
+            partitions_ahead=args.ahead,
+            lock_timeout=args.lock_timeout,
+            swap_attempts=args.attempts,
+            stop_before_swap=args.prepare,
+            on_progress=lambda line: print(f"eventlog-persist: {line}", file=sys.stderr),
+        )
+    finally:
+        engine.dispose()
+    if result.state == "converted":
+        print(
+            f"eventlog-persist: converted; {TABLE_NAME}_legacy holds the rows before "
+            f"{result.boundary.isoformat() if result.boundary else '?'}; now run "
+            "'alembic upgrade heads' (it records evlpart_0001) and deploy the model with "
+            "partitioned=True"
+        )
+    elif result.state == "prepared":
+        print(
+            "eventlog-persist: prepared; deploy the model with partitioned=True, then run "
+            "'eventlog-persist convert' again to swap"
+        )
+    else:
+        print(f"eventlog-persist: {TABLE_NAME} is already partitioned; nothing to do")
+    return 0

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "ConversionError",
     "EventLogError",
     "EventWriteError",
     "InvalidCursorError",
@@ -109,4 +110,14 @@ class PurgeError(EventLogError):
 
     The message says which step failed, the database's reason, and what to check; the
     original error is its ``__cause__``. Batches committed before the error stay deleted.
+    """
+
+
+class ConversionError(EventLogError):
+    """`convert_to_partitioned` refused a table or failed a step.
+
+    The message names the step, the reason and the fix; a database error is its
+    ``__cause__``. Steps that completed stay done: running the conversion again resumes.
+
+    .. versionadded:: 0.3.0
     """

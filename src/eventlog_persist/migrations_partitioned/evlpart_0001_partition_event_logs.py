@@ -13,7 +13,8 @@ Opt-in (branch ``eventlog_partitioned``, depends on ``evl_0002``): turns an EMPT
 ON DELETE actions and the four indexes keep their names. There is no DEFAULT partition: the
 partition holding the current week (or month) and ``partitions_ahead`` more after it are
 created, named ``event_logs_pYYYYMMDD`` after their first day (UTC). A table that holds rows
-is refused: converting a filled table online is a separate, later step.
+is refused: ``eventlog-persist convert`` (``convert_to_partitioned``) converts a filled table
+online, and this revision then finds ``event_logs`` partitioned and changes nothing.
 
 The downgrade turns the partitioned table back into the plain one and keeps every row (they
 are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy).
@@ -179,18 +180,32 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
         )
 
 
+def _converted(schema: str | None) -> bool:
+    """Whether ``event_logs`` is partitioned already (converted online): online mode only."""
+    if context.is_offline_mode():
+        return False
+    kind = op.get_bind().execute(
+        sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
+        {"name": _qualified(schema, "event_logs")},
+    )
+    return kind.scalar() == "p"
+
+
 def upgrade() -> None:
     schema = _setting("schema")
     interval = _interval()
     ahead = _ahead()
+    if _converted(schema):
+        # 'eventlog-persist convert' did this revision's work online: only the stamp is left.
+        return
     _refuse_rows(
         schema,
         "event_logs",
         "eventlog_persist: event_logs holds rows; evlpart_0001 partitions only an empty "
-        "event_logs (a fresh adoption). Converting a filled table online is a separate "
-        "step that is not released yet (see 'Partitioned layout' in docs/adoption.md); "
-        "until then remove eventlog_persist:migrations_partitioned from version_locations "
-        "(linear mode: delete the copied eventlog_part_0001 revision)",
+        "event_logs (a fresh adoption). Convert a filled table online first with "
+        "'eventlog-persist convert --url ...' (see 'Partitioned layout' in "
+        "docs/adoption.md), then run this upgrade again: it finds the table partitioned "
+        "and only records the revision (offline: 'alembic stamp' it)",
     )
     _rebuild(schema, partitioned=True)
     for name, start, end in _partitions(datetime.now(UTC), interval, ahead):

@@ -1,0 +1,723 @@
+"""Online conversion of a plain ``event_logs`` that holds rows into the partitioned layout.
+
+The slow steps take no lock that blocks writers; one short transaction swaps the tables:
+
+1. ``bound``: ``CHECK (created_at < B) NOT VALID`` (a brief ACCESS EXCLUSIVE lock, no scan);
+   ``B`` is the first week (or month) start at least a day ahead.
+2. ``validate``: ``VALIDATE CONSTRAINT`` scans the table under SHARE UPDATE EXCLUSIVE.
+3. ``key``: ``CREATE UNIQUE INDEX CONCURRENTLY`` on ``(id, created_at)``.
+4. ``swap``: under ``lock_timeout``, retried: the table becomes the partition
+   ``event_logs_legacy`` ``FROM (MINVALUE) TO (B)`` of a new partitioned ``event_logs`` with
+   the keys, foreign keys and indexes revision ``evlpart_0001`` creates; its indexes and
+   foreign keys are attached, not rebuilt, and the valid CHECK spares ATTACH its scan.
+
+Each step detects that it was done, so an interrupted conversion resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate_of
+from eventlog_persist._schema import FK_NAMES, INDEX_NAMES, PK_NAME, TABLE_NAME
+from eventlog_persist.exceptions import ConfigurationError, ConversionError
+
+__all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
+
+LEGACY_PARTITION: Final = f"{TABLE_NAME}_legacy"
+"""The converted table's name as the partition ``FROM (MINVALUE) TO (boundary)``."""
+_BOUND: Final = f"{LEGACY_PARTITION}_bound"
+_KEY: Final = f"{LEGACY_PARTITION}_pkey"  # what duplicate detection recognises as a key
+# (column, partial-index condition) of each index, as evl_0001 and evlpart_0001 declare them.
+_INDEX_SHAPES: Final = {
+    "ix_event_logs_session_id_created_at": ("session_id", None),
+    "ix_event_logs_user_id_created_at": ("user_id", None),
+    "ix_event_logs_project_id_created_at": ("project_id", "project_id IS NOT NULL"),
+    "ix_event_logs_agent_id_created_at": ("agent_id", "agent_id IS NOT NULL"),
+}
+_COLUMNS: Final = frozenset({"id", "session_id", "user_id", "event_type", "payload", "created_at"})
+_INTERVALS: Final = ("week", "month")
+_MAX_AHEAD: Final = 52
+# The boundary is at least this far ahead when chosen; a resumed conversion whose boundary
+# comes closer than _RESUME_MARGIN starts the bound again (until the swap, the CHECK refuses
+# rows at or after the boundary).
+_MARGIN: Final = timedelta(days=1)
+_RESUME_MARGIN: Final = timedelta(hours=1)
+_RETRIED_STATES: Final = frozenset({LOCK_NOT_AVAILABLE, "40P01"})  # lock timeout, deadlock
+
+State = Literal["converted", "prepared", "already_partitioned"]
+Step = Literal["bound", "validate", "key", "swap"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    """What `convert_to_partitioned` did.
+
+    Attributes:
+        state: ``"converted"`` (the swap ran now), ``"prepared"`` (stopped before the swap,
+            as asked) or ``"already_partitioned"`` (nothing to do).
+        boundary: The legacy partition's upper bound (first instant of the first new
+            partition); ``None`` when nothing was done.
+        steps: ``(step, seconds)`` of each step this call ran: ``bound``, ``validate``,
+            ``key``, ``swap`` (steps found done are not listed).
+        partitions: The partitions this call created after the legacy one (each attached
+            after the swap, in its own short transaction).
+        swap_attempts: Swap transactions started (1 when no lock wait timed out).
+        swap_hold: Seconds the swap held its ACCESS EXCLUSIVE lock, measured by the server
+            from the lock's grant to just before COMMIT (``clock_timestamp()``).
+        swap_seconds: The same seen by the client: from the lock's grant to COMMIT's return.
+
+    .. versionadded:: 0.3.0
+    """
+
+    state: State
+    boundary: datetime | None = None
+    steps: tuple[tuple[Step, float], ...] = ()
+    partitions: tuple[str, ...] = ()
+    swap_attempts: int = 0
+    swap_hold: float | None = None
+    swap_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class _Found:
+    """The table's conversion state, read from the catalog."""
+
+    kind: str  # pg_class.relkind: "r" plain, "p" partitioned
+    boundary: datetime | None = None
+    bound_valid: bool = False
+    key_valid: bool | None = None  # None: no (id, created_at) index yet
+    default_partition: str | None = None
+
+
+def convert_to_partitioned(
+    engine: Engine,
+    *,
+    schema: str | None = None,
+    partition_interval: str = "week",
+    partitions_ahead: int = 4,
+    lock_timeout: float = 0.05,
+    swap_attempts: int = 50,
+    retry_delay: float = 0.5,
+    stop_before_swap: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> ConversionResult:
+    """Convert a plain ``event_logs`` that holds rows into the partitioned layout, online.
+
+    Writers keep writing throughout: only two transactions take a lock that blocks them, each
+    under ``lock_timeout`` and retried: adding the CHECK (no scan), and the swap (tens of
+    milliseconds; see docs/benchmarks/convert.md). Afterwards ``alembic upgrade`` runs
+    revision ``evlpart_0001``, which finds the table partitioned and changes nothing.
+
+    For a lossless switch of the writers, stop before the swap (``stop_before_swap=True``),
+    deploy the model with ``partitioned=True`` (the new unique index on ``(id, created_at)``
+    serves its ``ON CONFLICT`` on the plain table), then run the conversion again.
+
+    Args:
+        engine: A synchronous engine on the database, as a role that owns ``event_logs``.
+        schema: Schema of ``event_logs`` (default: the search_path).
+        partition_interval: ``"week"`` (Mondays, UTC) or ``"month"``, as for evlpart_0001.
+        partitions_ahead: As for evlpart_0001 (1 to 52): partitions exist up to the one
+            evlpart_0001 would create last.
+        lock_timeout: Seconds each blocking transaction waits for a lock before it gives up
+            and is retried; writers queue behind a waiting lock for at most this long.
+        swap_attempts: Attempts of each blocking transaction before `ConversionError`.
+        retry_delay: Seconds between attempts.
+        stop_before_swap: Run the online steps only.
+        on_progress: Called with a line of text before and after each step.
+
+    Returns:
+        What was done, with the time of each step and of the swap's lock.
+
+    Raises:
+        ConfigurationError: An argument is not valid.
+        ConversionError: The table cannot be converted, or a step failed (the message says
+            why and what to do; completed steps stay done).
+
+    .. versionadded:: 0.3.0
+    """
+    if partition_interval not in _INTERVALS:
+        raise ConfigurationError(
+            f"partition_interval={partition_interval!r} is not valid; use 'week' or 'month'"
+        )
+    if (
+        isinstance(partitions_ahead, bool)
+        or not isinstance(partitions_ahead, int)
+        or not 1 <= partitions_ahead <= _MAX_AHEAD
+    ):
+        raise ConfigurationError(
+            f"partitions_ahead={partitions_ahead!r} is not valid; use 1 to {_MAX_AHEAD}"
+        )
+    for name, value in (("lock_timeout", lock_timeout), ("retry_delay", retry_delay)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigurationError(f"{name}={value!r} is not valid; use seconds, 0 or more")
+    if lock_timeout < 0.001:
+        raise ConfigurationError(
+            f"lock_timeout={lock_timeout!r} is not valid; use at least 0.001 s (0 would wait "
+            "without limit, and writers would queue behind the waiting lock)"
+        )
+    if isinstance(swap_attempts, bool) or not isinstance(swap_attempts, int) or swap_attempts < 1:
+        raise ConfigurationError(f"swap_attempts={swap_attempts!r} is not valid; use 1 or more")
+    run = _Conversion(
+        engine,
+        schema=schema,
+        interval=partition_interval,
+        ahead=partitions_ahead,
+        lock_timeout=lock_timeout,
+        attempts=swap_attempts,
+        retry_delay=retry_delay,
+        progress=on_progress or (lambda _line: None),
+    )
+    return run.run(stop_before_swap=stop_before_swap)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _start_of(moment: datetime, interval: str) -> datetime:
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _next(start: datetime, interval: str) -> datetime:
+    if interval == "week":
+        return start + timedelta(days=7)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def choose_boundary(now: datetime, interval: str) -> datetime:
+    """The first week (or month) start at least a day after ``now``."""
+    return _next(_start_of(now + _MARGIN, interval), interval)
+
+
+def partitions_after(
+    boundary: datetime, now: datetime, interval: str, ahead: int
+) -> list[tuple[str, datetime, datetime]]:
+    """``(name, from, to)`` from ``boundary`` up to the last one evlpart_0001 creates at
+    ``now`` (the current interval and ``ahead`` more); at least one."""
+    last = _start_of(now, interval)
+    for _ in range(ahead):
+        last = _next(last, interval)
+    found: list[tuple[str, datetime, datetime]] = []
+    start = boundary
+    while not found or start <= last:
+        end = _next(start, interval)
+        found.append((f"{TABLE_NAME}_p{start:%Y%m%d}", start, end))
+        start = end
+    return found
+
+
+class _Conversion:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        schema: str | None,
+        interval: str,
+        ahead: int,
+        lock_timeout: float,
+        attempts: int,
+        retry_delay: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.interval = interval
+        self.ahead = ahead
+        self.lock_timeout = lock_timeout
+        self.attempts = attempts
+        self.retry_delay = retry_delay
+        self.progress = progress
+        self.steps: list[tuple[Step, float]] = []
+
+    def name(self, relation: str) -> str:
+        return f"{_quote(self.schema)}.{_quote(relation)}" if self.schema else _quote(relation)
+
+    @property
+    def table(self) -> str:
+        return self.name(TABLE_NAME)
+
+    # --- the steps ----------------------------------------------------------------------
+
+    def run(self, *, stop_before_swap: bool) -> ConversionResult:
+        with self._autocommit() as connection:
+            found = self._inspect(connection)
+            if found.kind == "p":
+                if found.default_partition is not None:
+                    raise ConversionError(
+                        f"{TABLE_NAME} is already partitioned, with a DEFAULT partition "
+                        f"({found.default_partition}); the package's layout has none (every new "
+                        "partition would scan it). Move its rows into range partitions and "
+                        "drop it; there is nothing to convert"
+                    )
+                if found.boundary is None:
+                    self.progress(f"{TABLE_NAME} is already partitioned: nothing to do")
+                    return ConversionResult("already_partitioned")
+                # Converted: the partitions after the legacy one may be missing still.
+                partitions = partitions_after(
+                    found.boundary, datetime.now(UTC), self.interval, self.ahead
+                )
+                created = self._add_partitions(partitions)
+                self.progress(f"{TABLE_NAME} is already converted: nothing else to do")
+                return ConversionResult("already_partitioned", found.boundary, (), created)
+            now = datetime.now(UTC)
+            boundary = found.boundary
+            if boundary is not None and boundary - now < _RESUME_MARGIN:
+                self.progress(
+                    f"the bound of an interrupted conversion ({boundary.isoformat()}) is too "
+                    "close: starting it again"
+                )
+                self._blocking(f"ALTER TABLE {self.table} DROP CONSTRAINT {_quote(_BOUND)}")
+                boundary = None
+                found.bound_valid = False
+            if boundary is None:
+                boundary = choose_boundary(now, self.interval)
+                self._timed(
+                    "bound",
+                    f"CHECK (created_at < {boundary.isoformat()}) NOT VALID",
+                    lambda: self._blocking(
+                        f"ALTER TABLE {self.table} ADD CONSTRAINT {_quote(_BOUND)} "
+                        f"CHECK (created_at < '{boundary.isoformat()}') NOT VALID"
+                    ),
+                )
+            if not found.bound_valid:
+                self._timed(
+                    "validate",
+                    "VALIDATE CONSTRAINT (scans the table; writers go on)",
+                    lambda: self._validate(connection, boundary),
+                )
+            if found.key_valid is False:
+                self.progress(f"dropping the invalid index {_KEY} of an interrupted build")
+                connection.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {self.name(_KEY)}")
+            if not found.key_valid:
+                self._timed(
+                    "key",
+                    "CREATE UNIQUE INDEX CONCURRENTLY (id, created_at) (writers go on)",
+                    lambda: self._build_key(connection),
+                )
+        if stop_before_swap:
+            self.progress(
+                "prepared; deploy the EventLog model with partitioned=True, then run the "
+                "conversion again to swap"
+            )
+            return ConversionResult("prepared", boundary, tuple(self.steps))
+        return self._swap(boundary)
+
+    def _timed(self, step: Step, what: str, action: Callable[[], object]) -> None:
+        self.progress(f"{step}: {what} ...")
+        started = time.perf_counter()
+        action()
+        seconds = time.perf_counter() - started
+        self.steps.append((step, seconds))
+        self.progress(f"{step}: done in {seconds:.3f} s")
+
+    def _validate(self, connection: Connection, boundary: datetime) -> None:
+        try:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {self.table} VALIDATE CONSTRAINT {_quote(_BOUND)}"
+            )
+        except DBAPIError as exc:
+            if sqlstate_of(exc) != "23514":
+                raise self._failed("validate", exc) from exc
+            self._blocking(f"ALTER TABLE {self.table} DROP CONSTRAINT {_quote(_BOUND)}")
+            raise ConversionError(
+                f"convert: {TABLE_NAME} holds rows with created_at at or after "
+                f"{boundary.isoformat()} (in the future), which the legacy partition cannot "
+                "hold; the bound was removed again. Correct or delete those rows (SELECT ... "
+                f"WHERE created_at >= '{boundary.isoformat()}'), then run the conversion again"
+            ) from exc
+
+    def _build_key(self, connection: Connection) -> None:
+        try:
+            connection.exec_driver_sql(
+                f"CREATE UNIQUE INDEX CONCURRENTLY {_quote(_KEY)} ON {self.table} (id, created_at)"
+            )
+        except DBAPIError as exc:
+            raise self._failed("key", exc) from exc
+
+    def _swap(self, boundary: datetime) -> ConversionResult:
+        partitions = partitions_after(boundary, datetime.now(UTC), self.interval, self.ahead)
+        self.progress(
+            f"swap: one transaction under lock_timeout {self.lock_timeout * 1000:g} ms "
+            f"(legacy partition up to {boundary.isoformat()}, {len(partitions)} partitions) ..."
+        )
+        attempts = 0
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                hold, seconds = self._swap_once(boundary)
+            except DBAPIError as exc:
+                if sqlstate_of(exc) not in _RETRIED_STATES:
+                    raise self._failed("swap", exc) from exc
+                if attempts >= self.attempts:
+                    raise self._locked_out("swap", attempts, exc) from exc
+                self.progress(f"swap: attempt {attempts} timed out waiting for a lock; retrying")
+                time.sleep(self.retry_delay)
+                continue
+            self.steps.append(("swap", time.perf_counter() - started))
+            created = self._add_partitions(partitions)
+            self.progress(
+                f"swap: done; ACCESS EXCLUSIVE held {hold * 1000:.1f} ms (server), "
+                f"{seconds * 1000:.1f} ms to the commit's return (client)"
+            )
+            return ConversionResult(
+                "converted",
+                boundary,
+                tuple(self.steps),
+                created,
+                attempts,
+                hold,
+                seconds,
+            )
+
+    def _swap_once(self, boundary: datetime) -> tuple[float, float]:
+        """One swap transaction; returns (server-side, client-side) seconds of the lock."""
+        table = self.table
+        with self.engine.connect() as connection:
+            with connection.begin():
+                # Read before the lock, so that it is held for the DDL only.
+                statements = self._swap_statements(connection, boundary)
+            run = connection.exec_driver_sql
+            with connection.begin():
+                run(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'")
+                run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                granted = time.perf_counter()
+                # Under the lock nothing changes any more: check what the online steps left
+                # (another conversion may have swapped meanwhile).
+                state = connection.execute(
+                    text(
+                        "SELECT clock_timestamp(), c.relkind = 'r' AND EXISTS (SELECT 1 FROM "
+                        "pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :bound AND "
+                        "k.convalidated) AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x "
+                        "ON x.oid = i.indexrelid WHERE i.indrelid = c.oid AND x.relname = :key "
+                        "AND i.indisvalid) FROM pg_class c WHERE c.oid = to_regclass(:name)"
+                    ),
+                    {"bound": _BOUND, "key": _KEY, "name": table},
+                ).one()
+                locked_at, ready = state
+                if not ready:
+                    raise ConversionError(
+                        f"convert: {TABLE_NAME} changed while the conversion ran (another "
+                        "conversion?); run it again"
+                    )
+                # One round trip for the DDL: the lock is held for as short as it can be.
+                run(";\n".join(statements))
+                done_at = run("SELECT clock_timestamp()").scalar_one()
+            seconds = time.perf_counter() - granted
+        return (done_at - locked_at).total_seconds(), seconds
+
+    def _swap_statements(self, connection: Connection, boundary: datetime) -> list[str]:
+        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``."""
+        table, legacy = self.table, self.name(LEGACY_PARTITION)
+        fks = self._foreign_keys(connection)
+        owner, grants = self._privileges(connection)
+        sql = [f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}"]
+        for index in INDEX_NAMES:
+            suffix = index.removeprefix("ix_event_logs_")
+            sql.append(
+                f"ALTER INDEX {self.name(index)} "
+                f"RENAME TO {_quote(f'{LEGACY_PARTITION}_{suffix}_idx')}"
+            )
+        sql += [
+            f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(PK_NAME)}",
+            f"ALTER TABLE {legacy} ADD CONSTRAINT {_quote(_KEY)} "
+            f"PRIMARY KEY USING INDEX {_quote(_KEY)}",
+            # The columns as they are (types, NOT NULLs, defaults), as evlpart_0001 does.
+            f"CREATE TABLE {table} (LIKE {legacy} INCLUDING DEFAULTS) "
+            "PARTITION BY RANGE (created_at)",
+            f"ALTER TABLE {table} ADD CONSTRAINT {_quote(PK_NAME)} PRIMARY KEY (id, created_at)",
+        ]
+        sql += [f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {sql_}" for name, sql_ in fks]
+        for name, (column, where) in _INDEX_SHAPES.items():
+            condition = f" WHERE {where}" if where else ""
+            sql.append(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
+        # The valid CHECK proves the partition bound: ATTACH does not scan, and the legacy
+        # table's key, indexes and foreign keys are attached, not rebuilt.
+        sql += [
+            f"ALTER TABLE {table} ATTACH PARTITION {legacy} "
+            f"FOR VALUES FROM (MINVALUE) TO ('{boundary.isoformat()}')",
+            f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(_BOUND)}",
+        ]
+        if owner is not None:
+            sql.append(f"ALTER TABLE {table} OWNER TO {_quote(owner)}")
+        for grantee, privilege, grantable in grants:
+            option = " WITH GRANT OPTION" if grantable else ""
+            sql.append(f"GRANT {privilege} ON {table} TO {grantee}{option}")
+        return sql
+
+    def _add_partitions(self, partitions: list[tuple[str, datetime, datetime]]) -> tuple[str, ...]:
+        """Create the missing partitions from the boundary on, each without blocking writers.
+
+        ``CREATE TABLE ... PARTITION OF`` would lock ``event_logs`` ACCESS EXCLUSIVE; a new
+        empty table attached with ATTACH PARTITION locks it SHARE UPDATE EXCLUSIVE only (the
+        referenced tables briefly SHARE ROW EXCLUSIVE, for the foreign keys).
+        """
+        created = []
+        for name, start, end in partitions:
+            with self.engine.connect() as connection:
+                exists = connection.execute(
+                    text("SELECT to_regclass(:name) IS NOT NULL"), {"name": self.name(name)}
+                ).scalar()
+                connection.rollback()
+                if exists:
+                    continue
+            owner = self._privileges_of_parent()
+            statements = [
+                f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
+                *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
+                f"ALTER TABLE {self.table} ATTACH PARTITION {self.name(name)} "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')",
+            ]
+            self._blocking(";\n".join(statements), step="partitions")
+            self.progress(f"partitions: {name} created")
+            created.append(name)
+        return tuple(created)
+
+    def _privileges_of_parent(self) -> str | None:
+        with self.engine.connect() as connection:
+            owner, _ = self._privileges(connection)
+            connection.rollback()
+        return owner
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _autocommit(self) -> Connection:
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # The slow steps must not be canceled by a role's statement_timeout, and their lock
+        # waits do not block writers (SHARE UPDATE EXCLUSIVE): no lock_timeout either.
+        connection.exec_driver_sql("SET statement_timeout = 0")
+        return connection
+
+    def _blocking(self, statement: str, *, step: str = "bound") -> None:
+        """Run a statement that takes ACCESS EXCLUSIVE briefly, under lock_timeout, retried."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                with self.engine.begin() as connection:
+                    connection.exec_driver_sql(
+                        f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'"
+                    )
+                    connection.exec_driver_sql(statement)
+                return
+            except DBAPIError as exc:
+                if sqlstate_of(exc) not in _RETRIED_STATES:
+                    raise self._failed(step, exc) from exc
+                if attempt == self.attempts:
+                    raise self._locked_out(step, attempt, exc) from exc
+                time.sleep(self.retry_delay)
+
+    def _locked_out(self, step: str, attempts: int, exc: DBAPIError) -> ConversionError:
+        return ConversionError(
+            f"convert: step {step!r} could not get its locks in {attempts} attempts of "
+            f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); a long transaction "
+            f"holds a lock on {TABLE_NAME} or a table it references (see pg_locks, "
+            "pg_stat_activity). The steps before it stay done: run the conversion again, "
+            "or with more swap_attempts or a longer lock_timeout"
+        )
+
+    def _failed(self, step: str, exc: DBAPIError) -> ConversionError:
+        return ConversionError(
+            f"convert: step {step!r} failed ({server_text(exc)}); the steps before it stay "
+            "done and the conversion resumes when run again; check the connection and that "
+            f"the role owns {TABLE_NAME}"
+        )
+
+    def _one(self, connection: Connection, sql: str, **params: Any) -> Any:
+        return connection.execute(text(sql), params).first()
+
+    def _inspect(self, connection: Connection) -> _Found:
+        """Read the table's state, refusing what the conversion cannot handle."""
+        row = self._one(
+            connection,
+            "SELECT c.oid, c.relkind, c.relispartition, c.relrowsecurity FROM pg_class c "
+            "WHERE c.oid = to_regclass(:name)",
+            name=self.table,
+        )
+        where = f" in schema {self.schema}" if self.schema else " on the search_path"
+        if row is None:
+            raise ConversionError(
+                f"convert: there is no table {TABLE_NAME}{where}; run the package's migrations "
+                "first (a new table can be partitioned from the start by revision "
+                "evlpart_0001), or pass the schema that holds it"
+            )
+        oid, kind, is_partition, row_security = row
+        if kind == "p":
+            default = self._one(
+                connection,
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_partitioned_table t ON t.partrelid = i.inhparent "
+                "WHERE i.inhparent = :oid AND c.oid = t.partdefid",
+                oid=oid,
+            )
+            legacy = self._one(
+                connection,
+                "SELECT pg_get_expr(relpartbound, oid) FROM pg_class "
+                "WHERE oid = to_regclass(:name) AND relispartition",
+                name=self.name(LEGACY_PARTITION),
+            )
+            return _Found(
+                "p",
+                boundary=None if legacy is None else _boundary_of(legacy[0]),
+                default_partition=None if default is None else default[0],
+            )
+        if kind != "r" or is_partition:
+            raise ConversionError(
+                f"convert: {self.table} is not a plain table (relkind {kind!r}"
+                f"{', a partition' if is_partition else ''}); only the event log's own "
+                "table can be converted"
+            )
+        columns = {
+            name
+            for (name,) in connection.execute(
+                text(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = :oid AND attnum > 0 "
+                    "AND NOT attisdropped"
+                ),
+                {"oid": oid},
+            )
+        }
+        key = self._one(
+            connection,
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = :oid AND contype = 'p' AND conname = :pk",
+            oid=oid,
+            pk=PK_NAME,
+        )
+        if not columns >= _COLUMNS or key is None or key[0] != "PRIMARY KEY (id)":
+            raise ConversionError(
+                f"convert: {self.table} is not the event log's table (its columns "
+                f"{sorted(_COLUMNS)} and primary key {PK_NAME} (id) were not found); "
+                "pass the schema of the package's event_logs"
+            )
+        self._refuse_attachments(connection, oid, row_security=row_security)
+        found = _Found("r")
+        bound = self._one(
+            connection,
+            "SELECT convalidated, pg_get_expr(conbin, conrelid) FROM pg_constraint "
+            "WHERE conrelid = :oid AND conname = :name AND contype = 'c'",
+            oid=oid,
+            name=_BOUND,
+        )
+        if bound is not None:
+            found.bound_valid = bool(bound[0])
+            found.boundary = _boundary_of(bound[1])
+        index = self._one(
+            connection,
+            "SELECT i.indisvalid AND i.indisready, i.indisunique, "
+            "pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = :oid AND c.relname = :key",
+            oid=oid,
+            key=_KEY,
+        )
+        if index is not None:
+            usable = bool(index[0]) and bool(index[1]) and index[2].endswith("(id, created_at)")
+            found.key_valid = usable
+        return found
+
+    def _refuse_attachments(self, connection: Connection, oid: int, *, row_security: bool) -> None:
+        """Refuse what the swap would not carry over to the partitioned table."""
+        problems = []
+        for name in INDEX_NAMES:
+            if (
+                self._one(
+                    connection,
+                    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = :oid AND c.relname = :name",
+                    oid=oid,
+                    name=name,
+                )
+                is None
+            ):
+                problems.append(f"index {name} is missing (create it CONCURRENTLY first)")
+        present = {
+            name
+            for (name,) in connection.execute(
+                text("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'f'"),
+                {"oid": oid},
+            )
+        }
+        problems += [
+            f"foreign key {name} is missing (run the package's migrations)"
+            for name in FK_NAMES.values()
+            if name not in present
+        ]
+        checks = [
+            ("SELECT conrelid::regclass::text FROM pg_constraint "
+             "WHERE confrelid = :oid AND contype = 'f'", "foreign key from {}"),
+            ("SELECT tgname FROM pg_trigger WHERE tgrelid = :oid AND NOT tgisinternal",
+             "trigger {}"),
+            ("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = :oid",
+             "inherits from {}"),
+            ("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = :oid",
+             "inherited by {}"),
+            ("SELECT rulename FROM pg_rewrite WHERE ev_class = :oid", "rule {}"),
+        ]  # fmt: skip
+        for sql, what in checks:
+            problems += [
+                what.format(name) for (name,) in connection.execute(text(sql), {"oid": oid})
+            ]
+        if row_security:
+            problems.append("row-level security is enabled")
+        if problems:
+            raise ConversionError(
+                f"convert: {self.table} has what the swap would not carry over to the "
+                f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
+                "recreate it on the partitioned table"
+            )
+
+    def _foreign_keys(self, connection: Connection) -> list[tuple[str, str]]:
+        """The package's foreign keys as the table declares them (targets, ON DELETE)."""
+        rows = connection.execute(
+            text(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = to_regclass(:name) AND contype = 'f' "
+                "AND conname = ANY(:names) ORDER BY conname"
+            ),
+            {"name": self.table, "names": list(FK_NAMES.values())},
+        )
+        return [(name, definition) for name, definition in rows]
+
+    def _privileges(self, connection: Connection) -> tuple[str | None, list[tuple[str, str, bool]]]:
+        """The table's owner (when not the current role) and its grants to others."""
+        owner = connection.execute(
+            text(
+                "SELECT r.rolname, r.rolname = current_user FROM pg_class c "
+                "JOIN pg_roles r ON r.oid = c.relowner WHERE c.oid = to_regclass(:name)"
+            ),
+            {"name": self.table},
+        ).one()
+        grants = [
+            (_quote(grantee) if grantee else "PUBLIC", privilege, bool(grantable))
+            for grantee, privilege, grantable in connection.execute(
+                text(
+                    "SELECT r.rolname, a.privilege_type, a.is_grantable FROM pg_class c, "
+                    "aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+                    "WHERE c.oid = to_regclass(:name) AND a.grantee <> c.relowner"
+                ),
+                {"name": self.table},
+            )
+        ]
+        return (None if owner[1] else owner[0]), grants
+
+
+_BOUNDARY: Final = re.compile(r"'([^']+)'")
+
+
+def _boundary_of(expression: str) -> datetime | None:
+    """The instant in ``(created_at < '...'::timestamp with time zone)``, read as UTC."""
+    match = _BOUNDARY.search(expression)
+    if match is None:
+        return None
+    moment = datetime.fromisoformat(match.group(1))
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
