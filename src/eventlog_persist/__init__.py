@@ -25,6 +25,13 @@ from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
+from eventlog_persist._partitions import (
+    DropResult,
+    PartitionInfo,
+    drop_partitions,
+    ensure_partitions,
+    list_partitions,
+)
 from eventlog_persist._payload import (
     DEFAULT_DETECTORS,
     DEFAULT_REDACT_KEYS,
@@ -102,6 +109,7 @@ __all__ = [
     "BufferedWriter",
     "BulkResult",
     "DeadLetterHook",
+    "DropResult",
     "EventContext",
     "EventFieldRules",
     "EventFields",
@@ -118,6 +126,7 @@ __all__ = [
     "LastError",
     "NewEvent",
     "Page",
+    "PartitionInfo",
     "PayloadPolicy",
     "PreparedPayload",
     "PurgeResult",
@@ -131,11 +140,14 @@ __all__ = [
     "check_setup",
     "count_purgeable",
     "current_event_context",
+    "drop_partitions",
+    "ensure_partitions",
     "event_context",
     "event_log_model",
     "genai_payload",
     "include_name",
     "include_object",
+    "list_partitions",
     "new_event",
     "new_event_id",
     "prepare_payload",
