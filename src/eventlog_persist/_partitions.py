@@ -34,8 +34,15 @@ PartitionInterval = Literal["week", "month"]
 DEFAULT_AHEAD: Final = 4
 """Partitions `ensure_partitions` keeps after the current one, as revision evlpart_0001."""
 MAX_AHEAD: Final = 52
-DEFAULT_PARTITION_LOCK_TIMEOUT: Final = 5.0
-"""Seconds an ATTACH, a plain DETACH or a DROP waits for its locks before it fails."""
+DEFAULT_PARTITION_LOCK_TIMEOUT: Final = 2.0
+"""Seconds an ATTACH, a plain DETACH or a DROP waits for its locks before it fails.
+
+Short, because other sessions queue behind a waiting lock: a DROP of a detached partition
+takes ACCESS EXCLUSIVE locks on the tables its foreign keys reference (users, chat_sessions,
+user_projects, user_agents), an ATTACH SHARE ROW EXCLUSIVE ones."""
+_TO_DROP: Final = "eventlog-persist: detached by drop_partitions, to be dropped"
+"""The comment set on a partition before it is detached to be dropped: a run that detached
+it but could not drop it (a lock timeout, a lost connection) leaves it for the next run."""
 
 # Session advisory locks of this package's partition maintenance: this constant in the high 32
 # bits, the parent table's oid in the low 32, so that two cron runs on one table take turns.
@@ -98,6 +105,11 @@ _PARENT_SQL: Final = text(
 )
 # The bounds are cast back in the session that printed them, so TimeZone and DateStyle do not
 # matter; MINVALUE and MAXVALUE match no quoted literal and come back NULL.
+_LEFT_TO_DROP_SQL: Final = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :schema AND c.relkind = 'r' AND NOT c.relispartition "
+    "AND obj_description(c.oid, 'pg_class') = :comment ORDER BY c.relname"
+)
 _PARTITIONS_SQL: Final = text(
     "SELECT c.relname, n.nspname, "
     "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
@@ -516,6 +528,13 @@ def drop_partitions(
     with _connection(bind, autocommit=True) as connection:
         parent = _parent(connection, table)
         with _advisory_lock(connection, parent):
+            # Detached by an earlier run that could not drop them.
+            for name in connection.execute(
+                _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
+            ).scalars():
+                with _lock_timeout(connection, lock_timeout):
+                    connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+                dropped.append(name)
             found = _partitions(connection, parent)
             if concurrently and any(p.default for p in found):
                 raise ConfigurationError(
@@ -527,7 +546,15 @@ def drop_partitions(
                 )
             for partition in found:
                 old = partition.upper is not None and partition.upper <= older_than
+                marked = False
                 if partition.detach_pending:
+                    marked = (
+                        connection.execute(
+                            text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
+                            {"name": parent.child(partition.name)},
+                        ).scalar()
+                        == _TO_DROP
+                    )
                     connection.execute(
                         text(
                             f"ALTER TABLE {parent.qualified} DETACH PARTITION "
@@ -536,6 +563,10 @@ def drop_partitions(
                     )
                     finalized.append(partition.name)
                 elif old and not partition.default:
+                    if not keep_detached:
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
+                        )
                     if concurrently:
                         how = " CONCURRENTLY"
                         timeout = None
@@ -551,10 +582,14 @@ def drop_partitions(
                         )
                 else:
                     continue
-                if old and not keep_detached:
+                if not keep_detached and (old or marked):
                     with _lock_timeout(connection, lock_timeout):
                         connection.execute(text(f"DROP TABLE {parent.child(partition.name)}"))
                     dropped.append(partition.name)
                 else:
+                    if marked:  # kept after all: no later run may drop it
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS NULL")
+                        )
                     detached.append(partition.name)
     return DropResult(tuple(dropped), tuple(detached), tuple(finalized))
