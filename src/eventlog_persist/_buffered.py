@@ -635,7 +635,7 @@ class BufferedWriter(Generic[KeyT]):
             never holds up the queue; `flush` waits for it. Without a spool only: with one,
             such an event is given up at once. Default 60.
 
-            .. versionadded:: 0.4.0
+            .. versionadded:: 0.3.0
 
     Raises:
         ConfigurationError: An argument is not valid.

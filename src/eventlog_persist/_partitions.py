@@ -65,7 +65,7 @@ class PartitionInfo:
         detach_pending: A ``DETACH ... CONCURRENTLY`` was interrupted; the next
             `drop_partitions` finishes it (``DETACH ... FINALIZE``).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
 
     name: str
@@ -89,7 +89,7 @@ class DropResult:
         finalized: Partitions whose interrupted detach this run finished (they are in
             ``dropped`` or ``detached`` too).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
 
     dropped: tuple[str, ...] = ()
@@ -375,7 +375,7 @@ def list_partitions(
         ConfigurationError: ``bind`` cannot be used, or ``event_logs`` is missing or not
             partitioned.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
     table = event_table(model)
     with _connection(bind) as connection, connection.begin():
@@ -419,7 +419,7 @@ def ensure_partitions(
         ConfigurationError: ``bind`` cannot be used, an argument is out of range, or
             ``event_logs`` is missing or not partitioned.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
     if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= MAX_AHEAD:
         raise ConfigurationError(
@@ -510,7 +510,7 @@ def drop_partitions(
             ``concurrently`` is set.
         ValidationError: ``older_than`` is not a time-zone aware datetime.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
     if not isinstance(older_than, datetime) or older_than.utcoffset() is None:
         raise ValidationError(
