@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from eventlog_persist import (
     EventWriter,
     NewEvent,
     RetryPolicy,
+    Spool,
     ensure_partitions,
     write_events,
 )
@@ -259,6 +261,26 @@ def test_closing_gives_up_held_events_at_once(
     assert time.monotonic() - started < 10  # not the 60 s default
     assert (counters.dead_lettered, counters.queued) == (1, 0)
     assert NO_PARTITION in str(dead.items[0][1])
+
+
+def test_with_a_spool_an_event_without_a_partition_is_given_up_at_once(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        spool=Spool(tmp_path),
+    ) as writer:
+        writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        writer.enqueue(event_type="chat", **keys)
+        assert writer.flush(timeout=5)
+    assert len(stored(host_engine)) == 1
+    assert len(dead.items) == 1
+    assert NO_PARTITION in str(dead.items[0][1])
+    assert "retried it for" not in str(dead.items[0][1])
 
 
 @pytest.mark.asyncio

@@ -267,6 +267,26 @@ def test_drop_removes_only_partitions_wholly_before_the_cutoff(
     assert drop_partitions(model, host_engine, older_than=cutoff) == type(result)()
 
 
+def test_two_drops_at_once_both_succeed(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    results: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        results.append(drop_partitions(model, host_engine, older_than=cutoff))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(len(result.dropped) for result in results) == [0, 2]
+
+
 def test_drop_can_keep_the_tables_for_archiving(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
