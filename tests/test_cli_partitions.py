@@ -89,3 +89,22 @@ def test_refusals_are_one_line_with_exit_status_2(
     [line] = capsys.readouterr().err.splitlines()
     assert "is not partitioned" in line
     assert "purge" in line
+
+
+def test_a_database_error_is_one_line_naming_the_next_run(
+    url: str, host_engine: Engine, host_models: HostModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=8)
+    )
+    with host_engine.connect() as reader:  # DROP TABLE waits for the readers of users
+        reader.execute(text("SELECT count(*) FROM users"))
+        status = main(
+            ["partitions", "drop", "--older-than", "4w", "--lock-timeout", "0.2", "--url", url]
+        )
+    assert status == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("eventlog-persist: error: partitions drop failed: LockNotAvailable")
+    assert "finished by the next run" in line
+    assert main(["partitions", "drop", "--older-than", "4w", "--url", url]) == 0
+    assert "2 partitions dropped" in capsys.readouterr().out

@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"argument --older-than: the cutoff {args.older_than.isoformat()} is not "
                     "before now, so partitions being written would go; give an age such as 90d",
                 )
-            return run_partitions(args, now)
+            return run_partitions(args)
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "linear-revision":

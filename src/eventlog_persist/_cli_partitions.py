@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import MetaData, Table
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist._partitions import (
     DEFAULT_AHEAD,
@@ -137,8 +138,31 @@ def _line(partition: PartitionInfo) -> str:
     return f"{partition.name}  {bounds}  rows {rows}  {partition.total_bytes} bytes{state}"
 
 
-def run_partitions(args: argparse.Namespace, now: datetime) -> int:
-    """Run ``partitions ACTION``; database errors propagate (one line from the caller)."""
+_HINTS = {
+    "ensure": "nothing was created; on a lock timeout run it again later (or raise "
+    "--lock-timeout); check that the role may create tables in the schema of event_logs",
+    "list": "check --url, and that the role may read the catalog",
+    "drop": "a detach left pending, or a partition detached but not dropped, is finished by "
+    "the next run; on a lock timeout run it again later; check that the role owns event_logs",
+}
+
+
+def run_partitions(args: argparse.Namespace) -> int:
+    """Run ``partitions ACTION``; a database error is one line on stderr and status 2."""
+    try:
+        return _run(args)
+    except SQLAlchemyError as exc:
+        error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(
+            f"eventlog-persist: error: partitions {args.action} failed: "
+            f"{type(error).__name__}: {text or 'no message'}; {_HINTS[args.action]}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     engine = psycopg_engine(args.url)
     try:
         with engine.connect() as connection:

@@ -509,6 +509,10 @@ def drop_partitions(
             ``event_logs`` is missing, not partitioned, or has a DEFAULT partition while
             ``concurrently`` is set.
         ValidationError: ``older_than`` is not a time-zone aware datetime.
+        sqlalchemy.exc.DBAPIError: The database failed a step (a lock timeout, a cancel, a
+            lost connection). What was done stays done; a detach left pending, or a
+            partition detached to be dropped but not dropped (it is marked with a
+            comment), is finished by the next run.
 
     .. versionadded:: 0.3.0
     """
