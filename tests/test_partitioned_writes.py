@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,7 +16,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from eventlog_persist import BufferedWriter, EventWriter, NewEvent, RetryPolicy, write_events
+from eventlog_persist import (
+    AsyncBufferedWriter,
+    BufferedWriter,
+    EventWriter,
+    NewEvent,
+    RetryPolicy,
+    Spool,
+    ensure_partitions,
+    write_events,
+)
 from eventlog_persist._failures import ErrorKind, classify_error, is_primary_key
 from eventlog_persist.exceptions import EventWriteError
 
@@ -178,7 +188,7 @@ def test_bulk_dead_letters_only_the_events_without_a_partition(
     assert len(stored(host_engine)) == 9
 
 
-def test_buffered_writer_dead_letters_events_without_a_partition_and_goes_on(
+def test_buffered_writer_retries_events_without_a_partition_for_a_while_and_goes_on(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     dead = DeadLetters()
@@ -189,14 +199,23 @@ def test_buffered_writer_dead_letters_events_without_a_partition_and_goes_on(
         flush_interval=0.01,
         retry=FAST_RETRY,
         on_dead_letter=dead,
+        missing_partition_timeout=2.0,
     ) as writer:
+        started = time.monotonic()
         for i in range(50):
             when = FAR if i % 10 == 0 else None
             writer.enqueue(event_type="chat", payload={"i": i}, created_at=when, **keys)
-        assert writer.flush(timeout=20)
-        # The queue was not blocked: later events are stored.
+        # The queue is not blocked: the other events are stored while those five wait.
+        deadline = time.monotonic() + 10
+        while len(stored(host_engine)) < 45 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(stored(host_engine)) == 45
+        assert dead.items == []
         writer.enqueue(event_type="chat", payload={"i": 50}, **keys)
         assert writer.flush(timeout=20)
+        waited = time.monotonic() - started
+        counters = writer.counters
+    assert 2.0 <= waited < 10
     assert len(stored(host_engine)) == 46
     assert sorted(json.loads(event.payload_json)["i"] for event, _ in dead.items) == [
         0,
@@ -206,6 +225,82 @@ def test_buffered_writer_dead_letters_events_without_a_partition_and_goes_on(
         40,
     ]
     assert all(NO_PARTITION in str(error) for _, error in dead.items)
+    assert all("retried it for 2 s (missing_partition_timeout)" in str(e) for _, e in dead.items)
+    assert all(error.sqlstate == "23514" for _, error in dead.items)
+    assert (counters.written, counters.dead_lettered, counters.queued) == (46, 5, 0)
+    assert counters.retried >= 10  # each of the five offered at least three times
+
+
+def test_buffered_writer_writes_a_held_event_once_its_partition_exists(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    late = FAR  # a week without a partition, as if maintenance were late
+    with BufferedWriter(
+        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
+    ) as writer:
+        event = writer.enqueue(event_type="chat", created_at=late, **keys)
+        assert not writer.flush(timeout=1)  # set aside, retried, not given up
+        ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=late)
+        assert writer.flush(timeout=20)
+    assert dead.items == []
+    assert stored(host_engine) == [(event.id, event.created_at)]
+
+
+def test_closing_gives_up_held_events_at_once(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
+    ).start()
+    writer.enqueue(event_type="chat", created_at=FAR, **keys)
+    assert not writer.flush(timeout=0.5)
+    started = time.monotonic()
+    counters = writer.close(timeout=20)
+    assert time.monotonic() - started < 10  # not the 60 s default
+    assert (counters.dead_lettered, counters.queued) == (1, 0)
+    assert NO_PARTITION in str(dead.items[0][1])
+
+
+def test_with_a_spool_an_event_without_a_partition_is_given_up_at_once(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        spool=Spool(tmp_path),
+    ) as writer:
+        writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        writer.enqueue(event_type="chat", **keys)
+        assert writer.flush(timeout=5)
+    assert len(stored(host_engine)) == 1
+    assert len(dead.items) == 1
+    assert NO_PARTITION in str(dead.items[0][1])
+    assert "retried it for" not in str(dead.items[0][1])
+
+
+@pytest.mark.asyncio
+async def test_the_async_writer_retries_and_gives_up_too(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    async with AsyncBufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        missing_partition_timeout=1.0,
+    ) as writer:
+        await writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        await writer.enqueue(event_type="chat", **keys)
+        assert await writer.flush(timeout=20)
+    assert len(stored(host_engine)) == 1
+    assert len(dead.items) == 1
+    assert "retried it for 1 s" in str(dead.items[0][1])
 
 
 def test_a_plain_model_on_a_partitioned_table_names_the_setting(

@@ -26,6 +26,13 @@ from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
+from eventlog_persist._partitions import (
+    DropResult,
+    PartitionInfo,
+    drop_partitions,
+    ensure_partitions,
+    list_partitions,
+)
 from eventlog_persist._payload import (
     DEFAULT_DETECTORS,
     DEFAULT_REDACT_KEYS,
@@ -104,6 +111,7 @@ __all__ = [
     "BulkResult",
     "ConversionResult",
     "DeadLetterHook",
+    "DropResult",
     "EventContext",
     "EventFieldRules",
     "EventFields",
@@ -120,6 +128,7 @@ __all__ = [
     "LastError",
     "NewEvent",
     "Page",
+    "PartitionInfo",
     "PayloadPolicy",
     "PreparedPayload",
     "PurgeResult",
@@ -134,11 +143,14 @@ __all__ = [
     "convert_to_partitioned",
     "count_purgeable",
     "current_event_context",
+    "drop_partitions",
+    "ensure_partitions",
     "event_context",
     "event_log_model",
     "genai_payload",
     "include_name",
     "include_object",
+    "list_partitions",
     "new_event",
     "new_event_id",
     "prepare_payload",

@@ -32,7 +32,7 @@ from eventlog_persist._delivery import (
     report_dead_letters,
 )
 from eventlog_persist._events import DeadLetterHook, EventBuilder, EventFields, NewEvent
-from eventlog_persist._failures import Reason, write_error
+from eventlog_persist._failures import Reason, is_missing_partition, write_error
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._retry import BUFFERED_RETRY, RetryPolicy
@@ -61,6 +61,25 @@ WhenFull: TypeAlias = Literal["block", "drop_newest"]
 
 _Dead: TypeAlias = list[tuple[NewEvent, EventWriteError]]
 
+DEFAULT_MISSING_PARTITION_TIMEOUT = 60.0
+"""Seconds the buffered writers retry an event whose ``created_at`` has no partition."""
+_MISSING_PARTITION_MAX_DELAY = 5.0
+"""Longest wait between two offers of an event whose ``created_at`` has no partition."""
+
+
+class _Held:
+    """An event set aside because no partition held its ``created_at``: re-offered later."""
+
+    __slots__ = ("due", "event", "since", "tries")
+
+    def __init__(self, event: NewEvent, since: float, tries: int, now: float, limit: float):
+        self.event = event
+        self.since = since  # when its first write failed so
+        self.tries = tries
+        # Backoff 0.5, 1, 2, 4, 5, 5 ... s; the last offer at the deadline.
+        delay = min(_MISSING_PARTITION_MAX_DELAY, 0.5 * (1 << min(tries - 1, 8)))
+        self.due = min(now + delay, since + limit)
+
 
 class _State(Generic[KeyT]):
     """Settings, queue and counters shared by the thread and the asyncio writer."""
@@ -80,8 +99,10 @@ class _State(Generic[KeyT]):
         payload_policy: PayloadPolicy,
         field_rules: EventFieldRules,
         spool: Spool | None,
+        missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
         _positive_int("batch_size", batch_size)
+        _seconds("missing_partition_timeout", missing_partition_timeout, allow_none=False)
         _positive_int("max_queued", max_queued)
         _positive_int("max_queued_bytes", max_queued_bytes)
         _seconds("flush_interval", flush_interval, allow_none=False)
@@ -107,6 +128,10 @@ class _State(Generic[KeyT]):
         self.block_timeout = block_timeout
         self.retry = retry
         self.on_dead_letter = on_dead_letter
+        self.missing_partition_timeout = float(missing_partition_timeout)
+        # Events whose created_at had no partition: set aside, re-offered (see `hold`).
+        self.held: list[_Held] = []
+        self.missing: dict[object, tuple[float, int]] = {}  # event id -> (since, tries)
         self.queue: deque[NewEvent] = deque()
         self.inflight: list[NewEvent] | None = None  # the batch being written
         self.oldest = 0.0  # monotonic time the oldest queued event arrived
@@ -143,6 +168,8 @@ class _State(Generic[KeyT]):
         """Start over empty, counters included: a forked child's copy of the parent's queue
         belongs to the parent, whose thread writes it."""
         self.queue = deque()
+        self.held = []
+        self.missing = {}
         self.inflight = None
         self.pending = self.pending_bytes = 0
         self.enqueued = self.taken = self.done = self.flush_target = 0
@@ -310,12 +337,19 @@ class _State(Generic[KeyT]):
         return QueueFullError(message, event=event)
 
     def wait_time(self) -> float | None:
-        """Seconds the writer may sleep before a batch is due; None: due now; inf: idle."""
+        """Seconds the writer may sleep before a batch is due; None: due now; inf: idle.
+
+        Re-offers the events set aside for a missing partition whose time has come first.
+        """
+        if self.held:
+            self.reoffer(time.monotonic())
         if self.closing or self.flush_target > self.taken or len(self.queue) >= self.batch_size:
             return None
         if self.journal is not None and self.feed_room() is not None:
             return None  # spooled events to read back
         if not self.queue:
+            if self.held:
+                return max(0.001, min(held.due for held in self.held) - time.monotonic())
             return float("inf")
         left = self.oldest + self.flush_interval - time.monotonic()
         return None if left <= 0 else left
@@ -364,7 +398,9 @@ class _State(Generic[KeyT]):
             self.batch_times.record(seconds)
             self.written += outcome.inserted + outcome.duplicates
             self.duplicates += outcome.duplicates
-            dead = outcome.dead
+            dead, held = self.hold(batch, outcome.dead)
+            if held:  # still pending: not released, not done
+                batch = [event for event in batch if id(event) not in held]
             self.dead_lettered += len(dead)
         elif isinstance(error, Exception):  # a bug in the writer: not the data's fault
             dead = [
@@ -400,6 +436,9 @@ class _State(Generic[KeyT]):
         self.queue.clear()
         self.arrivals.clear()
         self.taken += len(queued)
+        queued.extend(held.event for held in self.held)  # taken already
+        self.held.clear()
+        self.missing.clear()
         self.release(inflight)
         self.release(queued)
         if self.journal is not None:  # they stay on the spool for the next writer
@@ -411,6 +450,58 @@ class _State(Generic[KeyT]):
         self.note(dead)
         return dead
 
+    def hold(self, batch: list[NewEvent], dead: _Dead) -> tuple[_Dead, set[int]]:
+        """Set aside the events of a written batch that failed for a missing partition.
+
+        Partition maintenance may be late: each such event is re-offered, in a later batch
+        behind the events queued meanwhile, for ``missing_partition_timeout`` seconds, then
+        dead-lettered with the fix named. Not with a spool (the batch is acknowledged on
+        it as a whole) or while closing: those are dead-lettered at once.
+
+        Returns:
+            The events to dead-letter now, and the ``id()`` of each event set aside.
+        """
+        missing = self.missing
+        if missing:  # written this time: forget their first failure
+            failed = {id(event) for event, _ in dead}
+            for event in batch:
+                if id(event) not in failed:
+                    missing.pop(event.id, None)
+        limit = self.missing_partition_timeout
+        if not dead or limit <= 0 or self.journal is not None:
+            return dead, set()
+        now = time.monotonic()
+        given_up: _Dead = []
+        held: set[int] = set()
+        for event, error in dead:
+            if not is_missing_partition(error.__cause__ or error):
+                missing.pop(event.id, None)
+                given_up.append((event, error))
+                continue
+            since, tries = missing.get(event.id, (now, 0))
+            if self.closing or now - since >= limit:
+                missing.pop(event.id, None)
+                given_up.append((event, _partition_error(event, error, now - since)))
+                continue
+            missing[event.id] = (since, tries + 1)
+            self.held.append(_Held(event, since, tries + 1, now, limit))
+            held.add(id(event))
+            self.count_retry(error, False)
+        return given_up, held
+
+    def reoffer(self, now: float) -> None:
+        """Queue again the events set aside whose time has come (all of them when closing)."""
+        due = [held for held in self.held if self.closing or held.due <= now]
+        if not due:
+            return
+        self.held = [held for held in self.held if not (self.closing or held.due <= now)]
+        queue = self.queue
+        if not queue:
+            self.oldest = now - self.flush_interval  # due now
+        queue.extend(held.event for held in due)
+        self.arrivals.extend(repeat(now, len(due)))
+        self.taken -= len(due)  # they will be taken again
+
     def note(self, dead: _Dead) -> None:
         """Keep the error of the last event given up on, for `stats`."""
         if dead:
@@ -420,6 +511,20 @@ class _State(Generic[KeyT]):
         self.retried += 1
         self.read_only_retries += read_only
         self.last_error = LastError.of(error, retried=True)
+
+
+def _partition_error(event: NewEvent, error: EventWriteError, waited: float) -> EventWriteError:
+    """The refusal of an event with no partition, once the writer stopped retrying it."""
+    retried = (
+        f" The buffered writer retried it for {waited:.0f} s (missing_partition_timeout), "
+        "in case partition maintenance was late; replaying it (write_events) once the "
+        "partition exists is safe"
+        if waited > 0
+        else ""
+    )
+    given = EventWriteError(f"{error}.{retried}", event=event, sqlstate=error.sqlstate)
+    given.__cause__ = error.__cause__
+    return given
 
 
 def _closed_error(
@@ -523,6 +628,14 @@ class BufferedWriter(Generic[KeyT]):
         connect_timeout: Seconds to wait for a new connection; see `write_events`.
         tcp_user_timeout: Seconds sent data may stay unacknowledged; see `write_events`.
         lock_timeout: Seconds one attempt waits for a row lock; see `write_events`.
+        missing_partition_timeout: Partitioned layout: seconds an event whose ``created_at``
+            has no partition is retried (partition maintenance may be late) before it goes
+            to ``on_dead_letter`` with the fix named; 0 gives up at once. It is set aside
+            and offered again in later batches, behind the events queued meanwhile, so it
+            never holds up the queue; `flush` waits for it. Without a spool only: with one,
+            such an event is given up at once. Default 60.
+
+            .. versionadded:: 0.3.0
 
     Raises:
         ConfigurationError: An argument is not valid.
@@ -550,6 +663,7 @@ class BufferedWriter(Generic[KeyT]):
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+        missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
         _seconds("exit_timeout", exit_timeout, allow_none=False)
         if not isinstance(handle_sigterm, bool):
@@ -572,6 +686,7 @@ class BufferedWriter(Generic[KeyT]):
             payload_policy=payload_policy,
             field_rules=field_rules,
             spool=spool,
+            missing_partition_timeout=missing_partition_timeout,
         )
         self._connector = Connector(
             target,
@@ -874,6 +989,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         tcp_user_timeout: float | None = DEFAULT_TCP_USER_TIMEOUT,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+        missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
         check_timeout("connect_timeout", connect_timeout)
         check_timeout("tcp_user_timeout", tcp_user_timeout)
@@ -891,6 +1007,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
             payload_policy=payload_policy,
             field_rules=field_rules,
             spool=spool,
+            missing_partition_timeout=missing_partition_timeout,
         )
         self._connector = AsyncConnector(
             target,

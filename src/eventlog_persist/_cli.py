@@ -21,6 +21,7 @@ from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
+from eventlog_persist._cli_partitions import add_partitions_parser, run_partitions
 from eventlog_persist._retention import (
     DEFAULT_BATCH_SIZE,
     MAX_SLEEP,
@@ -41,7 +42,7 @@ from eventlog_persist.exceptions import (
 __all__ = ["main"]
 
 _ENVIRONMENT = "DATABASE_URL"
-"""The variable ``check`` and ``purge`` take ``--url`` from when it is not given."""
+"""The variable ``check``, ``purge`` and ``partitions`` take ``--url`` from when it is not given."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,13 +179,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the online steps only; deploy the model with partitioned=True, then run "
         "convert again to swap without losing a write",
     )
+    partitions = add_partitions_parser(
+        commands,
+        url=_url_argument,
+        cutoff=lambda value: _cutoff_argument(value, now),
+        environment=_ENVIRONMENT,
+    )
 
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # a refusal (status 2), or --help (status 0)
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command in ("check", "purge", "convert") and args.url is None:
-        command = {"check": check, "purge": purge, "convert": convert}[args.command]
+    if args.command in ("check", "purge", "convert", "partitions") and args.url is None:
+        command = {"check": check, "purge": purge, "convert": convert, "partitions": partitions}[
+            args.command
+        ]
         try:
             if not getattr(args, "offline", False):
                 args.url = _url_from_environment(required=args.command != "check")
@@ -203,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _purge(args)
             except _BadArgument as exc:
                 return _refuse(purge, str(exc))
+        if args.command == "partitions":
+            if args.action == "drop" and args.older_than >= now:
+                return _refuse(
+                    partitions,
+                    f"argument --older-than: the cutoff {args.older_than.isoformat()} is not "
+                    "before now, so partitions being written would go; give an age such as 90d",
+                )
+            return run_partitions(args)
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "convert":

@@ -28,6 +28,7 @@ from eventlog_persist import (
     BucketCount,
     BufferedWriter,
     BulkResult,
+    DropResult,
     EventFieldRules,
     EventFilter,
     EventLogMixin,
@@ -41,6 +42,7 @@ from eventlog_persist import (
     LastError,
     NewEvent,
     Page,
+    PartitionInfo,
     PayloadPolicy,
     PreparedPayload,
     PurgeResult,
@@ -51,10 +53,13 @@ from eventlog_persist import (
     WriterStats,
     check_setup,
     count_purgeable,
+    drop_partitions,
+    ensure_partitions,
     event_log_model,
     genai_payload,
     include_name,
     include_object,
+    list_partitions,
     new_event,
     prepare_payload,
     purge_events,
@@ -320,3 +325,19 @@ def retention(engine: Engine, user: User) -> int:
     purge_events(EventLog, engine, older_than=cutoff, on_batch=print, sleep=0.5)
     purge_events(EventLog, engine, older_than=cutoff, on_batch=lambda d: progress.append(d.batches))
     return pending - purged.deleted - sum(progress)
+
+
+def partition_maintenance(engine: Engine) -> list[str]:
+    created = ensure_partitions(EventLog, engine, ahead=4, interval="month", lock_timeout=None)
+    assert_type(created, tuple[str, ...])
+    ensure_partitions(EventLog, engine, interval="day")  # type: ignore[arg-type]
+    found = list_partitions(EventLog, engine)
+    assert_type(found, list[PartitionInfo])
+    sizes = [p.total_bytes + (p.estimated_rows or 0) for p in found if not p.detach_pending]
+    cutoff = datetime.now(UTC) - timedelta(days=90)
+    result = drop_partitions(EventLog, engine, older_than=cutoff, keep_detached=True)
+    assert_type(result, DropResult)
+    drop_partitions(EventLog, engine, older_than=cutoff, concurrently=False, lock_timeout=1)
+    with engine.connect() as connection:
+        drop_partitions(EventLog, connection, older_than=cutoff)
+    return [*created, *result.dropped, *result.detached, *result.finalized, str(sum(sizes))]

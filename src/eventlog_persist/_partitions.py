@@ -1,0 +1,599 @@
+"""Partition maintenance of the partitioned layout: create ahead, list, detach and drop old."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, get_args
+
+from sqlalchemy import Connection, Engine, Table, text
+
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist._read_sql import event_table
+from eventlog_persist._urls import shown
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
+
+__all__ = [
+    "DEFAULT_AHEAD",
+    "DEFAULT_PARTITION_LOCK_TIMEOUT",
+    "MAX_AHEAD",
+    "DropResult",
+    "PartitionInfo",
+    "PartitionInterval",
+    "drop_partitions",
+    "ensure_partitions",
+    "list_partitions",
+]
+
+PartitionInterval = Literal["week", "month"]
+"""How much time one partition holds: a week (from Monday, UTC) or a calendar month (UTC)."""
+
+DEFAULT_AHEAD: Final = 4
+"""Partitions `ensure_partitions` keeps after the current one, as revision evlpart_0001."""
+MAX_AHEAD: Final = 52
+DEFAULT_PARTITION_LOCK_TIMEOUT: Final = 2.0
+"""Seconds an ATTACH, a plain DETACH or a DROP waits for its locks before it fails.
+
+Short, because other sessions queue behind a waiting lock: a DROP of a detached partition
+takes ACCESS EXCLUSIVE locks on the tables its foreign keys reference (users, chat_sessions,
+user_projects, user_agents), an ATTACH SHARE ROW EXCLUSIVE ones."""
+_TO_DROP: Final = "eventlog-persist: detached by drop_partitions, to be dropped"
+"""The comment set on a partition before it is detached to be dropped: a run that detached
+it but could not drop it (a lock timeout, a lost connection) leaves it for the next run."""
+
+# Session advisory locks of this package's partition maintenance: this constant in the high 32
+# bits, the parent table's oid in the low 32, so that two cron runs on one table take turns.
+_LOCK_SPACE: Final = 0x45564C50  # "EVLP"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """One partition of ``event_logs``, as `list_partitions` found it.
+
+    Attributes:
+        name: The partition's table name (``event_logs_pYYYYMMDD`` when this package made it).
+        schema: Its schema (the parent's).
+        lower: First instant it holds; ``None`` for ``MINVALUE`` (and a DEFAULT partition).
+        upper: First instant it no longer holds; ``None`` for ``MAXVALUE`` (and DEFAULT).
+        default: It is a DEFAULT partition (holds what no other partition holds).
+        estimated_rows: PostgreSQL's row estimate (``pg_class.reltuples``); ``None`` before
+            the partition was first vacuumed or analyzed.
+        total_bytes: Its size on disk, indexes and TOAST included.
+        detach_pending: A ``DETACH ... CONCURRENTLY`` was interrupted; the next
+            `drop_partitions` finishes it (``DETACH ... FINALIZE``).
+
+    .. versionadded:: 0.3.0
+    """
+
+    name: str
+    schema: str
+    lower: datetime | None
+    upper: datetime | None
+    default: bool
+    estimated_rows: int | None
+    total_bytes: int
+    detach_pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DropResult:
+    """What `drop_partitions` did, each tuple oldest first.
+
+    Attributes:
+        dropped: Partitions detached and dropped.
+        detached: Partitions detached and kept as plain tables (``keep_detached=True``, or a
+            pending detach finished for a partition newer than the cutoff).
+        finalized: Partitions whose interrupted detach this run finished (they are in
+            ``dropped`` or ``detached`` too).
+
+    .. versionadded:: 0.3.0
+    """
+
+    dropped: tuple[str, ...] = ()
+    detached: tuple[str, ...] = ()
+    finalized: tuple[str, ...] = ()
+
+
+# --- SQL -------------------------------------------------------------------------------------
+
+_PARENT_SQL: Final = text(
+    "SELECT c.oid::bigint, c.relkind::text, n.nspname, c.relname FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)"
+)
+# The bounds are cast back in the session that printed them, so TimeZone and DateStyle do not
+# matter; MINVALUE and MAXVALUE match no quoted literal and come back NULL.
+_LEFT_TO_DROP_SQL: Final = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :schema AND c.relkind = 'r' AND NOT c.relispartition "
+    "AND obj_description(c.oid, 'pg_class') = :comment ORDER BY c.relname"
+)
+_PARTITIONS_SQL: Final = text(
+    "SELECT c.relname, n.nspname, "
+    "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
+    "'FROM \\(''([^'']*)''\\) TO'))[1]::timestamptz AS lower, "
+    "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
+    "' TO \\(''([^'']*)''\\)$'))[1]::timestamptz AS upper, "
+    "pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default, "
+    "c.reltuples::bigint, pg_total_relation_size(c.oid), i.inhdetachpending "
+    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE i.inhparent = CAST(:parent AS oid) ORDER BY lower NULLS FIRST, c.relname"
+)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class _Parent:
+    oid: int
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{_quote(self.schema)}.{_quote(self.name)}"
+
+    def child(self, name: str) -> str:
+        return f"{_quote(self.schema)}.{_quote(name)}"
+
+    @property
+    def lock_key(self) -> int:
+        # pg_advisory_lock takes a signed bigint.
+        key = (_LOCK_SPACE << 32) | self.oid
+        return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def _parent(connection: Connection, table: Table) -> _Parent:
+    """The partitioned ``event_logs`` of the model, or a `ConfigurationError` naming the fix."""
+    name = f"{_quote(table.schema)}.{_quote(table.name)}" if table.schema else _quote(table.name)
+    row = connection.execute(_PARENT_SQL, {"name": name}).one_or_none()
+    where = f"schema {table.schema!r}" if table.schema else "the search_path"
+    if row is None:
+        raise ConfigurationError(
+            f"there is no {table.name} table in {where} of that database; run the migrations "
+            "('alembic upgrade heads'), or pass the model (or schema) that names it"
+        )
+    oid, kind, schema, relname = row
+    if kind != "p":
+        raise ConfigurationError(
+            f"{schema}.{relname} is not partitioned, so it has no partitions to maintain; "
+            "opt in to the partitioned layout (revision evlpart_0001, or the online "
+            "conversion of a table that holds rows; see 'Partitioned layout' in "
+            "docs/adoption.md), or delete old events with purge_events "
+            "('eventlog-persist purge')"
+        )
+    return _Parent(int(oid), str(schema), str(relname))
+
+
+def _partitions(connection: Connection, parent: _Parent) -> list[PartitionInfo]:
+    rows = connection.execute(_PARTITIONS_SQL, {"parent": parent.oid})
+    return [
+        PartitionInfo(
+            name=name,
+            schema=schema,
+            lower=lower,
+            upper=upper,
+            default=bool(is_default),
+            estimated_rows=None if tuples < 0 else int(tuples),
+            total_bytes=int(size),
+            detach_pending=bool(pending),
+        )
+        for name, schema, lower, upper, is_default, tuples, size, pending in rows
+    ]
+
+
+def _check_bind(bind: object) -> None:
+    if isinstance(bind, Engine):
+        return
+    if not isinstance(bind, Connection):
+        raise ConfigurationError(
+            f"partition maintenance needs a sync sqlalchemy Engine or Connection, got "
+            f"{shown(bind)}; pass create_engine(url) for a URL (from async code, run it in a "
+            "thread with an Engine of a sync driver, e.g. create_engine('postgresql+psycopg://"
+            "...'))"
+        )
+    if bind.in_transaction():
+        raise ConfigurationError(
+            "the connection is already in a transaction; partition maintenance commits on its "
+            "own (DETACH ... CONCURRENTLY cannot run in a transaction block), so pass an "
+            "Engine or a connection with no transaction begun"
+        )
+
+
+@contextmanager
+def _connection(bind: Engine | Connection, *, autocommit: bool = False) -> Iterator[Connection]:
+    """A connection of ``bind`` with no transaction begun, in autocommit mode if asked."""
+    _check_bind(bind)
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            if autocommit:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+        return
+    if not autocommit:
+        yield bind
+        return
+    level = bind.get_isolation_level()
+    bind.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield bind
+    finally:
+        if bind.in_transaction():  # SQLAlchemy's autobegun marker; nothing is pending
+            bind.rollback()
+        bind.execution_options(isolation_level=level)
+
+
+@contextmanager
+def _advisory_lock(connection: Connection, parent: _Parent) -> Iterator[None]:
+    """Take this table's maintenance lock for the session; waits for another run to finish."""
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": parent.lock_key})
+    try:
+        yield
+    finally:
+        if not connection.closed and not connection.invalidated:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": parent.lock_key})
+
+
+@contextmanager
+def _lock_timeout(connection: Connection, seconds: float | None) -> Iterator[None]:
+    """Set the session's ``lock_timeout`` (autocommit connection) and restore it after."""
+    if seconds is None:
+        yield
+        return
+    before = connection.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :value, false)"),
+        {"value": f"{max(1, round(seconds * 1000))}ms"},
+    )
+    try:
+        yield
+    finally:
+        if not connection.closed and not connection.invalidated:
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :value, false)"), {"value": before}
+            )
+
+
+# --- the calendar ----------------------------------------------------------------------------
+
+
+def _start_of(moment: datetime, interval: PartitionInterval) -> datetime:
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _next(start: datetime, interval: PartitionInterval) -> datetime:
+    if interval == "week":
+        return start + timedelta(days=7)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
+    """The interval of the newest bounded partition: a week or a month long; else a week."""
+    bounded = [
+        (p.upper.astimezone(UTC), p.lower.astimezone(UTC), p.name)
+        for p in partitions
+        if p.lower is not None and p.upper is not None
+    ]
+    if not bounded:
+        return "week"
+    upper, lower, name = max(bounded)
+    if upper - lower == timedelta(days=7):
+        return "week"
+    if lower.day == 1 and upper == _next(lower, "month"):
+        return "month"
+    raise ConfigurationError(
+        f"cannot tell the partition interval from the newest partition {name} "
+        f"({lower.isoformat()} to {upper.isoformat()}): it is neither a week nor a calendar "
+        "month; pass interval='week' or interval='month' (CLI: --interval)"
+    )
+
+
+def _gaps(
+    start: datetime, end: datetime, taken: Sequence[tuple[datetime | None, datetime | None]]
+) -> list[tuple[datetime, datetime]]:
+    """The parts of ``[start, end)`` that no range of ``taken`` (``None``: unbounded) holds."""
+    pieces = [(start, end)]
+    for low, high in taken:
+        rest = []
+        for a, b in pieces:
+            if (high is not None and high <= a) or (low is not None and low >= b):
+                rest.append((a, b))
+                continue
+            if low is not None and low > a:
+                rest.append((a, low))
+            if high is not None and high < b:
+                rest.append((high, b))
+        pieces = rest
+    return pieces
+
+
+def _planned(
+    now: datetime,
+    interval: PartitionInterval,
+    ahead: int,
+    existing: Sequence[PartitionInfo],
+    table_name: str,
+) -> list[tuple[str, datetime, datetime]]:
+    """``(name, from, to)`` of each partition to create so that the current period and
+    ``ahead`` more are covered; ranges that existing partitions hold in part are trimmed."""
+    taken = [(p.lower, p.upper) for p in existing if not p.default]
+    names = {p.name for p in existing}
+    planned = []
+    start = _start_of(now, interval)
+    for _ in range(ahead + 1):
+        end = _next(start, interval)
+        for low, high in _gaps(start, end, taken):
+            name = f"{table_name}_p{low:%Y%m%d}"
+            if name in names:  # a period cut by a partition starting the same day
+                name = f"{table_name}_p{low:%Y%m%d_%H%M%S}"
+            planned.append((name, low, high))
+            names.add(name)
+        start = end
+    return planned
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= 3600
+    ):
+        raise ConfigurationError(
+            f"{name}={value!r} is not valid; use seconds from 0 to 3600 (e.g. 5), or None "
+            "for the session's own setting"
+        )
+
+
+def list_partitions(
+    model: type[EventLogMixin[Any]] | Table, bind: Engine | Connection
+) -> list[PartitionInfo]:
+    """Return the partitions of the partitioned ``event_logs``, oldest first.
+
+    Detached tables (kept by ``drop_partitions(keep_detached=True)``) are no partitions and
+    are not listed; a partition whose ``DETACH ... CONCURRENTLY`` was interrupted is, with
+    ``detach_pending`` set.
+
+    Args:
+        model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
+        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
+
+    Raises:
+        ConfigurationError: ``bind`` cannot be used, or ``event_logs`` is missing or not
+            partitioned.
+
+    .. versionadded:: 0.3.0
+    """
+    table = event_table(model)
+    with _connection(bind) as connection, connection.begin():
+        return _partitions(connection, _parent(connection, table))
+
+
+def ensure_partitions(
+    model: type[EventLogMixin[Any]] | Table,
+    bind: Engine | Connection,
+    *,
+    ahead: int = DEFAULT_AHEAD,
+    interval: PartitionInterval | None = None,
+    lock_timeout: float | None = DEFAULT_PARTITION_LOCK_TIMEOUT,
+    now: datetime | None = None,
+) -> tuple[str, ...]:
+    """Create the partition of the current week (or month) and ``ahead`` more, if missing.
+
+    Idempotent, and safe to run from several cron jobs at once: runs on one table take
+    turns on an advisory lock, and each creates only what is missing. Each partition is
+    created as a plain table and then attached, which locks ``event_logs`` only in SHARE
+    UPDATE EXCLUSIVE mode (writes and reads go on), for one short transaction. A period that
+    an existing partition holds in part (the legacy partition of a converted table, one you
+    made yourself) gets a partition for the rest of it only; a DEFAULT partition is left as
+    it is (PostgreSQL scans it for rows of each new partition's range).
+
+    Args:
+        model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
+        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
+        ahead: Partitions after the current one, 0 to 52 (default 4).
+        interval: ``"week"`` (weeks start on Monday, UTC) or ``"month"``; default: that of
+            the newest partition, else a week.
+        lock_timeout: Seconds the transaction waits for its locks (``event_logs`` and, for
+            the foreign keys, the tables they reference) before it fails; ``None`` for the
+            session's setting. A run that fails is harmless: run it again later.
+        now: The instant whose period is current (default: now); for tests and backfills.
+
+    Returns:
+        The names of the partitions created, oldest first (none when all existed).
+
+    Raises:
+        ConfigurationError: ``bind`` cannot be used, an argument is out of range, or
+            ``event_logs`` is missing or not partitioned.
+
+    .. versionadded:: 0.3.0
+    """
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= MAX_AHEAD:
+        raise ConfigurationError(
+            f"ahead={ahead!r} is not valid; use a whole number from 0 to {MAX_AHEAD} (default "
+            f"{DEFAULT_AHEAD}): every partition adds to the cost of cascading deletes and of "
+            "planning queries that do not bound created_at"
+        )
+    if interval is not None and interval not in get_args(PartitionInterval):
+        raise ConfigurationError(
+            f"interval={interval!r} is not valid; use 'week' or 'month', or None for that of "
+            "the newest partition"
+        )
+    _check_seconds("lock_timeout", lock_timeout)
+    if now is not None and (not isinstance(now, datetime) or now.utcoffset() is None):
+        raise ValidationError(f"now must be a time-zone aware datetime, got {now!r}")
+    table = event_table(model)
+    moment = now or datetime.now(UTC)
+    with _connection(bind) as connection, connection.begin():
+        parent = _parent(connection, table)
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": parent.lock_key})
+        if lock_timeout is not None:
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :value, true)"),
+                {"value": f"{max(1, round(lock_timeout * 1000))}ms"},
+            )
+        existing = _partitions(connection, parent)
+        chosen = interval or _interval_of(existing)
+        planned = _planned(moment, chosen, ahead, existing, parent.name)
+        for name, low, high in planned:
+            # LIKE copies the columns with their NOT NULLs and defaults; ATTACH adds the
+            # primary key, the indexes and the foreign keys of event_logs.
+            connection.execute(
+                text(
+                    f"CREATE TABLE {parent.child(name)} "
+                    f"(LIKE {parent.qualified} INCLUDING DEFAULTS)"
+                )
+            )
+            connection.execute(
+                text(
+                    f"ALTER TABLE {parent.qualified} ATTACH PARTITION {parent.child(name)} "
+                    f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
+                )
+            )
+    return tuple(name for name, _, _ in planned)
+
+
+def drop_partitions(
+    model: type[EventLogMixin[Any]] | Table,
+    bind: Engine | Connection,
+    *,
+    older_than: datetime,
+    keep_detached: bool = False,
+    concurrently: bool = True,
+    lock_timeout: float | None = DEFAULT_PARTITION_LOCK_TIMEOUT,
+) -> DropResult:
+    """Detach, and drop unless kept, every partition whose upper bound is at or before
+    ``older_than``: it holds only events older than the cutoff.
+
+    The partition that straddles the cutoff stays; `purge_events` deletes its older events.
+    ``DETACH PARTITION ... CONCURRENTLY`` (the default) locks ``event_logs`` only in SHARE
+    UPDATE EXCLUSIVE mode, so writes and reads go on, and waits for the transactions that
+    use the partition; it runs outside a transaction block, on an autocommit connection. If
+    it is interrupted (a cancel, a lost connection), the partition stays in the "detach
+    pending" state (`PartitionInfo.detach_pending`), and the next run finishes it first with
+    ``DETACH ... FINALIZE``. Runs on one table take turns on an advisory lock.
+
+    Args:
+        model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
+        bind: An ``Engine``, or a ``Connection`` with no transaction begun.
+        older_than: Cutoff instant (time-zone aware).
+        keep_detached: Detach only, keeping each partition as a table of its own (to archive
+            it, e.g. with pg_dump, and drop it yourself).
+        concurrently: ``DETACH ... CONCURRENTLY``. ``False``: a plain ``DETACH``, which
+            takes an ACCESS EXCLUSIVE lock on ``event_logs`` for a moment (needed when the
+            table has a DEFAULT partition, which PostgreSQL cannot detach beside
+            concurrently).
+        lock_timeout: Seconds a plain DETACH and each DROP wait for their locks (DROP TABLE
+            locks the tables the foreign keys reference) before they fail; ``None`` for the
+            session's setting. ``DETACH ... CONCURRENTLY`` and ``FINALIZE`` keep the
+            session's setting: their waits do not block other sessions.
+
+    Returns:
+        The partitions dropped, detached and kept, and those whose detach was finished.
+
+    Raises:
+        ConfigurationError: ``bind`` cannot be used, an argument is not valid, or
+            ``event_logs`` is missing, not partitioned, or has a DEFAULT partition while
+            ``concurrently`` is set.
+        ValidationError: ``older_than`` is not a time-zone aware datetime.
+        sqlalchemy.exc.DBAPIError: The database failed a step (a lock timeout, a cancel, a
+            lost connection). What was done stays done; a detach left pending, or a
+            partition detached to be dropped but not dropped (it is marked with a
+            comment), is finished by the next run.
+
+    .. versionadded:: 0.3.0
+    """
+    if not isinstance(older_than, datetime) or older_than.utcoffset() is None:
+        raise ValidationError(
+            f"older_than must be a time-zone aware datetime, got {older_than!r}; e.g. "
+            "datetime.now(UTC) - timedelta(days=90)"
+        )
+    for name, flag in (("keep_detached", keep_detached), ("concurrently", concurrently)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
+    _check_seconds("lock_timeout", lock_timeout)
+    table = event_table(model)
+    dropped: list[str] = []
+    detached: list[str] = []
+    finalized: list[str] = []
+    with _connection(bind, autocommit=True) as connection:
+        parent = _parent(connection, table)
+        with _advisory_lock(connection, parent):
+            # Detached by an earlier run that could not drop them.
+            for name in connection.execute(
+                _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
+            ).scalars():
+                with _lock_timeout(connection, lock_timeout):
+                    connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+                dropped.append(name)
+            found = _partitions(connection, parent)
+            if concurrently and any(p.default for p in found):
+                raise ConfigurationError(
+                    f"{parent.schema}.{parent.name} has a DEFAULT partition, and PostgreSQL "
+                    "cannot detach a partition concurrently beside one; pass "
+                    "concurrently=False (CLI: --no-concurrently; a plain DETACH locks the "
+                    "table for a moment), or move the DEFAULT partition's rows into ranged "
+                    "partitions and drop it"
+                )
+            for partition in found:
+                old = partition.upper is not None and partition.upper <= older_than
+                marked = False
+                if partition.detach_pending:
+                    marked = (
+                        connection.execute(
+                            text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
+                            {"name": parent.child(partition.name)},
+                        ).scalar()
+                        == _TO_DROP
+                    )
+                    connection.execute(
+                        text(
+                            f"ALTER TABLE {parent.qualified} DETACH PARTITION "
+                            f"{parent.child(partition.name)} FINALIZE"
+                        )
+                    )
+                    finalized.append(partition.name)
+                elif old and not partition.default:
+                    if not keep_detached:
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
+                        )
+                    if concurrently:
+                        how = " CONCURRENTLY"
+                        timeout = None
+                    else:
+                        how = ""
+                        timeout = lock_timeout
+                    with _lock_timeout(connection, timeout):
+                        connection.execute(
+                            text(
+                                f"ALTER TABLE {parent.qualified} DETACH PARTITION "
+                                f"{parent.child(partition.name)}{how}"
+                            )
+                        )
+                else:
+                    continue
+                if not keep_detached and (old or marked):
+                    with _lock_timeout(connection, lock_timeout):
+                        connection.execute(text(f"DROP TABLE {parent.child(partition.name)}"))
+                    dropped.append(partition.name)
+                else:
+                    if marked:  # kept after all: no later run may drop it
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS NULL")
+                        )
+                    detached.append(partition.name)
+    return DropResult(tuple(dropped), tuple(detached), tuple(finalized))

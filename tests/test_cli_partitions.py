@@ -1,0 +1,110 @@
+"""``eventlog-persist partitions ensure|list|drop``: output, exit codes, one-line refusals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hostmodels import HostModels, build_host_models
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from eventlog_persist import ensure_partitions, list_partitions
+from eventlog_persist._cli import main
+
+
+@pytest.fixture
+def host_models() -> HostModels:
+    return build_host_models(partitioned=True)
+
+
+@pytest.fixture
+def url(database_url: URL) -> str:
+    return database_url.render_as_string(hide_password=False)
+
+
+def test_ensure_list_drop_for_cron(
+    url: str,
+    host_engine: Engine,
+    host_models: HostModels,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=3, now=datetime.now(UTC) - timedelta(weeks=6)
+    )
+    assert main(["partitions", "ensure", "--ahead", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4  # three created (current and two ahead; a gap before), a summary
+    assert out[-1].startswith("eventlog-persist: 3 partitions created; partitions exist through")
+    assert main(["partitions", "ensure", "--ahead", "2", "--url", url]) == 0
+    assert capsys.readouterr().out.startswith("eventlog-persist: 0 partitions created")
+
+    assert main(["partitions", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    names = [p.name for p in list_partitions(host_models.EventLog, host_engine)]
+    assert [line.split()[0] for line in listed] == names
+    assert " .. " in listed[0]
+    assert "bytes" in listed[0]
+
+    assert main(["partitions", "drop", "--older-than", "3w", "--dry-run"]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    assert dry[-1].startswith("eventlog-persist: would drop 3 partitions older than")
+    assert names == [p.name for p in list_partitions(host_models.EventLog, host_engine)]
+    assert main(["partitions", "drop", "--older-than", "3w", "--keep-detached"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("eventlog-persist: 0 partitions dropped, 3 detached and kept")
+    with host_engine.connect() as connection:
+        assert connection.execute(text(f"SELECT count(*) FROM {names[0]}")).scalar_one() == 0
+    assert main(["partitions", "drop", "--older-than", "3w"]) == 0
+    assert capsys.readouterr().out.startswith("eventlog-persist: 0 partitions dropped, 0")
+
+
+def test_refusals_are_one_line_with_exit_status_2(
+    url: str,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["partitions", "list"]) == 2
+    assert capsys.readouterr().err == (
+        "eventlog-persist partitions: error: argument --url: required unless DATABASE_URL is "
+        "set; pass --url postgresql://user:password@host:5432/dbname\n"
+    )
+    assert main(["partitions", "ensure", "--ahead", "99", "--url", url]) == 2
+    assert "from 0 to 52" in capsys.readouterr().err
+    assert main(["partitions", "drop", "--older-than", "0d", "--url", url]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "is not before now" in line
+    assert main(["partitions", "drop", "--url", url]) == 2
+    assert "--older-than" in capsys.readouterr().err
+    # No table, then a plain one: the fix is named.
+    assert main(["partitions", "list", "--url", url]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("eventlog-persist: error: there is no event_logs table")
+    build_host_models().Base.metadata.create_all(engine)
+    assert main(["partitions", "ensure", "--url", url]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "is not partitioned" in line
+    assert "purge" in line
+
+
+def test_a_database_error_is_one_line_naming_the_next_run(
+    url: str, host_engine: Engine, host_models: HostModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=8)
+    )
+    with host_engine.connect() as reader:  # DROP TABLE waits for the readers of users
+        reader.execute(text("SELECT count(*) FROM users"))
+        status = main(
+            ["partitions", "drop", "--older-than", "4w", "--lock-timeout", "0.2", "--url", url]
+        )
+    assert status == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("eventlog-persist: error: partitions drop failed: LockNotAvailable")
+    assert "finished by the next run" in line
+    assert main(["partitions", "drop", "--older-than", "4w", "--url", url]) == 0
+    assert "2 partitions dropped" in capsys.readouterr().out
