@@ -1436,7 +1436,6 @@ def test_concurrent_producers_spill_and_read_back_without_loss_or_doubles(
         batch_size=15,
         flush_interval=0.001,
     ) as writer:
-
         spilled_seen = [0] * 4
 
         def produce(worker: int) -> None:
