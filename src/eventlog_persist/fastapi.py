@@ -86,6 +86,7 @@ class WriterOptions(TypedDict, total=False):
     connect_timeout: float | None
     tcp_user_timeout: float | None
     lock_timeout: float | None
+    missing_partition_timeout: float
 
 
 @asynccontextmanager
