@@ -189,6 +189,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         self.lock_timeout = lock_timeout
         self._insert = _insert_statement(self._builder.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
+        self._compiled: dict[tuple[str, str, str], str] = {}
 
     @property
     def payload_policy(self) -> PayloadPolicy:
@@ -284,10 +285,16 @@ class EventWriter(Generic[ModelT, KeyT]):
             try:
                 with engine.connect() as conn:
                     try:
+                        driver_sql = self._driver_sql(conn)
                         with _pipelined(conn), conn.begin():
-                            if self._set_lock_timeout is not None:
-                                conn.execute(self._set_lock_timeout)
-                            conn.execute(self._insert, params)
+                            if driver_sql is None:
+                                if self._set_lock_timeout is not None:
+                                    conn.execute(self._set_lock_timeout)
+                                conn.execute(self._insert, params)
+                            else:
+                                if self._set_lock_timeout is not None:
+                                    conn.exec_driver_sql(self._set_lock_timeout.text)
+                                conn.exec_driver_sql(driver_sql, params)
                         return event
                     except Exception as exc:
                         if classify_error(exc) is ErrorKind.TRANSIENT:
@@ -343,6 +350,22 @@ class EventWriter(Generic[ModelT, KeyT]):
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)
+
+    def _driver_sql(self, conn: Connection) -> str | None:
+        """The INSERT as psycopg's SQL text, compiled once per dialect; None for other drivers.
+
+        ``exec_driver_sql`` skips the statement cache lookup and the bind processing, which
+        psycopg does not need for these columns (the payload is JSON text already, cast in
+        SQL). With a ``schema_translate_map`` the statement goes through ``execute``.
+        """
+        dialect = conn.dialect
+        if dialect.driver != "psycopg" or conn.get_execution_options().get("schema_translate_map"):
+            return None
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        sql = self._compiled.get(key)
+        if sql is None:
+            sql = self._compiled[key] = self._insert.compile(dialect=dialect).string
+        return sql
 
     def _retry_delay(self, event: NewEvent, exc: Exception, attempt: Attempt) -> float:
         """Return how long to wait before retrying, or raise the error to give the caller."""
