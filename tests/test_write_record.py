@@ -155,9 +155,9 @@ def test_detached_survives_the_callers_rollback_and_is_idempotent(
 def test_detached_statements_are_seen_by_listeners_and_the_connection_left_clean(
     host_engine: Engine, host_models: HostModels
 ) -> None:
-    """On psycopg the transaction travels in one round trip (pipeline mode), through
-    SQLAlchemy all the same: instrumentation sees both statements, and the pooled
-    connection comes back out of pipeline mode with no transaction open."""
+    """With a listener the detached write goes through SQLAlchemy (without, on psycopg's
+    connection directly): instrumentation sees both statements, and either way the pooled
+    connection comes back with no transaction open."""
     user_id, session_id = seed(host_engine, host_models)
     writer = EventWriter(host_models.EventLog)
     seen: list[str] = []
@@ -171,17 +171,21 @@ def test_detached_statements_are_seen_by_listeners_and_the_connection_left_clean
     finally:
         sa_event.remove(host_engine, "before_cursor_execute", record)
     assert seen == ["SET", "INSERT"]
+    writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="y")
+    assert seen == ["SET", "INSERT"]  # the listener is gone: the direct path
     with host_engine.connect() as conn:
         dbapi: Any = conn.connection.dbapi_connection
-        assert dbapi.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
         assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert count(host_engine) == 1
+    assert count(host_engine) == 2
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
 def test_detached_fk_violation_is_a_typed_error(
-    host_engine: Engine, host_models: HostModels
+    host_engine: Engine, host_models: HostModels, observed: bool
 ) -> None:
     user_id, _ = seed(host_engine, host_models)
+    if observed:  # an instrumented engine: the write goes through SQLAlchemy's execute
+        sa_event.listen(host_engine, "before_cursor_execute", lambda *args: None)
     writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
     with pytest.raises(EventWriteError, match="the database refused it") as caught:
         writer.record_detached(

@@ -1,4 +1,4 @@
-"""The sync reader's direct path: its statement on the DBAPI cursor, when nothing would differ.
+"""The sync direct paths: statements on the DBAPI connection, when nothing would differ.
 
 SQLAlchemy's ``exec_driver_sql`` builds a Result (metadata from the cursor description, a
 Row per row) that the reader turns into records at once; on psycopg, with nobody observing
@@ -27,10 +27,13 @@ from eventlog_persist._read_sql import PreparedQuery
 __all__ = [
     "ENGINE_EVENTS",
     "EXECUTE_EVENTS",
+    "TRANSACTION_EVENTS",
     "direct_sql",
     "driver_sql",
     "fetch",
     "fetch_autocommit",
+    "raise_as_sqlalchemy",
+    "unobserved",
 ]
 
 EXECUTE_EVENTS: Final = (
@@ -49,6 +52,9 @@ ENGINE_EVENTS: Final = (
     "rollback",
 )
 """Also fired by the Engine path's checkout, autocommit option and autobegin."""
+
+TRANSACTION_EVENTS: Final = (*ENGINE_EVENTS, "commit")
+"""What a detached write's checkout, transaction and statements fire."""
 
 
 def driver_sql(
@@ -75,15 +81,25 @@ def direct_sql(
     engine's; the dialect's ``handle_error`` and ``do_execute``), and SQLAlchemy would not
     log it (``echo``, the ``sqlalchemy.engine`` logger at INFO).
     """
+    if not unobserved(connection, dispatch, events):
+        return None
+    return driver_sql(query, connection.dialect, connection.get_execution_options())
+
+
+def unobserved(connection: Connection, dispatch: Any, events: tuple[str, ...]) -> bool:
+    """Whether SQLAlchemy would tell no one about a statement run on ``connection``.
+
+    No listener for ``events`` on ``dispatch`` (the connection's, or the engine's for a
+    connection just made), none for the dialect's ``handle_error`` and ``do_execute``,
+    and no SQL logging (``echo``, the ``sqlalchemy.engine`` logger at INFO).
+    """
     for name in events:
         if getattr(dispatch, name):
-            return None
+            return False
     dialect = connection.dialect
     if dialect.dispatch.handle_error or dialect.dispatch.do_execute:
-        return None
-    if connection.engine.logger.isEnabledFor(logging.INFO):
-        return None
-    return driver_sql(query, dialect, connection.get_execution_options())
+        return False
+    return not connection.engine.logger.isEnabledFor(logging.INFO)
 
 
 def fetch(connection: Connection, sql: str, params: Any) -> Sequence[Any]:
@@ -100,7 +116,7 @@ def fetch(connection: Connection, sql: str, params: Any) -> Sequence[Any]:
         cursor.execute(sql, params)
         rows: Sequence[Any] = cursor.fetchall()
     except BaseException as exc:
-        _raise_as_sqlalchemy(connection, exc, sql, params, dbapi_connection)
+        raise_as_sqlalchemy(connection, exc, sql, params, dbapi_connection)
     cursor.close()
     return rows
 
@@ -127,7 +143,7 @@ def fetch_autocommit(connection: Connection, sql: str, params: Any) -> Sequence[
                 connection.invalidate(exc)
 
 
-def _raise_as_sqlalchemy(
+def raise_as_sqlalchemy(
     connection: Connection, exc: BaseException, sql: str, params: Any, dbapi_connection: Any
 ) -> NoReturn:
     """Raise what ``exec_driver_sql`` raises for ``exc``, and invalidate as it would.

@@ -6,10 +6,9 @@ import asyncio
 import json
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import suppress
 from typing import Any, Generic, TypeVar, cast, overload
 
-import psycopg
 from sqlalchemy import Connection, Engine, Insert, Text, TextClause, bindparam, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
@@ -30,6 +29,7 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._read_direct import TRANSACTION_EVENTS, raise_as_sqlalchemy, unobserved
 from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._urls import refuse_other_flavour, shown
@@ -78,20 +78,6 @@ def event_row(model: type[ModelT], event: NewEvent, payload: Any) -> ModelT:
 def _lock_timeout_sql(seconds: float) -> TextClause:
     # SET LOCAL takes no bind parameters; the value is a validated number of milliseconds.
     return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
-
-
-def _pipelined(conn: Connection) -> AbstractContextManager[object]:
-    """psycopg's pipeline mode for a detached write, else nothing.
-
-    The transaction's BEGIN, SET LOCAL lock_timeout, INSERT and COMMIT then travel in one
-    round trip instead of four; SQLAlchemy still runs each statement (its events, its
-    errors), and an error of the INSERT is raised by the COMMIT, which finds the
-    transaction aborted, instead of by the INSERT itself.
-    """
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if isinstance(dbapi_connection, psycopg.Connection) and psycopg.Pipeline.is_supported():
-        return dbapi_connection.pipeline()
-    return nullcontext()
 
 
 def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
@@ -286,7 +272,12 @@ class EventWriter(Generic[ModelT, KeyT]):
                 with engine.connect() as conn:
                     try:
                         driver_sql = self._driver_sql(conn)
-                        with _pipelined(conn), conn.begin():
+                        if driver_sql is not None and unobserved(
+                            conn, engine.dispatch, TRANSACTION_EVENTS
+                        ):
+                            self._insert_direct(conn, driver_sql, params)
+                            return event
+                        with conn.begin():
                             if driver_sql is None:
                                 if self._set_lock_timeout is not None:
                                     conn.execute(self._set_lock_timeout)
@@ -350,6 +341,29 @@ class EventWriter(Generic[ModelT, KeyT]):
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)
+
+    def _insert_direct(self, conn: Connection, sql: str, params: dict[str, object]) -> None:
+        """The detached transaction on psycopg's connection itself.
+
+        What ``conn.begin()``, the two ``execute`` calls and the commit do, when nobody
+        observes them (`unobserved`), without SQLAlchemy's work around each: the same
+        statements on the same connection, errors raised as SQLAlchemy raises them, a
+        transaction left open by an error rolled back, and a lost connection invalidated
+        with the rest of the pool.
+        """
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        try:
+            cursor = dbapi_connection.cursor()
+            if self._set_lock_timeout is not None:
+                cursor.execute(self._set_lock_timeout.text)
+            cursor.execute(sql, params)
+            cursor.close()
+            dbapi_connection.commit()
+        except BaseException as exc:
+            if not (dbapi_connection.closed or dbapi_connection.broken):
+                with suppress(Exception):
+                    dbapi_connection.rollback()
+            raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
 
     def _driver_sql(self, conn: Connection) -> str | None:
         """The INSERT as psycopg's SQL text, compiled once per dialect; None for other drivers.
