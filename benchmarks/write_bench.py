@@ -1,7 +1,7 @@
 """Write-path benchmark: every writer against raw psycopg COPY and the ORM, in one run.
 
 Usage: python benchmarks/write_bench.py [--url postgresql://...] [--events 50000]
-       [--svg docs/benchmarks/write-path.svg]
+       [--svg docs/benchmarks/write-path.svg] [--record-only]
 Without --url it starts a throwaway embedded PostgreSQL 18. With --svg it also draws the
 throughput of each writer relative to raw COPY as a chart.
 """
