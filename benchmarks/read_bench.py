@@ -371,7 +371,7 @@ def measure_raw(
     limit = sample.limit + 1
 
     def orm(a: tuple[uuid.UUID, uuid.UUID]) -> object:
-        with Session(engine) as session:
+        with Session(orm_engine) as session:
             statement = (
                 select(model)
                 .where(model.session_id == a[0], model.user_id == a[1])
@@ -389,6 +389,10 @@ def measure_raw(
         cursor.adapters.register_loader("jsonb", MsgspecLoader)
         return cursor.execute(sql, {"key": a[0], "user_id": a[1], "limit": limit}).fetchall()
 
+    # The ORM gets a pool of its own: each Session ends in a ROLLBACK, on which psycopg drops
+    # the connection's prepared statements, so sharing a pool with the reader's Engine path
+    # would charge the reader for re-planning its query at every call.
+    orm_engine = create_engine(engine.url)
     pooled = EventLogReader(datagen.EventLog, engine)
     load = os.getloadavg()[0]
     with (
@@ -409,6 +413,7 @@ def measure_raw(
         }
         results = compared(paths, picks.sessions, iterations * 2)
         connection.rollback()
+    orm_engine.dispose()
     return results, (load, os.getloadavg()[0])
 
 

@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from contextlib import suppress
 from typing import Any, Generic, TypeVar, cast, overload
 
-from sqlalchemy import Connection, Engine, Insert, Text, TextClause, bindparam, text
+from sqlalchemy import Connection, Dialect, Engine, Insert, Text, TextClause, bindparam, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -175,7 +176,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         self.lock_timeout = lock_timeout
         self._insert = _insert_statement(self._builder.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
-        self._compiled: dict[tuple[str, str, str], str] = {}
+        self._compiled: weakref.WeakKeyDictionary[Dialect, str] = weakref.WeakKeyDictionary()
 
     @property
     def payload_policy(self) -> PayloadPolicy:
@@ -366,7 +367,7 @@ class EventWriter(Generic[ModelT, KeyT]):
             raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
 
     def _driver_sql(self, conn: Connection) -> str | None:
-        """The INSERT as psycopg's SQL text, compiled once per dialect; None for other drivers.
+        """The INSERT as psycopg's SQL text, compiled once per dialect; else None.
 
         ``exec_driver_sql`` skips the statement cache lookup and the bind processing, which
         psycopg does not need for these columns (the payload is JSON text already, cast in
@@ -375,11 +376,15 @@ class EventWriter(Generic[ModelT, KeyT]):
         dialect = conn.dialect
         if dialect.driver != "psycopg" or conn.get_execution_options().get("schema_translate_map"):
             return None
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
-        sql = self._compiled.get(key)
+        sql = self._compiled.get(dialect)
         if sql is None:
-            sql = self._compiled[key] = self._insert.compile(dialect=dialect).string
-        return sql
+            compiled = self._insert.compile(dialect=dialect)
+            # Values go to the driver as they are: only if no column type converts them.
+            converts = any(
+                bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()
+            )
+            sql = self._compiled[dialect] = "" if converts else compiled.string
+        return sql or None
 
     def _retry_delay(self, event: NewEvent, exc: Exception, attempt: Attempt) -> float:
         """Return how long to wait before retrying, or raise the error to give the caller."""
