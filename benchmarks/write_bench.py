@@ -1,10 +1,11 @@
 """Write-path benchmark: every writer against hand-written psycopg COPY and the ORM, in one run.
 
 Usage: python benchmarks/write_bench.py [--url postgresql://...] [--events 20000]
-       [--rounds 3] [--svg docs/benchmarks/write-path.svg]
+       [--rounds 3] [--svg docs/benchmarks/write-path.svg] [--record-only]
 Without --url it starts a throwaway embedded PostgreSQL 18. The headline table is end to end:
 the host's dicts in, rows committed, against the COPY a host would write by hand. With --svg it
-also draws that table's throughput relative to the hand-written COPY as a chart.
+also draws that table's throughput relative to the hand-written COPY as a chart. With
+--record-only it runs only the in-transaction and detached tables.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from eventlog_persist import (
     PayloadPolicy,
     event_log_model,
     new_event,
+    new_event_id,
     prepare_payload,
     write_events,
 )
@@ -337,7 +340,8 @@ class Bench:
         """Hand-written ORM insert vs `EventWriter.record`, alternating which goes first.
 
         Two shapes: one event per transaction (the commit dominates) and 200 events per
-        transaction (the per-event overhead shows). Each round measures both variants.
+        transaction (the per-event overhead shows). Each round measures both variants, wall
+        time and CPU time (``time.process_time``) per event.
         """
         sessions = self.session_ids
         writer = self.writer
@@ -363,37 +367,112 @@ class Bench:
                 payload=payload(i),
             )
 
-        def one_per_tx(add: Callable[[int, Session], None]) -> float:
+        def one_per_tx(add: Callable[[int, Session], None]) -> int:
             n = 300
-            started = time.perf_counter()
             for i in range(n):
                 with Session(self.engine) as session:
                     add(i, session)
                     session.commit()
-            return (time.perf_counter() - started) / n
+            return n
 
-        def many_per_tx(add: Callable[[int, Session], None]) -> float:
+        def many_per_tx(add: Callable[[int, Session], None]) -> int:
             per_tx, txs = 200, 10
-            started = time.perf_counter()
             for t in range(txs):
                 with Session(self.engine) as session:
                     for i in range(per_tx):
                         add(t * per_tx + i, session)
                     session.commit()
-            return (time.perf_counter() - started) / (per_tx * txs)
+            return per_tx * txs
 
-        self.orm_results: dict[str, dict[str, list[float]]] = {}
+        self.orm_results: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for shape, measure in (("1", one_per_tx), ("200", many_per_tx)):
-            results: dict[str, list[float]] = {"hand": [], "ours": []}
-            for round_ in range(rounds):
-                pair = [("hand", hand), ("ours", ours)]
-                if round_ % 2:
-                    pair.reverse()
-                for name, add in pair:
-                    self.reset()
-                    gc.collect()
-                    results[name].append(measure(add))
-            self.orm_results[shape] = results
+            self.orm_results[shape] = self.pairs(
+                {"hand": partial(measure, hand), "ours": partial(measure, ours)},
+                rounds,
+            )
+
+    def pairs(
+        self, variants: dict[str, Callable[[], int]], rounds: int
+    ) -> dict[str, list[tuple[float, float]]]:
+        """Each variant once per round on a truncated table, the order alternating by round.
+
+        A variant returns how many events it wrote; the result is, per round, its wall and
+        CPU (process) seconds per event.
+        """
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        for round_ in range(rounds):
+            order = list(variants.items())
+            if round_ % 2:
+                order.reverse()
+            for name, run in order:
+                self.reset()
+                gc.collect()
+                started, cpu = time.perf_counter(), time.process_time()
+                events = run()
+                wall = time.perf_counter() - started
+                results[name].append((wall / events, (time.process_time() - cpu) / events))
+        return results
+
+    def detached(self, rounds: int = 6, events: int = 300) -> None:
+        """Hand-written psycopg INSERT + COMMIT vs `EventWriter.record_detached`, per event.
+
+        Both take a connection from a pool per event, as a request handler does, and commit
+        one event per transaction from the user's own values (a dict payload). The hand-written
+        one uses a ``psycopg_pool.ConnectionPool``: ``with pool.connection() as conn:
+        conn.execute(INSERT ..., values)`` (commit on leaving the block; no lock_timeout, no
+        retry, no checks or redaction). The writer runs on an ``Engine`` (SQLAlchemy's pool)
+        and also sets ``lock_timeout`` in its transaction.
+        """
+        from psycopg.types.json import Jsonb
+        from psycopg_pool import ConnectionPool
+
+        sessions = self.session_ids
+        writer = self.writer
+        insert = (
+            f"INSERT INTO event_logs ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+        )
+
+        def hand() -> int:
+            for i in range(events):
+                with pool.connection() as conn:
+                    conn.execute(
+                        insert,
+                        (
+                            new_event_id(),
+                            sessions[i % 10],
+                            self.user_id,
+                            None,
+                            None,
+                            "tool_call",
+                            Jsonb(payload(i)),
+                            datetime.now(UTC),
+                            None,
+                            "search_places",
+                            None,
+                            None,
+                            None,
+                            None,
+                        ),
+                    )
+            return events
+
+        def ours() -> int:
+            for i in range(events):
+                writer.record_detached(
+                    self.engine,
+                    session_id=sessions[i % 10],
+                    user_id=self.user_id,
+                    event_type="tool_call",
+                    tool_name="search_places",
+                    payload=payload(i),
+                )
+            return events
+
+        with ConnectionPool(self.conninfo, min_size=1, max_size=1) as pool:
+            hand()  # warm both pools (and the server's caches) before timing
+            ours()
+            self.detached_results = self.pairs({"hand": hand, "ours": ours}, rounds)
 
     def enqueue_latency(self, n: int = 20_000) -> None:
         events = self.build(n)
@@ -455,24 +534,69 @@ def percentile(samples: list[int], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] / 1000
 
 
+def print_record_tables(bench: Bench) -> None:
+    """The in-transaction and detached tables: wall and CPU per event, per-round ratios."""
+    rows = [
+        (f"`record`, {shape} per transaction", "hand-written `session.add(EventLog(...))`", r)
+        for shape, r in bench.orm_results.items()
+    ]
+    rows.append(
+        (
+            "`record_detached`, 1 per transaction",
+            "hand-written psycopg INSERT + COMMIT (psycopg_pool)",
+            bench.detached_results,
+        )
+    )
+    print(
+        "\n| path | against | hand, us/event | ours, us/event | ratio (median) | "
+        "ratio range (per round) | hand CPU us/event | ours CPU us/event | CPU ratio | "
+        "target <= 1.15 |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, against, results in rows:
+        hand = statistics.median(wall for wall, _ in results["hand"])
+        ours = statistics.median(wall for wall, _ in results["ours"])
+        hand_cpu = statistics.median(cpu for _, cpu in results["hand"])
+        ours_cpu = statistics.median(cpu for _, cpu in results["ours"])
+        per_round = [o[0] / h[0] for o, h in zip(results["ours"], results["hand"], strict=True)]
+        ratio = statistics.median(per_round)
+        print(
+            f"| {name} | {against} | {hand * 1e6:,.1f} | {ours * 1e6:,.1f} | {ratio:.3f} | "
+            f"{min(per_round):.3f}-{max(per_round):.3f} | {hand_cpu * 1e6:,.1f} | "
+            f"{ours_cpu * 1e6:,.1f} | {ours_cpu / hand_cpu:.2f} | "
+            f"{'yes' if ratio <= 1.15 else 'NO'} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="libpq URL of an empty database (default: embedded 18)")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--svg", type=Path, help="also draw the headline table as an SVG chart")
+    parser.add_argument(
+        "--record-only", action="store_true", help="only the in-transaction and detached tables"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     with database(args.url) as url:
         bench = Bench(url, args.events)
         with psycopg.connect(url) as conn:
             version = conn.execute("SHOW server_version").fetchone()
+        if args.record_only:
+            bench.orm()
+            bench.detached()
+            bench.engine.dispose()
+            print(f"PostgreSQL {version[0] if version else '?'}, ~600-byte payloads")
+            print_record_tables(bench)
+            return
         dicts = bench.dicts(args.events)
         bench.end_to_end(dicts, args.rounds)
         bench.producer_latency(dicts, args.rounds)
         events = bench.build(args.events)
         bench.throughput(events, rounds=args.rounds)
         bench.orm()
+        bench.detached()
         bench.enqueue_latency()
         mem = {
             label: bench.memory_down(non_ascii=label != "ASCII") for label in ("ASCII", "non-ASCII")
@@ -597,21 +721,7 @@ def main() -> None:
             f"| {name} | {n / seconds:,.0f} | {spread(runs[key])} | {raw / seconds:.2f} | "
             f"{min(per_round):.2f}-{max(per_round):.2f} |"
         )
-    print("\nIn-transaction (`EventWriter.record` vs hand-written `session.add(EventLog(...))`):\n")
-    print(
-        "| events per transaction | hand, us/event (median) | record, us/event (median) | "
-        "overhead us/event | ratio (median) | ratio range (per round) | target <= 1.15 |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---|")
-    for shape, results in bench.orm_results.items():
-        hand_tx, ours = statistics.median(results["hand"]), statistics.median(results["ours"])
-        per_round = [o / h for o, h in zip(results["ours"], results["hand"], strict=True)]
-        ratio = ours / hand_tx
-        print(
-            f"| {shape} | {hand_tx * 1e6:,.1f} | {ours * 1e6:,.1f} | "
-            f"{(ours - hand_tx) * 1e6:+,.1f} | {ratio:.3f} | "
-            f"{min(per_round):.3f}-{max(per_round):.3f} | {'yes' if ratio <= 1.15 else 'NO'} |"
-        )
+    print_record_tables(bench)
     print("\nEnqueue of a prebuilt event (us), p50 / p99:")
     print(f"- bare queue.Queue.put: {bench.lat_queue[0]:.2f} / {bench.lat_queue[1]:.2f}")
     print(

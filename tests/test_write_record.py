@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from hostmodels import HostModels, seed
 from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -152,10 +153,40 @@ def test_detached_survives_the_callers_rollback_and_is_idempotent(
     assert users == 1  # the caller's own writes were rolled back
 
 
-def test_detached_fk_violation_is_a_typed_error(
+def test_detached_statements_are_seen_by_listeners_and_the_connection_left_clean(
     host_engine: Engine, host_models: HostModels
 ) -> None:
+    """With a listener the detached write goes through SQLAlchemy (without, on psycopg's
+    connection directly): instrumentation sees both statements, and either way the pooled
+    connection comes back with no transaction open."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(str(args[2]).split()[0])
+
+    sa_event.listen(host_engine, "before_cursor_execute", record)
+    try:
+        writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="x")
+    finally:
+        sa_event.remove(host_engine, "before_cursor_execute", record)
+    assert seen == ["SET", "INSERT"]
+    writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="y")
+    assert seen == ["SET", "INSERT"]  # the listener is gone: the direct path
+    with host_engine.connect() as conn:
+        dbapi: Any = conn.connection.dbapi_connection
+        assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert count(host_engine) == 2
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
+def test_detached_fk_violation_is_a_typed_error(
+    host_engine: Engine, host_models: HostModels, observed: bool
+) -> None:
     user_id, _ = seed(host_engine, host_models)
+    if observed:  # an instrumented engine: the write goes through SQLAlchemy's execute
+        sa_event.listen(host_engine, "before_cursor_execute", lambda *args: None)
     writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
     with pytest.raises(EventWriteError, match="the database refused it") as caught:
         writer.record_detached(

@@ -46,11 +46,11 @@ from eventlog_persist._read_types import (
     CalendarUnit,
     CountField,
     EventFilter,
-    EventRecord,
     Order,
     Page,
     TokenGroup,
     check_range,
+    event_records,
 )
 from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
 from eventlog_persist._table import check_key_fits, key_sql_type
@@ -328,8 +328,8 @@ class TimelineQuery:
     def page(self, rows: Sequence[Sequence[Any]]) -> Page[Any]:
         """Build the page from the rows the statement returned (``limit + 1`` at most)."""
         if len(rows) <= self.limit:
-            return Page(tuple([EventRecord(*row) for row in rows]), None)
-        items = tuple([EventRecord(*row) for row in rows[: self.limit]])
+            return Page(event_records(rows), None)
+        items = event_records(rows[: self.limit])
         last = items[-1]
         return Page(items, encode_cursor((last.created_at, last.id), self.query_key))
 

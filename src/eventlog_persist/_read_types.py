@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Final, Generic, Literal, TypeAlias
+from typing import Any, Final, Generic, Literal, TypeAlias
 
 from eventlog_persist._model import JSONValue, KeyT
 from eventlog_persist.exceptions import ValidationError
@@ -29,6 +29,7 @@ __all__ = [
     "TokenUsage",
     "Unscoped",
     "check_range",
+    "event_records",
 ]
 
 
@@ -223,6 +224,75 @@ class EventRecord(Generic[KeyT]):
     request_id: str | None
     trace_id: str | None
     span_id: str | None
+
+
+def _slot_setters() -> tuple[Callable[[object, object], None], ...]:
+    """The ``__set__`` of each slot of `EventRecord`, in field order (what ``__init__`` sets)."""
+    slots = vars(EventRecord)
+    return tuple(slots[item.name].__set__ for item in fields(EventRecord))
+
+
+(
+    _set_id,
+    _set_session_id,
+    _set_user_id,
+    _set_project_id,
+    _set_agent_id,
+    _set_event_type,
+    _set_payload,
+    _set_created_at,
+    _set_error_code,
+    _set_tool_name,
+    _set_approval_status,
+    _set_request_id,
+    _set_trace_id,
+    _set_span_id,
+) = _slot_setters()
+
+
+def event_records(rows: Iterable[Sequence[Any]]) -> tuple[EventRecord[Any], ...]:
+    """``tuple(EventRecord(*row) for row in rows)``, at half the cost.
+
+    The rows come from the reader's own ``SELECT`` of every field, in field order, so there
+    is nothing to check: each record is allocated and its slots set directly, as the frozen
+    dataclass's ``__init__`` would (through ``object.__setattr__``, one call per field).
+    """
+    records = []
+    new = object.__new__
+    for row in rows:
+        (
+            id_,
+            session_id,
+            user_id,
+            project_id,
+            agent_id,
+            event_type,
+            payload,
+            created_at,
+            error_code,
+            tool_name,
+            approval_status,
+            request_id,
+            trace_id,
+            span_id,
+        ) = row
+        record = new(EventRecord)
+        _set_id(record, id_)
+        _set_session_id(record, session_id)
+        _set_user_id(record, user_id)
+        _set_project_id(record, project_id)
+        _set_agent_id(record, agent_id)
+        _set_event_type(record, event_type)
+        _set_payload(record, payload)
+        _set_created_at(record, created_at)
+        _set_error_code(record, error_code)
+        _set_tool_name(record, tool_name)
+        _set_approval_status(record, approval_status)
+        _set_request_id(record, request_id)
+        _set_trace_id(record, trace_id)
+        _set_span_id(record, span_id)
+        records.append(record)
+    return tuple(records)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, Literal
 
-from sqlalchemy import Connection, Dialect, Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper, Session
 
 from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._read_direct import (
+    ENGINE_EVENTS,
+    EXECUTE_EVENTS,
+    direct_sql,
+    driver_sql,
+    fetch,
+    fetch_autocommit,
+)
 from eventlog_persist._read_sql import (
     DEFAULT_PAGE_SIZE,
     PreparedQuery,
@@ -151,6 +159,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
             with bind.connect() as connection:
                 # One statement needs no transaction of its own: autocommit spares the BEGIN
                 # and the ROLLBACK on return to the pool, two round trips per call.
+                # A connection just made has no listeners of its own: the engine's are all.
+                sql = direct_sql(connection, query, bind.dispatch, ENGINE_EVENTS)
+                if sql is not None:
+                    return fetch_autocommit(connection, *sql)
                 connection.execution_options(isolation_level="AUTOCOMMIT")
                 return _run(connection, query)
         if isinstance(bind, Session):
@@ -840,35 +852,27 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         return _token_usages(await self._all(query))
 
 
-def _driver_sql(
-    query: PreparedQuery, dialect: Dialect, options: Mapping[str, Any]
-) -> tuple[str, Any] | None:
-    """The cached driver SQL of ``query``, or None when only ``execute`` runs it correctly.
-
-    ``exec_driver_sql`` runs SQL text as is, so a ``schema_translate_map`` (a host with a
-    schema per tenant) would be ignored and another tenant's table read: with a map, the
-    statement goes through ``execute``, which applies it (and caches per map, bounded).
-    """
-    if options.get("schema_translate_map"):
-        return None
-    return query.driver_sql(dialect)
-
-
 def _run(connection: Connection, query: PreparedQuery) -> Sequence[Any]:
-    driver_sql = _driver_sql(query, connection.dialect, connection.get_execution_options())
-    if driver_sql is None:
+    # In a transaction already (the caller's, or the one the first statement began): the
+    # DBAPI cursor has nothing to begin. Otherwise SQLAlchemy's autobegin must see it.
+    if connection.in_transaction():
+        sql = direct_sql(connection, query, connection.dispatch, EXECUTE_EVENTS)
+        if sql is not None:
+            return fetch(connection, *sql)
+    sql = driver_sql(query, connection.dialect, connection.get_execution_options())
+    if sql is None:
         return connection.execute(query.statement(), query.params).all()
-    return connection.exec_driver_sql(*driver_sql).all()
+    return connection.exec_driver_sql(*sql).all()
 
 
 async def _run_async(connection: AsyncConnection, query: PreparedQuery) -> Sequence[Any]:
     started = connection.sync_connection
     options = (started or connection.sync_engine).get_execution_options()
-    driver_sql = _driver_sql(query, connection.dialect, options)
-    if driver_sql is None:
+    sql = driver_sql(query, connection.dialect, options)
+    if sql is None:
         result = await connection.execute(query.statement(), query.params)
     else:
-        result = await connection.exec_driver_sql(*driver_sql)
+        result = await connection.exec_driver_sql(*sql)
     rows: Sequence[Any] = result.all()
     return rows
 

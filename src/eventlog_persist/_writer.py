@@ -6,9 +6,11 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
+from contextlib import suppress
 from typing import Any, Generic, TypeVar, cast, overload
 
-from sqlalchemy import Engine, Insert, Text, TextClause, bindparam, text
+from sqlalchemy import Connection, Dialect, Engine, Insert, Text, TextClause, bindparam, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +30,7 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
+from eventlog_persist._read_direct import TRANSACTION_EVENTS, raise_as_sqlalchemy, unobserved
 from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._urls import refuse_other_flavour, shown
@@ -177,6 +180,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         self.lock_timeout = lock_timeout
         self._insert = _insert_statement(self._builder.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
+        self._compiled: weakref.WeakKeyDictionary[Dialect, str] = weakref.WeakKeyDictionary()
 
     @property
     def payload_policy(self) -> PayloadPolicy:
@@ -272,10 +276,21 @@ class EventWriter(Generic[ModelT, KeyT]):
             try:
                 with engine.connect() as conn:
                     try:
+                        driver_sql = self._driver_sql(conn)
+                        if driver_sql is not None and unobserved(
+                            conn, engine.dispatch, TRANSACTION_EVENTS
+                        ):
+                            self._insert_direct(conn, driver_sql, params)
+                            return event
                         with conn.begin():
-                            if self._set_lock_timeout is not None:
-                                conn.execute(self._set_lock_timeout)
-                            conn.execute(self._insert, params)
+                            if driver_sql is None:
+                                if self._set_lock_timeout is not None:
+                                    conn.execute(self._set_lock_timeout)
+                                conn.execute(self._insert, params)
+                            else:
+                                if self._set_lock_timeout is not None:
+                                    conn.exec_driver_sql(self._set_lock_timeout.text)
+                                conn.exec_driver_sql(driver_sql, params)
                         return event
                     except Exception as exc:
                         if classify_error(exc) is ErrorKind.TRANSIENT:
@@ -331,6 +346,49 @@ class EventWriter(Generic[ModelT, KeyT]):
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)
+
+    def _insert_direct(self, conn: Connection, sql: str, params: dict[str, object]) -> None:
+        """The detached transaction on psycopg's connection itself.
+
+        What ``conn.begin()``, the two ``execute`` calls and the commit do, when nobody
+        observes them (`unobserved`), without SQLAlchemy's work around each: the same
+        statements on the same connection, errors raised as SQLAlchemy raises them, a
+        transaction left open by an error rolled back, and a lost connection invalidated
+        with the rest of the pool.
+        """
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        try:
+            cursor = dbapi_connection.cursor()
+            if self._set_lock_timeout is not None:
+                cursor.execute(self._set_lock_timeout.text)
+            cursor.execute(sql, params)
+            cursor.close()
+            dbapi_connection.commit()
+        except BaseException as exc:
+            if not (dbapi_connection.closed or dbapi_connection.broken):
+                with suppress(Exception):
+                    dbapi_connection.rollback()
+            raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
+
+    def _driver_sql(self, conn: Connection) -> str | None:
+        """The INSERT as psycopg's SQL text, compiled once per dialect; else None.
+
+        ``exec_driver_sql`` skips the statement cache lookup and the bind processing, which
+        psycopg does not need for these columns (the payload is JSON text already, cast in
+        SQL). With a ``schema_translate_map`` the statement goes through ``execute``.
+        """
+        dialect = conn.dialect
+        if dialect.driver != "psycopg" or conn.get_execution_options().get("schema_translate_map"):
+            return None
+        sql = self._compiled.get(dialect)
+        if sql is None:
+            compiled = self._insert.compile(dialect=dialect)
+            # Values go to the driver as they are: only if no column type converts them.
+            converts = any(
+                bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()
+            )
+            sql = self._compiled[dialect] = "" if converts else compiled.string
+        return sql or None
 
     def _retry_delay(self, event: NewEvent, exc: Exception, attempt: Attempt) -> float:
         """Return how long to wait before retrying, or raise the error to give the caller."""
