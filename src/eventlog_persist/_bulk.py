@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -14,6 +14,8 @@ from eventlog_persist._delivery import (
     AsyncTarget,
     Connector,
     Outcome,
+    SourceError,
+    Stream,
     Target,
     adeliver,
     check_timeout,
@@ -52,15 +54,15 @@ class BulkResult:
     read_only_retries: int = 0
 
 
-def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
-    batch: list[NewEvent] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batches(events: Iterable[NewEvent], size: int) -> Iterator[Stream]:
+    """The batches, each pulled from ``events`` while its first COPY runs (`Stream`).
+
+    Nothing is opened for an empty iterable: the first event of each batch is taken first.
+    """
+    source = iter(events)
+    for first in source:
+        stream = Stream(first, source, size)
+        yield stream
 
 
 def _check_args(
@@ -159,6 +161,7 @@ def write_events(
         result.retries += 1
         result.read_only_retries += read_only
 
+    failed: SourceError | None = None
     try:
         for batch in _batches(events, batch_size):
             _settle(
@@ -166,8 +169,12 @@ def write_events(
                 result,
                 on_dead_letter,
             )
+    except SourceError as exc:  # its batch was rolled back
+        failed = exc
     finally:
         connector.close()
+    if failed is not None:
+        raise failed.error  # as the iterable raised it, outside this except clause
     return result
 
 
@@ -220,10 +227,15 @@ async def awrite_events(
         result.retries += 1
         result.read_only_retries += read_only
 
+    failed: SourceError | None = None
     try:
         for batch in _batches(events, batch_size):
             outcome = await adeliver(connector, table, batch, retry, on_retry=count_retry)
             _settle(outcome, result, on_dead_letter)
+    except SourceError as exc:  # its batch was rolled back
+        failed = exc
     finally:
         await connector.close()
+    if failed is not None:
+        raise failed.error  # as the iterable raised it, outside this except clause
     return result
