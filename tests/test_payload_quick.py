@@ -22,6 +22,7 @@ from eventlog_persist._payload import (
     DEFAULT_REDACT_KEYS,
     _encode,
     _prepare_carefully,
+    payload_text,
 )
 from eventlog_persist.exceptions import PayloadError
 
@@ -65,6 +66,19 @@ def check_same(value: object, policy: PayloadPolicy) -> PreparedPayload | None:
     except PayloadError as error:
         result = f"PayloadError: {error} at {error.path!r}"
     assert result == careful
+    # The text-only quick path (events keep no copy of the value) takes the same decisions.
+    text_only = quick.text(value)
+    assert (text_only is None) == (fast is None)
+    if fast is not None and text_only is not None:
+        assert text_only == (fast.json_text, fast.json_text.encode())
+    try:
+        parts: tuple[str, int, tuple[str, ...]] | str = payload_text(value, policy)
+    except PayloadError as error:
+        parts = f"PayloadError: {error} at {error.path!r}"
+    if isinstance(careful, PreparedPayload):
+        assert parts == (careful.json_text, careful.size_bytes, careful.redacted_paths)
+    else:
+        assert parts == careful
     return fast
 
 

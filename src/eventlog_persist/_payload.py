@@ -216,6 +216,8 @@ _KNOWN_NAMES_MAX: Final = 4096
 """Most names one policy remembers as not secret (each at most _KNOWN_NAME_CHARS long)."""
 _KNOWN_NAME_CHARS: Final = 128
 _TOO_MANY_DIGITS: Final = re.compile(rb"(?<![0-9])[0-9]{%d}" % (_PG_MAX_INT_DIGITS + 1))
+# The decoder refuses ints out of its range; any such literal has at least 19 digits.
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
 _PLAIN_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _INFINITIES: Final = frozenset({math.inf, -math.inf})
 
@@ -298,8 +300,9 @@ class _Quick:
             policy.redaction_record_key,
         )
 
-    def prepare(self, value: object) -> PreparedPayload | None:
-        """What the careful pass returns for ``value`` when no rule changes it, else None."""
+    def text(self, value: object) -> tuple[str, bytes] | None:
+        """The JSON text (and its UTF-8) the careful pass writes for ``value`` when no rule
+        changes it, else None; `prepare` without the copy of the value."""
         kind = type(value)
         if kind is dict or kind is list or kind is tuple:
             if not self.walk(value, self.max_depth):
@@ -322,13 +325,26 @@ class _Quick:
             size > _PG_MAX_INT_DIGITS and _TOO_MANY_DIGITS.search(data)
         ):
             return None
+        if _LONG_DIGITS.search(data):  # an int the decoder of `prepare` may refuse
+            try:
+                _DECODE(data)
+            except msgspec.ValidationError:
+                return None
+        return text, data
+
+    def prepare(self, value: object) -> PreparedPayload | None:
+        """What the careful pass returns for ``value`` when no rule changes it, else None."""
+        found = self.text(value)
+        if found is None:
+            return None
+        text, data = found
         try:
             copy = _DECODE(data)
-        except msgspec.ValidationError:  # an int beyond 64 bits, which the decoder refuses
+        except msgspec.ValidationError:  # pragma: no cover - `text` decoded it already
             return None
         prepared = object.__new__(PreparedPayload)
         for set_field, field_value in zip(
-            _PREPARED_SETTERS, (copy, text, size, (), (), False), strict=True
+            _PREPARED_SETTERS, (copy, text, len(data), (), (), False), strict=True
         ):
             set_field(prepared, field_value)
         return prepared
@@ -560,6 +576,23 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
         if done is not None:
             return done
     return _prepare_carefully(value, policy)
+
+
+def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, int, tuple[str, ...]]:
+    """`prepare_payload`'s ``json_text``, ``size_bytes`` and ``redacted_paths`` only: for an
+    event, which keeps no copy of the value (the quick path then makes none).
+
+    Raises:
+        PayloadError: As `prepare_payload`.
+        ConfigurationError: As `prepare_payload`.
+    """
+    quick = policy._quick
+    if quick is not None:
+        found = quick.text(value)
+        if found is not None:
+            return found[0], len(found[1]), ()
+    prepared = _prepare_carefully(value, policy)
+    return prepared.json_text, prepared.size_bytes, prepared.redacted_paths
 
 
 def _prepare_carefully(value: object, policy: PayloadPolicy) -> PreparedPayload:
