@@ -202,11 +202,12 @@ def _int_field(name: str, value: object, low: int, high: int | None = None) -> N
 # rule applies, and any doubt sends the payload to the careful pass:
 #
 # * One walk over the containers (no path bookkeeping, nothing copied): every value is
-#   exactly a dict with str keys, a list, a tuple, a str, an int, a finite float, a bool or
-#   None (no subclass: an Enum or a str with __json__ goes the careful way); the nesting is
-#   within max_depth (a cycle runs into it); no key, and no str that opens a two-item list
-#   (a header pair), is a secret name. Names found not secret are remembered per policy,
-#   so the walk tests most keys with one set lookup per dict.
+#   exactly a dict with str keys, a list, a tuple, a str, an int of 64 bits (signed or not:
+#   what the decoder reads back), a finite float, a bool or None (no subclass: an Enum or a
+#   str with __json__ goes the careful way); the nesting is within max_depth (a cycle runs
+#   into it); no key, and no str that opens a two-item list (a header pair), is a secret
+#   name. Names found not secret are remembered per policy, so the walk tests most keys
+#   with one set lookup per dict.
 # * The encoder fails on a lone surrogate and on an int over sys.get_int_max_str_digits().
 # * The text: within max_bytes, no NUL (written "\u0000"), no literal that starts a secret
 #   shape (`SecretMasker.may_find_in`), no int over PostgreSQL's digit limit.
@@ -216,8 +217,9 @@ _KNOWN_NAMES_MAX: Final = 4096
 """Most names one policy remembers as not secret (each at most _KNOWN_NAME_CHARS long)."""
 _KNOWN_NAME_CHARS: Final = 128
 _TOO_MANY_DIGITS: Final = re.compile(rb"(?<![0-9])[0-9]{%d}" % (_PG_MAX_INT_DIGITS + 1))
-# The decoder refuses ints out of its range; any such literal has at least 19 digits.
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+# Ints the quick path takes: those of 64 bits (signed or not), which the decoder of `prepare`
+# always reads back; a larger one takes the careful pass.
+_64_BIT_INTS: Final = range(-(2**63), 2**64)
 _PLAIN_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _INFINITIES: Final = frozenset({math.inf, -math.inf})
 
@@ -261,9 +263,12 @@ def _walker(suffixes: tuple[str, ...], header_pairs: bool) -> _Walk:
         left -= 1
         for item in items:
             kind = type(item)
-            if kind is str or kind is int or kind is bool or item is None:
+            if kind is str or kind is bool or item is None:
                 continue
-            if kind is float:
+            if kind is int:
+                if item not in _64_BIT_INTS:
+                    return False
+            elif kind is float:
                 if item != item or item in _INFINITIES:
                     return False
             elif kind is dict or kind is list or kind is tuple:
@@ -307,7 +312,12 @@ class _Quick:
         if kind is dict or kind is list or kind is tuple:
             if not self.walk(value, self.max_depth):
                 return None
-        elif kind not in _PLAIN_SCALARS or value != value or value in _INFINITIES:
+        elif (
+            kind not in _PLAIN_SCALARS
+            or value != value
+            or value in _INFINITIES
+            or (kind is int and value not in _64_BIT_INTS)
+        ):
             return None
         try:
             data = _ENCODE(value)
@@ -325,11 +335,6 @@ class _Quick:
             size > _PG_MAX_INT_DIGITS and _TOO_MANY_DIGITS.search(data)
         ):
             return None
-        if _LONG_DIGITS.search(data):  # an int the decoder of `prepare` may refuse
-            try:
-                _DECODE(data)
-            except msgspec.ValidationError:
-                return None
         return text, data
 
     def prepare(self, value: object) -> PreparedPayload | None:
@@ -340,7 +345,7 @@ class _Quick:
         text, data = found
         try:
             copy = _DECODE(data)
-        except msgspec.ValidationError:  # pragma: no cover - `text` decoded it already
+        except msgspec.ValidationError:  # pragma: no cover - `text` takes 64-bit ints only
             return None
         prepared = object.__new__(PreparedPayload)
         for set_field, field_value in zip(
