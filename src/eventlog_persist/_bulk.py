@@ -102,6 +102,12 @@ def write_events(
 ) -> BulkResult:
     """Write events with binary COPY, ``batch_size`` per transaction.
 
+    ``events`` is read as the COPY runs, so building the next events (a generator of
+    `new_event` calls, say) overlaps with the server storing the ones before; a batch ends
+    early after 2 seconds of copying, so a slow iterable never holds a transaction open for
+    long. An exception raised by ``events`` rolls back the batch in progress (the batches
+    before it stay committed) and propagates unchanged.
+
     Transient errors (a lost connection, a restart, a failover, a database that accepts only
     reads, a lock held past ``lock_timeout``) are retried on a new connection until the
     ``retry`` deadline, 30 s by default. Each batch is first copied straight into
@@ -120,8 +126,8 @@ def write_events(
             drivers' parameters are translated to libpq's; a SQLAlchemy ``Engine`` (its URL
             is used); or an open psycopg connection (used as is, not reopened after a
             connection loss). docs/writing.md has the table.
-        events: Events built with `new_event` (or a writer's ``event()``).
-        batch_size: Events per transaction.
+        events: Events built with `new_event` (or a writer's ``event()``), any iterable.
+        batch_size: Most events per transaction.
         retry: How transient errors are retried.
         on_dead_letter: Called with each event that is not written and its
             `EventWriteError`; without it such events are logged at ERROR level on the
@@ -145,6 +151,8 @@ def write_events(
 
     .. versionchanged:: 0.3.0
        ``target`` takes a URL of any PostgreSQL driver and a SQLAlchemy ``URL``.
+    .. versionchanged:: 0.3.0
+       ``events`` is read while each batch is copied; a batch ends after 2 s of copying.
     """
     _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
@@ -196,8 +204,9 @@ async def awrite_events(
         model: The host's ``EventLog`` model.
         target: As in `write_events`, with a SQLAlchemy ``AsyncEngine`` (its URL is used)
             or an open psycopg ``AsyncConnection`` (used as is) instead of the sync ones.
-        events: Events built with `new_event`.
-        batch_size: Events per transaction.
+        events: Events built with `new_event`, any (sync) iterable, read as each batch is
+            copied, as in `write_events`.
+        batch_size: Most events per transaction.
         retry: How transient errors are retried.
         on_dead_letter: Called with each event that is not written and its
             `EventWriteError`.
