@@ -317,10 +317,22 @@ class Bench:
         def prepare(d: dict[str, Any]) -> object:
             return prepare_payload(d["payload"])
 
-        def run_enqueue(policy: PayloadPolicy) -> tuple[list[int], float]:
+        def run_enqueue(
+            policy: PayloadPolicy, *, idle: bool = False, no_gc: bool = False
+        ) -> tuple[list[int], float]:
             self.reset()
-            with BufferedWriter(EventLog, self.conninfo, payload_policy=policy) as writer:
-                return timed(lambda d: writer.enqueue(**d))
+            # idle: the writer waits for close() (one batch of everything), so it never
+            # holds the GIL during the loop; no_gc: no garbage collection during the loop.
+            # Neither is a setting to use: they show what the writer thread and the
+            # collector add to the producer's latency.
+            quiet = {"batch_size": n, "flush_interval": 3600.0, "max_queued": n} if idle else {}
+            with BufferedWriter(EventLog, self.conninfo, payload_policy=policy, **quiet) as writer:
+                if no_gc:
+                    gc.disable()
+                try:
+                    return timed(lambda d: writer.enqueue(**d))
+                finally:
+                    gc.enable()
 
         variants: list[tuple[str, Callable[[], tuple[list[int], float]]]] = [
             ("json.dumps(payload) (reference)", lambda: timed(dumps)),
@@ -328,6 +340,19 @@ class Bench:
         ]
         for label, policy in policies.items():
             variants.append((f"enqueue(**d), {label}", lambda p=policy: run_enqueue(p)))
+        defaults = policies["defaults"]
+        variants.append(
+            (
+                "enqueue(**d), defaults, writer idle (diagnostic)",
+                lambda: run_enqueue(defaults, idle=True),
+            )
+        )
+        variants.append(
+            (
+                "enqueue(**d), defaults, gc disabled (diagnostic)",
+                lambda: run_enqueue(defaults, no_gc=True),
+            )
+        )
         self.latency: dict[str, list[tuple[list[int], float]]] = {name: [] for name, _ in variants}
         for round_ in range(rounds):
             shift = round_ % len(variants)

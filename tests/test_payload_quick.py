@@ -10,18 +10,22 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventlog_persist import PayloadPolicy, PreparedPayload, prepare_payload
+from eventlog_persist import PayloadPolicy, PreparedPayload, new_event, prepare_payload
+from eventlog_persist._events import build_event
 from eventlog_persist._payload import (
     DEFAULT_POLICY,
     DEFAULT_REDACT_KEYS,
     _encode,
     _prepare_carefully,
+    payload_text,
 )
 from eventlog_persist.exceptions import PayloadError
 
@@ -65,6 +69,19 @@ def check_same(value: object, policy: PayloadPolicy) -> PreparedPayload | None:
     except PayloadError as error:
         result = f"PayloadError: {error} at {error.path!r}"
     assert result == careful
+    # The text-only quick path (events keep no copy of the value) takes the same decisions.
+    text_only = quick.text(value)
+    assert (text_only is None) == (fast is None)
+    if fast is not None and text_only is not None:
+        assert text_only == (fast.json_text, fast.json_text.encode())
+    try:
+        parts: tuple[str, int, tuple[str, ...]] | str = payload_text(value, policy)
+    except PayloadError as error:
+        parts = f"PayloadError: {error} at {error.path!r}"
+    if isinstance(careful, PreparedPayload):
+        assert parts == (careful.json_text, careful.size_bytes, careful.redacted_paths)
+    else:
+        assert parts == careful
     return fast
 
 
@@ -282,3 +299,33 @@ def test_names_found_plain_are_remembered_up_to_a_bound() -> None:
     assert check_same(many, policy) is not None
     many["db_password"] = "x"
     assert check_same(many, policy) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"plain": [1, 2.5, "x", None, True], "nested": {"a": {"b": []}}},
+        {"api_key": "not really a key", "text": "fine"},  # redacted by name
+        {"n": float("nan")},  # replaced by null
+        {"big": 2**64, "small": -(2**63) - 1},  # past 64 bits: the careful pass
+        [["Authorization", "Bearer abc.def"]],  # a header pair
+        "just text",
+        None,
+    ],
+)
+def test_an_event_made_without_the_value_copy_is_the_event_build_event_makes(
+    payload: object,
+) -> None:
+    fields: dict[str, Any] = {
+        "session_id": uuid4(),
+        "user_id": uuid4(),
+        "event_type": "tool_call",
+        "payload": payload,
+        "id": uuid4(),
+        "created_at": datetime.now(UTC),
+    }
+    made = new_event(**fields)
+    built, prepared = build_event(**fields)
+    assert made == built
+    assert made.payload_bytes == built.payload_bytes == prepared.size_bytes
+    assert made.redacted_paths == prepared.redacted_paths

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -14,6 +14,8 @@ from eventlog_persist._delivery import (
     AsyncTarget,
     Connector,
     Outcome,
+    SourceError,
+    Stream,
     Target,
     adeliver,
     check_timeout,
@@ -52,15 +54,15 @@ class BulkResult:
     read_only_retries: int = 0
 
 
-def _batches(events: Iterable[NewEvent], size: int) -> Iterable[list[NewEvent]]:
-    batch: list[NewEvent] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batches(events: Iterable[NewEvent], size: int) -> Iterator[Stream]:
+    """The batches, each pulled from ``events`` while its first COPY runs (`Stream`).
+
+    Nothing is opened for an empty iterable: the first event of each batch is taken first.
+    """
+    source = iter(events)
+    for first in source:
+        stream = Stream(first, source, size)
+        yield stream
 
 
 def _check_args(
@@ -100,6 +102,12 @@ def write_events(
 ) -> BulkResult:
     """Write events with binary COPY, ``batch_size`` per transaction.
 
+    ``events`` is read as the COPY runs, so building the next events (a generator of
+    `new_event` calls, say) overlaps with the server storing the ones before; a batch ends
+    early after 2 seconds of copying, so a slow iterable never holds a transaction open for
+    long. An exception raised by ``events`` rolls back the batch in progress (the batches
+    before it stay committed) and propagates unchanged.
+
     Transient errors (a lost connection, a restart, a failover, a database that accepts only
     reads, a lock held past ``lock_timeout``) are retried on a new connection until the
     ``retry`` deadline, 30 s by default. Each batch is first copied straight into
@@ -118,8 +126,8 @@ def write_events(
             drivers' parameters are translated to libpq's; a SQLAlchemy ``Engine`` (its URL
             is used); or an open psycopg connection (used as is, not reopened after a
             connection loss). docs/writing.md has the table.
-        events: Events built with `new_event` (or a writer's ``event()``).
-        batch_size: Events per transaction.
+        events: Events built with `new_event` (or a writer's ``event()``), any iterable.
+        batch_size: Most events per transaction.
         retry: How transient errors are retried.
         on_dead_letter: Called with each event that is not written and its
             `EventWriteError`; without it such events are logged at ERROR level on the
@@ -143,6 +151,8 @@ def write_events(
 
     .. versionchanged:: 0.3.0
        ``target`` takes a URL of any PostgreSQL driver and a SQLAlchemy ``URL``.
+    .. versionchanged:: 0.3.0
+       ``events`` is read while each batch is copied; a batch ends after 2 s of copying.
     """
     _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
     table = EventTable.of(model)
@@ -159,6 +169,7 @@ def write_events(
         result.retries += 1
         result.read_only_retries += read_only
 
+    failed: SourceError | None = None
     try:
         for batch in _batches(events, batch_size):
             _settle(
@@ -166,8 +177,12 @@ def write_events(
                 result,
                 on_dead_letter,
             )
+    except SourceError as exc:  # its batch was rolled back
+        failed = exc
     finally:
         connector.close()
+    if failed is not None:
+        raise failed.error  # as the iterable raised it, outside this except clause
     return result
 
 
@@ -189,8 +204,9 @@ async def awrite_events(
         model: The host's ``EventLog`` model.
         target: As in `write_events`, with a SQLAlchemy ``AsyncEngine`` (its URL is used)
             or an open psycopg ``AsyncConnection`` (used as is) instead of the sync ones.
-        events: Events built with `new_event`.
-        batch_size: Events per transaction.
+        events: Events built with `new_event`, any (sync) iterable, read as each batch is
+            copied, as in `write_events`.
+        batch_size: Most events per transaction.
         retry: How transient errors are retried.
         on_dead_letter: Called with each event that is not written and its
             `EventWriteError`.
@@ -220,10 +236,15 @@ async def awrite_events(
         result.retries += 1
         result.read_only_retries += read_only
 
+    failed: SourceError | None = None
     try:
         for batch in _batches(events, batch_size):
             outcome = await adeliver(connector, table, batch, retry, on_retry=count_retry)
             _settle(outcome, result, on_dead_letter)
+    except SourceError as exc:  # its batch was rolled back
+        failed = exc
     finally:
         await connector.close()
+    if failed is not None:
+        raise failed.error  # as the iterable raised it, outside this except clause
     return result

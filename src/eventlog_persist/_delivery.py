@@ -10,10 +10,10 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -129,6 +129,87 @@ class Outcome:
 
 class _NeedStaging(Exception):
     """Some id is already stored: write the batch again through the staging table."""
+
+
+STREAM_SECONDS: Final = 2.0
+"""Most seconds a `Stream` keeps pulling events into the COPY of one batch."""
+
+
+class SourceError(Exception):
+    """The events' iterable raised: the batch is rolled back and ``error`` is re-raised."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Stream(Sequence[NewEvent]):
+    """One batch of `write_events`, pulled from the host's iterable while it is copied.
+
+    The first iteration (the first attempt's COPY) takes events from ``source`` as the
+    COPY writes them, so the host's code building the next events runs while the server
+    stores the previous ones. It stops at ``size`` events, at the end of ``source``, or
+    after `STREAM_SECONDS`, so a slow iterable never holds a transaction open for long.
+    If that attempt does not finish (it failed), the batch is first filled up to ``size``
+    events, as if it had been taken whole. From then on the batch is what was taken, and
+    every retry or bisection sees exactly those events. An exception raised by ``source``
+    is wrapped in `SourceError`.
+    """
+
+    __slots__ = ("_done", "_size", "_source", "_started", "taken")
+
+    def __init__(self, first: NewEvent, source: Iterator[NewEvent], size: int) -> None:
+        self.taken = [first]
+        self._source = source
+        self._size = size
+        self._started = False
+        self._done = False  # no more events join the batch
+
+    def __iter__(self) -> Iterator[NewEvent]:
+        if self._started or self._done:
+            return iter(self._settled())
+        self._started = True
+        return self._pull()
+
+    def _pull(self) -> Iterator[NewEvent]:
+        taken = self.taken
+        yield taken[0]
+        size, source = self._size, self._source
+        deadline = time.monotonic() + STREAM_SECONDS
+        while not self._done and len(taken) < size and time.monotonic() < deadline:
+            try:
+                event = next(source)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise SourceError(exc) from exc
+            taken.append(event)
+            yield event
+        self._done = True
+
+    def _settled(self) -> list[NewEvent]:
+        """The batch, filled up to ``size`` first unless the first iteration finished."""
+        if not self._done:
+            self._done = True
+            taken, source = self.taken, self._source
+            try:
+                while len(taken) < self._size:
+                    taken.append(next(source))
+            except StopIteration:
+                pass
+            except Exception as exc:
+                raise SourceError(exc) from exc
+        return self.taken
+
+    def __len__(self) -> int:
+        return len(self._settled())
+
+    @overload
+    def __getitem__(self, index: int) -> NewEvent: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[NewEvent]: ...
+    def __getitem__(self, index: int | slice) -> NewEvent | Sequence[NewEvent]:
+        return self._settled()[index]
 
 
 def _halves(events: Sequence[NewEvent]) -> tuple[Sequence[NewEvent], Sequence[NewEvent]]:
@@ -483,6 +564,8 @@ def deliver(
             part.staged = True
             pending.append(part)
             continue
+        except SourceError:  # the host's iterable failed (`Stream`): not a write error
+            raise
         except Exception as exc:
             broken = connector.broken()
             connector.discard()
@@ -662,6 +745,8 @@ async def adeliver(
             part.staged = True
             pending.append(part)
             continue
+        except SourceError:  # the host's iterable failed (`Stream`): not a write error
+            raise
         except Exception as exc:
             broken = connector.broken()
             await connector.discard()

@@ -18,6 +18,7 @@ from eventlog_persist._payload import (
     DEFAULT_POLICY,
     PayloadPolicy,
     PreparedPayload,
+    payload_text,
     prepare_payload,
 )
 from eventlog_persist._table import EventTable
@@ -252,24 +253,25 @@ def new_event(
     .. versionchanged:: 0.3.0
        Event context; ``request_id``, ``trace_id`` and ``span_id``.
     """
-    return build_event(
-        session_id=session_id,
-        user_id=user_id,
-        event_type=event_type,
-        payload=payload,
-        project_id=project_id,
-        agent_id=agent_id,
-        error_code=error_code,
-        tool_name=tool_name,
-        approval_status=approval_status,
-        created_at=created_at,
-        id=id,
-        request_id=request_id,
-        trace_id=trace_id,
-        span_id=span_id,
-        payload_policy=payload_policy,
-        field_rules=field_rules,
-    )[0]
+    return _build(
+        session_id,
+        user_id,
+        event_type,
+        payload,
+        project_id,
+        agent_id,
+        error_code,
+        tool_name,
+        approval_status,
+        created_at,
+        id,
+        request_id,
+        trace_id,
+        span_id,
+        payload_policy,
+        field_rules,
+        None,
+    )
 
 
 def build_event(
@@ -292,6 +294,50 @@ def build_event(
     field_rules: EventFieldRules = DEFAULT_FIELD_RULES,
 ) -> tuple[NewEvent, PreparedPayload]:
     """`new_event` that also returns the prepared payload (its JSON value and redactions)."""
+    prepared: list[PreparedPayload] = []
+    event = _build(
+        session_id,
+        user_id,
+        event_type,
+        payload,
+        project_id,
+        agent_id,
+        error_code,
+        tool_name,
+        approval_status,
+        created_at,
+        id,
+        request_id,
+        trace_id,
+        span_id,
+        payload_policy,
+        field_rules,
+        prepared,
+    )
+    return event, prepared[0]
+
+
+def _build(  # the fields of an event, positional: no keyword forwarding
+    session_id: Key | None,
+    user_id: Key | None,
+    event_type: str,
+    payload: object,
+    project_id: Key | None,
+    agent_id: Key | None,
+    error_code: str | None,
+    tool_name: str | None,
+    approval_status: str | None,
+    created_at: datetime | None,
+    id: uuid.UUID | None,
+    request_id: str | None,
+    trace_id: str | None,
+    span_id: str | None,
+    payload_policy: PayloadPolicy,
+    field_rules: EventFieldRules,
+    prepared: list[PreparedPayload] | None,
+) -> NewEvent:
+    """`build_event`'s checks and event; the prepared payload is appended to ``prepared``
+    when given, else only its text is made (the quick path then copies nothing)."""
     context = _CURRENT.get()
     if context is not None:
         if session_id is None:
@@ -335,26 +381,32 @@ def build_event(
         created_at = datetime.now(UTC)
     else:
         validate_created_at(created_at, rules=field_rules)
-    prepared = prepare_payload({} if payload is None else payload, policy=payload_policy)
-    event = NewEvent._checked(
+    if payload is None:
+        payload = {}
+    if prepared is None:
+        text, size, redacted = payload_text(payload, payload_policy)
+    else:
+        done = prepare_payload(payload, policy=payload_policy)
+        prepared.append(done)
+        text, size, redacted = done.json_text, done.size_bytes, done.redacted_paths
+    return NewEvent._checked(
         new_event_id() if id is None else id,
         session_id,
         user_id,
         str(event_type),
-        prepared.json_text,
+        text,
         created_at,
         project_id,
         agent_id,
         None if error_code is None else str(error_code),
         None if tool_name is None else str(tool_name),
         None if approval_status is None else str(approval_status),
-        prepared.redacted_paths,
+        redacted,
         request_id,
         trace_id,
         span_id,
-        prepared.size_bytes,
+        size,
     )
-    return event, prepared
 
 
 def _check_required_key(name: str, value: object) -> None:
@@ -411,13 +463,17 @@ class EventBuilder(Generic[KeyT]):
         return built
 
     def event(self, fields: EventFields[KeyT]) -> NewEvent:
-        """`build`, the event only."""
-        return self.build(fields)[0]
+        """`build`, the event only (no copy of the payload's value is made)."""
+        event = new_event(
+            **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
+        )
+        self.table.check_keys(event.session_id, event.user_id, event.project_id, event.agent_id)
+        return event
 
     def given(self, event: NewEvent | None, fields: EventFields[KeyT]) -> NewEvent:
         """The event a write verb was given: built already, or built now from ``fields``."""
         if event is None:
-            return self.build(fields)[0]
+            return self.event(fields)
         if not isinstance(event, NewEvent):
             raise ValidationError(
                 f"expected a NewEvent (from new_event() or EventWriter.event()), got "

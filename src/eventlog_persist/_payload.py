@@ -202,11 +202,12 @@ def _int_field(name: str, value: object, low: int, high: int | None = None) -> N
 # rule applies, and any doubt sends the payload to the careful pass:
 #
 # * One walk over the containers (no path bookkeeping, nothing copied): every value is
-#   exactly a dict with str keys, a list, a tuple, a str, an int, a finite float, a bool or
-#   None (no subclass: an Enum or a str with __json__ goes the careful way); the nesting is
-#   within max_depth (a cycle runs into it); no key, and no str that opens a two-item list
-#   (a header pair), is a secret name. Names found not secret are remembered per policy,
-#   so the walk tests most keys with one set lookup per dict.
+#   exactly a dict with str keys, a list, a tuple, a str, an int of 64 bits (signed or not:
+#   what the decoder reads back), a finite float, a bool or None (no subclass: an Enum or a
+#   str with __json__ goes the careful way); the nesting is within max_depth (a cycle runs
+#   into it); no key, and no str that opens a two-item list (a header pair), is a secret
+#   name. Names found not secret are remembered per policy, so the walk tests most keys
+#   with one set lookup per dict.
 # * The encoder fails on a lone surrogate and on an int over sys.get_int_max_str_digits().
 # * The text: within max_bytes, no NUL (written "\u0000"), no literal that starts a secret
 #   shape (`SecretMasker.may_find_in`), no int over PostgreSQL's digit limit.
@@ -216,6 +217,9 @@ _KNOWN_NAMES_MAX: Final = 4096
 """Most names one policy remembers as not secret (each at most _KNOWN_NAME_CHARS long)."""
 _KNOWN_NAME_CHARS: Final = 128
 _TOO_MANY_DIGITS: Final = re.compile(rb"(?<![0-9])[0-9]{%d}" % (_PG_MAX_INT_DIGITS + 1))
+# Ints the quick path takes: those of 64 bits (signed or not), which the decoder of `prepare`
+# always reads back; a larger one takes the careful pass.
+_64_BIT_INTS: Final = range(-(2**63), 2**64)
 _PLAIN_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _INFINITIES: Final = frozenset({math.inf, -math.inf})
 
@@ -259,9 +263,12 @@ def _walker(suffixes: tuple[str, ...], header_pairs: bool) -> _Walk:
         left -= 1
         for item in items:
             kind = type(item)
-            if kind is str or kind is int or kind is bool or item is None:
+            if kind is str or kind is bool or item is None:
                 continue
-            if kind is float:
+            if kind is int:
+                if item not in _64_BIT_INTS:
+                    return False
+            elif kind is float:
                 if item != item or item in _INFINITIES:
                     return False
             elif kind is dict or kind is list or kind is tuple:
@@ -298,13 +305,19 @@ class _Quick:
             policy.redaction_record_key,
         )
 
-    def prepare(self, value: object) -> PreparedPayload | None:
-        """What the careful pass returns for ``value`` when no rule changes it, else None."""
+    def text(self, value: object) -> tuple[str, bytes] | None:
+        """The JSON text (and its UTF-8) the careful pass writes for ``value`` when no rule
+        changes it, else None; `prepare` without the copy of the value."""
         kind = type(value)
         if kind is dict or kind is list or kind is tuple:
             if not self.walk(value, self.max_depth):
                 return None
-        elif kind not in _PLAIN_SCALARS or value != value or value in _INFINITIES:
+        elif (
+            kind not in _PLAIN_SCALARS
+            or value != value
+            or value in _INFINITIES
+            or (kind is int and value not in _64_BIT_INTS)
+        ):
             return None
         try:
             data = _ENCODE(value)
@@ -322,13 +335,21 @@ class _Quick:
             size > _PG_MAX_INT_DIGITS and _TOO_MANY_DIGITS.search(data)
         ):
             return None
+        return text, data
+
+    def prepare(self, value: object) -> PreparedPayload | None:
+        """What the careful pass returns for ``value`` when no rule changes it, else None."""
+        found = self.text(value)
+        if found is None:
+            return None
+        text, data = found
         try:
             copy = _DECODE(data)
-        except msgspec.ValidationError:  # an int beyond 64 bits, which the decoder refuses
+        except msgspec.ValidationError:  # pragma: no cover - `text` takes 64-bit ints only
             return None
         prepared = object.__new__(PreparedPayload)
         for set_field, field_value in zip(
-            _PREPARED_SETTERS, (copy, text, size, (), (), False), strict=True
+            _PREPARED_SETTERS, (copy, text, len(data), (), (), False), strict=True
         ):
             set_field(prepared, field_value)
         return prepared
@@ -560,6 +581,23 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
         if done is not None:
             return done
     return _prepare_carefully(value, policy)
+
+
+def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, int, tuple[str, ...]]:
+    """`prepare_payload`'s ``json_text``, ``size_bytes`` and ``redacted_paths`` only: for an
+    event, which keeps no copy of the value (the quick path then makes none).
+
+    Raises:
+        PayloadError: As `prepare_payload`.
+        ConfigurationError: As `prepare_payload`.
+    """
+    quick = policy._quick
+    if quick is not None:
+        found = quick.text(value)
+        if found is not None:
+            return found[0], len(found[1]), ()
+    prepared = _prepare_carefully(value, policy)
+    return prepared.json_text, prepared.size_bytes, prepared.redacted_paths
 
 
 def _prepare_carefully(value: object, policy: PayloadPolicy) -> PreparedPayload:
