@@ -15,6 +15,7 @@ Without --url it starts a throwaway embedded PostgreSQL 18.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _svg
 import datagen
 import psycopg
 from sqlalchemy import ForeignKey, Uuid, create_engine
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s the writer enqueues")
     parser.add_argument("--lock-timeout", type=float, default=0.05)
+    parser.add_argument("--svg", type=Path, help="also draw the swap's lock time as SVG here")
     args = parser.parse_args()
     with database(args.url) as url:
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -204,6 +207,26 @@ def main() -> None:
             f"lost {lost}, doubled {stored[0] - stored[1]}, "
             f"dead-lettered {len(plain.dead) + len(switched.dead)}"
         )
+        if args.svg:
+            chart = _svg.bar_chart(
+                "Online conversion: ACCESS EXCLUSIVE on event_logs during the swap (ms)",
+                [
+                    (name, {"ms": value * 1000})
+                    for name, value in (
+                        ("held, server side (granted to COMMIT)", hold),
+                        ("seen by a pg_locks poller", seen),
+                        ("client side (granted to COMMIT returned)", client),
+                    )
+                    if math.isfinite(value)  # the poller may see no lock at all
+                ],
+                subtitle=f"PostgreSQL {size[2]}, {data.rows:,} rows ({size[0]}), a writer "
+                f"enqueuing {args.rate:g} events/s; lost {lost}",
+                unit=" ms",
+                reference=100.0,
+                reference_label="target 100 ms",
+                label=lambda value: f"{value:.1f}",
+            )
+            print(f"chart written to {_svg.write(args.svg, chart)}")
         engine.dispose()
 
 
