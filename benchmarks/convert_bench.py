@@ -162,6 +162,11 @@ def main() -> None:
         datagen.create_schema(engine)
         data = datagen.load(url, args.rows)
         print(f"loaded {data.rows} events in {data.seconds:.1f} s")
+        # A table in service has been vacuumed; a freshly loaded one is about to be, and an
+        # autovacuum worker yields to a lock waiter only after deadlock_timeout (1 s), longer
+        # than the conversion's lock_timeout.
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute("VACUUM (ANALYZE) event_logs")
         session_id, user_id, _ = data.sessions[0]
         keys = {"session_id": session_id, "user_id": user_id}
         with psycopg.connect(url) as connection:

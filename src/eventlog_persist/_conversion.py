@@ -520,11 +520,44 @@ class _Conversion:
     def _locked_out(self, step: str, attempts: int, exc: DBAPIError) -> ConversionError:
         return ConversionError(
             f"convert: step {step!r} could not get its locks in {attempts} attempts of "
-            f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); a long transaction "
-            f"holds a lock on {TABLE_NAME} or a table it references (see pg_locks, "
-            "pg_stat_activity). The steps before it stay done: run the conversion again, "
-            "or with more swap_attempts or a longer lock_timeout"
+            f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); {self._holders()}. "
+            "The steps before it stay done: run the conversion again, or with more "
+            "swap_attempts or a longer lock_timeout"
         )
+
+    def _holders(self) -> str:
+        """Who holds a lock on the table now: pids and kinds, never another session's SQL."""
+        generic = (
+            f"a long transaction holds a lock on {TABLE_NAME} or a table it references (see "
+            "pg_locks, pg_stat_activity)"
+        )
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(
+                    text(
+                        "SELECT DISTINCT a.pid, a.backend_type, a.state, "
+                        "CASE WHEN a.backend_type = 'autovacuum worker' THEN a.query END "
+                        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.relation = to_regclass(:name) AND l.granted "
+                        "AND a.pid <> pg_backend_pid() ORDER BY a.pid LIMIT 5"
+                    ),
+                    {"name": self.table},
+                ).all()
+        except DBAPIError:
+            return generic
+        if not rows:
+            return generic
+        held = "; ".join(
+            f"pid {pid} ({kind}{', ' + state if state else ''}{': ' + query if query else ''})"
+            for pid, kind, state, query in rows
+        )
+        message = f"held now by {held}"
+        if any(kind == "autovacuum worker" for _, kind, _, _ in rows):
+            message += (
+                "; autovacuum yields to a lock waiter only after deadlock_timeout, longer "
+                "than this lock_timeout: run the conversion again when it has finished"
+            )
+        return message
 
     def _failed(self, step: str, exc: DBAPIError) -> ConversionError:
         return ConversionError(
