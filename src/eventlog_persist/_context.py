@@ -14,9 +14,10 @@ from typing import Final, TypeAlias
 from eventlog_persist._vocabulary import check_key, check_request_id
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
-__all__ = ["EventContext", "current_event_context", "event_context", "span_ids"]
+__all__ = ["EventContext", "Key", "current_event_context", "event_context", "span_ids"]
 
 Key: TypeAlias = uuid.UUID | int
+"""A host primary-key value: ``uuid.UUID`` or ``int``."""
 
 _NO_EXTRA: Final[Mapping[str, object]] = MappingProxyType({})
 

@@ -11,7 +11,7 @@ from typing import Final, Generic, NotRequired, TypeAlias
 
 from typing_extensions import TypedDict
 
-from eventlog_persist._context import _CURRENT, merge_extra, span_ids
+from eventlog_persist._context import _CURRENT, Key, merge_extra, span_ids
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import (
@@ -40,9 +40,6 @@ __all__ = [
     "build_event",
     "new_event",
 ]
-
-Key: TypeAlias = uuid.UUID | int
-"""A host primary-key value: ``uuid.UUID`` or ``int``."""
 
 
 class EventFields(TypedDict, Generic[KeyT]):

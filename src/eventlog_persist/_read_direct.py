@@ -109,15 +109,14 @@ def fetch(connection: Connection, sql: str, params: Any) -> Sequence[Any]:
     autocommit mode), as SQLAlchemy's autobegin would otherwise have to see the statement.
     """
     dbapi_connection: Any = connection.connection.dbapi_connection
-    cursor = dbapi_connection.cursor()
-    if _default_jsonb_loader(dbapi_connection):
-        cursor.adapters.register_loader(_JSONB_OID, _PayloadLoader)
-    try:
-        cursor.execute(sql, params)
-        rows: Sequence[Any] = cursor.fetchall()
-    except BaseException as exc:
-        raise_as_sqlalchemy(connection, exc, sql, params, dbapi_connection)
-    cursor.close()
+    with dbapi_connection.cursor() as cursor:  # closed on an error too
+        if _default_jsonb_loader(dbapi_connection):
+            cursor.adapters.register_loader(_JSONB_OID, _PayloadLoader)
+        try:
+            cursor.execute(sql, params)
+            rows: Sequence[Any] = cursor.fetchall()
+        except BaseException as exc:
+            raise_as_sqlalchemy(connection, exc, sql, params, dbapi_connection)
     return rows
 
 
