@@ -393,6 +393,22 @@ def test_second_page_keeps_the_index(loaded: tuple[Engine, Any]) -> None:
     assert "created_at" in scans[0]["Index Cond"]
 
 
+def test_lookup_by_id_uses_the_primary_key(loaded: tuple[Engine, Any]) -> None:
+    engine, data = loaded
+    k = pick(data)
+    reader = EventLogReader(bench_module("datagen").EventLog, engine)
+    target = reader.session_timeline(k["session"], user_id=k["user"], limit=1).items[0]
+    for user_id in (k["user"], UNSCOPED):
+        (plan,) = explain_call(engine, lambda u=user_id: reader.event(target.id, user_id=u))
+        scans = [node for node in nodes(plan) if "Index Name" in node]
+        assert scans, f"no index scan in {plan}"
+        used = {node["Index Name"] for node in scans}
+        # The id's time window is narrow enough that the user's index may serve it too.
+        assert "pk_event_logs" in used
+        assert used <= {"pk_event_logs", USER_IX}
+        assert not [node for node in nodes(plan) if node["Node Type"] == "Seq Scan"]
+
+
 @pytest.mark.parametrize(("scope", "index"), [("user_id", USER_IX), ("project_id", PROJECT_IX)])
 def test_scoped_purge_uses_its_index(loaded: tuple[Engine, Any], scope: str, index: str) -> None:
     engine, data = loaded

@@ -230,8 +230,8 @@ def new_event(
         created_at: When the event happened (timezone-aware, from 0001-01-02 to 9999-12-30
             in UTC, at most ``field_rules.max_future`` ahead of the clock); default: now, by
             the client's clock.
-        id: The event id; default: a new UUIDv7. Pass the same id again to make a retry of
-            your own idempotent.
+        id: The event id; default: a new UUIDv7 recording ``created_at`` (see
+            `new_event_id`). Pass the same id again to make a retry of your own idempotent.
         request_id: The id of the request being served (at most 128 characters), or None.
         trace_id: A W3C / OpenTelemetry trace id (32 lowercase hex digits), or None.
         span_id: A W3C / OpenTelemetry span id (16 lowercase hex digits), or None.
@@ -376,8 +376,13 @@ def _build(  # the fields of an event, positional: no keyword forwarding
     )
     if created_at is None:
         created_at = datetime.now(UTC)
+        if id is None:
+            id = new_event_id()
     else:
         validate_created_at(created_at, rules=field_rules)
+        if id is None:
+            # Minted at the event's own time, so lookups by id find it in its partition.
+            id = new_event_id(created_at)
     if payload is None:
         payload = {}
     if prepared is None:
@@ -387,7 +392,7 @@ def _build(  # the fields of an event, positional: no keyword forwarding
         prepared.append(done)
         text, size, redacted = done.json_text, done.size_bytes, done.redacted_paths
     return NewEvent._checked(
-        new_event_id() if id is None else id,
+        id,
         session_id,
         user_id,
         str(event_type),

@@ -2,17 +2,76 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from uuid_utils.compat import uuid7
 
-__all__ = ["new_event_id"]
+from eventlog_persist.exceptions import ValidationError
+
+__all__ = ["ID_TIME_WINDOW", "id_time", "new_event_id"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The 74 bits after an id's time, for ids minted at a given instant: one counter for the
+# process, from a random start, so that such ids of the same millisecond keep the order they
+# were made in (RFC 9562's monotonic random method, across milliseconds too).
+_TAILS: Final = itertools.count(int.from_bytes(os.urandom(10)) >> 7)
+_TAIL_BITS: Final = (1 << 74) - 1
+_LOW_BITS: Final = (1 << 62) - 1
+
+ID_TIME_WINDOW: Final = timedelta(minutes=1)
+"""How far an id the package mints may lie from its event's ``created_at``.
+
+The id and the time come from the same clock: an event written now gets both at once, an
+event given its ``created_at`` (a backfill) gets an id minted at that instant. Lookups by id
+read only the ``created_at`` range this window around the id's time gives (one partition
+in the partitioned layout), and fall back to every partition when the event is not there."""
 
 
-def new_event_id() -> uuid.UUID:
+def new_event_id(at: datetime | None = None) -> uuid.UUID:
     """Return a new UUIDv7 as a standard ``uuid.UUID``.
 
-    Ids from one process are strictly increasing, so a B-tree on ``id`` appends at its right
-    edge instead of splitting random pages, and ``(created_at, id)`` orders events stably.
+    Ids made without ``at`` in one process are strictly increasing, so a B-tree on ``id``
+    appends at its right edge instead of splitting random pages, and ``(created_at, id)``
+    orders events stably; ids made at the same instant keep the order they were made in.
+
+    Args:
+        at: The instant the id records (time-zone aware), e.g. the ``created_at`` of a
+            backfilled event; default: now. An instant before 1970 cannot be recorded:
+            the id then records now.
+
+    Raises:
+        ValidationError: ``at`` is not a time-zone aware datetime.
+
+    .. versionchanged:: 0.3.0
+       ``at``.
     """
-    return uuid7()
+    if at is None:
+        return uuid7()
+    if not isinstance(at, datetime) or at.utcoffset() is None:
+        raise ValidationError(
+            f"new_event_id(at=...) needs a time-zone aware datetime, got {at!r}; e.g. "
+            "value.replace(tzinfo=UTC)"
+        )
+    milliseconds = (at - _EPOCH) // timedelta(milliseconds=1)
+    if milliseconds < 0:
+        return uuid7()
+    tail = next(_TAILS) & _TAIL_BITS
+    # time (48 bits), version 7, 12 tail bits, variant 0b10, 62 tail bits
+    return uuid.UUID(
+        int=milliseconds << 80 | 0x7 << 76 | (tail >> 62) << 64 | 0b10 << 62 | tail & _LOW_BITS
+    )
+
+
+def id_time(event_id: uuid.UUID) -> datetime | None:
+    """The instant a UUIDv7 records (to the millisecond); None for other versions."""
+    if event_id.version != 7:
+        return None
+    milliseconds = event_id.int >> 80
+    try:
+        return _EPOCH + timedelta(milliseconds=milliseconds)
+    except OverflowError:  # beyond year 9999: no event time can be there
+        return None

@@ -164,8 +164,12 @@ class EventLogMixin(Generic[KeyT]):
         trace_id: str | None = None,
         span_id: str | None = None,
     ) -> None:
-        # The id is set now, not at flush, so a caller can log or return it at once.
-        self.id = new_event_id() if id is None else id
+        # The id is set now, not at flush, so a caller can log or return it at once; it
+        # records the event's time (see new_event_id).
+        if id is None:
+            aware = isinstance(created_at, datetime) and created_at.utcoffset() is not None
+            id = new_event_id(created_at if aware else None)
+        self.id = id
         self.session_id = session_id
         self.user_id = user_id
         self.event_type = event_type

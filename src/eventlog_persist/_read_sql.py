@@ -16,6 +16,7 @@ from sqlalchemy import (
     ARRAY,
     BindParameter,
     ColumnElement,
+    CompoundSelect,
     DateTime,
     Dialect,
     Integer,
@@ -34,11 +35,13 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
 from eventlog_persist._cursor import decode_cursor, encode_cursor
 from eventlog_persist._genai import INPUT_TOKENS, OUTPUT_TOKENS, REQUEST_MODEL, RESPONSE_MODEL
+from eventlog_persist._ids import ID_TIME_WINDOW, id_time
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_types import (
     ANY_ERROR,
@@ -51,6 +54,7 @@ from eventlog_persist._read_types import (
     TokenGroup,
     check_range,
     event_records,
+    instant_key,
 )
 from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
 from eventlog_persist._table import check_key_fits, key_sql_type
@@ -65,6 +69,7 @@ __all__ = [
     "bucket_query",
     "check_key",
     "count_query",
+    "event_query",
     "event_table",
     "timeline_query",
     "token_usage_query",
@@ -230,6 +235,11 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
             after = tuple_(resume_at, param("after_id", "id"))
             newest = token.startswith("after:newest")
             conditions.append(position < after if newest else position > after)
+            if not token.endswith(":edge"):
+                # Implied by the row comparison; stated so that partitions past the
+                # cursor are pruned (PostgreSQL prunes on plain comparisons only).
+                column = c.created_at
+                conditions.append(column <= resume_at if newest else column >= resume_at)
         elif token in makers:
             conditions.append(makers[token]())
     return conditions
@@ -266,9 +276,9 @@ class PreparedQuery:
     table: Table
     shape: tuple[str, ...]
     params: dict[str, Any]
-    builder: Callable[[Table, tuple[str, ...]], Select[Any]]
+    builder: Callable[[Table, tuple[str, ...]], Select[Any] | CompoundSelect[Any]]
 
-    def statement(self) -> Select[Any]:
+    def statement(self) -> Select[Any] | CompoundSelect[Any]:
         """The SQLAlchemy statement; execute it with `params`."""
         return self.builder(self.table, self.shape)
 
@@ -374,6 +384,8 @@ def timeline_query(
     project_id: object = None,
     agent_id: object = None,
     session_id: object = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     filters: EventFilter | None = None,
     order: Order = "newest",
     limit: int = DEFAULT_PAGE_SIZE,
@@ -388,12 +400,15 @@ def timeline_query(
     so page 1000 costs what page 1 does, and rows inserted meanwhile never shift or repeat
     events already returned. An ``offset`` skips that many events first (at most
     `MAX_OFFSET`); it is not part of the cursor's query, so a page read with an offset
-    continues with its ``next_cursor``.
+    continues with its ``next_cursor``. ``since`` and ``until`` intersect the filter's
+    range; a bounded timeline reads only the partitions of its range (partitioned layout).
 
     Raises:
-        ValidationError: A key, the order, the limit, the offset or the cursor is not valid.
+        ValidationError: A key, the range, the order, the limit, the offset or the cursor
+            is not valid.
     """
     check_key(table, column, key)
+    check_range(since, until, owner="timeline")
     narrowings = {
         "user_id": user_id,
         "project_id": project_id,
@@ -417,6 +432,12 @@ def timeline_query(
         )
     _check_offset(offset, cursor)
     filters = _check_filters(filters)
+    since = _later(since, filters.since)
+    until = _earlier(until, filters.until)
+    range_key = filters._key()
+    # The range is keyed as the filter keys it: a bound given either way is the same query,
+    # and the cursors of queries that had their range in the filter stay valid.
+    range_key[-2:] = [instant_key(since), instant_key(until)]
     # JSON of the parts: every value is quoted, so no value can pose as a separator. The
     # agent and session narrowings come last, and only when given, so the queries that
     # existed before them keep their keys (and their cursors stay valid across versions).
@@ -426,7 +447,7 @@ def timeline_query(
         _show_key(user_id),
         _show_key(project_id),
         order,
-        filters._key(),
+        range_key,
     ]
     if agent_id is not None or session_id is not None:
         parts.append({"agent_id": _show_key(agent_id), "session_id": _show_key(session_id)})
@@ -439,10 +460,10 @@ def timeline_query(
             shape.append(token)
             params[name] = value
     shape += _filter_shape(filters, params)
-    for name in ("since", "until"):
-        if getattr(filters, name) is not None:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
             shape.append(name)
-            params[name] = getattr(filters, name)
+            params[name] = value
     if cursor is not None:
         after, params["after_id"] = decode_cursor(cursor, query_key)
         params["after_created_at"] = after
@@ -454,6 +475,55 @@ def timeline_query(
         params["offset"] = offset
     prepared = PreparedQuery(table, tuple(shape), params, _timeline_select)
     return TimelineQuery(prepared, limit, query_key)
+
+
+def _event_select(table: Table, shape: tuple[str, ...]) -> Select[Any] | CompoundSelect[Any]:
+    c = table.c
+    columns = [
+        _readable(c.created_at).label(name) if name == "created_at" else c[name]
+        for name in _RECORD_COLUMNS
+    ]
+    conditions = [c.id == bindparam("event_id", type_=c.id.type)]
+    if "user" in shape:
+        conditions.append(c.user_id == bindparam("user_id", type_=c.user_id.type))
+    if "window" not in shape:
+        return select(*columns).where(*conditions)
+    start = bindparam("window_start", type_=c.created_at.type)
+    end = bindparam("window_end", type_=c.created_at.type)
+    # The window first; the rest of the table only when the event is not in it: a LIMIT over
+    # UNION ALL never starts its second branch once the first has returned the row.
+    inside = select(*columns).where(*conditions, c.created_at >= start, c.created_at < end)
+    outside = select(*columns).where(*conditions, or_(c.created_at < start, c.created_at >= end))
+    return union_all(inside, outside).limit(literal_column("1", Integer()))
+
+
+def event_query(table: Table, event_id: object, *, user_id: object) -> PreparedQuery:
+    """Look up one event by id, scoped to its user (``UNSCOPED``: any user's).
+
+    An id that records a time (UUIDv7, see `new_event_id`) is looked for within
+    `ID_TIME_WINDOW` of that time first, so the partitioned layout reads one partition;
+    an event stored outside the window (an id the caller chose) is still found.
+
+    Raises:
+        ValidationError: ``event_id`` is not a UUID, or ``user_id`` is not a key.
+    """
+    if not isinstance(event_id, uuid.UUID):
+        raise ValidationError(
+            f"event_id must be a uuid.UUID, got {type(event_id).__name__} {event_id!r}"
+            + ("; convert it with uuid.UUID(...)" if isinstance(event_id, str) else "")
+        )
+    shape = ["event"]
+    params: dict[str, Any] = {"event_id": event_id}
+    if user_id is not UNSCOPED:
+        check_key(table, "user_id", user_id)
+        shape.append("user")
+        params["user_id"] = user_id
+    at = id_time(event_id)
+    if at is not None and CREATED_AT_MIN + ID_TIME_WINDOW < at < CREATED_AT_MAX - ID_TIME_WINDOW:
+        shape.append("window")
+        params["window_start"] = at - ID_TIME_WINDOW
+        params["window_end"] = at + ID_TIME_WINDOW
+    return PreparedQuery(table, tuple(shape), params, _event_select)
 
 
 def _aggregate_shape(

@@ -30,6 +30,7 @@ __all__ = [
     "Unscoped",
     "check_range",
     "event_records",
+    "instant_key",
 ]
 
 
@@ -144,12 +145,13 @@ class EventFilter:
             error,
             self.tool_name,
             self.approval_status,
-            _instant(self.since),
-            _instant(self.until),
+            instant_key(self.since),
+            instant_key(self.until),
         ]
 
 
-def _instant(value: datetime | None) -> str | None:
+def instant_key(value: datetime | None) -> str | None:
+    """An instant as it is keyed in cursors: UTC ISO 8601, or None."""
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, Literal
@@ -25,6 +26,7 @@ from eventlog_persist._read_sql import (
     TimelineQuery,
     bucket_query,
     count_query,
+    event_query,
     event_table,
     timeline_query,
     token_usage_query,
@@ -35,12 +37,14 @@ from eventlog_persist._read_types import (
     CalendarUnit,
     CountField,
     EventFilter,
+    EventRecord,
     GroupCount,
     Order,
     Page,
     TokenGroup,
     TokenUsage,
     Unscoped,
+    event_records,
 )
 from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
@@ -73,6 +77,11 @@ class _Statements:
             raise _owner_required(method, column)
         return timeline_query(self._table, column=column, key=key, **options)
 
+    def _event(self, event_id: object, user_id: object) -> PreparedQuery:
+        if user_id is None:
+            raise _owner_required("event", "event_id")
+        return event_query(self._table, event_id, user_id=user_id)
+
     def _total(self, **options: Any) -> PreparedQuery:
         return total_query(self._table, **options)
 
@@ -97,6 +106,10 @@ def _owner_required(method: str, key: str) -> ValidationError:
 def _total(rows: Sequence[Any]) -> int:
     (count,) = rows[0]
     return int(count)
+
+
+def _one_record(rows: Sequence[Any]) -> EventRecord[Any] | None:
+    return event_records(rows)[0] if rows else None
 
 
 def _group_counts(rows: Sequence[Any]) -> list[GroupCount]:
@@ -176,6 +189,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | Unscoped,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -190,7 +205,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
                 returned. ``UNSCOPED`` reads every user's events (operator tools only).
             project_id: Only events of this project.
             agent_id: Only events of this agent.
-            filters: Extra conditions; all must hold.
+            since: Only events created at or after this instant (time-zone aware): the
+                partitioned layout then reads only the partitions from there on.
+            until: Only events created before this instant (time-zone aware, exclusive).
+            filters: Extra conditions; all must hold (its range intersects the one above).
             order: ``"newest"`` first (default) or ``"oldest"`` first.
             limit: Events per page, 1 to `MAX_PAGE_SIZE`.
             offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
@@ -207,7 +225,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             InvalidCursorError: The cursor is garbled, altered or from another call.
 
         .. versionchanged:: 0.3.0
-           ``offset``; narrowing by ``project_id``, ``agent_id``.
+           ``offset``; ``since`` and ``until``; narrowing by ``project_id``, ``agent_id``.
         """
         query = self._timeline(
             "session_timeline",
@@ -216,6 +234,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -231,6 +251,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -244,7 +266,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
             project_id: Only events of this project.
             agent_id: Only events of this agent.
             session_id: Only events of this chat session.
-            filters: Extra conditions; all must hold.
+            since: Only events created at or after this instant (time-zone aware): the
+                partitioned layout then reads only the partitions from there on.
+            until: Only events created before this instant (time-zone aware, exclusive).
+            filters: Extra conditions; all must hold (its range intersects the one above).
             order: ``"newest"`` first (default) or ``"oldest"`` first.
             limit: Events per page, 1 to `MAX_PAGE_SIZE`.
             offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
@@ -261,7 +286,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             InvalidCursorError: The cursor is garbled, altered or from another call.
 
         .. versionchanged:: 0.3.0
-           ``offset``; narrowing by ``agent_id``, ``session_id``.
+           ``offset``; ``since`` and ``until``; narrowing by ``agent_id``, ``session_id``.
         """
         query = self._timeline(
             "user_timeline",
@@ -271,6 +296,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             project_id=project_id,
             agent_id=agent_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -286,6 +313,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | None = None,
         agent_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -300,7 +329,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
                 them only their own events.
             agent_id: Only events of this agent.
             session_id: Only events of this chat session.
-            filters: Extra conditions; all must hold.
+            since: Only events created at or after this instant (time-zone aware): the
+                partitioned layout then reads only the partitions from there on.
+            until: Only events created before this instant (time-zone aware, exclusive).
+            filters: Extra conditions; all must hold (its range intersects the one above).
             order: ``"newest"`` first (default) or ``"oldest"`` first.
             limit: Events per page, 1 to `MAX_PAGE_SIZE`.
             offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
@@ -317,7 +349,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             InvalidCursorError: The cursor is garbled, altered or from another call.
 
         .. versionchanged:: 0.3.0
-           ``offset``; narrowing by ``agent_id``, ``session_id``.
+           ``offset``; ``since`` and ``until``; narrowing by ``agent_id``, ``session_id``.
         """
         query = self._timeline(
             "project_timeline",
@@ -326,6 +358,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             agent_id=agent_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -341,6 +375,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | Unscoped,
         project_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -355,7 +391,10 @@ class EventLogReader(_Statements, Generic[KeyT]):
                 (operator tools only).
             project_id: Only events of this project.
             session_id: Only events of this chat session.
-            filters: Extra conditions; all must hold.
+            since: Only events created at or after this instant (time-zone aware): the
+                partitioned layout then reads only the partitions from there on.
+            until: Only events created before this instant (time-zone aware, exclusive).
+            filters: Extra conditions; all must hold (its range intersects the one above).
             order: ``"newest"`` first (default) or ``"oldest"`` first.
             limit: Events per page, 1 to `MAX_PAGE_SIZE`.
             offset: Events to skip before the page, 0 to `MAX_OFFSET`, for hosts whose
@@ -372,7 +411,7 @@ class EventLogReader(_Statements, Generic[KeyT]):
             InvalidCursorError: The cursor is garbled, altered or from another call.
 
         .. versionchanged:: 0.3.0
-           ``offset``; narrowing by ``project_id``, ``session_id``.
+           ``offset``; ``since`` and ``until``; narrowing by ``project_id``, ``session_id``.
         """
         query = self._timeline(
             "agent_timeline",
@@ -381,6 +420,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -388,6 +429,31 @@ class EventLogReader(_Statements, Generic[KeyT]):
             cursor=cursor,
         )
         return query.page(self._all(query.query))
+
+    def event(self, event_id: uuid.UUID, *, user_id: KeyT | Unscoped) -> EventRecord[KeyT] | None:
+        """Return one event by its id, or None when the user has no such event.
+
+        Scoped like the session timeline: an event of another user is never returned.
+        Ids the package mints record their event's time (`new_event_id`), so the lookup
+        reads one partition of the partitioned layout; an event whose id was chosen by the
+        caller and records another time costs a look into every partition.
+
+        Args:
+            event_id: The event's id.
+            user_id: The user who owns the event. ``UNSCOPED`` finds any user's event
+                (operator tools only).
+
+        Returns:
+            The event, or None.
+
+        Raises:
+            ValidationError: ``event_id`` is not a UUID, or ``user_id`` is ``None`` or not a
+                key.
+
+        .. versionadded:: 0.3.0
+        """
+        query = self._event(event_id, user_id)
+        return _one_record(self._all(query))
 
     def count(
         self,
@@ -641,6 +707,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | Unscoped,
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -655,6 +723,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             agent_id=agent_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -670,6 +740,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         project_id: KeyT | None = None,
         agent_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -685,6 +757,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             project_id=project_id,
             agent_id=agent_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -700,6 +774,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | None = None,
         agent_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -714,6 +790,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             agent_id=agent_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -729,6 +807,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
         user_id: KeyT | Unscoped,
         project_id: KeyT | None = None,
         session_id: KeyT | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         filters: EventFilter | None = None,
         order: Order = "newest",
         limit: int = DEFAULT_PAGE_SIZE,
@@ -743,6 +823,8 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             user_id=user_id,
             project_id=project_id,
             session_id=session_id,
+            since=since,
+            until=until,
             filters=filters,
             order=order,
             limit=limit,
@@ -750,6 +832,13 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
             cursor=cursor,
         )
         return query.page(await self._all(query.query))
+
+    async def event(
+        self, event_id: uuid.UUID, *, user_id: KeyT | Unscoped
+    ) -> EventRecord[KeyT] | None:
+        """See `EventLogReader.event`."""
+        query = self._event(event_id, user_id)
+        return _one_record(await self._all(query))
 
     async def count(
         self,
