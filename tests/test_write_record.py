@@ -337,3 +337,66 @@ def test_new_event_is_a_frozen_checked_value() -> None:
     assert event.id.version == 7
     with pytest.raises(AttributeError):
         event.event_type = "x"  # type: ignore[misc]
+
+
+def test_a_recorded_row_is_a_full_orm_row(host_engine: Engine, host_models: HostModels) -> None:
+    """The row record() makes without the constructor behaves as a constructed one."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    with Session(host_engine) as session:
+        row = writer.record(
+            session, session_id=session_id, user_id=user_id, event_type="chat", payload={"a": 1}
+        )
+        assert row in session.new
+        assert (row.event_type, row.payload, row.project_id) == ("chat", {"a": 1}, None)
+        row.tool_name = "changed before the flush"
+        session.flush()
+        assert row not in session.new
+        row.approval_status = "granted"  # an update of the flushed row, tracked as usual
+        session.commit()
+        assert row.payload == {"a": 1}  # reloaded after the commit
+    with Session(host_engine) as session:
+        key = (row.id, row.created_at) if _partitioned(host_models) else row.id
+        stored = session.get(host_models.EventLog, key)
+        assert stored is not None
+        assert (stored.tool_name, stored.approval_status) == ("changed before the flush", "granted")
+
+
+def _partitioned(models: HostModels) -> bool:
+    return len(models.EventLog.__table__.primary_key.columns) == 2
+
+
+@pytest.mark.parametrize("hook", ["init", "set", "validates"])
+def test_host_hooks_on_the_model_still_see_recorded_rows(
+    host_engine: Engine, host_models: HostModels, hook: str
+) -> None:
+    """A host's init or attribute listener, or a validator, sees every value as before."""
+    from sqlalchemy.orm import validates
+
+    user_id, session_id = seed(host_engine, host_models)
+    seen: list[object] = []
+    model: Any = host_models.EventLog
+    if hook == "validates":
+
+        class Validated(model):  # type: ignore[misc,valid-type]
+            __tablename__ = None  # single-table: the same event_logs
+            __table_args__ = None
+
+            @validates("event_type")
+            def _check(self, key: str, value: str) -> str:
+                seen.append(value)
+                return value.upper()
+
+        model = Validated
+    elif hook == "init":
+        sa_event.listen(
+            model, "init", lambda target, args, kwargs: seen.append(kwargs["event_type"])
+        )
+    else:
+        sa_event.listen(model.event_type, "set", lambda target, value, *_: seen.append(value))
+    writer = EventWriter(model)
+    with Session(host_engine) as session:
+        row = writer.record(session, session_id=session_id, user_id=user_id, event_type="chat")
+        session.commit()
+        assert row.event_type == ("CHAT" if hook == "validates" else "chat")
+    assert seen == ["chat"]
