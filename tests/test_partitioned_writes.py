@@ -13,7 +13,9 @@ import psycopg
 import pytest
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from eventlog_persist import (
@@ -114,10 +116,35 @@ def test_record_in_the_callers_session(
         assert session.get(host_models.EventLog, (row.id, row.created_at)) is row
     with Session(host_engine) as session:
         writer.record(session, event_type="user_message", created_at=FAR, **keys)
-        # The caller's flush raises the database's own error.
-        with pytest.raises(IntegrityError, match='no partition of relation "event_logs"'):
+        # The caller's flush raises the database's own error, with a note naming the fix.
+        with pytest.raises(IntegrityError, match='no partition of relation "event_logs"') as caught:
             session.commit()
     assert len(stored(host_engine)) == 1
+    (note,) = caught.value.__notes__
+    assert "event_logs is partitioned and no partition holds the created_at" in note
+    assert "ensure_partitions()" in note
+    # Another partitioned table's error of the same kind is left as it is.
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE other (at date) PARTITION BY RANGE (at)"))
+    with Session(host_engine) as session, pytest.raises(IntegrityError) as other:
+        session.execute(text("INSERT INTO other VALUES ('2026-01-01')"))
+    assert not getattr(other.value, "__notes__", None)
+
+
+@pytest.mark.asyncio
+async def test_record_in_an_async_session_names_the_fix_too(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], database_url: URL
+) -> None:
+    engine = create_async_engine(database_url)
+    writer = EventWriter(host_models.EventLog)
+    try:
+        async with AsyncSession(engine) as session:
+            writer.record(session, event_type="user_message", created_at=FAR, **keys)
+            with pytest.raises(IntegrityError) as caught:
+                await session.commit()
+    finally:
+        await engine.dispose()
+    assert "ensure_partitions()" in caught.value.__notes__[0]
 
 
 def test_a_detached_retry_stores_the_event_once(

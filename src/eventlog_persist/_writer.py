@@ -8,12 +8,16 @@ import time
 import uuid
 import weakref
 from contextlib import suppress
+from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from sqlalchemy import Connection, Dialect, Engine, Insert, Text, TextClause, bindparam, text
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import event as sql_event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
@@ -27,6 +31,7 @@ from eventlog_persist._failures import (
     Reason,
     classify_error,
     decide,
+    is_missing_partition,
     write_error,
 )
 from eventlog_persist._model import EventLogMixin, KeyT
@@ -113,6 +118,38 @@ def _observed(manager: ClassManager[Any]) -> bool:
 _DISPATCHES: weakref.WeakKeyDictionary[ClassManager[Any], tuple[Any, ...]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _note_missing_partitions(session: Session | AsyncSession, model: type[Any]) -> None:
+    """Once per engine: the error of the caller's flush for an event that no partition of
+    the partitioned ``event_logs`` holds gets a note naming the fix (PEP 678)."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    try:
+        engine = sync.get_bind(mapper=model.__mapper__).engine
+    except UnboundExecutionError:  # the flush will say so
+        return
+    if engine in _NOTING:
+        return
+    _NOTING.add(engine)
+    sql_event.listen(engine, "handle_error", partial(_note_missing_partition, model.__table__.name))
+
+
+_NOTING: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _note_missing_partition(table: str, context: ExceptionContext) -> None:
+    error = context.sqlalchemy_exception
+    if error is None or not is_missing_partition(error):
+        return
+    diag = getattr(context.original_exception, "diag", None)
+    if getattr(diag, "table_name", None) != table:
+        return
+    error.add_note(
+        f"eventlog-persist: {table} is partitioned and no partition holds the created_at of "
+        "an event in this flush: create partitions ahead of time with ensure_partitions() or "
+        "'eventlog-persist partitions ensure' (see 'Partition maintenance' in "
+        "docs/adoption.md), or check the clock that set created_at"
+    )
 
 
 def _host_code(listener: object) -> bool:
@@ -295,6 +332,8 @@ class EventWriter(Generic[ModelT, KeyT]):
             event = self._builder.given(event, cast("EventFields[KeyT]", fields))
             payload = json.loads(event.payload_json)
         row = event_row(self.model, event, payload)
+        if self.model.__eventlog_partitioned__:
+            _note_missing_partitions(session, self.model)
         session.add(row)
         return row
 
