@@ -438,3 +438,16 @@ def test_the_async_feed_delivers_fences_and_resumes(
             await engine.dispose()
 
     assert asyncio.run(main()) == old + written
+
+
+def test_an_integer_keyed_host(engine: Engine) -> None:
+    models = build_host_models(keys="integer", feed=True)
+    models.Base.metadata.create_all(engine)
+    keys = seed(engine, models)
+    written = write(engine, models, keys, 12)
+    feed = EventFeed(models.EventLog, engine, consumer="ints")
+    feed.register()
+    batches = list(drain(feed, limit=5))
+    assert ids(batches) == written
+    assert batches[0].events[0].session_id == keys[1]
+    assert isinstance(batches[0].events[0].user_id, int)

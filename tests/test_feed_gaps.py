@@ -1,8 +1,8 @@
 """No gaps, by construction: every committed event once, whatever the commit order.
 
-Concurrent short writers (ORM sessions, detached writes, COPY batches), a writer that holds
-its transaction open for seconds, and rollbacks, against a snapshot-mode and a horizon-mode
-consumer reading all the while; transaction ids that cross digit boundaries.
+Concurrent short writers (ORM sessions, savepoints, detached writes, COPY batches), a writer
+that holds its transaction open for seconds, and rollbacks, against a snapshot-mode and a
+horizon-mode consumer reading all the while; transaction ids that cross digit boundaries.
 """
 
 from __future__ import annotations
@@ -85,6 +85,16 @@ def short_writer(
                             for _ in range(count)
                         ]
                         session.flush()
+                        if kind == "savepoint":  # more events, inside a subtransaction
+                            with session.begin_nested():
+                                rows.append(
+                                    writer.record(
+                                        session,
+                                        session_id=session_id,
+                                        user_id=user_id,
+                                        event_type=kind,
+                                    )
+                                )
                         if i % 10 == 3:  # one transaction in ten rolls back
                             session.rollback()
                             ledger.add([row.id for row in rows], committed=False)
@@ -183,7 +193,7 @@ def test_concurrent_writers_long_transactions_and_rollbacks_lose_and_repeat_noth
         reader.feed.register(start="earliest")
     writers = [
         short_writer(kind, host_engine, host_models, keys, ledger, 400)
-        for kind in ("session-a", "session-b", "detached", "copy")
+        for kind in ("session", "savepoint", "detached", "copy")
     ]
     writers.append(long_writer(host_engine, keys, ledger, [0.5, 1.5, 2.5, 1.0]))
     threads = [threading.Thread(target=run) for run in writers]
