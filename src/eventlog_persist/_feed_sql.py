@@ -205,11 +205,15 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class PagePlan:
-    """One page to read: its statement's parameters and what the checkpoint becomes."""
+    """One page to read: its statement's parameters and what the checkpoint becomes.
+
+    ``target`` is the batch's target snapshot (for pre-feed rows, which have none, the
+    consumer's ``done``, unused).
+    """
 
     kind: Literal["backfill", "range"]
     start: Checkpoint
-    target: Snapshot | None
+    target: Snapshot
     late: tuple[int, ...]
     params: dict[str, Any]
     limit: int
@@ -240,7 +244,6 @@ class PagePlan:
         if full:
             last = rows[-1]
             return replace(start, target=self.target, after=(int(last[-1]), last[0]))
-        assert self.target is not None  # a range plan always has its target
         return replace(start, done=self.target, target=None, after=None)
 
 
@@ -252,7 +255,7 @@ def plan_page(start: Checkpoint, current: Snapshot, *, mode: FeedMode, limit: in
             params["since"] = start.backfill_since
         if start.backfill_after is not None:
             params["after_id"] = start.backfill_after
-        return PagePlan("backfill", start, None, (), params, limit)
+        return PagePlan("backfill", start, start.done, (), params, limit)
     target = start.target
     if target is None:
         target = current if mode == "snapshot" else horizon_target(start.done, current)
