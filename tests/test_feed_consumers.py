@@ -282,6 +282,19 @@ def test_a_worker_that_lost_its_lease_cannot_move_the_checkpoint(
     assert ids([taken, *drain(fast, limit=8)]) == written
 
 
+def test_a_late_commit_goes_through_when_nobody_took_over(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    written = write(host_engine, host_models, keys, 6)
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="c", lease=0.2)
+    feed.register()
+    batch = feed.fetch()
+    time.sleep(0.3)  # the lease ended, but no other worker fetched
+    feed.commit(batch)
+    assert [event.id for event in batch.events] == written
+    assert ids(drain(feed)) == []
+
+
 def test_release_hands_the_lease_over_at_once(
     host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
 ) -> None:
