@@ -38,6 +38,7 @@ def build_host_models(
     naming_convention: dict[str, str] | None = None,
     targets: ForeignKeyTargets | None = None,
     partitioned: bool = False,
+    feed: bool = False,
 ) -> HostModels:
     """Declare a host's tables and bind ``EventLog`` to its ``Base``.
 
@@ -47,6 +48,7 @@ def build_host_models(
         targets: Host table names / schema for the event log's foreign keys.
         partitioned: Bind ``EventLog`` in the partitioned layout; create its partitions
             with `create_partitions` after ``create_all()``.
+        feed: Bind ``EventLog`` with the feed's ``xid`` column (and its consumers table).
     """
     targets = targets or ForeignKeyTargets()
     host_metadata = MetaData(naming_convention=naming_convention or {}, schema=targets.schema)
@@ -86,6 +88,7 @@ def build_host_models(
         key_type=uuid.UUID if keys == "uuid" else int,
         targets=targets,
         partitioned=partitioned,
+        feed=feed,
     )
     return HostModels(Base, User, ChatSession, UserProject, UserAgent, event_log, keys)
 

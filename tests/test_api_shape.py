@@ -1,7 +1,7 @@
 """The public surface keeps its shape.
 
 * Every sync/async twin (``EventLogReader``/``AsyncEventLogReader``, ``BufferedWriter``/
-  ``AsyncBufferedWriter``, ``write_events``/``awrite_events``,
+  ``AsyncBufferedWriter``, ``EventFeed``/``AsyncEventFeed``, ``write_events``/``awrite_events``,
   ``EventWriter.record_detached``/``arecord_detached``, and any pair added later) has the same
   parameters, defaults, annotations (up to the sync/async type names) and docstrings, and the
   async side is awaited wherever the sync side does I/O.
@@ -59,6 +59,8 @@ _NOT_AWAITED = {
     "__init__": "a constructor cannot be awaited; the async writer connects in start()",
     "counters": "a property: a snapshot of in-memory counters, no I/O",
     "stats": "a property: a snapshot of in-memory counters and timings, no I/O",
+    "consumer": "a property: the feed's consumer name, no I/O",
+    "owner": "a property: the feed's lease owner name, no I/O",
 }
 # Parameters only one twin has: (class, member) -> {parameter: reason}.
 _SYNC_ONLY_PARAMETERS = {
@@ -171,6 +173,7 @@ def test_twins_are_found() -> None:
     classes = {(a.__name__, b.__name__) for a, b in _class_pairs()}
     assert classes == {
         ("BufferedWriter", "AsyncBufferedWriter"),
+        ("EventFeed", "AsyncEventFeed"),
         ("EventLogReader", "AsyncEventLogReader"),
     }
     functions = {(a.__qualname__, b.__qualname__) for a, b in _function_pairs()}

@@ -23,6 +23,7 @@ from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._context import EventContext, current_event_context, event_context
 from eventlog_persist._conversion import ConversionResult, convert_to_partitioned
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
+from eventlog_persist._feed import AsyncEventFeed, EventFeed, FeedBatch
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
@@ -105,6 +106,7 @@ __all__ = [
     "UNSCOPED",
     "ApprovalStatus",
     "AsyncBufferedWriter",
+    "AsyncEventFeed",
     "AsyncEventLogReader",
     "BucketCount",
     "BufferedWriter",
@@ -113,6 +115,7 @@ __all__ = [
     "DeadLetterHook",
     "DropResult",
     "EventContext",
+    "EventFeed",
     "EventFieldRules",
     "EventFields",
     "EventFilter",
@@ -122,6 +125,7 @@ __all__ = [
     "EventRecord",
     "EventType",
     "EventWriter",
+    "FeedBatch",
     "ForeignKeyTargets",
     "GroupCount",
     "JSONValue",

@@ -87,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also copy the opt-in partitioned layout's revision (event_logs partitioned by "
         "created_at; see docs/adoption.md)",
     )
+    linear.add_argument(
+        "--feed",
+        action="store_true",
+        help="also copy the opt-in feed's revision (the xid column, its index and the "
+        "consumers table; see docs/feed.md)",
+    )
 
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
     demo.add_argument(
@@ -225,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "convert":
             return _convert(args)
         if args.command == "linear-revision":
-            return _linear(args.config, args.version_path, partitioned=args.partitioned)
+            return _linear(
+                args.config, args.version_path, partitioned=args.partitioned, feed=args.feed
+            )
         from eventlog_persist._demo import run_demo
 
         return run_demo(url=args.url)
@@ -382,9 +390,15 @@ def _check(config_path: str, url: str | None) -> int:
     return 1
 
 
-def _linear(config_path: str, version_path: str | None, *, partitioned: bool = False) -> int:
+def _linear(
+    config_path: str,
+    version_path: str | None,
+    *,
+    partitioned: bool = False,
+    feed: bool = False,
+) -> int:
     written = write_linear_revisions(
-        _config(config_path), version_path=version_path, partitioned=partitioned
+        _config(config_path), version_path=version_path, partitioned=partitioned, feed=feed
     )
     for path in written:
         print(f"eventlog-persist: wrote {path}")

@@ -27,7 +27,14 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate_of
-from eventlog_persist._schema import FK_NAMES, INDEX_NAMES, PK_NAME, TABLE_NAME
+from eventlog_persist._schema import (
+    FEED_INDEX_NAME,
+    FK_NAMES,
+    INDEX_NAMES,
+    PK_NAME,
+    TABLE_NAME,
+    XID_COLUMN,
+)
 from eventlog_persist.exceptions import ConfigurationError, ConversionError
 
 __all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
@@ -423,8 +430,12 @@ class _Conversion:
         table, legacy = self.table, self.name(LEGACY_PARTITION)
         fks = self._foreign_keys(connection)
         owner, grants = self._privileges(connection)
+        oid = connection.execute(text("SELECT to_regclass(:name)::oid"), {"name": table}).scalar()
+        # The opt-in feed's index (evlfeed_0001), carried over like the others.
+        feed = bool(self._feed_index(connection, int(oid))) if oid is not None else False
+        indexes = (*INDEX_NAMES, FEED_INDEX_NAME) if feed else INDEX_NAMES
         sql = [f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}"]
-        for index in INDEX_NAMES:
+        for index in indexes:
             suffix = index.removeprefix("ix_event_logs_")
             sql.append(
                 f"ALTER INDEX {self.name(index)} "
@@ -443,6 +454,8 @@ class _Conversion:
         for name, (column, where) in _INDEX_SHAPES.items():
             condition = f" WHERE {where}" if where else ""
             sql.append(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
+        if feed:
+            sql.append(f"CREATE INDEX {_quote(FEED_INDEX_NAME)} ON {table} (xid, id)")
         # The valid CHECK proves the partition bound: ATTACH does not scan, and the legacy
         # table's key, indexes and foreign keys are attached, not rebuilt.
         sql += [
@@ -702,12 +715,30 @@ class _Conversion:
             ]
         if row_security:
             problems.append("row-level security is enabled")
+        if self._feed_index(connection, oid) is False:
+            problems.append(
+                f"the feed's index {FEED_INDEX_NAME} is missing or invalid (finish the feed's "
+                "'alembic upgrade heads' first: it builds the index)"
+            )
         if problems:
             raise ConversionError(
                 f"convert: {self.table} has what the swap would not carry over to the "
                 f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
                 "recreate it on the partitioned table"
             )
+
+    def _feed_index(self, connection: Connection, oid: int) -> bool | None:
+        """Whether the feed's index is valid; None when the table has no feed (no ``xid``)."""
+        row = self._one(
+            connection,
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = :oid AND c.relname = :index AND i.indisvalid) "
+            "FROM pg_attribute WHERE attrelid = :oid AND attname = :column AND NOT attisdropped",
+            oid=oid,
+            index=FEED_INDEX_NAME,
+            column=XID_COLUMN,
+        )
+        return None if row is None else bool(row[0])
 
     def _foreign_keys(self, connection: Connection) -> list[tuple[str, str]]:
         """The package's foreign keys as the table declares them (targets, ON DELETE)."""

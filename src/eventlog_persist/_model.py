@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    MetaData,
     PrimaryKeyConstraint,
     String,
     Uuid,
@@ -21,11 +22,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.sql.elements import conv
 
+from eventlog_persist._feed_schema import Xid8, consumers_table, register_feed_types
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._schema import (
     APPROVAL_STATUS_LENGTH,
     ERROR_CODE_LENGTH,
     EVENT_TYPE_LENGTH,
+    FEED_INDEX_NAME,
     FK_NAMES,
     PK_NAME,
     REQUEST_ID_LENGTH,
@@ -70,10 +73,15 @@ class EventLogMixin(Generic[KeyT]):
     Set ``__eventlog_partitioned__ = True`` when the host opted in to the partitioned layout
     (revision ``evlpart_0001``): the primary key is then ``(id, created_at)`` and the table
     is range-partitioned on ``created_at``, as in the database.
+
+    Set ``__eventlog_feed__ = True`` when the host opted in to the feed (revision
+    ``evlfeed_0001``): the model then has the ``xid`` column and its index, and the
+    ``event_log_consumers`` table joins the same metadata. Without it ``xid`` is ``None``.
     """
 
     __eventlog_targets__: ClassVar[ForeignKeyTargets] = ForeignKeyTargets()
     __eventlog_partitioned__: ClassVar[bool] = False
+    __eventlog_feed__: ClassVar[bool] = False
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -88,6 +96,12 @@ class EventLogMixin(Generic[KeyT]):
         options: dict[str, Any] = {"schema": targets.schema}
         if partitioned:
             options["postgresql_partition_by"] = "RANGE (created_at)"
+        feed: tuple[Index, ...] = ()
+        if _feed(cls):
+            # The feed's keyset: batches are read in (xid, id) order between two snapshots.
+            feed = (Index(conv(FEED_INDEX_NAME), "xid", "id"),)
+            register_feed_types()
+            consumers_table(_metadata_of(cls), schema=targets.schema)
         return (
             PrimaryKeyConstraint(*key, name=conv(PK_NAME)),
             # Timelines of a session / user; the leading column also serves the FK's ON DELETE.
@@ -107,6 +121,7 @@ class EventLogMixin(Generic[KeyT]):
                 "created_at",
                 postgresql_where=text("agent_id IS NOT NULL"),
             ),
+            *feed,
             options,
         )
 
@@ -145,6 +160,19 @@ class EventLogMixin(Generic[KeyT]):
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH))
     trace_id: Mapped[str | None] = mapped_column(String(TRACE_ID_LENGTH))
     span_id: Mapped[str | None] = mapped_column(String(SPAN_ID_LENGTH))
+
+    @declared_attr
+    def xid(cls) -> Mapped[int | None]:
+        """Since revision evlfeed_0001 (opt-in): the id of the transaction that wrote the row.
+
+        Filled by the database (``DEFAULT pg_current_xact_id()``) on every write path; NULL
+        for rows stored before the opt-in. ``None`` on models that did not opt in.
+        """
+        if not _feed(cls):
+            return None  # type: ignore[return-value]  # no column: the host did not opt in
+        return mapped_column(
+            Xid8(), server_default=text("pg_current_xact_id()"), nullable=True, sort_order=10
+        )
 
     def __init__(
         self,
@@ -213,6 +241,25 @@ def _partitioned(cls: Any) -> bool:
     return partitioned
 
 
+def _metadata_of(cls: Any) -> MetaData:
+    metadata = getattr(cls, "metadata", None)
+    if not isinstance(metadata, MetaData):
+        raise ConfigurationError(
+            f"{cls.__name__} has no MetaData of a declarative Base (got {metadata!r}); "
+            "inherit EventLogMixin together with the host's DeclarativeBase subclass"
+        )
+    return metadata
+
+
+def _feed(cls: Any) -> bool:
+    feed = getattr(cls, "__eventlog_feed__", False)
+    if not isinstance(feed, bool):
+        raise ConfigurationError(
+            f"{cls.__name__}.__eventlog_feed__ must be True or False, got {feed!r}"
+        )
+    return feed
+
+
 def _foreign_key(
     cls: Any, column: str, target: str, ondelete: str, *, nullable: bool
 ) -> Mapped[Any]:
@@ -237,6 +284,7 @@ def event_log_model(
     targets: ForeignKeyTargets | None = ...,
     class_name: str = ...,
     partitioned: bool = ...,
+    feed: bool = ...,
 ) -> type[EventLogMixin[uuid.UUID]]: ...
 
 
@@ -248,6 +296,7 @@ def event_log_model(
     targets: ForeignKeyTargets | None = ...,
     class_name: str = ...,
     partitioned: bool = ...,
+    feed: bool = ...,
 ) -> type[EventLogMixin[int]]: ...
 
 
@@ -258,6 +307,7 @@ def event_log_model(
     targets: ForeignKeyTargets | None = None,
     class_name: str = "EventLog",
     partitioned: bool = False,
+    feed: bool = False,
 ) -> type[EventLogMixin[Any]]:
     """Create the ``EventLog`` model class on the host's declarative ``Base``.
 
@@ -272,6 +322,13 @@ def event_log_model(
         partitioned: The host opted in to the partitioned layout (revision
             ``evlpart_0001``): primary key ``(id, created_at)``, range-partitioned on
             ``created_at``. Sets ``__eventlog_partitioned__``.
+
+            .. versionadded:: 0.3.0
+        feed: The host opted in to the feed (revision ``evlfeed_0001``): the ``xid``
+            column (the writing transaction's id, filled by the database) and its index
+            ``(xid, id)``, and the ``event_log_consumers`` table on the same metadata, so
+            ``create_all()`` creates it and autogenerate compares it. Sets
+            ``__eventlog_feed__``.
 
             .. versionadded:: 0.3.0
 
@@ -298,9 +355,12 @@ def event_log_model(
         raise ConfigurationError(f"class_name must be a Python identifier, got {class_name!r}")
     if not isinstance(partitioned, bool):
         raise ConfigurationError(f"partitioned must be True or False, got {partitioned!r}")
+    if not isinstance(feed, bool):
+        raise ConfigurationError(f"feed must be True or False, got {feed!r}")
     namespace: dict[str, Any] = {
         "__eventlog_targets__": targets or ForeignKeyTargets(),
         "__eventlog_partitioned__": partitioned,
+        "__eventlog_feed__": feed,
         "__module__": base.__module__,
         "__qualname__": class_name,
     }

@@ -71,6 +71,7 @@ __all__ = [
     "count_query",
     "event_query",
     "event_table",
+    "record_columns",
     "timeline_query",
     "token_usage_query",
     "total_query",
@@ -310,12 +311,18 @@ class PreparedQuery:
 _SQL_CACHE: Final = "eventlog_persist.sql"
 
 
-def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+def record_columns(table: Table) -> list[ColumnElement[Any]]:
+    """The columns of an `EventRecord`, in field order, ``created_at`` made readable."""
     c = table.c
-    columns = [
+    return [
         _readable(c.created_at).label(name) if name == "created_at" else c[name]
         for name in _RECORD_COLUMNS
     ]
+
+
+def _timeline_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
+    c = table.c
+    columns = record_columns(table)
     statement = select(*columns).where(*_conditions(table, shape))
     if "order:newest" in shape:
         statement = statement.order_by(c.created_at.desc(), c.id.desc())
@@ -479,10 +486,7 @@ def timeline_query(
 
 def _event_select(table: Table, shape: tuple[str, ...]) -> Select[Any] | CompoundSelect[Any]:
     c = table.c
-    columns = [
-        _readable(c.created_at).label(name) if name == "created_at" else c[name]
-        for name in _RECORD_COLUMNS
-    ]
+    columns = record_columns(table)
     conditions = [c.id == bindparam("event_id", type_=c.id.type)]
     if "user" in shape:
         conditions.append(c.user_id == bindparam("user_id", type_=c.user_id.type))

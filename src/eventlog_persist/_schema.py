@@ -10,10 +10,13 @@ from typing import Final
 
 __all__ = [
     "APPROVAL_STATUS_LENGTH",
+    "CONSUMERS_TABLE",
+    "CONSUMER_NAME_LENGTH",
     "CREATED_AT_MAX",
     "CREATED_AT_MIN",
     "ERROR_CODE_LENGTH",
     "EVENT_TYPE_LENGTH",
+    "FEED_INDEX_NAME",
     "FK_NAMES",
     "INDEX_NAMES",
     "PK_NAME",
@@ -22,6 +25,7 @@ __all__ = [
     "TABLE_NAME",
     "TOOL_NAME_LENGTH",
     "TRACE_ID_LENGTH",
+    "XID_COLUMN",
 ]
 
 TABLE_NAME: Final = "event_logs"
@@ -57,3 +61,10 @@ INDEX_NAMES: Final = (
     "ix_event_logs_project_id_created_at",
     "ix_event_logs_agent_id_created_at",
 )
+
+# Since revision evlfeed_0001 (the opt-in feed): the writing transaction's id, its index, and
+# the consumers' checkpoints.
+XID_COLUMN: Final = "xid"
+FEED_INDEX_NAME: Final = "ix_event_logs_xid_id"
+CONSUMERS_TABLE: Final = "event_log_consumers"
+CONSUMER_NAME_LENGTH: Final = 128

@@ -26,6 +26,7 @@ TWINS: Final = {
     "BufferedWriter": "AsyncBufferedWriter",
     "record_detached": "arecord_detached",
     "EventLogReader": "AsyncEventLogReader",
+    "EventFeed": "AsyncEventFeed",
 }
 """Each sync entry point and its async twin."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -9,10 +10,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "ConsumerNotFoundError",
     "ConversionError",
     "EventLogError",
     "EventWriteError",
+    "FeedError",
     "InvalidCursorError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "MigrationSetupError",
     "PayloadError",
     "PurgeError",
@@ -121,3 +126,53 @@ class ConversionError(EventLogError):
 
     .. versionadded:: 0.3.0
     """
+
+
+class FeedError(EventLogError):
+    """A feed consumer cannot go on; the subclass says why, the message how to fix it.
+
+    .. versionadded:: 0.3.0
+    """
+
+
+class ConsumerNotFoundError(FeedError, LookupError):
+    """The named consumer is not registered: call `EventFeed.register` first.
+
+    .. versionadded:: 0.3.0
+    """
+
+
+class LeaseHeldError(FeedError):
+    """Another worker holds the consumer's lease: this one stands by and tries again later.
+
+    Attributes:
+        owner: The worker that holds the lease.
+        lease_until: When its lease ends unless it renews it (each fetch and commit does).
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, message: str, *, owner: str, lease_until: datetime) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.lease_until = lease_until
+
+
+class LeaseLostError(FeedError):
+    """The lease passed to another worker since the batch was fetched.
+
+    The checkpoint was not moved (the fencing that makes this safe): the batch is delivered
+    again to the worker that holds the lease now. Stop processing it, and fetch again to
+    find out whether this worker may go on.
+
+    Attributes:
+        owner: The worker that holds the lease now (None: released, nobody holds it).
+        generation: The lease's generation now; the batch carried an older one.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, message: str, *, owner: str | None, generation: int) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.generation = generation

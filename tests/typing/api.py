@@ -29,6 +29,7 @@ from eventlog_persist import (
     BufferedWriter,
     BulkResult,
     DropResult,
+    EventFeed,
     EventFieldRules,
     EventFilter,
     EventLogMixin,
@@ -36,6 +37,7 @@ from eventlog_persist import (
     EventRecord,
     EventType,
     EventWriter,
+    FeedBatch,
     ForeignKeyTargets,
     GroupCount,
     JSONValue,
@@ -106,6 +108,36 @@ class PartitionedBase(DeclarativeBase):
 
 
 PartitionedEventLog = event_log_model(PartitionedBase, partitioned=True)
+
+
+class FeedBase(DeclarativeBase):
+    pass
+
+
+FeedEventLog = event_log_model(FeedBase, feed=True)
+
+
+class FeedMixinEventLog(EventLogMixin[int], IntBase):
+    __tablename__ = "feed_events"
+    __eventlog_feed__ = True
+
+
+def consume(engine: Engine) -> int:
+    feed = EventFeed(FeedEventLog, engine, consumer="warehouse", lease=60, mode="horizon")
+    assert_type(feed, EventFeed[uuid.UUID])
+    assert_type(feed.register(start=datetime.now(UTC) - timedelta(days=1)), bool)
+    feed.register(start="oldest")  # type: ignore[arg-type]
+    batch = feed.fetch(limit=1000)
+    assert_type(batch, FeedBatch[uuid.UUID])
+    assert_type(batch.events, tuple[EventRecord[uuid.UUID], ...])
+    feed.commit(batch)
+    feed.release()
+    ints = EventFeed(FeedMixinEventLog, engine, consumer="c")
+    ints.commit(batch)  # type: ignore[arg-type]
+    xid: int | None = FeedEventLog(
+        session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x"
+    ).xid
+    return len(batch.events) + (xid or 0)
 
 
 def model_columns(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:

@@ -12,12 +12,14 @@ from sqlalchemy.orm import DeclarativeBase
 
 from eventlog_persist import (
     AsyncBufferedWriter,
+    AsyncEventFeed,
     AsyncEventLogReader,
     BulkResult,
     EventFilter,
     EventLogMixin,
     EventType,
     EventWriter,
+    FeedBatch,
     GroupCount,
     NewEvent,
     Page,
@@ -35,7 +37,19 @@ class Base(DeclarativeBase):
 
 
 class EventLog(EventLogMixin[uuid.UUID], Base):
-    pass
+    __eventlog_feed__ = True
+
+
+async def consume(engine: AsyncEngine) -> int:
+    feed = AsyncEventFeed(EventLog, engine, consumer="warehouse", owner="worker-1")
+    assert_type(feed, AsyncEventFeed[uuid.UUID])
+    assert_type(await feed.register(start="latest"), bool)
+    batch = await feed.fetch()
+    assert_type(batch, FeedBatch[uuid.UUID])
+    await feed.commit(batch)
+    await feed.release()
+    assert_type(await feed.unregister(), bool)
+    return len(batch.events)
 
 
 async def record(engine: AsyncEngine, user_id: uuid.UUID, chat: uuid.UUID) -> None:

@@ -19,6 +19,10 @@ online, and this revision then finds ``event_logs`` partitioned and changes noth
 The downgrade turns the partitioned table back into the plain one and keeps every row (they
 are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy).
 
+Both directions keep the opt-in feed's column ``xid`` (revision ``evlfeed_0001``, of another
+branch, which may run before or after this one) with its default, and build its index
+``ix_event_logs_xid_id`` on the new table when the column is there.
+
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
 
@@ -56,6 +60,7 @@ _INDEXES = (
 )
 _INTERVALS = ("week", "month")
 _MAX_AHEAD = 52
+_FEED_INDEX = "ix_event_logs_xid_id"  # of the opt-in feed (evlfeed_0001), when present
 _PLAIN = "event_logs_evlpart_plain"
 _PARTITIONED = "event_logs_evlpart_partitioned"
 
@@ -178,6 +183,31 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
             f"CREATE INDEX {_quote(name)} ON {_qualified(schema, 'event_logs')} "
             f"({column}, created_at){condition}"
         )
+    _feed_index(schema)
+
+
+def _feed_index(schema: str | None) -> None:
+    """The feed's index, when its column came along (LIKE copied it): the new table is built
+    under an ACCESS EXCLUSIVE lock anyway, so a plain CREATE INDEX."""
+    table = _qualified(schema, "event_logs")
+    create = f"CREATE INDEX {_quote(_FEED_INDEX)} ON {table} (xid, id)"
+    if context.is_offline_mode():
+        literal = create.replace("'", "''")
+        op.execute(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+            f"'{table}'::regclass AND attname = 'xid' AND NOT attisdropped) THEN "
+            f"EXECUTE '{literal}'; END IF; END $$"
+        )
+        return
+    found = op.get_bind().execute(
+        sa.text(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:name) "
+            "AND attname = 'xid' AND NOT attisdropped)"
+        ),
+        {"name": table},
+    )
+    if found.scalar():
+        op.execute(create)
 
 
 def _converted(schema: str | None) -> bool:
