@@ -124,42 +124,28 @@ _WORDS = [
 ]
 
 
-class BenchBase(DeclarativeBase):
-    """Declarative base of the benchmark host."""
+def host_tables(*, partitioned: bool = False) -> tuple[type[DeclarativeBase], type[Any]]:
+    """A declarative Base of its own holding the benchmark host's tables, and its EventLog
+    (``partitioned``: in the partitioned layout)."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+        name: Mapped[str] = mapped_column(String(100))
+
+    class _Owned:
+        id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+        user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+
+    for name in ("chat_sessions", "user_projects", "user_agents"):
+        type(name, (_Owned, Base), {"__tablename__": name})
+    return Base, event_log_model(Base, partitioned=partitioned)
 
 
-class User(BenchBase):
-    """A user of the benchmark host."""
-
-    __tablename__ = "users"
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-
-
-class _Owned:
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-
-
-class ChatSession(_Owned, BenchBase):
-    """A chat session."""
-
-    __tablename__ = "chat_sessions"
-
-
-class UserProject(_Owned, BenchBase):
-    """A project."""
-
-    __tablename__ = "user_projects"
-
-
-class UserAgent(_Owned, BenchBase):
-    """An agent."""
-
-    __tablename__ = "user_agents"
-
-
-EventLog = event_log_model(BenchBase)
+BenchBase, EventLog = host_tables()
 
 
 @dataclass

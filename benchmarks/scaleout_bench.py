@@ -66,8 +66,7 @@ from typing import Any
 import _svg
 import datagen
 import psycopg
-from sqlalchemy import Engine, ForeignKey, String, Uuid, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Engine, create_engine, event
 
 from eventlog_persist import (
     EventFilter,
@@ -76,42 +75,14 @@ from eventlog_persist import (
     convert_to_partitioned,
     drop_partitions,
     ensure_partitions,
-    event_log_model,
     list_partitions,
     new_event,
     purge_events,
     write_events,
 )
 
-
-class PartitionedBase(DeclarativeBase):
-    """The benchmark host with the partitioned layout: datagen's tables, same columns."""
-
-
-class User(PartitionedBase):
-    __tablename__ = "users"
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-
-
-class _Owned:
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-
-
-class ChatSession(_Owned, PartitionedBase):
-    __tablename__ = "chat_sessions"
-
-
-class UserProject(_Owned, PartitionedBase):
-    __tablename__ = "user_projects"
-
-
-class UserAgent(_Owned, PartitionedBase):
-    __tablename__ = "user_agents"
-
-
-PartitionedEventLog = event_log_model(PartitionedBase, partitioned=True)
+# The same host tables as datagen's, EventLog in the partitioned layout.
+PartitionedBase, PartitionedEventLog = datagen.host_tables(partitioned=True)
 
 PLAIN, PART = "plain", "partitioned"
 SESSION_VARIANTS = ("session, no bound", "session, since", "session, since + until")
