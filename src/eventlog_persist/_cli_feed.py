@@ -67,7 +67,9 @@ def add_feed_parser(
         description="Register a named consumer, as EventFeed(...).register(start=...) does. "
         "A consumer registered already keeps its checkpoint: use 'feed reset' to move it.",
     )
-    register.add_argument("--consumer", type=_consumer_argument, required=True)
+    register.add_argument(
+        "--consumer", type=_consumer_argument, required=True, help="the consumer's name"
+    )
     register.add_argument(
         "--start", type=_start_argument, default="earliest", help=f"{_START_HELP}; default earliest"
     )
@@ -76,14 +78,16 @@ def add_feed_parser(
         help="move a consumer's checkpoint to earliest, latest or a time",
         description="Move the checkpoint of every part of a registered consumer to where "
         "'register --start' would put a new one: with --to earliest every stored event is "
-        "delivered again; with latest the pending events are skipped; with a time, the "
-        "events created from then on are delivered (again). The batch in progress is "
-        "dropped, the lease released and its generation raised, so a worker still holding a "
-        "batch cannot commit it (LeaseLostError) and its next fetch starts from the new "
-        "checkpoint; the delivered count is kept. Refused while a worker holds a live lease, "
-        "unless --force.",
+        "delivered again; with latest the pending events are skipped (never delivered); "
+        "with a time, the events created from then on are delivered (again). The batch in "
+        "progress is dropped, the lease released and its generation raised, so a worker "
+        "still holding a batch cannot commit it (LeaseLostError) and its next fetch starts "
+        "from the new checkpoint; the delivered count is kept. Refused while a worker holds "
+        "a live lease, unless --force.",
     )
-    reset.add_argument("--consumer", type=_consumer_argument, required=True)
+    reset.add_argument(
+        "--consumer", type=_consumer_argument, required=True, help="a registered consumer"
+    )
     reset.add_argument("--to", type=_start_argument, required=True, help=_START_HELP)
     reset.add_argument(
         "--force",

@@ -85,9 +85,11 @@ class FeedBlocker:
         pid: The backend's process id (``pg_stat_activity.pid``); None for a prepared
             transaction, which no backend runs.
         database: The database it runs in (any database of the server holds the horizon).
-        application_name: Its ``application_name`` (None if not set or not visible).
-        state: ``active``, ``idle in transaction``, ... or ``prepared`` (two-phase commit).
-        transaction_age: How long its transaction has been open (None if not visible).
+        application_name: Its ``application_name`` (None if not set).
+        state: ``active``, ``idle in transaction``, ... or ``prepared`` (two-phase commit);
+            None for another role's backend without ``pg_read_all_stats``.
+        transaction_age: How long its transaction has been open; None for another role's
+            backend without ``pg_read_all_stats``.
         gid: The prepared transaction's global id (``COMMIT PREPARED`` / ``ROLLBACK
             PREPARED`` it), else None.
 
@@ -327,9 +329,9 @@ def feed_status(
     consumer's checkpoint on, with the feed's own rules; counting is a range of the
     ``(xid, id)`` index from the checkpoint on, so it costs as much as the backlog is long.
 
-    Seeing ``holding_back`` in full (the backend of another role) needs the privileges of
-    ``pg_read_all_stats`` (e.g. the ``pg_monitor`` role); without them PostgreSQL hides
-    other roles' transactions from ``pg_stat_activity``.
+    Any role sees a ``holding_back`` backend's pid, database and application; its state
+    and transaction age, when it belongs to another role, need the privileges of
+    ``pg_read_all_stats`` (e.g. the ``pg_monitor`` role), else they are None.
 
     Args:
         model: The host's ``EventLog`` model, opted in to the feed (``feed=True``).
@@ -378,9 +380,9 @@ async def afeed_status(
     consumer's checkpoint on, with the feed's own rules; counting is a range of the
     ``(xid, id)`` index from the checkpoint on, so it costs as much as the backlog is long.
 
-    Seeing ``holding_back`` in full (the backend of another role) needs the privileges of
-    ``pg_read_all_stats`` (e.g. the ``pg_monitor`` role); without them PostgreSQL hides
-    other roles' transactions from ``pg_stat_activity``.
+    Any role sees a ``holding_back`` backend's pid, database and application; its state
+    and transaction age, when it belongs to another role, need the privileges of
+    ``pg_read_all_stats`` (e.g. the ``pg_monitor`` role), else they are None.
 
     Args:
         model: The host's ``EventLog`` model, opted in to the feed (``feed=True``).
@@ -442,7 +444,8 @@ def reset_consumer(
     """
     name = check_consumer(consumer)
     start = check_start(to)
-    statements = FeedStatements(table)  # type: ignore[arg-type]  # a Table is accepted
+    model: Any = table  # FeedStatements takes the event_logs Table as well
+    statements = FeedStatements(model)
     t = statements.consumers
     try:
         with engine.begin() as connection:
