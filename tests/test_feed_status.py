@@ -213,6 +213,8 @@ def test_status_names_the_backend_that_holds_the_feed_back(
     host_models: HostModels,
     keys: tuple[Any, Any],
     long_transaction: Any,
+    url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     feed = EventFeed(
         host_models.EventLog, host_engine, consumer="ui", owner="worker-1", mode="horizon"
@@ -236,6 +238,13 @@ def test_status_names_the_backend_that_holds_the_feed_back(
     assert blocker.gid is None
     assert not hasattr(blocker, "query")
     assert feed.fetch().events == ()  # indeed: the horizon feed waits for it
+    assert main(["feed", "status", "--consumer", "ui", "--url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["ui", "0/1", "4", "4"]
+    assert (
+        f"held back by pid {pid}: database {database}, application long-writer, state idle "
+        "in transaction, transaction open "
+    ) in "\n".join(lines[2:])
     status = one(host_models, host_engine, "ui")
     assert (status.owner, status.lease_live, status.generation) == ("worker-1", True, 1)
     assert status.lease_until is not None
@@ -339,6 +348,16 @@ def test_feed_commands(
     assert capsys.readouterr().out.splitlines()[1].split()[2] == "6"
     assert len(drain(feed)) == 6
 
+    # To a time: the events created from then on, pending exactly as a fetch delivers them.
+    feed.commit(feed.fetch(limit=2))  # a batch left in progress, then reset under it
+    feed.release()
+    cutoff = datetime.now(UTC)
+    write(host_engine, host_models, keys, 5)
+    assert main(["feed", "reset", "--consumer", "warehouse", "--to", cutoff.isoformat()]) == 0
+    assert capsys.readouterr().out.endswith(f"to {cutoff.isoformat()}\n")
+    assert one(host_models, host_engine, "warehouse").pending == 5
+    assert len(drain(feed, limit=2)) == 5
+
     # Refusals name the bad value and the fix.
     assert main(["feed", "register", "--consumer", "x", "--start", "yesterday"]) == 2
     err = capsys.readouterr().err
@@ -352,7 +371,7 @@ def test_feed_commands(
 
 
 def test_feed_commands_need_the_feed_schema(
-    url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+    url: str, database_url: URL, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build_host_models().Base.metadata.create_all(engine)
     assert main(["feed", "list", "--url", url]) == 2
@@ -361,3 +380,11 @@ def test_feed_commands_need_the_feed_schema(
     )
     assert main(["feed", "status", "--url", url, "--schema", "nope"]) == 2
     assert "there is no event_logs table in schema 'nope'" in capsys.readouterr().err
+    bad = database_url.set(database="no_such_database").render_as_string(hide_password=False)
+    assert main(["feed", "list", "--url", bad]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("eventlog-persist: error: feed list failed: OperationalError: ")
+    assert 'database "no_such_database" does not exist' in error
+    assert error.rstrip().endswith(
+        "check --url, and that the role may SELECT from event_log_consumers"
+    )
