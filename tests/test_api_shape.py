@@ -2,6 +2,7 @@
 
 * Every sync/async twin (``EventLogReader``/``AsyncEventLogReader``, ``BufferedWriter``/
   ``AsyncBufferedWriter``, ``EventFeed``/``AsyncEventFeed``, ``write_events``/``awrite_events``,
+  ``feed_status``/``afeed_status``,
   ``EventWriter.record_detached``/``arecord_detached``, and any pair added later) has the same
   parameters, defaults, annotations (up to the sync/async type names) and docstrings, and the
   async side is awaited wherever the sync side does I/O.
@@ -179,6 +180,7 @@ def test_twins_are_found() -> None:
     functions = {(a.__qualname__, b.__qualname__) for a, b in _function_pairs()}
     assert functions >= {
         ("write_events", "awrite_events"),
+        ("feed_status", "afeed_status"),
         ("EventWriter.record_detached", "EventWriter.arecord_detached"),
     }
     for name, obj in _public().items():

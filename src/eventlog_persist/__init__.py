@@ -24,6 +24,7 @@ from eventlog_persist._context import EventContext, current_event_context, event
 from eventlog_persist._conversion import ConversionResult, convert_to_partitioned
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._feed import AsyncEventFeed, EventFeed, FeedBatch
+from eventlog_persist._feed_status import ConsumerStatus, FeedBlocker, afeed_status, feed_status
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
@@ -111,6 +112,7 @@ __all__ = [
     "BucketCount",
     "BufferedWriter",
     "BulkResult",
+    "ConsumerStatus",
     "ConversionResult",
     "DeadLetterHook",
     "DropResult",
@@ -126,6 +128,7 @@ __all__ = [
     "EventType",
     "EventWriter",
     "FeedBatch",
+    "FeedBlocker",
     "ForeignKeyTargets",
     "GroupCount",
     "JSONValue",
@@ -142,6 +145,7 @@ __all__ = [
     "TokenUsage",
     "WriterCounters",
     "WriterStats",
+    "afeed_status",
     "awrite_events",
     "check_setup",
     "convert_to_partitioned",
@@ -151,6 +155,7 @@ __all__ = [
     "ensure_partitions",
     "event_context",
     "event_log_model",
+    "feed_status",
     "genai_payload",
     "include_name",
     "include_object",

@@ -27,6 +27,7 @@ TWINS: Final = {
     "record_detached": "arecord_detached",
     "EventLogReader": "AsyncEventLogReader",
     "EventFeed": "AsyncEventFeed",
+    "feed_status": "afeed_status",
 }
 """Each sync entry point and its async twin."""
 

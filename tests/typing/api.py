@@ -28,6 +28,7 @@ from eventlog_persist import (
     BucketCount,
     BufferedWriter,
     BulkResult,
+    ConsumerStatus,
     DropResult,
     EventFeed,
     EventFieldRules,
@@ -38,6 +39,7 @@ from eventlog_persist import (
     EventType,
     EventWriter,
     FeedBatch,
+    FeedBlocker,
     ForeignKeyTargets,
     GroupCount,
     JSONValue,
@@ -58,6 +60,7 @@ from eventlog_persist import (
     drop_partitions,
     ensure_partitions,
     event_log_model,
+    feed_status,
     genai_payload,
     include_name,
     include_object,
@@ -138,6 +141,17 @@ def consume(engine: Engine) -> int:
         session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x"
     ).xid
     return len(batch.events) + (xid or 0)
+
+
+def watch(engine: Engine) -> int:
+    statuses = feed_status(FeedEventLog, engine, consumer="warehouse")
+    assert_type(statuses, list[ConsumerStatus])
+    status = statuses[0]
+    assert_type(status.oldest_pending_age, timedelta | None)
+    assert_type(status.holding_back, tuple[FeedBlocker, ...])
+    pids = [blocker.pid for blocker in status.holding_back if blocker.pid is not None]
+    feed_status(FeedEventLog, engine, "warehouse")  # type: ignore[call-arg]
+    return status.pending + status.held + len(pids)
 
 
 def model_columns(session: Session, user: User, session_id: uuid.UUID) -> uuid.UUID:
