@@ -62,6 +62,7 @@ _NOT_AWAITED = {
     "stats": "a property: a snapshot of in-memory counters and timings, no I/O",
     "consumer": "a property: the feed's consumer name, no I/O",
     "owner": "a property: the feed's lease owner name, no I/O",
+    "parts": "a property: how many parts the feed's consumer is split into, no I/O",
 }
 # Parameters only one twin has: (class, member) -> {parameter: reason}.
 _SYNC_ONLY_PARAMETERS = {

@@ -129,6 +129,21 @@ def test_earliest_delivers_every_event_once_in_write_order(
     assert ids(drain(feed)) == more
 
 
+def test_a_batch_that_ended_at_the_limit_does_not_hold_the_next_ones_back(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """Empty batches need no commit: the batch after one that filled ``limit`` exactly
+    starts a new target instead of reading the old one's empty rest."""
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="exact")
+    feed.register()
+    first = write(host_engine, host_models, keys, 5)
+    batch = feed.fetch(limit=5)
+    feed.commit(batch)
+    assert [event.id for event in batch.events] == first
+    more = write(host_engine, host_models, keys, 3)
+    assert [event.id for event in feed.fetch(limit=5).events] == more
+
+
 def test_a_batch_holds_the_record_fields(
     host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
 ) -> None:

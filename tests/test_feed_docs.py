@@ -40,7 +40,7 @@ def test_the_feed_page_examples_run(host_engine: Engine, host_models: HostModels
         "ship": shipped.extend,
     }
     blocks = BLOCK.findall(DOC.read_text())
-    assert len(blocks) == 2
+    assert len(blocks) == 4
     write(3)
     exec(blocks[0], namespace)
     assert len(shipped) == 3
@@ -60,3 +60,24 @@ def test_the_feed_page_examples_run(host_engine: Engine, host_models: HostModels
             text("SELECT owner, delivered FROM event_log_consumers WHERE consumer = 'warehouse'")
         ).one()
     assert (owner, delivered) == (None, 43)  # released at shutdown
+
+    shipped.clear()
+    exec(blocks[2], namespace)  # four workers, four parts: every event once
+    assert sorted(event.id for event in shipped) == sorted(stored(host_engine))
+    assert sorted(feed.fetch().part for feed in namespace["workers"]) == [0, 1, 2, 3]
+
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE event_kinds (event_id uuid, kind text)"))
+    exec(blocks[3], namespace)
+    with host_engine.connect() as connection:
+        kinds = connection.execute(text("SELECT event_id FROM event_kinds")).scalars().all()
+        delivered = connection.execute(
+            text("SELECT delivered FROM event_log_consumers WHERE consumer = 'ledger'")
+        ).scalar_one()
+    assert sorted(kinds) == sorted(stored(host_engine))
+    assert delivered == 43
+
+
+def stored(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return list(connection.execute(text("SELECT id FROM event_logs")).scalars())

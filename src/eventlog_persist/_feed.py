@@ -18,7 +18,7 @@ from typing import Any, Final, Generic, Literal
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
 from eventlog_persist._feed_sql import (
@@ -34,6 +34,7 @@ from eventlog_persist._feed_sql import (
     check_limit,
     check_mode,
     check_owner,
+    check_parts,
     check_start,
     plan_page,
     records,
@@ -69,6 +70,8 @@ class FeedBatch(Generic[KeyT]):
             first, by id, when the consumer asked for them.
         generation: The lease generation it was fetched under; a commit under a newer one
             raises `LeaseLostError`.
+        part: The part of the consumer it belongs to (0 unless the consumer is in
+            ``parts``): its events are those of the sessions of that part.
 
     .. versionadded:: 0.3.0
     """
@@ -76,6 +79,7 @@ class FeedBatch(Generic[KeyT]):
     consumer: str
     events: tuple[EventRecord[KeyT], ...]
     generation: int
+    part: int
     _owner: str = field(repr=False, compare=False)
     _next: Checkpoint = field(repr=False, compare=False)
 
@@ -87,7 +91,7 @@ def _default_owner() -> str:
 class _FeedCore:
     """What both feeds share: settings, statements, and turning rows into batches."""
 
-    __slots__ = ("_lease", "_mode", "_name", "_owner", "_statements")
+    __slots__ = ("_lease", "_mode", "_name", "_owner", "_part", "_parts", "_statements")
 
     def __init__(
         self,
@@ -97,8 +101,11 @@ class _FeedCore:
         owner: str | None,
         lease: float,
         mode: Literal["snapshot", "horizon"],
+        parts: int,
+        part: int | None,
     ) -> None:
-        self._statements = FeedStatements(model)
+        self._parts, self._part = check_parts(parts, part)
+        self._statements = FeedStatements(model, parts=self._parts)
         self._name = check_consumer(consumer)
         self._owner = check_owner(_default_owner() if owner is None else owner)
         self._lease = check_lease(lease)
@@ -114,13 +121,27 @@ class _FeedCore:
         """This worker's name in the consumer's lease."""
         return self._owner
 
-    def _lease_params(self) -> dict[str, Any]:
-        return {"name": self._name, "me": self._owner, "lease": self._lease}
+    @property
+    def parts(self) -> int:
+        """How many parts the consumer is split into (1: one worker at a time)."""
+        return self._parts
 
-    def _plan(self, row: Sequence[Any], limit: int) -> tuple[int, PagePlan, Snapshot]:
-        """The generation, the first page to read and the snapshot of now, from the lease
-        statement's row."""
-        generation, done, target, after_xid, after_id, backfill, since, backfill_after, now = row
+    def _lease_params(self) -> dict[str, Any]:
+        params = {"name": self._name, "me": self._owner, "lease": self._lease}
+        if self._part is not None:
+            params["the_part"] = self._part
+        return params
+
+    def _with_part(self, plan: PagePlan, part: int) -> PagePlan:
+        if self._parts > 1:
+            plan.params["the_part"] = part
+        return plan
+
+    def _plan(self, row: Sequence[Any], limit: int) -> tuple[int, int, PagePlan, Snapshot]:
+        """The part, the generation, the first page to read and the snapshot of now, from
+        the lease statement's row."""
+        part, generation, done, target, after_xid, after_id = row[:6]
+        backfill, since, backfill_after, now = row[6:]
         start = Checkpoint(
             done=Snapshot.parse(done),
             target=None if target is None else Snapshot.parse(target),
@@ -130,20 +151,29 @@ class _FeedCore:
             backfill_after=backfill_after,
         )
         current = Snapshot.parse(now)
-        return int(generation), plan_page(start, current, mode=self._mode, limit=limit), current
+        plan = plan_page(start, current, mode=self._mode, limit=limit)
+        return int(part), int(generation), self._with_part(plan, int(part)), current
 
     def _follow(
-        self, plan: PagePlan, rows: Sequence[Sequence[Any]], current: Snapshot
+        self, part: int, plan: PagePlan, rows: Sequence[Sequence[Any]], current: Snapshot
     ) -> PagePlan | None:
-        """The page that fills the rest of a batch whose pre-feed rows ran out, if any: an
-        empty batch then always means that nothing is pending."""
-        if plan.kind != "backfill" or len(rows) >= plan.limit:
+        """The page that fills the rest of a batch whose first page ended a phase, if any:
+        the pre-feed rows ran out, or the last page of a batch kept in the checkpoint (its
+        target) came back short. An empty batch then always means that nothing is pending,
+        so a worker need not commit it: the target of a batch that ended exactly at
+        ``limit`` would otherwise stay in the checkpoint until an empty batch is committed."""
+        finishing = plan.kind == "backfill" or plan.start.target is not None
+        if not finishing or len(rows) >= plan.limit:
             return None
         rest = plan.limit - len(rows)
-        return plan_page(plan.next_checkpoint(rows), current, mode=self._mode, limit=rest)
+        follow = plan_page(plan.next_checkpoint(rows), current, mode=self._mode, limit=rest)
+        return self._with_part(follow, part)
 
     def _batch(
-        self, generation: int, pages: Sequence[tuple[PagePlan, Sequence[Sequence[Any]]]]
+        self,
+        part: int,
+        generation: int,
+        pages: Sequence[tuple[PagePlan, Sequence[Sequence[Any]]]],
     ) -> FeedBatch[Any]:
         """The batch of the pages read (one, or the pre-feed rows' last and a range page)."""
         last_plan, last_rows = pages[-1]
@@ -151,6 +181,7 @@ class _FeedCore:
             self._name,
             records([row for _, rows in pages for row in rows]),
             generation,
+            part,
             self._owner,
             last_plan.next_checkpoint(last_rows),
         )
@@ -169,17 +200,55 @@ class _FeedCore:
         return {
             **self._lease_params(),
             **batch._next.values(),
+            "the_part": batch.part,
             "gen": batch.generation,
             "count": len(batch.events),
         }
 
-    def _refused(self, holder: Sequence[Any] | None) -> FeedError:
+    @staticmethod
+    def _check_connection(connection: object, kind: type[Any]) -> None:
+        if not isinstance(connection, kind):
+            raise ConfigurationError(
+                f"commit(connection=...) takes a sqlalchemy {kind.__name__} in the host's "
+                f"transaction, got {shown(connection)}; with an ORM session pass "
+                "session.connection()"
+            )
+
+    def _reshaped(self, registered: int) -> ConfigurationError:
+        return ConfigurationError(
+            f"consumer {self._name!r} is registered with parts={registered}, this feed has "
+            f"parts={self._parts}; the parts of a consumer cannot change, as each part's "
+            "checkpoint belongs to its sessions. Use parts="
+            f"{registered}, or unregister() the consumer and register(start=...) it again "
+            "with the new parts (it starts over from start)"
+        )
+
+    def _refused(self, holders: Sequence[Sequence[Any]]) -> FeedError | ConfigurationError:
         """Why the lease statement found no row to update."""
-        if holder is None:
+        if not holders:
             return self._missing()
-        owner, lease_until, _ = holder
+        if holders[0][4] != self._parts:
+            return self._reshaped(int(holders[0][4]))
+        if self._part is not None:
+            holders = [row for row in holders if row[3] == self._part]
+        held = sorted(
+            (row for row in holders if row[1] is not None), key=lambda row: row[1]
+        ) or list(holders)
+        owner, lease_until, _, part, _ = held[0]
+        if self._parts > 1:
+            which = f"part {part} of consumer" if self._part is not None else "every part of"
+            return LeaseHeldError(
+                f"{which} {self._name!r} (parts={self._parts}) is leased to another worker; "
+                f"{owner!r} holds part {part} until "
+                f"{'now' if lease_until is None else lease_until.isoformat()}. Fetch again "
+                "later (this worker takes a part over when its lease ends unrenewed), or "
+                "give the consumer more parts (unregister and register again)",
+                owner=owner,
+                lease_until=lease_until,
+            )
         return LeaseHeldError(
-            f"consumer {self._name!r} is leased to {owner!r} until {lease_until.isoformat()}; "
+            f"consumer {self._name!r} is leased to {owner!r} until "
+            f"{'now' if lease_until is None else lease_until.isoformat()}; "
             "one worker consumes it at a time. Fetch again later (this worker takes over "
             "when that lease ends unrenewed), or give both workers the same owner= if they "
             "are one worker restarted",
@@ -187,14 +256,16 @@ class _FeedCore:
             lease_until=lease_until,
         )
 
-    def _lost(self, batch: FeedBatch[Any], holder: Sequence[Any] | None) -> FeedError:
+    def _lost(self, batch: FeedBatch[Any], holders: Sequence[Sequence[Any]]) -> FeedError:
         """Why the commit statement found no row to update."""
+        holder = next((row for row in holders if row[3] == batch.part), None)
         if holder is None:
             return self._missing()
-        owner, _, generation = holder
+        owner, _, generation, _, _ = holder
         now = "nobody" if owner is None else repr(owner)
         return LeaseLostError(
-            f"consumer {self._name!r}: this worker ({self._owner!r}) lost its lease since "
+            f"consumer {self._name!r}{f' part {batch.part}' if self._parts > 1 else ''}: "
+            f"this worker ({self._owner!r}) lost its lease since "
             f"the batch was fetched (generation {batch.generation}, now {generation}, held by "
             f"{now}); the checkpoint was not moved and the batch will be delivered again. "
             "Stop processing it; fetch again to know whether this worker may go on (a lease "
@@ -235,7 +306,10 @@ class EventFeed(_FeedCore, Generic[KeyT]):
     One worker at a time consumes a consumer: each fetch and commit takes or renews a lease
     of ``lease`` seconds. Another worker's `fetch` raises `LeaseHeldError` until the lease
     ends unrenewed; it then takes over with a new generation, and a commit by the worker
-    that lost the lease raises `LeaseLostError` without moving the checkpoint.
+    that lost the lease raises `LeaseLostError` without moving the checkpoint. A consumer
+    split into ``parts`` has one such lease and checkpoint per part, and as many workers at
+    once, each with the sessions of its part. ``commit(batch, connection=...)`` moves the
+    checkpoint in the host's own transaction: exactly once within the same database.
 
     Args:
         model: The host's ``EventLog`` model, opted in to the feed (``feed=True``).
@@ -250,6 +324,12 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             and never waits for one still running. ``"horizon"``: only the transactions
             below the oldest one still running (any transaction holding an id, in any
             database of the server, holds the feed back while it runs).
+        parts: Split the consumer into this many parts, each with its own checkpoint and
+            lease, so that as many workers consume it at once; an event belongs to the part
+            of its session (a hash of ``session_id``), so a session's events keep their
+            order. Registration fixes it: every feed of the consumer must give the same.
+        part: The part this worker consumes; None (default): the part it holds already,
+            or else any part whose lease is free.
 
     Raises:
         ConfigurationError: ``model`` did not opt in to the feed, or an argument cannot be
@@ -276,6 +356,8 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         owner: str | None = None,
         lease: float = 30.0,
         mode: Literal["snapshot", "horizon"] = "snapshot",
+        parts: int = 1,
+        part: int | None = None,
     ) -> None:
         if not isinstance(engine, Engine):
             refuse_other_flavour(engine, api="EventFeed", is_async=False)
@@ -283,7 +365,9 @@ class EventFeed(_FeedCore, Generic[KeyT]):
                 f"EventFeed needs a sqlalchemy Engine, got {shown(engine)}; pass the "
                 "application's engine"
             )
-        super().__init__(model, consumer=consumer, owner=owner, lease=lease, mode=mode)
+        super().__init__(
+            model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
+        )
         self._engine = engine
 
     def register(self, *, start: Literal["earliest", "latest"] | datetime = "earliest") -> bool:
@@ -307,7 +391,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_start(start)
         try:
             with self._engine.begin() as connection:
-                return _register(self._statements, connection, self._name, chosen)
+                return _register(self, connection, chosen)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
 
@@ -329,42 +413,61 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         try:
             with self._engine.begin() as connection:
-                row = connection.execute(self._statements.lease(), self._lease_params()).first()
+                lease = self._statements.lease(fixed=self._part is not None)
+                row = connection.execute(lease, self._lease_params()).first()
                 if row is None:
-                    holder = connection.execute(
+                    holders = connection.execute(
                         self._statements.holder(), {"name": self._name}
-                    ).first()
-                    raise self._refused(holder)
-                generation, plan, current = self._plan(row, chosen)
+                    ).all()
+                    raise self._refused(holders)
+                part, generation, plan, current = self._plan(row, chosen)
                 pages = [(plan, connection.execute(self._statements.page(plan), plan.params).all())]
-                follow = self._follow(plan, pages[0][1], current)
+                follow = self._follow(part, plan, pages[0][1], current)
                 if follow is not None:
                     page = self._statements.page(follow)
                     pages.append((follow, connection.execute(page, follow.params).all()))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
-        return self._batch(generation, pages)
+        return self._batch(part, generation, pages)
 
-    def commit(self, batch: FeedBatch[KeyT], /) -> None:
+    def commit(self, batch: FeedBatch[KeyT], /, *, connection: Connection | None = None) -> None:
         """Record that ``batch`` was delivered: the checkpoint moves past it.
+
+        Args:
+            batch: The batch from this feed's `fetch`.
+            connection: Move the checkpoint in the host's transaction on this connection
+                (same database), together with what the host writes for the batch: exactly
+                once. The host commits it; on `LeaseLostError` it must roll it back. None
+                (default): in a transaction of its own.
 
         Raises:
             LeaseLostError: Another worker took the lease since the batch was fetched; the
                 checkpoint was not moved.
             ConsumerNotFoundError: The consumer was removed meanwhile.
-            ConfigurationError: ``batch`` was fetched by another feed.
+            ConfigurationError: ``batch`` was fetched by another feed, or ``connection`` is
+                not a ``Connection``.
         """
         params = self._commit_params(batch)
+        if connection is not None:
+            self._check_connection(connection, Connection)
+            try:
+                self._commit_on(connection, batch, params)
+            except DBAPIError as exc:
+                raise self._translated(exc) from exc
+            return
         try:
-            with self._engine.begin() as connection:
-                moved = connection.execute(self._statements.commit(), params).rowcount
-                if moved != 1:
-                    holder = connection.execute(
-                        self._statements.holder(), {"name": self._name}
-                    ).first()
-                    raise self._lost(batch, holder)
+            with self._engine.begin() as own:
+                self._commit_on(own, batch, params)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
+
+    def _commit_on(
+        self, connection: Connection, batch: FeedBatch[KeyT], params: dict[str, Any]
+    ) -> None:
+        moved = connection.execute(self._statements.commit(), params).rowcount
+        if moved != 1:
+            holders = connection.execute(self._statements.holder(), {"name": self._name}).all()
+            raise self._lost(batch, holders)
 
     def release(self) -> None:
         """Give the lease up, so that another worker takes over at once (at shutdown).
@@ -410,6 +513,12 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             and never waits for one still running. ``"horizon"``: only the transactions
             below the oldest one still running (any transaction holding an id, in any
             database of the server, holds the feed back while it runs).
+        parts: Split the consumer into this many parts, each with its own checkpoint and
+            lease, so that as many workers consume it at once; an event belongs to the part
+            of its session (a hash of ``session_id``), so a session's events keep their
+            order. Registration fixes it: every feed of the consumer must give the same.
+        part: The part this worker consumes; None (default): the part it holds already,
+            or else any part whose lease is free.
 
     Raises:
         ConfigurationError: ``model`` did not opt in to the feed, or an argument cannot be
@@ -430,6 +539,8 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         owner: str | None = None,
         lease: float = 30.0,
         mode: Literal["snapshot", "horizon"] = "snapshot",
+        parts: int = 1,
+        part: int | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             refuse_other_flavour(engine, api="AsyncEventFeed", is_async=True)
@@ -437,7 +548,9 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
                 f"AsyncEventFeed needs a sqlalchemy AsyncEngine, got {shown(engine)}; pass "
                 "the application's engine"
             )
-        super().__init__(model, consumer=consumer, owner=owner, lease=lease, mode=mode)
+        super().__init__(
+            model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
+        )
         self._engine = engine
 
     async def register(
@@ -463,9 +576,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_start(start)
         try:
             async with self._engine.begin() as connection:
-                return await connection.run_sync(
-                    lambda sync: _register(self._statements, sync, self._name, chosen)
-                )
+                return await connection.run_sync(lambda sync: _register(self, sync, chosen))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
 
@@ -487,44 +598,64 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         try:
             async with self._engine.begin() as connection:
-                result = await connection.execute(self._statements.lease(), self._lease_params())
-                row = result.first()
+                lease = self._statements.lease(fixed=self._part is not None)
+                row = (await connection.execute(lease, self._lease_params())).first()
                 if row is None:
                     found = await connection.execute(
                         self._statements.holder(), {"name": self._name}
                     )
-                    raise self._refused(found.first())
-                generation, plan, current = self._plan(row, chosen)
+                    raise self._refused(found.all())
+                part, generation, plan, current = self._plan(row, chosen)
                 page = self._statements.page(plan)
                 pages = [(plan, (await connection.execute(page, plan.params)).all())]
-                follow = self._follow(plan, pages[0][1], current)
+                follow = self._follow(part, plan, pages[0][1], current)
                 if follow is not None:
                     page = self._statements.page(follow)
                     pages.append((follow, (await connection.execute(page, follow.params)).all()))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
-        return self._batch(generation, pages)
+        return self._batch(part, generation, pages)
 
-    async def commit(self, batch: FeedBatch[KeyT], /) -> None:
+    async def commit(
+        self, batch: FeedBatch[KeyT], /, *, connection: AsyncConnection | None = None
+    ) -> None:
         """Record that ``batch`` was delivered: the checkpoint moves past it.
+
+        Args:
+            batch: The batch from this feed's `fetch`.
+            connection: Move the checkpoint in the host's transaction on this connection
+                (same database), together with what the host writes for the batch: exactly
+                once. The host commits it; on `LeaseLostError` it must roll it back. None
+                (default): in a transaction of its own.
 
         Raises:
             LeaseLostError: Another worker took the lease since the batch was fetched; the
                 checkpoint was not moved.
             ConsumerNotFoundError: The consumer was removed meanwhile.
-            ConfigurationError: ``batch`` was fetched by another feed.
+            ConfigurationError: ``batch`` was fetched by another feed, or ``connection`` is
+                not an ``AsyncConnection``.
         """
         params = self._commit_params(batch)
+        if connection is not None:
+            self._check_connection(connection, AsyncConnection)
+            try:
+                await self._commit_on(connection, batch, params)
+            except DBAPIError as exc:
+                raise self._translated(exc) from exc
+            return
         try:
-            async with self._engine.begin() as connection:
-                moved = (await connection.execute(self._statements.commit(), params)).rowcount
-                if moved != 1:
-                    found = await connection.execute(
-                        self._statements.holder(), {"name": self._name}
-                    )
-                    raise self._lost(batch, found.first())
+            async with self._engine.begin() as own:
+                await self._commit_on(own, batch, params)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
+
+    async def _commit_on(
+        self, connection: AsyncConnection, batch: FeedBatch[KeyT], params: dict[str, Any]
+    ) -> None:
+        moved = (await connection.execute(self._statements.commit(), params)).rowcount
+        if moved != 1:
+            found = await connection.execute(self._statements.holder(), {"name": self._name})
+            raise self._lost(batch, found.all())
 
     async def release(self) -> None:
         """Give the lease up, so that another worker takes over at once (at shutdown).
@@ -555,10 +686,14 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             raise self._translated(exc) from exc
 
 
-def _register(
-    statements: FeedStatements, connection: Connection, name: str, start: FeedStart
-) -> bool:
-    """Insert the consumer's row (both feeds: the async one through ``run_sync``)."""
+def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool:
+    """Insert the consumer's rows (both feeds: the async one through ``run_sync``)."""
+    statements, name = core._statements, core._name
+    registered = connection.execute(statements.registered_parts(), {"name": name}).scalar()
+    if registered is not None:
+        if registered != statements.parts:
+            raise core._reshaped(int(registered))
+        return False
     done: Snapshot | None = None
     kind: Literal["earliest", "latest", "since"]
     if isinstance(start, datetime):

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     DateTime,
@@ -34,8 +35,10 @@ from sqlalchemy import (
     Integer,
     Interval,
     Select,
+    SmallInteger,
     String,
     Table,
+    Text,
     Update,
     bindparam,
     case,
@@ -74,6 +77,7 @@ __all__ = [
     "check_limit",
     "check_mode",
     "check_owner",
+    "check_parts",
     "check_start",
     "horizon_target",
     "plan_page",
@@ -90,6 +94,7 @@ the events from a time on."""
 
 DEFAULT_BATCH_SIZE: Final = 500
 MAX_BATCH_SIZE: Final = 10_000
+MAX_PARTS: Final = 1024
 _MAX_LEASE: Final = 24 * 3600.0
 _UNSENDABLE: Final = re.compile(r"[\x00\ud800-\udfff]")
 # backfill_since of a consumer that takes every pre-feed row, whatever its created_at; NULL
@@ -325,6 +330,24 @@ def check_mode(mode: object) -> FeedMode:
     return mode
 
 
+def check_parts(parts: object, part: object) -> tuple[int, int | None]:
+    """The number of parts and the part this worker sticks to (None: any free one), or
+    `ConfigurationError`."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS:
+        raise ConfigurationError(
+            f"parts must be an int from 1 to {MAX_PARTS} (how many workers may consume the "
+            f"consumer at once, each with the sessions of one part), got {parts!r}"
+        )
+    if part is None:
+        return parts, None
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise ConfigurationError(
+            f"part must be None (take any free part) or an int from 0 to {parts - 1} "
+            f"(parts={parts}), got {part!r}"
+        )
+    return parts, part
+
+
 def check_limit(limit: object) -> int:
     """A batch size from 1 to `MAX_BATCH_SIZE`, or `ValidationError`."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH_SIZE:
@@ -361,9 +384,9 @@ class FeedStatements:
         ConfigurationError: The model did not opt in to the feed.
     """
 
-    __slots__ = ("_pages", "consumers", "table")
+    __slots__ = ("_pages", "consumers", "parts", "table")
 
-    def __init__(self, model: type[EventLogMixin[Any]]) -> None:
+    def __init__(self, model: type[EventLogMixin[Any]], *, parts: int = 1) -> None:
         table = event_table(model)
         if XID_COLUMN not in table.c:
             raise ConfigurationError(
@@ -374,6 +397,7 @@ class FeedStatements:
             )
         self.table = table
         self.consumers: Table = consumers_table(table.metadata, schema=table.schema)
+        self.parts = parts
         self._pages: dict[tuple[str, ...], Select[Any] | CompoundSelect[Any]] = {}
 
     # Rows: the record's fields in order, then xid (the range pages' keyset).
@@ -386,12 +410,29 @@ class FeedStatements:
             self._pages[shape] = statement
         return statement
 
+    def part_of(self) -> ColumnElement[Any]:
+        """The part of the consumer an event belongs to: a hash of its session, 0 to parts-1.
+
+        ``hashtextextended`` of the key as text is what hash partitioning uses, so it stays
+        the same across PostgreSQL versions and upgrades; text makes UUID and integer keys
+        alike. The modulo is made non-negative (the hash is a signed bigint).
+        """
+        hashed = func.hashtextextended(
+            cast(self.table.c.session_id, Text()), literal(0, BigInteger()), type_=BigInteger()
+        )
+        parts = literal(self.parts, BigInteger())
+        return (hashed % parts + parts) % parts
+
     def _build_page(self, shape: tuple[str, ...]) -> Select[Any] | CompoundSelect[Any]:
         c = self.table.c
         columns = [*record_columns(self.table), c.xid]
         limit = bindparam("limit", type_=Integer())
+        # Every page of a consumer in parts reads its own part's sessions only.
+        mine: list[ColumnElement[bool]] = []
+        if self.parts > 1:
+            mine.append(self.part_of() == bindparam("the_part", type_=BigInteger()))
         if shape[0] == "backfill":
-            conditions: list[ColumnElement[bool]] = [c.xid.is_(None)]
+            conditions: list[ColumnElement[bool]] = [c.xid.is_(None), *mine]
             if shape[1] == "since":
                 conditions.append(c.created_at >= bindparam("since", type_=c.created_at.type))
             if shape[2] == "after":
@@ -411,6 +452,7 @@ class FeedStatements:
                 c.xid >= bindparam("low", type_=Xid8()),
                 c.xid < bindparam("high", type_=Xid8()),
                 func.pg_visible_in_snapshot(c.xid, bindparam("target", type_=PgSnapshot())),
+                *mine,
                 *after,
             )
             .order_by(c.xid, c.id)
@@ -421,28 +463,41 @@ class FeedStatements:
         # Transactions the last snapshot saw in flight, finished now: all below the range.
         late = (
             select(*columns)
-            .where(c.xid.in_(bindparam("late", expanding=True, type_=Xid8())), *after)
+            .where(c.xid.in_(bindparam("late", expanding=True, type_=Xid8())), *mine, *after)
             .order_by(c.xid, c.id)
             .limit(limit)
         )
         both = union_all(late, in_range).subquery("batch")
         return select(*both.c).order_by(both.c.xid, both.c.id).limit(limit)
 
-    def lease(self) -> Update:
-        """Take or renew the lease; returns the checkpoint and the snapshot of now.
+    def lease(self, *, fixed: bool) -> Update:
+        """Take or renew the lease of a part; returns the part, its checkpoint and the
+        snapshot of now.
 
-        A new owner bumps the generation (the fencing token); the same owner keeps it. The
-        snapshot is the statement's own, taken before this transaction has an id.
+        The part is ``part`` when ``fixed``; else the one this owner holds (the lowest if
+        several), or else the lowest free one (never leased, released, or its lease ended).
+        Rows that another transaction is leasing at this moment are skipped. Only a part of
+        a consumer registered with this many parts is taken. A new owner bumps the
+        generation (the fencing token); the same owner keeps it. The snapshot is the
+        statement's own, taken before this transaction has an id.
         """
         t = self.consumers
         me = bindparam("me", type_=t.c.owner.type)
+        name = bindparam("name", type_=t.c.consumer.type)
+        free = or_(t.c.owner.is_(None), t.c.owner == me, t.c.lease_until < func.now())
+        pick = select(t.c.part).where(
+            t.c.consumer == name, t.c.parts == literal(self.parts, SmallInteger()), free
+        )
+        if fixed:
+            pick = pick.where(t.c.part == bindparam("the_part", type_=SmallInteger()))
+        pick = (
+            pick.order_by(t.c.owner.is_not_distinct_from(me).desc(), t.c.part)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
         return (
             update(t)
-            .where(
-                t.c.consumer == bindparam("name", type_=t.c.consumer.type),
-                t.c.part == literal(0),
-                or_(t.c.owner.is_(None), t.c.owner == me, t.c.lease_until < func.now()),
-            )
+            .where(t.c.consumer == name, t.c.part == pick.scalar_subquery(), free)
             .values(
                 generation=case(
                     (t.c.owner.is_distinct_from(me), t.c.generation + 1), else_=t.c.generation
@@ -451,6 +506,7 @@ class FeedStatements:
                 lease_until=func.now() + bindparam("lease", type_=Interval()),
             )
             .returning(
+                t.c.part,
                 t.c.generation,
                 t.c.snapshot_done,
                 t.c.snapshot_target,
@@ -466,10 +522,21 @@ class FeedStatements:
         )
 
     def holder(self) -> Select[Any]:
-        """Who holds the consumer's lease now, and its generation."""
+        """Who holds the lease of each part of the consumer now, and its generation."""
         t = self.consumers
-        return select(t.c.owner, t.c.lease_until, t.c.generation).where(
-            t.c.consumer == bindparam("name", type_=t.c.consumer.type), t.c.part == literal(0)
+        return (
+            select(t.c.owner, t.c.lease_until, t.c.generation, t.c.part, t.c.parts)
+            .where(t.c.consumer == bindparam("name", type_=t.c.consumer.type))
+            .order_by(t.c.part)
+        )
+
+    def registered_parts(self) -> Select[Any]:
+        """How many parts the consumer was registered with (no row: not registered)."""
+        t = self.consumers
+        return (
+            select(t.c.parts)
+            .where(t.c.consumer == bindparam("name", type_=t.c.consumer.type))
+            .limit(1)
         )
 
     def commit(self) -> Update:
@@ -479,7 +546,7 @@ class FeedStatements:
             update(t)
             .where(
                 t.c.consumer == bindparam("name", type_=t.c.consumer.type),
-                t.c.part == literal(0),
+                t.c.part == bindparam("the_part", type_=SmallInteger()),
                 t.c.owner == bindparam("me", type_=t.c.owner.type),
                 t.c.generation == bindparam("gen", type_=t.c.generation.type),
             )
@@ -497,13 +564,12 @@ class FeedStatements:
         )
 
     def release(self) -> Update:
-        """Give the lease up (it stays with nobody until a worker fetches)."""
+        """Give up the leases this owner holds (they stay with nobody until a worker fetches)."""
         t = self.consumers
         return (
             update(t)
             .where(
                 t.c.consumer == bindparam("name", type_=t.c.consumer.type),
-                t.c.part == literal(0),
                 t.c.owner == bindparam("me", type_=t.c.owner.type),
             )
             .values(owner=None, lease_until=None)
@@ -518,7 +584,8 @@ class FeedStatements:
         ).where(c.created_at >= bindparam("since", type_=c.created_at.type))
 
     def register(self, start: Literal["earliest", "latest", "since"]) -> Insert:
-        """Insert the consumer's row unless it exists; RETURNING a row when it was created.
+        """Insert the consumer's rows, one per part, unless they exist; RETURNING rows when
+        they were created (every part starts at the same checkpoint).
 
         Parameters: ``name``; ``done`` unless ``latest`` (which takes the statement's own
         snapshot); ``backfill_since`` unless ``latest`` (`register_values`).
@@ -529,17 +596,23 @@ class FeedStatements:
             done = func.pg_current_snapshot(type_=PgSnapshot())
         else:
             done = bindparam("done", type_=PgSnapshot())
-        values: dict[str, Any] = {
+        series = (
+            func.generate_series(0, self.parts - 1, type_=SmallInteger())
+            .table_valued("n")
+            .render_derived()
+        )
+        values: dict[str, ColumnElement[Any]] = {
             "consumer": bindparam("name", type_=t.c.consumer.type),
-            "part": 0,
-            "parts": 1,
+            "part": cast(series.c.n, SmallInteger()),
+            "parts": literal(self.parts, SmallInteger()),
             "snapshot_done": done,
         }
         if start != "latest":
             values["backfill_since"] = _timestamp("backfill_since")
+        rows = select(*(value.label(key) for key, value in values.items())).select_from(series)
         return (
             pg_insert(t)
-            .values(values)
+            .from_select(list(values), rows)
             .on_conflict_do_nothing(index_elements=[t.c.consumer, t.c.part])
             .returning(t.c.consumer)
         )

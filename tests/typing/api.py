@@ -134,6 +134,11 @@ def consume(engine: Engine) -> int:
     assert_type(batch, FeedBatch[uuid.UUID])
     assert_type(batch.events, tuple[EventRecord[uuid.UUID], ...])
     feed.commit(batch)
+    with engine.begin() as connection:
+        feed.commit(batch, connection=connection)
+    assert_type(batch.part, int)
+    parted = EventFeed(FeedEventLog, engine, consumer="warehouse", parts=4, part=None)
+    assert_type(parted.parts, int)
     feed.release()
     ints = EventFeed(FeedMixinEventLog, engine, consumer="c")
     ints.commit(batch)  # type: ignore[arg-type]

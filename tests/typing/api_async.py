@@ -47,6 +47,10 @@ async def consume(engine: AsyncEngine) -> int:
     batch = await feed.fetch()
     assert_type(batch, FeedBatch[uuid.UUID])
     await feed.commit(batch)
+    async with engine.begin() as connection:
+        await feed.commit(batch, connection=connection)
+    parted = AsyncEventFeed(EventLog, engine, consumer="warehouse", parts=2, part=1)
+    assert_type(parted.parts, int)
     await feed.release()
     assert_type(await feed.unregister(), bool)
     return len(batch.events)
