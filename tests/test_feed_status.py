@@ -14,6 +14,7 @@ from hostmodels import HostModels, build_host_models, seed
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
 
 from eventlog_persist import (
     ConsumerStatus,
@@ -388,3 +389,41 @@ def test_feed_commands_need_the_feed_schema(
     assert error.rstrip().endswith(
         "check --url, and that the role may SELECT from event_log_consumers"
     )
+
+
+def test_each_part_counts_the_events_of_its_own_sessions(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    """A consumer in parts: each part's pending is what that part's worker fetches."""
+    model = host_models.EventLog
+    with Session(host_engine) as session:
+        user = host_models.User(id=host_models.new_key())
+        session.add(user)
+        session.flush()
+        chats = [
+            host_models.ChatSession(id=host_models.new_key(), user_id=user.id) for _ in range(8)
+        ]
+        session.add_all(chats)
+        session.commit()
+        sessions = [chat.id for chat in chats]
+        user_id = user.id
+    feeds = [
+        EventFeed(model, host_engine, consumer="parted", parts=3, part=part, owner=f"w{part}")
+        for part in range(3)
+    ]
+    feeds[0].register(start="earliest")
+    events = [
+        new_event(session_id=sessions[i % 8], user_id=user_id, event_type="chat")
+        for i in range(120)
+    ]
+    write_events(model, host_engine, events)
+    statuses = feed_status(model, host_engine, consumer="parted")
+    assert [(status.part, status.parts) for status in statuses] == [(0, 3), (1, 3), (2, 3)]
+    assert sum(status.pending for status in statuses) == 120
+    for feed, status in zip(feeds, statuses, strict=True):
+        assert len(drain(feed)) == status.pending
+    assert [status.pending for status in feed_status(model, host_engine, consumer="parted")] == [
+        0,
+        0,
+        0,
+    ]

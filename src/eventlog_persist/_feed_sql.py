@@ -83,6 +83,7 @@ __all__ = [
     "plan_page",
     "records",
     "register_values",
+    "session_part",
     "since_snapshot",
 ]
 
@@ -330,6 +331,15 @@ def check_mode(mode: object) -> FeedMode:
     return mode
 
 
+def session_part(session_id: ColumnElement[Any], parts: int) -> ColumnElement[Any]:
+    """The part, 0 to ``parts - 1``, that the events of ``session_id`` belong to (SQL)."""
+    hashed = func.hashtextextended(
+        cast(session_id, Text()), literal(0, BigInteger()), type_=BigInteger()
+    )
+    count = literal(parts, BigInteger())
+    return (hashed % count + count) % count
+
+
 def check_parts(parts: object, part: object) -> tuple[int, int | None]:
     """The number of parts and the part this worker sticks to (None: any free one), or
     `ConfigurationError`."""
@@ -417,11 +427,7 @@ class FeedStatements:
         the same across PostgreSQL versions and upgrades; text makes UUID and integer keys
         alike. The modulo is made non-negative (the hash is a signed bigint).
         """
-        hashed = func.hashtextextended(
-            cast(self.table.c.session_id, Text()), literal(0, BigInteger()), type_=BigInteger()
-        )
-        parts = literal(self.parts, BigInteger())
-        return (hashed % parts + parts) % parts
+        return session_part(self.table.c.session_id, self.parts)
 
     def _build_page(self, shape: tuple[str, ...]) -> Select[Any] | CompoundSelect[Any]:
         c = self.table.c

@@ -46,6 +46,7 @@ from eventlog_persist._feed_sql import (
     check_consumer,
     check_start,
     register_values,
+    session_part,
     since_snapshot,
 )
 from eventlog_persist._model import EventLogMixin
@@ -250,6 +251,8 @@ def _pending_query(
             params["backfill_after"] = row.backfill_after
             pre_feed.append(c.id > bindparam("backfill_after", type_=c.id.type))
         pending = pending | and_(*pre_feed)
+    if row.parts > 1:  # a part's events only: those of its sessions
+        pending = and_(pending, session_part(c.session_id, int(row.parts)) == int(row.part))
     query = select(
         func.count(),
         func.count().filter(c.xid >= bindparam("horizon", type_=Xid8())),
