@@ -167,7 +167,10 @@ def test_workers_in_parts_share_the_sessions_and_a_crashed_part_is_taken_over(
     # in (xid, id) order. (Across batches the order is the commit order, which this test's
     # overlapping writers of one session do not give in xid order: not checked here.)
     expected = sql_parts(host_engine, parts)
-    assert {part for part, _, _ in committed} == set(range(parts))
+    # (12 random sessions may leave a part without any: compare with the parts they hash to.)
+    assert {part for part, _, found in committed if found} == {
+        expected[session_id] for _, _, session_id in stored.values()
+    }
     for part, _, found in committed:
         per_session: dict[Any, list[tuple[int, uuid.UUID]]] = defaultdict(list)
         for event_id in found:
