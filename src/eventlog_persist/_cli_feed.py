@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Engine, MetaData, Table
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
+from eventlog_persist._cli_partitions import report_failure
 from eventlog_persist._feed import EventFeed
 from eventlog_persist._feed_schema import register_feed_types
 from eventlog_persist._feed_sql import FeedStart
@@ -144,14 +144,7 @@ def run_feed(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except SQLAlchemyError as exc:
-        error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(
-            f"eventlog-persist: error: feed {args.action} failed: "
-            f"{type(error).__name__}: {text or 'no message'}; {_HINTS[args.action]}",
-            file=sys.stderr,
-        )
-        return 2
+        return report_failure(f"feed {args.action}", exc, _HINTS[args.action])
 
 
 def _reflect(engine: Engine, schema: str | None) -> Table:

@@ -152,14 +152,19 @@ def run_partitions(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except SQLAlchemyError as exc:
-        error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(
-            f"eventlog-persist: error: partitions {args.action} failed: "
-            f"{type(error).__name__}: {text or 'no message'}; {_HINTS[args.action]}",
-            file=sys.stderr,
-        )
-        return 2
+        return report_failure(f"partitions {args.action}", exc, _HINTS[args.action])
+
+
+def report_failure(command: str, exc: SQLAlchemyError, hint: str) -> int:
+    """Print a database error as one line on stderr, with ``hint``; return status 2."""
+    error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(
+        f"eventlog-persist: error: {command} failed: "
+        f"{type(error).__name__}: {text or 'no message'}; {hint}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _run(args: argparse.Namespace) -> int:
