@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._events import DeadLetterHook, NewEvent
+from eventlog_persist._feed_wakeup import notify_statement
 from eventlog_persist._failures import (
     Action,
     Attempt,
@@ -485,6 +486,8 @@ def _store(
         if staged:
             conn.execute(_staging_sql(table), prepare=False)
         _store_part(conn, table, events, outcome, staged=staged)
+        if table.feed and outcome.inserted:
+            conn.execute(notify_statement(), [table.qualified_name], prepare=False)
     return outcome
 
 
@@ -667,6 +670,8 @@ async def _astore(
         if staged:
             await conn.execute(_staging_sql(table), prepare=False)
         await _astore_part(conn, table, events, outcome, staged=staged)
+        if table.feed and outcome.inserted:
+            await conn.execute(notify_statement(), [table.qualified_name], prepare=False)
     return outcome
 
 

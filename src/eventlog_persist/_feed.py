@@ -8,13 +8,15 @@ under the generation it was fetched with.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Generic, Literal
+from types import TracebackType
+from typing import Any, Final, Generic, Literal, Self
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -41,8 +43,10 @@ from eventlog_persist._feed_sql import (
     register_values,
     since_snapshot,
 )
+from eventlog_persist._feed_wakeup import AsyncWakeups, Wakeups, check_poll
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._read_types import EventRecord
+from eventlog_persist._table import EventTable
 from eventlog_persist._urls import refuse_other_flavour, shown
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -330,6 +334,10 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             order. Registration fixes it: every feed of the consumer must give the same.
         part: The part this worker consumes; None (default): the part it holds already,
             or else any part whose lease is free.
+        listen: `wait` wakes up when a bulk or buffered writer commits a batch (PostgreSQL
+            ``LISTEN``, on a connection of its own opened at the first wait); False: `wait`
+            only sleeps its timeout (e.g. behind PgBouncer in transaction mode, where
+            ``LISTEN`` does not work).
 
     Raises:
         ConfigurationError: ``model`` did not opt in to the feed, or an argument cannot be
@@ -345,7 +353,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
     .. versionadded:: 0.3.0
     """
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_ticket", "_wakeups")
 
     def __init__(
         self,
@@ -358,6 +366,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         mode: Literal["snapshot", "horizon"] = "snapshot",
         parts: int = 1,
         part: int | None = None,
+        listen: bool = True,
     ) -> None:
         if not isinstance(engine, Engine):
             refuse_other_flavour(engine, api="EventFeed", is_async=False)
@@ -369,6 +378,19 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )
         self._engine = engine
+        self._wakeups = Wakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._ticket = self._wakeups.ticket()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def register(self, *, start: Literal["earliest", "latest"] | datetime = "earliest") -> bool:
         """Register the consumer, unless it is registered already.
@@ -411,6 +433,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             MigrationSetupError: The database lacks the feed's schema.
         """
         chosen = check_limit(limit)
+        self._ticket = self._wakeups.ticket()
         try:
             with self._engine.begin() as connection:
                 lease = self._statements.lease(fixed=self._part is not None)
@@ -469,6 +492,29 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             holders = connection.execute(self._statements.holder(), {"name": self._name}).all()
             raise self._lost(batch, holders)
 
+    def wait(self, timeout: float = 1.0) -> bool:
+        """Sleep until a writer commits events, at most ``timeout`` seconds; then `fetch`.
+
+        Bulk and buffered writers notify once per batch they commit; events recorded in
+        the host's own transactions notify nothing, so ``timeout`` is their delivery
+        latency. A notification that arrived since the last `fetch` began returns at once.
+        The first wait starts listening and returns as soon as it listens.
+
+        Args:
+            timeout: The longest sleep, in seconds (above 0, at most an hour).
+
+        Returns:
+            True when woken by a notification; False when the timeout ran out.
+
+        .. versionadded:: 0.3.0
+        """
+        seconds = check_poll(timeout)
+        return self._wakeups.wait(self._ticket, seconds)
+
+    def close(self) -> None:
+        """Stop listening (its connection closes); the lease is kept: see `release`."""
+        self._wakeups.close()
+
     def release(self) -> None:
         """Give the lease up, so that another worker takes over at once (at shutdown).
 
@@ -519,6 +565,10 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             order. Registration fixes it: every feed of the consumer must give the same.
         part: The part this worker consumes; None (default): the part it holds already,
             or else any part whose lease is free.
+        listen: `wait` wakes up when a bulk or buffered writer commits a batch (PostgreSQL
+            ``LISTEN``, on a connection of its own opened at the first wait); False: `wait`
+            only sleeps its timeout (e.g. behind PgBouncer in transaction mode, where
+            ``LISTEN`` does not work).
 
     Raises:
         ConfigurationError: ``model`` did not opt in to the feed, or an argument cannot be
@@ -528,7 +578,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
     .. versionadded:: 0.3.0
     """
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_ticket", "_wakeups")
 
     def __init__(
         self,
@@ -541,6 +591,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         mode: Literal["snapshot", "horizon"] = "snapshot",
         parts: int = 1,
         part: int | None = None,
+        listen: bool = True,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             refuse_other_flavour(engine, api="AsyncEventFeed", is_async=True)
@@ -552,6 +603,19 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )
         self._engine = engine
+        self._wakeups = AsyncWakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._ticket: asyncio.Event | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def register(
         self, *, start: Literal["earliest", "latest"] | datetime = "earliest"
@@ -596,6 +660,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             MigrationSetupError: The database lacks the feed's schema.
         """
         chosen = check_limit(limit)
+        self._ticket = self._wakeups.ticket()
         try:
             async with self._engine.begin() as connection:
                 lease = self._statements.lease(fixed=self._part is not None)
@@ -656,6 +721,31 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         if moved != 1:
             found = await connection.execute(self._statements.holder(), {"name": self._name})
             raise self._lost(batch, found.all())
+
+    async def wait(self, timeout: float = 1.0) -> bool:
+        """Sleep until a writer commits events, at most ``timeout`` seconds; then `fetch`.
+
+        Bulk and buffered writers notify once per batch they commit; events recorded in
+        the host's own transactions notify nothing, so ``timeout`` is their delivery
+        latency. A notification that arrived since the last `fetch` began returns at once.
+        The first wait starts listening (a task of the running loop) and returns as soon
+        as it listens.
+
+        Args:
+            timeout: The longest sleep, in seconds (above 0, at most an hour).
+
+        Returns:
+            True when woken by a notification; False when the timeout ran out.
+
+        .. versionadded:: 0.3.0
+        """
+        seconds = check_poll(timeout)
+        ticket = self._ticket if self._ticket is not None else self._wakeups.ticket()
+        return await self._wakeups.wait(ticket, seconds)
+
+    async def aclose(self) -> None:
+        """Stop listening (its connection closes); the lease is kept: see `release`."""
+        await self._wakeups.aclose()
 
     async def release(self) -> None:
         """Give the lease up, so that another worker takes over at once (at shutdown).

@@ -35,8 +35,9 @@ OWNER_LENGTH: Final = 200
 class Xid8(UserDefinedType[int]):
     """PostgreSQL ``xid8``, a 64-bit transaction id (epoch and xid), as a Python ``int``.
 
-    Values are sent as text and cast (``::XID8``), and read back as ``int``: Python compares
-    them as numbers, as PostgreSQL does, never as text.
+    Values are sent as text and cast (``::XID8``; asyncpg, which knows the type, as ``int``),
+    and read back as ``int``: Python compares them as numbers, as PostgreSQL does, never as
+    text.
     """
 
     cache_ok = True
@@ -46,8 +47,10 @@ class Xid8(UserDefinedType[int]):
         return "XID8"
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
+        send: Callable[[int], Any] = int if dialect.driver == "asyncpg" else str
+
         def process(value: Any) -> Any:
-            return None if value is None else str(int(value))
+            return None if value is None else send(int(value))
 
         return process
 
@@ -59,7 +62,11 @@ class Xid8(UserDefinedType[int]):
 
 
 class PgSnapshot(UserDefinedType[str]):
-    """PostgreSQL ``pg_snapshot`` (``xmin:xmax:xip,...``), as its text."""
+    """PostgreSQL ``pg_snapshot`` (``xmin:xmax:xip,...``), as its text.
+
+    asyncpg, which knows the type, sends and returns it as ``(xmin, xmax, xip)``; it is
+    translated from and to the text here, so the rest of the package sees text only.
+    """
 
     cache_ok = True
     render_bind_cast = True
@@ -67,9 +74,26 @@ class PgSnapshot(UserDefinedType[str]):
     def get_col_spec(self, **kw: Any) -> str:
         return "PG_SNAPSHOT"
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.driver != "asyncpg":
+            return None
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            xmin, xmax, xip = str(value).split(":")
+            return (int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
+
+        return process
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
         def process(value: Any) -> Any:
-            return None if value is None else str(value)
+            if value is None:
+                return None
+            if isinstance(value, tuple):
+                xmin, xmax, xip = value
+                return f"{xmin}:{xmax}:{','.join(map(str, xip))}"
+            return str(value)
 
         return process
 

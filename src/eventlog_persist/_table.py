@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
 from sqlalchemy.types import TypeEngine
 
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._schema import XID_COLUMN
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 if TYPE_CHECKING:
@@ -51,12 +52,14 @@ class EventTable:
         key_columns: The primary key's columns: ``("id",)``, or ``("id", "created_at")``
             in the partitioned layout. An event keeps both on every retry, so
             ``ON CONFLICT`` on them makes every write idempotent in either layout.
+        feed: The model opted in to the feed: writers notify its readers of each batch.
     """
 
     table: Table
     qualified_name: str
     key_types: tuple[str, str, str, str]
     key_columns: tuple[str, ...] = ("id",)
+    feed: bool = False
 
     @classmethod
     def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
@@ -82,7 +85,9 @@ class EventTable:
             for column in ("session_id", "user_id", "project_id", "agent_id")
         )
         key = tuple(column.name for column in table.primary_key.columns)
-        return cls(table, name, (types[0], types[1], types[2], types[3]), key)
+        return cls(
+            table, name, (types[0], types[1], types[2], types[3]), key, XID_COLUMN in table.c
+        )
 
     @property
     def conflict_target(self) -> str:

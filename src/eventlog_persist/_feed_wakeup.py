@@ -1,0 +1,239 @@
+"""Wake-ups for feed readers: a LISTEN connection that hints when a writer stored a batch.
+
+The bulk and buffered writers of a table with the feed send one ``NOTIFY`` per batch they
+commit (never one per event: ``NOTIFY`` serializes commits on a server-wide lock). Each
+`Wakeups` holds one listening connection, opened with psycopg from the engine's URL
+whatever its driver, and wakes every reader waiting on it; a notification is only a hint to
+read now, so readers still poll at their interval: a record committed in the host's own
+transaction sends none, and a notification lost with a broken connection costs latency,
+never an event.
+
+A reader takes a `Ticket` before it reads and waits on it after reading nothing: a
+notification that arrived in between has already fired that ticket, so it is never slept
+through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Final, TypeAlias
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from eventlog_persist._urls import conninfo
+
+__all__ = [
+    "APPLICATION_NAME",
+    "CHANNEL",
+    "AsyncWakeups",
+    "Ticket",
+    "Wakeups",
+    "check_poll",
+    "notify_statement",
+]
+
+logger = logging.getLogger("eventlog_persist")
+
+CHANNEL: Final = "eventlog_persist_feed"
+"""The channel writers notify on; the payload is the quoted, qualified table name."""
+_RECONNECT_DELAY: Final = (0.1, 5.0)  # first and longest pause between connection attempts
+_STOP_CHECK: Final = 0.25  # seconds: how often the sync listener thread checks for close()
+_MAX_POLL: Final = 3600.0
+
+Ticket: TypeAlias = threading.Event | asyncio.Event
+"""Fired by the first wake-up after it was taken."""
+
+
+def notify_statement() -> sql.Composed:
+    """The statement a writer runs once per committed batch (parameter: the table name)."""
+    return sql.SQL("SELECT pg_notify({}, %s)").format(sql.Literal(CHANNEL))
+
+
+def check_poll(value: object, name: str = "timeout") -> float:
+    """Seconds to wait, above 0 and at most an hour, or `ConfigurationError`."""
+    from eventlog_persist.exceptions import ConfigurationError
+
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 < value <= _MAX_POLL)
+    ):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds above 0 and at most {_MAX_POLL:g}, got "
+            f"{value!r}; it is the longest a reader sleeps before it reads again, which is "
+            "the delivery latency of events no writer notifies (records in the host's "
+            "transaction)"
+        )
+    return float(value)
+
+
+APPLICATION_NAME: Final = "eventlog-persist feed listener"
+
+
+def _listener_conninfo(target: object) -> str:
+    """The engine's conninfo, named in ``pg_stat_activity`` unless it names itself."""
+    info = conninfo(target)
+    if "application_name" in conninfo_to_dict(info):
+        return info
+    return make_conninfo(info, application_name=APPLICATION_NAME)
+
+
+class _Base:
+    def __init__(self, target: object, table_name: str, *, listen: bool) -> None:
+        self._conninfo = _listener_conninfo(target) if listen else ""
+        self._table_name = table_name
+        self._listen = listen
+        self._failures = 0
+
+    def _pause(self) -> float:
+        first, longest = _RECONNECT_DELAY
+        return min(longest, first * 2.0 ** min(self._failures, 16))
+
+    def _lost(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            logger.warning(
+                "the feed's LISTEN connection failed (%s); readers poll at their interval "
+                "until it is back",
+                exc,
+            )
+
+
+class Wakeups(_Base):
+    """Sync wake-ups: a daemon thread listens and fires the tickets of waiting readers.
+
+    Args:
+        target: The engine (or URL) whose database to listen to.
+        table_name: The quoted, qualified name writers notify with.
+        listen: False: never listen, readers only poll (e.g. behind a pooler in
+            transaction mode, where LISTEN does not work).
+    """
+
+    def __init__(self, target: object, table_name: str, *, listen: bool = True) -> None:
+        super().__init__(target, table_name, listen=listen)
+        self._lock = threading.Lock()
+        self._ticket = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def ticket(self) -> threading.Event:
+        """Take a ticket before reading."""
+        with self._lock:
+            return self._ticket
+
+    def wait(self, ticket: threading.Event, timeout: float) -> bool:
+        """Sleep until ``ticket`` fires or ``timeout`` seconds pass; True when it fired.
+
+        The first wait starts listening, and returns as soon as it listens (what was
+        notified before was missed).
+        """
+        with self._lock:
+            if self._listen and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="eventlog-feed-listener", daemon=True
+                )
+                self._thread.start()
+        return ticket.wait(timeout)
+
+    def _fire(self) -> None:
+        with self._lock:
+            fired, self._ticket = self._ticket, threading.Event()
+        fired.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    self._failures = 0
+                    self._fire()  # whatever was notified before this point was missed
+                    while not self._stop.is_set():
+                        hit = False
+                        for notify in conn.notifies(timeout=_STOP_CHECK):
+                            hit = hit or notify.payload == self._table_name
+                        if hit:
+                            self._fire()
+            except psycopg.Error as exc:
+                self._lost(exc)
+                self._fire()
+                self._stop.wait(self._pause())
+
+    def close(self) -> None:
+        """Stop listening (waiting readers then only poll)."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._fire()
+
+
+class AsyncWakeups(_Base):
+    """Async wake-ups: a task of the running event loop listens and fires waiting tickets."""
+
+    def __init__(self, target: object, table_name: str, *, listen: bool = True) -> None:
+        super().__init__(target, table_name, listen=listen)
+        self._ticket: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def ticket(self) -> asyncio.Event:
+        """Take a ticket before reading."""
+        if self._ticket is None:
+            self._ticket = asyncio.Event()
+        return self._ticket
+
+    async def wait(self, ticket: asyncio.Event, timeout: float) -> bool:
+        """Sleep until ``ticket`` fires or ``timeout`` seconds pass; True when it fired.
+
+        The first wait starts listening in the running loop, and returns as soon as it
+        listens (what was notified before was missed).
+        """
+        if self._listen and self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="eventlog-feed-listener"
+            )
+        try:
+            await asyncio.wait_for(ticket.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _fire(self) -> None:
+        fired, self._ticket = self._ticket, asyncio.Event()
+        if fired is not None:
+            fired.set()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    self._failures = 0
+                    self._fire()
+                    async for notify in conn.notifies():
+                        if notify.payload == self._table_name:
+                            self._fire()
+            except psycopg.Error as exc:
+                self._lost(exc)
+                self._fire()
+                await asyncio.sleep(self._pause())
+
+    async def aclose(self) -> None:
+        """Stop listening (waiting readers then only poll)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._fire()
