@@ -1,7 +1,8 @@
 """The public surface keeps its shape.
 
 * Every sync/async twin (``EventLogReader``/``AsyncEventLogReader``, ``BufferedWriter``/
-  ``AsyncBufferedWriter``, ``EventFeed``/``AsyncEventFeed``, ``write_events``/``awrite_events``,
+  ``AsyncBufferedWriter``, ``EventFeed``/``AsyncEventFeed``, ``EventTail``/``AsyncEventTail``,
+  ``write_events``/``awrite_events``,
   ``feed_status``/``afeed_status``,
   ``EventWriter.record_detached``/``arecord_detached``, and any pair added later) has the same
   parameters, defaults, annotations (up to the sync/async type names) and docstrings, and the
@@ -44,6 +45,7 @@ _ASYNC_TYPE = {
     "Connection": "AsyncConnection",
     "Session": "AsyncSession",
     "Target": "AsyncTarget",
+    "Iterator": "AsyncIterator",
 }
 _SYNC_TYPE_RE = re.compile(r"\b(" + "|".join(_ASYNC_TYPE) + r")\b")
 _ASYNC_TYPE_RE = re.compile(r"\b(" + "|".join(_ASYNC_TYPE.values()) + r")\b")
@@ -71,6 +73,10 @@ _SYNC_ONLY_PARAMETERS = {
         "writer's loop is gone at exit, so the host closes it in its lifespan",
         "handle_sigterm": "the asyncio writer is closed by the ASGI server's lifespan "
         "shutdown, which the server runs on SIGTERM",
+    },
+    ("EventTail", "follow"): {
+        "stop": "an async iteration ends when the caller leaves the `async for` or its task "
+        "is cancelled; a blocked thread has no such way out",
     },
 }
 # Protocol methods are documented in the class docstring, not their own.
@@ -177,6 +183,7 @@ def test_twins_are_found() -> None:
         ("BufferedWriter", "AsyncBufferedWriter"),
         ("EventFeed", "AsyncEventFeed"),
         ("EventLogReader", "AsyncEventLogReader"),
+        ("EventTail", "AsyncEventTail"),
     }
     functions = {(a.__qualname__, b.__qualname__) for a, b in _function_pairs()}
     assert functions >= {
@@ -222,6 +229,9 @@ def test_twin_members_agree(
         assert parameter in inspect.signature(sync).parameters, (sync_name, parameter)
     _assert_twin_signatures(sync, async_, sync_only)
     assert not inspect.iscoroutinefunction(sync)
+    if inspect.isasyncgenfunction(async_):  # iterated with `async for`: a generator's twin
+        assert inspect.isgeneratorfunction(sync), f"{sync_cls.__name__}.{sync_name}"
+        return
     awaited = sync_name not in _NOT_AWAITED
     assert inspect.iscoroutinefunction(async_) is awaited, f"{async_cls.__name__}.{async_name}"
 

@@ -71,4 +71,4 @@ def test_example_fastapi_app_suite(tmp_path: Path, pg_server: ServerInfo) -> Non
         "pytest-alembic::test_model_definitions_match_ddl",
     ):
         assert f"{name} PASSED" in result.stdout
-    assert "13 passed" in result.stdout
+    assert "16 passed" in result.stdout

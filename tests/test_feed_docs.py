@@ -40,7 +40,7 @@ def test_the_feed_page_examples_run(host_engine: Engine, host_models: HostModels
         "ship": shipped.extend,
     }
     blocks = BLOCK.findall(DOC.read_text())
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     write(3)
     exec(blocks[0], namespace)
     assert len(shipped) == 3
@@ -76,6 +76,12 @@ def test_the_feed_page_examples_run(host_engine: Engine, host_models: HostModels
         ).scalar_one()
     assert sorted(kinds) == sorted(stored(host_engine))
     assert delivered == 43
+
+    sent: list[tuple[str, EventRecord[Any]]] = []
+    namespace.update(session_id=session_id, user_id=user_id, send=lambda *a: sent.append(a))
+    exec(blocks[4], namespace)  # a session's tail, then what came after
+    assert [event.id for _, event in sent] == [event.id for event in shipped]
+    assert namespace["later"].entries == ()
 
 
 def stored(engine: Engine) -> list[Any]:

@@ -25,6 +25,7 @@ from eventlog_persist._conversion import ConversionResult, convert_to_partitione
 from eventlog_persist._events import DeadLetterHook, EventFields, NewEvent, new_event
 from eventlog_persist._feed import AsyncEventFeed, EventFeed, FeedBatch
 from eventlog_persist._feed_status import ConsumerStatus, FeedBlocker, afeed_status, feed_status
+from eventlog_persist._feed_tail import AsyncEventTail, EventTail, TailEntry, TailPage
 from eventlog_persist._genai import genai_payload
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._model import EventLogMixin, JSONValue, event_log_model
@@ -109,6 +110,7 @@ __all__ = [
     "AsyncBufferedWriter",
     "AsyncEventFeed",
     "AsyncEventLogReader",
+    "AsyncEventTail",
     "BucketCount",
     "BufferedWriter",
     "BulkResult",
@@ -125,6 +127,7 @@ __all__ = [
     "EventLogMixin",
     "EventLogReader",
     "EventRecord",
+    "EventTail",
     "EventType",
     "EventWriter",
     "FeedBatch",
@@ -142,6 +145,8 @@ __all__ = [
     "RetryPolicy",
     "SetupReport",
     "Spool",
+    "TailEntry",
+    "TailPage",
     "TokenUsage",
     "WriterCounters",
     "WriterStats",

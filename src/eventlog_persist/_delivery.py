@@ -23,7 +23,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._events import DeadLetterHook, NewEvent
-from eventlog_persist._feed_wakeup import notify_statement
 from eventlog_persist._failures import (
     Action,
     Attempt,
@@ -37,6 +36,7 @@ from eventlog_persist._failures import (
     sqlstate_of,
     write_error,
 )
+from eventlog_persist._feed_wakeup import notify_statement
 from eventlog_persist._retry import RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._urls import conninfo, refuse_other_flavour

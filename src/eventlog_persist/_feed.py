@@ -615,7 +615,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self.close()
 
     async def register(
         self, *, start: Literal["earliest", "latest"] | datetime = "earliest"
@@ -743,7 +743,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         ticket = self._ticket if self._ticket is not None else self._wakeups.ticket()
         return await self._wakeups.wait(ticket, seconds)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         """Stop listening (its connection closes); the lease is kept: see `release`."""
         await self._wakeups.aclose()
 

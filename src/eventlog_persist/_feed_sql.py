@@ -71,6 +71,7 @@ __all__ = [
     "FeedStart",
     "FeedStatements",
     "PagePlan",
+    "PageScope",
     "Snapshot",
     "check_consumer",
     "check_lease",
@@ -89,6 +90,9 @@ __all__ = [
 
 FeedMode: TypeAlias = Literal["snapshot", "horizon"]
 """How a feed picks a batch's target snapshot: the current one, or the horizon below it."""
+PageScope: TypeAlias = Literal["all", "session", "session_owner", "project", "project_owner"]
+"""Which events a page reads: all, or one session's (or project's), maybe of one user only
+(parameters ``scope_key`` and ``owner``)."""
 FeedStart: TypeAlias = Literal["earliest", "latest"] | datetime
 """Where a new consumer starts: every stored event, only events committed from now on, or
 the events from a time on."""
@@ -411,9 +415,9 @@ class FeedStatements:
         self._pages: dict[tuple[str, ...], Select[Any] | CompoundSelect[Any]] = {}
 
     # Rows: the record's fields in order, then xid (the range pages' keyset).
-    def page(self, plan: PagePlan) -> Select[Any] | CompoundSelect[Any]:
-        """The statement of a page (built once per shape)."""
-        shape = plan.shape
+    def page(self, plan: PagePlan, scope: PageScope = "all") -> Select[Any] | CompoundSelect[Any]:
+        """The statement of a page (built once per shape and scope)."""
+        shape = (*plan.shape, scope)
         statement = self._pages.get(shape)
         if statement is None:
             statement = self._build_page(shape)
@@ -437,6 +441,13 @@ class FeedStatements:
         mine: list[ColumnElement[bool]] = []
         if self.parts > 1:
             mine.append(self.part_of() == bindparam("the_part", type_=BigInteger()))
+        scope = shape[3]
+        if scope.startswith("session"):
+            mine.append(c.session_id == bindparam("scope_key", type_=c.session_id.type))
+        elif scope.startswith("project"):
+            mine.append(c.project_id == bindparam("scope_key", type_=c.project_id.type))
+        if scope.endswith("_owner"):
+            mine.append(c.user_id == bindparam("owner", type_=c.user_id.type))
         if shape[0] == "backfill":
             conditions: list[ColumnElement[bool]] = [c.xid.is_(None), *mine]
             if shape[1] == "since":
@@ -580,6 +591,10 @@ class FeedStatements:
             )
             .values(owner=None, lease_until=None)
         )
+
+    def now(self) -> Select[Any]:
+        """The snapshot of now."""
+        return select(func.pg_current_snapshot(type_=PgSnapshot()))
 
     def first_xid_since(self) -> Select[Any, Any]:
         """The smallest transaction id of an event created at or after ``since``, and the

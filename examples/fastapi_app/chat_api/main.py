@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -26,8 +26,10 @@ from eventlog_persist import (
     ApprovalStatus,
     AsyncBufferedWriter,
     AsyncEventLogReader,
+    AsyncEventTail,
     EventType,
     EventWriter,
+    TailEntry,
     event_context,
 )
 from eventlog_persist.exceptions import ValidationError
@@ -252,6 +254,36 @@ async def list_events(
     )
 
 
+def server_sent(entry: TailEntry[uuid.UUID]) -> str:
+    """One event as a server-sent event: its cursor is the ``id`` the browser sends back."""
+    data = Event.model_validate(entry.event).model_dump_json()
+    return f"id: {entry.cursor}\nevent: {entry.event.event_type}\ndata: {data}\n\n"
+
+
+@router.get("/stream")
+async def stream_events(
+    chat: Chat,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """The session's events as they commit (server-sent events), from the first or from
+    ``Last-Event-ID`` when the browser reconnects: none missed, none repeated."""
+    tail: AsyncEventTail[uuid.UUID] = request.app.state.tail
+    # Read once here, so a bad Last-Event-ID is a 422 before the stream starts.
+    page = await tail.read(session_id=chat.id, user_id=chat.user_id, cursor=last_event_id)
+
+    async def events() -> AsyncIterator[str]:
+        for entry in page.entries:
+            yield server_sent(entry)
+        follow = tail.follow(session_id=chat.id, user_id=chat.user_id, cursor=page.cursor)
+        async for entry in follow:
+            yield server_sent(entry)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
 async def refused(request: Request, error: Exception) -> JSONResponse:
     """A value the package refuses (a foreign cursor, say) is the client's error."""
     return JSONResponse({"detail": str(error)}, status_code=422)
@@ -268,9 +300,12 @@ def create_app(database_url: str | None = None, **writer_options: Unpack[WriterO
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_async_engine(url)
         app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # One LISTEN connection wakes every stream when the writer commits a batch.
+        app.state.tail = AsyncEventTail(EventLog, engine)
         # Starts the event writer; on shutdown, writes what is still queued.
         async with eventlog_lifespan(app, EventLog, engine, **writer_options):
             yield
+        await app.state.tail.close()  # closes its LISTEN connection
         await engine.dispose()
 
     app = FastAPI(title="chat_api", lifespan=lifespan)

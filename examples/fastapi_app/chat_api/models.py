@@ -70,3 +70,6 @@ class Approval(Base):
 
 class EventLog(EventLogMixin[uuid.UUID], Base):
     """Every user-agent interaction event (table ``event_logs``)."""
+
+    # The feed's transaction ids: the live stream of a session (GET .../stream).
+    __eventlog_feed__ = True
