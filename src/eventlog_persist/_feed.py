@@ -46,7 +46,7 @@ from eventlog_persist._feed_sql import (
 from eventlog_persist._feed_wakeup import AsyncWakeups, Wakeups, check_poll
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._read_types import EventRecord
-from eventlog_persist._table import EventTable
+from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import refuse_other_flavour, shown
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -378,7 +378,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )
         self._engine = engine
-        self._wakeups = Wakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._wakeups = Wakeups(engine, quoted_name(self._statements.table), listen=listen)
         self._ticket = self._wakeups.ticket()
 
     def __enter__(self) -> Self:
@@ -603,7 +603,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )
         self._engine = engine
-        self._wakeups = AsyncWakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._wakeups = AsyncWakeups(engine, quoted_name(self._statements.table), listen=listen)
         self._ticket: asyncio.Event | None = None
 
     async def __aenter__(self) -> Self:

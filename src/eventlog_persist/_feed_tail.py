@@ -39,7 +39,7 @@ from eventlog_persist._feed_wakeup import AsyncWakeups, Wakeups, check_poll
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._read_sql import check_key
 from eventlog_persist._read_types import UNSCOPED, EventRecord, Unscoped
-from eventlog_persist._table import EventTable
+from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import refuse_other_flavour, shown
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -325,7 +325,7 @@ class EventTail(_TailCore, Generic[KeyT]):
             )
         super().__init__(model)
         self._engine = engine
-        self._wakeups = Wakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._wakeups = Wakeups(engine, quoted_name(self._statements.table), listen=listen)
 
     def __enter__(self) -> Self:
         return self
@@ -454,7 +454,7 @@ class AsyncEventTail(_TailCore, Generic[KeyT]):
             )
         super().__init__(model)
         self._engine = engine
-        self._wakeups = AsyncWakeups(engine, EventTable.of(model).qualified_name, listen=listen)
+        self._wakeups = AsyncWakeups(engine, quoted_name(self._statements.table), listen=listen)
 
     async def __aenter__(self) -> Self:
         return self

@@ -77,9 +77,7 @@ class EventTable:
                 f"model must be the host's EventLog class (built with event_log_model() or "
                 f"inheriting EventLogMixin and the host's Base), got {model!r}"
             )
-        name = _quote(table.name)
-        if table.schema:
-            name = f"{_quote(table.schema)}.{name}"
+        name = quoted_name(table)
         types = tuple(
             _key_sql_type(model, table, column)
             for column in ("session_id", "user_id", "project_id", "agent_id")
@@ -180,6 +178,12 @@ def key_sql_type(sql_type: TypeEngine[Any]) -> str | None:
     if isinstance(sql_type, Integer):
         return "int4"
     return None
+
+
+def quoted_name(table: Table) -> str:
+    """The quoted, schema-qualified name of ``table`` for SQL."""
+    name = _quote(table.name)
+    return f"{_quote(table.schema)}.{name}" if table.schema else name
 
 
 def _quote(identifier: str) -> str:
