@@ -539,6 +539,11 @@ def drop_partitions(
     pending" state (`PartitionInfo.detach_pending`), and the next run finishes it first with
     ``DETACH ... FINALIZE``. Runs on one table take turns on an advisory lock.
 
+    On a database with the feed, before a partition is detached (to drop or to keep), every
+    consumer part that had not been delivered all its events is marked: its fetches then
+    raise `FeedDataLostError` until the consumer is reset. A partition is marked once, even
+    when its detach fails and a later run detaches it.
+
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
         bind: An ``Engine``, or a ``Connection`` with no transaction begun.
