@@ -433,19 +433,21 @@ def test_dropping_or_detaching_a_partition_marks_the_consumers_behind_it(
     behind.register()
     ahead.register()
     old_time = NOW - timedelta(weeks=5)  # in the catch-all below the weekly partitions
-    write(engine, models, keys, [old_time] * 4)
+    write(engine, models, keys, [old_time - timedelta(days=1), *[old_time] * 4])
     insert_pre_feed(engine, keys, [old_time])
     drain(ahead)
     new = write(engine, models, keys, [NOW] * 2)
     upper = partition_bound(engine, partitions[0])
+    assert purge_events(model, engine, older_than=old_time - timedelta(hours=1)).deleted == 1
 
     result = drop_partitions(model, engine, older_than=upper, keep_detached=keep)
     assert (result.detached if keep else result.dropped) == (partitions[0],)
     by = "drop_partitions keep_detached" if keep else "drop_partitions"
-    assert marks(engine, "behind")[0][:4] == (0, 5, upper, by)
+    # Both removals add up, each path named once, the cutoff the latest.
+    assert marks(engine, "behind")[0][:4] == (0, 6, upper, f"purge_events, {by}")
     assert marks(engine, "ahead")[0][1] is None
     assert drain(ahead) == new
-    with pytest.raises(FeedDataLostError, match=f"retention \\({by}, first at"):
+    with pytest.raises(FeedDataLostError, match=f"retention \\(purge_events, {by}, first at"):
         behind.fetch()
     with engine.connect() as connection:  # a kept table keeps no comment of ours
         comments = connection.execute(
