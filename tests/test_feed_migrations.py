@@ -40,6 +40,10 @@ CONSUMERS = {
         "delivered": ("bigint", True, "0"),
         "created_at": ("timestamp with time zone", True, "now()"),
         "committed_at": ("timestamp with time zone", False, None),
+        "lost_events": ("bigint", False, None),
+        "lost_before": ("timestamp with time zone", False, None),
+        "lost_at": ("timestamp with time zone", False, None),
+        "lost_by": ("character varying(64)", False, None),
     },
     "constraints": {
         "pk_event_log_consumers": "PRIMARY KEY (consumer, part)",

@@ -459,7 +459,8 @@ _PURGE_HINTS = {
     "count": "check that the role may SELECT from event_logs",
     "purge": "batches committed before the error stay deleted; if a lock or statement "
     "timeout expired, run it again when the table is less busy (or with a smaller "
-    "--batch-size); check that the role may DELETE from event_logs",
+    "--batch-size); check that the role may DELETE from event_logs (and, with the feed, "
+    "UPDATE event_log_consumers)",
 }
 
 

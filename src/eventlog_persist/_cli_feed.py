@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Engine, MetaData, Table
@@ -58,7 +58,9 @@ def add_feed_parser(
         "after the oldest running transaction began), OLDEST (age of the oldest pending "
         "event), LAG (time since the last committed batch), DELIVERED, and the lease. Then, "
         "when an event is held, the transactions at the server's horizon: backend pid, "
-        "database, application, state and transaction age (never the query).",
+        "database, application, state and transaction age (never the query); and each part "
+        "that retention (purge, partitions drop) left without events it had not been "
+        "delivered, which fails its fetches until it is reset.",
     )
     status.add_argument("--consumer", type=_consumer_argument, help="only this consumer")
     register = actions.add_parser(
@@ -82,7 +84,8 @@ def add_feed_parser(
         "with a time, the events created from then on are delivered (again). The batch in "
         "progress is dropped, the lease released and its generation raised, so a worker "
         "still holding a batch cannot commit it (LeaseLostError) and its next fetch starts "
-        "from the new checkpoint; the delivered count is kept. Refused while a worker holds "
+        "from the new checkpoint; a mark of events retention removed before they were "
+        "delivered is cleared; the delivered count is kept. Refused while a worker holds "
         "a live lease, unless --force.",
     )
     reset.add_argument(
@@ -278,4 +281,18 @@ def _status_table(statuses: Sequence[ConsumerStatus]) -> list[str]:
     ]
     blockers = dict.fromkeys(b for s in statuses for b in s.holding_back)
     lines.extend(_blocker_line(blocker) for blocker in blockers)
+    lines.extend(_lost_line(s) for s in statuses if s.lost_events)
     return lines
+
+
+def _lost_line(status: ConsumerStatus) -> str:
+    lost_before = status.lost_before
+    cutoff = None if lost_before is None else lost_before.astimezone(UTC).isoformat()
+    before = "" if cutoff is None else f" created before {cutoff}"
+    to = cutoff or "latest"
+    return (
+        f"lost by {status.consumer} part {status.part}/{status.parts}: {status.lost_events} "
+        f"events{before}, removed by {status.lost_by or 'retention'} before they were "
+        "delivered; its fetches raise FeedDataLostError until it is reset: eventlog-persist "
+        f"feed reset --consumer {status.consumer} --to {to}"
+    )

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
+from eventlog_persist._feed_retention import data_lost
 from eventlog_persist._feed_sql import (
     DEFAULT_BATCH_SIZE,
     EARLIEST,
@@ -143,9 +144,12 @@ class _FeedCore:
 
     def _plan(self, row: Sequence[Any], limit: int) -> tuple[int, int, PagePlan, Snapshot]:
         """The part, the generation, the first page to read and the snapshot of now, from
-        the lease statement's row."""
+        the lease statement's row; `FeedDataLostError` if retention removed events the part
+        had not been delivered (raised in the fetch's transaction, so the lease is not taken)."""
         part, generation, done, target, after_xid, after_id = row[:6]
-        backfill, since, backfill_after, now = row[6:]
+        backfill, since, backfill_after, now = row[6:10]
+        if row[10] is not None:
+            raise data_lost(self._name, int(part), self._parts, *row[10:14])
         start = Checkpoint(
             done=Snapshot.parse(done),
             target=None if target is None else Snapshot.parse(target),
@@ -430,6 +434,8 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         Raises:
             ConsumerNotFoundError: The consumer is not registered.
             LeaseHeldError: Another worker holds the lease.
+            FeedDataLostError: Retention (`purge_events`, `drop_partitions`) removed events
+                before this part was delivered them; reset the consumer to go on.
             MigrationSetupError: The database lacks the feed's schema.
         """
         chosen = check_limit(limit)
@@ -657,6 +663,8 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         Raises:
             ConsumerNotFoundError: The consumer is not registered.
             LeaseHeldError: Another worker holds the lease.
+            FeedDataLostError: Retention (`purge_events`, `drop_partitions`) removed events
+                before this part was delivered them; reset the consumer to go on.
             MigrationSetupError: The database lacks the feed's schema.
         """
         chosen = check_limit(limit)

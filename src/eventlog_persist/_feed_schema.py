@@ -26,10 +26,19 @@ from sqlalchemy.types import UserDefinedType
 
 from eventlog_persist._schema import CONSUMER_NAME_LENGTH, CONSUMERS_TABLE
 
-__all__ = ["OWNER_LENGTH", "PgSnapshot", "Xid8", "consumers_table", "register_feed_types"]
+__all__ = [
+    "LOST_BY_LENGTH",
+    "OWNER_LENGTH",
+    "PgSnapshot",
+    "Xid8",
+    "consumers_table",
+    "register_feed_types",
+]
 
 OWNER_LENGTH: Final = 200
 """Longest lease owner name a consumer row holds."""
+LOST_BY_LENGTH: Final = 64
+"""Longest list of the retention paths that removed a part's undelivered events."""
 
 
 class Xid8(UserDefinedType[int]):
@@ -116,7 +125,8 @@ def consumers_table(metadata: MetaData, *, schema: str | None) -> Table:
     all delivered; ``snapshot_target`` with ``after_xid``/``after_id`` the batch in progress
     and the last event delivered of it; ``backfill_since``/``backfill_after`` the pending
     delivery of rows stored before the feed (``xid`` NULL); ``owner``, ``lease_until`` and
-    ``generation`` the lease and its fencing token.
+    ``generation`` the lease and its fencing token; ``lost_*`` the events retention removed
+    before they were delivered (NULL: none), which stop the part's fetches.
     """
     key = f"{schema}.{CONSUMERS_TABLE}" if schema else CONSUMERS_TABLE
     existing = metadata.tables.get(key)
@@ -146,6 +156,10 @@ def consumers_table(metadata: MetaData, *, schema: str | None) -> Table:
         Column("delivered", BigInteger(), nullable=False, server_default=text("0")),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
         Column("committed_at", DateTime(timezone=True)),
+        Column("lost_events", BigInteger()),
+        Column("lost_before", DateTime(timezone=True)),
+        Column("lost_at", DateTime(timezone=True)),
+        Column("lost_by", String(LOST_BY_LENGTH)),
         PrimaryKeyConstraint("consumer", "part", name=conv(f"pk_{CONSUMERS_TABLE}")),
         CheckConstraint("part >= 0 AND part < parts", name=conv(f"ck_{CONSUMERS_TABLE}_part")),
         schema=schema,

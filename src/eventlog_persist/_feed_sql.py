@@ -335,12 +335,15 @@ def check_mode(mode: object) -> FeedMode:
     return mode
 
 
-def session_part(session_id: ColumnElement[Any], parts: int) -> ColumnElement[Any]:
-    """The part, 0 to ``parts - 1``, that the events of ``session_id`` belong to (SQL)."""
+def session_part(
+    session_id: ColumnElement[Any], parts: int | ColumnElement[Any]
+) -> ColumnElement[Any]:
+    """The part, 0 to ``parts - 1``, that the events of ``session_id`` belong to (SQL);
+    ``parts`` a number or a column (a consumer row's ``parts``)."""
     hashed = func.hashtextextended(
         cast(session_id, Text()), literal(0, BigInteger()), type_=BigInteger()
     )
-    count = literal(parts, BigInteger())
+    count = literal(parts, BigInteger()) if isinstance(parts, int) else cast(parts, BigInteger())
     return (hashed % count + count) % count
 
 
@@ -488,8 +491,8 @@ class FeedStatements:
         return select(*both.c).order_by(both.c.xid, both.c.id).limit(limit)
 
     def lease(self, *, fixed: bool) -> Update:
-        """Take or renew the lease of a part; returns the part, its checkpoint and the
-        snapshot of now.
+        """Take or renew the lease of a part; returns the part, its checkpoint, the
+        snapshot of now and what retention removed before it was delivered (``lost_*``).
 
         The part is ``part`` when ``fixed``; else the one this owner holds (the lowest if
         several), or else the lowest free one (never leased, released, or its lease ended).
@@ -535,6 +538,10 @@ class FeedStatements:
                 ),
                 t.c.backfill_after,
                 func.pg_current_snapshot(type_=PgSnapshot()).label("now"),
+                t.c.lost_events,
+                t.c.lost_before,
+                t.c.lost_at,
+                t.c.lost_by,
             )
         )
 

@@ -130,6 +130,13 @@ class ConsumerStatus:
         generation: The lease generation (the fencing token; each takeover adds one).
         holding_back: The transactions at the server's horizon when ``held`` is above 0:
             their backend, database, application and transaction age; else empty.
+        lost_events: How many events retention (`purge_events`, `drop_partitions`)
+            removed before this part was delivered them; its fetches raise
+            `FeedDataLostError` until the consumer is reset. 0: none.
+        lost_before: The latest cutoff of those removals (events created before it).
+        lost_at: When retention first removed such events.
+        lost_by: Which retention removed them (``purge_events``, ``drop_partitions``,
+            ``drop_partitions keep_detached``; comma-separated when several did).
 
     .. versionadded:: 0.3.0
     """
@@ -148,6 +155,10 @@ class ConsumerStatus:
     lease_live: bool
     generation: int
     holding_back: tuple[FeedBlocker, ...]
+    lost_events: int = 0
+    lost_before: datetime | None = None
+    lost_at: datetime | None = None
+    lost_by: str | None = None
 
 
 def _feed_table(model: type[EventLogMixin[Any]] | Table) -> Table:
@@ -204,6 +215,10 @@ def _consumers_query(consumers: Table, named: bool) -> Select[Any]:
         t.delivered,
         t.committed_at,
         (func.now() - t.committed_at).label("lag"),
+        t.lost_events,
+        t.lost_before,
+        t.lost_at,
+        t.lost_by,
     ).order_by(t.consumer, t.part)
     if named:
         query = query.where(t.consumer == bindparam("name", type_=t.consumer.type))
@@ -314,6 +329,10 @@ def _status(connection: Connection, table: Table, name: str | None) -> list[Cons
                 lease_live=bool(row.live),
                 generation=int(row.generation),
                 holding_back=(blockers or ()) if held else (),
+                lost_events=int(row.lost_events or 0),
+                lost_before=row.lost_before,
+                lost_at=row.lost_at,
+                lost_by=row.lost_by,
             )
         )
     return found
@@ -442,8 +461,9 @@ def reset_consumer(
     would set a new one.
 
     The batch in progress is dropped, the lease released and the generation raised, so a
-    worker still holding a batch cannot commit it (`LeaseLostError`); ``delivered`` is
-    kept. Refused with `LeaseHeldError` while a lease is live, unless ``force``.
+    worker still holding a batch cannot commit it (`LeaseLostError`); the marks of events
+    retention removed undelivered (``lost_*``) are cleared; ``delivered`` is kept. Refused
+    with `LeaseHeldError` while a lease is live, unless ``force``.
     """
     name = check_consumer(consumer)
     start = check_start(to)
@@ -496,6 +516,10 @@ def _reset_statement(t: Table, start: FeedStart) -> Any:
         "owner": None,
         "lease_until": None,
         "generation": t.c.generation + 1,
+        "lost_events": None,
+        "lost_before": None,
+        "lost_at": None,
+        "lost_by": None,
     }
     if start == "latest":
         values["snapshot_done"] = func.pg_current_snapshot(type_=PgSnapshot())

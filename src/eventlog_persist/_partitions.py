@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import Connection, Engine, Table, text
 
+from eventlog_persist._feed_retention import BY_DETACH, BY_DROP, feed_consumers, mark_partition
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
 from eventlog_persist._urls import shown
@@ -42,7 +44,13 @@ takes ACCESS EXCLUSIVE locks on the tables its foreign keys reference (users, ch
 user_projects, user_agents), an ATTACH SHARE ROW EXCLUSIVE ones."""
 _TO_DROP: Final = "eventlog-persist: detached by drop_partitions, to be dropped"
 """The comment set on a partition before it is detached to be dropped: a run that detached
-it but could not drop it (a lock timeout, a lost connection) leaves it for the next run."""
+it but could not drop it (a lock timeout, a lost connection) leaves it for the next run.
+With the feed, it also says that the consumers were marked for its events."""
+_TO_KEEP: Final = "eventlog-persist: detached by drop_partitions, kept"
+"""With the feed, the comment set (with the consumers' marks) on a partition to detach and
+keep; cleared once it is detached."""
+
+logger = logging.getLogger("eventlog_persist")
 
 # Session advisory locks of this package's partition maintenance: this constant in the high 32
 # bits, the parent table's oid in the low 32, so that two cron runs on one table take turns.
@@ -237,6 +245,51 @@ def _advisory_lock(connection: Connection, parent: _Parent) -> Iterator[None]:
     finally:
         if not connection.closed and not connection.invalidated:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": parent.lock_key})
+
+
+@contextmanager
+def _one_transaction(connection: Connection) -> Iterator[None]:
+    """One transaction on the autocommit ``connection``, which is in autocommit after it."""
+    if connection.in_transaction():  # SQLAlchemy's autobegun marker; nothing is pending
+        connection.rollback()
+    connection.execution_options(isolation_level="READ COMMITTED")
+    try:
+        with connection.begin():
+            yield
+    finally:
+        if not connection.closed and not connection.invalidated:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _mark_consumers(
+    connection: Connection,
+    parent: _Parent,
+    partition: PartitionInfo,
+    consumers: Table,
+    *,
+    keep: bool,
+    lock_timeout: float | None,
+) -> list[str]:
+    """Before ``partition`` is detached: mark the feed's consumer parts that were not
+    delivered all its events, and comment it as marked, in one transaction; a partition
+    commented so by an earlier run (whose detach failed) is not counted twice. Returns the
+    consumers marked."""
+    name = parent.child(partition.name)
+    comment = _TO_KEEP if keep else _TO_DROP
+    found = connection.execute(
+        text("SELECT obj_description(to_regclass(:name), 'pg_class')"), {"name": name}
+    ).scalar()
+    if found in (_TO_DROP, _TO_KEEP):
+        if found != comment:
+            connection.execute(text(f"COMMENT ON TABLE {name} IS '{comment}'"))
+        return []
+    statement = mark_partition(
+        parent.schema, partition.name, consumers, by=BY_DETACH if keep else BY_DROP
+    )
+    with _lock_timeout(connection, lock_timeout), _one_transaction(connection):
+        marked = connection.execute(statement, {"cutoff": partition.upper}).scalars().all()
+        connection.execute(text(f"COMMENT ON TABLE {name} IS '{comment}'"))
+    return list(marked)
 
 
 @contextmanager
@@ -486,6 +539,11 @@ def drop_partitions(
     pending" state (`PartitionInfo.detach_pending`), and the next run finishes it first with
     ``DETACH ... FINALIZE``. Runs on one table take turns on an advisory lock.
 
+    On a database with the feed, before a partition is detached (to drop or to keep), every
+    consumer part that had not been delivered all its events is marked: its fetches then
+    raise `FeedDataLostError` until the consumer is reset. A partition is marked once, even
+    when its detach fails and a later run detaches it.
+
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
         bind: An ``Engine``, or a ``Connection`` with no transaction begun.
@@ -529,8 +587,10 @@ def drop_partitions(
     dropped: list[str] = []
     detached: list[str] = []
     finalized: list[str] = []
+    behind: set[str] = set()  # consumers marked
     with _connection(bind, autocommit=True) as connection:
         parent = _parent(connection, table)
+        consumers = feed_consumers(connection, table)
         with _advisory_lock(connection, parent):
             # Detached by an earlier run that could not drop them.
             for name in connection.execute(
@@ -550,15 +610,14 @@ def drop_partitions(
                 )
             for partition in found:
                 old = partition.upper is not None and partition.upper <= older_than
-                marked = False
+                marked = tagged = False
                 if partition.detach_pending:
-                    marked = (
-                        connection.execute(
-                            text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
-                            {"name": parent.child(partition.name)},
-                        ).scalar()
-                        == _TO_DROP
-                    )
+                    comment = connection.execute(
+                        text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
+                        {"name": parent.child(partition.name)},
+                    ).scalar()
+                    marked = comment == _TO_DROP
+                    tagged = comment in (_TO_DROP, _TO_KEEP)
                     connection.execute(
                         text(
                             f"ALTER TABLE {parent.qualified} DETACH PARTITION "
@@ -567,7 +626,19 @@ def drop_partitions(
                     )
                     finalized.append(partition.name)
                 elif old and not partition.default:
-                    if not keep_detached:
+                    if consumers is not None:
+                        behind.update(
+                            _mark_consumers(
+                                connection,
+                                parent,
+                                partition,
+                                consumers,
+                                keep=keep_detached,
+                                lock_timeout=lock_timeout,
+                            )
+                        )
+                        tagged = keep_detached
+                    elif not keep_detached:
                         connection.execute(
                             text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
                         )
@@ -591,9 +662,16 @@ def drop_partitions(
                         connection.execute(text(f"DROP TABLE {parent.child(partition.name)}"))
                     dropped.append(partition.name)
                 else:
-                    if marked:  # kept after all: no later run may drop it
+                    if tagged:  # kept (after all): no later run may drop it
                         connection.execute(
                             text(f"COMMENT ON TABLE {parent.child(partition.name)} IS NULL")
                         )
                     detached.append(partition.name)
+    if behind:
+        logger.warning(
+            "drop_partitions removed events that feed consumers %s had not been delivered "
+            "yet; their fetches raise FeedDataLostError until they are reset (see "
+            "'eventlog-persist feed status')",
+            ", ".join(sorted(behind)),
+        )
     return DropResult(tuple(dropped), tuple(detached), tuple(finalized))

@@ -1,7 +1,12 @@
-"""Retention: delete events older than a cutoff in short batches, one transaction each."""
+"""Retention: delete events older than a cutoff in short batches, one transaction each.
+
+On a database with the feed, each batch also marks the consumer parts it leaves without
+events they had not been delivered (`_feed_retention`), in the same transaction.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Delete, Engine, Table, delete, func, select
+from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from eventlog_persist._feed_retention import feed_consumers, purge_and_mark
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import check_key, event_table
 from eventlog_persist._urls import shown
@@ -27,6 +33,8 @@ __all__ = [
     "purge_events",
     "purge_statement",
 ]
+
+logger = logging.getLogger("eventlog_persist")
 
 DEFAULT_BATCH_SIZE: Final = 5000
 MAX_SLEEP: Final = 86400.0
@@ -166,6 +174,10 @@ def purge_events(
     ``older_than`` are never touched. Rows locked by other transactions are skipped and left
     for the next run.
 
+    On a database with the feed, each batch marks, in its own transaction, every consumer
+    part that had not been delivered one of the events it deletes: that part's fetches then
+    raise `FeedDataLostError` (never skipping them silently) until the consumer is reset.
+
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
         bind: An ``Engine``, or a ``Connection`` with no transaction begun.
@@ -193,7 +205,8 @@ def purge_events(
         PurgeResult(deleted=12000, batches=3)
 
     .. versionchanged:: 0.3.0
-       ``on_batch`` added; ``sleep`` must be finite and at most a day.
+       ``on_batch`` added; ``sleep`` must be finite and at most a day; feed consumers not
+       delivered the deleted events are marked.
     """
     _check_bind(bind)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -213,24 +226,46 @@ def purge_events(
         raise ConfigurationError(
             f"on_batch must be a callable taking a PurgeResult, or None, got {on_batch!r}"
         )
-    statement = purge_statement(
-        event_table(model),
+    table = event_table(model)
+    purge = purge_statement(
+        table,
         older_than=older_than,
         user_id=user_id,
         project_id=project_id,
         batch_size=batch_size,
     )
+    statement: Delete | Select[Any] = purge
+    feed: bool | None = None  # whether the database has the feed: asked in the first batch
+    marked: set[str] = set()
     deleted = batches = 0
-    while True:
-        with _transaction(bind) as connection:
-            count = connection.execute(statement).rowcount
-        if count:
-            deleted += count
-            batches += 1
-            if on_batch is not None:
-                on_batch(PurgeResult(deleted, batches))
-        if count < batch_size or batches == max_batches:
-            break
-        if sleep:
-            time.sleep(sleep)
+    try:
+        while True:
+            with _transaction(bind) as connection:
+                if feed is None:
+                    consumers = feed_consumers(connection, table)
+                    feed = consumers is not None
+                    if consumers is not None:
+                        statement = purge_and_mark(purge, table, consumers)
+                if feed:
+                    count, names = connection.execute(statement, {"cutoff": older_than}).one()
+                    marked.update(names or ())
+                else:
+                    count = connection.execute(statement).rowcount
+            if count:
+                deleted += count
+                batches += 1
+                if on_batch is not None:
+                    on_batch(PurgeResult(deleted, batches))
+            if count < batch_size or batches == max_batches:
+                break
+            if sleep:
+                time.sleep(sleep)
+    finally:
+        if marked:
+            logger.warning(
+                "purge_events removed events that feed consumers %s had not been delivered "
+                "yet; their fetches raise FeedDataLostError until they are reset (see "
+                "'eventlog-persist feed status')",
+                ", ".join(sorted(marked)),
+            )
     return PurgeResult(deleted, batches)

@@ -14,6 +14,7 @@ __all__ = [
     "ConversionError",
     "EventLogError",
     "EventWriteError",
+    "FeedDataLostError",
     "FeedError",
     "InvalidCursorError",
     "LeaseHeldError",
@@ -176,3 +177,44 @@ class LeaseLostError(FeedError):
         super().__init__(message)
         self.owner = owner
         self.generation = generation
+
+
+class FeedDataLostError(FeedError):
+    """Retention removed events before this consumer (part) was delivered them.
+
+    `purge_events` and `drop_partitions` mark every consumer part whose checkpoint had not
+    passed an event they removed; its `EventFeed.fetch` then raises this, every time, rather
+    than go on without those events. Reset the consumer to go on (``eventlog-persist feed
+    reset``, or `EventFeed.unregister` and `EventFeed.register` with a ``start``); the
+    message names the consumer, what was removed and the commands.
+
+    Attributes:
+        consumer: The consumer's name.
+        part: Its part (0 unless the consumer is in parts).
+        lost_events: How many events the part had not been delivered were removed.
+        lost_before: The latest cutoff: the removed events were created before it.
+        lost_at: When retention first removed such events.
+        lost_by: Which retention removed them: ``purge_events``, ``drop_partitions`` or
+            ``drop_partitions keep_detached``, comma-separated when several did.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        consumer: str,
+        part: int,
+        lost_events: int,
+        lost_before: datetime | None,
+        lost_at: datetime | None,
+        lost_by: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.consumer = consumer
+        self.part = part
+        self.lost_events = lost_events
+        self.lost_before = lost_before
+        self.lost_at = lost_at
+        self.lost_by = lost_by

@@ -71,6 +71,7 @@ from eventlog_persist import (
     skip_partitions,
     write_events,
 )
+from eventlog_persist.exceptions import FeedDataLostError
 from eventlog_persist.metrics import (
     MetricsRegistration,
     register_opentelemetry,
@@ -156,6 +157,13 @@ def watch(engine: Engine) -> int:
     assert_type(status.holding_back, tuple[FeedBlocker, ...])
     pids = [blocker.pid for blocker in status.holding_back if blocker.pid is not None]
     feed_status(FeedEventLog, engine, "warehouse")  # type: ignore[call-arg]
+    assert_type(status.lost_events, int)
+    assert_type(status.lost_before, datetime | None)
+    try:
+        EventFeed(FeedEventLog, engine, consumer="warehouse").fetch()
+    except FeedDataLostError as lost:
+        assert_type(lost.lost_events, int)
+        assert_type(lost.lost_by, str | None)
     return status.pending + status.held + len(pids)
 
 

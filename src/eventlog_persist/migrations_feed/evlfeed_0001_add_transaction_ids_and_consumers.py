@@ -16,7 +16,8 @@ Opt-in (branch ``eventlog_feed``, depends on ``evl_0002``); the one owner of the
    ``xid`` NULL, and every row written afterwards gets its transaction's id, whatever
    statement writes it (INSERT, COPY) as long as it does not name the column.
 2. ``event_log_consumers``: one row per named feed consumer (and part): its checkpoint, its
-   lease and the generation that fences a worker that lost its lease.
+   lease, the generation that fences a worker that lost its lease, and the events retention
+   removed before they were delivered (``lost_*``).
 3. The index ``ix_event_logs_xid_id`` on ``(xid, id)``, built CONCURRENTLY (writers go on)
    in an autocommit block: the steps above are committed first. On the partitioned layout
    the index is created ON ONLY the parent, then built CONCURRENTLY on each partition and
@@ -103,6 +104,10 @@ def _columns_and_table(schema: str | None) -> None:
         "delivered bigint NOT NULL DEFAULT 0, "
         "created_at timestamp with time zone NOT NULL DEFAULT now(), "
         "committed_at timestamp with time zone, "
+        "lost_events bigint, "
+        "lost_before timestamp with time zone, "
+        "lost_at timestamp with time zone, "
+        "lost_by varchar(64), "
         f"CONSTRAINT {_quote('pk_' + _CONSUMERS)} PRIMARY KEY (consumer, part), "
         f"CONSTRAINT {_quote('ck_' + _CONSUMERS + '_part')} "
         "CHECK (part >= 0 AND part < parts))"

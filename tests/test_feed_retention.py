@@ -1,0 +1,479 @@
+"""Retention and the feed: a consumer whose checkpoint is behind events that `purge_events` or
+`drop_partitions` removed fails its fetches (`FeedDataLostError`), never skipping silently;
+one that was delivered them, or lost rows to the host's own deletes, does not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hostmodels import HostModels, build_host_models, create_partitions, seed
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
+
+from eventlog_persist import (
+    AsyncEventFeed,
+    EventFeed,
+    PurgeResult,
+    drop_partitions,
+    feed_status,
+    new_event,
+    new_event_id,
+    purge_events,
+    write_events,
+)
+from eventlog_persist._cli import main
+from eventlog_persist.exceptions import FeedDataLostError, FeedError
+
+NOW = datetime.now(UTC)
+CUTOFF = NOW - timedelta(days=1)
+OLD = NOW - timedelta(days=2)
+
+
+@pytest.fixture
+def host_models() -> HostModels:
+    return build_host_models(feed=True)
+
+
+@pytest.fixture
+def keys(host_engine: Engine, host_models: HostModels) -> tuple[Any, Any]:
+    return seed(host_engine, host_models)
+
+
+def write(
+    engine: Engine,
+    models: HostModels,
+    keys: tuple[Any, Any],
+    times: list[datetime],
+    *,
+    per_tx: int = 10,
+) -> list[uuid.UUID]:
+    """Store one event per time, ``per_tx`` per transaction, ids increasing; return the ids."""
+    user_id, session_id = keys
+    batch = [
+        new_event(
+            id=new_event_id(),
+            session_id=session_id,
+            user_id=user_id,
+            event_type="chat",
+            created_at=moment,
+        )
+        for moment in times
+    ]
+    write_events(models.EventLog, engine, batch, batch_size=per_tx)
+    return [item.id for item in batch]
+
+
+def insert_pre_feed(engine: Engine, keys: tuple[Any, Any], times: list[datetime]) -> None:
+    """Rows as stored before the feed: no transaction id."""
+    user_id, session_id = keys
+    with engine.begin() as connection:
+        for moment in times:
+            connection.execute(
+                text(
+                    "INSERT INTO event_logs (id, session_id, user_id, event_type, created_at, "
+                    "xid) VALUES (:id, :s, :u, 'old', :t, NULL)"
+                ),
+                {"id": new_event_id(), "s": session_id, "u": user_id, "t": moment},
+            )
+
+
+def drain(feed: EventFeed[Any], *, limit: int = 500) -> list[uuid.UUID]:
+    found: list[uuid.UUID] = []
+    while True:
+        batch = feed.fetch(limit=limit)
+        feed.commit(batch)
+        if not batch.events:
+            return found
+        found += [item.id for item in batch.events]
+
+
+def marks(engine: Engine, name: str) -> list[tuple[Any, ...]]:
+    """Each part's ``(part, lost_events, lost_before, lost_by)``, and its lease owner."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT part, lost_events, lost_before, lost_by, lost_at IS NOT NULL, owner "
+                "FROM event_log_consumers WHERE consumer = :c ORDER BY part"
+            ),
+            {"c": name},
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+# -- purge_events ------------------------------------------------------------------------------
+
+
+def test_a_consumer_behind_a_purge_fails_every_fetch_naming_the_fix(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = host_models.EventLog
+    behind = EventFeed(model, host_engine, consumer="behind", owner="w1")
+    ahead = EventFeed(model, host_engine, consumer="ahead")
+    behind.register(start="earliest")
+    ahead.register(start="earliest")
+    old = write(host_engine, host_models, keys, [OLD] * 12, per_tx=5)
+    new = write(host_engine, host_models, keys, [NOW] * 3)
+    assert drain(ahead) == old + new
+    EventFeed(model, host_engine, consumer="later").register(start="latest")
+
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        result = purge_events(model, host_engine, older_than=CUTOFF, batch_size=5)
+    assert result == PurgeResult(deleted=12, batches=3)
+    assert "feed consumers behind had not been delivered" in caplog.text
+
+    (part,) = marks(host_engine, "behind")
+    assert part[:5] == (0, 12, CUTOFF, "purge_events", True)
+    for _ in range(2):  # every fetch, not only the first
+        with pytest.raises(FeedDataLostError) as raised:
+            behind.fetch()
+    error = raised.value
+    assert isinstance(error, FeedError)
+    assert (error.consumer, error.part, error.lost_events) == ("behind", 0, 12)
+    assert (error.lost_before, error.lost_by) == (CUTOFF, "purge_events")
+    message = str(error)
+    assert message.startswith("consumer 'behind': retention (purge_events, first at ")
+    assert f"removed 12 events created before {CUTOFF.isoformat()}" in message
+    assert "does not skip them silently" in message
+    assert f"'eventlog-persist feed reset --consumer behind --to {CUTOFF.isoformat()}'" in message
+    assert "unregister() and register(start=...)" in message
+    assert marks(host_engine, "behind")[0][5] is None  # the failed fetch took no lease
+
+    # Delivered everything that went, or registered after: not marked, and goes on.
+    assert marks(host_engine, "ahead")[0][1] is None
+    assert marks(host_engine, "later")[0][1] is None
+    later = write(host_engine, host_models, keys, [NOW] * 2)
+    assert drain(ahead) == later
+
+    # A second purge adds up; the cutoff is the latest.
+    write(host_engine, host_models, keys, [OLD] * 2)
+    purge_events(model, host_engine, older_than=CUTOFF + timedelta(seconds=1))
+    assert marks(host_engine, "behind")[0][1:3] == (14, CUTOFF + timedelta(seconds=1))
+
+
+def test_the_batch_in_progress_counts_as_delivered_up_to_its_last_event(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """One transaction of 10 events, 5 old then 5 new (by id); a batch delivered the first
+    ``limit`` of them and is still in progress (its target and last event in the checkpoint)."""
+    model = host_models.EventLog
+    exact = EventFeed(model, host_engine, consumer="exact")
+    short = EventFeed(model, host_engine, consumer="short")
+    exact.register()
+    short.register()
+    ids = write(host_engine, host_models, keys, [OLD] * 5 + [NOW] * 5)
+    exact.commit(exact.fetch(limit=5))  # the 5 old ones
+    short.commit(short.fetch(limit=4))  # 4 of them
+    with host_engine.connect() as connection:
+        assert (
+            connection.execute(
+                text("SELECT count(*) FROM event_log_consumers WHERE snapshot_target IS NOT NULL")
+            ).scalar_one()
+            == 2
+        )
+    assert purge_events(model, host_engine, older_than=CUTOFF).deleted == 5
+
+    assert marks(host_engine, "exact")[0][1] is None
+    assert drain(exact) == ids[5:]
+    assert marks(host_engine, "short")[0][1] == 1
+    with pytest.raises(FeedDataLostError, match="removed 1 events"):
+        short.fetch()
+
+
+def test_a_consumer_in_parts_marks_only_the_parts_of_the_purged_sessions(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    user_id, _ = keys
+    sessions: dict[int, Any] = {}
+    with Session(host_engine) as session:
+        while len(sessions) < 2:
+            chat = host_models.ChatSession(id=host_models.new_key(), user_id=user_id)
+            session.add(chat)
+            session.flush()
+            part = session.execute(
+                text("SELECT ((hashtextextended(CAST(:s AS text), 0) % 2) + 2) % 2"),
+                {"s": str(chat.id)},
+            ).scalar_one()
+            sessions.setdefault(int(part), chat.id)
+        session.commit()
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="split", parts=2, part=1)
+    feed.register()
+    write(host_engine, host_models, (user_id, sessions[0]), [OLD] * 3)
+    kept = write(host_engine, host_models, (user_id, sessions[1]), [NOW] * 2)
+    purge_events(model, host_engine, older_than=CUTOFF)
+
+    assert [row[:4] for row in marks(host_engine, "split")] == [
+        (0, 3, CUTOFF, "purge_events"),
+        (1, None, None, None),
+    ]
+    assert drain(feed) == kept
+    other = EventFeed(model, host_engine, consumer="split", parts=2, part=0)
+    with pytest.raises(FeedDataLostError, match=r"^consumer 'split' part 0: .* removed 3 events"):
+        other.fetch()
+
+
+def test_pre_feed_rows_count_while_the_backfill_is_pending(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    model = host_models.EventLog
+    insert_pre_feed(host_engine, keys, [OLD - timedelta(hours=2), OLD, OLD])
+    pending = EventFeed(model, host_engine, consumer="pending")
+    since = EventFeed(model, host_engine, consumer="since")
+    done = EventFeed(model, host_engine, consumer="done")
+    pending.register(start="earliest")
+    since.register(start=OLD - timedelta(hours=1))  # the two newer ones only
+    done.register(start="earliest")
+    pending.commit(pending.fetch(limit=1))  # the oldest, by id: the backfill goes on
+    since.commit(since.fetch(limit=1))
+    assert len(drain(done)) == 3
+    purge_events(model, host_engine, older_than=CUTOFF)
+
+    assert marks(host_engine, "pending")[0][1] == 2
+    assert marks(host_engine, "since")[0][1] == 1
+    assert marks(host_engine, "done")[0][1] is None
+    with pytest.raises(FeedDataLostError, match="removed 2 events"):
+        pending.fetch()
+
+
+def test_the_hosts_own_deletes_are_not_marked(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """A session deleted with its events (ON DELETE CASCADE): they are simply not there."""
+    user_id, session_id = keys
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    feed.register()
+    write(host_engine, host_models, keys, [NOW] * 4)
+    with Session(host_engine) as session:
+        other = host_models.ChatSession(id=host_models.new_key(), user_id=user_id)
+        session.add(other)
+        session.commit()
+        other_id = other.id
+    kept = write(host_engine, host_models, (user_id, other_id), [NOW] * 2)
+    with Session(host_engine) as session:
+        session.execute(text("DELETE FROM chat_sessions WHERE id = :s"), {"s": session_id})
+        session.commit()
+    assert marks(host_engine, "c")[0][1] is None
+    assert drain(feed) == kept
+
+
+def test_a_checkpoint_moved_while_the_purge_waited_is_judged_as_it_is_then(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """A worker commits its batch in the host's transaction while a purge batch waits for
+    the consumer's row: the purge judges the part by the checkpoint it finds committed."""
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    feed.register()
+
+    def purge_into(results: list[PurgeResult]) -> None:
+        results.append(purge_events(model, host_engine, older_than=CUTOFF))
+
+    for outcome in ("commit", "rollback"):
+        write(host_engine, host_models, keys, [OLD] * 3)
+        batch = feed.fetch()
+        assert len(batch.events) == 3
+        results: list[PurgeResult] = []
+        with host_engine.connect() as host:
+            host.begin()
+            feed.commit(batch, connection=host)  # the consumer's row stays locked
+            purge = threading.Thread(target=purge_into, args=(results,))
+            purge.start()
+            time.sleep(0.5)
+            assert not results  # waiting for the consumer's row
+            host.commit() if outcome == "commit" else host.rollback()
+            purge.join(timeout=30)
+        assert results[0].deleted == 3
+        if outcome == "commit":
+            assert marks(host_engine, "c")[0][1] is None
+        else:
+            assert marks(host_engine, "c")[0][1] == 3
+
+
+def test_a_database_with_the_feed_marks_whatever_model_purges(
+    engine: Engine, host_models: HostModels
+) -> None:
+    """The marking follows the database, not the model: a model that did not opt in, or a
+    reflected table, on a database migrated for the feed marks the consumers all the same."""
+    host_models.Base.metadata.create_all(engine)
+    keys = seed(engine, host_models)
+    EventFeed(host_models.EventLog, engine, consumer="c").register()
+    write(engine, host_models, keys, [OLD] * 2)
+    plain = build_host_models().EventLog
+    assert purge_events(plain, engine, older_than=CUTOFF).deleted == 2
+    assert marks(engine, "c")[0][1] == 2
+
+
+def test_a_host_without_the_feed_purges_as_before(engine: Engine) -> None:
+    models = build_host_models()
+    models.Base.metadata.create_all(engine)
+    write(engine, models, seed(engine, models), [OLD] * 3)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert purge_events(models.EventLog, engine, older_than=CUTOFF) == PurgeResult(3, 1)
+    # The one look for the feed, then the plain DELETE.
+    assert len(statements) == 2
+    assert "event_log_consumers" not in statements[1]
+    assert statements[1].startswith("DELETE FROM event_logs")
+
+
+# -- reset, status, async ----------------------------------------------------------------------
+
+
+def test_reset_or_registering_again_clears_the_mark_and_status_shows_it(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    database_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    model = host_models.EventLog
+    feeds = {name: EventFeed(model, host_engine, consumer=name) for name in ("a", "b")}
+    for feed in feeds.values():
+        feed.register()
+    write(host_engine, host_models, keys, [OLD] * 4)
+    kept = write(host_engine, host_models, keys, [NOW] * 2)
+    purge_events(model, host_engine, older_than=CUTOFF)
+
+    status = {s.consumer: s for s in feed_status(model, host_engine)}
+    assert (status["a"].lost_events, status["a"].lost_before) == (4, CUTOFF)
+    assert status["a"].lost_by == "purge_events"
+    assert status["a"].lost_at is not None
+    assert status["a"].pending == 2  # what is left to deliver
+    assert main(["feed", "status"]) == 0
+    # (A "held back by" line may come first: other tests' transactions on the server.)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lost")]
+    assert len(lines) == 2
+    assert lines[0] == (
+        f"lost by a part 0/1: 4 events created before {CUTOFF.isoformat()}, removed by "
+        "purge_events before they were delivered; its fetches raise FeedDataLostError "
+        f"until it is reset: eventlog-persist feed reset --consumer a --to {CUTOFF.isoformat()}"
+    )
+
+    assert main(["feed", "reset", "--consumer", "a", "--to", CUTOFF.isoformat()]) == 0
+    capsys.readouterr()
+    assert drain(feeds["a"]) == kept
+    assert feeds["b"].unregister()
+    assert feeds["b"].register(start="earliest")
+    assert drain(feeds["b"]) == kept
+    after = feed_status(model, host_engine)
+    assert [(s.lost_events, s.lost_before, s.lost_at, s.lost_by) for s in after] == [
+        (0, None, None, None)
+    ] * 2
+
+
+def test_the_async_feed_raises_the_same(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], database_url: URL
+) -> None:
+    model = host_models.EventLog
+    EventFeed(model, host_engine, consumer="c").register()
+    write(host_engine, host_models, keys, [OLD] * 2)
+    purge_events(model, host_engine, older_than=CUTOFF)
+    engine = create_async_engine(database_url.set(drivername="postgresql+psycopg"))
+
+    async def fetch() -> None:
+        try:
+            await AsyncEventFeed(model, engine, consumer="c").fetch()
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(FeedDataLostError, match=r"^consumer 'c': retention") as raised:
+        asyncio.run(fetch())
+    assert raised.value.lost_events == 2
+
+
+# -- drop_partitions ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layout(engine: Engine) -> tuple[HostModels, list[str]]:
+    """The partitioned layout with the feed; weekly partitions around now and catch-alls."""
+    models = build_host_models(partitioned=True, feed=True)
+    models.Base.metadata.create_all(engine)
+    return models, create_partitions(engine)
+
+
+def partition_bound(engine: Engine, name: str) -> datetime:
+    with engine.connect() as connection:
+        bound = connection.execute(
+            text(
+                "SELECT (regexp_match(pg_get_expr(relpartbound, oid), "
+                "' TO \\(''([^'']*)''\\)$'))[1]::timestamptz FROM pg_class WHERE relname = :n"
+            ),
+            {"n": name},
+        ).scalar_one()
+    assert isinstance(bound, datetime)
+    return bound
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_dropping_or_detaching_a_partition_marks_the_consumers_behind_it(
+    engine: Engine, layout: tuple[HostModels, list[str]], keep: bool
+) -> None:
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    behind = EventFeed(model, engine, consumer="behind")
+    ahead = EventFeed(model, engine, consumer="ahead")
+    behind.register()
+    ahead.register()
+    old_time = NOW - timedelta(weeks=5)  # in the catch-all below the weekly partitions
+    write(engine, models, keys, [old_time - timedelta(days=1), *[old_time] * 4])
+    insert_pre_feed(engine, keys, [old_time])
+    drain(ahead)
+    new = write(engine, models, keys, [NOW] * 2)
+    upper = partition_bound(engine, partitions[0])
+    assert purge_events(model, engine, older_than=old_time - timedelta(hours=1)).deleted == 1
+
+    result = drop_partitions(model, engine, older_than=upper, keep_detached=keep)
+    assert (result.detached if keep else result.dropped) == (partitions[0],)
+    by = "drop_partitions keep_detached" if keep else "drop_partitions"
+    # Both removals add up, each path named once, the cutoff the latest.
+    assert marks(engine, "behind")[0][:4] == (0, 6, upper, f"purge_events, {by}")
+    assert marks(engine, "ahead")[0][1] is None
+    assert drain(ahead) == new
+    with pytest.raises(FeedDataLostError, match=f"retention \\(purge_events, {by}, first at"):
+        behind.fetch()
+    with engine.connect() as connection:  # a kept table keeps no comment of ours
+        comments = connection.execute(
+            text("SELECT count(*) FROM pg_class WHERE obj_description(oid, 'pg_class') LIKE :c"),
+            {"c": "eventlog-persist:%"},
+        ).scalar_one()
+    assert comments == 0
+
+
+def test_a_detach_that_failed_and_runs_again_counts_its_events_once(
+    engine: Engine, layout: tuple[HostModels, list[str]]
+) -> None:
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    feed = EventFeed(model, engine, consumer="c")
+    feed.register()
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
+    upper = partition_bound(engine, partitions[0])
+    with engine.connect() as reader:  # a reader of the partition: a plain DETACH times out
+        reader.begin()
+        reader.execute(text(f"SELECT count(*) FROM {partitions[0]}"))
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(model, engine, older_than=upper, concurrently=False, lock_timeout=0.2)
+        reader.rollback()
+    assert marks(engine, "c")[0][1] == 3  # marked before the detach was tried
+    result = drop_partitions(model, engine, older_than=upper)
+    assert result.dropped == (partitions[0],)
+    assert marks(engine, "c")[0][1] == 3
