@@ -14,10 +14,12 @@ from hostmodels import HostModels, build_host_models, seed
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
 
 from eventlog_persist import (
     AsyncEventFeed,
     EventFeed,
+    EventWriter,
     FeedBatch,
     new_event,
     write_events,
@@ -485,3 +487,33 @@ def test_an_integer_keyed_host(engine: Engine) -> None:
     assert ids(batches) == written
     assert batches[0].events[0].session_id == keys[1]
     assert isinstance(batches[0].events[0].user_id, int)
+
+
+def test_a_batch_keeps_transaction_order_when_a_kept_target_ends(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    user_id, session_id = keys
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="c")
+    feed.register(start="latest")
+    with Session(host_engine) as slow:  # an older transaction id, in flight
+        EventWriter(host_models.EventLog).record(
+            slow, session_id=session_id, user_id=user_id, event_type="slow"
+        )
+        slow.flush()
+        fast = write(host_engine, host_models, keys, 3, per_tx=3)
+        first = feed.fetch(limit=2)  # ends at the limit: its target stays in the checkpoint
+        feed.commit(first)
+        assert ids([first]) == fast[:2]
+        slow.commit()
+    batches = list(drain(feed, limit=5))
+    # The kept target's last event alone, then the slow transaction's: never mixed, as the
+    # slow one's lower transaction id would break the batch's (xid, id) order.
+    assert [[event.event_type for event in batch.events] for batch in batches] == [
+        ["chat"],
+        ["slow"],
+    ]
+    with host_engine.connect() as connection:
+        xid = dict(connection.execute(text("SELECT id, xid::text::bigint FROM event_logs")).all())
+    for batch in batches:
+        order = [(xid[event.id], event.id) for event in batch.events]
+        assert order == sorted(order)

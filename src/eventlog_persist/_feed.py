@@ -166,12 +166,17 @@ class _FeedCore:
         self, part: int, plan: PagePlan, rows: Sequence[Sequence[Any]], current: Snapshot
     ) -> PagePlan | None:
         """The page that fills the rest of a batch whose first page ended a phase, if any:
-        the pre-feed rows ran out, or the last page of a batch kept in the checkpoint (its
-        target) came back short. An empty batch then always means that nothing is pending,
-        so a worker need not commit it: the target of a batch that ended exactly at
-        ``limit`` would otherwise stay in the checkpoint until an empty batch is committed."""
-        finishing = plan.kind == "backfill" or plan.start.target is not None
-        if not finishing or len(rows) >= plan.limit:
+        the pre-feed rows ran out (the feed's events follow them), or the batch kept in the
+        checkpoint (its target) had no rows left. An empty batch then always means that
+        nothing is pending, so a worker need not commit it: the target of a batch that
+        ended exactly at ``limit`` would otherwise stay in the checkpoint until an empty
+        batch is committed. The last rows of a kept target are a batch on their own: the
+        next target's rows may have lower transaction ids, and a batch keeps ``(xid, id)``
+        order."""
+        if plan.kind == "backfill":
+            if len(rows) >= plan.limit:
+                return None
+        elif plan.start.target is None or rows:
             return None
         rest = plan.limit - len(rows)
         follow = plan_page(plan.next_checkpoint(rows), current, mode=self._mode, limit=rest)
