@@ -69,7 +69,7 @@ import _svg
 import datagen
 import psycopg
 import sqlalchemy
-from sqlalchemy import Engine, bindparam, create_engine, select, text, tuple_
+from sqlalchemy import Engine, Integer, bindparam, create_engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from eventlog_persist import (
@@ -532,7 +532,7 @@ def keyset_statements(model: Any) -> tuple[Any, Any, Any]:
     """The hand-written consumer's first page, next page and checkpoint update."""
     table = model.__table__
     columns = [c for c in table.c if c.name != "xid"]
-    limit = bindparam("limit")
+    limit = bindparam("limit", type_=Integer())
     order = (table.c.created_at, table.c.id)
     first = select(*columns).order_by(*order).limit(limit)
     after = tuple_(table.c.created_at, table.c.id) > tuple_(
