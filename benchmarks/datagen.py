@@ -124,9 +124,11 @@ _WORDS = [
 ]
 
 
-def host_tables(*, partitioned: bool = False) -> tuple[type[DeclarativeBase], type[Any]]:
+def host_tables(
+    *, partitioned: bool = False, feed: bool = False
+) -> tuple[type[DeclarativeBase], type[Any]]:
     """A declarative Base of its own holding the benchmark host's tables, and its EventLog
-    (``partitioned``: in the partitioned layout)."""
+    (``partitioned``: in the partitioned layout; ``feed``: opted in to the feed)."""
 
     class Base(DeclarativeBase):
         pass
@@ -142,7 +144,7 @@ def host_tables(*, partitioned: bool = False) -> tuple[type[DeclarativeBase], ty
 
     for name in ("chat_sessions", "user_projects", "user_agents"):
         type(name, (_Owned, Base), {"__tablename__": name})
-    return Base, event_log_model(Base, partitioned=partitioned)
+    return Base, event_log_model(Base, partitioned=partitioned, feed=feed)
 
 
 BenchBase, EventLog = host_tables()
