@@ -31,12 +31,15 @@ schema, loaded with ``--backlog`` events). It prints, as markdown tables:
    each delivers while it is open, and that both deliver every event once after it ends
    (missed, duplicated, foreign: all counted).
 4. **Latency and CPU.** A consumer waits between batches by a *wait strategy* (polling every
-   100 ms, every 1 s) while writers commit at a steady rate; latency is the consumer's time
+   100 ms or 1 s, or ``EventFeed.wait``: LISTEN with a 1 s poll) while writers commit at a
+   steady rate, either records in their own transactions (``record_detached``: no
+   notification, only the poll finds them) or ``write_events`` of 5 events (one
+   notification per call); latency is the consumer's time
    after the ``fetch`` that returned an event minus the writer's time after its commit
    returned, matched by event id. Then the CPU a consumer costs per second, in this process
    (its thread) and on the server (its backend, from ``/proc``; embedded server only), idle
    and under load, and the WAL an idle consumer writes (each fetch renews its lease).
-   `STRATEGIES` holds the strategies: another way to wait (LISTEN) is another entry.
+   `STRATEGIES` holds the rows.
 
 Usage: ``python benchmarks/feed_bench.py [--quick] [--rounds 6] [--backlog 200000]
 [--svg FILE]``. ``--quick`` is a smoke run of a few seconds: small sizes, its figures noise.
@@ -662,10 +665,13 @@ def steady_writers(
     commits: Commits,
     *,
     threads: int = 2,
+    bulk: int = 0,
 ) -> list[threading.Thread]:
     """``threads`` writers committing ``rate`` events a second between them, one per
-    ``record_detached`` (each on a schedule: a writer that falls behind catches up)."""
-    every = threads / rate
+    ``record_detached`` (each on a schedule: a writer that falls behind catches up); with
+    ``bulk``, that many per ``write_events`` call instead (which notifies the feed)."""
+    per_call = bulk or 1
+    every = threads * per_call / rate
     failures: list[BaseException] = []
 
     def write(offset: int) -> None:
@@ -675,9 +681,16 @@ def steady_writers(
                 delay = start + k * every - time.perf_counter()
                 if delay > 0 and stop.wait(delay):
                     break
-                event = database.writer.event(**fields(keys, k * threads + offset))
-                database.writer.record_detached(database.engine, event)
-                commits.add(event.id, time.perf_counter())
+                first = (k * threads + offset) * per_call
+                if bulk:
+                    events = [database.writer.event(**fields(keys, first + n)) for n in range(bulk)]
+                    write_events(database.model, database.url, events)
+                else:
+                    events = [database.writer.event(**fields(keys, first))]
+                    database.writer.record_detached(database.engine, events[0])
+                moment = time.perf_counter()
+                for event in events:
+                    commits.add(event.id, moment)
                 k += 1
         except BaseException as exc:  # the run's checks then fail loudly
             failures.append(exc)
@@ -696,6 +709,28 @@ WaitStrategy = Callable[[EventFeed[Any]], Wait]
 """Makes the `Wait` of a consumer, given its feed."""
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """A row of the latency table: how the consumer waits, and how the writers write."""
+
+    wait: WaitStrategy
+    bulk: int = 0
+    """0: ``record_detached``, one event a transaction (no notification); else that many
+    events per ``write_events`` call (one notification each)."""
+
+
+def listening(timeout: float) -> WaitStrategy:
+    """``EventFeed.wait``: woken by the writers' notifications, else after ``timeout``."""
+
+    def make(feed: EventFeed[Any]) -> Wait:
+        def wait(_stop: threading.Event) -> None:
+            feed.wait(timeout=timeout)
+
+        return wait
+
+    return make
+
+
 def polling(interval: float) -> WaitStrategy:
     """Fetch again ``interval`` seconds after a batch that caught up (docs/feed.md's loop)."""
 
@@ -708,12 +743,15 @@ def polling(interval: float) -> WaitStrategy:
     return make
 
 
-STRATEGIES: dict[str, WaitStrategy] = {
-    "poll every 100 ms": polling(0.1),
-    "poll every 1 s": polling(1.0),
+STRATEGIES: dict[str, Strategy] = {
+    "records, poll every 100 ms": Strategy(polling(0.1)),
+    "records, poll every 1 s": Strategy(polling(1.0)),
+    "records, LISTEN + 1 s poll": Strategy(listening(1.0)),
+    "bulk of 5, poll every 100 ms": Strategy(polling(0.1), bulk=5),
+    "bulk of 5, LISTEN + 1 s poll": Strategy(listening(1.0), bulk=5),
 }
-"""The rows of the latency table. A LISTEN wake-up is one more entry, e.g.
-``"LISTEN wake-up": lambda feed: lambda stop: feed.wait(timeout=1.0)``."""
+"""The rows of the latency table: records in their own transactions notify nothing (only
+the poll finds them); ``write_events`` and the buffered writers notify once per batch."""
 
 
 @dataclass
@@ -753,6 +791,7 @@ class Consumer:
             self.failure = exc
         finally:
             self.cpu = time.thread_time() - cpu
+            self.feed.close()  # its LISTEN connection, if it listened
 
     def finish(self) -> None:
         self.stop.set()
@@ -900,7 +939,7 @@ def consumer_engine(database: Database) -> Iterator[tuple[Engine, int | None]]:
 def latency_run(
     database: Database,
     keys: Keys,
-    strategy: WaitStrategy,
+    strategy: Strategy,
     *,
     rate: float,
     seconds: float,
@@ -915,13 +954,15 @@ def latency_run(
         feed: EventFeed[uuid.UUID] = EventFeed(database.model, engine, consumer=name)
         feed.register(start="latest")
         pid = pid if local_server else None
-        consumer = Consumer(feed, strategy(feed))
+        consumer = Consumer(feed, strategy.wait(feed))
         commits, stop = Commits(), threading.Event()
         wal = wal_lsn(admin)
         server_before = backend_cpu(pid)
         started = time.perf_counter()
         consumer.start()
-        writers = steady_writers(database, keys, rate, stop, commits) if rate else []
+        writers = (
+            steady_writers(database, keys, rate, stop, commits, bulk=strategy.bulk) if rate else []
+        )
         time.sleep(seconds)
         stop.set()
         for writer in writers:
@@ -967,7 +1008,7 @@ def measure_latency(
     *,
     local_server: bool,
     admin: str,
-    strategies: dict[str, WaitStrategy],
+    strategies: dict[str, Strategy],
     log: Callable[[str], None],
 ) -> LatencyFigures:
     figures = LatencyFigures(rate=options.latency_rate)
@@ -1150,7 +1191,7 @@ def run(
     options: Options,
     *,
     local_server: bool,
-    strategies: dict[str, WaitStrategy] | None = None,
+    strategies: dict[str, Strategy] | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Build the databases on the server at ``admin``, measure, drop them; the report."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import psycopg
 import pytest
 from hostmodels import HostModels, build_host_models, seed
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
@@ -287,3 +288,22 @@ def test_an_asyncpg_engine_listens_with_psycopg(
             await engine.dispose()
 
     assert asyncio.run(main()) is True
+
+
+def test_an_engine_made_by_a_creator_listens_on_its_own_database(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], database_url: URL
+) -> None:
+    """The listener's connection comes from the engine's pool, made as the engine makes
+    its connections: a URL without a database (``creator=``) still listens in the right one."""
+    dsn = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    made = create_engine("postgresql+psycopg://", creator=partial(psycopg.connect, dsn))
+    try:
+        with EventFeed(host_models.EventLog, made, consumer="c") as feed:
+            feed.register(start="latest")
+            listening(feed)
+            feed.fetch()
+            write_events(host_models.EventLog, host_engine, events(keys, 2))
+            assert feed.wait(timeout=NEVER) is True
+            assert len(feed.fetch().events) == 2
+    finally:
+        made.dispose()

@@ -2,8 +2,9 @@
 
 The bulk and buffered writers of a table with the feed send one ``NOTIFY`` per batch they
 commit (never one per event: ``NOTIFY`` serializes commits on a server-wide lock). Each
-`Wakeups` holds one listening connection, opened with psycopg from the engine's URL
-whatever its driver, and wakes every reader waiting on it; a notification is only a hint to
+`Wakeups` holds one listening connection, taken out of a psycopg engine's pool (or, for
+another driver, opened with psycopg from the engine's URL), and wakes every reader waiting
+on it; a notification is only a hint to
 read now, so readers still poll at their interval: a record committed in the host's own
 transaction sends none, and a notification lost with a broken connection costs latency,
 never an event.
@@ -18,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._urls import conninfo
+from eventlog_persist.exceptions import ConfigurationError
 
 __all__ = [
     "APPLICATION_NAME",
@@ -55,8 +59,6 @@ def notify_statement() -> sql.Composed:
 
 def check_poll(value: object, name: str = "timeout") -> float:
     """Seconds to wait, above 0 and at most an hour, or `ConfigurationError`."""
-    from eventlog_persist.exceptions import ConfigurationError
-
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -82,9 +84,21 @@ def _listener_conninfo(target: object) -> str:
     return make_conninfo(info, application_name=APPLICATION_NAME)
 
 
+_NAME_IT: Final = sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME))
+
+
+def _pooled(engine: object) -> bool:
+    """Whether the listener takes its connection from the engine's own pool: a psycopg
+    engine's connection is what the listener needs, made as the engine makes it (its
+    ``creator``, its ``connect_args``)."""
+    return isinstance(engine, (Engine, AsyncEngine)) and engine.dialect.driver == "psycopg"
+
+
 class _Base:
     def __init__(self, target: object, table_name: str, *, listen: bool) -> None:
-        self._conninfo = _listener_conninfo(target) if listen else ""
+        self._engine = target
+        # Other drivers' engines (asyncpg, psycopg2, pg8000): psycopg, from the engine's URL.
+        self._conninfo = _listener_conninfo(target) if listen and not _pooled(target) else ""
         self._table_name = table_name
         self._listen = listen
         self._failures = 0
@@ -144,10 +158,27 @@ class Wakeups(_Base):
             fired, self._ticket = self._ticket, threading.Event()
         fired.set()
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        engine = self._engine
+        if not isinstance(engine, Engine) or not _pooled(engine):
+            return psycopg.connect(self._conninfo, autocommit=True)
+        # Out of the pool for good (it is closed, never returned, when the listener ends).
+        proxied = engine.raw_connection()
+        conn: psycopg.Connection[Any] = proxied.driver_connection  # type: ignore[assignment]
+        proxied.detach()
+        try:
+            conn.rollback()
+            conn.autocommit = True
+            conn.execute(_NAME_IT)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                with self._connect() as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
                     self._fire()  # whatever was notified before this point was missed
@@ -157,7 +188,7 @@ class Wakeups(_Base):
                             hit = hit or notify.payload == self._table_name
                         if hit:
                             self._fire()
-            except psycopg.Error as exc:
+            except Exception as exc:  # a listener that died would leave readers polling
                 self._lost(exc)
                 self._fire()
                 self._stop.wait(self._pause())
@@ -208,10 +239,27 @@ class AsyncWakeups(_Base):
         if fired is not None:
             fired.set()
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        engine = self._engine
+        if not isinstance(engine, AsyncEngine) or not _pooled(engine):
+            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        # Out of the pool for good (closed here, never returned, when the listener ends).
+        proxied = await engine.raw_connection()
+        conn: psycopg.AsyncConnection[Any] = proxied.driver_connection  # type: ignore[assignment]
+        proxied.detach()
+        try:
+            await conn.rollback()
+            await conn.set_autocommit(True)
+            await conn.execute(_NAME_IT)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     async def _run(self) -> None:
         while not self._closed:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                conn = await self._connect()
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
@@ -219,7 +267,7 @@ class AsyncWakeups(_Base):
                     async for notify in conn.notifies():
                         if notify.payload == self._table_name:
                             self._fire()
-            except psycopg.Error as exc:
+            except Exception as exc:  # a listener that died would leave readers polling
                 self._lost(exc)
                 self._fire()
                 await asyncio.sleep(self._pause())
