@@ -125,6 +125,12 @@ class EventLogMixin(Generic[KeyT]):
             options,
         )
 
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        # With the feed, xid has a server default that the ORM would read back with RETURNING
+        # on every INSERT (slower writes); nothing needs it then, and it loads on access.
+        return {"eager_defaults": False} if _feed(cls) else {}
+
     # The primary key is declared in __table_args__: (id), or (id, created_at) when partitioned.
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), default=new_event_id, sort_order=-10)
 
