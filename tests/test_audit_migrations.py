@@ -43,8 +43,8 @@ ERASURES = {
     "indexes": {
         "pk_event_log_erasures": "CREATE UNIQUE INDEX pk_event_log_erasures ON "
         "public.event_log_erasures USING btree (seq)",
-        "ix_event_log_erasures_event_id": "CREATE INDEX ix_event_log_erasures_event_id ON "
-        "public.event_log_erasures USING btree (event_id)",
+        "ix_event_log_erasures_event_id_seq": "CREATE INDEX ix_event_log_erasures_event_id_seq "
+        "ON public.event_log_erasures USING btree (event_id, seq)",
         "ix_event_log_erasures_erased_xid_seq": "CREATE INDEX "
         "ix_event_log_erasures_erased_xid_seq ON public.event_log_erasures USING btree "
         "(erased_xid, seq)",

@@ -71,7 +71,7 @@ def audit_tables(metadata: MetaData, *, schema: str | None) -> tuple[Table, Tabl
             PrimaryKeyConstraint("seq", name=conv(f"pk_{ERASURES_TABLE}")),
             CheckConstraint(f"kind IN ({kinds})", name=conv(f"ck_{ERASURES_TABLE}_kind")),
             CheckConstraint("octet_length(leaf) = 32", name=conv(f"ck_{ERASURES_TABLE}_leaf")),
-            Index(conv(f"ix_{ERASURES_TABLE}_event_id"), "event_id"),
+            Index(conv(f"ix_{ERASURES_TABLE}_event_id_seq"), "event_id", "seq"),
             Index(conv(f"ix_{ERASURES_TABLE}_erased_xid_seq"), "erased_xid", "seq"),
             schema=schema,
         )

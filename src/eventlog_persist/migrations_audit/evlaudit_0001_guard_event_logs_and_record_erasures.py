@@ -185,7 +185,11 @@ def _tables(n: dict[str, str]) -> None:
         "CHECK (kind IN ('cascade', 'set_null', 'retention', 'erasure')), "
         "CONSTRAINT ck_event_log_erasures_leaf CHECK (octet_length(leaf) = 32))"
     )
-    op.execute(f"CREATE INDEX ix_event_log_erasures_event_id ON {n['erasures']} (event_id)")
+    # (event_id, seq): an event's earliest tombstone in one index probe, whatever the
+    # statistics say (the table grows inside the very transaction that reads it).
+    op.execute(
+        f"CREATE INDEX ix_event_log_erasures_event_id_seq ON {n['erasures']} (event_id, seq)"
+    )
     op.execute(
         f"CREATE INDEX ix_event_log_erasures_erased_xid_seq ON {n['erasures']} (erased_xid, seq)"
     )
@@ -217,7 +221,8 @@ def _tables(n: dict[str, str]) -> None:
 def _leaf_functions(n: dict[str, str]) -> None:
     # Canonical JSON: keys sorted by code point (COLLATE "C" on a UTF8 database), no
     # whitespace; strings and numbers exactly as jsonb prints them (numeric's text: no
-    # exponent, no float formatting), so no session setting changes a byte.
+    # exponent, no float formatting), so no session setting changes a byte. Only objects
+    # and arrays recurse: a scalar is its jsonb text.
     op.execute(
         f"CREATE FUNCTION {n['schema']}.event_log_canonical_json(value jsonb) RETURNS text "
         "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $canonical$\n"
@@ -225,12 +230,15 @@ def _leaf_functions(n: dict[str, str]) -> None:
         "  CASE jsonb_typeof(value)\n"
         "  WHEN 'object' THEN\n"
         "    RETURN '{' || coalesce((SELECT string_agg(to_jsonb(e.key)::text || ':' || "
-        f"{n['schema']}.event_log_canonical_json(e.value), ',' ORDER BY e.key COLLATE \"C\") "
-        "FROM jsonb_each(value) AS e), '') || '}';\n"
+        "CASE WHEN jsonb_typeof(e.value) IN ('object', 'array') THEN "
+        f"{n['schema']}.event_log_canonical_json(e.value) ELSE e.value::text END, ',' "
+        "ORDER BY e.key COLLATE \"C\") FROM jsonb_each(value) AS e), '') || '}';\n"
         "  WHEN 'array' THEN\n"
         "    RETURN '[' || coalesce((SELECT string_agg("
-        f"{n['schema']}.event_log_canonical_json(a.value), ',' ORDER BY a.n) "
-        "FROM jsonb_array_elements(value) WITH ORDINALITY AS a(value, n)), '') || ']';\n"
+        "CASE WHEN jsonb_typeof(a.value) IN ('object', 'array') THEN "
+        f"{n['schema']}.event_log_canonical_json(a.value) ELSE a.value::text END, ',' "
+        "ORDER BY a.n) FROM jsonb_array_elements(value) WITH ORDINALITY AS a(value, n)), '') "
+        "|| ']';\n"
         "  ELSE\n"
         "    RETURN value::text;\n"
         "  END CASE;\n"
@@ -332,7 +340,9 @@ def _guard_functions(n: dict[str, str]) -> None:
     )
     # ON DELETE SET NULL: each row changed only project_id / agent_id, to NULL, and only
     # where the project / agent is gone. Counted (a join of the two transition tables
-    # counted once), never EXISTS over them: that plans a nested loop over both.
+    # counted once), never EXISTS over them: that plans a nested loop over both. The payload
+    # is compared as jsonb (a number's scale is not compared: verification recomputes the
+    # leaf); a revision that adds a column to event_logs replaces this function.
     op.execute(
         f"CREATE FUNCTION {n['schema']}.event_log_audit_on_update() RETURNS trigger "
         f"{header}$guard$\n"
@@ -342,8 +352,11 @@ def _guard_functions(n: dict[str, str]) -> None:
         "BEGIN\n"
         "  SELECT count(*) INTO total FROM old_rows;\n"
         "  SELECT count(*) INTO allowed FROM old_rows o JOIN new_rows w ON w.id = o.id\n"
-        "  WHERE (to_jsonb(w) - 'project_id' - 'agent_id')::text\n"
-        "        = (to_jsonb(o) - 'project_id' - 'agent_id')::text\n"
+        "  WHERE (w.session_id, w.user_id, w.event_type, w.payload, w.created_at, w.error_code, "
+        "w.tool_name, w.approval_status, w.request_id, w.trace_id, w.span_id, w.xid)\n"
+        "    IS NOT DISTINCT FROM (o.session_id, o.user_id, o.event_type, o.payload, "
+        "o.created_at, o.error_code, o.tool_name, o.approval_status, o.request_id, "
+        "o.trace_id, o.span_id, o.xid)\n"
         "    AND (w.project_id IS NOT DISTINCT FROM o.project_id OR (w.project_id IS NULL AND "
         f"NOT EXISTS (SELECT 1 FROM {n['user_projects']} p WHERE p.id = o.project_id)))\n"
         "    AND (w.agent_id IS NOT DISTINCT FROM o.agent_id OR (w.agent_id IS NULL AND "
