@@ -147,7 +147,7 @@ def _time(value: Any) -> str:
     )
 
 
-def leaf_document(row: Mapping[str, Any]) -> bytes:
+def leaf_document(row: Mapping[Any, Any]) -> bytes:
     """The canonical leaf document of an event row, UTF-8 (docs/audit.md, "The leaf").
 
     Args:
@@ -188,7 +188,7 @@ def leaf_document(row: Mapping[str, Any]) -> bytes:
     return ("{" + body + "}").encode()
 
 
-def audit_leaf_hash(row: Mapping[str, Any]) -> bytes:
+def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:
     """Recompute an event's leaf hash from its row, without the database's hash functions.
 
     SHA-256 of ``0x00`` followed by the canonical leaf document: the columns of
