@@ -9,9 +9,10 @@ from pathlib import Path
 root = Path(__file__).resolve().parent.parent
 wheel = zipfile.ZipFile(sys.argv[1])
 names = set(wheel.namelist())
-# The main branch and the opt-in branches (partitioned layout, feed).
+# The main branch and the opt-in branches (partitioned layout, feed, audit).
 folders = {"migrations": "evl_*.py", "migrations_partitioned": "evlpart_*.py"}
 folders["migrations_feed"] = "evlfeed_*.py"
+folders["migrations_audit"] = "evlaudit_*.py"
 revisions = {
     folder: sorted(p.name for p in (root / "src/eventlog_persist" / folder).glob(pattern))
     for folder, pattern in folders.items()

@@ -18,6 +18,7 @@ import sys as _sys
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
+from eventlog_persist._audit_leaf import audit_leaf_hash
 from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._context import EventContext, current_event_context, event_context
@@ -151,6 +152,7 @@ __all__ = [
     "WriterCounters",
     "WriterStats",
     "afeed_status",
+    "audit_leaf_hash",
     "awrite_events",
     "check_setup",
     "convert_to_partitioned",

@@ -21,6 +21,7 @@ from sqlalchemy import Column, MetaData, Table, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase
 
+from eventlog_persist._audit_schema import ERASURES_TABLE, SEALS_TABLE
 from eventlog_persist._model import event_log_model
 from eventlog_persist._schema import CONSUMERS_TABLE, TABLE_NAME, XID_COLUMN
 from eventlog_persist._targets import ForeignKeyTargets
@@ -28,6 +29,8 @@ from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
 
 __all__ = [
     "ANCHOR_REVISION",
+    "AUDIT_BRANCH_LABEL",
+    "AUDIT_LOCATION",
     "BRANCH_LABEL",
     "FEED_BRANCH_LABEL",
     "FEED_LOCATION",
@@ -56,6 +59,10 @@ FEED_LOCATION: Final = "eventlog_persist:migrations_feed"
 """What hosts opting in to the feed add to ``version_locations`` as well."""
 FEED_BRANCH_LABEL: Final = "eventlog_feed"
 """Branch label of the feed's revisions (they depend on ``evl_0002``)."""
+AUDIT_LOCATION: Final = "eventlog_persist:migrations_audit"
+"""What hosts opting in to the audit add to ``version_locations`` (with the feed's)."""
+AUDIT_BRANCH_LABEL: Final = "eventlog_audit"
+"""Branch label of the audit's revisions (they depend on the feed's ``evlfeed_0001``)."""
 ANCHOR_REVISION: Final = "eventlog_prereqs"
 """Revision id (or branch label) the host declares after the tables ``event_logs`` references."""
 LINEAR_MARKER: Final = "eventlog_persist_revision"
@@ -64,15 +71,17 @@ LINEAR_MARKER: Final = "eventlog_persist_revision"
 _REVISION_FILE = re.compile(r"^(evl_\d{4})_\w+\.py$")
 _PARTITIONED_FILE = re.compile(r"^(evlpart_\d{4})_\w+\.py$")
 _FEED_FILE = re.compile(r"^(evlfeed_\d{4})_\w+\.py$")
+_AUDIT_FILE = re.compile(r"^(evlaudit_\d{4})_\w+\.py$")
 # Revision id prefix in the package -> in a linear-mode copy.
 _LINEAR_PREFIXES: Final = {
     "evlpart_": "eventlog_part_",
     "evlfeed_": "eventlog_feed_",
+    "evlaudit_": "eventlog_audit_",
     "evl_": "eventlog_",
 }
-_OPT_IN_LOCATIONS: Final = (PARTITIONED_LOCATION, FEED_LOCATION)
+_OPT_IN_LOCATIONS: Final = (PARTITIONED_LOCATION, FEED_LOCATION, AUDIT_LOCATION)
 # The package's tables besides event_logs (opt-in): hidden from autogenerate like it.
-_OWN_TABLES: Final = frozenset({TABLE_NAME, CONSUMERS_TABLE})
+_OWN_TABLES: Final = frozenset({TABLE_NAME, CONSUMERS_TABLE, ERASURES_TABLE, SEALS_TABLE})
 # The partitions the partitioned revision creates: event_logs_pYYYYMMDD (pg_partman's default
 # suffix for weekly and monthly partitions too).
 _PARTITION_NAME = re.compile(rf"^{TABLE_NAME}_(p\d{{8}}|legacy)$")
@@ -108,7 +117,8 @@ def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | 
     include_object=include_object)``; then ``alembic revision --autogenerate`` never creates,
     alters or drops ``event_logs``, its indexes or constraints, whether or not ``EventLog``
     is in ``target_metadata``. A host with its own hook returns ``False`` when either does.
-    The feed's ``event_log_consumers`` table is hidden the same way.
+    The feed's ``event_log_consumers`` table and the audit's ``event_log_erasures`` and
+    ``event_log_seals`` are hidden the same way.
     """
     return not (
         (type_ == "table" and name in _OWN_TABLES)
@@ -155,16 +165,25 @@ def include_object(
     return getattr(table, "name", None) not in _OWN_TABLES
 
 
-def package_revisions(*, partitioned: bool = False, feed: bool = False) -> list[tuple[str, Path]]:
+def package_revisions(
+    *, partitioned: bool = False, feed: bool = False, audit: bool = False
+) -> list[tuple[str, Path]]:
     """Return the package's revision ids and files, oldest first.
 
     Args:
         partitioned: The revisions of the opt-in partitioned layout instead of the main ones.
         feed: The revisions of the opt-in feed instead of the main ones.
+        audit: The revisions of the opt-in audit instead of the main ones.
+
+            .. versionadded:: 0.3.0
     """
-    if partitioned and feed:
-        raise ValueError("package_revisions lists one branch: partitioned or feed, not both")
-    if partitioned:
+    if partitioned + feed + audit > 1:
+        raise ValueError(
+            "package_revisions lists one branch: partitioned, feed or audit, not several"
+        )
+    if audit:
+        folder_name, pattern = "migrations_audit", _AUDIT_FILE
+    elif partitioned:
         folder_name, pattern = "migrations_partitioned", _PARTITIONED_FILE
     elif feed:
         folder_name, pattern = "migrations_feed", _FEED_FILE
@@ -249,6 +268,19 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
                 f"the host history holds a linear-mode copy of the feed and "
                 f"{FEED_LOCATION!r} is in version_locations too; use one mode"
             )
+        if AUDIT_LOCATION in locations and any(rev.startswith("evlaudit_") for rev in linear):
+            problems.append(
+                f"the host history holds a linear-mode copy of the audit and "
+                f"{AUDIT_LOCATION!r} is in version_locations too; use one mode"
+            )
+        if AUDIT_LOCATION in locations and FEED_LOCATION not in locations:
+            problems.append(
+                f"{AUDIT_LOCATION!r} is in version_locations without {FEED_LOCATION!r}, "
+                "whose evlfeed_0001 the audit depends on (every alembic command fails with "
+                "KeyError); add the feed's location too"
+            )
+        if AUDIT_LOCATION in locations and PARTITIONED_LOCATION in locations:
+            problems.append(_AUDIT_PARTITIONED)
         if linear:
             problems.append(
                 f"the host history already holds linear-mode copies ({', '.join(linear)}) and "
@@ -261,6 +293,7 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
             for location, flag in (
                 (PARTITIONED_LOCATION, "--partitioned"),
                 (FEED_LOCATION, "--feed"),
+                (AUDIT_LOCATION, "--feed --audit"),
             )
             if location in locations
         )
@@ -273,6 +306,10 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     elif linear:
         mode = "linear"
         missing = [rev for rev, _ in package_revisions() if rev not in linear]
+        if any(rev.startswith("evlaudit_") for rev in linear) and any(
+            rev.startswith("evlpart_") for rev in linear
+        ):
+            problems.append(_AUDIT_PARTITIONED)
         if missing:
             problems.append(
                 f"package revisions {', '.join(missing)} are not in the host history yet; run "
@@ -297,6 +334,7 @@ def write_linear_revisions(
     version_path: str | Path | None = None,
     partitioned: bool = False,
     feed: bool = False,
+    audit: bool = False,
 ) -> list[Path]:
     """Copy the package revisions the host lacks into its own history, chained on its head.
 
@@ -317,12 +355,18 @@ def write_linear_revisions(
             the partitioned layout; their copies are named ``eventlog_feed_NNNN``.
 
             .. versionadded:: 0.3.0
+        audit: Also copy the audit's revisions (opt-in), after the feed's, which they need
+            (copied before, or now with ``feed=True``); their copies are named
+            ``eventlog_audit_NNNN``.
+
+            .. versionadded:: 0.3.0
 
     Returns:
         The files written, oldest first (empty when the host is up to date).
 
     Raises:
-        MigrationSetupError: The host is in branch mode, or its history has several heads.
+        MigrationSetupError: The host is in branch mode, its history has several heads, or
+            ``audit`` is asked without the feed or with the partitioned layout.
     """
     locations = config.get_version_locations_list() or []
     if MIGRATIONS_LOCATION in locations or any(loc in locations for loc in _OPT_IN_LOCATIONS):
@@ -355,6 +399,15 @@ def write_linear_revisions(
         wanted += package_revisions(partitioned=True)
     if feed:
         wanted += package_revisions(feed=True)
+    if audit:
+        if not feed and not any(rev.startswith("evlfeed_") for rev in present):
+            raise MigrationSetupError(
+                "the audit needs the feed (evlaudit_0001 depends on the feed's xid column); "
+                "run 'eventlog-persist linear-revision --feed --audit'"
+            )
+        if partitioned or any(rev.startswith("evlpart_") for rev in present):
+            raise MigrationSetupError(_AUDIT_PARTITIONED)
+        wanted += package_revisions(audit=True)
     for package_rev, source in wanted:
         if package_rev in present:
             continue
@@ -386,6 +439,13 @@ def _linearize(text: str, package_rev: str, new_rev: str, down: str | None) -> s
         if count != 1:  # guards the layout of the shipped revision files
             raise MigrationSetupError(f"cannot rewrite {pattern!r} in revision {package_rev}")
     return text
+
+
+_AUDIT_PARTITIONED: Final = (
+    "the audit (evlaudit_0001) does not support the partitioned layout: a partition can be "
+    "modified, truncated, detached or dropped directly, bypassing the guard triggers of "
+    "event_logs. Opt in to one of them, not both (see docs/audit.md)"
+)
 
 
 class _CutLocationError(MigrationSetupError, CommandError):
@@ -557,8 +617,14 @@ def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:
             {"name": qualified, "column": XID_COLUMN},
         ).scalar()
     )
-    event_log_model(Base, targets=targets, partitioned=bool(partitioned), feed=feed)
-    compared = _OWN_TABLES if feed else frozenset({TABLE_NAME})
+    # The audit (evlaudit_0001) likewise: its erasures table says so.
+    audit = feed and inspector.has_table(ERASURES_TABLE, schema=targets.schema)
+    event_log_model(Base, targets=targets, partitioned=bool(partitioned), feed=feed, audit=audit)
+    compared = {TABLE_NAME}
+    if feed:
+        compared.add(CONSUMERS_TABLE)
+    if audit:
+        compared |= {ERASURES_TABLE, SEALS_TABLE}
 
     def only_event_logs(name: str | None, type_: str, parents: Mapping[str, str | None]) -> bool:
         if type_ == "schema":

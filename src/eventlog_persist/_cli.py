@@ -95,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also copy the opt-in feed's revision (the xid column, its index and the "
         "consumers table; see docs/feed.md)",
     )
+    linear.add_argument(
+        "--audit",
+        action="store_true",
+        help="also copy the opt-in audit's revision (guard triggers, erasures and seals "
+        "tables; needs the feed's; see docs/audit.md)",
+    )
 
     demo = commands.add_parser("demo", help="run the demo on an embedded PostgreSQL")
     demo.add_argument(
@@ -241,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args)
         if args.command == "linear-revision":
             return _linear(
-                args.config, args.version_path, partitioned=args.partitioned, feed=args.feed
+                args.config,
+                args.version_path,
+                partitioned=args.partitioned,
+                feed=args.feed,
+                audit=args.audit,
             )
         from eventlog_persist._demo import run_demo
 
@@ -405,9 +415,14 @@ def _linear(
     *,
     partitioned: bool = False,
     feed: bool = False,
+    audit: bool = False,
 ) -> int:
     written = write_linear_revisions(
-        _config(config_path), version_path=version_path, partitioned=partitioned, feed=feed
+        _config(config_path),
+        version_path=version_path,
+        partitioned=partitioned,
+        feed=feed,
+        audit=audit,
     )
     for path in written:
         print(f"eventlog-persist: wrote {path}")

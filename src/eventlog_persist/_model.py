@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.sql.elements import conv
 
+from eventlog_persist._audit_schema import audit_tables
 from eventlog_persist._feed_schema import Xid8, consumers_table, register_feed_types
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._schema import (
@@ -77,11 +78,16 @@ class EventLogMixin(Generic[KeyT]):
     Set ``__eventlog_feed__ = True`` when the host opted in to the feed (revision
     ``evlfeed_0001``): the model then has the ``xid`` column and its index, and the
     ``event_log_consumers`` table joins the same metadata. Without it ``xid`` is ``None``.
+
+    Set ``__eventlog_audit__ = True`` (with ``__eventlog_feed__``) when the host opted in
+    to the audit (revision ``evlaudit_0001``): the tables ``event_log_erasures`` and
+    ``event_log_seals`` join the same metadata.
     """
 
     __eventlog_targets__: ClassVar[ForeignKeyTargets] = ForeignKeyTargets()
     __eventlog_partitioned__: ClassVar[bool] = False
     __eventlog_feed__: ClassVar[bool] = False
+    __eventlog_audit__: ClassVar[bool] = False
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -102,6 +108,8 @@ class EventLogMixin(Generic[KeyT]):
             feed = (Index(conv(FEED_INDEX_NAME), "xid", "id"),)
             register_feed_types()
             consumers_table(_metadata_of(cls), schema=targets.schema)
+        if _audit(cls):
+            audit_tables(_metadata_of(cls), schema=targets.schema)
         return (
             PrimaryKeyConstraint(*key, name=conv(PK_NAME)),
             # Timelines of a session / user; the leading column also serves the FK's ON DELETE.
@@ -266,6 +274,32 @@ def _feed(cls: Any) -> bool:
     return feed
 
 
+def _audit(cls: Any) -> bool:
+    audit = getattr(cls, "__eventlog_audit__", False)
+    if not isinstance(audit, bool):
+        raise ConfigurationError(
+            f"{cls.__name__}.__eventlog_audit__ must be True or False, got {audit!r}"
+        )
+    if audit:
+        _check_audit(feed=_feed(cls), partitioned=_partitioned(cls))
+    return audit
+
+
+def _check_audit(*, feed: bool, partitioned: bool) -> None:
+    if not feed:
+        raise ConfigurationError(
+            "the audit needs the feed: its revision evlaudit_0001 depends on the feed's xid "
+            "column (evlfeed_0001). Pass feed=True too (__eventlog_feed__ = True), and add "
+            "eventlog_persist:migrations_feed to version_locations"
+        )
+    if partitioned:
+        raise ConfigurationError(
+            "the audit does not support the partitioned layout: a partition can be modified, "
+            "truncated, detached or dropped directly, bypassing the guard triggers of "
+            "event_logs. Use audit=True with the plain layout (partitioned=False)"
+        )
+
+
 def _foreign_key(
     cls: Any, column: str, target: str, ondelete: str, *, nullable: bool
 ) -> Mapped[Any]:
@@ -291,6 +325,7 @@ def event_log_model(
     class_name: str = ...,
     partitioned: bool = ...,
     feed: bool = ...,
+    audit: bool = ...,
 ) -> type[EventLogMixin[uuid.UUID]]: ...
 
 
@@ -303,6 +338,7 @@ def event_log_model(
     class_name: str = ...,
     partitioned: bool = ...,
     feed: bool = ...,
+    audit: bool = ...,
 ) -> type[EventLogMixin[int]]: ...
 
 
@@ -314,6 +350,7 @@ def event_log_model(
     class_name: str = "EventLog",
     partitioned: bool = False,
     feed: bool = False,
+    audit: bool = False,
 ) -> type[EventLogMixin[Any]]:
     """Create the ``EventLog`` model class on the host's declarative ``Base``.
 
@@ -335,6 +372,12 @@ def event_log_model(
             ``(xid, id)``, and the ``event_log_consumers`` table on the same metadata, so
             ``create_all()`` creates it and autogenerate compares it. Sets
             ``__eventlog_feed__``.
+
+            .. versionadded:: 0.3.0
+        audit: The host opted in to the audit (revision ``evlaudit_0001``, which needs the
+            feed): the tables ``event_log_erasures`` and ``event_log_seals`` on the same
+            metadata. Needs ``feed=True``; the partitioned layout is not supported. Sets
+            ``__eventlog_audit__``.
 
             .. versionadded:: 0.3.0
 
@@ -363,10 +406,15 @@ def event_log_model(
         raise ConfigurationError(f"partitioned must be True or False, got {partitioned!r}")
     if not isinstance(feed, bool):
         raise ConfigurationError(f"feed must be True or False, got {feed!r}")
+    if not isinstance(audit, bool):
+        raise ConfigurationError(f"audit must be True or False, got {audit!r}")
+    if audit:
+        _check_audit(feed=feed, partitioned=partitioned)
     namespace: dict[str, Any] = {
         "__eventlog_targets__": targets or ForeignKeyTargets(),
         "__eventlog_partitioned__": partitioned,
         "__eventlog_feed__": feed,
+        "__eventlog_audit__": audit,
         "__module__": base.__module__,
         "__qualname__": class_name,
     }

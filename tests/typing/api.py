@@ -13,7 +13,7 @@ from typing import assert_type
 from alembic.config import Config
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import eventlog_persist
@@ -55,6 +55,7 @@ from eventlog_persist import (
     TokenUsage,
     WriterCounters,
     WriterStats,
+    audit_leaf_hash,
     check_setup,
     count_purgeable,
     drop_partitions,
@@ -119,6 +120,23 @@ class FeedBase(DeclarativeBase):
 
 
 FeedEventLog = event_log_model(FeedBase, feed=True)
+
+
+class AuditBase(DeclarativeBase):
+    pass
+
+
+AuditEventLog = event_log_model(AuditBase, feed=True, audit=True)
+assert_type(AuditEventLog, type[EventLogMixin[uuid.UUID]])
+
+
+def leaf_of(engine: Engine) -> bytes:
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT *, payload::text AS payload FROM event_logs")).first()
+    assert row is not None
+    leaf = audit_leaf_hash(row._mapping)
+    assert_type(leaf, bytes)
+    return leaf
 
 
 class FeedMixinEventLog(EventLogMixin[int], IntBase):

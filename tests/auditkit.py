@@ -1,0 +1,129 @@
+"""Databases with the audit revision applied, copied from a template built once per module."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hostkit import make_host
+from pgserver import ServerInfo
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Connection, Engine, create_engine, text
+from test_audit_migrations import opt_in
+
+from eventlog_persist import audit_leaf_hash
+
+LEAF_SELECT = (
+    "SELECT id, session_id, user_id, project_id, agent_id, event_type, payload::text AS payload, "
+    "created_at, error_code, tool_name, approval_status, request_id, trace_id, span_id, "
+    "xid::text AS xid FROM event_logs"
+)
+"""Every leaf column of ``event_logs``: the payload as its jsonb text, xid as text."""
+
+
+def _janitor(server: ServerInfo, dbname: str, template: str | None = None) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=server.user,
+        host=server.host,
+        port=server.port,
+        password=server.password,
+        dbname=dbname,
+        template_dbname=template,
+    )
+
+
+@contextlib.contextmanager
+def audited_template(server: ServerInfo, folder: Path) -> Iterator[str]:
+    """A database upgraded to every head with the feed and the audit; yields its name."""
+    name = f"evl_audit_tpl_{uuid.uuid4().hex[:10]}"
+    janitor = _janitor(server, name)
+    janitor.init()
+    try:
+        host = make_host(folder / "host", server.sqlalchemy_url(name))
+        opt_in(host)
+        host.run("upgrade", "heads")
+        yield name
+    finally:
+        janitor.drop()
+
+
+@contextlib.contextmanager
+def audited_engine(server: ServerInfo, template: str) -> Iterator[Engine]:
+    """An engine on a fresh copy of the template database."""
+    name = f"evl_audit_{uuid.uuid4().hex[:12]}"
+    janitor = _janitor(server, name, template)
+    janitor.init()
+    engine = create_engine(server.sqlalchemy_url(name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        janitor.drop()
+
+
+def add_session(connection: Connection, *, events: int = 1, **keys: Any) -> dict[str, Any]:
+    """A user, a project, an agent and a chat session with ``events`` events; their ids."""
+    ids = {
+        "user": keys.get("user")
+        or connection.execute(
+            text("INSERT INTO users (id, name) VALUES (gen_random_uuid(), 'u') RETURNING id")
+        ).scalar_one()
+    }
+    for table, key in (("user_projects", "project"), ("user_agents", "agent")):
+        ids[key] = (
+            keys.get(key)
+            or connection.execute(
+                text(
+                    f"INSERT INTO {table} (id, user_id, name) VALUES (gen_random_uuid(), :u, 'n') "
+                    "RETURNING id"
+                ),
+                {"u": ids["user"]},
+            ).scalar_one()
+        )
+    ids["session"] = connection.execute(
+        text(
+            "INSERT INTO chat_sessions (id, user_id, title) VALUES (gen_random_uuid(), :u, 't') "
+            "RETURNING id"
+        ),
+        {"u": ids["user"]},
+    ).scalar_one()
+    ids["events"] = [
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, project_id, agent_id, "
+                "event_type, payload, tool_name) VALUES (gen_random_uuid(), :s, :u, :p, :a, "
+                "'tool_call', CAST(:payload AS jsonb), 'search') RETURNING id"
+            ),
+            {
+                "s": ids["session"],
+                "u": ids["user"],
+                "p": ids["project"],
+                "a": ids["agent"],
+                "payload": f'{{"n": {n}, "q": "é\\n", "x": 1.50}}',
+            },
+        ).scalar_one()
+        for n in range(events)
+    ]
+    return ids
+
+
+def leaves(connection: Connection, where: str = "true", **params: Any) -> dict[Any, bytes]:
+    """Each selected event's leaf hash, recomputed in Python from its row."""
+    rows = connection.execute(text(f"{LEAF_SELECT} WHERE {where}"), params).mappings()
+    return {
+        row["id"]: audit_leaf_hash({**row, "xid": None if row["xid"] is None else int(row["xid"])})
+        for row in rows
+    }
+
+
+def tombstones(connection: Connection) -> list[dict[str, Any]]:
+    """Every tombstone, oldest first."""
+    return [
+        dict(row)
+        for row in connection.execute(
+            text("SELECT * FROM event_log_erasures ORDER BY seq")
+        ).mappings()
+    ]

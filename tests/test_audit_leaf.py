@@ -1,0 +1,254 @@
+"""The canonical leaf: Python and the database's functions produce the same bytes, whatever
+the session settings; the documented example holds."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pgserver import ServerInfo
+from sqlalchemy import Connection, Engine, text
+
+from eventlog_persist import audit_leaf_hash
+from eventlog_persist._audit_leaf import canonical_json, leaf_document
+from eventlog_persist.exceptions import ValidationError
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+
+SESSION_SETTINGS = st.fixed_dictionaries(
+    {
+        "TimeZone": st.sampled_from(
+            ["UTC", "Asia/Kathmandu", "America/St_Johns", "Pacific/Kiritimati", "-11:30"]
+        ),
+        "DateStyle": st.sampled_from(["ISO, MDY", "SQL, DMY", "German", "Postgres, YMD"]),
+        "extra_float_digits": st.sampled_from(["-15", "0", "1", "3"]),
+        "IntervalStyle": st.sampled_from(["postgres", "iso_8601"]),
+        "bytea_output": st.sampled_from(["hex", "escape"]),
+        "standard_conforming_strings": st.sampled_from(["on", "off"]),
+    }
+)
+# PostgreSQL's text holds no NUL; Python's str holds lone surrogates no row can hold.
+TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
+NUMBERS = (
+    st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.0, -0.0, 1e-7, 1e16, 1e300, 5e-324, 1.5, 100.0, -2.5e-10])
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | NUMBERS | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=25,
+)
+OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+CREATED_AT = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=OFFSETS
+)
+KEYS = st.uuids() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+ROWS = st.fixed_dictionaries(
+    {
+        "id": st.uuids(),
+        "session_id": KEYS,
+        "user_id": KEYS,
+        "project_id": st.none() | KEYS,
+        "agent_id": st.none() | KEYS,
+        "event_type": TEXT,
+        "payload": JSON,
+        "created_at": CREATED_AT,
+        "error_code": st.none() | TEXT,
+        "tool_name": st.none() | TEXT,
+        "approval_status": st.none() | TEXT,
+        "request_id": st.none() | TEXT,
+        "trace_id": st.none() | TEXT,
+        "span_id": st.none() | TEXT,
+        "xid": st.none() | st.integers(min_value=3, max_value=2**63 - 1),
+    }
+)
+
+SQL_LEAF = text(
+    "SELECT event_log_canonical_json(CAST(:payload AS jsonb)), CAST(:payload AS jsonb)::text, "
+    "event_log_leaf(CAST(:id AS uuid), :session_id, :user_id, :project_id, :agent_id, "
+    ":event_type, CAST(:payload AS jsonb), :created_at, :error_code, :tool_name, "
+    ":approval_status, :request_id, :trace_id, :span_id, CAST(:xid AS xid8))"
+)
+
+
+@pytest.fixture(scope="module")
+def template(pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with audited_template(pg_server, tmp_path_factory.mktemp("audit")) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def db(pg_server: ServerInfo, template: str) -> Iterator[Engine]:
+    with audited_engine(pg_server, template) as engine:
+        yield engine
+
+
+def apply(connection: Connection, session: dict[str, str]) -> None:
+    for name, value in session.items():
+        connection.execute(
+            text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+        )
+
+
+def as_text(key: Any) -> str | None:
+    return None if key is None else str(key)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(row=ROWS, session=SESSION_SETTINGS)
+def test_python_and_sql_leaves_are_byte_identical(
+    db: Engine, row: dict[str, Any], session: dict[str, str]
+) -> None:
+    payload = json.dumps(row["payload"])  # what the writers send (psycopg, SQLAlchemy JSON)
+    params = {
+        **row,
+        "id": str(row["id"]),
+        "payload": payload,
+        "xid": as_text(row["xid"]),
+        **{key: as_text(row[key]) for key in ("session_id", "user_id", "project_id", "agent_id")},
+    }
+    with db.connect() as connection:
+        apply(connection, session)
+        canonical, stored, leaf = connection.execute(SQL_LEAF, params).one()
+        connection.rollback()
+    # The payload as the database stores it (its text, exact) and as the writer's value (a
+    # bare string as its JSON text: a str is always taken as jsonb text).
+    value = payload if isinstance(row["payload"], str) else row["payload"]
+    assert canonical == canonical_json(stored) == canonical_json(value)
+    assert bytes(leaf) == audit_leaf_hash({**row, "payload": stored})
+    assert bytes(leaf) == audit_leaf_hash({**row, "payload": value})
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "extra_float_digits": "1"},
+        {"TimeZone": "Asia/Kathmandu", "DateStyle": "SQL, DMY", "extra_float_digits": "-15"},
+        {"TimeZone": "America/St_Johns", "DateStyle": "German", "extra_float_digits": "3"},
+    ],
+)
+def test_tombstones_hold_the_python_leaf_whatever_the_session(
+    pg_server: ServerInfo, template: str, session: dict[str, str]
+) -> None:
+    with audited_engine(pg_server, template) as engine:
+        with engine.begin() as connection:
+            ids = add_session(connection, events=3)
+            before = leaves(connection)
+        with engine.begin() as connection:
+            apply(connection, session)
+            connection.execute(text("DELETE FROM users WHERE id = :u"), {"u": ids["user"]})
+        with engine.connect() as connection:
+            stones = tombstones(connection)
+    assert {stone["event_id"]: stone["leaf"] for stone in stones} == before
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"b": 1, "a": [1.0, -0.0, "x"]}, '{"a":[1.0,0.0,"x"],"b":1}'),
+        ('{"b": 1.50, "a": 1e3, "c": -0, "d": 1E-7, "e": 2.5e+2}',
+         '{"a":1000,"b":1.50,"c":0,"d":0.0000001,"e":250}'),
+        ({"é": 1, "z": 2, "Z": 3, "😀": 4, "\uffff": 5}, '{"Z":3,"z":2,"é":1,"\uffff":5,"😀":4}'),
+        ('"\\u001f\\n\\"\\\\/\\u2028"', '"\\u001f\\n\\"\\\\/\u2028"'),
+        ({"big": 10**30, "float": 1e16, "tiny": 5e-324}, None),
+        ([], "[]"),
+        ({}, "{}"),
+    ],
+)  # fmt: skip
+def test_canonical_json_examples(db: Engine, value: Any, expected: str | None) -> None:
+    payload = value if isinstance(value, str) else json.dumps(value)
+    with db.connect() as connection:
+        sql = connection.execute(
+            text("SELECT event_log_canonical_json(CAST(:p AS jsonb))"), {"p": payload}
+        ).scalar_one()
+    assert canonical_json(value) == sql
+    if expected is not None:
+        assert sql == expected
+
+
+def test_the_documented_example_leaf() -> None:
+    """docs/audit.md shows a row, its leaf document and its hash: they are this code's."""
+    doc = DOCS.read_text()
+    document = re.search(r"```json\n(\{\"agent_id\".*?)\n```", doc, re.S)
+    digest = re.search(r"leaf hash: `([0-9a-f]{64})`", doc)
+    assert document
+    assert digest
+    row = {
+        "id": uuid.UUID("0193a4f0-5c1e-7d2a-9b3c-4d5e6f708192"),
+        "session_id": uuid.UUID("5b0c4a3e-1f2d-4e6f-8a9b-0c1d2e3f4a5b"),
+        "user_id": 42,
+        "project_id": None,
+        "agent_id": None,
+        "event_type": "tool_call",
+        "payload": '{"tool": "search", "args": {"q": "café", "limit": 10}, "score": 0.50}',
+        "created_at": datetime(2026, 12, 3, 10, 15, 0, 123456, tzinfo=UTC),
+        "error_code": None,
+        "tool_name": "search",
+        "approval_status": None,
+        "request_id": "req-1",
+        "trace_id": None,
+        "span_id": None,
+        "xid": 7781,
+    }
+    assert leaf_document(row).decode() == document.group(1)
+    assert audit_leaf_hash(row).hex() == digest.group(1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"created_at": datetime(2026, 1, 1)}, "created_at must be a time-zone aware datetime"),
+        ({"session_id": "abc"}, "session_id must be a UUID, an int or None"),
+        ({"payload": "not json"}, "a payload given as str must be its jsonb text"),
+        ({"payload": {"x": float("nan")}}, "a payload number must be finite"),
+        ({"payload": {1: 2}}, "a payload key must be a str"),
+        ({"payload": {"x": {1, 2}}}, "a payload value must be JSON"),
+        ({"xid": "12"}, "xid must be an int or None"),
+        ({"tool_name": 3}, "tool_name must be a str or None"),
+    ],
+)
+def test_values_no_row_holds_are_refused(change: dict[str, Any], message: str) -> None:
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "session_id": 1,
+        "user_id": 1,
+        "project_id": None,
+        "agent_id": None,
+        "event_type": "x",
+        "payload": {},
+        "created_at": datetime.now(UTC),
+        "error_code": None,
+        "tool_name": None,
+        "approval_status": None,
+        "request_id": None,
+        "trace_id": None,
+        "span_id": None,
+        "xid": None,
+    }
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        audit_leaf_hash({**row, **change})
+    with pytest.raises(ValidationError, match="the row lacks the columns xid"):
+        audit_leaf_hash({key: value for key, value in row.items() if key != "xid"})
+
+
+def test_decimal_payload_values_keep_their_scale() -> None:
+    assert canonical_json({"a": Decimal("1.50"), "b": Decimal("-0.00"), "c": Decimal("1E+2")}) == (
+        '{"a":1.50,"b":0.00,"c":100}'
+    )

@@ -1,0 +1,325 @@
+"""The opt-in audit schema (revision evlaudit_0001): branch and linear mode, the feed it needs,
+the partitioned layout it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
+from hostkit import HostProject, make_host
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+from test_feed_migrations import CONSUMERS, FEED, MAIN, PARTITIONED, with_feed
+from test_feed_migrations import opt_in as opt_in_feed
+from test_partitioned_migrations import add_event
+from test_partitioned_migrations import opt_in as opt_in_partitioned
+
+AUDIT = " eventlog_persist:migrations_audit"
+
+ERASURES = {
+    "columns": {
+        "seq": ("bigint", True, None),
+        "kind": ("character varying(16)", True, None),
+        "event_id": ("uuid", True, None),
+        "event_created_at": ("timestamp with time zone", True, None),
+        "event_xid": ("xid8", False, None),
+        "session_id": ("character varying(36)", True, None),
+        "user_id": ("character varying(36)", True, None),
+        "project_id": ("character varying(36)", False, None),
+        "agent_id": ("character varying(36)", False, None),
+        "leaf": ("bytea", True, None),
+        "erased_at": ("timestamp with time zone", True, "now()"),
+        "erased_xid": ("xid8", True, "pg_current_xact_id()"),
+    },
+    "constraints": {
+        "pk_event_log_erasures": "PRIMARY KEY (seq)",
+        "ck_event_log_erasures_kind": "CHECK (((kind)::text = ANY ((ARRAY['cascade'::character "
+        "varying, 'set_null'::character varying, 'retention'::character varying, "
+        "'erasure'::character varying])::text[])))",
+        "ck_event_log_erasures_leaf": "CHECK ((octet_length(leaf) = 32))",
+    },
+    "indexes": {
+        "pk_event_log_erasures": "CREATE UNIQUE INDEX pk_event_log_erasures ON "
+        "public.event_log_erasures USING btree (seq)",
+        "ix_event_log_erasures_event_id_seq": "CREATE INDEX ix_event_log_erasures_event_id_seq "
+        "ON public.event_log_erasures USING btree (event_id, seq)",
+        "ix_event_log_erasures_erased_xid_seq": "CREATE INDEX "
+        "ix_event_log_erasures_erased_xid_seq ON public.event_log_erasures USING btree "
+        "(erased_xid, seq)",
+    },
+}
+SEAL_COLUMNS = [
+    "seq",
+    "xid_from",
+    "xid_to",
+    "chunk_size",
+    "events",
+    "erasures",
+    "chunk_roots",
+    "events_root",
+    "erasures_root",
+    "prev_hash",
+    "seal_hash",
+    "sealed_at",
+]
+TRIGGERS = {
+    ("event_logs", "event_logs_audit_delete"),
+    ("event_logs", "event_logs_audit_update"),
+    ("event_logs", "event_logs_audit_truncate"),
+    ("event_log_erasures", "erasures_append_only"),
+    ("event_log_seals", "seals_append_only"),
+}
+FUNCTIONS = {
+    "event_log_audit_append_only",
+    "event_log_audit_on_delete",
+    "event_log_audit_on_update",
+    "event_log_audit_refuse_truncate",
+    "event_log_canonical_json",
+    "event_log_leaf",
+}
+
+
+def opt_in(host: HostProject, *, location: bool = True, feed: bool = True) -> None:
+    """What a host changes to opt in to the audit (and the feed it needs)."""
+    if feed:
+        opt_in_feed(host, location=location)
+    if location:
+        host.edit("alembic.ini", MAIN + FEED, MAIN + FEED + AUDIT)
+    host.edit(
+        "app/models/event_log.py",
+        "    __eventlog_feed__ = True\n",
+        "    __eventlog_feed__ = True\n    __eventlog_audit__ = True\n",
+    )
+
+
+def audit_objects(engine: Engine) -> dict[str, Any]:
+    """What the audit adds to the database: its tables, triggers and functions."""
+    with engine.connect() as connection:
+        found = snapshot(connection)
+        triggers = {
+            (table, trigger)
+            for table, trigger in connection.execute(
+                text(
+                    "SELECT c.relname, t.tgname FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal"
+                )
+            )
+        }
+        functions = set(
+            connection.execute(
+                text(
+                    "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+                    "AND proname LIKE 'event_log%'"
+                )
+            ).scalars()
+        )
+    return {
+        "event_logs": of_table(found, "event_logs"),
+        "erasures": of_table(found, "event_log_erasures"),
+        "seals": of_table(found, "event_log_seals"),
+        "triggers": triggers,
+        "functions": functions,
+    }
+
+
+def assert_audit_schema(engine: Engine) -> None:
+    found = audit_objects(engine)
+    assert found["event_logs"] == with_feed(expected_event_logs(UUID_KEYS))
+    assert found["erasures"] == ERASURES
+    assert list(found["seals"]["columns"]) == SEAL_COLUMNS
+    assert set(found["seals"]["constraints"]) == {
+        "pk_event_log_seals",
+        "uq_event_log_seals_seal_hash",
+        "ck_event_log_seals_chain",
+        "ck_event_log_seals_window",
+        "ck_event_log_seals_hashes",
+    }
+    assert found["triggers"] == TRIGGERS
+    assert found["functions"] == FUNCTIONS
+
+
+@pytest.fixture
+def host(tmp_path: Path, database_url: URL) -> HostProject:
+    host = make_host(tmp_path / "host", database_url)
+    opt_in(host)
+    return host
+
+
+def test_heads_show_the_audit_branch(host: HostProject) -> None:
+    heads = host.run("heads").stdout.splitlines()
+    assert sorted(heads) == [
+        "eventlog_prereqs (app) (effective head)",
+        "evl_0002 (eventlog) (effective head)",
+        "evlaudit_0001 (eventlog_audit) (head)",
+        "evlfeed_0001 (eventlog_feed) (effective head)",
+    ]
+
+
+def test_upgrade_creates_tables_triggers_and_functions_and_check_is_clean(
+    host: HostProject, engine: Engine
+) -> None:
+    result = host.run("upgrade", "heads")
+    assert result.stderr.index("-> evlfeed_0001") < result.stderr.index("-> evlaudit_0001")
+    assert_audit_schema(engine)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
+
+
+def test_upgrade_of_a_database_with_events_keeps_them_and_guards_them(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "evlfeed_0001")
+    for _ in range(3):
+        add_event(engine)
+    host.run("upgrade", "heads")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 3
+        with pytest.raises(Exception, match="DELETE from event_logs refused"):
+            connection.execute(text("DELETE FROM event_logs"))
+
+
+def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine) -> None:
+    host.run("upgrade", "evlfeed_0001")
+    with engine.connect() as connection:
+        before = snapshot(connection)
+    host.run("upgrade", "heads")
+    add_event(engine)
+    with engine.begin() as connection:  # a cascade: one tombstone
+        connection.execute(text("DELETE FROM chat_sessions"))
+    result = host.run("downgrade", "eventlog_audit@-1")
+    assert "Running downgrade evlaudit_0001" in result.stderr
+    with engine.connect() as connection:
+        assert snapshot(connection) == before
+        assert not connection.execute(
+            text(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'event_log%' UNION ALL "
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+            )
+        ).all()
+    host.run("upgrade", "heads")
+    assert_audit_schema(engine)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+
+
+def test_check_without_the_audit_in_the_model_reports_the_tables(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "heads")
+    host.edit("app/models/event_log.py", "    __eventlog_audit__ = True\n", "")
+    result = host.run("check", check=False)
+    assert "event_log_erasures" in result.stdout + result.stderr
+    assert result.returncode != 0
+
+
+def test_the_audit_without_the_feed_location_is_reported(tmp_path: Path, database_url: URL) -> None:
+    host = make_host(tmp_path / "h", database_url)
+    host.edit("alembic.ini", MAIN, MAIN + AUDIT)
+    result = host.run("eventlog-persist", "check", "--offline", check=False)
+    assert result.returncode == 1
+    assert "'eventlog_persist:migrations_audit' is in version_locations without" in (result.stderr)
+    assert "'eventlog_persist:migrations_feed'" in result.stderr
+
+
+def test_offline_sql_needs_the_schema_and_guards_against_a_partitioned_table(
+    host: HostProject,
+) -> None:
+    result = host.run(
+        "-x", "eventlog_persist.pk_type=uuid", "upgrade", "heads", "--sql", check=False
+    )
+    assert result.returncode != 0
+    assert "pass -x eventlog_persist.schema=public" in result.stderr
+    sql = host.run(
+        "-x",
+        "eventlog_persist.pk_type=uuid",
+        "-x",
+        "eventlog_persist.schema=public",
+        "upgrade",
+        "heads",
+        "--sql",
+    ).stdout
+    audit = sql[sql.index("evlaudit_0001") :]
+    assert "RAISE EXCEPTION 'eventlog_persist: evlaudit_0001 does not support the partitioned" in (
+        audit
+    )
+    assert 'CREATE TABLE "public"."event_log_erasures"' in audit
+    assert "CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON" in audit
+
+
+def test_linear_mode_copies_the_audit_revision_on_request(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    host.run("eventlog-persist", "linear-revision")
+    host.run("upgrade", "head")
+    add_event(engine)
+    refused = host.run("eventlog-persist", "linear-revision", "--audit", check=False)
+    assert refused.returncode != 0
+    assert "linear-revision --feed --audit" in refused.stderr
+    opt_in(host, location=False)
+    written = host.run("eventlog-persist", "linear-revision", "--feed", "--audit").stdout
+    assert "eventlog_feed_0001_add_transaction_ids_and_consumers.py" in written
+    assert "eventlog_audit_0001_guard_event_logs_and_record_erasures.py" in written
+    copy = (
+        tmp_path
+        / "h"
+        / "migrations"
+        / "versions"
+        / "eventlog_audit_0001_guard_event_logs_and_record_erasures.py"
+    ).read_text()
+    assert "down_revision = 'eventlog_feed_0001'" in copy
+    assert "eventlog_persist_revision = 'evlaudit_0001'" in copy
+    assert host.run("heads").stdout.split() == ["eventlog_audit_0001", "(app)", "(head)"]
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
+    host.run("upgrade", "head")
+    assert_audit_schema(engine)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
+    host.run("downgrade", "-1")
+    found = audit_objects(engine)
+    assert found["erasures"]["columns"] == {}
+    assert found["triggers"] == set()
+    assert found["event_logs"] == with_feed(expected_event_logs(UUID_KEYS))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 1
+
+
+def test_consumers_table_is_untouched(host: HostProject, engine: Engine) -> None:
+    host.run("upgrade", "heads")
+    with engine.connect() as connection:
+        assert of_table(snapshot(connection), "event_log_consumers") == CONSUMERS
+
+
+# -- with the partitioned layout: refused ------------------------------------------------
+
+
+def test_a_partitioned_table_is_refused_and_left_as_it_was(
+    host: HostProject, engine: Engine
+) -> None:
+    # The model refuses audit=True with partitioned=True; the revision is tested here.
+    host.edit("app/models/event_log.py", "    __eventlog_audit__ = True\n", "")
+    opt_in_partitioned(host, location=False)
+    host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + PARTITIONED)
+    host.run("upgrade", "heads")
+    host.edit("alembic.ini", MAIN + FEED + PARTITIONED, MAIN + FEED + PARTITIONED + AUDIT)
+    result = host.run("upgrade", "heads", check=False)
+    assert result.returncode != 0
+    assert "evlaudit_0001 does not support the partitioned layout" in result.stderr
+    assert audit_objects(engine)["triggers"] == set()
+    check = host.run("eventlog-persist", "check", "--offline", check=False)
+    assert "does not support the partitioned layout" in check.stderr
+
+
+def test_the_partitioned_branch_in_the_history_is_refused_before_it_runs(
+    host: HostProject, engine: Engine
+) -> None:
+    # Listed together on a fresh database: evlpart_0001 might run after evlaudit_0001 and
+    # rebuild event_logs without its triggers, so the audit refuses first.
+    host.edit("app/models/event_log.py", "    __eventlog_audit__ = True\n", "")
+    opt_in_partitioned(host, location=False)
+    host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + AUDIT + PARTITIONED)
+    result = host.run("upgrade", "heads", check=False)
+    assert result.returncode != 0
+    assert "evlaudit_0001 does not support the partitioned layout" in result.stderr
+    assert audit_objects(engine)["triggers"] == set()
