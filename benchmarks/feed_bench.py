@@ -42,7 +42,8 @@ schema, loaded with ``--backlog`` events). It prints, as markdown tables:
    `STRATEGIES` holds the rows.
 
 Usage: ``python benchmarks/feed_bench.py [--quick] [--rounds 6] [--backlog 200000]
-[--svg FILE]``. ``--quick`` is a smoke run of a few seconds: small sizes, its figures noise.
+[--svg FILE] [--latency-only]``. ``--quick`` is a smoke run of a few seconds: small sizes,
+its figures noise.
 The databases are dropped at the end.
 """
 
@@ -1255,6 +1256,30 @@ def run(
     return Report(conditions, text_, writes, drain, long, latency, headline)
 
 
+def run_latency(admin: str, options: Options, *, local_server: bool) -> str:
+    """Only the latency part (``--latency-only``), on a database of its own; its table."""
+    keys = Keys.make()
+    database = open_database(
+        admin, "latency", FeedEventLog, FeedBase.metadata, uuid.uuid4().hex[:6]
+    )
+    load_before = os.getloadavg()
+    try:
+        keys.insert(database)
+        latency = measure_latency(
+            database,
+            keys,
+            options,
+            local_server=local_server,
+            admin=admin,
+            strategies=STRATEGIES,
+            log=print,
+        )
+    finally:
+        drop_databases(admin, [database])
+    conditions = conditions_of(admin, options, (load_before[0], os.getloadavg()[0]))
+    return "\n".join([conditions, "", *latency_table(latency)])
+
+
 def chart(report: Report, subtitle: str) -> str:
     """The write ratios beside their target, and the drain's feed/keyset ratios."""
     groups: list[tuple[str, dict[str, float]]] = []
@@ -1282,6 +1307,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="write rounds (default 6)")
     parser.add_argument("--backlog", type=int, help="events to drain (default 200,000)")
     parser.add_argument("--svg", type=Path, help="also draw the ratios as SVG here")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the latency part (no chart)"
+    )
     args = parser.parse_args()
     options = Options.quick() if args.quick else Options()
     if args.rounds:
@@ -1289,6 +1317,11 @@ def main() -> None:
     if args.backlog:
         options = replace(options, backlog=args.backlog)
     started = time.perf_counter()
+    if args.latency_only:
+        with server(args.url) as admin:
+            print(run_latency(admin, options, local_server=args.url is None))
+        print(f"\nwhole run {(time.perf_counter() - started) / 60:.1f} min")
+        return
     with server(args.url) as admin:
         report = run(admin, options, local_server=args.url is None)
     print()

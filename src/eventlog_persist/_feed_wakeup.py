@@ -183,11 +183,10 @@ class Wakeups(_Base):
                     self._failures = 0
                     self._fire()  # whatever was notified before this point was missed
                     while not self._stop.is_set():
-                        hit = False
+                        # At once: the generator runs on until its timeout.
                         for notify in conn.notifies(timeout=_STOP_CHECK):
-                            hit = hit or notify.payload == self._table_name
-                        if hit:
-                            self._fire()
+                            if notify.payload == self._table_name:
+                                self._fire()
             except Exception as exc:  # a listener that died would leave readers polling
                 self._lost(exc)
                 self._fire()
