@@ -80,6 +80,8 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_explain.py::test_scoped_purge_uses_its_index",
             # The feed's consumers marked behind the events a purge removes.
             "tests/test_feed_retention.py",
+            # The refusal of async engines and connections (no async twin).
+            "tests/test_urls.py::test_a_sync_api_given_an_async_engine_names_its_twin",
         ),
     ),
     "cursor": Target(

@@ -349,6 +349,12 @@ def test_a_sync_api_given_an_async_engine_names_its_twin(
         EventLogReader(model, async_engine)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="there is no async twin: from async code"):
         purge_events(model, async_engine, older_than=datetime.now(UTC))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="there is no async twin: from async code"):
+        count_purgeable(model, async_engine, older_than=datetime.now(UTC))  # type: ignore[arg-type]
+    unstarted = async_engine.connect()  # an AsyncConnection, never connected
+    for refused in (purge_events, count_purgeable):
+        with pytest.raises(ConfigurationError, match="there is no async twin: from async code"):
+            refused(model, unstarted, older_than=datetime.now(UTC))  # type: ignore[arg-type]
 
 
 def test_an_async_api_given_a_sync_engine_names_its_twin(
