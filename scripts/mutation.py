@@ -82,6 +82,8 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_feed_retention.py",
             # The refusal of async engines and connections (no async twin).
             "tests/test_urls.py::test_a_sync_api_given_an_async_engine_names_its_twin",
+            # The audit's retention declared in each batch, and its tombstones.
+            "tests/test_audit_purge.py",
         ),
     ),
     "cursor": Target(

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
 from pgserver import ServerInfo
-from sqlalchemy import Engine, MetaData, Table, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
-
-from eventlog_persist import purge_events
 
 
 @pytest.fixture(scope="module")
@@ -285,25 +282,6 @@ def test_a_declared_erasure_deletes_and_records(db: Engine, kind: str) -> None:
     ]
     # SET LOCAL ends with its transaction: the next DELETE is refused again.
     assert "DELETE from event_logs refused (2 of 2" in refusal(db, "DELETE FROM event_logs")
-
-
-def test_purge_events_on_a_connection_that_declared_retention(db: Engine) -> None:
-    with db.begin() as connection:
-        add_session(connection, events=5)
-    table = Table("event_logs", MetaData(), autoload_with=db)
-    later = datetime.now(UTC) + timedelta(days=1)
-    with pytest.raises(DBAPIError, match="DELETE from event_logs refused"):
-        purge_events(table, db, older_than=later)
-    with db.connect() as connection:
-        # purge_events commits batch by batch: a session-level setting spans them.
-        connection.execute(text("SET eventlog.erasure = 'retention'"))
-        connection.commit()
-        result = purge_events(table, connection, older_than=later, batch_size=2)
-        connection.execute(text("RESET eventlog.erasure"))
-        connection.commit()
-    assert result.deleted == 5
-    with db.connect() as connection:
-        assert [stone["kind"] for stone in tombstones(connection)] == ["retention"] * 5
 
 
 def test_inserts_are_not_guarded(db: Engine, tmp_path: Path) -> None:

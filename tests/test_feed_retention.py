@@ -324,10 +324,12 @@ def test_a_host_without_the_feed_purges_as_before(engine: Engine) -> None:
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     assert purge_events(models.EventLog, engine, older_than=CUTOFF) == PurgeResult(3, 1)
-    # The one look for the feed, then the plain DELETE.
-    assert len(statements) == 2
-    assert "event_log_consumers" not in statements[1]
-    assert statements[1].startswith("DELETE FROM event_logs")
+    # The audit's declaration (a placeholder here), the one look for the feed, then the
+    # plain DELETE.
+    assert len(statements) == 3
+    assert statements[0] == "SET LOCAL eventlog.erasure = 'retention'"
+    assert "event_log_consumers" not in statements[2]
+    assert statements[2].startswith("DELETE FROM event_logs")
 
 
 # -- reset, status, async ----------------------------------------------------------------------

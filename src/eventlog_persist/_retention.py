@@ -1,7 +1,9 @@
 """Retention: delete events older than a cutoff in short batches, one transaction each.
 
 On a database with the feed, each batch also marks the consumer parts it leaves without
-events they had not been delivered (`_feed_retention`), in the same transaction.
+events they had not been delivered (`_feed_retention`), in the same transaction. Each batch
+declares itself a retention (``SET LOCAL eventlog.erasure = 'retention'``), which the audit's
+guard requires and records; without the audit the setting is an unused placeholder.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select
+from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventlog_persist._feed_retention import feed_consumers, purge_and_mark
@@ -39,6 +41,12 @@ logger = logging.getLogger("eventlog_persist")
 DEFAULT_BATCH_SIZE: Final = 5000
 MAX_SLEEP: Final = 86400.0
 """Longest pause between batches, in seconds (one day): longer is a typo, not a pause."""
+
+# The audit's declaration (docs/audit.md, "The guard"), ended by the batch's commit. Declared
+# whatever the database or the model says: PostgreSQL accepts a dotted name as a placeholder
+# setting without the audit (nothing reads it then), a model need not declare the audit its
+# database has, and the statement costs one round trip per batch of thousands of deletes.
+_DECLARE_RETENTION: Final = text("SET LOCAL eventlog.erasure = 'retention'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,11 @@ def purge_events(
     part that had not been delivered one of the events it deletes: that part's fetches then
     raise `FeedDataLostError` (never skipping them silently) until the consumer is reset.
 
+    Each batch declares ``SET LOCAL eventlog.erasure = 'retention'`` in its transaction, so
+    on a database with the audit every deleted event gets a ``retention`` tombstone in
+    ``event_log_erasures``; the declaration ends with the batch (nothing is left set on a
+    ``Connection`` passed in).
+
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
         bind: An ``Engine``, or a ``Connection`` with no transaction begun.
@@ -206,7 +219,8 @@ def purge_events(
 
     .. versionchanged:: 0.3.0
        ``on_batch`` added; ``sleep`` must be finite and at most a day; feed consumers not
-       delivered the deleted events are marked.
+       delivered the deleted events are marked; each batch declares retention for the
+       audit's guard.
     """
     _check_bind(bind)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -241,6 +255,7 @@ def purge_events(
     try:
         while True:
             with _transaction(bind) as connection:
+                connection.execute(_DECLARE_RETENTION)
                 if feed is None:
                     consumers = feed_consumers(connection, table)
                     feed = consumers is not None
