@@ -1,0 +1,360 @@
+"""What sealing and verification share: Merkle roots, the canonical seal and tombstone
+encodings, and the ordered leaves of a window of transaction ids, read from the database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, MetaData, Table, Text, cast, select, text
+from sqlalchemy.exc import DBAPIError
+
+from eventlog_persist._audit_leaf import LEAF_COLUMNS, LEAF_PREFIX, audit_leaf_hash
+from eventlog_persist._audit_schema import audit_tables
+from eventlog_persist._failures import sqlstate_of
+from eventlog_persist._feed_schema import Xid8
+from eventlog_persist._model import EventLogMixin
+from eventlog_persist._read_sql import event_table
+from eventlog_persist._schema import XID_COLUMN
+from eventlog_persist._table import quoted_name
+from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "END_SIZE",
+    "SEAL_VERSION",
+    "AuditTables",
+    "Entry",
+    "SealRow",
+    "audit_tables_of",
+    "chunk_end",
+    "horizon",
+    "merkle_root",
+    "read_seals",
+    "seal_hash",
+    "tombstone_hash",
+    "translated",
+    "window_entries",
+    "window_tombstones",
+]
+
+DEFAULT_CHUNK_SIZE: Final = 1024
+SEAL_VERSION: Final = 1
+"""The ``v`` of the canonical seal and tombstone documents."""
+END_SIZE: Final = 24
+"""Bytes of one chunk end in ``chunk_ends``: the xid (8, big-endian; 0 for none), the id (16)."""
+_NODE_PREFIX: Final = b"\x01"
+_EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
+_NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
+_YIELD_PER: Final = 5000
+
+
+def merkle_root(nodes: Sequence[bytes]) -> bytes:
+    """The RFC 6962 Merkle tree hash over ``nodes``, which are hashes already (leaves carry
+    their 0x00 prefix): interior nodes are SHA-256(0x01 ‖ left ‖ right), the tree split at
+    the largest power of two below the count; the empty tree is SHA-256 of nothing."""
+    if not nodes:
+        return _EMPTY_ROOT
+    level = list(nodes)
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        # Pairing level by level, a lone last node promoted as is, builds the same tree as
+        # RFC 6962's split at the largest power of two below n.
+        paired = [
+            sha256(_NODE_PREFIX + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+def chunk_end(xid: int | None, event_id: uuid.UUID) -> bytes:
+    """A chunk end as stored in ``chunk_ends``: the last event's xid (0: none) and id."""
+    return (xid or 0).to_bytes(8, "big") + event_id.bytes
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _time(value: datetime) -> str:
+    from eventlog_persist._audit_leaf import _time as leaf_time
+
+    return leaf_time(value)
+
+
+def tombstone_hash(stone: Mapping[str, Any]) -> bytes:
+    """SHA-256(0x00 ‖ canonical tombstone document) (docs/audit.md, "Tombstones")."""
+    fields = {
+        "agent_id": _string(stone["agent_id"]),
+        "erased_at": _string(_time(stone["erased_at"])),
+        "erased_xid": _string(str(stone["erased_xid"])),
+        "event_created_at": _string(_time(stone["event_created_at"])),
+        "event_id": _string(str(stone["event_id"])),
+        "event_xid": _string(None if stone["event_xid"] is None else str(stone["event_xid"])),
+        "kind": _string(stone["kind"]),
+        "leaf": _string(bytes(stone["leaf"]).hex()),
+        "project_id": _string(stone["project_id"]),
+        "seq": _string(str(stone["seq"])),
+        "session_id": _string(stone["session_id"]),
+        "user_id": _string(stone["user_id"]),
+        "v": str(SEAL_VERSION),
+    }
+    body = ",".join(f'"{name}":{fields[name]}' for name in sorted(fields))
+    return hashlib.sha256(LEAF_PREFIX + ("{" + body + "}").encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SealRow:
+    """A row of ``event_log_seals`` (as stored, or about to be)."""
+
+    seq: int
+    xid_from: int | None
+    xid_to: int
+    chunk_size: int
+    events: int
+    erasures: int
+    chunk_roots: bytes
+    chunk_ends: bytes
+    events_root: bytes
+    erasures_root: bytes
+    prev_hash: bytes | None
+    seal_hash: bytes
+    sealed_at: datetime | None = None
+
+
+def seal_hash(row: SealRow) -> bytes:
+    """SHA-256 of the canonical seal document (docs/audit.md, "Seals"); ``sealed_at`` and
+    ``seal_hash`` itself are not in it."""
+
+    def hexed(value: bytes | None) -> str:
+        return "null" if value is None else f'"{bytes(value).hex()}"'
+
+    xid_from = "null" if row.xid_from is None else f'"{row.xid_from}"'
+    document = (
+        f'{{"chunk_ends":{hexed(row.chunk_ends)},"chunk_roots":{hexed(row.chunk_roots)},'
+        f'"chunk_size":{row.chunk_size},"erasures":{row.erasures},'
+        f'"erasures_root":{hexed(row.erasures_root)},"events":{row.events},'
+        f'"events_root":{hexed(row.events_root)},"prev_hash":{hexed(row.prev_hash)},'
+        f'"seq":{row.seq},"v":{SEAL_VERSION},"xid_from":{xid_from},"xid_to":"{row.xid_to}"}}'
+    )
+    return hashlib.sha256(document.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTables:
+    """``event_logs`` (with its xid) and the audit's two tables, in one schema."""
+
+    events: Table
+    erasures: Table
+    seals: Table
+
+
+def audit_tables_of(model: type[EventLogMixin[Any]] | Table, *, api: str) -> AuditTables:
+    """The event table of ``model`` and the audit's tables beside it (a private MetaData)."""
+    table = event_table(model)
+    if XID_COLUMN not in table.c:
+        raise ConfigurationError(
+            f"{api} needs the feed's xid column: the audit's seals cover windows of "
+            "transaction ids. Build the model with event_log_model(Base, feed=True, "
+            "audit=True) (or __eventlog_feed__ = True; __eventlog_audit__ = True) on a "
+            "database migrated by evlfeed_0001 and evlaudit_0001 (see docs/audit.md)"
+        )
+    erasures, seals = audit_tables(MetaData(), schema=table.schema)
+    return AuditTables(table, erasures, seals)
+
+
+def translated(exc: DBAPIError) -> Exception:
+    """The audit's schema missing: `MigrationSetupError` naming the fix; else ``exc``."""
+    if sqlstate_of(exc) in _NOT_MIGRATED:
+        return MigrationSetupError(
+            f"the audit's schema is missing from this database ({exc.orig}); run its "
+            "migration: add 'eventlog_persist:migrations_feed' and "
+            "'eventlog_persist:migrations_audit' to version_locations and 'alembic upgrade "
+            "heads' (linear mode: 'eventlog-persist linear-revision --feed --audit')"
+        )
+    return exc
+
+
+def horizon(connection: Connection) -> int:
+    """Every transaction id below this one has committed or aborted (the settled window)."""
+    value = connection.execute(
+        text("SELECT pg_snapshot_xmin(pg_current_snapshot()) AS h").columns(h=Xid8())
+    ).scalar_one()
+    return int(value)
+
+
+def read_seals(connection: Connection, tables: AuditTables, *, last_only: bool) -> list[SealRow]:
+    """The stored seals, by ``seq`` (only the newest with ``last_only``)."""
+    s = tables.seals.c
+    query = select(tables.seals).order_by(s.seq.desc() if last_only else s.seq)
+    if last_only:
+        query = query.limit(1)
+    rows = connection.execute(query).mappings()
+    return [
+        SealRow(
+            seq=row["seq"],
+            xid_from=row["xid_from"],
+            xid_to=row["xid_to"],
+            chunk_size=row["chunk_size"],
+            events=row["events"],
+            erasures=row["erasures"],
+            chunk_roots=bytes(row["chunk_roots"]),
+            chunk_ends=bytes(row["chunk_ends"]),
+            events_root=bytes(row["events_root"]),
+            erasures_root=bytes(row["erasures_root"]),
+            prev_hash=None if row["prev_hash"] is None else bytes(row["prev_hash"]),
+            seal_hash=bytes(row["seal_hash"]),
+            sealed_at=row["sealed_at"],
+        )
+        for row in rows
+    ]
+
+
+def window_tombstones(
+    connection: Connection,
+    tables: AuditTables,
+    xid_from: int | None,
+    xid_to: int,
+    *,
+    by: str,
+) -> list[dict[str, Any]]:
+    """The tombstones whose ``by`` (``event_xid`` or ``erased_xid``) is in the window, by
+    (``by``, ``seq``); the first window (``xid_from`` None) also holds NULL ``event_xid``."""
+    e = tables.erasures.c
+    column = e[by]
+    condition = column < xid_to
+    if xid_from is not None:
+        condition = condition & (column >= xid_from)
+    elif by == "event_xid":
+        condition = condition | column.is_(None)
+    query = select(tables.erasures).where(condition).order_by(column.nulls_first(), e.seq)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event of a window, in (xid, id) order, with the leaf a seal holds for it."""
+
+    xid: int | None
+    id: uuid.UUID
+    leaf: bytes
+
+
+_KEY_COLUMNS: Final = ("project_id", "agent_id")
+
+
+def _restored_key(value: str | None) -> uuid.UUID | int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return uuid.UUID(value)
+
+
+Check = Callable[[str, str], None]
+"""Records a problem of one event: (kind, detail)."""
+
+
+def _present_with_tombstone(
+    row: Mapping[str, Any], stones: list[dict[str, Any]], check: Check | None
+) -> bytes:
+    """The leaf of a row that has tombstones: its earliest tombstone's; checked if asked."""
+    first = stones[0]
+    if check is not None:
+        event = row["id"]
+        deleted = [stone for stone in stones if stone["kind"] != "set_null"]
+        if deleted:
+            check(
+                "tombstone",
+                f"event {event} is present although tombstone {deleted[0]['seq']} "
+                f"({deleted[0]['kind']}) records its deletion",
+            )
+        restored = dict(row)
+        for column in _KEY_COLUMNS:
+            now = row[column]
+            if now is not None and str(now) != first[column]:
+                check(
+                    "tombstone",
+                    f"event {event}: {column} is {now}, but its earliest tombstone "
+                    f"{first['seq']} records {first[column]} (only NULL may replace it)",
+                )
+            restored[column] = _restored_key(first[column])
+        if audit_leaf_hash(restored) != bytes(first["leaf"]):
+            check(
+                "tombstone",
+                f"event {event} differs from the row its earliest tombstone {first['seq']} "
+                f"({first['kind']}) records (with {' and '.join(_KEY_COLUMNS)} set back): "
+                "edited after that erasure",
+            )
+    return bytes(first["leaf"])
+
+
+def _rows(
+    connection: Connection, tables: AuditTables, xid_from: int | None, xid_to: int
+) -> Iterator[dict[str, Any]]:
+    """The window's rows by (xid, id): xid NULL first (the first window only)."""
+    c = tables.events.c
+    columns = [
+        cast(c.payload, Text).label("payload") if name == "payload" else c[name]
+        for name in LEAF_COLUMNS
+    ]
+    queries = []
+    if xid_from is None:
+        queries.append(select(*columns).where(c.xid.is_(None)).order_by(c.id))
+        queries.append(select(*columns).where(c.xid < xid_to).order_by(c.xid, c.id))
+    else:
+        queries.append(
+            select(*columns).where(c.xid >= xid_from, c.xid < xid_to).order_by(c.xid, c.id)
+        )
+    for query in queries:
+        for row in connection.execute(query, execution_options={"yield_per": _YIELD_PER}):
+            yield dict(zip(LEAF_COLUMNS, row, strict=True))
+
+
+def window_entries(
+    connection: Connection,
+    tables: AuditTables,
+    xid_from: int | None,
+    xid_to: int,
+    *,
+    check: Check | None = None,
+) -> Iterator[Entry]:
+    """Every event of the window, present or erased, in (xid, id) order, each with its
+    first-written leaf: an erased event's (or a set-null one's) from its earliest
+    tombstone, any other's recomputed in Python from the row.
+
+    With ``check``, a row that has tombstones is also checked against its earliest one.
+    """
+    stones: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for stone in window_tombstones(connection, tables, xid_from, xid_to, by="event_xid"):
+        stones.setdefault(stone["event_id"], []).append(stone)
+    erased = sorted(((stone[0]["event_xid"] or 0, event), stone) for event, stone in stones.items())
+    position = 0
+    for row in _rows(connection, tables, xid_from, xid_to):
+        key = (row["xid"] or 0, row["id"])
+        while position < len(erased) and erased[position][0] < key:
+            (xid, event), of_event = erased[position]
+            yield Entry(xid or None, event, bytes(of_event[0]["leaf"]))
+            position += 1
+        if position < len(erased) and erased[position][0] == key:
+            leaf = _present_with_tombstone(row, erased[position][1], check)
+            position += 1
+        else:
+            leaf = audit_leaf_hash(row)
+        yield Entry(row["xid"], row["id"], leaf)
+    for (xid, event), of_event in erased[position:]:
+        yield Entry(xid or None, event, bytes(of_event[0]["leaf"]))
+
+
+def events_in(tables: AuditTables) -> str:
+    """The quoted name of ``event_logs`` (for messages)."""
+    return quoted_name(tables.events)
