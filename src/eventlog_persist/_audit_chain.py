@@ -3,18 +3,28 @@ encodings, and the ordered leaves of a window of transaction ids, read from the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, MetaData, Table, Text, cast, select, text
+import psycopg
+from sqlalchemy import Connection, MetaData, Table, select, text
 from sqlalchemy.exc import DBAPIError
 
-from eventlog_persist._audit_leaf import LEAF_COLUMNS, LEAF_PREFIX, audit_leaf_hash
+from eventlog_persist._audit_leaf import (
+    LEAF_COLUMNS,
+    LEAF_PREFIX,
+    _time,
+    leaf_hash_of,
+    leaf_hash_of_text,
+)
 from eventlog_persist._audit_schema import audit_tables
 from eventlog_persist._failures import sqlstate_of
 from eventlog_persist._feed_schema import Xid8
@@ -33,6 +43,7 @@ __all__ = [
     "SealRow",
     "audit_tables_of",
     "chunk_end",
+    "end_key",
     "horizon",
     "merkle_root",
     "read_seals",
@@ -75,19 +86,13 @@ def merkle_root(nodes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
-def chunk_end(xid: int | None, event_id: uuid.UUID) -> bytes:
+def chunk_end(xid: int | None, event_id: str) -> bytes:
     """A chunk end as stored in ``chunk_ends``: the last event's xid (0: none) and id."""
-    return (xid or 0).to_bytes(8, "big") + event_id.bytes
+    return (xid or 0).to_bytes(8, "big") + uuid.UUID(event_id).bytes
 
 
 def _string(value: str | None) -> str:
     return "null" if value is None else json.dumps(value, ensure_ascii=False)
-
-
-def _time(value: datetime) -> str:
-    from eventlog_persist._audit_leaf import _time as leaf_time
-
-    return leaf_time(value)
 
 
 def tombstone_hash(stone: Mapping[str, Any]) -> bytes:
@@ -241,14 +246,29 @@ def window_tombstones(
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One event of a window, in (xid, id) order, with the leaf a seal holds for it."""
+    """One event of a window, in (xid, id) order, with the leaf a seal holds for it.
+
+    ``id`` is the UUID's text (lowercase with hyphens), whose order is the UUID's.
+    """
 
     xid: int | None
-    id: uuid.UUID
+    id: str
     leaf: bytes
+
+    def key(self) -> tuple[int, str]:
+        """Its place in the order: (xid, 0 when none; id)."""
+        return (self.xid or 0, self.id)
+
+
+def end_key(end: bytes) -> tuple[int, str]:
+    """The (xid, id) of a chunk end of ``chunk_ends``."""
+    return int.from_bytes(end[:8], "big"), str(uuid.UUID(bytes=end[8:]))
 
 
 _KEY_COLUMNS: Final = ("project_id", "agent_id")
+_AS_TEXT: Final = frozenset(
+    {"id", "session_id", "user_id", "project_id", "agent_id", "payload", "xid"}
+)
 
 
 def _restored_key(value: str | None) -> uuid.UUID | int | None:
@@ -265,12 +285,13 @@ Check = Callable[[str, str], None]
 
 
 def _present_with_tombstone(
-    row: Mapping[str, Any], stones: list[dict[str, Any]], check: Check | None
+    row: Sequence[Any], stones: list[dict[str, Any]], check: Check | None
 ) -> bytes:
     """The leaf of a row that has tombstones: its earliest tombstone's; checked if asked."""
     first = stones[0]
     if check is not None:
-        event = row["id"]
+        values = dict(zip(LEAF_COLUMNS, row, strict=True))
+        event = values["id"]
         deleted = [stone for stone in stones if stone["kind"] != "set_null"]
         if deleted:
             check(
@@ -278,17 +299,17 @@ def _present_with_tombstone(
                 f"event {event} is present although tombstone {deleted[0]['seq']} "
                 f"({deleted[0]['kind']}) records its deletion",
             )
-        restored = dict(row)
         for column in _KEY_COLUMNS:
-            now = row[column]
-            if now is not None and str(now) != first[column]:
+            now = values[column]
+            if now is not None and now != first[column]:
                 check(
                     "tombstone",
                     f"event {event}: {column} is {now}, but its earliest tombstone "
                     f"{first['seq']} records {first[column]} (only NULL may replace it)",
                 )
-            restored[column] = _restored_key(first[column])
-        if audit_leaf_hash(restored) != bytes(first["leaf"]):
+            values[column] = first[column]
+        restored = [values[column] for column in LEAF_COLUMNS]
+        if leaf_hash_of(restored, as_text=True) != bytes(first["leaf"]):
             check(
                 "tombstone",
                 f"event {event} differs from the row its earliest tombstone {first['seq']} "
@@ -298,26 +319,73 @@ def _present_with_tombstone(
     return bytes(first["leaf"])
 
 
+def _rows_sql(tables: AuditTables, condition: str, order: str, style: str) -> str:
+    """The window's rows: `LEAF_COLUMNS`, ids, keys, payload and xid as text."""
+    columns = ", ".join(f"{name}::text" if name in _AS_TEXT else name for name in LEAF_COLUMNS)
+    bound = condition.replace(":lo", style.format("lo")).replace(":hi", style.format("hi"))
+    return f"SELECT {columns} FROM {quoted_name(tables.events)} WHERE {bound} ORDER BY {order}"
+
+
+def _prefetched(
+    driver: psycopg.Connection[Any], sql: str, params: dict[str, str]
+) -> Iterator[Sequence[Any]]:
+    """The rows of a server-side cursor, the next batch fetched by a thread while the
+    caller hashes this one (the server and Python then work at the same time)."""
+    batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            with driver.cursor(name="eventlog_audit_rows") as cursor:
+                cursor.execute(sql, params)
+                while not stop.is_set():
+                    batch = cursor.fetchmany(_YIELD_PER)
+                    batches.put(batch or None)
+                    if not batch:
+                        return
+        except BaseException as exc:  # handed to the caller, raised there
+            batches.put(exc)
+
+    thread = threading.Thread(target=fetch, name="eventlog-audit-rows", daemon=True)
+    thread.start()
+    try:
+        while (batch := batches.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                batches.get(timeout=0.05)
+        thread.join()
+
+
 def _rows(
     connection: Connection, tables: AuditTables, xid_from: int | None, xid_to: int
-) -> Iterator[dict[str, Any]]:
-    """The window's rows by (xid, id): xid NULL first (the first window only)."""
-    c = tables.events.c
-    columns = [
-        cast(c.payload, Text).label("payload") if name == "payload" else c[name]
-        for name in LEAF_COLUMNS
-    ]
-    queries = []
+) -> Iterator[Sequence[Any]]:
+    """The window's rows (`LEAF_COLUMNS`, ids, keys, payload and xid as text) by (xid, id):
+    xid NULL first (the first window only).
+
+    With psycopg, read by a server-side cursor of the driver, without SQLAlchemy's row
+    processing (what reading costs is most of what verifying costs); any other driver
+    reads the same text through SQLAlchemy.
+    """
+    xid = "xid >= CAST(CAST(:lo AS text) AS xid8) AND " if xid_from is not None else ""
+    parts = [(f"{xid}xid < CAST(CAST(:hi AS text) AS xid8)", "xid, id")]
     if xid_from is None:
-        queries.append(select(*columns).where(c.xid.is_(None)).order_by(c.id))
-        queries.append(select(*columns).where(c.xid < xid_to).order_by(c.xid, c.id))
-    else:
-        queries.append(
-            select(*columns).where(c.xid >= xid_from, c.xid < xid_to).order_by(c.xid, c.id)
-        )
-    for query in queries:
-        for row in connection.execute(query, execution_options={"yield_per": _YIELD_PER}):
-            yield dict(zip(LEAF_COLUMNS, row, strict=True))
+        parts.insert(0, ("xid IS NULL", "id"))
+    params = {"lo": str(xid_from), "hi": str(xid_to)}
+    driver = connection.connection.driver_connection
+    for condition, order in parts:
+        if isinstance(driver, psycopg.Connection):
+            sql = _rows_sql(tables, condition, order, "%({})s")
+            yield from _prefetched(driver, sql, params)
+        else:
+            sql = _rows_sql(tables, condition, order, ":{}")
+            yield from connection.execute(
+                text(sql), params, execution_options={"yield_per": _YIELD_PER}
+            )
 
 
 def window_entries(
@@ -334,25 +402,27 @@ def window_entries(
 
     With ``check``, a row that has tombstones is also checked against its earliest one.
     """
-    stones: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    stones: dict[str, list[dict[str, Any]]] = {}
     for stone in window_tombstones(connection, tables, xid_from, xid_to, by="event_xid"):
-        stones.setdefault(stone["event_id"], []).append(stone)
+        stones.setdefault(str(stone["event_id"]), []).append(stone)
     erased = sorted(((stone[0]["event_xid"] or 0, event), stone) for event, stone in stones.items())
     position = 0
     for row in _rows(connection, tables, xid_from, xid_to):
-        key = (row["xid"] or 0, row["id"])
+        event, xid_text = row[0], row[-1]
+        xid = None if xid_text is None else int(xid_text)
+        key = (xid or 0, event)
         while position < len(erased) and erased[position][0] < key:
-            (xid, event), of_event = erased[position]
-            yield Entry(xid or None, event, bytes(of_event[0]["leaf"]))
+            (old_xid, old_event), of_event = erased[position]
+            yield Entry(old_xid or None, old_event, bytes(of_event[0]["leaf"]))
             position += 1
         if position < len(erased) and erased[position][0] == key:
             leaf = _present_with_tombstone(row, erased[position][1], check)
             position += 1
         else:
-            leaf = audit_leaf_hash(row)
-        yield Entry(row["xid"], row["id"], leaf)
-    for (xid, event), of_event in erased[position:]:
-        yield Entry(xid or None, event, bytes(of_event[0]["leaf"]))
+            leaf = leaf_hash_of_text(row)
+        yield Entry(xid, event, leaf)
+    for (old_xid, old_event), of_event in erased[position:]:
+        yield Entry(old_xid or None, old_event, bytes(of_event[0]["leaf"]))
 
 
 def events_in(tables: AuditTables) -> str:

@@ -28,6 +28,7 @@ from eventlog_persist._audit_chain import (
     AuditTables,
     SealRow,
     audit_tables_of,
+    end_key,
     merkle_root,
     read_seals,
     seal_hash,
@@ -200,6 +201,7 @@ def _check_chunks(
         problems.append(AuditProblem(kind, detail, seal=row.seq))
 
     ends = [row.chunk_ends[i : i + END_SIZE] for i in range(0, len(row.chunk_ends), END_SIZE)]
+    end_keys = [end_key(end) for end in ends]
     roots = [row.chunk_roots[i : i + 32] for i in range(0, len(row.chunk_roots), 32)]
     chunks = len(ends)
     leaves: list[bytes] = []
@@ -222,8 +224,8 @@ def _check_chunks(
 
     for entry in window_entries(connection, tables, row.xid_from, row.xid_to, check=check):
         total += 1
-        key = (entry.xid or 0).to_bytes(8, "big") + entry.id.bytes
-        while index < chunks and key > ends[index]:
+        key = (entry.xid or 0, entry.id)
+        while index < chunks and key > end_keys[index]:
             close_chunk(index)
             index += 1
         if index == chunks:
