@@ -30,6 +30,7 @@ from eventlog_persist import (
     seal_events,
     verify_audit,
 )
+from eventlog_persist._cli import main
 from eventlog_persist.exceptions import AnchorError, ConfigurationError
 
 EventLog = build_host_models(feed=True).EventLog
@@ -588,3 +589,69 @@ def test_the_sync_and_async_apis_refuse_the_other_flavour(db: Engine) -> None:
     plain = build_host_models().EventLog
     with pytest.raises(ConfigurationError, match="needs the feed's xid column"):
         seal_events(plain, db)
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def cli(db: Engine, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    url = db.url.render_as_string(hide_password=False)
+    status = main(["audit", *args, "--url", url])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_commands_seal_verify_and_show_the_status(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = cli(db, "status", "--max-age", "60", capsys=capsys)
+    assert status == 1
+    assert out == "eventlog-persist: no seal yet; 0 events unsealed\n"
+    with db.begin() as connection:
+        ids = add_session(connection, events=5)
+    heads = tmp_path / "heads.txt"
+    deadline = time.monotonic() + 30
+    while unsealed(db):
+        status, out, err = cli(
+            db, "seal", "--chunk-size", "2", "--anchor-file", str(heads), capsys=capsys
+        )
+        assert status == 0
+        assert time.monotonic() < deadline
+    head = SealAnchor.parse(heads.read_text().splitlines()[-1].split()[0])
+    assert out == f"{head}\n"
+    assert err.startswith(f"eventlog-persist: sealed seal {head.seq}: ")
+    status, out, err = cli(db, "seal", capsys=capsys)
+    assert (status, out) == (0, "")
+    assert err.startswith("eventlog-persist: nothing to seal")
+    status, out, _ = cli(db, "status", "--max-age", "3600", capsys=capsys)
+    assert status == 0
+    assert out.startswith(f"eventlog-persist: newest seal {head} sealed ")
+    assert out.endswith("ago); 0 events unsealed\n")
+    status, out, _ = cli(db, "verify", "--anchor", str(head), capsys=capsys)
+    assert status == 0
+    assert out == (
+        f"eventlog-persist: audit OK: {head.seq} seals, 5 events verified, 1 anchors; erasures: "
+        f"cascade 0, set_null 0, retention 0, erasure 0; 0 events unsealed; newest seal {head}\n"
+    )
+    tamper(db, "UPDATE event_logs SET payload = '{}' WHERE id = :e", e=ids["events"][0])
+    status, out, _ = cli(db, "verify", "--anchors-from", str(heads), capsys=capsys)
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("eventlog-persist: problem: chunk: seal 1 chunk ")
+    assert lines[-1].startswith("eventlog-persist: audit found 1 problems: ")
+
+
+def test_the_commands_refuse_bad_anchors(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = cli(db, "verify", "--anchor", "12:abc", capsys=capsys)
+    assert status == 2
+    assert "'12:abc' is not a seal anchor; write SEQ:HASH" in err
+    bad = tmp_path / "heads.txt"
+    bad.write_text("1:" + "ab" * 32 + "\nnonsense\n")
+    status, _, err = cli(db, "verify", "--anchors-from", str(bad), capsys=capsys)
+    assert status == 2
+    assert f"{bad}, line 2: 'nonsense' is not a seal anchor" in err
+    status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
+    assert status == 2
+    assert "No such file" in err
