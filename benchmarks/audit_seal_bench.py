@@ -137,14 +137,17 @@ def baseline(engine: Engine) -> int:
     return count
 
 
-def timed(action: Callable[[], int]) -> tuple[int, float]:
-    start = time.perf_counter()
+def timed(action: Callable[[], int]) -> tuple[int, float, float]:
+    """Events, wall seconds, and CPU seconds of this process (the database server's not
+    included)."""
+    start, cpu = time.perf_counter(), time.process_time()
     events = action()
-    return events, time.perf_counter() - start
+    return events, time.perf_counter() - start, time.process_time() - cpu
 
 
 def run(base: str, options: Options, folder: Path, *, log: Callable[[str], None] = print) -> Report:
     rates: dict[str, list[float]] = {path: [] for path in PATHS}
+    cpu: dict[str, list[float]] = {path: [] for path in PATHS}
     ratios: dict[str, list[float]] = {path: [] for path in PATHS[1:]}
     template = f"audit_seal_tpl_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(base, autocommit=True) as admin:
@@ -175,10 +178,11 @@ def run(base: str, options: Options, folder: Path, *, log: Callable[[str], None]
                     order = [PATHS[1], PATHS[2], PATHS[0]]
                 measured: dict[str, float] = {}
                 for path in order:
-                    events, seconds = timed(actions[path])
+                    events, seconds, cpu_seconds = timed(actions[path])
                     if events != options.events:
                         raise RuntimeError(f"{path} saw {events} of {options.events} events")
                     measured[path] = events / seconds
+                    cpu[path].append(cpu_seconds / events * 1e6)
                 for path, rate in measured.items():
                     rates[path].append(rate)
                 for path in PATHS[1:]:
@@ -199,13 +203,19 @@ def run(base: str, options: Options, folder: Path, *, log: Callable[[str], None]
         f"({platform.machine()}); {options.events:,} events (datagen), chunk_size "
         f"{options.chunk_size}; median of {options.rounds} rounds, order rotated",
         "",
-        "| Path | events/s | / baseline |",
-        "|---|---|---|",
+        "| Path | events/s | / baseline | Python CPU µs/event |",
+        "|---|---|---|---|",
     ]
     for path in PATHS:
         median = statistics.median(rates[path])
         ratio = "1.00x" if path == PATHS[0] else f"{statistics.median(ratios[path]):.2f}x"
-        lines.append(f"| {path} | {median:,.0f} | {ratio} |")
+        spread = f"{min(rates[path]):,.0f}-{max(rates[path]):,.0f}"
+        lines.append(
+            f"| {path} | {median:,.0f} ({spread}) | {ratio} | {statistics.median(cpu[path]):.1f} |"
+        )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines.append("")
+    lines.append(f"(load average at the end: {load:.2f} on {os.cpu_count()} CPUs)")
     return Report("\n".join(lines), rates)
 
 

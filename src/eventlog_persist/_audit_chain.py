@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 from sqlalchemy import Connection, MetaData, Table, select, text
@@ -244,20 +244,16 @@ def window_tombstones(
     return [dict(row) for row in connection.execute(query).mappings()]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One event of a window, in (xid, id) order, with the leaf a seal holds for it.
 
-    ``id`` is the UUID's text (lowercase with hyphens), whose order is the UUID's.
+    ``id`` is the UUID's text (lowercase with hyphens), whose order is the UUID's. (A
+    tuple: one is made per event verified.)
     """
 
     xid: int | None
     id: str
     leaf: bytes
-
-    def key(self) -> tuple[int, str]:
-        """Its place in the order: (xid, 0 when none; id)."""
-        return (self.xid or 0, self.id)
 
 
 def end_key(end: bytes) -> tuple[int, str]:
@@ -423,8 +419,3 @@ def window_entries(
         yield Entry(xid, event, leaf)
     for (old_xid, old_event), of_event in erased[position:]:
         yield Entry(old_xid or None, old_event, bytes(of_event[0]["leaf"]))
-
-
-def events_in(tables: AuditTables) -> str:
-    """The quoted name of ``event_logs`` (for messages)."""
-    return quoted_name(tables.events)
