@@ -470,7 +470,8 @@ class _SealerCore:
                 exc,
             )
         else:
-            self._unexported = None
+            if self._unexported is seal:  # not a newer one sealed meanwhile
+                self._unexported = None
 
     @staticmethod
     def _failed(exc: Exception) -> None:
