@@ -144,14 +144,14 @@ class LogAnchor:
     The line: ``audit seal SEQ:HASH (N events, M erasures, xid window [A, B))``.
 
     Args:
-        logger: The logger, or its name; default ``"eventlog_persist.audit"``.
+        logger: The logger, or its name; default ``"eventlog_persist_seals"``.
 
     .. versionadded:: 0.3.0
     """
 
     __slots__ = ("_logger",)
 
-    def __init__(self, logger: str | logging.Logger = "eventlog_persist.audit") -> None:
+    def __init__(self, logger: str | logging.Logger = "eventlog_persist_seals") -> None:
         if not isinstance(logger, (str, logging.Logger)):
             raise ConfigurationError(
                 f"logger must be a logging.Logger or a logger name, got {logger!r}"
