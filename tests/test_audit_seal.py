@@ -655,3 +655,30 @@ def test_the_commands_refuse_bad_anchors(
     status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
     assert status == 2
     assert "No such file" in err
+
+
+def test_sealing_and_verifying_need_only_the_documented_privileges(db: Engine) -> None:
+    """docs/audit.md, "What the host must do": the sealer's and the verifier's grants."""
+    name = f"sealer_{db.url.database}"
+    with db.begin() as connection:
+        add_session(connection, events=3)
+        connection.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        connection.execute(
+            text(
+                "GRANT SELECT ON event_logs, event_log_erasures, event_log_seals, chat_sessions, "
+                f'users, user_projects, user_agents TO "{name}"'
+            )
+        )
+        connection.execute(text(f'GRANT INSERT ON event_log_seals TO "{name}"'))
+    as_role = create_engine(db.url.set(username=name, password=None))
+    try:
+        deadline = time.monotonic() + 30
+        while unsealed(as_role):
+            seal_events(EventLog, as_role, chunk_size=CHUNK)
+            assert time.monotonic() < deadline
+        assert verify_audit(EventLog, as_role).ok
+    finally:
+        as_role.dispose()
+        with db.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{name}"'))
+            connection.execute(text(f'DROP ROLE "{name}"'))
