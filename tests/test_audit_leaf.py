@@ -252,3 +252,32 @@ def test_decimal_payload_values_keep_their_scale() -> None:
     assert canonical_json({"a": Decimal("1.50"), "b": Decimal("-0.00"), "c": Decimal("1E+2")}) == (
         '{"a":1.50,"b":0.00,"c":100}'
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=ROWS)
+def test_the_verifiers_text_path_gives_the_same_leaf(row: dict[str, Any]) -> None:
+    """The verifier reads ids, keys and xid as ::text and the payload as its jsonb text."""
+    from eventlog_persist._audit_leaf import LEAF_COLUMNS, leaf_hash_of, leaf_hash_of_text
+
+    payload = json.dumps(row["payload"])
+    expected = audit_leaf_hash({**row, "payload": payload})
+    texts = {
+        name: None if row[name] is None else str(row[name])
+        for name in ("id", "session_id", "user_id", "project_id", "agent_id", "xid")
+    }
+    values = [texts.get(name, payload if name == "payload" else row[name]) for name in LEAF_COLUMNS]
+    assert leaf_hash_of_text(values) == expected
+    assert leaf_hash_of(values, as_text=True) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ['{"a": -0.0}', '{"a": 1.50, "b": 0.1}', '{"a": 1e16}', '{"é": 1, "e": [1.0, -0, 2]}', "[]"],
+)
+def test_the_fast_canonical_path_matches_the_exact_one(payload: str) -> None:
+    from eventlog_persist._audit_leaf import _canonical
+
+    out: list[str] = []
+    _canonical(json.loads(payload, parse_float=Decimal, parse_int=Decimal), out)
+    assert canonical_json(payload) == "".join(out)

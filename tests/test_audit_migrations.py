@@ -58,6 +58,7 @@ SEAL_COLUMNS = [
     "events",
     "erasures",
     "chunk_roots",
+    "chunk_ends",
     "events_root",
     "erasures_root",
     "prev_hash",

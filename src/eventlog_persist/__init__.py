@@ -19,6 +19,16 @@ from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
 from eventlog_persist._audit_leaf import audit_leaf_hash
+from eventlog_persist._audit_seal import (
+    AsyncAuditSealer,
+    AuditSealer,
+    FileAnchor,
+    LogAnchor,
+    Seal,
+    SealAnchor,
+    seal_events,
+)
+from eventlog_persist._audit_verify import AuditProblem, AuditReport, verify_audit
 from eventlog_persist._buffered import AsyncBufferedWriter, BufferedWriter
 from eventlog_persist._bulk import BulkResult, awrite_events, write_events
 from eventlog_persist._context import EventContext, current_event_context, event_context
@@ -86,6 +96,7 @@ _ALEMBIC_HELPERS = frozenset(
         "include_name",
         "include_object",
         "skip_partitions",
+        "verify_audit",
         "write_linear_revisions",
     }
 )
@@ -108,10 +119,14 @@ __all__ = [
     "MIGRATIONS_LOCATION",
     "UNSCOPED",
     "ApprovalStatus",
+    "AsyncAuditSealer",
     "AsyncBufferedWriter",
     "AsyncEventFeed",
     "AsyncEventLogReader",
     "AsyncEventTail",
+    "AuditProblem",
+    "AuditReport",
+    "AuditSealer",
     "BucketCount",
     "BufferedWriter",
     "BulkResult",
@@ -133,10 +148,12 @@ __all__ = [
     "EventWriter",
     "FeedBatch",
     "FeedBlocker",
+    "FileAnchor",
     "ForeignKeyTargets",
     "GroupCount",
     "JSONValue",
     "LastError",
+    "LogAnchor",
     "NewEvent",
     "Page",
     "PartitionInfo",
@@ -144,6 +161,8 @@ __all__ = [
     "PreparedPayload",
     "PurgeResult",
     "RetryPolicy",
+    "Seal",
+    "SealAnchor",
     "SetupReport",
     "Spool",
     "TailEntry",
@@ -171,7 +190,9 @@ __all__ = [
     "new_event_id",
     "prepare_payload",
     "purge_events",
+    "seal_events",
     "skip_partitions",
+    "verify_audit",
     "write_events",
     "write_linear_revisions",
 ]

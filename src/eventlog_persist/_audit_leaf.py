@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from eventlog_persist.exceptions import ValidationError
@@ -19,6 +20,9 @@ __all__ = [
     "audit_leaf_hash",
     "canonical_json",
     "leaf_document",
+    "leaf_document_of",
+    "leaf_hash_of",
+    "leaf_hash_of_text",
 ]
 
 LEAF_VERSION: Final = 1
@@ -43,15 +47,47 @@ LEAF_COLUMNS: Final = (
     "xid",
 )
 """The columns of ``event_logs`` a leaf covers."""
-_KEYS: Final = ("session_id", "user_id", "project_id", "agent_id")
-_TEXTS: Final = ("event_type", "error_code", "tool_name", "approval_status", "request_id")
-_TEXTS_MORE: Final = ("trace_id", "span_id")
+_Q: Final = '"'
 
 
-def _string(value: str) -> str:
-    # The escapes jsonb prints: \" \\ \b \f \n \r \t, other code points below U+0020 as
-    # \u00XX (lowercase hex), everything else as itself; json.dumps writes the same.
-    return json.dumps(value, ensure_ascii=False)
+# The escapes jsonb prints: \" \\ \b \f \n \r \t, other code points below U+0020 as
+# \u00XX (lowercase hex), everything else as itself: what json.dumps(ensure_ascii=False)
+# writes for a str, with the encoder's own (C) function.
+_string: Callable[[str], str] = encode_basestring
+# Compact, keys in code point order, no NaN: the fast path of `canonical_json`.
+_COMPACT: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+
+
+class _NotVerbatim(Exception):
+    """A number that the fast path would not write back as its jsonb text."""
+
+
+def _verbatim_float(token: str) -> float:
+    """``token`` as a float that json writes back as ``token`` exactly, else `_NotVerbatim`."""
+    value = float(token)
+    if repr(value) != token or (not value and token.startswith("-")):
+        raise _NotVerbatim
+    return value
+
+
+def _refuse_constant(token: str) -> float:
+    raise _NotVerbatim
+
+
+_VERBATIM: Final = json.JSONDecoder(parse_float=_verbatim_float, parse_constant=_refuse_constant)
+
+
+def _fast_canonical(text: str | bytes | bytearray) -> str | None:
+    """The canonical JSON of jsonb text when every number is written back as it was read
+    (jsonb prints numbers as numeric does: an int, or a float whose repr is its text);
+    None when one is not (the exact, slower path then runs)."""
+    try:
+        value = _VERBATIM.decode(text if isinstance(text, str) else text.decode())
+    except (_NotVerbatim, ValueError):
+        return None
+    return _COMPACT.encode(value)
 
 
 def _number(value: Decimal) -> str:
@@ -115,6 +151,9 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         value = value.decode()
     if isinstance(value, str):
+        fast = _fast_canonical(value)
+        if fast is not None:
+            return fast
         try:
             value = json.loads(value, parse_float=Decimal, parse_int=Decimal)
         except ValueError as exc:
@@ -140,11 +179,113 @@ def _key(value: Any, column: str) -> str | None:
 def _time(value: Any) -> str:
     if not isinstance(value, datetime) or value.utcoffset() is None:
         raise ValidationError(f"created_at must be a time-zone aware datetime, got {value!r}")
-    utc = value.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    # isoformat pads the year to 4 digits and, in UTC, ends with +00:00.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _text(value: Any, column: str) -> str:
+    if value is None:
+        return "null"
+    if not isinstance(value, str):
+        raise ValidationError(f"{column} must be a str or None, got {value!r}")
+    return _string(value)
+
+
+def _quoted_key(value: Any, column: str) -> str:
+    key = _key(value, column)
+    return "null" if key is None else _string(key)
+
+
+def _quoted_text(value: str | None, column: str) -> str:
+    return "null" if value is None else _string(value)
+
+
+def leaf_document_of(values: Sequence[Any], *, as_text: bool = False) -> bytes:
+    """The canonical leaf document of the values of `LEAF_COLUMNS`, in that order.
+
+    ``as_text``: ``id``, the four keys and ``xid`` are given as PostgreSQL prints them
+    (``::text``: a UUID lowercase with hyphens, an integer in decimal), as the verifier
+    reads them; else as a driver returns them (UUID, int).
+    """
+    (
+        event_id,
+        session_id,
+        user_id,
+        project_id,
+        agent_id,
+        event_type,
+        payload,
+        created_at,
+        error_code,
+        tool_name,
+        approval_status,
+        request_id,
+        trace_id,
+        span_id,
+        xid,
+    ) = values
+    key: Callable[[Any, str], str] = _quoted_text if as_text else _quoted_key
+    if as_text:
+        if not isinstance(event_id, str) or (xid is not None and not isinstance(xid, str)):
+            raise ValidationError(f"id and xid must be text here, got {event_id!r}, {xid!r}")
+    elif not isinstance(event_id, uuid.UUID):
+        raise ValidationError(f"id must be a UUID, got {event_id!r}")
+    elif xid is not None and (isinstance(xid, bool) or not isinstance(xid, int)):
+        raise ValidationError(f"xid must be an int or None, got {xid!r}")
+    # The keys in code point order; the encoding is described in docs/audit.md.
+    document = (
+        f'{{"agent_id":{key(agent_id, "agent_id")},'
+        f'"approval_status":{_text(approval_status, "approval_status")},'
+        f'"created_at":"{_time(created_at)}",'
+        f'"error_code":{_text(error_code, "error_code")},'
+        f'"event_type":{_text(event_type, "event_type")},'
+        f'"id":"{event_id}",'
+        f'"payload":{canonical_json(payload)},'
+        f'"project_id":{key(project_id, "project_id")},'
+        f'"request_id":{_text(request_id, "request_id")},'
+        f'"session_id":{key(session_id, "session_id")},'
+        f'"span_id":{_text(span_id, "span_id")},'
+        f'"tool_name":{_text(tool_name, "tool_name")},'
+        f'"trace_id":{_text(trace_id, "trace_id")},'
+        f'"user_id":{key(user_id, "user_id")},'
+        f'"v":{LEAF_VERSION},'
+        f'"xid":{"null" if xid is None else f"{_Q}{xid}{_Q}"}}}'
     )
+    return document.encode()
+
+
+def leaf_hash_of(values: Sequence[Any], *, as_text: bool = False) -> bytes:
+    """`audit_leaf_hash` of the values of `LEAF_COLUMNS`, in that order (see
+    `leaf_document_of` for ``as_text``)."""
+    return hashlib.sha256(LEAF_PREFIX + leaf_document_of(values, as_text=as_text)).digest()
+
+
+def _null_or(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
+def leaf_hash_of_text(values: Sequence[Any]) -> bytes:
+    """`leaf_hash_of` with ``as_text``, for rows as the verifier reads them: the document
+    built in one expression (ids and keys are ``::text`` of a UUID or an integer, which
+    need no escaping), checked against `leaf_document_of` by the tests."""
+    (i, s, u, p, a, event_type, payload, created_at, e, tool, status, r, t, span, x) = values
+    if created_at.utcoffset() is None or not isinstance(event_type, str):
+        return leaf_hash_of(values, as_text=True)  # the checked path raises
+    document = (
+        f'{{"agent_id":{"null" if a is None else _Q + a + _Q},'
+        f'"approval_status":{_null_or(status)},'
+        f'"created_at":"{created_at.astimezone(UTC).isoformat(timespec="microseconds")[:-6]}Z",'
+        f'"error_code":{_null_or(e)},"event_type":{_string(event_type)},"id":"{i}",'
+        f'"payload":{canonical_json(payload)},'
+        f'"project_id":{"null" if p is None else _Q + p + _Q},'
+        f'"request_id":{_null_or(r)},"session_id":"{s}","span_id":{_null_or(span)},'
+        f'"tool_name":{_null_or(tool)},"trace_id":{_null_or(t)},"user_id":"{u}",'
+        f'"v":{LEAF_VERSION},"xid":{"null" if x is None else _Q + x + _Q}}}'
+    )
+    return _sha256(LEAF_PREFIX + document.encode()).digest()
+
+
+_sha256: Final = hashlib.sha256
 
 
 def leaf_document(row: Mapping[Any, Any]) -> bytes:
@@ -163,29 +304,7 @@ def leaf_document(row: Mapping[Any, Any]) -> bytes:
             f"the row lacks the columns {', '.join(missing)}; select every column of "
             "LEAF_COLUMNS (payload best as payload::text)"
         )
-    event_id = row["id"]
-    if not isinstance(event_id, uuid.UUID):
-        raise ValidationError(f"id must be a UUID, got {event_id!r}")
-    fields: dict[str, str] = {
-        "created_at": _string(_time(row["created_at"])),
-        "id": _string(str(event_id)),
-        "payload": canonical_json(row["payload"]),
-        "v": str(LEAF_VERSION),
-    }
-    for column in _KEYS:
-        key = _key(row[column], column)
-        fields[column] = "null" if key is None else _string(key)
-    for column in (*_TEXTS, *_TEXTS_MORE):
-        text = row[column]
-        if text is not None and not isinstance(text, str):
-            raise ValidationError(f"{column} must be a str or None, got {text!r}")
-        fields[column] = "null" if text is None else _string(text)
-    xid = row["xid"]
-    if xid is not None and (isinstance(xid, bool) or not isinstance(xid, int)):
-        raise ValidationError(f"xid must be an int or None, got {xid!r}")
-    fields["xid"] = "null" if xid is None else _string(str(xid))
-    body = ",".join(f"{_string(name)}:{fields[name]}" for name in sorted(fields))
-    return ("{" + body + "}").encode()
+    return leaf_document_of([row[column] for column in LEAF_COLUMNS])
 
 
 def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:

@@ -87,6 +87,7 @@ def audit_tables(metadata: MetaData, *, schema: str | None) -> tuple[Table, Tabl
             Column("events", BigInteger(), nullable=False),
             Column("erasures", BigInteger(), nullable=False),
             Column("chunk_roots", LargeBinary(), nullable=False),
+            Column("chunk_ends", LargeBinary(), nullable=False),
             Column("events_root", LargeBinary(), nullable=False),
             Column("erasures_root", LargeBinary(), nullable=False),
             Column("prev_hash", LargeBinary()),
@@ -105,7 +106,8 @@ def audit_tables(metadata: MetaData, *, schema: str | None) -> tuple[Table, Tabl
             CheckConstraint(
                 "octet_length(events_root) = 32 AND octet_length(erasures_root) = 32 "
                 "AND octet_length(seal_hash) = 32 AND coalesce(octet_length(prev_hash), 32) = 32 "
-                "AND octet_length(chunk_roots) % 32 = 0",
+                "AND octet_length(chunk_roots) % 32 = 0 "
+                "AND octet_length(chunk_ends) * 4 = octet_length(chunk_roots) * 3",
                 name=conv(f"ck_{SEALS_TABLE}_hashes"),
             ),
             schema=schema,

@@ -21,6 +21,7 @@ from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
 from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
+from eventlog_persist._cli_audit import add_audit_parser, run_audit
 from eventlog_persist._cli_feed import add_feed_parser, run_feed
 from eventlog_persist._cli_partitions import add_partitions_parser, run_partitions
 from eventlog_persist._retention import (
@@ -43,8 +44,8 @@ from eventlog_persist.exceptions import (
 __all__ = ["main"]
 
 _ENVIRONMENT = "DATABASE_URL"
-"""The variable ``check``, ``purge``, ``partitions`` and ``feed`` take ``--url`` from when it is
-not given."""
+"""The variable ``check``, ``purge``, ``partitions``, ``feed`` and ``audit`` take ``--url`` from
+when it is not given."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,18 +201,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         environment=_ENVIRONMENT,
     )
     feed = add_feed_parser(commands, url=_url_argument, environment=_ENVIRONMENT)
+    audit = add_audit_parser(commands, url=_url_argument, environment=_ENVIRONMENT)
 
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # a refusal (status 2), or --help (status 0)
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command in ("check", "purge", "convert", "partitions", "feed") and args.url is None:
+    if (
+        args.command in ("check", "purge", "convert", "partitions", "feed", "audit")
+        and args.url is None
+    ):
         command = {
             "check": check,
             "purge": purge,
             "convert": convert,
             "partitions": partitions,
             "feed": feed,
+            "audit": audit,
         }[args.command]
         try:
             if not getattr(args, "offline", False):
@@ -241,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_partitions(args)
         if args.command == "feed":
             return run_feed(args)
+        if args.command == "audit":
+            return run_audit(args)
         if args.command == "check":
             return _check(args.config, args.url)
         if args.command == "convert":

@@ -28,6 +28,7 @@ TWINS: Final = {
     "EventLogReader": "AsyncEventLogReader",
     "EventFeed": "AsyncEventFeed",
     "feed_status": "afeed_status",
+    "AuditSealer": "AsyncAuditSealer",
 }
 """Each sync entry point and its async twin."""
 

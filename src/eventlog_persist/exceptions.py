@@ -6,9 +6,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from eventlog_persist._audit_seal import Seal
     from eventlog_persist._events import NewEvent
 
 __all__ = [
+    "AnchorError",
     "ConfigurationError",
     "ConsumerNotFoundError",
     "ConversionError",
@@ -218,3 +220,20 @@ class FeedDataLostError(FeedError):
         self.lost_before = lost_before
         self.lost_at = lost_at
         self.lost_by = lost_by
+
+
+class AnchorError(EventLogError):
+    """A seal was committed, but exporting its head (the anchor) failed.
+
+    The seal is kept: export `seal`'s head (``seal.anchor``) by hand, or let the next
+    seal's export cover it (each seal chains the ones before).
+
+    Attributes:
+        seal: The committed seal.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, message: str, *, seal: Seal) -> None:
+        super().__init__(message)
+        self.seal = seal

@@ -25,6 +25,8 @@ from eventlog_persist import (
     MAX_PAGE_SIZE,
     UNSCOPED,
     ApprovalStatus,
+    AuditReport,
+    AuditSealer,
     BucketCount,
     BufferedWriter,
     BulkResult,
@@ -40,10 +42,12 @@ from eventlog_persist import (
     EventWriter,
     FeedBatch,
     FeedBlocker,
+    FileAnchor,
     ForeignKeyTargets,
     GroupCount,
     JSONValue,
     LastError,
+    LogAnchor,
     NewEvent,
     Page,
     PartitionInfo,
@@ -51,6 +55,8 @@ from eventlog_persist import (
     PreparedPayload,
     PurgeResult,
     RetryPolicy,
+    Seal,
+    SealAnchor,
     Spool,
     TokenUsage,
     WriterCounters,
@@ -69,7 +75,9 @@ from eventlog_persist import (
     new_event,
     prepare_payload,
     purge_events,
+    seal_events,
     skip_partitions,
+    verify_audit,
     write_events,
 )
 from eventlog_persist.exceptions import FeedDataLostError
@@ -418,3 +426,16 @@ def partition_maintenance(engine: Engine) -> list[str]:
     with engine.connect() as connection:
         drop_partitions(EventLog, connection, older_than=cutoff)
     return [*created, *result.dropped, *result.detached, *result.finalized, str(sum(sizes))]
+
+
+def audit(engine: Engine, tmp: str) -> list[str]:
+    seal = seal_events(FeedEventLog, engine, chunk_size=512, anchor=LogAnchor("audit"))
+    assert_type(seal, Seal | None)
+    seal_events(FeedEventLog, engine, anchor=lambda s: print(s.anchor))
+    heads: list[SealAnchor] = [] if seal is None else [seal.anchor]
+    with AuditSealer(FeedEventLog, engine, interval=30, anchor=FileAnchor(tmp)) as sealer:
+        assert_type(sealer.seal(), Seal | None)
+    report = verify_audit(FeedEventLog, engine, anchors=[*heads, "1:" + "0" * 64])
+    assert_type(report, AuditReport)
+    AuditSealer(FeedEventLog, engine, interval="1m")  # type: ignore[arg-type]
+    return [str(problem) for problem in report.problems] + [str(report.erasures["cascade"])]

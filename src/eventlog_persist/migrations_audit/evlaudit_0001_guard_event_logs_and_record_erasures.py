@@ -16,7 +16,8 @@ unchanged.
    Nothing in them depends on a session setting (TimeZone, DateStyle, extra_float_digits).
 2. ``event_log_erasures``: one tombstone per erased event (ids and the event's first-written
    leaf hash, never content), kind ``cascade``, ``set_null``, ``retention`` or ``erasure``.
-3. ``event_log_seals``: the hash-chained seals (written by the sealer of a later release).
+3. ``event_log_seals``: the hash-chained seals, written by the sealer (``seal_events``):
+   each seal's chunk roots and the last (xid, id) of each chunk (``chunk_ends``).
 4. Guard triggers on ``event_logs``, statement-level, AFTER with transition tables (one
    INSERT of tombstones per statement):
 
@@ -202,6 +203,7 @@ def _tables(n: dict[str, str]) -> None:
         "events bigint NOT NULL, "
         "erasures bigint NOT NULL, "
         "chunk_roots bytea NOT NULL, "
+        "chunk_ends bytea NOT NULL, "
         "events_root bytea NOT NULL, "
         "erasures_root bytea NOT NULL, "
         "prev_hash bytea, "
@@ -214,7 +216,8 @@ def _tables(n: dict[str, str]) -> None:
         "CONSTRAINT ck_event_log_seals_hashes CHECK ("
         "octet_length(events_root) = 32 AND octet_length(erasures_root) = 32 "
         "AND octet_length(seal_hash) = 32 AND coalesce(octet_length(prev_hash), 32) = 32 "
-        "AND octet_length(chunk_roots) % 32 = 0))"
+        "AND octet_length(chunk_roots) % 32 = 0 "
+        "AND octet_length(chunk_ends) * 4 = octet_length(chunk_roots) * 3))"
     )
 
 

@@ -1,0 +1,684 @@
+"""Seals and verification: every tampering is found and localized, every legitimate erasure
+verifies OK (sealed before or after it), the sealers seal and export their heads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from auditkit import add_session, audited_engine, audited_template, leaves
+from hostmodels import build_host_models
+from pgserver import ServerInfo
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from eventlog_persist import (
+    AsyncAuditSealer,
+    AuditReport,
+    AuditSealer,
+    FileAnchor,
+    LogAnchor,
+    Seal,
+    SealAnchor,
+    seal_events,
+    verify_audit,
+)
+from eventlog_persist._cli import main
+from eventlog_persist.exceptions import AnchorError, ConfigurationError
+
+EventLog = build_host_models(feed=True).EventLog
+CHUNK = 4
+
+
+@pytest.fixture(scope="module")
+def template(pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with audited_template(pg_server, tmp_path_factory.mktemp("audit")) as name:
+        yield name
+
+
+@pytest.fixture
+def db(pg_server: ServerInfo, template: str) -> Iterator[Engine]:
+    with audited_engine(pg_server, template) as engine:
+        yield engine
+
+
+def unsealed(db: Engine) -> int:
+    return verify_audit(EventLog, db).unsealed
+
+
+def seal_all(db: Engine, **options: Any) -> list[Seal]:
+    """Seal until every committed event is sealed (another test's transaction on the server
+    may hold the horizon back for a moment)."""
+    seals = []
+    deadline = time.monotonic() + 30
+    while True:
+        seal = seal_events(EventLog, db, chunk_size=CHUNK, **options)
+        if seal is not None:
+            seals.append(seal)
+        if unsealed(db) == 0 and _unsealed_tombstones(db) == 0:
+            return seals
+        assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
+        time.sleep(0.05)
+
+
+def _unsealed_tombstones(db: Engine) -> int:
+    with db.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM event_log_erasures WHERE erased_xid >= "
+                    "coalesce((SELECT max(xid_to) FROM event_log_seals), '0')"
+                )
+            ).scalar_one()
+        )
+
+
+def ordered_ids(connection: Connection) -> list[uuid.UUID]:
+    """Every event's id by (xid, id): the order the seals chunk them in."""
+    return list(connection.execute(text("SELECT id FROM event_logs ORDER BY xid, id")).scalars())
+
+
+def tamper(db: Engine, *statements: str, **params: Any) -> None:
+    """Run statements as the table owner with the triggers off."""
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL session_replication_role = replica"))
+        for statement in statements:
+            connection.execute(text(statement), params)
+
+
+def problems(report: AuditReport) -> list[tuple[str, int | None, int | None]]:
+    return [(p.kind, p.seal, p.chunk) for p in report.problems]
+
+
+@pytest.fixture
+def sealed(db: Engine) -> dict[str, Any]:
+    """Three sessions of 5 events, sealed in chunks of 4; their ids, in sealed order."""
+    with db.begin() as connection:
+        first = add_session(connection, events=5)
+    with db.begin() as connection:
+        second = add_session(connection, events=5, user=first["user"])
+        third = add_session(connection, events=5)
+    seal_all(db)
+    with db.connect() as connection:
+        order = ordered_ids(connection)
+    assert verify_audit(EventLog, db).ok
+    return {"sessions": [first, second, third], "order": order}
+
+
+# -- sealing ------------------------------------------------------------------------------
+
+
+def test_a_seal_covers_the_settled_events_in_chunks(db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=10)
+    seals = seal_all(db)
+    assert sum(seal.events for seal in seals) == 10
+    assert seals[0].seq == 1
+    assert seals[0].prev_hash is None
+    assert seals[0].xid_from is None
+    last = seals[-1]
+    assert last.chunks == -(-last.events // CHUNK)
+    assert seal_events(EventLog, db, chunk_size=CHUNK) is None  # nothing settled since
+    report = verify_audit(EventLog, db, anchors=[seal.anchor for seal in seals])
+    assert report.ok, report.problems
+    assert (report.seals, report.events, report.unsealed) == (len(seals), 10, 0)
+    assert report.last_seal == last.anchor
+    assert dict(report.erasures) == {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0}
+    with db.begin() as connection:
+        add_session(connection, events=3)
+    later = seal_all(db)
+    assert later[0].seq == last.seq + 1
+    assert later[0].prev_hash == last.seal_hash
+    assert later[0].xid_from == last.xid_to
+    assert verify_audit(EventLog, db, anchors=[last.anchor, later[-1].anchor]).ok
+
+
+def test_the_first_seal_covers_events_written_before_the_feed(db: Engine) -> None:
+    with db.begin() as connection:
+        ids = add_session(connection, events=3)
+    tamper(db, "UPDATE event_logs SET xid = NULL WHERE id = :e", e=ids["events"][1])
+    seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert report.ok
+    assert report.events == 3
+
+
+def test_concurrent_sealers_do_not_fork_the_chain(db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=20)
+    results: list[Seal | None] = []
+
+    def run() -> None:
+        for _ in range(5):
+            results.append(seal_events(EventLog, db, chunk_size=CHUNK))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seal_all(db)
+    made = sorted(seal.seq for seal in results if seal is not None)
+    assert made == list(range(1, len(made) + 1))
+    assert verify_audit(EventLog, db).ok
+
+
+# -- tampering, as the owner with the triggers off: each is found, with its chunk ----------
+
+
+def chunk_of(sealed: dict[str, Any], event: uuid.UUID) -> int:
+    return sealed["order"].index(event) // CHUNK
+
+
+def test_an_edited_payload_is_found_in_its_chunk(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][6]
+    tamper(db, "UPDATE event_logs SET payload = '{\"n\": 99}' WHERE id = :e", e=victim)
+    report = verify_audit(EventLog, db)
+    assert not report.ok
+    assert problems(report) == [("chunk", 1, chunk_of(sealed, victim))]
+    assert "differs from when it was sealed" in report.problems[0].detail
+
+
+def test_a_changed_number_scale_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][0]
+    tamper(
+        db,
+        "UPDATE event_logs SET payload = jsonb_set(payload, '{x}', '1.5') WHERE id = :e",
+        e=victim,
+    )
+    assert problems(verify_audit(EventLog, db)) == [("chunk", 1, 0)]
+
+
+def test_a_row_deleted_without_tombstone_is_found_in_its_chunk(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    victim = sealed["order"][9]
+    tamper(db, "DELETE FROM event_logs WHERE id = :e", e=victim)
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("chunk", 1, chunk_of(sealed, victim))]
+    assert "1 fewer events than sealed" in report.problems[0].detail
+
+
+def test_reordered_times_are_found(db: Engine, sealed: dict[str, Any]) -> None:
+    a, b = sealed["order"][1], sealed["order"][13]
+    tamper(
+        db,
+        "UPDATE event_logs e SET created_at = o.created_at FROM event_logs o "
+        "WHERE (e.id, o.id) IN ((:a, :b), (:b, :a))",
+        a=a,
+        b=b,
+    )
+    assert problems(verify_audit(EventLog, db)) == [
+        ("chunk", 1, chunk_of(sealed, a)),
+        ("chunk", 1, chunk_of(sealed, b)),
+    ]
+
+
+def test_a_moved_transaction_id_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][2]
+    tamper(
+        db,
+        "UPDATE event_logs SET xid = ((xid::text)::numeric + 1)::text::xid8 WHERE id = :e",
+        e=victim,
+    )
+    found = problems(verify_audit(EventLog, db))
+    assert found
+    assert all(kind == "chunk" for kind, _, _ in found)
+    assert ("chunk", 1, chunk_of(sealed, victim)) in found
+
+
+def test_an_inserted_event_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    first = sealed["sessions"][0]
+    tamper(
+        db,
+        "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, xid) "
+        "SELECT gen_random_uuid(), session_id, user_id, 'tool_call', '{}', xid "
+        "FROM event_logs WHERE id = :e",
+        e=first["events"][0],
+    )
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["chunk"]
+    assert "more events than sealed" in report.problems[0].detail or "after its last chunk" in (
+        report.problems[0].detail
+    )
+
+
+def test_a_forged_cascade_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][5]
+    with db.connect() as connection:
+        leaf = leaves(connection, "id = :e", e=victim)[victim]
+    tamper(
+        db,
+        "INSERT INTO event_log_erasures (kind, event_id, event_created_at, event_xid, "
+        "session_id, user_id, project_id, agent_id, leaf) SELECT 'cascade', id, created_at, "
+        "xid, session_id::text, user_id::text, project_id::text, agent_id::text, :leaf "
+        "FROM event_logs WHERE id = :e",
+        "DELETE FROM event_logs WHERE id = :e",
+        e=victim,
+        leaf=leaf,
+    )
+    seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["forged_tombstone"]
+    assert f"of event {victim}: its chat session and user both still exist" in str(
+        report.problems[0]
+    )
+
+
+def test_a_forged_set_null_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][3]
+    tamper(
+        db,
+        "INSERT INTO event_log_erasures (kind, event_id, event_created_at, event_xid, "
+        "session_id, user_id, project_id, agent_id, leaf) SELECT 'set_null', id, created_at, "
+        "xid, session_id::text, user_id::text, project_id::text, agent_id::text, "
+        "sha256('x') FROM event_logs WHERE id = :e",
+        "UPDATE event_logs SET project_id = NULL WHERE id = :e",
+        e=victim,
+    )
+    seal_all(db)
+    kinds = {p.kind for p in verify_audit(EventLog, db).problems}
+    assert "forged_tombstone" in kinds
+
+
+def test_an_edit_after_set_null_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    project = sealed["sessions"][2]["project"]
+    with db.begin() as connection:
+        connection.execute(text("DELETE FROM user_projects WHERE id = :p"), {"p": project})
+    victim = sealed["sessions"][2]["events"][0]
+    tamper(db, "UPDATE event_logs SET tool_name = 'other' WHERE id = :e", e=victim)
+    seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["tombstone"]
+    assert f"event {victim} differs from the row its earliest tombstone" in str(report.problems[0])
+
+
+def test_a_deleted_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    with db.begin() as connection:
+        connection.execute(
+            text("DELETE FROM chat_sessions WHERE id = :s"), {"s": sealed["sessions"][1]["session"]}
+        )
+    seal_all(db)
+    assert verify_audit(EventLog, db).ok
+    tamper(
+        db, "DELETE FROM event_log_erasures WHERE seq = (SELECT min(seq) FROM event_log_erasures)"
+    )
+    found = problems(verify_audit(EventLog, db))
+    assert ("erasures", 2, None) in found
+    assert any(kind == "chunk" and seal == 1 for kind, seal, _ in found)
+
+
+def test_an_edited_seal_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    tamper(db, "UPDATE event_log_seals SET events = events + 1")
+    found = {kind for kind, _, _ in problems(verify_audit(EventLog, db))}
+    assert "seal" in found
+
+
+def test_rewritten_seals_are_found_against_an_anchor(db: Engine, sealed: dict[str, Any]) -> None:
+    with db.connect() as connection:
+        head = SealAnchor(
+            *connection.execute(
+                text("SELECT seq, seal_hash FROM event_log_seals ORDER BY seq DESC LIMIT 1")
+            ).one()
+        )
+    victim = sealed["order"][0]
+    # Edit an event, then rewrite every seal so that the chain agrees with itself.
+    tamper(
+        db,
+        "UPDATE event_logs SET payload = '{}' WHERE id = :e",
+        "DELETE FROM event_log_seals",
+        e=victim,
+    )
+    seal_all(db)
+    assert verify_audit(EventLog, db).ok  # without an anchor, a whole rewrite is consistent
+    report = verify_audit(EventLog, db, anchors=[str(head)])
+    assert problems(report) == [("anchor", head.seq, None)]
+    assert "the seals were rewritten" in report.problems[0].detail
+
+
+def test_an_anchor_beyond_the_chain_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    report = verify_audit(EventLog, db, anchors=[SealAnchor(99, b"\x01" * 32)])
+    assert problems(report) == [("anchor", 99, None)]
+
+
+def test_a_broken_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    seal_all(db)
+    tamper(db, "UPDATE event_log_seals SET prev_hash = sha256('x') WHERE seq = 2")
+    found = {kind for kind, _, _ in problems(verify_audit(EventLog, db))}
+    assert found == {"chain", "seal"}
+
+
+# -- legitimate erasures verify OK, sealed before or after them ---------------------------
+
+SET_NULL_THEN_CASCADE = [
+    ["DELETE FROM user_agents WHERE id = :agent"],
+    ["DELETE FROM users WHERE id = :user"],
+]
+ERASURES: dict[str, tuple[list[list[str]], dict[str, int]]] = {
+    "cascade from a chat session": (
+        [["DELETE FROM chat_sessions WHERE id = :session"]],
+        {"cascade": 5},
+    ),
+    "cascade from a user": ([["DELETE FROM users WHERE id = :user"]], {"cascade": 10}),
+    "set null from a project": (
+        [["DELETE FROM user_projects WHERE id = :project"]],
+        {"set_null": 10},
+    ),
+    "set null from an agent, then the user": (
+        SET_NULL_THEN_CASCADE,
+        {"set_null": 10, "cascade": 10},
+    ),
+    "declared erasure": (
+        [
+            [
+                "SET LOCAL eventlog.erasure = 'erasure'",
+                "DELETE FROM event_logs WHERE session_id = :session",
+            ]
+        ],
+        {"erasure": 5},
+    ),
+    "declared retention": (
+        [
+            [
+                "SET LOCAL eventlog.erasure = 'retention'",
+                "DELETE FROM event_logs WHERE session_id = :session",
+            ]
+        ],
+        {"retention": 5},
+    ),
+}
+WHEN = ["before sealing", "after sealing", "between its steps"]
+
+
+@pytest.mark.parametrize(
+    ("name", "when"),
+    [
+        (name, when)
+        for name, (steps, _) in ERASURES.items()
+        for when in WHEN
+        if when != "between its steps" or len(steps) > 1
+    ],
+)
+def test_legitimate_erasures_verify_ok(db: Engine, name: str, when: str) -> None:
+    steps, counts = ERASURES[name]
+    with db.begin() as connection:
+        first = add_session(connection, events=5)
+        add_session(
+            connection, events=5, user=first["user"], project=first["project"], agent=first["agent"]
+        )
+        add_session(connection, events=3)
+    params = {k: first[k] for k in ("session", "user", "project", "agent")}
+    if when != "before sealing":
+        seal_all(db)
+    for step in steps:
+        with db.begin() as connection:
+            for statement in step:
+                connection.execute(text(statement), params)
+        if when == "between its steps":
+            seal_all(db)
+    seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 13
+    expected = {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0} | counts
+    assert dict(report.erasures) == expected
+
+
+def test_sealing_before_or_after_an_erasure_gives_the_same_chunks(
+    pg_server: ServerInfo, template: str
+) -> None:
+    """Two copies of one database: one sealed before the erasure, one after."""
+    with audited_engine(pg_server, template) as db:
+        with db.begin() as connection:
+            ids = add_session(connection, events=6)
+        name = f"evl_audit_copy_{uuid.uuid4().hex[:8]}"
+        db.dispose()
+        with db.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{db.url.database}"'))
+        copy = create_engine(db.url.set(database=name))
+        try:
+            before = seal_all(db)
+            for engine in (db, copy):
+                with engine.begin() as connection:
+                    connection.execute(
+                        text("DELETE FROM user_projects WHERE id = :p"), {"p": ids["project"]}
+                    )
+            after = seal_all(copy)
+            roots = []
+            for engine in (db, copy):
+                with engine.connect() as connection:
+                    roots.append(
+                        connection.execute(
+                            text("SELECT chunk_roots FROM event_log_seals WHERE seq = 1")
+                        ).scalar_one()
+                    )
+            assert before[0].events == after[0].events == 6
+            assert roots[0] == roots[1]
+        finally:
+            copy.dispose()
+            with db.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.execute(text(f'DROP DATABASE "{name}"'))
+
+
+# -- anchors and sealers ------------------------------------------------------------------
+
+
+def test_seal_anchor_text() -> None:
+    anchor = SealAnchor.parse(" 12:" + "AB" * 32 + "\n")
+    assert anchor == SealAnchor(12, bytes.fromhex("ab" * 32))
+    assert str(anchor) == "12:" + "ab" * 32
+    for wrong in ("12", "0:" + "ab" * 32, "x:" + "ab" * 32, "3:abc"):
+        with pytest.raises(ConfigurationError, match="is not a seal anchor; write SEQ:HASH"):
+            SealAnchor.parse(wrong)
+
+
+def test_log_and_file_anchors(db: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    path = tmp_path / "heads.txt"
+    file_anchor = FileAnchor(path)
+    log_anchor = LogAnchor("test.seals")
+
+    def both(seal: Seal) -> None:
+        log_anchor(seal)
+        file_anchor(seal)
+
+    with caplog.at_level(logging.INFO, logger="test.seals"):
+        seals = seal_all(db, anchor=both)
+    lines = path.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [str(seal.anchor) for seal in seals]
+    records = [r for r in caplog.records if r.name == "test.seals"]
+    assert [r.getMessage().split()[2] for r in records] == [str(s.anchor) for s in seals]
+    assert records[0].getMessage().startswith(f"audit seal {seals[0].anchor} (")
+
+
+def test_a_failed_anchor_keeps_the_seal(db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=2)
+
+    def broken(seal: Seal) -> None:
+        raise OSError("bucket unreachable")
+
+    with pytest.raises(AnchorError) as caught:
+        seal_all(db, anchor=broken)
+    assert caught.value.seal.seq == 1
+    assert "seal 1 is committed, but exporting its head failed: OSError" in str(caught.value)
+    seal_all(db)
+    assert verify_audit(EventLog, db).seals == 1
+
+
+def test_the_sealer_seals_and_retries_a_failed_export(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    exported: list[str] = []
+    failures = [OSError("down")]
+
+    def flaky(seal: Seal) -> None:
+        if failures:
+            raise failures.pop()
+        exported.append(str(seal.anchor))
+
+    with db.begin() as connection:
+        add_session(connection, events=3)
+    with (
+        caplog.at_level(logging.INFO, logger="eventlog_persist"),
+        AuditSealer(EventLog, db, interval=0.05, chunk_size=CHUNK, anchor=flaky),
+    ):
+        deadline = time.monotonic() + 30
+        while not exported or unsealed(db):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    report = verify_audit(EventLog, db, anchors=exported)
+    assert report.ok
+    assert report.events == 3
+    assert str(report.last_seal) == exported[-1]
+    assert any(
+        "exporting its head" in r.getMessage() and "failed" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=4)
+    exported: list[Seal] = []
+
+    async def main() -> None:
+        engine = create_async_engine(db.url)
+        try:
+            async with AsyncAuditSealer(
+                EventLog, engine, interval=0.05, chunk_size=CHUNK, anchor=exported.append
+            ):
+                deadline = time.monotonic() + 30
+                while not exported or await asyncio.to_thread(unsealed, db):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    report = verify_audit(EventLog, db, anchors=[s.anchor for s in exported])
+    assert report.ok
+    assert report.events == 4
+
+
+def test_the_sync_and_async_apis_refuse_the_other_flavour(db: Engine) -> None:
+    engine = create_async_engine(db.url)
+    with pytest.raises(ConfigurationError, match="use AsyncAuditSealer from async code"):
+        AuditSealer(EventLog, engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="use AuditSealer in sync code"):
+        AsyncAuditSealer(EventLog, db)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="seal_events needs a sync sqlalchemy Engine"):
+        seal_events(EventLog, engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="verify_audit needs a sync sqlalchemy Engine"):
+        verify_audit(EventLog, engine)  # type: ignore[arg-type]
+    for wrong in ({"chunk_size": 0}, {"anchor": "log"}):
+        with pytest.raises(ConfigurationError):
+            seal_events(EventLog, db, **wrong)
+    with pytest.raises(ConfigurationError, match="interval must be a number of seconds"):
+        AuditSealer(EventLog, db, interval=0)
+    plain = build_host_models().EventLog
+    with pytest.raises(ConfigurationError, match="needs the feed's xid column"):
+        seal_events(plain, db)
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def cli(db: Engine, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    url = db.url.render_as_string(hide_password=False)
+    status = main(["audit", *args, "--url", url])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_commands_seal_verify_and_show_the_status(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = cli(db, "status", "--max-age", "60", capsys=capsys)
+    assert status == 1
+    assert out == "eventlog-persist: no seal yet; 0 events unsealed\n"
+    with db.begin() as connection:
+        ids = add_session(connection, events=5)
+    heads = tmp_path / "heads.txt"
+    deadline = time.monotonic() + 30
+    while unsealed(db):
+        status, out, err = cli(
+            db, "seal", "--chunk-size", "2", "--anchor-file", str(heads), capsys=capsys
+        )
+        assert status == 0
+        assert time.monotonic() < deadline
+    head = SealAnchor.parse(heads.read_text().splitlines()[-1].split()[0])
+    assert out == f"{head}\n"
+    assert err.startswith(f"eventlog-persist: sealed seal {head.seq}: ")
+    status, out, err = cli(db, "seal", capsys=capsys)
+    assert (status, out) == (0, "")
+    assert err.startswith("eventlog-persist: nothing to seal")
+    status, out, _ = cli(db, "status", "--max-age", "3600", capsys=capsys)
+    assert status == 0
+    assert out.startswith(f"eventlog-persist: newest seal {head} sealed ")
+    assert out.endswith("ago); 0 events unsealed\n")
+    status, out, _ = cli(db, "verify", "--anchor", str(head), capsys=capsys)
+    assert status == 0
+    assert out == (
+        f"eventlog-persist: audit OK: {head.seq} seals, 5 events verified, 1 anchors; erasures: "
+        f"cascade 0, set_null 0, retention 0, erasure 0; 0 events unsealed; newest seal {head}\n"
+    )
+    tamper(db, "UPDATE event_logs SET payload = '{}' WHERE id = :e", e=ids["events"][0])
+    status, out, _ = cli(db, "verify", "--anchors-from", str(heads), capsys=capsys)
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("eventlog-persist: problem: chunk: seal 1 chunk ")
+    assert lines[-1].startswith("eventlog-persist: audit found 1 problems: ")
+
+
+def test_the_commands_refuse_bad_anchors(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = cli(db, "verify", "--anchor", "12:abc", capsys=capsys)
+    assert status == 2
+    assert "'12:abc' is not a seal anchor; write SEQ:HASH" in err
+    bad = tmp_path / "heads.txt"
+    bad.write_text("1:" + "ab" * 32 + "\nnonsense\n")
+    status, _, err = cli(db, "verify", "--anchors-from", str(bad), capsys=capsys)
+    assert status == 2
+    assert f"{bad}, line 2: 'nonsense' is not a seal anchor" in err
+    status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
+    assert status == 2
+    assert "No such file" in err
+
+
+def test_sealing_and_verifying_need_only_the_documented_privileges(db: Engine) -> None:
+    """docs/audit.md, "What the host must do": the sealer's and the verifier's grants."""
+    name = f"sealer_{db.url.database}"
+    with db.begin() as connection:
+        add_session(connection, events=3)
+        connection.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        connection.execute(
+            text(
+                "GRANT SELECT ON event_logs, event_log_erasures, event_log_seals, chat_sessions, "
+                f'users, user_projects, user_agents TO "{name}"'
+            )
+        )
+        connection.execute(text(f'GRANT INSERT ON event_log_seals TO "{name}"'))
+    as_role = create_engine(db.url.set(username=name, password=None))
+    try:
+        deadline = time.monotonic() + 30
+        while unsealed(as_role):
+            seal_events(EventLog, as_role, chunk_size=CHUNK)
+            assert time.monotonic() < deadline
+        assert verify_audit(EventLog, as_role).ok
+    finally:
+        as_role.dispose()
+        with db.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{name}"'))
+            connection.execute(text(f'DROP ROLE "{name}"'))
