@@ -13,8 +13,9 @@ from hostmodels import HostModels, seed
 from pgserver import ServerInfo
 from sqlalchemy import Connection, Engine, MetaData, Table, event, text
 from sqlalchemy.exc import DBAPIError
+from test_audit_seal import EventLog, seal_all
 
-from eventlog_persist import PurgeResult, count_purgeable, purge_events
+from eventlog_persist import PurgeResult, count_purgeable, purge_events, verify_audit
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,20 @@ def test_purge_without_the_audit_is_unchanged_and_declares_nothing_after(
         assert declared(connection) in (None, "")
         remaining = connection.execute(text("SELECT count(*) FROM event_logs")).scalar_one()
     assert remaining == 1
+
+
+@pytest.mark.parametrize("sealed", ["before the purge", "after the purge", "both"])
+def test_a_purge_verifies_as_retention_whenever_its_events_were_sealed(
+    db: Engine, sealed: str
+) -> None:
+    (first, second), cutoff, _ = estate(db)
+    if sealed != "after the purge":
+        seal_all(db)
+    result = purge_events(EventLog, db, older_than=cutoff, batch_size=2)
+    assert result.deleted == len(first["events"]) + len(second["events"])
+    if sealed != "before the purge":
+        seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(problem) for problem in report.problems]
+    assert report.events == 7  # the sealed events, purged or kept
+    assert dict(report.erasures) == {"cascade": 0, "set_null": 0, "retention": 5, "erasure": 0}
