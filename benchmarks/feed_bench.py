@@ -42,8 +42,9 @@ schema, loaded with ``--backlog`` events). It prints, as markdown tables:
    `STRATEGIES` holds the rows.
 
 Usage: ``python benchmarks/feed_bench.py [--quick] [--rounds 6] [--backlog 200000]
-[--svg FILE] [--latency-only]``. ``--quick`` is a smoke run of a few seconds: small sizes,
-its figures noise.
+[--svg FILE] [--latency-only] [--only TEXT ...]``; ``--only`` reruns some write paths
+(labels containing TEXT), e.g. ``--only '20 per transaction' --rounds 12``. ``--quick`` is
+a smoke run of a few seconds: small sizes, its figures noise.
 The databases are dropped at the end.
 """
 
@@ -120,6 +121,8 @@ class Options:
     catch_up_timeout: float = 60.0
     """Seconds a consumer may take to deliver everything after the writers stop."""
     seed: int = 0
+    only: tuple[str, ...] = ()
+    """Write paths to run (labels containing one of these); empty: all of them."""
 
     @classmethod
     def quick(cls) -> Options:
@@ -443,7 +446,13 @@ def timed_write(database: Database, keys: Keys, spec: PathSpec, n: int) -> float
 def measure_writes(
     databases: dict[str, Database], keys: Keys, options: Options, log: Callable[[str], None]
 ) -> WriteFigures:
-    paths = write_paths()
+    paths = [
+        spec
+        for spec in write_paths()
+        if not options.only or any(part in spec.label for part in options.only)
+    ]
+    if not paths:
+        raise SystemExit(f"--only {options.only} matches no write path")
     figures = WriteFigures()
     for spec in paths:
         figures.rates[spec.label] = {PLAIN: [], FEED: []}
@@ -1187,6 +1196,26 @@ def conditions_of(admin: str, options: Options, load: tuple[float, float]) -> st
     )
 
 
+def run_writes(admin: str, options: Options, *, log: Callable[[str], None] = print) -> str:
+    """Only the write part (section 1), for the paths of ``options.only``: its table."""
+    tag = uuid.uuid4().hex[:6]
+    keys = Keys.make()
+    databases: dict[str, Database] = {}
+    load_before = os.getloadavg()
+    try:
+        for name, model, metadata in (
+            (PLAIN, PlainEventLog, PlainBase.metadata),
+            (FEED, FeedEventLog, FeedBase.metadata),
+        ):
+            databases[name] = open_database(admin, name, model, metadata, tag)
+            keys.insert(databases[name])
+        writes = measure_writes(databases, keys, options, log)
+    finally:
+        drop_databases(admin, list(databases.values()))
+    conditions = conditions_of(admin, options, (load_before[0], os.getloadavg()[0]))
+    return "\n".join([conditions, "", *write_table(writes)[0]])
+
+
 def run(
     admin: str,
     options: Options,
@@ -1310,13 +1339,27 @@ def main() -> None:
     parser.add_argument(
         "--latency-only", action="store_true", help="only the latency part (no chart)"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="only the write paths whose label contains TEXT (repeatable); no drain, long "
+        "transaction or latency part",
+    )
     args = parser.parse_args()
     options = Options.quick() if args.quick else Options()
+    options = replace(options, only=tuple(args.only))
     if args.rounds:
         options = replace(options, rounds=args.rounds)
     if args.backlog:
         options = replace(options, backlog=args.backlog)
     started = time.perf_counter()
+    if options.only:
+        with server(args.url) as admin:
+            print(run_writes(admin, options))
+        print(f"\nwhole run {(time.perf_counter() - started) / 60:.1f} min")
+        return
     if args.latency_only:
         with server(args.url) as admin:
             print(run_latency(admin, options, local_server=args.url is None))
