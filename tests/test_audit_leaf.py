@@ -269,6 +269,127 @@ def test_the_verifiers_text_path_gives_the_same_leaf(row: dict[str, Any]) -> Non
     values = [texts.get(name, payload if name == "payload" else row[name]) for name in LEAF_COLUMNS]
     assert leaf_hash_of_text(values) == expected
     assert leaf_hash_of(values, as_text=True) == expected
+    # created_at as the verifier reads it: UTC text, YYYY-MM-DD HH:MM:SS.ffffff.
+    utc = row["created_at"].astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
+    values[LEAF_COLUMNS.index("created_at")] = utc
+    assert leaf_hash_of_text(values) == expected
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(created_at=CREATED_AT, session=SESSION_SETTINGS)
+def test_the_verifiers_created_at_text_ignores_the_session(
+    db: Engine, created_at: datetime, session: dict[str, str]
+) -> None:
+    """The verifier reads created_at as _UTC_TEXT: the same text whatever the session."""
+    from eventlog_persist._audit_chain import _UTC_TEXT, _utc_datetime
+
+    query = text("SELECT " + _UTC_TEXT.replace("created_at", "CAST(:t AS timestamptz)"))
+    with db.connect() as connection:
+        apply(connection, session)
+        read = connection.execute(query, {"t": created_at}).scalar_one()
+        connection.rollback()
+    assert read == created_at.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
+    assert _utc_datetime(read) == created_at
+
+
+def _plain(value: Any) -> bool:
+    """No float: what the msgspec path takes."""
+    if isinstance(value, float):
+        return False
+    if isinstance(value, dict):
+        return all(_plain(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return True
+
+
+def _exact(text_: str) -> str:
+    from eventlog_persist._audit_leaf import _canonical
+
+    out: list[str] = []
+    _canonical(json.loads(text_, parse_float=Decimal, parse_int=Decimal), out)
+    return "".join(out)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=JSON)
+def test_the_msgspec_path_matches_the_database_or_declines(db: Engine, payload: Any) -> None:
+    """msgspec's canonical JSON of the stored text is the database function's, byte for byte,
+    for every payload without floats; it declines the others."""
+    from eventlog_persist._audit_leaf import _quick_canonical
+
+    with db.connect() as connection:
+        canonical, stored = connection.execute(
+            text("SELECT event_log_canonical_json(CAST(:p AS jsonb)), CAST(:p AS jsonb)::text"),
+            {"p": json.dumps(payload)},
+        ).one()
+    quick = _quick_canonical(stored)
+    if _plain(payload):
+        assert quick is not None
+    if quick is not None:
+        assert quick == canonical.encode()
+    assert canonical_json(stored) == canonical
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=JSON)
+def test_the_msgspec_path_matches_the_exact_path(payload: Any) -> None:
+    from eventlog_persist._audit_leaf import _quick_canonical
+
+    for text_ in (json.dumps(payload), json.dumps(payload, ensure_ascii=False)):
+        quick = _quick_canonical(text_)
+        assert (quick is not None) == _plain(payload)
+        if quick is not None:
+            assert quick.decode() == _exact(text_)
+
+
+def test_the_msgspec_path_writes_every_code_point_as_jsonb_does() -> None:
+    from eventlog_persist._audit_leaf import _quick_canonical, _string
+
+    every = "".join(chr(c) for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF)
+    for chunk in (every[i : i + 4096] for i in range(0, len(every), 4096)):
+        document = {chunk: chunk, chunk[:7]: [chunk[-9:]]}
+        quick = _quick_canonical(json.dumps(document))
+        assert quick is not None
+        assert quick.decode() == _exact(json.dumps(document))
+        assert quick.decode().startswith("{" + _string(min(chunk, chunk[:7])))
+
+
+@pytest.mark.parametrize(
+    ("payload", "taken"),
+    [
+        ('{"a": 1.50}', False),  # a float whose repr is not its jsonb text
+        ('{"a": 0.1, "b": [1, {"c": 2.0}]}', False),  # any float: the exact paths
+        ('{"a": 18446744073709551615, "b": -9223372036854775808}', True),  # 64 bits
+        ('{"a": 18446744073709551616, "b": -9223372036854775809}', True),  # beyond
+        ('{"a": 1234567890123456789012345678901234567890}', True),
+        (r'{"\u00e9\u001f": "\"\\\b\f\n\r\t\u007f\u2028 \ud83d\ude00"}', True),
+        ("[" * 300 + "1" + "]" * 300, True),
+        ("[" * 5000 + "1" + "]" * 5000, False),  # deeper than msgspec reads
+        (r'"\ud800"', False),  # a lone surrogate: no jsonb holds one
+        ("[1, 2", False),  # not JSON
+    ],
+)
+def test_the_msgspec_path_declines_what_it_cannot_write_exactly(payload: str, taken: bool) -> None:
+    from eventlog_persist._audit_leaf import _quick_canonical
+
+    quick = _quick_canonical(payload)
+    assert (quick is not None) == taken
+    if quick is not None:
+        assert quick.decode() == canonical_json(payload) == _exact(payload)
+
+
+def test_a_nan_payload_is_refused() -> None:
+    with pytest.raises(ValidationError, match="must be finite"):
+        canonical_json('{"a": NaN}')
 
 
 @pytest.mark.parametrize(

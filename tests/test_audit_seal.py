@@ -150,6 +150,23 @@ def test_the_first_seal_covers_events_written_before_the_feed(db: Engine) -> Non
     assert report.events == 3
 
 
+def test_windows_are_chunked_by_numeric_transaction_ids(db: Engine) -> None:
+    """xid 9 comes before 10 and 100 (read as text, 100 would come before 9)."""
+    with db.begin() as connection:
+        ids = add_session(connection, events=5)
+    for event, xid in zip(ids["events"], (100, 10, 9, 11, 10), strict=True):
+        tamper(
+            db, "UPDATE event_logs SET xid = CAST(:x AS xid8) WHERE id = :e", x=f"{xid}", e=event
+        )
+    seal_all(db)
+    with db.connect() as connection:
+        ends = connection.execute(text("SELECT chunk_ends FROM event_log_seals")).scalar_one()
+    assert [int.from_bytes(ends[i : i + 8], "big") for i in range(0, len(ends), 24)] == [11, 100]
+    report = verify_audit(EventLog, db)
+    assert report.ok, report.problems
+    assert report.events == 5
+
+
 def test_concurrent_sealers_do_not_fork_the_chain(db: Engine) -> None:
     with db.begin() as connection:
         add_session(connection, events=20)

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 import psycopg
@@ -304,6 +304,7 @@ def _present_with_tombstone(
                     f"{first['seq']} records {first[column]} (only NULL may replace it)",
                 )
             values[column] = first[column]
+        values["created_at"] = _utc_datetime(values["created_at"])
         restored = [values[column] for column in LEAF_COLUMNS]
         if leaf_hash_of(restored, as_text=True) != bytes(first["leaf"]):
             check(
@@ -315,11 +316,30 @@ def _present_with_tombstone(
     return bytes(first["leaf"])
 
 
+_UTC_TEXT: Final = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+"""``created_at`` as UTC text in a fixed format that no session setting changes (cheaper to
+read than a timestamptz; `leaf_hash_of_text` builds the leaf's time from it)."""
+
+
+def _column_sql(name: str) -> str:
+    if name == "created_at":
+        return _UTC_TEXT
+    return f"{name}::text" if name in _AS_TEXT else name
+
+
+def _utc_datetime(value: str) -> datetime:
+    """``created_at`` as `_UTC_TEXT` reads it, back as an aware datetime."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 def _rows_sql(tables: AuditTables, condition: str, order: str, style: str) -> str:
-    """The window's rows: `LEAF_COLUMNS`, ids, keys, payload and xid as text."""
-    columns = ", ".join(f"{name}::text" if name in _AS_TEXT else name for name in LEAF_COLUMNS)
+    """The window's rows: `LEAF_COLUMNS`, ids, keys, payload and xid as text, created_at
+    as UTC text (`_UTC_TEXT`)."""
+    columns = ", ".join(_column_sql(name) for name in LEAF_COLUMNS)
     bound = condition.replace(":lo", style.format("lo")).replace(":hi", style.format("hi"))
-    return f"SELECT {columns} FROM {quoted_name(tables.events)} WHERE {bound} ORDER BY {order}"
+    # ORDER BY e.xid, e.id: the columns, not the output's xid::text and id::text (a text
+    # order puts xid 1000 before 999, and keeps the (xid, id) index from being used).
+    return f"SELECT {columns} FROM {quoted_name(tables.events)} AS e WHERE {bound} ORDER BY {order}"
 
 
 def _prefetched(
@@ -360,7 +380,8 @@ def _prefetched(
 def _rows(
     connection: Connection, tables: AuditTables, xid_from: int | None, xid_to: int
 ) -> Iterator[Sequence[Any]]:
-    """The window's rows (`LEAF_COLUMNS`, ids, keys, payload and xid as text) by (xid, id):
+    """The window's rows (`LEAF_COLUMNS`, ids, keys, payload, xid and created_at as text)
+    by (xid, id):
     xid NULL first (the first window only).
 
     With psycopg, read by a server-side cursor of the driver, without SQLAlchemy's row
@@ -368,9 +389,9 @@ def _rows(
     reads the same text through SQLAlchemy.
     """
     xid = "xid >= CAST(CAST(:lo AS text) AS xid8) AND " if xid_from is not None else ""
-    parts = [(f"{xid}xid < CAST(CAST(:hi AS text) AS xid8)", "xid, id")]
+    parts = [(f"{xid}xid < CAST(CAST(:hi AS text) AS xid8)", "e.xid, e.id")]
     if xid_from is None:
-        parts.insert(0, ("xid IS NULL", "id"))
+        parts.insert(0, ("xid IS NULL", "e.id"))
     params = {"lo": str(xid_from), "hi": str(xid_to)}
     driver = connection.connection.driver_connection
     for condition, order in parts:

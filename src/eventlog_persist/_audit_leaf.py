@@ -11,6 +11,8 @@ from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any, Final
 
+import msgspec
+
 from eventlog_persist.exceptions import ValidationError
 
 __all__ = [
@@ -90,6 +92,29 @@ def _fast_canonical(text: str | bytes | bytearray) -> str | None:
     return _COMPACT.encode(value)
 
 
+def _refuse_float(token: str) -> float:
+    raise _NotVerbatim
+
+
+_QUICK_DECODER: Final = msgspec.json.Decoder(float_hook=_refuse_float)
+_SORTED_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+def _quick_canonical(text: str | bytes) -> bytes | None:
+    """The canonical JSON of jsonb text, UTF-8, in two C calls (msgspec); None when the
+    payload holds a number with a fraction (then `_fast_canonical` or the exact path runs).
+
+    Exact otherwise: jsonb text has no exponents, so every other number is an integer
+    token, which msgspec reads as an int of any size and writes back as the same digits;
+    msgspec escapes strings as `_string` does and sorts keys by code point (the tests
+    check both against the exact path and the database function).
+    """
+    try:
+        return _SORTED_ENCODER.encode(_QUICK_DECODER.decode(text))
+    except (_NotVerbatim, msgspec.MsgspecError, RecursionError):
+        return None
+
+
 def _number(value: Decimal) -> str:
     """A number as PostgreSQL's numeric prints it: plain digits, the scale of its input."""
     if not value.is_finite():
@@ -151,6 +176,9 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         value = value.decode()
     if isinstance(value, str):
+        quick = _quick_canonical(value)
+        if quick is not None:
+            return quick.decode()
         fast = _fast_canonical(value)
         if fast is not None:
             return fast
@@ -267,24 +295,41 @@ def _null_or(value: str | None) -> str:
 def leaf_hash_of_text(values: Sequence[Any]) -> bytes:
     """`leaf_hash_of` with ``as_text``, for rows as the verifier reads them: the document
     built in one expression (ids and keys are ``::text`` of a UUID or an integer, which
-    need no escaping), checked against `leaf_document_of` by the tests."""
+    need no escaping), checked against `leaf_document_of` by the tests.
+
+    ``created_at`` may also be given as the verifier reads it: UTC text in the fixed
+    format ``YYYY-MM-DD HH:MM:SS.ffffff`` (``to_char(created_at AT TIME ZONE 'UTC',
+    'YYYY-MM-DD HH24:MI:SS.US')``, which no session setting changes).
+    """
     (i, s, u, p, a, event_type, payload, created_at, e, tool, status, r, t, span, x) = values
-    if created_at.utcoffset() is None or not isinstance(event_type, str):
+    if type(created_at) is str and len(created_at) == _UTC_TEXT_SIZE and created_at[10] == " ":
+        when = created_at[:10] + "T" + created_at[11:]
+    elif isinstance(created_at, datetime) and created_at.utcoffset() is not None:
+        when = created_at.astimezone(UTC).isoformat(timespec="microseconds")[:-6]
+    else:
+        when = None
+    if when is None or not isinstance(event_type, str) or not isinstance(payload, str):
         return leaf_hash_of(values, as_text=True)  # the checked path raises
-    document = (
-        f'{{"agent_id":{"null" if a is None else _Q + a + _Q},'
-        f'"approval_status":{_null_or(status)},'
-        f'"created_at":"{created_at.astimezone(UTC).isoformat(timespec="microseconds")[:-6]}Z",'
+    head = (
+        f'\x00{{"agent_id":{"null" if a is None else _Q + a + _Q},'
+        f'"approval_status":{_null_or(status)},"created_at":"{when}Z",'
         f'"error_code":{_null_or(e)},"event_type":{_string(event_type)},"id":"{i}",'
-        f'"payload":{canonical_json(payload)},'
-        f'"project_id":{"null" if p is None else _Q + p + _Q},'
+        '"payload":'
+    )
+    tail = (
+        f',"project_id":{"null" if p is None else _Q + p + _Q},'
         f'"request_id":{_null_or(r)},"session_id":"{s}","span_id":{_null_or(span)},'
         f'"tool_name":{_null_or(tool)},"trace_id":{_null_or(t)},"user_id":"{u}",'
         f'"v":{LEAF_VERSION},"xid":{"null" if x is None else _Q + x + _Q}}}'
     )
-    return _sha256(LEAF_PREFIX + document.encode()).digest()
+    canonical = _quick_canonical(payload)
+    digest = _sha256(head.encode())
+    digest.update(canonical_json(payload).encode() if canonical is None else canonical)
+    digest.update(tail.encode())
+    return digest.digest()
 
 
+_UTC_TEXT_SIZE: Final = len("2026-12-03 10:15:00.123456")
 _sha256: Final = hashlib.sha256
 
 
