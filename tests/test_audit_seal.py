@@ -17,6 +17,7 @@ from auditkit import add_session, audited_engine, audited_template, leaves
 from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventlog_persist import (
@@ -679,7 +680,7 @@ def test_sealing_and_verifying_need_only_the_documented_privileges(db: Engine) -
     name = f"sealer_{db.url.database}"
     with db.begin() as connection:
         add_session(connection, events=3)
-        connection.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        connection.execute(text(f'CREATE ROLE "{name}"'))
         connection.execute(
             text(
                 "GRANT SELECT ON event_logs, event_log_erasures, event_log_seals, chat_sessions, "
@@ -687,7 +688,16 @@ def test_sealing_and_verifying_need_only_the_documented_privileges(db: Engine) -
             )
         )
         connection.execute(text(f'GRANT INSERT ON event_log_seals TO "{name}"'))
-    as_role = create_engine(db.url.set(username=name, password=None))
+    # SET ROLE on each connection, not a login as the role: a server with peer
+    # authentication (Debian's) lets no such role in over its socket.
+    as_role = create_engine(db.url)
+
+    @sqlalchemy_event.listens_for(as_role, "connect")
+    def become(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f'SET ROLE "{name}"')
+        dbapi_connection.commit()
+
     try:
         deadline = time.monotonic() + 30
         while unsealed(as_role):
