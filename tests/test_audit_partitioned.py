@@ -132,7 +132,7 @@ def seal_all(db: Engine) -> None:
 def assert_ok(db: Engine, **erasures: int) -> None:
     seal_all(db)
     report = verify_audit(EventLog, db)
-    assert report.problems == ()
+    assert report.problems == (), [str(p) for p in report.problems]
     expected = {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0, **erasures}
     assert dict(report.erasures) == expected
 
