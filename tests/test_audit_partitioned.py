@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from test_audit_guard import refusal
 
 from eventlog_persist import (
+    convert_to_partitioned,
     drop_partitions,
     ensure_partitions,
     list_partitions,
@@ -48,8 +49,7 @@ def db(pg_server: ServerInfo, template: str) -> Iterator[Engine]:
         yield engine
 
 
-@pytest.fixture
-def app_role(db: Engine) -> str:
+def make_app_role(db: Engine) -> str:
     """A role with every privilege on the host's tables and partitions."""
     name = f"app_{db.url.database}"
     with db.begin() as connection:
@@ -61,6 +61,11 @@ def app_role(db: Engine) -> str:
             )
         )
     return name
+
+
+@pytest.fixture
+def app_role(db: Engine) -> str:
+    return make_app_role(db)
 
 
 def guard_of(db: Engine, table: str) -> set[str]:
@@ -316,3 +321,44 @@ def test_purge_on_the_partitioned_table_verifies_ok(db: Engine) -> None:
     result = purge_events(EventLog, db, older_than=OLD + timedelta(days=1), batch_size=2)
     assert result.deleted == 3
     assert_ok(db, retention=3)
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_template(
+    pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with audited_template(pg_server, tmp_path_factory.mktemp("plain")) as name:
+        yield name
+
+
+@pytest.fixture
+def plain_db(pg_server: ServerInfo, plain_template: str) -> Iterator[Engine]:
+    with audited_engine(pg_server, plain_template) as engine:
+        yield engine
+
+
+def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
+    plain_db: Engine,
+) -> None:
+    db = plain_db
+    with db.begin() as connection:
+        cascaded = add_session(connection, events=3)
+        kept = add_session(connection, events=2)
+    seal_all(db)
+    result = convert_to_partitioned(db)
+    assert result.state == "converted"
+    partitions = [p.name for p in list_partitions(EventLog, db)]
+    assert partitions[0] == "event_logs_legacy"
+    for name in [*partitions, "event_logs"]:
+        assert guard_of(db, name) == GUARD
+    role = make_app_role(db)
+    message = refusal(db, "DELETE FROM event_logs_legacy", role=role)
+    assert message.startswith("eventlog_persist: DELETE from event_logs refused (5 of 5 events")
+    with db.begin() as connection:
+        add_session(connection, events=2)
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
+        connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), kept)
+    assert_ok(db, cascade=3, set_null=2)

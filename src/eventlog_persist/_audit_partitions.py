@@ -9,7 +9,14 @@ from sqlalchemy import Connection, text
 
 from eventlog_persist._audit_schema import ERASURES_TABLE
 
-__all__ = ["audited", "guard_partition", "record_retention", "unguard"]
+__all__ = [
+    "GUARD_TRIGGERS",
+    "audited",
+    "guard_partition",
+    "guard_statements",
+    "record_retention",
+    "unguard",
+]
 
 GUARD_TRIGGERS: Final = (
     "event_logs_audit_delete",
@@ -73,20 +80,25 @@ def guard_partition(connection: Connection, schema: str, name: str) -> bool:
     )
     if set(GUARD_TRIGGERS) <= present:
         return False
-    function = f"{_quote(schema)}.event_log_audit"
-    statements = {
-        "event_logs_audit_delete": f"AFTER DELETE ON {table} REFERENCING OLD TABLE AS "
-        f"old_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}_on_delete()",
-        "event_logs_audit_update": f"AFTER UPDATE ON {table} REFERENCING OLD TABLE AS "
-        "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
-        f"{function}_on_update()",
-        "event_logs_audit_truncate": f"BEFORE TRUNCATE ON {table} FOR EACH STATEMENT "
-        f"EXECUTE FUNCTION {function}_refuse_truncate()",
-    }
-    for trigger, body in statements.items():
+    for trigger, statement in zip(GUARD_TRIGGERS, guard_statements(schema, table), strict=True):
         if trigger not in present:
-            connection.execute(text(f"CREATE TRIGGER {trigger} {body}"))
+            connection.execute(text(statement))
     return True
+
+
+def guard_statements(schema: str, table: str) -> list[str]:
+    """The CREATE TRIGGER statements of the guard on ``table`` (a quoted, qualified name),
+    in the order of `GUARD_TRIGGERS`, calling the functions of the audit in ``schema``."""
+    function = f"{_quote(schema)}.event_log_audit"
+    return [
+        f"CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON {table} REFERENCING OLD "
+        f"TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}_on_delete()",
+        f"CREATE TRIGGER event_logs_audit_update AFTER UPDATE ON {table} REFERENCING OLD "
+        "TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
+        f"{function}_on_update()",
+        f"CREATE TRIGGER event_logs_audit_truncate BEFORE TRUNCATE ON {table} FOR EACH "
+        f"STATEMENT EXECUTE FUNCTION {function}_refuse_truncate()",
+    ]
 
 
 def unguard(connection: Connection, schema: str, name: str) -> None:
