@@ -16,12 +16,14 @@ from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
 
 from eventlog_persist import (
     convert_to_partitioned,
     drop_partitions,
     ensure_partitions,
+    event_log_model,
     list_partitions,
     purge_events,
     seal_events,
@@ -140,6 +142,15 @@ def assert_ok(db: Engine, **erasures: int) -> None:
     assert report.problems == (), [str(p) for p in report.problems]
     expected = {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0, **erasures}
     assert dict(report.erasures) == expected
+
+
+def test_the_model_takes_the_audit_with_the_partitioned_layout() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    model = event_log_model(Base, partitioned=True, feed=True, audit=True)
+    assert [c.name for c in model.__table__.primary_key.columns] == ["id", "created_at"]
+    assert {"event_log_erasures", "event_log_seals"} <= set(Base.metadata.tables)
 
 
 # -- the guard -------------------------------------------------------------------------------
