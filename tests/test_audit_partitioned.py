@@ -29,6 +29,7 @@ from eventlog_persist import (
     seal_events,
     verify_audit,
 )
+from eventlog_persist._cli import main
 
 EventLog = build_host_models(feed=True, partitioned=True).EventLog
 CHUNK = 4
@@ -373,3 +374,13 @@ def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
         connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
         connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), kept)
     assert_ok(db, cascade=3, set_null=2)
+
+
+def test_the_drop_command_reports_the_tombstones(
+    db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_events(db, 2)
+    url = db.url.render_as_string(hide_password=False)
+    assert main(["partitions", "drop", "--older-than", "8w", "--url", url]) == 0
+    assert "eventlog-persist: audit: 2 retention tombstones written" in capsys.readouterr().out
+    assert_ok(db, retention=2)
