@@ -12,7 +12,9 @@ from hostkit import make_host
 from pgserver import ServerInfo
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Connection, Engine, create_engine, text
-from test_audit_migrations import opt_in
+from test_audit_migrations import AUDIT, opt_in
+from test_feed_migrations import FEED, MAIN, PARTITIONED
+from test_partitioned_migrations import opt_in as opt_in_partitioned
 
 from eventlog_persist import audit_leaf_hash
 
@@ -36,14 +38,20 @@ def _janitor(server: ServerInfo, dbname: str, template: str | None = None) -> Da
 
 
 @contextlib.contextmanager
-def audited_template(server: ServerInfo, folder: Path) -> Iterator[str]:
-    """A database upgraded to every head with the feed and the audit; yields its name."""
+def audited_template(
+    server: ServerInfo, folder: Path, *, partitioned: bool = False
+) -> Iterator[str]:
+    """A database upgraded to every head with the feed and the audit (and the partitioned
+    layout, if asked); yields its name."""
     name = f"evl_audit_tpl_{uuid.uuid4().hex[:10]}"
     janitor = _janitor(server, name)
     janitor.init()
     try:
         host = make_host(folder / "host", server.sqlalchemy_url(name))
         opt_in(host)
+        if partitioned:
+            opt_in_partitioned(host, location=False)
+            host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + AUDIT + PARTITIONED)
         host.run("upgrade", "heads")
         yield name
     finally:

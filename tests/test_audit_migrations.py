@@ -1,5 +1,5 @@
 """The opt-in audit schema (revision evlaudit_0001): branch and linear mode, the feed it needs,
-the partitioned layout it refuses."""
+and the partitioned layout, whichever of the two runs first."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def test_the_audit_without_the_feed_location_is_reported(tmp_path: Path, databas
     assert "'eventlog_persist:migrations_feed'" in result.stderr
 
 
-def test_offline_sql_needs_the_schema_and_guards_against_a_partitioned_table(
+def test_offline_sql_needs_the_schema(
     host: HostProject,
 ) -> None:
     result = host.run(
@@ -241,9 +241,7 @@ def test_offline_sql_needs_the_schema_and_guards_against_a_partitioned_table(
         "--sql",
     ).stdout
     audit = sql[sql.index("evlaudit_0001") :]
-    assert "RAISE EXCEPTION 'eventlog_persist: evlaudit_0001 does not support the partitioned" in (
-        audit
-    )
+    assert "does not support the partitioned" not in audit
     assert 'CREATE TABLE "public"."event_log_erasures"' in audit
     assert "CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON" in audit
 
@@ -292,35 +290,104 @@ def test_consumers_table_is_untouched(host: HostProject, engine: Engine) -> None
         assert of_table(snapshot(connection), "event_log_consumers") == CONSUMERS
 
 
-# -- with the partitioned layout: refused ------------------------------------------------
+# -- with the partitioned layout -----------------------------------------------------------
+
+GUARD = ("event_logs_audit_delete", "event_logs_audit_update", "event_logs_audit_truncate")
 
 
-def test_a_partitioned_table_is_refused_and_left_as_it_was(
-    host: HostProject, engine: Engine
-) -> None:
-    # The model refuses audit=True with partitioned=True; the revision is tested here.
-    host.edit("app/models/event_log.py", "    __eventlog_audit__ = True\n", "")
+def guarded_tables(engine: Engine) -> dict[str, set[str]]:
+    """The guard's triggers by table."""
+    found: dict[str, set[str]] = {}
+    for table, trigger in audit_objects(engine)["triggers"]:
+        if trigger in GUARD:
+            found.setdefault(table, set()).add(trigger)
+    return found
+
+
+def partitions_of(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(
+            connection.execute(
+                text(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'event_logs'::regclass"
+                )
+            ).scalars()
+        )
+
+
+def assert_guarded_partitioned(engine: Engine) -> None:
+    partitions = partitions_of(engine)
+    assert len(partitions) == 5
+    assert guarded_tables(engine) == {table: set(GUARD) for table in partitions | {"event_logs"}}
+
+
+def partitioned_host(host: HostProject) -> None:
     opt_in_partitioned(host, location=False)
-    host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + PARTITIONED)
+
+
+def partitioned_model(host: HostProject) -> None:
+    host.edit(
+        "app/models/event_log.py",
+        "    __eventlog_feed__ = True\n",
+        "    __eventlog_feed__ = True\n    __eventlog_partitioned__ = True\n",
+    )
+
+
+@pytest.mark.parametrize("first", ["partitioned", "audit"])
+def test_audit_and_partitioned_layout_in_either_order(
+    host: HostProject, engine: Engine, first: str
+) -> None:
+    partitioned_host(host)
+    if first == "partitioned":
+        host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + PARTITIONED)
+    else:
+        host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + AUDIT)
+        host.edit("app/models/event_log.py", "    __eventlog_partitioned__ = True\n", "")
     host.run("upgrade", "heads")
-    host.edit("alembic.ini", MAIN + FEED + PARTITIONED, MAIN + FEED + PARTITIONED + AUDIT)
-    result = host.run("upgrade", "heads", check=False)
-    assert result.returncode != 0
-    assert "evlaudit_0001 does not support the partitioned layout" in result.stderr
-    assert audit_objects(engine)["triggers"] == set()
-    check = host.run("eventlog-persist", "check", "--offline", check=False)
-    assert "does not support the partitioned layout" in check.stderr
+    if first == "audit":
+        assert guarded_tables(engine) == {"event_logs": set(GUARD)}
+        partitioned_model(host)
+    host.edit(
+        "alembic.ini",
+        MAIN + FEED + (PARTITIONED if first == "partitioned" else AUDIT),
+        MAIN + FEED + AUDIT + PARTITIONED,
+    )
+    host.run("upgrade", "heads")
+    assert_guarded_partitioned(engine)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
+    # Down and up again: the audit off the partitioned table, then back on.
+    host.run("downgrade", "eventlog_audit@base")
+    assert guarded_tables(engine) == {}
+    assert audit_objects(engine)["functions"] == set()
+    host.run("upgrade", "heads")
+    assert_guarded_partitioned(engine)
+    # The partitioned layout off, under the audit: the plain table keeps the guard.
+    host.edit("app/models/event_log.py", "    __eventlog_partitioned__ = True\n", "")
+    host.run("downgrade", "eventlog_partitioned@base")
+    assert partitions_of(engine) == set()
+    assert guarded_tables(engine) == {"event_logs": set(GUARD)}
+    partitioned_model(host)
+    host.run("upgrade", "heads")
+    assert_guarded_partitioned(engine)
+    host.run("downgrade", "eventlog_audit@base")
+    assert guarded_tables(engine) == {}
 
 
-def test_the_partitioned_branch_in_the_history_is_refused_before_it_runs(
-    host: HostProject, engine: Engine
+def test_linear_mode_copies_partitioned_feed_and_audit(
+    tmp_path: Path, database_url: URL, engine: Engine
 ) -> None:
-    # Listed together on a fresh database: evlpart_0001 might run after evlaudit_0001 and
-    # rebuild event_logs without its triggers, so the audit refuses first.
-    host.edit("app/models/event_log.py", "    __eventlog_audit__ = True\n", "")
-    opt_in_partitioned(host, location=False)
-    host.edit("alembic.ini", MAIN + FEED + AUDIT, MAIN + FEED + AUDIT + PARTITIONED)
-    result = host.run("upgrade", "heads", check=False)
-    assert result.returncode != 0
-    assert "evlaudit_0001 does not support the partitioned layout" in result.stderr
-    assert audit_objects(engine)["triggers"] == set()
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    opt_in(host, location=False)
+    partitioned_host(host)
+    host.run("eventlog-persist", "linear-revision", "--partitioned", "--feed", "--audit")
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
+    host.run("upgrade", "head")
+    assert_guarded_partitioned(engine)
+    assert "No new upgrade operations detected." in host.run("check").stdout
+    assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
+    host.run("downgrade", "-1")
+    assert guarded_tables(engine) == {}
+    host.run("upgrade", "head")
+    assert_guarded_partitioned(engine)

@@ -279,8 +279,6 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
                 "whose evlfeed_0001 the audit depends on (every alembic command fails with "
                 "KeyError); add the feed's location too"
             )
-        if AUDIT_LOCATION in locations and PARTITIONED_LOCATION in locations:
-            problems.append(_AUDIT_PARTITIONED)
         if linear:
             problems.append(
                 f"the host history already holds linear-mode copies ({', '.join(linear)}) and "
@@ -306,10 +304,6 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     elif linear:
         mode = "linear"
         missing = [rev for rev, _ in package_revisions() if rev not in linear]
-        if any(rev.startswith("evlaudit_") for rev in linear) and any(
-            rev.startswith("evlpart_") for rev in linear
-        ):
-            problems.append(_AUDIT_PARTITIONED)
         if missing:
             problems.append(
                 f"package revisions {', '.join(missing)} are not in the host history yet; run "
@@ -366,7 +360,7 @@ def write_linear_revisions(
 
     Raises:
         MigrationSetupError: The host is in branch mode, its history has several heads, or
-            ``audit`` is asked without the feed or with the partitioned layout.
+            ``audit`` is asked without the feed.
     """
     locations = config.get_version_locations_list() or []
     if MIGRATIONS_LOCATION in locations or any(loc in locations for loc in _OPT_IN_LOCATIONS):
@@ -405,8 +399,6 @@ def write_linear_revisions(
                 "the audit needs the feed (evlaudit_0001 depends on the feed's xid column); "
                 "run 'eventlog-persist linear-revision --feed --audit'"
             )
-        if partitioned or any(rev.startswith("evlpart_") for rev in present):
-            raise MigrationSetupError(_AUDIT_PARTITIONED)
         wanted += package_revisions(audit=True)
     for package_rev, source in wanted:
         if package_rev in present:
@@ -439,13 +431,6 @@ def _linearize(text: str, package_rev: str, new_rev: str, down: str | None) -> s
         if count != 1:  # guards the layout of the shipped revision files
             raise MigrationSetupError(f"cannot rewrite {pattern!r} in revision {package_rev}")
     return text
-
-
-_AUDIT_PARTITIONED: Final = (
-    "the audit (evlaudit_0001) does not support the partitioned layout: a partition can be "
-    "modified, truncated, detached or dropped directly, bypassing the guard triggers of "
-    "event_logs. Opt in to one of them, not both (see docs/audit.md)"
-)
 
 
 class _CutLocationError(MigrationSetupError, CommandError):

@@ -243,4 +243,9 @@ def _run(args: argparse.Namespace) -> int:
         f"eventlog-persist: {len(result.dropped)} partitions dropped, {len(result.detached)} "
         f"detached and kept, older than {args.older_than.isoformat()}"
     )
+    if result.erasures:
+        print(
+            f"eventlog-persist: audit: {result.erasures} retention tombstones written "
+            "(one per event removed)"
+        )
     return 0

@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from eventlog_persist._audit_partitions import GUARD_TRIGGERS, audited, guard_statements
 from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate_of
 from eventlog_persist._schema import (
     FEED_INDEX_NAME,
@@ -127,6 +128,10 @@ def convert_to_partitioned(
     For a lossless switch of the writers, stop before the swap (``stop_before_swap=True``),
     deploy the model with ``partitioned=True`` (the new unique index on ``(id, created_at)``
     serves its ``ON CONFLICT`` on the plain table), then run the conversion again.
+
+    With the audit (revision ``evlaudit_0001``), the old table keeps its guard triggers as
+    the legacy partition, and the swap puts them on the partitioned ``event_logs`` and on
+    each partition it creates; seals made before the conversion verify after it.
 
     Args:
         engine: A synchronous engine on the database, as a role that owns ``event_logs``.
@@ -456,6 +461,9 @@ class _Conversion:
             sql.append(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
         if feed:
             sql.append(f"CREATE INDEX {_quote(FEED_INDEX_NAME)} ON {table} (xid, id)")
+        audit = self._audit_schema(connection)
+        if audit is not None:
+            sql += guard_statements(audit, table)
         # The valid CHECK proves the partition bound: ATTACH does not scan, and the legacy
         # table's key, indexes and foreign keys are attached, not rebuilt.
         sql += [
@@ -487,11 +495,15 @@ class _Conversion:
                 if exists:
                     continue
             owner = self._privileges_of_parent()
+            with self.engine.connect() as connection:
+                audit = self._audit_schema(connection)
+                connection.rollback()
             statements = [
                 f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
                 *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
                 f"ALTER TABLE {self.table} ATTACH PARTITION {self.name(name)} "
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')",
+                *(guard_statements(audit, self.name(name)) if audit is not None else []),
             ]
             self._blocking(";\n".join(statements), step="partitions")
             self.progress(f"partitions: {name} created")
@@ -671,6 +683,19 @@ class _Conversion:
             found.key_valid = usable
         return found
 
+    def _audit_schema(self, connection: Connection) -> str | None:
+        """The schema of ``event_logs`` when the audit (evlaudit_0001) is installed there."""
+        schema = connection.execute(
+            text(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass(:name)"
+            ),
+            {"name": self.table},
+        ).scalar()
+        if schema is None or not audited(connection, str(schema)):
+            return None
+        return str(schema)
+
     def _refuse_attachments(self, connection: Connection, oid: int, *, row_security: bool) -> None:
         """Refuse what the swap would not carry over to the partitioned table."""
         problems = []
@@ -701,17 +726,21 @@ class _Conversion:
         checks = [
             ("SELECT conrelid::regclass::text FROM pg_constraint "
              "WHERE confrelid = :oid AND contype = 'f'", "foreign key from {}"),
-            ("SELECT tgname FROM pg_trigger WHERE tgrelid = :oid AND NOT tgisinternal",
-             "trigger {}"),
+            ("SELECT tgname FROM pg_trigger WHERE tgrelid = :oid AND NOT tgisinternal "
+             "AND NOT (tgname = ANY (:guard))", "trigger {}"),
             ("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = :oid",
              "inherits from {}"),
             ("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = :oid",
              "inherited by {}"),
             ("SELECT rulename FROM pg_rewrite WHERE ev_class = :oid", "rule {}"),
         ]  # fmt: skip
+        # The audit's guard is carried over: the legacy partition keeps its triggers, the
+        # partitioned table and each new partition get them.
+        guard = list(GUARD_TRIGGERS) if self._audit_schema(connection) else []
         for sql, what in checks:
             problems += [
-                what.format(name) for (name,) in connection.execute(text(sql), {"oid": oid})
+                what.format(name)
+                for (name,) in connection.execute(text(sql), {"oid": oid, "guard": guard})
             ]
         if row_security:
             problems.append("row-level security is enabled")

@@ -281,22 +281,16 @@ def _audit(cls: Any) -> bool:
             f"{cls.__name__}.__eventlog_audit__ must be True or False, got {audit!r}"
         )
     if audit:
-        _check_audit(feed=_feed(cls), partitioned=_partitioned(cls))
+        _check_audit(feed=_feed(cls))
     return audit
 
 
-def _check_audit(*, feed: bool, partitioned: bool) -> None:
+def _check_audit(*, feed: bool) -> None:
     if not feed:
         raise ConfigurationError(
             "the audit needs the feed: its revision evlaudit_0001 depends on the feed's xid "
             "column (evlfeed_0001). Pass feed=True too (__eventlog_feed__ = True), and add "
             "eventlog_persist:migrations_feed to version_locations"
-        )
-    if partitioned:
-        raise ConfigurationError(
-            "the audit does not support the partitioned layout: a partition can be modified, "
-            "truncated, detached or dropped directly, bypassing the guard triggers of "
-            "event_logs. Use audit=True with the plain layout (partitioned=False)"
         )
 
 
@@ -376,7 +370,7 @@ def event_log_model(
             .. versionadded:: 0.3.0
         audit: The host opted in to the audit (revision ``evlaudit_0001``, which needs the
             feed): the tables ``event_log_erasures`` and ``event_log_seals`` on the same
-            metadata. Needs ``feed=True``; the partitioned layout is not supported. Sets
+            metadata. Needs ``feed=True``; works with either layout. Sets
             ``__eventlog_audit__``.
 
             .. versionadded:: 0.3.0
@@ -409,7 +403,7 @@ def event_log_model(
     if not isinstance(audit, bool):
         raise ConfigurationError(f"audit must be True or False, got {audit!r}")
     if audit:
-        _check_audit(feed=feed, partitioned=partitioned)
+        _check_audit(feed=feed)
     namespace: dict[str, Any] = {
         "__eventlog_targets__": targets or ForeignKeyTargets(),
         "__eventlog_partitioned__": partitioned,

@@ -12,6 +12,12 @@ from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import Connection, Engine, Table, text
 
+from eventlog_persist._audit_partitions import (
+    audited,
+    guard_partition,
+    record_retention,
+    unguard,
+)
 from eventlog_persist._feed_retention import BY_DETACH, BY_DROP, feed_consumers, mark_partition
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
@@ -96,6 +102,8 @@ class DropResult:
             pending detach finished for a partition newer than the cutoff).
         finalized: Partitions whose interrupted detach this run finished (they are in
             ``dropped`` or ``detached`` too).
+        erasures: With the audit: the ``retention`` tombstones written, one per event of
+            the partitions dropped or detached.
 
     .. versionadded:: 0.3.0
     """
@@ -103,6 +111,7 @@ class DropResult:
     dropped: tuple[str, ...] = ()
     detached: tuple[str, ...] = ()
     finalized: tuple[str, ...] = ()
+    erasures: int = 0
 
 
 # --- SQL -------------------------------------------------------------------------------------
@@ -312,6 +321,41 @@ def _lock_timeout(connection: Connection, seconds: float | None) -> Iterator[Non
             )
 
 
+def _finish(
+    connection: Connection,
+    parent: _Parent,
+    name: str,
+    *,
+    audit: bool,
+    drop: bool,
+    tagged: bool,
+    lock_timeout: float | None,
+    detach: str | None = None,
+) -> int:
+    """After its detach: drop the table ``name``, or keep it (clearing the comment of a table
+    tagged for this run). With the audit, in one transaction with a ``retention`` tombstone
+    for each of its events (and the plain ``detach`` still to run, if any), so that each is
+    recorded exactly once, after it left ``event_logs``. Returns the tombstones written."""
+    if not audit:
+        with _lock_timeout(connection, lock_timeout):
+            if drop:
+                connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+            elif tagged:  # kept (after all): no later run may drop it
+                connection.execute(text(f"COMMENT ON TABLE {parent.child(name)} IS NULL"))
+        return 0
+    with _lock_timeout(connection, lock_timeout), _one_transaction(connection):
+        if detach is not None:
+            connection.execute(text(detach))
+        erased = record_retention(connection, parent.schema, name)
+        if drop:
+            connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+        else:
+            unguard(connection, parent.schema, name)
+            if tagged:
+                connection.execute(text(f"COMMENT ON TABLE {parent.child(name)} IS NULL"))
+    return erased
+
+
 # --- the calendar ----------------------------------------------------------------------------
 
 
@@ -454,6 +498,10 @@ def ensure_partitions(
     made yourself) gets a partition for the rest of it only; a DEFAULT partition is left as
     it is (PostgreSQL scans it for rows of each new partition's range).
 
+    With the audit (revision ``evlaudit_0001``), every partition that lacks the guard's
+    statement triggers gets them in the same transaction: the partitions it creates, and
+    those another tool created (pg_partman's, say).
+
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
         bind: An ``Engine``, or a ``Connection`` with no transaction begun.
@@ -516,6 +564,12 @@ def ensure_partitions(
                     f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
                 )
             )
+        if audited(connection, parent.schema):
+            # The audit's guard on every partition that lacks it: those just created, and
+            # those another tool (pg_partman) created.
+            for partition in _partitions(connection, parent):
+                if not partition.detach_pending:
+                    guard_partition(connection, parent.schema, partition.name)
     return tuple(name for name, _, _ in planned)
 
 
@@ -538,6 +592,15 @@ def drop_partitions(
     it is interrupted (a cancel, a lost connection), the partition stays in the "detach
     pending" state (`PartitionInfo.detach_pending`), and the next run finishes it first with
     ``DETACH ... FINALIZE``. Runs on one table take turns on an advisory lock.
+
+    On a database with the audit (revision ``evlaudit_0001``), each event of a partition
+    detached gets a ``retention`` tombstone (its first-written leaf, as the guard writes
+    them), so that `verify_audit` counts it as a legitimate erasure: once the partition is
+    out of ``event_logs``, in the transaction that drops it (or keeps it, dropping its guard
+    triggers: it is an archive), so each event is recorded exactly once, by this run or, if
+    it stops in between, the next. After a ``DETACH ... CONCURRENTLY`` a verification that
+    runs before that transaction commits sees the events missing; a plain DETACH runs in that
+    transaction. The role needs INSERT on ``event_log_erasures`` (the owner has it).
 
     On a database with the feed, before a partition is detached (to drop or to keep), every
     consumer part that had not been delivered all its events is marked: its fetches then
@@ -588,17 +651,41 @@ def drop_partitions(
     detached: list[str] = []
     finalized: list[str] = []
     behind: set[str] = set()  # consumers marked
+    erased = 0
     with _connection(bind, autocommit=True) as connection:
         parent = _parent(connection, table)
         consumers = feed_consumers(connection, table)
+        audit = audited(connection, parent.schema)
         with _advisory_lock(connection, parent):
-            # Detached by an earlier run that could not drop them.
+            # Detached by an earlier run that could not drop them (audit: nor record them).
             for name in connection.execute(
                 _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
             ).scalars():
-                with _lock_timeout(connection, lock_timeout):
-                    connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+                erased += _finish(
+                    connection,
+                    parent,
+                    name,
+                    audit=audit,
+                    drop=True,
+                    tagged=True,
+                    lock_timeout=lock_timeout,
+                )
                 dropped.append(name)
+            if audit:
+                # Detached to be kept by an earlier run that could not record them.
+                for name in connection.execute(
+                    _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_KEEP}
+                ).scalars():
+                    erased += _finish(
+                        connection,
+                        parent,
+                        name,
+                        audit=audit,
+                        drop=False,
+                        tagged=True,
+                        lock_timeout=lock_timeout,
+                    )
+                    detached.append(name)
             found = _partitions(connection, parent)
             if concurrently and any(p.default for p in found):
                 raise ConfigurationError(
@@ -611,6 +698,7 @@ def drop_partitions(
             for partition in found:
                 old = partition.upper is not None and partition.upper <= older_than
                 marked = tagged = False
+                detach = None  # a plain DETACH left for the audit's transaction
                 if partition.detach_pending:
                     comment = connection.execute(
                         text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
@@ -618,6 +706,13 @@ def drop_partitions(
                     ).scalar()
                     marked = comment == _TO_DROP
                     tagged = comment in (_TO_DROP, _TO_KEEP)
+                    if audit and not tagged:
+                        # Its events are recorded after the FINALIZE; the comment lets the
+                        # next run record them if this one stops in between.
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_KEEP}'")
+                        )
+                        tagged = True
                     connection.execute(
                         text(
                             f"ALTER TABLE {parent.qualified} DETACH PARTITION "
@@ -638,35 +733,37 @@ def drop_partitions(
                             )
                         )
                         tagged = keep_detached
-                    elif not keep_detached:
+                    elif not keep_detached or audit:
+                        comment = _TO_KEEP if keep_detached else _TO_DROP
                         connection.execute(
-                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{comment}'")
                         )
-                    if concurrently:
-                        how = " CONCURRENTLY"
-                        timeout = None
-                    else:
-                        how = ""
-                        timeout = lock_timeout
-                    with _lock_timeout(connection, timeout):
-                        connection.execute(
-                            text(
-                                f"ALTER TABLE {parent.qualified} DETACH PARTITION "
-                                f"{parent.child(partition.name)}{how}"
-                            )
-                        )
+                        tagged = keep_detached
+                    detach = (
+                        f"ALTER TABLE {parent.qualified} DETACH PARTITION "
+                        f"{parent.child(partition.name)}"
+                    )
+                    if concurrently or not audit:
+                        # CONCURRENTLY cannot run in a transaction block.
+                        timeout = None if concurrently else lock_timeout
+                        how = " CONCURRENTLY" if concurrently else ""
+                        with _lock_timeout(connection, timeout):
+                            connection.execute(text(detach + how))
+                        detach = None
                 else:
                     continue
-                if not keep_detached and (old or marked):
-                    with _lock_timeout(connection, lock_timeout):
-                        connection.execute(text(f"DROP TABLE {parent.child(partition.name)}"))
-                    dropped.append(partition.name)
-                else:
-                    if tagged:  # kept (after all): no later run may drop it
-                        connection.execute(
-                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS NULL")
-                        )
-                    detached.append(partition.name)
+                drop = not keep_detached and (old or marked)
+                erased += _finish(
+                    connection,
+                    parent,
+                    partition.name,
+                    audit=audit,
+                    drop=drop,
+                    tagged=tagged,
+                    lock_timeout=lock_timeout,
+                    detach=detach,
+                )
+                (dropped if drop else detached).append(partition.name)
     if behind:
         logger.warning(
             "drop_partitions removed events that feed consumers %s had not been delivered "
@@ -674,4 +771,4 @@ def drop_partitions(
             "'eventlog-persist feed status')",
             ", ".join(sorted(behind)),
         )
-    return DropResult(tuple(dropped), tuple(detached), tuple(finalized))
+    return DropResult(tuple(dropped), tuple(detached), tuple(finalized), erased)

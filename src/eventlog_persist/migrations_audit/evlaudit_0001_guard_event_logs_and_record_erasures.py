@@ -34,11 +34,14 @@ unchanged.
 5. ``event_log_erasures`` and ``event_log_seals`` are append-only: UPDATE, DELETE and
    TRUNCATE are refused.
 
-The partitioned layout (``evlpart_0001``) is refused: a partition can be modified,
-truncated, detached or dropped directly, which bypasses the parent's statement triggers, and
-partitions created later would have none (docs/audit.md, "Partitioned tables").
+On the partitioned layout (``evlpart_0001``, before or after this revision) the same three
+triggers are created on the partitioned ``event_logs`` (statements that name it, FK actions
+included) and on each of its partitions (statements that name a partition fire only that
+partition's statement triggers). Partitions created later get them from
+``ensure_partitions``; ``evlpart_0001``, when it runs after this revision, puts them on the
+table it builds and its partitions (docs/audit.md, "Partitioned tables").
 
-The downgrade drops the triggers, functions and both tables.
+The downgrade drops the triggers (on every table that has them), functions and both tables.
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -61,8 +64,6 @@ _SECTION = "eventlog_persist"
 _HOST_TABLES = ("chat_sessions", "users", "user_projects", "user_agents")
 _ERASURES = "event_log_erasures"
 _SEALS = "event_log_seals"
-_PARTITIONED_REVISION = "evlpart_0001"
-_LINEAR_MARKER = "eventlog_persist_revision"
 _FUNCTIONS = (
     "event_log_audit_on_delete()",
     "event_log_audit_on_update()",
@@ -71,18 +72,6 @@ _FUNCTIONS = (
     "event_log_leaf(uuid, text, text, text, text, text, jsonb, timestamp with time zone, "
     "text, text, text, text, text, text, xid8)",
     "event_log_canonical_json(jsonb)",
-)
-_TRIGGERS = (
-    ("event_logs", "event_logs_audit_delete"),
-    ("event_logs", "event_logs_audit_update"),
-    ("event_logs", "event_logs_audit_truncate"),
-)
-_REFUSED_PARTITIONED = (
-    "eventlog_persist: evlaudit_0001 does not support the partitioned layout (evlpart_0001): "
-    "a partition can be modified, truncated, detached or dropped directly, which bypasses "
-    "the guard triggers of event_logs, and partitions created later would have none. Use "
-    "the audit with the plain event_logs, or remove eventlog_persist:migrations_audit from "
-    "version_locations (see the audit documentation, 'Partitioned tables')"
 )
 
 
@@ -148,22 +137,12 @@ def _names() -> dict[str, str]:
                     f"projects and agents. Name the host tables in the [{_SECTION}] section "
                     "of alembic.ini"
                 )
-            if key == "event_logs" and found[2] == "p":
-                raise CommandError(_REFUSED_PARTITIONED)
             names[key] = f"{found[0]}.{found[1]}"
             if key == "event_logs":
                 names["schema"] = found[0]
     names["erasures"] = f"{names['schema']}.{_quote(_ERASURES)}"
     names["seals"] = f"{names['schema']}.{_quote(_SEALS)}"
     return names
-
-
-def _refuse_partitioned_history() -> None:
-    """Refuse when the history holds the partitioned layout: it may run after this one."""
-    script = context.script
-    for rev in script.walk_revisions():
-        if _PARTITIONED_REVISION in (rev.revision, getattr(rev.module, _LINEAR_MARKER, None)):
-            raise CommandError(_REFUSED_PARTITIONED)
 
 
 def _tables(n: dict[str, str]) -> None:
@@ -397,21 +376,36 @@ def _guard_functions(n: dict[str, str]) -> None:
     )
 
 
+def _guard_triggers(table: str, function: str) -> list[str]:
+    """The three guard triggers on ``table`` (SQL text: a name or ``%s`` in a format())."""
+    return [
+        f"CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON {table} "
+        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
+        f"EXECUTE FUNCTION {function}_on_delete()",
+        f"CREATE TRIGGER event_logs_audit_update AFTER UPDATE ON {table} "
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+        f"EXECUTE FUNCTION {function}_on_update()",
+        f"CREATE TRIGGER event_logs_audit_truncate BEFORE TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}_refuse_truncate()",
+    ]
+
+
 def _triggers(n: dict[str, str]) -> None:
     function = f"{n['schema']}.event_log_audit"
-    op.execute(
-        f"CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON {n['event_logs']} "
-        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
-        f"EXECUTE FUNCTION {function}_on_delete()"
+    for statement in _guard_triggers(n["event_logs"], function):
+        op.execute(statement)
+    # Partitioned: PostgreSQL fires a statement trigger only on the table the statement
+    # names, and clones only row-level triggers to partitions, so each partition gets the
+    # same three (one DO block: it runs offline too, and on the plain layout loops over
+    # nothing).
+    each = "; ".join(
+        "EXECUTE format(" + _literal(statement) + ", part)"
+        for statement in _guard_triggers("%s", function)
     )
     op.execute(
-        f"CREATE TRIGGER event_logs_audit_update AFTER UPDATE ON {n['event_logs']} "
-        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
-        f"EXECUTE FUNCTION {function}_on_update()"
-    )
-    op.execute(
-        f"CREATE TRIGGER event_logs_audit_truncate BEFORE TRUNCATE ON {n['event_logs']} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}_refuse_truncate()"
+        "DO $$ DECLARE part regclass; BEGIN FOR part IN SELECT inhrelid::regclass FROM "
+        f"pg_inherits WHERE inhparent = {_literal(n['event_logs'])}::regclass LOOP {each}; "
+        "END LOOP; END $$"
     )
     for table in ("erasures", "seals"):
         op.execute(
@@ -421,15 +415,7 @@ def _triggers(n: dict[str, str]) -> None:
 
 
 def upgrade() -> None:
-    _refuse_partitioned_history()
     names = _names()
-    if context.is_offline_mode():
-        literal = _literal(_REFUSED_PARTITIONED)
-        op.execute(
-            "DO $$ BEGIN IF (SELECT relkind FROM pg_class WHERE oid = "
-            f"{_literal(names['event_logs'])}::regclass) = 'p' THEN "
-            f"RAISE EXCEPTION {literal}; END IF; END $$"
-        )
     _tables(names)
     _leaf_functions(names)
     _guard_functions(names)
@@ -438,9 +424,23 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     schema = _setting("schema")
-    table = _qualified(schema, "event_logs")
-    for _, trigger in _TRIGGERS:
-        op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+    # Every trigger of the guard functions, wherever it is: event_logs, its partitions, and
+    # tables detached from it that kept theirs.
+    functions = ", ".join(
+        _literal(f"{_qualified(schema, name)}()")
+        for name in (
+            "event_log_audit_on_delete",
+            "event_log_audit_on_update",
+            "event_log_audit_refuse_truncate",
+        )
+    )
+    op.execute(
+        "DO $$ DECLARE found record; BEGIN FOR found IN SELECT t.tgrelid::regclass AS tab, "
+        "t.tgname FROM pg_trigger t WHERE t.tgfoid IN (SELECT to_regprocedure(f) FROM "
+        f"unnest(ARRAY[{functions}]) AS f) LOOP "
+        "EXECUTE format('DROP TRIGGER %I ON %s', found.tgname, found.tab); "
+        "END LOOP; END $$"
+    )
     # The tables' own triggers go with them.
     op.execute(f"DROP TABLE IF EXISTS {_qualified(schema, _SEALS)}")
     op.execute(f"DROP TABLE IF EXISTS {_qualified(schema, _ERASURES)}")

@@ -23,6 +23,10 @@ Both directions keep the opt-in feed's column ``xid`` (revision ``evlfeed_0001``
 branch, which may run before or after this one) with its default, and build its index
 ``ix_event_logs_xid_id`` on the new table when the column is there.
 
+Likewise for the opt-in audit (revision ``evlaudit_0001``): when its functions are there,
+both directions put its three guard triggers on the new ``event_logs`` and, partitioned, on
+each of its partitions.
+
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
 
@@ -210,6 +214,40 @@ def _feed_index(schema: str | None) -> None:
         op.execute(create)
 
 
+def _audit_guard(schema: str | None) -> None:
+    """The audit's guard triggers (evlaudit_0001, when it ran first) on the new table and its
+    partitions: a statement trigger fires only on the table the statement names."""
+
+    def function(suffix: str) -> str:
+        return _qualified(schema, f"event_log_audit_{suffix}") + "()"
+
+    guard = (
+        "CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON %s "
+        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
+        f"EXECUTE FUNCTION {function('on_delete')}",
+        "CREATE TRIGGER event_logs_audit_update AFTER UPDATE ON %s "
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+        f"EXECUTE FUNCTION {function('on_update')}",
+        "CREATE TRIGGER event_logs_audit_truncate BEFORE TRUNCATE ON %s "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function('refuse_truncate')}",
+    )
+
+    def each(variable: str) -> str:
+        return " ".join(
+            f"EXECUTE format('{statement.replace(chr(39), chr(39) * 2)}', {variable});"
+            for statement in guard
+        )
+
+    table = _qualified(schema, "event_logs").replace("'", "''")
+    probe = function("on_delete").replace("'", "''")
+    op.execute(
+        f"DO $$ DECLARE parent regclass := '{table}'::regclass; part regclass; BEGIN "
+        f"IF to_regprocedure('{probe}') IS NULL THEN RETURN; END IF; {each('parent')} "
+        "FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = parent "
+        f"LOOP {each('part')} END LOOP; END $$"
+    )
+
+
 def _converted(schema: str | None) -> bool:
     """Whether ``event_logs`` is partitioned already (converted online): online mode only."""
     if context.is_offline_mode():
@@ -244,6 +282,7 @@ def upgrade() -> None:
             f"{_qualified(schema, 'event_logs')} FOR VALUES FROM ('{start.isoformat()}') "
             f"TO ('{end.isoformat()}')"
         )
+    _audit_guard(schema)
 
 
 def downgrade() -> None:
@@ -263,3 +302,4 @@ def downgrade() -> None:
                 "hold the rows; delete the extra copies first"
             )
     _rebuild(schema, partitioned=False)
+    _audit_guard(schema)

@@ -1,0 +1,386 @@
+"""The audit on the partitioned layout: the guard on the parent and on each partition, the
+retention tombstones of `drop_partitions` and `purge_events`, and sealing and verifying
+through the parent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
+from hostmodels import build_host_models
+from pgserver import ServerInfo
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import DeclarativeBase
+from test_audit_guard import refusal
+
+from eventlog_persist import (
+    convert_to_partitioned,
+    drop_partitions,
+    ensure_partitions,
+    event_log_model,
+    list_partitions,
+    purge_events,
+    seal_events,
+    verify_audit,
+)
+from eventlog_persist._cli import main
+
+EventLog = build_host_models(feed=True, partitioned=True).EventLog
+CHUNK = 4
+NOW = datetime.now(UTC)
+OLD = NOW - timedelta(weeks=10)
+GUARD = {"event_logs_audit_delete", "event_logs_audit_update", "event_logs_audit_truncate"}
+DELETE_REFUSED = "eventlog_persist: DELETE from event_logs refused (2 of 2 events still have"
+TRUNCATE_REFUSED = "eventlog_persist: TRUNCATE of event_logs refused: it would erase events"
+
+
+@pytest.fixture(scope="module")
+def template(pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with audited_template(pg_server, tmp_path_factory.mktemp("audit"), partitioned=True) as name:
+        yield name
+
+
+@pytest.fixture
+def db(pg_server: ServerInfo, template: str) -> Iterator[Engine]:
+    with audited_engine(pg_server, template) as engine:
+        yield engine
+
+
+def make_app_role(db: Engine) -> str:
+    """A role with every privilege on the host's tables and partitions."""
+    name = f"app_{db.url.database}"
+    with db.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{name}"'))
+        connection.execute(
+            text(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA "
+                f'public TO "{name}"'
+            )
+        )
+    return name
+
+
+@pytest.fixture
+def app_role(db: Engine) -> str:
+    return make_app_role(db)
+
+
+def guard_of(db: Engine, table: str) -> set[str]:
+    with db.connect() as connection:
+        return set(
+            connection.execute(
+                text(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:t) "
+                    "AND NOT tgisinternal"
+                ),
+                {"t": table},
+            ).scalars()
+        )
+
+
+def old_events(db: Engine, count: int, *, at: datetime = OLD) -> dict[str, Any]:
+    """A session with ``count`` events created at ``at`` (its partition made first)."""
+    ensure_partitions(EventLog, db, ahead=0, now=at)
+    with db.begin() as connection:
+        ids = add_session(connection, events=0)
+        ids["events"] = [
+            connection.execute(
+                text(
+                    "INSERT INTO event_logs (id, session_id, user_id, project_id, event_type, "
+                    "payload, created_at) VALUES (:id, :s, :u, :p, 'tool_call', "
+                    "CAST(:payload AS jsonb), :at) RETURNING id"
+                ),
+                {
+                    "id": uuid.uuid4(),
+                    "s": ids["session"],
+                    "u": ids["user"],
+                    "p": ids["project"],
+                    "payload": f'{{"n": {n}}}',
+                    "at": at + timedelta(seconds=n),
+                },
+            ).scalar_one()
+            for n in range(count)
+        ]
+    return ids
+
+
+def partition_of(db: Engine, moment: datetime) -> str:
+    for partition in list_partitions(EventLog, db):
+        after_lower = partition.lower is not None and partition.lower <= moment
+        if after_lower and (partition.upper is None or moment < partition.upper):
+            return partition.name
+    raise AssertionError(f"no partition holds {moment}")
+
+
+def seal_all(db: Engine) -> None:
+    """Seal until every committed event and tombstone is sealed."""
+    deadline = time.monotonic() + 30
+    while True:
+        seal_events(EventLog, db, chunk_size=CHUNK)
+        report = verify_audit(EventLog, db)
+        with db.connect() as connection:
+            stones = connection.execute(
+                text(
+                    "SELECT count(*) FROM event_log_erasures WHERE erased_xid >= "
+                    "coalesce((SELECT max(xid_to) FROM event_log_seals), '0')"
+                )
+            ).scalar_one()
+        if report.unsealed == 0 and stones == 0:
+            return
+        assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
+        time.sleep(0.05)
+
+
+def assert_ok(db: Engine, **erasures: int) -> None:
+    seal_all(db)
+    report = verify_audit(EventLog, db)
+    assert report.problems == (), [str(p) for p in report.problems]
+    expected = {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0, **erasures}
+    assert dict(report.erasures) == expected
+
+
+def test_the_model_takes_the_audit_with_the_partitioned_layout() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    model = event_log_model(Base, partitioned=True, feed=True, audit=True)
+    assert [c.name for c in model.__table__.primary_key.columns] == ["id", "created_at"]
+    assert {"event_log_erasures", "event_log_seals"} <= set(Base.metadata.tables)
+
+
+# -- the guard -------------------------------------------------------------------------------
+
+
+def test_every_partition_has_the_guard_and_new_ones_get_it(db: Engine) -> None:
+    partitions = [p.name for p in list_partitions(EventLog, db)]
+    assert len(partitions) == 5
+    for name in [*partitions, "event_logs"]:
+        assert guard_of(db, name) == GUARD
+    created = ensure_partitions(EventLog, db, ahead=6)
+    assert len(created) == 2
+    # One made by another tool (pg_partman, say): ensure_partitions guards it too.
+    with db.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE event_logs_other PARTITION OF event_logs FOR VALUES FROM "
+                "('2001-01-01') TO ('2001-02-01')"
+            )
+        )
+    assert guard_of(db, "event_logs_other") == set()
+    assert ensure_partitions(EventLog, db, ahead=6) == ()
+    for name in [*created, "event_logs_other"]:
+        assert guard_of(db, name) == GUARD
+
+
+@pytest.mark.parametrize("target", ["parent", "partition"])
+def test_delete_update_and_truncate_are_refused_for_the_application_role(
+    db: Engine, app_role: str, target: str
+) -> None:
+    with db.begin() as connection:
+        ids = add_session(connection, events=2)
+    table = "event_logs" if target == "parent" else partition_of(db, NOW)
+    message = refusal(db, f"DELETE FROM {table}", role=app_role)
+    assert message.startswith(DELETE_REFUSED)
+    message = refusal(db, f"UPDATE {table} SET tool_name = 'x'", role=app_role)
+    assert "UPDATE of event_logs refused (2 of 2 rows" in message
+    message = refusal(db, f"TRUNCATE {table}", role=app_role)
+    assert message.startswith(TRUNCATE_REFUSED)
+    with db.connect() as connection:
+        assert len(leaves(connection, "session_id = :s", s=ids["session"])) == 2
+
+
+def test_cascade_set_null_and_declared_erasure_verify_ok(db: Engine, app_role: str) -> None:
+    with db.begin() as connection:
+        cascaded = add_session(connection, events=3)
+        nulled = add_session(connection, events=2)
+        erased = add_session(connection, events=2)
+    old = old_events(db, 2)
+    seal_all(db)
+    with db.begin() as connection:
+        connection.execute(text(f'SET LOCAL ROLE "{app_role}"'))
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
+        connection.execute(text("DELETE FROM user_projects WHERE id = :project"), nulled)
+        connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), nulled)
+    with db.begin() as connection:
+        connection.execute(text(f'SET LOCAL ROLE "{app_role}"'))
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(text("DELETE FROM event_logs WHERE session_id = :session"), erased)
+    with db.begin() as connection:  # a statement naming a partition is recorded too
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(
+            text(f"DELETE FROM {partition_of(db, OLD)} WHERE session_id = :session"), old
+        )
+    # SET NULL of the project, then of the agent: a tombstone each for each of 2 events.
+    assert_ok(db, cascade=3, set_null=4, erasure=4)
+
+
+def test_a_row_deleted_behind_the_guard_of_a_partition_is_reported(db: Engine) -> None:
+    old_events(db, 3)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    with db.begin() as connection:  # the owner, switching the partition's guard off
+        connection.execute(text(f"ALTER TABLE {name} DISABLE TRIGGER event_logs_audit_delete"))
+        connection.execute(text(f"DELETE FROM {name} WHERE payload->>'n' = '1'"))
+        connection.execute(text(f"ALTER TABLE {name} ENABLE TRIGGER event_logs_audit_delete"))
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["chunk"]
+    assert "1 fewer events than sealed" in report.problems[0].detail
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep", "concurrently"), [(False, True), (True, True), (False, False), (True, False)]
+)
+def test_seal_drop_seal_verify_ok_with_one_retention_tombstone_per_event(
+    db: Engine, keep: bool, concurrently: bool
+) -> None:
+    old = old_events(db, 5)
+    with db.connect() as connection:
+        before = leaves(connection)
+    with db.begin() as connection:  # a SET NULL before: the first-written leaf is kept
+        connection.execute(text("DELETE FROM user_projects WHERE id = :project"), old)
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    result = drop_partitions(
+        EventLog,
+        db,
+        older_than=OLD + timedelta(weeks=1),
+        keep_detached=keep,
+        concurrently=concurrently,
+    )
+    assert (result.detached if keep else result.dropped) == (name,)
+    assert result.erasures == 5
+    with db.connect() as connection:
+        stones = [s for s in tombstones(connection) if s["kind"] == "retention"]
+    assert sorted(str(s["event_id"]) for s in stones) == sorted(str(e) for e in old["events"])
+    assert all(s["leaf"] == before[s["event_id"]] for s in stones)
+    if keep:
+        assert guard_of(db, name) == set()  # an archive now: its owner may drop it
+        with db.begin() as connection:
+            connection.execute(text(f"TRUNCATE {name}"))
+    assert_ok(db, set_null=5, retention=5)
+
+
+def test_an_interrupted_detach_gets_its_tombstones_once(db: Engine, pg_server: ServerInfo) -> None:
+    old = old_events(db, 4)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    cutoff = OLD + timedelta(weeks=1)
+    holder = create_engine(db.url)
+    held = holder.connect()
+    held.execute(text("SELECT count(*) FROM event_logs"))
+    impatient = create_engine(db.url, connect_args={"options": "-c lock_timeout=300"})
+    try:
+        with pytest.raises(OperationalError, match="lock timeout"):
+            drop_partitions(EventLog, impatient, older_than=cutoff)
+    finally:
+        impatient.dispose()
+        held.close()
+        holder.dispose()
+    assert [p.name for p in list_partitions(EventLog, db) if p.detach_pending] == [name]
+    with db.connect() as connection:
+        assert tombstones(connection) == []
+    result = drop_partitions(EventLog, db, older_than=cutoff)
+    assert result.finalized == (name,)
+    assert result.dropped == (name,)
+    assert result.erasures == 4
+    assert drop_partitions(EventLog, db, older_than=cutoff).erasures == 0
+    with db.connect() as connection:
+        assert sorted(str(s["event_id"]) for s in tombstones(connection)) == sorted(
+            str(e) for e in old["events"]
+        )
+    assert_ok(db, retention=4)
+
+
+def test_a_partition_detached_but_not_dropped_is_recorded_by_the_next_run(db: Engine) -> None:
+    old_events(db, 3)
+    seal_all(db)
+    cutoff = OLD + timedelta(weeks=1)
+    # DROP TABLE locks the tables the foreign keys reference: a reader of users holds it up,
+    # and the tombstones roll back with it.
+    holder = create_engine(db.url)
+    held = holder.connect()
+    held.execute(text("SELECT count(*) FROM users"))
+    try:
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(EventLog, db, older_than=cutoff, lock_timeout=0.2)
+    finally:
+        held.close()
+        holder.dispose()
+    with db.connect() as connection:
+        assert tombstones(connection) == []
+    result = drop_partitions(EventLog, db, older_than=cutoff)
+    assert len(result.dropped) == 1
+    assert result.erasures == 3
+    assert_ok(db, retention=3)
+
+
+def test_purge_on_the_partitioned_table_verifies_ok(db: Engine) -> None:
+    old_events(db, 3)
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    seal_all(db)
+    result = purge_events(EventLog, db, older_than=OLD + timedelta(days=1), batch_size=2)
+    assert result.deleted == 3
+    assert_ok(db, retention=3)
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_template(
+    pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with audited_template(pg_server, tmp_path_factory.mktemp("plain")) as name:
+        yield name
+
+
+@pytest.fixture
+def plain_db(pg_server: ServerInfo, plain_template: str) -> Iterator[Engine]:
+    with audited_engine(pg_server, plain_template) as engine:
+        yield engine
+
+
+def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
+    plain_db: Engine,
+) -> None:
+    db = plain_db
+    with db.begin() as connection:
+        cascaded = add_session(connection, events=3)
+        kept = add_session(connection, events=2)
+    seal_all(db)
+    result = convert_to_partitioned(db)
+    assert result.state == "converted"
+    partitions = [p.name for p in list_partitions(EventLog, db)]
+    assert partitions[0] == "event_logs_legacy"
+    for name in [*partitions, "event_logs"]:
+        assert guard_of(db, name) == GUARD
+    role = make_app_role(db)
+    message = refusal(db, "DELETE FROM event_logs_legacy", role=role)
+    assert message.startswith("eventlog_persist: DELETE from event_logs refused (5 of 5 events")
+    with db.begin() as connection:
+        add_session(connection, events=2)
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
+        connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), kept)
+    assert_ok(db, cascade=3, set_null=2)
+
+
+def test_the_drop_command_reports_the_tombstones(
+    db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_events(db, 2)
+    url = db.url.render_as_string(hide_password=False)
+    assert main(["partitions", "drop", "--older-than", "8w", "--url", url]) == 0
+    assert "eventlog-persist: audit: 2 retention tombstones written" in capsys.readouterr().out
+    assert_ok(db, retention=2)
