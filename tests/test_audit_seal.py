@@ -4,6 +4,7 @@ verifies OK (sealed before or after it), the sealers seal and export their heads
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -587,6 +588,32 @@ def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
     report = verify_audit(EventLog, db, anchors=[s.anchor for s in exported])
     assert report.ok
     assert report.events == 4
+
+
+def test_an_async_sealer_closed_mid_seal_leaves_no_cursor_open_and_no_seal(db: Engine) -> None:
+    """Closing cancels a seal in progress: its transaction rolls back and its server-side
+    cursor is closed (an open one fails the test as an unraisable ResourceWarning)."""
+    with db.begin() as connection:
+        add_session(connection, events=3000)
+
+    async def close_after(delay: float) -> None:
+        engine = create_async_engine(db.url)
+        try:
+            sealer = await AsyncAuditSealer(
+                EventLog, engine, interval=0.01, chunk_size=CHUNK
+            ).start()
+            await asyncio.sleep(delay)
+            await sealer.close()
+        finally:
+            await engine.dispose()
+
+    for delay in (0.0, 0.02, 0.05, 0.1):
+        asyncio.run(close_after(delay))
+        gc.collect()
+        if unsealed(db) == 0:
+            break  # a seal finished before the close: the later delays add nothing
+    seal_all(db)
+    assert verify_audit(EventLog, db).ok
 
 
 def test_the_sync_and_async_apis_refuse_the_other_flavour(db: Engine) -> None:

@@ -400,9 +400,12 @@ def _rows(
             yield from _prefetched(driver, sql, params)
         else:
             sql = _rows_sql(tables, condition, order, ":{}")
-            yield from connection.execute(
+            # Closed however the reading ends: an async sealer cancelled mid-window (run_sync)
+            # would otherwise leave the driver's server-side cursor open.
+            with connection.execute(
                 text(sql), params, execution_options={"yield_per": _YIELD_PER}
-            )
+            ) as result:
+                yield from result
 
 
 def window_entries(
