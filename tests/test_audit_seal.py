@@ -567,8 +567,9 @@ def test_the_sealer_seals_and_retries_a_failed_export(
 
 
 def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
+    # More events than a page of the async reader (5,000): the pages must join seamlessly.
     with db.begin() as connection:
-        add_session(connection, events=4)
+        add_session(connection, events=11_000)
     exported: list[Seal] = []
 
     async def main() -> None:
@@ -586,8 +587,8 @@ def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
 
     asyncio.run(main())
     report = verify_audit(EventLog, db, anchors=[s.anchor for s in exported])
-    assert report.ok
-    assert report.events == 4
+    assert report.ok, [str(problem) for problem in report.problems[:3]]
+    assert report.events == 11_000
 
 
 def test_an_async_sealer_closed_mid_seal_leaves_no_cursor_open_and_no_seal(db: Engine) -> None:

@@ -386,7 +386,8 @@ def _rows(
 
     With psycopg, read by a server-side cursor of the driver, without SQLAlchemy's row
     processing (what reading costs is most of what verifying costs); any other driver
-    reads the same text through SQLAlchemy.
+    (and psycopg's async connection) reads the same text through SQLAlchemy in keyset
+    pages (`_paged`).
     """
     xid = "xid >= CAST(CAST(:lo AS text) AS xid8) AND " if xid_from is not None else ""
     parts = [(f"{xid}xid < CAST(CAST(:hi AS text) AS xid8)", "e.xid, e.id")]
@@ -399,13 +400,31 @@ def _rows(
             sql = _rows_sql(tables, condition, order, "%({})s")
             yield from _prefetched(driver, sql, params)
         else:
-            sql = _rows_sql(tables, condition, order, ":{}")
-            # Closed however the reading ends: an async sealer cancelled mid-window (run_sync)
-            # would otherwise leave the driver's server-side cursor open.
-            with connection.execute(
-                text(sql), params, execution_options={"yield_per": _YIELD_PER}
-            ) as result:
-                yield from result
+            yield from _paged(connection, tables, condition, order, params)
+
+
+def _paged(
+    connection: Connection, tables: AuditTables, condition: str, order: str, params: dict[str, str]
+) -> Iterator[Sequence[Any]]:
+    """The rows of one part of a window in pages of `_YIELD_PER`, each page after the last
+    row of the one before (by the (xid, id) index), buffered: no server-side cursor, which
+    an async sealer cancelled mid-page (run_sync) would leave open."""
+    by_xid = order.startswith("e.xid")
+    after = (
+        "(e.xid, e.id) > (CAST(CAST(:after_xid AS text) AS xid8), CAST(:after_id AS uuid))"
+        if by_xid
+        else "e.id > CAST(:after_id AS uuid)"
+    )
+    first = _rows_sql(tables, condition, order, ":{}") + f" LIMIT {_YIELD_PER}"
+    rest = _rows_sql(tables, f"{condition} AND {after}", order, ":{}") + f" LIMIT {_YIELD_PER}"
+    page = connection.execute(text(first), params).all()
+    while page:
+        yield from page
+        if len(page) < _YIELD_PER:
+            return
+        last = page[-1]
+        cursor = {"after_id": last[0], "after_xid": last[-1]} if by_xid else {"after_id": last[0]}
+        page = connection.execute(text(rest), params | cursor).all()
 
 
 def window_entries(
