@@ -7,6 +7,7 @@ from typing import Final
 
 from sqlalchemy import Connection, text
 
+from eventlog_persist._audit_leaf import LEAF_COLUMNS
 from eventlog_persist._audit_schema import ERASURES_TABLE
 
 __all__ = [
@@ -25,24 +26,6 @@ GUARD_TRIGGERS: Final = (
 )
 """The guard's statement triggers (revision evlaudit_0001), on ``event_logs`` and on each of
 its partitions under the same names."""
-
-_COLUMNS: Final = (
-    "id",
-    "session_id",
-    "user_id",
-    "project_id",
-    "agent_id",
-    "event_type",
-    "payload",
-    "created_at",
-    "error_code",
-    "tool_name",
-    "approval_status",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "xid",
-)
 
 
 def _quote(name: str) -> str:
@@ -120,7 +103,7 @@ def record_retention(connection: Connection, schema: str, name: str) -> int:
     erasures = f"{s}.{_quote(ERASURES_TABLE)}"
     row = ", ".join(
         f"o.{column}::text" if column.endswith("_id") and column != "id" else f"o.{column}"
-        for column in _COLUMNS
+        for column in LEAF_COLUMNS
     )
     result = connection.execute(
         text(
