@@ -373,16 +373,21 @@ def test_the_msgspec_path_writes_every_code_point_as_jsonb_does() -> None:
         ('{"a": 1234567890123456789012345678901234567890}', True),
         (r'{"\u00e9\u001f": "\"\\\b\f\n\r\t\u007f\u2028 \ud83d\ude00"}', True),
         ("[" * 300 + "1" + "]" * 300, True),
-        ("[" * 5000 + "1" + "]" * 5000, False),  # deeper than msgspec reads
+        # msgspec's depth limit differs between Python versions (3.13 reads this): either way
+        # exact
+        ("[" * 5000 + "1" + "]" * 5000, None),
         (r'"\ud800"', False),  # a lone surrogate: no jsonb holds one
         ("[1, 2", False),  # not JSON
     ],
 )
-def test_the_msgspec_path_declines_what_it_cannot_write_exactly(payload: str, taken: bool) -> None:
+def test_the_msgspec_path_declines_what_it_cannot_write_exactly(
+    payload: str, taken: bool | None
+) -> None:
     from eventlog_persist._audit_leaf import _quick_canonical
 
     quick = _quick_canonical(payload)
-    assert (quick is not None) == taken
+    if taken is not None:
+        assert (quick is not None) == taken
     if quick is not None:
         assert quick.decode() == canonical_json(payload) == _exact(payload)
 
