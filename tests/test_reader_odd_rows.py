@@ -181,6 +181,37 @@ def test_every_timeline_and_count_reads_past_odd_rows(
     assert sum(bucket.count for bucket in days) == 3
 
 
+@pytest.mark.parametrize("name", ["user", "project", "agent", "session"])
+def test_a_range_open_on_one_side_reaches_the_odd_rows_on_that_side(
+    host_engine: Engine,
+    world: World,
+    odd_ids: dict[uuid.UUID, datetime],
+    host_models: HostModels,
+    name: str,
+) -> None:
+    """``since`` alone keeps every row after it, up to ``infinity``; ``until`` alone every row
+    before it, down to ``-infinity`` (on the partitioned layout the open side is a bound of
+    its own in the SQL: it must hold for those rows too)."""
+    reader = EventLogReader(host_models.EventLog, host_engine)
+    timeline, key = {
+        "user": (reader.user_timeline, {"user_id": world.users[0]}),
+        "project": (reader.project_timeline, {"project_id": world.projects[0]}),
+        "agent": (reader.agent_timeline, {"agent_id": world.agents[0], "user_id": UNSCOPED}),
+        "session": (
+            reader.session_timeline,
+            {"session_id": world.sessions[0][0], "user_id": world.users[0]},
+        ),
+    }[name]
+    later = {event_id for event_id, at in odd_ids.items() if at == LAST}
+    earlier = set(odd_ids) - later
+    for order in ("newest", "oldest"):
+        after = {event.id for event in walk(timeline, **key, since=T0, order=order, limit=4)}
+        before = {event.id for event in walk(timeline, **key, until=T0, order=order, limit=4)}
+        assert later <= after
+        assert not earlier & after
+        assert before == earlier
+
+
 def test_a_purged_edge_row_ends_the_walk_cleanly(
     host_engine: Engine, host_models: HostModels, world: World, odd_ids: dict[uuid.UUID, Any]
 ) -> None:

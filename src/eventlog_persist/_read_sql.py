@@ -160,6 +160,23 @@ _LAST_READABLE: Final = literal_column(
 )
 
 
+_EARLIEST: Final = literal_column("TIMESTAMPTZ '-infinity'", DateTime(timezone=True))
+_LATEST: Final = literal_column("TIMESTAMPTZ 'infinity'", DateTime(timezone=True))
+
+# Timelines whose open range sides are bound on the partitioned layout. With ``since``
+# alone (or no bound), PostgreSQL estimates that the generic plan reads a third of every
+# partition, so it plans each call again over every partition in range; with both sides
+# bound it keeps the generic plan and prunes at executor start-up. That is faster for a
+# user's, project's or agent's page (history spread over the partitions), slower for a
+# session's: its generic plan locks every partition on each call, and a session page
+# bounded by its first day is measured better off planned (docs/benchmarks/scaleout.md).
+_OPEN_SIDES_BOUND: Final = frozenset({"user_id", "project_id", "agent_id"})
+
+
+def _partitioned(table: Table) -> bool:
+    return bool(table.dialect_options["postgresql"].get("partition_by"))
+
+
 def _readable(value: ColumnElement[datetime]) -> ColumnElement[datetime]:
     """``value`` moved into ``CREATED_AT_MIN`` .. ``CREATED_AT_MAX``: what Python can load.
 
@@ -223,6 +240,13 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
         "approval": lambda: c.approval_status == param("approval_status"),
         "since": lambda: c.created_at >= param("since", "created_at"),
         "until": lambda: c.created_at < param("until", "created_at"),
+        # An open side as a parameter that is always NULL: the condition holds for every
+        # row, but PostgreSQL's generic plan sees a range between two parameters (see
+        # `_OPEN_SIDES_BOUND`).
+        "since:open": lambda: (
+            c.created_at >= func.coalesce(param("since", "created_at"), _EARLIEST)
+        ),
+        "until:open": lambda: c.created_at <= func.coalesce(param("until", "created_at"), _LATEST),
     }
     conditions = []
     for token in shape:
@@ -467,10 +491,14 @@ def timeline_query(
             shape.append(token)
             params[name] = value
     shape += _filter_shape(filters, params)
+    open_sides_bound = column in _OPEN_SIDES_BOUND and _partitioned(table)
     for name, value in (("since", since), ("until", until)):
         if value is not None:
             shape.append(name)
             params[name] = value
+        elif open_sides_bound:
+            shape.append(f"{name}:open")
+            params[name] = None
     if cursor is not None:
         after, params["after_id"] = decode_cursor(cursor, query_key)
         params["after_created_at"] = after
