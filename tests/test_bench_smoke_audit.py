@@ -14,6 +14,7 @@ def test_audit_bench_runs_every_write_path_and_both_erasures(
     pg_server: ServerInfo, tmp_path: Path
 ) -> None:
     bench_module("datagen")
+    bench_module("_server")
     audit_bench = bench_module("audit_bench")
     options = audit_bench.Options.quick()
     report = audit_bench.run(pg_server.libpq_dsn("postgres"), tmp_path, options, log=lambda _: None)

@@ -11,6 +11,7 @@ from test_explain import bench_module
 def test_feed_bench_runs_and_accounts_for_every_event(pg_server: ServerInfo) -> None:
     bench_module("datagen")
     bench_module("_svg")
+    bench_module("_server")
     feed_bench = bench_module("feed_bench")
     options = feed_bench.Options.quick()
     report = feed_bench.run(

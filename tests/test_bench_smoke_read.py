@@ -28,6 +28,7 @@ def test_generator_mix() -> None:
 def test_read_bench_runs(pg_server: ServerInfo, tmp_path: Path) -> None:
     bench_module("datagen")
     bench_module("_svg")
+    bench_module("_server")
     read_bench = bench_module("read_bench")
     out = tmp_path / "read-path.md"
     svg = tmp_path / "charts" / "read-path.svg"
