@@ -15,7 +15,6 @@ from test_delivery import *  # noqa: F403
 from test_reader import *  # noqa: F403
 from test_reader import World
 from test_reader_bounds import *  # noqa: F403
-from test_reader_odd_rows import *  # noqa: F403
 from test_retention import *  # noqa: F403
 from test_write_buffered import *  # noqa: F403
 from test_write_bulk import *  # noqa: F403
