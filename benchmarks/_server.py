@@ -36,10 +36,10 @@ def embedded(prefix: str = "evl-bench-") -> Iterator[Embedded]:
 
 
 @contextmanager
-def server(url: str | None, prefix: str = "evl-bench-") -> Iterator[str]:
+def server(url: str | None) -> Iterator[str]:
     """``url`` as it is, or the URL of a throwaway embedded server's ``postgres`` database."""
     if url:
         yield url
         return
-    with embedded(prefix) as started:
+    with embedded() as started:
         yield started.url
