@@ -297,8 +297,50 @@ def test_hook_returning_new_objects_forever_is_a_payload_error_not_recursion_err
         def __json__(self) -> object:
             return Endless()
 
-    with pytest.raises(PayloadError, match=r"Endless|recursion"):
-        prepare_payload({"e": Endless()})
+    # Stopped by the count of hooks in a row, long before Python's recursion limit: a
+    # garbage collection near that limit would run other objects' finalizers with no stack
+    # left for them.
+    error = payload_error({"e": Endless()})
+    assert error.path == "/e"
+    assert "hook number 17 in a row" in str(error)
+    assert "Endless" in str(error)
+    assert "recursion limit" not in str(error)
+
+
+def test_default_returning_new_objects_forever_is_a_payload_error() -> None:
+    error = payload_error([Opaque()], default=lambda value: Opaque())
+    assert error.path == "/0"
+    assert "PayloadPolicy.default would be hook number 17 in a row" in str(error)
+
+
+class Steps:
+    """Converts to ``Steps(left - 1, then)`` until ``left`` is 0, then to ``then``."""
+
+    def __init__(self, left: int, then: object) -> None:
+        self.left = left
+        self.then = then
+
+    def __json__(self) -> object:
+        return Steps(self.left - 1, self.then) if self.left else self.then
+
+
+def test_sixteen_hooks_in_a_row_convert_and_the_seventeenth_is_refused() -> None:
+    assert prepare({"s": Steps(15, "done")}).value == {"s": "done"}
+    error = payload_error({"s": Steps(16, "done")})
+    assert error.path == "/s"
+    assert "hook number 17 in a row for the test_payload.Steps" in str(error)
+
+
+def test_hooks_in_a_row_are_counted_per_container_level() -> None:
+    class Nest:
+        def __init__(self, levels: int) -> None:
+            self.levels = levels
+
+        def __json__(self) -> object:
+            # 15 hooks in a row at each level (this one and 14 Steps), 75 on the path.
+            return Steps(13, {"in": Nest(self.levels - 1)}) if self.levels else "done"
+
+    assert prepare(Nest(5)).value == {"in": {"in": {"in": {"in": {"in": "done"}}}}}
 
 
 def test_json_hook_exception_is_wrapped() -> None:

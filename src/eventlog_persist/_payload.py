@@ -72,6 +72,10 @@ DEFAULT_MAX_BYTES: Final = 256 * 1024
 MIN_MAX_BYTES: Final = 256
 """Smallest accepted ``max_bytes``: room for the truncation marker with any sizes in it."""
 DEFAULT_PREVIEW_CHARS: Final = 2048
+# A hook whose result needs a hook again, this many times at one container level, is taken
+# to be endless: failing here keeps the walk far from Python's recursion limit, where a
+# garbage collection could run other code's finalizers on an almost full stack.
+_HOOK_CHAIN_LIMIT: Final = 16
 
 REDACTION_RECORD_KEY: Final = "_redacted"
 """Default top-level key that lists the redacted paths."""
@@ -551,10 +555,12 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
       iteration order;
     * anything else: ``policy.default(value)`` when set, else `PayloadError`.
 
-    Converted values are prepared recursively under the same rules. Dict keys must be str,
-    or int, float, bool, None, UUID or Enum, converted as ``json.dumps`` does (``True`` ->
-    ``"true"``, ``None`` -> ``"null"``, ``1.5`` -> ``"1.5"``; a NaN or infinite key becomes
-    ``"null"`` under ``non_finite="null"``); two keys that become the same str are an error.
+    Converted values are prepared recursively under the same rules; a value that takes more
+    than 16 hook calls in a row (each result needing another hook) is an error. Dict keys
+    must be str, or int, float, bool, None, UUID or Enum, converted as ``json.dumps`` does
+    (``True`` -> ``"true"``, ``None`` -> ``"null"``, ``1.5`` -> ``"1.5"``; a NaN or infinite
+    key becomes ``"null"`` under ``non_finite="null"``); two keys that become the same str
+    are an error.
 
     Redaction (see `PayloadPolicy`) replaces values, never keys: whole values under secret
     keys and in ``[name, value]`` pairs, and secrets that the detectors find inside strings,
@@ -691,6 +697,7 @@ class _Pass:
     __slots__ = (
         "default",
         "header_pairs",
+        "hook_levels",
         "masker",
         "max_depth",
         "max_int_bits",
@@ -719,6 +726,8 @@ class _Pass:
         # parts[i] is the key or index being visited inside stack[i].
         self.parts: list[str | int] = []
         self.stack: list[object] = []
+        # The container level of each hook call under way, outermost first.
+        self.hook_levels: list[int] = []
         self.redacted: list[str] = []
         self.replaced: list[str] = []
         self.secret_cache: dict[str, bool] = {}
@@ -807,6 +816,17 @@ class _Pass:
         )
 
     def converted(self, value: object, hook: str, call: Callable[[], object]) -> JSONSafeValue:
+        levels = self.hook_levels
+        level = len(self.stack)
+        # Levels only grow along a path: when the call _HOOK_CHAIN_LIMIT back is at this
+        # level, so are all the calls since.
+        if len(levels) >= _HOOK_CHAIN_LIMIT and levels[-_HOOK_CHAIN_LIMIT] == level:
+            raise self.fail(
+                f"{hook} would be hook number {_HOOK_CHAIN_LIMIT + 1} in a row for the "
+                f"{_type_name(value)} {_where(_pointer(self.parts))}, each returning a value "
+                "that needs another hook; a hook likely returns new objects forever: make "
+                "it return plain data (dict, list, str, ...)"
+            )
         try:
             result = call()
         except PayloadError:
@@ -821,7 +841,11 @@ class _Pass:
                 f"{hook} returned the {_type_name(value)} {_where(_pointer(self.parts))} "
                 "unchanged; it must return plain data (dict, list, str, ...)"
             )
-        return self.value(result)
+        levels.append(level)
+        try:
+            return self.value(result)
+        finally:
+            levels.pop()
 
     def enter(self, container: object) -> None:
         stack = self.stack
