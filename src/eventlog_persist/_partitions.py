@@ -127,14 +127,14 @@ _LEFT_TO_DROP_SQL: Final = text(
     "WHERE n.nspname = :schema AND c.relkind = 'r' AND NOT c.relispartition "
     "AND obj_description(c.oid, 'pg_class') = :comment ORDER BY c.relname"
 )
-_PARTITIONS_SQL: Final = text(
+_PARTITIONS: Final = (
     "SELECT c.relname, n.nspname, "
     "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
     "'FROM \\(''([^'']*)''\\) TO'))[1]::timestamptz AS lower, "
     "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
     "' TO \\(''([^'']*)''\\)$'))[1]::timestamptz AS upper, "
     "pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default, "
-    "c.reltuples::bigint, pg_total_relation_size(c.oid), i.inhdetachpending "
+    "c.reltuples::bigint, {size}, i.inhdetachpending "
     "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE i.inhparent = CAST(:parent AS oid) ORDER BY lower NULLS FIRST, c.relname"
@@ -187,8 +187,17 @@ def _parent(connection: Connection, table: Table) -> _Parent:
     return _Parent(int(oid), str(schema), str(relname))
 
 
-def _partitions(connection: Connection, parent: _Parent) -> list[PartitionInfo]:
-    rows = connection.execute(_PARTITIONS_SQL, {"parent": parent.oid})
+_SIZED_PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="pg_total_relation_size(c.oid)"))
+# Sizes cost a stat() of every file of every partition and index: only listing shows them.
+_PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="0"))
+
+
+def _partitions(
+    connection: Connection, parent: _Parent, *, sized: bool = False
+) -> list[PartitionInfo]:
+    """The partitions of ``parent``; ``total_bytes`` is 0 unless ``sized``."""
+    statement = _SIZED_PARTITIONS_SQL if sized else _PARTITIONS_SQL
+    rows = connection.execute(statement, {"parent": parent.oid})
     return [
         PartitionInfo(
             name=name,
@@ -476,7 +485,7 @@ def list_partitions(
     """
     table = event_table(model)
     with _connection(bind) as connection, connection.begin():
-        return _partitions(connection, _parent(connection, table))
+        return _partitions(connection, _parent(connection, table), sized=True)
 
 
 def ensure_partitions(
