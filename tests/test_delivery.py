@@ -317,6 +317,33 @@ def test_a_connection_the_caller_gave_is_used_and_left_open(
     assert flavor.opened.conninfos == []  # the writer opened none of its own
 
 
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transactional"])
+def test_a_connection_the_caller_gave_is_idle_after_a_write_that_started_over(
+    flavor: Flavor, host_engine: Engine, host_models: HostModels, autocommit: bool
+) -> None:
+    """Two of the events are stored already: the first attempt's transaction is rolled back
+    and the batch written again through the staging table, in one more transaction."""
+    user_id, session_id = seed(host_engine, host_models)
+    events = batch(user_id, session_id, 5)
+    write_events(host_models.EventLog, host_engine, events[:2])
+    target = conninfo(host_engine)
+    if flavor.name == "sync":
+        with psycopg.connect(target, autocommit=autocommit) as conn:
+            result = write_events(host_models.EventLog, conn, events)
+            status = conn.info.transaction_status
+    else:
+
+        async def run() -> tuple[BulkResult, psycopg.pq.TransactionStatus]:
+            async with await psycopg.AsyncConnection.connect(target, autocommit=autocommit) as conn:
+                written = await awrite_events(host_models.EventLog, conn, events)
+                return written, conn.info.transaction_status
+
+        result, status = asyncio.run(run())
+    assert (result.written, result.duplicates, result.retries) == (5, 2, 0)
+    assert status == psycopg.pq.TransactionStatus.IDLE
+    assert sorted(stored_ids(host_engine)) == sorted(event.id for event in events)
+
+
 def test_a_closed_connection_the_caller_gave_is_not_reopened(
     flavor: Flavor,
     host_engine: Engine,

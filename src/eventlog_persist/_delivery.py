@@ -10,12 +10,13 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, overload
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine
@@ -99,6 +100,64 @@ def _move_sql(table: EventTable) -> str:
 _SAVEPOINT: Final = "SAVEPOINT eventlog_part"
 _RELEASE: Final = "RELEASE SAVEPOINT eventlog_part"
 _UNDO: Final = "ROLLBACK TO SAVEPOINT eventlog_part; RELEASE SAVEPOINT eventlog_part"
+# The batch's transaction is ours too, on an autocommit connection: a statement timeout that
+# fires as a statement ends can cancel the next command instead ("canceling statement due to
+# user request"), and when that is psycopg's ROLLBACK, psycopg logs a warning and leaves the
+# transaction open. Ours tries the ROLLBACK once more; the cancel is spent by then.
+_ROLLBACK_TRIES: Final = 2
+
+
+def _own_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the batch runs BEGIN ... COMMIT itself (an autocommit connection, idle),
+    rather than through psycopg's ``transaction()`` (a connection the host gave that is
+    not in autocommit mode or is inside a transaction)."""
+    return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+
+
+@contextlib.contextmanager
+def _transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One transaction for a batch; see `_ROLLBACK_TRIES`."""
+    if not _own_transaction(conn):
+        with conn.transaction():
+            yield
+        return
+    conn.execute("BEGIN", prepare=False)
+    try:
+        yield
+        conn.execute("COMMIT", prepare=False)
+    except BaseException:
+        for _ in range(_ROLLBACK_TRIES):
+            if conn.broken or conn.closed:
+                break
+            try:
+                conn.execute("ROLLBACK", prepare=False)
+                break
+            except psycopg.Error:
+                continue
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _atransaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """`_transaction`, async."""
+    if not _own_transaction(conn):
+        async with conn.transaction():
+            yield
+        return
+    await conn.execute("BEGIN", prepare=False)
+    try:
+        yield
+        await conn.execute("COMMIT", prepare=False)
+    except BaseException:
+        for _ in range(_ROLLBACK_TRIES):
+            if conn.broken or conn.closed:
+                break
+            try:
+                await conn.execute("ROLLBACK", prepare=False)
+                break
+            except psycopg.Error:
+                continue
+        raise
 
 
 def _lock_timeout_sql(seconds: float) -> str:
@@ -480,7 +539,7 @@ def _store(
 ) -> Outcome:
     """Write ``events`` in one transaction; bad rows are found by bisection with savepoints."""
     outcome = Outcome()
-    with conn.transaction():
+    with _transaction(conn):
         if lock_timeout is not None:
             conn.execute(_lock_timeout_sql(lock_timeout), prepare=False)
         if staged:
@@ -664,7 +723,7 @@ async def _astore(
     lock_timeout: float | None,
 ) -> Outcome:
     outcome = Outcome()
-    async with conn.transaction():
+    async with _atransaction(conn):
         if lock_timeout is not None:
             await conn.execute(_lock_timeout_sql(lock_timeout), prepare=False)
         if staged:
