@@ -166,6 +166,7 @@ def run(base: str, options: Options, folder: Path, *, log: Callable[[str], None]
                 admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
             engine = create_engine(sqlalchemy_url(make_conninfo(base, dbname=name)))
             try:
+                wait_until_settled(make_conninfo(base, dbname=name))
                 actions: dict[str, Callable[[], int]] = {
                     "baseline (SELECT)": lambda engine=engine: baseline(engine),  # type: ignore[misc]
                     "seal_events": lambda engine=engine: _seal(engine, options),  # type: ignore[misc]
@@ -218,6 +219,29 @@ def run(base: str, options: Options, folder: Path, *, log: Callable[[str], None]
     lines.append("")
     lines.append(f"(load average at the end: {load:.2f} on {os.cpu_count()} CPUs)")
     return Report("\n".join(lines), rates)
+
+
+def wait_until_settled(dsn: str, timeout: float = 120.0) -> None:
+    """Untimed: wait until no transaction that began before the events were written still
+    runs anywhere on the server. The seal covers transaction ids below the oldest running
+    one, server-wide, so another client's long transaction (a test on a server shared with
+    other test workers) would leave some or all of the events out of it."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) "
+                "> (SELECT xid FROM event_logs ORDER BY xid DESC LIMIT 1)"
+            ).fetchone()
+            if row is not None and row[0] is not False:  # None: no events
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"a transaction older than the events still runs on the server after "
+                    f"{timeout:.0f} s, so a seal would leave events out; end it (see "
+                    "pg_stat_activity) or use a server of the benchmark's own"
+                )
+            time.sleep(0.1)
 
 
 def _seal(engine: Engine, options: Options) -> int:
