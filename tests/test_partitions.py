@@ -4,12 +4,14 @@ interrupted detach, and purge_events on the partitioned layout."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hostmodels import HostModels, build_host_models, seed
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
@@ -361,7 +363,8 @@ def test_a_partition_detached_but_not_dropped_is_dropped_by_the_next_run(
     model = host_models.EventLog
     cutoff = old_and_new(host_engine, model, keys)
     oldest = list_partitions(model, host_engine)[0].name
-    # DROP TABLE locks the tables the foreign keys reference: a reader of users holds it up.
+    # Dropping the partition's foreign keys locks the tables they reference: a reader of
+    # users holds it up.
     holder = create_engine(database_url)
     held = holder.connect()
     held.execute(text("SELECT count(*) FROM users"))
@@ -373,6 +376,92 @@ def test_a_partition_detached_but_not_dropped_is_dropped_by_the_next_run(
         holder.dispose()
     assert table_exists(host_engine, oldest)
     assert oldest not in names(host_engine, model)
+    result = drop_partitions(model, host_engine, older_than=cutoff)
+    assert result.dropped[0] == oldest
+    assert len(result.dropped) == 2
+    assert not table_exists(host_engine, oldest)
+
+
+def foreign_keys(engine: Engine, table: str) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                    "AND conrelid = to_regclass(:t)"
+                ),
+                {"t": table},
+            ).scalar_one()
+        )
+
+
+@contextmanager
+def reading_during_drop_table(engine: Engine, url: URL, table: str) -> Iterator[list[str]]:
+    """While ``engine`` runs a ``DROP TABLE``, another transaction has read ``table`` and
+    stays open; yields the tables dropped."""
+    other = create_engine(url)
+    dropped: list[str] = []
+    held: list[Any] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("DROP TABLE"):
+            dropped.append(statement.split(".")[-1].strip('"'))
+            connection = other.connect()
+            connection.execute(text(f"SELECT count(*) FROM {table}"))
+            held.append(connection)
+
+    def after(*_: Any) -> None:
+        while held:
+            held.pop().close()
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "handle_error", after)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield dropped
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "handle_error", after)
+        event.remove(engine, "after_cursor_execute", after)
+        after()
+        other.dispose()
+
+
+def test_the_referenced_host_tables_are_free_while_a_partition_is_dropped(
+    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # The DROP TABLE frees the partition's files at commit (tens of ms a week, more with
+    # online discard): the foreign keys are dropped before, so it holds no lock on the host's
+    # tables meanwhile, and a transaction that has read users does not hold it up.
+    model = host_models.EventLog
+    old_and_new(host_engine, model, keys)
+    for host_table in ("users", "chat_sessions", "user_projects", "user_agents"):
+        oldest = list_partitions(model, host_engine)[0]
+        assert oldest.lower is not None
+        # A week before the oldest, with the foreign keys every partition has.
+        (created,) = ensure_partitions(model, host_engine, ahead=0, now=oldest.lower - WEEK)
+        assert foreign_keys(host_engine, created) == 4
+        with reading_during_drop_table(host_engine, database_url, host_table) as dropped:
+            result = drop_partitions(model, host_engine, older_than=oldest.lower, lock_timeout=0.2)
+        assert result.dropped == tuple(dropped) == (created,)
+        assert not table_exists(host_engine, created)
+
+
+def test_a_partition_left_without_foreign_keys_is_dropped_by_the_next_run(
+    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    oldest = list_partitions(model, host_engine)[0].name
+    # Its foreign keys dropped, the DROP TABLE waits for a reader of the partition itself.
+    with (
+        reading_during_drop_table(host_engine, database_url, oldest),
+        pytest.raises(OperationalError, match="lock timeout"),
+    ):
+        drop_partitions(model, host_engine, older_than=cutoff, lock_timeout=0.2)
+    assert table_exists(host_engine, oldest)
+    assert oldest not in names(host_engine, model)
+    assert foreign_keys(host_engine, oldest) == 0
     result = drop_partitions(model, host_engine, older_than=cutoff)
     assert result.dropped[0] == oldest
     assert len(result.dropped) == 2
