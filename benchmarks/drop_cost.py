@@ -18,7 +18,10 @@ Both are checkpointed first, so the ``DROP`` writes no dirty page. Also timed be
 (the kernel's part, without PostgreSQL).
 
 Usage: ``python benchmarks/drop_cost.py [--mb 190] [--rounds 5]``. It starts a throwaway
-embedded PostgreSQL 18 (the files must be on this machine to be read and evicted).
+embedded PostgreSQL 18 (the files must be on this machine to be read and evicted) in a new
+folder under ``$TMPDIR`` (default ``/tmp``): point ``TMPDIR`` at another file system to
+measure that one. It prints the file system's type and whether it is mounted with online
+``discard``, which turns every freed block into a synchronous TRIM.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from _server import embedded
+from _server import embedded, file_system
 
 ROW_BYTES = 700  # heap plus index bytes per row, about, for the table below
 
@@ -130,7 +133,10 @@ def main() -> None:
         psycopg.connect(started.url, autocommit=True) as conn,
     ):
         data = started.data
-        print(f"PostgreSQL {conn.info.server_version}; load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"PostgreSQL {conn.info.server_version}; load average {os.getloadavg()[0]:.2f};"
+            f" file system of {data.parent}: {file_system(data)}"
+        )
         for round_ in range(args.rounds):
             order = ["cached", "evicted"] if round_ % 2 == 0 else ["evicted", "cached"]
             for mode in order:

@@ -31,10 +31,11 @@ it measures, printing each figure as partitioned/plain with the per-round ratios
 4. **Retention of the oldest week**: plain = ``purge_events`` (batches of 5,000) of every
    event before the oldest remaining partition's upper bound, plus the ``VACUUM
    event_logs`` that makes the space reusable; partitioned = ``drop_partitions`` of that
-   partition (``DETACH ... CONCURRENTLY`` and ``DROP``). Time, and WAL bytes from
-   ``pg_current_wal_insert_lsn()`` before and after (a ``CHECKPOINT`` first, untimed, so
-   both pay the full-page images a cold week's pages cost). Destructive: round N removes the
-   N-th oldest week, so the sessions read and deleted are chosen after the last week removed.
+   partition (``DETACH ... CONCURRENTLY``, its foreign keys, and ``DROP``). Time, and WAL
+   bytes from ``pg_current_wal_insert_lsn()`` before and after (a ``CHECKPOINT`` first,
+   untimed, so both pay the full-page images a cold week's pages cost). Destructive: round N
+   removes the N-th oldest week, so the sessions read and deleted are chosen after the last
+   week removed.
    Targets: >= 100x faster and >= 50x less WAL than the plain layout.
 
 Last (``--no-convert`` skips it), ``convert_to_partitioned`` converts the plain table and
@@ -43,7 +44,10 @@ lock's grant to just before COMMIT, as benchmarks/convert_bench.py; no writer ru
 
 Usage: ``python benchmarks/scaleout_bench.py [--rows 5000000] [--rounds 3] [--svg FILE]``;
 without ``--url`` (a libpq URL of a maintenance database, as a role that may CREATE
-DATABASE) it starts a throwaway embedded PostgreSQL 18. The databases are dropped at the end.
+DATABASE) it starts a throwaway embedded PostgreSQL 18 in a new folder under ``$TMPDIR``
+(default ``/tmp``). The databases are dropped at the end. The conditions line names the data
+directory's file system and whether it is mounted with online ``discard``: there every
+``DROP`` waits for a TRIM of the partition's blocks, which sets the retention ratio.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from typing import Any
 import _svg
 import datagen
 import psycopg
-from _server import server
+from _server import file_system, server
 from sqlalchemy import Engine, create_engine, event
 
 from eventlog_persist import (
@@ -130,8 +134,10 @@ class Figures:
     # partitioned (drop s, drop WAL, rows).
     purges: list[tuple[float, int, float, int, int]] = field(default_factory=list)
     drops: list[tuple[float, int, int]] = field(default_factory=list)
-    drop_steps: list[tuple[float, float]] = field(default_factory=list)
-    """Seconds of the ``DETACH ... CONCURRENTLY`` and of the ``DROP TABLE`` of each drop."""
+    drop_steps: list[tuple[float, float, float]] = field(default_factory=list)
+    """Seconds of the ``DETACH ... CONCURRENTLY``, of the statement that drops the detached
+    table's foreign keys (the only one that locks the host's tables) and of the ``DROP
+    TABLE`` of each drop."""
 
 
 def database_url(admin: str, name: str) -> str:
@@ -467,11 +473,13 @@ def measure_retention(
                 raise RuntimeError(f"drop_partitions dropped {dropped}, not {oldest.name}")
             figures.drops.append((seconds, wal, count))
             detach = sum(t for sql, t in steps if "DETACH PARTITION" in sql)
+            keys = sum(t for sql, t in steps if "DROP CONSTRAINT" in sql)
             drop = sum(t for sql, t in steps if sql.startswith("DROP TABLE"))
-            figures.drop_steps.append((detach, drop))
+            figures.drop_steps.append((detach, keys, drop))
             results[PART] = (
                 f"drop {oldest.name} ({count:,} rows) {seconds * 1000:.0f} ms (DETACH "
-                f"{detach * 1000:.0f} ms, DROP {drop * 1000:.0f} ms) {wal / 2**20:.2f} MB"
+                f"{detach * 1000:.0f} ms, foreign keys {keys * 1000:.1f} ms, DROP "
+                f"{drop * 1000:.0f} ms) {wal / 2**20:.2f} MB"
             )
     plain, part = figures.purges[-1], figures.drops[-1]
     if plain[4] != part[2]:
@@ -565,11 +573,13 @@ def report(
         purge_s = spread([p[0] for p in figures.purges])
         vacuum_s = spread([p[2] for p in figures.purges])
         detach_ms = spread([d[0] * 1000 for d in figures.drop_steps], "{:.0f}")
-        drop_ms = spread([d[1] * 1000 for d in figures.drop_steps], "{:.0f}")
+        keys_ms = spread([d[1] * 1000 for d in figures.drop_steps], "{:.1f}")
+        drop_ms = spread([d[2] * 1000 for d in figures.drop_steps], "{:.0f}")
         lines.append(
             f"| retention of the oldest week (~{rows:,.0f} events), s | purge {purge_s} + "
             f"VACUUM {vacuum_s} = {spread(plain_s)} | {spread(part_s, '{:.3f}')} (DETACH "
-            f"{detach_ms} ms, DROP {drop_ms} ms) | plain {spread(speed, '{:,.0f}')}x slower | "
+            f"{detach_ms} ms, foreign keys {keys_ms} ms, DROP {drop_ms} ms) | "
+            f"plain {spread(speed, '{:,.0f}')}x slower | "
             f">= {SPEED_TARGET:.0f}x faster | "
             f"{'yes' if statistics.median(speed) >= SPEED_TARGET else 'NO'} |"
         )
@@ -724,6 +734,8 @@ def run(
     last_cut = cutoffs[-1]
     row = admin.execute("SHOW server_version").fetchone()
     version = row[0] if row else "?"
+    row = admin.execute("SHOW data_directory").fetchone()
+    disk = file_system(row[0]) if row else "not known"
     sizes = []
     for layout in (plain, part):
         tables = ["event_logs"]
@@ -743,7 +755,8 @@ def run(
         f"event_logs {sizes[0]:,.0f} MB plain, {sizes[1]:,.0f} MB partitioned (with indexes); "
         f"{len(partitions)} weekly partitions ({len(rows_per_week)} holding events, median "
         f"{statistics.median(rows_per_week or [0]):,.0f} rows each); {args.rounds} rounds; "
-        f"{os.cpu_count()} CPUs; {now:%Y-%m-%d %H:%M} UTC"
+        f"{os.cpu_count()} CPUs; data directory's file system: {disk}; "
+        f"{now:%Y-%m-%d %H:%M} UTC"
     )
     print(conditions, flush=True)
 
