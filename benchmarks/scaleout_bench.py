@@ -8,7 +8,8 @@ ending about a day before now, the first partition starting on the data's first 
 are vacuumed and analyzed; autovacuum is then turned off on ``event_logs`` (and every
 partition), so that the server-wide WAL counter and the timings see only what is measured;
 after each round's COPY the tables autovacuum would analyze by its default thresholds (in
-practice the current week's partition) are analyzed, untimed.
+practice the current week's partition every round, the plain table in rounds 3 and 5) are
+analyzed, untimed; ``--analyze-plain-every-round`` analyzes the plain table every round too.
 
 Then, in ``--rounds`` rounds, the layout that goes first alternating from round to round,
 it measures, printing each figure as partitioned/plain with the per-round ratios:
@@ -293,12 +294,13 @@ def copy_events(
     return events
 
 
-def analyze_as_autovacuum_would(layout: Layout) -> list[str]:
+def analyze_as_autovacuum_would(layout: Layout, *, plain_always: bool = False) -> list[str]:
     """``ANALYZE`` each table of ``layout`` that autovacuum would analyze now (changed rows
     over ``autovacuum_analyze_threshold`` + ``autovacuum_analyze_scale_factor`` x its rows,
     the defaults 50 and 0.1): the benchmark turns autovacuum off, and a partition filled
     after the load would otherwise keep the statistics of an empty one, on which the planner
-    picks the wrong index for it. The names analyzed."""
+    picks the wrong index for it. With ``plain_always``, the plain table every time. The
+    names analyzed."""
     time.sleep(1)  # backends report their row counts to the statistics within a second
     stale = [
         name
@@ -308,6 +310,8 @@ def analyze_as_autovacuum_would(layout: Layout) -> list[str]:
             "AND s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)"
         )
     ]
+    if plain_always and layout.name == PLAIN:
+        stale = ["event_logs"]
     for name in stale:
         layout.connection.execute(f'ANALYZE "{name}"')
     return stale
@@ -696,6 +700,12 @@ def main() -> None:
         default=True,
         help="convert the plain table at the end and report the swap's lock",
     )
+    parser.add_argument(
+        "--analyze-plain-every-round",
+        action="store_true",
+        help="analyze the plain table after every round's COPY, not only when autovacuum "
+        "would (its statistics as fresh as the current partition's)",
+    )
     parser.add_argument("--svg", type=Path, help="also draw the headline ratios as SVG here")
     args = parser.parse_args()
     now = datetime.now(UTC).replace(microsecond=0)
@@ -758,6 +768,8 @@ def run(
         f"{os.cpu_count()} CPUs; data directory's file system: {disk}; "
         f"{now:%Y-%m-%d %H:%M} UTC"
     )
+    if args.analyze_plain_every_round:
+        conditions += "; the plain table analyzed after every round's COPY"
     print(conditions, flush=True)
 
     # Keys: a third of the users is read, a third written to, a third deleted from.
@@ -803,7 +815,9 @@ def run(
         events = copy_events(data, writable, args.copy_rows, args.seed + 100 + round_, agents)
         print("  " + measure_copy(order, events, figures), flush=True)
         for layout in order:  # untimed
-            analyzed = analyze_as_autovacuum_would(layout)
+            analyzed = analyze_as_autovacuum_would(
+                layout, plain_always=args.analyze_plain_every_round
+            )
             print(f"  {layout.name}: analyzed {', '.join(analyzed) or 'nothing'}", flush=True)
         print(
             "  "
