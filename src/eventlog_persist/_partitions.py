@@ -654,8 +654,9 @@ def drop_partitions(
         lock_timeout: Seconds a plain DETACH and each DROP wait for their locks before they
             fail; ``None`` for the session's setting. A detached partition's foreign keys
             are dropped first, in a statement of their own: that one locks the tables they
-            reference, the ``DROP TABLE`` (which frees the files) only the partition. ``DETACH ... CONCURRENTLY`` and ``FINALIZE`` keep the
-            session's setting: their waits do not block other sessions.
+            reference, the ``DROP TABLE`` (which frees the files) only the partition.
+            ``DETACH ... CONCURRENTLY`` and ``FINALIZE`` keep the session's setting: their
+            waits do not block other sessions.
 
     Returns:
         The partitions dropped, detached and kept, and those whose detach was finished.
