@@ -334,22 +334,19 @@ def _lock_timeout(connection: Connection, seconds: float | None) -> Iterator[Non
             )
 
 
-def _drop_foreign_keys(
-    connection: Connection, parent: _Parent, name: str, lock_timeout: float | None
-) -> None:
-    """Drop the foreign keys of the detached table ``name``, in a statement of their own.
+def _drop_foreign_keys(connection: Connection, table: str) -> None:
+    """Drop the foreign keys of the detached ``table`` (quoted, qualified) in a statement of
+    their own.
 
     ``DROP TABLE`` would drop them too, but it holds the ACCESS EXCLUSIVE locks that removing
     their triggers takes on the referenced host tables (``users``, ``chat_sessions``, ...)
     until it commits, and at commit the file system frees the table's files: tens of
     milliseconds for a week of events, more where the file system discards freed blocks
     online. Dropped first, those tables are locked only for the catalog change."""
-    table = parent.child(name)
     keys = connection.execute(_FOREIGN_KEYS_SQL, {"name": table}).scalars().all()
     if keys:
         drops = ", ".join(f"DROP CONSTRAINT {_quote(key)}" for key in keys)
-        with _lock_timeout(connection, lock_timeout):
-            connection.execute(text(f"ALTER TABLE {table} {drops}"))
+        connection.execute(text(f"ALTER TABLE {table} {drops}"))
 
 
 def _finish(
@@ -368,25 +365,26 @@ def _finish(
     With the audit, in one transaction with a ``retention`` tombstone
     for each of its events (and the plain ``detach`` still to run, if any), so that each is
     recorded exactly once, after it left ``event_logs``. Returns the tombstones written."""
-    if drop and detach is None:
-        _drop_foreign_keys(connection, parent, name, lock_timeout)
-    if not audit:
-        with _lock_timeout(connection, lock_timeout):
+    table = parent.child(name)
+    with _lock_timeout(connection, lock_timeout):
+        if drop and detach is None:
+            _drop_foreign_keys(connection, table)
+        if not audit:
             if drop:
-                connection.execute(text(f"DROP TABLE {parent.child(name)}"))
+                connection.execute(text(f"DROP TABLE {table}"))
             elif tagged:  # kept (after all): no later run may drop it
-                connection.execute(text(f"COMMENT ON TABLE {parent.child(name)} IS NULL"))
-        return 0
-    with _lock_timeout(connection, lock_timeout), _one_transaction(connection):
-        if detach is not None:
-            connection.execute(text(detach))
-        erased = record_retention(connection, parent.schema, name)
-        if drop:
-            connection.execute(text(f"DROP TABLE {parent.child(name)}"))
-        else:
-            unguard(connection, parent.schema, name)
-            if tagged:
-                connection.execute(text(f"COMMENT ON TABLE {parent.child(name)} IS NULL"))
+                connection.execute(text(f"COMMENT ON TABLE {table} IS NULL"))
+            return 0
+        with _one_transaction(connection):
+            if detach is not None:
+                connection.execute(text(detach))
+            erased = record_retention(connection, parent.schema, name)
+            if drop:
+                connection.execute(text(f"DROP TABLE {table}"))
+            else:
+                unguard(connection, parent.schema, name)
+                if tagged:
+                    connection.execute(text(f"COMMENT ON TABLE {table} IS NULL"))
     return erased
 
 
