@@ -26,6 +26,9 @@ it measures, printing each figure as partitioned/plain with the per-round ratios
    ``since`` and ``until`` (now). ``--reads`` different sessions and users each round, each
    read once per variant and layout after an untimed warm-up read of each (warm cache), the
    layouts taking turns call by call. Target with a ``since`` bound: p50 <= 1.2x plain.
+   Each round then prints the generic plan of each ``since`` statement in each layout (the
+   plan PostgreSQL caches for a prepared statement; ``EXPLAIN (GENERIC_PLAN)``, PostgreSQL 16
+   and later): the plain table's can change with its statistics, and with it the ratio.
 3. **Parent deletes** (``--deletes`` a round, committed, autocommit): a ``chat_sessions`` row
    with 200+ events (``ON DELETE CASCADE``) and a ``user_agents`` row (``ON DELETE SET
    NULL``), the same rows in both layouts. Reported, no target.
@@ -57,6 +60,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import time
 import uuid
@@ -139,6 +143,8 @@ class Figures:
     """Seconds of the ``DETACH ... CONCURRENTLY``, of the statement that drops the detached
     table's foreign keys (the only one that locks the host's tables) and of the ``DROP
     TABLE`` of each drop."""
+    plans: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Per ``since`` variant and layout, each round's generic plan (see `generic_plan`)."""
 
 
 def database_url(admin: str, name: str) -> str:
@@ -193,6 +199,32 @@ def statement_times(engine: Engine) -> Iterator[list[tuple[str, float]]]:
     finally:  # the reader takes a faster path on an engine without listeners
         event.remove(engine, "before_cursor_execute", before)
         event.remove(engine, "after_cursor_execute", after)
+
+
+def generic_plan(layout: Layout, call: Callable[[], object]) -> str:
+    """The plan PostgreSQL caches for the statement ``call`` runs once it goes generic (as
+    the reader's prepared statements do after five calls), as its chain of nodes down to the
+    first scan, from ``EXPLAIN (GENERIC_PLAN)`` (PostgreSQL 16 and later)."""
+    if layout.connection.info.server_version < 160000:
+        return "not known before PostgreSQL 16"
+    with statement_times(layout.engine) as times:
+        call()
+    numbers: dict[str, str] = {}
+    text = re.sub(
+        r"%\((\w+)\)s",
+        lambda match: numbers.setdefault(match.group(1), f"${len(numbers) + 1}"),
+        times[-1][0],
+    )
+    row = layout.connection.execute("EXPLAIN (GENERIC_PLAN, FORMAT JSON) " + text).fetchone()
+    node = row[0][0]["Plan"] if row else {}
+    chain = []
+    while node:
+        if node["Node Type"] != "Limit":
+            chain.append(node["Node Type"])
+        if node["Node Type"].endswith("Scan"):
+            break
+        node = (node.get("Plans") or [{}])[0]
+    return " > ".join(chain)
 
 
 def setup(admin: str, rows: int, seed: int, now: datetime) -> tuple[dict[str, Layout], Any]:
@@ -399,6 +431,11 @@ def measure_reads(
         for layout_name, values in samples.items():
             per_round[layout_name].append(values)
         parts.append(f"{name} {median_ratio(samples[PART], samples[PLAIN]):.2f}")
+        if name.endswith("since"):
+            plans = figures.plans.setdefault(name, {PLAIN: [], PART: []})
+            for layout in layouts:
+                plans[layout.name].append(generic_plan(layout, partial(call, layout, keys[0])))
+                parts.append(f"{name}, {layout.name}'s generic plan: {plans[layout.name][-1]}")
     return "latest 50, p50 ratio: " + ", ".join(parts)
 
 
@@ -607,6 +644,15 @@ def report(
             f"{conversion.swap_attempts} attempt(s)) | | <= 100 ms | "
             f"{'yes' if hold <= 100 else 'NO'} |"
         )
+    if figures.plans:
+        lines += ["", "Generic plans of the reader's statements with `since`, round by round:", ""]
+        for name, by_layout in figures.plans.items():
+            for layout_name, chains in by_layout.items():
+                rounds = ", ".join(
+                    f"{n + 1}: {chain}" if n == 0 or chain != chains[n - 1] else f"{n + 1}: same"
+                    for n, chain in enumerate(chains)
+                )
+                lines.append(f"- {name}, {layout_name}: {rounds}")
     return "\n".join(lines), headline
 
 
