@@ -26,9 +26,10 @@ it measures, printing each figure as partitioned/plain with the per-round ratios
    ``since`` and ``until`` (now). ``--reads`` different sessions and users each round, each
    read once per variant and layout after an untimed warm-up read of each (warm cache), the
    layouts taking turns call by call. Target with a ``since`` bound: p50 <= 1.2x plain.
-   Each round then prints the generic plan of each ``since`` statement in each layout (the
+   Each round then records the generic plan of each ``since`` statement in each layout (the
    plan PostgreSQL caches for a prepared statement; ``EXPLAIN (GENERIC_PLAN)``, PostgreSQL 16
-   and later): the plain table's can change with its statistics, and with it the ratio.
+   and later), listed round by round after the table: the plain table's can change with its
+   statistics, and with it the ratio.
 3. **Parent deletes** (``--deletes`` a round, committed, autocommit): a ``chat_sessions`` row
    with 200+ events (``ON DELETE CASCADE``) and a ``user_agents`` row (``ON DELETE SET
    NULL``), the same rows in both layouts. Reported, no target.
@@ -435,7 +436,6 @@ def measure_reads(
             plans = figures.plans.setdefault(name, {PLAIN: [], PART: []})
             for layout in layouts:
                 plans[layout.name].append(generic_plan(layout, partial(call, layout, keys[0])))
-                parts.append(f"{name}, {layout.name}'s generic plan: {plans[layout.name][-1]}")
     return "latest 50, p50 ratio: " + ", ".join(parts)
 
 
