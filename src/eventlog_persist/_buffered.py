@@ -507,6 +507,12 @@ class _State(Generic[KeyT]):
         if dead:
             self.last_error = LastError.of(dead[-1][1], retried=False)
 
+    def count_write_retry(self, error: BaseException, read_only: bool) -> None:
+        """Count a retry of the batch being written, unless `abandon` gave up on it: a close
+        that timed out may land between a failed attempt and its retry."""
+        if self.inflight is not None:
+            self.count_retry(error, read_only)
+
     def count_retry(self, error: BaseException, read_only: bool) -> None:
         self.retried += 1
         self.read_only_retries += read_only
@@ -954,7 +960,7 @@ class BufferedWriter(Generic[KeyT]):
 
     def _count_retry(self, error: BaseException, read_only: bool) -> None:
         with self._lock:
-            self._state.count_retry(error, read_only)
+            self._state.count_write_retry(error, read_only)
 
 
 class AsyncBufferedWriter(Generic[KeyT]):
@@ -1240,4 +1246,4 @@ class AsyncBufferedWriter(Generic[KeyT]):
 
     def _count_retry(self, error: BaseException, read_only: bool) -> None:
         with self._lock:
-            self._state.count_retry(error, read_only)
+            self._state.count_write_retry(error, read_only)
