@@ -2,14 +2,15 @@
 
 Builds two databases on one server (same settings): ``plain`` (revision evl_0001's layout)
 and ``partitioned`` (evlpart_0001's: range-partitioned on ``created_at``, weekly partitions
-made with ``ensure_partitions``), and loads both with the same ``--rows`` events
-(benchmarks/datagen.py, COPY, same seed: the same ids, sessions and times) over 26 weeks
-ending about a day before now, the first partition starting on the data's first Monday. Both
-are vacuumed and analyzed; autovacuum is then turned off on ``event_logs`` (and every
-partition), so that the server-wide WAL counter and the timings see only what is measured;
-after each round's COPY the tables autovacuum would analyze by its default thresholds (in
-practice the current week's partition every round, the plain table in rounds 3 and 5) are
-analyzed, untimed; ``--analyze-plain-every-round`` analyzes the plain table every round too.
+made with ``ensure_partitions``, or monthly ones with ``--interval month``), and loads both
+with the same ``--rows`` events (benchmarks/datagen.py, COPY, same seed: the same ids,
+sessions and times) over 26 weeks ending about a day before now, the first partition
+holding the data's first day. Both are vacuumed and analyzed; autovacuum is then turned off
+on ``event_logs`` (and every partition), so that the server-wide WAL counter and the timings
+see only what is measured; after each round's COPY the tables autovacuum would analyze by
+its default thresholds (in practice the current period's partition every round, the plain
+table in rounds 3 and 5) are analyzed, untimed; ``--analyze-plain-every-round`` analyzes the
+plain table every round too.
 
 Then, in ``--rounds`` rounds, the layout that goes first alternating from round to round,
 it measures, printing each figure as partitioned/plain with the per-round ratios:
@@ -33,14 +34,16 @@ it measures, printing each figure as partitioned/plain with the per-round ratios
 3. **Parent deletes** (``--deletes`` a round, committed, autocommit): a ``chat_sessions`` row
    with 200+ events (``ON DELETE CASCADE``) and a ``user_agents`` row (``ON DELETE SET
    NULL``), the same rows in both layouts. Reported, no target.
-4. **Retention of the oldest week**: plain = ``purge_events`` (batches of 5,000) of every
-   event before the oldest remaining partition's upper bound, plus the ``VACUUM
-   event_logs`` that makes the space reusable; partitioned = ``drop_partitions`` of that
-   partition (``DETACH ... CONCURRENTLY``, its foreign keys, and ``DROP``). Time, and WAL
-   bytes from ``pg_current_wal_insert_lsn()`` before and after (a ``CHECKPOINT`` first,
-   untimed, so both pay the full-page images a cold week's pages cost). Destructive: round N
-   removes the N-th oldest week, so the sessions read and deleted are chosen after the last
-   week removed.
+4. **Retention of the oldest week** (or month): plain = ``purge_events`` (batches of
+   5,000) of every event before the oldest remaining partition's upper bound, plus the
+   ``VACUUM event_logs`` that makes the space reusable; partitioned = ``drop_partitions``
+   of that partition (``DETACH ... CONCURRENTLY``, its foreign keys, and ``DROP``). Time,
+   and WAL bytes from ``pg_current_wal_insert_lsn()`` before and after (a ``CHECKPOINT``
+   first, untimed, so both pay the full-page images a cold period's pages cost).
+   Destructive: round N removes the N-th oldest partition, so the sessions read and deleted
+   are chosen after the last one removed; the conditions line says how many partitions a
+   session read with ``since`` spans (from its first day to the newest partition): the walk
+   that read makes.
    Targets: >= 100x faster and >= 50x less WAL than the plain layout.
 
 Last (``--no-convert`` skips it), ``convert_to_partitioned`` converts the plain table and
@@ -228,11 +231,17 @@ def generic_plan(layout: Layout, call: Callable[[], object]) -> str:
     return " > ".join(chain)
 
 
-def setup(admin: str, rows: int, seed: int, now: datetime) -> tuple[dict[str, Layout], Any]:
+def setup(
+    admin: str, rows: int, seed: int, now: datetime, interval: str
+) -> tuple[dict[str, Layout], Any]:
     """Create, fill, vacuum and analyze both databases; return them and the datagen plan."""
     first = monday(now - datagen.SPAN - timedelta(days=1))
     end = first + datagen.SPAN  # events from `first` to about a day before now
-    ahead = (monday(now) - first).days // 7 + 4  # the data's weeks, now's and 4 more
+    # The data's periods, now's, and 4 more (ensure_partitions's default).
+    if interval == "week":
+        ahead = (monday(now) - first).days // 7 + 4
+    else:
+        ahead = (now.year - first.year) * 12 + now.month - first.month + 4
     tag = uuid.uuid4().hex[:6]
     layouts: dict[str, Layout] = {}
     data = None
@@ -255,7 +264,7 @@ def setup(admin: str, rows: int, seed: int, now: datetime) -> tuple[dict[str, La
         )
         metadata.create_all(engine)
         if name == PART:
-            ensure_partitions(model, engine, ahead=ahead, interval="week", now=first)
+            ensure_partitions(model, engine, ahead=ahead, interval=interval, now=first)
         data = datagen.load(url, rows, seed=seed, end=end)
         print(f"{name}: loaded {data.rows:,} events in {data.seconds:.0f} s", flush=True)
     assert data is not None
@@ -544,7 +553,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def report(
-    figures: Figures, conditions: str, copy_rows: int, conversion: Any
+    figures: Figures, conditions: str, copy_rows: int, conversion: Any, period: str
 ) -> tuple[str, dict[str, tuple[float, float, str]]]:
     """The markdown table, and the headline ratios ``name: (value, target, direction)``."""
     lines = [
@@ -617,7 +626,7 @@ def report(
         keys_ms = spread([d[1] * 1000 for d in figures.drop_steps], "{:.1f}")
         drop_ms = spread([d[2] * 1000 for d in figures.drop_steps], "{:.0f}")
         lines.append(
-            f"| retention of the oldest week (~{rows:,.0f} events), s | purge {purge_s} + "
+            f"| retention of the oldest {period} (~{rows:,.0f} events), s | purge {purge_s} + "
             f"VACUUM {vacuum_s} = {spread(plain_s)} | {spread(part_s, '{:.3f}')} (DETACH "
             f"{detach_ms} ms, foreign keys {keys_ms} ms, DROP {drop_ms} ms) | "
             f"plain {spread(speed, '{:,.0f}')}x slower | "
@@ -627,7 +636,7 @@ def report(
         mb = [p[1] / 2**20 for p in figures.purges]
         vmb = [p[3] / 2**20 for p in figures.purges]
         lines.append(
-            f"| retention of the oldest week, WAL MB | purge {spread(mb, '{:.1f}')} + VACUUM "
+            f"| retention of the oldest {period}, WAL MB | purge {spread(mb, '{:.1f}')} + VACUUM "
             f"{spread(vmb, '{:.1f}')} = {spread([w / 2**20 for w in plain_wal], '{:.1f}')} | "
             f"{spread([w / 2**20 for w in part_wal], '{:.3f}')} | plain "
             f"{spread(less, '{:,.0f}')}x more | >= {WAL_TARGET:.0f}x less | "
@@ -684,7 +693,7 @@ def stacked(title: str, documents: list[str]) -> str:
     )
 
 
-def chart(headline: dict[str, tuple[float, float, str]], subtitle: str) -> str:
+def chart(headline: dict[str, tuple[float, float, str]], subtitle: str, period: str) -> str:
     """Each headline ratio beside its target: the near-1 ratios, then the retention ones."""
     near = []
     for name, (value, target, direction) in headline.items():
@@ -716,7 +725,7 @@ def chart(headline: dict[str, tuple[float, float, str]], subtitle: str) -> str:
     if retention:
         documents.append(
             _svg.bar_chart(
-                "Retention of the oldest week: plain (purge_events + VACUUM) / partitioned "
+                f"Retention of the oldest {period}: plain (purge_events + VACUUM) / partitioned "
                 "(drop_partitions), x",
                 [
                     ("time: x faster (target >= 100x)", retention[0][1]),
@@ -741,6 +750,12 @@ def main() -> None:
     parser.add_argument("--deletes", type=int, default=20, help="sessions and agents a round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--interval",
+        choices=("week", "month"),
+        default="week",
+        help="the partitions' period (ensure_partitions's interval)",
+    )
+    parser.add_argument(
         "--convert",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -760,7 +775,7 @@ def main() -> None:
         admin = psycopg.connect(admin_url, autocommit=True)
         layouts: dict[str, Layout] = {}
         try:
-            layouts, data = setup(admin_url, args.rows, args.seed, now)
+            layouts, data = setup(admin_url, args.rows, args.seed, now, args.interval)
             run(args, admin, layouts, data, now, started)
         finally:
             names = []
@@ -804,13 +819,14 @@ def run(
             ).fetchone()
             total += int(size[0]) if size else 0
         sizes.append(total / 2**20)
-    rows_per_week = [p.estimated_rows or 0 for p in partitions if p.estimated_rows]
+    rows_per_partition = [p.estimated_rows or 0 for p in partitions if p.estimated_rows]
+    kind = {"week": "weekly", "month": "monthly"}[args.interval]
     load_before = os.getloadavg()
     conditions = (
         f"PostgreSQL {version}; {args.rows:,} events (datagen, seed {args.seed}), "
         f"event_logs {sizes[0]:,.0f} MB plain, {sizes[1]:,.0f} MB partitioned (with indexes); "
-        f"{len(partitions)} weekly partitions ({len(rows_per_week)} holding events, median "
-        f"{statistics.median(rows_per_week or [0]):,.0f} rows each); {args.rounds} rounds; "
+        f"{len(partitions)} {kind} partitions ({len(rows_per_partition)} holding events, median "
+        f"{statistics.median(rows_per_partition or [0]):,.0f} rows each); {args.rounds} rounds; "
         f"{os.cpu_count()} CPUs; data directory's file system: {disk}; "
         f"{now:%Y-%m-%d %H:%M} UTC"
     )
@@ -855,6 +871,13 @@ def run(
             return []
         return [items[(round_ * count + n) % len(items)] for n in range(count)]
 
+    # The partitions a session read with `since` walks: from its first day to the newest.
+    spans = [
+        sum(1 for p in partitions if p.upper is not None and p.upper > since)
+        for round_ in range(args.rounds)
+        for s in take(readable, args.reads, round_)
+        if (since := ReadSession.of(s).since.since) is not None
+    ]
     for round_ in range(args.rounds):
         order = [plain, part] if round_ % 2 == 0 else [part, plain]
         print(f"\nround {round_ + 1} ({order[0].name} first)", flush=True)
@@ -892,8 +915,10 @@ def run(
     doomed = doomed_agents[: per * args.rounds]
     conditions += (
         f"; load average {load_before[0]:.2f} before the rounds, {load_after[0]:.2f} after; "
-        f"sessions read: {len(readable):,} candidates (50+ events, after the last week "
-        f"removed), deleted sessions {statistics.mean(s.events for s in deleted_sessions):,.0f} "
+        f"sessions read: {len(readable):,} candidates (50+ events, after the last partition "
+        f"removed), a read with `since` spanning {statistics.median(spans or [0]):.0f} "
+        f"partitions [{min(spans or [0])}-{max(spans or [0])}] (its first day to the newest), "
+        f"deleted sessions {statistics.mean(s.events for s in deleted_sessions):,.0f} "
         f"events on average, deleted agents "
         f"{statistics.mean(agent_events.get(a, 0) for a in doomed):,.0f}"
     )
@@ -908,15 +933,15 @@ def run(
             f"client {(conversion.swap_seconds or 0) * 1000:.1f} ms, "
             f"{conversion.swap_attempts} attempt(s)"
         )
-    table, headline = report(figures, conditions, args.copy_rows, conversion)
+    table, headline = report(figures, conditions, args.copy_rows, conversion, args.interval)
     print(table)
     print(f"\nwhole run {(time.perf_counter() - started) / 60:.1f} min")
     if args.svg:
         subtitle = (
-            f"PostgreSQL {version}, {args.rows:,} events, {len(partitions)} weekly partitions, "
+            f"PostgreSQL {version}, {args.rows:,} events, {len(partitions)} {kind} partitions, "
             f"{args.rounds} rounds (medians), {now:%Y-%m-%d}"
         )
-        print(f"chart written to {_svg.write(args.svg, chart(headline, subtitle))}")
+        print(f"chart written to {_svg.write(args.svg, chart(headline, subtitle, args.interval))}")
 
 
 if __name__ == "__main__":
