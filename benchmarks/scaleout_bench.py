@@ -871,13 +871,18 @@ def run(
             return []
         return [items[(round_ * count + n) % len(items)] for n in range(count)]
 
-    # The partitions a session read with `since` walks: from its first day to the newest.
+    # Each round's sessions to read, and the partitions a read of each with `since` walks
+    # (from the session's first day to the newest partition).
+    to_read = [
+        [ReadSession.of(s) for s in take(readable, args.reads, round_)]
+        for round_ in range(args.rounds)
+    ]
     spans = [
         sum(1 for p in partitions if p.upper is not None and p.upper > since)
-        for round_ in range(args.rounds)
-        for s in take(readable, args.reads, round_)
-        if (since := ReadSession.of(s).since.since) is not None
-    ]
+        for sessions_read in to_read
+        for session in sessions_read
+        if (since := session.since.since) is not None
+    ] or [0]
     for round_ in range(args.rounds):
         order = [plain, part] if round_ % 2 == 0 else [part, plain]
         print(f"\nround {round_ + 1} ({order[0].name} first)", flush=True)
@@ -892,7 +897,7 @@ def run(
             "  "
             + measure_reads(
                 order,
-                [ReadSession.of(s) for s in take(readable, args.reads, round_)],
+                to_read[round_],
                 take(read_user_list, args.reads, round_),
                 now,
                 figures,
@@ -916,8 +921,8 @@ def run(
     conditions += (
         f"; load average {load_before[0]:.2f} before the rounds, {load_after[0]:.2f} after; "
         f"sessions read: {len(readable):,} candidates (50+ events, after the last partition "
-        f"removed), a read with `since` spanning {statistics.median(spans or [0]):.0f} "
-        f"partitions [{min(spans or [0])}-{max(spans or [0])}] (its first day to the newest), "
+        f"removed), a read with `since` spanning {statistics.median(spans):.0f} "
+        f"partitions [{min(spans)}-{max(spans)}] (its first day to the newest), "
         f"deleted sessions {statistics.mean(s.events for s in deleted_sessions):,.0f} "
         f"events on average, deleted agents "
         f"{statistics.mean(agent_events.get(a, 0) for a in doomed):,.0f}"
