@@ -329,3 +329,27 @@ def test_an_event_made_without_the_value_copy_is_the_event_build_event_makes(
     assert made == built
     assert made.payload_bytes == built.payload_bytes == prepared.size_bytes
     assert made.redacted_paths == prepared.redacted_paths
+
+
+def test_every_field_of_the_event_holds_the_value_given_for_it() -> None:
+    given_fields: dict[str, Any] = {
+        "id": uuid4(),
+        "session_id": uuid4(),
+        "user_id": uuid4(),
+        "project_id": uuid4(),
+        "agent_id": uuid4(),
+        "event_type": "tool_call",
+        "created_at": datetime.now(UTC),
+        "error_code": "E_TIMEOUT",
+        "tool_name": "search_places",
+        "approval_status": "pending",
+        "request_id": "req-1",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "span_id": "b7ad6b7169203331",
+    }
+    event = new_event(**given_fields, payload={"api_key": "sk-x", "n": 1})
+    for name, value in given_fields.items():
+        assert getattr(event, name) == value, name
+    assert event.payload_json == '{"api_key":"[REDACTED]","n":1,"_redacted":["/api_key"]}'
+    assert event.redacted_paths == ("/api_key",)
+    assert event.payload_bytes == len(event.payload_json)

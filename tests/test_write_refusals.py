@@ -261,6 +261,41 @@ async def test_every_other_write_path_refuses_in_the_caller(
     assert events_stored(host_engine) == 0
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        pytest.param({"event_type": "x", "tool": "search"}, "tool", id="unknown-name"),
+        pytest.param({"tool_name": "search"}, "event_type", id="event_type-missing"),
+    ],
+)
+async def test_a_field_name_unknown_or_missing_is_a_type_error_naming_it(
+    host_engine: Engine,
+    host_models: HostModels,
+    async_engine: AsyncEngine,
+    fields: dict[str, Any],
+    named: str,
+) -> None:
+    keys = seed(host_engine, host_models)
+    model = host_models.EventLog
+    args: dict[str, Any] = {**keys, **fields}
+    writer = EventWriter(model)
+    with pytest.raises(TypeError, match=named):
+        writer.event(**args)
+    with Session(host_engine) as session, pytest.raises(TypeError, match=named):
+        writer.record(session, **args)
+    with pytest.raises(TypeError, match=named):
+        writer.record_detached(host_engine, **args)
+    with BufferedWriter(model, host_engine) as buffered, pytest.raises(TypeError, match=named):
+        buffered.enqueue(**args)
+    async with AsyncBufferedWriter(model, async_engine) as abuffered:
+        with pytest.raises(TypeError, match=named):
+            await abuffered.enqueue(**args)
+    for counters in (buffered.counters, abuffered.counters):
+        assert (counters.written, counters.dead_lettered, counters.dropped) == (0, 0, 0)
+    assert events_stored(host_engine) == 0
+
+
 NEW_EVENT_FIELDS = [field.name for field in dataclasses.fields(NewEvent)]
 
 

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from uuid_utils.compat import uuid7
+from uuid_utils import uuid7 as _uuid7
 
 from eventlog_persist.exceptions import ValidationError
 
@@ -21,6 +21,25 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _TAILS: Final = itertools.count(int.from_bytes(os.urandom(10)) >> 7)
 _TAIL_BITS: Final = (1 << 74) - 1
 _LOW_BITS: Final = (1 << 62) - 1
+
+# A standard UUID filled through its slots: uuid.UUID(int=...) checks and converts again,
+# and each read of SafeUUID.unknown goes through the Enum machinery.
+_SET_INT: Final = vars(uuid.UUID)["int"].__set__
+_SET_SAFE: Final = vars(uuid.UUID)["is_safe"].__set__
+_UNKNOWN: Final = uuid.SafeUUID.unknown
+
+
+def _uuid_of(value: int) -> uuid.UUID:
+    made: uuid.UUID = object.__new__(uuid.UUID)
+    _SET_INT(made, value)
+    _SET_SAFE(made, _UNKNOWN)
+    return made
+
+
+def _new_uuid7() -> uuid.UUID:
+    """A new UUIDv7 (uuid_utils' monotonic generator) as a standard ``uuid.UUID``."""
+    return _uuid_of(_uuid7().int)
+
 
 ID_TIME_WINDOW: Final = timedelta(minutes=1)
 """How far an id the package mints may lie from its event's ``created_at``.
@@ -50,7 +69,7 @@ def new_event_id(at: datetime | None = None) -> uuid.UUID:
        ``at``.
     """
     if at is None:
-        return uuid7()
+        return _new_uuid7()
     if not isinstance(at, datetime) or at.utcoffset() is None:
         raise ValidationError(
             f"new_event_id(at=...) needs a time-zone aware datetime, got {at!r}; e.g. "
@@ -58,11 +77,11 @@ def new_event_id(at: datetime | None = None) -> uuid.UUID:
         )
     milliseconds = (at - _EPOCH) // timedelta(milliseconds=1)
     if milliseconds < 0:
-        return uuid7()
+        return _new_uuid7()
     tail = next(_TAILS) & _TAIL_BITS
     # time (48 bits), version 7, 12 tail bits, variant 0b10, 62 tail bits
-    return uuid.UUID(
-        int=milliseconds << 80 | 0x7 << 76 | (tail >> 62) << 64 | 0b10 << 62 | tail & _LOW_BITS
+    return _uuid_of(
+        milliseconds << 80 | 0x7 << 76 | (tail >> 62) << 64 | 0b10 << 62 | tail & _LOW_BITS
     )
 
 

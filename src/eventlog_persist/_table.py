@@ -14,7 +14,7 @@ from eventlog_persist._schema import XID_COLUMN
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 if TYPE_CHECKING:
-    from eventlog_persist._events import Key, NewEvent
+    from eventlog_persist._events import NewEvent
 
 COLUMNS: Final = (
     "id",
@@ -36,6 +36,7 @@ COLUMNS: Final = (
 
 _KEY_COLUMNS: Final = COLUMNS[1:5]
 _INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+_UUID_KEYS: Final = ("uuid", "uuid", "uuid", "uuid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +93,23 @@ class EventTable:
         """``ON CONFLICT`` target of the primary key: ``(id)`` or ``(id, created_at)``."""
         return f"({', '.join(self.key_columns)})"
 
-    def check_keys(self, *values: Key | None) -> None:
-        """Raise `ValidationError` when a key does not fit its column's type.
-
-        Args:
-            values: ``session_id``, ``user_id``, ``project_id`` and ``agent_id``.
-        """
+    def check_keys(self, event: NewEvent) -> None:
+        """Raise `ValidationError` when one of the event's keys does not fit its column's type."""
+        session_id, user_id, project_id, agent_id = (
+            event.session_id,
+            event.user_id,
+            event.project_id,
+            event.agent_id,
+        )
+        if (  # the common case, in a few type tests: every key a UUID, into UUID columns
+            type(session_id) is uuid.UUID
+            and type(user_id) is uuid.UUID
+            and (project_id is None or type(project_id) is uuid.UUID)
+            and (agent_id is None or type(agent_id) is uuid.UUID)
+            and self.key_types == _UUID_KEYS
+        ):
+            return
+        values = (session_id, user_id, project_id, agent_id)
         for name, sql_type, value in zip(_KEY_COLUMNS, self.key_types, values, strict=True):
             if value is not None and not (sql_type == "uuid" and type(value) is uuid.UUID):
                 check_key_fits(name, sql_type, value)

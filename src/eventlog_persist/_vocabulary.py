@@ -418,7 +418,47 @@ def validate_fields(
     .. versionchanged:: 0.3.0
        ``request_id``, ``trace_id`` and ``span_id``.
     """
-    values = (event_type, error_code, tool_name, approval_status)
+    check_fields(
+        event_type, error_code, tool_name, approval_status, rules, request_id, trace_id, span_id
+    )
+
+
+def check_fields(
+    event_type: object,
+    error_code: object,
+    tool_name: object,
+    approval_status: object,
+    rules: EventFieldRules,
+    request_id: object,
+    trace_id: object,
+    span_id: object,
+) -> None:
+    """`validate_fields`, positional: what the event builders call for every event."""
+    types, codes, tools, statuses = _PASSED
+    if not (  # values seen before, no allowed sets: the checks are done
+        isinstance(event_type, str)
+        and event_type in types
+        and (error_code is None or (isinstance(error_code, str) and error_code in codes))
+        and (tool_name is None or (isinstance(tool_name, str) and tool_name in tools))
+        and (
+            approval_status is None
+            or (isinstance(approval_status, str) and approval_status in statuses)
+        )
+        and rules.event_types is None
+        and rules.error_codes is None
+        and rules.tool_names is None
+        and rules.approval_statuses is None
+    ):
+        _check_columns((event_type, error_code, tool_name, approval_status), rules)
+    if request_id is not None:
+        check_request_id(request_id)
+    if trace_id is not None:
+        _check_hex_id("trace_id", trace_id)
+    if span_id is not None:
+        _check_hex_id("span_id", span_id)
+
+
+def _check_columns(values: tuple[object, ...], rules: EventFieldRules) -> None:
     for column, value, passed in zip(_COLUMNS, values, _PASSED, strict=True):
         if value is None and not column.required:
             continue
@@ -435,11 +475,6 @@ def validate_fields(
                 f"({_listing(allowed)}); use one of them, or add it to "
                 f"EventFieldRules({column.rules_field}=...)"
             )
-    check_request_id(request_id)
-    if trace_id is not None:
-        _check_hex_id("trace_id", trace_id)
-    if span_id is not None:
-        _check_hex_id("span_id", span_id)
 
 
 def _listing(allowed: frozenset[str], shown: int = 10) -> str:
