@@ -514,17 +514,20 @@ class EventBuilder(Generic[KeyT]):
     def build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:
         """Check ``fields`` against the table and the rules; return the event and payload."""
         prepared: list[PreparedPayload] = []
-        event = self._build(fields, prepared)
+        event = self._from_fields(fields, prepared)
         self.table.check_keys(event)
         return event, prepared[0]
 
     def event(self, fields: EventFields[KeyT]) -> NewEvent:
         """`build`, the event only (no copy of the payload's value is made)."""
-        event = self._build(fields, None)
+        event = self._from_fields(fields, None)
         self.table.check_keys(event)
         return event
 
-    def _build(self, fields: EventFields[KeyT], prepared: list[PreparedPayload] | None) -> NewEvent:
+    def _from_fields(
+        self, fields: EventFields[KeyT], prepared: list[PreparedPayload] | None
+    ) -> NewEvent:
+        """`_build` from a write verb's keyword fields."""
         if "event_type" not in fields or not _FIELD_NAMES.issuperset(fields):
             # A name missing or unknown: the keyword call raises the TypeError naming it.
             event, done = build_event(
