@@ -184,7 +184,7 @@ def test_detached_statements_are_seen_by_listeners_and_the_connection_left_clean
 def test_detached_fk_violation_is_a_typed_error(
     host_engine: Engine, host_models: HostModels, observed: bool
 ) -> None:
-    user_id, _ = seed(host_engine, host_models)
+    user_id, session_id = seed(host_engine, host_models)
     if observed:  # an instrumented engine: the write goes through SQLAlchemy's execute
         sa_event.listen(host_engine, "before_cursor_execute", lambda *args: None)
     writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
@@ -199,6 +199,9 @@ def test_detached_fk_violation_is_a_typed_error(
     assert error.sqlstate == "23503"
     assert isinstance(error.__cause__, psycopg.errors.ForeignKeyViolation)
     assert count(host_engine) == 0
+    # The pooled connection the refusal came back on is clean: the next write goes through.
+    writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="y")
+    assert count(host_engine) == 1
 
 
 def _detached_in_thread(
