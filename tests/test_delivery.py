@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from hostmodels import HostModels, seed
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -592,3 +593,35 @@ def test_a_refused_row_on_a_connection_that_then_dies_is_retried_not_blamed(
     assert event is bad
     assert error.sqlstate == "23514"
     assert sorted(stored_ids(host_engine)) == sorted(e.id for e in events)
+
+
+def test_a_batch_is_four_round_trips(
+    flavor: Flavor, host_engine: Engine, host_models: HostModels, tmp_path: Any
+) -> None:
+    """Its opening (``BEGIN``, ``lock_timeout``, the savepoint) in one query, the COPY's
+    start and end, and the ``COMMIT``: each round trip costs the writer thread the GIL."""
+    user_id, session_id = seed(host_engine, host_models)
+    path = tmp_path / "libpq.trace"
+    with path.open("w") as trace:
+
+        def traced(conn: Any) -> None:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+        flavor.after_connect = traced
+        result = flavor.write(
+            host_models.EventLog, conninfo(host_engine), batch(user_id, session_id, 3)
+        )
+    assert result.written == 3
+    sent = [line.split("\t")[2:] for line in path.read_text().splitlines() if line[:2] == "F\t"]
+    assert [message[0] for message in sent] == [
+        "Query",
+        "Query",
+        "CopyData",
+        "CopyDone",
+        "Query",
+        "Terminate",
+    ]
+    assert sent[0][1] == ' "BEGIN; SET LOCAL lock_timeout = 5000; SAVEPOINT eventlog_part"'
+    assert sent[1][1].startswith(' "COPY "event_logs" (id, ')
+    assert sent[4][1] == ' "COMMIT"'
