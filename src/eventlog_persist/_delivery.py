@@ -111,7 +111,11 @@ def _own_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
     """Whether the batch runs BEGIN ... COMMIT itself (an autocommit connection, idle),
     rather than through psycopg's ``transaction()`` (a connection the host gave that is
     not in autocommit mode or is inside a transaction)."""
-    return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    return conn.autocommit and not _in_transaction(conn)
+
+
+def _in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
 
 def _opening(table: EventTable, *, staged: bool, lock_timeout: float | None) -> str:
@@ -128,10 +132,6 @@ def _opening(table: EventTable, *, staged: bool, lock_timeout: float | None) -> 
         statements.append(_staging_sql(table))
     statements.append(_SAVEPOINT)
     return "; ".join(statements)
-
-
-def _in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
 
 @contextlib.contextmanager
