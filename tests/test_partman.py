@@ -84,7 +84,10 @@ def test_pg_partman_4_manages_the_partitioned_table(
         connection.execute(text("SELECT partman.run_maintenance('public.event_logs')"))
         connection.commit()
     after = list_partitions(model, host_engine)
-    assert len(after) == len(found) + 2
+    # At least 6 weeks ahead of now. 4.x counts weeks by their ISO numbers, so near the end
+    # of a 53-week year (2026) it makes one more than asked: the count is partman's business.
+    assert len(after) >= len(found) + 2
+    assert max(p.upper for p in after if p.upper is not None) > now + timedelta(weeks=6)
     assert not any(p.default for p in after)  # maintenance does not bring the DEFAULT back
 
     user_id, session_id = seed(host_engine, host_models)
