@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from hostkit import EXAMPLE_HOST, make_host
 from pgserver import ServerInfo
-from psycopg import sql
 from sqlalchemy.engine import URL
 
 from eventlog_persist.testing import DSN_ENVIRONMENT_VARIABLE
@@ -246,28 +243,19 @@ def test_migration_failure(host: pytest.Pytester, pg_server: ServerInfo) -> None
     assert "run 'alembic upgrade heads' on an empty database" in out
 
 
-def test_env_py_that_ignores_the_connection(host: pytest.Pytester, pg_server: ServerInfo) -> None:
-    # An env.py that always migrates the URL it knows: a database of its own on the server,
-    # dropped afterwards (it gets migrated, and the server may be shared).
-    name = f"evl_elsewhere_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**pg_server.connect_kwargs("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        elsewhere = pg_server.sqlalchemy_url(name).render_as_string(hide_password=False)
-        env = host.path / "migrations" / "env.py"
-        text = env.read_text().replace(
-            'given = config.attributes.get("connection")', "given = None"
-        )
-        env.write_text(
-            text.replace("def _url() -> str:\n", f"def _url() -> str:\n    return {elsewhere!r}\n")
-        )
-        host.makepyfile(test_db=_USES_DATABASE)
-        out = _errors(_run(host, pg_server))
-    finally:
-        with psycopg.connect(**pg_server.connect_kwargs("postgres"), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+def test_env_py_that_ignores_the_connection(
+    host: pytest.Pytester, pg_server: ServerInfo, database_url: URL
+) -> None:
+    # An env.py that always migrates the URL it knows: a fresh database of its own (it gets
+    # migrated, and the server may be shared), dropped afterwards.
+    elsewhere = database_url.render_as_string(hide_password=False)
+    env = host.path / "migrations" / "env.py"
+    text = env.read_text().replace('given = config.attributes.get("connection")', "given = None")
+    env.write_text(
+        text.replace("def _url() -> str:\n", f"def _url() -> str:\n    return {elsewhere!r}\n")
+    )
+    host.makepyfile(test_db=_USES_DATABASE)
+    out = _errors(_run(host, pg_server))
     assert "created no table in the test template database" in out
     assert "env.py migrated another database" in out
     assert "config.attributes['connection']" in out
