@@ -180,6 +180,95 @@ def test_detached_statements_are_seen_by_listeners_and_the_connection_left_clean
     assert count(host_engine) == 2
 
 
+def _note_settings(engine: Engine) -> None:
+    """Make each row note the lock_timeout and isolation level it was written under."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION note_settings() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN NEW.error_code := current_setting('lock_timeout') || ' ' "
+                "|| current_setting('transaction_isolation'); RETURN NEW; END $$; "
+                "CREATE TRIGGER note_settings BEFORE INSERT ON event_logs "
+                "FOR EACH ROW EXECUTE FUNCTION note_settings()"
+            )
+        )
+
+
+def _noted(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return conn.scalar(text("SELECT error_code FROM event_logs"))
+
+
+@pytest.mark.parametrize(
+    ("isolation", "on_engine", "expected"),
+    [
+        (None, False, "read committed"),
+        ("AUTOCOMMIT", False, "read committed"),
+        ("AUTOCOMMIT", True, "read committed"),
+        ("REPEATABLE READ", False, "repeatable read"),
+    ],
+    ids=["default", "autocommit-option", "autocommit-engine", "repeatable-read"],
+)
+def test_detached_runs_in_a_transaction_of_its_own_under_the_lock_timeout(
+    host_engine: Engine,
+    host_models: HostModels,
+    isolation: str | None,
+    on_engine: bool,
+    expected: str,
+) -> None:
+    """On every engine a host may configure: the lock timeout applies to the INSERT (on an
+    autocommit engine too, where a SET LOCAL outside a transaction would do nothing), the
+    host's isolation level is kept, and the connection goes back to the pool as it came."""
+    user_id, session_id = seed(host_engine, host_models)
+    _note_settings(host_engine)
+    options = {} if isolation is None else {"isolation_level": isolation}
+    engine = create_engine(host_engine.url, **(options if on_engine else {}))
+    if not on_engine:
+        engine = engine.execution_options(**options)
+    try:
+        with engine.connect() as conn:
+            dbapi: Any = conn.connection.dbapi_connection
+            autocommit = dbapi.autocommit
+        EventWriter(host_models.EventLog, lock_timeout=0.25).record_detached(
+            engine, session_id=session_id, user_id=user_id, event_type="x"
+        )
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection is dbapi
+            assert dbapi.autocommit is autocommit
+            assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        engine.dispose()
+    assert _noted(host_engine) == f"250ms {expected}"
+
+
+def test_detached_is_three_round_trips(
+    host_engine: Engine, host_models: HostModels, tmp_path: Any
+) -> None:
+    """``BEGIN`` and the lock timeout in one query, the INSERT, the ``COMMIT``: what a
+    hand-written INSERT and commit takes on psycopg (its own BEGIN, the INSERT, COMMIT)."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="x")
+    path = tmp_path / "libpq.trace"
+    with path.open("w") as trace:
+        with host_engine.connect() as conn:  # the pooled connection the write will get
+            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            writer.record_detached(
+                host_engine, session_id=session_id, user_id=user_id, event_type="y"
+            )
+        finally:
+            pgconn.untrace()
+    sent = [line.split("\t")[2:] for line in path.read_text().splitlines() if line[:2] == "F\t"]
+    waits = [message for message in sent if message[0] in ("Query", "Sync")]
+    assert len(waits) == 3, sent
+    assert waits[0][1] == ' "BEGIN; SET LOCAL lock_timeout = 5000"'
+    assert waits[2][1] == ' "COMMIT"'
+    assert count(host_engine) == 2
+
+
 @pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
 def test_detached_fk_violation_is_a_typed_error(
     host_engine: Engine, host_models: HostModels, observed: bool
@@ -328,6 +417,30 @@ async def test_async_session_record_and_detached(
         )
     assert ids == {kept_id, detached.id}
     assert stamp == when
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("on_engine", [False, True], ids=["option", "engine"])
+async def test_async_detached_on_an_autocommit_engine_keeps_the_lock_timeout(
+    host_engine: Engine, host_models: HostModels, database_url: URL, on_engine: bool
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    _note_settings(host_engine)
+    engine = create_async_engine(
+        database_url, **({"isolation_level": "AUTOCOMMIT"} if on_engine else {})
+    )
+    if not on_engine:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        await EventWriter(host_models.EventLog, lock_timeout=0.25).arecord_detached(
+            engine, session_id=session_id, user_id=user_id, event_type="x"
+        )
+        async with engine.connect() as conn:
+            dbapi: Any = (await conn.get_raw_connection()).driver_connection
+            assert dbapi.autocommit is True
+    finally:
+        await engine.dispose()
+    assert _noted(host_engine) == "250ms read committed"
 
 
 def test_new_event_is_a_frozen_checked_value() -> None:

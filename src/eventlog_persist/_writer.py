@@ -182,6 +182,34 @@ def _lock_timeout_sql(seconds: float) -> TextClause:
     return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
 
 
+def _autocommit(conn: Connection) -> bool:
+    """Whether the host runs ``conn`` in autocommit mode (its engine's isolation level)."""
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    options = conn.get_execution_options()
+    return bool(options.get("isolation_level") == "AUTOCOMMIT" or dbapi_connection.autocommit)
+
+
+def _out_of_autocommit(conn: Connection) -> None:
+    """Give ``conn`` transactions if the host runs it in autocommit mode, until it goes
+    back to the pool: the lock timeout is a ``SET LOCAL``, which needs a transaction."""
+    if _autocommit(conn):
+        conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
+
+
+def _plain_begin(conn: Connection) -> bool:
+    """Whether psycopg starts the connection's transactions with a bare ``BEGIN``.
+
+    Not if the host set an isolation level, read-only or deferrable on it: those go
+    through SQLAlchemy's ``begin``, which lets psycopg write its ``BEGIN``.
+    """
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    return (
+        dbapi_connection.isolation_level is None
+        and dbapi_connection.read_only is None
+        and dbapi_connection.deferrable is None
+    )
+
+
 def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
     """Refuse anything but an engine of ``kind``, naming the twin or the fix."""
     if isinstance(engine, kind):
@@ -277,6 +305,9 @@ class EventWriter(Generic[ModelT, KeyT]):
         self.lock_timeout = lock_timeout
         self._insert = _insert_statement(self._builder.table)
         self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
+        self._opening = "BEGIN"  # the direct path's first round trip
+        if self._set_lock_timeout is not None:
+            self._opening += f"; {self._set_lock_timeout.text}"
         self._compiled: weakref.WeakKeyDictionary[Dialect, str] = weakref.WeakKeyDictionary()
 
     @property
@@ -375,9 +406,12 @@ class EventWriter(Generic[ModelT, KeyT]):
             try:
                 with engine.connect() as conn:
                     try:
+                        _out_of_autocommit(conn)
                         driver_sql = self._driver_sql(conn)
-                        if driver_sql is not None and unobserved(
-                            conn, engine.dispatch, TRANSACTION_EVENTS
+                        if (
+                            driver_sql is not None
+                            and unobserved(conn, engine.dispatch, TRANSACTION_EVENTS)
+                            and _plain_begin(conn)
                         ):
                             self._insert_direct(conn, driver_sql, params)
                             return event
@@ -433,6 +467,10 @@ class EventWriter(Generic[ModelT, KeyT]):
             try:
                 async with engine.connect() as conn:
                     try:
+                        if conn.sync_connection and _autocommit(conn.sync_connection):
+                            await conn.execution_options(
+                                isolation_level=conn.dialect.default_isolation_level
+                            )
                         async with conn.begin():
                             if self._set_lock_timeout is not None:
                                 await conn.execute(self._set_lock_timeout)
@@ -450,16 +488,18 @@ class EventWriter(Generic[ModelT, KeyT]):
         """The detached transaction on psycopg's connection itself.
 
         What ``conn.begin()``, the two ``execute`` calls and the commit do, when nobody
-        observes them (`unobserved`), without SQLAlchemy's work around each: the same
-        statements on the same connection, errors raised as SQLAlchemy raises them, a
-        transaction left open by an error rolled back, and a lost connection invalidated
-        with the rest of the pool.
+        observes them (`unobserved`), without SQLAlchemy's work around each, and in three
+        round trips where psycopg would take four: ``BEGIN`` and the lock timeout go as one
+        query. Errors are raised as SQLAlchemy raises them, a transaction left open by an
+        error is rolled back, and a lost connection is invalidated with the rest of the pool.
         """
         dbapi_connection: Any = conn.connection.dbapi_connection
+        autocommit = dbapi_connection.autocommit
         try:
+            # psycopg would send its own BEGIN first, a round trip of its own.
+            dbapi_connection.autocommit = True
             cursor = dbapi_connection.cursor()
-            if self._set_lock_timeout is not None:
-                cursor.execute(self._set_lock_timeout.text)
+            cursor.execute(self._opening, prepare=False)
             cursor.execute(sql, params)
             cursor.close()
             dbapi_connection.commit()
@@ -467,7 +507,9 @@ class EventWriter(Generic[ModelT, KeyT]):
             if not (dbapi_connection.closed or dbapi_connection.broken):
                 with suppress(Exception):
                     dbapi_connection.rollback()
+                    dbapi_connection.autocommit = autocommit
             raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
+        dbapi_connection.autocommit = autocommit
 
     def _driver_sql(self, conn: Connection) -> str | None:
         """The INSERT as psycopg's SQL text, compiled once per dialect; else None.
