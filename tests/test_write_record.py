@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -441,6 +442,120 @@ async def test_async_detached_on_an_autocommit_engine_keeps_the_lock_timeout(
     finally:
         await engine.dispose()
     assert _noted(host_engine) == "250ms read committed"
+
+
+@pytest.mark.asyncio
+async def test_async_detached_is_three_round_trips_and_seen_by_listeners(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine, tmp_path: Any
+) -> None:
+    """As `record_detached`: on psycopg's connection directly when nobody observes the
+    engine (three round trips), through SQLAlchemy when a listener does."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    await writer.arecord_detached(
+        async_engine, session_id=session_id, user_id=user_id, event_type="x"
+    )
+    path = tmp_path / "libpq.trace"
+    with path.open("w") as trace:
+        async with async_engine.connect() as conn:  # the pooled connection the write will get
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            driver.pgconn.trace(trace.fileno())
+            driver.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            await writer.arecord_detached(
+                async_engine, session_id=session_id, user_id=user_id, event_type="y"
+            )
+        finally:
+            driver.pgconn.untrace()
+    sent = [line.split("\t")[2:] for line in path.read_text().splitlines() if line[:2] == "F\t"]
+    waits = [message for message in sent if message[0] in ("Query", "Sync")]
+    assert len(waits) == 3, sent
+    assert waits[0][1] == ' "BEGIN; SET LOCAL lock_timeout = 5000"'
+    assert waits[2][1] == ' "COMMIT"'
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(str(args[2]).split()[0])
+
+    sa_event.listen(async_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await writer.arecord_detached(
+            async_engine, session_id=session_id, user_id=user_id, event_type="z"
+        )
+    finally:
+        sa_event.remove(async_engine.sync_engine, "before_cursor_execute", record)
+    assert seen == ["SET", "INSERT"]
+    async with async_engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver.autocommit is False
+        assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert count(host_engine) == 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
+async def test_async_detached_fk_violation_is_a_typed_error(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine, observed: bool
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    if observed:
+        sa_event.listen(async_engine.sync_engine, "before_cursor_execute", lambda *args: None)
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(EventWriteError, match="the database refused it") as caught:
+        await writer.arecord_detached(
+            async_engine, session_id=uuid.uuid4(), user_id=user_id, event_type="x"
+        )
+    assert caught.value.sqlstate == "23503"
+    assert isinstance(caught.value.__cause__, psycopg.errors.ForeignKeyViolation)
+    # The pooled connection the refusal came back on is clean: the next write goes through.
+    await writer.arecord_detached(
+        async_engine, session_id=session_id, user_id=user_id, event_type="y"
+    )
+    assert count(host_engine) == 1
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_detached_retries_on_a_new_connection_after_the_server_dropped_one(
+    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str
+) -> None:
+    """The direct path's lost connection is invalidated as SQLAlchemy's would be: the retry
+    takes a new one, and the event is stored once."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    fields: dict[str, Any] = {"session_id": session_id, "user_id": user_id, "event_type": "x"}
+
+    def terminate(pid: int) -> None:
+        with host_engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    if flavour == "sync":
+        engine = create_engine(database_url, pool_size=1, max_overflow=0)
+        try:
+            with engine.connect() as conn:
+                before = conn.scalar(text("SELECT pg_backend_pid()"))
+            terminate(before)
+            writer.record_detached(engine, **fields)
+            with engine.connect() as conn:
+                after = conn.scalar(text("SELECT pg_backend_pid()"))
+        finally:
+            engine.dispose()
+    else:
+
+        async def run() -> tuple[int, int]:
+            aengine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+            try:
+                async with aengine.connect() as conn:
+                    before = await conn.scalar(text("SELECT pg_backend_pid()"))
+                terminate(before)
+                await writer.arecord_detached(aengine, **fields)
+                async with aengine.connect() as conn:
+                    return before, await conn.scalar(text("SELECT pg_backend_pid()"))
+            finally:
+                await aengine.dispose()
+
+        before, after = asyncio.run(run())
+    assert after != before
+    assert count(host_engine) == 1
 
 
 def test_new_event_is_a_frozen_checked_value() -> None:

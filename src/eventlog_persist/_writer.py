@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import UnboundExecutionError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 from typing_extensions import Unpack
@@ -36,7 +36,12 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist._read_direct import TRANSACTION_EVENTS, raise_as_sqlalchemy, unobserved
+from eventlog_persist._read_direct import (
+    TRANSACTION_EVENTS,
+    araise_as_sqlalchemy,
+    raise_as_sqlalchemy,
+    unobserved,
+)
 from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._urls import refuse_other_flavour, shown
@@ -202,12 +207,8 @@ def _plain_begin(conn: Connection) -> bool:
     Not if the host set an isolation level, read-only or deferrable on it: those go
     through SQLAlchemy's ``begin``, which lets psycopg write its ``BEGIN``.
     """
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    return (
-        dbapi_connection.isolation_level is None
-        and dbapi_connection.read_only is None
-        and dbapi_connection.deferrable is None
-    )
+    driver: Any = conn.connection.driver_connection
+    return driver.isolation_level is None and driver.read_only is None and driver.deferrable is None
 
 
 def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
@@ -467,10 +468,19 @@ class EventWriter(Generic[ModelT, KeyT]):
             try:
                 async with engine.connect() as conn:
                     try:
-                        if conn.sync_connection and _autocommit(conn.sync_connection):
+                        started = cast("Connection", conn.sync_connection)  # started above
+                        if _autocommit(started):
                             await conn.execution_options(
                                 isolation_level=conn.dialect.default_isolation_level
                             )
+                        driver_sql = self._driver_sql(started)
+                        if (
+                            driver_sql is not None
+                            and unobserved(started, engine.sync_engine.dispatch, TRANSACTION_EVENTS)
+                            and _plain_begin(started)
+                        ):
+                            await self._ainsert_direct(conn, driver_sql, params)
+                            return event
                         async with conn.begin():
                             if self._set_lock_timeout is not None:
                                 await conn.execute(self._set_lock_timeout)
@@ -510,6 +520,27 @@ class EventWriter(Generic[ModelT, KeyT]):
                     dbapi_connection.autocommit = autocommit
             raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
         dbapi_connection.autocommit = autocommit
+
+    async def _ainsert_direct(
+        self, conn: AsyncConnection, sql: str, params: dict[str, object]
+    ) -> None:
+        """`_insert_direct` on an ``AsyncConnection``."""
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        autocommit = driver.autocommit
+        try:
+            await driver.set_autocommit(True)
+            cursor = driver.cursor()
+            await cursor.execute(self._opening, prepare=False)
+            await cursor.execute(sql, params)
+            await cursor.close()
+            await driver.commit()
+        except BaseException as exc:
+            if not (driver.closed or driver.broken):
+                with suppress(Exception):
+                    await driver.rollback()
+                    await driver.set_autocommit(autocommit)
+            await araise_as_sqlalchemy(conn, exc, sql, params, driver)
+        await driver.set_autocommit(autocommit)
 
     def _driver_sql(self, conn: Connection) -> str | None:
         """The INSERT as psycopg's SQL text, compiled once per dialect; else None.
