@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 import weakref
-from contextlib import suppress
 from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
@@ -515,9 +514,11 @@ class EventWriter(Generic[ModelT, KeyT]):
             dbapi_connection.commit()
         except BaseException as exc:
             if not (dbapi_connection.closed or dbapi_connection.broken):
-                with suppress(Exception):
+                try:
                     dbapi_connection.rollback()
                     dbapi_connection.autocommit = autocommit
+                except Exception:  # pragma: no cover - a live connection's ROLLBACK failed
+                    conn.invalidate()  # never back to the pool in a mode the host did not choose
             raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
         dbapi_connection.autocommit = autocommit
 
@@ -536,9 +537,11 @@ class EventWriter(Generic[ModelT, KeyT]):
             await driver.commit()
         except BaseException as exc:
             if not (driver.closed or driver.broken):
-                with suppress(Exception):
+                try:
                     await driver.rollback()
                     await driver.set_autocommit(autocommit)
+                except Exception:  # pragma: no cover - as in _insert_direct
+                    await conn.invalidate()
             await araise_as_sqlalchemy(conn, exc, sql, params, driver)
         await driver.set_autocommit(autocommit)
 
