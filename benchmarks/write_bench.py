@@ -31,7 +31,7 @@ from typing import Any
 import _svg
 import psycopg
 from _server import server
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import Jsonb, set_json_dumps
 from sqlalchemy import ForeignKey, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from uuid_utils.compat import uuid7
@@ -49,6 +49,10 @@ from eventlog_persist import (
 )
 from eventlog_persist._bulk import DEFAULT_BATCH_SIZE
 from eventlog_persist._table import COLUMNS, EventTable
+
+HAND_INSERT = (
+    f"INSERT INTO event_logs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+)
 
 
 class Base(DeclarativeBase):
@@ -435,6 +439,25 @@ class Bench:
                 results[name].append((wall / events, (time.process_time() - cpu) / events))
         return results
 
+    def hand_values(self, i: int) -> tuple[object, ...]:
+        """The hand-written detached INSERT's values for the i-th event, in `COLUMNS` order."""
+        return (
+            new_event_id(),
+            self.session_ids[i % 10],
+            self.user_id,
+            None,
+            None,
+            "tool_call",
+            Jsonb(payload(i)),
+            datetime.now(UTC),
+            None,
+            "search_places",
+            None,
+            None,
+            None,
+            None,
+        )
+
     def detached(self, rounds: int = 6, events: int = 300) -> None:
         """Hand-written psycopg INSERT + COMMIT vs `EventWriter.record_detached`, per event.
 
@@ -445,38 +468,15 @@ class Bench:
         retry, no checks or redaction). The writer runs on an ``Engine`` (SQLAlchemy's pool)
         and also sets ``lock_timeout`` in its transaction.
         """
-        from psycopg.types.json import Jsonb
         from psycopg_pool import ConnectionPool
 
         sessions = self.session_ids
         writer = self.writer
-        insert = (
-            f"INSERT INTO event_logs ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-        )
 
         def hand() -> int:
             for i in range(events):
                 with pool.connection() as conn:
-                    conn.execute(
-                        insert,
-                        (
-                            new_event_id(),
-                            sessions[i % 10],
-                            self.user_id,
-                            None,
-                            None,
-                            "tool_call",
-                            Jsonb(payload(i)),
-                            datetime.now(UTC),
-                            None,
-                            "search_places",
-                            None,
-                            None,
-                            None,
-                            None,
-                        ),
-                    )
+                    conn.execute(HAND_INSERT, self.hand_values(i))
             return events
 
         def ours() -> int:
@@ -503,42 +503,19 @@ class Bench:
         connection, and (a diagnostic, to show what SQLAlchemy's async pool costs) on a
         connection checked out of the same ``AsyncEngine``.
         """
-        from psycopg.types.json import Jsonb
         from psycopg_pool import AsyncConnectionPool
         from sqlalchemy.ext.asyncio import create_async_engine
 
         sessions = self.session_ids
         writer = self.writer
-        insert = (
-            f"INSERT INTO event_logs ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-        )
         loop = asyncio.new_event_loop()
         engine = create_async_engine(self.engine.url)
         pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=1, open=False)
 
-        def values(i: int) -> tuple[object, ...]:
-            return (
-                new_event_id(),
-                sessions[i % 10],
-                self.user_id,
-                None,
-                None,
-                "tool_call",
-                Jsonb(payload(i)),
-                datetime.now(UTC),
-                None,
-                "search_places",
-                None,
-                None,
-                None,
-                None,
-            )
-
         async def hand() -> int:
             for i in range(events):
                 async with pool.connection() as conn:
-                    await conn.execute(insert, values(i))
+                    await conn.execute(HAND_INSERT, self.hand_values(i))
             return events
 
         async def hand_on_engine() -> int:
@@ -546,7 +523,7 @@ class Bench:
                 async with engine.connect() as sa_conn:
                     raw = await sa_conn.get_raw_connection()
                     conn: Any = raw.driver_connection
-                    await conn.execute(insert, values(i))
+                    await conn.execute(HAND_INSERT, self.hand_values(i))
                     await conn.commit()
             return events
 
