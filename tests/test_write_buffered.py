@@ -368,6 +368,9 @@ async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
                         await asyncio.sleep(0)
 
             await asyncio.gather(*(produce(n) for n in range(5)))
+            # Written, so the writer's connection is open: a connection still starting up
+            # when the backends are terminated would escape, and nothing would be retried.
+            assert await writer.flush(timeout=20)
             with host_engine.connect() as admin:
                 admin.execute(
                     text(
