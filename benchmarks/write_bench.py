@@ -458,6 +458,16 @@ class Bench:
             None,
         )
 
+    def detached_fields(self, i: int) -> dict[str, Any]:
+        """The fields the writer's detached rows get for the i-th event (`hand_values`'s)."""
+        return {
+            "session_id": self.session_ids[i % 10],
+            "user_id": self.user_id,
+            "event_type": "tool_call",
+            "tool_name": "search_places",
+            "payload": payload(i),
+        }
+
     def detached(self, rounds: int = 6, events: int = 300) -> None:
         """Hand-written psycopg INSERT + COMMIT vs `EventWriter.record_detached`, per event.
 
@@ -470,7 +480,6 @@ class Bench:
         """
         from psycopg_pool import ConnectionPool
 
-        sessions = self.session_ids
         writer = self.writer
 
         def hand() -> int:
@@ -481,14 +490,7 @@ class Bench:
 
         def ours() -> int:
             for i in range(events):
-                writer.record_detached(
-                    self.engine,
-                    session_id=sessions[i % 10],
-                    user_id=self.user_id,
-                    event_type="tool_call",
-                    tool_name="search_places",
-                    payload=payload(i),
-                )
+                writer.record_detached(self.engine, **self.detached_fields(i))
             return events
 
         with ConnectionPool(self.conninfo, min_size=1, max_size=1) as pool:
@@ -506,7 +508,6 @@ class Bench:
         from psycopg_pool import AsyncConnectionPool
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        sessions = self.session_ids
         writer = self.writer
         loop = asyncio.new_event_loop()
         engine = create_async_engine(self.engine.url)
@@ -529,14 +530,7 @@ class Bench:
 
         async def ours() -> int:
             for i in range(events):
-                await writer.arecord_detached(
-                    engine,
-                    session_id=sessions[i % 10],
-                    user_id=self.user_id,
-                    event_type="tool_call",
-                    tool_name="search_places",
-                    payload=payload(i),
-                )
+                await writer.arecord_detached(engine, **self.detached_fields(i))
             return events
 
         def run(variant: Callable[[], Any]) -> Callable[[], int]:
