@@ -200,16 +200,29 @@ def _noted(engine: Engine) -> str | None:
         return conn.scalar(text("SELECT error_code FROM event_logs"))
 
 
-@pytest.mark.parametrize(
+ENGINE_SETTINGS = pytest.mark.parametrize(
     ("isolation", "on_engine", "expected"),
     [
         (None, False, "read committed"),
         ("AUTOCOMMIT", False, "read committed"),
         ("AUTOCOMMIT", True, "read committed"),
         ("REPEATABLE READ", False, "repeatable read"),
+        ("REPEATABLE READ", True, "repeatable read"),
     ],
-    ids=["default", "autocommit-option", "autocommit-engine", "repeatable-read"],
+    ids=[
+        "default",
+        "autocommit-option",
+        "autocommit-engine",
+        "repeatable-read-option",
+        "repeatable-read-engine",
+    ],
 )
+"""An isolation level as an engine's execution option (applied by a listener) or as
+``create_engine``'s argument (set on each DBAPI connection), and what a detached write's
+transaction should run under."""
+
+
+@ENGINE_SETTINGS
 def test_detached_runs_in_a_transaction_of_its_own_under_the_lock_timeout(
     host_engine: Engine,
     host_models: HostModels,
@@ -421,27 +434,74 @@ async def test_async_session_record_and_detached(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("on_engine", [False, True], ids=["option", "engine"])
-async def test_async_detached_on_an_autocommit_engine_keeps_the_lock_timeout(
-    host_engine: Engine, host_models: HostModels, database_url: URL, on_engine: bool
+@ENGINE_SETTINGS
+async def test_async_detached_runs_in_a_transaction_of_its_own_under_the_lock_timeout(
+    host_engine: Engine,
+    host_models: HostModels,
+    database_url: URL,
+    isolation: str | None,
+    on_engine: bool,
+    expected: str,
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     _note_settings(host_engine)
-    engine = create_async_engine(
-        database_url, **({"isolation_level": "AUTOCOMMIT"} if on_engine else {})
-    )
+    options = {} if isolation is None else {"isolation_level": isolation}
+    engine = create_async_engine(database_url, **(options if on_engine else {}))
     if not on_engine:
-        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        engine = engine.execution_options(**options)
     try:
+        async with engine.connect() as conn:
+            dbapi: Any = (await conn.get_raw_connection()).driver_connection
+            autocommit = dbapi.autocommit
         await EventWriter(host_models.EventLog, lock_timeout=0.25).arecord_detached(
             engine, session_id=session_id, user_id=user_id, event_type="x"
         )
         async with engine.connect() as conn:
-            dbapi: Any = (await conn.get_raw_connection()).driver_connection
-            assert dbapi.autocommit is True
+            assert (await conn.get_raw_connection()).driver_connection is dbapi
+            assert dbapi.autocommit is autocommit
+            assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         await engine.dispose()
-    assert _noted(host_engine) == "250ms read committed"
+    assert _noted(host_engine) == f"250ms {expected}"
+
+
+@pytest.mark.asyncio
+async def test_async_detached_cancelled_while_it_waits_stores_nothing_and_frees_its_connection(
+    host_engine: Engine, host_models: HostModels, async_engine: AsyncEngine
+) -> None:
+    """A request cancelled (a client gone, a timeout) while its detached write waits for a
+    row lock: nothing is stored, the connection does not stay checked out, and the next
+    write goes through."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, lock_timeout=30)
+    fields: dict[str, Any] = {"session_id": session_id, "user_id": user_id, "event_type": "x"}
+    await writer.arecord_detached(async_engine, **fields)  # a pooled connection exists
+    with host_engine.connect() as holder:
+        holder.execute(
+            text("SELECT 1 FROM chat_sessions WHERE id = :id FOR UPDATE"), {"id": session_id}
+        )
+        task = asyncio.create_task(writer.arecord_detached(async_engine, **fields))
+        for _ in range(500):
+            with host_engine.connect() as probe:
+                waiting = probe.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'INSERT INTO event_logs%'"
+                    )
+                )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        holder.rollback()
+    pool: Any = async_engine.sync_engine.pool
+    assert pool.checkedout() == 0
+    await writer.arecord_detached(async_engine, **fields)
+    with host_engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(host_models.EventLog)) == 2
 
 
 @pytest.mark.asyncio
@@ -512,6 +572,37 @@ async def test_async_detached_fk_violation_is_a_typed_error(
         async_engine, session_id=session_id, user_id=user_id, event_type="y"
     )
     assert count(host_engine) == 1
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_detached_on_a_server_it_cannot_reach_retries_and_names_the_connect_error(
+    host_models: HostModels, flavour: str
+) -> None:
+    """A checkout that fails (the direct path checks out a bare pooled connection) is a
+    transient error like any other: retried, then reported with psycopg's error."""
+    down = "postgresql+psycopg://x@/x?host=/nonexistent-eventlog-dir&port=1"
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=2, initial_delay=0))
+    fields: dict[str, Any] = {"session_id": uuid.uuid4(), "user_id": uuid.uuid4()}
+
+    def write() -> None:
+        engine = create_engine(down)
+        try:
+            writer.record_detached(engine, event_type="x", **fields)
+        finally:
+            engine.dispose()
+
+    async def awrite() -> None:
+        engine = create_async_engine(down)
+        try:
+            await writer.arecord_detached(engine, event_type="x", **fields)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(RetriesExhaustedError) as raised:
+        write() if flavour == "sync" else asyncio.run(awrite())
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError)
+    assert "nonexistent-eventlog-dir" in str(raised.value)
+    assert "2 attempts" in str(raised.value)
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])

@@ -1,4 +1,4 @@
-"""The direct paths: statements on the DBAPI connection, when nothing would differ.
+"""The sync direct paths: statements on the DBAPI connection, when nothing would differ.
 
 SQLAlchemy's ``exec_driver_sql`` builds a Result (metadata from the cursor description, a
 Row per row) that the reader turns into records at once; on psycopg, with nobody observing
@@ -19,9 +19,8 @@ from psycopg import Connection as PsycopgConnection
 from psycopg.abc import Buffer
 from psycopg.pq import Format
 from psycopg.types.json import JsonbLoader
-from sqlalchemy import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist._read_sql import PreparedQuery
 
@@ -29,7 +28,6 @@ __all__ = [
     "ENGINE_EVENTS",
     "EXECUTE_EVENTS",
     "TRANSACTION_EVENTS",
-    "araise_as_sqlalchemy",
     "direct_sql",
     "driver_sql",
     "fetch",
@@ -88,12 +86,12 @@ def direct_sql(
     return driver_sql(query, connection.dialect, connection.get_execution_options())
 
 
-def unobserved(connection: Connection, dispatch: Any, events: tuple[str, ...]) -> bool:
+def unobserved(connection: Connection | Engine, dispatch: Any, events: tuple[str, ...]) -> bool:
     """Whether SQLAlchemy would tell no one about a statement run on ``connection``.
 
     No listener for ``events`` on ``dispatch`` (the connection's, or the engine's for a
-    connection just made), none for the dialect's ``handle_error`` and ``do_execute``,
-    and no SQL logging (``echo``, the ``sqlalchemy.engine`` logger at INFO).
+    connection just made or none at all), none for the dialect's ``handle_error`` and
+    ``do_execute``, and no SQL logging (``echo``, the ``sqlalchemy.engine`` logger at INFO).
     """
     for name in events:
         if getattr(dispatch, name):
@@ -167,44 +165,15 @@ def raise_as_sqlalchemy(
             connection.exec_driver_sql(sql, params)
         if not connection.invalidated:  # pragma: no cover - exec_driver_sql did it
             connection.invalidate(exc)
-    raise _as_sqlalchemy(connection, exc, sql, params, disconnect=disconnect) from exc
-
-
-async def araise_as_sqlalchemy(
-    connection: AsyncConnection, exc: BaseException, sql: str, params: Any, dbapi_connection: Any
-) -> NoReturn:
-    """`raise_as_sqlalchemy` on an ``AsyncConnection``."""
-    started = connection.sync_connection
-    if started is None:  # pragma: no cover - the caller ran a statement on it
-        raise exc
-    dialect = started.dialect
-    if not isinstance(exc, dialect.loaded_dbapi.Error):
-        if not isinstance(exc, Exception) and not started.invalidated:
-            await connection.invalidate()
-        raise exc
-    disconnect = dialect.is_disconnect(exc, dbapi_connection, None)
-    if disconnect:
-        with contextlib.suppress(DBAPIError):
-            await connection.exec_driver_sql(sql, params)
-        if not started.invalidated:  # pragma: no cover - exec_driver_sql did it
-            await connection.invalidate(exc)
-    raise _as_sqlalchemy(started, exc, sql, params, disconnect=disconnect) from exc
-
-
-def _as_sqlalchemy(
-    connection: Connection, exc: Exception, sql: str, params: Any, *, disconnect: bool
-) -> StatementError:
-    """The `DBAPIError` subclass SQLAlchemy raises for the driver's ``exc``."""
-    dialect = connection.dialect
-    return DBAPIError.instance(
+    raise DBAPIError.instance(
         sql,
         params,
         exc,
-        dialect.loaded_dbapi.Error,
+        dbapi_error,
         hide_parameters=connection.engine.hide_parameters,
         connection_invalidated=disconnect,
         dialect=dialect,
-    )
+    ) from exc
 
 
 _JSONB_OID: Final = 3802

@@ -8,7 +8,7 @@ import time
 import uuid
 import weakref
 from functools import partial
-from typing import Any, Final, Generic, TypeVar, cast, overload
+from typing import Any, Final, Generic, NoReturn, TypeVar, cast, overload
 
 from sqlalchemy import Connection, Dialect, Engine, Insert, Text, TextClause, bindparam, text
 from sqlalchemy import cast as sql_cast
@@ -17,9 +17,11 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import UnboundExecutionError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 from typing_extensions import Unpack
 
 from eventlog_persist._events import EventBuilder, EventFields, NewEvent
@@ -37,7 +39,6 @@ from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._read_direct import (
     TRANSACTION_EVENTS,
-    araise_as_sqlalchemy,
     raise_as_sqlalchemy,
     unobserved,
 )
@@ -200,14 +201,41 @@ def _out_of_autocommit(conn: Connection) -> None:
         conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
 
 
-def _plain_begin(conn: Connection) -> bool:
-    """Whether psycopg starts the connection's transactions with a bare ``BEGIN``.
+def _plain_begin(driver: Any) -> bool:
+    """Whether psycopg starts the ``driver`` connection's transactions with a bare ``BEGIN``.
 
     Not if the host set an isolation level, read-only or deferrable on it: those go
     through SQLAlchemy's ``begin``, which lets psycopg write its ``BEGIN``.
     """
-    driver: Any = conn.connection.driver_connection
     return driver.isolation_level is None and driver.read_only is None and driver.deferrable is None
+
+
+def _rolled_back(driver: Any, autocommit: bool) -> bool:
+    """After an error on the direct path: end the transaction and put ``autocommit`` back.
+
+    False if that failed on a live connection, which must then never go back to the pool
+    (in autocommit mode, the host's next session on it would commit each statement).
+    """
+    if driver.closed or driver.broken:
+        return True  # nothing to put back: the error's handling invalidates it
+    try:
+        driver.rollback()
+        driver.autocommit = autocommit
+    except Exception:  # pragma: no cover - a live connection's ROLLBACK failed
+        return False
+    return True
+
+
+async def _arolled_back(driver: Any, autocommit: bool) -> bool:
+    """`_rolled_back` on psycopg's async connection."""
+    if driver.closed or driver.broken:
+        return True
+    try:
+        await driver.rollback()
+        await driver.set_autocommit(autocommit)
+    except BaseException:  # pragma: no cover - as in _rolled_back, or cancelled again
+        return False
+    return True
 
 
 def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
@@ -404,31 +432,8 @@ class EventWriter(Generic[ModelT, KeyT]):
         attempt = Attempt(started=time.monotonic())
         while True:
             try:
-                with engine.connect() as conn:
-                    try:
-                        _out_of_autocommit(conn)
-                        driver_sql = self._driver_sql(conn)
-                        if (
-                            driver_sql is not None
-                            and unobserved(conn, engine.dispatch, TRANSACTION_EVENTS)
-                            and _plain_begin(conn)
-                        ):
-                            self._insert_direct(conn, driver_sql, params)
-                            return event
-                        with conn.begin():
-                            if driver_sql is None:
-                                if self._set_lock_timeout is not None:
-                                    conn.execute(self._set_lock_timeout)
-                                conn.execute(self._insert, params)
-                            else:
-                                if self._set_lock_timeout is not None:
-                                    conn.exec_driver_sql(self._set_lock_timeout.text)
-                                conn.exec_driver_sql(driver_sql, params)
-                        return event
-                    except Exception as exc:
-                        if classify_error(exc) is ErrorKind.TRANSIENT:
-                            conn.invalidate()  # never retried on: it may reach a standby
-                        raise
+                self._write_detached(engine, params)
+                return event
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             time.sleep(delay)
@@ -465,87 +470,127 @@ class EventWriter(Generic[ModelT, KeyT]):
         attempt = Attempt(started=time.monotonic())
         while True:
             try:
-                async with engine.connect() as conn:
-                    try:
-                        started = cast("Connection", conn.sync_connection)  # started above
-                        if _autocommit(started):
-                            await conn.execution_options(
-                                isolation_level=conn.dialect.default_isolation_level
-                            )
-                        driver_sql = self._driver_sql(started)
-                        if (
-                            driver_sql is not None
-                            and unobserved(started, engine.sync_engine.dispatch, TRANSACTION_EVENTS)
-                            and _plain_begin(started)
-                        ):
-                            await self._ainsert_direct(conn, driver_sql, params)
-                            return event
-                        async with conn.begin():
-                            if self._set_lock_timeout is not None:
-                                await conn.execute(self._set_lock_timeout)
-                            await conn.execute(self._insert, params)
-                        return event
-                    except Exception as exc:
-                        if classify_error(exc) is ErrorKind.TRANSIENT:
-                            await conn.invalidate()  # never retried on: it may reach a standby
-                        raise
+                await self._awrite_detached(engine, params)
+                return event
             except Exception as exc:
                 delay = self._retry_delay(event, exc, attempt)
             await asyncio.sleep(delay)
 
-    def _insert_direct(self, conn: Connection, sql: str, params: dict[str, object]) -> None:
-        """The detached transaction on psycopg's connection itself.
+    def _write_detached(self, engine: Engine, params: dict[str, object]) -> None:
+        """One attempt of a detached write.
 
-        What ``conn.begin()``, the two ``execute`` calls and the commit do, when nobody
-        observes them (`unobserved`), without SQLAlchemy's work around each, and in three
-        round trips where psycopg would take four: ``BEGIN`` and the lock timeout go as one
-        query. Errors are raised as SQLAlchemy raises them, a transaction left open by an
-        error is rolled back, and a lost connection is invalidated with the rest of the pool.
+        When nobody observes the engine (`unobserved`: no listener, no SQL logging) and
+        psycopg would begin with a bare ``BEGIN`` (`_plain_begin`), the write runs on the
+        pooled psycopg connection itself: no SQLAlchemy ``Connection`` around it, and three
+        round trips where psycopg would take four (``BEGIN`` and the lock timeout go as one
+        query). Otherwise it runs through a ``Connection`` (`_write_through`), which is
+        also what raises an error of the direct path as SQLAlchemy raises it.
         """
-        dbapi_connection: Any = conn.connection.dbapi_connection
-        autocommit = dbapi_connection.autocommit
+        sql = self._direct_sql(engine)
+        if sql is None:
+            self._write_through(engine, None, params)
+            return
+        pooled = engine.raw_connection()  # its errors are retried as engine.connect()'s are
+        driver: Any = pooled.driver_connection
+        if not _plain_begin(driver):
+            self._write_through(engine, pooled, params)
+            return
+        autocommit = driver.autocommit
         try:
-            # psycopg would send its own BEGIN first, a round trip of its own.
-            dbapi_connection.autocommit = True
-            cursor = dbapi_connection.cursor()
-            cursor.execute(self._opening, prepare=False)
-            cursor.execute(sql, params)
-            cursor.close()
-            dbapi_connection.commit()
+            driver.autocommit = True  # else psycopg sends a BEGIN of its own first
+            with driver.cursor() as cursor:
+                cursor.execute(self._opening, prepare=False)
+                cursor.execute(sql, params)
+            driver.commit()
+            driver.autocommit = autocommit
         except BaseException as exc:
-            if not (dbapi_connection.closed or dbapi_connection.broken):
-                try:
-                    dbapi_connection.rollback()
-                    dbapi_connection.autocommit = autocommit
-                except Exception:  # pragma: no cover - a live connection's ROLLBACK failed
-                    conn.invalidate()  # never back to the pool in a mode the host did not choose
-            raise_as_sqlalchemy(conn, exc, sql, params, dbapi_connection)
-        dbapi_connection.autocommit = autocommit
+            self._failed(engine, pooled, exc, sql, params, _rolled_back(driver, autocommit))
+        pooled.close()
 
-    async def _ainsert_direct(
-        self, conn: AsyncConnection, sql: str, params: dict[str, object]
-    ) -> None:
-        """`_insert_direct` on an ``AsyncConnection``."""
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+    async def _awrite_detached(self, engine: AsyncEngine, params: dict[str, object]) -> None:
+        """`_write_detached` on an ``AsyncEngine``: the direct path awaits psycopg's async
+        connection; the rest is the sync code, run as SQLAlchemy's asyncio extension runs
+        it (`greenlet_spawn`)."""
+        sync_engine = engine.sync_engine
+        sql = self._direct_sql(sync_engine)
+        if sql is None:
+            await greenlet_spawn(self._write_through, sync_engine, None, params)
+            return
+        pooled = await engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        if not _plain_begin(driver):
+            await greenlet_spawn(self._write_through, sync_engine, pooled, params)
+            return
         autocommit = driver.autocommit
         try:
             await driver.set_autocommit(True)
-            cursor = driver.cursor()
-            await cursor.execute(self._opening, prepare=False)
-            await cursor.execute(sql, params)
-            await cursor.close()
+            async with driver.cursor() as cursor:
+                await cursor.execute(self._opening, prepare=False)
+                await cursor.execute(sql, params)
             await driver.commit()
+            await driver.set_autocommit(autocommit)
         except BaseException as exc:
-            if not (driver.closed or driver.broken):
-                try:
-                    await driver.rollback()
-                    await driver.set_autocommit(autocommit)
-                except Exception:  # pragma: no cover - as in _insert_direct
-                    await conn.invalidate()
-            await araise_as_sqlalchemy(conn, exc, sql, params, driver)
-        await driver.set_autocommit(autocommit)
+            clean = await _arolled_back(driver, autocommit)
+            await greenlet_spawn(self._failed, sync_engine, pooled, exc, sql, params, clean)
+        await greenlet_spawn(pooled.close)  # the pool's reset awaits psycopg
 
-    def _driver_sql(self, conn: Connection) -> str | None:
+    def _write_through(
+        self, engine: Engine, pooled: PoolProxiedConnection | None, params: dict[str, object]
+    ) -> None:
+        """The detached write through a SQLAlchemy ``Connection``, where listeners see it:
+        around ``pooled`` if given, else a new one from the pool."""
+        with engine.connect() if pooled is None else Connection(engine, pooled) as conn:
+            try:
+                _out_of_autocommit(conn)
+                driver_sql = self._driver_sql(conn)
+                with conn.begin():
+                    if driver_sql is None:
+                        if self._set_lock_timeout is not None:
+                            conn.execute(self._set_lock_timeout)
+                        conn.execute(self._insert, params)
+                    else:
+                        if self._set_lock_timeout is not None:
+                            conn.exec_driver_sql(self._set_lock_timeout.text)
+                        conn.exec_driver_sql(driver_sql, params)
+            except Exception as exc:
+                if classify_error(exc) is ErrorKind.TRANSIENT:
+                    conn.invalidate()  # never retried on: it may reach a standby
+                raise
+
+    @staticmethod
+    def _failed(
+        engine: Engine,
+        pooled: PoolProxiedConnection,
+        exc: BaseException,
+        sql: str,
+        params: dict[str, object],
+        clean: bool,
+    ) -> NoReturn:
+        """Raise the direct path's error as SQLAlchemy would, and invalidate as it would.
+
+        A ``Connection`` around ``pooled`` converts it (`raise_as_sqlalchemy`); a lost
+        connection invalidates the pool, a transient error or an unclean connection
+        (`_rolled_back`) invalidates ``pooled``, anything else returns it to the pool.
+        """
+        with Connection(engine, pooled) as conn:
+            try:
+                raise_as_sqlalchemy(conn, exc, sql, params, pooled.driver_connection)
+            except Exception as error:
+                if not conn.invalidated and (
+                    not clean or classify_error(error) is ErrorKind.TRANSIENT
+                ):
+                    conn.invalidate()  # never retried on: it may reach a standby
+                raise
+
+    def _direct_sql(self, engine: Engine) -> str | None:
+        """The INSERT's driver SQL if a detached write on ``engine`` may skip SQLAlchemy's
+        ``Connection``: nobody would see it (an engine-level execution option such as an
+        isolation level is applied by a listener, so it counts), else None."""
+        if not unobserved(engine, engine.dispatch, TRANSACTION_EVENTS):
+            return None
+        return self._driver_sql(engine)
+
+    def _driver_sql(self, conn: Connection | Engine) -> str | None:
         """The INSERT as psycopg's SQL text, compiled once per dialect; else None.
 
         ``exec_driver_sql`` skips the statement cache lookup and the bind processing, which
