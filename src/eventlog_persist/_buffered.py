@@ -65,6 +65,10 @@ DEFAULT_MISSING_PARTITION_TIMEOUT = 60.0
 """Seconds the buffered writers retry an event whose ``created_at`` has no partition."""
 _MISSING_PARTITION_MAX_DELAY = 5.0
 """Longest wait between two offers of an event whose ``created_at`` has no partition."""
+_HAND_OVER_INTERVAL = 0.004
+"""Seconds between two offers of the GIL to the writer thread by `BufferedWriter.enqueue`
+while a batch is written: below the interpreter's switch interval (5 ms), above the
+period that would let the writer's work land in more than one call in a hundred."""
 
 
 class _Held:
@@ -709,6 +713,7 @@ class BufferedWriter(Generic[KeyT]):
         self._room = threading.Condition(self._lock)
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
+        self._hand_over_at = 0.0  # see enqueue
         _shutdown.reset_after_fork(self)
 
     # -- lifecycle --
@@ -857,6 +862,12 @@ class BufferedWriter(Generic[KeyT]):
         if self._restart:
             self.start()
         state = self._state
+        if state.inflight is not None and (now := time.monotonic()) >= self._hand_over_at:
+            # The writer thread gives the GIL up at each round trip, and a producer that
+            # never blocks hands it back only when the interpreter's switch interval (5 ms)
+            # runs out. Offer it every _HAND_OVER_INTERVAL while a batch is written.
+            self._hand_over_at = now + _HAND_OVER_INTERVAL
+            time.sleep(0)
         size = event.size_bytes
         record = None if state.journal is None else encode_event(event)
         with self._lock:
