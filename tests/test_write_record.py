@@ -605,22 +605,25 @@ def test_detached_on_a_server_it_cannot_reach_retries_and_names_the_connect_erro
     assert "2 attempts" in str(raised.value)
 
 
+@pytest.mark.parametrize("pre_ping", [False, True], ids=["no-pre-ping", "pre-ping"])
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_detached_retries_on_a_new_connection_after_the_server_dropped_one(
-    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str
+    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str, pre_ping: bool
 ) -> None:
     """The direct path's lost connection is invalidated as SQLAlchemy's would be: the retry
-    takes a new one, and the event is stored once."""
+    takes a new one, and the event is stored once. With ``pool_pre_ping`` the checkout
+    finds the connection dead and replaces it first."""
     user_id, session_id = seed(host_engine, host_models)
     writer = EventWriter(host_models.EventLog)
     fields: dict[str, Any] = {"session_id": session_id, "user_id": user_id, "event_type": "x"}
+    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": pre_ping}
 
     def terminate(pid: int) -> None:
         with host_engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     if flavour == "sync":
-        engine = create_engine(database_url, pool_size=1, max_overflow=0)
+        engine = create_engine(database_url, **options)
         try:
             with engine.connect() as conn:
                 before = conn.scalar(text("SELECT pg_backend_pid()"))
@@ -633,7 +636,7 @@ def test_detached_retries_on_a_new_connection_after_the_server_dropped_one(
     else:
 
         async def run() -> tuple[int, int]:
-            aengine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+            aengine = create_async_engine(database_url, **options)
             try:
                 async with aengine.connect() as conn:
                     before = await conn.scalar(text("SELECT pg_backend_pid()"))
