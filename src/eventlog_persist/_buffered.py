@@ -67,8 +67,8 @@ _MISSING_PARTITION_MAX_DELAY = 5.0
 """Longest wait between two offers of an event whose ``created_at`` has no partition."""
 _HAND_OVER_INTERVAL = 0.004
 """Seconds between two offers of the GIL to the writer thread by `BufferedWriter.enqueue`
-while a batch is written: below the interpreter's switch interval (5 ms), above the
-period that would let the writer's work land in more than one call in a hundred."""
+while a batch is written: below the interpreter's switch interval (5 ms); at 2 ms the
+writer's work landed in more than one call in a hundred (docs/benchmarks/write-path.md)."""
 
 
 class _Held:
