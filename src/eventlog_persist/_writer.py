@@ -187,17 +187,14 @@ def _lock_timeout_sql(seconds: float) -> TextClause:
     return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
 
 
-def _autocommit(conn: Connection) -> bool:
-    """Whether the host runs ``conn`` in autocommit mode (its engine's isolation level)."""
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    options = conn.get_execution_options()
-    return bool(options.get("isolation_level") == "AUTOCOMMIT" or dbapi_connection.autocommit)
-
-
 def _out_of_autocommit(conn: Connection) -> None:
-    """Give ``conn`` transactions if the host runs it in autocommit mode, until it goes
-    back to the pool: the lock timeout is a ``SET LOCAL``, which needs a transaction."""
-    if _autocommit(conn):
+    """Give ``conn`` transactions if the host runs it in autocommit mode (its engine's
+    isolation level), until it goes back to the pool: the lock timeout is a ``SET LOCAL``,
+    which needs a transaction."""
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" or (
+        dbapi_connection.autocommit
+    ):
         conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
 
 
