@@ -476,7 +476,8 @@ class Bench:
         one uses a ``psycopg_pool.ConnectionPool``: ``with pool.connection() as conn:
         conn.execute(INSERT ..., values)`` (commit on leaving the block; no lock_timeout, no
         retry, no checks or redaction). The writer runs on an ``Engine`` (SQLAlchemy's pool)
-        and also sets ``lock_timeout`` in its transaction.
+        and also sets ``lock_timeout`` in its transaction. A diagnostic baseline runs the same
+        hand-written INSERT in autocommit mode (one round trip, as the writer's).
         """
         from psycopg_pool import ConnectionPool
 
@@ -493,10 +494,25 @@ class Bench:
                 writer.record_detached(self.engine, **self.detached_fields(i))
             return events
 
-        with ConnectionPool(self.conninfo, min_size=1, max_size=1) as pool:
-            hand()  # warm both pools (and the server's caches) before timing
-            ours()
-            self.detached_results = self.pairs({"hand": hand, "ours": ours}, rounds)
+        def hand_autocommit() -> int:
+            for i in range(events):
+                with one_statement.connection() as conn:
+                    conn.execute(HAND_INSERT, self.hand_values(i))
+            return events
+
+        with (
+            ConnectionPool(self.conninfo, min_size=1, max_size=1) as pool,
+            ConnectionPool(
+                self.conninfo, min_size=1, max_size=1, kwargs={"autocommit": True}
+            ) as one_statement,
+        ):
+            for warm in (hand, hand_autocommit, ours):  # the pools and the server's caches
+                warm()
+            results = self.pairs(
+                {"hand": hand, "autocommit": hand_autocommit, "ours": ours}, rounds
+            )
+        self.detached_results = {"hand": results["hand"], "ours": results["ours"]}
+        self.detached_autocommit_results = {"hand": results["autocommit"], "ours": results["ours"]}
 
     def detached_async(self, rounds: int = 6, events: int = 300) -> None:
         """`detached`, async: `EventWriter.arecord_detached` on an ``AsyncEngine``.
@@ -621,6 +637,13 @@ def print_record_tables(bench: Bench) -> None:
             "`record_detached`, 1 per transaction",
             "hand-written psycopg INSERT + COMMIT (psycopg_pool)",
             bench.detached_results,
+        )
+    )
+    rows.append(
+        (
+            "`record_detached` (diagnostic)",
+            "the same hand-written INSERT in autocommit mode (one round trip, psycopg_pool)",
+            bench.detached_autocommit_results,
         )
     )
     rows.append(

@@ -10,7 +10,7 @@ import weakref
 from functools import partial
 from typing import Any, Final, Generic, NoReturn, TypeVar, cast, overload
 
-from sqlalchemy import Connection, Dialect, Engine, Insert, Text, TextClause, bindparam, text
+from sqlalchemy import Connection, Dialect, Engine, Insert, Text, bindparam, select, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import event as sql_event
 from sqlalchemy.dialects.postgresql import JSONB
@@ -55,14 +55,28 @@ _IntModelT = TypeVar("_IntModelT", bound=EventLogMixin[int])
 __all__ = ["EventWriter", "event_row"]
 
 
-def _insert_statement(table: EventTable) -> Insert:
-    """``INSERT ... ON CONFLICT (<primary key>) DO NOTHING``, one bind parameter per column."""
-    values: dict[str, Any] = {name: bindparam(name) for name in COLUMNS}
+def _insert_statement(table: EventTable, lock_timeout: float | None) -> Insert:
+    """The detached write as one statement, one bind parameter per column::
+
+        INSERT INTO event_logs (...) SELECT <values>
+        WHERE set_config('lock_timeout', '<ms>', true) IS NOT NULL
+        ON CONFLICT (<primary key>) DO NOTHING
+
+    The statement sets the lock timeout for its own transaction before its foreign-key
+    checks lock the referenced rows, so in autocommit mode it needs no ``BEGIN``, ``SET
+    LOCAL`` or ``COMMIT``: one round trip.
+    """
+    values: list[Any] = [bindparam(name, type_=table.table.c[name].type) for name in COLUMNS]
     # The payload is JSON text already: cast it instead of encoding it a second time.
-    values["payload"] = sql_cast(bindparam("payload", type_=Text()), JSONB)
+    values[COLUMNS.index("payload")] = sql_cast(bindparam("payload", type_=Text()), JSONB)
+    row = select(*(value.label(name) for value, name in zip(values, COLUMNS, strict=True)))
+    if lock_timeout is not None:
+        # set_config takes no bind parameters here; the value is a validated number of ms.
+        milliseconds = max(1, round(lock_timeout * 1000))
+        row = row.where(text(f"set_config('lock_timeout', '{milliseconds}ms', true) IS NOT NULL"))
     return (
         pg_insert(table.table)
-        .values(values)
+        .from_select(list(COLUMNS), row)
         .on_conflict_do_nothing(index_elements=list(table.key_columns))
     )
 
@@ -182,33 +196,18 @@ _ROW_KEYS: Final = (
 )
 
 
-def _lock_timeout_sql(seconds: float) -> TextClause:
-    # SET LOCAL takes no bind parameters; the value is a validated number of milliseconds.
-    return text(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
+def _at_server_defaults(driver: Any) -> bool:
+    """Whether the ``driver`` connection runs transactions as the server's defaults say.
 
-
-def _out_of_autocommit(conn: Connection) -> None:
-    """Give ``conn`` transactions if the host runs it in autocommit mode (its engine's
-    isolation level), until it goes back to the pool: the lock timeout is a ``SET LOCAL``,
-    which needs a transaction."""
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" or (
-        dbapi_connection.autocommit
-    ):
-        conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
-
-
-def _plain_begin(driver: Any) -> bool:
-    """Whether psycopg starts the ``driver`` connection's transactions with a bare ``BEGIN``.
-
-    Not if the host set an isolation level, read-only or deferrable on it: those go
-    through SQLAlchemy's ``begin``, which lets psycopg write its ``BEGIN``.
+    Then the detached insert may run in autocommit mode, a transaction of its own. Not if
+    the host set an isolation level, read-only or deferrable on it: those take SQLAlchemy's
+    ``begin``, which lets psycopg write its ``BEGIN``.
     """
     return driver.isolation_level is None and driver.read_only is None and driver.deferrable is None
 
 
 def _rolled_back(driver: Any, autocommit: bool) -> bool:
-    """After an error on the direct path: end the transaction and put ``autocommit`` back.
+    """After an error on the direct path: roll back what is left and put ``autocommit`` back.
 
     False if that failed on a live connection, which must then never go back to the pool
     (in autocommit mode, the host's next session on it would commit each statement).
@@ -328,11 +327,7 @@ class EventWriter(Generic[ModelT, KeyT]):
         self.model: type[ModelT] = model
         self.retry = retry
         self.lock_timeout = lock_timeout
-        self._insert = _insert_statement(self._builder.table)
-        self._set_lock_timeout = None if lock_timeout is None else _lock_timeout_sql(lock_timeout)
-        self._opening = "BEGIN"  # the direct path's first round trip
-        if self._set_lock_timeout is not None:
-            self._opening += f"; {self._set_lock_timeout.text}"
+        self._insert = _insert_statement(self._builder.table, lock_timeout)
         self._compiled: weakref.WeakKeyDictionary[Dialect, str] = weakref.WeakKeyDictionary()
 
     @property
@@ -476,12 +471,12 @@ class EventWriter(Generic[ModelT, KeyT]):
     def _write_detached(self, engine: Engine, params: dict[str, object]) -> None:
         """One attempt of a detached write.
 
-        When nobody observes the engine (`unobserved`: no listener, no SQL logging) and
-        psycopg would begin with a bare ``BEGIN`` (`_plain_begin`), the write runs on the
-        pooled psycopg connection itself: no SQLAlchemy ``Connection`` around it, and three
-        round trips where psycopg would take four (``BEGIN`` and the lock timeout go as one
-        query). Otherwise it runs through a ``Connection`` (`_write_through`), which is
-        also what raises an error of the direct path as SQLAlchemy raises it.
+        When nobody observes the engine (`unobserved`: no listener, no SQL logging) and the
+        connection runs at the server's defaults (`_at_server_defaults`), the insert runs on
+        the pooled psycopg connection itself, in autocommit mode: one round trip, where an
+        insert and a commit take three. Otherwise it runs through a ``Connection``
+        (`_write_through`), which is also what raises an error of the direct path as
+        SQLAlchemy raises it.
         """
         sql = self._direct_sql(engine)
         if sql is None:
@@ -489,17 +484,17 @@ class EventWriter(Generic[ModelT, KeyT]):
             return
         pooled = engine.raw_connection()  # its errors are retried as engine.connect()'s are
         driver: Any = pooled.driver_connection
-        if not _plain_begin(driver):
+        if not _at_server_defaults(driver):
             self._write_through(engine, pooled, params)
             return
         autocommit = driver.autocommit
         try:
-            driver.autocommit = True  # else psycopg sends a BEGIN of its own first
+            if not autocommit:
+                driver.autocommit = True
             with driver.cursor() as cursor:
-                cursor.execute(self._opening, prepare=False)
                 cursor.execute(sql, params)
-            driver.commit()
-            driver.autocommit = autocommit
+            if not autocommit:
+                driver.autocommit = False
         except BaseException as exc:
             self._failed(engine, pooled, exc, sql, params, _rolled_back(driver, autocommit))
         pooled.close()
@@ -515,17 +510,17 @@ class EventWriter(Generic[ModelT, KeyT]):
             return
         pooled = await engine.raw_connection()
         driver: Any = pooled.driver_connection
-        if not _plain_begin(driver):
+        if not _at_server_defaults(driver):
             await greenlet_spawn(self._write_through, sync_engine, pooled, params)
             return
         autocommit = driver.autocommit
         try:
-            await driver.set_autocommit(True)
+            if not autocommit:
+                await driver.set_autocommit(True)
             async with driver.cursor() as cursor:
-                await cursor.execute(self._opening, prepare=False)
                 await cursor.execute(sql, params)
-            await driver.commit()
-            await driver.set_autocommit(autocommit)
+            if not autocommit:
+                await driver.set_autocommit(False)
         except BaseException as exc:
             clean = await _arolled_back(driver, autocommit)
             await greenlet_spawn(self._failed, sync_engine, pooled, exc, sql, params, clean)
@@ -538,16 +533,11 @@ class EventWriter(Generic[ModelT, KeyT]):
         around ``pooled`` if given, else a new one from the pool."""
         with engine.connect() if pooled is None else Connection(engine, pooled) as conn:
             try:
-                _out_of_autocommit(conn)
                 driver_sql = self._driver_sql(conn)
                 with conn.begin():
                     if driver_sql is None:
-                        if self._set_lock_timeout is not None:
-                            conn.execute(self._set_lock_timeout)
                         conn.execute(self._insert, params)
                     else:
-                        if self._set_lock_timeout is not None:
-                            conn.exec_driver_sql(self._set_lock_timeout.text)
                         conn.exec_driver_sql(driver_sql, params)
             except Exception as exc:
                 if classify_error(exc) is ErrorKind.TRANSIENT:
