@@ -48,7 +48,8 @@ LEAF_COLUMNS: Final = (
     "span_id",
     "xid",
 )
-"""The columns of ``event_logs`` a leaf covers."""
+"""The columns of ``event_logs`` a leaf covers: spelled out, not taken from the writers'
+column list, because a leaf version's encoding never changes."""
 _Q: Final = '"'
 
 

@@ -57,7 +57,7 @@ from eventlog_persist._read_types import (
     instant_key,
 )
 from eventlog_persist._schema import CREATED_AT_MAX, CREATED_AT_MIN
-from eventlog_persist._table import check_key_fits, key_sql_type
+from eventlog_persist._table import COLUMNS, check_key_fits, key_sql_type
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 __all__ = [
@@ -100,24 +100,6 @@ _BIN_ORIGIN: Final = datetime.fromisoformat("2001-01-01T00:00:00+00:00")
 _NO_FILTER: Final = EventFilter()
 
 
-_RECORD_COLUMNS: Final = (
-    "id",
-    "session_id",
-    "user_id",
-    "project_id",
-    "agent_id",
-    "event_type",
-    "payload",
-    "created_at",
-    "error_code",
-    "tool_name",
-    "approval_status",
-    "request_id",
-    "trace_id",
-    "span_id",
-)
-
-
 def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:
     """Return the ``event_logs`` table of a host's ``EventLog`` model (or the table itself).
 
@@ -126,7 +108,7 @@ def event_table(model: type[EventLogMixin[Any]] | Table) -> Table:
             with the event log's columns.
     """
     table = model if isinstance(model, Table) else getattr(model, "__table__", None)
-    if not isinstance(table, Table) or not set(_RECORD_COLUMNS) <= set(table.c.keys()):
+    if not isinstance(table, Table) or not set(COLUMNS) <= set(table.c.keys()):
         raise ConfigurationError(
             f"expected the host's EventLog model class (built with event_log_model() or "
             f"EventLogMixin) or the event_logs Table, got {model!r}"
@@ -339,8 +321,7 @@ def record_columns(table: Table) -> list[ColumnElement[Any]]:
     """The columns of an `EventRecord`, in field order, ``created_at`` made readable."""
     c = table.c
     return [
-        _readable(c.created_at).label(name) if name == "created_at" else c[name]
-        for name in _RECORD_COLUMNS
+        _readable(c.created_at).label(name) if name == "created_at" else c[name] for name in COLUMNS
     ]
 
 
