@@ -255,6 +255,28 @@ def test_detached_runs_in_a_transaction_of_its_own_under_the_lock_timeout(
     assert _noted(host_engine) == f"250ms {expected}"
 
 
+@pytest.mark.parametrize(
+    ("lock_timeout", "expected"), [(None, "1234ms"), (0.75, "750ms")], ids=["server", "writer"]
+)
+def test_detached_lock_timeout_none_keeps_the_servers_setting(
+    host_engine: Engine, host_models: HostModels, lock_timeout: float | None, expected: str
+) -> None:
+    """``lock_timeout=None`` sends no timeout of its own: the connection's setting holds (here
+    set as a libpq option), and the connection keeps it afterwards either way."""
+    user_id, session_id = seed(host_engine, host_models)
+    _note_settings(host_engine)
+    engine = create_engine(host_engine.url, connect_args={"options": "-c lock_timeout=1234"})
+    try:
+        EventWriter(host_models.EventLog, lock_timeout=lock_timeout).record_detached(
+            engine, session_id=session_id, user_id=user_id, event_type="x"
+        )
+        with engine.connect() as conn:
+            assert conn.scalar(text("SHOW lock_timeout")) == "1234ms"
+    finally:
+        engine.dispose()
+    assert _noted(host_engine) == f"{expected} read committed"
+
+
 def _round_trips(trace: str) -> list[str]:
     """The messages of a libpq trace that wait for the server: a query, or the ``Sync``
     that ends an extended-protocol one."""
