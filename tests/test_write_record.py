@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -284,6 +284,21 @@ def _round_trips(trace: str) -> list[str]:
     return [message for message in sent if message in ("Query", "Sync")]
 
 
+def _trace_of(engine: Engine, tmp_path: Any, write: Callable[[], object]) -> str:
+    """What ``write`` sends on the pooled connection it gets, as a libpq trace."""
+    path = tmp_path / "libpq.trace"
+    with path.open("w") as trace:
+        with engine.connect() as conn:  # the pooled connection the write will get
+            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            write()
+        finally:
+            pgconn.untrace()
+    return path.read_text()
+
+
 def test_detached_is_one_round_trip(
     host_engine: Engine, host_models: HostModels, tmp_path: Any
 ) -> None:
@@ -291,38 +306,17 @@ def test_detached_is_one_round_trip(
     one round trip, where a hand-written INSERT and commit on psycopg take three (its own
     BEGIN, the INSERT, COMMIT)."""
     user_id, session_id = seed(host_engine, host_models)
+    fields: dict[str, Any] = {"session_id": session_id, "user_id": user_id, "event_type": "x"}
     writer = EventWriter(host_models.EventLog)
     for _ in range(6):  # past psycopg's prepare threshold: the Parse goes before the trace
-        writer.record_detached(host_engine, session_id=session_id, user_id=user_id, event_type="x")
-    path = tmp_path / "libpq.trace"
-    with path.open("w") as trace:
-        with host_engine.connect() as conn:  # the pooled connection the write will get
-            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-            pgconn.trace(trace.fileno())
-            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            writer.record_detached(
-                host_engine, session_id=session_id, user_id=user_id, event_type="y"
-            )
-        finally:
-            pgconn.untrace()
-    assert _round_trips(path.read_text()) == ["Sync"]
+        writer.record_detached(host_engine, **fields)
+    trace = _trace_of(host_engine, tmp_path, lambda: writer.record_detached(host_engine, **fields))
+    assert _round_trips(trace) == ["Sync"], trace
     fresh = EventWriter(host_models.EventLog, lock_timeout=0.25)
-    with path.open("w") as trace:
-        with host_engine.connect() as conn:
-            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-            pgconn.trace(trace.fileno())
-            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            fresh.record_detached(
-                host_engine, session_id=session_id, user_id=user_id, event_type="z"
-            )
-        finally:
-            pgconn.untrace()
-    trace_text = path.read_text()
-    assert _round_trips(trace_text) == ["Sync"], trace_text
-    assert "Parse" in trace_text  # a new writer: its statement is not prepared yet
-    assert "set_config('lock_timeout', '250ms', true)" in trace_text
+    trace = _trace_of(host_engine, tmp_path, lambda: fresh.record_detached(host_engine, **fields))
+    assert _round_trips(trace) == ["Sync"], trace
+    assert "Parse" in trace  # a new writer: its statement is not prepared yet
+    assert "set_config('lock_timeout', '250ms', true)" in trace
     assert count(host_engine) == 8
 
 
