@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import _svg
 import psycopg
@@ -103,6 +103,18 @@ def payload(n: int, *, non_ascii: bool = False) -> dict[str, Any]:
         "finish_reason": "tool_calls",
         "usage": {"input_tokens": 812, "output_tokens": 96, "latency_ms": 431.5},
     }
+
+
+class MemoryDown(NamedTuple):
+    """What `Bench.memory_down` saw for one kind of payload."""
+
+    offered: int
+    bound: int
+    queued: int
+    queued_bytes: int
+    dropped: int
+    used: int
+    peak: int
 
 
 class Bench:
@@ -584,10 +596,15 @@ class Bench:
         with BufferedWriter(EventLog, self.conninfo) as writer:
             self.lat_event = timed(lambda i: writer.enqueue(events[i]))
 
-    def memory_down(
-        self, n: int = 100_000, bound: int = 16 * 1024 * 1024, *, non_ascii: bool = False
-    ) -> tuple[int, int, int, int, int, int]:
-        """Traced memory of a writer whose database is unreachable, fed n events."""
+    def memory_down(self, n: int = 100_000, bound: int = 16 * 1024 * 1024) -> None:
+        """Traced memory of a writer whose database is unreachable, fed n events of ASCII
+        payloads and then n of non-ASCII ones (`memory`)."""
+        self.memory = {
+            label: self._memory_down(n, bound, non_ascii=label != "ASCII")
+            for label in ("ASCII", "non-ASCII")
+        }
+
+    def _memory_down(self, n: int, bound: int, *, non_ascii: bool) -> MemoryDown:
         down = "host=/nonexistent-eventlog-bench port=1 dbname=x"
         gc.collect()
         tracemalloc.start()
@@ -611,7 +628,9 @@ class Bench:
         tracemalloc.stop()
         writer.close(timeout=0.1)
         logging.getLogger("eventlog_persist").disabled = False
-        return bound, counters.queued, counters.queued_bytes, counters.dropped, used, peak
+        return MemoryDown(
+            n, bound, counters.queued, counters.queued_bytes, counters.dropped, used, peak
+        )
 
 
 def spread(values: list[float]) -> str:
@@ -681,52 +700,9 @@ def print_record_tables(bench: Bench) -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="libpq URL of an empty database (default: embedded 18)")
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--svg", type=Path, help="also draw the headline table as an SVG chart")
-    parser.add_argument(
-        "--record-only", action="store_true", help="only the in-transaction and detached tables"
-    )
-    args = parser.parse_args()
-    load_before = os.getloadavg()
-    with server(args.url) as url:
-        bench = Bench(url, args.events)
-        with psycopg.connect(url) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        if args.record_only:
-            bench.orm()
-            bench.detached()
-            bench.detached_async()
-            bench.engine.dispose()
-            print(f"PostgreSQL {version[0] if version else '?'}, ~600-byte payloads")
-            print_record_tables(bench)
-            return
-        dicts = bench.dicts(args.events)
-        bench.end_to_end(dicts, args.rounds)
-        bench.producer_latency(dicts, args.rounds)
-        events = bench.build(args.events)
-        bench.throughput(events, rounds=args.rounds)
-        bench.orm()
-        bench.detached()
-        bench.detached_async()
-        bench.enqueue_latency()
-        mem = {
-            label: bench.memory_down(non_ascii=label != "ASCII") for label in ("ASCII", "non-ASCII")
-        }
-        bench.engine.dispose()
-    load_after = os.getloadavg()
-
-    n = args.events
-    size = len(json.dumps(payload(1), separators=(",", ":"), ensure_ascii=False))
-    pg = version[0] if version else "?"
-    print(
-        f"PostgreSQL {pg}, {n} events, {size}-byte payloads, {args.rounds} interleaved rounds "
-        f"(order rotated), {os.cpu_count()} CPUs, load average "
-        f"{load_before[0]:.2f} before / {load_after[0]:.2f} after\n"
-    )
+def print_end_to_end_tables(bench: Bench, *, svg: Path | None = None, subtitle: str = "") -> None:
+    """The headline table (dicts in, rows committed) and the producer thread's latencies."""
+    n = bench.count
     print("End to end, dicts in, rows committed:\n")
     print(
         "| path | events/s (median) | spread (min/max vs median) | ratio (median) | "
@@ -736,7 +712,6 @@ def main() -> None:
     e2e = bench.e2e
     hand = [wall for wall, _, _ in e2e["hand"]]
     hand_mid = statistics.median(hand)
-    ratios: dict[str, float] = {}
 
     def cpu_of(runs: list[tuple[float, float, float | None]]) -> float:
         return statistics.median(cpu for _, cpu, _ in runs) / n * 1e6
@@ -757,7 +732,7 @@ def main() -> None:
     ):
         walls = [wall for wall, _, _ in e2e[key]]
         mid = statistics.median(walls)
-        ratio = ratios[key] = hand_mid / mid
+        ratio = hand_mid / mid
         per_round = [h / w for h, w in zip(hand, walls, strict=True)]
         # The last two cells: the target and whether it was met (none for a diagnostic).
         cells = " | " if target is None else f">= {target} | {'yes' if ratio >= target else 'NO'}"
@@ -799,27 +774,31 @@ def main() -> None:
             f"{verdict} |"
         )
 
-    if args.svg:
+    if svg:
         labels = {
             "hand": "hand-written COPY, json.dumps (baseline)",
             "bulk": "new_event + write_events",
             "buffered": "BufferedWriter.enqueue + close",
         }
-        walls = {key: statistics.median(w for w, _, _ in e2e[key]) for key in labels}
+        medians = {key: statistics.median(w for w, _, _ in e2e[key]) for key in labels}
         chart = _svg.bar_chart(
             "End to end, dicts in, rows committed: throughput relative to hand-written COPY",
             [
                 (f"{labels[key]}: {n / seconds:,.0f}/s", {"ratio": hand_mid / seconds})
-                for key, seconds in walls.items()
+                for key, seconds in medians.items()
             ],
-            subtitle=f"PostgreSQL {pg}, {n:,} events of {size} B, median of {args.rounds} rounds",
+            subtitle=subtitle,
             unit="x",
             label=lambda value: f"{value:.2f}",
             reference=1.0,
             reference_label="hand-written COPY = 1.00",
         )
-        print(f"\nchart written to {_svg.write(args.svg, chart)}")
+        print(f"\nchart written to {_svg.write(svg, chart)}")
 
+
+def print_prebuilt_table(bench: Bench) -> None:
+    """The writers fed events built before the clock starts, against COPY of prebuilt rows."""
+    n = bench.count
     runs = bench.runs
     raw = statistics.median(runs["raw"])
     print("\nPrebuilt events (the checks and payload preparation left out, done before timing):\n")
@@ -842,23 +821,82 @@ def main() -> None:
             f"| {name} | {n / seconds:,.0f} | {spread(runs[key])} | {raw / seconds:.2f} | "
             f"{min(per_round):.2f}-{max(per_round):.2f} |"
         )
-    print_record_tables(bench)
+
+
+def print_queue_and_memory(bench: Bench) -> None:
+    """The enqueue of a prebuilt event, and the memory a writer holds while the database is down."""
     print("\nEnqueue of a prebuilt event (us), p50 / p99:")
     print(f"- bare queue.Queue.put: {bench.lat_queue[0]:.2f} / {bench.lat_queue[1]:.2f}")
     print(
         f"- BufferedWriter.enqueue(event) (prebuilt): {bench.lat_event[0]:.2f} / "
         f"{bench.lat_event[1]:.2f}"
     )
-    for label, (bound, queued, queued_bytes, dropped, used, peak) in mem.items():
+    for label, down in bench.memory.items():
         print(
-            f"\nDatabase down, {label} payloads, 100,000 events offered, "
-            f"max_queued_bytes={bound:,}:"
+            f"\nDatabase down, {label} payloads, {down.offered:,} events offered, "
+            f"max_queued_bytes={down.bound:,}:"
         )
-        print(f"- queued {queued:,} events, counted {queued_bytes:,} bytes, dropped {dropped:,}")
         print(
-            f"- traced memory held: {used:,} bytes (peak {peak:,}); under the bound: "
-            f"{'yes' if peak <= bound else 'NO'}"
+            f"- queued {down.queued:,} events, counted {down.queued_bytes:,} bytes, "
+            f"dropped {down.dropped:,}"
         )
+        print(
+            f"- traced memory held: {down.used:,} bytes (peak {down.peak:,}); under the bound: "
+            f"{'yes' if down.peak <= down.bound else 'NO'}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="libpq URL of an empty database (default: embedded 18)")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--svg", type=Path, help="also draw the headline table as an SVG chart")
+    parser.add_argument(
+        "--record-only", action="store_true", help="only the in-transaction and detached tables"
+    )
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with server(args.url) as url:
+        bench = Bench(url, args.events)
+        with psycopg.connect(url) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        if args.record_only:
+            bench.orm()
+            bench.detached()
+            bench.detached_async()
+            bench.engine.dispose()
+            print(f"PostgreSQL {version[0] if version else '?'}, ~600-byte payloads")
+            print_record_tables(bench)
+            return
+        dicts = bench.dicts(args.events)
+        bench.end_to_end(dicts, args.rounds)
+        bench.producer_latency(dicts, args.rounds)
+        bench.throughput(bench.build(args.events), rounds=args.rounds)
+        bench.orm()
+        bench.detached()
+        bench.detached_async()
+        bench.enqueue_latency()
+        bench.memory_down()
+        bench.engine.dispose()
+    load_after = os.getloadavg()
+
+    n = args.events
+    size = len(json.dumps(payload(1), separators=(",", ":"), ensure_ascii=False))
+    pg = version[0] if version else "?"
+    print(
+        f"PostgreSQL {pg}, {n} events, {size}-byte payloads, {args.rounds} interleaved rounds "
+        f"(order rotated), {os.cpu_count()} CPUs, load average "
+        f"{load_before[0]:.2f} before / {load_after[0]:.2f} after\n"
+    )
+    print_end_to_end_tables(
+        bench,
+        svg=args.svg,
+        subtitle=f"PostgreSQL {pg}, {n:,} events of {size} B, median of {args.rounds} rounds",
+    )
+    print_prebuilt_table(bench)
+    print_record_tables(bench)
+    print_queue_and_memory(bench)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The write benchmark's in-transaction and detached parts still run, at a tiny size (a smoke
-run: its figures are not checked, only that every path wrote what it was timed for)."""
+"""The write benchmark's parts still run, at a tiny size (a smoke run: its figures are not
+checked, only that every path wrote what it was timed for and every table prints)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -47,3 +49,48 @@ def test_write_bench_record_tables_run(
         "`arecord_detached` (diagnostic)",
     ):
         assert printed.count(f"| {row} |") == 1, row
+
+
+@pytest.mark.timeout(300)
+def test_write_bench_end_to_end_tables_run(
+    database_url: URL, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bench_module("_svg")
+    bench_module("_server")
+    write_bench = bench_module("write_bench")
+    bench = write_bench.Bench(
+        database_url.set(drivername="postgresql").render_as_string(hide_password=False), 40
+    )
+    try:
+        # Each timed path checks that it stored bench.count rows, and raises otherwise.
+        dicts = bench.dicts(40)
+        bench.end_to_end(dicts, rounds=1)
+        bench.producer_latency(dicts, rounds=1)
+        bench.throughput(bench.build(40), rounds=1)
+        bench.enqueue_latency(n=50)
+        bench.memory_down(n=2_000, bound=256 * 1024)
+    finally:
+        bench.engine.dispose()
+    assert {len(runs) for runs in bench.e2e.values()} == {1}
+    assert all(len(samples) == 40 for runs in bench.latency.values() for samples, _ in runs)
+    for down in bench.memory.values():  # the bound held, and it was reached
+        assert down.queued + down.dropped == down.offered == 2_000
+        assert down.dropped > 0
+        assert 0 < down.queued_bytes <= down.bound
+    write_bench.print_end_to_end_tables(bench, svg=tmp_path / "chart.svg", subtitle="smoke")
+    write_bench.print_prebuilt_table(bench)
+    write_bench.print_queue_and_memory(bench)
+    printed = capsys.readouterr().out
+    for row in (
+        "hand-written psycopg binary COPY of the dicts, ",
+        "`new_event(**d)` + `write_events`",
+        "`BufferedWriter.enqueue(**d)` + `close()`",
+        "`json.dumps(payload) (reference)`",
+        "`enqueue(**d), defaults`",
+        "`enqueue(**d), careful pass (a no-op redactor)`",
+        "bulk `write_events` (prebuilt events)",
+        "`BufferedWriter`, sustained (prebuilt events)",
+    ):
+        assert sum(line.startswith(f"| {row}") for line in printed.splitlines()) == 1, row
+    assert printed.count("events offered, max_queued_bytes=262,144:") == 2
+    assert (tmp_path / "chart.svg").read_text().startswith("<svg")
