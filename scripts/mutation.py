@@ -127,6 +127,29 @@ TARGETS: Final[dict[str, Target]] = {
     "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
     "detectors": Target("src/eventlog_persist/_detectors.py", ("tests/test_redaction.py",)),
     "spool": Target("src/eventlog_persist/_spool.py", ("tests/test_spool.py",)),
+    "events": Target(
+        "src/eventlog_persist/_events.py",
+        (
+            "tests/test_write_refusals.py",
+            "tests/test_context.py",
+            "tests/test_write_record.py",
+            "tests/test_write_bulk.py",
+            "tests/test_payload_quick.py",
+            "tests/test_write_buffered.py",
+        ),
+    ),
+    "writer": Target(
+        "src/eventlog_persist/_writer.py",
+        (
+            "tests/test_write_record.py",
+            "tests/test_write_refusals.py",
+            "tests/test_context.py",
+            "tests/test_partitioned_writes.py",
+            "tests/test_poolers.py",
+            "tests/test_outages.py",
+            "tests/test_urls.py",
+        ),
+    ),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"
