@@ -34,16 +34,29 @@ SPAN_ID = "00f067aa0ba902b7"
 
 def test_context_supplies_keys_request_id_and_payload_keys() -> None:
     session_id, user_id, agent_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    with event_context(session_id=session_id, user_id=user_id, request_id="req-1", tenant="t1"):
+    project_id = uuid.uuid4()
+    with event_context(
+        session_id=session_id,
+        user_id=user_id,
+        project_id=project_id,
+        request_id="req-1",
+        tenant="t1",
+    ):
         event = new_event(event_type="chat", payload={"text": "hi"})
         with event_context(agent_id=agent_id, request_id="req-2", tenant="t2", step=3) as inner:
             nested = new_event(event_type="chat", payload={"step": 4})
-    assert (event.session_id, event.user_id, event.request_id) == (session_id, user_id, "req-1")
+    assert (event.session_id, event.user_id, event.project_id, event.request_id) == (
+        session_id,
+        user_id,
+        project_id,
+        "req-1",
+    )
     assert event.agent_id is None
     assert event.payload_json == '{"tenant":"t1","text":"hi"}'
     # The inner block keeps what it does not set; the payload's own keys win over the context.
-    assert (nested.session_id, nested.agent_id, nested.request_id) == (
+    assert (nested.session_id, nested.project_id, nested.agent_id, nested.request_id) == (
         session_id,
+        project_id,
         agent_id,
         "req-2",
     )

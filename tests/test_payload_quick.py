@@ -5,6 +5,7 @@ Every secret here is fake and put together at run time, as in test_redaction.py.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import sys
@@ -18,7 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventlog_persist import PayloadPolicy, PreparedPayload, new_event, prepare_payload
+from eventlog_persist import (
+    NewEvent,
+    PayloadPolicy,
+    PreparedPayload,
+    new_event,
+    prepare_payload,
+)
 from eventlog_persist._events import build_event
 from eventlog_persist._payload import (
     DEFAULT_POLICY,
@@ -353,3 +360,26 @@ def test_every_field_of_the_event_holds_the_value_given_for_it() -> None:
     assert event.payload_json == '{"api_key":"[REDACTED]","n":1,"_redacted":["/api_key"]}'
     assert event.redacted_paths == ("/api_key",)
     assert event.payload_bytes == len(event.payload_json)
+
+
+def test_an_event_without_a_payload_stores_an_empty_object() -> None:
+    key = uuid4()
+    for event in (
+        new_event(session_id=key, user_id=key, event_type="x"),
+        new_event(session_id=key, user_id=key, event_type="x", payload=None),
+    ):
+        assert (event.payload_json, event.payload_bytes) == ("{}", 2)
+
+
+def test_payload_bytes_is_the_utf8_size_of_the_text_however_the_event_is_made() -> None:
+    key = uuid4()
+    event = new_event(session_id=key, user_id=key, event_type="x", payload={"note": "caf\u00e9"})
+    assert event.payload_bytes == len(event.payload_json.encode()) == len(event.payload_json) + 1
+    by_hand = NewEvent(event.id, key, key, "x", '{"a":"\u00fc\u20ac"}', event.created_at)
+    assert by_hand.payload_bytes == 13  # 10 characters, one of 2 bytes and one of 3
+    # replace() makes the event again: the size follows the new text, not the old event's.
+    changed = dataclasses.replace(event, payload_json='{"b":"\u20ac\u20ac\u20ac"}')
+    assert changed.payload_bytes == 17
+    assert "payload_bytes" not in repr(changed)
+    with pytest.raises(TypeError, match="payload_bytes"):
+        NewEvent(event.id, key, key, "x", "{}", event.created_at, payload_bytes=0)  # type: ignore[call-arg]

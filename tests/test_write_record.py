@@ -317,7 +317,11 @@ def test_detached_is_one_round_trip(
     assert _round_trips(trace) == ["Sync"], trace
     assert "Parse" in trace  # a new writer: its statement is not prepared yet
     assert "set_config('lock_timeout', '250ms', true)" in trace
-    assert count(host_engine) == 8
+    # Under a millisecond rounds up: 0 would be no timeout at all for PostgreSQL.
+    tiny = EventWriter(host_models.EventLog, lock_timeout=0.0004)
+    trace = _trace_of(host_engine, tmp_path, lambda: tiny.record_detached(host_engine, **fields))
+    assert "set_config('lock_timeout', '1ms', true)" in trace
+    assert count(host_engine) == 9
 
 
 @pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])

@@ -34,7 +34,7 @@ from eventlog_persist import (
     new_event,
     write_events,
 )
-from eventlog_persist.exceptions import ValidationError
+from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 UTC_MINUS_12 = timezone(timedelta(hours=-12))
 
@@ -296,7 +296,53 @@ async def test_a_field_name_unknown_or_missing_is_a_type_error_naming_it(
     assert events_stored(host_engine) == 0
 
 
-NEW_EVENT_FIELDS = [field.name for field in dataclasses.fields(NewEvent)]
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"session_id": "abc"}, "session_id must be a uuid.UUID or int (the host's primary-key"),
+        ({"user_id": 1.5}, "user_id must be a uuid.UUID or int (the host's primary-key"),
+        ({"project_id": "p1"}, "project_id must be a uuid.UUID, int or None"),
+        ({"agent_id": b"a1"}, "agent_id must be a uuid.UUID, int or None"),
+        ({"id": "01890000-0000-7000-8000-000000000000"}, "id must be a uuid.UUID or None, got str"),
+    ],
+)
+def test_a_wrong_id_or_key_given_to_an_event_is_refused_naming_it(
+    host_models: HostModels, change: dict[str, Any], message: str
+) -> None:
+    key = uuid.uuid4()
+    fields: dict[str, Any] = {"session_id": key, "user_id": key, "event_type": "x", **change}
+    with pytest.raises(ValidationError) as caught:
+        new_event(**fields)
+    assert str(caught.value).startswith(message)
+    with pytest.raises(ValidationError) as caught:
+        EventWriter(host_models.EventLog).event(**fields)
+    assert str(caught.value).startswith(message)
+
+
+def test_optional_keys_take_none_and_the_hosts_int_keys() -> None:
+    event = new_event(session_id=1, user_id=2, event_type="x", project_id=3, agent_id=None)
+    assert (event.session_id, event.user_id, event.project_id, event.agent_id) == (1, 2, 3, None)
+
+
+def test_a_writer_refuses_options_and_events_of_the_wrong_kind(host_models: HostModels) -> None:
+    model = host_models.EventLog
+    with pytest.raises(ConfigurationError, match="payload_policy='strict' is not valid; pass a"):
+        EventWriter(model, payload_policy="strict")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="field_rules=None is not valid; pass an Event"):
+        EventWriter(model, field_rules=None)  # type: ignore[arg-type]
+    writer = BufferedWriter(model, "host=/nonexistent port=1 dbname=x")  # never started
+    key = uuid.uuid4()
+    with pytest.raises(ValidationError, match=r"expected a NewEvent .*got dict"):
+        writer.enqueue({"event_type": "x"})  # type: ignore[arg-type]
+    event = new_event(session_id=key, user_id=key, event_type="x")
+    with pytest.raises(
+        ValidationError, match=r"got a NewEvent and the fields \['tool_name'\]; pass one or"
+    ):
+        writer.enqueue(event, tool_name="search")  # type: ignore[call-overload]
+    assert writer.counters.queued == 0
+
+
+NEW_EVENT_FIELDS = [field.name for field in dataclasses.fields(NewEvent) if field.init]
 
 
 @pytest.fixture
@@ -363,7 +409,9 @@ def test_a_wrong_id_or_key_in_a_hand_made_event_is_refused() -> None:
     for change, fragment in (
         ({"id": "01890000-0000-7000-8000-000000000000"}, "id must be a uuid.UUID, got str"),
         ({"session_id": "abc"}, "session_id must be a uuid.UUID or int"),
+        ({"user_id": None}, "user_id must be a uuid.UUID or int"),
         ({"project_id": 1.5}, "project_id must be a uuid.UUID, int or None"),
+        ({"agent_id": "a1"}, "agent_id must be a uuid.UUID, int or None"),
         ({"payload_json": {"a": 1}}, "payload_json must be a str of JSON text, got dict"),
         ({"event_type": "bad type"}, "event_type 'bad type' does not match"),
     ):

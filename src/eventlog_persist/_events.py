@@ -97,10 +97,11 @@ class NewEvent:
         request_id: The id of the request that recorded the event, if any.
         trace_id: The OpenTelemetry trace id (32 lowercase hex digits), if any.
         span_id: The OpenTelemetry span id (16 lowercase hex digits), if any.
-        payload_bytes: Length of ``payload_json`` in UTF-8 (computed when not given).
+        payload_bytes: Length of ``payload_json`` in UTF-8 (computed, never given).
 
     .. versionchanged:: 0.3.0
-       ``request_id``, ``trace_id`` and ``span_id``.
+       ``request_id``, ``trace_id`` and ``span_id``; ``payload_bytes`` is always computed
+       (no longer an argument).
     """
 
     id: uuid.UUID
@@ -118,12 +119,11 @@ class NewEvent:
     request_id: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
-    payload_bytes: int = field(default=-1, repr=False, compare=False)
+    payload_bytes: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_made_by_hand(self)
-        if self.payload_bytes < 0:
-            object.__setattr__(self, "payload_bytes", len(self.payload_json.encode("utf-8")))
+        object.__setattr__(self, "payload_bytes", len(self.payload_json.encode("utf-8")))
 
     @property
     def size_bytes(self) -> int:
@@ -529,13 +529,7 @@ class EventBuilder(Generic[KeyT]):
     ) -> NewEvent:
         """`_build` from a write verb's keyword fields."""
         if "event_type" not in fields or not _FIELD_NAMES.issuperset(fields):
-            # A name missing or unknown: the keyword call raises the TypeError naming it.
-            event, done = build_event(
-                **fields, payload_policy=self.payload_policy, field_rules=self.field_rules
-            )
-            if prepared is not None:
-                prepared.append(done)
-            return event
+            new_event(**fields)  # a name missing or unknown: its TypeError names it
         return _build(  # positionally: no second binding of the keywords
             fields.get("session_id"),
             fields.get("user_id"),
