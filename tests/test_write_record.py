@@ -642,6 +642,80 @@ def test_detached_on_a_server_it_cannot_reach_retries_and_names_the_connect_erro
     assert "2 attempts" in str(raised.value)
 
 
+class _FixedWaits(RetryPolicy):
+    """The policy's limits, with every wait exactly ``initial_delay`` (no jitter)."""
+
+    def delay(self, retry: int, elapsed: float) -> float | None:
+        return None if super().delay(retry, elapsed) is None else self.initial_delay
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_detached_waits_between_attempts(host_models: HostModels, flavour: str) -> None:
+    down = "postgresql+psycopg://x@/x?host=/nonexistent-eventlog-dir&port=1"
+    writer = EventWriter(host_models.EventLog, retry=_FixedWaits(max_attempts=3, initial_delay=0.2))
+    fields: dict[str, Any] = {"session_id": uuid.uuid4(), "user_id": uuid.uuid4()}
+
+    def write() -> None:
+        engine = create_engine(down)
+        try:
+            writer.record_detached(engine, event_type="x", **fields)
+        finally:
+            engine.dispose()
+
+    async def awrite() -> None:
+        engine = create_async_engine(down)
+        try:
+            await writer.arecord_detached(engine, event_type="x", **fields)
+        finally:
+            await engine.dispose()
+
+    started = time.monotonic()
+    with pytest.raises(RetriesExhaustedError, match="3 attempts"):
+        write() if flavour == "sync" else asyncio.run(awrite())
+    assert time.monotonic() - started >= 0.4  # two waits of 0.2 s between three attempts
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_detached_write_refused_as_read_only_retries_on_a_new_connection(
+    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str, observed: bool
+) -> None:
+    """A connection that reached a server accepting only reads is never used again: after
+    a failover the pool's next connection may reach the new primary."""
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=3, initial_delay=0))
+    fields: dict[str, Any] = {"session_id": session_id, "user_id": user_id, "event_type": "x"}
+    read_only = {"options": "-c default_transaction_read_only=on"}
+    connects: list[object] = []
+
+    def engine_of(sync_engine: Engine) -> None:
+        sa_event.listen(sync_engine, "connect", lambda *args: connects.append(args[0]))
+        if observed:  # the write goes through SQLAlchemy's Connection
+            sa_event.listen(sync_engine, "before_cursor_execute", lambda *args: None)
+
+    def write() -> None:
+        engine = create_engine(database_url, connect_args=read_only)
+        engine_of(engine)
+        try:
+            writer.record_detached(engine, **fields)
+        finally:
+            engine.dispose()
+
+    async def awrite() -> None:
+        engine = create_async_engine(database_url, connect_args=read_only)
+        engine_of(engine.sync_engine)
+        try:
+            await writer.arecord_detached(engine, **fields)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(RetriesExhaustedError) as raised:
+        write() if flavour == "sync" else asyncio.run(awrite())
+    assert raised.value.sqlstate == "25006"
+    assert len(connects) == 3  # one connection per attempt
+    assert count(host_engine) == 0
+
+
 @pytest.mark.parametrize("pre_ping", [False, True], ids=["no-pre-ping", "pre-ping"])
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_detached_retries_on_a_new_connection_after_the_server_dropped_one(
