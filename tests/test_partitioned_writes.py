@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,12 @@ def test_record_in_the_callers_session(
     (note,) = caught.value.__notes__
     assert "event_logs is partitioned and no partition holds the created_at" in note
     assert "ensure_partitions()" in note
+    # Another error of the same flush (a session that does not exist) is left as it is.
+    with Session(host_engine) as session:
+        writer.record(session, event_type="user_message", **{**keys, "session_id": uuid.uuid4()})
+        with pytest.raises(IntegrityError, match="foreign key") as refused:
+            session.commit()
+    assert not getattr(refused.value, "__notes__", None)
     # Another partitioned table's error of the same kind is left as it is.
     with host_engine.begin() as connection:
         connection.execute(text("CREATE TABLE other (at date) PARTITION BY RANGE (at)"))

@@ -8,20 +8,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
 import pytest_asyncio
 from hostmodels import HostModels, seed
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, String, Uuid, create_engine, func, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist import (
     EventFieldRules,
+    EventLogMixin,
     EventType,
     EventWriter,
     NewEvent,
@@ -800,6 +801,103 @@ def test_a_recorded_row_is_a_full_orm_row(host_engine: Engine, host_models: Host
 
 def _partitioned(models: HostModels) -> bool:
     return len(models.EventLog.__table__.primary_key.columns) == 2
+
+
+# The columns record() sets on a row: a host's set listener on any one of them sees it.
+RECORDED_COLUMNS = [
+    "id",
+    "session_id",
+    "user_id",
+    "event_type",
+    "payload",
+    "project_id",
+    "agent_id",
+    "error_code",
+    "tool_name",
+    "approval_status",
+    "created_at",
+    "request_id",
+    "trace_id",
+    "span_id",
+]
+
+
+@pytest.mark.parametrize("column", RECORDED_COLUMNS)
+def test_a_set_listener_on_any_column_sees_recorded_rows(
+    host_engine: Engine, host_models: HostModels, column: str
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    model: Any = host_models.EventLog
+    seen: list[str] = []
+    sa_event.listen(getattr(model, column), "set", lambda *_: seen.append(column))
+    with Session(host_engine) as session:
+        EventWriter(model).record(
+            session, session_id=session_id, user_id=user_id, event_type="chat"
+        )
+    assert seen == [column]
+
+
+def test_a_hosts_own_constructor_runs_for_recorded_rows(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    model: Any = host_models.EventLog
+
+    class Constructed(model):  # type: ignore[misc,valid-type]
+        __tablename__ = None  # single-table: the same event_logs
+        __table_args__ = None
+
+        def __init__(self, **fields: Any) -> None:
+            fields["tool_name"] = "set by the host's __init__"
+            super().__init__(**fields)
+
+    with Session(host_engine) as session:
+        row = EventWriter(Constructed).record(
+            session, session_id=session_id, user_id=user_id, event_type="chat"
+        )
+        session.commit()
+        assert row.tool_name == "set by the host's __init__"
+
+
+def test_a_polymorphic_host_model_gets_its_discriminator(engine: Engine) -> None:
+    """The mapper's own init listener sets the discriminator: such a row is constructed."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+
+    for name in ("chat_sessions", "user_projects", "user_agents"):
+        type(name, (Base,), {"__tablename__": name, "id": mapped_column(Uuid, primary_key=True)})
+
+    class EventLog(EventLogMixin[uuid.UUID], Base):
+        kind: Mapped[str | None] = mapped_column(String(20))
+        __mapper_args__: ClassVar[dict[str, Any]] = {
+            "polymorphic_on": "kind",
+            "polymorphic_identity": "event",
+        }
+
+    class ToolEvent(EventLog):
+        __tablename__ = None  # type: ignore[assignment]  # single-table: the same event_logs
+        __table_args__ = None
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "tool"}
+
+    Base.metadata.create_all(engine)
+    user_id, session_id = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users VALUES (:id)"), {"id": user_id})
+        connection.execute(text("INSERT INTO chat_sessions VALUES (:id)"), {"id": session_id})
+    with Session(engine) as session:
+        for model in (EventLog, ToolEvent):
+            EventWriter(model).record(
+                session, session_id=session_id, user_id=user_id, event_type="chat"
+            )
+        session.commit()
+    with engine.connect() as connection:
+        kinds = connection.scalars(text("SELECT kind FROM event_logs ORDER BY kind")).all()
+    assert kinds == ["event", "tool"]
 
 
 @pytest.mark.parametrize("hook", ["init", "set", "validates"])
