@@ -325,6 +325,45 @@ def test_detached_is_one_round_trip(
     assert count(host_engine) == 9
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_refused_detached_write_gives_its_connection_back_as_it_found_it(
+    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str
+) -> None:
+    """The direct path runs the insert in autocommit mode: after a refusal the connection
+    goes back to the pool out of autocommit mode, and is kept (nothing is wrong with it)."""
+    user_id, _ = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog, retry=RetryPolicy(max_attempts=1))
+    fields: dict[str, Any] = {"session_id": uuid.uuid4(), "user_id": user_id, "event_type": "x"}
+    connects: list[object] = []
+
+    def refuse() -> bool:
+        engine = create_engine(database_url, pool_size=1, max_overflow=0)
+        sa_event.listen(engine, "connect", lambda *args: connects.append(args[0]))
+        try:
+            with pytest.raises(EventWriteError, match="the database refused it"):
+                writer.record_detached(engine, **fields)
+            with engine.connect() as conn:  # the same pooled connection
+                return bool(conn.connection.dbapi_connection.autocommit)  # type: ignore[union-attr]
+        finally:
+            engine.dispose()
+
+    async def arefuse() -> bool:
+        engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+        sa_event.listen(engine.sync_engine, "connect", lambda *args: connects.append(args[0]))
+        try:
+            with pytest.raises(EventWriteError, match="the database refused it"):
+                await writer.arecord_detached(engine, **fields)
+            async with engine.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                return bool(raw.autocommit)
+        finally:
+            await engine.dispose()
+
+    autocommit = refuse() if flavour == "sync" else asyncio.run(arefuse())
+    assert (autocommit, len(connects)) == (False, 1)
+    assert count(host_engine) == 0
+
+
 @pytest.mark.parametrize("observed", [False, True], ids=["direct", "sqlalchemy"])
 def test_detached_fk_violation_is_a_typed_error(
     host_engine: Engine, host_models: HostModels, observed: bool
