@@ -30,6 +30,7 @@ from eventlog_persist import (
     new_event,
 )
 from eventlog_persist.exceptions import (
+    ConfigurationError,
     EventWriteError,
     PayloadError,
     RetriesExhaustedError,
@@ -323,6 +324,23 @@ def test_detached_is_one_round_trip(
     trace = _trace_of(host_engine, tmp_path, lambda: tiny.record_detached(host_engine, **fields))
     assert "set_config('lock_timeout', '1ms', true)" in trace
     assert count(host_engine) == 9
+
+
+@pytest.mark.parametrize("bad", [0, -1, 86_400, 86_400.5, True, "5", float("nan")])
+def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused(
+    host_models: HostModels, bad: object
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"lock_timeout=.* is not valid; use seconds"):
+        EventWriter(host_models.EventLog, lock_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_writer_options_at_their_limits_and_defaults(host_models: HostModels) -> None:
+    model = host_models.EventLog
+    assert EventWriter(model).lock_timeout == 5.0  # the documented default
+    for seconds in (0.001, 86_399.5, 3, None):
+        assert EventWriter(model, lock_timeout=seconds).lock_timeout == seconds
+    with pytest.raises(ConfigurationError, match="retry=3 is not valid; pass a RetryPolicy"):
+        EventWriter(model, retry=3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
