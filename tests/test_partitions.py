@@ -28,6 +28,7 @@ from eventlog_persist.exceptions import ConfigurationError, ValidationError
 # A Wednesday: its week starts on Monday 2026-11-30.
 NOW = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
 MONDAY = datetime(2026, 11, 30, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 WEEK = timedelta(weeks=1)
 
 
@@ -231,21 +232,22 @@ def test_a_missing_table_is_refused(engine: Engine) -> None:
 
 def old_and_new(engine: Engine, model: Any, keys: dict[str, Any]) -> datetime:
     """Partitions from 4 weeks back to 1 ahead, 2 events in each week; returns the cutoff
-    (two weeks back, mid-week: the partition holding it straddles it)."""
+    (two weeks back, mid-week: the partition holding it straddles it, with events on each
+    side whatever the day of the week)."""
     now = datetime.now(UTC)
     ensure_partitions(model, engine, ahead=5, now=now - 4 * WEEK)
     ensure_partitions(model, engine, ahead=1, now=now)
-    writer = EventWriter(model)
-    events = [
-        writer.event(
-            event_type="user_message", created_at=now - n * WEEK - timedelta(hours=h), **keys
-        )
-        for n in range(4)
-        for h in (1, 2)
-    ]
-    assert write_events(model, engine, events).written == 8
     start = now - now.weekday() * timedelta(days=1)  # this week's Monday, at now's time of day
-    return start.replace(hour=0, minute=0, second=0, microsecond=0) - 2 * WEEK + timedelta(days=3)
+    monday = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    cutoff = monday - 2 * WEEK + timedelta(days=3)
+    writer = EventWriter(model)
+    # This week's events an hour or two ago; each past week's the evening before its
+    # Thursday, which is before the cutoff in the straddling week.
+    times = [now - timedelta(hours=h) for h in (1, 2)]
+    times += [cutoff - n * WEEK + shift for n in (-1, 0, 1) for shift in (-HOUR, -2 * HOUR)]
+    events = [writer.event(event_type="user_message", created_at=t, **keys) for t in times]
+    assert write_events(model, engine, events).written == 8
+    return cutoff
 
 
 def test_drop_removes_only_partitions_wholly_before_the_cutoff(
