@@ -4,6 +4,7 @@ checked, only that every path wrote what it was timed for and every table prints
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -11,16 +12,24 @@ from sqlalchemy.engine import URL
 from test_explain import bench_module
 
 
-@pytest.mark.timeout(300)
-def test_write_bench_record_tables_run(
-    database_url: URL, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def write_bench() -> Any:
+    """benchmarks/write_bench.py, with the modules it imports."""
     bench_module("_svg")
     bench_module("_server")
-    write_bench = bench_module("write_bench")
-    bench = write_bench.Bench(
-        database_url.set(drivername="postgresql").render_as_string(hide_password=False), 50
-    )
+    return bench_module("write_bench")
+
+
+def _bench(write_bench: Any, database_url: URL, events: int) -> Any:
+    url = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return write_bench.Bench(url, events)
+
+
+@pytest.mark.timeout(300)
+def test_write_bench_record_tables_run(
+    write_bench: Any, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _bench(write_bench, database_url, 50)
     try:
         bench.detached(rounds=2, events=7)
         with bench.engine.connect() as conn:  # the last variant's events, the table reset before
@@ -53,14 +62,9 @@ def test_write_bench_record_tables_run(
 
 @pytest.mark.timeout(300)
 def test_write_bench_end_to_end_tables_run(
-    database_url: URL, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    write_bench: Any, database_url: URL, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    bench_module("_svg")
-    bench_module("_server")
-    write_bench = bench_module("write_bench")
-    bench = write_bench.Bench(
-        database_url.set(drivername="postgresql").render_as_string(hide_password=False), 40
-    )
+    bench = _bench(write_bench, database_url, 40)
     try:
         # Each timed path checks that it stored bench.count rows, and raises otherwise.
         dicts = bench.dicts(40)
