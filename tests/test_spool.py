@@ -347,12 +347,17 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _files_open_under(folder: Path) -> list[str]:
+def _assert_nothing_left_open(fds: set[str], folder: Path) -> None:
+    """No fd opened since ``fds`` was taken is still open, and none is under ``folder``.
+
+    Other tests' leftovers may be collected meanwhile: fds may close, none may open.
+    """
+    assert _open_fds() - fds == set()
     targets = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # closed since the listing
             targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-    return [target for target in targets if target.startswith(str(folder))]
+    assert [target for target in targets if target.startswith(str(folder))] == []
 
 
 def test_a_second_writer_waits_briefly_for_an_adopter_then_is_refused(
@@ -375,7 +380,7 @@ def test_a_second_writer_waits_briefly_for_an_adopter_then_is_refused(
     after = resource.getrusage(resource.RUSAGE_THREAD)
     assert 0.24 <= waited < 1.0  # refused after about a quarter of a second
     assert after.ru_nvcsw - before.ru_nvcsw >= 5  # it slept between tries, not spun
-    assert _open_fds() == fds
+    assert _open_fds() - fds == set()  # the refused writer's own, the first one's stay
     writer.close(timeout=0)
 
 
@@ -392,9 +397,7 @@ def test_a_writer_leaves_no_file_open(
             writer.enqueue(event)
         time.sleep(0.05)  # the sync thread syncs (a copy of) the open segment
         writer.close(timeout=0)
-        # Other tests' leftovers may be collected meanwhile: fds may close, none may open.
-        assert _open_fds() - fds == set()
-        assert _files_open_under(tmp_path) == []
+        _assert_nothing_left_open(fds, tmp_path)
     assert writer.counters.spilled == 302
 
 
@@ -494,7 +497,7 @@ def test_a_writer_whose_spool_is_adopted_while_it_starts_makes_a_new_one(
             "taken/000000000001.seg",
         ]
     )
-    assert _open_fds() == fds
+    _assert_nothing_left_open(fds, tmp_path)
 
 
 def test_a_dead_spool_adopted_by_another_writer_meanwhile_is_skipped(
@@ -511,7 +514,7 @@ def test_a_dead_spool_adopted_by_another_writer_meanwhile_is_skipped(
     assert writer.counters.spilled == 0
     writer.close(timeout=0)
     assert files(tmp_path) == ["taken/000000000001.seg"]
-    assert _open_fds() == fds
+    _assert_nothing_left_open(fds, tmp_path)
     assert name not in os.listdir(tmp_path)
 
 
