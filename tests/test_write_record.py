@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import uuid
@@ -808,6 +809,45 @@ def test_new_event_is_a_frozen_checked_value() -> None:
     assert event.id.version == 7
     with pytest.raises(AttributeError):
         event.event_type = "x"  # type: ignore[misc]
+
+
+def test_record_takes_an_event_built_beforehand(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = EventWriter(host_models.EventLog)
+    event = writer.event(
+        session_id=session_id,
+        user_id=user_id,
+        event_type="chat",
+        payload={"n": 2**70, "api_key": "sk-1", "text": "\u00e9"},
+    )
+    expected = {"n": 2**70, "api_key": "[REDACTED]", "text": "\u00e9", "_redacted": ["/api_key"]}
+    with Session(host_engine) as session:
+        row = writer.record(session, event)
+        assert (row.id, row.created_at, row.payload) == (event.id, event.created_at, expected)
+        session.commit()
+    with Session(host_engine) as session:
+        stored = session.scalars(select(host_models.EventLog)).one()
+    assert (stored.id, stored.event_type, stored.payload) == (event.id, "chat", expected)
+
+
+def test_record_refuses_a_non_event_an_event_with_fields_and_a_key_of_the_wrong_type(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    writer = EventWriter(host_models.EventLog)
+    key = uuid.uuid4()
+    event = new_event(session_id=key, user_id=key, event_type="chat")
+    with Session(host_engine) as session:
+        with pytest.raises(ValidationError, match=r"^expected a NewEvent .* got dict"):
+            writer.record(session, {"event_type": "chat"})  # type: ignore[call-overload]
+        with pytest.raises(ValidationError, match=r"fields \['tool_name'\]; pass one or"):
+            writer.record(session, event, tool_name="x")  # type: ignore[call-overload]
+        with pytest.raises(
+            ValidationError, match=r"^user_id=7 \(int\) does not fit the uuid column"
+        ):
+            writer.record(session, dataclasses.replace(event, user_id=7))
+        assert not session.new
 
 
 def test_a_recorded_row_is_a_full_orm_row(host_engine: Engine, host_models: HostModels) -> None:
