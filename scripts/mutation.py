@@ -150,6 +150,37 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_urls.py",
         ),
     ),
+    "ids": Target(
+        "src/eventlog_persist/_ids.py",
+        (
+            "tests/test_reader_bounds.py",
+            "tests/test_partition_pruning.py",
+            "tests/test_write_refusals.py",
+            "tests/test_write_record.py",
+            "tests/test_model.py",
+        ),
+    ),
+    "bulk": Target(
+        "src/eventlog_persist/_bulk.py",
+        (
+            "tests/test_write_bulk.py",
+            "tests/test_write_stream.py",
+            "tests/test_partitioned_writes.py",
+            "tests/test_urls.py",
+            "tests/test_outages.py::test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
+            "tests/test_outages.py::test_an_async_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
+        ),
+    ),
+    "table": Target(
+        "src/eventlog_persist/_table.py",
+        (
+            "tests/test_write_refusals.py",
+            "tests/test_model.py",
+            "tests/test_write_bulk.py",
+            "tests/test_partitioned_writes.py",
+            "tests/test_write_record.py",
+        ),
+    ),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"

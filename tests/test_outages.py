@@ -157,7 +157,7 @@ def test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults(
     timer.join()
     assert result.dead_lettered == []
     assert result.written == 1000
-    assert result.read_only_retries >= 1
+    assert result.retries >= result.read_only_retries >= 1
     assert stored(host_engine) == (1000, 1000)
 
 
@@ -176,7 +176,7 @@ def test_an_async_bulk_write_rides_out_a_read_only_spell_with_the_defaults(
     )
     timer.join()
     assert (result.written, result.dead_lettered) == (300, [])
-    assert result.read_only_retries >= 1
+    assert result.retries >= result.read_only_retries >= 1
     assert stored(host_engine) == (300, 300)
 
 

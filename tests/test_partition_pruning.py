@@ -205,3 +205,8 @@ def test_an_id_that_records_another_time_is_found_in_every_partition(
     assert partitions_read(plan(engine, lambda: reader.event(uuid.uuid4(), user_id=user_id))) == (
         every_partition()
     )
+    # Not even when its first 48 bits would read as a time inside a partition.
+    v4 = uuid.UUID(int=new_event_id(week(3)).int & ~(0xF << 76) | 4 << 76)
+    assert v4.version == 4
+    ((_, parameters),) = statements(engine, lambda: reader.event(v4, user_id=user_id))
+    assert "window_start" not in parameters

@@ -5,6 +5,8 @@ Both run on the plain layout here and on the partitioned one in test_partitioned
 
 from __future__ import annotations
 
+import copy
+import pickle
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,12 +195,21 @@ def test_new_event_id_records_the_instant_given() -> None:
     assert {key.int >> 80 for key in made} == {int(at.timestamp() * 1000)}
     assert made == sorted(made)
     assert len(set(made)) == 3
-    assert all(key.version == 7 for key in made)
+    assert all((key.version, key.variant) == (7, uuid.RFC_4122) for key in made)
+    assert new_event_id(datetime(1970, 1, 1, tzinfo=UTC)).int >> 80 == 0  # the first instant
     # Before 1970 no UUIDv7 time exists: the id records now.
     now = datetime.now(UTC).timestamp() * 1000
     assert abs((new_event_id(datetime(1960, 1, 1, tzinfo=UTC)).int >> 80) - now) < 60_000
     with pytest.raises(ValidationError, match="time-zone aware"):
         new_event_id(datetime(2031, 5, 6))
+
+
+def test_a_new_event_id_is_a_standard_uuid_in_every_respect() -> None:
+    for key in (new_event_id(), new_event_id(datetime(2031, 5, 6, tzinfo=UTC))):
+        same = uuid.UUID(str(key))
+        assert (key, hash(key), key.is_safe) == (same, hash(same), uuid.SafeUUID.unknown)
+        assert pickle.loads(pickle.dumps(key)) == key
+        assert copy.deepcopy(key) == key
 
 
 @pytest.mark.asyncio

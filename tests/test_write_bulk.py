@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,7 +21,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventlog_persist import NewEvent, RetryPolicy, awrite_events, new_event, write_events
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
-from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    EventWriteError,
+    RetriesExhaustedError,
+)
 
 
 def events(user_id: Any, session_id: Any, n: int) -> list[NewEvent]:
@@ -128,20 +134,77 @@ def test_a_setup_error_dead_letters_the_batch_without_retrying(
     assert result.retries == 0
 
 
-def test_unreachable_database_exhausts_retries(host_models: HostModels) -> None:
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_unreachable_database_exhausts_retries(host_models: HostModels, api: str) -> None:
     key = uuid.uuid4()
-    result = write_events(
+    arguments: Any = (
         host_models.EventLog,
         "host=/nonexistent-dir port=1 dbname=x connect_timeout=1",
         [new_event(session_id=key, user_id=key, event_type="x")],
-        retry=RetryPolicy(max_attempts=3, initial_delay=0.01),
     )
-    assert result.retries == 2
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.01)
+    if api == "sync":
+        result = write_events(*arguments, retry=retry)
+    else:
+        result = asyncio.run(awrite_events(*arguments, retry=retry))
+    assert (result.retries, result.read_only_retries) == (2, 0)
     ((_event, error),) = result.dead_lettered
     assert isinstance(error, RetriesExhaustedError)
     assert isinstance(error.__cause__, psycopg.OperationalError)
     assert "3 attempts failed with transient errors" in str(error)
     assert "check that the database is reachable" in str(error)
+
+
+def test_wrong_arguments_are_refused_before_anything_runs(host_models: HostModels) -> None:
+    key = uuid.uuid4()
+    batch = [new_event(session_id=key, user_id=key, event_type="x")]
+    down = "host=/nonexistent-dir port=1 dbname=x"
+    refusals: list[tuple[dict[str, Any], str]] = [
+        *(
+            ({"batch_size": bad}, f"batch_size={bad!r} is not valid; use an int >= 1")
+            for bad in (0, -1, True, 2.0, "10")
+        ),
+        *(
+            ({"retry": bad}, f"retry={bad!r} is not valid; pass a RetryPolicy")
+            for bad in (None, 30)
+        ),
+        *(
+            ({name: bad}, f"{name}={bad!r} is not valid; use seconds (a number > 0), or None")
+            for name, bad in (
+                ("connect_timeout", 0),
+                ("lock_timeout", -1),
+                ("tcp_user_timeout", "5"),
+            )
+        ),
+    ]
+    for arguments, message in refusals:
+        with pytest.raises(ConfigurationError) as caught:
+            write_events(host_models.EventLog, down, batch, **arguments)
+        assert str(caught.value).startswith(message)
+        with pytest.raises(ConfigurationError) as caught:
+            asyncio.run(awrite_events(host_models.EventLog, down, batch, **arguments))
+        assert str(caught.value).startswith(message)
+    assert inspect.signature(write_events).parameters["batch_size"].default == 10_000
+    assert inspect.signature(awrite_events).parameters["batch_size"].default == 10_000
+
+
+def test_each_batch_is_committed_before_the_next_event_is_taken(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    committed_when_taken: list[int] = []
+
+    def source(n: int) -> Iterator[NewEvent]:
+        for _ in range(n):
+            with host_engine.connect() as conn:
+                committed_when_taken.append(conn.scalar(text("SELECT count(*) FROM event_logs")))
+            yield new_event(session_id=session_id, user_id=user_id, event_type="x")
+
+    assert write_events(host_models.EventLog, host_engine, source(4), batch_size=1).written == 4
+    assert committed_when_taken == [0, 1, 2, 3]
+    committed_when_taken.clear()
+    assert write_events(host_models.EventLog, host_engine, source(5), batch_size=2).written == 5
+    assert committed_when_taken == [4, 4, 6, 6, 8]
 
 
 @pytest.mark.asyncio
