@@ -18,10 +18,21 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from hostmodels import HostModels
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Integer,
+    SmallInteger,
+    String,
+    Uuid,
+    create_engine,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -31,6 +42,7 @@ from eventlog_persist import (
     EventWriter,
     NewEvent,
     awrite_events,
+    event_log_model,
     new_event,
     write_events,
 )
@@ -421,3 +433,81 @@ def test_a_wrong_id_or_key_in_a_hand_made_event_is_refused() -> None:
     # A hand-made event gets the fixed checks only: the far future is a rule of new_event's.
     far = dataclasses.replace(good, created_at=datetime(3000, 1, 1, tzinfo=UTC))
     assert far.created_at.year == 3000
+
+
+def _model_with_keys(users: Any, chat_sessions: Any, projects: Any, agents: Any) -> Any:
+    """An EventLog model of a host whose four tables have keys of these SQL types."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    for table, sql_type in (
+        ("users", users),
+        ("chat_sessions", chat_sessions),
+        ("user_projects", projects),
+        ("user_agents", agents),
+    ):
+        type(
+            table,
+            (Base,),
+            {"__tablename__": table, "id": mapped_column(sql_type, primary_key=True)},
+        )
+    return event_log_model(Base, key_type=int)
+
+
+def test_integer_keys_are_checked_against_the_range_of_their_column() -> None:
+    writer = EventWriter(_model_with_keys(Integer, BigInteger, SmallInteger, Integer))
+    keys = {"session_id": 1, "user_id": 1}
+    for name, sql_type, limit in (
+        ("session_id", "int8", 2**63),
+        ("user_id", "int4", 2**31),
+        ("project_id", "int2", 2**15),
+        ("agent_id", "int4", 2**31),
+    ):
+        for fits in (-limit, limit - 1):
+            assert getattr(writer.event(event_type="x", **{**keys, name: fits}), name) == fits
+        for bad in (-limit - 1, limit):
+            with pytest.raises(ValidationError) as caught:
+                writer.event(event_type="x", **{**keys, name: bad})
+            assert (
+                str(caught.value)
+                == f"{name}={bad} is out of range for the {sql_type} column {name}"
+            )
+        wrong = uuid.UUID(int=1)
+        with pytest.raises(ValidationError) as caught:
+            writer.event(event_type="x", **{**keys, name: wrong})
+        assert str(caught.value) == (
+            f"{name}={wrong!r} (UUID) does not fit the {sql_type} column {name}; pass an int"
+        )
+
+
+def test_an_int_key_into_a_uuid_column_is_refused_whichever_key_it_is() -> None:
+    writer = EventWriter(_model_with_keys(Uuid, Uuid, Uuid, Uuid))
+    keys = {"session_id": uuid.uuid4(), "user_id": uuid.uuid4()}
+    for name in ("session_id", "user_id", "project_id", "agent_id"):
+        with pytest.raises(ValidationError) as caught:
+            writer.event(event_type="x", **{**keys, name: 5})
+        assert str(caught.value) == (
+            f"{name}=5 (int) does not fit the uuid column {name}; pass a uuid.UUID"
+        )
+
+
+def test_a_model_that_is_not_an_event_log_or_has_keys_of_another_type_is_refused() -> None:
+    not_a_model = "model must be the host's EventLog class (built with event_log_model() or "
+    host_table = _model_with_keys(Integer, Integer, Integer, Integer).metadata.tables["users"]
+    for wrong in (42, object, type("Users", (), {"__table__": host_table})):
+        for use in (
+            EventWriter,
+            lambda model: write_events(model, "host=/nonexistent-dir port=1 dbname=x", []),
+            lambda model: BufferedWriter(model, "host=/nonexistent-dir port=1 dbname=x"),
+        ):
+            with pytest.raises(ConfigurationError) as caught:
+                use(wrong)
+            assert str(caught.value).startswith(not_a_model)
+            assert str(caught.value).endswith(f"got {wrong!r}")
+    with pytest.raises(ConfigurationError) as caught:
+        EventWriter(_model_with_keys(Integer, Integer, Integer, String(20)))
+    assert str(caught.value).startswith(
+        "EventLog.agent_id has type String(length=20); the writers support UUID, SMALLINT, "
+        "INTEGER and BIGINT keys"
+    )

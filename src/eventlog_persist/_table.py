@@ -59,8 +59,8 @@ class EventTable:
     table: Table
     qualified_name: str
     key_types: tuple[str, str, str, str]
-    key_columns: tuple[str, ...] = ("id",)
-    feed: bool = False
+    key_columns: tuple[str, ...]
+    feed: bool
 
     @classmethod
     def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
