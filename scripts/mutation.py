@@ -179,6 +179,8 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_write_bulk.py",
             "tests/test_partitioned_writes.py",
             "tests/test_write_record.py",
+            "tests/test_feed_wakeup.py::test_a_buffered_writer_notifies_once_per_batch",
+            "tests/test_feed_wakeup.py::test_writers_of_a_table_without_the_feed_do_not_notify",
         ),
     ),
 }

@@ -479,6 +479,11 @@ def test_integer_keys_are_checked_against_the_range_of_their_column() -> None:
         assert str(caught.value) == (
             f"{name}={wrong!r} (UUID) does not fit the {sql_type} column {name}; pass an int"
         )
+    every_key = {name: uuid.UUID(int=n) for n, name in enumerate(["session_id", "user_id"])}
+    with pytest.raises(
+        ValidationError, match=r"^session_id=UUID\('[0-]+'\) \(UUID\) does not fit the int8"
+    ):
+        writer.event(event_type="x", **every_key)
 
 
 def test_an_int_key_into_a_uuid_column_is_refused_whichever_key_it_is() -> None:
