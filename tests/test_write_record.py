@@ -27,6 +27,7 @@ from eventlog_persist import (
     EventType,
     EventWriter,
     NewEvent,
+    PayloadPolicy,
     RetryPolicy,
     new_event,
 )
@@ -96,8 +97,6 @@ def test_bad_input_raises_in_the_caller_and_writes_nothing(
     error: type[Exception],
     path: str | None,
 ) -> None:
-    from eventlog_persist._payload import PayloadPolicy
-
     user_id, session_id = seed(host_engine, host_models)
     fields = dict(fields)  # the parameter is shared with the partitioned layout's run
     strict = fields.pop("_nul", None) is not None
@@ -338,6 +337,11 @@ def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused(
 def test_writer_options_at_their_limits_and_defaults(host_models: HostModels) -> None:
     model = host_models.EventLog
     assert EventWriter(model).lock_timeout == 5.0  # the documented default
+    defaults = EventWriter(model)
+    assert (defaults.payload_policy, defaults.field_rules) == (PayloadPolicy(), EventFieldRules())
+    policy, rules = PayloadPolicy(max_depth=8), EventFieldRules(event_types=frozenset({"chat"}))
+    given = EventWriter(model, payload_policy=policy, field_rules=rules)
+    assert (given.payload_policy, given.field_rules) == (policy, rules)
     for seconds in (0.001, 86_399.5, 3, None):
         assert EventWriter(model, lock_timeout=seconds).lock_timeout == seconds
     with pytest.raises(ConfigurationError, match="retry=3 is not valid; pass a RetryPolicy"):
