@@ -380,7 +380,7 @@ def test_a_second_writer_waits_briefly_for_an_adopter_then_is_refused(
     after = resource.getrusage(resource.RUSAGE_THREAD)
     assert 0.24 <= waited < 1.0  # refused after about a quarter of a second
     assert after.ru_nvcsw - before.ru_nvcsw >= 5  # it slept between tries, not spun
-    assert _open_fds() - fds == set()  # the refused writer's own, the first one's stay
+    assert _open_fds() - fds == set()  # the refused writer left none open (the first one's stay)
     writer.close(timeout=0)
 
 

@@ -336,8 +336,8 @@ def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused(
 
 def test_writer_options_at_their_limits_and_defaults(host_models: HostModels) -> None:
     model = host_models.EventLog
-    assert EventWriter(model).lock_timeout == 5.0  # the documented default
     defaults = EventWriter(model)
+    assert defaults.lock_timeout == 5.0  # the documented default
     assert (defaults.payload_policy, defaults.field_rules) == (PayloadPolicy(), EventFieldRules())
     policy, rules = PayloadPolicy(max_depth=8), EventFieldRules(event_types=frozenset({"chat"}))
     given = EventWriter(model, payload_policy=policy, field_rules=rules)

@@ -452,7 +452,7 @@ def _model_with_keys(users: Any, chat_sessions: Any, projects: Any, agents: Any)
             (Base,),
             {"__tablename__": table, "id": mapped_column(sql_type, primary_key=True)},
         )
-    return event_log_model(Base, key_type=int)
+    return event_log_model(Base, key_type=uuid.UUID if users is Uuid else int)
 
 
 def test_integer_keys_are_checked_against_the_range_of_their_column() -> None:
@@ -499,12 +499,13 @@ def test_an_int_key_into_a_uuid_column_is_refused_whichever_key_it_is() -> None:
 
 def test_a_model_that_is_not_an_event_log_or_has_keys_of_another_type_is_refused() -> None:
     not_a_model = "model must be the host's EventLog class (built with event_log_model() or "
+    down = "host=/nonexistent-dir port=1 dbname=x"
     host_table = _model_with_keys(Integer, Integer, Integer, Integer).metadata.tables["users"]
     for wrong in (42, object, type("Users", (), {"__table__": host_table})):
         for use in (
             EventWriter,
-            lambda model: write_events(model, "host=/nonexistent-dir port=1 dbname=x", []),
-            lambda model: BufferedWriter(model, "host=/nonexistent-dir port=1 dbname=x"),
+            lambda model: write_events(model, down, []),
+            lambda model: BufferedWriter(model, down),
         ):
             with pytest.raises(ConfigurationError) as caught:
                 use(wrong)
