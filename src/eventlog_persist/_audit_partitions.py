@@ -9,6 +9,7 @@ from sqlalchemy import Connection, text
 
 from eventlog_persist._audit_leaf import LEAF_COLUMNS
 from eventlog_persist._audit_schema import ERASURES_TABLE
+from eventlog_persist._schema import quote_identifier
 
 __all__ = [
     "GUARD_TRIGGERS",
@@ -28,10 +29,6 @@ GUARD_TRIGGERS: Final = (
 its partitions under the same names."""
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def audited(connection: Connection, schema: str) -> bool:
     """Whether the audit (evlaudit_0001) is installed in ``schema``: its erasures table and
     its guard function are there."""
@@ -40,8 +37,8 @@ def audited(connection: Connection, schema: str) -> bool:
             "SELECT to_regclass(:erasures) IS NOT NULL AND to_regprocedure(:function) IS NOT NULL"
         ),
         {
-            "erasures": f"{_quote(schema)}.{_quote(ERASURES_TABLE)}",
-            "function": f"{_quote(schema)}.event_log_audit_on_delete()",
+            "erasures": f"{quote_identifier(schema)}.{quote_identifier(ERASURES_TABLE)}",
+            "function": f"{quote_identifier(schema)}.event_log_audit_on_delete()",
         },
     ).scalar()
     return bool(found)
@@ -51,7 +48,7 @@ def guard_partition(connection: Connection, schema: str, name: str) -> bool:
     """Put the guard's three statement triggers on partition ``name`` if it lacks them (a
     statement that names a partition fires only that partition's statement triggers, and
     PostgreSQL copies only row-level triggers to new partitions). Returns whether it did."""
-    table = f"{_quote(schema)}.{_quote(name)}"
+    table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
     present = set(
         connection.execute(
             text(
@@ -72,7 +69,7 @@ def guard_partition(connection: Connection, schema: str, name: str) -> bool:
 def guard_statements(schema: str, table: str) -> list[str]:
     """The CREATE TRIGGER statements of the guard on ``table`` (a quoted, qualified name),
     in the order of `GUARD_TRIGGERS`, calling the functions of the audit in ``schema``."""
-    function = f"{_quote(schema)}.event_log_audit"
+    function = f"{quote_identifier(schema)}.event_log_audit"
     return [
         f"CREATE TRIGGER event_logs_audit_delete AFTER DELETE ON {table} REFERENCING OLD "
         f"TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}_on_delete()",
@@ -87,7 +84,7 @@ def guard_statements(schema: str, table: str) -> list[str]:
 def unguard(connection: Connection, schema: str, name: str) -> None:
     """Drop the guard's triggers from a table detached from ``event_logs`` (kept as an
     archive: its events are recorded as erased, and it may be truncated or dropped)."""
-    table = f"{_quote(schema)}.{_quote(name)}"
+    table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
     for trigger in GUARD_TRIGGERS:
         connection.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON {table}"))
 
@@ -99,8 +96,8 @@ def record_retention(connection: Connection, schema: str, name: str) -> int:
     the revision's own ``event_log_leaf``, as the guard triggers write them. Returns the
     tombstones written. Run it in the transaction that drops the table (or keeps it), so
     that each event is recorded exactly once."""
-    s = _quote(schema)
-    erasures = f"{s}.{_quote(ERASURES_TABLE)}"
+    s = quote_identifier(schema)
+    erasures = f"{s}.{quote_identifier(ERASURES_TABLE)}"
     row = ", ".join(
         f"o.{column}::text" if column.endswith("_id") and column != "id" else f"o.{column}"
         for column in LEAF_COLUMNS
@@ -113,7 +110,7 @@ def record_retention(connection: Connection, schema: str, name: str) -> int:
             "o.user_id::text, o.project_id::text, o.agent_id::text, "
             f"coalesce((SELECT e.leaf FROM {erasures} e WHERE e.event_id = o.id "
             f"ORDER BY e.seq LIMIT 1), {s}.event_log_leaf({row})) "
-            f"FROM {s}.{_quote(name)} o ORDER BY o.xid, o.id"
+            f"FROM {s}.{quote_identifier(name)} o ORDER BY o.xid, o.id"
         )
     )
     return int(result.rowcount)

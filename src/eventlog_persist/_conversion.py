@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist._audit_partitions import GUARD_TRIGGERS, audited, guard_statements
 from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate_of
+from eventlog_persist._partitions import PartitionInterval, next_period, period_start
 from eventlog_persist._schema import (
     FEED_INDEX_NAME,
     FK_NAMES,
@@ -35,6 +36,9 @@ from eventlog_persist._schema import (
     PK_NAME,
     TABLE_NAME,
     XID_COLUMN,
+)
+from eventlog_persist._schema import (
+    quote_identifier as _quote,
 )
 from eventlog_persist.exceptions import ConfigurationError, ConversionError
 
@@ -110,7 +114,7 @@ def convert_to_partitioned(
     engine: Engine,
     *,
     schema: str | None = None,
-    partition_interval: str = "week",
+    partition_interval: PartitionInterval = "week",
     partitions_ahead: int = 4,
     lock_timeout: float = 0.05,
     swap_attempts: int = 50,
@@ -191,40 +195,23 @@ def convert_to_partitioned(
     return run.run(stop_before_swap=stop_before_swap)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _start_of(moment: datetime, interval: str) -> datetime:
-    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if interval == "week":
-        return day - timedelta(days=day.weekday())
-    return day.replace(day=1)
-
-
-def _next(start: datetime, interval: str) -> datetime:
-    if interval == "week":
-        return start + timedelta(days=7)
-    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-
-
-def choose_boundary(now: datetime, interval: str) -> datetime:
+def choose_boundary(now: datetime, interval: PartitionInterval) -> datetime:
     """The first week (or month) start at least a day after ``now``."""
-    return _next(_start_of(now + _MARGIN, interval), interval)
+    return next_period(period_start(now + _MARGIN, interval), interval)
 
 
 def partitions_after(
-    boundary: datetime, now: datetime, interval: str, ahead: int
+    boundary: datetime, now: datetime, interval: PartitionInterval, ahead: int
 ) -> list[tuple[str, datetime, datetime]]:
     """``(name, from, to)`` from ``boundary`` up to the last one evlpart_0001 creates at
     ``now`` (the current interval and ``ahead`` more); at least one."""
-    last = _start_of(now, interval)
+    last = period_start(now, interval)
     for _ in range(ahead):
-        last = _next(last, interval)
+        last = next_period(last, interval)
     found: list[tuple[str, datetime, datetime]] = []
     start = boundary
     while not found or start <= last:
-        end = _next(start, interval)
+        end = next_period(start, interval)
         found.append((f"{TABLE_NAME}_p{start:%Y%m%d}", start, end))
         start = end
     return found
@@ -236,7 +223,7 @@ class _Conversion:
         engine: Engine,
         *,
         schema: str | None,
-        interval: str,
+        interval: PartitionInterval,
         ahead: int,
         lock_timeout: float,
         attempts: int,

@@ -55,6 +55,7 @@ from sqlalchemy.types import NullType
 from eventlog_persist._feed_schema import Xid8, consumers_table
 from eventlog_persist._feed_sql import session_part
 from eventlog_persist._schema import CONSUMERS_TABLE, XID_COLUMN
+from eventlog_persist._table import quoted_name
 from eventlog_persist.exceptions import FeedDataLostError
 
 __all__ = [
@@ -83,10 +84,6 @@ _FEED_SQL: Final = text(
 )
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def feed_consumers(connection: Connection, events: Table) -> Table | None:
     """``event_log_consumers`` beside ``events`` in the database, or None without the feed.
 
@@ -94,9 +91,7 @@ def feed_consumers(connection: Connection, events: Table) -> Table | None:
     run on a database migrated for the feed. The table is declared on a metadata of its
     own, never the host's.
     """
-    name = (
-        f"{_quote(events.schema)}.{_quote(events.name)}" if events.schema else _quote(events.name)
-    )
+    name = quoted_name(events)
     schema = connection.execute(
         _FEED_SQL, {"events": name, "xid": XID_COLUMN, "consumers": CONSUMERS_TABLE}
     ).scalar()

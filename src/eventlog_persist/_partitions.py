@@ -21,6 +21,8 @@ from eventlog_persist._audit_partitions import (
 from eventlog_persist._feed_retention import BY_DETACH, BY_DROP, feed_consumers, mark_partition
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
+from eventlog_persist._schema import quote_identifier
+from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
@@ -145,10 +147,6 @@ _PARTITIONS: Final = (
 )
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True, slots=True)
 class _Parent:
     oid: int
@@ -157,10 +155,10 @@ class _Parent:
 
     @property
     def qualified(self) -> str:
-        return f"{_quote(self.schema)}.{_quote(self.name)}"
+        return f"{quote_identifier(self.schema)}.{quote_identifier(self.name)}"
 
     def child(self, name: str) -> str:
-        return f"{_quote(self.schema)}.{_quote(name)}"
+        return f"{quote_identifier(self.schema)}.{quote_identifier(name)}"
 
     @property
     def lock_key(self) -> int:
@@ -171,8 +169,7 @@ class _Parent:
 
 def _parent(connection: Connection, table: Table) -> _Parent:
     """The partitioned ``event_logs`` of the model, or a `ConfigurationError` naming the fix."""
-    name = f"{_quote(table.schema)}.{_quote(table.name)}" if table.schema else _quote(table.name)
-    row = connection.execute(_PARENT_SQL, {"name": name}).one_or_none()
+    row = connection.execute(_PARENT_SQL, {"name": quoted_name(table)}).one_or_none()
     where = f"schema {table.schema!r}" if table.schema else "the search_path"
     if row is None:
         raise ConfigurationError(
@@ -345,7 +342,7 @@ def _drop_foreign_keys(connection: Connection, table: str) -> None:
     online. Dropped first, those tables are locked only for the catalog change."""
     keys = connection.execute(_FOREIGN_KEYS_SQL, {"name": table}).scalars().all()
     if keys:
-        drops = ", ".join(f"DROP CONSTRAINT {_quote(key)}" for key in keys)
+        drops = ", ".join(f"DROP CONSTRAINT {quote_identifier(key)}" for key in keys)
         connection.execute(text(f"ALTER TABLE {table} {drops}"))
 
 
@@ -391,14 +388,14 @@ def _finish(
 # --- the calendar ----------------------------------------------------------------------------
 
 
-def _start_of(moment: datetime, interval: PartitionInterval) -> datetime:
+def period_start(moment: datetime, interval: PartitionInterval) -> datetime:
     day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if interval == "week":
         return day - timedelta(days=day.weekday())
     return day.replace(day=1)
 
 
-def _next(start: datetime, interval: PartitionInterval) -> datetime:
+def next_period(start: datetime, interval: PartitionInterval) -> datetime:
     if interval == "week":
         return start + timedelta(days=7)
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
@@ -416,7 +413,7 @@ def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
     upper, lower, name = max(bounded)
     if upper - lower == timedelta(days=7):
         return "week"
-    if lower.day == 1 and upper == _next(lower, "month"):
+    if lower.day == 1 and upper == next_period(lower, "month"):
         return "month"
     raise ConfigurationError(
         f"cannot tell the partition interval from the newest partition {name} "
@@ -456,9 +453,9 @@ def _planned(
     taken = [(p.lower, p.upper) for p in existing if not p.default]
     names = {p.name for p in existing}
     planned = []
-    start = _start_of(now, interval)
+    start = period_start(now, interval)
     for _ in range(ahead + 1):
-        end = _next(start, interval)
+        end = next_period(start, interval)
         for low, high in _gaps(start, end, taken):
             name = f"{table_name}_p{low:%Y%m%d}"
             if name in names:  # a period cut by a partition starting the same day

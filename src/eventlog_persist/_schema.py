@@ -26,6 +26,7 @@ __all__ = [
     "TOOL_NAME_LENGTH",
     "TRACE_ID_LENGTH",
     "XID_COLUMN",
+    "quote_identifier",
 ]
 
 TABLE_NAME: Final = "event_logs"
@@ -68,3 +69,8 @@ XID_COLUMN: Final = "xid"
 FEED_INDEX_NAME: Final = "ix_event_logs_xid_id"
 CONSUMERS_TABLE: Final = "event_log_consumers"
 CONSUMER_NAME_LENGTH: Final = 128
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier, whatever characters it holds."""
+    return '"' + name.replace('"', '""') + '"'

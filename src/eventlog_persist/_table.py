@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
 from sqlalchemy.types import TypeEngine
 
 from eventlog_persist._model import EventLogMixin
-from eventlog_persist._schema import XID_COLUMN
+from eventlog_persist._schema import XID_COLUMN, quote_identifier
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
 
 if TYPE_CHECKING:
@@ -194,12 +194,8 @@ def key_sql_type(sql_type: TypeEngine[Any]) -> str | None:
 
 def quoted_name(table: Table) -> str:
     """The quoted, schema-qualified name of ``table`` for SQL."""
-    name = _quote(table.name)
-    return f"{_quote(table.schema)}.{name}" if table.schema else name
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+    name = quote_identifier(table.name)
+    return f"{quote_identifier(table.schema)}.{name}" if table.schema else name
 
 
 def _key_sql_type(model: type[Any], table: Table, column: str) -> str:
