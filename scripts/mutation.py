@@ -183,6 +183,25 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_feed_wakeup.py::test_writers_of_a_table_without_the_feed_do_not_notify",
         ),
     ),
+    "partitions": Target(
+        "src/eventlog_persist/_partitions.py",
+        (
+            "tests/test_partitions.py",
+            "tests/test_cli_partitions.py",
+            "tests/test_partitioned_writes.py",
+            "tests/test_feed_retention.py",
+            "tests/test_audit_partitioned.py",
+            "tests/test_partitioned_convert.py",
+        ),
+    ),
+    "conversion": Target(
+        "src/eventlog_persist/_conversion.py",
+        (
+            "tests/test_partitioned_convert.py",
+            "tests/test_audit_partitioned.py",
+            "tests/test_feed_partitioned.py",
+        ),
+    ),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"
