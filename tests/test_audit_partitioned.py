@@ -14,7 +14,7 @@ import pytest
 from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
 from hostmodels import build_host_models
 from pgserver import ServerInfo
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
@@ -264,6 +264,13 @@ def test_seal_drop_seal_verify_ok_with_one_retention_tombstone_per_event(
         stones = [s for s in tombstones(connection) if s["kind"] == "retention"]
     assert sorted(str(s["event_id"]) for s in stones) == sorted(str(e) for e in old["events"])
     assert all(s["leaf"] == before[s["event_id"]] for s in stones)
+    assert name not in [p.name for p in list_partitions(EventLog, db)]
+    with db.connect() as connection:  # no comment of ours is left on a kept table
+        comments = connection.execute(
+            text("SELECT count(*) FROM pg_class WHERE obj_description(oid, 'pg_class') LIKE :c"),
+            {"c": "eventlog-persist:%"},
+        ).scalar_one()
+    assert comments == 0
     if keep:
         assert guard_of(db, name) == set()  # an archive now: its owner may drop it
         with db.begin() as connection:
@@ -322,6 +329,102 @@ def test_a_partition_detached_but_not_dropped_is_recorded_by_the_next_run(db: En
     result = drop_partitions(EventLog, db, older_than=cutoff)
     assert len(result.dropped) == 1
     assert result.erasures == 3
+    assert_ok(db, retention=3)
+
+
+def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_run(
+    db: Engine,
+) -> None:
+    old_events(db, 3)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    cutoff = OLD + timedelta(weeks=1)
+    # After the detach, a reader of the detached table holds up the DROP TRIGGER of its
+    # guard: the transaction that records its events and unguards it rolls back.
+    held: list[Any] = []
+
+    def read_before_recording(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "'retention'" in statement and not held:
+            held.append(reader := db.connect())
+            reader.execute(text(f"SELECT count(*) FROM {name}"))
+
+    event.listen(db, "before_cursor_execute", read_before_recording)
+    try:
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(EventLog, db, older_than=cutoff, keep_detached=True, lock_timeout=0.2)
+    finally:
+        event.remove(db, "before_cursor_execute", read_before_recording)
+        for connection in held:
+            connection.close()
+    assert len(held) == 1
+    assert name not in [p.name for p in list_partitions(EventLog, db)]
+    assert guard_of(db, name) == GUARD
+    with db.connect() as connection:
+        assert tombstones(connection) == []
+    # The next run records it and unguards it, whatever it is asked to do itself.
+    result = drop_partitions(EventLog, db, older_than=OLD - timedelta(weeks=100))
+    assert result == type(result)(detached=(name,), erasures=3)
+    assert guard_of(db, name) == set()
+    with db.connect() as connection:
+        comment = connection.execute(
+            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
+        ).scalar()
+    assert comment is None
+    assert drop_partitions(EventLog, db, older_than=cutoff) == type(result)()
+    assert_ok(db, retention=3)
+
+
+@pytest.mark.parametrize("fails_once", [False, True])
+def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
+    db: Engine, fails_once: bool
+) -> None:
+    old_events(db, 3)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    # Not by drop_partitions: a DETACH ... CONCURRENTLY of someone else's, cut by its
+    # lock_timeout while a reader of event_logs holds it up, leaves no comment of ours.
+    impatient = create_engine(db.url, connect_args={"options": "-c lock_timeout=300"})
+    try:
+        with db.connect() as reader, impatient.connect() as other:
+            reader.execute(text("SELECT count(*) FROM event_logs"))
+            other.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                other.execute(text(f"ALTER TABLE event_logs DETACH PARTITION {name} CONCURRENTLY"))
+    finally:
+        impatient.dispose()
+    assert [p.name for p in list_partitions(EventLog, db) if p.detach_pending] == [name]
+    long_ago = OLD - timedelta(weeks=100)
+    if fails_once:
+        # The FINALIZE goes through; a reader of the detached table then holds up the DROP
+        # TRIGGER of its guard, and the transaction with its tombstones rolls back.
+        held: list[Any] = []
+
+        def read_before_recording(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "'retention'" in statement and not held:
+                held.append(reader := db.connect())
+                reader.execute(text(f"SELECT count(*) FROM {name}"))
+
+        event.listen(db, "before_cursor_execute", read_before_recording)
+        try:
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                drop_partitions(EventLog, db, older_than=long_ago, lock_timeout=0.2)
+        finally:
+            event.remove(db, "before_cursor_execute", read_before_recording)
+            for connection in held:
+                connection.close()
+        assert not any(p.detach_pending for p in list_partitions(EventLog, db))
+        with db.connect() as connection:
+            assert tombstones(connection) == []
+    result = drop_partitions(EventLog, db, older_than=long_ago)
+    finalized = () if fails_once else (name,)
+    assert result == type(result)(detached=(name,), finalized=finalized, erasures=3)
+    assert guard_of(db, name) == set()
+    with db.connect() as connection:
+        comment = connection.execute(
+            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
+        ).scalar()
+    assert comment is None
+    assert drop_partitions(EventLog, db, older_than=long_ago) == type(result)()
     assert_ok(db, retention=3)
 
 

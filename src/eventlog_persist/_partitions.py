@@ -162,9 +162,9 @@ class _Parent:
 
     @property
     def lock_key(self) -> int:
-        # pg_advisory_lock takes a signed bigint.
-        key = (_LOCK_SPACE << 32) | self.oid
-        return key - (1 << 64) if key >= 1 << 63 else key
+        # A positive bigint, _LOCK_SPACE being under 2**31: pg_locks shows it as classid
+        # _LOCK_SPACE, objid the oid, objsubid 1 (docs/adoption.md).
+        return (_LOCK_SPACE << 32) | self.oid
 
 
 def _parent(connection: Connection, table: Table) -> _Parent:
@@ -764,12 +764,12 @@ def drop_partitions(
                             )
                         )
                         tagged = keep_detached
-                    elif not keep_detached or audit:
-                        comment = _TO_KEEP if keep_detached else _TO_DROP
+                    elif not keep_detached:
+                        # Without the feed there is no audit either (evlaudit_0001 depends
+                        # on evlfeed_0001), so only a table to drop needs the comment.
                         connection.execute(
-                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{comment}'")
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
                         )
-                        tagged = keep_detached
                     detach = (
                         f"ALTER TABLE {parent.qualified} DETACH PARTITION "
                         f"{parent.child(partition.name)}"
