@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
+from test_partitions import drop_losing_its_connection
 
 from eventlog_persist import (
     convert_to_partitioned,
@@ -369,7 +370,8 @@ def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_r
         comment = connection.execute(
             text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
         ).scalar()
-    assert comment is None
+        kept = connection.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
+    assert (comment, kept) == (None, 3)
     assert drop_partitions(EventLog, db, older_than=cutoff) == type(result)()
     assert_ok(db, retention=3)
 
@@ -423,8 +425,29 @@ def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
         comment = connection.execute(
             text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
         ).scalar()
-    assert comment is None
+        kept = connection.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
+    assert (comment, kept) == (None, 3)
     assert drop_partitions(EventLog, db, older_than=long_ago) == type(result)()
+    assert_ok(db, retention=3)
+
+
+def test_a_plain_detach_whose_connection_is_lost_records_nothing_until_the_next_run(
+    db: Engine,
+) -> None:
+    # With the audit a plain DETACH runs in the transaction that writes the tombstones.
+    old_events(db, 3)
+    seal_all(db)
+    name = partition_of(db, OLD)
+    cutoff = OLD + timedelta(weeks=1)
+    error = drop_losing_its_connection(
+        db, EventLog, older_than=cutoff, concurrently=False, lock_timeout=30
+    )
+    assert isinstance(error, OperationalError), repr(error)
+    assert name in [p.name for p in list_partitions(EventLog, db)]
+    with db.connect() as connection:
+        assert tombstones(connection) == []
+    result = drop_partitions(EventLog, db, older_than=cutoff, concurrently=False)
+    assert result == type(result)(dropped=(name,), erasures=3)
     assert_ok(db, retention=3)
 
 

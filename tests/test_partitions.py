@@ -630,25 +630,22 @@ def test_an_interrupted_detach_is_finished_by_the_next_run(
     assert len(drop_partitions(model, host_engine, older_than=cutoff).dropped) == 1
 
 
-def test_a_drop_whose_connection_is_lost_raises_that_and_the_next_run_finishes(
-    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
-) -> None:
-    model = host_models.EventLog
-    cutoff = old_and_new(host_engine, model, keys)
-    oldest = list_partitions(model, host_engine)[0].name
-    holder, held = hold(database_url)
+def drop_losing_its_connection(engine: Engine, model: Any, **arguments: Any) -> BaseException:
+    """Run ``drop_partitions`` while a reader of event_logs holds up its DETACH, end the
+    backend of the waiting DETACH, and return what the call raised."""
+    holder, held = hold(engine.url)
     errors: list[BaseException] = []
 
     def drop() -> None:
         try:
-            drop_partitions(model, host_engine, older_than=cutoff)
+            drop_partitions(model, engine, **arguments)
         except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=drop)
     thread.start()
     try:
-        with host_engine.connect() as connection:
+        with engine.connect() as connection:
             deadline = time.monotonic() + 10
             while not connection.execute(
                 text(
@@ -664,12 +661,29 @@ def test_a_drop_whose_connection_is_lost_raises_that_and_the_next_run_finishes(
     finally:
         held.close()
         holder.dispose()
-    # The error of the lost connection itself, not one of releasing its advisory lock.
     (error,) = errors
+    return error
+
+
+@pytest.mark.parametrize("concurrently", [True, False])
+def test_a_drop_whose_connection_is_lost_raises_that_and_the_next_run_finishes(
+    concurrently: bool, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    oldest = list_partitions(model, host_engine)[0].name
+    error = drop_losing_its_connection(
+        host_engine, model, older_than=cutoff, concurrently=concurrently, lock_timeout=30
+    )
+    # The error of the lost connection itself, not one of cleaning up after it (releasing
+    # the advisory lock, restoring lock_timeout) on the dead connection.
     assert isinstance(error, OperationalError), repr(error)
-    assert [p.name for p in list_partitions(model, host_engine) if p.detach_pending] == [oldest]
+    pending = [p.name for p in list_partitions(model, host_engine) if p.detach_pending]
+    # A plain DETACH rolls back with its transaction; a concurrent one is left pending.
+    assert pending == ([oldest] if concurrently else [])
     result = drop_partitions(model, host_engine, older_than=cutoff)
-    assert result.finalized == (oldest,)
+    assert result.finalized == ((oldest,) if concurrently else ())
+    assert result.dropped[0] == oldest
     assert len(result.dropped) == 2
 
 
