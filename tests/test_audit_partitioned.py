@@ -14,11 +14,11 @@ import pytest
 from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
 from hostmodels import build_host_models
 from pgserver import ServerInfo
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
-from test_partitions import drop_losing_its_connection
+from test_partitions import comment_and_rows, drop_losing_its_connection, read_from
 
 from eventlog_persist import (
     convert_to_partitioned,
@@ -342,21 +342,11 @@ def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_r
     cutoff = OLD + timedelta(weeks=1)
     # After the detach, a reader of the detached table holds up the DROP TRIGGER of its
     # guard: the transaction that records its events and unguards it rolls back.
-    held: list[Any] = []
-
-    def read_before_recording(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "'retention'" in statement and not held:
-            held.append(reader := db.connect())
-            reader.execute(text(f"SELECT count(*) FROM {name}"))
-
-    event.listen(db, "before_cursor_execute", read_before_recording)
-    try:
-        with pytest.raises(DBAPIError, match="lock timeout"):
-            drop_partitions(EventLog, db, older_than=cutoff, keep_detached=True, lock_timeout=0.2)
-    finally:
-        event.remove(db, "before_cursor_execute", read_before_recording)
-        for connection in held:
-            connection.close()
+    with (
+        read_from(db, name, when="'retention'") as held,
+        pytest.raises(DBAPIError, match="lock timeout"),
+    ):
+        drop_partitions(EventLog, db, older_than=cutoff, keep_detached=True, lock_timeout=0.2)
     assert len(held) == 1
     assert name not in [p.name for p in list_partitions(EventLog, db)]
     assert guard_of(db, name) == GUARD
@@ -366,12 +356,7 @@ def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_r
     result = drop_partitions(EventLog, db, older_than=OLD - timedelta(weeks=100))
     assert result == type(result)(detached=(name,), erasures=3)
     assert guard_of(db, name) == set()
-    with db.connect() as connection:
-        comment = connection.execute(
-            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
-        ).scalar()
-        kept = connection.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
-    assert (comment, kept) == (None, 3)
+    assert comment_and_rows(db, name) == (None, 3)
     assert drop_partitions(EventLog, db, older_than=cutoff) == type(result)()
     assert_ok(db, retention=3)
 
@@ -399,21 +384,12 @@ def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
     if fails_once:
         # The FINALIZE goes through; a reader of the detached table then holds up the DROP
         # TRIGGER of its guard, and the transaction with its tombstones rolls back.
-        held: list[Any] = []
-
-        def read_before_recording(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if "'retention'" in statement and not held:
-                held.append(reader := db.connect())
-                reader.execute(text(f"SELECT count(*) FROM {name}"))
-
-        event.listen(db, "before_cursor_execute", read_before_recording)
-        try:
-            with pytest.raises(DBAPIError, match="lock timeout"):
-                drop_partitions(EventLog, db, older_than=long_ago, lock_timeout=0.2)
-        finally:
-            event.remove(db, "before_cursor_execute", read_before_recording)
-            for connection in held:
-                connection.close()
+        with (
+            read_from(db, name, when="'retention'") as held,
+            pytest.raises(DBAPIError, match="lock timeout"),
+        ):
+            drop_partitions(EventLog, db, older_than=long_ago, lock_timeout=0.2)
+        assert len(held) == 1
         assert not any(p.detach_pending for p in list_partitions(EventLog, db))
         with db.connect() as connection:
             assert tombstones(connection) == []
@@ -421,12 +397,7 @@ def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
     finalized = () if fails_once else (name,)
     assert result == type(result)(detached=(name,), finalized=finalized, erasures=3)
     assert guard_of(db, name) == set()
-    with db.connect() as connection:
-        comment = connection.execute(
-            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": name}
-        ).scalar()
-        kept = connection.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
-    assert (comment, kept) == (None, 3)
+    assert comment_and_rows(db, name) == (None, 3)
     assert drop_partitions(EventLog, db, older_than=long_ago) == type(result)()
     assert_ok(db, retention=3)
 

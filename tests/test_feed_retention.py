@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from test_partitions import comment_and_rows, read_from
 
 from eventlog_persist import (
     AsyncEventFeed,
@@ -481,18 +482,24 @@ def test_a_detach_that_failed_and_runs_again_counts_its_events_once(
     assert marks(engine, "c")[0][1] == 3
 
 
+def three_old_events_and_a_consumer(
+    engine: Engine, layout: tuple[HostModels, list[str]]
+) -> tuple[Any, str, datetime]:
+    """Three events in the oldest partition and consumer "c" behind them; returns the
+    model, that partition and its upper bound."""
+    models, partitions = layout
+    keys = seed(engine, models)
+    EventFeed(models.EventLog, engine, consumer="c").register()
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
+    return models.EventLog, partitions[0], partition_bound(engine, partitions[0])
+
+
 def test_a_partition_once_detached_to_keep_then_to_drop_is_dropped_by_a_later_run(
     engine: Engine, layout: tuple[HostModels, list[str]]
 ) -> None:
     # Run 1 (keep_detached) marks the consumers and fails at its detach; run 2 (drop) detaches
     # but fails at the DROP; run 3 must still know the table is to be dropped.
-    models, partitions = layout
-    keys = seed(engine, models)
-    model = models.EventLog
-    EventFeed(model, engine, consumer="c").register()
-    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
-    oldest = partitions[0]
-    upper = partition_bound(engine, oldest)
+    model, oldest, upper = three_old_events_and_a_consumer(engine, layout)
     with engine.connect() as reader:  # a reader of the partition: a plain DETACH times out
         reader.begin()
         reader.execute(text(f"SELECT count(*) FROM {oldest}"))
@@ -506,21 +513,11 @@ def test_a_partition_once_detached_to_keep_then_to_drop_is_dropped_by_a_later_ru
                 lock_timeout=0.2,
             )
         reader.rollback()
-    held: list[Any] = []
-
-    def read_before_drop(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("DROP TABLE") and not held:
-            held.append(reader := engine.connect())
-            reader.execute(text(f"SELECT count(*) FROM {oldest}"))
-
-    event.listen(engine, "before_cursor_execute", read_before_drop)
-    try:
-        with pytest.raises(DBAPIError, match="lock timeout"):
-            drop_partitions(model, engine, older_than=upper, lock_timeout=0.2)
-    finally:
-        event.remove(engine, "before_cursor_execute", read_before_drop)
-        for connection in held:
-            connection.close()
+    with (
+        read_from(engine, oldest, when="DROP TABLE") as held,
+        pytest.raises(DBAPIError, match="lock timeout"),
+    ):
+        drop_partitions(model, engine, older_than=upper, lock_timeout=0.2)
     assert len(held) == 1
     result = drop_partitions(model, engine, older_than=upper)
     assert result.dropped == (oldest,)
@@ -532,13 +529,7 @@ def test_a_partition_once_detached_to_keep_then_to_drop_is_dropped_by_a_later_ru
 def test_a_detach_to_keep_left_pending_is_finished_and_kept_without_our_comment(
     database_url: URL, engine: Engine, layout: tuple[HostModels, list[str]]
 ) -> None:
-    models, partitions = layout
-    keys = seed(engine, models)
-    model = models.EventLog
-    EventFeed(model, engine, consumer="c").register()
-    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
-    oldest = partitions[0]
-    upper = partition_bound(engine, oldest)
+    model, oldest, upper = three_old_events_and_a_consumer(engine, layout)
     # The DETACH ... CONCURRENTLY waits for a reader of event_logs past the session's
     # lock_timeout: the partition stays "detach pending", marked and commented to be kept.
     impatient = create_engine(database_url, connect_args={"options": "-c lock_timeout=300"})
@@ -552,10 +543,5 @@ def test_a_detach_to_keep_left_pending_is_finished_and_kept_without_our_comment(
     assert marks(engine, "c")[0][1] == 3
     result = drop_partitions(model, engine, older_than=upper - timedelta(weeks=100))
     assert result == type(result)(detached=(oldest,), finalized=(oldest,))
-    with engine.connect() as connection:
-        comment = connection.execute(
-            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": oldest}
-        ).scalar()
-        kept = connection.execute(text(f"SELECT count(*) FROM {oldest}")).scalar_one()
-    assert (comment, kept) == (None, 3)
+    assert comment_and_rows(engine, oldest) == (None, 3)
     assert marks(engine, "c")[0][1] == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -630,26 +630,29 @@ def test_an_interrupted_detach_is_finished_by_the_next_run(
     assert len(drop_partitions(model, host_engine, older_than=cutoff).dropped) == 1
 
 
-def drop_losing_its_connection(engine: Engine, model: Any, **arguments: Any) -> BaseException:
-    """Run ``drop_partitions`` while a reader of event_logs holds up its DETACH, end the
-    backend of the waiting DETACH, and return what the call raised."""
+def ending_the_waiting_detach(
+    engine: Engine, call: Callable[[], object], *, end: str = "pg_terminate_backend"
+) -> BaseException:
+    """Run ``call`` in a thread while a reader of event_logs holds up its DETACH, end the
+    DETACH's backend (or only its statement, with ``pg_cancel_backend``) once it waits,
+    and return what ``call`` raised."""
     holder, held = hold(engine.url)
     errors: list[BaseException] = []
 
-    def drop() -> None:
+    def run() -> None:
         try:
-            drop_partitions(model, engine, **arguments)
+            call()
         except BaseException as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=drop)
+    thread = threading.Thread(target=run)
     thread.start()
     try:
         with engine.connect() as connection:
             deadline = time.monotonic() + 10
             while not connection.execute(
                 text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"SELECT {end}(pid) FROM pg_stat_activity "
                     "WHERE query LIKE '%DETACH PARTITION%' AND wait_event_type = 'Lock' "
                     "AND pid <> pg_backend_pid()"
                 )
@@ -663,6 +666,11 @@ def drop_losing_its_connection(engine: Engine, model: Any, **arguments: Any) -> 
         holder.dispose()
     (error,) = errors
     return error
+
+
+def drop_losing_its_connection(engine: Engine, model: Any, **arguments: Any) -> BaseException:
+    """What ``drop_partitions`` raises when its waiting DETACH loses its connection."""
+    return ending_the_waiting_detach(engine, lambda: drop_partitions(model, engine, **arguments))
 
 
 @pytest.mark.parametrize("concurrently", [True, False])
@@ -723,6 +731,37 @@ def foreign_keys(engine: Engine, table: str) -> int:
                 {"t": table},
             ).scalar_one()
         )
+
+
+def comment_and_rows(engine: Engine, table: str) -> tuple[str | None, int]:
+    """The comment on ``table`` and its number of rows."""
+    with engine.connect() as connection:
+        comment = connection.execute(
+            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": table}
+        ).scalar()
+        rows = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+    return comment, int(rows)
+
+
+@contextmanager
+def read_from(engine: Engine, table: str, *, when: str) -> Iterator[list[Any]]:
+    """From the first statement of ``engine`` that contains ``when`` to the end of the
+    block, another connection has read ``table`` in a transaction it keeps open; yields
+    that connection once opened, in a list."""
+    held: list[Any] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if when in statement and not held:
+            held.append(reader := engine.connect())
+            reader.execute(text(f"SELECT count(*) FROM {table}"))
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield held
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        for connection in held:
+            connection.close()
 
 
 @contextmanager
@@ -804,41 +843,17 @@ def test_a_pending_detach_left_by_a_cancelled_backend_is_finalized(
     model = host_models.EventLog
     old_and_new(host_engine, model, keys)
     newest = list_partitions(model, host_engine)[-1].name
-    holder, held = hold(database_url)
-    errors: list[BaseException] = []
 
     def detach() -> None:
         with host_engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                connection.execute(
-                    text(f"ALTER TABLE event_logs DETACH PARTITION {newest} CONCURRENTLY")
-                )
-            except OperationalError as exc:
-                errors.append(exc)
+            connection.execute(
+                text(f"ALTER TABLE event_logs DETACH PARTITION {newest} CONCURRENTLY")
+            )
 
-    thread = threading.Thread(target=detach)
-    thread.start()
-    try:
-        with host_engine.connect() as connection:
-            for _ in range(200):  # wait until the DETACH waits for the reader, then cancel it
-                cancelled = connection.execute(
-                    text(
-                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-                        "WHERE query LIKE '%DETACH PARTITION%' AND wait_event_type = 'Lock' "
-                        "AND pid <> pg_backend_pid()"
-                    )
-                ).all()
-                connection.commit()
-                if cancelled:
-                    break
-                threading.Event().wait(0.05)
-        thread.join(30)
-    finally:
-        held.close()
-        holder.dispose()
-    assert len(errors) == 1
-    assert "canceling statement" in str(errors[0])
+    error = ending_the_waiting_detach(host_engine, detach, end="pg_cancel_backend")
+    assert isinstance(error, OperationalError)
+    assert "canceling statement" in str(error)
     assert [p.name for p in list_partitions(model, host_engine) if p.detach_pending] == [newest]
     # A cutoff far back: nothing is old, but the pending detach is finished, the table kept.
     result = drop_partitions(model, host_engine, older_than=NOW - 100 * WEEK)
