@@ -389,6 +389,7 @@ def _finish(
 
 
 def period_start(moment: datetime, interval: PartitionInterval) -> datetime:
+    """The start of the week (Monday) or month that holds ``moment``, midnight UTC."""
     day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if interval == "week":
         return day - timedelta(days=day.weekday())
@@ -396,6 +397,7 @@ def period_start(moment: datetime, interval: PartitionInterval) -> datetime:
 
 
 def next_period(start: datetime, interval: PartitionInterval) -> datetime:
+    """The start of the period after the one that starts at ``start``."""
     if interval == "week":
         return start + timedelta(days=7)
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
