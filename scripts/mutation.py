@@ -200,6 +200,8 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_partitioned_convert.py",
             "tests/test_audit_partitioned.py",
             "tests/test_feed_partitioned.py",
+            "tests/test_feed_migrations.py::test_a_filled_feed_table_converts_online_with_its_index",
+            "tests/test_feed_migrations.py::test_conversion_refuses_a_feed_table_whose_index_is_not_built",
         ),
     ),
 }

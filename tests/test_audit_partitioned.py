@@ -343,11 +343,11 @@ def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_r
     # After the detach, a reader of the detached table holds up the DROP TRIGGER of its
     # guard: the transaction that records its events and unguards it rolls back.
     with (
-        read_from(db, name, when="'retention'") as held,
+        read_from(db, name, when="'retention'") as reads,
         pytest.raises(DBAPIError, match="lock timeout"),
     ):
         drop_partitions(EventLog, db, older_than=cutoff, keep_detached=True, lock_timeout=0.2)
-    assert len(held) == 1
+    assert len(reads) == 1
     assert name not in [p.name for p in list_partitions(EventLog, db)]
     assert guard_of(db, name) == GUARD
     with db.connect() as connection:
@@ -385,11 +385,11 @@ def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
         # The FINALIZE goes through; a reader of the detached table then holds up the DROP
         # TRIGGER of its guard, and the transaction with its tombstones rolls back.
         with (
-            read_from(db, name, when="'retention'") as held,
+            read_from(db, name, when="'retention'") as reads,
             pytest.raises(DBAPIError, match="lock timeout"),
         ):
             drop_partitions(EventLog, db, older_than=long_ago, lock_timeout=0.2)
-        assert len(held) == 1
+        assert len(reads) == 1
         assert not any(p.detach_pending for p in list_partitions(EventLog, db))
         with db.connect() as connection:
             assert tombstones(connection) == []

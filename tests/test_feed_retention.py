@@ -514,11 +514,11 @@ def test_a_partition_once_detached_to_keep_then_to_drop_is_dropped_by_a_later_ru
             )
         reader.rollback()
     with (
-        read_from(engine, oldest, when="DROP TABLE") as held,
+        read_from(engine, oldest, when="DROP TABLE") as reads,
         pytest.raises(DBAPIError, match="lock timeout"),
     ):
         drop_partitions(model, engine, older_than=upper, lock_timeout=0.2)
-    assert len(held) == 1
+    assert len(reads) == 1
     result = drop_partitions(model, engine, older_than=upper)
     assert result.dropped == (oldest,)
     with engine.connect() as connection:

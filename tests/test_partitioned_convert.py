@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,15 @@ from typing import Any
 import pytest
 from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
-from hostmodels import HostModels, build_host_models, seed
-from sqlalchemy import Engine, text
+from hostmodels import HostModels, build_host_models, create_partitions, seed
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from test_partitioned_migrations import expected_partitioned, opt_in, partitions
+from test_partitions import sent
 
 from eventlog_persist import (
     BufferedWriter,
+    ConversionResult,
     EventWriter,
     NewEvent,
     RetryPolicy,
@@ -120,12 +123,24 @@ def test_a_converted_table_is_what_evlpart_0001_creates_and_alembic_only_stamps(
 ) -> None:
     host.run("upgrade", "heads")
     fill(engine, 1000)
+    today = datetime.now(UTC).date()
     result = convert_to_partitioned(engine)
     assert result.state == "converted"
+    assert result.boundary is not None
+    # By default, weekly partitions from the boundary to the fourth week after this one.
+    last = today - timedelta(days=today.weekday()) + timedelta(weeks=4)
+    weeks = range((last - result.boundary.date()).days // 7 + 1)
+    assert result.partitions == tuple(
+        f"event_logs_p{result.boundary + timedelta(weeks=n):%Y%m%d}" for n in weeks
+    )
     assert [step for step, _ in result.steps] == ["bound", "validate", "key", "swap"]
     assert result.swap_attempts == 1
     assert result.swap_hold is not None
-    assert result.swap_hold < 1
+    assert result.swap_seconds is not None
+    # The server's measure lies within the client's: from after the lock's grant to
+    # before the commit.
+    assert 0 < result.swap_hold <= result.swap_seconds < 1
+    assert all(0 < seconds < 30 for _, seconds in result.steps)
     assert result.boundary is not None
     opt_in(host)
     upgrade = host.run("upgrade", "heads")
@@ -171,6 +186,69 @@ def test_the_revision_refusing_rows_points_at_the_conversion(
     result = host.run("upgrade", "heads", check=False)
     assert result.returncode != 0
     assert "'eventlog-persist convert --url ...'" in result.stdout + result.stderr
+
+
+def test_a_table_in_the_schema_given_converts_and_the_search_path_one_stays(
+    engine: Engine, host_models: HostModels
+) -> None:
+    host_models.Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text('CREATE SCHEMA "Tenant"'))
+    host_models.Base.metadata.create_all(
+        engine.execution_options(schema_translate_map={None: "Tenant"})
+    )
+    tenant = create_engine(engine.url, connect_args={"options": '-c search_path="Tenant"'})
+    try:
+        fill(tenant, 50)
+        result = convert_to_partitioned(engine, schema="Tenant", partitions_ahead=1)
+        assert result.state == "converted"
+        with tenant.connect() as connection:
+            assert connection.execute(text("SELECT current_schema()")).scalar() == "Tenant"
+        assert (kind(tenant), count(tenant)) == ("p", 50)
+        assert {name for name, _ in partitions(tenant)} == {"event_logs_legacy", *result.partitions}
+        assert kind(engine) == "r"
+        again = convert_to_partitioned(engine, schema="Tenant", partitions_ahead=1)
+        assert (again.state, again.boundary) == ("already_partitioned", result.boundary)
+    finally:
+        tenant.dispose()
+
+
+def privileges(engine: Engine, table: str) -> tuple[str, set[tuple[str, str, bool]]]:
+    """The owner of ``table`` and its grants as (grantee, privilege, grantable)."""
+    with engine.connect() as connection:
+        owner = connection.execute(
+            text("SELECT relowner::regrole::text FROM pg_class WHERE oid = to_regclass(:t)"),
+            {"t": table},
+        ).scalar_one()
+        grants = connection.execute(
+            text(
+                "SELECT coalesce(r.rolname, 'PUBLIC'), a.privilege_type, a.is_grantable "
+                "FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r "
+                "ON r.oid = a.grantee WHERE c.oid = to_regclass(:t)"
+            ),
+            {"t": table},
+        ).all()
+    return str(owner), {(str(g), str(p), bool(o)) for g, p, o in grants}
+
+
+def test_the_owner_and_the_grants_carry_over(plain: Engine) -> None:
+    owner, reader = f"owner_{plain.url.database}", f"Reader {plain.url.database}"
+    with plain.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{owner}"'))
+        connection.execute(text(f'CREATE ROLE "{reader}"'))
+        connection.execute(text(f'ALTER TABLE event_logs OWNER TO "{owner}"'))
+        connection.execute(text(f'GRANT SELECT ON event_logs TO "{reader}" WITH GRANT OPTION'))
+        connection.execute(text("GRANT INSERT, UPDATE ON event_logs TO PUBLIC"))
+    before = privileges(plain, "event_logs")
+    assert before[0] == owner
+    assert (reader, "SELECT", True) in before[1]
+    assert ("PUBLIC", "UPDATE", False) in before[1]
+    result = convert_to_partitioned(plain, partitions_ahead=1)
+    assert privileges(plain, "event_logs") == before
+    assert privileges(plain, "event_logs_legacy")[0] == owner
+    assert result.partitions
+    for name in result.partitions:
+        assert privileges(plain, name)[0] == owner
 
 
 # --- resuming -----------------------------------------------------------------------------
@@ -221,6 +299,16 @@ def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again
     ]
 
 
+def test_running_again_with_more_partitions_ahead_adds_the_missing_ones(plain: Engine) -> None:
+    first = convert_to_partitioned(plain, partitions_ahead=1)
+    again = convert_to_partitioned(plain, partitions_ahead=3)
+    assert again.state == "already_partitioned"
+    assert len(again.partitions) == 2
+    assert sorted(name for name, _ in partitions(plain)) == sorted(
+        ["event_logs_legacy", *first.partitions, *again.partitions]
+    )
+
+
 def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(plain: Engine) -> None:
     convert_to_partitioned(plain, stop_before_swap=True)
     with plain.begin() as connection:
@@ -231,8 +319,10 @@ def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(plain: Engine)
                 "WHERE indexrelid = 'event_logs_legacy_pkey'::regclass"
             )
         )
-    result = convert_to_partitioned(plain)
+    lines: list[str] = []
+    result = convert_to_partitioned(plain, on_progress=lines.append)
     assert [name for name, _ in result.steps] == ["key", "swap"]
+    assert lines[0] == "dropping the invalid index event_logs_legacy_pkey of an interrupted build"
     assert count(plain) == 500
 
 
@@ -248,7 +338,69 @@ def test_prepare_stops_before_the_swap(plain: Engine) -> None:
     assert done.boundary == prepared.boundary
 
 
-def test_a_bound_that_came_too_close_is_set_again(plain: Engine) -> None:
+def test_progress_is_reported_before_and_after_each_step(plain: Engine) -> None:
+    lines: list[str] = []
+    prepared = convert_to_partitioned(plain, stop_before_swap=True, on_progress=lines.append)
+    assert prepared.boundary is not None
+    boundary = prepared.boundary.isoformat()
+    done = r"done in (\d+\.\d{3}) s"
+    expected = [
+        re.escape(f"bound: CHECK (created_at < {boundary}) NOT VALID ..."),
+        f"bound: {done}",
+        re.escape("validate: VALIDATE CONSTRAINT (scans the table; writers go on) ..."),
+        f"validate: {done}",
+        re.escape("key: CREATE UNIQUE INDEX CONCURRENTLY (id, created_at) (writers go on) ..."),
+        f"key: {done}",
+        re.escape(
+            "prepared; deploy the EventLog model with partitioned=True, then run the "
+            "conversion again to swap"
+        ),
+    ]
+    assert len(lines) == len(expected)
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
+    # The times reported are the steps' own, as in the result.
+    reported = [float(m[1]) for line in lines if (m := re.search(done, line))]
+    assert reported == pytest.approx([seconds for _, seconds in prepared.steps], abs=0.001)
+    assert all(0 <= seconds < 30 for seconds in reported)
+    lines.clear()
+    swapped = convert_to_partitioned(plain, on_progress=lines.append)
+    assert lines[0] == (
+        f"swap: one transaction under lock_timeout 50 ms (legacy partition up to {boundary}, "
+        f"{len(swapped.partitions)} partitions) ..."
+    )
+    assert lines[1:-1] == [f"partitions: {name} created" for name in swapped.partitions]
+    assert re.fullmatch(
+        r"swap: done; ACCESS EXCLUSIVE held \d+\.\d ms \(server\), \d+\.\d ms to the "
+        r"commit's return \(client\)",
+        lines[-1],
+    )
+    lines.clear()
+    convert_to_partitioned(plain, on_progress=lines.append)
+    assert lines == ["event_logs is already converted: nothing else to do"]
+
+
+def test_a_monthly_conversion_ends_the_legacy_partition_at_a_month_start(plain: Engine) -> None:
+    now = datetime.now(UTC)
+    result = convert_to_partitioned(plain, partition_interval="month", partitions_ahead=2)
+    assert result.boundary is not None
+    assert result.boundary == choose_boundary(now, "month")
+    assert result.boundary.day == 1
+    found = dict(partitions(plain))
+    assert found.pop("event_logs_legacy").endswith(f"TO ('{result.boundary:%Y-%m-%d} 00:00:00+00')")
+    # From the boundary up to the month two after the current one, one month each.
+    expected = partitions_after(result.boundary, now, "month", 2)
+    assert result.partitions == tuple(name for name, _, _ in expected)
+    assert found == {
+        name: f"FOR VALUES FROM ('{start:%Y-%m-%d} 00:00:00+00') TO ('{end:%Y-%m-%d} 00:00:00+00')"
+        for name, start, end in expected
+    }
+    assert all(end.day == 1 and end.month != start.month for _, start, end in expected)
+    assert count(plain) == 500
+
+
+@pytest.mark.parametrize("validated", [False, True])
+def test_a_bound_that_came_too_close_is_set_again(plain: Engine, validated: bool) -> None:
     near = datetime.now(UTC) + timedelta(minutes=10)
     with plain.begin() as connection:
         connection.execute(
@@ -257,10 +409,20 @@ def test_a_bound_that_came_too_close_is_set_again(plain: Engine) -> None:
                 f"CHECK (created_at < '{near.isoformat()}') NOT VALID"
             )
         )
-    result = convert_to_partitioned(plain)
+        if validated:
+            connection.execute(
+                text("ALTER TABLE event_logs VALIDATE CONSTRAINT event_logs_legacy_bound")
+            )
+    lines: list[str] = []
+    result = convert_to_partitioned(plain, on_progress=lines.append)
     assert result.boundary is not None
     assert result.boundary > near + timedelta(hours=12)
     assert [name for name, _ in result.steps] == ["bound", "validate", "key", "swap"]
+    assert lines[0].startswith("the bound of an interrupted conversion (")
+    assert lines[0].endswith(") is too close: starting it again")
+    assert datetime.fromisoformat(lines[0].split("(")[1].split(")")[0]) == pytest.approx(
+        near, abs=timedelta(seconds=1)
+    )
 
 
 # --- locks ----------------------------------------------------------------------------------
@@ -294,9 +456,20 @@ def test_a_swap_that_times_out_waiting_for_its_lock_is_retried(
     plain: Engine, held: threading.Event
 ) -> None:
     threading.Timer(0.5, held.set).start()
-    result = convert_to_partitioned(plain, lock_timeout=0.02, retry_delay=0.05)
+    lines: list[str] = []
+    result = convert_to_partitioned(
+        plain, lock_timeout=0.02, retry_delay=0.05, on_progress=lines.append
+    )
     assert result.state == "converted"
     assert result.swap_attempts > 1
+    retries = [line for line in lines if "timed out" in line]
+    assert retries == [
+        f"swap: attempt {n} timed out waiting for a lock; retrying"
+        for n in range(1, result.swap_attempts)
+    ]
+    # The swap's time is its last attempt's, which holds the lock for part of it.
+    assert result.swap_seconds is not None
+    assert result.swap_seconds <= dict(result.steps)["swap"] < 30
 
 
 def test_a_swap_that_never_gets_its_lock_is_reported_and_resumable(
@@ -309,10 +482,234 @@ def test_a_swap_that_never_gets_its_lock_is_reported_and_resumable(
         r"held now by pid \d+ \(client backend, idle in transaction\)", str(failed.value)
     )
     assert "SELECT 1" not in str(failed.value)  # never another session's SQL
+    assert "autovacuum" not in str(failed.value)
     assert kind(plain) == "r"
     held.set()
     time.sleep(0.1)
     assert [name for name, _ in convert_to_partitioned(plain).steps] == ["swap"]
+
+
+def test_by_default_a_lock_is_tried_50_times_for_50_ms_half_a_second_apart(
+    plain: Engine, held: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(conversion.time, "sleep", pauses.append)
+    with sent(plain) as statements, pytest.raises(ConversionError) as failed:
+        convert_to_partitioned(plain)
+    assert "'swap' could not get its locks in 50 attempts of lock_timeout 0.05 s" in str(
+        failed.value
+    )
+    timeouts = [s for s, _ in statements if s.startswith("SET LOCAL lock_timeout")]
+    assert timeouts == ["SET LOCAL lock_timeout = '50ms'"] * 50
+    assert pauses == [0.5] * 49
+    assert kind(plain) == "r"
+
+
+@contextmanager
+def locked_before(
+    engine: Engine, statement: str, *, cancel: bool = False, hold: float = 0.5
+) -> Iterator[list[int]]:
+    """Before ``engine`` runs its first statement containing ``statement``, another
+    transaction locks event_logs SHARE UPDATE EXCLUSIVE; once that statement waits for it,
+    ``cancel`` cancels the statement, or else the lock is held ``hold`` seconds. Yields the
+    pids of the statements that waited."""
+    other = create_engine(engine.url)
+    waited: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def wait_then_end(holder: Connection) -> None:
+        try:
+            with other.connect() as watcher:
+                deadline = time.monotonic() + 10
+                while not (
+                    pids := watcher.execute(
+                        text(
+                            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND position(:statement in query) > 0 AND pid <> pg_backend_pid()"
+                        ),
+                        {"statement": statement},
+                    )
+                    .scalars()
+                    .all()
+                ):
+                    watcher.rollback()
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.02)
+                waited.extend(pids)
+                if cancel:
+                    watcher.execute(
+                        text("SELECT pg_cancel_backend(pid) FROM unnest(:p) pid"), {"p": pids}
+                    )
+                else:
+                    time.sleep(hold)
+        finally:
+            holder.close()
+
+    def before(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if statement in sql and not threads:
+            holder = other.connect()
+            holder.execute(text("LOCK TABLE event_logs IN SHARE UPDATE EXCLUSIVE MODE"))
+            threads.append(threading.Thread(target=wait_then_end, args=(holder,)))
+            threads[0].start()
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield waited
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        for thread in threads:
+            thread.join(30)
+        other.dispose()
+    assert waited, f"no statement with {statement!r} waited for the lock"
+
+
+def test_a_swap_that_finds_the_online_steps_undone_under_its_lock_stops(plain: Engine) -> None:
+    convert_to_partitioned(plain, stop_before_swap=True)
+
+    def undo(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if sql.startswith("LOCK TABLE"):
+            with other.begin() as connection:
+                connection.execute(
+                    text("ALTER TABLE event_logs DROP CONSTRAINT event_logs_legacy_bound")
+                )
+
+    other = create_engine(plain.url)
+    event.listen(plain, "before_cursor_execute", undo)
+    try:
+        with pytest.raises(ConversionError, match="changed while the conversion ran"):
+            convert_to_partitioned(plain)
+    finally:
+        event.remove(plain, "before_cursor_execute", undo)
+        other.dispose()
+    assert kind(plain) == "r"
+    # Run again, it sets the bound again and swaps.
+    assert [name for name, _ in convert_to_partitioned(plain).steps] == [
+        "bound",
+        "validate",
+        "swap",
+    ]
+
+
+@pytest.mark.parametrize(("step", "statement"), [("validate", "VALIDATE"), ("key", "CONCURRENTLY")])
+def test_a_slow_step_waits_for_its_lock_past_the_roles_timeouts(
+    plain: Engine, step: str, statement: str
+) -> None:
+    # A role's timeouts would cancel a slow step that waits (here for half a second); its
+    # wait blocks no writer, so the conversion lifts them for those steps.
+    impatient = create_engine(
+        plain.url, connect_args={"options": "-c lock_timeout=50 -c statement_timeout=100"}
+    )
+    try:
+        with locked_before(impatient, statement) as waited:
+            result = convert_to_partitioned(impatient, stop_before_swap=True)
+    finally:
+        impatient.dispose()
+    assert len(waited) == 1
+    assert result.state == "prepared"
+    assert dict(result.steps)[step] >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("step", "statement"),
+    [
+        ("bound", "ADD CONSTRAINT"),
+        ("validate", "VALIDATE"),
+        ("key", "CONCURRENTLY"),
+        ("swap", "LOCK TABLE"),
+    ],
+)
+def test_a_step_that_fails_is_reported_and_resumed(
+    plain: Engine, step: str, statement: str
+) -> None:
+    # Canceled while it waits for a lock (the swap's lock_timeout is long enough for that).
+    with locked_before(plain, statement, cancel=True), pytest.raises(ConversionError) as failed:
+        convert_to_partitioned(plain, lock_timeout=10)
+    assert str(failed.value).startswith(
+        f"convert: step {step!r} failed (canceling statement due to user request); the steps "
+        "before it stay done and the conversion resumes when run again"
+    )
+    assert kind(plain) == "r"
+    result = convert_to_partitioned(plain)
+    order = ["bound", "validate", "key", "swap"]
+    assert [name for name, _ in result.steps] == order[order.index(step) :]
+    assert count(plain) == 500
+
+
+def test_the_bound_is_retried_while_a_reader_holds_the_table_then_given_up(
+    plain: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(conversion.time, "sleep", pauses.append)
+    with plain.connect() as reader:
+        reader.execute(text("SELECT 1 FROM event_logs LIMIT 1"))
+        with sent(plain) as statements, pytest.raises(ConversionError) as failed:
+            convert_to_partitioned(plain, lock_timeout=0.02, swap_attempts=3, retry_delay=0.25)
+        assert "'bound' could not get its locks in 3 attempts of lock_timeout 0.02 s" in str(
+            failed.value
+        )
+        timeouts = [s for s, _ in statements if s.startswith("SET LOCAL lock_timeout")]
+        assert timeouts == ["SET LOCAL lock_timeout = '20ms'"] * 3
+        assert pauses == [0.25] * 2
+        # Released after the first attempt, the second one gets it.
+        pauses.clear()
+        monkeypatch.setattr(conversion.time, "sleep", lambda _: reader.rollback())
+        result = convert_to_partitioned(plain, lock_timeout=0.02, swap_attempts=3)
+    assert result.state == "converted"
+    assert kind(plain) == "p"
+
+
+GENERIC_HOLDER = (
+    "a long transaction holds a lock on event_logs or a table it references (see pg_locks, "
+    "pg_stat_activity)"
+)
+
+
+@contextmanager
+def answering(engine: Engine, statement: str, instead: str) -> Iterator[None]:
+    """``engine`` runs ``instead`` in place of its statements that contain ``statement``."""
+
+    def before(_c: Any, _cur: Any, sql: str, parameters: Any, *_: Any) -> tuple[str, Any]:
+        return (instead if statement in sql else sql), parameters
+
+    event.listen(engine, "before_cursor_execute", before, retval=True)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_lock_held_on_a_referenced_table_is_named_in_general_terms(plain: Engine) -> None:
+    # The swap's foreign keys wait for a transaction that has written to users.
+    with plain.connect() as writer:
+        writer.execute(text("INSERT INTO users (id, name) VALUES (gen_random_uuid(), 'b')"))
+        with pytest.raises(ConversionError) as failed:
+            convert_to_partitioned(plain, lock_timeout=0.02, swap_attempts=2, retry_delay=0)
+    assert "'swap' could not get its locks in 2 attempts" in str(failed.value)
+    assert f"; {GENERIC_HOLDER}. The steps before it stay done" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ("SELECT 1 / 0 WHERE CAST(%(name)s AS text) IS NOT NULL", GENERIC_HOLDER),
+        (
+            "SELECT 4242, 'autovacuum worker', NULL, 'autovacuum: VACUUM public.event_logs' "
+            "WHERE CAST(%(name)s AS text) IS NOT NULL",
+            "held now by pid 4242 (autovacuum worker: autovacuum: VACUUM public.event_logs); "
+            "autovacuum yields to a lock waiter only after deadlock_timeout, longer than this "
+            "lock_timeout: run the conversion again when it has finished",
+        ),
+    ],
+    ids=["unreadable", "autovacuum"],
+)
+def test_who_holds_the_lock_is_named_as_far_as_the_server_says(
+    plain: Engine, held: threading.Event, answer: str, named: str
+) -> None:
+    # What pg_locks shows is simulated: its query fails, or an autovacuum worker holds the lock.
+    with answering(plain, "FROM pg_locks", answer), pytest.raises(ConversionError) as failed:
+        convert_to_partitioned(plain, lock_timeout=0.01, swap_attempts=1)
+    assert f"; {named}. The steps before it stay done" in str(failed.value)
 
 
 # --- writers during the conversion -------------------------------------------------------------
@@ -419,17 +816,50 @@ def test_a_table_that_is_not_the_event_log_is_refused(engine: Engine) -> None:
         convert_to_partitioned(engine)
 
 
+@pytest.mark.parametrize("column", ["session_id", "user_id", "event_type", "payload", "created_at"])
+def test_a_table_without_a_column_of_the_event_log_is_refused(
+    engine: Engine, host_models: HostModels, column: str
+) -> None:
+    host_models.Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE event_logs DROP COLUMN {column} CASCADE"))
+    with pytest.raises(ConversionError, match="is not the event log's table"):
+        convert_to_partitioned(engine)
+
+
+def test_a_table_partitioned_from_the_start_has_nothing_to_convert(engine: Engine) -> None:
+    partitioned = build_host_models(partitioned=True)
+    partitioned.Base.metadata.create_all(engine)
+    before = create_partitions(engine)
+    lines: list[str] = []
+    result = convert_to_partitioned(engine, on_progress=lines.append)
+    assert result == ConversionResult("already_partitioned")
+    assert lines == ["event_logs is already partitioned: nothing to do"]
+    assert sorted(name for name, _ in partitions(engine)) == sorted(before)
+
+
+def test_a_legacy_partition_without_an_upper_bound_is_not_a_conversion_of_ours(
+    engine: Engine,
+) -> None:
+    build_host_models(partitioned=True).Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE event_logs_legacy PARTITION OF event_logs "
+                "FOR VALUES FROM (MINVALUE) TO (MAXVALUE)"
+            )
+        )
+    assert convert_to_partitioned(engine) == ConversionResult("already_partitioned")
+    assert [name for name, _ in partitions(engine)] == ["event_logs_legacy"]
+
+
 def test_a_partitioned_table_is_left_alone_unless_it_has_a_default_partition(
     plain: Engine,
 ) -> None:
     converted = convert_to_partitioned(plain)
     again = convert_to_partitioned(plain)
-    assert (again.state, again.boundary, again.steps, again.partitions) == (
-        "already_partitioned",
-        converted.boundary,
-        (),
-        (),
-    )
+    assert again == ConversionResult("already_partitioned", converted.boundary)
+    assert (again.swap_attempts, again.swap_hold, again.swap_seconds) == (0, None, None)
     with plain.begin() as connection:
         connection.execute(text("CREATE TABLE event_logs_rest PARTITION OF event_logs DEFAULT"))
     with pytest.raises(ConversionError, match=r"DEFAULT partition \(event_logs_rest\)"):
@@ -451,11 +881,88 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
             )
         )
         connection.execute(text("DROP INDEX ix_event_logs_agent_id_created_at"))
+        connection.execute(text("ALTER TABLE event_logs DROP CONSTRAINT fk_event_logs_user_id"))
+        connection.execute(text("ALTER TABLE event_logs ENABLE ROW LEVEL SECURITY"))
+        connection.execute(
+            text(
+                "CREATE TABLE notes (event_id uuid PRIMARY KEY REFERENCES event_logs (id)); "
+                "CREATE TABLE more_events () INHERITS (event_logs); "
+                "CREATE RULE quiet AS ON DELETE TO event_logs DO INSTEAD NOTHING"
+            )
+        )
     with pytest.raises(ConversionError) as refused:
         convert_to_partitioned(plain)
-    assert "trigger audit" in str(refused.value)
-    assert "index ix_event_logs_agent_id_created_at is missing" in str(refused.value)
+    assert str(refused.value) == (
+        'convert: "event_logs" has what the swap would not carry over to the partitioned '
+        "table: index ix_event_logs_agent_id_created_at is missing (create it CONCURRENTLY "
+        "first); foreign key fk_event_logs_user_id is missing (run the package's "
+        "migrations); foreign key from notes; trigger audit; inherited by more_events; "
+        "rule quiet; row-level security is enabled. Remove or fix it, convert, then "
+        "recreate it on the partitioned table"
+    )
     assert kind(plain) == "r"
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        (["CREATE VIEW event_logs AS SELECT 1 AS id"], "is not a plain table (relkind 'v');"),
+        (
+            [
+                "CREATE TABLE all_logs (id uuid) PARTITION BY LIST (id)",
+                "CREATE TABLE event_logs PARTITION OF all_logs DEFAULT",
+            ],
+            "is not a plain table (relkind 'r', a partition);",
+        ),
+        (
+            [
+                "CREATE TABLE all_logs (id uuid)",
+                "CREATE TABLE event_logs (id uuid CONSTRAINT pk_event_logs PRIMARY KEY, "
+                "session_id uuid, user_id uuid, event_type text, payload jsonb, "
+                "created_at timestamptz) INHERITS (all_logs)",
+            ],
+            "inherits from all_logs",
+        ),
+        (
+            [
+                "CREATE TABLE event_logs (id uuid CONSTRAINT pk_event_logs PRIMARY KEY, "
+                "session_id uuid, user_id uuid, event_type text, payload jsonb, "
+                "created_at timestamptz)"
+            ],
+            # The columns the conversion needs, and no more: it looks further.
+            "index ix_event_logs_session_id_created_at is missing",
+        ),
+    ],
+)
+def test_a_relation_that_is_not_the_plain_event_log_is_refused(
+    engine: Engine, statements: list[str], message: str
+) -> None:
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        convert_to_partitioned(engine)
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        "CREATE INDEX event_logs_legacy_pkey ON event_logs (id, created_at)",
+        "CREATE UNIQUE INDEX event_logs_legacy_pkey ON event_logs (created_at, id)",
+    ],
+)
+def test_an_index_under_the_keys_name_that_cannot_serve_is_rebuilt(
+    plain: Engine, index: str
+) -> None:
+    with plain.begin() as connection:
+        connection.execute(text(index))
+    lines: list[str] = []
+    result = convert_to_partitioned(plain, on_progress=lines.append)
+    assert [name for name, _ in result.steps] == ["bound", "validate", "key", "swap"]
+    assert "dropping the invalid index event_logs_legacy_pkey of an interrupted build" in lines
+    with plain.connect() as connection:
+        legacy = of_table(snapshot(connection), "event_logs_legacy")
+    assert legacy["constraints"]["event_logs_legacy_pkey"] == "PRIMARY KEY (id, created_at)"
 
 
 def test_rows_after_the_boundary_are_refused_and_the_bound_removed(plain: Engine) -> None:
@@ -476,14 +983,45 @@ def test_rows_after_the_boundary_are_refused_and_the_bound_removed(plain: Engine
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"partition_interval": "day"}, "partition_interval='day'"),
-        ({"partitions_ahead": 0}, "partitions_ahead=0"),
-        ({"lock_timeout": 0}, "lock_timeout=0"),
-        ({"swap_attempts": 0}, "swap_attempts=0"),
+        ({"partition_interval": "day"}, "partition_interval='day' is not valid; use 'week' or"),
+        ({"partition_interval": None}, "partition_interval=None"),
+        ({"partitions_ahead": 0}, "partitions_ahead=0 is not valid; use 1 to 52"),
+        ({"partitions_ahead": 53}, "partitions_ahead=53"),
+        ({"partitions_ahead": True}, "partitions_ahead=True"),
+        ({"partitions_ahead": 4.0}, "partitions_ahead=4.0"),
+        ({"lock_timeout": 0}, "lock_timeout=0 is not valid; use at least 0.001 s"),
+        ({"lock_timeout": 0.0009}, "lock_timeout=0.0009"),
+        ({"lock_timeout": -1}, "lock_timeout=-1 is not valid; use seconds, 0 or more"),
+        ({"lock_timeout": True}, "lock_timeout=True"),
+        ({"lock_timeout": "1"}, "lock_timeout='1'"),
+        ({"retry_delay": -0.5}, "retry_delay=-0.5 is not valid; use seconds, 0 or more"),
+        ({"retry_delay": True}, "retry_delay=True"),
+        ({"retry_delay": None}, "retry_delay=None"),
+        ({"swap_attempts": 0}, "swap_attempts=0 is not valid; use 1 or more"),
+        ({"swap_attempts": True}, "swap_attempts=True"),
+        ({"swap_attempts": 2.0}, "swap_attempts=2.0"),
     ],
 )
 def test_bad_arguments_are_refused(engine: Engine, options: Any, message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        convert_to_partitioned(engine, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"partition_interval": "month"},
+        {"partitions_ahead": 1},
+        {"partitions_ahead": 52},
+        {"lock_timeout": 0.001},
+        {"lock_timeout": 1},
+        {"retry_delay": 0},
+        {"swap_attempts": 1},
+    ],
+)
+def test_arguments_at_their_limits_are_taken(engine: Engine, options: Any) -> None:
+    # Taken: the call goes on to look for the table, which this database does not have.
+    with pytest.raises(ConversionError, match="there is no table event_logs"):
         convert_to_partitioned(engine, **options)
 
 

@@ -744,60 +744,39 @@ def comment_and_rows(engine: Engine, table: str) -> tuple[str | None, int]:
 
 
 @contextmanager
-def read_from(engine: Engine, table: str, *, when: str) -> Iterator[list[Any]]:
-    """From the first statement of ``engine`` that contains ``when`` to the end of the
-    block, another connection has read ``table`` in a transaction it keeps open; yields
-    that connection once opened, in a list."""
+def read_from(engine: Engine, table: str, *, when: str, each: bool = False) -> Iterator[list[str]]:
+    """When ``engine`` starts a statement that contains ``when``, another connection reads
+    ``table`` in a transaction it keeps open: from the first such statement to the end of
+    the block, or (``each``) during each such statement only. Yields those statements."""
+    seen: list[str] = []
     held: list[Any] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if when in statement and not held:
-            held.append(reader := engine.connect())
+        if when in statement and (each or not seen):
+            seen.append(statement)
+            reader = engine.connect()
             reader.execute(text(f"SELECT count(*) FROM {table}"))
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield held
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
-        for connection in held:
-            connection.close()
-
-
-@contextmanager
-def reading_during_drop_table(engine: Engine, url: URL, table: str) -> Iterator[list[str]]:
-    """While ``engine`` runs a ``DROP TABLE``, another transaction has read ``table`` and
-    stays open; yields the tables dropped."""
-    other = create_engine(url)
-    dropped: list[str] = []
-    held: list[Any] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("DROP TABLE"):
-            dropped.append(statement.split(".")[-1].strip('"'))
-            connection = other.connect()
-            connection.execute(text(f"SELECT count(*) FROM {table}"))
-            held.append(connection)
+            held.append(reader)
 
     def after(*_: Any) -> None:
         while held:
             held.pop().close()
 
+    ends = ("handle_error", "after_cursor_execute") if each else ()
     event.listen(engine, "before_cursor_execute", before)
-    event.listen(engine, "handle_error", after)
-    event.listen(engine, "after_cursor_execute", after)
+    for name in ends:
+        event.listen(engine, name, after)
     try:
-        yield dropped
+        yield seen
     finally:
         event.remove(engine, "before_cursor_execute", before)
-        event.remove(engine, "handle_error", after)
-        event.remove(engine, "after_cursor_execute", after)
+        for name in ends:
+            event.remove(engine, name, after)
         after()
-        other.dispose()
 
 
 def test_the_referenced_host_tables_are_free_while_a_partition_is_dropped(
-    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     # The DROP TABLE frees the partition's files at commit (tens of ms a week, more with
     # online discard): the foreign keys are dropped before, so it holds no lock on the host's
@@ -810,21 +789,22 @@ def test_the_referenced_host_tables_are_free_while_a_partition_is_dropped(
         # A week before the oldest, with the foreign keys every partition has.
         (created,) = ensure_partitions(model, host_engine, ahead=0, now=oldest.lower - WEEK)
         assert foreign_keys(host_engine, created) == 4
-        with reading_during_drop_table(host_engine, database_url, host_table) as dropped:
+        with read_from(host_engine, host_table, when="DROP TABLE", each=True) as drops:
             result = drop_partitions(model, host_engine, older_than=oldest.lower, lock_timeout=0.2)
-        assert result.dropped == tuple(dropped) == (created,)
+        assert result.dropped == (created,)
+        assert [drop.rsplit(".", 1)[-1].strip('"') for drop in drops] == [created]
         assert not table_exists(host_engine, created)
 
 
 def test_a_partition_left_without_foreign_keys_is_dropped_by_the_next_run(
-    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     model = host_models.EventLog
     cutoff = old_and_new(host_engine, model, keys)
     oldest = list_partitions(model, host_engine)[0].name
     # Its foreign keys dropped, the DROP TABLE waits for a reader of the partition itself.
     with (
-        reading_during_drop_table(host_engine, database_url, oldest),
+        read_from(host_engine, oldest, when="DROP TABLE", each=True),
         pytest.raises(OperationalError, match="lock timeout"),
     ):
         drop_partitions(model, host_engine, older_than=cutoff, lock_timeout=0.2)

@@ -21,14 +21,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist._audit_partitions import GUARD_TRIGGERS, audited, guard_statements
 from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate_of
-from eventlog_persist._partitions import PartitionInterval, next_period, period_start
+from eventlog_persist._partitions import (
+    MAX_AHEAD,
+    PartitionInterval,
+    next_period,
+    period_start,
+)
 from eventlog_persist._schema import (
     FEED_INDEX_NAME,
     FK_NAMES,
@@ -56,8 +61,6 @@ _INDEX_SHAPES: Final = {
     "ix_event_logs_agent_id_created_at": ("agent_id", "agent_id IS NOT NULL"),
 }
 _COLUMNS: Final = frozenset({"id", "session_id", "user_id", "event_type", "payload", "created_at"})
-_INTERVALS: Final = ("week", "month")
-_MAX_AHEAD: Final = 52
 # The boundary is at least this far ahead when chosen; a resumed conversion whose boundary
 # comes closer than _RESUME_MARGIN starts the bound again (until the swap, the CHECK refuses
 # rows at or after the boundary).
@@ -65,8 +68,8 @@ _MARGIN: Final = timedelta(days=1)
 _RESUME_MARGIN: Final = timedelta(hours=1)
 _RETRIED_STATES: Final = frozenset({LOCK_NOT_AVAILABLE, "40P01"})  # lock timeout, deadlock
 
-State = Literal["converted", "prepared", "already_partitioned"]
-Step = Literal["bound", "validate", "key", "swap"]
+State: TypeAlias = Literal["converted", "prepared", "already_partitioned"]
+Step: TypeAlias = Literal["bound", "validate", "key", "swap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +163,17 @@ def convert_to_partitioned(
 
     .. versionadded:: 0.3.0
     """
-    if partition_interval not in _INTERVALS:
+    if partition_interval not in get_args(PartitionInterval):
         raise ConfigurationError(
             f"partition_interval={partition_interval!r} is not valid; use 'week' or 'month'"
         )
     if (
         isinstance(partitions_ahead, bool)
         or not isinstance(partitions_ahead, int)
-        or not 1 <= partitions_ahead <= _MAX_AHEAD
+        or not 1 <= partitions_ahead <= MAX_AHEAD
     ):
         raise ConfigurationError(
-            f"partitions_ahead={partitions_ahead!r} is not valid; use 1 to {_MAX_AHEAD}"
+            f"partitions_ahead={partitions_ahead!r} is not valid; use 1 to {MAX_AHEAD}"
         )
     for name, value in (("lock_timeout", lock_timeout), ("retry_delay", retry_delay)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -422,9 +425,11 @@ class _Conversion:
         table, legacy = self.table, self.name(LEGACY_PARTITION)
         fks = self._foreign_keys(connection)
         owner, grants = self._privileges(connection)
-        oid = connection.execute(text("SELECT to_regclass(:name)::oid"), {"name": table}).scalar()
+        oid = connection.execute(
+            text("SELECT CAST(:name AS regclass)::oid"), {"name": table}
+        ).scalar_one()
         # The opt-in feed's index (evlfeed_0001), carried over like the others.
-        feed = bool(self._feed_index(connection, int(oid))) if oid is not None else False
+        feed = bool(self._feed_index(connection, int(oid)))
         indexes = (*INDEX_NAMES, FEED_INDEX_NAME) if feed else INDEX_NAMES
         sql = [f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}"]
         for index in indexes:
@@ -478,13 +483,10 @@ class _Conversion:
                 exists = connection.execute(
                     text("SELECT to_regclass(:name) IS NOT NULL"), {"name": self.name(name)}
                 ).scalar()
-                connection.rollback()
                 if exists:
                     continue
-            owner = self._privileges_of_parent()
-            with self.engine.connect() as connection:
+                owner, _ = self._privileges(connection)
                 audit = self._audit_schema(connection)
-                connection.rollback()
             statements = [
                 f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
                 *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
@@ -497,19 +499,13 @@ class _Conversion:
             created.append(name)
         return tuple(created)
 
-    def _privileges_of_parent(self) -> str | None:
-        with self.engine.connect() as connection:
-            owner, _ = self._privileges(connection)
-            connection.rollback()
-        return owner
-
     # --- helpers ------------------------------------------------------------------------
 
     def _autocommit(self) -> Connection:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        # The slow steps must not be canceled by a role's statement_timeout, and their lock
-        # waits do not block writers (SHARE UPDATE EXCLUSIVE): no lock_timeout either.
-        connection.exec_driver_sql("SET statement_timeout = 0")
+        # The slow steps must not be canceled by a role's statement_timeout, nor by its
+        # lock_timeout: their lock waits (SHARE UPDATE EXCLUSIVE) do not block writers.
+        connection.exec_driver_sql("SET statement_timeout = 0; SET lock_timeout = 0")
         return connection
 
     def _blocking(self, statement: str, *, step: str = "bound") -> None:
