@@ -603,6 +603,11 @@ def test_a_slow_step_waits_for_its_lock_past_the_roles_timeouts(
     try:
         with locked_before(impatient, statement) as waited:
             result = convert_to_partitioned(impatient, stop_before_swap=True)
+        # None of the engine's pooled connections is left with the timeouts lifted.
+        with impatient.connect() as one, impatient.connect() as two:
+            for connection in (one, two):
+                assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "50ms"
+                assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "100ms"
     finally:
         impatient.dispose()
     assert len(waited) == 1

@@ -503,6 +503,8 @@ class _Conversion:
 
     def _autocommit(self) -> Connection:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # Closed when done, not given back to the pool with the settings below.
+        connection.detach()
         # The slow steps must not be canceled by a role's statement_timeout, nor by its
         # lock_timeout: their lock waits (SHARE UPDATE EXCLUSIVE) do not block writers.
         connection.exec_driver_sql("SET statement_timeout = 0; SET lock_timeout = 0")
