@@ -477,16 +477,18 @@ class _Conversion:
         empty table attached with ATTACH PARTITION locks it SHARE UPDATE EXCLUSIVE only (the
         referenced tables briefly SHARE ROW EXCLUSIVE, for the foreign keys).
         """
+        with self.engine.connect() as connection:
+            missing = [
+                (name, start, end)
+                for name, start, end in partitions
+                if connection.execute(
+                    text("SELECT to_regclass(:name) IS NULL"), {"name": self.name(name)}
+                ).scalar_one()
+            ]
+            owner, _ = self._privileges(connection)
+            audit = self._audit_schema(connection)
         created = []
-        for name, start, end in partitions:
-            with self.engine.connect() as connection:
-                exists = connection.execute(
-                    text("SELECT to_regclass(:name) IS NOT NULL"), {"name": self.name(name)}
-                ).scalar()
-                if exists:
-                    continue
-                owner, _ = self._privileges(connection)
-                audit = self._audit_schema(connection)
+        for name, start, end in missing:
             statements = [
                 f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
                 *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
