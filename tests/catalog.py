@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -120,3 +121,25 @@ INTEGER_KEYS = {
     "user_projects": "integer",
     "user_agents": "integer",
 }
+
+
+def lock_waiters(connection: Connection, statement: str, *, within: float = 10) -> list[int]:
+    """The pids of the other backends whose query contains ``statement`` and that wait for a
+    lock, polled until there is one; ``[]`` if none waits ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        pids = (
+            connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND position(:statement in query) > 0 AND pid <> pg_backend_pid()"
+                ),
+                {"statement": statement},
+            )
+            .scalars()
+            .all()
+        )
+        connection.rollback()  # the next poll reads a fresh pg_stat_activity
+        if pids or time.monotonic() > deadline:
+            return list(pids)
+        time.sleep(0.02)

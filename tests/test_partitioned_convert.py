@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
+from catalog import UUID_KEYS, expected_event_logs, lock_waiters, of_table, snapshot
 from hostkit import HostProject, make_host
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -520,23 +520,10 @@ def locked_before(
     def wait_then_end(holder: Connection) -> None:
         try:
             with other.connect() as watcher:
-                deadline = time.monotonic() + 10
-                while not (
-                    pids := watcher.execute(
-                        text(
-                            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND position(:statement in query) > 0 AND pid <> pg_backend_pid()"
-                        ),
-                        {"statement": statement},
-                    )
-                    .scalars()
-                    .all()
-                ):
-                    watcher.rollback()
-                    if time.monotonic() > deadline:
-                        return
-                    time.sleep(0.02)
+                pids = lock_waiters(watcher, statement)
                 waited.extend(pids)
+                if not pids:
+                    return
                 if cancel:
                     watcher.execute(
                         text("SELECT pg_cancel_backend(pid) FROM unnest(:p) pid"), {"p": pids}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from catalog import lock_waiters
 from hostmodels import HostModels, build_host_models, seed
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
@@ -649,17 +650,9 @@ def ending_the_waiting_detach(
     thread.start()
     try:
         with engine.connect() as connection:
-            deadline = time.monotonic() + 10
-            while not connection.execute(
-                text(
-                    f"SELECT {end}(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE '%DETACH PARTITION%' AND wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid()"
-                )
-            ).all():
-                connection.commit()
-                assert time.monotonic() < deadline, "the detach never waited"
-                time.sleep(0.05)
+            pids = lock_waiters(connection, "DETACH PARTITION")
+            assert pids, "the detach never waited"
+            connection.execute(text(f"SELECT {end}(pid) FROM unnest(:pids) pid"), {"pids": pids})
         thread.join(30)
     finally:
         held.close()
