@@ -34,8 +34,7 @@ from eventlog_persist._cli import main
 
 EventLog = build_host_models(feed=True, partitioned=True).EventLog
 CHUNK = 4
-NOW = datetime.now(UTC)
-OLD = NOW - timedelta(weeks=10)
+OLD = datetime.now(UTC) - timedelta(weeks=10)
 GUARD = {"event_logs_audit_delete", "event_logs_audit_update", "event_logs_audit_truncate"}
 DELETE_REFUSED = "eventlog_persist: DELETE from event_logs refused (2 of 2 events still have"
 TRUNCATE_REFUSED = "eventlog_persist: TRUNCATE of event_logs refused: it would erase events"
@@ -185,7 +184,12 @@ def test_delete_update_and_truncate_are_refused_for_the_application_role(
 ) -> None:
     with db.begin() as connection:
         ids = add_session(connection, events=2)
-    table = "event_logs" if target == "parent" else partition_of(db, NOW)
+    with db.connect() as connection:
+        holder = connection.execute(
+            text("SELECT DISTINCT tableoid::regclass::text FROM event_logs WHERE session_id = :s"),
+            {"s": ids["session"]},
+        ).scalar_one()
+    table = "event_logs" if target == "parent" else holder
     message = refusal(db, f"DELETE FROM {table}", role=app_role)
     assert message.startswith(DELETE_REFUSED)
     message = refusal(db, f"UPDATE {table} SET tool_name = 'x'", role=app_role)

@@ -144,7 +144,7 @@ def test_retries_are_logged_with_the_batch_size_and_the_sqlstate(
             conninfo(database_url),
             [new_event(session_id=session_id, user_id=user_id, event_type="x") for _ in range(3)],
             lock_timeout=0.05,
-            retry=RetryPolicy(max_elapsed=0.3, initial_delay=0.01, max_delay=0.02),
+            retry=RetryPolicy(max_elapsed=1.5, initial_delay=0.01, max_delay=0.02),
             on_dead_letter=lambda event, error: None,
         )
     finally:

@@ -196,7 +196,10 @@ def test_database_down_drop_newest_is_bounded_counted_and_reported(
     for i in range(150):
         writer.enqueue(new_event(session_id=key, user_id=key, event_type="x", payload={"i": i}))
         assert writer.counters.queued <= 100
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while writer.counters.retried < 1:  # the writer thread's first attempt has failed
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     mid = writer.counters
     assert (mid.dropped, mid.queued, mid.written) == (50, 100, 0)
     assert mid.retried >= 1
