@@ -124,15 +124,17 @@ INTEGER_KEYS = {
 
 
 def lock_waiters(connection: Connection, statement: str, *, within: float = 10) -> list[int]:
-    """The pids of the other backends whose query contains ``statement`` and that wait for a
-    lock, polled until there is one; ``[]`` if none waits ``within`` seconds."""
+    """The pids of the other backends of this database whose query contains ``statement``
+    and that wait for a lock, polled until there is one; ``[]`` if none waits ``within``
+    seconds. (The tests share a server: another database's statements are not ours.)"""
     deadline = time.monotonic() + within
     while True:
         pids = (
             connection.execute(
                 text(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND position(:statement in query) > 0 AND pid <> pg_backend_pid()"
+                    "AND position(:statement in query) > 0 AND pid <> pg_backend_pid() "
+                    "AND datname = current_database()"
                 ),
                 {"statement": statement},
             )

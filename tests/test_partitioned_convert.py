@@ -671,6 +671,33 @@ def answering(engine: Engine, statement: str, instead: str) -> Iterator[None]:
         event.remove(engine, "before_cursor_execute", before)
 
 
+def test_a_lock_in_a_clone_of_the_database_is_not_named(plain: Engine) -> None:
+    # A database made from this one (CREATE DATABASE ... TEMPLATE) has an event_logs of the
+    # same oid; pg_locks lists the locks of every database.
+    convert_to_partitioned(plain, stop_before_swap=True)
+    plain.dispose()
+    clone_name = f"{plain.url.database}_clone"
+    admin = create_engine(plain.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{clone_name}" TEMPLATE "{plain.url.database}"'))
+    clone = create_engine(plain.url.set(database=clone_name))
+    reading = "SELECT 'event_logs'::regclass::oid, pg_backend_pid() FROM event_logs LIMIT 1"
+    try:
+        with clone.begin() as theirs, plain.begin() as ours:
+            their_oid, their_pid = theirs.execute(text(reading)).one()
+            our_oid, our_pid = ours.execute(text(reading)).one()
+            assert their_oid == our_oid
+            with pytest.raises(ConversionError) as failed:
+                convert_to_partitioned(plain, lock_timeout=0.01, swap_attempts=1)
+    finally:
+        clone.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{clone_name}" WITH (FORCE)'))
+        admin.dispose()
+    assert f"held now by pid {our_pid} (client backend, idle in transaction)" in str(failed.value)
+    assert f"pid {their_pid} " not in str(failed.value)
+
+
 def test_a_lock_held_on_a_referenced_table_is_named_in_general_terms(plain: Engine) -> None:
     # The swap's foreign keys wait for a transaction that has written to users.
     with plain.connect() as writer:

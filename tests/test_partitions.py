@@ -270,7 +270,8 @@ def waiting_for_the_maintenance_lock(engine: Engine) -> bool:
             connection.execute(
                 text(
                     "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND NOT granted AND classid = :space "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                    "current_database()) AND NOT granted AND classid = :space "
                     "AND objid = 'event_logs'::regclass::oid AND objsubid = 1)"
                 ),
                 {"space": LOCK_SPACE},

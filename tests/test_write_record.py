@@ -590,7 +590,8 @@ async def test_async_detached_cancelled_while_it_waits_stores_nothing_and_frees_
                 waiting = probe.scalar(
                     text(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'INSERT INTO event_logs%'"
+                        "AND query LIKE 'INSERT INTO event_logs%' "
+                        "AND datname = current_database()"
                     )
                 )
             if waiting:

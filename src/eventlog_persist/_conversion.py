@@ -550,7 +550,10 @@ class _Conversion:
                         "SELECT DISTINCT a.pid, a.backend_type, a.state, "
                         "CASE WHEN a.backend_type = 'autovacuum worker' THEN a.query END "
                         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                        "WHERE l.relation = to_regclass(:name) AND l.granted "
+                        # Relation oids are per database: a clone of this one
+                        # (CREATE DATABASE ... TEMPLATE) has its own event_logs of that oid.
+                        "WHERE l.relation = to_regclass(:name) AND l.granted AND l.database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
                         "AND a.pid <> pg_backend_pid() ORDER BY a.pid LIMIT 5"
                     ),
                     {"name": self.table},
