@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from eventlog_persist import AsyncEventFeed, EventFeed, FeedBatch, new_event, write_events
 from eventlog_persist.exceptions import ConfigurationError, LeaseHeldError, LeaseLostError
@@ -34,7 +35,7 @@ def sessions(
     user_id, first = seed(engine, models)
     keys = [first]
     with Session(engine) as session:
-        while len(keys) < n or min(sessions_per_part(engine, keys, parts)) < 2:
+        while len(keys) < n or min(per_part(engine, keys, parts)) < 2:
             chat = models.ChatSession(id=models.new_key(), user_id=user_id)
             session.add(chat)
             session.flush()
@@ -43,17 +44,23 @@ def sessions(
     return user_id, keys
 
 
-def sessions_per_part(engine: Engine, keys: list[Any], parts: int) -> list[int]:
-    """How many of ``keys`` each part holds, by the documented SQL expression."""
+def sql_parts(engine: Engine, keys: list[Any], parts: int) -> dict[Any, int]:
+    """The part of each session key as the documented SQL expression computes it."""
     with engine.connect() as connection:
-        found = connection.execute(
+        rows = connection.execute(
             text(
-                "SELECT ((hashtextextended(key, 0) % :n) + :n) % :n"
+                "SELECT key, ((hashtextextended(key, 0) % :n) + :n) % :n"
                 " FROM unnest(CAST(:keys AS text[])) AS key"
             ),
             {"keys": [str(key) for key in keys], "n": parts},
-        ).scalars()
-        counted = Counter(found)
+        ).all()
+    by_text = {row[0]: int(row[1]) for row in rows}
+    return {key: by_text[str(key)] for key in keys}
+
+
+def per_part(engine: Engine, keys: list[Any], parts: int) -> list[int]:
+    """How many of ``keys`` each part holds."""
+    counted = Counter(sql_parts(engine, keys, parts).values())
     return [counted[part] for part in range(parts)]
 
 
@@ -70,19 +77,6 @@ def xids(engine: Engine) -> dict[uuid.UUID, tuple[int, uuid.UUID, Any]]:
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT id, xid::text, session_id FROM event_logs")).all()
     return {row[0]: (int(row[1]), row[0], row[2]) for row in rows}
-
-
-def sql_parts(engine: Engine, parts: int) -> dict[Any, int]:
-    """The part of each session as the documented SQL expression computes it."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT DISTINCT session_id, "
-                "((hashtextextended(session_id::text, 0) % :n) + :n) % :n FROM event_logs"
-            ),
-            {"n": parts},
-        ).all()
-    return {row[0]: int(row[1]) for row in rows}
 
 
 # -- competing workers ---------------------------------------------------------------------
@@ -145,28 +139,29 @@ def test_workers_in_parts_share_the_sessions_and_a_crashed_part_is_taken_over(
         threading.Thread(target=worker, args=("w2",)),
     ]
     writers = [threading.Thread(target=writer) for _ in range(2)]
+    standby = threading.Thread(target=worker, args=("standby",))  # takes the crashed part
     for thread in workers + writers:
         thread.start()
-    # The standby comes once w0 has died: started earlier, on a loaded machine it could take
-    # the part w0 had not yet leased, and w0 would never fetch.
-    deadline = time.monotonic() + 60
-    while not crashed and not failures and time.monotonic() < deadline:
-        time.sleep(0.02)
-    standby = threading.Thread(target=worker, args=("standby",))  # takes the crashed part
-    standby.start()
-    for thread in writers:
-        thread.join()
-    stored = xids(host_engine)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if sum(len(found) for _, _, found in committed) >= len(stored):
-                break
-        time.sleep(0.05)
-    time.sleep(0.3)  # anything more would be a duplicate: let it show
-    stop.set()
-    for thread in [*workers, standby]:
-        thread.join(timeout=10)
+    try:
+        # The standby comes once w0 has died: started earlier, on a loaded machine it could
+        # take the part w0 had not yet leased, and w0 would never fetch.
+        wait_for(lambda: crashed or failures, 60, "w0 to crash")
+        standby.start()
+        for thread in writers:
+            thread.join()
+        stored = xids(host_engine)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(len(found) for _, _, found in committed) >= len(stored):
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything more would be a duplicate: let it show
+    finally:
+        stop.set()
+        for thread in [*workers, standby]:
+            if thread.is_alive():
+                thread.join(timeout=10)
     assert failures == []
 
     # None missed, none twice: every committed batch, across the parts, holds each event once.
@@ -187,7 +182,7 @@ def test_workers_in_parts_share_the_sessions_and_a_crashed_part_is_taken_over(
     # Each session in one part, the one the SQL hash names; within a batch its events come
     # in (xid, id) order. (Across batches the order is the commit order, which this test's
     # overlapping writers of one session do not give in xid order: not checked here.)
-    expected = sql_parts(host_engine, parts)
+    expected = sql_parts(host_engine, session_ids, parts)
     # (Events pick their session at random: compare with the parts their sessions hash to.)
     assert {part for part, _, found in committed if found} == {
         expected[session_id] for _, _, session_id in stored.values()

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from eventlog_persist import (
     BufferedWriter,
@@ -90,13 +91,6 @@ def spell(database_url: URL) -> Iterator[ReadOnlySpell]:
         yield spell
     finally:
         spell.close()
-
-
-def wait_for(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # --- failover: the database accepts only reads for a while ---------------------------------

@@ -372,7 +372,7 @@ def test_a_second_writer_waits_briefly_for_an_adopter_then_is_refused(
     started = time.monotonic()
     threading.Timer(0.1, os.close, [lock]).start()
     writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
-    assert time.monotonic() - started >= 0.09  # it waited for the lock
+    assert 0.09 <= time.monotonic() - started < 5  # it waited for the lock, not for its wait
     monkeypatch.setattr(spool_module, "LOCK_WAIT", shipped)
     fds = _open_fds()
     before = resource.getrusage(resource.RUSAGE_THREAD)

@@ -20,6 +20,7 @@ from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from waiting import wait_for
 
 from eventlog_persist import AsyncBufferedWriter, BufferedWriter, NewEvent, RetryPolicy, new_event
 from eventlog_persist.exceptions import (
@@ -196,10 +197,7 @@ def test_database_down_drop_newest_is_bounded_counted_and_reported(
     for i in range(150):
         writer.enqueue(new_event(session_id=key, user_id=key, event_type="x", payload={"i": i}))
         assert writer.counters.queued <= 100
-    deadline = time.monotonic() + 10
-    while writer.counters.retried < 1:  # the writer thread's first attempt has failed
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: writer.counters.retried >= 1, 10, "the writer thread's first retry")
     mid = writer.counters
     assert (mid.dropped, mid.queued, mid.written) == (50, 100, 0)
     assert mid.retried >= 1

@@ -478,13 +478,16 @@ class _Conversion:
         referenced tables briefly SHARE ROW EXCLUSIVE, for the foreign keys).
         """
         with self.engine.connect() as connection:
-            missing = [
-                (name, start, end)
-                for name, start, end in partitions
-                if connection.execute(
-                    text("SELECT to_regclass(:name) IS NULL"), {"name": self.name(name)}
-                ).scalar_one()
-            ]
+            absent = set(
+                connection.execute(
+                    text(
+                        "SELECT name FROM unnest(CAST(:names AS text[])) AS name"
+                        " WHERE to_regclass(name) IS NULL"
+                    ),
+                    {"names": [self.name(name) for name, _, _ in partitions]},
+                ).scalars()
+            )
+            missing = [partition for partition in partitions if self.name(partition[0]) in absent]
             owner, _ = self._privileges(connection)
             audit = self._audit_schema(connection)
         created = []
