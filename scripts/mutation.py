@@ -204,6 +204,24 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_feed_migrations.py::test_conversion_refuses_a_feed_table_whose_index_is_not_built",
         ),
     ),
+    "verify": Target(
+        "src/eventlog_persist/_audit_verify.py",
+        (
+            "tests/test_audit_seal.py",
+            "tests/test_audit_purge.py",
+            "tests/test_audit_partitioned.py",
+            "tests/test_audit_leaf.py",
+        ),
+    ),
+    "chain": Target(
+        "src/eventlog_persist/_audit_chain.py",
+        (
+            "tests/test_audit_seal.py",
+            "tests/test_audit_purge.py",
+            "tests/test_audit_partitioned.py",
+            "tests/test_audit_leaf.py",
+        ),
+    ),
 }
 # The package that is copied for every mutant; each target's source lies inside it.
 PACKAGE: Final = "src/eventlog_persist"
