@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +506,193 @@ def test_sealing_before_or_after_an_erasure_gives_the_same_chunks(
             copy.dispose()
             with db.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.execute(text(f'DROP DATABASE "{name}"'))
+
+
+# -- the documented format: a verifier written from docs/audit.md alone ------------------
+
+
+def rfc6962_root(nodes: list[bytes]) -> bytes:
+    """RFC 6962's Merkle tree hash by its recursive definition (the package pairs levels)."""
+    if not nodes:
+        return hashlib.sha256(b"").digest()
+    if len(nodes) == 1:
+        return nodes[0]
+    split = 1 << ((len(nodes) - 1).bit_length() - 1)  # the largest power of two below n
+    left, right = rfc6962_root(nodes[:split]), rfc6962_root(nodes[split:])
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def documented_json(document: dict[str, Any]) -> bytes:
+    """One JSON object, UTF-8, no whitespace, keys in code point order."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def in_window(xid: int | None, start: int | None, end: int) -> bool:
+    """Seal 1 (no start) also holds the events without an xid."""
+    if start is None:
+        return xid is None or xid < end
+    return xid is not None and start <= xid < end
+
+
+def documented_seals(connection: Connection) -> list[tuple[Any, ...]]:
+    """Every seal recomputed from the events and tombstones as docs/audit.md describes."""
+    present = leaves(connection)
+    xids = {
+        row.id: None if row.xid is None else int(row.xid)
+        for row in connection.execute(text("SELECT id, xid::text AS xid FROM event_logs"))
+    }
+    stones = (
+        connection.execute(
+            text(
+                "SELECT seq, kind, event_id, event_created_at, event_xid::text AS event_xid, "
+                "session_id, user_id, project_id, agent_id, leaf, erased_at, "
+                "erased_xid::text AS erased_xid FROM event_log_erasures ORDER BY seq"
+            )
+        )
+        .mappings()
+        .all()
+    )
+    first_written: dict[uuid.UUID, tuple[int | None, bytes]] = {}
+    for stone in stones:  # the earliest tombstone of an event holds its first-written leaf
+        event_xid = None if stone["event_xid"] is None else int(stone["event_xid"])
+        first_written.setdefault(stone["event_id"], (event_xid, bytes(stone["leaf"])))
+    events = {event_id: (xids[event_id], leaf) for event_id, leaf in present.items()}
+    events.update(first_written)
+    seals = connection.execute(
+        text(
+            "SELECT seq, xid_from::text AS xid_from, xid_to::text AS xid_to, chunk_size "
+            "FROM event_log_seals ORDER BY seq"
+        )
+    ).all()
+    recomputed = []
+    previous: bytes | None = None
+    for seq, xid_from, xid_to, chunk_size in seals:
+        start, end = None if xid_from is None else int(xid_from), int(xid_to)
+        window = sorted(
+            (
+                (xid is not None, xid or 0, event_id, leaf)
+                for event_id, (xid, leaf) in events.items()
+                if in_window(xid, start, end)
+            ),
+        )
+        chunks = [window[i : i + chunk_size] for i in range(0, len(window), chunk_size)]
+        chunk_roots = [rfc6962_root([leaf for *_, leaf in chunk]) for chunk in chunks]
+        chunk_ends = b"".join(
+            xid.to_bytes(8, "big") + event_id.bytes
+            for _, xid, event_id, _ in (c[-1] for c in chunks)
+        )
+        tombstones = sorted(
+            (
+                (int(stone["erased_xid"]), stone["seq"], stone)
+                for stone in stones
+                if in_window(int(stone["erased_xid"]), start, end)
+            ),
+            key=lambda item: item[:2],
+        )
+        erasures_root = rfc6962_root(
+            [
+                hashlib.sha256(
+                    b"\x00"
+                    + documented_json(
+                        {
+                            "agent_id": stone["agent_id"],
+                            "project_id": stone["project_id"],
+                            "session_id": stone["session_id"],
+                            "user_id": stone["user_id"],
+                            "erased_at": utc_text(stone["erased_at"]),
+                            "erased_xid": stone["erased_xid"],
+                            "event_created_at": utc_text(stone["event_created_at"]),
+                            "event_id": str(stone["event_id"]),
+                            "event_xid": stone["event_xid"],
+                            "kind": stone["kind"],
+                            "leaf": bytes(stone["leaf"]).hex(),
+                            "seq": str(stone["seq"]),
+                            "v": 1,
+                        }
+                    )
+                ).digest()
+                for *_, stone in tombstones
+            ]
+        )
+        events_root = rfc6962_root(chunk_roots)
+        seal = {
+            "chunk_ends": chunk_ends.hex(),
+            "chunk_roots": b"".join(chunk_roots).hex(),
+            "chunk_size": chunk_size,
+            "erasures": len(tombstones),
+            "erasures_root": erasures_root.hex(),
+            "events": len(window),
+            "events_root": events_root.hex(),
+            "prev_hash": None if previous is None else previous.hex(),
+            "seq": seq,
+            "v": 1,
+            "xid_from": xid_from,
+            "xid_to": xid_to,
+        }
+        seal_hash = hashlib.sha256(documented_json(seal)).digest()
+        recomputed.append(
+            (
+                seq,
+                len(window),
+                len(tombstones),
+                b"".join(chunk_roots),
+                chunk_ends,
+                events_root,
+                erasures_root,
+                previous,
+                seal_hash,
+            )
+        )
+        previous = seal_hash
+    return recomputed
+
+
+def test_a_verifier_written_from_the_docs_agrees_with_every_seal(db: Engine) -> None:
+    """An auditor's own code, from the documented formats alone (Merkle roots, chunk ends,
+    tombstone and seal documents), recomputes every stored seal byte for byte: events
+    sealed before and after erasures of each kind, one erased before it was sealed."""
+    with db.begin() as connection:
+        first = add_session(connection, events=5)
+    seal_all(db)
+    with db.begin() as connection:
+        second = add_session(
+            connection, events=6, user=first["user"], project=first["project"], agent=first["agent"]
+        )
+    with db.begin() as connection:
+        gone = add_session(connection, events=2)
+    with db.begin() as connection:  # erased before any seal holds its events
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :s"), {"s": gone["session"]})
+    with db.begin() as connection:
+        connection.execute(text("DELETE FROM user_agents WHERE id = :a"), {"a": first["agent"]})
+    seal_all(db)
+    with db.begin() as connection:  # events set to NULL before, now deleted
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :s"), {"s": first["session"]})
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(text("DELETE FROM event_logs WHERE id = :e"), {"e": second["events"][0]})
+    seal_all(db)
+
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 13
+    assert dict(report.erasures) == {"cascade": 7, "set_null": 11, "retention": 0, "erasure": 1}
+    with db.connect() as connection:
+        stored = connection.execute(
+            text(
+                "SELECT seq, events, erasures, chunk_roots, chunk_ends, events_root, "
+                "erasures_root, prev_hash, seal_hash FROM event_log_seals ORDER BY seq"
+            )
+        ).all()
+        recomputed = documented_seals(connection)
+    assert len(stored) >= 3
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == (
+        recomputed
+    )
+    assert any(len(row[3]) > 32 for row in stored)  # a seal of more than one chunk
 
 
 # -- anchors and sealers ------------------------------------------------------------------

@@ -3,10 +3,11 @@ the external anchors, and list the legitimate erasures."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -43,18 +44,7 @@ from eventlog_persist._model import EventLogMixin
 from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import ConfigurationError
 
-__all__ = ["PROBLEM_KINDS", "AuditProblem", "AuditReport", "verify_audit"]
-
-PROBLEM_KINDS: Final = (
-    "chunk",
-    "erasures",
-    "tombstone",
-    "forged_tombstone",
-    "seal",
-    "chain",
-    "anchor",
-)
-"""Every kind of `AuditProblem`, in the order a report lists them within a seal."""
+__all__ = ["AuditProblem", "AuditReport", "verify_audit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +177,6 @@ def _chunk_detail(found: int, expected: int, end: bytes) -> str:
 
 
 def _uuid_text(raw: bytes) -> str:
-    import uuid
-
     return str(uuid.UUID(bytes=raw))
 
 
