@@ -360,6 +360,50 @@ def test_an_edited_seal_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     assert "seal" in found
 
 
+@pytest.mark.parametrize(
+    ("edit", "detail"),
+    [
+        (
+            "chunk_roots = substring(chunk_roots from 1 for 40)",
+            "its chunk_roots and chunk_ends do not hold whole chunks",
+        ),
+        (
+            "chunk_ends = substring(chunk_ends from 25)",
+            "its chunk_roots and chunk_ends do not hold whole chunks",
+        ),
+        ("chunk_size = 0", "4 chunks cannot hold 15 events of chunk_size 0"),
+        ("events = 17", "4 chunks cannot hold 17 events of chunk_size 4"),
+        ("events = 12", "4 chunks cannot hold 12 events of chunk_size 4"),
+    ],
+)
+def test_a_seal_whose_chunks_do_not_add_up_is_found_and_its_chunks_not_read(
+    db: Engine, sealed: dict[str, Any], edit: str, detail: str
+) -> None:
+    # The table's check refuses the first two: a tamperer who owns it drops the check first.
+    tamper(
+        db,
+        "ALTER TABLE event_log_seals DROP CONSTRAINT ck_event_log_seals_hashes",
+        f"UPDATE event_log_seals SET {edit}",
+    )
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("seal", 1, None), ("seal", 1, None)]
+    assert report.problems[0].detail.startswith("its seal_hash does not match its fields")
+    assert report.problems[1].detail == detail
+    assert report.events == 0  # its chunks were not compared
+
+
+def test_a_seal_of_one_event_per_chunk_verifies(db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=3)
+    settle(db)
+    seal = seal_events(EventLog, db, chunk_size=1)
+    assert seal is not None
+    assert (seal.events, seal.chunks, seal.chunk_size) == (3, 3, 1)
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 3
+
+
 def test_rewritten_seals_are_found_against_an_anchor(db: Engine, sealed: dict[str, Any]) -> None:
     with db.connect() as connection:
         head = SealAnchor(
