@@ -440,6 +440,61 @@ def test_a_broken_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     assert found == {"chain", "seal"}
 
 
+def last_two_seals(db: Engine, sealed: dict[str, Any]) -> tuple[int, bytes]:
+    """Seal once more after the fixture's seal; the newest seal's number and the hash of the
+    one before it."""
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    seal_all(db)
+    with db.connect() as connection:
+        newest, before = connection.execute(
+            text(
+                "SELECT seq, (SELECT seal_hash FROM event_log_seals b WHERE b.seq = s.seq - 1) "
+                "FROM event_log_seals s ORDER BY seq DESC LIMIT 1"
+            )
+        ).one()
+    return newest, bytes(before)
+
+
+def test_a_renumbered_seal_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    newest, _ = last_two_seals(db, sealed)
+    tamper(db, "UPDATE event_log_seals SET seq = seq + 1 WHERE seq = :n", n=newest)
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("chain", newest + 1, None), ("seal", newest + 1, None)]
+    assert report.problems[0].detail == (
+        f"follows seal {newest - 1}, so it should be seal {newest}"
+    )
+
+
+def test_a_seal_whose_link_was_removed_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    newest, before = last_two_seals(db, sealed)
+    tamper(
+        db,
+        "ALTER TABLE event_log_seals DROP CONSTRAINT ck_event_log_seals_chain",
+        "UPDATE event_log_seals SET prev_hash = NULL WHERE seq = :n",
+        n=newest,
+    )
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("chain", newest, None), ("seal", newest, None)]
+    assert report.problems[0].detail == (
+        f"its prev_hash none is not the hash of the seal before ({before.hex()})"
+    )
+
+
+def test_a_first_seal_given_a_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    tamper(
+        db,
+        "ALTER TABLE event_log_seals DROP CONSTRAINT ck_event_log_seals_chain",
+        "UPDATE event_log_seals SET prev_hash = sha256('x') WHERE seq = 1",
+    )
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("chain", 1, None), ("seal", 1, None)]
+    forged = hashlib.sha256(b"x").hexdigest()
+    assert report.problems[0].detail == (
+        f"its prev_hash {forged} is not the hash of the seal before (none)"
+    )
+
+
 # -- legitimate erasures verify OK, sealed before or after them ---------------------------
 
 SET_NULL_THEN_CASCADE = [
