@@ -466,6 +466,28 @@ def test_a_renumbered_seal_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     )
 
 
+def test_a_seal_whose_window_was_moved_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    newest, _ = last_two_seals(db, sealed)
+    with db.connect() as connection:
+        start = int(
+            connection.execute(
+                text("SELECT xid_from::text FROM event_log_seals WHERE seq = :n"), {"n": newest}
+            ).scalar_one()
+        )
+    tamper(
+        db,
+        "UPDATE event_log_seals SET xid_from = CAST(:x AS xid8) WHERE seq = :n",
+        x=str(start + 1),
+        n=newest,
+    )
+    report = verify_audit(EventLog, db)
+    # (Its events may now fall outside its window too: chunk problems, not checked here.)
+    assert problems(report)[:2] == [("chain", newest, None), ("seal", newest, None)]
+    assert report.problems[0].detail == (
+        f"its window starts at xid {start + 1}, not where the seal before ended ({start})"
+    )
+
+
 def test_a_seal_whose_link_was_removed_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     newest, before = last_two_seals(db, sealed)
     tamper(
