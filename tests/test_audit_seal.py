@@ -164,12 +164,14 @@ def test_a_seal_covers_the_settled_events_in_chunks(db: Engine) -> None:
 
 def test_the_first_seal_covers_events_written_before_the_feed(db: Engine) -> None:
     with db.begin() as connection:
-        ids = add_session(connection, events=3)
-    tamper(db, "UPDATE event_logs SET xid = NULL WHERE id = :e", e=ids["events"][1])
-    seal_all(db)
+        ids = add_session(connection, events=6)
+    # Five of them: the first chunk (4 events) ends at an event without an xid.
+    tamper(db, "UPDATE event_logs SET xid = NULL WHERE id <> :e", e=ids["events"][1])
+    seals = seal_all(db)
+    assert [seal.chunks for seal in seals] == [2]
     report = verify_audit(EventLog, db)
-    assert report.ok
-    assert report.events == 3
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 6
 
 
 def test_windows_are_chunked_by_numeric_transaction_ids(db: Engine) -> None:
@@ -238,11 +240,18 @@ def test_a_changed_number_scale_is_found(db: Engine, sealed: dict[str, Any]) -> 
 def test_a_row_deleted_without_tombstone_is_found_in_its_chunk(
     db: Engine, sealed: dict[str, Any]
 ) -> None:
-    victim = sealed["order"][9]
+    victim, last = sealed["order"][9], sealed["order"][11]  # chunk 2 ends at the 12th
+    with db.connect() as connection:
+        xid = connection.execute(
+            text("SELECT xid::text FROM event_logs WHERE id = :e"), {"e": last}
+        ).scalar_one()
     tamper(db, "DELETE FROM event_logs WHERE id = :e", e=victim)
     report = verify_audit(EventLog, db)
     assert problems(report) == [("chunk", 1, chunk_of(sealed, victim))]
-    assert "1 fewer events than sealed" in report.problems[0].detail
+    assert report.problems[0].detail == (
+        f"1 fewer events than sealed (3 of 4, events up to (xid {xid}, id {last})): an event "
+        "deleted without a tombstone, or moved out (its xid changed)"
+    )
 
 
 def test_reordered_times_are_found(db: Engine, sealed: dict[str, Any]) -> None:
@@ -402,6 +411,13 @@ def test_a_seal_of_one_event_per_chunk_verifies(db: Engine) -> None:
     report = verify_audit(EventLog, db)
     assert report.ok, [str(p) for p in report.problems]
     assert report.events == 3
+
+
+def test_a_seal_whose_events_root_was_replaced_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    tamper(db, "UPDATE event_log_seals SET events_root = sha256('x')")
+    report = verify_audit(EventLog, db)
+    assert problems(report) == [("seal", 1, None), ("seal", 1, None)]
+    assert report.problems[1].detail == "its events_root is not the root over its chunk roots"
 
 
 def test_rewritten_seals_are_found_against_an_anchor(db: Engine, sealed: dict[str, Any]) -> None:
