@@ -241,10 +241,7 @@ def test_a_row_deleted_without_tombstone_is_found_in_its_chunk(
     db: Engine, sealed: dict[str, Any]
 ) -> None:
     victim, last = sealed["order"][9], sealed["order"][11]  # chunk 2 ends at the 12th
-    with db.connect() as connection:
-        xid = connection.execute(
-            text("SELECT xid::text FROM event_logs WHERE id = :e"), {"e": last}
-        ).scalar_one()
+    xid = xid_of(db, last)
     tamper(db, "DELETE FROM event_logs WHERE id = :e", e=victim)
     report = verify_audit(EventLog, db)
     assert problems(report) == [("chunk", 1, chunk_of(sealed, victim))]
@@ -282,20 +279,42 @@ def test_a_moved_transaction_id_is_found(db: Engine, sealed: dict[str, Any]) -> 
     assert ("chunk", 1, chunk_of(sealed, victim)) in found
 
 
-def test_an_inserted_event_is_found(db: Engine, sealed: dict[str, Any]) -> None:
-    first = sealed["sessions"][0]
+def xid_of(db: Engine, event: uuid.UUID) -> int:
+    with db.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT xid::text FROM event_logs WHERE id = :e"), {"e": event}
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("where", ["first", "after the last chunk"])
+def test_an_inserted_event_is_found(db: Engine, sealed: dict[str, Any], where: str) -> None:
+    """In the window, it lands in the chunk its (xid, id) falls in, or after the last one."""
+    order = sealed["order"]
+    first = where == "first"
+    neighbour = order[0] if first else order[-1]
+    forged = uuid.UUID(int=0 if first else 2**128 - 1)
     tamper(
         db,
         "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, xid) "
-        "SELECT gen_random_uuid(), session_id, user_id, 'tool_call', '{}', xid "
-        "FROM event_logs WHERE id = :e",
-        e=first["events"][0],
+        "SELECT :f, session_id, user_id, 'tool_call', '{}', xid FROM event_logs WHERE id = :e",
+        f=forged,
+        e=neighbour,
     )
     report = verify_audit(EventLog, db)
-    assert [p.kind for p in report.problems] == ["chunk"]
-    assert "more events than sealed" in report.problems[0].detail or "after its last chunk" in (
-        report.problems[0].detail
-    )
+    if first:
+        assert problems(report) == [("chunk", 1, 0)]
+        assert report.problems[0].detail == (
+            f"1 more events than sealed (5 of 4, events up to (xid {xid_of(db, order[3])}, "
+            f"id {order[3]})): an event inserted, or moved in (its xid changed)"
+        )
+    else:
+        assert problems(report) == [("chunk", 1, 4)]
+        assert report.problems[0].detail == (
+            "1 events in the seal's window come after its last chunk: inserted, or moved in "
+            "(their xid changed)"
+        )
 
 
 def test_a_forged_cascade_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
