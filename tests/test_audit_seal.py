@@ -466,6 +466,30 @@ def test_an_anchor_beyond_the_chain_is_found(db: Engine, sealed: dict[str, Any])
     assert problems(report) == [("anchor", 99, None)]
 
 
+def test_an_edited_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    """Edited, not removed: the count still matches, the root does not."""
+    with db.begin() as connection:
+        connection.execute(
+            text("DELETE FROM chat_sessions WHERE id = :s"), {"s": sealed["sessions"][2]["session"]}
+        )
+    seal_all(db)
+    assert verify_audit(EventLog, db).ok
+    tamper(
+        db,
+        "UPDATE event_log_erasures SET erased_at = erased_at + interval '1 second' "
+        "WHERE seq = (SELECT min(seq) FROM event_log_erasures)",
+    )
+    report = verify_audit(EventLog, db)
+    assert [kind for kind, _, _ in problems(report)] == ["erasures"]
+    assert "(5 now, 5 sealed): a tombstone added, removed or edited" in (report.problems[0].detail)
+
+
+def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="not one string; e") as refused:
+        verify_audit(EventLog, db, anchors="12:" + "ab" * 32)
+    assert "anchors must be a list of SealAnchor or 'SEQ:HASH' strings" in str(refused.value)
+
+
 def test_a_broken_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     with db.begin() as connection:
         add_session(connection, events=2)
@@ -1064,6 +1088,27 @@ def test_the_commands_refuse_bad_anchors(
     status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
     assert status == 2
     assert "No such file" in err
+
+
+def test_verifying_a_table_that_lost_a_foreign_key_names_the_fix(
+    db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command reads the table from the database: without the key to chat_sessions a
+    cascade tombstone cannot be checked against its parents."""
+    with db.begin() as connection:
+        name = connection.execute(
+            text(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'event_logs'::regclass "
+                "AND contype = 'f' AND confrelid = 'chat_sessions'::regclass"
+            )
+        ).scalar_one()
+        connection.execute(text(f'ALTER TABLE event_logs DROP CONSTRAINT "{name}"'))
+    status, out, err = cli(db, "verify", capsys=capsys)
+    assert (status, out) == (2, "")
+    assert (
+        "event_logs.session_id has no foreign key, so the tombstones cannot be checked against "
+        "their parents; verify with the host's EventLog model"
+    ) in err
 
 
 def test_sealing_and_verifying_need_only_the_documented_privileges(db: Engine) -> None:
