@@ -484,6 +484,48 @@ def test_an_edited_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> Non
     assert "(5 now, 5 sealed): a tombstone added, removed or edited" in (report.problems[0].detail)
 
 
+def test_an_event_of_the_transaction_at_the_horizon_is_unsealed(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    """A seal's window ends before its ``xid_to``: an event of that very transaction id is
+    counted as unsealed."""
+    with db.begin() as connection:
+        late = add_session(connection, events=1)["events"][0]
+    tamper(
+        db,
+        "UPDATE event_logs SET xid = (SELECT xid_to FROM event_log_seals ORDER BY seq DESC "
+        "LIMIT 1) WHERE id = :e",
+        e=late,
+    )
+    report = verify_audit(EventLog, db)
+    assert report.ok
+    assert (report.events, report.unsealed) == (15, 1)
+
+
+def test_verifying_on_a_connection_reads_one_read_only_snapshot(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    seen: list[tuple[str, str]] = []
+    with db.connect() as connection:
+
+        @sqlalchemy_event.listens_for(connection, "after_cursor_execute")
+        def settings(*args: Any) -> None:
+            seen.append(
+                connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                    "SELECT current_setting('transaction_isolation'), "
+                    "current_setting('transaction_read_only')"
+                ).fetchone()
+            )
+
+        report = verify_audit(EventLog, connection)
+        sqlalchemy_event.remove(connection, "after_cursor_execute", settings)
+        assert not connection.in_transaction()
+    assert report.ok
+    assert (report.seals, report.events) == (1, 15)
+    assert len(seen) > 3
+    assert set(seen) == {("repeatable read", "on")}
+
+
 def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:
     with pytest.raises(ConfigurationError, match="not one string; e") as refused:
         verify_audit(EventLog, db, anchors="12:" + "ab" * 32)
