@@ -36,7 +36,7 @@ from eventlog_persist import (
     verify_audit,
 )
 from eventlog_persist._cli import main
-from eventlog_persist.exceptions import AnchorError, ConfigurationError
+from eventlog_persist.exceptions import AnchorError, ConfigurationError, MigrationSetupError
 
 EventLog = build_host_models(feed=True).EventLog
 CHUNK = 4
@@ -524,6 +524,14 @@ def test_verifying_on_a_connection_reads_one_read_only_snapshot(
     assert (report.seals, report.events) == (1, 15)
     assert len(seen) > 3
     assert set(seen) == {("repeatable read", "on")}
+
+
+def test_verifying_a_database_without_the_audits_tables_names_the_migration(db: Engine) -> None:
+    with db.begin() as connection:
+        connection.execute(text("DROP TABLE event_log_seals"))
+    with pytest.raises(MigrationSetupError, match="the audit's schema is missing") as missing:
+        verify_audit(EventLog, db)
+    assert "'eventlog_persist:migrations_audit' to version_locations" in str(missing.value)
 
 
 def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:
