@@ -420,6 +420,18 @@ def test_a_seal_whose_chunks_do_not_add_up_is_found_and_its_chunks_not_read(
     assert report.events == 0  # its chunks were not compared
 
 
+def test_seals_have_chunks_of_1024_events_by_default(db: Engine) -> None:
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    settle(db)
+    seal = seal_events(EventLog, db)
+    assert seal is not None
+    assert (seal.chunk_size, seal.chunks) == (1024, 1)
+    with db.connect() as connection:
+        stored = connection.execute(text("SELECT chunk_size FROM event_log_seals")).scalar_one()
+    assert stored == 1024
+
+
 def test_a_seal_of_one_event_per_chunk_verifies(db: Engine) -> None:
     with db.begin() as connection:
         add_session(connection, events=3)
