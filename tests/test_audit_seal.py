@@ -538,12 +538,20 @@ def test_verifying_on_a_connection_reads_one_read_only_snapshot(
     assert set(seen) == {("repeatable read", "on")}
 
 
-def test_verifying_a_database_without_the_audits_tables_names_the_migration(db: Engine) -> None:
+@pytest.mark.parametrize("action", ["verify", "seal"])
+@pytest.mark.parametrize(
+    "missing", ["DROP TABLE event_log_seals", "ALTER TABLE event_logs DROP COLUMN xid CASCADE"]
+)
+def test_a_database_without_the_audits_schema_names_the_migration(
+    db: Engine, sealed: dict[str, Any], missing: str, action: str
+) -> None:
     with db.begin() as connection:
-        connection.execute(text("DROP TABLE event_log_seals"))
-    with pytest.raises(MigrationSetupError, match="the audit's schema is missing") as missing:
-        verify_audit(EventLog, db)
-    assert "'eventlog_persist:migrations_audit' to version_locations" in str(missing.value)
+        add_session(connection, events=2)  # something to seal
+        connection.execute(text(missing))
+    run = verify_audit if action == "verify" else seal_events
+    with pytest.raises(MigrationSetupError, match="the audit's schema is missing") as refused:
+        run(EventLog, db)
+    assert "'eventlog_persist:migrations_audit' to version_locations" in str(refused.value)
 
 
 def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:

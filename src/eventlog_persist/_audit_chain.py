@@ -367,6 +367,9 @@ def _prefetched(
     thread.start()
     try:
         while (batch := batches.get()) is not None:
+            if isinstance(batch, psycopg.Error):
+                # As SQLAlchemy raises it, so that callers handle one kind of database error.
+                raise DBAPIError.instance(sql, params, batch, psycopg.Error) from batch
             if isinstance(batch, BaseException):
                 raise batch
             yield from batch
