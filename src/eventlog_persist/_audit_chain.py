@@ -29,6 +29,7 @@ from eventlog_persist._audit_schema import audit_tables
 from eventlog_persist._failures import sqlstate_of
 from eventlog_persist._feed_schema import Xid8
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._read_direct import raise_as_sqlalchemy
 from eventlog_persist._read_sql import event_table
 from eventlog_persist._schema import XID_COLUMN
 from eventlog_persist._table import quoted_name
@@ -344,10 +345,11 @@ def _rows_sql(tables: AuditTables, condition: str, order: str, style: str) -> st
 
 
 def _prefetched(
-    driver: psycopg.Connection[Any], sql: str, params: dict[str, str]
+    connection: Connection, driver: psycopg.Connection[Any], sql: str, params: dict[str, str]
 ) -> Iterator[Sequence[Any]]:
     """The rows of a server-side cursor, the next batch fetched by a thread while the
-    caller hashes this one (the server and Python then work at the same time)."""
+    caller hashes this one (the server and Python then work at the same time); errors as
+    SQLAlchemy raises them."""
     batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -367,11 +369,8 @@ def _prefetched(
     thread.start()
     try:
         while (batch := batches.get()) is not None:
-            if isinstance(batch, psycopg.Error):
-                # As SQLAlchemy raises it, so that callers handle one kind of database error.
-                raise DBAPIError.instance(sql, params, batch, psycopg.Error) from batch
             if isinstance(batch, BaseException):
-                raise batch
+                raise_as_sqlalchemy(connection, batch, sql, params, driver)
             yield from batch
     finally:
         stop.set()
@@ -402,7 +401,7 @@ def _rows(
     for condition, order in parts:
         if isinstance(driver, psycopg.Connection):
             sql = _rows_sql(tables, condition, order, "%({})s")
-            yield from _prefetched(driver, sql, params)
+            yield from _prefetched(connection, driver, sql, params)
         else:
             yield from _paged(connection, tables, condition, order, params)
 
