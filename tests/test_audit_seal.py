@@ -367,13 +367,18 @@ def test_an_edit_after_set_null_is_found(db: Engine, sealed: dict[str, Any]) -> 
     assert f"event {victim} differs from the row its earliest tombstone" in str(report.problems[0])
 
 
-def test_a_deleted_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+def seal_a_cascade(db: Engine, session: dict[str, Any]) -> None:
+    """Delete a chat session (its events' cascade tombstones), seal them, verify OK."""
     with db.begin() as connection:
         connection.execute(
-            text("DELETE FROM chat_sessions WHERE id = :s"), {"s": sealed["sessions"][1]["session"]}
+            text("DELETE FROM chat_sessions WHERE id = :s"), {"s": session["session"]}
         )
     seal_all(db)
     assert verify_audit(EventLog, db).ok
+
+
+def test_a_deleted_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    seal_a_cascade(db, sealed["sessions"][1])
     tamper(
         db, "DELETE FROM event_log_erasures WHERE seq = (SELECT min(seq) FROM event_log_erasures)"
     )
@@ -480,12 +485,7 @@ def test_an_anchor_beyond_the_chain_is_found(db: Engine, sealed: dict[str, Any])
 
 def test_an_edited_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     """Edited, not removed: the count still matches, the root does not."""
-    with db.begin() as connection:
-        connection.execute(
-            text("DELETE FROM chat_sessions WHERE id = :s"), {"s": sealed["sessions"][2]["session"]}
-        )
-    seal_all(db)
-    assert verify_audit(EventLog, db).ok
+    seal_a_cascade(db, sealed["sessions"][2])
     tamper(
         db,
         "UPDATE event_log_erasures SET erased_at = erased_at + interval '1 second' "
@@ -493,7 +493,7 @@ def test_an_edited_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> Non
     )
     report = verify_audit(EventLog, db)
     assert [kind for kind, _, _ in problems(report)] == ["erasures"]
-    assert "(5 now, 5 sealed): a tombstone added, removed or edited" in (report.problems[0].detail)
+    assert "(5 now, 5 sealed): a tombstone added, removed or edited" in report.problems[0].detail
 
 
 def test_an_event_of_the_transaction_at_the_horizon_is_unsealed(
