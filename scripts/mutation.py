@@ -208,6 +208,7 @@ TARGETS: Final[dict[str, Target]] = {
         "src/eventlog_persist/_audit_verify.py",
         (
             "tests/test_audit_seal.py",
+            "tests/test_audit_tamper.py",
             "tests/test_audit_purge.py",
             "tests/test_audit_partitioned.py",
             "tests/test_audit_leaf.py",
@@ -217,6 +218,7 @@ TARGETS: Final[dict[str, Target]] = {
         "src/eventlog_persist/_audit_chain.py",
         (
             "tests/test_audit_seal.py",
+            "tests/test_audit_tamper.py",
             "tests/test_audit_purge.py",
             "tests/test_audit_partitioned.py",
             "tests/test_audit_leaf.py",

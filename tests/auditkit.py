@@ -1,8 +1,10 @@
-"""Databases with the audit revision applied, copied from a template built once per module."""
+"""Databases with the audit revision applied, copied from a template built once per module,
+and the steps the audit tests share: sealing everything, waiting for the horizon, tampering."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from test_audit_migrations import AUDIT, opt_in
 from test_feed_migrations import FEED, MAIN, PARTITIONED
 from test_partitioned_migrations import opt_in as opt_in_partitioned
 
-from eventlog_persist import audit_leaf_hash
+from eventlog_persist import AuditReport, Seal, audit_leaf_hash, seal_events, verify_audit
 
 LEAF_SELECT = (
     "SELECT id, session_id, user_id, project_id, agent_id, event_type, payload::text AS payload, "
@@ -24,6 +26,9 @@ LEAF_SELECT = (
     "xid::text AS xid FROM event_logs"
 )
 """Every leaf column of ``event_logs``: the payload as its jsonb text, xid as text."""
+
+CHUNK = 4
+"""The tests' chunk size: a few events make several chunks."""
 
 
 def _janitor(server: ServerInfo, dbname: str, template: str | None = None) -> DatabaseJanitor:
@@ -135,3 +140,57 @@ def tombstones(connection: Connection) -> list[dict[str, Any]]:
             text("SELECT * FROM event_log_erasures ORDER BY seq")
         ).mappings()
     ]
+
+
+def seal_all(model: Any, db: Engine, **options: Any) -> list[Seal]:
+    """Seal until every committed event and tombstone is sealed (another test's transaction
+    on the server may hold the horizon back for a moment); the seals made."""
+    seals = []
+    deadline = time.monotonic() + 30
+    while True:
+        seal = seal_events(model, db, chunk_size=CHUNK, **options)
+        if seal is not None:
+            seals.append(seal)
+        if verify_audit(model, db).unsealed == 0 and _unsealed_tombstones(db) == 0:
+            return seals
+        assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
+        time.sleep(0.05)
+
+
+def _unsealed_tombstones(db: Engine) -> int:
+    with db.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM event_log_erasures WHERE erased_xid >= "
+                    "coalesce((SELECT max(xid_to) FROM event_log_seals), '0')"
+                )
+            ).scalar_one()
+        )
+
+
+def settle(db: Engine) -> None:
+    """Wait until the horizon passes every event written so far."""
+    deadline = time.monotonic() + 30
+    with db.connect() as connection:
+        while not connection.execute(
+            text(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) > (SELECT max(xid) FROM event_logs)"
+            )
+        ).scalar_one():
+            connection.rollback()
+            assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
+            time.sleep(0.05)
+
+
+def tamper(db: Engine, *statements: str, **params: Any) -> None:
+    """Run statements as the table owner with the triggers off."""
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL session_replication_role = replica"))
+        for statement in statements:
+            connection.execute(text(statement), params)
+
+
+def problems(report: AuditReport) -> list[tuple[str, int | None, int | None]]:
+    """Each problem's kind, seal and chunk."""
+    return [(p.kind, p.seal, p.chunk) for p in report.problems]

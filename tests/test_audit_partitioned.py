@@ -4,14 +4,20 @@ through the parent."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
+from auditkit import (
+    add_session,
+    audited_engine,
+    audited_template,
+    leaves,
+    seal_all,
+    tombstones,
+)
 from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
@@ -27,13 +33,11 @@ from eventlog_persist import (
     event_log_model,
     list_partitions,
     purge_events,
-    seal_events,
     verify_audit,
 )
 from eventlog_persist._cli import main
 
 EventLog = build_host_models(feed=True, partitioned=True).EventLog
-CHUNK = 4
 OLD = datetime.now(UTC) - timedelta(weeks=10)
 GUARD = {"event_logs_audit_delete", "event_logs_audit_update", "event_logs_audit_truncate"}
 DELETE_REFUSED = "eventlog_persist: DELETE from event_logs refused (2 of 2 events still have"
@@ -118,27 +122,8 @@ def partition_of(db: Engine, moment: datetime) -> str:
     raise AssertionError(f"no partition holds {moment}")
 
 
-def seal_all(db: Engine) -> None:
-    """Seal until every committed event and tombstone is sealed."""
-    deadline = time.monotonic() + 30
-    while True:
-        seal_events(EventLog, db, chunk_size=CHUNK)
-        report = verify_audit(EventLog, db)
-        with db.connect() as connection:
-            stones = connection.execute(
-                text(
-                    "SELECT count(*) FROM event_log_erasures WHERE erased_xid >= "
-                    "coalesce((SELECT max(xid_to) FROM event_log_seals), '0')"
-                )
-            ).scalar_one()
-        if report.unsealed == 0 and stones == 0:
-            return
-        assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
-        time.sleep(0.05)
-
-
 def assert_ok(db: Engine, **erasures: int) -> None:
-    seal_all(db)
+    seal_all(EventLog, db)
     report = verify_audit(EventLog, db)
     assert report.problems == (), [str(p) for p in report.problems]
     expected = {"cascade": 0, "set_null": 0, "retention": 0, "erasure": 0, **erasures}
@@ -208,7 +193,7 @@ def test_cascade_set_null_and_declared_erasure_verify_ok(db: Engine, app_role: s
         nulled = add_session(connection, events=2)
         erased = add_session(connection, events=2)
     old = old_events(db, 2)
-    seal_all(db)
+    seal_all(EventLog, db)
     with db.begin() as connection:
         connection.execute(text(f'SET LOCAL ROLE "{app_role}"'))
         connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
@@ -229,7 +214,7 @@ def test_cascade_set_null_and_declared_erasure_verify_ok(db: Engine, app_role: s
 
 def test_a_row_deleted_behind_the_guard_of_a_partition_is_reported(db: Engine) -> None:
     old_events(db, 3)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     with db.begin() as connection:  # the owner, switching the partition's guard off
         connection.execute(text(f"ALTER TABLE {name} DISABLE TRIGGER event_logs_audit_delete"))
@@ -256,7 +241,7 @@ def test_seal_drop_seal_verify_ok_with_one_retention_tombstone_per_event(
         connection.execute(text("DELETE FROM user_projects WHERE id = :project"), old)
     with db.begin() as connection:
         add_session(connection, events=2)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     result = drop_partitions(
         EventLog,
@@ -287,7 +272,7 @@ def test_seal_drop_seal_verify_ok_with_one_retention_tombstone_per_event(
 
 def test_an_interrupted_detach_gets_its_tombstones_once(db: Engine, pg_server: ServerInfo) -> None:
     old = old_events(db, 4)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     cutoff = OLD + timedelta(weeks=1)
     holder = create_engine(db.url)
@@ -318,7 +303,7 @@ def test_an_interrupted_detach_gets_its_tombstones_once(db: Engine, pg_server: S
 
 def test_a_partition_detached_but_not_dropped_is_recorded_by_the_next_run(db: Engine) -> None:
     old_events(db, 3)
-    seal_all(db)
+    seal_all(EventLog, db)
     cutoff = OLD + timedelta(weeks=1)
     # DROP TABLE locks the tables the foreign keys reference: a reader of users holds it up,
     # and the tombstones roll back with it.
@@ -343,7 +328,7 @@ def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_r
     db: Engine,
 ) -> None:
     old_events(db, 3)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     cutoff = OLD + timedelta(weeks=1)
     # After the detach, a reader of the detached table holds up the DROP TRIGGER of its
@@ -372,7 +357,7 @@ def test_a_detach_left_pending_by_another_session_gets_its_tombstones_once(
     db: Engine, fails_once: bool
 ) -> None:
     old_events(db, 3)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     # Not by drop_partitions: a DETACH ... CONCURRENTLY of someone else's, cut by its
     # lock_timeout while a reader of event_logs holds it up, leaves no comment of ours.
@@ -413,7 +398,7 @@ def test_a_plain_detach_whose_connection_is_lost_records_nothing_until_the_next_
 ) -> None:
     # With the audit a plain DETACH runs in the transaction that writes the tombstones.
     old_events(db, 3)
-    seal_all(db)
+    seal_all(EventLog, db)
     name = partition_of(db, OLD)
     cutoff = OLD + timedelta(weeks=1)
     error = drop_losing_its_connection(
@@ -432,7 +417,7 @@ def test_purge_on_the_partitioned_table_verifies_ok(db: Engine) -> None:
     old_events(db, 3)
     with db.begin() as connection:
         add_session(connection, events=2)
-    seal_all(db)
+    seal_all(EventLog, db)
     result = purge_events(EventLog, db, older_than=OLD + timedelta(days=1), batch_size=2)
     assert result.deleted == 3
     assert_ok(db, retention=3)
@@ -462,7 +447,7 @@ def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
     with db.begin() as connection:
         cascaded = add_session(connection, events=3)
         kept = add_session(connection, events=2)
-    seal_all(db)
+    seal_all(EventLog, db)
     result = convert_to_partitioned(db)
     assert result.state == "converted"
     partitions = [p.name for p in list_partitions(EventLog, db)]

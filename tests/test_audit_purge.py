@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from auditkit import add_session, audited_engine, audited_template, leaves, tombstones
-from hostmodels import HostModels, seed
+from auditkit import add_session, audited_engine, audited_template, leaves, seal_all, tombstones
+from hostmodels import HostModels, build_host_models, seed
 from pgserver import ServerInfo
 from sqlalchemy import Connection, Engine, MetaData, Table, event, text
 from sqlalchemy.exc import DBAPIError
-from test_audit_seal import EventLog, seal_all
 
 from eventlog_persist import PurgeResult, count_purgeable, purge_events, verify_audit
+
+EventLog = build_host_models(feed=True).EventLog
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +216,11 @@ def test_a_purge_verifies_as_retention_whenever_its_events_were_sealed(
 ) -> None:
     (first, second), cutoff, _ = estate(db)
     if sealed != "after the purge":
-        seal_all(db)
+        seal_all(EventLog, db)
     result = purge_events(EventLog, db, older_than=cutoff, batch_size=2)
     assert result.deleted == len(first["events"]) + len(second["events"])
     if sealed != "before the purge":
-        seal_all(db)
+        seal_all(EventLog, db)
     report = verify_audit(EventLog, db)
     assert report.ok, [str(problem) for problem in report.problems]
     assert report.events == 7  # the sealed events, purged or kept
