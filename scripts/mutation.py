@@ -204,6 +204,18 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_feed_migrations.py::test_conversion_refuses_a_feed_table_whose_index_is_not_built",
         ),
     ),
+    "buffered": Target(
+        "src/eventlog_persist/_buffered.py",
+        (
+            "tests/test_write_buffered.py",
+            "tests/test_write_refusals.py",
+            "tests/test_metrics.py",
+            "tests/test_process_end.py",
+            "tests/test_partitioned_writes.py",
+            "tests/test_outages.py",
+            "tests/test_spool.py",
+        ),
+    ),
     "verify": Target(
         "src/eventlog_persist/_audit_verify.py",
         (

@@ -4,6 +4,7 @@ localized to its seal and chunk, and seals that are odd but honest verify OK."""
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,8 +23,9 @@ from auditkit import (
 )
 from hostmodels import build_host_models
 from pgserver import ServerInfo
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.exc import ProgrammingError
 
 from eventlog_persist import SealAnchor, seal_events, verify_audit
 from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
@@ -364,6 +366,71 @@ def test_an_event_of_the_transaction_at_the_horizon_is_unsealed(
     report = verify_audit(EventLog, db)
     assert report.ok
     assert (report.events, report.unsealed) == (15, 1)
+
+
+def newest_end(db: Engine) -> int:
+    """The newest seal's ``xid_to``."""
+    with db.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT xid_to::text FROM event_log_seals ORDER BY seq DESC LIMIT 1")
+            ).scalar_one()
+        )
+
+
+def test_erasures_by_the_transaction_at_the_horizon_go_to_the_next_seal(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    """A transaction still running when a seal is made, whose id is that seal's ``xid_to``,
+    erases a sealed event and an event of its own: neither tombstone belongs to that seal
+    (by ``erased_xid`` nor by ``event_xid``), and the next seal holds both."""
+    with db.begin() as connection:
+        add_session(connection, events=1)  # something for the seal made meanwhile
+    with db.connect() as running, running.begin():
+        own = add_session(running, events=2)
+        for session in (own, sealed["sessions"][0]):
+            running.execute(
+                text("DELETE FROM chat_sessions WHERE id = :s"), {"s": session["session"]}
+            )
+        xid = int(running.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+        deadline = time.monotonic() + 30
+        while (end := newest_end(db)) < xid:
+            seal_events(EventLog, db, chunk_size=CHUNK)
+            assert time.monotonic() < deadline, "the horizon did not reach the running transaction"
+            time.sleep(0.05)
+        assert end == xid  # the running transaction holds the horizon
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 16
+    seal_all(EventLog, db)
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert dict(report.erasures)["cascade"] == 7
+
+
+def test_a_database_error_other_than_a_missing_schema_is_raised_as_it_is(db: Engine) -> None:
+    """A role without the grants: the permission error, not `MigrationSetupError`."""
+    name = f"nobody_{db.url.database}"
+    with db.begin() as connection:
+        add_session(connection, events=1)
+        connection.execute(text(f'CREATE ROLE "{name}"'))
+    as_role = create_engine(db.url)
+
+    @sqlalchemy_event.listens_for(as_role, "connect")
+    def become(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f'SET ROLE "{name}"')
+        dbapi_connection.commit()
+
+    try:
+        for run in (verify_audit, seal_events):
+            with pytest.raises(ProgrammingError, match="permission denied") as refused:
+                run(EventLog, as_role)
+            assert refused.value.orig.sqlstate == "42501"  # type: ignore[union-attr]
+    finally:
+        as_role.dispose()
+        with db.begin() as connection:
+            connection.execute(text(f'DROP ROLE "{name}"'))
 
 
 def test_verifying_on_a_connection_reads_one_read_only_snapshot(
