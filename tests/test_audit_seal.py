@@ -103,6 +103,22 @@ def test_the_first_seal_covers_events_written_before_the_feed(db: Engine) -> Non
     assert report.events == 6
 
 
+@pytest.mark.parametrize("when", ["before sealing", "after sealing"])
+def test_events_written_before_the_feed_verify_after_their_erasure(db: Engine, when: str) -> None:
+    """Their tombstones have no ``event_xid``: the first seal's window holds them too."""
+    with db.begin() as connection:
+        ids = add_session(connection, events=5)
+    tamper(db, "UPDATE event_logs SET xid = NULL")
+    if when == "after sealing":
+        seal_all(EventLog, db)
+    with db.begin() as connection:
+        connection.execute(text("DELETE FROM chat_sessions WHERE id = :s"), {"s": ids["session"]})
+    seal_all(EventLog, db)
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.events, dict(report.erasures)["cascade"]) == (5, 5)
+
+
 def test_windows_are_chunked_by_numeric_transaction_ids(db: Engine) -> None:
     """xid 9 comes before 10 and 100 (read as text, 100 would come before 9)."""
     with db.begin() as connection:
