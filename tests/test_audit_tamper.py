@@ -221,6 +221,44 @@ def test_an_edit_after_set_null_is_found(db: Engine, sealed: dict[str, Any]) -> 
     assert f"event {victim} differs from the row its earliest tombstone" in str(report.problems[0])
 
 
+def test_a_key_set_null_then_given_another_value_is_found(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    """Only NULL may replace a key its tombstone records."""
+    session = sealed["sessions"][2]
+    with db.begin() as connection:
+        connection.execute(
+            text("DELETE FROM user_projects WHERE id = :p"), {"p": session["project"]}
+        )
+    victim = session["events"][0]
+    other = sealed["sessions"][0]["project"]
+    tamper(db, "UPDATE event_logs SET project_id = :p WHERE id = :e", p=other, e=victim)
+    seal_all(EventLog, db)
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["tombstone"]
+    assert report.problems[0].detail.startswith(
+        f"event {victim}: project_id is {other}, but its earliest tombstone "
+    )
+    assert report.problems[0].detail.endswith(
+        f"records {session['project']} (only NULL may replace it)"
+    )
+
+
+def test_an_erased_event_put_back_is_found(db: Engine, sealed: dict[str, Any]) -> None:
+    victim = sealed["order"][4]
+    tamper(db, "CREATE TABLE kept AS SELECT * FROM event_logs WHERE id = :e", e=victim)
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(text("DELETE FROM event_logs WHERE id = :e"), {"e": victim})
+    seal_all(EventLog, db)
+    assert verify_audit(EventLog, db).ok
+    tamper(db, "INSERT INTO event_logs SELECT * FROM kept")
+    report = verify_audit(EventLog, db)
+    assert [p.kind for p in report.problems] == ["tombstone"]
+    assert report.problems[0].detail.startswith(f"event {victim} is present although tombstone ")
+    assert report.problems[0].detail.endswith("(erasure) records its deletion")
+
+
 def seal_a_cascade(db: Engine, session: dict[str, Any]) -> None:
     """Delete a chat session (its events' cascade tombstones), seal them, verify OK."""
     with db.begin() as connection:

@@ -269,15 +269,6 @@ _AS_TEXT: Final = frozenset(
 )
 
 
-def _restored_key(value: str | None) -> uuid.UUID | int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return uuid.UUID(value)
-
-
 Check = Callable[[str, str], None]
 """Records a problem of one event: (kind, detail)."""
 
