@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -442,6 +443,56 @@ def test_an_async_sealer_closed_mid_seal_leaves_no_cursor_open_and_no_seal(db: E
             break  # a seal finished before the close: the later delays add nothing
     seal_all(EventLog, db)
     assert verify_audit(EventLog, db).ok
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_verification_interrupted_mid_window_stops_reading_at_once(db: Engine) -> None:
+    """Ctrl-C in a long verification: the window's reader stops where it is, rather than
+    reading the rest of the window before the interruption gets through."""
+    with db.begin() as connection:
+        ids = add_session(connection, events=1)
+    seal_all(EventLog, db)  # seal 1: one event; seal 2: 100,000, read in one long part
+    with db.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload) "
+                "SELECT gen_random_uuid(), :s, :u, 'tool_call', jsonb_build_object('n', n) "
+                "FROM generate_series(1, 100000) AS n"
+            ),
+            {"s": ids["session"], "u": ids["user"]},
+        )
+    seal_all(EventLog, db)
+    started = time.perf_counter()
+    assert verify_audit(EventLog, db).ok
+    whole = time.perf_counter() - started
+    reading: dict[int | None, int] = {}  # how many 5 ms ticks each reader was seen alive
+    interrupted_at: list[float] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        for thread in threading.enumerate():
+            if thread.name == "eventlog-audit-rows":
+                reading[thread.ident] = reading.get(thread.ident, 0) + 1
+                if reading[thread.ident] >= 10 and not interrupted_at:  # a long read
+                    interrupted_at.append(time.perf_counter())
+                    raise Interrupted
+        if not interrupted_at:
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        with pytest.raises(Interrupted):
+            verify_audit(EventLog, db)
+        stopped = time.perf_counter() - interrupted_at[0]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not any(t.name == "eventlog-audit-rows" for t in threading.enumerate())
+    assert stopped < whole / 10, (stopped, whole)
+    assert verify_audit(EventLog, db).ok  # its connection went back to the pool usable
 
 
 def test_the_sync_and_async_apis_refuse_the_other_flavour(db: Engine) -> None:

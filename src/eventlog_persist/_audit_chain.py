@@ -344,17 +344,24 @@ def _prefetched(
     batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
+    def offer(item: list[Any] | BaseException | None) -> bool:
+        """Hand ``item`` to the caller; False once the caller stopped reading."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                batches.put(item, timeout=0.01)
+                return True
+        return False
+
     def fetch() -> None:
         try:
             with driver.cursor(name="eventlog_audit_rows") as cursor:
                 cursor.execute(sql, params)
-                while not stop.is_set():
-                    batch = cursor.fetchmany(_YIELD_PER)
-                    batches.put(batch or None)
-                    if not batch:
+                while batch := cursor.fetchmany(_YIELD_PER):
+                    if not offer(batch):
                         return
+                offer(None)
         except BaseException as exc:  # handed to the caller, raised there
-            batches.put(exc)
+            offer(exc)
 
     thread = threading.Thread(target=fetch, name="eventlog-audit-rows", daemon=True)
     thread.start()
@@ -364,10 +371,9 @@ def _prefetched(
                 raise_as_sqlalchemy(connection, batch, sql, params, driver)
             yield from batch
     finally:
+        # Stopped, the thread ends by itself within a batch, even if a Ctrl-C cuts this
+        # wait short; waiting for it keeps it off the connection before the pool has it back.
         stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                batches.get(timeout=0.05)
         thread.join()
 
 
