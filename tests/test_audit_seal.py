@@ -275,9 +275,18 @@ def test_sealing_before_or_after_an_erasure_gives_the_same_chunks(
 def test_a_verifier_written_from_the_docs_agrees_with_every_seal(db: Engine) -> None:
     """An auditor's own code, from the documented formats alone (Merkle roots, chunk ends,
     tombstone and seal documents), recomputes every stored seal byte for byte: events
-    sealed before and after erasures of each kind, one erased before it was sealed."""
+    sealed before and after erasures of each kind, one erased before it was sealed, and
+    events written before the feed (no xid), erased and present ones side by side."""
     with db.begin() as connection:
         first = add_session(connection, events=5)
+        before_feed = add_session(connection, events=6)
+    tamper(db, "UPDATE event_logs SET xid = NULL WHERE session_id = :s", s=before_feed["session"])
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(
+            text("DELETE FROM event_logs WHERE id = ANY(:e)"),
+            {"e": sorted(before_feed["events"])[::2]},
+        )
     seal_all(EventLog, db)
     with db.begin() as connection:
         second = add_session(
@@ -299,8 +308,8 @@ def test_a_verifier_written_from_the_docs_agrees_with_every_seal(db: Engine) -> 
 
     report = verify_audit(EventLog, db)
     assert report.ok, [str(p) for p in report.problems]
-    assert report.events == 13
-    assert dict(report.erasures) == {"cascade": 7, "set_null": 11, "retention": 0, "erasure": 1}
+    assert report.events == 19
+    assert dict(report.erasures) == {"cascade": 7, "set_null": 11, "retention": 0, "erasure": 4}
     with db.connect() as connection:
         stored = connection.execute(
             text(
@@ -395,9 +404,15 @@ def test_the_sealer_seals_and_retries_a_failed_export(
 
 
 def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
-    # More events than a page of the async reader (5,000): the pages must join seamlessly.
+    # More events than a page of the async reader (5,000) in both parts of the first window,
+    # without an xid (by id) and with one (by xid, id): the pages must join seamlessly.
     with db.begin() as connection:
-        add_session(connection, events=11_000)
+        add_session(connection, events=12_000)
+    tamper(
+        db,
+        "UPDATE event_logs SET xid = NULL WHERE id IN (SELECT id FROM event_logs ORDER BY id "
+        "LIMIT 6000)",
+    )
     exported: list[Seal] = []
 
     async def main() -> None:
@@ -416,7 +431,7 @@ def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
     asyncio.run(main())
     report = verify_audit(EventLog, db, anchors=[s.anchor for s in exported])
     assert report.ok, [str(problem) for problem in report.problems[:3]]
-    assert report.events == 11_000
+    assert report.events == 12_000
 
 
 def test_an_async_sealer_closed_mid_seal_leaves_no_cursor_open_and_no_seal(db: Engine) -> None:
