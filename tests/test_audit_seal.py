@@ -483,23 +483,29 @@ def test_a_verification_interrupted_mid_window_stops_reading_at_once(db: Engine)
     started = time.perf_counter()
     assert verify_audit(EventLog, db).ok
     whole = time.perf_counter() - started
-    reading: dict[int | None, int] = {}  # how many 5 ms ticks each reader was seen alive
     interrupted_at: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        """Interrupt the main thread (as Ctrl-C would) once a reader has run for 50 ms."""
+        seen: dict[int | None, int] = {}
+        while not done.wait(0.005):
+            for thread in threading.enumerate():
+                if thread.name == "eventlog-audit-rows":
+                    seen[thread.ident] = seen.get(thread.ident, 0) + 1
+                    if seen[thread.ident] >= 10:  # a long read
+                        interrupted_at.append(time.perf_counter())
+                        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                        return
 
     def interrupt(signum: int, frame: Any) -> None:
-        for thread in threading.enumerate():
-            if thread.name == "eventlog-audit-rows":
-                reading[thread.ident] = reading.get(thread.ident, 0) + 1
-                if reading[thread.ident] >= 10 and not interrupted_at:  # a long read
-                    interrupted_at.append(time.perf_counter())
-                    raise Interrupted
-        if not interrupted_at:
-            signal.setitimer(signal.ITIMER_REAL, 0.005)
+        raise Interrupted
 
     one = create_engine(db.url, pool_size=1, max_overflow=0)
-    previous = signal.signal(signal.SIGALRM, interrupt)
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    watcher = threading.Thread(target=watch)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        watcher.start()
         with pytest.raises(Interrupted):
             verify_audit(EventLog, one)
         stopped = time.perf_counter() - interrupted_at[0]
@@ -512,8 +518,9 @@ def test_a_verification_interrupted_mid_window_stops_reading_at_once(db: Engine)
         assert stopped < whole / 10, (stopped, whole)
         assert verify_audit(EventLog, one).ok
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)
         one.dispose()
 
 
