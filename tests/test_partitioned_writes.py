@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -281,6 +282,123 @@ def test_buffered_writer_writes_a_held_event_once_its_partition_exists(
     assert stored(host_engine) == [(event.id, event.created_at)]
 
 
+def test_an_event_held_again_after_it_was_written_gets_a_new_wait(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # Written once its partition came, the event is forgotten: replayed after retention
+    # dropped that partition, it waits missing_partition_timeout again from its new failure.
+    dead = DeadLetters()
+    late = FAR
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        missing_partition_timeout=1.5,
+    ) as writer:
+        event = writer.enqueue(event_type="chat", created_at=late, **keys)
+        first_failure = time.monotonic()
+        assert not writer.flush(timeout=0.3)
+        ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=late)
+        assert writer.flush(timeout=20)
+        with host_engine.begin() as connection:
+            partition = connection.execute(
+                text("SELECT tableoid::regclass::text FROM event_logs WHERE id = :id"),
+                {"id": event.id},
+            ).scalar_one()
+            connection.execute(text(f"DROP TABLE {partition}"))
+        time.sleep(max(0.0, first_failure + 1.6 - time.monotonic()))
+        writer.enqueue(event)
+        assert not writer.flush(timeout=0.5)  # held again, not given up
+        assert dead.items == []
+        ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=late)
+        assert writer.flush(timeout=20)
+    assert dead.items == []
+    assert stored(host_engine) == [(event.id, event.created_at)]
+    assert writer.counters.written == 2
+
+
+def test_an_event_replayed_after_it_was_given_up_gets_a_new_wait(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        missing_partition_timeout=1.0,
+    ) as writer:
+        event = writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        assert writer.flush(timeout=10)
+        assert [given for given, _ in dead.items] == [event]
+        writer.enqueue(event)  # the hook's replay, before the partition exists
+        assert not writer.flush(timeout=0.5)  # held again, not given up at once
+        assert len(dead.items) == 1
+        assert writer.flush(timeout=10)
+    assert [given for given, _ in dead.items] == [event, event]
+    assert all("retried it for 1 s" in str(error) for _, error in dead.items)
+
+
+def test_a_refused_event_does_not_take_a_held_one_of_its_batch_with_it(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # A host's own CHECK refuses with the same SQLSTATE as a missing partition (23514) but
+    # names its constraint: that event is given up at once, the one after it is held.
+    with host_engine.begin() as connection:
+        connection.execute(
+            text(
+                "ALTER TABLE event_logs ADD CONSTRAINT ck_no_forbidden "
+                "CHECK (event_type <> 'forbidden')"
+            )
+        )
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog, host_engine, flush_interval=0.5, on_dead_letter=dead
+    ) as writer:
+        refused = writer.enqueue(event_type="forbidden", **keys)
+        late = writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        fine = writer.enqueue(event_type="chat", **keys)
+        assert not writer.flush(timeout=1.5)
+        assert [event for event, _ in dead.items] == [refused]
+        assert "ck_no_forbidden" in str(dead.items[0][1])
+        ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=FAR)
+        assert writer.flush(timeout=20)
+    assert len(dead.items) == 1
+    assert sorted(stored(host_engine)) == sorted(
+        (event.id, event.created_at) for event in (late, fine)
+    )
+
+
+def test_a_held_event_is_offered_again_after_half_a_second_then_twice_as_late(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # Offers after 0.5, 1 and 2 s (then 4, and every 5 s), and a last one at the deadline.
+    offers: list[float] = []
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=DeadLetters(),
+        missing_partition_timeout=3.2,
+    ) as writer:
+        started = time.monotonic()
+        writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        seen = 0
+        while writer.counters.dead_lettered == 0:
+            assert time.monotonic() - started < 15
+            if writer.counters.retried > seen:
+                seen = writer.counters.retried
+                offers.append(time.monotonic() - started)
+            time.sleep(0.005)
+        ended = time.monotonic() - started
+    assert len(offers) == 3  # held three times, then given up at the fourth offer
+    assert (writer.counters.retried, writer.counters.read_only_retries) == (3, 0)
+    gaps = [later - earlier for earlier, later in itertools.pairwise([*offers, ended])]
+    for gap, expected in zip(gaps, [0.5, 1.0, 1.7], strict=True):
+        assert expected - 0.05 <= gap <= expected + 0.4, (gaps, offers)
+
+
 def test_closing_gives_up_held_events_at_once(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
@@ -315,6 +433,26 @@ def test_with_a_spool_an_event_without_a_partition_is_given_up_at_once(
     assert len(dead.items) == 1
     assert NO_PARTITION in str(dead.items[0][1])
     assert "retried it for" not in str(dead.items[0][1])
+
+
+def test_with_no_wait_an_event_without_a_partition_is_given_up_as_a_bulk_write_does(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog,
+        host_engine,
+        flush_interval=0.01,
+        on_dead_letter=dead,
+        missing_partition_timeout=0,
+    ) as writer:
+        event = writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        assert writer.flush(timeout=5)
+    [(given, error)] = dead.items
+    [(_, bulk_error)] = write_events(host_models.EventLog, host_engine, [event]).dead_lettered
+    assert given is event
+    assert (type(error), str(error)) == (type(bulk_error), str(bulk_error))
+    assert NO_PARTITION in str(error)
 
 
 @pytest.mark.asyncio

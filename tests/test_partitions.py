@@ -125,6 +125,31 @@ def test_created_partitions_take_writes_with_the_keys_and_indexes_of_the_parent(
     assert (indexes, foreign_keys) == (5, 4)
 
 
+def test_created_partitions_keep_the_hosts_own_check_constraints(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # A CHECK the host added to event_logs: ATTACH refuses a table without it.
+    model = host_models.EventLog
+    with host_engine.begin() as connection:
+        connection.execute(
+            text("ALTER TABLE event_logs ADD CONSTRAINT ck_kind CHECK (event_type <> 'banned')")
+        )
+    created = ensure_partitions(model, host_engine, ahead=1)
+    assert created
+    banned = EventWriter(model).event(event_type="banned", **keys)
+    [(_, error)] = write_events(model, host_engine, [banned]).dead_lettered
+    assert "ck_kind" in str(error)
+    with host_engine.connect() as connection:
+        checks = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'c' "
+                "AND conname = 'ck_kind' AND conrelid = to_regclass(:name)"
+            ),
+            {"name": created[0]},
+        ).scalar_one()
+    assert checks == 1
+
+
 def test_ensure_by_month_and_the_interval_read_from_the_newest_partition(
     host_engine: Engine, host_models: HostModels
 ) -> None:

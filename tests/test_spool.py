@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import gc
@@ -30,6 +31,7 @@ import msgspec
 import pytest
 from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
+from waiting import waits_for_a_lock
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -1158,6 +1160,8 @@ def test_a_file_is_deleted_as_soon_as_its_records_are_done_and_not_before(
         ([1500, 1500, 0, 1500, 0], None, [(2, 1), (4, 0), (6, 0), (8, 0)]),
         # A damaged record counts as one of the records a read may take.
         ([1000] * 5, 3, [(2, 1), (4, 0), (6, 0), (7, 0)]),
+        # Larger than the room the queue has left: read back once the queue ahead is written.
+        ([3000, 1000], None, [(2, 1), (3, 0), (5, 0)]),
     ],
 )
 def test_spilled_events_are_read_back_within_the_queues_bytes(
@@ -1189,7 +1193,7 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     )
     for event in events:
         writer.enqueue(event)
-    assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, len(spilled))
     if damaged is not None:  # the disk damaged one of the spilled records
         [segment] = segments(tmp_path)
         data = bytearray(segment.read_bytes())
@@ -1265,6 +1269,49 @@ async def test_async_writer_spools_and_replays(
     ) as again:
         assert await again.flush(timeout=20)
     assert (again.counters.replayed, again.counters.written) == (25, 25)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events)
+    assert files(tmp_path) == []
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_write_cancelled_under_the_writer_leaves_its_batch_on_the_spool(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    # A host's shutdown that cancels every task cancels the writer's mid-write (held here by
+    # a lock) before it closes the writer: the batch is neither written nor given up on, and
+    # close must not delete the spool that still holds it.
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 20)
+    dead = DeadLetters()
+    with host_engine.connect() as holder:
+        holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+        writer = await AsyncBufferedWriter(
+            host_models.EventLog,
+            host_engine.url,
+            spool=Spool(tmp_path),
+            flush_interval=0.01,
+            on_dead_letter=dead,
+        ).start()
+        for event in events:
+            await writer.enqueue(event)
+        while not waits_for_a_lock(host_engine):
+            await asyncio.sleep(0.01)
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.wait(others)
+        final = await writer.close(timeout=0)
+    assert dead.items == []
+    assert (final.written, final.unwritten, final.dead_lettered, final.errors) == (0, 0, 0, 0)
+    assert final.queued == 0
+    assert stored(host_engine) == []
+    async with AsyncBufferedWriter(
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path)
+    ) as again:
+        assert await again.flush(timeout=20)
+    assert (again.counters.replayed, again.counters.written) == (20, 20)
     assert sorted(stored(host_engine)) == sorted(event.id for event in events)
     assert files(tmp_path) == []
 

@@ -20,9 +20,17 @@ from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from waiting import wait_for
+from waiting import wait_for, waits_for_a_lock
 
-from eventlog_persist import AsyncBufferedWriter, BufferedWriter, NewEvent, RetryPolicy, new_event
+from eventlog_persist import (
+    AsyncBufferedWriter,
+    BufferedWriter,
+    NewEvent,
+    RetryPolicy,
+    new_event,
+    write_events,
+)
+from eventlog_persist import _buffered as buffered_module
 from eventlog_persist.exceptions import (
     EventWriteError,
     PayloadError,
@@ -77,6 +85,100 @@ def test_writes_batches_and_flushes(host_engine: Engine, host_models: HostModels
         writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
 
 
+def test_events_already_stored_count_as_written_and_as_duplicates(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = [
+        new_event(session_id=session_id, user_id=user_id, event_type="chat", payload={"i": i})
+        for i in range(5)
+    ]
+    write_events(host_models.EventLog, host_engine, events[:3])
+    with BufferedWriter(host_models.EventLog, host_engine) as writer:
+        for event in events:
+            writer.enqueue(event)
+    final = writer.counters
+    assert (final.written, final.duplicates, final.dead_lettered) == (5, 3, 0)
+    assert counts(host_engine) == (5, 5)
+
+
+@pytest.mark.fault
+def test_a_bug_in_a_batch_write_dead_letters_that_batch_and_the_writer_goes_on(
+    host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delivery classifies every error a write can meet; one escaping it is a bug of
+    # the package's, reported as such on each event of the batch, never blamed on the data.
+    user_id, session_id = seed(host_engine, host_models)
+    real = buffered_module.deliver
+    calls = 0
+
+    def deliver_with_a_bug(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(buffered_module, "deliver", deliver_with_a_bug)
+    dead = DeadLetters()
+    with BufferedWriter(
+        host_models.EventLog, host_engine, batch_size=3, on_dead_letter=dead
+    ) as writer:
+        first = [
+            writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+            for _ in range(3)
+        ]
+        assert writer.flush(timeout=10)
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+    final = writer.counters
+    assert (final.written, final.dead_lettered, final.errors, final.unwritten) == (1, 3, 1, 0)
+    assert [event for event, _ in dead.items] == first
+    for event, error in dead.items:
+        assert type(error) is EventWriteError
+        assert str(error).startswith(
+            f"event {event.id} (chat) was not written: an unexpected error failed the write "
+            "(attempts: 1; RuntimeError: a bug)"
+        )
+        assert isinstance(error.__cause__, RuntimeError)
+    assert counts(host_engine) == (1, 1)
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_write_cancelled_under_the_writer_reports_its_batch_as_maybe_written(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    # A host's shutdown that cancels every task cancels the writer's mid-write (held here by
+    # a lock) before it closes the writer: without a spool, each event of that batch goes to
+    # the hook as perhaps written, since a commit may have been under way.
+    user_id, session_id = seed(host_engine, host_models)
+    dead = DeadLetters()
+    with host_engine.connect() as holder:
+        holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+        writer = await AsyncBufferedWriter(
+            host_models.EventLog, host_engine.url, flush_interval=0.01, on_dead_letter=dead
+        ).start()
+        events = [
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+            for _ in range(5)
+        ]
+        while not waits_for_a_lock(host_engine):
+            await asyncio.sleep(0.01)
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.wait(others)
+        final = await writer.close(timeout=0)
+    assert (final.written, final.unwritten, final.dead_lettered, final.queued) == (0, 5, 0, 0)
+    assert [event for event, _ in dead.items] == events
+    for event, error in dead.items:
+        assert type(error) is WriterClosedError
+        assert str(error).startswith(f"event {event.id} may not have been written: the writer")
+        assert isinstance(error.__cause__, asyncio.CancelledError)
+    assert counts(host_engine) == (0, 0)
+
+
 def test_flush_interval_writes_a_partial_batch(
     host_engine: Engine, host_models: HostModels
 ) -> None:
@@ -87,6 +189,58 @@ def test_flush_interval_writes_a_partial_batch(
         while counts(host_engine)[0] == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert counts(host_engine) == (1, 1)
+
+
+def stored_at(engine: Engine, event_type: str, timeout: float) -> float:
+    """The monotonic time an event of ``event_type`` was first seen stored."""
+    wait_for(lambda: counts_of(engine, event_type) > 0, timeout, f"an event of type {event_type!r}")
+    return time.monotonic()
+
+
+def counts_of(engine: Engine, event_type: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM event_logs WHERE event_type = :t"), {"t": event_type}
+            ).scalar_one()
+        )
+
+
+@pytest.mark.timeout(60)
+def test_an_event_left_over_from_a_full_batch_waits_flush_interval_from_its_own_arrival(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    # While a batch is written (held here by a lock), three events queue: the next batch takes
+    # the first two at once. The one left over is due flush_interval after it arrived: not
+    # when the batch it missed was due (too early), nor after that batch was taken (too late).
+    user_id, session_id = seed(host_engine, host_models)
+    interval = 3.0
+    writer = BufferedWriter(
+        host_models.EventLog, host_engine, batch_size=2, flush_interval=interval
+    ).start()
+
+    def enqueue(event_type: str) -> None:
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type=event_type)
+
+    try:
+        with host_engine.connect() as holder:
+            holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+            enqueue("first")
+            enqueue("first")
+            wait_for(lambda: waits_for_a_lock(host_engine), 10, "the first batch's write")
+            enqueue("second")  # the next batch's oldest event: due at once when taken
+            time.sleep(1.5)
+            enqueue("second")
+            enqueue("last")
+            arrived = time.monotonic()
+            time.sleep(1.5)
+        # The lock is gone: "first", then "second" at once; "last" waits out its interval.
+        seen = stored_at(host_engine, "last", interval + 5) - arrived
+        assert counts_of(host_engine, "second") == 2
+        assert interval - 0.5 <= seen <= interval + 0.8
+    finally:
+        final = writer.close(timeout=10)
+    assert (final.written, final.queued) == (5, 0)
 
 
 @pytest.mark.fault

@@ -367,8 +367,8 @@ class _State(Generic[KeyT]):
         for _ in range(count):
             arrivals.popleft()
         self.taken += count
-        if queue:
-            self.oldest = time.monotonic()
+        if queue:  # the next batch is due flush_interval after its first event arrived
+            self.oldest = arrivals[0]
         self.inflight = batch
         return batch
 
@@ -466,31 +466,27 @@ class _State(Generic[KeyT]):
             The events to dead-letter now, and the ``id()`` of each event set aside.
         """
         missing = self.missing
-        if missing:  # written this time: forget their first failure
-            failed = {id(event) for event, _ in dead}
-            for event in batch:
-                if id(event) not in failed:
-                    missing.pop(event.id, None)
         limit = self.missing_partition_timeout
-        if not dead or limit <= 0 or self.journal is not None:
-            return dead, set()
-        now = time.monotonic()
-        given_up: _Dead = []
         held: set[int] = set()
-        for event, error in dead:
-            if not is_missing_partition(error.__cause__ or error):
-                missing.pop(event.id, None)
+        given_up = dead
+        if dead and limit > 0 and self.journal is None:
+            now = time.monotonic()
+            given_up = []
+            for event, error in dead:
+                if is_missing_partition(error.__cause__ or error):
+                    since, tries = missing.get(event.id, (now, 0))
+                    if not self.closing and now - since < limit:
+                        missing[event.id] = (since, tries + 1)
+                        self.held.append(_Held(event, since, tries + 1, now, limit))
+                        held.add(id(event))
+                        self.count_retry(error, False)
+                        continue
+                    error = _partition_error(event, error, now - since)
                 given_up.append((event, error))
-                continue
-            since, tries = missing.get(event.id, (now, 0))
-            if self.closing or now - since >= limit:
-                missing.pop(event.id, None)
-                given_up.append((event, _partition_error(event, error, now - since)))
-                continue
-            missing[event.id] = (since, tries + 1)
-            self.held.append(_Held(event, since, tries + 1, now, limit))
-            held.add(id(event))
-            self.count_retry(error, False)
+        if missing:  # written or given up this time: forget when they first failed
+            for event in batch:
+                if id(event) not in held:
+                    missing.pop(event.id, None)
         return given_up, held
 
     def reoffer(self, now: float) -> None:

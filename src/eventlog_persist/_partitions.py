@@ -581,12 +581,13 @@ def ensure_partitions(
         chosen = interval or _interval_of(existing)
         planned = _planned(moment, chosen, ahead, existing, parent.name)
         for name, low, high in planned:
-            # LIKE copies the columns with their NOT NULLs and defaults; ATTACH adds the
-            # primary key, the indexes and the foreign keys of event_logs.
+            # LIKE copies the columns with their NOT NULLs, defaults and CHECK constraints
+            # (a host's own: ATTACH refuses a table without them); ATTACH adds the primary
+            # key, the indexes and the foreign keys of event_logs.
             connection.execute(
                 text(
                     f"CREATE TABLE {parent.child(name)} "
-                    f"(LIKE {parent.qualified} INCLUDING DEFAULTS)"
+                    f"(LIKE {parent.qualified} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
                 )
             )
             connection.execute(
