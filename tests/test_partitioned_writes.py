@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
+from waiting import wait_for, waits_for_a_lock
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -31,7 +32,7 @@ from eventlog_persist import (
     write_events,
 )
 from eventlog_persist._failures import ErrorKind, classify_error, is_primary_key
-from eventlog_persist.exceptions import EventWriteError
+from eventlog_persist.exceptions import EventWriteError, WriterClosedError
 
 # Unbounded retries: a missing partition retried as if transient would hang the test.
 FAST_RETRY = RetryPolicy(max_attempts=None, max_elapsed=None, initial_delay=0.01, max_delay=0.2)
@@ -413,6 +414,38 @@ def test_closing_gives_up_held_events_at_once(
     assert time.monotonic() - started < 10  # not the 60 s default
     assert (counters.dead_lettered, counters.queued) == (1, 0)
     assert NO_PARTITION in str(dead.items[0][1])
+
+
+@pytest.mark.fault
+def test_a_close_that_gives_up_reports_the_held_events_with_the_rest(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # The batch being written hangs (a lock held here), an event queued behind it, another
+    # set aside for its partition: the close that gives up reports all three, and none is
+    # offered again once the hung write returns.
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
+    ).start()
+    held = writer.enqueue(event_type="chat", created_at=FAR, **keys)
+    wait_for(lambda: writer.counters.retried > 0, 10, "the event set aside")
+    with host_engine.connect() as holder:
+        holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+        hung = writer.enqueue(event_type="chat", **keys)
+        wait_for(lambda: waits_for_a_lock(host_engine), 10, "the hung write")
+        queued = writer.enqueue(event_type="chat", **keys)
+        final = writer.close(timeout=0.3)
+        assert [event for event, _ in dead.items] == [hung, queued, held]
+        assert all(type(error) is WriterClosedError for _, error in dead.items)
+        assert "may not have been written" in str(dead.items[0][1])
+        assert all("was not written" in str(error) for _, error in dead.items[1:])
+        assert (final.unwritten, final.queued, final.written) == (3, 0, 0)
+        assert writer.stats.oldest_queued_age is None
+    # The lock is gone: the hung write commits (as its error said it might), and that is all.
+    wait_for(lambda: len(stored(host_engine)) == 1, 10, "the hung write's commit")
+    time.sleep(0.3)
+    assert stored(host_engine) == [(hung.id, hung.created_at)]
+    assert (writer.stats.oldest_queued_age, writer.counters.unwritten) == (None, 3)
 
 
 def test_with_a_spool_an_event_without_a_partition_is_given_up_at_once(
