@@ -69,6 +69,16 @@ class DeadLetters:
             self.items.append((event, error))
 
 
+def buffered(
+    models: HostModels, engine: Engine, dead: DeadLetters, **options: Any
+) -> BufferedWriter[Any]:
+    """A buffered writer that writes each event at once (unless told otherwise) and reports
+    the events it gives up on to ``dead``."""
+    return BufferedWriter(
+        models.EventLog, engine, on_dead_letter=dead, **{"flush_interval": 0.01, **options}
+    )
+
+
 def stored(engine: Engine) -> list[tuple[Any, datetime]]:
     with engine.connect() as connection:
         return [
@@ -228,13 +238,12 @@ def test_buffered_writer_retries_events_without_a_partition_for_a_while_and_goes
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     dead = DeadLetters()
-    with BufferedWriter(
-        host_models.EventLog,
+    with buffered(
+        host_models,
         host_engine,
+        dead,
         batch_size=20,
-        flush_interval=0.01,
         retry=FAST_RETRY,
-        on_dead_letter=dead,
         missing_partition_timeout=2.0,
     ) as writer:
         started = time.monotonic()
@@ -272,9 +281,7 @@ def test_buffered_writer_writes_a_held_event_once_its_partition_exists(
 ) -> None:
     dead = DeadLetters()
     late = FAR  # a week without a partition, as if maintenance were late
-    with BufferedWriter(
-        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
-    ) as writer:
+    with buffered(host_models, host_engine, dead) as writer:
         event = writer.enqueue(event_type="chat", created_at=late, **keys)
         assert not writer.flush(timeout=1)  # set aside, retried, not given up
         ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=late)
@@ -290,13 +297,7 @@ def test_an_event_held_again_after_it_was_written_gets_a_new_wait(
     # dropped that partition, it waits missing_partition_timeout again from its new failure.
     dead = DeadLetters()
     late = FAR
-    with BufferedWriter(
-        host_models.EventLog,
-        host_engine,
-        flush_interval=0.01,
-        on_dead_letter=dead,
-        missing_partition_timeout=1.5,
-    ) as writer:
+    with buffered(host_models, host_engine, dead, missing_partition_timeout=1.5) as writer:
         event = writer.enqueue(event_type="chat", created_at=late, **keys)
         first_failure = time.monotonic()
         assert not writer.flush(timeout=0.3)
@@ -323,13 +324,7 @@ def test_an_event_replayed_after_it_was_given_up_gets_a_new_wait(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     dead = DeadLetters()
-    with BufferedWriter(
-        host_models.EventLog,
-        host_engine,
-        flush_interval=0.01,
-        on_dead_letter=dead,
-        missing_partition_timeout=1.0,
-    ) as writer:
+    with buffered(host_models, host_engine, dead, missing_partition_timeout=1.0) as writer:
         event = writer.enqueue(event_type="chat", created_at=FAR, **keys)
         assert writer.flush(timeout=10)
         assert [given for given, _ in dead.items] == [event]
@@ -354,9 +349,7 @@ def test_a_refused_event_does_not_take_a_held_one_of_its_batch_with_it(
             )
         )
     dead = DeadLetters()
-    with BufferedWriter(
-        host_models.EventLog, host_engine, flush_interval=0.5, on_dead_letter=dead
-    ) as writer:
+    with buffered(host_models, host_engine, dead, flush_interval=0.5) as writer:
         refused = writer.enqueue(event_type="forbidden", **keys)
         late = writer.enqueue(event_type="chat", created_at=FAR, **keys)
         fine = writer.enqueue(event_type="chat", **keys)
@@ -376,13 +369,7 @@ def test_a_held_event_is_offered_again_after_half_a_second_then_twice_as_late(
 ) -> None:
     # Offers after 0.5, 1 and 2 s (then 4, and every 5 s), and a last one at the deadline.
     offers: list[float] = []
-    with BufferedWriter(
-        host_models.EventLog,
-        host_engine,
-        flush_interval=0.01,
-        on_dead_letter=DeadLetters(),
-        missing_partition_timeout=3.2,
-    ) as writer:
+    with buffered(host_models, host_engine, DeadLetters(), missing_partition_timeout=3.2) as writer:
         started = time.monotonic()
         writer.enqueue(event_type="chat", created_at=FAR, **keys)
         seen = 0
@@ -404,9 +391,7 @@ def test_closing_gives_up_held_events_at_once(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     dead = DeadLetters()
-    writer = BufferedWriter(
-        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
-    ).start()
+    writer = buffered(host_models, host_engine, dead).start()
     writer.enqueue(event_type="chat", created_at=FAR, **keys)
     assert not writer.flush(timeout=0.5)
     started = time.monotonic()
@@ -424,9 +409,7 @@ def test_a_close_that_gives_up_reports_the_held_events_with_the_rest(
     # set aside for its partition: the close that gives up reports all three, and none is
     # offered again once the hung write returns.
     dead = DeadLetters()
-    writer = BufferedWriter(
-        host_models.EventLog, host_engine, flush_interval=0.01, on_dead_letter=dead
-    ).start()
+    writer = buffered(host_models, host_engine, dead).start()
     held = writer.enqueue(event_type="chat", created_at=FAR, **keys)
     wait_for(lambda: writer.counters.retried > 0, 10, "the event set aside")
     with host_engine.connect() as holder:
@@ -452,13 +435,7 @@ def test_with_a_spool_an_event_without_a_partition_is_given_up_at_once(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any], tmp_path: Path
 ) -> None:
     dead = DeadLetters()
-    with BufferedWriter(
-        host_models.EventLog,
-        host_engine,
-        flush_interval=0.01,
-        on_dead_letter=dead,
-        spool=Spool(tmp_path),
-    ) as writer:
+    with buffered(host_models, host_engine, dead, spool=Spool(tmp_path)) as writer:
         writer.enqueue(event_type="chat", created_at=FAR, **keys)
         writer.enqueue(event_type="chat", **keys)
         assert writer.flush(timeout=5)
@@ -472,13 +449,7 @@ def test_with_no_wait_an_event_without_a_partition_is_given_up_as_a_bulk_write_d
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     dead = DeadLetters()
-    with BufferedWriter(
-        host_models.EventLog,
-        host_engine,
-        flush_interval=0.01,
-        on_dead_letter=dead,
-        missing_partition_timeout=0,
-    ) as writer:
+    with buffered(host_models, host_engine, dead, missing_partition_timeout=0) as writer:
         event = writer.enqueue(event_type="chat", created_at=FAR, **keys)
         assert writer.flush(timeout=5)
     [(given, error)] = dead.items

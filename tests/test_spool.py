@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import gc
@@ -31,7 +30,7 @@ import msgspec
 import pytest
 from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
-from waiting import waits_for_a_lock
+from waiting import cancel_the_write_then_close
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -1296,13 +1295,7 @@ async def test_a_write_cancelled_under_the_writer_leaves_its_batch_on_the_spool(
         ).start()
         for event in events:
             await writer.enqueue(event)
-        while not waits_for_a_lock(host_engine):
-            await asyncio.sleep(0.01)
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in others:
-            task.cancel()
-        await asyncio.wait(others)
-        final = await writer.close(timeout=0)
+        final = await cancel_the_write_then_close(writer, host_engine)
     assert dead.items == []
     assert (final.written, final.unwritten, final.dead_lettered, final.errors) == (0, 0, 0, 0)
     assert final.queued == 0

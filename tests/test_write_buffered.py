@@ -20,7 +20,7 @@ from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from waiting import wait_for, waits_for_a_lock
+from waiting import cancel_the_write_then_close, wait_for, waits_for_a_lock
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -163,13 +163,7 @@ async def test_a_write_cancelled_under_the_writer_reports_its_batch_as_maybe_wri
             await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
             for _ in range(5)
         ]
-        while not waits_for_a_lock(host_engine):
-            await asyncio.sleep(0.01)
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in others:
-            task.cancel()
-        await asyncio.wait(others)
-        final = await writer.close(timeout=0)
+        final = await cancel_the_write_then_close(writer, host_engine)
     assert (final.written, final.unwritten, final.dead_lettered, final.queued) == (0, 5, 0, 0)
     assert [event for event, _ in dead.items] == events
     for event, error in dead.items:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -28,3 +30,15 @@ def waits_for_a_lock(engine: Engine, table: str = "event_logs") -> bool:
                 {"table": table},
             ).scalar_one()
         )
+
+
+async def cancel_the_write_then_close(writer: Any, engine: Engine) -> Any:
+    """A host's shutdown that cancels every other task: once ``writer``'s batch waits for a
+    lock on event_logs, cancel its task mid-write, then close ``writer``; its counters."""
+    while not waits_for_a_lock(engine):
+        await asyncio.sleep(0.01)
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in others:
+        task.cancel()
+    await asyncio.wait(others)
+    return await writer.close(timeout=0)
