@@ -364,12 +364,20 @@ def test_a_refused_event_does_not_take_a_held_one_of_its_batch_with_it(
     )
 
 
+@pytest.mark.parametrize("flush_interval", [0.01, 3.0])
 def test_a_held_event_is_offered_again_after_half_a_second_then_twice_as_late(
-    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], flush_interval: float
 ) -> None:
-    # Offers after 0.5, 1 and 2 s (then 4, and every 5 s), and a last one at the deadline.
+    # Offers after 0.5, 1 and 2 s (then 4, and every 5 s), and a last one at the deadline;
+    # an offer is due at once, not flush_interval after it (only the first write waits).
     offers: list[float] = []
-    with buffered(host_models, host_engine, DeadLetters(), missing_partition_timeout=3.2) as writer:
+    with buffered(
+        host_models,
+        host_engine,
+        DeadLetters(),
+        missing_partition_timeout=3.2,
+        flush_interval=flush_interval,
+    ) as writer:
         started = time.monotonic()
         writer.enqueue(event_type="chat", created_at=FAR, **keys)
         seen = 0
@@ -385,6 +393,54 @@ def test_a_held_event_is_offered_again_after_half_a_second_then_twice_as_late(
     gaps = [later - earlier for earlier, later in itertools.pairwise([*offers, ended])]
     for gap, expected in zip(gaps, [0.5, 1.0, 1.7], strict=True):
         assert expected - 0.05 <= gap <= expected + 0.4, (gaps, offers)
+
+
+def test_a_held_event_is_offered_on_time_after_a_full_batch_went_by(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # A full batch is written at once, so the queue's clock still shows its first event's
+    # arrival: the held event offered into the empty queue after it must not wait that out.
+    with buffered(host_models, host_engine, DeadLetters(), batch_size=2, flush_interval=3.0) as w:
+        w.enqueue(event_type="chat", created_at=FAR, **keys)
+        w.enqueue(event_type="chat", **keys)  # a full batch: written, the first held
+        wait_for(lambda: w.counters.retried == 1, 10, "the first hold")
+        held = time.monotonic()
+        w.enqueue(event_type="chat", **keys)
+        w.enqueue(event_type="chat", **keys)  # another full batch, just before the offer
+        wait_for(lambda: w.counters.retried == 2, 10, "the second hold")
+        assert time.monotonic() - held < 1.5  # offered after 0.5 s, not after flush_interval
+
+
+def test_a_flush_writes_a_held_event_offered_again_behind_a_full_batch(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    with buffered(host_models, host_engine, DeadLetters(), batch_size=2, flush_interval=600) as w:
+        w.enqueue(event_type="chat", created_at=FAR, **keys)
+        w.enqueue(event_type="chat", **keys)  # a full batch: written, the first held
+        wait_for(lambda: w.counters.retried == 1, 10, "the hold")
+        ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=FAR)
+        with host_engine.connect() as holder:
+            holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+            for _ in range(4):  # a batch written (waiting for the lock), a batch behind it
+                w.enqueue(event_type="chat", **keys)
+            wait_for(lambda: waits_for_a_lock(host_engine), 10, "the batch's write")
+            time.sleep(0.6)  # the held event is due: queued again, behind that batch
+        # Left over when that batch is taken, it waits for flush_interval unless flushed.
+        assert w.flush(timeout=10)
+    assert len(stored(host_engine)) == 6
+
+
+def test_a_writer_holding_an_event_sleeps_until_its_next_offer(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    with buffered(host_models, host_engine, DeadLetters()) as writer:
+        writer.enqueue(event_type="chat", created_at=FAR, **keys)
+        wait_for(lambda: writer.counters.retried == 1, 10, "the first hold")
+        cpu, wall = time.process_time(), time.monotonic()
+        time.sleep(1.5)  # an offer at 0.5 s, the next at 1.5 s
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        assert writer.counters.retried >= 2
+    assert cpu < wall / 3, f"{cpu:.2f} s of CPU in {wall:.2f} s: the writer spins"
 
 
 def test_closing_gives_up_held_events_at_once(

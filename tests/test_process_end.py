@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostmodels import HostModels, seed
+from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
+from waiting import wait_for, waits_for_a_lock
+
+from eventlog_persist import BufferedWriter, Spool
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -57,6 +60,18 @@ def wait_for_line(process: subprocess.Popen[str], expected: str) -> None:
         process.kill()
         _, err = process.communicate()
         pytest.fail(f"expected {expected!r}, got {line!r}; stderr:\n{err}")
+
+
+def host_script(user_id: Any, session_id: Any, body: str, *, partitioned: bool = False) -> str:
+    """A host's script: ``body`` runs once it has built ``models`` and the seeded ``keys``."""
+    keys = f"session_id=uuid.UUID({str(session_id)!r}), user_id=uuid.UUID({str(user_id)!r})"
+    return (
+        "import os, sys, time, uuid\n"
+        "from hostmodels import build_host_models\n"
+        "from eventlog_persist import BufferedWriter, Spool\n"
+        f"models = build_host_models(partitioned={partitioned})\n"
+        f"keys = dict({keys})\n" + textwrap.dedent(body)
+    )
 
 
 def queue_then_wait(
@@ -204,12 +219,6 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     script = f"""
-        import os, uuid
-        from hostmodels import build_host_models
-        from eventlog_persist import BufferedWriter
-
-        models = build_host_models()
-        keys = dict(session_id=uuid.UUID({str(session_id)!r}), user_id=uuid.UUID({str(user_id)!r}))
         writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=0.01)
         writer.start()
         for _ in range(100):
@@ -230,7 +239,7 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
         print(os.waitstatus_to_exitcode(status), counters.written, counters.retried, flush=True)
     """
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(script)],
+        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
         cwd=TESTS,
         capture_output=True,
         text=True,
@@ -241,6 +250,146 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
     # The child exited 0, and the parent's connection survived the child: no retry.
     assert done.stdout.split() == ["0", "180", "0"]
     assert stored(host_engine) == {"parent": 130, "at-fork": 50, "child": 70}
+
+
+FORK_STATE = """
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+    import psycopg
+    from eventlog_persist import WriterCounters
+
+    spool = Spool(SPOOL) if SPOOL else None
+    writer = BufferedWriter(models.EventLog, TARGET, flush_interval=0.01, batch_size=50,
+                            max_queued=60, when_full="drop_newest", spool=spool,
+                            on_dead_letter=lambda event, error: None)
+    writer.start()
+    twice = writer.enqueue(event_type="parent", **keys)
+    for _ in range(49):
+        writer.enqueue(event_type="parent", **keys)
+    assert writer.flush(timeout=30)
+    writer.enqueue(twice)  # already stored: a duplicate
+    writer.enqueue(event_type="refused", session_id=uuid.uuid4(), user_id=keys["user_id"])
+    assert writer.flush(timeout=30)
+    with psycopg.connect(TARGET, autocommit=True) as admin:  # a read-only spell: retried
+        database = f'DATABASE "{admin.info.dbname}"'
+        admin.execute(f"ALTER {database} SET default_transaction_read_only = on")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        writer.enqueue(event_type="parent", **keys)
+        while writer.counters.read_only_retries == 0:
+            time.sleep(0.01)
+        admin.execute(f"ALTER {database} RESET default_transaction_read_only")
+    assert writer.flush(timeout=30)
+    before = writer.counters.retried + writer.counters.dead_lettered
+    writer.enqueue(event_type="backfill", created_at=datetime.now(UTC) - timedelta(days=400),
+                   **keys)  # no partition: held, or given up at once with a spool
+    while writer.counters.retried + writer.counters.dead_lettered == before:
+        time.sleep(0.01)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test locks event_logs
+    for _ in range(50):  # one batch: it waits for the lock
+        writer.enqueue(event_type="at-fork", **keys)
+    print("writing", flush=True)
+    sys.stdin.readline()  # the test saw the batch wait
+    while writer.counters.queued < 60:  # fill the queue
+        writer.enqueue(event_type="queued", **keys)
+    writer.enqueue(event_type="over", **keys)  # dropped, or spilled
+    pid = os.fork()
+    if pid == 0:
+        stats = writer.stats
+        fresh = (stats.counters, stats.oldest_queued_age, stats.batches, stats.last_error)
+        for _ in range(50):
+            writer.enqueue(event_type="child", **keys)
+        flushed = writer.flush(timeout=30)
+        counters = writer.close(timeout=30)
+        zero = WriterCounters(*(0,) * 10)
+        if (fresh, flushed, counters) != ((zero, None, 0, None), True, replace(zero, written=50)):
+            print(fresh, flushed, counters, file=sys.stderr, flush=True)
+            os._exit(1)
+        os._exit(0)
+    print("forked", flush=True)
+    _, status = os.waitpid(pid, 0)
+    counters = writer.close(timeout=30)
+    print(os.waitstatus_to_exitcode(status), counters.written, counters.duplicates,
+          counters.dead_lettered, counters.dropped, counters.spilled, flush=True)
+"""
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+def test_a_forked_child_starts_with_none_of_the_parents_events_errors_or_counters(
+    engine: Engine, database_url: URL, tmp_path: Path, spooled: bool
+) -> None:
+    models = build_host_models(partitioned=True)
+    models.Base.metadata.create_all(engine)
+    create_partitions(engine, catch_all=False)
+    user_id, session_id = seed(engine, models)
+    # At the fork the parent has written, met a duplicate and a read-only spell, given up on a
+    # refused event, holds one without a partition (not with a spool: given up), writes a
+    # batch, queues behind it and dropped (or spilled) one.
+    process = start(
+        f"TARGET, SPOOL = {conninfo(database_url)!r}, {str(tmp_path) if spooled else ''!r}\n"
+        + host_script(user_id, session_id, FORK_STATE, partitioned=True),
+        stdin=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    wait_for_line(process, "ready")
+    engine.dispose()  # the read-only spell ended the pool's connections
+    with engine.connect() as conn:
+        conn.execute(text("LOCK TABLE event_logs IN ACCESS EXCLUSIVE MODE"))
+        process.stdin.write("locked\n")
+        process.stdin.flush()
+        wait_for_line(process, "writing")
+        wait_for(lambda: waits_for_a_lock(engine), 30, "the batch's write")
+        process.stdin.write("waiting\n")
+        process.stdin.flush()
+        wait_for_line(process, "forked")
+        conn.rollback()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    # The child exited 0; the parent wrote its own, gave up on the refused and held events.
+    assert out.split() == [
+        "0",
+        "113" if spooled else "111",
+        "1",
+        "2",
+        "0" if spooled else "1",
+        "0",
+    ], err
+    assert stored(engine) == {
+        "parent": 51,
+        "at-fork": 50,
+        "queued": 10 if spooled else 9,
+        "child": 50,
+        **({"over": 1} if spooled else {}),
+    }
+
+
+def test_a_forked_child_leaves_the_parents_spool_to_be_replayed_once_the_parent_is_gone(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    # The database is down: the parent's five events stay on its spool when it closes.
+    script = f"""
+        writer = BufferedWriter(models.EventLog, "host=/nonexistent-eventlog-dir port=1 dbname=x",
+                                flush_interval=0.01, spool=Spool({str(tmp_path)!r})).start()
+        for _ in range(5):
+            writer.enqueue(event_type="spooled", **keys)
+        if os.fork() == 0:
+            sys.stdin.readline()  # the child lives on until the test is done
+            os._exit(0)
+        print(writer.close(timeout=0.2).spilled, flush=True)
+    """
+    process = start(host_script(user_id, session_id, script), stdin=subprocess.PIPE)
+    try:
+        wait_for_line(process, "5")
+        process.wait(timeout=30)
+        # The child still runs: the parent's spool is an orphan all the same.
+        with BufferedWriter(host_models.EventLog, host_engine, spool=Spool(tmp_path)) as writer:
+            assert writer.flush(timeout=30)
+            assert writer.counters.replayed == 5
+    finally:
+        process.communicate("done\n", timeout=30)  # the child ends
+    assert stored(host_engine) == {"spooled": 5}
 
 
 def free_port() -> int:

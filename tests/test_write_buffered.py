@@ -27,6 +27,7 @@ from eventlog_persist import (
     BufferedWriter,
     NewEvent,
     RetryPolicy,
+    Spool,
     new_event,
     write_events,
 )
@@ -392,6 +393,49 @@ def test_database_down_block_waits_then_drops_and_bytes_bound_holds(
     assert final.unwritten + final.dead_lettered == results.count(True)
 
 
+@pytest.mark.timeout(60)
+def test_a_producer_waiting_for_room_goes_on_once_a_batch_is_written(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(
+        host_models.EventLog, host_engine, max_queued=1, flush_interval=0.2, block_timeout=30
+    ) as writer:
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="first")
+        started = time.monotonic()
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="next")  # waits
+        assert time.monotonic() - started < 10  # once "first" is written, not block_timeout
+        assert counts_of(host_engine, "first") == 1
+    assert (writer.counters.written, writer.counters.dropped) == (2, 0)
+
+
+def test_a_producer_waiting_for_room_is_told_at_once_when_the_writer_closes(
+    host_models: HostModels,
+) -> None:
+    key = uuid.uuid4()
+    writer = BufferedWriter(host_models.EventLog, DOWN, max_queued=1, block_timeout=60)
+    writer.enqueue(session_id=key, user_id=key, event_type="x")
+    errors: list[WriterClosedError] = []
+
+    def produce() -> None:
+        try:
+            writer.enqueue(session_id=key, user_id=key, event_type="x")
+        except WriterClosedError as error:
+            errors.append(error)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)  # the producer waits for room
+    started = time.monotonic()
+    counters = writer.close(timeout=0)
+    producer.join(timeout=10)
+    assert time.monotonic() - started < 5  # not the 60 s block_timeout
+    assert [str(error) for error in errors] == [
+        f"cannot enqueue event {errors[0].event.id}: the writer closed while waiting"
+    ]
+    assert (counters.unwritten, counters.dropped, counters.queued) == (1, 0, 0)
+
+
 def test_concurrent_producer_threads(host_engine: Engine, host_models: HostModels) -> None:
     user_id, session_id = seed(host_engine, host_models)
     with BufferedWriter(host_models.EventLog, host_engine, batch_size=300) as writer:
@@ -700,6 +744,53 @@ async def test_async_flush_before_start_raises_instead_of_hanging(
     with pytest.raises(WriterNotStartedError):
         await writer.flush(timeout=1)
     assert (await writer.close(timeout=0)).unwritten == 1
+
+
+@pytest.mark.parametrize("bound", ["max_queued", "max_queued_bytes"])
+def test_a_queue_filled_exactly_to_its_bound_holds_that_event(
+    host_models: HostModels, bound: str
+) -> None:
+    key = uuid.uuid4()
+    event = new_event(session_id=key, user_id=key, event_type="x", payload={"n": 1})
+    limit = {"max_queued": 2, "max_queued_bytes": 2 * event.size_bytes}[bound]
+    writer = BufferedWriter(host_models.EventLog, DOWN, when_full="drop_newest", **{bound: limit})
+    assert [queued(writer, event) for _ in range(3)] == [True, True, False]
+    assert writer.counters.queued_bytes == 2 * event.size_bytes
+    writer.close(timeout=0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+def test_a_lone_event_is_written_flush_interval_after_it_arrives(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path, spooled: bool
+) -> None:
+    # No flush, no close: the idle writer wakes up for the first event, then waits it out.
+    user_id, session_id = seed(host_engine, host_models)
+    interval = 1.0
+    spool = Spool(tmp_path) if spooled else None
+    with BufferedWriter(
+        host_models.EventLog, host_engine, flush_interval=interval, spool=spool
+    ) as writer:
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="first")
+        assert writer.flush(timeout=10)
+        time.sleep(0.1)  # the writer sleeps with an empty queue: it has no deadline
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="lone")
+        arrived = time.monotonic()
+        seen = stored_at(host_engine, "lone", interval + 10) - arrived
+        assert interval - 0.1 <= seen
+
+
+@pytest.mark.timeout(60)
+def test_a_full_batch_is_written_at_once_without_waiting_for_flush_interval(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(
+        host_models.EventLog, host_engine, batch_size=10, flush_interval=600
+    ) as writer:
+        for _ in range(10):
+            writer.enqueue(session_id=session_id, user_id=user_id, event_type="full")
+        wait_for(lambda: counts_of(host_engine, "full") == 10, 10, "the full batch")
 
 
 @pytest.mark.parametrize("text", ["a", "é", "中", "😀", "a" * 99 + "😀"])
