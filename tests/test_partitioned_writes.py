@@ -395,15 +395,21 @@ def test_a_held_event_is_offered_again_after_half_a_second_then_twice_as_late(
         assert expected - 0.05 <= gap <= expected + 0.4, (gaps, offers)
 
 
+def hold_one(writer: BufferedWriter[Any], keys: dict[str, Any]) -> None:
+    """Enqueue an event without a partition and one more: with ``batch_size=2`` a full
+    batch, written at once; wait until the first is held."""
+    writer.enqueue(event_type="chat", created_at=FAR, **keys)
+    writer.enqueue(event_type="chat", **keys)
+    wait_for(lambda: writer.counters.retried == 1, 10, "the first hold")
+
+
 def test_a_held_event_is_offered_on_time_after_a_full_batch_went_by(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     # A full batch is written at once, so the queue's clock still shows its first event's
     # arrival: the held event offered into the empty queue after it must not wait that out.
     with buffered(host_models, host_engine, DeadLetters(), batch_size=2, flush_interval=3.0) as w:
-        w.enqueue(event_type="chat", created_at=FAR, **keys)
-        w.enqueue(event_type="chat", **keys)  # a full batch: written, the first held
-        wait_for(lambda: w.counters.retried == 1, 10, "the first hold")
+        hold_one(w, keys)
         held = time.monotonic()
         w.enqueue(event_type="chat", **keys)
         w.enqueue(event_type="chat", **keys)  # another full batch, just before the offer
@@ -415,9 +421,7 @@ def test_a_flush_writes_a_held_event_offered_again_behind_a_full_batch(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
     with buffered(host_models, host_engine, DeadLetters(), batch_size=2, flush_interval=600) as w:
-        w.enqueue(event_type="chat", created_at=FAR, **keys)
-        w.enqueue(event_type="chat", **keys)  # a full batch: written, the first held
-        wait_for(lambda: w.counters.retried == 1, 10, "the hold")
+        hold_one(w, keys)
         ensure_partitions(host_models.EventLog, host_engine, ahead=0, now=FAR)
         with host_engine.connect() as holder:
             holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))

@@ -764,7 +764,8 @@ def test_a_queue_filled_exactly_to_its_bound_holds_that_event(
 def test_a_lone_event_is_written_flush_interval_after_it_arrives(
     host_engine: Engine, host_models: HostModels, tmp_path: Path, spooled: bool
 ) -> None:
-    # No flush, no close: the idle writer wakes up for the first event, then waits it out.
+    # With no flush or close to hurry it, an event reaching an idle writer wakes it up, then
+    # waits out flush_interval.
     user_id, session_id = seed(host_engine, host_models)
     interval = 1.0
     spool = Spool(tmp_path) if spooled else None
