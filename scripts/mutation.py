@@ -8,7 +8,9 @@ put first on sys.path by ``PYTHONPATH`` and, because tests/hostkit.py replaces P
 the ``eventlog-persist`` and ``alembic`` subprocesses it starts, also by a ``.pth`` file of a
 throwaway venv whose python runs the tests (so ``sys.executable`` in every subprocess is that
 python too); the run checks this before it starts. Mutants that no test can kill are
-listed with a reason in ``scripts/mutation-equivalents.toml`` and are not run.
+listed with a reason in ``scripts/mutation-equivalents.toml`` and are not run. Each mutant
+first runs the tests that killed the target's latest mutants, and all its tests only if none
+of those fails.
 
 Usage (from anywhere; standard library plus the ``test`` extras)::
 
@@ -791,7 +793,8 @@ class Runner:
     ) -> tuple[str, float, str]:
         """Run the selectors against the package copy (mutated when ``source`` is given).
 
-        Returns the status (``passed``, ``failed``, ``hang``), seconds taken and the output.
+        Returns the status (``passed``, ``failed`` when a test failed, ``error`` when pytest
+        could not run them, ``hang``), seconds taken and the output.
         """
         work = self._workspace(relative, source)
         command = [str(self.python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
@@ -837,7 +840,8 @@ class Runner:
             raise KeyboardInterrupt
         if hung or "from pytest-timeout" in text:
             return "hang", seconds, text
-        return ("passed" if process.returncode == 0 else "failed"), seconds, text
+        status = {0: "passed", 1: "failed"}.get(process.returncode, "error")
+        return status, seconds, text
 
     @staticmethod
     def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -975,6 +979,16 @@ def plan_target(name: str, root: Path) -> tuple[Target, list[str]]:
     return target, selectors
 
 
+def _plugins_off(root: Path, selectors: Sequence[str]) -> list[str]:
+    """``-p no:...`` for the plugins no selected file uses: each pytest run pays for its
+    plugins' imports before its first test (Hypothesis's alone takes about two seconds)."""
+    files = {root / selector.split("::")[0] for selector in selectors}
+    files |= set((root / "tests").glob("**/conftest.py"))
+    if any("hypothesis" in path.read_text() for path in files if path.is_file()):
+        return []
+    return ["-p", "no:hypothesispytest"]
+
+
 def _slowest_test(junit: Path) -> float:
     try:
         cases = ET.parse(junit).getroot().iter("testcase")
@@ -999,7 +1013,8 @@ def run_target(
     print(f"\n== {plan.name}: {plan.target.source}, {len(plan.mutants)} mutants")
     print(f"   tests: {' '.join(plan.selectors)}", flush=True)
     junit = runner.workdir / f"baseline-{plan.name}.xml"
-    status, seconds, output = runner.pytest(plan.selectors, extra=[f"--junitxml={junit}"])
+    plugins = _plugins_off(runner.root, plan.selectors)
+    status, seconds, output = runner.pytest(plan.selectors, extra=[*plugins, f"--junitxml={junit}"])
     summary.baseline_seconds = round(seconds, 1)
     if status != "passed":
         tail = "\n".join(output.splitlines()[-60:])
@@ -1019,18 +1034,30 @@ def run_target(
                 Result(mutant.id, "equivalent", 0.0, mutant.line, mutant.before, mutant.after)
             )
 
+    killers = _Killers()
+
     def one(mutant: Mutant) -> Result:
-        outcome, took, text = runner.pytest(
-            plan.selectors,
-            relative=relative,
-            source=mutant.source,
-            timeout=timeout,
-            test_timeout=test_timeout,
-        )
-        status = {"passed": "survived", "failed": "killed", "hang": "hang"}[outcome]
-        return Result(
-            mutant.id, status, round(took, 1), mutant.line, mutant.before, mutant.after, text
-        )
+        def run(selectors: Sequence[str]) -> tuple[str, float, str]:
+            return runner.pytest(
+                selectors,
+                relative=relative,
+                source=mutant.source,
+                timeout=timeout,
+                test_timeout=test_timeout,
+                extra=plugins,
+            )
+
+        outcome, took, text = "passed", 0.0, ""
+        first = killers.latest()
+        if first:
+            outcome, took, text = run(first)
+        if outcome not in ("failed", "hang"):  # not killed by those: run the whole list
+            outcome, seconds, text = run(plan.selectors)
+            took += seconds
+        killers.add(text)
+        status = {"passed": "survived", "failed": "killed", "error": "killed"}.get(outcome, "hang")
+        m = mutant
+        return Result(m.id, status, round(took, 1), m.line, m.before, m.after, text)
 
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -1067,6 +1094,39 @@ def run_target(
     summary.score = round(100.0 * summary.killed / scored, 1) if scored else 100.0
     summary.wall_seconds = round(time.monotonic() - started, 1)
     return summary
+
+
+class _Killers:
+    """The tests that killed a target's latest mutants, most recent first.
+
+    Neighbouring mutants tend to die by the same test, often one far down the target's list:
+    each mutant runs these few first, and the whole list only if none of them fails it.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self._keep = keep
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def latest(self) -> list[str]:
+        with self._lock:
+            return list(self._ids)
+
+    def add(self, output: str) -> None:
+        """Note the test that failed in a pytest run's short summary (``-ra``), if any."""
+        for line in output.splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind in ("FAILED", "ERROR") and "::" in rest:
+                head = rest.split(" - ", 1)[0]
+                if "[" in head and "] - " in rest:  # a parameter id may hold " - " itself
+                    head = rest[: rest.index("] - ") + 1]
+                node = head.strip()
+                with self._lock:
+                    if node in self._ids:
+                        self._ids.remove(node)
+                    self._ids.insert(0, node)
+                    del self._ids[self._keep :]
+                return
 
 
 class BaselineFailed(Exception):
