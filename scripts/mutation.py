@@ -1056,8 +1056,9 @@ def run_target(
             took += seconds
         killers.add(text)
         status = {"passed": "survived", "failed": "killed", "error": "killed"}.get(outcome, "hang")
-        m = mutant
-        return Result(m.id, status, round(took, 1), m.line, m.before, m.after, text)
+        return Result(
+            mutant.id, status, round(took, 1), mutant.line, mutant.before, mutant.after, text
+        )
 
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
