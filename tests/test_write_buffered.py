@@ -82,7 +82,9 @@ def test_writes_batches_and_flushes(host_engine: Engine, host_models: HostModels
         assert writer.counters.queued == 0
     final = writer.counters
     assert (final.written, final.dead_lettered, final.dropped, final.unwritten) == (120, 0, 0, 0)
-    with pytest.raises(WriterClosedError):
+    with pytest.raises(
+        WriterClosedError, match=r"closed; record it with EventWriter\.record_detach"
+    ):
         writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
 
 
@@ -343,14 +345,17 @@ def test_database_down_drop_newest_is_bounded_counted_and_reported(
         retry=FAST_RETRY,
         on_dead_letter=dead,
     ).start()
-    for i in range(150):
-        writer.enqueue(new_event(session_id=key, user_id=key, event_type="x", payload={"i": i}))
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"i": i}) for i in range(150)
+    ]
+    for event in events:
+        assert writer.enqueue(event) is event  # a dropped one is returned as well
         assert writer.counters.queued <= 100
     wait_for(lambda: writer.counters.retried >= 1, 10, "the writer thread's first retry")
     mid = writer.counters
     assert (mid.dropped, mid.queued, mid.written) == (50, 100, 0)
     assert mid.retried >= 1
-    assert len(dead.items) == 50
+    assert [event for event, _ in dead.items] == events[100:]
     assert all(isinstance(error, QueueFullError) for _, error in dead.items)
     final = writer.close(timeout=0.3)
     assert final.queued == 0
@@ -579,7 +584,7 @@ async def test_async_writer_with_concurrent_tasks_and_a_terminated_backend(
     assert writer.counters.written == 3000
     assert writer.counters.retried >= 1  # the terminated backend was noticed and retried
     assert counts(host_engine) == (3000, 3000)
-    with pytest.raises(WriterClosedError):
+    with pytest.raises(WriterClosedError, match=r"closed; record it with EventWriter\.arecord_det"):
         await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
 
 
@@ -596,9 +601,11 @@ async def test_async_writer_database_down_reports_everything(host_models: HostMo
         retry=FAST_RETRY,
         on_dead_letter=dead,
     ).start()
+    returned = []
     for _ in range(30):
-        await writer.enqueue(session_id=key, user_id=key, event_type="x")
+        returned.append(await writer.enqueue(session_id=key, user_id=key, event_type="x"))
         assert writer.counters.queued <= 20
+    assert [event for event, _ in dead.items] == returned[20:]  # dropped, and returned
     final = await writer.close(timeout=0.2)
     assert final.dropped == 10
     assert final.dropped + final.unwritten + final.dead_lettered == 30
