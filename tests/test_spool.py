@@ -1205,6 +1205,34 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     assert sorted(set(calls)) == seen
 
 
+def test_an_empty_queue_takes_one_event_larger_than_its_bytes(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    large, small = (
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+        for length in (3000, 10)
+    )
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        max_queued_bytes=1000,
+        on_dead_letter=dead,
+    )
+    writer.enqueue(large)  # queued, not spilled, as without a spool
+    assert (writer.counters.queued, writer.counters.spilled) == (1, 0)
+    writer.enqueue(small)  # no room left: spilled
+    assert (writer.counters.queued, writer.counters.spilled) == (1, 1)
+    writer.start()
+    assert writer.flush(timeout=10)
+    final = writer.close(timeout=0)
+    assert [event for event, _ in dead.items] == [large, small]
+    assert (final.spilled, final.dead_lettered) == (0, 2)
+
+
 @pytest.mark.fault
 def test_a_file_is_kept_while_any_of_its_events_is_not_done(
     host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
