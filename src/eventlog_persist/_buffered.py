@@ -253,8 +253,10 @@ class _State(Generic[KeyT]):
             return False, self.drop(event, spool=failed)
         if queued:
             return self.add(event, size), None
+        # No wake-up for a spilled event: the queue is full, and the writer reads the spool
+        # back once its next batch is written (feed_room).
         self.enqueued += 1
-        return journal.spilled == 1, None
+        return False, None
 
     def feed_room(self) -> tuple[int, float] | None:
         """How many spooled events (and bytes) to read back into the queue now, if any."""
