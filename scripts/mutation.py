@@ -1052,7 +1052,7 @@ def run_target(
         if first:
             outcome, took, text = run(first)
         if outcome not in ("failed", "hang"):  # not killed by those: run the whole list
-            outcome, seconds, text = run(plan.selectors)
+            outcome, seconds, text = run(killers.ordered(plan.selectors))
             took += seconds
         killers.add(text)
         status = {"passed": "survived", "failed": "killed", "error": "killed"}.get(outcome, "hang")
@@ -1101,7 +1101,10 @@ class _Killers:
     """The tests that killed a target's latest mutants, most recent first.
 
     Neighbouring mutants tend to die by the same test, often one far down the target's list:
-    each mutant runs these few first, and the whole list only if none of them fails it.
+    each mutant runs these few first, and the whole list only if none of them fails it. The
+    whole list runs its files in order of their kills so far, so that a mutant of a group
+    whose tests live in the last file does not wait for all the others (`-x` stops at the
+    first failure).
     """
 
     # Eight, not four: a module's neighbouring functions often die by tests of two or three
@@ -1109,11 +1112,18 @@ class _Killers:
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
         self._ids: list[str] = []
+        self._kills: dict[str, int] = {}  # test file -> mutants it killed
         self._lock = threading.Lock()
 
     def latest(self) -> list[str]:
         with self._lock:
             return list(self._ids)
+
+    def ordered(self, selectors: Sequence[str]) -> list[str]:
+        """``selectors``, the files that killed most first (a stable sort)."""
+        with self._lock:
+            kills = dict(self._kills)
+        return sorted(selectors, key=lambda selector: -kills.get(selector.split("::")[0], 0))
 
     def add(self, output: str) -> None:
         """Note the test that failed in a pytest run's short summary (``-ra``), if any."""
@@ -1124,7 +1134,9 @@ class _Killers:
                 if "[" in head and "] - " in rest:  # a parameter id may hold " - " itself
                     head = rest[: rest.index("] - ") + 1]
                 node = head.strip()
+                file = node.split("::")[0]
                 with self._lock:
+                    self._kills[file] = self._kills.get(file, 0) + 1
                     if node in self._ids:
                         self._ids.remove(node)
                     self._ids.insert(0, node)
