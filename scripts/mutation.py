@@ -10,7 +10,7 @@ throwaway venv whose python runs the tests (so ``sys.executable`` in every subpr
 python too); the run checks this before it starts. Mutants that no test can kill are
 listed with a reason in ``scripts/mutation-equivalents.toml`` and are not run. Each mutant
 first runs the tests that killed the target's latest mutants, and all its tests only if none
-of those fails.
+of those fails, the files that killed most first.
 
 Usage (from anywhere; standard library plus the ``test`` extras)::
 

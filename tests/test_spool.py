@@ -1159,8 +1159,9 @@ def test_a_file_is_deleted_as_soon_as_its_records_are_done_and_not_before(
         ([1500, 1500, 0, 1500, 0], None, [(2, 1), (4, 0), (6, 0), (8, 0)]),
         # A damaged record counts as one of the records a read may take.
         ([1000] * 5, 3, [(2, 1), (4, 0), (6, 0), (7, 0)]),
-        # Larger than the room the queue has left: read back once the queue ahead is written.
-        ([3000, 1000], None, [(2, 1), (3, 0), (5, 0)]),
+        # Larger than the room the queue has left: read back once the queue ahead is written,
+        # and alone: with it, the next one would not fit the queue's bytes.
+        ([3000, 1000], None, [(2, 1), (3, 0), (4, 0), (5, 0)]),
     ],
 )
 def test_spilled_events_are_read_back_within_the_queues_bytes(
@@ -1203,6 +1204,40 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     writer.close(timeout=0)
     # After each batch: the events given up on so far, and those left in the queue.
     assert sorted(set(calls)) == seen
+
+
+def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+        for length in [1000] * 12 + [20_000]
+    ]
+    bound = 3 * events[0].size_bytes  # the last event alone is larger
+    seen: list[int] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        seen.append(writer.counters.dead_lettered)  # on the writer's thread, batch counted
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        batch_size=100,
+        max_queued_bytes=bound,  # three events; the rest spill
+        on_dead_letter=hook,
+    )
+    for event in events:
+        writer.enqueue(event)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, 10)
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close(timeout=0)
+    # Batches of three (each read back stops at the queue's bytes), then the large event
+    # alone: an empty queue takes one event however large.
+    assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
 
 
 def test_an_empty_queue_takes_one_event_larger_than_its_bytes(

@@ -258,17 +258,19 @@ class _State(Generic[KeyT]):
         self.enqueued += 1
         return False, None
 
-    def feed_room(self) -> tuple[int, float] | None:
-        """How many spooled events (and bytes) to read back into the queue now, if any."""
+    def feed_room(self) -> tuple[int, int, bool] | None:
+        """How many spooled events (and bytes) to read back into the queue now, if any, and
+        whether the queue is empty (`Journal.read`)."""
         journal = self.journal
         if journal is None or not journal.spilled or self.feed_blocked or journal.closed:
             return None
         if len(self.queue) >= self.batch_size or self.pending >= self.max_queued:
             return None
-        room = float("inf") if self.pending == 0 else self.max_queued_bytes - self.pending_bytes
+        empty = self.pending == 0
+        room = self.max_queued_bytes - self.pending_bytes
         if room <= 0:
             return None
-        return min(self.batch_size, self.max_queued - self.pending), room
+        return min(self.batch_size, self.max_queued - self.pending), room, empty
 
     def fed(self, reading: Reading) -> None:
         """Queue the events read back from the spool (they count as enqueued already)."""

@@ -698,14 +698,14 @@ class Journal:
             except OSError:
                 logger.exception("could not delete the spool segment %s", segment.path)
 
-    def read(self, max_events: int, max_bytes: float) -> Reading:
+    def read(self, max_events: int, max_bytes: int, empty: bool) -> Reading:
         """Read back spooled records, oldest first, without the writer's lock.
 
-        At most ``max_events`` and at most ``max_bytes`` of `NewEvent.size_bytes` (the
-        writer passes ``inf`` for an empty queue, which any event fits). Appends may run
-        meanwhile: only records counted in ``spilled`` when this starts are read, and each
-        was whole on disk before it was counted (``size`` is raised before ``records``,
-        ``records`` before ``spilled``).
+        At most ``max_events`` and at most ``max_bytes`` of `NewEvent.size_bytes`, except
+        that an ``empty`` queue takes its first event however large, as `enqueue` does.
+        Appends may run meanwhile: only records counted in ``spilled`` when this starts are
+        read, and each was whole on disk before it was counted (``size`` is raised before
+        ``records``, ``records`` before ``spilled``).
         """
         cursor = self.cursor
         limit = min(self.spilled, max_events)
@@ -741,7 +741,7 @@ class Journal:
                         index += 1
                         limit -= 1
                     continue
-                if size + event.size_bytes > max_bytes:
+                if size + event.size_bytes > max_bytes and (reading.events or not empty):
                     full = True
                     break
                 size += event.size_bytes
