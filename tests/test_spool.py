@@ -30,7 +30,7 @@ import msgspec
 import pytest
 from hostmodels import HostModels, seed
 from sqlalchemy import Engine, text
-from waiting import cancel_the_write_then_close
+from waiting import cancel_the_write_then_close, wait_for
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -1238,6 +1238,33 @@ def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
     # Batches of three (each read back stops at the queue's bytes), then the large event
     # alone: an empty queue takes one event however large.
     assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
+
+
+def test_events_read_back_into_an_empty_queue_are_due_at_once(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
+    dead = DeadLetters()
+    writer = BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        batch_size=3,
+        max_queued=3,
+        flush_interval=60,
+        on_dead_letter=dead,
+    )
+    for event in events:
+        writer.enqueue(event)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
+    writer.start()
+    # Two full batches, then the last two read back: they have waited on the spool already,
+    # and go without a flush and without another flush_interval.
+    wait_for(lambda: len(dead.items) == 8, 20, "the spilled events, without a flush")
+    writer.close(timeout=0)
+    assert [event for event, _ in dead.items] == events
 
 
 def test_an_empty_queue_takes_one_event_larger_than_its_bytes(
