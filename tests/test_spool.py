@@ -956,6 +956,27 @@ def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
 
 
 @pytest.mark.fault
+def test_flush_returns_when_the_last_spooled_record_is_found_damaged(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 3)
+    writer = BufferedWriter(host_models.EventLog, host_engine, spool=Spool(tmp_path), max_queued=2)
+    for event in events:  # the third on the spool only
+        writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[len(written(segment)) - 3] ^= 0xFF  # the disk damaged it
+    segment.write_bytes(bytes(data))
+    writer.start()
+    started = time.monotonic()
+    assert writer.flush(timeout=10)  # written or given up: all three
+    assert time.monotonic() - started < 5  # told when the damaged record was given up
+    final = writer.close()
+    assert (final.written, final.spool_damaged, final.spilled) == (2, 1, 0)
+
+
+@pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_flush_returns_when_the_last_spooled_record_is_found_damaged(
     host_engine: Engine, host_models: HostModels, tmp_path: Path
