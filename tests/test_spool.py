@@ -35,6 +35,7 @@ from waiting import cancel_the_write_then_close, wait_for
 from eventlog_persist import (
     AsyncBufferedWriter,
     BufferedWriter,
+    DeadLetterHook,
     NewEvent,
     RetryPolicy,
     Spool,
@@ -1227,6 +1228,20 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     assert sorted(set(calls)) == seen
 
 
+def _giving_up(
+    host_models: HostModels, tmp_path: Path, hook: DeadLetterHook, **settings: Any
+) -> BufferedWriter[Any]:
+    """A spooled writer on a database that is down, giving each batch up at once."""
+    return BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        on_dead_letter=hook,
+        **settings,
+    )
+
+
 def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
     host_models: HostModels, tmp_path: Path
 ) -> None:
@@ -1241,15 +1256,8 @@ def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
     def hook(event: NewEvent, error: BaseException) -> None:
         seen.append(writer.counters.dead_lettered)  # on the writer's thread, batch counted
 
-    writer = BufferedWriter(
-        host_models.EventLog,
-        DOWN,
-        spool=Spool(tmp_path),
-        retry=RetryPolicy(max_attempts=1),
-        batch_size=100,
-        max_queued_bytes=bound,  # three events; the rest spill
-        on_dead_letter=hook,
-    )
+    # Three events fit the queue's bytes; the rest spill.
+    writer = _giving_up(host_models, tmp_path, hook, batch_size=100, max_queued_bytes=bound)
     for event in events:
         writer.enqueue(event)
     assert (writer.counters.queued, writer.counters.spilled) == (3, 10)
@@ -1267,16 +1275,7 @@ def test_events_read_back_into_an_empty_queue_are_due_at_once(
     key = uuid.uuid4()
     events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
     dead = DeadLetters()
-    writer = BufferedWriter(
-        host_models.EventLog,
-        DOWN,
-        spool=Spool(tmp_path),
-        retry=RetryPolicy(max_attempts=1),
-        batch_size=3,
-        max_queued=3,
-        flush_interval=60,
-        on_dead_letter=dead,
-    )
+    writer = _giving_up(host_models, tmp_path, dead, batch_size=3, max_queued=3, flush_interval=60)
     for event in events:
         writer.enqueue(event)
     assert (writer.counters.queued, writer.counters.spilled) == (3, 5)
@@ -1297,14 +1296,7 @@ def test_an_empty_queue_takes_one_event_larger_than_its_bytes(
         for length in (3000, 10)
     )
     dead = DeadLetters()
-    writer = BufferedWriter(
-        host_models.EventLog,
-        DOWN,
-        spool=Spool(tmp_path),
-        retry=RetryPolicy(max_attempts=1),
-        max_queued_bytes=1000,
-        on_dead_letter=dead,
-    )
+    writer = _giving_up(host_models, tmp_path, dead, max_queued_bytes=1000)
     writer.enqueue(large)  # queued, not spilled, as without a spool
     assert (writer.counters.queued, writer.counters.spilled) == (1, 0)
     writer.enqueue(small)  # no room left: spilled
