@@ -1107,8 +1107,8 @@ class _Killers:
     first failure).
     """
 
-    # Eight, not four: a module's neighbouring functions often die by tests of two or three
-    # files in turn, and that alternation pushed a group's killer out of four slots.
+    # Eight: a module's neighbouring functions often die by tests of two or three files in
+    # turn, and with fewer slots that alternation pushes a group's killer out.
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
         self._ids: list[str] = []
