@@ -958,11 +958,19 @@ def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
 
 @pytest.mark.fault
 def test_flush_returns_when_the_last_spooled_record_is_found_damaged(
-    host_engine: Engine, host_models: HostModels, tmp_path: Path
+    host_models: HostModels, tmp_path: Path
 ) -> None:
-    user_id, session_id = seed(host_engine, host_models)
-    events = chat_events(user_id, session_id, 3)
-    writer = BufferedWriter(host_models.EventLog, host_engine, spool=Spool(tmp_path), max_queued=2)
+    key = uuid.uuid4()
+    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(3)]
+    flushing = threading.Event()
+    dead = DeadLetters()
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        dead(event, error)
+        assert flushing.wait(10)  # the first batch is given up once flush waits
+        time.sleep(0.1)
+
+    writer = _giving_up(host_models, tmp_path, hook, max_queued=2)
     for event in events:  # the third on the spool only
         writer.enqueue(event)
     [segment] = segments(tmp_path)
@@ -971,10 +979,11 @@ def test_flush_returns_when_the_last_spooled_record_is_found_damaged(
     segment.write_bytes(bytes(data))
     writer.start()
     started = time.monotonic()
-    assert writer.flush(timeout=10)  # written or given up: all three
+    flushing.set()
+    assert writer.flush(timeout=10)  # given up or lost: all three
     assert time.monotonic() - started < 5  # told when the damaged record was given up
     final = writer.close()
-    assert (final.written, final.spool_damaged, final.spilled) == (2, 1, 0)
+    assert (final.dead_lettered, final.spool_damaged, final.spilled) == (2, 1, 0)
 
 
 @pytest.mark.fault
