@@ -83,6 +83,20 @@ class DeadLetters:
         self.items.append((event, error))
 
 
+def _giving_up(
+    host_models: HostModels, tmp_path: Path, hook: DeadLetterHook, **settings: Any
+) -> BufferedWriter[Any]:
+    """A spooled writer on a database that is down, giving each batch up at once."""
+    return BufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        on_dead_letter=hook,
+        **settings,
+    )
+
+
 def spool_down(
     models: HostModels, directory: Path, events: list[NewEvent], **options: Any
 ) -> BufferedWriter[Any]:
@@ -1235,20 +1249,6 @@ def test_spilled_events_are_read_back_within_the_queues_bytes(
     writer.close(timeout=0)
     # After each batch: the events given up on so far, and those left in the queue.
     assert sorted(set(calls)) == seen
-
-
-def _giving_up(
-    host_models: HostModels, tmp_path: Path, hook: DeadLetterHook, **settings: Any
-) -> BufferedWriter[Any]:
-    """A spooled writer on a database that is down, giving each batch up at once."""
-    return BufferedWriter(
-        host_models.EventLog,
-        DOWN,
-        spool=Spool(tmp_path),
-        retry=RetryPolicy(max_attempts=1),
-        on_dead_letter=hook,
-        **settings,
-    )
 
 
 def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
