@@ -1278,6 +1278,66 @@ def test_spilled_events_read_back_into_an_empty_queue_keep_to_its_bytes(
     assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
 
 
+@pytest.mark.asyncio
+async def test_the_async_writer_reads_back_within_the_queues_bytes(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    events = [
+        new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
+        for length in [1000] * 12 + [20_000]
+    ]
+    seen: list[int] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        seen.append(writer.counters.dead_lettered)  # on the loop, batch counted
+
+    writer = AsyncBufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        on_dead_letter=hook,
+        batch_size=100,
+        max_queued_bytes=3 * events[0].size_bytes,
+    )
+    for event in events:
+        await writer.enqueue(event)
+    assert (writer.counters.queued, writer.counters.spilled) == (3, 10)
+    await writer.start()
+    assert await writer.flush(timeout=10)
+    await writer.close(timeout=0)
+    assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
+
+
+@pytest.mark.fault
+def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
+    seen: list[int] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        seen.append(writer.counters.queued)  # on the writer's thread, batch released
+
+    writer = _giving_up(host_models, tmp_path, hook, batch_size=3, max_queued=3)
+    for event in events:  # 3 in the queue, 5 on the spool only
+        writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[sum(len(encode_event(event)) for event in events[:3]) + 20] ^= 0xFF  # the 4th
+    segment.write_bytes(bytes(data))
+    writer.start()
+    assert writer.flush(timeout=10)
+    final = writer.close(timeout=0)
+    assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
+    # The first read-back finds 2 events in 3 records, so the next one takes a single
+    # event, not a batch: the queue never holds more than max_queued, and is empty
+    # whenever a batch has been given up.
+    assert seen == [0] * 7
+
+
 def test_events_read_back_into_an_empty_queue_are_due_at_once(
     host_models: HostModels, tmp_path: Path
 ) -> None:
