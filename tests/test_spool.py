@@ -1096,7 +1096,8 @@ def _events_of(size: int, count: int) -> list[NewEvent]:
     def make(length: int) -> NewEvent:
         return new_event(session_id=key, user_id=key, event_type="x", payload={"t": "x" * length})
 
-    length = next(n for n in range(size) if len(encode_event(make(n))) == size)
+    start = max(0, size - len(encode_event(make(0))) - 8)  # a record grows with its payload
+    length = next(n for n in range(start, size) if len(encode_event(make(n))) == size)
     return [make(length) for _ in range(count)]
 
 
@@ -1316,10 +1317,11 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
 ) -> None:
     key = uuid.uuid4()
     events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
     def hook(event: NewEvent, error: BaseException) -> None:
-        seen.append(writer.counters.queued)  # on the writer's thread, batch released
+        counters = writer.counters  # on the writer's thread, batch released
+        seen.append((counters.dead_lettered, counters.queued))
 
     writer = _giving_up(host_models, tmp_path, hook, batch_size=3, max_queued=3)
     for event in events:  # 3 in the queue, 5 on the spool only
@@ -1333,9 +1335,39 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     final = writer.close(timeout=0)
     assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
     # The first read-back finds 2 events in 3 records, so the next one takes a single
-    # event, not a batch: the queue never holds more than max_queued, and is empty
-    # whenever a batch has been given up.
-    assert seen == [0] * 7
+    # event, not a batch, and the batch waits for it: batches of 3, 3 and 1, and the queue
+    # never holds more than max_queued (it is empty whenever a batch has been given up).
+    assert seen == [(3, 0)] * 3 + [(6, 0)] * 3 + [(7, 0)]
+
+
+@pytest.mark.fault
+def test_close_reads_back_past_records_found_damaged(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = [
+        replace(event, session_id=session_id, user_id=user_id)
+        for event in _events_of(1 << 18, 5)  # 4 fill a file
+    ]
+    writer = BufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        spool=Spool(tmp_path),
+        batch_size=2,
+        max_queued=2,
+        flush_interval=60,
+    )
+    for event in events:  # 2 in the queue, 3 on the spool only: 2 in the 1st file
+        writer.enqueue(event)
+    first, _ = segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[(2 << 18) + 20] ^= 0xFF  # the disk damaged the 3rd and 4th records: the
+    data[(3 << 18) + 20] ^= 0xFF  # read-back of the 1st file's 2 finds no event
+    first.write_bytes(bytes(data))
+    writer.start()
+    final = writer.close()  # no flush: close reads the 2nd file back and writes it
+    assert (final.written, final.spool_damaged, final.spilled) == (3, 2, 0)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:2] + events[4:])
 
 
 def test_events_read_back_into_an_empty_queue_are_due_at_once(

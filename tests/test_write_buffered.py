@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -666,6 +668,45 @@ def test_close_gives_up_on_the_batch_in_flight_and_reports_it_once(
 
 
 @pytest.mark.fault
+def test_close_tells_waiting_producers_at_once_and_waiting_flushes_once_it_gives_up(
+    host_models: HostModels, silent_server: str
+) -> None:
+    writer = BufferedWriter(
+        host_models.EventLog, silent_server, max_queued=1, block_timeout=60, connect_timeout=3
+    ).start()
+    key = uuid.uuid4()
+    writer.enqueue(session_id=key, user_id=key, event_type="x")  # the thread hangs connecting
+    told: list[float] = []
+    flushed: list[tuple[bool, float]] = []
+
+    def produce() -> None:
+        with pytest.raises(WriterClosedError, match="closed while waiting"):
+            writer.enqueue(session_id=key, user_id=key, event_type="x")
+        told.append(time.monotonic())
+
+    def flush() -> None:
+        flushed.append((writer.flush(timeout=20), time.monotonic()))
+
+    waiters = [threading.Thread(target=produce), threading.Thread(target=flush)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.3)  # the producer waits for room, the flush for the event
+    started = time.monotonic()
+    final = writer.close(timeout=1.5)  # the thread still hangs: the event is given up
+    gave_up = time.monotonic()
+    for waiter in waiters:
+        waiter.join(10)
+    assert told[0] - started < 1  # when close began, not when it gave up
+    [(done, at)] = flushed
+    assert done
+    assert at - gave_up < 1  # when close gave up, not at its own timeout
+    assert final.unwritten == 1
+    thread = writer._thread
+    assert thread is not None
+    thread.join(5)  # connect_timeout ends the hung attempt
+
+
+@pytest.mark.fault
 @pytest.mark.asyncio
 async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     host_models: HostModels, silent_server: str
@@ -739,6 +780,17 @@ def test_flush_before_start_raises_instead_of_hanging(host_models: HostModels) -
         writer.flush(timeout=1)
     assert writer.close(timeout=0).unwritten == 1
     assert writer.flush(timeout=0)  # closed: nothing left to wait for
+
+
+def test_a_closed_writer_is_not_kept_alive_by_its_exit_hook(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    writer = BufferedWriter(host_models.EventLog, host_engine.url).start()
+    writer.close()
+    closed = weakref.ref(writer)
+    del writer
+    gc.collect()
+    assert closed() is None  # a host creating writers over time does not leak them
 
 
 @pytest.mark.asyncio

@@ -820,8 +820,7 @@ class BufferedWriter(Generic[KeyT]):
         with self._lock:
             # Never started, or stuck in a network call: give up on what is left.
             dead = state.abandon()
-            self._wake.notify()
-            self._room.notify_all()
+            self._room.notify_all()  # flushes waiting for what was just given up
         report_dead_letters(state.on_dead_letter, dead)
         return self.counters
 
