@@ -228,10 +228,11 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
             writer.enqueue(event_type="at-fork", **keys)
         pid = os.fork()
         if pid == 0:
+            flushed = writer.flush(timeout=30)  # before any enqueue: restarts the writer too
             for _ in range(70):
                 writer.enqueue(event_type="child", **keys)
             counters = writer.close(timeout=30)
-            os._exit(0 if (counters.written, counters.retried) == (70, 0) else 1)
+            os._exit(0 if flushed and (counters.written, counters.retried) == (70, 0) else 1)
         _, status = os.waitpid(pid, 0)
         for _ in range(30):
             writer.enqueue(event_type="parent", **keys)

@@ -1370,6 +1370,36 @@ def test_close_reads_back_past_records_found_damaged(
     assert sorted(stored(host_engine)) == sorted(event.id for event in events[:2] + events[4:])
 
 
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_async_close_reads_back_past_records_found_damaged(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = [
+        replace(event, session_id=session_id, user_id=user_id) for event in _events_of(1 << 18, 5)
+    ]
+    writer = AsyncBufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        spool=Spool(tmp_path),
+        batch_size=2,
+        max_queued=2,
+        flush_interval=60,
+    )
+    for event in events:
+        await writer.enqueue(event)
+    first, _ = segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[(2 << 18) + 20] ^= 0xFF
+    data[(3 << 18) + 20] ^= 0xFF
+    first.write_bytes(bytes(data))
+    await writer.start()
+    final = await writer.close()
+    assert (final.written, final.spool_damaged, final.spilled) == (3, 2, 0)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in events[:2] + events[4:])
+
+
 def test_events_read_back_into_an_empty_queue_are_due_at_once(
     host_models: HostModels, tmp_path: Path
 ) -> None:

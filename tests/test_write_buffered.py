@@ -178,6 +178,35 @@ async def test_a_write_cancelled_under_the_writer_reports_its_batch_as_maybe_wri
     assert counts(host_engine) == (0, 0)
 
 
+@pytest.mark.fault
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_flush_waiting_when_close_gives_up_after_a_cancelled_write_returns_at_once(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with host_engine.connect() as holder:
+        holder.execute(text("LOCK TABLE event_logs IN SHARE MODE"))
+        writer = await AsyncBufferedWriter(
+            host_models.EventLog, host_engine.url, batch_size=2, flush_interval=0.01
+        ).start()
+        for _ in range(5):  # a batch of 2 waits for the lock, 3 stay queued
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        while not waits_for_a_lock(host_engine):
+            await asyncio.sleep(0.01)
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:  # the host's shutdown cancels the writer's task
+            task.cancel()
+        await asyncio.wait(others)
+        flusher = asyncio.create_task(writer.flush(timeout=20))
+        await asyncio.sleep(0.2)  # it waits for the 3 queued
+        final = await writer.close(timeout=0)
+        gave_up = time.monotonic()
+        assert await flusher
+        assert time.monotonic() - gave_up < 1  # told by close, not by its own timeout
+    assert (final.written, final.unwritten, final.queued) == (0, 5, 0)
+
+
 def test_flush_interval_writes_a_partial_batch(
     host_engine: Engine, host_models: HostModels
 ) -> None:
@@ -704,6 +733,39 @@ def test_close_tells_waiting_producers_at_once_and_waiting_flushes_once_it_gives
     thread = writer._thread
     assert thread is not None
     thread.join(5)  # connect_timeout ends the hung attempt
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_async_close_tells_waiting_producers_at_once_and_waiting_flushes_once_it_gives_up(
+    host_models: HostModels, silent_server: str
+) -> None:
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog, silent_server, max_queued=1, block_timeout=60, connect_timeout=3
+    ).start()
+    key = uuid.uuid4()
+    await writer.enqueue(session_id=key, user_id=key, event_type="x")  # the task hangs
+    told: list[float] = []
+
+    async def produce() -> None:
+        with pytest.raises(WriterClosedError, match="closed while waiting"):
+            await writer.enqueue(session_id=key, user_id=key, event_type="x")
+        told.append(time.monotonic())
+
+    async def flush() -> tuple[bool, float]:
+        return await writer.flush(timeout=20), time.monotonic()
+
+    producer, flusher = asyncio.create_task(produce()), asyncio.create_task(flush())
+    await asyncio.sleep(0.3)  # the producer waits for room, the flush for the event
+    started = time.monotonic()
+    final = await writer.close(timeout=1.5)  # the task still hangs: the event is given up
+    gave_up = time.monotonic()
+    await producer
+    done, at = await flusher
+    assert told[0] - started < 1  # when close began, not when it gave up
+    assert done
+    assert at - gave_up < 1
+    assert final.unwritten == 1
 
 
 @pytest.mark.fault
