@@ -90,6 +90,23 @@ def test_writes_batches_and_flushes(host_engine: Engine, host_models: HostModels
         writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
 
 
+@pytest.mark.asyncio
+async def test_async_flush_writes_a_partial_batch_at_once(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    async with AsyncBufferedWriter(
+        host_models.EventLog, host_engine.url, batch_size=50, flush_interval=60
+    ) as writer:
+        for _ in range(3):
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        await asyncio.sleep(0.2)  # the task sleeps until flush_interval
+        started = time.monotonic()
+        assert await writer.flush(timeout=20)
+        assert time.monotonic() - started < 10  # woken, and the batch due: not after 60 s
+        assert counts_of(host_engine, "chat") == 3
+
+
 def test_events_already_stored_count_as_written_and_as_duplicates(
     host_engine: Engine, host_models: HostModels
 ) -> None:
@@ -784,6 +801,8 @@ async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     started = time.monotonic()
     final = await writer.close(timeout=0.3)
     assert time.monotonic() - started < 1.5
+    # The hung write was cancelled: no task of the writer's is left on the loop.
+    assert "eventlog-buffered-writer" not in [task.get_name() for task in asyncio.all_tasks()]
     assert (final.unwritten, final.queued, final.written, final.dead_lettered) == (10, 0, 0, 0)
     assert len(dead.items) == 10
     assert all(isinstance(error, WriterClosedError) for _, error in dead.items)
@@ -842,6 +861,21 @@ def test_flush_before_start_raises_instead_of_hanging(host_models: HostModels) -
         writer.flush(timeout=1)
     assert writer.close(timeout=0).unwritten == 1
     assert writer.flush(timeout=0)  # closed: nothing left to wait for
+
+
+def test_a_closed_writer_cannot_be_started_again(host_models: HostModels) -> None:
+    writer = BufferedWriter(host_models.EventLog, DOWN)
+    writer.close(timeout=0)
+    with pytest.raises(WriterClosedError, match="this BufferedWriter is closed; create a new one"):
+        writer.start()
+
+
+@pytest.mark.asyncio
+async def test_a_closed_async_writer_cannot_be_started_again(host_models: HostModels) -> None:
+    writer = AsyncBufferedWriter(host_models.EventLog, DOWN)
+    await writer.close(timeout=0)
+    with pytest.raises(WriterClosedError, match="AsyncBufferedWriter is closed; create a new one"):
+        await writer.start()
 
 
 def test_a_closed_writer_is_not_kept_alive_by_its_exit_hook(
