@@ -1128,9 +1128,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if task is None:
-            await self._connector.close()
+                await task  # its exit closes the connection; a writer never started has none
         return self.counters
 
     @overload
