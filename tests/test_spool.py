@@ -1340,30 +1340,39 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     assert seen == [(3, 0)] * 3 + [(6, 0)] * 3 + [(7, 0)]
 
 
+DAMAGED_FILE_END = {"batch_size": 2, "max_queued": 2, "flush_interval": 60}
+
+
+def _events_over_two_files(engine: Engine, models: HostModels) -> list[NewEvent]:
+    """5 events: with `DAMAGED_FILE_END`, 2 are queued, 2 spilled at the 1st file's end
+    and 1 in the 2nd file."""
+    user_id, session_id = seed(engine, models)
+    return [
+        replace(event, session_id=session_id, user_id=user_id)
+        for event in _events_of(1 << 18, 5)  # 4 fill a file
+    ]
+
+
+def _damage_the_first_files_end(directory: Path) -> None:
+    """The disk damaged the 3rd and 4th records: a read-back of those two finds no event."""
+    first, _ = segments(directory)
+    data = bytearray(first.read_bytes())
+    data[(2 << 18) + 20] ^= 0xFF
+    data[(3 << 18) + 20] ^= 0xFF
+    first.write_bytes(bytes(data))
+
+
 @pytest.mark.fault
 def test_close_reads_back_past_records_found_damaged(
     host_engine: Engine, host_models: HostModels, tmp_path: Path
 ) -> None:
-    user_id, session_id = seed(host_engine, host_models)
-    events = [
-        replace(event, session_id=session_id, user_id=user_id)
-        for event in _events_of(1 << 18, 5)  # 4 fill a file
-    ]
+    events = _events_over_two_files(host_engine, host_models)
     writer = BufferedWriter(
-        host_models.EventLog,
-        host_engine.url,
-        spool=Spool(tmp_path),
-        batch_size=2,
-        max_queued=2,
-        flush_interval=60,
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), **DAMAGED_FILE_END
     )
-    for event in events:  # 2 in the queue, 3 on the spool only: 2 in the 1st file
+    for event in events:
         writer.enqueue(event)
-    first, _ = segments(tmp_path)
-    data = bytearray(first.read_bytes())
-    data[(2 << 18) + 20] ^= 0xFF  # the disk damaged the 3rd and 4th records: the
-    data[(3 << 18) + 20] ^= 0xFF  # read-back of the 1st file's 2 finds no event
-    first.write_bytes(bytes(data))
+    _damage_the_first_files_end(tmp_path)
     writer.start()
     final = writer.close()  # no flush: close reads the 2nd file back and writes it
     assert (final.written, final.spool_damaged, final.spilled) == (3, 2, 0)
@@ -1375,25 +1384,13 @@ def test_close_reads_back_past_records_found_damaged(
 async def test_async_close_reads_back_past_records_found_damaged(
     host_engine: Engine, host_models: HostModels, tmp_path: Path
 ) -> None:
-    user_id, session_id = seed(host_engine, host_models)
-    events = [
-        replace(event, session_id=session_id, user_id=user_id) for event in _events_of(1 << 18, 5)
-    ]
+    events = _events_over_two_files(host_engine, host_models)
     writer = AsyncBufferedWriter(
-        host_models.EventLog,
-        host_engine.url,
-        spool=Spool(tmp_path),
-        batch_size=2,
-        max_queued=2,
-        flush_interval=60,
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), **DAMAGED_FILE_END
     )
     for event in events:
         await writer.enqueue(event)
-    first, _ = segments(tmp_path)
-    data = bytearray(first.read_bytes())
-    data[(2 << 18) + 20] ^= 0xFF
-    data[(3 << 18) + 20] ^= 0xFF
-    first.write_bytes(bytes(data))
+    _damage_the_first_files_end(tmp_path)
     await writer.start()
     final = await writer.close()
     assert (final.written, final.spool_damaged, final.spilled) == (3, 2, 0)

@@ -22,7 +22,7 @@ from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from waiting import cancel_the_write_then_close, wait_for, waits_for_a_lock
+from waiting import cancel_the_write, cancel_the_write_then_close, wait_for, waits_for_a_lock
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -209,12 +209,7 @@ async def test_a_flush_waiting_when_close_gives_up_after_a_cancelled_write_retur
         ).start()
         for _ in range(5):  # a batch of 2 waits for the lock, 3 stay queued
             await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
-        while not waits_for_a_lock(host_engine):
-            await asyncio.sleep(0.01)
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in others:  # the host's shutdown cancels the writer's task
-            task.cancel()
-        await asyncio.wait(others)
+        await cancel_the_write(host_engine)
         flusher = asyncio.create_task(writer.flush(timeout=20))
         await asyncio.sleep(0.2)  # it waits for the 3 queued
         final = await writer.close(timeout=0)

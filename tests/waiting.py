@@ -31,13 +31,18 @@ def waits_for_a_lock(engine: Engine) -> bool:
         )
 
 
-async def cancel_the_write_then_close(writer: Any, engine: Engine) -> Any:
-    """A host's shutdown that cancels every other task: once ``writer``'s batch waits for a
-    lock on event_logs, cancel its task mid-write, then close ``writer``; its counters."""
+async def cancel_the_write(engine: Engine) -> None:
+    """A host's shutdown that cancels every other task, once a writer's batch waits for a
+    lock on event_logs: the writer's task is cancelled mid-write."""
     while not waits_for_a_lock(engine):
         await asyncio.sleep(0.01)
     others = asyncio.all_tasks() - {asyncio.current_task()}
     for task in others:
         task.cancel()
     await asyncio.wait(others)
+
+
+async def cancel_the_write_then_close(writer: Any, engine: Engine) -> Any:
+    """`cancel_the_write`, then close ``writer``; its counters."""
+    await cancel_the_write(engine)
     return await writer.close(timeout=0)
