@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hostmodels import HostModels, seed
 from pgserver import ServerInfo
+from proxy import FreezingProxy
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -803,6 +804,56 @@ async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     assert all(isinstance(error, WriterClosedError) for _, error in dead.items)
     assert await writer.flush(timeout=0.5)
     assert writer.counters == final
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_async_close_keeps_to_its_timeout_when_the_server_hangs_mid_statement(
+    host_engine: Engine, host_models: HostModels, pg_server: ServerInfo
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    dbname = host_engine.url.database
+    assert dbname is not None
+    dead = DeadLetters()
+    with FreezingProxy(pg_server) as proxy:
+        writer = await AsyncBufferedWriter(
+            host_models.EventLog, proxy.conninfo(dbname), flush_interval=0.01, on_dead_letter=dead
+        ).start()
+        await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+        assert await writer.flush(timeout=10)  # connected, one batch written
+        proxy.freeze()
+        await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+        await asyncio.sleep(0.3)  # the task sends its batch and waits for an answer
+        started = time.monotonic()
+        final = await writer.close(timeout=0.5)
+        # Cancelled once, psycopg asks the server to cancel the statement and waits up to
+        # 5 s for that and 5 s for the result; cancelled again, it closes the connection.
+        assert time.monotonic() - started < 0.5 + 2
+    assert "eventlog-buffered-writer" not in [task.get_name() for task in asyncio.all_tasks()]
+    assert (final.written, final.unwritten, final.queued) == (1, 1, 0)
+    assert [type(error) for _, error in dead.items] == [WriterClosedError]
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_async_close_has_the_server_cancel_a_write_waiting_for_a_lock(
+    host_engine: Engine, host_models: HostModels, caplog: pytest.LogCaptureFixture
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog, host_engine.url, flush_interval=0.01, lock_timeout=60
+    ).start()
+    with host_engine.connect() as holder:
+        holder.execute(text("LOCK TABLE event_logs"))
+        await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+        while not waits_for_a_lock(host_engine):
+            await asyncio.sleep(0.01)
+        final = await writer.close(timeout=0.2)
+        # The statement was cancelled in the server, not left waiting behind a closed
+        # connection until the lock is released.
+        assert not waits_for_a_lock(host_engine)
+    assert (final.written, final.unwritten) == (0, 1)
+    assert "closing connection" not in caplog.text
 
 
 def test_hooks_run_outside_the_lock(host_engine: Engine, host_models: HostModels) -> None:

@@ -69,6 +69,10 @@ _HAND_OVER_INTERVAL = 0.004
 """Seconds between two offers of the GIL to the writer thread by `BufferedWriter.enqueue`
 while a batch is written: below the interpreter's switch interval (5 ms); at 2 ms the
 writer's work landed in more than one call in a hundred (docs/benchmarks/write-path.md)."""
+_CANCEL_GRACE = 1.0
+"""Seconds `AsyncBufferedWriter.close` lets a cancelled write end before cancelling it again:
+cancelled once, psycopg asks the server to cancel the statement and waits up to 10 s for it;
+cancelled twice, it closes the connection at once."""
 
 
 class _Held:
@@ -1107,8 +1111,16 @@ class AsyncBufferedWriter(Generic[KeyT]):
     async def close(self, timeout: float | None = 30.0) -> WriterCounters:
         """Stop taking events, write what is queued, stop the task; see `BufferedWriter.close`.
 
+        After ``timeout`` the task is cancelled. A write it cannot end (a server hung
+        mid-statement ignores the cancel request too) is cancelled again a second later,
+        which closes its connection: `close` returns within about ``timeout`` + 1 s.
+
         Returns:
             The final counters.
+
+        .. versionchanged:: 0.3.0
+           Returns within about ``timeout`` + 1 s on a server hung mid-statement (was up to
+           10 s more).
         """
         state = self._state
         state.closing = True
@@ -1127,6 +1139,9 @@ class AsyncBufferedWriter(Generic[KeyT]):
         report_dead_letters(state.on_dead_letter, dead)
         if task is not None and not task.done():
             task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
+            if not done:  # a server that hangs mid-statement ignores the cancel request too
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # its exit closes the connection; a writer never started has none
         return self.counters
