@@ -8,6 +8,7 @@ can share the --pg-dsn server.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -159,3 +160,15 @@ def restartable() -> Iterator[tuple[Any, ServerInfo]]:
     """A throwaway embedded PostgreSQL of this test's own, so it can be stopped and started."""
     with throwaway_server() as server:
         yield server
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A "database" that accepts TCP connections and never answers (a hung server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"host=127.0.0.1 port={listener.getsockname()[1]} dbname=x user=x"
+    finally:
+        listener.close()

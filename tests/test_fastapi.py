@@ -33,7 +33,7 @@ from eventlog_persist import (
     current_event_context,
     event_context,
 )
-from eventlog_persist.exceptions import ConfigurationError
+from eventlog_persist.exceptions import ConfigurationError, WriterClosedError
 from eventlog_persist.fastapi import (
     EventContextMiddleware,
     WriterOptions,
@@ -199,6 +199,43 @@ async def test_the_lifespan_runs_once_per_app(host_models: HostModels, database_
         assert app.state.eventlog_writer is writer
     with pytest.raises(ConfigurationError, match="batch_size"):
         async with eventlog_lifespan(app, host_models.EventLog, engine, batch_size=0):
+            pass
+    assert not hasattr(app.state, "eventlog_writer")
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_the_lifespans_shutdown_keeps_to_its_close_timeout(
+    host_models: HostModels, silent_server: str
+) -> None:
+    app = FastAPI()
+    port = silent_server.split("port=")[1].split()[0]
+    engine = create_async_engine(f"postgresql+psycopg://x@127.0.0.1:{port}/x")
+    dead: list[BaseException] = []
+    async with eventlog_lifespan(
+        app,
+        host_models.EventLog,
+        engine,
+        close_timeout=0.3,
+        on_dead_letter=lambda _, e: dead.append(e),
+    ) as writer:
+        key = uuid.uuid4()
+        await writer.enqueue(session_id=key, user_id=key, event_type="x")  # never written
+        started = asyncio.get_running_loop().time()
+    assert asyncio.get_running_loop().time() - started < 0.3 + 1.5
+    assert [type(error) for error in dead] == [WriterClosedError]
+    assert not hasattr(app.state, "eventlog_writer")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("value", [-1, "30", float("nan"), True])
+async def test_a_bad_close_timeout_is_refused_at_startup(
+    host_models: HostModels, database_url: URL, value: Any
+) -> None:
+    app = FastAPI()
+    engine = create_async_engine(database_url, poolclass=pool.NullPool)
+    with pytest.raises(ConfigurationError, match=rf"close_timeout={value!r} is not valid; use "):
+        async with eventlog_lifespan(app, host_models.EventLog, engine, close_timeout=value):
             pass
     assert not hasattr(app.state, "eventlog_writer")
 

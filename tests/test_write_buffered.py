@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -661,18 +659,6 @@ def test_bad_configuration_is_rejected(host_models: HostModels) -> None:
         BufferedWriter(host_models.EventLog, DOWN, when_full="drop_oldest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size"):
         BufferedWriter(host_models.EventLog, DOWN, batch_size=0)
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A "database" that accepts TCP connections and never answers (a hung server)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield f"host=127.0.0.1 port={listener.getsockname()[1]} dbname=x user=x"
-    finally:
-        listener.close()
 
 
 @pytest.mark.fault

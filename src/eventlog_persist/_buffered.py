@@ -110,11 +110,11 @@ class _State(Generic[KeyT]):
         missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
         _positive_int("batch_size", batch_size)
-        _seconds("missing_partition_timeout", missing_partition_timeout, allow_none=False)
+        check_seconds("missing_partition_timeout", missing_partition_timeout, allow_none=False)
         _positive_int("max_queued", max_queued)
         _positive_int("max_queued_bytes", max_queued_bytes)
-        _seconds("flush_interval", flush_interval, allow_none=False)
-        _seconds("block_timeout", block_timeout, allow_none=True)
+        check_seconds("flush_interval", flush_interval, allow_none=False)
+        check_seconds("block_timeout", block_timeout, allow_none=True)
         if when_full not in ("block", "drop_newest"):
             raise ConfigurationError(
                 f"when_full={when_full!r} is not valid; use 'block' or 'drop_newest'"
@@ -574,7 +574,8 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigurationError(f"{name}={value!r} is not valid; use an int >= 1")
 
 
-def _seconds(name: str, value: object, *, allow_none: bool) -> None:
+def check_seconds(name: str, value: object, *, allow_none: bool) -> None:
+    """Refuse a number of seconds that is not ``>= 0`` (or None, where ``allow_none``)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -679,7 +680,7 @@ class BufferedWriter(Generic[KeyT]):
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
         missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
-        _seconds("exit_timeout", exit_timeout, allow_none=False)
+        check_seconds("exit_timeout", exit_timeout, allow_none=False)
         if not isinstance(handle_sigterm, bool):
             raise ConfigurationError(
                 f"handle_sigterm={handle_sigterm!r} is not valid; use True or False"

@@ -19,7 +19,7 @@ from typing import Any, Final, TypedDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from eventlog_persist._buffered import AsyncBufferedWriter, WhenFull
+from eventlog_persist._buffered import AsyncBufferedWriter, WhenFull, check_seconds
 from eventlog_persist._context import event_context
 from eventlog_persist._events import DeadLetterHook
 from eventlog_persist._model import EventLogMixin, KeyT
@@ -95,6 +95,8 @@ async def eventlog_lifespan(
     model: type[EventLogMixin[KeyT]],
     engine: AsyncEngine,
     /,
+    *,
+    close_timeout: float | None = 30.0,
     **writer_options: Unpack[WriterOptions],
 ) -> AsyncIterator[AsyncBufferedWriter[KeyT]]:
     """Run an `AsyncBufferedWriter` and an `AsyncEventLogReader` for the application's lifetime.
@@ -102,22 +104,26 @@ async def eventlog_lifespan(
     Enter it inside the application's own lifespan, where the engine is made (see the
     example). On entry the writer is started and both are put on ``app.state`` (see `event_writer`
     and `event_reader`); on exit they are taken off again and the writer is closed, which
-    writes every queued event (for up to 30 seconds, see `AsyncBufferedWriter.close`). The
-    engine stays the caller's to dispose of.
+    writes every queued event for up to ``close_timeout`` seconds (see
+    `AsyncBufferedWriter.close`). The engine stays the caller's to dispose of.
 
     Args:
         app: The FastAPI or Starlette application.
         model: The host's event log model.
         engine: The application's ``AsyncEngine``: the reader runs on its pool, the writer
             opens its own connection to the same database.
+        close_timeout: Most seconds the shutdown waits for the queue to be written (None
+            waits without limit); keep it below the time the platform gives a stopping
+            process, such as Kubernetes' ``terminationGracePeriodSeconds`` (30 by default),
+            less what the server spends finishing requests.
         **writer_options: Passed on to `AsyncBufferedWriter` (`WriterOptions`).
 
     Yields:
         The started writer, e.g. for `eventlog_persist.metrics.register_prometheus`.
 
     Raises:
-        ConfigurationError: The application runs an `eventlog_lifespan` already, or a
-            writer option is not valid.
+        ConfigurationError: The application runs an `eventlog_lifespan` already, or
+            ``close_timeout`` or a writer option is not valid.
 
     Example:
         >>> @asynccontextmanager  # doctest: +SKIP
@@ -129,6 +135,7 @@ async def eventlog_lifespan(
 
     .. versionadded:: 0.3.0
     """
+    check_seconds("close_timeout", close_timeout, allow_none=True)
     state = app.state
     if getattr(state, _WRITER, None) is not None:
         raise ConfigurationError(
@@ -136,14 +143,15 @@ async def eventlog_lifespan(
             "is set); enter eventlog_lifespan once, in the application's own lifespan"
         )
     reader = AsyncEventLogReader(model, engine)
-    async with AsyncBufferedWriter(model, engine, **writer_options) as writer:
-        setattr(state, _WRITER, writer)
-        setattr(state, _READER, reader)
-        try:
-            yield writer
-        finally:
-            delattr(state, _WRITER)
-            delattr(state, _READER)
+    writer = await AsyncBufferedWriter(model, engine, **writer_options).start()
+    setattr(state, _WRITER, writer)
+    setattr(state, _READER, reader)
+    try:
+        yield writer
+    finally:
+        delattr(state, _WRITER)
+        delattr(state, _READER)
+        await writer.close(close_timeout)
 
 
 def event_writer(connection: HTTPConnection) -> AsyncBufferedWriter[Any]:
