@@ -1311,6 +1311,19 @@ async def test_the_async_writer_reads_back_within_the_queues_bytes(
     assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
 
 
+def _damage_the_fourth_record(directory: Path, events: list[NewEvent]) -> None:
+    [segment] = segments(directory)
+    data = bytearray(segment.read_bytes())
+    data[sum(len(encode_event(event)) for event in events[:3]) + 20] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+# The first read-back finds 2 events in 3 records, so the next one takes a single event, not
+# a batch, and the batch waits for it: batches of 3, 3 and 1, and the queue never holds more
+# than max_queued (it is empty whenever a batch has been given up).
+AFTER_THE_FOURTH_RECORD_DAMAGED = [(3, 0)] * 3 + [(6, 0)] * 3 + [(7, 0)]
+
+
 @pytest.mark.fault
 def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     host_models: HostModels, tmp_path: Path
@@ -1326,18 +1339,44 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     writer = _giving_up(host_models, tmp_path, hook, batch_size=3, max_queued=3)
     for event in events:  # 3 in the queue, 5 on the spool only
         writer.enqueue(event)
-    [segment] = segments(tmp_path)
-    data = bytearray(segment.read_bytes())
-    data[sum(len(encode_event(event)) for event in events[:3]) + 20] ^= 0xFF  # the 4th
-    segment.write_bytes(bytes(data))
+    _damage_the_fourth_record(tmp_path, events)
     writer.start()
     assert writer.flush(timeout=10)
     final = writer.close(timeout=0)
     assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
-    # The first read-back finds 2 events in 3 records, so the next one takes a single
-    # event, not a batch, and the batch waits for it: batches of 3, 3 and 1, and the queue
-    # never holds more than max_queued (it is empty whenever a batch has been given up).
-    assert seen == [(3, 0)] * 3 + [(6, 0)] * 3 + [(7, 0)]
+    assert seen == AFTER_THE_FOURTH_RECORD_DAMAGED
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_an_async_read_back_after_a_damaged_record_keeps_to_the_queues_count(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    key = uuid.uuid4()
+    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
+    seen: list[tuple[int, int]] = []
+
+    def hook(event: NewEvent, error: BaseException) -> None:
+        counters = writer.counters  # on the loop, batch released
+        seen.append((counters.dead_lettered, counters.queued))
+
+    writer = AsyncBufferedWriter(
+        host_models.EventLog,
+        DOWN,
+        spool=Spool(tmp_path),
+        retry=RetryPolicy(max_attempts=1),
+        on_dead_letter=hook,
+        batch_size=3,
+        max_queued=3,
+    )
+    for event in events:
+        await writer.enqueue(event)
+    _damage_the_fourth_record(tmp_path, events)
+    await writer.start()
+    assert await writer.flush(timeout=10)
+    final = await writer.close(timeout=0)
+    assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
+    assert seen == AFTER_THE_FOURTH_RECORD_DAMAGED
 
 
 DAMAGED_FILE_END = {"batch_size": 2, "max_queued": 2, "flush_interval": 60}
