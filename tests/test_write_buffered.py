@@ -130,17 +130,9 @@ def test_a_bug_in_a_batch_write_dead_letters_that_batch_and_the_writer_goes_on(
     # The delivery classifies every error a write can meet; one escaping it is a bug of
     # the package's, reported as such on each event of the batch, never blamed on the data.
     user_id, session_id = seed(host_engine, host_models)
-    real = buffered_module.deliver
-    calls = 0
-
-    def deliver_with_a_bug(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("a bug")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(buffered_module, "deliver", deliver_with_a_bug)
+    monkeypatch.setattr(
+        buffered_module, "deliver", a_bug_in_the_first_call(buffered_module.deliver)
+    )
     dead = DeadLetters()
     with BufferedWriter(
         host_models.EventLog, host_engine, batch_size=3, on_dead_letter=dead
@@ -151,7 +143,26 @@ def test_a_bug_in_a_batch_write_dead_letters_that_batch_and_the_writer_goes_on(
         ]
         assert writer.flush(timeout=10)
         writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
-    final = writer.counters
+    assert_the_bug_failed_the_first_batch(host_engine, writer.counters, dead, first)
+
+
+def a_bug_in_the_first_call(real: Any) -> Any:
+    """``real``, but its first call raises a `RuntimeError`: a bug of the package's."""
+    calls = 0
+
+    def call_with_a_bug(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    return call_with_a_bug
+
+
+def assert_the_bug_failed_the_first_batch(
+    engine: Engine, final: Any, dead: DeadLetters, first: list[NewEvent]
+) -> None:
     assert (final.written, final.dead_lettered, final.errors, final.unwritten) == (1, 3, 1, 0)
     assert [event for event, _ in dead.items] == first
     for event, error in dead.items:
@@ -161,7 +172,33 @@ def test_a_bug_in_a_batch_write_dead_letters_that_batch_and_the_writer_goes_on(
             "(attempts: 1; RuntimeError: a bug)"
         )
         assert isinstance(error.__cause__, RuntimeError)
-    assert counts(host_engine) == (1, 1)
+    assert counts(engine) == (1, 1)
+
+
+@pytest.mark.fault
+@pytest.mark.asyncio
+async def test_a_bug_in_an_async_batch_write_dead_letters_that_batch_and_the_writer_goes_on(
+    host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    real = buffered_module.adeliver
+
+    async def adeliver_with_a_bug(*args: Any, **kwargs: Any) -> Any:
+        return await buggy(*args, **kwargs)
+
+    buggy = a_bug_in_the_first_call(real)
+    monkeypatch.setattr(buffered_module, "adeliver", adeliver_with_a_bug)
+    dead = DeadLetters()
+    async with AsyncBufferedWriter(
+        host_models.EventLog, host_engine.url, batch_size=3, on_dead_letter=dead
+    ) as writer:
+        first = [
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+            for _ in range(3)
+        ]
+        assert await writer.flush(timeout=10)
+        await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+    assert_the_bug_failed_the_first_batch(host_engine, writer.counters, dead, first)
 
 
 @pytest.mark.fault

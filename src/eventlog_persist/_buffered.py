@@ -929,7 +929,7 @@ class BufferedWriter(Generic[KeyT]):
                             continue  # fill the queue from the spool before taking a batch
                         batch = state.take()
                     self._write(batch)
-                except Exception:  # pragma: no cover - a bug; keep the thread alive
+                except Exception:  # a bug of the package's; keep the thread alive
                     logger.exception("unexpected error in the buffered event writer")
                     with self._lock:
                         state.errors += 1
@@ -1237,7 +1237,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
                     with self._lock:
                         batch = state.take()
                     await self._write(batch)
-                except Exception:  # pragma: no cover - a bug; keep the task alive
+                except Exception:  # a bug of the package's; keep the task alive
                     logger.exception("unexpected error in the buffered event writer")
                     with self._lock:
                         state.errors += 1
