@@ -1311,11 +1311,31 @@ async def test_the_async_writer_reads_back_within_the_queues_bytes(
     assert seen == [3] * 3 + [6] * 3 + [9] * 3 + [12] * 3 + [13]
 
 
+def _eight_events() -> list[NewEvent]:
+    """8 events: a writer with ``max_queued=3`` queues 3 and spools the other 5."""
+    key = uuid.uuid4()
+    return [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
+
+
 def _damage_the_fourth_record(directory: Path, events: list[NewEvent]) -> None:
+    """The disk damaged the record of the 4th of ``events`` in the spool's one file."""
     [segment] = segments(directory)
     data = bytearray(segment.read_bytes())
     data[sum(len(encode_event(event)) for event in events[:3]) + 20] ^= 0xFF
     segment.write_bytes(bytes(data))
+
+
+class _CountersAtEachDeadLetter:
+    """A dead-letter hook noting its writer's (dead_lettered, queued) at each call: on the
+    writer's thread or loop, once the batch is released."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, event: NewEvent, error: BaseException) -> None:
+        counters = self.writer.counters
+        self.seen.append((counters.dead_lettered, counters.queued))
 
 
 # The first read-back finds 2 events in 3 records, so the next one takes a single event, not
@@ -1328,15 +1348,9 @@ AFTER_THE_FOURTH_RECORD_DAMAGED = [(3, 0)] * 3 + [(6, 0)] * 3 + [(7, 0)]
 def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     host_models: HostModels, tmp_path: Path
 ) -> None:
-    key = uuid.uuid4()
-    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
-    seen: list[tuple[int, int]] = []
-
-    def hook(event: NewEvent, error: BaseException) -> None:
-        counters = writer.counters  # on the writer's thread, batch released
-        seen.append((counters.dead_lettered, counters.queued))
-
-    writer = _giving_up(host_models, tmp_path, hook, batch_size=3, max_queued=3)
+    events = _eight_events()
+    hook = _CountersAtEachDeadLetter()
+    hook.writer = writer = _giving_up(host_models, tmp_path, hook, batch_size=3, max_queued=3)
     for event in events:  # 3 in the queue, 5 on the spool only
         writer.enqueue(event)
     _damage_the_fourth_record(tmp_path, events)
@@ -1344,7 +1358,7 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     assert writer.flush(timeout=10)
     final = writer.close(timeout=0)
     assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
-    assert seen == AFTER_THE_FOURTH_RECORD_DAMAGED
+    assert hook.seen == AFTER_THE_FOURTH_RECORD_DAMAGED
 
 
 @pytest.mark.fault
@@ -1352,15 +1366,9 @@ def test_a_read_back_after_a_damaged_record_keeps_to_the_queues_count(
 async def test_an_async_read_back_after_a_damaged_record_keeps_to_the_queues_count(
     host_models: HostModels, tmp_path: Path
 ) -> None:
-    key = uuid.uuid4()
-    events = [new_event(session_id=key, user_id=key, event_type="x") for _ in range(8)]
-    seen: list[tuple[int, int]] = []
-
-    def hook(event: NewEvent, error: BaseException) -> None:
-        counters = writer.counters  # on the loop, batch released
-        seen.append((counters.dead_lettered, counters.queued))
-
-    writer = AsyncBufferedWriter(
+    events = _eight_events()
+    hook = _CountersAtEachDeadLetter()
+    hook.writer = writer = AsyncBufferedWriter(
         host_models.EventLog,
         DOWN,
         spool=Spool(tmp_path),
@@ -1376,7 +1384,7 @@ async def test_an_async_read_back_after_a_damaged_record_keeps_to_the_queues_cou
     assert await writer.flush(timeout=10)
     final = await writer.close(timeout=0)
     assert (final.dead_lettered, final.spool_damaged, final.spilled) == (7, 1, 0)
-    assert seen == AFTER_THE_FOURTH_RECORD_DAMAGED
+    assert hook.seen == AFTER_THE_FOURTH_RECORD_DAMAGED
 
 
 DAMAGED_FILE_END = {"batch_size": 2, "max_queued": 2, "flush_interval": 60}
