@@ -219,6 +219,7 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     script = f"""
+        from eventlog_persist.exceptions import WriterClosedError
         writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=0.01)
         writer.start()
         for _ in range(100):
@@ -232,7 +233,13 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
             for _ in range(70):
                 writer.enqueue(event_type="child", **keys)
             counters = writer.close(timeout=30)
-            os._exit(0 if flushed and (counters.written, counters.retried) == (70, 0) else 1)
+            try:
+                writer.enqueue(event_type="child", **keys)
+                refused = False
+            except WriterClosedError as error:  # enqueue's own refusal, carrying the event
+                refused = error.event is not None
+            ok = flushed and refused and (counters.written, counters.retried) == (70, 0)
+            os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
         for _ in range(30):
             writer.enqueue(event_type="parent", **keys)

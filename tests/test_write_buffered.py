@@ -947,6 +947,39 @@ async def test_a_closed_async_writer_cannot_be_started_again(host_models: HostMo
         await writer.start()
 
 
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "eventlog-buffered-writer"}
+
+
+def test_starting_twice_starts_one_thread(host_engine: Engine, host_models: HostModels) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    before = writer_threads()
+    writer = BufferedWriter(host_models.EventLog, host_engine.url)
+    assert writer.start() is writer
+    assert writer.start() is writer
+    assert len(writer_threads() - before) == 1
+    for _ in range(20):
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+    final = writer.close()
+    assert (final.written, final.duplicates) == (20, 0)
+    assert counts(host_engine) == (20, 20)
+
+
+@pytest.mark.asyncio
+async def test_starting_an_async_writer_twice_starts_one_task(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    def writer_tasks() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() if t.get_name() == "eventlog-buffered-writer"}
+
+    writer = AsyncBufferedWriter(host_models.EventLog, host_engine.url)
+    assert await writer.start() is writer
+    assert await writer.start() is writer
+    assert len(writer_tasks()) == 1
+    await writer.close()
+    assert not writer_tasks()
+
+
 def test_a_closed_writer_is_not_kept_alive_by_its_exit_hook(
     host_engine: Engine, host_models: HostModels
 ) -> None:
