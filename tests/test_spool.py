@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import gc
@@ -1527,32 +1526,6 @@ def test_a_file_is_kept_while_any_of_its_events_is_not_done(
     assert [event for event, _ in dead.items] == events
     assert writer.counters.spool_damaged == 0
     assert looks >= 5
-
-
-@pytest.mark.asyncio
-async def test_an_async_spooled_batch_is_written_as_soon_as_it_is_full(
-    host_engine: Engine, host_models: HostModels, tmp_path: Path
-) -> None:
-    user_id, session_id = seed(host_engine, host_models)
-    writer = AsyncBufferedWriter(
-        host_models.EventLog,
-        host_engine.url,
-        spool=Spool(tmp_path),
-        batch_size=5,
-        flush_interval=60,
-    )
-    async with writer:
-        await asyncio.sleep(0.05)  # the task waits for events
-        events = [
-            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
-            for _ in range(5)
-        ]
-        assert all(isinstance(event, NewEvent) for event in events)  # enqueue returns each
-        deadline = time.monotonic() + 10
-        while writer.counters.written < 5:  # the full batch woke the task: no flush needed
-            assert time.monotonic() < deadline, "the full batch waited for flush_interval"
-            await asyncio.sleep(0.01)
-    assert sorted(stored(host_engine)) == sorted(event.id for event in events)
 
 
 @pytest.mark.fault

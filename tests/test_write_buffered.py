@@ -947,6 +947,33 @@ async def test_a_closed_async_writer_cannot_be_started_again(host_models: HostMo
         await writer.start()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("spooled", [False, True], ids=["queue", "spool"])
+async def test_an_async_batch_is_written_as_soon_as_it_is_full(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path, spooled: bool
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = AsyncBufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        spool=Spool(tmp_path) if spooled else None,
+        batch_size=5,
+        flush_interval=60,
+    )
+    async with writer:
+        await asyncio.sleep(0.05)  # the task waits for events
+        events = [
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+            for _ in range(5)
+        ]
+        assert all(isinstance(event, NewEvent) for event in events)  # enqueue returns each
+        deadline = time.monotonic() + 10
+        while writer.counters.written < 5:  # the full batch woke the task: no flush needed
+            assert time.monotonic() < deadline, "the full batch waited for flush_interval"
+            await asyncio.sleep(0.01)
+    assert counts(host_engine) == (5, 5)
+
+
 def writer_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "eventlog-buffered-writer"}
 
