@@ -974,6 +974,27 @@ async def test_an_async_batch_is_written_as_soon_as_it_is_full(
     assert counts(host_engine) == (5, 5)
 
 
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("block_timeout", [None, 0.9])
+async def test_an_async_producer_waits_for_each_write_to_make_room(
+    host_engine: Engine, host_models: HostModels, block_timeout: float | None
+) -> None:
+    # Each enqueue after the first waits for the write of the one before: room that comes
+    # within block_timeout is taken, and a wait without a limit sleeps (never spins).
+    user_id, session_id = seed(host_engine, host_models)
+    async with AsyncBufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        batch_size=1,
+        max_queued=1,
+        block_timeout=block_timeout,
+    ) as writer:
+        for _ in range(10):
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="x")
+    assert (writer.counters.written, writer.counters.dropped) == (10, 0)
+
+
 def writer_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "eventlog-buffered-writer"}
 
