@@ -181,13 +181,8 @@ async def test_a_bug_in_an_async_batch_write_dead_letters_that_batch_and_the_wri
     host_engine: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
-    real = buffered_module.adeliver
-
-    async def adeliver_with_a_bug(*args: Any, **kwargs: Any) -> Any:
-        return await buggy(*args, **kwargs)
-
-    buggy = a_bug_in_the_first_call(real)
-    monkeypatch.setattr(buffered_module, "adeliver", adeliver_with_a_bug)
+    buggy = a_bug_in_the_first_call(buffered_module.adeliver)
+    monkeypatch.setattr(buffered_module, "adeliver", buggy)
     dead = DeadLetters()
     async with AsyncBufferedWriter(
         host_models.EventLog, host_engine.url, batch_size=3, on_dead_letter=dead
@@ -821,7 +816,7 @@ async def test_async_close_gives_up_on_the_batch_in_flight_and_flush_completes(
     final = await writer.close(timeout=0.3)
     assert time.monotonic() - started < 1.5
     # The hung write was cancelled: no task of the writer's is left on the loop.
-    assert "eventlog-buffered-writer" not in [task.get_name() for task in asyncio.all_tasks()]
+    assert not writer_tasks()
     assert (final.unwritten, final.queued, final.written, final.dead_lettered) == (10, 0, 0, 0)
     assert len(dead.items) == 10
     assert all(isinstance(error, WriterClosedError) for _, error in dead.items)
@@ -852,7 +847,7 @@ async def test_async_close_keeps_to_its_timeout_when_the_server_hangs_mid_statem
         # Cancelled once, psycopg asks the server to cancel the statement and waits up to
         # 5 s for that and 5 s for the result; cancelled again, it closes the connection.
         assert time.monotonic() - started < 0.5 + 2
-    assert "eventlog-buffered-writer" not in [task.get_name() for task in asyncio.all_tasks()]
+    assert not writer_tasks()
     assert (final.written, final.unwritten, final.queued) == (1, 1, 0)
     assert [type(error) for _, error in dead.items] == [WriterClosedError]
 
@@ -999,6 +994,10 @@ def writer_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "eventlog-buffered-writer"}
 
 
+def writer_tasks() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if t.get_name() == "eventlog-buffered-writer"}
+
+
 def test_starting_twice_starts_one_thread(host_engine: Engine, host_models: HostModels) -> None:
     user_id, session_id = seed(host_engine, host_models)
     before = writer_threads()
@@ -1017,9 +1016,6 @@ def test_starting_twice_starts_one_thread(host_engine: Engine, host_models: Host
 async def test_starting_an_async_writer_twice_starts_one_task(
     host_engine: Engine, host_models: HostModels
 ) -> None:
-    def writer_tasks() -> set[asyncio.Task[Any]]:
-        return {t for t in asyncio.all_tasks() if t.get_name() == "eventlog-buffered-writer"}
-
     writer = AsyncBufferedWriter(host_models.EventLog, host_engine.url)
     assert await writer.start() is writer
     assert await writer.start() is writer
