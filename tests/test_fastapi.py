@@ -18,6 +18,7 @@ import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from hostmodels import HostModels, seed
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, func, pool, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -209,7 +210,7 @@ async def test_the_lifespans_shutdown_keeps_to_its_close_timeout(
     host_models: HostModels, silent_server: str
 ) -> None:
     app = FastAPI()
-    port = silent_server.split("port=")[1].split()[0]
+    port = conninfo_to_dict(silent_server)["port"]
     engine = create_async_engine(f"postgresql+psycopg://x@127.0.0.1:{port}/x")
     dead: list[BaseException] = []
     async with eventlog_lifespan(
