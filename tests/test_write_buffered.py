@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,7 @@ from eventlog_persist import (
 )
 from eventlog_persist import _buffered as buffered_module
 from eventlog_persist.exceptions import (
+    ConfigurationError,
     EventWriteError,
     PayloadError,
     QueueFullError,
@@ -488,11 +490,12 @@ def test_a_producer_waiting_for_room_goes_on_once_a_batch_is_written(
     assert (writer.counters.written, writer.counters.dropped) == (2, 0)
 
 
+@pytest.mark.parametrize("block_timeout", [60, math.inf, None])
 def test_a_producer_waiting_for_room_is_told_at_once_when_the_writer_closes(
-    host_models: HostModels,
+    host_models: HostModels, block_timeout: float | None
 ) -> None:
     key = uuid.uuid4()
-    writer = BufferedWriter(host_models.EventLog, DOWN, max_queued=1, block_timeout=60)
+    writer = BufferedWriter(host_models.EventLog, DOWN, max_queued=1, block_timeout=block_timeout)
     writer.enqueue(session_id=key, user_id=key, event_type="x")
     errors: list[WriterClosedError] = []
 
@@ -508,7 +511,7 @@ def test_a_producer_waiting_for_room_is_told_at_once_when_the_writer_closes(
     started = time.monotonic()
     counters = writer.close(timeout=0)
     producer.join(timeout=10)
-    assert time.monotonic() - started < 5  # not the 60 s block_timeout
+    assert time.monotonic() - started < 5  # not at block_timeout
     assert [str(error) for error in errors] == [
         f"cannot enqueue event {errors[0].event.id}: the writer closed while waiting"
     ]
@@ -686,11 +689,99 @@ async def test_async_writer_database_down_reports_everything(host_models: HostMo
     assert len(dead.items) == 30
 
 
-def test_bad_configuration_is_rejected(host_models: HostModels) -> None:
-    with pytest.raises(ValueError, match="when_full"):
-        BufferedWriter(host_models.EventLog, DOWN, when_full="drop_oldest")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="batch_size"):
-        BufferedWriter(host_models.EventLog, DOWN, batch_size=0)
+SECONDS = "is not valid; use seconds >= 0"
+NO_LIMIT = ", or None to wait without limit"
+SETTING_REFUSALS: list[tuple[str, object, str]] = [
+    *(("batch_size", bad, "is not valid; use an int >= 1") for bad in (0, -1, True, 2.0, "9")),
+    ("max_queued", 0, "is not valid; use an int >= 1"),
+    ("max_queued_bytes", -5, "is not valid; use an int >= 1"),
+    *(("flush_interval", bad, SECONDS) for bad in (-0.1, None, "0.5", math.nan, True)),
+    *(("block_timeout", bad, SECONDS + NO_LIMIT) for bad in (-1, "1", math.nan, False)),
+    *(("missing_partition_timeout", bad, SECONDS) for bad in (-1, None)),
+    ("when_full", "drop_oldest", "is not valid; use 'block' or 'drop_newest'"),
+    ("on_dead_letter", 42, "is not valid; pass a callable or None"),
+    ("retry", None, "is not valid; pass a RetryPolicy"),
+    ("lock_timeout", 0, "is not valid; use seconds (a number > 0), or None to leave it to"),
+]
+
+
+@pytest.mark.parametrize("writer_class", [BufferedWriter, AsyncBufferedWriter])
+def test_each_setting_is_checked_naming_the_value_and_the_fix(
+    host_models: HostModels, writer_class: Any
+) -> None:
+    refusals = SETTING_REFUSALS
+    if writer_class is BufferedWriter:
+        refusals = [
+            *refusals,
+            *(("exit_timeout", bad, SECONDS) for bad in (-1, None, "10")),
+            ("handle_sigterm", "yes", "is not valid; use True or False"),
+        ]
+    for name, bad, fix in refusals:
+        with pytest.raises(ConfigurationError) as caught:
+            writer_class(host_models.EventLog, DOWN, **{name: bad})
+        assert str(caught.value).startswith(f"{name}={bad!r} {fix}")
+        if fix.startswith(SECONDS):  # the fix offers None only where None is allowed
+            assert str(caught.value) == f"{name}={bad!r} {fix}"
+    # The bounds themselves, and the settings that mean no limit, are accepted.
+    for name, good in [
+        ("batch_size", 1),
+        ("max_queued", 1),
+        ("max_queued_bytes", 1),
+        ("flush_interval", 0),
+        ("flush_interval", math.inf),
+        ("block_timeout", 0),
+        ("block_timeout", None),
+        ("block_timeout", math.inf),
+        ("missing_partition_timeout", 0),
+        ("when_full", "drop_newest"),
+    ]:
+        writer_class(host_models.EventLog, DOWN, **{name: good})
+
+
+BAD_TIMEOUTS = ["30", -1, math.nan, True]
+
+
+def refused_timeout(bad: object) -> str:
+    return f"timeout={bad!r} is not valid; use seconds >= 0, or None to wait without limit"
+
+
+def test_a_bad_timeout_is_refused_and_the_writer_goes_on(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = BufferedWriter(host_models.EventLog, host_engine, flush_interval=60).start()
+    writer.enqueue(session_id=session_id, user_id=user_id, event_type="before")
+    for bad in BAD_TIMEOUTS:
+        for call in (writer.flush, writer.close):
+            with pytest.raises(ConfigurationError) as caught:
+                call(bad)
+            assert str(caught.value) == refused_timeout(bad)
+    writer.enqueue(session_id=session_id, user_id=user_id, event_type="after")  # not closed
+    assert writer.flush(timeout=math.inf)  # no limit, as None
+    assert counts(host_engine) == (2, 2)
+    final = writer.close(timeout=math.inf)
+    assert (final.written, final.unwritten) == (2, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_bad_timeout_is_refused_and_the_async_writer_goes_on(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog, host_engine.url, flush_interval=60
+    ).start()
+    await writer.enqueue(session_id=session_id, user_id=user_id, event_type="before")
+    for bad in BAD_TIMEOUTS:
+        for call in (writer.flush, writer.close):
+            with pytest.raises(ConfigurationError) as caught:
+                await call(bad)
+            assert str(caught.value) == refused_timeout(bad)
+    await writer.enqueue(session_id=session_id, user_id=user_id, event_type="after")
+    assert await writer.flush(timeout=math.inf)
+    assert counts(host_engine) == (2, 2)
+    final = await writer.close(timeout=math.inf)
+    assert (final.written, final.unwritten) == (2, 0)
 
 
 @pytest.mark.fault

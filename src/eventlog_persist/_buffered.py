@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -114,7 +115,7 @@ class _State(Generic[KeyT]):
         _positive_int("max_queued", max_queued)
         _positive_int("max_queued_bytes", max_queued_bytes)
         check_seconds("flush_interval", flush_interval, allow_none=False)
-        check_seconds("block_timeout", block_timeout, allow_none=True)
+        block_timeout = check_wait("block_timeout", block_timeout)
         if when_full not in ("block", "drop_newest"):
             raise ConfigurationError(
                 f"when_full={when_full!r} is not valid; use 'block' or 'drop_newest'"
@@ -583,6 +584,12 @@ def check_seconds(name: str, value: object, *, allow_none: bool) -> None:
         raise ConfigurationError(f"{name}={value!r} is not valid; use seconds >= 0{extra}")
 
 
+def check_wait(name: str, value: object) -> float | None:
+    """A wait's limit: seconds ``>= 0``, or None for no limit (what infinity means too)."""
+    check_seconds(name, value, allow_none=True)
+    return None if value is None or value == math.inf else cast("float", value)
+
+
 class BufferedWriter(Generic[KeyT]):
     """A background thread that writes queued events in batches by binary COPY.
 
@@ -617,7 +624,8 @@ class BufferedWriter(Generic[KeyT]):
         max_queued: Bound on queued events.
         max_queued_bytes: Bound on the queued events' `NewEvent.size_bytes`.
         when_full: ``"block"`` or ``"drop_newest"``, see above.
-        block_timeout: Most seconds `enqueue` waits under ``"block"``; None waits forever.
+        block_timeout: Most seconds `enqueue` waits under ``"block"``; None (or infinity)
+            waits forever.
         retry: How transient errors are retried; when it gives up, the batch goes to
             ``on_dead_letter`` with `RetriesExhaustedError`.
         on_dead_letter: Called with each event not written and its `EventWriteError`
@@ -781,7 +789,13 @@ class BufferedWriter(Generic[KeyT]):
 
         Raises:
             WriterNotStartedError: `start` was not called yet.
+            ConfigurationError: ``timeout`` is not seconds >= 0 or None.
+
+        .. versionchanged:: 0.3.0
+           A ``timeout`` that is not seconds >= 0 or None raises `ConfigurationError`;
+           infinity waits without limit, as None does.
         """
+        timeout = check_wait("timeout", timeout)
         if self._restart:
             self.start()
         state = self._state
@@ -805,11 +819,21 @@ class BufferedWriter(Generic[KeyT]):
         replaying its events with `write_events` is safe. Closing twice is harmless.
 
         Args:
-            timeout: Most seconds to wait for the queue to be written.
+            timeout: Most seconds to wait for the queue to be written; None waits as long
+                as it takes.
 
         Returns:
             The final counters.
+
+        Raises:
+            ConfigurationError: ``timeout`` is not seconds >= 0 or None; the writer is left
+                as it was.
+
+        .. versionchanged:: 0.3.0
+           A ``timeout`` that is not seconds >= 0 or None raises `ConfigurationError` before
+           anything changes; infinity waits without limit, as None does.
         """
+        timeout = check_wait("timeout", timeout)
         atexit.unregister(self._close_at_exit)
         _shutdown.unwatch(self)
         state = self._state
@@ -1098,7 +1122,12 @@ class AsyncBufferedWriter(Generic[KeyT]):
 
         Raises:
             WriterNotStartedError: `start` was not called yet.
+            ConfigurationError: ``timeout`` is not seconds >= 0 or None.
+
+        .. versionchanged:: 0.3.0
+           A ``timeout`` that is not seconds >= 0 or None raises `ConfigurationError`.
         """
+        timeout = check_wait("timeout", timeout)
         state = self._state
         if self._task is None and not state.closing:
             raise _not_started("AsyncBufferedWriter")
@@ -1119,10 +1148,16 @@ class AsyncBufferedWriter(Generic[KeyT]):
         Returns:
             The final counters.
 
+        Raises:
+            ConfigurationError: ``timeout`` is not seconds >= 0 or None; the writer is left
+                as it was.
+
         .. versionchanged:: 0.3.0
            Returns within about ``timeout`` + 1 s on a server hung mid-statement (was up to
-           10 s more).
+           10 s more). A ``timeout`` that is not seconds >= 0 or None raises
+           `ConfigurationError` before anything changes.
         """
+        timeout = check_wait("timeout", timeout)
         state = self._state
         state.closing = True
         self._wake.set()
