@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hostmodels import HostModels, build_host_models
 
-from eventlog_persist import EventFieldRules, EventType, EventWriter, new_event
-from eventlog_persist.exceptions import PayloadError, ValidationError, WriterClosedError
+from eventlog_persist import BufferedWriter, EventFieldRules, EventType, EventWriter, new_event
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    PayloadError,
+    ValidationError,
+    WriterClosedError,
+)
 from eventlog_persist.testing import AsyncCapturingWriter, CapturingWriter, payload_of
 
 SESSION, USER = uuid.uuid4(), uuid.uuid4()
@@ -68,6 +75,28 @@ def test_refuses_what_the_real_writer_refuses(models: HostModels) -> None:
         strict.enqueue(session_id=SESSION, user_id=USER, event_type="tool_call")
     assert fake.events == []
     assert strict.events == []
+
+
+def test_refuses_the_timeouts_the_real_writer_refuses(models: HostModels) -> None:
+    real = BufferedWriter(models.EventLog, "host=/nonexistent-dir port=1 dbname=x")
+    fake = CapturingWriter(models.EventLog)
+    async_fake = AsyncCapturingWriter(models.EventLog)
+    calls: list[Callable[[Any], object]] = [
+        fake.flush,
+        fake.close,
+        lambda timeout: asyncio.run(async_fake.flush(timeout)),
+        lambda timeout: asyncio.run(async_fake.close(timeout)),
+    ]
+    bad: Any
+    for bad in ("30", -1, float("nan")):
+        with pytest.raises(ConfigurationError) as real_error:
+            real.close(bad)
+        for call in calls:
+            with pytest.raises(ConfigurationError) as fake_error:
+                call(bad)
+            assert str(fake_error.value) == str(real_error.value)
+    fake.enqueue(session_id=SESSION, user_id=USER, event_type="chat")  # not closed
+    assert fake.close(float("inf")).written == 1
 
 
 def test_assertions(models: HostModels) -> None:

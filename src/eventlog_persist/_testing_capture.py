@@ -9,6 +9,7 @@ from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from typing_extensions import Unpack
 
+from eventlog_persist._buffered import check_wait
 from eventlog_persist._events import EventBuilder, EventFields, NewEvent
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
@@ -267,11 +268,14 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
         return self
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to wait for; returns True."""
+        """Nothing to wait for; returns True (a ``timeout`` the real writer refuses raises)."""
+        check_wait("timeout", timeout)
         return True
 
     def close(self, timeout: float | None = 30.0) -> WriterCounters:
-        """Refuse further `enqueue` calls; return the counters."""
+        """Refuse further `enqueue` calls; return the counters (a ``timeout`` the real writer
+        refuses raises, as there)."""
+        check_wait("timeout", timeout)
         self._closed = True
         return self.counters
 
@@ -312,11 +316,14 @@ class AsyncCapturingWriter(_Capture[KeyT]):
         return self
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to wait for; returns True."""
+        """Nothing to wait for; returns True (a ``timeout`` the real writer refuses raises)."""
+        check_wait("timeout", timeout)
         return True
 
     async def close(self, timeout: float | None = 30.0) -> WriterCounters:
-        """Refuse further `enqueue` calls; return the counters."""
+        """Refuse further `enqueue` calls; return the counters (a ``timeout`` the real writer
+        refuses raises, as there)."""
+        check_wait("timeout", timeout)
         self._closed = True
         return self.counters
 
