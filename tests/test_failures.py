@@ -220,8 +220,10 @@ def test_a_retry_budget_rides_out_a_five_second_outage() -> None:
         ("max_elapsed", "30"),
         ("initial_delay", -0.1),
         ("initial_delay", float("nan")),
+        ("initial_delay", 86_400.5),
         ("max_delay", -1),
         ("max_delay", float("inf")),
+        ("max_delay", 1e12),  # a thread's sleep overflows past 292 years
         ("multiplier", 0.5),
         ("multiplier", float("nan")),
         ("multiplier", True),
@@ -235,7 +237,21 @@ def test_a_bad_retry_policy_is_refused_by_name(field: str, value: object) -> Non
 def test_the_limits_of_a_retry_policy_are_accepted() -> None:
     policy = RetryPolicy(max_attempts=1, max_elapsed=0, initial_delay=0, max_delay=0, multiplier=1)
     assert policy.delay(0, 0.0) is None  # one attempt in all: no retry
-    assert RetryPolicy(max_elapsed=None, max_delay=0).delay(3, 1e9) == 0
+    assert RetryPolicy(max_attempts=9, max_elapsed=None, max_delay=0).delay(3, 1e9) == 0
+    a_day = RetryPolicy(max_elapsed=None, initial_delay=86_400, max_delay=86_400)
+    assert 0 <= (a_day.delay(5, 0.0) or -1) <= 86_400
+
+
+@pytest.mark.parametrize("zero", ["initial_delay", "max_delay"])
+@pytest.mark.parametrize("max_elapsed", [None, 1.0])
+def test_waits_of_zero_need_an_attempt_limit(zero: str, max_elapsed: float | None) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RetryPolicy(max_elapsed=max_elapsed, **{zero: 0})
+    assert str(caught.value) == (
+        f"RetryPolicy({zero}=0) retries at once, again and again, while the database is "
+        "down; use a delay above 0, or set max_attempts"
+    )
+    assert RetryPolicy(max_attempts=3, max_elapsed=max_elapsed, **{zero: 0}).max_attempts == 3
 
 
 def test_the_attempt_limit_counts_the_first_attempt() -> None:

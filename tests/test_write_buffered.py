@@ -490,7 +490,7 @@ def test_a_producer_waiting_for_room_goes_on_once_a_batch_is_written(
     assert (writer.counters.written, writer.counters.dropped) == (2, 0)
 
 
-@pytest.mark.parametrize("block_timeout", [60, math.inf, None])
+@pytest.mark.parametrize("block_timeout", [60, math.inf, 1e300, None])
 def test_a_producer_waiting_for_room_is_told_at_once_when_the_writer_closes(
     host_models: HostModels, block_timeout: float | None
 ) -> None:
@@ -759,8 +759,24 @@ def test_a_bad_timeout_is_refused_and_the_writer_goes_on(
     writer.enqueue(session_id=session_id, user_id=user_id, event_type="after")  # not closed
     assert writer.flush(timeout=math.inf)  # no limit, as None
     assert counts(host_engine) == (2, 2)
-    final = writer.close(timeout=math.inf)
+    final = writer.close(timeout=1e300)  # past what a thread can wait: no limit either
     assert (final.written, final.unwritten) == (2, 0)
+
+
+@pytest.mark.parametrize("flush_interval", [math.inf, 1e10])
+def test_a_flush_interval_past_what_a_thread_can_wait_writes_full_batches_only(
+    host_engine: Engine, host_models: HostModels, flush_interval: float
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    with BufferedWriter(
+        host_models.EventLog, host_engine, batch_size=2, flush_interval=flush_interval
+    ) as writer:
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="first")
+        time.sleep(0.3)
+        assert (writer.counters.queued, writer.counters.errors) == (1, 0)  # no spinning
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="second")
+        wait_for(lambda: counts(host_engine) == (2, 2), timeout=10)  # a full batch
+        assert writer.counters.errors == 0
 
 
 @pytest.mark.asyncio
@@ -780,7 +796,7 @@ async def test_a_bad_timeout_is_refused_and_the_async_writer_goes_on(
     await writer.enqueue(session_id=session_id, user_id=user_id, event_type="after")
     assert await writer.flush(timeout=math.inf)
     assert counts(host_engine) == (2, 2)
-    final = await writer.close(timeout=math.inf)
+    final = await writer.close(timeout=1e300)
     assert (final.written, final.unwritten) == (2, 0)
 
 

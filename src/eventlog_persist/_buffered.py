@@ -6,7 +6,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -587,7 +586,13 @@ def check_seconds(name: str, value: object, *, allow_none: bool) -> None:
 def check_wait(name: str, value: object) -> float | None:
     """A wait's limit: seconds ``>= 0``, or None for no limit (what infinity means too)."""
     check_seconds(name, value, allow_none=True)
-    return None if value is None or value == math.inf else cast("float", value)
+    return None if value is None else no_limit_past_max(cast("float", value))
+
+
+def no_limit_past_max(seconds: float) -> float | None:
+    """None (no limit) for a wait longer than the thread locks take (292 years, infinity),
+    which would raise `OverflowError` there, else ``seconds``."""
+    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
 class BufferedWriter(Generic[KeyT]):
@@ -942,7 +947,7 @@ class BufferedWriter(Generic[KeyT]):
                         self._feed_spool()
                     with self._lock:
                         while (wait := state.wait_time()) is not None:
-                            self._wake.wait(None if wait == float("inf") else wait)
+                            self._wake.wait(no_limit_past_max(wait))
                         if self._abort.is_set() or not state.queue:
                             if state.closing and (
                                 self._abort.is_set() or not state.spool_waiting()
@@ -1260,9 +1265,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
                     while (wait := state.wait_time()) is not None:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(
-                                self._wake.wait(), None if wait == float("inf") else wait
-                            )
+                            await asyncio.wait_for(self._wake.wait(), no_limit_past_max(wait))
                     if self._abort.is_set() or not state.queue:
                         if state.closing and (self._abort.is_set() or not state.spool_waiting()):
                             return

@@ -26,9 +26,15 @@ class RetryPolicy:
             as the deadline allows).
         max_elapsed: The deadline: most seconds from the first attempt to the start of the
             last (default 30); ``None`` for no deadline.
-        initial_delay: Cap of the first wait, in seconds (default 0.05).
-        max_delay: Largest cap of any wait, in seconds (default 2).
+        initial_delay: Cap of the first wait, in seconds (default 0.05), at most a day.
+        max_delay: Largest cap of any wait, in seconds (default 2), at most a day. A
+            policy whose waits are all 0 needs ``max_attempts``: without it, it would retry
+            at once, again and again, while the database is down.
         multiplier: Growth of the cap per retry (default 2).
+
+    .. versionchanged:: 0.3.0
+       ``initial_delay`` and ``max_delay`` above a day, and waits of 0 without
+       ``max_attempts``, raise `ConfigurationError`.
     """
 
     max_attempts: int | None = None
@@ -51,11 +57,18 @@ class RetryPolicy:
                 "(a number >= 0), or None for no limit"
             )
         for name in ("initial_delay", "max_delay"):
-            if not _non_negative(getattr(self, name)):
+            value = getattr(self, name)
+            if not _non_negative(value) or value > _MAX_DELAY:
                 raise ConfigurationError(
-                    f"RetryPolicy({name}={getattr(self, name)!r}) is not valid; use seconds "
-                    "(a number >= 0)"
+                    f"RetryPolicy({name}={value!r}) is not valid; use seconds from 0 to "
+                    f"{_MAX_DELAY:g}"
                 )
+        if self.max_attempts is None and (self.initial_delay == 0 or self.max_delay == 0):
+            zero = "initial_delay" if self.initial_delay == 0 else "max_delay"
+            raise ConfigurationError(
+                f"RetryPolicy({zero}=0) retries at once, again and again, while the database "
+                "is down; use a delay above 0, or set max_attempts"
+            )
         if not _non_negative(self.multiplier) or self.multiplier < 1:
             raise ConfigurationError(
                 f"RetryPolicy(multiplier={self.multiplier!r}) is not valid; use a number >= 1"
@@ -81,6 +94,10 @@ class RetryPolicy:
         except OverflowError:  # grown past any float: long past max_delay
             cap = self.max_delay
         return min(random.uniform(0.0, cap), remaining)
+
+
+_MAX_DELAY: Final = 86_400.0
+"""Longest wait between two attempts: a day (a thread's sleep overflows past 292 years)."""
 
 
 def _non_negative(value: object) -> bool:
