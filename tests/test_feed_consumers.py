@@ -18,9 +18,13 @@ from sqlalchemy.orm import Session
 
 from eventlog_persist import (
     AsyncEventFeed,
+    AsyncEventTail,
     EventFeed,
+    EventTail,
     EventWriter,
     FeedBatch,
+    afeed_status,
+    feed_status,
     new_event,
     write_events,
 )
@@ -419,11 +423,28 @@ def test_arguments_of_the_calls_are_checked(host_engine: Engine, host_models: Ho
 def test_the_wrong_engine_flavour_names_the_twin(
     database_url: URL, host_engine: Engine, host_models: HostModels
 ) -> None:
+    model = host_models.EventLog
     engine = create_async_engine(database_url)
     with pytest.raises(ConfigurationError, match="use AsyncEventFeed from async code"):
-        EventFeed(host_models.EventLog, engine, consumer="c")  # type: ignore[arg-type]
+        EventFeed(model, engine, consumer="c")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="use EventFeed in sync code"):
-        AsyncEventFeed(host_models.EventLog, host_engine, consumer="c")  # type: ignore[arg-type]
+        AsyncEventFeed(model, host_engine, consumer="c")  # type: ignore[arg-type]
+    # The tail, which had no twin on record (a KeyError), and the status calls too.
+    with pytest.raises(ConfigurationError, match=r"use AsyncEventTail from async code$"):
+        EventTail(model, engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"use EventTail in sync code$"):
+        AsyncEventTail(model, host_engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"use afeed_status from async code$"):
+        feed_status(model, engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"use feed_status in sync code$"):
+        asyncio.run(afeed_status(model, host_engine))  # type: ignore[arg-type]
+    for refused in (
+        lambda: EventTail(model, None),  # type: ignore[arg-type]
+        lambda: AsyncEventTail(model, None),  # type: ignore[arg-type]
+        lambda: EventFeed(model, None, consumer="c"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigurationError, match=r"needs a sqlalchemy (Async)?Engine, got"):
+            refused()
     asyncio.run(engine.dispose())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -18,6 +19,7 @@ from hostkit import HostProject, make_host
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from test_partitioned_migrations import expected_partitioned, opt_in, partitions
 from test_partitions import sent
 
@@ -1010,12 +1012,17 @@ def test_rows_after_the_boundary_are_refused_and_the_bound_removed(plain: Engine
         ({"partitions_ahead": 4.0}, "partitions_ahead=4.0"),
         ({"lock_timeout": 0}, "lock_timeout=0 is not valid; use at least 0.001 s"),
         ({"lock_timeout": 0.0009}, "lock_timeout=0.0009"),
-        ({"lock_timeout": -1}, "lock_timeout=-1 is not valid; use seconds, 0 or more"),
+        ({"lock_timeout": -1}, "lock_timeout=-1 is not valid; use seconds from 0 to 3600"),
         ({"lock_timeout": True}, "lock_timeout=True"),
         ({"lock_timeout": "1"}, "lock_timeout='1'"),
-        ({"retry_delay": -0.5}, "retry_delay=-0.5 is not valid; use seconds, 0 or more"),
+        ({"lock_timeout": math.nan}, "lock_timeout=nan"),
+        ({"lock_timeout": math.inf}, "lock_timeout=inf"),
+        ({"lock_timeout": 3600.5}, "lock_timeout=3600.5 is not valid; use seconds from 0 to"),
+        ({"retry_delay": -0.5}, "retry_delay=-0.5 is not valid; use seconds from 0 to 3600"),
         ({"retry_delay": True}, "retry_delay=True"),
         ({"retry_delay": None}, "retry_delay=None"),
+        ({"retry_delay": math.nan}, "retry_delay=nan"),
+        ({"retry_delay": math.inf}, "retry_delay=inf"),
         ({"swap_attempts": 0}, "swap_attempts=0 is not valid; use 1 or more"),
         ({"swap_attempts": True}, "swap_attempts=True"),
         ({"swap_attempts": 2.0}, "swap_attempts=2.0"),
@@ -1024,6 +1031,21 @@ def test_rows_after_the_boundary_are_refused_and_the_bound_removed(plain: Engine
 def test_bad_arguments_are_refused(engine: Engine, options: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         convert_to_partitioned(engine, **options)
+
+
+def test_anything_but_a_sync_engine_is_refused_naming_it(database_url: URL) -> None:
+    async_engine = create_async_engine(database_url)
+    for wrong, shown in [
+        (None, "None"),
+        (str(database_url), "postgresql"),
+        (async_engine, "AsyncEngine("),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            convert_to_partitioned(wrong)  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert message.startswith("convert_to_partitioned needs a sqlalchemy Engine, got ")
+        assert shown in message
+        assert message.endswith("; pass the application's engine")
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from eventlog_persist._audit_chain import (
     window_tombstones,
 )
 from eventlog_persist._model import EventLogMixin
-from eventlog_persist._urls import refuse_other_flavour, shown
+from eventlog_persist._urls import check_engine, shown
 from eventlog_persist.exceptions import AnchorError, ConfigurationError
 
 __all__ = [
@@ -417,16 +417,6 @@ def _check_connection(bind: object, api: str) -> None:
         )
 
 
-def _check_engine(engine: object, *, api: str, is_async: bool) -> None:
-    kind = AsyncEngine if is_async else Engine
-    if not isinstance(engine, kind):
-        refuse_other_flavour(engine, api=api, is_async=is_async)
-        raise ConfigurationError(
-            f"{api} needs a sqlalchemy {kind.__name__}, got {shown(engine)}; pass the "
-            "application's engine"
-        )
-
-
 class _SealerCore:
     """What both sealers share: settings, and the export retried until it succeeds."""
 
@@ -520,7 +510,7 @@ class AuditSealer(_SealerCore):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         anchor: Anchor | None = None,
     ) -> None:
-        _check_engine(engine, api="AuditSealer", is_async=False)
+        check_engine(engine, api="AuditSealer", is_async=False)
         super().__init__(
             model, interval=interval, chunk_size=chunk_size, anchor=anchor, api="AuditSealer"
         )
@@ -610,7 +600,7 @@ class AsyncAuditSealer(_SealerCore):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         anchor: Anchor | None = None,
     ) -> None:
-        _check_engine(engine, api="AsyncAuditSealer", is_async=True)
+        check_engine(engine, api="AsyncAuditSealer", is_async=True)
         super().__init__(
             model,
             interval=interval,

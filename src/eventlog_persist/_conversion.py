@@ -45,6 +45,7 @@ from eventlog_persist._schema import (
 from eventlog_persist._schema import (
     quote_identifier as _quote,
 )
+from eventlog_persist._urls import check_engine
 from eventlog_persist.exceptions import ConfigurationError, ConversionError
 
 __all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
@@ -67,6 +68,7 @@ _COLUMNS: Final = frozenset({"id", "session_id", "user_id", "event_type", "paylo
 _MARGIN: Final = timedelta(days=1)
 _RESUME_MARGIN: Final = timedelta(hours=1)
 _RETRIED_STATES: Final = frozenset({LOCK_NOT_AVAILABLE, "40P01"})  # lock timeout, deadlock
+_MOST_SECONDS: Final = 3600  # for lock_timeout and retry_delay, as for partition maintenance
 
 State: TypeAlias = Literal["converted", "prepared", "already_partitioned"]
 Step: TypeAlias = Literal["bound", "validate", "key", "swap"]
@@ -147,9 +149,10 @@ def convert_to_partitioned(
         partitions_ahead: As for evlpart_0001 (1 to 52): partitions exist up to the one
             evlpart_0001 would create last.
         lock_timeout: Seconds each blocking transaction waits for a lock before it gives up
-            and is retried; writers queue behind a waiting lock for at most this long.
+            and is retried (0.001 to 3600); writers queue behind a waiting lock for at most
+            this long.
         swap_attempts: Attempts of each blocking transaction before `ConversionError`.
-        retry_delay: Seconds between attempts.
+        retry_delay: Seconds between attempts (0 to 3600).
         stop_before_swap: Run the online steps only.
         on_progress: Called with a line of text before and after each step.
 
@@ -163,6 +166,7 @@ def convert_to_partitioned(
 
     .. versionadded:: 0.3.0
     """
+    check_engine(engine, api="convert_to_partitioned", is_async=False)
     if partition_interval not in get_args(PartitionInterval):
         raise ConfigurationError(
             f"partition_interval={partition_interval!r} is not valid; use 'week' or 'month'"
@@ -176,8 +180,14 @@ def convert_to_partitioned(
             f"partitions_ahead={partitions_ahead!r} is not valid; use 1 to {MAX_AHEAD}"
         )
     for name, value in (("lock_timeout", lock_timeout), ("retry_delay", retry_delay)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigurationError(f"{name}={value!r} is not valid; use seconds, 0 or more")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= _MOST_SECONDS
+        ):
+            raise ConfigurationError(
+                f"{name}={value!r} is not valid; use seconds from 0 to {_MOST_SECONDS}"
+            )
     if lock_timeout < 0.001:
         raise ConfigurationError(
             f"lock_timeout={lock_timeout!r} is not valid; use at least 0.001 s (0 would wait "

@@ -48,7 +48,7 @@ from eventlog_persist._feed_wakeup import AsyncWakeups, Wakeups, check_poll
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._read_types import EventRecord
 from eventlog_persist._table import quoted_name
-from eventlog_persist._urls import refuse_other_flavour, shown
+from eventlog_persist._urls import check_engine, shown
 from eventlog_persist.exceptions import (
     ConfigurationError,
     ConsumerNotFoundError,
@@ -377,12 +377,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         part: int | None = None,
         listen: bool = True,
     ) -> None:
-        if not isinstance(engine, Engine):
-            refuse_other_flavour(engine, api="EventFeed", is_async=False)
-            raise ConfigurationError(
-                f"EventFeed needs a sqlalchemy Engine, got {shown(engine)}; pass the "
-                "application's engine"
-            )
+        check_engine(engine, api="EventFeed", is_async=False)
         super().__init__(
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )
@@ -604,12 +599,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         part: int | None = None,
         listen: bool = True,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            refuse_other_flavour(engine, api="AsyncEventFeed", is_async=True)
-            raise ConfigurationError(
-                f"AsyncEventFeed needs a sqlalchemy AsyncEngine, got {shown(engine)}; pass "
-                "the application's engine"
-            )
+        check_engine(engine, api="AsyncEventFeed", is_async=True)
         super().__init__(
             model, consumer=consumer, owner=owner, lease=lease, mode=mode, parts=parts, part=part
         )

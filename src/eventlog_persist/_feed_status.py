@@ -52,7 +52,7 @@ from eventlog_persist._feed_sql import (
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
 from eventlog_persist._schema import XID_COLUMN
-from eventlog_persist._urls import refuse_other_flavour, shown
+from eventlog_persist._urls import check_engine
 from eventlog_persist.exceptions import (
     ConfigurationError,
     ConsumerNotFoundError,
@@ -378,13 +378,7 @@ def feed_status(
     """
     table = _feed_table(model)
     name = None if consumer is None else check_consumer(consumer)
-    given: object = engine  # checked at run time: hosts pass what they have
-    if not isinstance(given, Engine):
-        refuse_other_flavour(given, api="feed_status", is_async=False)
-        raise ConfigurationError(
-            f"feed_status needs a sqlalchemy Engine, got {shown(engine)}; pass the "
-            "application's engine"
-        )
+    check_engine(engine, api="feed_status", is_async=False)
     try:
         with engine.connect() as connection, connection.begin():
             return _status(connection, table, name)
@@ -429,13 +423,7 @@ async def afeed_status(
     """
     table = _feed_table(model)
     name = None if consumer is None else check_consumer(consumer)
-    given: object = engine  # checked at run time: hosts pass what they have
-    if not isinstance(given, AsyncEngine):
-        refuse_other_flavour(given, api="afeed_status", is_async=True)
-        raise ConfigurationError(
-            f"afeed_status needs a sqlalchemy AsyncEngine, got {shown(engine)}; pass the "
-            "application's engine"
-        )
+    check_engine(engine, api="afeed_status", is_async=True)
     try:
         async with engine.connect() as connection, connection.begin():
             return await connection.run_sync(lambda sync: _status(sync, table, name))

@@ -40,9 +40,8 @@ from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._read_sql import check_key
 from eventlog_persist._read_types import UNSCOPED, EventRecord, Unscoped
 from eventlog_persist._table import quoted_name
-from eventlog_persist._urls import refuse_other_flavour, shown
+from eventlog_persist._urls import check_engine
 from eventlog_persist.exceptions import (
-    ConfigurationError,
     InvalidCursorError,
     MigrationSetupError,
     ValidationError,
@@ -317,12 +316,7 @@ class EventTail(_TailCore, Generic[KeyT]):
     def __init__(
         self, model: type[EventLogMixin[KeyT]], engine: Engine, *, listen: bool = True
     ) -> None:
-        if not isinstance(engine, Engine):
-            refuse_other_flavour(engine, api="EventTail", is_async=False)
-            raise ConfigurationError(
-                f"EventTail needs a sqlalchemy Engine, got {shown(engine)}; pass the "
-                "application's engine"
-            )
+        check_engine(engine, api="EventTail", is_async=False)
         super().__init__(model)
         self._engine = engine
         self._wakeups = Wakeups(engine, quoted_name(self._statements.table), listen=listen)
@@ -446,12 +440,7 @@ class AsyncEventTail(_TailCore, Generic[KeyT]):
     def __init__(
         self, model: type[EventLogMixin[KeyT]], engine: AsyncEngine, *, listen: bool = True
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            refuse_other_flavour(engine, api="AsyncEventTail", is_async=True)
-            raise ConfigurationError(
-                f"AsyncEventTail needs a sqlalchemy AsyncEngine, got {shown(engine)}; pass "
-                "the application's engine"
-            )
+        check_engine(engine, api="AsyncEventTail", is_async=True)
         super().__init__(model)
         self._engine = engine
         self._wakeups = AsyncWakeups(engine, quoted_name(self._statements.table), listen=listen)

@@ -27,6 +27,7 @@ TWINS: Final = {
     "record_detached": "arecord_detached",
     "EventLogReader": "AsyncEventLogReader",
     "EventFeed": "AsyncEventFeed",
+    "EventTail": "AsyncEventTail",
     "feed_status": "afeed_status",
     "AuditSealer": "AsyncAuditSealer",
 }
@@ -285,9 +286,9 @@ def refuse_other_flavour(target: object, *, api: str, is_async: bool) -> None:
     wrong: tuple[type[Any], ...] = (
         (Engine, psycopg.Connection) if is_async else (AsyncEngine, psycopg.AsyncConnection)
     )
-    if not isinstance(target, wrong):
+    twin = {**TWINS, **{a: s for s, a in TWINS.items()}}.get(api)
+    if twin is None or not isinstance(target, wrong):
         return
-    twin = {**TWINS, **{a: s for s, a in TWINS.items()}}[api]
     given = type(target).__name__
     if is_async:
         fix = f"a sync {given} is not for async code; use {twin} in sync code"
@@ -296,3 +297,17 @@ def refuse_other_flavour(target: object, *, api: str, is_async: bool) -> None:
     if api in _TAKE_URLS:
         fix += ", or pass the database URL, which both take"
     raise ConfigurationError(f"{api} got {shown(target)}: {fix}")
+
+
+def check_engine(
+    engine: object, *, api: str, is_async: bool, fix: str = "pass the application's engine"
+) -> None:
+    """Refuse anything but a SQLAlchemy engine of the flavour ``api`` takes, naming the fix
+    (for the other flavour, ``api``'s twin)."""
+    kind = AsyncEngine if is_async else Engine
+    if isinstance(engine, kind):
+        return
+    refuse_other_flavour(engine, api=api, is_async=is_async)
+    raise ConfigurationError(
+        f"{api} needs a sqlalchemy {kind.__name__}, got {shown(engine)}; {fix}"
+    )

@@ -44,7 +44,7 @@ from eventlog_persist._read_direct import (
 )
 from eventlog_persist._retry import DETACHED_RETRY, RetryPolicy
 from eventlog_persist._table import COLUMNS, EventTable
-from eventlog_persist._urls import refuse_other_flavour, shown
+from eventlog_persist._urls import check_engine
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist.exceptions import ConfigurationError
 
@@ -234,16 +234,10 @@ async def _arolled_back(driver: Any, autocommit: bool) -> bool:
     return True
 
 
-def _check_engine(engine: object, kind: type[Engine | AsyncEngine], api: str) -> None:
-    """Refuse anything but an engine of ``kind``, naming the twin or the fix."""
-    if isinstance(engine, kind):
-        return
-    refuse_other_flavour(engine, api=api, is_async=kind is AsyncEngine)
-    raise ConfigurationError(
-        f"{api} needs a sqlalchemy {kind.__name__}, got {shown(engine)}; it writes through "
-        "the engine's connection pool, so pass the application's engine (for a URL, the "
-        "engine made from it once at start-up)"
-    )
+_ENGINE_FIX: Final = (
+    "it writes through the engine's connection pool, so pass the application's engine (for "
+    "a URL, the engine made from it once at start-up)"
+)
 
 
 class EventWriter(Generic[ModelT, KeyT]):
@@ -418,7 +412,7 @@ class EventWriter(Generic[ModelT, KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
-        _check_engine(engine, Engine, "record_detached")
+        check_engine(engine, api="record_detached", is_async=False, fix=_ENGINE_FIX)
         event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
@@ -456,7 +450,7 @@ class EventWriter(Generic[ModelT, KeyT]):
             RetriesExhaustedError: Transient errors lasted longer than the retry policy (an
                 `EventWriteError` too).
         """
-        _check_engine(engine, AsyncEngine, "arecord_detached")
+        check_engine(engine, api="arecord_detached", is_async=True, fix=_ENGINE_FIX)
         event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         params = _params(event)
         attempt = Attempt(started=time.monotonic())
