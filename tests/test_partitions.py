@@ -557,6 +557,24 @@ def test_drop_removes_only_partitions_wholly_before_the_cutoff(
     assert drop_partitions(model, host_engine, older_than=cutoff) == type(result)()
 
 
+def test_a_cutoff_in_the_future_is_refused_and_nothing_is_dropped(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    model = host_models.EventLog
+    old_and_new(host_engine, model, keys)
+    before = names(host_engine, model)
+    future = datetime.now(UTC) + timedelta(days=90)  # a sign slip for 90 days ago
+    with pytest.raises(ValidationError) as caught:
+        drop_partitions(model, host_engine, older_than=future)
+    assert str(caught.value).startswith(
+        f"older_than={future.isoformat()} is in the future, so partitions being written "
+        "would go; pass a past cutoff such as datetime.now(UTC) - timedelta(days=90)"
+    )
+    assert names(host_engine, model) == before
+    drop_partitions(model, host_engine, older_than=datetime.now(UTC))  # now itself is taken
+    assert len(names(host_engine, model)) < len(before)
+
+
 def test_two_drops_at_once_both_succeed(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:

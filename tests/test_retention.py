@@ -139,6 +139,36 @@ def test_rows_locked_elsewhere_are_skipped_not_waited_for(
         assert connection.scalar(select(func.count()).where(table.c.id == locked)) == 1
 
 
+def test_a_cutoff_in_the_future_is_refused_and_nothing_is_deleted(
+    host_engine: Engine, host_models: HostModels, estate: Estate
+) -> None:
+    model = host_models.EventLog
+    future = datetime.now(UTC) + timedelta(days=30)  # a sign slip for 30 days ago
+    for call in (purge_events, count_purgeable):
+        with pytest.raises(ValidationError) as caught:
+            call(model, host_engine, older_than=future)
+        assert str(caught.value) == (
+            f"older_than={future.isoformat()} is in the future, so every event would be "
+            "deleted, those being written too; pass a past cutoff such as datetime.now(UTC) "
+            "- timedelta(days=90) (a sign slip?), or datetime.now(UTC) itself if that is "
+            "what you mean"
+        )
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
+    assert purge_events(model, host_engine, older_than=datetime.now(UTC)).deleted == 29
+
+
+def test_count_purgeable_refuses_what_is_not_an_engine_or_connection(
+    host_models: HostModels,
+) -> None:
+    for wrong in (None, "postgresql://app@db/app"):
+        with pytest.raises(ConfigurationError) as caught:
+            count_purgeable(host_models.EventLog, wrong, older_than=CUTOFF)  # type: ignore[arg-type]
+        assert str(caught.value) == (
+            f"count_purgeable needs a sqlalchemy Engine or Connection, got {wrong}; pass "
+            "create_engine(url) for a URL"
+        )
+
+
 def test_purge_rejects_what_it_cannot_use(
     host_engine: Engine, host_models: HostModels, owners: list[dict[str, Any]]
 ) -> None:
@@ -801,6 +831,20 @@ def test_all_deletes_every_event_up_to_now(
     assert "purged 29 events" in done.stdout
     assert "in 3 batches" in done.stdout
     assert stored_ids(host_engine, host_models) == set()
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_cutoff_in_the_future_is_refused_even_with_all(
+    host_engine: Engine,
+    host_models: HostModels,
+    estate: Estate,
+    database_url: URL,
+    dry_run: list[str],
+) -> None:
+    result = run_cli(database_url, "--older-than", "2999-01-01T00:00:00+00:00", "--all", *dry_run)
+    assert_refused(result, "--older-than", "the cutoff 2999-01-01T00:00:00+00:00 is in the future")
+    assert "give an age such as 90d (0d with --all deletes every event)" in result.stderr
+    assert stored_ids(host_engine, host_models) == estate.all_ids()
 
 
 def test_all_with_a_past_cutoff_changes_nothing(

@@ -177,12 +177,18 @@ def test_wrong_arguments_are_refused_before_anything_runs(host_models: HostModel
             )
         ),
     ]
+    refusals += [
+        ({"on_dead_letter": 5}, "on_dead_letter=5 is not valid; pass a callable or None"),
+        ({"events": None}, "events must be an iterable of NewEvent (a list, a generator), got"),
+        ({"events": batch[0]}, "events is one NewEvent; pass an iterable of them: [event]"),
+    ]
     for arguments, message in refusals:
+        arguments = {"events": batch, **arguments}
         with pytest.raises(ConfigurationError) as caught:
-            write_events(host_models.EventLog, down, batch, **arguments)
+            write_events(host_models.EventLog, down, **arguments)
         assert str(caught.value).startswith(message)
         with pytest.raises(ConfigurationError) as caught:
-            asyncio.run(awrite_events(host_models.EventLog, down, batch, **arguments))
+            asyncio.run(awrite_events(host_models.EventLog, down, **arguments))
         assert str(caught.value).startswith(message)
     assert inspect.signature(write_events).parameters["batch_size"].default == 10_000
     assert inspect.signature(awrite_events).parameters["batch_size"].default == 10_000

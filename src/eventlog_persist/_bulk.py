@@ -66,12 +66,25 @@ def _batches(events: Iterable[NewEvent], size: int) -> Iterator[Stream]:
 
 
 def _check_args(
+    events: object,
     batch_size: int,
     retry: object,
+    on_dead_letter: object,
     connect_timeout: object,
     tcp_user_timeout: object,
     lock_timeout: object,
 ) -> None:
+    if isinstance(events, NewEvent):
+        raise ConfigurationError("events is one NewEvent; pass an iterable of them: [event]")
+    if not isinstance(events, Iterable):
+        raise ConfigurationError(
+            f"events must be an iterable of NewEvent (a list, a generator), got "
+            f"{type(events).__name__}"
+        )
+    if on_dead_letter is not None and not callable(on_dead_letter):
+        raise ConfigurationError(
+            f"on_dead_letter={on_dead_letter!r} is not valid; pass a callable or None"
+        )
     if type(batch_size) is not int or batch_size < 1:
         raise ConfigurationError(f"batch_size={batch_size!r} is not valid; use an int >= 1")
     if not isinstance(retry, RetryPolicy):
@@ -154,7 +167,9 @@ def write_events(
     .. versionchanged:: 0.3.0
        ``events`` is read while each batch is copied; a batch ends after 2 s of copying.
     """
-    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
+    _check_args(
+        events, batch_size, retry, on_dead_letter, connect_timeout, tcp_user_timeout, lock_timeout
+    )
     table = EventTable.of(model)
     result = BulkResult()
     connector = Connector(
@@ -221,7 +236,9 @@ async def awrite_events(
         ConfigurationError: An argument is not valid, as in `write_events`; a sync
             ``Engine`` or connection names `write_events`.
     """
-    _check_args(batch_size, retry, connect_timeout, tcp_user_timeout, lock_timeout)
+    _check_args(
+        events, batch_size, retry, on_dead_letter, connect_timeout, tcp_user_timeout, lock_timeout
+    )
     table = EventTable.of(model)
     result = BulkResult()
     connector = AsyncConnector(

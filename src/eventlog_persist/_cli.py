@@ -226,6 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _refuse(command, str(exc))
     try:
         if args.command == "purge":
+            if args.older_than > now:
+                return _refuse(
+                    purge,
+                    f"argument --older-than: the cutoff {args.older_than.isoformat()} is in "
+                    "the future, so every event would be deleted, those being written too; "
+                    "give an age such as 90d (0d with --all deletes every event)",
+                )
             if args.older_than >= now and not args.all:
                 return _refuse(
                     purge,

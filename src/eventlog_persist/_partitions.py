@@ -21,6 +21,7 @@ from eventlog_persist._audit_partitions import (
 from eventlog_persist._feed_retention import BY_DETACH, BY_DROP, feed_consumers, mark_partition
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
+from eventlog_persist._retention import check_cutoff
 from eventlog_persist._schema import quote_identifier
 from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import shown
@@ -663,7 +664,8 @@ def drop_partitions(
         ConfigurationError: ``bind`` cannot be used, an argument is not valid, or
             ``event_logs`` is missing, not partitioned, or has a DEFAULT partition while
             ``concurrently`` is set.
-        ValidationError: ``older_than`` is not a time-zone aware datetime.
+        ValidationError: ``older_than`` is not a time-zone aware datetime, or is in the
+            future (the partitions being written would go; ``datetime.now(UTC)`` is taken).
         sqlalchemy.exc.DBAPIError: The database failed a step (a lock timeout, a cancel, a
             lost connection). What was done stays done; a detach left pending, or a
             partition detached to be dropped but not dropped (it is marked with a
@@ -671,11 +673,7 @@ def drop_partitions(
 
     .. versionadded:: 0.3.0
     """
-    if not isinstance(older_than, datetime) or older_than.utcoffset() is None:
-        raise ValidationError(
-            f"older_than must be a time-zone aware datetime, got {older_than!r}; e.g. "
-            "datetime.now(UTC) - timedelta(days=90)"
-        )
+    check_cutoff(older_than, goes="partitions being written would go")
     for name, flag in (("keep_detached", keep_detached), ("concurrently", concurrently)):
         if not isinstance(flag, bool):
             raise ConfigurationError(f"{name} must be True or False, got {flag!r}")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text
@@ -62,14 +62,26 @@ class PurgeResult:
     batches: int
 
 
-def _conditions(
-    table: Table, older_than: datetime, user_id: object, project_id: object
-) -> list[Any]:
+def check_cutoff(older_than: object, *, goes: str) -> None:
+    """Refuse a cutoff that is naive, or after now, where it would take what is being
+    written (``goes`` says what)."""
     if not isinstance(older_than, datetime) or older_than.utcoffset() is None:
         raise ValidationError(
             f"older_than must be a time-zone aware datetime, got {older_than!r}; e.g. "
-            "datetime.now(UTC) - timedelta(days=30)"
+            "datetime.now(UTC) - timedelta(days=90)"
         )
+    if older_than > datetime.now(UTC):
+        raise ValidationError(
+            f"older_than={older_than.isoformat()} is in the future, so {goes}; pass a past "
+            "cutoff such as datetime.now(UTC) - timedelta(days=90) (a sign slip?), or "
+            "datetime.now(UTC) itself if that is what you mean"
+        )
+
+
+def _conditions(
+    table: Table, older_than: datetime, user_id: object, project_id: object
+) -> list[Any]:
+    check_cutoff(older_than, goes="every event would be deleted, those being written too")
     c = table.c
     conditions = [c.created_at < older_than]
     for name, value in (("user_id", user_id), ("project_id", project_id)):
@@ -152,9 +164,19 @@ def count_purgeable(
     """Count the events `purge_events` would delete with the same arguments (a dry run).
 
     Raises:
-        ValidationError: ``older_than`` is naive, or a key has the wrong type.
+        ConfigurationError: ``bind`` is not a sync SQLAlchemy ``Engine`` or ``Connection``.
+        ValidationError: ``older_than`` is naive or in the future, or a key has the wrong
+            type.
+
+    .. versionchanged:: 0.3.0
+       A cutoff in the future raises `ValidationError`, as in `purge_events`.
     """
     _check_sync(bind)
+    if not isinstance(bind, (Engine, Connection)):
+        raise ConfigurationError(
+            f"count_purgeable needs a sqlalchemy Engine or Connection, got {shown(bind)}; "
+            "pass create_engine(url) for a URL"
+        )
     table = event_table(model)
     statement = select(func.count()).where(*_conditions(table, older_than, user_id, project_id))
     if isinstance(bind, Engine):
@@ -211,7 +233,8 @@ def purge_events(
     Raises:
         ConfigurationError: ``bind`` cannot be used, a batching option is out of range, or
             ``on_batch`` is not callable.
-        ValidationError: ``older_than`` is naive, or a key has the wrong type.
+        ValidationError: ``older_than`` is naive or in the future (a sign slip would delete
+            every event; ``datetime.now(UTC)`` itself is taken), or a key has the wrong type.
 
     Example:
         >>> purge_events(EventLog, engine, older_than=cutoff)  # doctest: +SKIP
@@ -220,7 +243,7 @@ def purge_events(
     .. versionchanged:: 0.3.0
        ``on_batch`` added; ``sleep`` must be finite and at most a day; feed consumers not
        delivered the deleted events are marked; each batch declares retention for the
-       audit's guard.
+       audit's guard; a cutoff in the future raises `ValidationError`.
     """
     _check_bind(bind)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
