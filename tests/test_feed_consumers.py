@@ -391,9 +391,11 @@ def test_a_database_without_the_feed_schema_names_the_migration(engine: Engine) 
     [
         ({"consumer": ""}, ValidationError, "consumer must be a non-empty name"),
         ({"consumer": "x" * 129}, ValidationError, "at most 128 characters"),
-        ({"lease": 0}, ConfigurationError, "lease must be a number of seconds above 0"),
+        ({"lease": 0}, ConfigurationError, "lease must be a number of seconds from 0.001 to"),
+        ({"lease": 1e-7}, ConfigurationError, r"from 0\.001 to 86400 \(a day\), got 1e-07"),
         ({"owner": ""}, ConfigurationError, "owner must be a non-empty str"),
         ({"mode": "strict"}, ConfigurationError, "mode must be 'snapshot'"),
+        ({"listen": "yes"}, ConfigurationError, "listen must be True or False, got 'yes'"),
     ],
 )
 def test_settings_are_checked_when_the_feed_is_built(
@@ -406,6 +408,9 @@ def test_settings_are_checked_when_the_feed_is_built(
     arguments: dict[str, Any] = {"consumer": "c", **options}
     with pytest.raises(error, match=message):
         EventFeed(host_models.EventLog, host_engine, **arguments)
+    if "listen" in options:  # the tail takes it too
+        with pytest.raises(error, match=message):
+            EventTail(host_models.EventLog, host_engine, listen=options["listen"])
 
 
 def test_arguments_of_the_calls_are_checked(host_engine: Engine, host_models: HostModels) -> None:

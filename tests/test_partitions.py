@@ -413,7 +413,7 @@ def test_refusals_name_the_fix(
         ({"ahead": True}, "ahead=True is not valid"),
         ({"ahead": 2.0}, "ahead=2.0 is not valid"),
         ({"interval": "Week"}, "interval='Week' is not valid; use 'week' or 'month', or None"),
-        ({"lock_timeout": 0}, "lock_timeout=0 is not valid; use seconds from 0 to 3600"),
+        ({"lock_timeout": 0}, "lock_timeout=0 is not valid; use seconds above 0, at most 3600"),
         ({"lock_timeout": 3600.5}, "lock_timeout=3600.5 is not valid"),
         ({"lock_timeout": float("nan")}, "lock_timeout=nan is not valid"),
         ({"lock_timeout": True}, "lock_timeout=True is not valid"),

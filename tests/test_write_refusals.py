@@ -44,6 +44,7 @@ from eventlog_persist import (
     awrite_events,
     event_log_model,
     new_event,
+    prepare_payload,
     write_events,
 )
 from eventlog_persist.exceptions import ConfigurationError, ValidationError
@@ -342,6 +343,13 @@ def test_a_writer_refuses_options_and_events_of_the_wrong_kind(host_models: Host
         EventWriter(model, payload_policy="strict")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="field_rules=None is not valid; pass an Event"):
         EventWriter(model, field_rules=None)  # type: ignore[arg-type]
+    # The same for an event built alone, and a payload prepared alone.
+    with pytest.raises(ConfigurationError, match="payload_policy='strict' is not valid; pass a"):
+        new_event(event_type="x", payload_policy="strict")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="field_rules=None is not valid; pass an Event"):
+        new_event(event_type="x", field_rules=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="policy=None is not valid; pass a PayloadPolicy"):
+        prepare_payload({}, policy=None)  # type: ignore[arg-type]
     writer = BufferedWriter(model, "host=/nonexistent port=1 dbname=x")  # never started
     key = uuid.uuid4()
     with pytest.raises(ValidationError, match=r"expected a NewEvent .*got dict"):

@@ -305,10 +305,13 @@ def new_event(
         ValidationError: A field is not acceptable or missing; the message says which and
             why.
         PayloadError: The payload cannot be stored; ``path`` says where.
+        ConfigurationError: ``payload_policy`` or ``field_rules`` is of the wrong type.
 
     .. versionchanged:: 0.3.0
        Event context; ``request_id``, ``trace_id`` and ``span_id``.
     """
+    if payload_policy is not DEFAULT_POLICY or field_rules is not DEFAULT_FIELD_RULES:
+        _check_options(payload_policy, field_rules)
     return _build(
         session_id,
         user_id,
@@ -371,6 +374,17 @@ def build_event(
         prepared,
     )
     return event, prepared[0]
+
+
+def _check_options(payload_policy: object, field_rules: object) -> None:
+    if not isinstance(payload_policy, PayloadPolicy):
+        raise ConfigurationError(
+            f"payload_policy={payload_policy!r} is not valid; pass a PayloadPolicy"
+        )
+    if not isinstance(field_rules, EventFieldRules):
+        raise ConfigurationError(
+            f"field_rules={field_rules!r} is not valid; pass an EventFieldRules"
+        )
 
 
 def _build(  # the fields of an event, positional: no keyword forwarding
@@ -504,14 +518,7 @@ class EventBuilder(Generic[KeyT]):
         Raises:
             ConfigurationError: An argument is not valid.
         """
-        if not isinstance(payload_policy, PayloadPolicy):
-            raise ConfigurationError(
-                f"payload_policy={payload_policy!r} is not valid; pass a PayloadPolicy"
-            )
-        if not isinstance(field_rules, EventFieldRules):
-            raise ConfigurationError(
-                f"field_rules={field_rules!r} is not valid; pass an EventFieldRules"
-            )
+        _check_options(payload_policy, field_rules)
         return cls(EventTable.of(model), payload_policy, field_rules)
 
     def build(self, fields: EventFields[KeyT]) -> tuple[NewEvent, PreparedPayload]:

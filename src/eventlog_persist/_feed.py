@@ -331,8 +331,9 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         owner: This worker's name in the lease; default: the host name, the process id and
             a random part, so that each instance is a worker of its own. A worker that
             restarts under the same name takes its lease back at once.
-        lease: Seconds a fetch or commit holds the lease: longer than processing a batch
-            takes, short enough for another worker to take over soon after a crash.
+        lease: Seconds a fetch or commit holds the lease (0.001 to 86400): longer than
+            processing a batch takes, short enough for another worker to take over soon
+            after a crash.
         mode: ``"snapshot"`` (default): a batch holds every transaction committed by now,
             and never waits for one still running. ``"horizon"``: only the transactions
             below the oldest one still running (any transaction holding an id, in any
@@ -559,8 +560,9 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         owner: This worker's name in the lease; default: the host name, the process id and
             a random part, so that each instance is a worker of its own. A worker that
             restarts under the same name takes its lease back at once.
-        lease: Seconds a fetch or commit holds the lease: longer than processing a batch
-            takes, short enough for another worker to take over soon after a crash.
+        lease: Seconds a fetch or commit holds the lease (0.001 to 86400): longer than
+            processing a batch takes, short enough for another worker to take over soon
+            after a crash.
         mode: ``"snapshot"`` (default): a batch holds every transaction committed by now,
             and never waits for one still running. ``"horizon"``: only the transactions
             below the oldest one still running (any transaction holding an id, in any

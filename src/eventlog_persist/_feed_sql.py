@@ -102,6 +102,7 @@ DEFAULT_BATCH_SIZE: Final = 500
 MAX_BATCH_SIZE: Final = 10_000
 MAX_PARTS: Final = 1024
 _MAX_LEASE: Final = 24 * 3600.0
+_MIN_LEASE: Final = 0.001  # shorter, a lease would end before the statement that takes it
 _UNSENDABLE: Final = re.compile(r"[\x00\ud800-\udfff]")
 # backfill_since of a consumer that takes every pre-feed row, whatever its created_at; NULL
 # means no pre-feed row is pending. Python has no -infinity, so the value travels as text.
@@ -317,10 +318,10 @@ def check_lease(lease: object) -> timedelta:
     if (
         isinstance(lease, bool)
         or not isinstance(lease, (int, float))
-        or not (0 < lease <= _MAX_LEASE)
+        or not (_MIN_LEASE <= lease <= _MAX_LEASE)
     ):
         raise ConfigurationError(
-            f"lease must be a number of seconds above 0 and at most {_MAX_LEASE:g} (a day), "
+            f"lease must be a number of seconds from {_MIN_LEASE:g} to {_MAX_LEASE:g} (a day), "
             f"got {lease!r}; it bounds how long a crashed worker keeps others waiting"
         )
     return timedelta(seconds=float(lease))

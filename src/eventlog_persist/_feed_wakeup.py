@@ -96,6 +96,8 @@ def _pooled(engine: object) -> bool:
 
 class _Base:
     def __init__(self, target: object, table_name: str, *, listen: bool) -> None:
+        if not isinstance(listen, bool):
+            raise ConfigurationError(f"listen must be True or False, got {listen!r}")
         self._engine = target
         # Other drivers' engines (asyncpg, psycopg2, pg8000): psycopg, from the engine's URL.
         self._conninfo = _listener_conninfo(target) if listen and not _pooled(target) else ""

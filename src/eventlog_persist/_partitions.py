@@ -482,8 +482,8 @@ def _check_seconds(name: str, value: object) -> None:
         or not 0 < value <= 3600
     ):
         raise ConfigurationError(
-            f"{name}={value!r} is not valid; use seconds from 0 to 3600 (e.g. 5), or None "
-            "for the session's own setting"
+            f"{name}={value!r} is not valid; use seconds above 0, at most 3600 (e.g. 5), or "
+            "None for the session's own setting"
         )
 
 

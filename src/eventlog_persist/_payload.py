@@ -579,8 +579,11 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
         PayloadError: The payload breaks a rule set to ``"error"``, holds something that
             cannot be converted, nests too deeply or in a cycle, or exceeds ``max_bytes``
             under ``oversize="error"``. ``path`` says where.
-        ConfigurationError: ``policy.redactor`` returned something other than a str.
+        ConfigurationError: ``policy`` is not a `PayloadPolicy`, or ``policy.redactor``
+            returned something other than a str.
     """
+    if policy is not DEFAULT_POLICY and not isinstance(policy, PayloadPolicy):
+        raise ConfigurationError(f"policy={policy!r} is not valid; pass a PayloadPolicy")
     quick = policy._quick
     if quick is not None:
         done = quick.prepare(value)

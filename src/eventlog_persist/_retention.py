@@ -255,7 +255,11 @@ def purge_events(
             f"max_batches must be a positive int or None (no limit), got {max_batches!r}"
         )
     # The chained comparison refuses NaN and infinity too (every comparison with NaN is False).
-    if not isinstance(sleep, (int, float)) or not 0 <= sleep <= MAX_SLEEP:
+    if (
+        isinstance(sleep, bool)
+        or not isinstance(sleep, (int, float))
+        or not 0 <= sleep <= MAX_SLEEP
+    ):
         raise ConfigurationError(
             f"sleep must be a number of seconds from 0 to {MAX_SLEEP:.0f}, got {sleep!r}"
         )
