@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -420,6 +420,15 @@ def test_refusals_name_the_fix(
         ({"lock_timeout": "1"}, "lock_timeout='1' is not valid"),
         ({"now": datetime(2026, 12, 2)}, "now must be a time-zone aware datetime"),
         ({"now": "2026-12-02T00:00:00+00:00"}, "now must be a time-zone aware datetime"),
+        (
+            {"now": datetime(9999, 12, 1, tzinfo=UTC)},
+            "now=9999-12-01T00:00:00+00:00 is out of range; pass a time from 0002-01-01 to "
+            "9990-12-31 (UTC), or None for the clock",
+        ),
+        (
+            {"now": datetime.min.replace(tzinfo=timezone(timedelta(hours=1)))},
+            "now=0001-01-01T00:00:00+01:00 is out of range",
+        ),
     ],
 )
 def test_ensure_refuses_each_bad_argument_before_touching_the_database(

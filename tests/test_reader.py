@@ -6,7 +6,7 @@ import functools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -332,6 +332,7 @@ def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
         ({"since": datetime(2025, 1, 1)}, "naive datetime"),
         ({"until": datetime(2025, 1, 1)}, "aware one"),
         ({"since": T0, "until": T0}, "since must be before until"),
+        ({"until": datetime.max.replace(tzinfo=timezone(-timedelta(hours=1)))}, "after 9999"),
         ({"event_types": set()}, "match nothing"),
         ({"event_types": "error"}, "collection of event types"),
         ({"event_types": {""}}, "non-empty str"),

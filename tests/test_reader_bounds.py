@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import pickle
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -102,6 +102,11 @@ def test_a_bound_given_either_way_pages_with_the_same_cursors(
         ({"since": datetime(2025, 3, 1)}, "naive datetime"),
         ({"until": "2025-03-01"}, "must be a datetime"),
         ({"since": T0, "until": T0}, "empty range"),
+        (
+            {"since": datetime.min.replace(tzinfo=timezone(timedelta(hours=5)))},
+            r"since=0001-01-01T00:00:00\+05:00\) is before year 1 or after 9999 once moved",
+        ),
+        ({"until": datetime.max.replace(tzinfo=timezone(-timedelta(hours=5)))}, "after 9999"),
     ],
 )
 def test_bad_bounds_are_refused(

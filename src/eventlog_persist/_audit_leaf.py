@@ -208,8 +208,15 @@ def _key(value: Any, column: str) -> str | None:
 def _time(value: Any) -> str:
     if not isinstance(value, datetime) or value.utcoffset() is None:
         raise ValidationError(f"created_at must be a time-zone aware datetime, got {value!r}")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            f"created_at={value.isoformat()} is before year 1 or after 9999 once moved to "
+            "UTC; no stored event has such a time"
+        ) from None
     # isoformat pads the year to 4 digits and, in UTC, ends with +00:00.
-    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _text(value: Any, column: str) -> str:

@@ -64,6 +64,8 @@ logger = logging.getLogger("eventlog_persist")
 # Session advisory locks of this package's partition maintenance: this constant in the high 32
 # bits, the parent table's oid in the low 32, so that two cron runs on one table take turns.
 _LOCK_SPACE: Final = 0x45564C50  # "EVLP"
+# ensure_partitions' ``now``: 52 months ahead (and a period back) stay within datetime's range.
+_NOW_RANGE: Final = (datetime(2, 1, 1, tzinfo=UTC), datetime(9990, 12, 31, tzinfo=UTC))
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +570,11 @@ def ensure_partitions(
     _check_seconds("lock_timeout", lock_timeout)
     if now is not None and (not isinstance(now, datetime) or now.utcoffset() is None):
         raise ValidationError(f"now must be a time-zone aware datetime, got {now!r}")
+    if now is not None and not _NOW_RANGE[0] <= now <= _NOW_RANGE[1]:
+        raise ValidationError(
+            f"now={now.isoformat()} is out of range; pass a time from "
+            f"{_NOW_RANGE[0].date()} to {_NOW_RANGE[1].date()} (UTC), or None for the clock"
+        )
     table = event_table(model)
     moment = now or datetime.now(UTC)
     with _connection(bind) as connection, connection.begin():

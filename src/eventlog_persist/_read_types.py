@@ -179,7 +179,8 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
     """Reject naive datetimes and empty ranges.
 
     Raises:
-        ValidationError: ``since`` or ``until`` is naive, or ``since`` is not before ``until``.
+        ValidationError: ``since`` or ``until`` is naive or out of range in UTC, or ``since``
+            is not before ``until``.
     """
     for name, value in (("since", since), ("until", until)):
         if value is None:
@@ -192,6 +193,13 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
                 "would read in the session's time zone; pass an aware one, e.g. "
                 "datetime.now(UTC) or value.replace(tzinfo=UTC)"
             )
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError(
+                f"{owner}({name}={value.isoformat()}) is before year 1 or after 9999 once "
+                "moved to UTC; pass a time within that range, or None for no bound"
+            ) from None
     if since is not None and until is not None and since >= until:
         raise ValidationError(
             f"{owner}(since={since.isoformat()}, until={until.isoformat()}) is an empty range; "
