@@ -217,7 +217,7 @@ def test_the_documented_example_leaf() -> None:
         ({"created_at": datetime(2026, 1, 1)}, "created_at must be a time-zone aware datetime"),
         (
             {"created_at": datetime.min.replace(tzinfo=timezone(timedelta(hours=3)))},
-            r"created_at=0001-01-01T00:00:00\+03:00 is before year 1 or after 9999 once moved",
+            "created_at=0001-01-01T00:00:00+03:00 is before year 1 or after 9999 once moved",
         ),
         ({"session_id": "abc"}, "session_id must be a UUID, an int or None"),
         ({"payload": "not json"}, "a payload given as str must be its jsonb text"),
