@@ -202,9 +202,23 @@ def test_bad_spool_settings_name_the_value_and_the_fix(
     for size in (0, 100, 4095, 2.5, None):
         with pytest.raises(ConfigurationError, match=r"Spool\(max_bytes=.*int >= 4096"):
             Spool(tmp_path, max_bytes=size)  # type: ignore[arg-type]
-    for directory in ("", None, 3):
+    for directory in ("", None, 3, f"{tmp_path}/a\x00b"):
         with pytest.raises(ConfigurationError, match=r"Spool\(directory="):
             Spool(directory)  # type: ignore[arg-type]
+    # A path that cannot be a directory is refused when the writer opens it, naming it.
+    (tmp_path / "a-file").write_text("")
+    for unusable, reason in (
+        (tmp_path / "a-file" / "spool", "Not a directory"),
+        (tmp_path / "a-file", "File exists"),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            BufferedWriter(host_models.EventLog, DOWN, spool=Spool(unusable))
+        assert str(caught.value).startswith(
+            f"Spool(directory={str(unusable)!r}) cannot be used: {reason}; "
+        )
+        assert str(caught.value).endswith(
+            "pass a directory this process may create and write, on a local file system"
+        )
     with pytest.raises(ConfigurationError, match="spool='spool-dir' is not valid; pass a Spool"):
         BufferedWriter(host_models.EventLog, DOWN, spool="spool-dir")  # type: ignore[arg-type]
     assert Spool(tmp_path, fsync=0.05).fsync == 0.05

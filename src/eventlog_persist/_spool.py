@@ -87,10 +87,14 @@ class Spool:
 
     def __post_init__(self) -> None:
         directory = self.directory
-        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        if (
+            not isinstance(directory, (str, os.PathLike))
+            or not os.fspath(directory)
+            or "\x00" in os.fsdecode(os.fspath(directory))
+        ):
             raise ConfigurationError(
                 f"Spool(directory={directory!r}) is not valid; pass the path of a directory "
-                "on a local file system (a str or pathlib.Path)"
+                "on a local file system (a str or pathlib.Path, without NUL)"
             )
         fsync = self.fsync
         if isinstance(fsync, str):
@@ -380,7 +384,15 @@ class Journal:
     # -- opening: lock, adopt, scan --
 
     def _open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.dir.mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Spool(directory={os.fspath(self.spool.directory)!r}) cannot be used: "
+                f"{exc.strerror or exc}; pass a directory this process may create and write, "
+                "on a local file system"
+            ) from exc
         self._lock_own()
         try:
             own = _segment_files(self.dir)
