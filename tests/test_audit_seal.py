@@ -544,6 +544,17 @@ def test_the_sync_and_async_apis_refuse_the_other_flavour(db: Engine) -> None:
         seal_events(plain, db)
 
 
+def test_a_file_anchor_refuses_what_cannot_be_its_file(tmp_path: Path) -> None:
+    for wrong in (None, "", "seals\x00.txt", tmp_path, str(tmp_path)):
+        with pytest.raises(ConfigurationError) as caught:
+            FileAnchor(wrong)  # type: ignore[arg-type]
+        assert str(caught.value) == (
+            f"FileAnchor({wrong!r}) is not valid; pass the path of a file (created if "
+            "missing) in a directory this process may write"
+        )
+    FileAnchor(tmp_path / "seals.txt")  # created at the first seal
+
+
 # -- the command line -----------------------------------------------------------------------
 
 

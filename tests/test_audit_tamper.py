@@ -515,6 +515,8 @@ def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:
     with pytest.raises(ConfigurationError, match="not one string; e") as refused:
         verify_audit(EventLog, db, anchors="12:" + "ab" * 32)
     assert "anchors must be a list of SealAnchor or 'SEQ:HASH' strings" in str(refused.value)
+    with pytest.raises(ConfigurationError, match="got None; pass"):
+        verify_audit(EventLog, db, anchors=None)  # type: ignore[arg-type]
 
 
 def test_a_broken_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:

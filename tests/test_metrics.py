@@ -372,6 +372,9 @@ def test_bad_writers_are_refused(host_models: HostModels, register: Any) -> None
         register({"": writer})
     with pytest.raises(ConfigurationError, match="the writer named 'a' is 1"):
         register({"a": 1})
+    where = "registry" if register is register_prometheus else "meter_provider"
+    with pytest.raises(ConfigurationError, match=f"{where}='default' is not valid; pass an? "):
+        register(writer, **{where: "default"})
     writer.close(timeout=0)
 
 

@@ -282,6 +282,7 @@ def test_sqlite_create_all_still_works_for_host_unit_tests() -> None:
         ({"base": object}, "base must be the host's declarative base class"),
         ({"key_type": str}, "key_type must be uuid.UUID or int"),
         ({"class_name": "not valid"}, "class_name must be a Python identifier"),
+        ({"class_name": 5}, "class_name must be a Python identifier, got 5"),
     ],
 )
 def test_factory_rejects_bad_arguments(kwargs: dict[str, object], message: str) -> None:

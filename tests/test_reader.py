@@ -335,6 +335,7 @@ def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
         ({"until": datetime.max.replace(tzinfo=timezone(-timedelta(hours=1)))}, "after 9999"),
         ({"event_types": set()}, "match nothing"),
         ({"event_types": "error"}, "collection of event types"),
+        ({"event_types": [["error"]]}, r"collection of event types \(str\)"),
         ({"event_types": {""}}, "non-empty str"),
         ({"tool_name": ""}, "tool_name"),
         ({"error_code": 42}, "error_code"),

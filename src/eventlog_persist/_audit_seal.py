@@ -181,12 +181,25 @@ class FileAnchor:
     Args:
         path: The file (created if missing).
 
+    Raises:
+        ConfigurationError: ``path`` is not a path, or names a directory.
+
     .. versionadded:: 0.3.0
     """
 
     __slots__ = ("_path",)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if (
+            not isinstance(path, (str, os.PathLike))
+            or not os.fspath(path)
+            or "\x00" in os.fsdecode(os.fspath(path))
+            or Path(path).is_dir()
+        ):
+            raise ConfigurationError(
+                f"FileAnchor({path!r}) is not valid; pass the path of a file (created if "
+                "missing) in a directory this process may write"
+            )
         self._path = Path(path)
 
     def __call__(self, seal: Seal) -> None:

@@ -309,6 +309,11 @@ def _anchors(anchors: Iterable[SealAnchor | str]) -> list[SealAnchor]:
             "anchors must be a list of SealAnchor or 'SEQ:HASH' strings, not one string; "
             "e.g. anchors=['12:9f86...']"
         )
+    if not isinstance(anchors, Iterable):
+        raise ConfigurationError(
+            f"anchors must be a list of SealAnchor or 'SEQ:HASH' strings, got {anchors!r}; "
+            "pass [] to verify without anchors"
+        )
     return [a if isinstance(a, SealAnchor) else SealAnchor.parse(a) for a in anchors]
 
 

@@ -394,7 +394,7 @@ def event_log_model(
             f"key_type must be uuid.UUID or int (the Python type of the host's primary keys), "
             f"got {key_type!r}"
         )
-    if not class_name.isidentifier():
+    if not isinstance(class_name, str) or not class_name.isidentifier():
         raise ConfigurationError(f"class_name must be a Python identifier, got {class_name!r}")
     if not isinstance(partitioned, bool):
         raise ConfigurationError(f"partitioned must be True or False, got {partitioned!r}")

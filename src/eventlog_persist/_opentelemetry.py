@@ -14,6 +14,7 @@ from opentelemetry.metrics import (
 )
 
 from eventlog_persist._metric_specs import SPECS, WRITER_ATTRIBUTE, MetricSpec, WriterSet
+from eventlog_persist.exceptions import ConfigurationError
 
 METER_NAME = "eventlog_persist"
 
@@ -48,6 +49,11 @@ def _observe_last_error(writers: WriterSet) -> _Callback:
 
 
 def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
+    if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+        raise ConfigurationError(
+            f"meter_provider={meter_provider!r} is not valid; pass an OpenTelemetry "
+            "MeterProvider, or None for the global one"
+        )
     provider = get_meter_provider() if meter_provider is None else meter_provider
     meter: Meter = provider.get_meter(METER_NAME, version("eventlog-persist"))
     create = {

@@ -89,6 +89,11 @@ def _last_error(snapshots: list[tuple[str, WriterStats]]) -> Metric:
 
 
 def register(writers: WriterSet, registry: CollectorRegistry | None) -> WriterCollector:
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise ConfigurationError(
+            f"registry={registry!r} is not valid; pass a prometheus_client CollectorRegistry, "
+            "or None for the default one"
+        )
     collector = WriterCollector(writers)
     target = REGISTRY if registry is None else registry
     try:

@@ -114,7 +114,13 @@ class EventFilter:
                     f"EventFilter(event_types={types!r}) must be a collection of event types, "
                     "e.g. {'tool_call', 'error'}"
                 )
-            chosen = frozenset(types)
+            try:
+                chosen = frozenset(types)
+            except TypeError:  # an unhashable item, such as a list
+                raise ValidationError(
+                    f"EventFilter(event_types={types!r}) must be a collection of event types "
+                    "(str), e.g. {'tool_call', 'error'}"
+                ) from None
             if not chosen:
                 raise ValidationError(
                     "EventFilter(event_types=...) is empty and would match nothing; list at "
