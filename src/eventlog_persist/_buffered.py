@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -574,13 +575,20 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigurationError(f"{name}={value!r} is not valid; use an int >= 1")
 
 
-def check_seconds(name: str, value: object, *, allow_none: bool) -> None:
-    """Refuse a number of seconds that is not ``>= 0`` (or None, where ``allow_none``)."""
+def check_seconds(name: str, value: object, *, allow_none: bool, finite: bool = False) -> None:
+    """Refuse a number of seconds that is not ``>= 0`` (or None, where ``allow_none``; or
+    infinity, where ``finite``)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= 0
+        or (finite and value == math.inf)
+    ):
         extra = ", or None to wait without limit" if allow_none else ""
-        raise ConfigurationError(f"{name}={value!r} is not valid; use seconds >= 0{extra}")
+        kind = " (finite)" if finite else ""
+        raise ConfigurationError(f"{name}={value!r} is not valid; use seconds >= 0{kind}{extra}")
 
 
 def check_wait(name: str, value: object) -> float | None:
@@ -648,7 +656,7 @@ class BufferedWriter(Generic[KeyT]):
             (``when_full`` and ``block_timeout`` apply to nothing), and events that
             `close` gives up on stay on the spool instead of going to ``on_dead_letter``.
             Opened (locked, and earlier writers' spools adopted) by the constructor.
-        exit_timeout: Seconds the exit hook waits for the queue to be written.
+        exit_timeout: Seconds the exit hook waits for the queue to be written (finite).
         handle_sigterm: Close the writer on SIGTERM too (``docker stop``, Kubernetes): the
             first writer started in the main thread installs a handler that closes every
             writer, then lets the signal end the process; a handler the host installed
@@ -693,7 +701,8 @@ class BufferedWriter(Generic[KeyT]):
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
         missing_partition_timeout: float = DEFAULT_MISSING_PARTITION_TIMEOUT,
     ) -> None:
-        check_seconds("exit_timeout", exit_timeout, allow_none=False)
+        # The exit hook must end: a process that cannot exit is killed, and its queue lost.
+        check_seconds("exit_timeout", exit_timeout, allow_none=False, finite=True)
         if not isinstance(handle_sigterm, bool):
             raise ConfigurationError(
                 f"handle_sigterm={handle_sigterm!r} is not valid; use True or False"
