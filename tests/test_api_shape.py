@@ -65,6 +65,8 @@ _NOT_AWAITED = {
     "consumer": "a property: the feed's consumer name, no I/O",
     "owner": "a property: the feed's lease owner name, no I/O",
     "parts": "a property: how many parts the feed's consumer is split into, no I/O",
+    "follow": "checks its arguments at the call and returns the iterator `async for` "
+    "takes, as its twin returns the iterator `for` takes",
 }
 # Parameters only one twin has: (class, member) -> {parameter: reason}.
 _SYNC_ONLY_PARAMETERS = {

@@ -217,6 +217,32 @@ def test_bad_arguments_name_the_fix(
         tail.read(**given)
 
 
+def test_follow_refuses_bad_arguments_at_the_call(
+    database_url: URL, host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    user_id, session_id = keys
+    scope = {"session_id": session_id, "user_id": user_id}
+    with EventTail(host_models.EventLog, host_engine, listen=False) as tail:
+        # No next(): a follower that is never iterated still hears of it.
+        with pytest.raises(ConfigurationError, match="poll must be a number of seconds above 0"):
+            tail.follow(**scope, poll=0)
+        with pytest.raises(ConfigurationError, match=r"stop must be a threading\.Event or None"):
+            tail.follow(**scope, stop="never")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            tail.follow(user_id=user_id)  # no session or project: which events?
+
+    async def follow_async() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with AsyncEventTail(host_models.EventLog, engine, listen=False) as tail:
+                with pytest.raises(ConfigurationError, match="poll must be a number"):
+                    tail.follow(**scope, poll=-1)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(follow_async())
+
+
 def test_a_model_without_the_feed_is_refused(engine: Engine) -> None:
     models = build_host_models()
     with pytest.raises(ConfigurationError, match="feed=True"):

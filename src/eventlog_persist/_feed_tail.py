@@ -42,6 +42,7 @@ from eventlog_persist._read_types import UNSCOPED, EventRecord, Unscoped
 from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import check_engine
 from eventlog_persist.exceptions import (
+    ConfigurationError,
     InvalidCursorError,
     MigrationSetupError,
     ValidationError,
@@ -398,8 +399,14 @@ class EventTail(_TailCore, Generic[KeyT]):
             session_id, project_id, user_id, cursor, start: As in `read`.
             poll: The longest wait between reads, in seconds.
             stop: Set it to end the iteration (it ends within ``poll`` seconds).
+
+        Raises:
+            ValidationError, ConfigurationError: An argument is not valid, raised by the
+                call itself, before any iteration.
         """
         seconds = check_poll(poll, "poll")
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise ConfigurationError(f"stop must be a threading.Event or None, got {stop!r}")
         read = self._read(
             session_id=session_id,
             project_id=project_id,
@@ -408,6 +415,11 @@ class EventTail(_TailCore, Generic[KeyT]):
             start=start,
             limit=DEFAULT_TAIL_PAGE,
         )
+        return self._follow(read, seconds, stop)
+
+    def _follow(
+        self, read: _Read, seconds: float, stop: threading.Event | None
+    ) -> Iterator[TailEntry[KeyT]]:
         while stop is None or not stop.is_set():
             ticket = self._wakeups.ticket()
             page = self._run(read)
@@ -485,7 +497,7 @@ class AsyncEventTail(_TailCore, Generic[KeyT]):
         except DBAPIError as exc:
             raise self._translated(exc) from exc
 
-    async def follow(
+    def follow(
         self,
         *,
         session_id: KeyT | None = None,
@@ -498,7 +510,8 @@ class AsyncEventTail(_TailCore, Generic[KeyT]):
         """Yield the scope's events as they commit, without end: see `EventTail.follow`.
 
         End it by leaving the ``async for`` (or by cancelling the task: a server-sent
-        events response is cancelled when its client goes away).
+        events response is cancelled when its client goes away). A bad argument raises at
+        the call, before any iteration.
         """
         seconds = check_poll(poll, "poll")
         read = self._read(
@@ -509,6 +522,9 @@ class AsyncEventTail(_TailCore, Generic[KeyT]):
             start=start,
             limit=DEFAULT_TAIL_PAGE,
         )
+        return self._follow(read, seconds)
+
+    async def _follow(self, read: _Read, seconds: float) -> AsyncIterator[TailEntry[KeyT]]:
         while True:
             ticket = self._wakeups.ticket()
             page = await self._run(read)
