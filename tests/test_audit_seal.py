@@ -335,6 +335,13 @@ def test_seal_anchor_text() -> None:
     for wrong in ("12", "0:" + "ab" * 32, "x:" + "ab" * 32, "3:abc"):
         with pytest.raises(ConfigurationError, match="is not a seal anchor; write SEQ:HASH"):
             SealAnchor.parse(wrong)
+    # Built directly, the same rules hold: a number from 1 and a 32-byte hash.
+    for seq in (0, -1, True, "12"):
+        with pytest.raises(ConfigurationError, match=r"SealAnchor\(seq=.*\) is not valid; the"):
+            SealAnchor(seq, b"\x01" * 32)  # type: ignore[arg-type]
+    for digest in (b"\x01" * 31, "ab" * 32, None):
+        with pytest.raises(ConfigurationError, match=r"pass the seal's 32-byte hash, or read"):
+            SealAnchor(1, digest)  # type: ignore[arg-type]
 
 
 def test_log_and_file_anchors(db: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

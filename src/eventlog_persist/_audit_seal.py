@@ -76,6 +76,17 @@ class SealAnchor:
     seq: int
     seal_hash: bytes
 
+    def __post_init__(self) -> None:
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1:
+            raise ConfigurationError(
+                f"SealAnchor(seq={self.seq!r}) is not valid; the seal's number is an int from 1"
+            )
+        if not isinstance(self.seal_hash, bytes) or len(self.seal_hash) != 32:
+            raise ConfigurationError(
+                f"SealAnchor(seal_hash={self.seal_hash!r}) is not valid; pass the seal's 32-byte "
+                "hash, or read SEQ:HASH text with SealAnchor.parse"
+            )
+
     @classmethod
     def parse(cls, value: str) -> SealAnchor:
         """Read ``SEQ:HASH``, e.g. ``"12:9f86d0...0f00a08"`` (64 hex digits).
