@@ -528,6 +528,23 @@ def test_a_broken_link_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     assert found == {"chain", "seal"}
 
 
+@pytest.mark.parametrize("change", ["seq = 0", "seq = -5", "seal_hash = '\\x0102'::bytea"])
+def test_a_newest_seal_altered_past_being_an_anchor_is_reported_not_raised(
+    db: Engine, sealed: dict[str, Any], change: str
+) -> None:
+    # The table's CHECKs refuse such a row: the tamperer, as its owner, drops them first.
+    tamper(
+        db,
+        "ALTER TABLE event_log_seals DROP CONSTRAINT ck_event_log_seals_chain",
+        "ALTER TABLE event_log_seals DROP CONSTRAINT ck_event_log_seals_hashes",
+        f"UPDATE event_log_seals SET {change} WHERE seq = 1",
+    )
+    report = verify_audit(EventLog, db)
+    assert not report.ok
+    assert report.problems
+    assert report.last_seal is None
+
+
 @pytest.fixture
 def second_seal(db: Engine, sealed: dict[str, Any]) -> int:
     """Seal again after the fixture's seal; the newest seal's number."""

@@ -242,16 +242,36 @@ def test_the_limits_of_a_retry_policy_are_accepted() -> None:
     assert 0 <= (a_day.delay(5, 0.0) or -1) <= 86_400
 
 
-@pytest.mark.parametrize("zero", ["initial_delay", "max_delay"])
+@pytest.mark.parametrize(
+    "waits",
+    [
+        {"initial_delay": 0},
+        {"max_delay": 0},
+        {"max_delay": 0.0009},
+        {"initial_delay": 1e-300, "max_delay": 1e-300, "multiplier": 1},
+        {"initial_delay": 0.0005, "multiplier": 1},
+    ],
+)
 @pytest.mark.parametrize("max_elapsed", [None, 1.0])
-def test_waits_of_zero_need_an_attempt_limit(zero: str, max_elapsed: float | None) -> None:
+def test_waits_that_never_reach_a_millisecond_need_an_attempt_limit(
+    waits: dict[str, float], max_elapsed: float | None
+) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        RetryPolicy(max_elapsed=max_elapsed, **{zero: 0})
-    assert str(caught.value) == (
-        f"RetryPolicy({zero}=0) retries at once, again and again, while the database is "
-        "down; use a delay above 0, or set max_attempts"
+        RetryPolicy(max_elapsed=max_elapsed, **waits)
+    assert str(caught.value).startswith("RetryPolicy(initial_delay=")
+    assert str(caught.value).endswith(
+        "never waits as long as 0.001 s, so it retries over and over while the database is "
+        "down; let the waits grow past that, or set max_attempts"
     )
-    assert RetryPolicy(max_attempts=3, max_elapsed=max_elapsed, **{zero: 0}).max_attempts == 3
+    assert RetryPolicy(max_attempts=3, max_elapsed=max_elapsed, **waits).max_attempts == 3
+
+
+def test_waits_that_grow_to_a_millisecond_need_no_attempt_limit() -> None:
+    for waits in (
+        {"initial_delay": 1e-9},  # grows by the default multiplier to max_delay
+        {"initial_delay": 0.001, "max_delay": 0.001, "multiplier": 1},
+    ):
+        assert RetryPolicy(max_elapsed=None, **waits).max_attempts is None
 
 
 def test_the_attempt_limit_counts_the_first_attempt() -> None:

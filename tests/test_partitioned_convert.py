@@ -1056,7 +1056,9 @@ def test_anything_but_a_sync_engine_is_refused_naming_it(database_url: URL) -> N
         {"partitions_ahead": 52},
         {"lock_timeout": 0.001},
         {"lock_timeout": 1},
+        {"lock_timeout": 3600},
         {"retry_delay": 0},
+        {"retry_delay": 3600},
         {"swap_attempts": 1},
     ],
 )
@@ -1067,6 +1069,16 @@ def test_arguments_at_their_limits_are_taken(engine: Engine, options: Any) -> No
 
 
 # --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", ["0.0009", "3600.5", "nan", "abc"])
+def test_the_command_refuses_a_lock_timeout_the_call_would(
+    database_url: URL, capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["convert", "--url", url, "--lock-timeout", seconds]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --lock-timeout: {seconds!r} is not a number of seconds from 0.001 to" in err
 
 
 def test_the_command_prepares_then_swaps(

@@ -157,16 +157,18 @@ def test_a_cutoff_in_the_future_is_refused_and_nothing_is_deleted(
     assert purge_events(model, host_engine, older_than=datetime.now(UTC)).deleted == 29
 
 
-def test_count_purgeable_refuses_what_is_not_an_engine_or_connection(
-    host_models: HostModels,
+def test_count_purgeable_refuses_what_is_not_an_engine_connection_or_session(
+    host_engine: Engine, host_models: HostModels
 ) -> None:
     for wrong in (None, "postgresql://app@db/app"):
         with pytest.raises(ConfigurationError) as caught:
             count_purgeable(host_models.EventLog, wrong, older_than=CUTOFF)  # type: ignore[arg-type]
         assert str(caught.value) == (
-            f"count_purgeable needs a sqlalchemy Engine or Connection, got {wrong}; pass "
-            "create_engine(url) for a URL"
+            f"count_purgeable needs a sqlalchemy Engine, Connection or Session, got {wrong}; "
+            "pass create_engine(url) for a URL"
         )
+    with Session(host_engine) as session:  # a dry run in the host's own session
+        assert count_purgeable(host_models.EventLog, session, older_than=CUTOFF) == 0
 
 
 def test_purge_rejects_what_it_cannot_use(

@@ -713,7 +713,10 @@ def test_each_setting_is_checked_naming_the_value_and_the_fix(
     if writer_class is BufferedWriter:
         refusals = [
             *refusals,
-            *(("exit_timeout", bad, SECONDS + " (finite)") for bad in (-1, None, "10", math.inf)),
+            *(
+                ("exit_timeout", bad, SECONDS + " (finite)")
+                for bad in (-1, None, "10", math.inf, 1e300)
+            ),
             ("handle_sigterm", "yes", "is not valid; use True or False"),
         ]
     for name, bad, fix in refusals:

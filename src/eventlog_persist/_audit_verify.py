@@ -366,9 +366,18 @@ def _verify_on(
         events=events,
         erasures=kinds,
         unsealed=unsealed,
-        last_seal=None if previous is None else SealAnchor(previous.seq, previous.seal_hash),
+        last_seal=None if previous is None else _anchor_or_none(previous.seq, previous.seal_hash),
         last_sealed_at=None if previous is None else previous.sealed_at,
     )
+
+
+def _anchor_or_none(seq: int, seal_hash: bytes) -> SealAnchor | None:
+    """The newest seal's anchor; None when its row was altered past being one (a number
+    below 1, a hash of another size), which the checks above report."""
+    try:
+        return SealAnchor(seq, seal_hash)
+    except ConfigurationError:
+        return None
 
 
 def verify_audit(

@@ -6,7 +6,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -577,14 +576,14 @@ def _positive_int(name: str, value: object) -> None:
 
 def check_seconds(name: str, value: object, *, allow_none: bool, finite: bool = False) -> None:
     """Refuse a number of seconds that is not ``>= 0`` (or None, where ``allow_none``; or
-    infinity, where ``finite``)."""
+    past what a thread can wait, 292 years, where ``finite``)."""
     if value is None and allow_none:
         return
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not value >= 0
-        or (finite and value == math.inf)
+        or (finite and value > threading.TIMEOUT_MAX)
     ):
         extra = ", or None to wait without limit" if allow_none else ""
         kind = " (finite)" if finite else ""
@@ -633,7 +632,8 @@ class BufferedWriter(Generic[KeyT]):
             ``Engine`` (its URL is used), as in `write_events`; the thread opens its own
             psycopg connection and reopens it after a loss.
         batch_size: Most events per COPY transaction.
-        flush_interval: Most seconds an event waits in the queue before a batch is written.
+        flush_interval: Most seconds an event waits in the queue before a batch is written;
+            ``math.inf``: only full batches, `flush` and `close` write.
         max_queued: Bound on queued events.
         max_queued_bytes: Bound on the queued events' `NewEvent.size_bytes`.
         when_full: ``"block"`` or ``"drop_newest"``, see above.
@@ -676,6 +676,10 @@ class BufferedWriter(Generic[KeyT]):
     Raises:
         ConfigurationError: An argument is not valid.
         SpoolInUseError: Another writer of this process uses the same ``spool`` directory.
+
+    .. versionchanged:: 0.3.0
+       A ``block_timeout`` past what a thread can wait (``math.inf``) waits without limit,
+       as None does; ``exit_timeout`` must be finite.
     """
 
     def __init__(
@@ -1139,7 +1143,8 @@ class AsyncBufferedWriter(Generic[KeyT]):
             ConfigurationError: ``timeout`` is not seconds >= 0 or None.
 
         .. versionchanged:: 0.3.0
-           A ``timeout`` that is not seconds >= 0 or None raises `ConfigurationError`.
+           A ``timeout`` that is not seconds >= 0 or None raises `ConfigurationError`;
+           infinity waits without limit, as None does.
         """
         timeout = check_wait("timeout", timeout)
         state = self._state
@@ -1169,7 +1174,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         .. versionchanged:: 0.3.0
            Returns within about ``timeout`` + 1 s on a server hung mid-statement (was up to
            10 s more). A ``timeout`` that is not seconds >= 0 or None raises
-           `ConfigurationError` before anything changes.
+           `ConfigurationError` before anything changes; infinity waits without limit.
         """
         timeout = check_wait("timeout", timeout)
         state = self._state

@@ -160,12 +160,15 @@ def write_events(
     Raises:
         ConfigurationError: An argument is not valid: ``target`` is not PostgreSQL, cannot
             be parsed, has a URL parameter with no libpq equivalent, or is an
-            ``AsyncEngine`` (use `awrite_events`).
+            ``AsyncEngine`` (use `awrite_events`); ``events`` is not an iterable of events;
+            ``on_dead_letter`` is not callable.
 
     .. versionchanged:: 0.3.0
        ``target`` takes a URL of any PostgreSQL driver and a SQLAlchemy ``URL``.
     .. versionchanged:: 0.3.0
        ``events`` is read while each batch is copied; a batch ends after 2 s of copying.
+    .. versionchanged:: 0.3.0
+       ``events`` and ``on_dead_letter`` are checked before anything is written.
     """
     _check_args(
         events, batch_size, retry, on_dead_letter, connect_timeout, tcp_user_timeout, lock_timeout

@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     purge.add_argument(
         "--all",
         action="store_true",
-        help="allow a cutoff at or after now (e.g. --older-than 0d): every event goes",
+        help="allow a cutoff of now (--older-than 0d): every event goes; a cutoff in the "
+        "future is refused",
     )
     purge.add_argument(
         "--batch-size",
@@ -181,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     convert.add_argument(
         "--lock-timeout",
-        type=_seconds_argument,
+        type=_swap_lock_timeout_argument,
         default=0.05,
-        help="seconds the swap waits for its locks before it retries (default 0.05)",
+        help="seconds the swap waits for its locks before it retries (0.001 to 3600; default 0.05)",
     )
     convert.add_argument(
         "--attempts", type=_count_argument, default=50, help="swap attempts (default 50)"
@@ -340,6 +341,18 @@ def _seconds_argument(value: str) -> float:
     if not 0 <= seconds <= MAX_SLEEP:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a number of seconds from 0 to {MAX_SLEEP:.0f}; pass e.g. 0.5"
+        )
+    return seconds
+
+
+def _swap_lock_timeout_argument(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.001 <= seconds <= 3600:  # refuses nan and inf too
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds from 0.001 to 3600; pass e.g. 0.05"
         )
     return seconds
 

@@ -19,7 +19,7 @@ from eventlog_persist._payload import (
     PayloadPolicy,
     PreparedPayload,
     payload_text,
-    prepare_payload,
+    prepare_unchecked,
 )
 from eventlog_persist._table import EventTable
 from eventlog_persist._vocabulary import (
@@ -461,7 +461,7 @@ def _build(  # the fields of an event, positional: no keyword forwarding
     if prepared is None:
         text, size, redacted = payload_text(payload, payload_policy)
     else:
-        done = prepare_payload(payload, policy=payload_policy)
+        done = prepare_unchecked(payload, payload_policy)
         prepared.append(done)
         text, size, redacted = done.json_text, done.size_bytes, done.redacted_paths
     return _checked_event(

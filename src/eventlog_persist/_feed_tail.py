@@ -405,8 +405,11 @@ class EventTail(_TailCore, Generic[KeyT]):
                 call itself, before any iteration.
         """
         seconds = check_poll(poll, "poll")
-        if stop is not None and not isinstance(stop, threading.Event):
-            raise ConfigurationError(f"stop must be a threading.Event or None, got {stop!r}")
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise ConfigurationError(
+                f"stop must be a threading.Event (or another event with is_set()) or None, "
+                f"got {stop!r}"
+            )
         read = self._read(
             session_id=session_id,
             project_id=project_id,

@@ -553,6 +553,7 @@ def ensure_partitions(
     Raises:
         ConfigurationError: ``bind`` cannot be used, an argument is out of range, or
             ``event_logs`` is missing or not partitioned.
+        ValidationError: ``now`` is naive, or outside 0002-01-01 to 9990-12-31 (UTC).
 
     .. versionadded:: 0.3.0
     """

@@ -584,6 +584,11 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
     """
     if policy is not DEFAULT_POLICY and not isinstance(policy, PayloadPolicy):
         raise ConfigurationError(f"policy={policy!r} is not valid; pass a PayloadPolicy")
+    return prepare_unchecked(value, policy)
+
+
+def prepare_unchecked(value: object, policy: PayloadPolicy) -> PreparedPayload:
+    """`prepare_payload` for a policy already checked (the event builder's)."""
     quick = policy._quick
     if quick is not None:
         done = quick.prepare(value)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import Session
 
 from eventlog_persist._feed_retention import feed_consumers, purge_and_mark
 from eventlog_persist._model import EventLogMixin
@@ -164,7 +165,8 @@ def count_purgeable(
     """Count the events `purge_events` would delete with the same arguments (a dry run).
 
     Raises:
-        ConfigurationError: ``bind`` is not a sync SQLAlchemy ``Engine`` or ``Connection``.
+        ConfigurationError: ``bind`` is not a sync SQLAlchemy ``Engine``, ``Connection`` or
+            ``Session``.
         ValidationError: ``older_than`` is naive or in the future, or a key has the wrong
             type.
 
@@ -172,10 +174,10 @@ def count_purgeable(
        A cutoff in the future raises `ValidationError`, as in `purge_events`.
     """
     _check_sync(bind)
-    if not isinstance(bind, (Engine, Connection)):
+    if not isinstance(bind, (Engine, Connection, Session)):
         raise ConfigurationError(
-            f"count_purgeable needs a sqlalchemy Engine or Connection, got {shown(bind)}; "
-            "pass create_engine(url) for a URL"
+            f"count_purgeable needs a sqlalchemy Engine, Connection or Session, got "
+            f"{shown(bind)}; pass create_engine(url) for a URL"
         )
     table = event_table(model)
     statement = select(func.count()).where(*_conditions(table, older_than, user_id, project_id))

@@ -28,13 +28,13 @@ class RetryPolicy:
             last (default 30); ``None`` for no deadline.
         initial_delay: Cap of the first wait, in seconds (default 0.05), at most a day.
         max_delay: Largest cap of any wait, in seconds (default 2), at most a day. A
-            policy whose waits are all 0 needs ``max_attempts``: without it, it would retry
-            at once, again and again, while the database is down.
+            policy whose waits never reach a millisecond needs ``max_attempts``: without
+            it, it would retry over and over while the database is down.
         multiplier: Growth of the cap per retry (default 2).
 
     .. versionchanged:: 0.3.0
-       ``initial_delay`` and ``max_delay`` above a day, and waits of 0 without
-       ``max_attempts``, raise `ConfigurationError`.
+       ``initial_delay`` and ``max_delay`` above a day, and waits that never reach a
+       millisecond without ``max_attempts``, raise `ConfigurationError`.
     """
 
     max_attempts: int | None = None
@@ -63,16 +63,23 @@ class RetryPolicy:
                     f"RetryPolicy({name}={value!r}) is not valid; use seconds from 0 to "
                     f"{_MAX_DELAY:g}"
                 )
-        if self.max_attempts is None and (self.initial_delay == 0 or self.max_delay == 0):
-            zero = "initial_delay" if self.initial_delay == 0 else "max_delay"
-            raise ConfigurationError(
-                f"RetryPolicy({zero}=0) retries at once, again and again, while the database "
-                "is down; use a delay above 0, or set max_attempts"
-            )
         if not _non_negative(self.multiplier) or self.multiplier < 1:
             raise ConfigurationError(
                 f"RetryPolicy(multiplier={self.multiplier!r}) is not valid; use a number >= 1"
             )
+        if self.max_attempts is None and self._longest_cap() < _MIN_CAP:
+            raise ConfigurationError(
+                f"RetryPolicy(initial_delay={self.initial_delay!r}, max_delay="
+                f"{self.max_delay!r}, multiplier={self.multiplier!r}) never waits as long as "
+                f"{_MIN_CAP:g} s, so it retries over and over while the database is down; let "
+                "the waits grow past that, or set max_attempts"
+            )
+
+    def _longest_cap(self) -> float:
+        """The cap the waits grow to: ``max_delay``, unless they cannot grow."""
+        if self.initial_delay == 0 or self.multiplier == 1:
+            return min(self.initial_delay, self.max_delay)
+        return self.max_delay
 
     def delay(self, retry: int, elapsed: float) -> float | None:
         """Return how long to wait before retry number ``retry``, or None to give up.
@@ -96,6 +103,8 @@ class RetryPolicy:
         return min(random.uniform(0.0, cap), remaining)
 
 
+_MIN_CAP: Final = 0.001
+"""Without ``max_attempts``, the waits must grow to at least this (a millisecond)."""
 _MAX_DELAY: Final = 86_400.0
 """Longest wait between two attempts: a day (a thread's sleep overflows past 292 years)."""
 

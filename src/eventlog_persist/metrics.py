@@ -93,8 +93,8 @@ def register_prometheus(
         The registration; its `MetricsRegistration.close` unregisters the collector.
 
     Raises:
-        ConfigurationError: prometheus-client is not installed, ``writers`` is not valid,
-            or the registry already has these metrics.
+        ConfigurationError: prometheus-client is not installed, ``writers`` or ``registry``
+            is not valid, or the registry already has these metrics.
 
     .. versionadded:: 0.3.0
     """
@@ -124,8 +124,8 @@ def register_opentelemetry(
         nothing.
 
     Raises:
-        ConfigurationError: opentelemetry-api is not installed, or ``writers`` is not
-            valid.
+        ConfigurationError: opentelemetry-api is not installed, or ``writers`` or
+            ``meter_provider`` is not valid.
 
     .. versionadded:: 0.3.0
     """
