@@ -739,6 +739,8 @@ def test_each_setting_is_checked_naming_the_value_and_the_fix(
         ("when_full", "drop_newest"),
     ]:
         writer_class(host_models.EventLog, DOWN, **{name: good})
+    if writer_class is BufferedWriter:  # the longest exit wait a thread can make
+        BufferedWriter(host_models.EventLog, DOWN, exit_timeout=threading.TIMEOUT_MAX)
 
 
 BAD_TIMEOUTS = ["30", -1, math.nan, True]
