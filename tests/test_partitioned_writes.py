@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 import time
 import uuid
@@ -447,11 +448,12 @@ def test_a_writer_holding_an_event_sleeps_until_its_next_offer(
     assert cpu < wall / 3, f"{cpu:.2f} s of CPU in {wall:.2f} s: the writer spins"
 
 
+@pytest.mark.parametrize("limit", [60.0, math.inf])  # the default, and no limit but the close
 def test_closing_gives_up_held_events_at_once(
-    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], limit: float
 ) -> None:
     dead = DeadLetters()
-    writer = buffered(host_models, host_engine, dead).start()
+    writer = buffered(host_models, host_engine, dead, missing_partition_timeout=limit).start()
     writer.enqueue(event_type="chat", created_at=FAR, **keys)
     assert not writer.flush(timeout=0.5)
     started = time.monotonic()

@@ -547,6 +547,8 @@ def test_calendar_buckets_follow_daylight_saving(
         ({"until": None}, "needs a time range"),
         ({"bucket": "fortnight"}, "bucket must be"),
         ({"bucket": timedelta(0)}, "positive"),
+        ({"bucket": timedelta(days=365_250, microseconds=1)}, "at most 1000 years"),
+        ({"bucket": timedelta.max}, r"at most 1000 years \(timedelta\(days=365250\)\)"),
         ({"bucket": timedelta(hours=1), "time_zone": "Europe/Paris"}, "calendar buckets only"),
         ({"time_zone": "Mars/Olympus"}, "IANA"),
         ({"filters": "x"}, "EventFilter"),

@@ -179,6 +179,12 @@ def test_every_timeline_and_count_reads_past_odd_rows(
     ]
     days = reader.count_by_bucket(timedelta(days=1), user_id=user, filters=imported, **everything)
     assert sum(bucket.count for bucket in days) == 3
+    # The longest bucket taken: the bin of 0001-01-01 starts near 1000 BC, still a timestamp.
+    millennia = reader.count_by_bucket(
+        timedelta(days=365_250), user_id=user, filters=imported, **everything
+    )
+    # 2001-01-01 + 7 * 365250 days
+    assert millennia == [BucketCount(FIRST, 1), BucketCount(datetime(9001, 2, 23, tzinfo=UTC), 2)]
 
 
 @pytest.mark.parametrize("name", ["user", "project", "agent", "session"])

@@ -193,6 +193,16 @@ def test_purge_rejects_what_it_cannot_use(
     assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
 
 
+def test_the_largest_batch_size_deletes_everything_in_one_batch(
+    host_engine: Engine, host_models: HostModels, owners: list[dict[str, Any]]
+) -> None:
+    # A batch's LIMIT is a bigint: its largest value is taken; one more is refused above.
+    result = purge_events(
+        host_models.EventLog, host_engine, older_than=CUTOFF, batch_size=2**63 - 1
+    )
+    assert result == PurgeResult(deleted=20, batches=1)
+
+
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 
 
@@ -580,11 +590,19 @@ def test_max_batches_one_runs_a_single_batch(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        pytest.param({"batch_size": 0}, "batch_size must be a positive int, got 0", id="batch-0"),
-        pytest.param({"batch_size": -1}, "positive int, got -1", id="batch-negative"),
-        pytest.param({"batch_size": -5000}, "positive int, got -5000", id="batch-very-negative"),
-        pytest.param({"batch_size": True}, "batch_size must be a positive int", id="batch-bool"),
-        pytest.param({"batch_size": 2.0}, "batch_size must be a positive int", id="batch-float"),
+        pytest.param(
+            {"batch_size": 0},
+            "batch_size must be an int from 1 to 2**63 - 1 (its LIMIT is a bigint), got 0",
+            id="batch-0",
+        ),
+        pytest.param(
+            {"batch_size": -1}, "to 2**63 - 1 (its LIMIT is a bigint), got -1", id="batch-negative"
+        ),
+        pytest.param({"batch_size": -5000}, "got -5000", id="batch-very-negative"),
+        pytest.param({"batch_size": 2**63}, f"got {2**63}", id="batch-past-bigint"),
+        pytest.param({"batch_size": 10**19}, f"got {10**19}", id="batch-huge"),
+        pytest.param({"batch_size": True}, "batch_size must be an int from 1", id="batch-bool"),
+        pytest.param({"batch_size": 2.0}, "batch_size must be an int from 1", id="batch-float"),
         pytest.param(
             {"max_batches": 0},
             "max_batches must be a positive int or None (no limit), got 0",

@@ -668,8 +668,9 @@ class BufferedWriter(Generic[KeyT]):
             has no partition is retried (partition maintenance may be late) before it goes
             to ``on_dead_letter`` with the fix named; 0 gives up at once. It is set aside
             and offered again in later batches, behind the events queued meanwhile, so it
-            never holds up the queue; `flush` waits for it. Without a spool only: with one,
-            such an event is given up at once. Default 60.
+            never holds up the queue; `flush` waits for it. ``math.inf`` retries it until
+            the writer closes. Without a spool only: with one, such an event is given up at
+            once. Default 60.
 
             .. versionadded:: 0.3.0
 

@@ -95,6 +95,9 @@ _NARROWINGS: Final = {
 
 # date_bin buckets line up with this instant: a Monday at midnight UTC, so 7-day buckets are weeks.
 _BIN_ORIGIN: Final = datetime.fromisoformat("2001-01-01T00:00:00+00:00")
+# Longer buckets put a bin's start before what a timestamp holds (4714 BC): an error from
+# date_bin. A thousand years is more than any chart needs; one total is a count.
+_MAX_BUCKET: Final = timedelta(days=365_250)
 
 
 _NO_FILTER: Final = EventFilter()
@@ -714,12 +717,15 @@ def bucket_query(
     weeks and months follow that zone's midnights, daylight-saving changes included.
 
     Raises:
-        ValidationError: No scope, no or an empty range, a bucket that is not positive or
-            not a calendar unit, or an unknown time zone.
+        ValidationError: No scope, no or an empty range, a bucket that is not positive, past
+            1000 years or not a calendar unit, or an unknown time zone.
     """
     if isinstance(bucket, timedelta):
-        if bucket <= timedelta(0):
-            raise ValidationError(f"bucket must be a positive timedelta, got {bucket!r}")
+        if not timedelta(0) < bucket <= _MAX_BUCKET:
+            raise ValidationError(
+                f"bucket must be a positive timedelta of at most 1000 years "
+                f"(timedelta(days=365250)), got {bucket!r}; for one total, use count"
+            )
         if time_zone != "UTC":
             raise ValidationError(
                 f"time_zone={time_zone!r} applies to calendar buckets only; a timedelta bucket "

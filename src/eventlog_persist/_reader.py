@@ -566,8 +566,9 @@ class EventLogReader(_Statements, Generic[KeyT]):
         """Count events per time bucket; buckets with no event have no row.
 
         Args:
-            bucket: A ``timedelta`` (``date_bin``, aligned to UTC) or ``"hour"``, ``"day"``,
-                ``"week"`` (from Monday) or ``"month"`` (``date_trunc`` in ``time_zone``).
+            bucket: A ``timedelta`` up to 1000 years (``date_bin``, aligned to UTC) or
+                ``"hour"``, ``"day"``, ``"week"`` (from Monday) or ``"month"``
+                (``date_trunc`` in ``time_zone``).
             since: Start of the range (inclusive, time-zone aware).
             until: End of the range (exclusive, time-zone aware).
             user_id: The user whose events count; give it, ``project_id``, or both.

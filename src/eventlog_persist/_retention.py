@@ -42,6 +42,7 @@ logger = logging.getLogger("eventlog_persist")
 DEFAULT_BATCH_SIZE: Final = 5000
 MAX_SLEEP: Final = 86400.0
 """Longest pause between batches, in seconds (one day): longer is a typo, not a pause."""
+_MAX_BATCH_SIZE: Final = 2**63 - 1
 
 # The audit's declaration (docs/audit.md, "The guard"), ended by the batch's commit. Declared
 # whatever the database or the model says: PostgreSQL accepts a dotted name as a placeholder
@@ -221,7 +222,7 @@ def purge_events(
         older_than: Cutoff instant (time-zone aware, exclusive).
         user_id: Only this user's events.
         project_id: Only this project's events.
-        batch_size: Most events per batch.
+        batch_size: Most events per batch (up to ``2**63 - 1``).
         max_batches: Stop after this many batches (``None``: until nothing is left).
         sleep: Seconds to wait between batches, to leave room for other work (at most
             86400).
@@ -245,11 +246,19 @@ def purge_events(
     .. versionchanged:: 0.3.0
        ``on_batch`` added; ``sleep`` must be finite and at most a day; feed consumers not
        delivered the deleted events are marked; each batch declares retention for the
-       audit's guard; a cutoff in the future raises `ValidationError`.
+       audit's guard; a cutoff in the future raises `ValidationError`; ``batch_size``
+       past ``2**63 - 1`` raises `ConfigurationError`.
     """
     _check_bind(bind)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= _MAX_BATCH_SIZE
+    ):
+        raise ConfigurationError(
+            f"batch_size must be an int from 1 to 2**63 - 1 (its LIMIT is a bigint), got "
+            f"{batch_size!r}"
+        )
     if max_batches is not None and (
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
