@@ -228,6 +228,29 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_audit_leaf.py",
         ),
     ),
+    "leaf": Target(
+        "src/eventlog_persist/_audit_leaf.py",
+        (
+            "tests/test_audit_leaf.py",
+            "tests/test_audit_seal.py",
+            "tests/test_audit_tamper.py",
+            "tests/test_audit_partitioned.py",
+        ),
+    ),
+    "readsql": Target(
+        "src/eventlog_persist/_read_sql.py",
+        (
+            "tests/test_reader.py",
+            "tests/test_reader_bounds.py",
+            "tests/test_reader_paths.py",
+            "tests/test_reader_genai.py",
+            "tests/test_reader_odd_rows.py",
+            "tests/test_reader_async.py",
+            "tests/test_explain.py",
+            "tests/test_partition_pruning.py",
+            "tests/test_cursor.py",
+        ),
+    ),
     "chain": Target(
         "src/eventlog_persist/_audit_chain.py",
         (

@@ -334,3 +334,62 @@ def test_the_error_quotes_a_short_token_whole_and_a_long_one_cut_at_24_character
     message = str(refused_token(data, long, "not a cursor"))
     assert f"{'C' * 24!r}..." in message
     assert repr(long) not in message
+
+
+def forged(position: tuple[datetime, uuid.UUID], query_key: str) -> str:
+    """A cursor built by hand, as anyone can: the format is public and the tag a checksum."""
+    micros = (position[0] - datetime(1970, 1, 1, tzinfo=UTC)) // US
+    body = LAYOUT.pack(2, micros, position[1].bytes)
+    return encoded(
+        body + hashlib.blake2b(body + b"\0" + query_key.encode(), digest_size=12).digest()
+    )
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_a_forged_cursor_at_a_bound_tells_nothing_of_events_outside_the_query(
+    data: Data, host_engine: Engine, host_models: HostModels, order: Any
+) -> None:
+    """A position at a bound resumes from the stored time of the event it names, but only
+    of an event the query returns: naming another user's event in a shared agent, or one
+    of the user's own that the filter leaves out, starts the page at the bound."""
+    with Session(host_engine) as session:
+        theirs = host_models.EventLog(
+            session_id=OTHER_CHAT,
+            user_id=OTHER_USER,
+            agent_id=AGENT,
+            event_type="user_message",
+            created_at=T0 + 500 * US,  # between USER's events
+        )
+        session.add(theirs)
+        session.commit()
+        their_id = theirs.id
+    filtered_out = EVENTS[1][1]  # a tool_call, stored at T0 + 1 µs
+    table = event_table(data.model)
+    bound = (
+        datetime.max.replace(tzinfo=UTC) if order == "newest" else datetime.min.replace(tzinfo=UTC)
+    )
+    messages = EventFilter(event_types=frozenset({"user_message"}))
+    calls: list[tuple[uuid.UUID, Callable[..., Page[Any]], dict[str, Any]]] = [
+        (
+            their_id,
+            data.reader.agent_timeline,
+            {"agent_id": AGENT, "user_id": USER},
+        ),
+        (
+            filtered_out,
+            data.reader.user_timeline,
+            {"user_id": USER, "filters": messages},
+        ),
+    ]
+    for event_id, timeline, arguments in calls:
+        column = "agent_id" if "agent_id" in arguments else "user_id"
+        options = {name: value for name, value in arguments.items() if name != column}
+        query_key = timeline_query(
+            table, column=column, key=arguments[column], order=order, **options
+        ).query_key
+        everything = timeline(arguments[column], order=order, **options)
+        resumed = timeline(
+            arguments[column], order=order, cursor=forged((bound, event_id), query_key), **options
+        )
+        assert positions(resumed) == positions(everything)
+        assert everything.items

@@ -5,5 +5,48 @@ the one the modules in ``test_partitioned_layout`` share."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hostmodels import HostModels
+from sqlalchemy import Engine, text
 from test_partitioned_layout import host_engine, host_models  # noqa: F401
+from test_reader import World
 from test_reader_odd_rows import *  # noqa: F403
+from test_reader_odd_rows import stored_order
+
+from eventlog_persist import EventLogReader
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_an_odd_row_whose_id_is_stored_twice_ends_the_walk_once(
+    host_engine: Engine,  # noqa: F811
+    host_models: HostModels,  # noqa: F811
+    world: World,
+    odd_ids: dict[uuid.UUID, datetime],
+    order: Any,
+) -> None:
+    """The key is ``(id, created_at)``, so SQL can store one id twice. A page ending on such
+    an id beyond the bound resumes past both of its rows: the walk ends, the id comes once."""
+    chat, user = world.sessions[0][0], world.users[0]
+    with host_engine.begin() as connection:
+        twice = connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, created_at) "
+                "SELECT id, session_id, user_id, event_type, '20000-01-01 00:00+00' "
+                "FROM event_logs WHERE created_at = '12345-06-07 08:09:10+00' RETURNING id"
+            )
+        ).scalar_one()
+    reader = EventLogReader(host_models.EventLog, host_engine)
+    seen: list[uuid.UUID] = []
+    cursor = None
+    for _ in range(100):
+        page = reader.session_timeline(chat, user_id=user, order=order, limit=1, cursor=cursor)
+        seen += [event.id for event in page.items]
+        if (cursor := page.next_cursor) is None:
+            break
+    assert cursor is None
+    assert seen.count(twice) == 1
+    assert seen == list(dict.fromkeys(stored_order(host_engine, chat, order)))

@@ -326,6 +326,26 @@ def test_filters_combine(reader: EventLogReader[Any], world: World) -> None:
     assert [event.payload["n"] for event in paged] == [11, 7, 6, 2, 1]  # type: ignore[call-overload,index]
 
 
+def test_an_event_type_longer_than_the_column_matches_nothing(
+    host_engine: Engine, host_models: HostModels, reader: EventLogReader[Any], world: World
+) -> None:
+    # Not cut to the column's 64 characters first: "t" * 65 is not the stored "t" * 64.
+    user = world.users[0]
+    longest = "t" * 64
+    add_events(
+        host_engine,
+        host_models,
+        [{"session_id": world.sessions[0][0], "user_id": user, "event_type": longest}],
+    )
+    for asked, found in (({longest}, 1), ({longest + "t"}, 0), ({longest + "t", longest}, 1)):
+        filters = EventFilter(event_types=asked)
+        assert len(reader.user_timeline(user, filters=filters).items) == found
+        assert reader.count(user_id=user, filters=filters) == found
+        assert reader.count_by("event_type", user_id=user, filters=filters) == (
+            [GroupCount(longest, 1)] if found else []
+        )
+
+
 @pytest.mark.parametrize(
     ("conditions", "message"),
     [
@@ -551,6 +571,11 @@ def test_calendar_buckets_follow_daylight_saving(
         ({"bucket": timedelta.max}, r"at most 1000 years \(timedelta\(days=365250\)\)"),
         ({"bucket": timedelta(hours=1), "time_zone": "Europe/Paris"}, "calendar buckets only"),
         ({"time_zone": "Mars/Olympus"}, "IANA"),
+        ({"time_zone": "Europe"}, r"'Europe' is not an IANA time zone"),
+        ({"time_zone": "a" * 300}, "is not an IANA time zone"),
+        ({"time_zone": "CET"}, "a fixed offset without daylight saving.*'Europe/Paris'"),
+        ({"time_zone": "WET"}, "'Europe/Lisbon'"),
+        ({"time_zone": "localtime"}, "this machine's zone"),
         ({"filters": "x"}, "EventFilter"),
     ],
 )

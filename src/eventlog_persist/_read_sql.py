@@ -19,6 +19,7 @@ from sqlalchemy import (
     CompoundSelect,
     DateTime,
     Dialect,
+    FromClause,
     Integer,
     Interval,
     Numeric,
@@ -98,6 +99,15 @@ _BIN_ORIGIN: Final = datetime.fromisoformat("2001-01-01T00:00:00+00:00")
 # Longer buckets put a bin's start before what a timestamp holds (4714 BC): an error from
 # date_bin. A thousand years is more than any chart needs; one total is a count.
 _MAX_BUCKET: Final = timedelta(days=365_250)
+# IANA zones with daylight saving whose names PostgreSQL reads first as the abbreviations of
+# its default set, fixed offsets (date_trunc('day', t, 'CET') cuts at 23:00 UTC in July),
+# and a region to pass instead.
+_ABBREVIATED_ZONES: Final = {
+    "CET": "Europe/Paris",
+    "MET": "Europe/Paris",
+    "EET": "Europe/Athens",
+    "WET": "Europe/Lisbon",
+}
 
 
 _NO_FILTER: Final = EventFilter()
@@ -204,7 +214,7 @@ def _filter_shape(filters: EventFilter, params: dict[str, Any]) -> list[str]:
     return shape
 
 
-def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool]]:
+def _conditions(table: FromClause, shape: tuple[str, ...]) -> list[ColumnElement[bool]]:
     """The WHERE conditions a shape names, each with a bind parameter of a fixed name."""
     c = table.c
 
@@ -216,9 +226,9 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
         "project": lambda: c.project_id == param("project_id"),
         "agent": lambda: c.agent_id == param("agent_id"),
         "session": lambda: c.session_id == param("session_id"),
-        "types": lambda: (
-            c.event_type == any_(bindparam("event_types", type_=ARRAY(c.event_type.type)))
-        ),
+        # VARCHAR[] without the column's length: a cast to VARCHAR(64)[] would cut a longer
+        # value to a stored one (PostgreSQL truncates on explicit casts).
+        "types": lambda: c.event_type == any_(bindparam("event_types", type_=ARRAY(String()))),
         "error:any": lambda: c.error_code.is_not(None),
         "error": lambda: c.error_code == param("error_code"),
         "tool": lambda: c.tool_name == param("tool_name"),
@@ -255,22 +265,25 @@ def _conditions(table: Table, shape: tuple[str, ...]) -> list[ColumnElement[bool
     return conditions
 
 
-def _stored_created_at(table: Table, shape: tuple[str, ...]) -> ColumnElement[datetime]:
+def _stored_created_at(table: FromClause, shape: tuple[str, ...]) -> ColumnElement[datetime]:
     """The stored ``created_at`` of the cursor's event, looked up by its id (the primary key).
 
     A page that ends on a row whose time lies beyond what Python reads (see `_readable`)
     gives a cursor at a bound, not at the row's real time; resuming from the real time, and
-    only within the same timeline, keeps every such row exactly once. If the event is gone
-    (purged meanwhile), ``COALESCE`` falls back to the bound.
+    only within the same timeline, keeps every such row exactly once. The event is looked
+    up under every condition of the timeline, so a cursor naming any other event (anyone
+    can build one) tells nothing of it. If the event is gone (purged meanwhile), ``COALESCE``
+    falls back to the bound. An id stored twice beyond the bound (SQL can do it on the
+    partitioned layout, whose key is ``(id, created_at)``) resumes past both of its rows:
+    the cursor cannot tell which one ended the page, and resuming before the farther one
+    could return the nearer one for ever.
     """
-    column = next(token[4:] for token in shape if token.startswith("key:"))
     row = table.alias("cursor_event")
+    own = tuple(token for token in shape if not token.startswith("after:"))
+    pick = func.min if "order:newest" in shape else func.max
     return (
-        select(row.c.created_at)
-        .where(
-            row.c.id == bindparam("after_id", type_=table.c.id.type),
-            row.c[column] == bindparam("key", type_=table.c[column].type),
-        )
+        select(pick(row.c.created_at))
+        .where(row.c.id == bindparam("after_id", type_=table.c.id.type), *_conditions(row, own))
         .scalar_subquery()
     )
 
@@ -696,6 +709,27 @@ def _bucket_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
     )
 
 
+def _check_time_zone(time_zone: str) -> None:
+    if time_zone in _ABBREVIATED_ZONES:
+        raise ValidationError(
+            f"time_zone={time_zone!r} is read by PostgreSQL as its abbreviation, a fixed "
+            "offset without daylight saving, while the IANA zone of that name has it; pass a "
+            f"region such as {_ABBREVIATED_ZONES[time_zone]!r}"
+        )
+    if time_zone == "localtime":
+        raise ValidationError(
+            "time_zone='localtime' is this machine's zone, which the database server does "
+            "not know; pass its IANA name, such as 'Europe/Paris'"
+        )
+    try:
+        zoneinfo.ZoneInfo(time_zone)
+    # OSError: a folder of zones ("Europe") or a name too long for a file name.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
+        raise ValidationError(
+            f"time_zone={time_zone!r} is not an IANA time zone name such as 'UTC' or 'Europe/Paris'"
+        ) from exc
+
+
 def bucket_query(
     table: Table,
     bucket: timedelta | CalendarUnit,
@@ -734,13 +768,7 @@ def bucket_query(
             )
         kind, values = "bin", {"bucket": bucket, "origin": _BIN_ORIGIN}
     elif bucket in get_args(CalendarUnit):
-        try:
-            zoneinfo.ZoneInfo(time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-            raise ValidationError(
-                f"time_zone={time_zone!r} is not an IANA time zone name such as "
-                "'UTC' or 'Europe/Paris'"
-            ) from exc
+        _check_time_zone(time_zone)
         kind, values = "trunc", {"unit": bucket, "time_zone": time_zone}
     else:
         raise ValidationError(

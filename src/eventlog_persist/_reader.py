@@ -577,8 +577,9 @@ class EventLogReader(_Statements, Generic[KeyT]):
             session_id: Only events of this chat session (narrows the scope; pass its
                 owner as ``user_id``).
             filters: Extra conditions; all must hold.
-            time_zone: IANA zone whose midnights cut calendar buckets; ``"UTC"`` for a
-                ``timedelta`` bucket.
+            time_zone: IANA zone whose midnights cut calendar buckets (not ``"CET"``,
+                ``"MET"``, ``"EET"`` or ``"WET"``, which PostgreSQL reads as fixed offsets:
+                pass a region); ``"UTC"`` for a ``timedelta`` bucket.
 
         Returns:
             One `BucketCount` per non-empty bucket, oldest first.
@@ -587,7 +588,8 @@ class EventLogReader(_Statements, Generic[KeyT]):
             ValidationError: No scope, no or an empty range, or a bad bucket or time zone.
 
         .. versionchanged:: 0.3.0
-           ``session_id`` narrows the scope.
+           ``session_id`` narrows the scope; a ``timedelta`` bucket is at most 1000 years;
+           ``"CET"``, ``"MET"``, ``"EET"``, ``"WET"`` and ``"localtime"`` are refused.
         """
         query = self._buckets(
             bucket,
