@@ -562,6 +562,7 @@ def test_calendar_buckets_follow_daylight_saving(
     ("arguments", "message"),
     [
         ({"user_id": None}, "needs a scope"),
+        ({"user_id": UNSCOPED}, "user_id=UNSCOPED lifts the owner check"),
         ({"since": datetime(2025, 1, 1)}, "naive"),
         ({"until": T0 - timedelta(days=9)}, "empty range"),
         ({"until": None}, "needs a time range"),
@@ -595,6 +596,9 @@ def test_aggregate_validation(
         del options["bucket"]
         with pytest.raises(ValidationError, match=message):
             reader.count_by("event_type", **options)
+    if arguments.get("user_id", 0) is UNSCOPED:
+        with pytest.raises(ValidationError, match=message):
+            reader.count(user_id=UNSCOPED, project_id=world.projects[0])
     with pytest.raises(ValidationError, match="cannot count by"):
         reader.count_by("payload", user_id=world.users[0], since=T0, until=T0 + timedelta(1))  # type: ignore[arg-type]
 

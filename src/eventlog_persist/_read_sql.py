@@ -567,6 +567,12 @@ def _aggregate_shape(
     filters: EventFilter | None,
     range_required: bool = False,
 ) -> tuple[list[str], dict[str, Any]]:
+    if user_id is UNSCOPED:
+        raise ValidationError(
+            "user_id=UNSCOPED lifts the owner check of a timeline or event(); an aggregate "
+            "counts within a scope instead: pass project_id=... alone for a project's events "
+            "of every user, or the user's id"
+        )
     if user_id is None and project_id is None:
         raise ValidationError(
             "an aggregate needs a scope: pass user_id=..., project_id=... or both (agent_id "
