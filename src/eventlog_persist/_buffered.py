@@ -78,13 +78,13 @@ cancelled twice, it closes the connection at once."""
 class _Held:
     """An event set aside because no partition held its ``created_at``: re-offered later."""
 
-    __slots__ = ("due", "event", "since", "tries")
+    __slots__ = ("due", "event")
 
     def __init__(self, event: NewEvent, since: float, tries: int, now: float, limit: float):
         self.event = event
-        self.since = since  # when its first write failed so
-        self.tries = tries
-        # Backoff 0.5, 1, 2, 4, 5, 5 ... s; the last offer at the deadline.
+        # ``since``: when its first write failed so; ``tries``: its offers so far (both kept
+        # in `_State.missing`, by event id). Backoff 0.5, 1, 2, 4, 5, 5 ... s; the last offer
+        # at the deadline.
         delay = min(_MISSING_PARTITION_MAX_DELAY, 0.5 * (1 << min(tries - 1, 8)))
         self.due = min(now + delay, since + limit)
 
