@@ -258,14 +258,15 @@ def test_a_cursor_with_its_last_character_changed_is_refused(data: Data) -> None
 def test_another_spelling_of_the_same_bytes_is_refused(data: Data) -> None:
     """Base64 reads these as the pinned token's bytes; only the token itself is a cursor."""
     assert "_" in PINNED_NEWEST
-    for token in (
-        PINNED_NEWEST.replace("_", "/"),
-        PINNED_NEWEST + "==",
-        PINNED_NEWEST[:10] + "!!!!" + PINNED_NEWEST[10:],
-        PINNED_NEWEST[:10] + "\n" * 4 + PINNED_NEWEST[10:],
+    for token, message in (
+        (PINNED_NEWEST.replace("_", "/"), "altered"),
+        # Of another length: refused before it is decoded.
+        (PINNED_NEWEST + "==", "not a cursor made by this version"),
+        (PINNED_NEWEST[:10] + "!!!!" + PINNED_NEWEST[10:], "not a cursor made by this version"),
+        (PINNED_NEWEST[:10] + "\n" * 4 + PINNED_NEWEST[10:], "not a cursor made by this version"),
     ):
         assert decoded(token) == decoded(PINNED_NEWEST)
-        refused_token(data, token, "altered")
+        refused_token(data, token, message)
 
 
 def test_a_cursor_with_a_byte_flipped_is_refused(data: Data) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import struct
 import uuid
@@ -24,6 +25,8 @@ _MAX_MICROS: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(mi
 # version, microseconds since the epoch (UTC), id bytes, then a tag over those and the query.
 _BODY: Final = struct.Struct(">Bq16s")
 _TAG_BYTES: Final = 12
+# The length of every token (unpadded base64 of the body and tag): 50 characters.
+_TOKEN_CHARS: Final = -(-(_BODY.size + _TAG_BYTES) * 4 // 3)
 
 CursorPosition = tuple[datetime, uuid.UUID]
 """Where a page ended: the ``(created_at, id)`` of its last event."""
@@ -64,10 +67,10 @@ def decode_cursor(token: str, query_key: str) -> CursorPosition:
         raise InvalidCursorError(
             f"cursor must be a str (a Page.next_cursor value), got {type(token).__name__}"
         )
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
+    raw = b""
+    if len(token) == _TOKEN_CHARS:  # a token of any other length is not decoded at all
+        with contextlib.suppress(binascii.Error, ValueError):
+            raw = base64.urlsafe_b64decode(token + "==")
     if len(raw) != _BODY.size + _TAG_BYTES or raw[0] != _VERSION:
         raise InvalidCursorError(
             f"cursor {_show(token)} is not a cursor made by this version of eventlog_persist; "
