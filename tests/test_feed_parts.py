@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 from waiting import wait_for
 
 from eventlog_persist import AsyncEventFeed, EventFeed, FeedBatch, new_event, write_events
-from eventlog_persist.exceptions import ConfigurationError, LeaseHeldError, LeaseLostError
+from eventlog_persist.exceptions import (
+    ConfigurationError,
+    FeedError,
+    LeaseHeldError,
+    LeaseLostError,
+    StaleBatchError,
+)
 
 
 @pytest.fixture(params=["uuid", "integer"])
@@ -256,6 +262,50 @@ def test_the_parts_of_a_consumer_cannot_change(
     assert other.fetch().part == 0
 
 
+def test_two_registrations_at_once_with_other_parts_make_one_shape(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    """Both check that the consumer is not registered, then insert: the second waits for
+    the first and is told, instead of adding the parts the first did not have."""
+    outcomes: dict[int, object] = {}
+
+    def register(parts: int) -> None:
+        feed = EventFeed(host_models.EventLog, host_engine, consumer="c", parts=parts)
+        try:
+            outcomes[parts] = feed.register()
+        except ConfigurationError as error:
+            outcomes[parts] = error
+
+    def waiting() -> int:
+        with host_engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                ).scalar_one()
+            )
+
+    with host_engine.begin() as blocker:
+        blocker.execute(text("LOCK TABLE event_log_consumers IN SHARE ROW EXCLUSIVE MODE"))
+        threads = [threading.Thread(target=register, args=(parts,)) for parts in (2, 4)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: waiting() == 2, what="both registrations waiting")
+    for thread in threads:
+        thread.join(timeout=15)
+    assert sorted(type(outcome).__name__ for outcome in outcomes.values()) == [
+        "ConfigurationError",
+        "bool",
+    ]
+    winner = next(parts for parts, outcome in outcomes.items() if outcome is True)
+    with host_engine.connect() as connection:
+        shapes = connection.execute(
+            text("SELECT parts, count(*) FROM event_log_consumers GROUP BY parts")
+        ).all()
+    assert shapes == [(winner, winner)]
+    loser = next(outcome for outcome in outcomes.values() if outcome is not True)
+    assert f"registered with parts={winner}" in str(loser)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -360,6 +410,42 @@ def test_a_worker_that_lost_its_lease_rolls_the_hosts_transaction_back(
         pytest.raises(ConfigurationError, match=r"session\.connection\(\)"),
     ):
         slow.commit(batch, connection=session)  # type: ignore[arg-type]
+
+
+def test_a_batch_committed_again_or_after_a_later_one_moves_nothing(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    """A retried commit (the first one's COMMIT outcome unknown to the host), or an older
+    batch committed after a newer one, would move the checkpoint back and derive its rows
+    twice: it raises `StaleBatchError` and the host's transaction rolls back."""
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
+    user_id, session_ids = sessions(host_engine, host_models, 2)
+    write(host_engine, host_models, user_id, session_ids, 6)
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="once")
+    feed.register()
+    older = feed.fetch(limit=2)
+    batch = feed.fetch(limit=4)  # fetched again before a commit: the same start, more events
+
+    def handle(batch: FeedBatch[Any]) -> None:
+        with host_engine.begin() as connection:
+            derive(connection, batch)
+            feed.commit(batch, connection=connection)
+
+    handle(batch)
+    for again in (batch, older):
+        with pytest.raises(StaleBatchError, match="committed already") as raised:
+            handle(again)
+        assert isinstance(raised.value, FeedError)
+    with pytest.raises(StaleBatchError):
+        feed.commit(batch)
+    assert derived(host_engine) == Counter({event.id: 1 for event in batch.events})
+    assert delivered(host_engine, "once") == 4
+    rest = feed.fetch()  # from where the first commit put the checkpoint
+    assert len(rest.events) == 2
+    assert not {event.id for event in rest.events} & {event.id for event in batch.events}
+    feed.commit(rest)
+    assert feed.fetch().events == ()
 
 
 def test_the_async_feed_commits_in_the_hosts_transaction_and_takes_parts(

@@ -224,6 +224,16 @@ def test_a_consumer_in_parts_marks_only_the_parts_of_the_purged_sessions(
     other = EventFeed(model, host_engine, consumer="split", parts=2, part=0)
     with pytest.raises(FeedDataLostError, match=r"^consumer 'split' part 0: .* removed 3 events"):
         other.fetch()
+    feed.release()
+    # A worker of no fixed part takes a part that can go on rather than the lost one, even
+    # the lost one it held before; one that finds only the lost part free is told.
+    restarted = EventFeed(model, host_engine, consumer="split", parts=2, owner="restarted")
+    assert restarted.fetch().part == 1
+    restarted.release()
+    unpinned = EventFeed(model, host_engine, consumer="split", parts=2, owner=other.owner)
+    assert unpinned.fetch().part == 1  # and it keeps part 1's lease
+    with pytest.raises(FeedDataLostError, match="part 0"):
+        EventFeed(model, host_engine, consumer="split", parts=2, owner="late").fetch()
 
 
 def test_pre_feed_rows_count_while_the_backfill_is_pending(

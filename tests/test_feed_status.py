@@ -373,6 +373,20 @@ def test_feed_commands(
     assert one(host_models, host_engine, "warehouse").pending == 5
     assert len(drain(feed, limit=2)) == 5
 
+    # In parts; a registered consumer keeps its parts, and says which.
+    assert main(["feed", "register", "--consumer", "split", "--parts", "4"]) == 0
+    assert capsys.readouterr().out == (
+        "eventlog-persist: registered consumer 'split' in 4 parts from earliest\n"
+    )
+    assert EventFeed(host_models.EventLog, host_engine, consumer="split", parts=4).fetch().part == 0
+    assert main(["feed", "register", "--consumer", "split", "--parts", "4"]) == 0
+    assert "is registered already" in capsys.readouterr().out
+    assert main(["feed", "register", "--consumer", "split"]) == 2
+    assert "is registered with parts=4, this feed has parts=1" in capsys.readouterr().err
+    for bad in ("0", "1025", "two"):
+        assert main(["feed", "register", "--consumer", "x", "--parts", bad]) == 2
+        assert f"{bad!r} is not a number of parts from 1 to 1024" in capsys.readouterr().err
+
     # Refusals name the bad value and the fix.
     assert main(["feed", "register", "--consumer", "x", "--start", "yesterday"]) == 2
     err = capsys.readouterr().err

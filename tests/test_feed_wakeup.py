@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from eventlog_persist import (
     AsyncBufferedWriter,
@@ -215,6 +216,44 @@ def test_close_stops_listening(host_engine: Engine, host_models: HostModels) -> 
     while listeners(host_engine) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert listeners(host_engine) == []
+
+
+def test_close_does_not_wait_for_a_listener_still_connecting(
+    host_models: HostModels, silent_server: str
+) -> None:
+    """A server that accepts and never answers keeps the listener's connect waiting (no
+    connect timeout): close() returns anyway, and the thread ends once the attempt does."""
+    port = psycopg.conninfo.conninfo_to_dict(silent_server)["port"]
+    engine = create_engine(f"postgresql+psycopg://x@127.0.0.1:{port}/x")
+    try:
+        feed = EventFeed(host_models.EventLog, engine, consumer="c")
+        assert feed.wait(timeout=0.3) is False  # its listener is connecting
+        started = time.monotonic()
+        feed.close()
+        assert time.monotonic() - started < 5
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("listen", [True, False])
+def test_an_async_feed_waits_again_under_another_event_loop(
+    host_engine: Engine, host_models: HostModels, database_url: URL, listen: bool
+) -> None:
+    """A worker that runs each round in its own ``asyncio.run`` keeps one feed (its engine
+    pools no connection across loops)."""
+    url = database_url.set(drivername="postgresql+psycopg")
+    engine = create_async_engine(url, poolclass=NullPool)
+    feed = AsyncEventFeed(host_models.EventLog, engine, consumer="c", listen=listen)
+
+    async def round_() -> bool:
+        await feed.register(start="latest")
+        assert (await feed.fetch()).events == ()
+        return await feed.wait(timeout=NEVER if listen else 0.1)
+
+    for _ in range(3):
+        assert asyncio.run(round_()) is listen
+    asyncio.run(feed.close())
+    asyncio.run(engine.dispose())
 
 
 @pytest.mark.parametrize("timeout", [0, -1, 3601, float("nan"), True, "1"])

@@ -13,7 +13,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from eventlog_persist._cli_partitions import report_failure
 from eventlog_persist._feed import EventFeed
 from eventlog_persist._feed_schema import register_feed_types
-from eventlog_persist._feed_sql import FeedStart
+from eventlog_persist._feed_sql import MAX_PARTS, FeedStart
 from eventlog_persist._feed_status import (
     ConsumerStatus,
     FeedBlocker,
@@ -75,6 +75,13 @@ def add_feed_parser(
     register.add_argument(
         "--start", type=_start_argument, default="earliest", help=f"{_START_HELP}; default earliest"
     )
+    register.add_argument(
+        "--parts",
+        type=_parts_argument,
+        default=1,
+        help=f"split the consumer into this many parts, 1 to {MAX_PARTS}, each consumed by "
+        "one worker at a time (EventFeed(parts=N)); default 1",
+    )
     reset = actions.add_parser(
         "reset",
         help="move a consumer's checkpoint to earliest, latest or a time",
@@ -115,6 +122,18 @@ def _consumer_argument(value: str) -> str:
             "e.g. --consumer warehouse"
         )
     return value
+
+
+def _parts_argument(value: str) -> int:
+    try:
+        parts = int(value)
+    except ValueError:
+        parts = 0
+    if not 1 <= parts <= MAX_PARTS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of parts from 1 to {MAX_PARTS}; pass e.g. --parts 4"
+        )
+    return parts
 
 
 def _start_argument(value: str) -> FeedStart:
@@ -189,10 +208,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         if args.action == "register":
-            created = EventFeed(model, engine, consumer=args.consumer).register(start=args.start)
-            if created:
+            feed = EventFeed(model, engine, consumer=args.consumer, parts=args.parts)
+            if feed.register(start=args.start):
+                in_parts = f" in {args.parts} parts" if args.parts > 1 else ""
                 print(
-                    f"eventlog-persist: registered consumer {args.consumer!r} from "
+                    f"eventlog-persist: registered consumer {args.consumer!r}{in_parts} from "
                     f"{_start_text(args.start)}"
                 )
             else:

@@ -56,6 +56,7 @@ from eventlog_persist.exceptions import (
     LeaseHeldError,
     LeaseLostError,
     MigrationSetupError,
+    StaleBatchError,
 )
 
 __all__ = ["AsyncEventFeed", "EventFeed", "FeedBatch"]
@@ -87,6 +88,7 @@ class FeedBatch(Generic[KeyT]):
     part: int
     _owner: str = field(repr=False, compare=False)
     _next: Checkpoint = field(repr=False, compare=False)
+    _start: Checkpoint = field(repr=False, compare=False)
 
 
 def _default_owner() -> str:
@@ -197,6 +199,7 @@ class _FeedCore:
             part,
             self._owner,
             last_plan.next_checkpoint(last_rows),
+            pages[0][0].start,
         )
 
     def _commit_params(self, batch: FeedBatch[Any]) -> dict[str, Any]:
@@ -213,6 +216,7 @@ class _FeedCore:
         return {
             **self._lease_params(),
             **batch._next.values(),
+            **{f"start_{name}": value for name, value in batch._start.values().items()},
             "the_part": batch.part,
             "gen": batch.generation,
             "count": len(batch.events),
@@ -275,6 +279,14 @@ class _FeedCore:
         if holder is None:
             return self._missing()
         owner, _, generation, _, _ = holder
+        if owner == self._owner and generation == batch.generation:
+            return StaleBatchError(
+                f"consumer {self._name!r}{f' part {batch.part}' if self._parts > 1 else ''}: "
+                "this batch, or one fetched after it, was committed already; the checkpoint "
+                "is past its start and was not moved again (it would deliver events twice). "
+                "With commit(batch, connection=...), roll your transaction back: the rows "
+                "derived from it are there already. Fetch the next batch"
+            )
         now = "nobody" if owner is None else repr(owner)
         return LeaseLostError(
             f"consumer {self._name!r}{f' part {batch.part}' if self._parts > 1 else ''}: "
@@ -343,7 +355,8 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             of its session (a hash of ``session_id``), so a session's events keep their
             order. Registration fixes it: every feed of the consumer must give the same.
         part: The part this worker consumes; None (default): the part it holds already,
-            or else any part whose lease is free.
+            or else any part whose lease is free (a part that retention left behind only
+            when no other is).
         listen: `wait` wakes up when a bulk or buffered writer commits a batch (PostgreSQL
             ``LISTEN``, on a connection of its own opened at the first wait); False: `wait`
             only sleeps its timeout (e.g. behind PgBouncer in transaction mode, where
@@ -572,7 +585,8 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             of its session (a hash of ``session_id``), so a session's events keep their
             order. Registration fixes it: every feed of the consumer must give the same.
         part: The part this worker consumes; None (default): the part it holds already,
-            or else any part whose lease is free.
+            or else any part whose lease is free (a part that retention left behind only
+            when no other is).
         listen: `wait` wakes up when a bulk or buffered writer commits a batch (PostgreSQL
             ``LISTEN``, on a connection of its own opened at the first wait); False: `wait`
             only sleeps its timeout (e.g. behind PgBouncer in transaction mode, where
@@ -784,6 +798,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
 def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool:
     """Insert the consumer's rows (both feeds: the async one through ``run_sync``)."""
     statements, name = core._statements, core._name
+    connection.execute(statements.registration_lock(), {"name": name})
     registered = connection.execute(statements.registered_parts(), {"name": name}).scalar()
     if registered is not None:
         if registered != statements.parts:

@@ -518,7 +518,9 @@ class FeedStatements:
         snapshot of now and what retention removed before it was delivered (``lost_*``).
 
         The part is ``part`` when ``fixed``; else the one this owner holds (the lowest if
-        several), or else the lowest free one (never leased, released, or its lease ended).
+        several), or else the lowest free one (never leased, released, or its lease ended);
+        either way a part that retention left behind (``lost_events``) only when no other
+        is free, so that it does not keep a worker from the parts that can go on.
         Rows that another transaction is leasing at this moment are skipped. Only a part of
         a consumer registered with this many parts is taken. A new owner bumps the
         generation (the fencing token); the same owner keeps it. The snapshot is the
@@ -534,7 +536,11 @@ class FeedStatements:
         if fixed:
             pick = pick.where(t.c.part == bindparam("the_part", type_=SmallInteger()))
         pick = (
-            pick.order_by(t.c.owner.is_not_distinct_from(me).desc(), t.c.part)
+            pick.order_by(
+                t.c.lost_events.is_(None).desc(),
+                t.c.owner.is_not_distinct_from(me).desc(),
+                t.c.part,
+            )
             .limit(1)
             .with_for_update(skip_locked=True)
         )
@@ -579,6 +585,14 @@ class FeedStatements:
         )
 
     @_once
+    def registration_lock(self) -> Select[Any]:
+        """Wait for any other registration of the consumer to commit (a lock until this
+        transaction ends), so that check-then-insert registers one shape of parts."""
+        name = bindparam("name", type_=self.consumers.c.consumer.type)
+        key = func.hashtextextended(literal("eventlog_persist feed registration ") + name, 0)
+        return select(func.pg_advisory_xact_lock(key))
+
+    @_once
     def registered_parts(self) -> Select[Any]:
         """How many parts the consumer was registered with (no row: not registered)."""
         t = self.consumers
@@ -590,8 +604,16 @@ class FeedStatements:
 
     @_once
     def commit(self) -> Update:
-        """Move the checkpoint, fenced: only the owner of the batch's generation can."""
+        """Move the checkpoint, fenced: only the owner of the batch's generation can, and
+        only from where the batch started (``start_*``, `Checkpoint.values`): a batch
+        committed again, or after a later one, moves nothing."""
         t = self.consumers
+
+        def snapshot(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+            # pg_snapshot has no equality operator: compare the texts PostgreSQL prints.
+            given = cast(bindparam(name, type_=PgSnapshot()), Text())
+            return cast(column, Text()).is_not_distinct_from(given)
+
         return (
             update(t)
             .where(
@@ -599,6 +621,16 @@ class FeedStatements:
                 t.c.part == bindparam("the_part", type_=SmallInteger()),
                 t.c.owner == bindparam("me", type_=t.c.owner.type),
                 t.c.generation == bindparam("gen", type_=t.c.generation.type),
+                snapshot(t.c.snapshot_done, "start_snapshot_done"),
+                snapshot(t.c.snapshot_target, "start_snapshot_target"),
+                t.c.after_xid.is_not_distinct_from(bindparam("start_after_xid", type_=Xid8())),
+                t.c.after_id.is_not_distinct_from(
+                    bindparam("start_after_id", type_=t.c.after_id.type)
+                ),
+                t.c.backfill_since.is_not_distinct_from(_timestamp("start_backfill_since")),
+                t.c.backfill_after.is_not_distinct_from(
+                    bindparam("start_backfill_after", type_=t.c.backfill_after.type)
+                ),
             )
             .values(
                 snapshot_done=bindparam("snapshot_done", type_=PgSnapshot()),

@@ -46,6 +46,9 @@ CHANNEL: Final = "eventlog_persist_feed"
 """The channel writers notify on; the payload is the quoted, qualified table name."""
 _RECONNECT_DELAY: Final = (0.1, 5.0)  # first and longest pause between connection attempts
 _STOP_CHECK: Final = 0.25  # seconds: how often the sync listener thread checks for close()
+# The longest close() waits for the listener thread: one still connecting (a server that does
+# not answer) ends by itself once its attempt returns, and close() need not wait for that.
+_CLOSE_WAIT: Final = 1.0
 _MAX_POLL: Final = 3600.0
 
 Ticket: TypeAlias = threading.Event | asyncio.Event
@@ -200,7 +203,7 @@ class Wakeups(_Base):
             self._stop.set()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(_CLOSE_WAIT)
         self._fire()
 
 
@@ -211,10 +214,25 @@ class AsyncWakeups(_Base):
         super().__init__(target, table_name, listen=listen)
         self._ticket: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    def _in_this_loop(self) -> bool:
+        """Start afresh in a loop other than the last one (a feed used again under another
+        ``asyncio.run``): an ``asyncio.Event`` belongs to the loop that first waited on it,
+        and the listener task died with its loop. False when that happened now."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is self._loop:
+            return True
+        self._loop, self._ticket, self._task = loop, None, None
+        return False
 
     def ticket(self) -> asyncio.Event:
         """Take a ticket before reading."""
+        self._in_this_loop()
         if self._ticket is None:
             self._ticket = asyncio.Event()
         return self._ticket
@@ -225,6 +243,8 @@ class AsyncWakeups(_Base):
         The first wait starts listening in the running loop, and returns as soon as it
         listens (what was notified before was missed).
         """
+        if not self._in_this_loop():
+            ticket = self.ticket()  # the one given belongs to the other loop
         if self._listen and self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="eventlog-feed-listener"

@@ -27,6 +27,7 @@ __all__ = [
     "QueueFullError",
     "RetriesExhaustedError",
     "SpoolInUseError",
+    "StaleBatchError",
     "ValidationError",
     "WriterClosedError",
     "WriterNotStartedError",
@@ -179,6 +180,19 @@ class LeaseLostError(FeedError):
         super().__init__(message)
         self.owner = owner
         self.generation = generation
+
+
+class StaleBatchError(FeedError):
+    """The batch, or a batch fetched after it, was committed already.
+
+    The checkpoint is past the batch's start, so it was not moved again: moving it back
+    would deliver events again. A host that retries a commit whose outcome it did not learn
+    (the connection dropped during COMMIT) gets this when the first one took; with
+    ``commit(batch, connection=...)`` its transaction must roll back, as the rows it derived
+    are there already. Fetch the next batch.
+
+    .. versionadded:: 0.3.0
+    """
 
 
 class FeedDataLostError(FeedError):
