@@ -309,6 +309,18 @@ def _present_with_tombstone(
     return bytes(first["leaf"])
 
 
+def _absent_with_tombstone(event: str, stones: list[dict[str, Any]], check: Check | None) -> bytes:
+    """The leaf of an event missing from the table: its earliest tombstone's; checked, if
+    asked, that a tombstone records its removal (a set_null one records a change only)."""
+    if check is not None and all(stone["kind"] == "set_null" for stone in stones):
+        check(
+            "tombstone",
+            f"event {event} is missing, but its tombstone {stones[0]['seq']} records only an "
+            "ON DELETE SET NULL, which never removes a row: deleted without a tombstone",
+        )
+    return bytes(stones[0]["leaf"])
+
+
 _UTC_TEXT: Final = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
 """``created_at`` as UTC text in a fixed format that no session setting changes (cheaper to
 read than a timestamptz; `leaf_hash_of_text` builds the leaf's time from it)."""
@@ -452,7 +464,9 @@ def window_entries(
         key = (xid or 0, event)
         while position < len(erased) and erased[position][0] < key:
             (old_xid, old_event), of_event = erased[position]
-            yield Entry(old_xid or None, old_event, bytes(of_event[0]["leaf"]))
+            yield Entry(
+                old_xid or None, old_event, _absent_with_tombstone(old_event, of_event, check)
+            )
             position += 1
         if position < len(erased) and erased[position][0] == key:
             leaf = _present_with_tombstone(row, erased[position][1], check)
@@ -461,4 +475,4 @@ def window_entries(
             leaf = leaf_hash_of_text(row)
         yield Entry(xid, event, leaf)
     for (old_xid, old_event), of_event in erased[position:]:
-        yield Entry(old_xid or None, old_event, bytes(of_event[0]["leaf"]))
+        yield Entry(old_xid or None, old_event, _absent_with_tombstone(old_event, of_event, check))
