@@ -168,6 +168,8 @@ def test_tombstones_hold_the_python_leaf_whatever_the_session(
         ({"é": 1, "z": 2, "Z": 3, "😀": 4, "\uffff": 5}, '{"Z":3,"z":2,"é":1,"\uffff":5,"😀":4}'),
         ('"\\u001f\\n\\"\\\\/\\u2028"', '"\\u001f\\n\\"\\\\/\u2028"'),
         ({"big": 10**30, "float": 1e16, "tiny": 5e-324}, None),
+        # What json.dumps writes for such floats: exponents whose repr is the same text.
+        ('{"a": 1e+16, "b": 1e-05, "c": 1.5e+300}', None),
         ([], "[]"),
         ({}, "{}"),
     ],
@@ -404,7 +406,14 @@ def test_a_nan_payload_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    ['{"a": -0.0}', '{"a": 1.50, "b": 0.1}', '{"a": 1e16}', '{"é": 1, "e": [1.0, -0, 2]}', "[]"],
+    [
+        '{"a": -0.0}',
+        '{"a": 1.50, "b": 0.1}',
+        '{"a": 1e16}',
+        '{"a": 1e+16, "b": 1e-05}',
+        '{"é": 1, "e": [1.0, -0, 2]}',
+        "[]",
+    ],
 )
 def test_the_fast_canonical_path_matches_the_exact_one(payload: str) -> None:
     from eventlog_persist._audit_leaf import _canonical

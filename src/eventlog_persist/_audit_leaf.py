@@ -68,7 +68,12 @@ class _NotVerbatim(Exception):
 
 
 def _verbatim_float(token: str) -> float:
-    """``token`` as a float that json writes back as ``token`` exactly, else `_NotVerbatim`."""
+    """``token`` as a float that json writes back as ``token`` exactly, else `_NotVerbatim`.
+
+    Never one with an exponent: jsonb prints ``1e+16`` as ``10000000000000000`` (json
+    writes it back as ``1e+16``), and text from ``json.dumps`` has such tokens."""
+    if "e" in token or "E" in token:
+        raise _NotVerbatim
     value = float(token)
     if repr(value) != token or (not value and token.startswith("-")):
         raise _NotVerbatim
