@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import math
 import subprocess
 import sys
@@ -742,6 +743,26 @@ def test_each_setting_is_checked_naming_the_value_and_the_fix(
     if writer_class is BufferedWriter:  # the longest exit wait a thread can make
         BufferedWriter(host_models.EventLog, DOWN, exit_timeout=threading.TIMEOUT_MAX)
 
+
+# The defaults docs/writing.md and the writers' docstrings state.
+DOCUMENTED_DEFAULTS: dict[str, object] = {
+    "batch_size": 5000,
+    "flush_interval": 0.5,
+    "max_queued": 100_000,
+    "max_queued_bytes": 64 * 1024 * 1024,
+    "when_full": "block",
+    "block_timeout": 1.0,
+    "missing_partition_timeout": 60.0,
+}
+
+
+@pytest.mark.parametrize("writer_class", [BufferedWriter, AsyncBufferedWriter])
+def test_the_defaults_are_the_documented_ones(writer_class: Any) -> None:
+    expected = dict(DOCUMENTED_DEFAULTS)
+    if writer_class is BufferedWriter:
+        expected |= {"exit_timeout": 10.0, "handle_sigterm": True}
+    parameters = inspect.signature(writer_class).parameters
+    assert {name: parameters[name].default for name in expected} == expected
 
 BAD_TIMEOUTS = ["30", -1, math.nan, True]
 
