@@ -23,9 +23,9 @@ from auditkit import (
 )
 from hostmodels import build_host_models
 from pgserver import ServerInfo
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, String, create_engine, literal, select, text
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DataError, ProgrammingError
 
 from eventlog_persist import SealAnchor, seal_events, verify_audit
 from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
@@ -405,6 +405,25 @@ def test_an_edited_tombstone_is_found(db: Engine, sealed: dict[str, Any]) -> Non
     assert "(5 now, 5 sealed): a tombstone added, removed or edited" in report.problems[0].detail
 
 
+@pytest.mark.parametrize("column", ["session_id", "user_id", "project_id"])
+def test_a_tombstone_whose_key_is_not_a_key_is_reported_not_raised(
+    db: Engine, sealed: dict[str, Any], column: str
+) -> None:
+    """A key that is not the text the guard writes for a key would fail the cast that
+    checks forged tombstones: it is reported, and the report has the rest."""
+    seal_a_cascade(db, sealed["sessions"][2])
+    tamper(
+        db,
+        f"UPDATE event_log_erasures SET {column} = 'not-a-key' "
+        "WHERE seq = (SELECT min(seq) FROM event_log_erasures)",
+    )
+    report = verify_audit(EventLog, db)
+    assert [kind for kind, _, _ in problems(report)] == ["erasures", "forged_tombstone"]
+    assert report.problems[1].detail.endswith(
+        f"{column} 'not-a-key' is not a key of event_logs.{column}"
+    )
+
+
 def test_an_event_of_the_transaction_at_the_horizon_is_unsealed(
     db: Engine, sealed: dict[str, Any]
 ) -> None:
@@ -635,3 +654,53 @@ def test_a_first_seal_given_a_link_is_found(db: Engine, sealed: dict[str, Any]) 
     assert report.problems[0].detail == (
         f"its prev_hash {forged} is not the hash of the seal before (none)"
     )
+
+
+@pytest.mark.parametrize(
+    ("sql_type", "texts"),
+    [
+        (
+            "uuid",
+            [
+                "6f1c2e0a-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
+                "6F1C2E0A-3B4D-4E5F-8A9B-0C1D2E3F4A5B",
+                "{6f1c2e0a-3b4d-4e5f-8a9b-0c1d2e3f4a5b}",
+                "6f1c2e0a3b4d4e5f8a9b0c1d2e3f4a5b",
+                "not-a-key",
+                "",
+            ],
+        ),
+        *(
+            (
+                kind,
+                ["0", "-0", "7", "-7", "007", "+7", "1e3", " 7", "x", "", str(bound - 1),
+                 str(bound), str(-bound), str(-bound - 1), "9" * 30],
+            )
+            for kind, bound in (("int2", 2**15), ("int4", 2**31), ("int8", 2**63))
+        ),
+    ],
+)  # fmt: skip
+def test_a_key_text_is_a_key_exactly_when_it_is_the_text_postgresql_writes(
+    db: Engine, sql_type: str, texts: list[str]
+) -> None:
+    """The check that keeps an unreadable tombstone key out of the casts, against what
+    PostgreSQL itself reads and writes back (the guard stores ``key::text``)."""
+    from eventlog_persist._audit_verify import _not_a_key
+
+    with db.connect() as connection:
+        for value in texts:
+            try:
+                with connection.begin_nested():
+                    canonical = connection.execute(
+                        text(
+                            f"SELECT CAST(CAST(CAST(:t AS text) AS {sql_type}) AS text) "
+                            "= CAST(:t AS text)"
+                        ),
+                        {"t": value},
+                    ).scalar_one()
+            except DataError:
+                canonical = False
+            flagged = connection.execute(
+                select(_not_a_key(literal(value, String()), sql_type))
+            ).scalar_one()
+            assert flagged is (not canonical), value

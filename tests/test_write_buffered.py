@@ -764,6 +764,7 @@ def test_the_defaults_are_the_documented_ones(writer_class: Any) -> None:
     parameters = inspect.signature(writer_class).parameters
     assert {name: parameters[name].default for name in expected} == expected
 
+
 BAD_TIMEOUTS = ["30", -1, math.nan, True]
 
 

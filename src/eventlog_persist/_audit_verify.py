@@ -7,16 +7,20 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Numeric,
     and_,
+    case,
     cast,
     column,
     exists,
+    false,
     func,
+    not_,
     or_,
     select,
     table,
@@ -41,6 +45,7 @@ from eventlog_persist._audit_chain import (
 from eventlog_persist._audit_schema import ERASURE_KINDS
 from eventlog_persist._audit_seal import SealAnchor
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._table import INT_RANGES, key_sql_type
 from eventlog_persist._urls import shown
 from eventlog_persist.exceptions import ConfigurationError
 
@@ -269,6 +274,52 @@ def _parent(tables: AuditTables, name: str) -> Any:
 
 
 def _forged(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
+    """The tombstones whose erasure did not happen as their kind says (`_forged_among`),
+    and those holding a key that the guard could not have written: those are reported,
+    and left out of the checks that cast keys to their columns' type (whose error would
+    end the verification)."""
+    e = tables.erasures.c
+    unreadable = []
+    for name in ("session_id", "user_id", "project_id", "agent_id"):
+        bad = _not_a_key(e[name], key_sql_type(tables.events.c[name].type))
+        if bad is not None:
+            rows = connection.execute(select(e.seq, e.event_id, e[name]).where(bad).order_by(e.seq))
+            unreadable += [(seq, event, name, text) for seq, event, text in rows]
+    problems = [
+        AuditProblem(
+            "forged_tombstone",
+            f"tombstone {seq} of event {event}: {name} {text!r} is not a key of "
+            f"{tables.events.name}.{name}",
+        )
+        for seq, event, name, text in sorted(unreadable)
+    ]
+    problems.extend(_forged_among(connection, tables, {seq for seq, *_ in unreadable}))
+    return problems
+
+
+_UUID_TEXT: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_INT_TEXT: Final = "^(0|-?[1-9][0-9]{0,18})$"
+
+
+def _not_a_key(text: Any, sql_type: str | None) -> Any:
+    """The condition that ``text`` is not ``key::text`` of a key of ``sql_type`` (None: a
+    key type the package does not know, left to the database)."""
+    if sql_type == "uuid":
+        return and_(text.is_not(None), not_(text.regexp_match(_UUID_TEXT)))
+    if sql_type is None:
+        return None
+    bound = INT_RANGES[sql_type]
+    # CASE: the cast to numeric only once the text is known to be digits.
+    in_range = case(
+        (text.regexp_match(_INT_TEXT), cast(text, Numeric()).between(-bound, bound - 1)),
+        else_=false(),
+    )
+    return and_(text.is_not(None), not_(in_range))
+
+
+def _forged_among(
+    connection: Connection, tables: AuditTables, skipped: set[int]
+) -> list[AuditProblem]:
     e = tables.erasures.c
     events = tables.events.c
 
@@ -276,13 +327,15 @@ def _forged(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
         parent = _parent(tables, name)
         return exists().where(parent == cast(e[name], events[name].type))
 
+    kept = [e.seq.not_in(skipped)] if skipped else []
     cascade = select(e.seq, e.event_id).where(
-        e.kind == "cascade", present("session_id"), present("user_id")
+        e.kind == "cascade", present("session_id"), present("user_id"), *kept
     )
     set_null = select(e.seq, e.event_id).where(
         e.kind == "set_null",
         or_(e.project_id.is_(None), present("project_id")),
         or_(e.agent_id.is_(None), present("agent_id")),
+        *kept,
     )
     problems = [
         AuditProblem(

@@ -35,7 +35,8 @@ COLUMNS: Final = (
 """The columns every writer fills, in the order of `EventTable.row`."""
 
 _KEY_COLUMNS: Final = COLUMNS[1:5]
-_INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+"""Each integer key type's bound: its values run from ``-bound`` to ``bound - 1``."""
 _UUID_KEYS: Final = ("uuid", "uuid", "uuid", "uuid")
 
 
@@ -167,13 +168,13 @@ def check_key_fits(name: str, sql_type: str | None, value: object) -> None:
                 f"{name}={value!r} ({type(value).__name__}) does not fit the uuid column "
                 f"{name}; pass a uuid.UUID"
             )
-    elif sql_type in _INT_RANGES:
+    elif sql_type in INT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError(
                 f"{name}={value!r} ({type(value).__name__}) does not fit the {sql_type} column "
                 f"{name}; pass an int"
             )
-        if not -_INT_RANGES[sql_type] <= value < _INT_RANGES[sql_type]:
+        if not -INT_RANGES[sql_type] <= value < INT_RANGES[sql_type]:
             raise ValidationError(
                 f"{name}={value} is out of range for the {sql_type} column {name}"
             )
