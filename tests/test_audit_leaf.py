@@ -228,6 +228,13 @@ def test_the_documented_example_leaf() -> None:
         ({"payload": {"x": {1, 2}}}, "a payload value must be JSON"),
         ({"xid": "12"}, "xid must be an int or None"),
         ({"tool_name": 3}, "tool_name must be a str or None"),
+        # Raised by Python's codecs, parser and int conversion before: now named.
+        ({"event_type": "a\udc80"}, "this row has no leaf: 'utf-8' codec can't encode"),
+        ({"payload": {"a": "\udc80"}}, "holds no lone surrogate, so no stored row"),
+        ({"payload": '{"a": "\\udc80"}'}, "holds no lone surrogate, so no stored row"),
+        ({"payload": b"\xff"}, "no canonical JSON: 'utf-8' codec can't decode byte 0xff"),
+        ({"payload": {"a": 10**5000}}, "Exceeds the limit (4300 digits)"),
+        ({"payload": "[" * 5000 + "]" * 5000}, "nested deeper than Python's recursion limit"),
     ],
 )
 def test_values_no_row_holds_are_refused(change: dict[str, Any], message: str) -> None:
@@ -402,6 +409,10 @@ def test_the_msgspec_path_declines_what_it_cannot_write_exactly(
 def test_a_nan_payload_is_refused() -> None:
     with pytest.raises(ValidationError, match="must be finite"):
         canonical_json('{"a": NaN}')
+    with pytest.raises(ValidationError, match="this payload has no canonical JSON: 'utf-8'"):
+        canonical_json(b"\xff")
+    with pytest.raises(ValidationError, match="nested deeper than Python's recursion limit"):
+        canonical_json("[" * 5000 + "]" * 5000)
 
 
 @pytest.mark.parametrize(

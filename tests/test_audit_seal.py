@@ -626,6 +626,11 @@ def test_the_commands_refuse_bad_anchors(
     status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
     assert status == 2
     assert "No such file" in err
+    accented = tmp_path / "têtes.txt"
+    accented.write_text("# têtes\n1:" + "ab" * 32 + "\n")
+    status, _, err = cli(db, "verify", "--anchors-from", str(accented), capsys=capsys)
+    assert status == 2  # 1 would mean a problem was found
+    assert f"{accented} is not an anchor file: it is not ASCII" in err
 
 
 def test_verifying_a_table_that_lost_a_foreign_key_names_the_fix(

@@ -178,7 +178,20 @@ def canonical_json(value: Any) -> str:
             stored) or as a JSON value (a dict, list, number, bool or None; floats are taken
             as their ``repr``, as the writers send them). A ``str`` is always jsonb text: a
             payload that is a bare JSON string is given as its text, e.g. ``'"hi"'``.
+
+    Raises:
+        ValidationError: ``value`` is no payload a row holds, or is nested deeper than
+            Python's recursion limit.
     """
+    try:
+        return _canonical_json(value)
+    except ValidationError:
+        raise
+    except (UnicodeError, RecursionError, ValueError) as exc:
+        raise ValidationError(f"this payload has no canonical JSON: {_reason(exc)}") from exc
+
+
+def _canonical_json(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         value = value.decode()
     if isinstance(value, str):
@@ -384,7 +397,9 @@ def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:
         The 32-byte leaf hash.
 
     Raises:
-        ValidationError: A column is missing or holds a value no ``event_logs`` row holds.
+        ValidationError: A column is missing or holds a value no ``event_logs`` row holds
+            (text that is not UTF-8, a lone surrogate), or a payload nested deeper than
+            Python's recursion limit.
 
     Example:
         >>> audit_leaf_hash(row).hex()  # doctest: +SKIP
@@ -392,4 +407,21 @@ def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:
 
     .. versionadded:: 0.3.0
     """
-    return hashlib.sha256(LEAF_PREFIX + leaf_document(row)).digest()
+    try:
+        document = leaf_document(row)
+    except ValidationError:
+        raise
+    except (UnicodeError, RecursionError, ValueError) as exc:
+        raise ValidationError(f"this row has no leaf: {_reason(exc)}") from exc
+    return hashlib.sha256(LEAF_PREFIX + document).digest()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeError):
+        return (
+            f"{exc} (PostgreSQL text is UTF-8 and holds no lone surrogate, so no stored row "
+            "has this value)"
+        )
+    if isinstance(exc, RecursionError):
+        return "its payload is nested deeper than Python's recursion limit (sys.setrecursionlimit)"
+    return str(exc)

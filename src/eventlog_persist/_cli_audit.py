@@ -137,7 +137,15 @@ def _age_argument(value: str) -> float:
 
 def _anchors_from(path: Path) -> list[SealAnchor]:
     anchors = []
-    for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path} is not an anchor file: it is not ASCII ({exc.reason} at byte "
+            f"{exc.start}); it holds SEQ:HASH lines, as 'eventlog-persist audit seal' prints "
+            "them"
+        ) from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
