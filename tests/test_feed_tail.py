@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from eventlog_persist import (
     new_event,
     write_events,
 )
+from eventlog_persist._feed_tail import _tag as tail_tag
 from eventlog_persist.exceptions import (
     ConfigurationError,
     InvalidCursorError,
@@ -187,6 +189,21 @@ def test_cursors_of_another_scope_or_altered_are_refused(
         for bad in (altered, "garbage", "a.b.c", "", "." * 3, 42):
             with pytest.raises(InvalidCursorError):
                 tail.read(session_id=session_id, user_id=user_id, cursor=bad)  # type: ignore[arg-type]
+        # Built by hand, checksum and all (the format is no secret), with transaction ids no
+        # xid8 holds: refused, never sent to the database.
+        scope_key = f"session:{session_id}:{user_id}"
+        event = uuid.uuid4()
+        for done, after in (
+            (f"1:{2**64}:", ""),
+            ("1:2:", f"-5;{event}"),
+            ("1:2:", f"{2**64};{event}"),
+        ):
+            after_xid, after_id = after.split(";") if after else ("", "")
+            body = ";".join(("t1", done, "", after_xid, after_id, "0", ""))
+            encoded = base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
+            forged = f"{encoded}.{tail_tag(body, scope_key)}"
+            with pytest.raises(InvalidCursorError, match="is not a tail cursor"):
+                tail.read(session_id=session_id, user_id=user_id, cursor=forged)
 
 
 @pytest.mark.parametrize(
@@ -197,6 +214,10 @@ def test_cursors_of_another_scope_or_altered_are_refused(
         ({"session_id": "not-a-uuid", "user_id": "U"}, "session_id must be a uuid.UUID"),
         ({"session_id": "S", "user_id": 7}, "user_id"),
         ({"session_id": "S", "user_id": "U", "start": "first"}, "start must be 'earliest'"),
+        (
+            {"session_id": "S", "user_id": "U", "start": "first", "cursor": "x.y"},
+            "start must be 'earliest'",
+        ),
         ({"session_id": "S", "user_id": "U", "limit": 0}, "limit must be an int"),
     ],
 )

@@ -53,6 +53,7 @@ __all__ = ["AsyncEventTail", "EventTail", "TailEntry", "TailPage"]
 DEFAULT_TAIL_PAGE: Final = 100
 _VERSION: Final = "t1"
 _TAG_BYTES: Final = 12
+_XID8_END: Final = 2**64  # one past the largest transaction id
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +120,17 @@ def encode_tail_cursor(checkpoint: Checkpoint, scope_key: str) -> str:
     return f"{token}.{_tag(body, scope_key)}"
 
 
+def _xid(text: str) -> int:
+    """A transaction id (``xid8``: 0 to 2**64 - 1), or `ValueError`."""
+    value = int(text)
+    if not 0 <= value < _XID8_END:
+        raise ValueError(text)
+    return value
+
+
 def _parse_snapshot(text: str) -> Snapshot:
     snapshot = Snapshot.parse(text)
-    if not 1 <= snapshot.xmin <= snapshot.xmax or any(
+    if not 1 <= snapshot.xmin <= snapshot.xmax < _XID8_END or any(
         not snapshot.xmin <= x < snapshot.xmax for x in snapshot.xip
     ):
         raise ValueError(text)
@@ -153,7 +162,7 @@ def decode_tail_cursor(token: object, scope_key: str) -> Checkpoint:
         return Checkpoint(
             done=_parse_snapshot(done),
             target=_parse_snapshot(target) if target else None,
-            after=(int(after_xid), uuid.UUID(after_id)) if after_xid else None,
+            after=(_xid(after_xid), uuid.UUID(after_id)) if after_xid else None,
             backfill=backfill == "1",
             backfill_after=uuid.UUID(backfill_after) if backfill_after else None,
         )
@@ -231,18 +240,18 @@ class _TailCore:
         scope: PageScope = f"{kind}_owner" if owned else kind  # type: ignore[assignment]
         checked = check_limit(limit)
         scope_key = f"{kind}:{key}:{user_id if owned else '*'}"
+        if start not in ("earliest", "latest"):
+            raise ValidationError(
+                f"start must be 'earliest' (every event of the {kind}, from its first) or "
+                f"'latest' (events committed from now on), got {start!r}; it applies when "
+                "cursor is None"
+            )
         if cursor is not None:
             return _Read(scope, scope_key, params, decode_tail_cursor(cursor, scope_key), checked)
         if start == "earliest":
             first = Checkpoint(done=EARLIEST, backfill=True)
             return _Read(scope, scope_key, params, first, checked)
-        if start == "latest":
-            return _Read(scope, scope_key, params, None, checked)
-        raise ValidationError(
-            f"start must be 'earliest' (every event of the {kind}, from its first) or "
-            f"'latest' (events committed from now on), got {start!r}; it applies when "
-            "cursor is None"
-        )
+        return _Read(scope, scope_key, params, None, checked)
 
     def _plan(self, read: _Read, start: Checkpoint, current: Snapshot, limit: int) -> PagePlan:
         plan = plan_page(start, current, mode="snapshot", limit=limit)
