@@ -531,6 +531,38 @@ def test_verifying_on_a_connection_reads_one_read_only_snapshot(
     assert set(seen) == {("repeatable read", "on")}
 
 
+def test_an_autocommit_engine_still_reads_one_snapshot_and_a_connection_is_refused(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    """In autocommit mode each statement would read its own snapshot (a tombstone and the
+    row it records could disagree): the audit's own connection leaves that mode; a
+    connection handed in that is in it is refused."""
+    autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
+    seen: list[tuple[str, str]] = []
+
+    @sqlalchemy_event.listens_for(autocommit, "after_cursor_execute")
+    def settings(connection: Any, *args: Any) -> None:
+        seen.append(
+            connection.connection.dbapi_connection.execute(
+                "SELECT current_setting('transaction_isolation'), "
+                "current_setting('transaction_read_only')"
+            ).fetchone()
+        )
+
+    report = verify_audit(EventLog, autocommit)
+    assert report.ok
+    assert set(seen) == {("repeatable read", "on")}
+    with db.begin() as connection:
+        add_session(connection, events=2)
+    settle(db)
+    assert seal_events(EventLog, autocommit, chunk_size=CHUNK) is not None
+    assert verify_audit(EventLog, db).ok
+    with autocommit.connect() as connection:
+        for call in (verify_audit, seal_events):
+            with pytest.raises(ConfigurationError, match="in autocommit mode"):
+                call(EventLog, connection)
+
+
 @pytest.mark.parametrize("action", ["verify", "seal"])
 @pytest.mark.parametrize(
     "missing", ["DROP TABLE event_log_seals", "ALTER TABLE event_logs DROP COLUMN xid CASCADE"]

@@ -413,13 +413,33 @@ def seal_events(
     hook = _check_anchor(anchor)
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            seal = _seal_safely(connection, tables, size)
+            seal = _seal_safely(connection.execution_options(**IN_TRANSACTIONS), tables, size)
     else:
         _check_connection(bind, "seal_events")
         seal = _seal_safely(bind, tables, size)
     if seal is not None and hook is not None:
         _export(hook, seal)
     return seal
+
+
+# The audit's reads must share one snapshot (a tombstone and the row it records, a window's
+# events): its own connections leave an engine's autocommit mode, where each statement
+# reads a snapshot of its own (and BEGIN is never sent).
+IN_TRANSACTIONS: Final = {"isolation_level": "REPEATABLE READ"}
+
+
+def in_autocommit(connection: Connection) -> bool:
+    """Whether ``connection`` runs each statement in a transaction of its own."""
+    return getattr(connection.connection.dbapi_connection, "autocommit", False) is True
+
+
+def refuse_autocommit(connection: Connection, api: str) -> None:
+    if in_autocommit(connection):
+        raise ConfigurationError(
+            f"the connection is in autocommit mode, so each of {api}'s statements would read "
+            "a snapshot of its own; pass the Engine (its connection leaves that mode), or a "
+            "connection of an engine without isolation_level='AUTOCOMMIT'"
+        )
 
 
 def _check_connection(bind: object, api: str) -> None:
@@ -439,6 +459,7 @@ def _check_connection(bind: object, api: str) -> None:
             f"the connection is already in a transaction; {api} commits a transaction of "
             "its own, so pass an Engine or a connection with no transaction begun"
         )
+    refuse_autocommit(bind, api)
 
 
 class _SealerCore:
@@ -568,7 +589,8 @@ class AuditSealer(_SealerCore):
             The new seal, or None when there was nothing to seal.
         """
         with self._engine.connect() as connection:
-            seal = _seal_safely(connection, self._tables, self._chunk_size)
+            own = connection.execution_options(**IN_TRANSACTIONS)
+            seal = _seal_safely(own, self._tables, self._chunk_size)
         pending = self._sealed(seal)
         if pending is not None:
             self._export(*pending)
@@ -659,7 +681,8 @@ class AsyncAuditSealer(_SealerCore):
             The new seal, or None when there was nothing to seal.
         """
         async with self._engine.connect() as connection:
-            seal = await connection.run_sync(_seal_safely, self._tables, self._chunk_size)
+            own = await connection.execution_options(**IN_TRANSACTIONS)
+            seal = await own.run_sync(_seal_safely, self._tables, self._chunk_size)
         pending = self._sealed(seal)
         if pending is not None:
             await asyncio.to_thread(self._export, *pending)

@@ -43,7 +43,7 @@ from eventlog_persist._audit_chain import (
     window_tombstones,
 )
 from eventlog_persist._audit_schema import ERASURE_KINDS
-from eventlog_persist._audit_seal import SealAnchor
+from eventlog_persist._audit_seal import IN_TRANSACTIONS, SealAnchor, refuse_autocommit
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._table import INT_RANGES, key_sql_type
 from eventlog_persist._urls import shown
@@ -476,13 +476,14 @@ def verify_audit(
     heads = _anchors(anchors)
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            return _verify(connection, tables, heads)
+            return _verify(connection.execution_options(**IN_TRANSACTIONS), tables, heads)
     if not isinstance(bind, Connection) or bind.in_transaction():
         raise ConfigurationError(
             f"verify_audit needs a sync sqlalchemy Engine, or a Connection with no "
             f"transaction begun, got {shown(bind)}; from async code, run it in a thread "
             "(asyncio.to_thread) with an Engine of a sync driver"
         )
+    refuse_autocommit(bind, "verify_audit")
     return _verify(bind, tables, heads)
 
 
