@@ -703,6 +703,8 @@ SETTING_REFUSALS: list[tuple[str, object, str]] = [
     ("on_dead_letter", 42, "is not valid; pass a callable or None"),
     ("retry", None, "is not valid; pass a RetryPolicy"),
     ("lock_timeout", 0, "is not valid; use seconds (a number > 0), or None to leave it to"),
+    ("connect_timeout", 0, "is not valid; use seconds (a number > 0), or None"),
+    ("tcp_user_timeout", "5", "is not valid; use seconds (a number > 0), or None"),
 ]
 
 
