@@ -260,6 +260,54 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
     assert stored(host_engine) == {"parent": 130, "at-fork": 50, "child": 70}
 
 
+def test_a_child_forked_while_the_writer_held_its_lock_is_not_locked_out(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    """A fork copies a lock as it is: held, by a thread the child does not have. The
+    writer's thread takes its lock for moments; a fork in such a moment (a pre-fork server
+    forking its workers while the writer works) must leave the child a lock of its own.
+    The lock is held here by a thread of the test, to make that moment certain."""
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import signal, threading
+        writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=0.01)
+        writer.start()
+        writer.enqueue(event_type="parent", **keys)
+        assert writer.flush(timeout=30)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with writer._lock:
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # locked out: SIGALRM ends the child, and the test fails
+            writer.enqueue(event_type="child", **keys)
+            counters = writer.close(timeout=30)
+            os._exit(0 if counters.written == 1 else 1)
+        release.set()
+        holder.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), writer.close(timeout=30).written, flush=True)
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1"]
+    assert stored(host_engine) == {"parent": 1, "child": 1}
+
+
 FORK_STATE = """
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
