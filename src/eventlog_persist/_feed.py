@@ -524,7 +524,9 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             timeout: The longest sleep, in seconds (above 0, at most an hour).
 
         Returns:
-            True when woken by a notification; False when the timeout ran out.
+            True when woken (by a notification, or by the listening connection failing:
+            read now, as nothing will wake it until it is back); False when the timeout
+            ran out.
 
         .. versionadded:: 0.3.0
         """
@@ -754,7 +756,9 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             timeout: The longest sleep, in seconds (above 0, at most an hour).
 
         Returns:
-            True when woken by a notification; False when the timeout ran out.
+            True when woken (by a notification, or by the listening connection failing:
+            read now, as nothing will wake it until it is back); False when the timeout
+            ran out.
 
         .. versionadded:: 0.3.0
         """
