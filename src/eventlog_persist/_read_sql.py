@@ -273,17 +273,23 @@ def _stored_created_at(table: FromClause, shape: tuple[str, ...]) -> ColumnEleme
     only within the same timeline, keeps every such row exactly once. The event is looked
     up under every condition of the timeline, so a cursor naming any other event (anyone
     can build one) tells nothing of it. If the event is gone (purged meanwhile), ``COALESCE``
-    falls back to the bound. An id stored twice beyond the bound (SQL can do it on the
-    partitioned layout, whose key is ``(id, created_at)``) resumes past both of its rows:
-    the cursor cannot tell which one ended the page, and resuming before the farther one
-    could return the nearer one for ever.
+    falls back to the bound. An id stored twice beyond the same bound (SQL can do it on
+    the partitioned layout, whose key is ``(id, created_at)``) resumes past both of those
+    rows: the cursor cannot tell which one ended the page, and resuming before the farther
+    one could return the nearer one for ever. A copy within the bounds is not looked at.
     """
     row = table.alias("cursor_event")
     own = tuple(token for token in shape if not token.startswith("after:"))
     pick = func.min if "order:newest" in shape else func.max
+    resume_at = bindparam("after_created_at", type_=table.c.created_at.type)
+    at_bound = _readable(row.c.created_at) == resume_at
     return (
         select(pick(row.c.created_at))
-        .where(row.c.id == bindparam("after_id", type_=table.c.id.type), *_conditions(row, own))
+        .where(
+            row.c.id == bindparam("after_id", type_=table.c.id.type),
+            at_bound,  # a copy of the id at a time Python reads ended no page at the bound
+            *_conditions(row, own),
+        )
         .scalar_subquery()
     )
 
