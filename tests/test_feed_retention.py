@@ -212,6 +212,8 @@ def test_a_consumer_in_parts_marks_only_the_parts_of_the_purged_sessions(
     model = host_models.EventLog
     feed = EventFeed(model, host_engine, consumer="split", parts=2, part=1)
     feed.register()
+    holder = EventFeed(model, host_engine, consumer="split", parts=2, part=0, owner="zero")
+    assert holder.fetch().part == 0  # it holds part 0's lease when retention marks it
     write(host_engine, host_models, (user_id, sessions[0]), [OLD] * 3)
     kept = write(host_engine, host_models, (user_id, sessions[1]), [NOW] * 2)
     purge_events(model, host_engine, older_than=CUTOFF)
@@ -221,17 +223,15 @@ def test_a_consumer_in_parts_marks_only_the_parts_of_the_purged_sessions(
         (1, None, None, None),
     ]
     assert drain(feed) == kept
-    other = EventFeed(model, host_engine, consumer="split", parts=2, part=0)
     with pytest.raises(FeedDataLostError, match=r"^consumer 'split' part 0: .* removed 3 events"):
-        other.fetch()
+        holder.fetch()
     feed.release()
     # A worker of no fixed part takes a part that can go on rather than the lost one, even
-    # the lost one it held before; one that finds only the lost part free is told.
-    restarted = EventFeed(model, host_engine, consumer="split", parts=2, owner="restarted")
-    assert restarted.fetch().part == 1
-    restarted.release()
-    unpinned = EventFeed(model, host_engine, consumer="split", parts=2, owner=other.owner)
-    assert unpinned.fetch().part == 1  # and it keeps part 1's lease
+    # the lost one it holds; one that finds only the lost part free is told.
+    unpinned = EventFeed(model, host_engine, consumer="split", parts=2, owner="zero")
+    assert unpinned.fetch().part == 1
+    unpinned.release()
+    feed.fetch()  # part 1 leased again: only the lost part is free
     with pytest.raises(FeedDataLostError, match="part 0"):
         EventFeed(model, host_engine, consumer="split", parts=2, owner="late").fetch()
 

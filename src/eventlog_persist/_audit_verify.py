@@ -21,6 +21,7 @@ from sqlalchemy import (
     false,
     func,
     not_,
+    null,
     or_,
     select,
     table,
@@ -274,10 +275,8 @@ def _parent(tables: AuditTables, name: str) -> Any:
 
 
 def _forged(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
-    """The tombstones whose erasure did not happen as their kind says (`_forged_among`),
-    and those holding a key that the guard could not have written: those are reported,
-    and left out of the checks that cast keys to their columns' type (whose error would
-    end the verification)."""
+    """The tombstones holding a key that the guard could not have written (it writes
+    ``key::text``), then those whose erasure did not happen as their kind says."""
     e = tables.erasures.c
     unreadable = []
     for name in ("session_id", "user_id", "project_id", "agent_id"):
@@ -293,7 +292,7 @@ def _forged(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
         )
         for seq, event, name, text in sorted(unreadable)
     ]
-    problems.extend(_forged_among(connection, tables, {seq for seq, *_ in unreadable}))
+    problems.extend(_forged_among(connection, tables))
     return problems
 
 
@@ -317,25 +316,26 @@ def _not_a_key(text: Any, sql_type: str | None) -> Any:
     return and_(text.is_not(None), not_(in_range))
 
 
-def _forged_among(
-    connection: Connection, tables: AuditTables, skipped: set[int]
-) -> list[AuditProblem]:
+def _forged_among(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
     e = tables.erasures.c
     events = tables.events.c
 
     def present(name: str) -> Any:
-        parent = _parent(tables, name)
-        return exists().where(parent == cast(e[name], events[name].type))
+        key: Any = cast(e[name], events[name].type)
+        unreadable = _not_a_key(e[name], key_sql_type(events[name].type))
+        if unreadable is not None:
+            # Cast only a key text (CASE keeps the order; a WHERE does not): another one
+            # names no parent, and is reported apart.
+            key = case((not_(unreadable), key), else_=null())
+        return exists().where(_parent(tables, name) == key)
 
-    kept = [e.seq.not_in(skipped)] if skipped else []
     cascade = select(e.seq, e.event_id).where(
-        e.kind == "cascade", present("session_id"), present("user_id"), *kept
+        e.kind == "cascade", present("session_id"), present("user_id")
     )
     set_null = select(e.seq, e.event_id).where(
         e.kind == "set_null",
         or_(e.project_id.is_(None), present("project_id")),
         or_(e.agent_id.is_(None), present("agent_id")),
-        *kept,
     )
     problems = [
         AuditProblem(
