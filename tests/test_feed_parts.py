@@ -262,15 +262,18 @@ def test_the_parts_of_a_consumer_cannot_change(
     assert other.fetch().part == 0
 
 
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
 def test_two_registrations_at_once_with_other_parts_make_one_shape(
-    host_engine: Engine, host_models: HostModels
+    host_engine: Engine, host_models: HostModels, isolation: str
 ) -> None:
     """Both check that the consumer is not registered, then insert: the second waits for
-    the first and is told, instead of adding the parts the first did not have."""
+    the first and is told, instead of adding the parts the first did not have (whatever
+    the engine's isolation level)."""
     outcomes: dict[int, object] = {}
+    engine = host_engine.execution_options(isolation_level=isolation)
 
     def register(parts: int) -> None:
-        feed = EventFeed(host_models.EventLog, host_engine, consumer="c", parts=parts)
+        feed = EventFeed(host_models.EventLog, engine, consumer="c", parts=parts)
         try:
             outcomes[parts] = feed.register()
         except ConfigurationError as error:

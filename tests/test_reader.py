@@ -576,6 +576,7 @@ def test_calendar_buckets_follow_daylight_saving(
         ({"time_zone": "a" * 300}, "is not an IANA time zone"),
         ({"time_zone": "CET"}, "a fixed offset without daylight saving.*'Europe/Paris'"),
         ({"time_zone": "WET"}, "'Europe/Lisbon'"),
+        ({"time_zone": "eet"}, "'Europe/Athens'"),
         ({"time_zone": "localtime"}, "this machine's zone"),
         ({"filters": "x"}, "EventFilter"),
     ],

@@ -61,6 +61,9 @@ from eventlog_persist.exceptions import (
 
 __all__ = ["AsyncEventFeed", "EventFeed", "FeedBatch"]
 
+# A registration waits for any other one of its consumer (a lock), then reads whether it
+# exists: at READ COMMITTED that read sees the other one's rows, whatever the engine's level.
+_REGISTERING: Final = {"isolation_level": "READ COMMITTED"}
 # Undefined table, column or function: the feed's migration has not run (or PostgreSQL < 13).
 _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 
@@ -430,8 +433,10 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         """
         chosen = check_start(start)
         try:
-            with self._engine.begin() as connection:
-                return _register(self, connection, chosen)
+            with self._engine.connect() as connection:
+                read_committed = connection.execution_options(**_REGISTERING)
+                with read_committed.begin():
+                    return _register(self, read_committed, chosen)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
 
@@ -486,6 +491,8 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         Raises:
             LeaseLostError: Another worker took the lease since the batch was fetched; the
                 checkpoint was not moved.
+            StaleBatchError: The batch, or one fetched after it, was committed already;
+                the checkpoint was not moved again (roll the host's transaction back).
             ConsumerNotFoundError: The consumer was removed meanwhile.
             ConfigurationError: ``batch`` was fetched by another feed, or ``connection`` is
                 not a ``Connection``.
@@ -658,8 +665,10 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         """
         chosen = check_start(start)
         try:
-            async with self._engine.begin() as connection:
-                return await connection.run_sync(lambda sync: _register(self, sync, chosen))
+            async with self._engine.connect() as connection:
+                read_committed = await connection.execution_options(**_REGISTERING)
+                async with read_committed.begin():
+                    return await read_committed.run_sync(lambda sync: _register(self, sync, chosen))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
 
@@ -717,6 +726,8 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         Raises:
             LeaseLostError: Another worker took the lease since the batch was fetched; the
                 checkpoint was not moved.
+            StaleBatchError: The batch, or one fetched after it, was committed already;
+                the checkpoint was not moved again (roll the host's transaction back).
             ConsumerNotFoundError: The consumer was removed meanwhile.
             ConfigurationError: ``batch`` was fetched by another feed, or ``connection`` is
                 not an ``AsyncConnection``.

@@ -193,6 +193,8 @@ class Wakeups(_Base):
                             if notify.payload == self._table_name:
                                 self._fire()
             except Exception as exc:  # a listener that died would leave readers polling
+                if self._stop.is_set():  # closed while connecting: nothing to report
+                    return
                 self._lost(exc)
                 self._fire()
                 self._stop.wait(self._pause())
@@ -208,7 +210,10 @@ class Wakeups(_Base):
 
 
 class AsyncWakeups(_Base):
-    """Async wake-ups: a task of the running event loop listens and fires waiting tickets."""
+    """Async wake-ups: a task of the running event loop listens and fires waiting tickets.
+
+    One loop at a time: used under another loop (another ``asyncio.run``), it starts
+    afresh there; two loops in two threads at once are not supported."""
 
     def __init__(self, target: object, table_name: str, *, listen: bool = True) -> None:
         super().__init__(target, table_name, listen=listen)

@@ -722,11 +722,13 @@ def _bucket_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
 
 
 def _check_time_zone(time_zone: str) -> None:
-    if time_zone in _ABBREVIATED_ZONES:
+    # PostgreSQL reads abbreviations in any case ("cet" too).
+    region = _ABBREVIATED_ZONES.get(time_zone.upper()) if isinstance(time_zone, str) else None
+    if region is not None:
         raise ValidationError(
             f"time_zone={time_zone!r} is read by PostgreSQL as its abbreviation, a fixed "
             "offset without daylight saving, while the IANA zone of that name has it; pass a "
-            f"region such as {_ABBREVIATED_ZONES[time_zone]!r}"
+            f"region such as {region!r}"
         )
     if time_zone == "localtime":
         raise ValidationError(
