@@ -308,6 +308,41 @@ def test_a_child_forked_while_the_writer_held_its_lock_is_not_locked_out(
     assert stored(host_engine) == {"parent": 1, "child": 1}
 
 
+def test_a_child_of_a_parent_that_never_started_its_writer_starts_it_itself(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    """Only a writer the parent had running restarts in the child: one the parent never
+    started waits for the child's start(), as it would have in the parent."""
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        from eventlog_persist.exceptions import WriterNotStartedError
+        writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=0.01)
+        pid = os.fork()
+        if pid == 0:
+            writer.enqueue(event_type="child", **keys)
+            try:
+                writer.flush(timeout=5)
+                os._exit(1)  # it started on its own
+            except WriterNotStartedError:
+                pass
+            writer.start()
+            os._exit(0 if writer.close(timeout=30).written == 1 else 2)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+    assert stored(host_engine) == {"child": 1}
+
+
 FORK_STATE = """
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
