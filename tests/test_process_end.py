@@ -343,6 +343,64 @@ def test_a_child_of_a_parent_that_never_started_its_writer_starts_it_itself(
     assert stored(host_engine) == {"child": 1}
 
 
+def test_an_async_writer_in_a_forked_child_has_its_own_lock_and_none_of_the_parents_events(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    """The async writer's lock guards its counters for other threads (a metrics scrape):
+    a fork while such a thread holds it must leave the child a lock of its own, and the
+    events the parent had queued are the parent's to write."""
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import asyncio, signal, threading
+        from eventlog_persist import AsyncBufferedWriter
+        writer = AsyncBufferedWriter(models.EventLog, {conninfo(database_url)!r})
+
+        async def queue() -> None:
+            for _ in range(3):
+                await writer.enqueue(event_type="parent", **keys)
+
+        async def write_one_and_close() -> int:
+            await writer.start()
+            await writer.enqueue(event_type="child", **keys)
+            return (await writer.close(timeout=30)).written
+
+        async def write_and_close() -> int:
+            await writer.start()
+            return (await writer.close(timeout=30)).written
+
+        asyncio.run(queue())  # queued, not started
+        held, release = threading.Event(), threading.Event()
+
+        def scrape() -> None:
+            with writer._lock:  # as reading counters from another thread does, for a moment
+                held.set()
+                release.wait()
+
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # locked out: SIGALRM ends the child, and the test fails
+            os._exit(0 if asyncio.run(write_one_and_close()) == 1 else 1)
+        release.set()
+        scraper.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), asyncio.run(write_and_close()), flush=True)
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "3"]
+    assert stored(host_engine) == {"parent": 3, "child": 1}
+
+
 FORK_STATE = """
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
