@@ -350,13 +350,21 @@ def delivered(engine: Engine, consumer: str) -> int:
         return int(found.scalar_one())
 
 
+def derived_events(
+    engine: Engine, models: HostModels, n_sessions: int, n_events: int, *, parts: int = 1
+) -> None:
+    """An empty ``derived`` table of the host's, and ``n_events`` events written over
+    ``n_sessions`` sessions of one user (each part with two or more)."""
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
+    user_id, session_ids = sessions(engine, models, n_sessions, parts=parts)
+    write(engine, models, user_id, session_ids, n_events)
+
+
 def test_a_batch_and_its_checkpoint_commit_in_the_hosts_transaction(
     host_engine: Engine, host_models: HostModels
 ) -> None:
-    with host_engine.begin() as connection:
-        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
-    user_id, session_ids = sessions(host_engine, host_models, 3)
-    write(host_engine, host_models, user_id, session_ids, 12)
+    derived_events(host_engine, host_models, 3, 12)
     feed = EventFeed(host_models.EventLog, host_engine, consumer="once")
     feed.register()
 
@@ -389,10 +397,7 @@ def test_a_batch_and_its_checkpoint_commit_in_the_hosts_transaction(
 def test_a_worker_that_lost_its_lease_rolls_the_hosts_transaction_back(
     host_engine: Engine, host_models: HostModels
 ) -> None:
-    with host_engine.begin() as connection:
-        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
-    user_id, session_ids = sessions(host_engine, host_models, 2)
-    write(host_engine, host_models, user_id, session_ids, 4)
+    derived_events(host_engine, host_models, 2, 4)
     slow = EventFeed(host_models.EventLog, host_engine, consumer="once", lease=0.2)
     slow.register()
     batch = slow.fetch()
@@ -421,10 +426,7 @@ def test_a_batch_committed_again_or_after_a_later_one_moves_nothing(
     """A retried commit (the first one's COMMIT outcome unknown to the host), or an older
     batch committed after a newer one, would move the checkpoint back and derive its rows
     twice: it raises `StaleBatchError` and the host's transaction rolls back."""
-    with host_engine.begin() as connection:
-        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
-    user_id, session_ids = sessions(host_engine, host_models, 2)
-    write(host_engine, host_models, user_id, session_ids, 6)
+    derived_events(host_engine, host_models, 2, 6)
     feed = EventFeed(host_models.EventLog, host_engine, consumer="once")
     feed.register()
     older = feed.fetch(limit=2)
@@ -454,10 +456,7 @@ def test_a_batch_committed_again_or_after_a_later_one_moves_nothing(
 def test_the_async_feed_commits_in_the_hosts_transaction_and_takes_parts(
     database_url: URL, host_engine: Engine, host_models: HostModels
 ) -> None:
-    with host_engine.begin() as connection:
-        connection.execute(text("CREATE TABLE derived (event_id uuid NOT NULL)"))
-    user_id, session_ids = sessions(host_engine, host_models, 4, parts=2)
-    write(host_engine, host_models, user_id, session_ids, 20)
+    derived_events(host_engine, host_models, 4, 20, parts=2)
 
     async def main() -> None:
         engine = create_async_engine(database_url)

@@ -74,6 +74,20 @@ def host_script(user_id: Any, session_id: Any, body: str, *, partitioned: bool =
     )
 
 
+def run_host_script(user_id: Any, session_id: Any, body: str) -> list[str]:
+    """Run `host_script` (warnings as errors); it must exit 0. Returns its printed words."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, body)],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 def queue_then_wait(
     url: URL, user_id: Any, session_id: Any, setup: str = "", **options: Any
 ) -> str:
@@ -246,17 +260,8 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
         counters = writer.close(timeout=30)
         print(os.waitstatus_to_exitcode(status), counters.written, counters.retried, flush=True)
     """
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
-        cwd=TESTS,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
     # The child exited 0, and the parent's connection survived the child: no retry.
-    assert done.stdout.split() == ["0", "180", "0"]
+    assert run_host_script(user_id, session_id, script) == ["0", "180", "0"]
     assert stored(host_engine) == {"parent": 130, "at-fork": 50, "child": 70}
 
 
@@ -295,16 +300,7 @@ def test_a_child_forked_while_the_writer_held_its_lock_is_not_locked_out(
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status), writer.close(timeout=30).written, flush=True)
     """
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
-        cwd=TESTS,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0", "1"]
+    assert run_host_script(user_id, session_id, script) == ["0", "1"]
     assert stored(host_engine) == {"parent": 1, "child": 1}
 
 
@@ -330,16 +326,7 @@ def test_a_child_of_a_parent_that_never_started_its_writer_starts_it_itself(
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status), flush=True)
     """
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
-        cwd=TESTS,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0"]
+    assert run_host_script(user_id, session_id, script) == ["0"]
     assert stored(host_engine) == {"child": 1}
 
 
@@ -388,16 +375,7 @@ def test_an_async_writer_in_a_forked_child_has_its_own_lock_and_none_of_the_pare
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status), asyncio.run(write_and_close()), flush=True)
     """
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", host_script(user_id, session_id, script)],
-        cwd=TESTS,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0", "3"]
+    assert run_host_script(user_id, session_id, script) == ["0", "3"]
     assert stored(host_engine) == {"parent": 3, "child": 1}
 
 
