@@ -714,6 +714,26 @@ class Result:
     output: str = field(default="", repr=False)
 
 
+def _kill_left_in(work: Path) -> None:
+    """Kill what a mutant's tests left running: a server or a forked child that a hung test
+    started in a session of its own (out of reach of the pytest group's kill) would keep a
+    core busy through the next mutants. They are known by the environment they inherited."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    mark = f"{SHADOW_VAR}={work}".encode()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            inherited = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if mark in inherited:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 class Runner:
     """Owns the run's temporary directory, its PostgreSQL and the pytest children."""
 
@@ -856,6 +876,7 @@ class Runner:
                 with self._lock:
                     self._running.discard(process)
         finally:
+            _kill_left_in(work)
             shutil.rmtree(work, ignore_errors=True)
         seconds = time.monotonic() - start
         text = output.decode(errors="replace")
