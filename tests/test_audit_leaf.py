@@ -234,7 +234,6 @@ def test_the_documented_example_leaf() -> None:
         ({"payload": '{"a": "\\udc80"}'}, "holds no lone surrogate, so no stored row"),
         ({"payload": b"\xff"}, "no canonical JSON: 'utf-8' codec can't decode byte 0xff"),
         ({"payload": {"a": 10**5000}}, "Exceeds the limit (4300 digits)"),
-        ({"payload": "[" * 5000 + "]" * 5000}, "nested deeper than Python's recursion limit"),
     ],
 )
 def test_values_no_row_holds_are_refused(change: dict[str, Any], message: str) -> None:
@@ -411,8 +410,6 @@ def test_a_nan_payload_is_refused() -> None:
         canonical_json('{"a": NaN}')
     with pytest.raises(ValidationError, match="this payload has no canonical JSON: 'utf-8'"):
         canonical_json(b"\xff")
-    with pytest.raises(ValidationError, match="nested deeper than Python's recursion limit"):
-        canonical_json("[" * 5000 + "]" * 5000)
 
 
 @pytest.mark.parametrize(
