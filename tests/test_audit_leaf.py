@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -213,6 +214,13 @@ def test_the_documented_example_leaf() -> None:
     assert audit_leaf_hash(row).hex() == digest.group(1)
 
 
+def nested_past_the_recursion_limit() -> list[Any]:
+    value: list[Any] = []
+    for _ in range(sys.getrecursionlimit() + 10):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -234,6 +242,9 @@ def test_the_documented_example_leaf() -> None:
         ({"payload": '{"a": "\\udc80"}'}, "holds no lone surrogate, so no stored row"),
         ({"payload": b"\xff"}, "no canonical JSON: 'utf-8' codec can't decode byte 0xff"),
         ({"payload": {"a": 10**5000}}, "Exceeds the limit (4300 digits)"),
+        # A payload given as a value is walked in Python, so past the recursion limit on
+        # every version (text is decoded in C, whose limit differs between versions).
+        ({"payload": nested_past_the_recursion_limit()}, "nested deeper than Python's"),
     ],
 )
 def test_values_no_row_holds_are_refused(change: dict[str, Any], message: str) -> None:
@@ -410,6 +421,8 @@ def test_a_nan_payload_is_refused() -> None:
         canonical_json('{"a": NaN}')
     with pytest.raises(ValidationError, match="this payload has no canonical JSON: 'utf-8'"):
         canonical_json(b"\xff")
+    with pytest.raises(ValidationError, match="nested deeper than Python's recursion limit"):
+        canonical_json(nested_past_the_recursion_limit())
 
 
 @pytest.mark.parametrize(

@@ -577,6 +577,24 @@ def test_a_database_without_the_audits_schema_names_the_migration(
     assert "'eventlog_persist:migrations_audit' to version_locations" in str(refused.value)
 
 
+def test_a_missing_xid_column_is_named_while_the_horizon_stands_still(
+    db: Engine, sealed: dict[str, Any]
+) -> None:
+    # A transaction open across the last seal holds the horizon at that seal's end, so
+    # nothing is settled past it: the missing column must still be named, not "nothing to
+    # seal" (another test's open transaction on the server did this at random).
+    with db.begin() as connection:
+        add_session(connection, events=1)
+    with db.connect() as holder:
+        holder.execute(text("SELECT pg_current_xact_id()"))
+        assert len(seal_all(EventLog, db)) == 1
+        with db.begin() as connection:
+            connection.execute(text("ALTER TABLE event_logs DROP COLUMN xid CASCADE"))
+        with pytest.raises(MigrationSetupError, match="the audit's schema is missing"):
+            seal_events(EventLog, db)
+        holder.rollback()
+
+
 def test_anchors_given_as_one_string_are_refused(db: Engine) -> None:
     with pytest.raises(ConfigurationError, match="not one string; e") as refused:
         verify_audit(EventLog, db, anchors="12:" + "ab" * 32)
