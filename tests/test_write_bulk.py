@@ -15,12 +15,21 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from hostmodels import HostModels, build_host_models, seed
 from pgserver import ServerInfo
-from sqlalchemy import Engine, text
+from sqlalchemy import DefaultClause, Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
 
-from eventlog_persist import NewEvent, RetryPolicy, awrite_events, new_event, write_events
+from eventlog_persist import (
+    BufferedWriter,
+    NewEvent,
+    RetryPolicy,
+    awrite_events,
+    new_event,
+    write_events,
+)
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
+from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventWriteError,
@@ -379,3 +388,131 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
     # switch to the staging table, and each halving starts a fresh count.
     with host_engine.connect() as conn:
         assert conn.execute(text("SELECT last_value FROM slow_attempts")).scalar() == 10
+
+
+OPTIONAL = (
+    "project_id",
+    "agent_id",
+    "error_code",
+    "tool_name",
+    "approval_status",
+    "request_id",
+    "trace_id",
+    "span_id",
+)
+
+
+def filled(user_id: Any, session_id: Any, project_id: Any, agent_id: Any) -> NewEvent:
+    return new_event(
+        session_id=session_id,
+        user_id=user_id,
+        event_type="tool_call",
+        payload={"filled": True},
+        project_id=project_id,
+        agent_id=agent_id,
+        error_code="E1",
+        tool_name="search",
+        approval_status="approved",
+        request_id="req-1",
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        span_id="b7ad6b7169203331",
+    )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "empty, filled, empty",  # the first event leaves columns out; a later one fills them
+        "tool only, filled, empty",  # the first fills one column
+        "filled, empty",  # the first fills every column
+        "empty, empty",  # none fills any
+    ],
+)
+@pytest.mark.parametrize("api", ["write_events", "awrite_events", "BufferedWriter"])
+def test_columns_left_none_by_some_events_and_filled_by_others_are_stored_as_given(
+    host_engine: Engine, host_models: HostModels, shape: str, api: str
+) -> None:
+    """A COPY names only the columns its first event fills; an event that fills one more
+    ends it, and the rest of the part goes in a COPY of every column: nothing is lost."""
+    user_id, session_id = seed(host_engine, host_models)
+    with Session(host_engine) as session:
+        project = host_models.UserProject(id=host_models.new_key(), user_id=user_id)
+        agent = host_models.UserAgent(id=host_models.new_key(), user_id=user_id)
+        session.add_all([project, agent])
+        session.commit()
+        project_id, agent_id = project.id, agent.id
+    makers = {
+        "empty": lambda: new_event(session_id=session_id, user_id=user_id, event_type="chat"),
+        "tool only": lambda: new_event(
+            session_id=session_id, user_id=user_id, event_type="chat", tool_name="t"
+        ),
+        "filled": lambda: filled(user_id, session_id, project_id, agent_id),
+    }
+    batch = [makers[kind]() for kind in shape.split(", ") for _ in range(3)]
+    model = host_models.EventLog
+    if api == "write_events":
+        assert write_events(model, host_engine, batch).written == len(batch)
+    elif api == "awrite_events":
+        url = host_engine.url.set(drivername="postgresql+psycopg")
+        engine = create_async_engine(url)
+        try:
+            written = asyncio.run(awrite_events(model, engine, batch)).written
+        finally:
+            asyncio.run(engine.dispose())
+        assert written == len(batch)
+    else:
+        with BufferedWriter(model, host_engine) as writer:
+            for event in batch:
+                writer.enqueue(event)
+    columns = ", ".join(OPTIONAL)
+    with host_engine.connect() as conn:
+        rows = {
+            row[0]: tuple(row[1:])
+            for row in conn.execute(text(f"SELECT id, {columns} FROM event_logs")).all()
+        }
+    assert rows == {
+        event.id: tuple(getattr(event, column) for column in OPTIONAL) for event in batch
+    }
+
+
+@pytest.mark.parametrize("left_none", [(), ("span_id",), ("span_id", "trace_id"), OPTIONAL])
+def test_a_copy_leaves_out_the_columns_its_first_event_leaves_none(
+    host_models: HostModels, left_none: tuple[str, ...]
+) -> None:
+    """What the server parses fewer of; an event like the first one fits its COPY."""
+    values: dict[str, Any] = {
+        "project_id": uuid.uuid4(),
+        "agent_id": uuid.uuid4(),
+        "error_code": "E1",
+        "tool_name": "t",
+        "approval_status": "approved",
+        "request_id": "r",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "span_id": "b7ad6b7169203331",
+    }
+    fields = {name: None if name in left_none else value for name, value in values.items()}
+
+    def event() -> NewEvent:
+        return new_event(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x", **fields)
+
+    table = EventTable.of(host_models.EventLog)
+    shape = table.copy_shape(event())
+    assert shape.columns.split(", ") == [c for c in COLUMNS if c not in left_none]
+    assert len(shape.types) == len(shape.row(event())) == len(COLUMNS) - len(left_none)
+    if left_none:
+        assert shape.left_out is not None
+        assert shape.left_out(event()) == shape.nones
+        assert shape.left_out(filled(1, 1, 1, 1)) != shape.nones
+    else:
+        assert shape.left_out is None
+    assert table.copy_shape(event()) is shape  # made once
+
+
+def test_a_column_with_a_server_default_is_always_sent() -> None:
+    """Left out, such a column would take its default instead of the event's None."""
+    models = build_host_models()
+    models.EventLog.__table__.c.tool_name.server_default = DefaultClause(text("'unknown'"))
+    event = new_event(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x")
+    shape = EventTable.of(models.EventLog).copy_shape(event)
+    assert "tool_name" in shape.columns.split(", ")
+    assert "error_code" not in shape.columns.split(", ")

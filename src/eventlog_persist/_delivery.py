@@ -17,8 +17,8 @@ from typing import Any, Final, overload
 
 import psycopg
 from psycopg import pq
+from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,7 +39,7 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._feed_wakeup import notify_statement
 from eventlog_persist._retry import RetryPolicy
-from eventlog_persist._table import COLUMNS, EventTable
+from eventlog_persist._table import COLUMNS, CopyShape, EventTable
 from eventlog_persist._urls import conninfo, refuse_other_flavour
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 
@@ -69,9 +69,9 @@ _STAGING: Final = "_eventlog_staging"
 _COLUMN_LIST: Final = ", ".join(COLUMNS)
 
 
-def _copy_sql(table: EventTable, *, staged: bool) -> str:
+def _copy_sql(table: EventTable, shape: CopyShape, *, staged: bool) -> str:
     into = _STAGING if staged else table.qualified_name
-    return f"COPY {into} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+    return f"COPY {into} ({shape.columns}) FROM STDIN (FORMAT BINARY)"
 
 
 def _staging_sql(table: EventTable) -> str:
@@ -186,9 +186,15 @@ def _lock_timeout_sql(seconds: float) -> str:
     return f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}"
 
 
-def _json_text(text: str) -> str:
-    """``dumps`` for the payload column: the payload is already JSON text."""
-    return text
+class _JsonbText(Dumper):
+    """The payload column in binary COPY: the payload is already JSON text, so this is
+    jsonb's binary form (version 1, then the text) without a ``dumps`` call."""
+
+    format = pq.Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()
 
 
 @dataclass(slots=True)
@@ -502,17 +508,25 @@ def _copy_part(
     conn: psycopg.Connection[Any], table: EventTable, events: Sequence[NewEvent], *, staged: bool
 ) -> int:
     with conn.cursor() as cur:
-        set_json_dumps(_json_text, cur)
-        with cur.copy(_copy_sql(table, staged=staged)) as copy:
-            copy.set_types(table.copy_types)
-            row = table.row
-            for event in events:
-                try:
-                    copy.write_row(row(event))
-                except psycopg.Error:
-                    raise
-                except Exception as exc:
-                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
+        cur.adapters.register_dumper(None, _JsonbText)
+        source = iter(events)
+        event = next(source, None)
+        shape = table.copy_shape(event)
+        while event is not None:
+            with cur.copy(_copy_sql(table, shape, staged=staged)) as copy:
+                copy.set_types(shape.types)
+                row, left_out, nones = shape.row, shape.left_out, shape.nones
+                while event is not None:
+                    if left_out is not None and left_out(event) != nones:
+                        break
+                    try:
+                        copy.write_row(row(event))
+                    except psycopg.Error:
+                        raise
+                    except Exception as exc:
+                        raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
+                    event = next(source, None)
+            shape = table.copy_shape(None)  # an event did not fit: every column from here on
         if not staged:
             return len(events)
         cur.execute(_move_sql(table), prepare=False)
@@ -691,17 +705,25 @@ async def _acopy_part(
     staged: bool,
 ) -> int:
     async with conn.cursor() as cur:
-        set_json_dumps(_json_text, cur)
-        async with cur.copy(_copy_sql(table, staged=staged)) as copy:
-            copy.set_types(table.copy_types)
-            row = table.row
-            for event in events:
-                try:
-                    await copy.write_row(row(event))
-                except psycopg.Error:
-                    raise
-                except Exception as exc:
-                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
+        cur.adapters.register_dumper(None, _JsonbText)
+        source = iter(events)
+        event = next(source, None)
+        shape = table.copy_shape(event)
+        while event is not None:
+            async with cur.copy(_copy_sql(table, shape, staged=staged)) as copy:
+                copy.set_types(shape.types)
+                row, left_out, nones = shape.row, shape.left_out, shape.nones
+                while event is not None:
+                    if left_out is not None and left_out(event) != nones:
+                        break
+                    try:
+                        await copy.write_row(row(event))
+                    except psycopg.Error:
+                        raise
+                    except Exception as exc:
+                        raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
+                    event = next(source, None)
+            shape = table.copy_shape(None)  # an event did not fit: every column from here on
         if not staged:
             return len(events)
         await cur.execute(_move_sql(table), prepare=False)
