@@ -288,6 +288,21 @@ def test_a_crash_before_the_commit_redelivers_that_batch_and_nothing_else(
     assert sorted(duplicates) == sorted(event.id for event in lost.events)
 
 
+def test_a_lease_being_taken_at_that_moment_is_named_so_not_as_owner_none(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    write(host_engine, host_models, keys, 3)
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="c")
+    feed.register()
+    with host_engine.connect() as taking:  # a worker's lease statement, not committed yet
+        taking.execute(text("SELECT 1 FROM event_log_consumers WHERE consumer = 'c' FOR UPDATE"))
+        with pytest.raises(LeaseHeldError, match="is taking the lease of consumer 'c'") as held:
+            feed.fetch()
+        assert (held.value.owner, held.value.lease_until) == (None, None)
+        taking.rollback()
+    assert len(feed.fetch().events) == 3  # free again
+
+
 def test_a_worker_that_lost_its_lease_cannot_move_the_checkpoint(
     host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
 ) -> None:

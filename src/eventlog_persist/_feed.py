@@ -252,15 +252,25 @@ class _FeedCore:
         if self._part is not None:
             holders = [row for row in holders if row[3] == self._part]
         held = sorted(
-            (row for row in holders if row[1] is not None), key=lambda row: row[1]
-        ) or list(holders)
+            (row for row in holders if row[0] is not None and row[1] is not None),
+            key=lambda row: row[1],
+        )
+        if not held:
+            # The lease statement skips the rows another transaction is updating: a worker
+            # taking (or committing) the lease at this moment, not yet visible here.
+            return LeaseHeldError(
+                f"another worker is taking the lease of consumer {self._name!r} at this "
+                "moment; fetch again (this worker takes a part that is still free then)",
+                owner=None,
+                lease_until=None,
+            )
         owner, lease_until, _, part, _ = held[0]
         if self._parts > 1:
             which = f"part {part} of consumer" if self._part is not None else "every part of"
             return LeaseHeldError(
                 f"{which} {self._name!r} (parts={self._parts}) is leased to another worker; "
                 f"{owner!r} holds part {part} until "
-                f"{'now' if lease_until is None else lease_until.isoformat()}. Fetch again "
+                f"{lease_until.isoformat()}. Fetch again "
                 "later (this worker takes a part over when its lease ends unrenewed), or "
                 "give the consumer more parts (unregister and register again)",
                 owner=owner,
@@ -268,7 +278,7 @@ class _FeedCore:
             )
         return LeaseHeldError(
             f"consumer {self._name!r} is leased to {owner!r} until "
-            f"{'now' if lease_until is None else lease_until.isoformat()}; "
+            f"{lease_until.isoformat()}; "
             "one worker consumes it at a time. Fetch again later (this worker takes over "
             "when that lease ends unrenewed), or give both workers the same owner= if they "
             "are one worker restarted",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 import zoneinfo
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -886,7 +886,8 @@ _TOKEN_GROUPS: Final = get_args(TokenGroup)
 
 def _check_groups(by: object) -> tuple[str, ...]:
     """``by`` as the known group names, in a fixed order; raise `ValidationError` if not."""
-    if isinstance(by, str) or not isinstance(by, Iterable):
+    # A mapping iterates over its keys, and bytes over ints: neither is a list of names.
+    if isinstance(by, str | bytes | Mapping) or not isinstance(by, Iterable):
         example = f"by=({by!r},)" if by in _TOKEN_GROUPS else "by=('agent_id', 'model')"
         raise ValidationError(
             f"by must be a tuple of {' and/or '.join(map(repr, _TOKEN_GROUPS))}, got "

@@ -150,13 +150,16 @@ class LeaseHeldError(FeedError):
     """Another worker holds the consumer's lease: this one stands by and tries again later.
 
     Attributes:
-        owner: The worker that holds the lease.
-        lease_until: When its lease ends unless it renews it (each fetch and commit does).
+        owner: The worker that holds the lease; None when another worker's transaction was
+            taking it at that moment (its name is not visible until that commits).
+        lease_until: When its lease ends unless it renews it (each fetch and commit does);
+            None with ``owner``.
 
     .. versionadded:: 0.3.0
+    .. versionchanged:: 0.3.0 ``owner`` and ``lease_until`` may be None.
     """
 
-    def __init__(self, message: str, *, owner: str, lease_until: datetime) -> None:
+    def __init__(self, message: str, *, owner: str | None, lease_until: datetime | None) -> None:
         super().__init__(message)
         self.owner = owner
         self.lease_until = lease_until
