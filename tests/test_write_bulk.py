@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from hostmodels import HostModels, build_host_models, seed
 from pgserver import ServerInfo
-from sqlalchemy import DefaultClause, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
@@ -29,7 +29,6 @@ from eventlog_persist import (
     write_events,
 )
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
-from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventWriteError,
@@ -422,18 +421,18 @@ def filled(user_id: Any, session_id: Any, project_id: Any, agent_id: Any) -> New
 @pytest.mark.parametrize(
     "shape",
     [
-        "empty, filled, empty",  # the first event leaves columns out; a later one fills them
-        "tool only, filled, empty",  # the first fills one column
-        "filled, empty",  # the first fills every column
-        "empty, empty",  # none fills any
+        "empty, filled, empty",
+        "tool only, filled, empty",
+        "filled, empty",
+        "empty, empty",
     ],
 )
 @pytest.mark.parametrize("api", ["write_events", "awrite_events", "BufferedWriter"])
 def test_columns_left_none_by_some_events_and_filled_by_others_are_stored_as_given(
     host_engine: Engine, host_models: HostModels, shape: str, api: str
 ) -> None:
-    """A COPY names only the columns its first event fills; an event that fills one more
-    ends it, and the rest of the part goes in a COPY of every column: nothing is lost."""
+    """Every writer's COPY stores each optional column as the event gives it, whatever the
+    events before and after it fill."""
     user_id, session_id = seed(host_engine, host_models)
     with Session(host_engine) as session:
         project = host_models.UserProject(id=host_models.new_key(), user_id=user_id)
@@ -473,46 +472,3 @@ def test_columns_left_none_by_some_events_and_filled_by_others_are_stored_as_giv
     assert rows == {
         event.id: tuple(getattr(event, column) for column in OPTIONAL) for event in batch
     }
-
-
-@pytest.mark.parametrize("left_none", [(), ("span_id",), ("span_id", "trace_id"), OPTIONAL])
-def test_a_copy_leaves_out_the_columns_its_first_event_leaves_none(
-    host_models: HostModels, left_none: tuple[str, ...]
-) -> None:
-    """What the server parses fewer of; an event like the first one fits its COPY."""
-    values: dict[str, Any] = {
-        "project_id": uuid.uuid4(),
-        "agent_id": uuid.uuid4(),
-        "error_code": "E1",
-        "tool_name": "t",
-        "approval_status": "approved",
-        "request_id": "r",
-        "trace_id": "0af7651916cd43dd8448eb211c80319c",
-        "span_id": "b7ad6b7169203331",
-    }
-    fields = {name: None if name in left_none else value for name, value in values.items()}
-
-    def event() -> NewEvent:
-        return new_event(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x", **fields)
-
-    table = EventTable.of(host_models.EventLog)
-    shape = table.copy_shape(event())
-    assert shape.columns.split(", ") == [c for c in COLUMNS if c not in left_none]
-    assert len(shape.types) == len(shape.row(event())) == len(COLUMNS) - len(left_none)
-    if left_none:
-        assert shape.left_out is not None
-        assert shape.left_out(event()) == shape.nones
-        assert shape.left_out(filled(1, 1, 1, 1)) != shape.nones
-    else:
-        assert shape.left_out is None
-    assert table.copy_shape(event()) is shape  # made once
-
-
-def test_a_column_with_a_server_default_is_always_sent() -> None:
-    """Left out, such a column would take its default instead of the event's None."""
-    models = build_host_models()
-    models.EventLog.__table__.c.tool_name.server_default = DefaultClause(text("'unknown'"))
-    event = new_event(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x")
-    shape = EventTable.of(models.EventLog).copy_shape(event)
-    assert "tool_name" in shape.columns.split(", ")
-    assert "error_code" not in shape.columns.split(", ")

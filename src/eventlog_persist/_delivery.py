@@ -39,7 +39,7 @@ from eventlog_persist._failures import (
 )
 from eventlog_persist._feed_wakeup import notify_statement
 from eventlog_persist._retry import RetryPolicy
-from eventlog_persist._table import COLUMNS, CopyShape, EventTable
+from eventlog_persist._table import COLUMNS, EventTable
 from eventlog_persist._urls import conninfo, refuse_other_flavour
 from eventlog_persist.exceptions import ConfigurationError, EventWriteError
 
@@ -69,9 +69,9 @@ _STAGING: Final = "_eventlog_staging"
 _COLUMN_LIST: Final = ", ".join(COLUMNS)
 
 
-def _copy_sql(table: EventTable, shape: CopyShape, *, staged: bool) -> str:
+def _copy_sql(table: EventTable, *, staged: bool) -> str:
     into = _STAGING if staged else table.qualified_name
-    return f"COPY {into} ({shape.columns}) FROM STDIN (FORMAT BINARY)"
+    return f"COPY {into} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 
 
 def _staging_sql(table: EventTable) -> str:
@@ -509,24 +509,16 @@ def _copy_part(
 ) -> int:
     with conn.cursor() as cur:
         cur.adapters.register_dumper(None, _JsonbText)
-        source = iter(events)
-        event = next(source, None)
-        shape = table.copy_shape(event)
-        while event is not None:
-            with cur.copy(_copy_sql(table, shape, staged=staged)) as copy:
-                copy.set_types(shape.types)
-                row, left_out, nones = shape.row, shape.left_out, shape.nones
-                while event is not None:
-                    if left_out is not None and left_out(event) != nones:
-                        break
-                    try:
-                        copy.write_row(row(event))
-                    except psycopg.Error:
-                        raise
-                    except Exception as exc:
-                        raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
-                    event = next(source, None)
-            shape = table.copy_shape(None)  # an event did not fit: every column from here on
+        with cur.copy(_copy_sql(table, staged=staged)) as copy:
+            copy.set_types(table.copy_types)
+            row = table.row
+            for event in events:
+                try:
+                    copy.write_row(row(event))
+                except psycopg.Error:
+                    raise
+                except Exception as exc:
+                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
         cur.execute(_move_sql(table), prepare=False)
@@ -706,24 +698,16 @@ async def _acopy_part(
 ) -> int:
     async with conn.cursor() as cur:
         cur.adapters.register_dumper(None, _JsonbText)
-        source = iter(events)
-        event = next(source, None)
-        shape = table.copy_shape(event)
-        while event is not None:
-            async with cur.copy(_copy_sql(table, shape, staged=staged)) as copy:
-                copy.set_types(shape.types)
-                row, left_out, nones = shape.row, shape.left_out, shape.nones
-                while event is not None:
-                    if left_out is not None and left_out(event) != nones:
-                        break
-                    try:
-                        await copy.write_row(row(event))
-                    except psycopg.Error:
-                        raise
-                    except Exception as exc:
-                        raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
-                    event = next(source, None)
-            shape = table.copy_shape(None)  # an event did not fit: every column from here on
+        async with cur.copy(_copy_sql(table, staged=staged)) as copy:
+            copy.set_types(table.copy_types)
+            row = table.row
+            for event in events:
+                try:
+                    await copy.write_row(row(event))
+                except psycopg.Error:
+                    raise
+                except Exception as exc:
+                    raise RowEncodingError(f"cannot encode event {event.id}: {exc}") from exc
         if not staged:
             return len(events)
         await cur.execute(_move_sql(table), prepare=False)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import operator
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import BigInteger, Integer, SmallInteger, Table, Uuid
@@ -37,32 +35,9 @@ COLUMNS: Final = (
 """The columns every writer fills, in the order of `EventTable.row`."""
 
 _KEY_COLUMNS: Final = COLUMNS[1:5]
-_OPTIONAL_COLUMNS: Final = (*COLUMNS[3:5], *COLUMNS[8:])
-"""The columns an event may leave None (the keys of its project and agent, and the text
-columns): a COPY may leave them out (`CopyShape`)."""
-_ATTRIBUTES: Final = {
-    column: "payload_json" if column == "payload" else column for column in COLUMNS
-}
 INT_RANGES: Final = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
 """Each integer key type's bound: its values run from ``-bound`` to ``bound - 1``."""
 _UUID_KEYS: Final = ("uuid", "uuid", "uuid", "uuid")
-
-
-@dataclass(frozen=True, slots=True)
-class CopyShape:
-    """The columns of one binary COPY of events, and how an event fits them.
-
-    A COPY names only the columns its events fill: the server then parses no NULL field
-    (a COPY of ~600-byte events that left out 7 empty columns of 14 took 4 % less time).
-    ``left_out`` gives the left-out columns' values of an event, which fits the shape when
-    that equals ``nones`` (all None); ``left_out`` is None when no column is left out.
-    """
-
-    columns: str
-    types: tuple[str, ...]
-    row: Callable[[NewEvent], tuple[object, ...]]
-    left_out: Callable[[NewEvent], object] | None
-    nones: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +62,6 @@ class EventTable:
     key_types: tuple[str, str, str, str]
     key_columns: tuple[str, ...]
     feed: bool
-    _shapes: dict[tuple[str, ...], CopyShape] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     @classmethod
     def of(cls, model: type[EventLogMixin[Any]]) -> EventTable:
@@ -159,32 +131,6 @@ class EventTable:
             "text",
             "text",
         ]
-
-    def copy_shape(self, event: NewEvent | None) -> CopyShape:
-        """The COPY shape that leaves out the optional columns ``event`` leaves None; every
-        column when ``event`` is None. Only columns with no server default in the model are
-        left out, so a left-out column is NULL, as if it had been sent."""
-        left_out: tuple[str, ...] = ()
-        if event is not None:
-            left_out = tuple(
-                column
-                for column in _OPTIONAL_COLUMNS
-                if getattr(event, column) is None and self.table.c[column].server_default is None
-            )
-        shape = self._shapes.get(left_out)
-        if shape is None:
-            kept = [
-                (c, t) for c, t in zip(COLUMNS, self.copy_types, strict=True) if c not in left_out
-            ]
-            shape = CopyShape(
-                columns=", ".join(column for column, _ in kept),
-                types=tuple(sql_type for _, sql_type in kept),
-                row=operator.attrgetter(*(_ATTRIBUTES[column] for column, _ in kept)),
-                left_out=operator.attrgetter(*left_out) if left_out else None,
-                nones=None if len(left_out) == 1 else (None,) * len(left_out),
-            )
-            self._shapes[left_out] = shape
-        return shape
 
     @staticmethod
     def row(event: NewEvent) -> tuple[object, ...]:
