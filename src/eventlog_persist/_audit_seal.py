@@ -27,6 +27,7 @@ from eventlog_persist._audit_chain import (
     SealRow,
     audit_tables_of,
     chunk_end,
+    highest_xid,
     horizon,
     merkle_root,
     read_seals,
@@ -38,7 +39,7 @@ from eventlog_persist._audit_chain import (
 )
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._urls import check_engine, shown
-from eventlog_persist.exceptions import AnchorError, ConfigurationError
+from eventlog_persist.exceptions import AnchorError, AuditError, ConfigurationError
 
 __all__ = [
     "Anchor",
@@ -277,6 +278,8 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         # A horizon that has not moved gives an empty window; its queries still run, so a
         # database without the audit's columns is named whatever the server's load.
         xid_to = horizon(connection)
+        if previous is not None and xid_from is not None and xid_to < xid_from:
+            raise _behind(previous.seq, xid_from, xid_to, highest_xid(connection, tables))
         roots: list[bytes] = []
         ends: list[bytes] = []
         chunk: list[bytes] = []
@@ -339,6 +342,20 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
     return seal
 
 
+def _behind(seq: int, chain_end: int, horizon: int, highest: int | None) -> AuditError:
+    """The server's transaction ids are below the chain's end: a logical restore."""
+    epoch = (max(chain_end, highest or 0) >> 32) + 1  # ids from then on pass every one stored
+    return AuditError(
+        f"the server's transaction ids are behind the audit chain: seal {seq} ends at "
+        f"transaction {chain_end}, and the oldest one running now is {horizon}. Transaction "
+        "ids belong to a cluster, so this database was restored logically (pg_dump / "
+        "pg_restore) into another one; events written here now would take ids inside the "
+        "sealed windows. Stop the server and advance its ids past the chain with "
+        f"'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), "
+        "then seal again"
+    )
+
+
 def _seal_safely(connection: Connection, tables: AuditTables, chunk_size: int) -> Seal | None:
     try:
         return _seal_on(connection, tables, chunk_size)
@@ -399,6 +416,8 @@ def seal_events(
     Raises:
         AnchorError: The seal was committed but ``anchor`` failed (its ``seal`` attribute
             is the seal).
+        AuditError: The server's transaction ids are behind the chain: the database was
+            restored logically into another cluster (docs/audit.md, "Restoring").
         ConfigurationError: ``model`` lacks the feed, or an argument cannot be used.
         MigrationSetupError: The database lacks the audit's schema.
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnchorError",
+    "AuditError",
     "ConfigurationError",
     "ConsumerNotFoundError",
     "ConversionError",
@@ -237,6 +238,18 @@ class FeedDataLostError(FeedError):
         self.lost_before = lost_before
         self.lost_at = lost_at
         self.lost_by = lost_by
+
+
+class AuditError(EventLogError):
+    """The audit's chain cannot go on in this database as it stands; the message names the fix.
+
+    `seal_events` raises it when the server's transaction ids are behind the chain's last
+    seal: the database was restored logically (``pg_dump`` / ``pg_restore``) into another
+    cluster, whose ids start again from a few hundred (docs/audit.md, "Restoring").
+    Nothing is sealed.
+
+    .. versionadded:: 0.3.0
+    """
 
 
 class AnchorError(EventLogError):

