@@ -36,12 +36,13 @@ def next_xid(engine: Engine) -> int:
         return int(connection.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(300)
 def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    dump = Path(tmp_path_factory.mktemp("dump")) / "audited.dump"
-    with throwaway_server() as (old_server, old), throwaway_server() as (_, new):
+    dumps = Path(tmp_path_factory.mktemp("dump"))
+    with throwaway_server() as (old_server, old), throwaway_server() as (new_server, new):
         # The old cluster's ids are past 3 * 2**32, as a long-lived server's may be.
         new_epoch(old_server, 3)
         with (
@@ -50,57 +51,58 @@ def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
         ):
             with source.begin() as connection:
                 add_session(connection, events=5)
+            dump(old, source, dumps / "unsealed.dump")  # restored before its first seal
             settle(source)
             [first] = seal_all(EventLog, source)
             assert first.xid_to > 3 << 32
-            subprocess.run(
-                [
-                    client_program("pg_dump"),
-                    "-Fc",
-                    "-f",
-                    str(dump),
-                    old.libpq_dsn(source.url.database or ""),
-                ],
-                check=True,
-            )
-        restored = restore(new, dump)
-        try:
-            assert next_xid(restored) < 1 << 32
-            with pytest.raises(
-                AuditError, match="behind the audit chain: seal 1 ends at"
-            ) as behind:
-                seal_events(EventLog, restored)
-            assert "'pg_resetwal -e 4 PGDATA'" in str(behind.value)
-            assert verify_audit(EventLog, restored).ok  # what was restored is intact
-        finally:
-            restored.dispose()
+            dump(old, source, dumps / "sealed.dump")
+        for name in ("unsealed", "sealed"):
+            restored = restore(new, dumps / f"{name}.dump", name)
+            try:
+                assert next_xid(restored) < 1 << 32
+                with pytest.raises(
+                    AuditError, match="behind the ones this database holds"
+                ) as behind:
+                    seal_events(EventLog, restored)
+                assert "'pg_resetwal -e 4 PGDATA'" in str(behind.value)
+                assert verify_audit(EventLog, restored).ok  # what was restored is intact
+            finally:
+                restored.dispose()
 
-        new_epoch(_, 4)
-        restored = create_engine(new.sqlalchemy_url("restored"))
-        try:
-            assert next_xid(restored) > 4 << 32
-            with restored.begin() as connection:
-                add_session(connection, events=3)
-            settle(restored)
-            [second] = seal_all(EventLog, restored)
-            assert (second.seq, second.events) == (2, 3)
-            report = verify_audit(EventLog, restored)
-            assert report.ok
-            assert report.seals == 2
-        finally:
-            restored.dispose()
+        new_epoch(new_server, 4)
+        for name, seals in (("unsealed", 1), ("sealed", 2)):
+            restored = create_engine(new.sqlalchemy_url(name))
+            try:
+                assert next_xid(restored) > 4 << 32
+                with restored.begin() as connection:
+                    add_session(connection, events=3)
+                settle(restored)
+                [last] = seal_all(EventLog, restored)
+                assert (last.seq, last.events) == (seals, 3 if seals == 2 else 8)
+                report = verify_audit(EventLog, restored)
+                assert report.ok
+                assert report.seals == seals
+            finally:
+                restored.dispose()
 
 
-def restore(server: ServerInfo, dump: Path) -> Engine:
+def dump(server: ServerInfo, engine: Engine, to: Path) -> None:
+    database = engine.url.database or ""
+    subprocess.run(
+        [client_program("pg_dump"), "-Fc", "-f", str(to), server.libpq_dsn(database)], check=True
+    )
+
+
+def restore(server: ServerInfo, file: Path, name: str) -> Engine:
     DatabaseJanitor(
         user=server.user,
         host=server.host,
         port=server.port,
         password=server.password,
-        dbname="restored",
+        dbname=name,
     ).init()
     subprocess.run(
-        [client_program("pg_restore"), "--no-owner", "-d", server.libpq_dsn("restored"), str(dump)],
+        [client_program("pg_restore"), "--no-owner", "-d", server.libpq_dsn(name), str(file)],
         check=True,
     )
-    return create_engine(server.sqlalchemy_url("restored"))
+    return create_engine(server.sqlalchemy_url(name))

@@ -288,13 +288,18 @@ def test_a_crash_before_the_commit_redelivers_that_batch_and_nothing_else(
     assert sorted(duplicates) == sorted(event.id for event in lost.events)
 
 
+@pytest.mark.parametrize("before", ["never leased", "a lease that ended"])
 def test_a_lease_being_taken_at_that_moment_is_named_so_not_as_owner_none(
-    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], before: str
 ) -> None:
     write(host_engine, host_models, keys, 3)
-    feed = EventFeed(host_models.EventLog, host_engine, consumer="c")
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="c", owner="me")
     feed.register()
-    with host_engine.connect() as taking:  # a worker's lease statement, not committed yet
+    if before == "a lease that ended":
+        crashed = EventFeed(host_models.EventLog, host_engine, consumer="c", owner="x", lease=0.1)
+        crashed.fetch()
+        time.sleep(0.2)
+    with host_engine.connect() as taking:  # another worker's lease statement, not committed
         taking.execute(text("SELECT 1 FROM event_log_consumers WHERE consumer = 'c' FOR UPDATE"))
         with pytest.raises(LeaseHeldError, match="is taking the lease of consumer 'c'") as held:
             feed.fetch()

@@ -398,6 +398,7 @@ def test_the_range_is_since_inclusive_until_exclusive(
         ({"by": None}, r"got NoneType None; pass e.g. by=\('agent_id', 'model'\)"),
         ({"by": {"model": 1}}, r"by must be a tuple .* got dict \{'model': 1\}"),
         ({"by": b"model"}, r"by must be a tuple .* got bytes b'model'"),
+        ({"by": bytearray(b"model")}, r"by must be a tuple .* got bytearray"),
         ({"by": ("model", "model")}, r"names 'model' twice"),
         ({"user_id": "alice"}, r"user_id must be a uuid.UUID or an int .* convert it"),
         ({"agent_id": 7}, "agent_id"),

@@ -198,6 +198,14 @@ def horizon(connection: Connection) -> int:
     return int(value)
 
 
+def next_xid(connection: Connection) -> int:
+    """The transaction id the server gives next (no id it gave so far reaches it)."""
+    value = connection.execute(
+        text("SELECT pg_snapshot_xmax(pg_current_snapshot()) AS x").columns(x=Xid8())
+    ).scalar_one()
+    return int(value)
+
+
 def highest_xid(connection: Connection, tables: AuditTables) -> int | None:
     """The highest transaction id an event holds (by the (xid, id) index); None if none."""
     value = connection.execute(

@@ -30,6 +30,7 @@ from eventlog_persist._audit_chain import (
     highest_xid,
     horizon,
     merkle_root,
+    next_xid,
     read_seals,
     seal_hash,
     tombstone_hash,
@@ -278,8 +279,12 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         # A horizon that has not moved gives an empty window; its queries still run, so a
         # database without the audit's columns is named whatever the server's load.
         xid_to = horizon(connection)
-        if previous is not None and xid_from is not None and xid_to < xid_from:
-            raise _behind(previous.seq, xid_from, xid_to, highest_xid(connection, tables))
+        # On a healthy server every id stored is below the next one it gives: not so after a
+        # logical restore into another cluster, which counts its ids from a few hundred.
+        stored = max(xid_from or 0, highest_xid(connection, tables) or 0)
+        following = next_xid(connection)
+        if stored >= following:
+            raise _behind(stored, following)
         roots: list[bytes] = []
         ends: list[bytes] = []
         chunk: list[bytes] = []
@@ -342,16 +347,16 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
     return seal
 
 
-def _behind(seq: int, chain_end: int, horizon: int, highest: int | None) -> AuditError:
-    """The server's transaction ids are below the chain's end: a logical restore."""
-    epoch = (max(chain_end, highest or 0) >> 32) + 1  # ids from then on pass every one stored
+def _behind(stored: int, following: int) -> AuditError:
+    """The server's transaction ids are below those the database holds: a logical restore."""
+    epoch = (stored >> 32) + 1  # the ids from this epoch on pass every one stored
     return AuditError(
-        f"the server's transaction ids are behind the audit chain: seal {seq} ends at "
-        f"transaction {chain_end}, and the oldest one running now is {horizon}. Transaction "
-        "ids belong to a cluster, so this database was restored logically (pg_dump / "
-        "pg_restore) into another one; events written here now would take ids inside the "
-        "sealed windows. Stop the server and advance its ids past the chain with "
-        f"'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), "
+        f"the server's transaction ids are behind the ones this database holds: the audit "
+        f"chain or an event holds transaction id {stored}, and the server's next one is "
+        f"{following}. Transaction ids belong to a cluster, so this database was restored "
+        "logically (pg_dump / pg_restore) into another one; events written here now would "
+        "take ids inside the windows sealed or to be sealed. Stop the server and advance its "
+        f"ids past them with 'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), "
         "then seal again"
     )
 

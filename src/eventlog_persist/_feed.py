@@ -252,19 +252,18 @@ class _FeedCore:
         if self._part is not None:
             holders = [row for row in holders if row[3] == self._part]
         held = sorted(
-            (row for row in holders if row[0] is not None and row[1] is not None),
-            key=lambda row: row[1],
+            (row for row in holders if row[0] is not None and row[5]), key=lambda row: row[1]
         )
         if not held:
-            # The lease statement skips the rows another transaction is updating: a worker
-            # taking (or committing) the lease at this moment, not yet visible here.
+            # Every lease was free or ended, yet the lease statement took none: it skips the
+            # rows another transaction is updating, a worker taking the lease at this moment.
             return LeaseHeldError(
                 f"another worker is taking the lease of consumer {self._name!r} at this "
-                "moment; fetch again (this worker takes a part that is still free then)",
+                "moment; fetch again",
                 owner=None,
                 lease_until=None,
             )
-        owner, lease_until, _, part, _ = held[0]
+        owner, lease_until, _, part, _, _ = held[0]
         if self._parts > 1:
             which = f"part {part} of consumer" if self._part is not None else "every part of"
             return LeaseHeldError(
@@ -291,7 +290,7 @@ class _FeedCore:
         holder = next((row for row in holders if row[3] == batch.part), None)
         if holder is None:
             return self._missing()
-        owner, _, generation, _, _ = holder
+        owner, _, generation, _, _, _ = holder
         if owner == self._owner and generation == batch.generation:
             return StaleBatchError(
                 f"consumer {self._name!r}{f' part {batch.part}' if self._parts > 1 else ''}: "

@@ -576,10 +576,18 @@ class FeedStatements:
 
     @_once
     def holder(self) -> Select[Any]:
-        """Who holds the lease of each part of the consumer now, and its generation."""
+        """Who holds the lease of each part of the consumer now, its generation, and whether
+        the lease is live (not ended)."""
         t = self.consumers
         return (
-            select(t.c.owner, t.c.lease_until, t.c.generation, t.c.part, t.c.parts)
+            select(
+                t.c.owner,
+                t.c.lease_until,
+                t.c.generation,
+                t.c.part,
+                t.c.parts,
+                func.coalesce(t.c.lease_until > func.now(), False).label("live"),
+            )
             .where(t.c.consumer == bindparam("name", type_=t.c.consumer.type))
             .order_by(t.c.part)
         )

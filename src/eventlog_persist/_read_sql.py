@@ -887,7 +887,9 @@ _TOKEN_GROUPS: Final = get_args(TokenGroup)
 def _check_groups(by: object) -> tuple[str, ...]:
     """``by`` as the known group names, in a fixed order; raise `ValidationError` if not."""
     # A mapping iterates over its keys, and bytes over ints: neither is a list of names.
-    if isinstance(by, str | bytes | Mapping) or not isinstance(by, Iterable):
+    if isinstance(by, str | bytes | bytearray | memoryview | Mapping) or not isinstance(
+        by, Iterable
+    ):
         example = f"by=({by!r},)" if by in _TOKEN_GROUPS else "by=('agent_id', 'model')"
         raise ValidationError(
             f"by must be a tuple of {' and/or '.join(map(repr, _TOKEN_GROUPS))}, got "

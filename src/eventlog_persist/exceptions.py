@@ -157,7 +157,6 @@ class LeaseHeldError(FeedError):
             None with ``owner``.
 
     .. versionadded:: 0.3.0
-    .. versionchanged:: 0.3.0 ``owner`` and ``lease_until`` may be None.
     """
 
     def __init__(self, message: str, *, owner: str | None, lease_until: datetime | None) -> None:
