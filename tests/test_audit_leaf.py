@@ -442,3 +442,89 @@ def test_the_fast_canonical_path_matches_the_exact_one(payload: str) -> None:
     out: list[str] = []
     _canonical(json.loads(payload, parse_float=Decimal, parse_int=Decimal), out)
     assert canonical_json(payload) == "".join(out)
+
+
+# --- the verifier's paths: rows read as text ---------------------------------------------
+
+TEXT_ROW = (
+    "0193a4f0-5c1e-7d2a-9b3c-4d5e6f708192",  # id, as id::text
+    "5b0c4a3e-1f2d-4e6f-8a9b-0c1d2e3f4a5b",
+    "42",
+    None,
+    None,
+    "tool_call",
+    '{"tool": "search", "score": 0.50}',
+    datetime(2026, 12, 3, 10, 15, 0, 123456, tzinfo=UTC),
+    None,
+    "search",
+    None,
+    "req-1",
+    None,
+    None,
+    "7781",  # xid, as xid::text
+)
+
+
+def test_the_text_paths_give_the_leaf_of_the_typed_row() -> None:
+    from eventlog_persist._audit_leaf import leaf_hash_of, leaf_hash_of_text
+
+    typed = list(TEXT_ROW)
+    typed[0] = uuid.UUID(TEXT_ROW[0])
+    typed[1] = uuid.UUID(TEXT_ROW[1])
+    typed[2] = 42
+    typed[-1] = 7781
+    expected = leaf_hash_of(typed)  # as_text=False is the default: typed values
+    assert leaf_hash_of(TEXT_ROW, as_text=True) == expected
+    assert leaf_hash_of_text(TEXT_ROW) == expected
+    as_read = list(TEXT_ROW)
+    as_read[7] = "2026-12-03 10:15:00.123456"  # the verifier's UTC text
+    assert leaf_hash_of_text(as_read) == expected
+    not_text = list(TEXT_ROW)
+    not_text[6] = {"tool": "search", "score": 0.5}  # the checked path takes a value too
+    assert leaf_hash_of_text(not_text) == leaf_hash_of(not_text, as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        (7, datetime(2026, 12, 3, 10, 15), "created_at must be a time-zone aware datetime"),
+        (7, "2026-12-03T10:15:00+00:00", "created_at must be a time-zone aware datetime"),
+        (5, 3, "event_type must be a str or None"),
+    ],
+)
+def test_the_text_paths_refuse_what_a_row_read_as_text_cannot_hold(
+    column: int, value: Any, message: str
+) -> None:
+    from eventlog_persist._audit_leaf import leaf_hash_of, leaf_hash_of_text
+
+    row = list(TEXT_ROW)
+    row[column] = value
+    for leaf in (leaf_hash_of_text, lambda values: leaf_hash_of(values, as_text=True)):
+        with pytest.raises(ValidationError, match=message):
+            leaf(row)
+
+
+@pytest.mark.parametrize(("column", "value"), [(0, uuid.UUID(TEXT_ROW[0])), (14, 7781)])
+def test_the_checked_text_path_takes_ids_as_text_only(column: int, value: Any) -> None:
+    from eventlog_persist._audit_leaf import leaf_hash_of
+
+    row = list(TEXT_ROW)
+    row[column] = value
+    with pytest.raises(ValidationError, match="id and xid must be text here"):
+        leaf_hash_of(row, as_text=True)
+
+
+def test_typed_values_need_a_uuid_id() -> None:
+    from eventlog_persist._audit_leaf import leaf_hash_of
+
+    with pytest.raises(ValidationError, match="id must be a UUID, got '0193a4f0"):
+        leaf_hash_of(TEXT_ROW)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1.5}', '{"a": -1.5}', '{"a": 0.0}', "[2.25, 100]"])
+def test_verbatim_floats_take_the_fast_path(text: str) -> None:
+    from eventlog_persist._audit_leaf import _fast_canonical
+
+    fast = _fast_canonical(text)
+    assert fast is not None
+    assert fast == canonical_json(text)
