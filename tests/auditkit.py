@@ -31,7 +31,8 @@ CHUNK = 4
 """The tests' chunk size: a few events make several chunks."""
 
 
-def _janitor(server: ServerInfo, dbname: str, template: str | None = None) -> DatabaseJanitor:
+def database(server: ServerInfo, dbname: str, template: str | None = None) -> DatabaseJanitor:
+    """The janitor that creates (``init``) and drops database ``dbname`` on ``server``."""
     return DatabaseJanitor(
         user=server.user,
         host=server.host,
@@ -49,7 +50,7 @@ def audited_template(
     """A database upgraded to every head with the feed and the audit (and the partitioned
     layout, if asked); yields its name."""
     name = f"evl_audit_tpl_{uuid.uuid4().hex[:10]}"
-    janitor = _janitor(server, name)
+    janitor = database(server, name)
     janitor.init()
     try:
         host = make_host(folder / "host", server.sqlalchemy_url(name))
@@ -67,7 +68,7 @@ def audited_template(
 def audited_engine(server: ServerInfo, template: str) -> Iterator[Engine]:
     """An engine on a fresh copy of the template database."""
     name = f"evl_audit_{uuid.uuid4().hex[:12]}"
-    janitor = _janitor(server, name, template)
+    janitor = database(server, name, template)
     janitor.init()
     engine = create_engine(server.sqlalchemy_url(name))
     try:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auditkit import add_session, audited_engine, audited_template, seal_all, settle
+from auditkit import add_session, audited_engine, audited_template, database, seal_all, settle
 from hostmodels import build_host_models
 from pgserver import ServerInfo, client_program, restart, throwaway_server
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, text
 
 from eventlog_persist import seal_events, verify_audit
@@ -94,13 +93,7 @@ def dump(server: ServerInfo, engine: Engine, to: Path) -> None:
 
 
 def restore(server: ServerInfo, file: Path, name: str) -> Engine:
-    DatabaseJanitor(
-        user=server.user,
-        host=server.host,
-        port=server.port,
-        password=server.password,
-        dbname=name,
-    ).init()
+    database(server, name).init()
     subprocess.run(
         [client_program("pg_restore"), "--no-owner", "-d", server.libpq_dsn(name), str(file)],
         check=True,

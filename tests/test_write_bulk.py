@@ -29,6 +29,7 @@ from eventlog_persist import (
     write_events,
 )
 from eventlog_persist._failures import ErrorKind, RowEncodingError, classify_error
+from eventlog_persist._table import COLUMNS
 from eventlog_persist.exceptions import (
     ConfigurationError,
     EventWriteError,
@@ -389,16 +390,8 @@ def test_a_batch_that_keeps_hitting_statement_timeout_is_halved_down_to_the_slow
         assert conn.execute(text("SELECT last_value FROM slow_attempts")).scalar() == 10
 
 
-OPTIONAL = (
-    "project_id",
-    "agent_id",
-    "error_code",
-    "tool_name",
-    "approval_status",
-    "request_id",
-    "trace_id",
-    "span_id",
-)
+REQUIRED = {"id", "session_id", "user_id", "event_type", "payload", "created_at"}
+OPTIONAL = tuple(column for column in COLUMNS if column not in REQUIRED)
 
 
 def filled(user_id: Any, session_id: Any, project_id: Any, agent_id: Any) -> NewEvent:
