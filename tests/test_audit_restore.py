@@ -4,7 +4,9 @@ go on."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ from hostmodels import build_host_models
 from pgserver import ServerInfo, client_program, restart, throwaway_server
 from sqlalchemy import Engine, create_engine, text
 
-from eventlog_persist import seal_events, verify_audit
+from eventlog_persist import AuditSealer, seal_events, verify_audit
+from eventlog_persist._cli import main
 from eventlog_persist.exceptions import AuditError
 
 EventLog = build_host_models(feed=True).EventLog
@@ -39,6 +42,8 @@ def next_xid(engine: Engine) -> int:
 @pytest.mark.timeout(300)
 def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
     tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     dumps = Path(tmp_path_factory.mktemp("dump"))
     with throwaway_server() as (old_server, old), throwaway_server() as (new_server, new):
@@ -67,6 +72,20 @@ def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
                 assert verify_audit(EventLog, restored).ok  # what was restored is intact
             finally:
                 restored.dispose()
+        # The command exits 2 with the fix; a sealer in the application logs it.
+        url = new.sqlalchemy_url("sealed").render_as_string(hide_password=False)
+        assert main(["audit", "seal", "--url", url]) == 2
+        assert "'pg_resetwal -e 4 PGDATA'" in capsys.readouterr().err
+        sealed = create_engine(new.sqlalchemy_url("sealed"))
+        with (
+            caplog.at_level(logging.WARNING, logger="eventlog_persist"),
+            AuditSealer(EventLog, sealed, interval=0.05),
+        ):
+            deadline = time.monotonic() + 30
+            while "pg_resetwal -e 4" not in caplog.text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        sealed.dispose()
 
         new_epoch(new_server, 4)
         for name, seals in (("unsealed", 1), ("sealed", 2)):
