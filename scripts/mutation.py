@@ -245,6 +245,7 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_reader_paths.py",
             "tests/test_reader_genai.py",
             "tests/test_reader_odd_rows.py",
+            "tests/test_partitioned_odd_rows.py",
             "tests/test_reader_async.py",
             "tests/test_explain.py",
             "tests/test_partition_pruning.py",
