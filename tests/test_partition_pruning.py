@@ -210,3 +210,22 @@ def test_an_id_that_records_another_time_is_found_in_every_partition(
     assert v4.version == 4
     ((_, parameters),) = statements(engine, lambda: reader.event(v4, user_id=user_id))
     assert "window_start" not in parameters
+
+
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_open_sides_are_bound_for_the_spread_timelines_on_the_partitioned_layout(
+    partitioned: bool,
+) -> None:
+    """A user's, project's or agent's page leaves no side of its range open on the
+    partitioned layout (a generic plan then prunes at start-up); a session's does, and the
+    plain layout never binds them (docs/benchmarks/scaleout.md)."""
+    from eventlog_persist._read_sql import event_table, timeline_query
+
+    table = event_table(build_host_models(partitioned=partitioned).EventLog)
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    for column in ("user_id", "project_id", "agent_id", "session_id"):
+        shape = timeline_query(table, column=column, key=uuid.uuid4(), since=since).query.shape
+        bound = partitioned and column != "session_id"
+        assert ("until:open" in shape) is bound, column
+        assert "since:open" not in shape  # given
+        assert "since" in shape
