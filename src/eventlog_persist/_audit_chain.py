@@ -45,11 +45,11 @@ __all__ = [
     "audit_tables_of",
     "chunk_end",
     "end_key",
-    "horizon",
     "merkle_root",
     "read_seals",
     "seal_hash",
     "tombstone_hash",
+    "transaction_ids",
     "translated",
     "window_entries",
     "window_tombstones",
@@ -190,28 +190,17 @@ def translated(exc: DBAPIError) -> Exception:
     return exc
 
 
-def horizon(connection: Connection) -> int:
-    """Every transaction id below this one has committed or aborted (the settled window)."""
-    value = connection.execute(
-        text("SELECT pg_snapshot_xmin(pg_current_snapshot()) AS h").columns(h=Xid8())
-    ).scalar_one()
-    return int(value)
-
-
-def next_xid(connection: Connection) -> int:
-    """The transaction id the server gives next (no id it gave so far reaches it)."""
-    value = connection.execute(
-        text("SELECT pg_snapshot_xmax(pg_current_snapshot()) AS x").columns(x=Xid8())
-    ).scalar_one()
-    return int(value)
-
-
-def highest_xid(connection: Connection, tables: AuditTables) -> int | None:
-    """The highest transaction id an event holds (by the (xid, id) index); None if none."""
-    value = connection.execute(
-        text(f"SELECT max(xid) AS x FROM {quoted_name(tables.events)}").columns(x=Xid8())
-    ).scalar_one()
-    return None if value is None else int(value)
+def transaction_ids(connection: Connection, tables: AuditTables) -> tuple[int, int, int | None]:
+    """In one statement: the horizon (every transaction id below it has ended), the id the
+    server gives next, and the highest id an event holds (None when none does)."""
+    row = connection.execute(
+        text(
+            "SELECT pg_snapshot_xmin(s) AS horizon, pg_snapshot_xmax(s) AS next, "
+            f"(SELECT max(xid) FROM {quoted_name(tables.events)}) AS highest "
+            "FROM pg_current_snapshot() AS s"
+        ).columns(horizon=Xid8(), next=Xid8(), highest=Xid8())
+    ).one()
+    return int(row.horizon), int(row.next), None if row.highest is None else int(row.highest)
 
 
 def read_seals(connection: Connection, tables: AuditTables, *, last_only: bool) -> list[SealRow]:

@@ -27,13 +27,11 @@ from eventlog_persist._audit_chain import (
     SealRow,
     audit_tables_of,
     chunk_end,
-    highest_xid,
-    horizon,
     merkle_root,
-    next_xid,
     read_seals,
     seal_hash,
     tombstone_hash,
+    transaction_ids,
     translated,
     window_entries,
     window_tombstones,
@@ -278,11 +276,10 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         xid_from = None if previous is None else previous.xid_to
         # A horizon that has not moved gives an empty window; its queries still run, so a
         # database without the audit's columns is named whatever the server's load.
-        xid_to = horizon(connection)
+        xid_to, following, highest = transaction_ids(connection, tables)
         # On a healthy server every id stored is below the next one it gives: not so after a
         # logical restore into another cluster, which counts its ids from a few hundred.
-        stored = max(xid_from or 0, highest_xid(connection, tables) or 0)
-        following = next_xid(connection)
+        stored = max(xid_from or 0, highest or 0)
         if stored >= following:
             raise _behind(stored, following)
         roots: list[bytes] = []
