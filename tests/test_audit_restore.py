@@ -105,9 +105,9 @@ def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
 
 
 def dump(server: ServerInfo, engine: Engine, to: Path) -> None:
-    database = engine.url.database or ""
+    name = engine.url.database or ""
     subprocess.run(
-        [client_program("pg_dump"), "-Fc", "-f", str(to), server.libpq_dsn(database)], check=True
+        [client_program("pg_dump"), "-Fc", "-f", str(to), server.libpq_dsn(name)], check=True
     )
 
 

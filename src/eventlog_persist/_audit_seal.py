@@ -274,11 +274,11 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         last = read_seals(connection, tables, last_only=True)
         previous = last[0] if last else None
         xid_from = None if previous is None else previous.xid_to
-        # A horizon that has not moved gives an empty window; its queries still run, so a
-        # database without the audit's columns is named whatever the server's load.
         xid_to, following, highest = transaction_ids(connection, tables)
         # On a healthy server every id stored is below the next one it gives: not so after a
-        # logical restore into another cluster, which counts its ids from a few hundred.
+        # logical restore into another cluster, which counts its ids from a few hundred. A
+        # horizon that has not moved is no reason to stop: the empty window's queries still
+        # run, so a database without the audit's columns is named whatever the server's load.
         stored = max(xid_from or 0, highest or 0)
         if stored >= following:
             raise _behind(stored, following)

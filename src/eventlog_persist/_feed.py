@@ -18,7 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -243,17 +243,15 @@ class _FeedCore:
             "with the new parts (it starts over from start)"
         )
 
-    def _refused(self, holders: Sequence[Sequence[Any]]) -> FeedError | ConfigurationError:
+    def _refused(self, holders: Sequence[Row[Any]]) -> FeedError | ConfigurationError:
         """Why the lease statement found no row to update."""
         if not holders:
             return self._missing()
-        if holders[0][4] != self._parts:
-            return self._reshaped(int(holders[0][4]))
+        if holders[0].parts != self._parts:
+            return self._reshaped(int(holders[0].parts))
         if self._part is not None:
-            holders = [row for row in holders if row[3] == self._part]
-        held = sorted(
-            (row for row in holders if row[0] is not None and row[5]), key=lambda row: row[1]
-        )
+            holders = [row for row in holders if row.part == self._part]
+        held = sorted((row for row in holders if row.live), key=lambda row: row.lease_until)
         if not held:
             # Every lease was free or ended, yet the lease statement took none: it skips the
             # rows another transaction is updating, a worker taking the lease at this moment.
@@ -263,21 +261,19 @@ class _FeedCore:
                 owner=None,
                 lease_until=None,
             )
-        owner, lease_until, _, part, _, _ = held[0]
+        owner, lease_until, part = held[0].owner, held[0].lease_until, held[0].part
         if self._parts > 1:
             which = f"part {part} of consumer" if self._part is not None else "every part of"
             return LeaseHeldError(
                 f"{which} {self._name!r} (parts={self._parts}) is leased to another worker; "
-                f"{owner!r} holds part {part} until "
-                f"{lease_until.isoformat()}. Fetch again "
+                f"{owner!r} holds part {part} until {lease_until.isoformat()}. Fetch again "
                 "later (this worker takes a part over when its lease ends unrenewed), or "
                 "give the consumer more parts (unregister and register again)",
                 owner=owner,
                 lease_until=lease_until,
             )
         return LeaseHeldError(
-            f"consumer {self._name!r} is leased to {owner!r} until "
-            f"{lease_until.isoformat()}; "
+            f"consumer {self._name!r} is leased to {owner!r} until {lease_until.isoformat()}; "
             "one worker consumes it at a time. Fetch again later (this worker takes over "
             "when that lease ends unrenewed), or give both workers the same owner= if they "
             "are one worker restarted",
@@ -285,12 +281,12 @@ class _FeedCore:
             lease_until=lease_until,
         )
 
-    def _lost(self, batch: FeedBatch[Any], holders: Sequence[Sequence[Any]]) -> FeedError:
+    def _lost(self, batch: FeedBatch[Any], holders: Sequence[Row[Any]]) -> FeedError:
         """Why the commit statement found no row to update."""
-        holder = next((row for row in holders if row[3] == batch.part), None)
+        holder = next((row for row in holders if row.part == batch.part), None)
         if holder is None:
             return self._missing()
-        owner, _, generation, _, _, _ = holder
+        owner, generation = holder.owner, holder.generation
         if owner == self._owner and generation == batch.generation:
             return StaleBatchError(
                 f"consumer {self._name!r}{f' part {batch.part}' if self._parts > 1 else ''}: "

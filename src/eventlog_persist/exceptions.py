@@ -242,9 +242,10 @@ class FeedDataLostError(FeedError):
 class AuditError(EventLogError):
     """The audit's chain cannot go on in this database as it stands; the message names the fix.
 
-    `seal_events` raises it when the server's transaction ids are behind the chain's last
-    seal: the database was restored logically (``pg_dump`` / ``pg_restore``) into another
-    cluster, whose ids start again from a few hundred (docs/audit.md, "Restoring").
+    `seal_events` raises it when the database holds a transaction id (the chain's end, or an
+    event's) that the server has not given yet: the database was restored logically
+    (``pg_dump`` / ``pg_restore``) into another cluster, whose ids start again from a few
+    hundred (docs/audit.md, "Restoring").
     Nothing is sealed.
 
     .. versionadded:: 0.3.0
