@@ -39,8 +39,10 @@ _INDEXES = text(
 
 
 def snapshot(connection: Connection, schema: str = "public") -> dict[str, Any]:
-    """Every table's columns, constraints and indexes in ``schema``."""
+    """Every table's columns, constraints and indexes in ``schema`` (times in a CHECK as UTC
+    prints them)."""
     params = {"schema": schema}
+    connection.execute(text("SET LOCAL TimeZone = 'UTC'"))
     columns = {
         (table, name): (type_, not_null, default)
         for table, name, type_, not_null, default in connection.execute(_COLUMNS, params)

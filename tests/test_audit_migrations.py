@@ -82,6 +82,20 @@ FUNCTIONS = {
 }
 
 
+BOUND = "ck_event_logs_created_at_range"
+BOUND_SQL = (
+    "CHECK (((created_at >= '0001-01-01 00:00:00+00'::timestamp with time zone) "
+    "AND (created_at < '10000-01-01 00:00:00+00'::timestamp with time zone)))"
+)
+"""The audit's CHECK on ``event_logs.created_at`` as the catalog prints it (UTC)."""
+
+
+def with_audit(expected: dict[str, Any]) -> dict[str, Any]:
+    """``event_logs`` as expected, plus the audit's CHECK on ``created_at``."""
+    expected["constraints"][BOUND] = BOUND_SQL
+    return expected
+
+
 def opt_in(host: HostProject, *, location: bool = True, feed: bool = True) -> None:
     """What a host changes to opt in to the audit (and the feed it needs)."""
     if feed:
@@ -127,7 +141,7 @@ def audit_objects(engine: Engine) -> dict[str, Any]:
 
 def assert_audit_schema(engine: Engine) -> None:
     found = audit_objects(engine)
-    assert found["event_logs"] == with_feed(expected_event_logs(UUID_KEYS))
+    assert found["event_logs"] == with_audit(with_feed(expected_event_logs(UUID_KEYS)))
     assert found["erasures"] == ERASURES
     assert list(found["seals"]["columns"]) == SEAL_COLUMNS
     assert set(found["seals"]["constraints"]) == {
@@ -179,6 +193,60 @@ def test_upgrade_of_a_database_with_events_keeps_them_and_guards_them(
         assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 3
         with pytest.raises(Exception, match="DELETE from event_logs refused"):
             connection.execute(text("DELETE FROM event_logs"))
+
+
+ODD_TIMES = ["infinity", "-infinity", "10000-01-01 00:00:00+00", "0001-12-31 23:59:59+00 BC"]
+"""What raw SQL can store in a timestamptz and the writers never do: no leaf holds them."""
+
+
+def insert_at(engine: Engine, when: str) -> None:
+    """One event stored by raw SQL at ``when`` (a timestamptz literal), beside an event."""
+    add_event(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, created_at) "
+                "SELECT gen_random_uuid(), session_id, user_id, 'odd', CAST(:when AS timestamptz) "
+                "FROM event_logs LIMIT 1"
+            ),
+            {"when": when},
+        )
+
+
+@pytest.mark.parametrize("when", ODD_TIMES)
+def test_a_time_no_leaf_holds_is_refused_at_insert(
+    host: HostProject, engine: Engine, when: str
+) -> None:
+    host.run("upgrade", "heads")
+    with pytest.raises(Exception, match=BOUND):
+        insert_at(engine, when)
+    for edge in ("0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"):
+        insert_at(engine, edge)
+
+
+@pytest.mark.parametrize("when", ODD_TIMES)
+def test_a_time_no_leaf_holds_refuses_the_upgrade_naming_the_row(
+    host: HostProject, engine: Engine, when: str
+) -> None:
+    host.run("upgrade", "evlfeed_0001")
+    insert_at(engine, when)
+    with engine.connect() as connection:
+        odd = connection.execute(text("SELECT id FROM event_logs WHERE event_type = 'odd'"))
+        odd_id = odd.scalar_one()
+        before = snapshot(connection)
+    refused = host.run("upgrade", "heads", check=False)
+    assert refused.returncode != 0
+    assert "1 row(s) of public.event_logs have a created_at outside the years 1 to 9999 UTC" in (
+        refused.stderr
+    )
+    assert f"e.g. id {odd_id}, created_at " in refused.stderr
+    assert "Delete or correct those rows" in refused.stderr
+    with engine.connect() as connection:  # nothing of the revision was left behind
+        assert snapshot(connection) == before
+        connection.execute(text("DELETE FROM event_logs WHERE event_type = 'odd'"))
+        connection.commit()
+    host.run("upgrade", "heads")
+    assert_audit_schema(engine)
 
 
 def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine) -> None:
@@ -316,10 +384,18 @@ def partitions_of(engine: Engine) -> set[str]:
         )
 
 
+def bounded_tables(engine: Engine) -> dict[str, str]:
+    """The tables that have the audit's CHECK on ``created_at``, with its definition."""
+    with engine.connect() as connection:
+        found = snapshot(connection)["constraints"]
+    return {table: definition for (table, name), definition in found.items() if name == BOUND}
+
+
 def assert_guarded_partitioned(engine: Engine) -> None:
     partitions = partitions_of(engine)
     assert len(partitions) == 5
     assert guarded_tables(engine) == {table: set(GUARD) for table in partitions | {"event_logs"}}
+    assert bounded_tables(engine) == dict.fromkeys(partitions | {"event_logs"}, BOUND_SQL)
 
 
 def partitioned_host(host: HostProject) -> None:
@@ -360,6 +436,7 @@ def test_audit_and_partitioned_layout_in_either_order(
     # Down and up again: the audit off the partitioned table, then back on.
     host.run("downgrade", "eventlog_audit@base")
     assert guarded_tables(engine) == {}
+    assert bounded_tables(engine) == {}
     assert audit_objects(engine)["functions"] == set()
     host.run("upgrade", "heads")
     assert_guarded_partitioned(engine)
@@ -368,11 +445,19 @@ def test_audit_and_partitioned_layout_in_either_order(
     host.run("downgrade", "eventlog_partitioned@base")
     assert partitions_of(engine) == set()
     assert guarded_tables(engine) == {"event_logs": set(GUARD)}
+    assert bounded_tables(engine) == {"event_logs": BOUND_SQL}
     partitioned_model(host)
     host.run("upgrade", "heads")
     assert_guarded_partitioned(engine)
+    # A partition detached and kept keeps the guard and the CHECK: the downgrade finds them.
+    last = max(partitions_of(engine))
+    with engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE event_logs DETACH PARTITION {last}"))
+    assert last in guarded_tables(engine)
+    assert last in bounded_tables(engine)
     host.run("downgrade", "eventlog_audit@base")
     assert guarded_tables(engine) == {}
+    assert bounded_tables(engine) == {}
 
 
 def test_linear_mode_copies_partitioned_feed_and_audit(

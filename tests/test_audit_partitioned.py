@@ -21,9 +21,10 @@ from auditkit import (
 from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
+from test_audit_migrations import BOUND, BOUND_SQL, bounded_tables, insert_at
 from test_partitions import comment_and_rows, drop_losing_its_connection, read_from
 
 from eventlog_persist import (
@@ -163,6 +164,8 @@ def test_every_partition_has_the_guard_and_new_ones_get_it(db: Engine) -> None:
     assert ensure_partitions(EventLog, db, ahead=6) == ()
     for name in [*created, "event_logs_other"]:
         assert guard_of(db, name) == GUARD
+    every = [*partitions, *created, "event_logs_other", "event_logs"]
+    assert bounded_tables(db) == dict.fromkeys(every, BOUND_SQL)
 
 
 @pytest.mark.parametrize("target", ["parent", "partition"])
@@ -454,6 +457,7 @@ def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
     assert partitions[0] == "event_logs_legacy"
     for name in [*partitions, "event_logs"]:
         assert guard_of(db, name) == GUARD
+    assert bounded_tables(db) == dict.fromkeys([*partitions, "event_logs"], BOUND_SQL)
     role = make_app_role(db)
     message = refusal(db, "DELETE FROM event_logs_legacy", role=role)
     assert message.startswith("eventlog_persist: DELETE from event_logs refused (5 of 5 events")
@@ -462,6 +466,10 @@ def test_an_audited_table_converts_and_stays_guarded_sealed_and_verified(
         connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), cascaded)
         connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), kept)
     assert_ok(db, cascade=3, set_null=2)
+    # The legacy partition starts at MINVALUE: it would take -infinity and BC times.
+    for when in ("-infinity", "0001-12-31 23:59:59+00 BC"):
+        with pytest.raises(IntegrityError, match=BOUND):
+            insert_at(db, when)
 
 
 def test_the_drop_command_reports_the_tombstones(

@@ -19,6 +19,7 @@ from hostkit import HostProject, make_host
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_partitioned_migrations import expected_partitioned, opt_in, partitions
 from test_partitions import sent
@@ -251,6 +252,32 @@ def test_the_owner_and_the_grants_carry_over(plain: Engine) -> None:
     assert result.partitions
     for name in result.partitions:
         assert privileges(plain, name)[0] == owner
+
+
+def test_the_tables_check_constraints_carry_over_to_every_partition(plain: Engine) -> None:
+    with plain.begin() as connection:
+        connection.execute(
+            text("ALTER TABLE event_logs ADD CONSTRAINT ck_named CHECK (event_type <> '')")
+        )
+        connection.execute(
+            text(
+                "ALTER TABLE event_logs ADD CONSTRAINT ck_later CHECK (tool_name <> 'x') NOT VALID"
+            )
+        )
+    result = convert_to_partitioned(plain, partitions_ahead=1)
+    with plain.connect() as connection:
+        found = snapshot(connection)["constraints"]
+    checks = {(table, name) for (table, name) in found if name in ("ck_named", "ck_later")}
+    tables = ["event_logs", "event_logs_legacy", *result.partitions]
+    assert checks == {(table, name) for table in tables for name in ("ck_named", "ck_later")}
+    with pytest.raises(IntegrityError, match="ck_named"), plain.begin() as connection:
+        connection.execute(  # into the first new partition
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, created_at) "
+                "SELECT gen_random_uuid(), session_id, user_id, '', :at FROM event_logs LIMIT 1"
+            ),
+            {"at": result.boundary},
+        )
 
 
 # --- resuming -----------------------------------------------------------------------------
@@ -911,6 +938,9 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
                 "CREATE RULE quiet AS ON DELETE TO event_logs DO INSTEAD NOTHING"
             )
         )
+        connection.execute(
+            text("ALTER TABLE event_logs ADD CONSTRAINT mine CHECK (true) NO INHERIT")
+        )
     with pytest.raises(ConversionError) as refused:
         convert_to_partitioned(plain)
     assert str(refused.value) == (
@@ -918,7 +948,8 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
         "table: index ix_event_logs_agent_id_created_at is missing (create it CONCURRENTLY "
         "first); foreign key fk_event_logs_user_id is missing (run the package's "
         "migrations); foreign key from notes; trigger audit; inherited by more_events; "
-        "rule quiet; row-level security is enabled. Remove or fix it, convert, then "
+        "rule quiet; NO INHERIT constraint mine; row-level security is enabled. Remove or "
+        "fix it, convert, then "
         "recreate it on the partitioned table"
     )
     assert kind(plain) == "r"

@@ -960,6 +960,43 @@ def test_records_damaged_in_the_open_spool_are_skipped_and_reported(
 
 
 @pytest.mark.fault
+def test_a_damaged_record_counts_toward_what_one_read_back_may_take(
+    host_engine: Engine,
+    host_models: HostModels,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 6)
+    records = [encode_event(event) for event in events]
+    asked: list[tuple[int, int]] = []  # (most records asked for, records read) per read back
+    real_read = spool_module.Journal.read
+
+    def read(journal: Any, max_events: int, max_bytes: int, empty: bool) -> Any:
+        reading = real_read(journal, max_events, max_bytes, empty)
+        asked.append((max_events, reading.consumed))
+        return reading
+
+    monkeypatch.setattr(spool_module.Journal, "read", read)
+    writer = BufferedWriter(
+        host_models.EventLog, host_engine.url, spool=Spool(tmp_path), max_queued=2
+    )
+    for event in events:  # 2 in the queue, 4 on the spool only
+        writer.enqueue(event)
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    fourth = sum(map(len, records[:3]))
+    data[fourth + 20] ^= 0xFF  # the second record of a read back of 2 is damaged
+    segment.write_bytes(bytes(data))
+    writer.start()
+    assert writer.flush(timeout=20)
+    final = writer.close()
+    assert (final.written, final.spool_damaged) == (5, 1)
+    assert asked[0] == (2, 2), asked
+    assert all(read <= most for most, read in asked), asked
+
+
+@pytest.mark.fault
 def test_a_spool_file_removed_under_the_writer_loses_only_its_spilled_events(
     host_engine: Engine,
     host_models: HostModels,

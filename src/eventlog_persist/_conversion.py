@@ -8,8 +8,9 @@ The slow steps take no lock that blocks writers; one short transaction swaps the
 3. ``key``: ``CREATE UNIQUE INDEX CONCURRENTLY`` on ``(id, created_at)``.
 4. ``swap``: under ``lock_timeout``, retried: the table becomes the partition
    ``event_logs_legacy`` ``FROM (MINVALUE) TO (B)`` of a new partitioned ``event_logs`` with
-   the keys, foreign keys and indexes revision ``evlpart_0001`` creates; its indexes and
-   foreign keys are attached, not rebuilt, and the valid CHECK spares ATTACH its scan.
+   the keys, foreign keys and indexes revision ``evlpart_0001`` creates and the table's own
+   CHECK constraints (the audit's on ``created_at``, a host's); its indexes and foreign keys
+   are attached, not rebuilt, and the valid CHECK spares ATTACH its scan.
 
 Each step detects that it was done, so an interrupted conversion resumes where it stopped.
 """
@@ -457,6 +458,12 @@ class _Conversion:
             "PARTITION BY RANGE (created_at)",
             f"ALTER TABLE {table} ADD CONSTRAINT {_quote(PK_NAME)} PRIMARY KEY (id, created_at)",
         ]
+        # The CHECKs (the audit's on created_at, the host's own) before any partition: every
+        # partition must have them, and the legacy one does.
+        sql += [
+            f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {definition}"
+            for name, definition in self._checks(connection, int(oid))
+        ]
         sql += [f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {sql_}" for name, sql_ in fks]
         for name, (column, where) in _INDEX_SHAPES.items():
             condition = f" WHERE {where}" if where else ""
@@ -503,7 +510,8 @@ class _Conversion:
         created = []
         for name, start, end in missing:
             statements = [
-                f"CREATE TABLE {self.name(name)} (LIKE {self.table} INCLUDING DEFAULTS)",
+                f"CREATE TABLE {self.name(name)} "
+                f"(LIKE {self.table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
                 *([f"ALTER TABLE {self.name(name)} OWNER TO {_quote(owner)}"] if owner else []),
                 f"ALTER TABLE {self.table} ATTACH PARTITION {self.name(name)} "
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')",
@@ -736,6 +744,9 @@ class _Conversion:
             ("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = :oid",
              "inherited by {}"),
             ("SELECT rulename FROM pg_rewrite WHERE ev_class = :oid", "rule {}"),
+            # A partitioned table cannot have one; the others are carried over.
+            ("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'c' "
+             "AND connoinherit", "NO INHERIT constraint {}"),
         ]  # fmt: skip
         # The audit's guard is carried over: the legacy partition keeps its triggers, the
         # partitioned table and each new partition get them.
@@ -758,6 +769,17 @@ class _Conversion:
                 f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
                 "recreate it on the partitioned table"
             )
+
+    def _checks(self, connection: Connection, oid: int) -> list[tuple[str, str]]:
+        """The table's CHECK constraints but the conversion's own bound: names, definitions."""
+        rows = connection.execute(
+            text(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = :oid AND contype = 'c' AND conname <> :bound ORDER BY conname"
+            ),
+            {"oid": oid, "bound": _BOUND},
+        )
+        return [(str(name), str(definition)) for name, definition in rows]
 
     def _feed_index(self, connection: Connection, oid: int) -> bool | None:
         """Whether the feed's index is valid; None when the table has no feed (no ``xid``)."""

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, overload
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -22,7 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.sql.elements import conv
 
-from eventlog_persist._audit_schema import audit_tables
+from eventlog_persist._audit_schema import audit_tables, created_at_bound
 from eventlog_persist._feed_schema import Xid8, consumers_table, register_feed_types
 from eventlog_persist._ids import new_event_id
 from eventlog_persist._schema import (
@@ -80,8 +81,10 @@ class EventLogMixin(Generic[KeyT]):
     ``event_log_consumers`` table joins the same metadata. Without it ``xid`` is ``None``.
 
     Set ``__eventlog_audit__ = True`` (with ``__eventlog_feed__``) when the host opted in
-    to the audit (revision ``evlaudit_0001``): the tables ``event_log_erasures`` and
-    ``event_log_seals`` join the same metadata.
+    to the audit (revisions ``evlaudit_0001`` and ``evlaudit_0002``): the tables
+    ``event_log_erasures`` and ``event_log_seals`` join the same metadata, and
+    ``event_logs`` gets the CHECK ``ck_event_logs_created_at_range`` (the years 1 to 9999,
+    UTC).
     """
 
     __eventlog_targets__: ClassVar[ForeignKeyTargets] = ForeignKeyTargets()
@@ -108,8 +111,10 @@ class EventLogMixin(Generic[KeyT]):
             feed = (Index(conv(FEED_INDEX_NAME), "xid", "id"),)
             register_feed_types()
             consumers_table(_metadata_of(cls), schema=targets.schema)
+        audit: tuple[CheckConstraint, ...] = ()
         if _audit(cls):
             audit_tables(_metadata_of(cls), schema=targets.schema)
+            audit = (created_at_bound(),)
         return (
             PrimaryKeyConstraint(*key, name=conv(PK_NAME)),
             # Timelines of a session / user; the leading column also serves the FK's ON DELETE.
@@ -130,6 +135,7 @@ class EventLogMixin(Generic[KeyT]):
                 postgresql_where=text("agent_id IS NOT NULL"),
             ),
             *feed,
+            *audit,
             options,
         )
 
@@ -368,12 +374,15 @@ def event_log_model(
             ``__eventlog_feed__``.
 
             .. versionadded:: 0.3.0
-        audit: The host opted in to the audit (revision ``evlaudit_0001``, which needs the
-            feed): the tables ``event_log_erasures`` and ``event_log_seals`` on the same
-            metadata. Needs ``feed=True``; works with either layout. Sets
-            ``__eventlog_audit__``.
+        audit: The host opted in to the audit (revisions ``evlaudit_0001`` and
+            ``evlaudit_0002``, which need the feed): the tables ``event_log_erasures`` and
+            ``event_log_seals`` on the same metadata, and the CHECK
+            ``ck_event_logs_created_at_range`` on ``event_logs``. Needs ``feed=True``; works
+            with either layout. Sets ``__eventlog_audit__``.
 
             .. versionadded:: 0.3.0
+            .. versionchanged:: 0.4.0
+               The CHECK on ``created_at``.
 
     Returns:
         A mapped class that inherits ``EventLogMixin`` and ``base``.

@@ -752,6 +752,8 @@ class Journal:
                         reading.consumed += 1
                         index += 1
                         limit -= 1
+                        if limit <= 0:
+                            break
                     continue
                 if size + event.size_bytes > max_bytes and (reading.events or not empty):
                     full = True

@@ -25,7 +25,8 @@ branch, which may run before or after this one) with its default, and build its 
 
 Likewise for the opt-in audit (revision ``evlaudit_0001``): when its functions are there,
 both directions put its three guard triggers on the new ``event_logs`` and, partitioned, on
-each of its partitions.
+each of its partitions, and its CHECK ``ck_event_logs_created_at_range`` on the new table
+(partitions inherit it).
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -216,7 +217,8 @@ def _feed_index(schema: str | None) -> None:
 
 def _audit_guard(schema: str | None) -> None:
     """The audit's guard triggers (evlaudit_0001, when it ran first) on the new table and its
-    partitions: a statement trigger fires only on the table the statement names."""
+    partitions (a statement trigger fires only on the table the statement names), and its
+    CHECK on ``created_at`` (LIKE does not copy it; partitions inherit it)."""
 
     def function(suffix: str) -> str:
         return _qualified(schema, f"event_log_audit_{suffix}") + "()"
@@ -238,13 +240,17 @@ def _audit_guard(schema: str | None) -> None:
             for statement in guard
         )
 
+    bound = (
+        "ALTER TABLE %s ADD CONSTRAINT ck_event_logs_created_at_range CHECK (created_at >= "
+        "''0001-01-01 00:00:00+00'' AND created_at < ''10000-01-01 00:00:00+00'')"
+    )
     table = _qualified(schema, "event_logs").replace("'", "''")
     probe = function("on_delete").replace("'", "''")
     op.execute(
         f"DO $$ DECLARE parent regclass := '{table}'::regclass; part regclass; BEGIN "
         f"IF to_regprocedure('{probe}') IS NULL THEN RETURN; END IF; {each('parent')} "
         "FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = parent "
-        f"LOOP {each('part')} END LOOP; END $$"
+        f"LOOP {each('part')} END LOOP; EXECUTE format('{bound}', parent); END $$"
     )
 
 
