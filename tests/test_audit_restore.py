@@ -60,7 +60,17 @@ def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
             [first] = seal_all(EventLog, source)
             assert first.xid_to > 3 << 32
             dump(old, source, dumps / "sealed.dump")
-        for name in ("unsealed", "sealed"):
+        with (
+            audited_template(old, tmp_path_factory.mktemp("erased")) as template,
+            audited_engine(old, template) as source,
+        ):
+            # Nothing left but the tombstones of a cascade: they alone hold the old ids.
+            with source.begin() as connection:
+                add_session(connection, events=2)
+            with source.begin() as connection:
+                connection.execute(text("DELETE FROM users"))
+            dump(old, source, dumps / "erased.dump")
+        for name in ("unsealed", "sealed", "erased"):
             restored = restore(new, dumps / f"{name}.dump", name)
             try:
                 assert next_xid(restored) < 1 << 32
@@ -88,6 +98,16 @@ def test_a_logical_restore_is_named_and_the_documented_fix_lets_the_chain_go_on(
         sealed.dispose()
 
         new_epoch(new_server, 4)
+        erased = create_engine(new.sqlalchemy_url("erased"))
+        try:
+            with erased.begin() as connection:
+                add_session(connection, events=1)
+            settle(erased)
+            [only] = seal_all(EventLog, erased)
+            assert (only.seq, only.events, only.erasures) == (1, 3, 2)  # the 2 erased, 1 new
+            assert verify_audit(EventLog, erased).ok
+        finally:
+            erased.dispose()
         for name, seals in (("unsealed", 1), ("sealed", 2)):
             restored = create_engine(new.sqlalchemy_url(name))
             try:

@@ -192,11 +192,13 @@ def translated(exc: DBAPIError) -> Exception:
 
 def transaction_ids(connection: Connection, tables: AuditTables) -> tuple[int, int, int | None]:
     """In one statement: the horizon (every transaction id below it has ended), the id the
-    server gives next, and the highest id an event holds (None when none does)."""
+    server gives next, and the highest id an event or a tombstone holds (None when none
+    does)."""
     row = connection.execute(
         text(
             "SELECT pg_snapshot_xmin(s) AS horizon, pg_snapshot_xmax(s) AS next, "
-            f"(SELECT max(xid) FROM {quoted_name(tables.events)}) AS highest "
+            f"greatest((SELECT max(xid) FROM {quoted_name(tables.events)}), "
+            f"(SELECT max(erased_xid) FROM {quoted_name(tables.erasures)})) AS highest "
             "FROM pg_current_snapshot() AS s"
         ).columns(horizon=Xid8(), next=Xid8(), highest=Xid8())
     ).one()
