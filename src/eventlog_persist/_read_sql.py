@@ -521,15 +521,20 @@ def _event_select(table: Table, shape: tuple[str, ...]) -> Select[Any] | Compoun
     conditions = [c.id == bindparam("event_id", type_=c.id.type)]
     if "user" in shape:
         conditions.append(c.user_id == bindparam("user_id", type_=c.user_id.type))
+    one = literal_column("1", Integer())
+    # The partitioned layout's key is (id, created_at): SQL may store an id twice. The
+    # earliest copy answers (the key's own order there: no sort).
     if "window" not in shape:
-        return select(*columns).where(*conditions)
+        return select(*columns).where(*conditions).order_by(c.created_at).limit(one)
     start = bindparam("window_start", type_=c.created_at.type)
     end = bindparam("window_end", type_=c.created_at.type)
     # The window first; the rest of the table only when the event is not in it: a LIMIT over
     # UNION ALL never starts its second branch once the first has returned the row.
     inside = select(*columns).where(*conditions, c.created_at >= start, c.created_at < end)
     outside = select(*columns).where(*conditions, or_(c.created_at < start, c.created_at >= end))
-    return union_all(inside, outside).limit(literal_column("1", Integer()))
+    return union_all(
+        inside.order_by(c.created_at).limit(one), outside.order_by(c.created_at).limit(one)
+    ).limit(one)
 
 
 def event_query(table: Table, event_id: object, *, user_id: object) -> PreparedQuery:
