@@ -347,6 +347,37 @@ class Bench:
                 finally:
                     gc.enable()
 
+        # What delays the slowest calls: each call of this run is marked when a garbage
+        # collection ran during it, or when it handed the GIL to the writer (`enqueue` offers
+        # it every few ms while a batch is written). Kept apart: the marks cost a little.
+        self.tail: list[tuple[int, str]] = []
+        collections = [0]
+
+        def counted(phase: str, _info: dict[str, Any]) -> None:
+            if phase == "start":
+                collections[0] += 1
+
+        def run_marked() -> tuple[list[int], float]:
+            self.reset()
+            samples = []
+            cpu = time.thread_time()
+            gc.callbacks.append(counted)
+            try:
+                with BufferedWriter(EventLog, self.conninfo) as writer:
+                    for d in dicts:
+                        handed, seen = writer._hand_over_at, collections[0]
+                        started = time.perf_counter_ns()
+                        writer.enqueue(**d)
+                        took = time.perf_counter_ns() - started
+                        samples.append(took)
+                        mark = "collection" if collections[0] != seen else ""
+                        if writer._hand_over_at != handed:
+                            mark = "hand-over"
+                        self.tail.append((took, mark))
+            finally:
+                gc.callbacks.remove(counted)
+            return samples, time.thread_time() - cpu
+
         variants: list[tuple[str, Callable[[], tuple[list[int], float]]]] = [
             ("json.dumps(payload) (reference)", lambda: timed(dumps)),
             ("prepare_payload(payload) alone", lambda: timed(prepare)),
@@ -366,6 +397,7 @@ class Bench:
                 lambda: run_enqueue(defaults, no_gc=True),
             )
         )
+        variants.append(("enqueue(**d), defaults, each call marked (diagnostic)", run_marked))
         self.latency: dict[str, list[tuple[list[int], float]]] = {name: [] for name, _ in variants}
         for round_ in range(rounds):
             shift = round_ % len(variants)
@@ -772,6 +804,32 @@ def print_end_to_end_tables(bench: Bench, *, svg: Path | None = None, subtitle: 
             f"| `{name}` | {p50:.2f} | {p99:.2f} | {p50 / ref_p50:.2f} "
             f"[{min(rounds50):.2f}-{max(rounds50):.2f}] | {p99 / ref_p99:.2f} | {cpu:.2f} | "
             f"{verdict} |"
+        )
+
+    marked = bench.tail
+    if marked:
+        print(
+            "\nThe slowest calls of the marked run (`enqueue(**d)`, defaults, each call marked "
+            "when a garbage collection ran during it, or when it handed the GIL to the "
+            "writer):\n"
+        )
+        print("| calls | share of calls | p50 us | of the slowest 1 % |")
+        print("|---|---:|---:|---:|")
+        slowest = sorted(marked, reverse=True)[: max(1, len(marked) // 100)]
+        for mark, label in (
+            ("collection", "a garbage collection ran"),
+            ("hand-over", "handed the GIL to the writer"),
+            ("", "neither"),
+        ):
+            took = [ns for ns, m in marked if m == mark]
+            share = len(took) / len(marked) * 100
+            mid = percentile(took, 0.5) if took else 0.0
+            among = sum(1 for _, m in slowest if m == mark) / len(slowest) * 100
+            print(f"| {label} | {share:.2f} % | {mid:.1f} | {among:.0f} % |")
+        rest = [ns for ns, m in marked if not m]
+        print(
+            f"\nWithout the marked calls, p99 {percentile(rest, 0.99):.2f} us: "
+            f"{percentile(rest, 0.99) / ref_p99:.2f}x the reference p99."
         )
 
     if svg:

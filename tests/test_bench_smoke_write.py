@@ -94,7 +94,13 @@ def test_write_bench_end_to_end_tables_run(
         "`enqueue(**d), careful pass (a no-op redactor)`",
         "bulk `write_events` (prebuilt events)",
         "`BufferedWriter`, sustained (prebuilt events)",
+        "`enqueue(**d), defaults, each call marked (diagnostic)`",
+        "a garbage collection ran |",
+        "handed the GIL to the writer |",
+        "neither |",
     ):
         assert sum(line.startswith(f"| {row}") for line in printed.splitlines()) == 1, row
+    assert len(bench.tail) == 40
+    assert "Without the marked calls, p99 " in printed
     assert printed.count("events offered, max_queued_bytes=262,144:") == 2
     assert (tmp_path / "chart.svg").read_text().startswith("<svg")
