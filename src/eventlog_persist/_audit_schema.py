@@ -26,33 +26,23 @@ from sqlalchemy.sql.elements import conv
 
 from eventlog_persist._feed_schema import Xid8, register_feed_types
 
-__all__ = [
-    "CREATED_AT_BOUND",
-    "CREATED_AT_BOUND_NAME",
-    "ERASURES_TABLE",
-    "ERASURE_KINDS",
-    "SEALS_TABLE",
-    "audit_tables",
-    "created_at_bound",
-]
+__all__ = ["ERASURES_TABLE", "ERASURE_KINDS", "SEALS_TABLE", "audit_tables", "created_at_bound"]
 
 ERASURES_TABLE: Final = "event_log_erasures"
 SEALS_TABLE: Final = "event_log_seals"
 ERASURE_KINDS: Final = ("cascade", "set_null", "retention", "erasure")
 """Why an event was erased: ON DELETE CASCADE, ON DELETE SET NULL, or a declared erasure."""
 _KEY_LENGTH: Final = 36  # a UUID's text; an int's is shorter
-CREATED_AT_BOUND_NAME: Final = "ck_event_logs_created_at_range"
-CREATED_AT_BOUND: Final = (
-    "created_at >= '0001-01-01 00:00:00+00' AND created_at < '10000-01-01 00:00:00+00'"
-)
-"""The CHECK revision ``evlaudit_0002`` puts on ``event_logs``: the years 1 to 9999 in UTC,
-what the writers store and what a leaf can encode (infinity has no leaf, a year past 9999 no
-Python datetime, and a BC time would read as AD)."""
 
 
 def created_at_bound() -> CheckConstraint:
-    """The model's copy of `CREATED_AT_BOUND` (on ``event_logs`` when the audit is on)."""
-    return CheckConstraint(CREATED_AT_BOUND, name=conv(CREATED_AT_BOUND_NAME))
+    """The CHECK revision ``evlaudit_0001`` puts on ``event_logs``: ``created_at`` in the
+    years 1 to 9999, UTC, what the writers store and what a leaf can encode (infinity has no
+    leaf, a year past 9999 no Python datetime, and a BC time would read as AD)."""
+    return CheckConstraint(
+        "created_at >= '0001-01-01 00:00:00+00' AND created_at < '10000-01-01 00:00:00+00'",
+        name=conv("ck_event_logs_created_at_range"),
+    )
 
 
 def _existing(metadata: MetaData, name: str, schema: str | None) -> Table | None:

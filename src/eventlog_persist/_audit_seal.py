@@ -348,10 +348,9 @@ def _behind(stored: int, following: int) -> AuditError:
     """The server's transaction ids are below those the database holds: a logical restore."""
     epoch = (stored >> 32) + 1  # the ids from this epoch on pass every one stored
     return AuditError(
-        f"the server's transaction ids are behind the ones this database holds: the audit "
-        f"chain, an event or a tombstone holds transaction id {stored}, and the server's "
-        f"next one is "
-        f"{following}. Transaction ids belong to a cluster, so this database was restored "
+        "the server's transaction ids are behind the ones this database holds: the audit "
+        f"chain, an event or a tombstone holds transaction id {stored}, and the server's next "
+        f"one is {following}. Transaction ids belong to a cluster, so this database was restored "
         "logically (pg_dump / pg_restore) into another one; events written here now would "
         "take ids inside the windows sealed or to be sealed. Stop the server and advance its "
         f"ids past them with 'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), "
