@@ -949,8 +949,8 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
         "first); foreign key fk_event_logs_user_id is missing (run the package's "
         "migrations); foreign key from notes; trigger audit; inherited by more_events; "
         "rule quiet; NO INHERIT constraint mine; row-level security is enabled. Remove or "
-        "fix it, convert, then "
-        "recreate it on the partitioned table"
+        "fix it, convert, then recreate it on the partitioned table (a NO INHERIT constraint "
+        "on event_logs_legacy or the partitions: a partitioned table cannot have one)"
     )
     assert kind(plain) == "r"
 

@@ -67,12 +67,22 @@ def test_an_id_stored_twice_is_looked_up_as_its_earliest_copy_in_its_time_window
     """``event()`` answers with one row: the earliest copy within a minute of the id's time
     (where its partition is), else the earliest copy anywhere; whatever the plan, so the
     reader here scans tables in their stored order."""
-    user = world.users[0]
     scanning = create_engine(
         host_engine.url,
         connect_args={"options": "-c enable_indexscan=off -c enable_bitmapscan=off"},
     )
-    reader = EventLogReader(host_models.EventLog, scanning)
+    try:
+        check_earliest_copies(host_engine, EventLogReader(host_models.EventLog, scanning), world)
+    finally:
+        scanning.dispose()
+
+
+def check_earliest_copies(
+    host_engine: Engine,  # noqa: F811
+    reader: EventLogReader[Any],
+    world: World,
+) -> None:
+    user = world.users[0]
 
     def copy(event_id: uuid.UUID, at: str) -> None:
         with host_engine.begin() as connection:
@@ -116,4 +126,3 @@ def test_an_id_stored_twice_is_looked_up_as_its_earliest_copy_in_its_time_window
     found = reader.event(plain_id, user_id=user)
     assert found is not None
     assert found.created_at == at - timedelta(days=3)
-    scanning.dispose()

@@ -113,3 +113,48 @@ def test_pg_partman_4_manages_the_partitioned_table(
         connection.execute(text("SELECT partman.run_maintenance('public.event_logs')"))
         connection.commit()
     assert len(list_partitions(model, host_engine)) == len(after) - len(result.dropped)
+
+
+def test_pg_partman_4_partitions_get_the_audits_check_on_created_at(
+    host_engine: Engine, partman: str
+) -> None:
+    """The audit's CHECK (evlaudit_0001) is on the parent: every partition pg_partman makes
+    has it, so an audited table managed by pg_partman stays bounded."""
+    if not partman.startswith("4."):
+        pytest.skip(f"this test follows the pg_partman 4.x API; the server has {partman}")
+    with host_engine.begin() as connection:
+        connection.execute(
+            text(
+                "ALTER TABLE event_logs ADD CONSTRAINT ck_event_logs_created_at_range CHECK "
+                "(created_at >= '0001-01-01 00:00:00+00' "
+                "AND created_at < '10000-01-01 00:00:00+00')"
+            )
+        )
+        connection.execute(
+            text(
+                "SELECT partman.create_parent('public.event_logs', 'created_at', 'native', "
+                "'weekly', p_premake := 2)"
+            )
+        )
+        connection.execute(text("UPDATE partman.part_config SET premake = 4"))
+    with host_engine.connect() as connection:
+        connection.execute(text("SELECT partman.run_maintenance('public.event_logs')"))
+        connection.commit()
+        partitions = set(
+            connection.execute(
+                text(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'event_logs'::regclass"
+                )
+            ).scalars()
+        )
+        bounded = set(
+            connection.execute(
+                text(
+                    "SELECT conrelid::regclass::text FROM pg_constraint "
+                    "WHERE conname = 'ck_event_logs_created_at_range'"
+                )
+            ).scalars()
+        )
+    assert len(partitions) >= 5
+    assert bounded == partitions | {"event_logs"}

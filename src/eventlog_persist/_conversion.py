@@ -764,10 +764,16 @@ class _Conversion:
                 "'alembic upgrade heads' first: it builds the index)"
             )
         if problems:
+            later = (
+                " (a NO INHERIT constraint on event_logs_legacy or the partitions: a "
+                "partitioned table cannot have one)"
+                if any(problem.startswith("NO INHERIT") for problem in problems)
+                else ""
+            )
             raise ConversionError(
                 f"convert: {self.table} has what the swap would not carry over to the "
                 f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
-                "recreate it on the partitioned table"
+                f"recreate it on the partitioned table{later}"
             )
 
     def _checks(self, connection: Connection, oid: int) -> list[tuple[str, str]]:

@@ -36,9 +36,10 @@ comparisons); no trigger does.
 6. ``ck_event_logs_created_at_range`` on ``event_logs`` (and so on each partition):
    ``created_at`` in the years 1 to 9999, UTC, as the writers store it. A row beyond (raw SQL
    at ``infinity``, in year 10000, BC) has no leaf the sealer and the guard agree on: it
-   would stop the sealing, and an ``infinity`` one would make its cascade fail. Validated
-   here (one scan of the table under this revision's lock); rows beyond refuse the upgrade,
-   named.
+   would stop the sealing, and an ``infinity`` one would make its cascade fail. Added and
+   validated here (one scan of the table under ACCESS EXCLUSIVE, held until the upgrade
+   commits) unless the host added it before (``NOT VALID``, then ``VALIDATE CONSTRAINT``,
+   which do not block reads or writes for the scan); rows beyond refuse the upgrade, named.
 
 On the partitioned layout (``evlpart_0001``, before or after this revision) the same three
 triggers are created on the partitioned ``event_logs`` (statements that name it, FK actions
@@ -425,33 +426,33 @@ def _triggers(n: dict[str, str]) -> None:
 
 
 def _created_at_bound(n: dict[str, str]) -> None:
-    add = (
-        f"ALTER TABLE {n['event_logs']} ADD CONSTRAINT {_BOUND} CHECK (created_at >= "
-        f"{_literal(_EARLIEST)} AND created_at < {_literal(_PAST_LATEST)})"
+    # One DO block, online and offline: add the CHECK unless the host added it already (NOT
+    # VALID, then VALIDATE, outside this revision: the online path for a large table), then
+    # validate it, naming the rows beyond when there are any.
+    table = n["event_logs"]
+    bound = (
+        f"created_at >= {_literal(_EARLIEST)}::timestamptz "
+        f"AND created_at < {_literal(_PAST_LATEST)}::timestamptz"
     )
-    if context.is_offline_mode():
-        op.execute(add)
-        return
-    bind = op.get_bind()
-    try:
-        with bind.begin_nested():
-            bind.execute(sa.text(add))
-    except sa.exc.IntegrityError:  # check_violation: rows beyond; the savepoint undid the add
-        outside = bind.execute(
-            sa.text(
-                "SELECT count(*) OVER (), id::text, created_at::text "
-                f"FROM {n['event_logs']} WHERE NOT (created_at >= CAST(:earliest AS timestamptz) "
-                "AND created_at < CAST(:past AS timestamptz)) ORDER BY created_at LIMIT 1"
-            ),
-            {"earliest": _EARLIEST, "past": _PAST_LATEST},
-        ).one()
-        raise CommandError(
-            f"eventlog_persist: {outside[0]} row(s) of {n['event_logs']} have a created_at "
-            f"outside the years 1 to 9999 UTC (e.g. id {outside[1]}, created_at {outside[2]}), "
-            "which the writers never store and the audit cannot seal; evlaudit_0001 bounds "
-            "created_at with a CHECK. Delete or correct those rows (raw SQL wrote them), then "
-            "run this upgrade again"
-        ) from None
+    refusal = (
+        "eventlog_persist: % row(s) of % have a created_at outside the years 1 to 9999 UTC "
+        "(e.g. id %, created_at % UTC), which the writers never store and the audit cannot "
+        "seal; evlaudit_0001 bounds created_at with a CHECK. Delete or correct those rows "
+        "(raw SQL wrote them), then run this upgrade again"
+    )
+    op.execute(
+        "DO $$ DECLARE beyond bigint; example record; BEGIN "
+        "IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+        f"{_literal(table)}::regclass AND conname = {_literal(_BOUND)}) THEN "
+        f"ALTER TABLE {table} ADD CONSTRAINT {_BOUND} CHECK ({bound}) NOT VALID; END IF; "
+        f"BEGIN ALTER TABLE {table} VALIDATE CONSTRAINT {_BOUND}; "
+        "EXCEPTION WHEN check_violation THEN "
+        f"SELECT count(*) INTO beyond FROM {table} WHERE NOT ({bound}); "
+        "SELECT id, (created_at AT TIME ZONE 'UTC')::text AS at INTO example "
+        f"FROM {table} WHERE NOT ({bound}) ORDER BY created_at LIMIT 1; "
+        f"RAISE EXCEPTION {_literal(refusal)}, beyond, {_literal(table)}, example.id, "
+        "example.at USING ERRCODE = 'check_violation'; END; END $$"
+    )
 
 
 def upgrade() -> None:
@@ -460,7 +461,13 @@ def upgrade() -> None:
     _leaf_functions(names)
     _guard_functions(names)
     _triggers(names)
-    _created_at_bound(names)
+    try:
+        _created_at_bound(names)
+    except sa.exc.DBAPIError as error:  # the refusal above: its message alone, no traceback
+        message = str(error.orig).split("\n", 1)[0]
+        if not message.startswith("eventlog_persist:"):
+            raise
+        raise CommandError(message) from None
 
 
 def downgrade() -> None:
