@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from hostmodels import HostModels, build_host_models
 from pgserver import ServerInfo
 from pytest_postgresql.janitor import DatabaseJanitor
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Column, Engine, MetaData, Table, create_engine, text
 from sqlalchemy.orm import Session
 
 from eventlog_persist import (
@@ -29,6 +30,7 @@ from eventlog_persist import (
 )
 from eventlog_persist._cursor import decode_cursor, encode_cursor
 from eventlog_persist._read_sql import MAX_OFFSET, MAX_PAGE_SIZE
+from eventlog_persist._table import COLUMNS
 from eventlog_persist.exceptions import ConfigurationError, InvalidCursorError, ValidationError
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -387,6 +389,19 @@ def test_argument_validation(reader: EventLogReader[Any], world: World) -> None:
         reader.user_timeline(user, filters={"tool_name": "x"})  # type: ignore[arg-type]
 
 
+def test_a_page_holds_50_events_by_default_and_at_most_1000(
+    host_engine: Engine, host_models: HostModels, reader: EventLogReader[Any], world: World
+) -> None:
+    user = world.users[1]  # 4 events; 60 more
+    add_events(host_engine, host_models, timeline_events(world, 1, count=60))
+    page = reader.user_timeline(user)
+    assert len(page.items) == 50
+    assert page.next_cursor is not None
+    assert len(reader.user_timeline(user, limit=1000).items) == 64
+    with pytest.raises(ValidationError, match=r"limit must be an int from 1 to 1000 "):
+        reader.user_timeline(user, limit=1001)
+
+
 def test_a_key_of_the_other_type_is_refused_before_any_query(
     reader: EventLogReader[Any], world: World
 ) -> None:
@@ -434,6 +449,33 @@ def test_integer_keyed_reader_refuses_uuids_and_keys_out_of_range(engine: Engine
     assert integer.session_timeline(2**63 - 1, user_id=1).items == ()
     with pytest.raises(ValidationError, match=r"uuid\.UUID or an int"):
         integer.user_timeline(True)
+
+
+class Who(enum.IntEnum):
+    ANN = 1
+    BOB = 2
+
+
+def test_a_cursor_of_one_int_enum_key_is_refused_for_another(engine: Engine) -> None:
+    """Keys are compared with their type and value: two members of one IntEnum differ."""
+    models = build_host_models(keys="integer")
+    models.Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        for who in Who:
+            session.add(models.User(id=int(who)))
+            session.flush()
+            session.add(models.ChatSession(id=int(who), user_id=int(who)))
+        session.flush()
+        session.add_all(
+            models.EventLog(session_id=1, user_id=1, event_type="user_message") for _ in range(2)
+        )
+        session.commit()
+    integer = EventLogReader(models.EventLog, engine)
+    cursor = integer.user_timeline(Who.ANN, limit=1).next_cursor
+    assert cursor is not None
+    assert integer.user_timeline(Who.ANN, limit=1, cursor=cursor).items
+    with pytest.raises(InvalidCursorError, match="belongs to another query"):
+        integer.user_timeline(Who.BOB, limit=1, cursor=cursor)
 
 
 def test_cursor_from_another_query_or_altered_is_refused(
@@ -639,6 +681,16 @@ def test_reader_rejects_what_it_cannot_use(host_engine: Engine, host_models: Hos
         EventLogReader(host_models.EventLog, "postgresql://")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="EventLog model class"):
         EventLogReader(host_models.User, host_engine)
+    lacking = Table("event_logs", MetaData(), *(Column(name) for name in COLUMNS[1:]))
+    with pytest.raises(ConfigurationError, match="EventLog model class"):
+        EventLogReader(lacking, host_engine)
+
+
+def test_a_table_with_more_columns_than_the_event_log_is_read(engine: Engine) -> None:
+    """The opt-in feed's xid (and a host's own columns) are left out of the records."""
+    models = build_host_models(feed=True)
+    models.Base.metadata.create_all(engine)
+    assert EventLogReader(models.EventLog, engine).user_timeline(uuid.uuid4()).items == ()
 
 
 def test_statement_path_matches_the_driver_path(

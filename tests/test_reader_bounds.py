@@ -152,6 +152,28 @@ def test_ids_the_caller_chose_are_found_wherever_their_time_points(
         assert reader.event(key, user_id=world.users[1]) is None
 
 
+def test_ids_at_the_edges_of_their_time_window_are_found(
+    reader: EventLogReader[Any], world: World, host_engine: Engine, host_models: HostModels
+) -> None:
+    """An id is looked for within a minute of its time first (start included, end not), then
+    everywhere else: a created_at exactly on either edge is found once."""
+    user, chat = world.users[0], world.sessions[0][0]
+    minute = timedelta(minutes=1)
+    edges = {new_event_id(T0): T0 - minute, new_event_id(T0 + minute): T0 + 2 * minute}
+    add_events(
+        host_engine,
+        host_models,
+        [
+            {"id": key, "session_id": chat, "user_id": user, "event_type": "x", "created_at": at}
+            for key, at in edges.items()
+        ],
+    )
+    for key, at in edges.items():
+        found = reader.event(key, user_id=user)
+        assert found is not None
+        assert (found.id, found.created_at) == (key, at)
+
+
 def test_backfilled_events_get_ids_of_their_own_time(
     reader: EventLogReader[Any], world: World, host_engine: Engine, host_models: HostModels
 ) -> None:

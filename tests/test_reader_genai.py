@@ -333,6 +333,35 @@ def test_sums_per_agent_and_model(reader: EventLogReader[Any], usage: Usage) -> 
     assert isinstance(result.agent_id, uuid.UUID)
 
 
+def test_groups_come_by_total_tokens_and_zero_counts(
+    reader: EventLogReader[Any], usage: Usage, host_engine: Engine, host_models: HostModels
+) -> None:
+    """Groups are ordered by input + output tokens, largest first; a count of 0 is a count
+    (its event is counted), not a missing one."""
+    writer = EventWriter(host_models.EventLog)
+    later = T0 + timedelta(days=30)
+    mine = {"session_id": usage.chat, "user_id": usage.user, "event_type": EventType.CHAT}
+    counts = {"mostly-output": (1, 100), "input-only": (90, 0), "nothing-used": (0, 0)}
+    write_events(
+        host_models.EventLog,
+        host_engine,
+        [
+            writer.event(
+                **mine,
+                payload=genai_payload(request_model=model, input_tokens=used, output_tokens=made),
+                created_at=later,
+            )
+            for model, (used, made) in counts.items()
+        ],
+    )
+    span = {"since": later - timedelta(hours=1), "until": later + timedelta(hours=1)}
+    assert reader.token_usage(user_id=usage.user, by=("model",), **span) == [
+        TokenUsage(None, "mostly-output", 1, 100, 1),
+        TokenUsage(None, "input-only", 90, 0, 1),
+        TokenUsage(None, "nothing-used", 0, 0, 1),
+    ]
+
+
 def test_groupings(reader: EventLogReader[Any], usage: Usage) -> None:
     scope = {"user_id": usage.user, **SPAN}
     assert reader.token_usage(by=("agent_id",), **scope) == [

@@ -923,7 +923,7 @@ def token_usage_query(
     agent_id: object = None,
     session_id: object = None,
     filters: EventFilter | None = None,
-    by: Iterable[TokenGroup] = ("agent_id", "model"),
+    by: Iterable[TokenGroup],
 ) -> PreparedQuery:
     """Sum the GenAI token counts of a scope's payloads in a range, per agent and/or model.
 
