@@ -1,5 +1,5 @@
-"""The opt-in audit schema (revision evlaudit_0001): branch and linear mode, the feed it needs,
-and the partitioned layout, whichever of the two runs first."""
+"""The opt-in audit schema (revisions evlaudit_0001 and evlaudit_0002): branch and linear
+mode, the feed it needs, and the partitioned layout, whichever of the two runs first."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_heads_show_the_audit_branch(host: HostProject) -> None:
     assert sorted(heads) == [
         "eventlog_prereqs (app) (effective head)",
         "evl_0002 (eventlog) (effective head)",
-        "evlaudit_0001 (eventlog_audit) (head)",
+        "evlaudit_0002 (eventlog_audit) (head)",
         "evlfeed_0001 (eventlog_feed) (effective head)",
     ]
 
@@ -178,6 +178,7 @@ def test_upgrade_creates_tables_triggers_and_functions_and_check_is_clean(
 ) -> None:
     result = host.run("upgrade", "heads")
     assert result.stderr.index("-> evlfeed_0001") < result.stderr.index("-> evlaudit_0001")
+    assert result.stderr.index("-> evlaudit_0001") < result.stderr.index("-> evlaudit_0002")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
@@ -237,9 +238,10 @@ def test_a_time_no_leaf_holds_refuses_the_upgrade_naming_the_row(
     before = audit_objects(engine)
     refused = host.run("upgrade", "heads", check=False)
     assert refused.returncode != 0
-    assert "1 row(s) of public.event_logs have a created_at outside the years 1 to 9999 UTC" in (
+    assert "1 row(s) of event_logs have a created_at outside the years 1 to 9999 UTC" in (
         refused.stderr
     )
+    assert "evlaudit_0002 bounds created_at with a CHECK" in refused.stderr
     assert f"e.g. id {odd_id}, created_at " in refused.stderr
     assert "Delete or correct those rows" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -259,6 +261,10 @@ def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine
     with engine.begin() as connection:  # a cascade: one tombstone
         connection.execute(text("DELETE FROM chat_sessions"))
     result = host.run("downgrade", "eventlog_audit@-1")
+    assert "Running downgrade evlaudit_0002" in result.stderr
+    assert bounded_tables(engine) == {}
+    assert guarded_tables(engine) == {"event_logs": set(GUARD)}
+    result = host.run("downgrade", "eventlog_audit@base")
     assert "Running downgrade evlaudit_0001" in result.stderr
     with engine.connect() as connection:
         assert snapshot(connection) == before
@@ -321,12 +327,12 @@ def test_the_offline_script_builds_what_the_upgrade_does_and_names_rows_beyond(
 ) -> None:
     host.run("upgrade", "evlfeed_0001")
     script = host.run(
-        "-x", "eventlog_persist.schema=public", "upgrade", "evlfeed_0001:evlaudit_0001", "--sql"
+        "-x", "eventlog_persist.schema=public", "upgrade", "evlfeed_0001:evlaudit_0002", "--sql"
     ).stdout
     insert_at(engine, "infinity")
     with engine.connect() as connection, pytest.raises(IntegrityError) as refused:
         connection.exec_driver_sql(script)
-    assert '1 row(s) of "public"."event_logs" have a created_at outside' in str(refused.value)
+    assert "1 row(s) of event_logs have a created_at outside" in str(refused.value)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM event_logs WHERE event_type = 'odd'"))
     with engine.connect() as connection:
@@ -370,6 +376,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     written = host.run("eventlog-persist", "linear-revision", "--feed", "--audit").stdout
     assert "eventlog_feed_0001_add_transaction_ids_and_consumers.py" in written
     assert "eventlog_audit_0001_guard_event_logs_and_record_erasures.py" in written
+    assert "eventlog_audit_0002_bound_created_at.py" in written
     copy = (
         tmp_path
         / "h"
@@ -379,13 +386,13 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     ).read_text()
     assert "down_revision = 'eventlog_feed_0001'" in copy
     assert "eventlog_persist_revision = 'evlaudit_0001'" in copy
-    assert host.run("heads").stdout.split() == ["eventlog_audit_0001", "(app)", "(head)"]
+    assert host.run("heads").stdout.split() == ["eventlog_audit_0002", "(app)", "(head)"]
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-1")
+    host.run("downgrade", "-2")
     found = audit_objects(engine)
     assert found["erasures"]["columns"] == {}
     assert found["triggers"] == set()
@@ -514,7 +521,7 @@ def test_linear_mode_copies_partitioned_feed_and_audit(
     assert_guarded_partitioned(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-1")
+    host.run("downgrade", "-2")
     assert guarded_tables(engine) == {}
     host.run("upgrade", "head")
     assert_guarded_partitioned(engine)

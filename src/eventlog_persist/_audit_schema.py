@@ -36,7 +36,7 @@ _KEY_LENGTH: Final = 36  # a UUID's text; an int's is shorter
 
 
 def created_at_bound() -> CheckConstraint:
-    """The CHECK revision ``evlaudit_0001`` puts on ``event_logs``: ``created_at`` in the
+    """The CHECK revision ``evlaudit_0002`` puts on ``event_logs``: ``created_at`` in the
     years 1 to 9999, UTC, what the writers store and what a leaf can encode (infinity has no
     leaf, a year past 9999 no Python datetime, and a BC time would read as AD)."""
     return CheckConstraint(

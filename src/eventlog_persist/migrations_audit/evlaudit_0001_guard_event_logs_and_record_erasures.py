@@ -8,8 +8,8 @@ Frozen history: this file declares its DDL inline and imports nothing from event
 so it keeps doing exactly what it did when it was released.
 
 Opt-in (branch ``eventlog_audit``, depends on the feed's ``evlfeed_0001``, whose column
-``event_logs.xid`` the seal windows use). On INSERT only the CHECK of step 6 runs (two
-comparisons); no trigger does.
+``event_logs.xid`` the seal windows use). Nothing here runs on INSERT: the insert path is
+unchanged.
 
 1. ``event_log_canonical_json(jsonb)`` and ``event_log_leaf(...)``: the canonical leaf of an
    event (docs/audit.md, "The leaf"), as SHA-256 over ``0x00`` and the canonical document.
@@ -33,13 +33,6 @@ comparisons); no trigger does.
    migration), so the roles that delete need no privilege on ``event_log_erasures``.
 5. ``event_log_erasures`` and ``event_log_seals`` are append-only: UPDATE, DELETE and
    TRUNCATE are refused.
-6. ``ck_event_logs_created_at_range`` on ``event_logs`` (and so on each partition):
-   ``created_at`` in the years 1 to 9999, UTC, as the writers store it. A row beyond (raw SQL
-   at ``infinity``, in year 10000, BC) has no leaf the sealer and the guard agree on: it
-   would stop the sealing, and an ``infinity`` one would make its cascade fail. Added and
-   validated here (one scan of the table under ACCESS EXCLUSIVE, held until the upgrade
-   commits) unless the host added it before (``NOT VALID``, then ``VALIDATE CONSTRAINT``,
-   which do not block reads or writes for the scan); rows beyond refuse the upgrade, named.
 
 On the partitioned layout (``evlpart_0001``, before or after this revision) the same three
 triggers are created on the partitioned ``event_logs`` (statements that name it, FK actions
@@ -48,8 +41,7 @@ partition's statement triggers). Partitions created later get them from
 ``ensure_partitions``; ``evlpart_0001``, when it runs after this revision, puts them on the
 table it builds and its partitions (docs/audit.md, "Partitioned tables").
 
-The downgrade drops the triggers and the CHECK (on every table that has them), functions and
-both tables.
+The downgrade drops the triggers (on every table that has them), functions and both tables.
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -71,9 +63,6 @@ depends_on = "evlfeed_0001"
 _SECTION = "eventlog_persist"
 _HOST_TABLES = ("chat_sessions", "users", "user_projects", "user_agents")
 _ERASURES = "event_log_erasures"
-_BOUND = "ck_event_logs_created_at_range"
-_EARLIEST = "0001-01-01 00:00:00+00"
-_PAST_LATEST = "10000-01-01 00:00:00+00"
 _SEALS = "event_log_seals"
 _FUNCTIONS = (
     "event_log_audit_on_delete()",
@@ -425,49 +414,12 @@ def _triggers(n: dict[str, str]) -> None:
         )
 
 
-def _created_at_bound(n: dict[str, str]) -> None:
-    # One DO block, online and offline: add the CHECK unless the host added it already (NOT
-    # VALID, then VALIDATE, outside this revision: the online path for a large table), then
-    # validate it, naming the rows beyond when there are any.
-    table = n["event_logs"]
-    bound = (
-        f"created_at >= {_literal(_EARLIEST)}::timestamptz "
-        f"AND created_at < {_literal(_PAST_LATEST)}::timestamptz"
-    )
-    refusal = (
-        "eventlog_persist: % row(s) of % have a created_at outside the years 1 to 9999 UTC "
-        "(e.g. id %, created_at % UTC), which the writers never store and the audit cannot "
-        "seal; evlaudit_0001 bounds created_at with a CHECK. Delete or correct those rows "
-        "(raw SQL wrote them), then run this upgrade again"
-    )
-    op.execute(
-        "DO $$ DECLARE beyond bigint; example record; BEGIN "
-        "IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
-        f"{_literal(table)}::regclass AND conname = {_literal(_BOUND)}) THEN "
-        f"ALTER TABLE {table} ADD CONSTRAINT {_BOUND} CHECK ({bound}) NOT VALID; END IF; "
-        f"BEGIN ALTER TABLE {table} VALIDATE CONSTRAINT {_BOUND}; "
-        "EXCEPTION WHEN check_violation THEN "
-        f"SELECT count(*) INTO beyond FROM {table} WHERE NOT ({bound}); "
-        "SELECT id, (created_at AT TIME ZONE 'UTC')::text AS at INTO example "
-        f"FROM {table} WHERE NOT ({bound}) ORDER BY created_at LIMIT 1; "
-        f"RAISE EXCEPTION {_literal(refusal)}, beyond, {_literal(table)}, example.id, "
-        "example.at USING ERRCODE = 'check_violation'; END; END $$"
-    )
-
-
 def upgrade() -> None:
     names = _names()
     _tables(names)
     _leaf_functions(names)
     _guard_functions(names)
     _triggers(names)
-    try:
-        _created_at_bound(names)
-    except sa.exc.DBAPIError as error:  # the refusal above: its message alone, no traceback
-        message = str(error.orig).split("\n", 1)[0]
-        if not message.startswith("eventlog_persist:"):
-            raise
-        raise CommandError(message) from None
 
 
 def downgrade() -> None:
@@ -488,20 +440,6 @@ def downgrade() -> None:
         f"unnest(ARRAY[{functions}]) AS f) LOOP "
         "EXECUTE format('DROP TRIGGER %I ON %s', found.tgname, found.tab); "
         "END LOOP; END $$"
-    )
-    # The CHECK: off event_logs and its partitions, then off tables detached from it that
-    # kept theirs.
-    op.execute(
-        f"ALTER TABLE IF EXISTS {_qualified(schema, 'event_logs')} "
-        f"DROP CONSTRAINT IF EXISTS {_BOUND}"
-    )
-    event_logs = _literal(_qualified(schema, "event_logs"))
-    op.execute(
-        "DO $$ DECLARE found regclass; BEGIN FOR found IN SELECT k.conrelid::regclass FROM "
-        "pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
-        f"WHERE k.conname = {_literal(_BOUND)} AND k.contype = 'c' AND c.relnamespace = "
-        f"(SELECT relnamespace FROM pg_class WHERE oid = to_regclass({event_logs})) LOOP "
-        f"EXECUTE format('ALTER TABLE %s DROP CONSTRAINT {_BOUND}', found); END LOOP; END $$"
     )
     # The tables' own triggers go with them.
     op.execute(f"DROP TABLE IF EXISTS {_qualified(schema, _SEALS)}")

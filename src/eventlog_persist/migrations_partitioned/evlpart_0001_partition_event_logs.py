@@ -25,8 +25,8 @@ branch, which may run before or after this one) with its default, and build its 
 
 Likewise for the opt-in audit (revision ``evlaudit_0001``): when its functions are there,
 both directions put its three guard triggers on the new ``event_logs`` and, partitioned, on
-each of its partitions, and its CHECK ``ck_event_logs_created_at_range`` on the new table
-(partitions inherit it).
+each of its partitions. The table's CHECK constraints (the audit's on ``created_at``,
+``evlaudit_0002``) are copied to the new table, whose partitions inherit them.
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -157,11 +157,12 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
     old = _PLAIN if partitioned else _PARTITIONED
     op.execute(f"ALTER TABLE {_qualified(schema, 'event_logs')} RENAME TO {_quote(old)}")
     layout = " PARTITION BY RANGE (created_at)" if partitioned else ""
-    # LIKE copies the columns in order with their types, NOT NULLs and defaults; the keys and
-    # indexes are declared below under their own names.
+    # LIKE copies the columns in order with their types, NOT NULLs and defaults, and the CHECK
+    # constraints (the audit's on created_at, evlaudit_0002); the keys and indexes are
+    # declared below under their own names.
     op.execute(
         f"CREATE TABLE {_qualified(schema, 'event_logs')} "
-        f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS){layout}"
+        f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){layout}"
     )
     if not partitioned:
         op.execute(
@@ -217,8 +218,7 @@ def _feed_index(schema: str | None) -> None:
 
 def _audit_guard(schema: str | None) -> None:
     """The audit's guard triggers (evlaudit_0001, when it ran first) on the new table and its
-    partitions (a statement trigger fires only on the table the statement names), and its
-    CHECK on ``created_at`` (LIKE does not copy it; partitions inherit it)."""
+    partitions: a statement trigger fires only on the table the statement names."""
 
     def function(suffix: str) -> str:
         return _qualified(schema, f"event_log_audit_{suffix}") + "()"
@@ -240,17 +240,13 @@ def _audit_guard(schema: str | None) -> None:
             for statement in guard
         )
 
-    bound = (
-        "ALTER TABLE %s ADD CONSTRAINT ck_event_logs_created_at_range CHECK (created_at >= "
-        "''0001-01-01 00:00:00+00'' AND created_at < ''10000-01-01 00:00:00+00'')"
-    )
     table = _qualified(schema, "event_logs").replace("'", "''")
     probe = function("on_delete").replace("'", "''")
     op.execute(
         f"DO $$ DECLARE parent regclass := '{table}'::regclass; part regclass; BEGIN "
         f"IF to_regprocedure('{probe}') IS NULL THEN RETURN; END IF; {each('parent')} "
         "FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = parent "
-        f"LOOP {each('part')} END LOOP; EXECUTE format('{bound}', parent); END $$"
+        f"LOOP {each('part')} END LOOP; END $$"
     )
 
 
