@@ -607,6 +607,35 @@ def test_a_swap_that_finds_the_online_steps_undone_under_its_lock_stops(plain: E
     ]
 
 
+def test_a_check_added_while_the_swap_waits_for_its_lock_is_not_lost(plain: Engine) -> None:
+    convert_to_partitioned(plain, stop_before_swap=True)
+
+    def add_check(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if sql.startswith("LOCK TABLE"):
+            with other.begin() as connection:
+                connection.execute(
+                    text("ALTER TABLE event_logs ADD CONSTRAINT ck_late CHECK (event_type <> '')")
+                )
+
+    other = create_engine(plain.url)
+    event.listen(plain, "before_cursor_execute", add_check)
+    try:
+        with pytest.raises(ConversionError, match="changed while the conversion ran"):
+            convert_to_partitioned(plain)
+    finally:
+        event.remove(plain, "before_cursor_execute", add_check)
+        other.dispose()
+    assert kind(plain) == "r"
+    result = convert_to_partitioned(plain, partitions_ahead=1)
+    with plain.connect() as connection:
+        found = snapshot(connection)["constraints"]
+    assert {table for table, name in found if name == "ck_late"} == {
+        "event_logs",
+        "event_logs_legacy",
+        *result.partitions,
+    }
+
+
 @pytest.mark.parametrize(("step", "statement"), [("validate", "VALIDATE"), ("key", "CONCURRENTLY")])
 def test_a_slow_step_waits_for_its_lock_past_the_roles_timeouts(
     plain: Engine, step: str, statement: str

@@ -54,6 +54,12 @@ __all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
 LEGACY_PARTITION: Final = f"{TABLE_NAME}_legacy"
 """The converted table's name as the partition ``FROM (MINVALUE) TO (boundary)``."""
 _BOUND: Final = f"{LEGACY_PARTITION}_bound"
+# The table's CHECKs but the bound, as `_Conversion._checks` lists them (in the swap's probe).
+_CHECKS_SQL: Final = (
+    "SELECT coalesce(array_agg(k.conname || ' ' || pg_get_constraintdef(k.oid) "
+    "ORDER BY k.conname), '{}') FROM pg_constraint k WHERE k.conrelid = c.oid "
+    "AND k.contype = 'c' AND k.conname <> :bound"
+)
 _KEY: Final = f"{LEGACY_PARTITION}_pkey"  # what duplicate detection recognises as a key
 # (column, partial-index condition) of each index, as evl_0001 and evlpart_0001 declare them.
 _INDEX_SHAPES: Final = {
@@ -401,23 +407,25 @@ class _Conversion:
         with self.engine.connect() as connection:
             with connection.begin():
                 # Read before the lock, so that it is held for the DDL only.
-                statements = self._swap_statements(connection, boundary)
+                statements, checks = self._swap_statements(connection, boundary)
             run = connection.exec_driver_sql
             with connection.begin():
                 run(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'")
                 run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
                 granted = time.perf_counter()
                 # Under the lock nothing changes any more: check what the online steps left
-                # (another conversion may have swapped meanwhile).
+                # (another conversion may have swapped meanwhile), and that the CHECKs are
+                # those the statements carry over.
                 state = connection.execute(
                     text(
                         "SELECT clock_timestamp(), c.relkind = 'r' AND EXISTS (SELECT 1 FROM "
                         "pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :bound AND "
                         "k.convalidated) AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x "
                         "ON x.oid = i.indexrelid WHERE i.indrelid = c.oid AND x.relname = :key "
-                        "AND i.indisvalid) FROM pg_class c WHERE c.oid = to_regclass(:name)"
+                        f"AND i.indisvalid) AND ({_CHECKS_SQL}) = :checks "
+                        "FROM pg_class c WHERE c.oid = to_regclass(:name)"
                     ),
-                    {"bound": _BOUND, "key": _KEY, "name": table},
+                    {"bound": _BOUND, "key": _KEY, "name": table, "checks": checks},
                 ).one()
                 locked_at, ready = state
                 if not ready:
@@ -431,8 +439,11 @@ class _Conversion:
             seconds = time.perf_counter() - granted
         return (done_at - locked_at).total_seconds(), seconds
 
-    def _swap_statements(self, connection: Connection, boundary: datetime) -> list[str]:
-        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``."""
+    def _swap_statements(
+        self, connection: Connection, boundary: datetime
+    ) -> tuple[list[str], list[str]]:
+        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``, and the CHECKs
+        it carries over (``name definition``)."""
         table, legacy = self.table, self.name(LEGACY_PARTITION)
         fks = self._foreign_keys(connection)
         owner, grants = self._privileges(connection)
@@ -460,9 +471,10 @@ class _Conversion:
         ]
         # The CHECKs (the audit's on created_at, the host's own) before any partition: every
         # partition must have them, and the legacy one does.
+        checks = self._checks(connection, int(oid))
         sql += [
             f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {definition}"
-            for name, definition in self._checks(connection, int(oid))
+            for name, definition in checks
         ]
         sql += [f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {sql_}" for name, sql_ in fks]
         for name, (column, where) in _INDEX_SHAPES.items():
@@ -485,7 +497,7 @@ class _Conversion:
         for grantee, privilege, grantable in grants:
             option = " WITH GRANT OPTION" if grantable else ""
             sql.append(f"GRANT {privilege} ON {table} TO {grantee}{option}")
-        return sql
+        return sql, [f"{name} {definition}" for name, definition in checks]
 
     def _add_partitions(self, partitions: list[tuple[str, datetime, datetime]]) -> tuple[str, ...]:
         """Create the missing partitions from the boundary on, each without blocking writers.
