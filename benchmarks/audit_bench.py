@@ -8,10 +8,11 @@ seconds: tiny sizes, its figures noise. ``--only`` (repeatable) measures only th
 label contains one of its texts (to rerun those whose range straddles the target).
 
 Two databases are migrated from the example host: ``feed`` (up to evlfeed_0001: the audit
-needs the feed, so a feed-only database is the baseline) and ``audit`` (evlaudit_0001 on
-top). In each of ``--rounds`` rounds, every write path runs on both databases, the one going
-first alternating and the order of the paths rotated each round, end to end from the host's
-values to committed rows, into an ``event_logs`` emptied (and CHECKPOINTed) before each run:
+needs the feed, so a feed-only database is the baseline) and ``audit`` (the audit's
+revisions on top). In each of ``--rounds`` rounds, every write path runs on both databases,
+the one going first alternating and the order of the paths rotated each round, end to end
+from the host's values to committed rows, into an ``event_logs`` emptied (and CHECKPOINTed)
+before each run:
 
 - ``EventWriter.record`` in the host's ORM ``Session``, one event per transaction;
 - ``EventWriter.record_detached``, one short transaction of its own per event;

@@ -341,6 +341,35 @@ def test_the_offline_script_builds_what_the_upgrade_does_and_names_rows_beyond(
     assert_audit_schema(engine)
 
 
+def test_a_row_stored_past_the_guard_refuses_the_upgrade_until_the_documented_fix(
+    host: HostProject, engine: Engine
+) -> None:
+    """At evlaudit_0001 the guard refuses the UPDATE or DELETE of such a row (an infinity one
+    gets no tombstone): the refusal points at the documented fix, which works."""
+    host.run("upgrade", "evlaudit_0001")
+    insert_at(engine, "infinity")
+    refused = host.run("upgrade", "heads", check=False)
+    assert refused.returncode != 0
+    assert 'see "The bound on created_at" in docs/audit.md' in refused.stderr
+    with engine.begin() as connection, pytest.raises(IntegrityError, match="leaf"):
+        connection.execute(  # declared, but no tombstone fits it
+            text(
+                "SET LOCAL eventlog.erasure = 'erasure'; "
+                "DELETE FROM event_logs WHERE event_type = 'odd'"
+            )
+        )
+    with engine.begin() as connection:  # the fix docs/audit.md gives, as a superuser
+        connection.execute(text("SET LOCAL session_replication_role = replica"))
+        connection.execute(
+            text(
+                "DELETE FROM event_logs WHERE NOT (created_at >= '0001-01-01 00:00:00+00' "
+                "AND created_at < '10000-01-01 00:00:00+00')"
+            )
+        )
+    host.run("upgrade", "heads")
+    assert_audit_schema(engine)
+
+
 def test_a_check_the_host_added_beforehand_is_validated_not_added_again(
     host: HostProject, engine: Engine
 ) -> None:

@@ -68,7 +68,27 @@ def test_linear_mode_reports_revisions_not_copied_yet(tmp_path: Path, database_u
     assert report.mode == "linear"
     assert report.problems == (
         "package revisions evl_0001, evl_0002 are not in the host history yet; run "
-        "'eventlog-persist linear-revision' to write them",
+        "'eventlog-persist linear-revision' (with --partitioned, --feed, --audit for the "
+        "branches opted in to) to write them",
+    )
+
+
+def test_linear_mode_reports_an_opt_in_branchs_revisions_not_copied_yet(
+    tmp_path: Path, database_url: URL
+) -> None:
+    """A history holding a copy of the audit's first revision lacks its second."""
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    config = Config(str(host.root / "alembic.ini"))
+    write_linear_revisions(config)
+    written = write_linear_revisions(config, feed=True, audit=True)
+    assert [path.name for path in written][-1] == "eventlog_audit_0002_bound_created_at.py"
+    written[-1].unlink()
+    report = check_setup(config)
+    assert report.mode == "linear"
+    assert report.problems == (
+        "package revisions evlaudit_0002 are not in the host history yet; run "
+        "'eventlog-persist linear-revision' (with --partitioned, --feed, --audit for the "
+        "branches opted in to) to write them",
     )
 
 

@@ -118,8 +118,8 @@ def test_pg_partman_4_manages_the_partitioned_table(
 def test_pg_partman_4_partitions_get_the_audits_check_on_created_at(
     host_engine: Engine, partman: str
 ) -> None:
-    """The audit's CHECK (evlaudit_0002) is on the parent: every partition pg_partman makes
-    has it, so an audited table managed by pg_partman stays bounded."""
+    """What docs/audit.md says of pg_partman: with the audit's CHECK (evlaudit_0002's, added
+    here as it adds it) on the parent, every partition pg_partman makes has it."""
     if not partman.startswith("4."):
         pytest.skip(f"this test follows the pg_partman 4.x API; the server has {partman}")
     with host_engine.begin() as connection:

@@ -304,10 +304,19 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     elif linear:
         mode = "linear"
         missing = [rev for rev, _ in package_revisions() if rev not in linear]
+        # An opt-in branch the history holds a copy of: all of its revisions, too.
+        for prefix, branch in (
+            ("evlpart_", {"partitioned": True}),
+            ("evlfeed_", {"feed": True}),
+            ("evlaudit_", {"audit": True}),
+        ):
+            if any(rev.startswith(prefix) for rev in linear):
+                missing += [rev for rev, _ in package_revisions(**branch) if rev not in linear]
         if missing:
             problems.append(
                 f"package revisions {', '.join(missing)} are not in the host history yet; run "
-                "'eventlog-persist linear-revision' to write them"
+                "'eventlog-persist linear-revision' (with --partitioned, --feed, --audit for "
+                "the branches opted in to) to write them"
             )
     else:
         problems.append(

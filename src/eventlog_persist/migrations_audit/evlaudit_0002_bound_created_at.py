@@ -80,7 +80,8 @@ def upgrade() -> None:
         "eventlog_persist: % row(s) of % have a created_at outside the years 1 to 9999 UTC "
         "(e.g. id %, created_at % UTC), which the writers never store and the audit cannot "
         "seal; evlaudit_0002 bounds created_at with a CHECK. Delete or correct those rows "
-        "(raw SQL wrote them), then run this upgrade again"
+        '(raw SQL wrote them; past evlaudit_0001 the guard refuses that: see "The bound on '
+        'created_at" in docs/audit.md), then run this upgrade again'
     )
     try:
         op.execute(
@@ -91,6 +92,8 @@ def upgrade() -> None:
             f"BEGIN ALTER TABLE {table} VALIDATE CONSTRAINT {_BOUND}; "
             "EXCEPTION WHEN check_violation THEN "
             f"SELECT count(*) INTO beyond FROM {table} WHERE NOT ({bound}); "
+            # Gone meanwhile (the failed VALIDATE's lock went with it): PostgreSQL's error.
+            "IF beyond = 0 THEN RAISE; END IF; "
             "SELECT id, (created_at AT TIME ZONE 'UTC')::text AS at INTO example "
             f"FROM {table} WHERE NOT ({bound}) ORDER BY created_at LIMIT 1; "
             f"RAISE EXCEPTION {_literal(refusal)}, beyond, "

@@ -25,8 +25,8 @@ branch, which may run before or after this one) with its default, and build its 
 
 Likewise for the opt-in audit (revision ``evlaudit_0001``): when its functions are there,
 both directions put its three guard triggers on the new ``event_logs`` and, partitioned, on
-each of its partitions. The table's CHECK constraints (the audit's on ``created_at``,
-``evlaudit_0002``) are copied to the new table, whose partitions inherit them.
+each of its partitions; and its CHECK on ``created_at`` (``evlaudit_0002``), when the old
+table has it, on the new one (whose partitions inherit it).
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -157,13 +157,13 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
     old = _PLAIN if partitioned else _PARTITIONED
     op.execute(f"ALTER TABLE {_qualified(schema, 'event_logs')} RENAME TO {_quote(old)}")
     layout = " PARTITION BY RANGE (created_at)" if partitioned else ""
-    # LIKE copies the columns in order with their types, NOT NULLs and defaults, and the CHECK
-    # constraints (the audit's on created_at, evlaudit_0002); the keys and indexes are
-    # declared below under their own names.
+    # LIKE copies the columns in order with their types, NOT NULLs and defaults; the keys and
+    # indexes are declared below under their own names.
     op.execute(
         f"CREATE TABLE {_qualified(schema, 'event_logs')} "
-        f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){layout}"
+        f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS){layout}"
     )
+    _audit_bound(schema, old)
     if not partitioned:
         op.execute(
             f"INSERT INTO {_qualified(schema, 'event_logs')} "
@@ -190,6 +190,20 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
             f"({column}, created_at){condition}"
         )
     _feed_index(schema)
+
+
+def _audit_bound(schema: str | None, old: str) -> None:
+    """The audit's CHECK on ``created_at`` (evlaudit_0002), when the old table has it, on the
+    new one (partitions inherit it): one DO block, online and offline."""
+    name = "ck_event_logs_created_at_range"
+    table = _qualified(schema, "event_logs").replace("'", "''")
+    source = _qualified(schema, old).replace("'", "''")
+    op.execute(
+        "DO $$ DECLARE definition text; BEGIN SELECT pg_get_constraintdef(oid) INTO definition "
+        f"FROM pg_constraint WHERE conrelid = '{source}'::regclass AND conname = '{name}'; "
+        f"IF definition IS NOT NULL THEN EXECUTE format('ALTER TABLE %s ADD CONSTRAINT {name} "
+        f"%s', '{table}', definition); END IF; END $$"
+    )
 
 
 def _feed_index(schema: str | None) -> None:
