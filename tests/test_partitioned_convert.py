@@ -580,25 +580,29 @@ def locked_before(
     assert waited, f"no statement with {statement!r} waited for the lock"
 
 
-def test_a_swap_that_finds_the_online_steps_undone_under_its_lock_stops(plain: Engine) -> None:
+def swap_after(plain: Engine, statement: str) -> None:
+    """Convert, another session running ``statement`` just before the swap takes its lock:
+    the swap finds the table changed under its lock and stops."""
     convert_to_partitioned(plain, stop_before_swap=True)
 
-    def undo(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+    def meanwhile(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
         if sql.startswith("LOCK TABLE"):
             with other.begin() as connection:
-                connection.execute(
-                    text("ALTER TABLE event_logs DROP CONSTRAINT event_logs_legacy_bound")
-                )
+                connection.execute(text(statement))
 
     other = create_engine(plain.url)
-    event.listen(plain, "before_cursor_execute", undo)
+    event.listen(plain, "before_cursor_execute", meanwhile)
     try:
         with pytest.raises(ConversionError, match="changed while the conversion ran"):
             convert_to_partitioned(plain)
     finally:
-        event.remove(plain, "before_cursor_execute", undo)
+        event.remove(plain, "before_cursor_execute", meanwhile)
         other.dispose()
     assert kind(plain) == "r"
+
+
+def test_a_swap_that_finds_the_online_steps_undone_under_its_lock_stops(plain: Engine) -> None:
+    swap_after(plain, "ALTER TABLE event_logs DROP CONSTRAINT event_logs_legacy_bound")
     # Run again, it sets the bound again and swaps.
     assert [name for name, _ in convert_to_partitioned(plain).steps] == [
         "bound",
@@ -608,24 +612,7 @@ def test_a_swap_that_finds_the_online_steps_undone_under_its_lock_stops(plain: E
 
 
 def test_a_check_added_while_the_swap_waits_for_its_lock_is_not_lost(plain: Engine) -> None:
-    convert_to_partitioned(plain, stop_before_swap=True)
-
-    def add_check(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
-        if sql.startswith("LOCK TABLE"):
-            with other.begin() as connection:
-                connection.execute(
-                    text("ALTER TABLE event_logs ADD CONSTRAINT ck_late CHECK (event_type <> '')")
-                )
-
-    other = create_engine(plain.url)
-    event.listen(plain, "before_cursor_execute", add_check)
-    try:
-        with pytest.raises(ConversionError, match="changed while the conversion ran"):
-            convert_to_partitioned(plain)
-    finally:
-        event.remove(plain, "before_cursor_execute", add_check)
-        other.dispose()
-    assert kind(plain) == "r"
+    swap_after(plain, "ALTER TABLE event_logs ADD CONSTRAINT ck_late CHECK (event_type <> '')")
     result = convert_to_partitioned(plain, partitions_ahead=1)
     with plain.connect() as connection:
         found = snapshot(connection)["constraints"]
