@@ -19,7 +19,7 @@ from hostkit import HostProject, make_host
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_partitioned_migrations import expected_partitioned, opt_in, partitions
 from test_partitions import sent
@@ -278,6 +278,77 @@ def test_the_tables_check_constraints_carry_over_to_every_partition(plain: Engin
             ),
             {"at": result.boundary},
         )
+
+
+def index_tree(engine: Engine, name: str) -> dict[str, tuple[str, int]]:
+    """The partitions' indexes attached to the partitioned index ``name``: each partition's
+    index name and file node, by partition."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT t.relname, c.relname, c.relfilenode FROM pg_inherits h "
+                "JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_index i ON i.indexrelid = c.oid "
+                "JOIN pg_class t ON t.oid = i.indrelid WHERE h.inhparent = to_regclass(:name)"
+            ),
+            {"name": name},
+        ).all()
+    return {str(table): (str(index), int(node)) for table, index, node in rows}
+
+
+def test_a_hosts_own_foreign_keys_and_indexes_carry_over_to_every_partition(
+    plain: Engine,
+) -> None:
+    own = {
+        "ix_mine_type": "CREATE INDEX ix_mine_type ON event_logs (event_type, created_at)",
+        "ix_mine_errors": "CREATE INDEX ix_mine_errors ON event_logs (lower(error_code)) "
+        "WHERE error_code IS NOT NULL",
+        "ix_mine_payload": "CREATE INDEX ix_mine_payload ON event_logs "
+        "USING gin (payload jsonb_path_ops)",
+    }
+    with plain.begin() as connection:
+        connection.execute(text("CREATE TABLE tools (name text PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO tools VALUES ('search')"))
+        connection.execute(
+            text(
+                "ALTER TABLE event_logs ADD CONSTRAINT fk_mine_tool FOREIGN KEY (tool_name) "
+                "REFERENCES tools (name) ON DELETE SET NULL"
+            )
+        )
+        for statement in own.values():
+            connection.execute(text(statement))
+        nodes = dict(
+            connection.execute(
+                text("SELECT relname, relfilenode FROM pg_class WHERE relname = ANY (:names)"),
+                {"names": list(own)},
+            ).all()
+        )
+    result = convert_to_partitioned(plain, partitions_ahead=1)
+    tables = {"event_logs_legacy", *result.partitions}
+    for name in own:
+        tree = index_tree(plain, name)
+        assert set(tree) == tables
+        # The legacy table's index is attached under a name of its own, not built again.
+        assert tree["event_logs_legacy"] == (f"event_logs_legacy_{name}", nodes[name])
+    with plain.connect() as connection:
+        found = snapshot(connection)["constraints"]
+    assert {table for table, name in found if name == "fk_mine_tool"} == {"event_logs", *tables}
+    with pytest.raises(IntegrityError, match="fk_mine_tool"), plain.begin() as connection:
+        connection.execute(  # into the first new partition
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, tool_name, "
+                "created_at) SELECT gen_random_uuid(), session_id, user_id, 'x', 'nope', :at "
+                "FROM event_logs LIMIT 1"
+            ),
+            {"at": result.boundary},
+        )
+
+
+def test_a_legacy_name_is_cut_to_63_bytes_on_a_character_boundary() -> None:
+    assert conversion._legacy_name("ix_short") == "event_logs_legacy_ix_short"
+    long = "ix" + "é" * 40  # the 63rd byte is the first half of an é
+    cut = conversion._legacy_name(long)
+    assert len(cut.encode()) == 62
+    assert cut == f"event_logs_legacy_ix{'é' * 21}"
 
 
 # --- resuming -----------------------------------------------------------------------------
@@ -623,6 +694,46 @@ def test_a_check_added_while_the_swap_waits_for_its_lock_is_not_lost(plain: Engi
     }
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE INDEX ix_late ON event_logs (event_type)",
+        "ALTER TABLE event_logs ADD CONSTRAINT fk_late FOREIGN KEY (session_id) "
+        "REFERENCES chat_sessions (id)",
+        "CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN NEW; END $$; CREATE TRIGGER late BEFORE INSERT ON event_logs "
+        "FOR EACH ROW EXECUTE FUNCTION nothing()",
+        "ALTER TABLE event_logs ENABLE ROW LEVEL SECURITY",
+        "GRANT SELECT ON event_logs TO PUBLIC",
+        "DROP INDEX ix_event_logs_agent_id_created_at",
+        "CREATE RULE quiet AS ON DELETE TO event_logs DO INSTEAD NOTHING",
+    ],
+    ids=["index", "foreign-key", "trigger", "row-security", "grant", "drop-index", "rule"],
+)
+def test_a_table_changed_while_the_swap_waits_for_its_lock_is_not_swapped(
+    plain: Engine, statement: str
+) -> None:
+    swap_after(plain, statement)
+
+
+def test_what_appears_during_the_online_steps_is_refused_at_the_swap(
+    plain: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = conversion._Conversion._build_key
+
+    def build_then_add(self: Any, connection: Connection) -> None:
+        build(self, connection)
+        with plain.begin() as other:
+            other.execute(text("CREATE RULE quiet AS ON DELETE TO event_logs DO INSTEAD NOTHING"))
+
+    monkeypatch.setattr(conversion._Conversion, "_build_key", build_then_add)
+    with pytest.raises(
+        ConversionError, match="would not carry over to the partitioned table: rule quiet"
+    ):
+        convert_to_partitioned(plain)
+    assert kind(plain) == "r"
+
+
 @pytest.mark.parametrize(("step", "statement"), [("validate", "VALIDATE"), ("key", "CONCURRENTLY")])
 def test_a_slow_step_waits_for_its_lock_past_the_roles_timeouts(
     plain: Engine, step: str, statement: str
@@ -957,6 +1068,26 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
         connection.execute(
             text("ALTER TABLE event_logs ADD CONSTRAINT mine CHECK (true) NO INHERIT")
         )
+        connection.execute(
+            text(
+                "CREATE TABLE tools (name text PRIMARY KEY); "
+                "ALTER TABLE event_logs ADD CONSTRAINT fk_tool FOREIGN KEY (tool_name) "
+                "REFERENCES tools (name) NOT VALID; "
+                "CREATE UNIQUE INDEX ix_unique ON event_logs (id, event_type); "
+                "ALTER TABLE event_logs ADD CONSTRAINT no_twins EXCLUDE USING btree (id WITH =)"
+            )
+        )
+    # Fails, and leaves the index behind, invalid.
+    with (
+        plain.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+        pytest.raises(DataError),
+    ):
+        connection.execute(
+            text(
+                "CREATE INDEX CONCURRENTLY ix_broken ON event_logs "
+                "((1 / (length(event_type) - length(event_type))))"
+            )
+        )
     with pytest.raises(ConversionError) as refused:
         convert_to_partitioned(plain)
     assert str(refused.value) == (
@@ -964,7 +1095,10 @@ def test_what_the_swap_would_not_carry_over_is_refused(plain: Engine) -> None:
         "table: index ix_event_logs_agent_id_created_at is missing (create it CONCURRENTLY "
         "first); foreign key fk_event_logs_user_id is missing (run the package's "
         "migrations); foreign key from notes; trigger audit; inherited by more_events; "
-        "rule quiet; NO INHERIT constraint mine; row-level security is enabled. Remove or "
+        "rule quiet; NO INHERIT constraint mine; foreign key fk_tool is NOT VALID (VALIDATE "
+        "it first); unique or exclusion index ix_unique; unique or exclusion index no_twins; "
+        "index ix_broken is invalid (REINDEX INDEX CONCURRENTLY it, or drop it); row-level "
+        "security is enabled. Remove or "
         "fix it, convert, then recreate it on the partitioned table (a NO INHERIT constraint "
         "on event_logs_legacy or the partitions: a partitioned table cannot have one)"
     )

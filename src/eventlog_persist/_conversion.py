@@ -54,13 +54,29 @@ __all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
 LEGACY_PARTITION: Final = f"{TABLE_NAME}_legacy"
 """The converted table's name as the partition ``FROM (MINVALUE) TO (boundary)``."""
 _BOUND: Final = f"{LEGACY_PARTITION}_bound"
-# The table's CHECKs but the bound, as `_Conversion._checks` lists them (in the swap's probe).
-_CHECKS_SQL: Final = (
-    "SELECT coalesce(array_agg(k.conname || ' ' || pg_get_constraintdef(k.oid) "
-    "ORDER BY k.conname), '{}') FROM pg_constraint k WHERE k.conrelid = c.oid "
-    "AND k.contype = 'c' AND k.conname <> :bound"
+# What the swap reads before its lock and carries over (or that `_refuse_attachments` refuses),
+# as one list: the swap's probe compares it under the lock, so that a change made meanwhile
+# stops the swap instead of being lost. The conversion's own bound is left out.
+_DEFINITION_SQL: Final = (
+    "SELECT array(SELECT d FROM ("
+    "SELECT 'constraint ' || k.conname || ' ' || pg_get_constraintdef(k.oid) AS d "
+    "FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conname <> :bound "
+    "UNION ALL SELECT 'referenced by ' || k.conrelid::regclass::text || ' ' || k.conname "
+    "FROM pg_constraint k WHERE k.confrelid = c.oid AND k.contype = 'f' "
+    "UNION ALL SELECT 'index ' || pg_get_indexdef(i.indexrelid) || ' ' || i.indisvalid "
+    "FROM pg_index i WHERE i.indrelid = c.oid "
+    "UNION ALL SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text "
+    "FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal "
+    "UNION ALL SELECT 'rule ' || r.rulename FROM pg_rewrite r WHERE r.ev_class = c.oid "
+    "UNION ALL SELECT 'inherits ' || h.inhparent || ' ' || h.inhrelid FROM pg_inherits h "
+    "WHERE c.oid IN (h.inhparent, h.inhrelid) "
+    "UNION ALL SELECT 'table ' || c.relowner || ' ' || c.relrowsecurity || ' ' "
+    "|| coalesce(c.relacl::text, '')"
+    ") AS parts ORDER BY d)"
 )
 _KEY: Final = f"{LEGACY_PARTITION}_pkey"  # what duplicate detection recognises as a key
+# The indexes the package creates (the swap makes them itself); any other is a host's own.
+_PACKAGE_INDEXES: Final = (PK_NAME, *INDEX_NAMES, FEED_INDEX_NAME)
 # (column, partial-index condition) of each index, as evl_0001 and evlpart_0001 declare them.
 _INDEX_SHAPES: Final = {
     "ix_event_logs_session_id_created_at": ("session_id", None),
@@ -406,26 +422,29 @@ class _Conversion:
         table = self.table
         with self.engine.connect() as connection:
             with connection.begin():
-                # Read before the lock, so that it is held for the DDL only.
-                statements, checks = self._swap_statements(connection, boundary)
+                # Read before the lock, so that it is held for the DDL only. The refusals
+                # again: the table may have changed during the online steps.
+                self._refuse_attachments(connection)
+                statements = self._swap_statements(connection, boundary)
+                definition = self._definition(connection)
             run = connection.exec_driver_sql
             with connection.begin():
                 run(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'")
                 run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
                 granted = time.perf_counter()
                 # Under the lock nothing changes any more: check what the online steps left
-                # (another conversion may have swapped meanwhile), and that the CHECKs are
-                # those the statements carry over.
+                # (another conversion may have swapped meanwhile), and that the table is
+                # still the one the statements were made for.
                 state = connection.execute(
                     text(
                         "SELECT clock_timestamp(), c.relkind = 'r' AND EXISTS (SELECT 1 FROM "
                         "pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :bound AND "
                         "k.convalidated) AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x "
                         "ON x.oid = i.indexrelid WHERE i.indrelid = c.oid AND x.relname = :key "
-                        f"AND i.indisvalid) AND ({_CHECKS_SQL}) = :checks "
+                        f"AND i.indisvalid) AND ({_DEFINITION_SQL}) = :definition "
                         "FROM pg_class c WHERE c.oid = to_regclass(:name)"
                     ),
-                    {"bound": _BOUND, "key": _KEY, "name": table, "checks": checks},
+                    {"bound": _BOUND, "key": _KEY, "name": table, "definition": definition},
                 ).one()
                 locked_at, ready = state
                 if not ready:
@@ -439,11 +458,8 @@ class _Conversion:
             seconds = time.perf_counter() - granted
         return (done_at - locked_at).total_seconds(), seconds
 
-    def _swap_statements(
-        self, connection: Connection, boundary: datetime
-    ) -> tuple[list[str], list[str]]:
-        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``, and the CHECKs
-        it carries over (``name definition``)."""
+    def _swap_statements(self, connection: Connection, boundary: datetime) -> list[str]:
+        """The swap's DDL, after the ACCESS EXCLUSIVE lock on ``event_logs``."""
         table, legacy = self.table, self.name(LEGACY_PARTITION)
         fks = self._foreign_keys(connection)
         owner, grants = self._privileges(connection)
@@ -453,6 +469,7 @@ class _Conversion:
         # The opt-in feed's index (evlfeed_0001), carried over like the others.
         feed = bool(self._feed_index(connection, int(oid)))
         indexes = (*INDEX_NAMES, FEED_INDEX_NAME) if feed else INDEX_NAMES
+        own = self._own_indexes(connection, int(oid))
         sql = [f"ALTER TABLE {table} RENAME TO {_quote(LEGACY_PARTITION)}"]
         for index in indexes:
             suffix = index.removeprefix("ix_event_logs_")
@@ -460,6 +477,11 @@ class _Conversion:
                 f"ALTER INDEX {self.name(index)} "
                 f"RENAME TO {_quote(f'{LEGACY_PARTITION}_{suffix}_idx')}"
             )
+        # A host's own indexes: the legacy partition's copy gets a name of its own, and the
+        # partitioned table the index under its name (its definition names the table by the
+        # name the new one takes). ATTACH then adopts the legacy copy instead of building it.
+        for name, _ in own:
+            sql.append(f"ALTER INDEX {self.name(name)} RENAME TO {_quote(_legacy_name(name))}")
         sql += [
             f"ALTER TABLE {legacy} DROP CONSTRAINT {_quote(PK_NAME)}",
             f"ALTER TABLE {legacy} ADD CONSTRAINT {_quote(_KEY)} "
@@ -474,14 +496,14 @@ class _Conversion:
         checks = self._checks(connection, int(oid))
         sql += [
             f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {definition}"
-            for name, definition in checks
+            for name, definition in (*checks, *fks)
         ]
-        sql += [f"ALTER TABLE {table} ADD CONSTRAINT {_quote(name)} {sql_}" for name, sql_ in fks]
         for name, (column, where) in _INDEX_SHAPES.items():
             condition = f" WHERE {where}" if where else ""
             sql.append(f"CREATE INDEX {_quote(name)} ON {table} ({column}, created_at){condition}")
         if feed:
             sql.append(f"CREATE INDEX {_quote(FEED_INDEX_NAME)} ON {table} (xid, id)")
+        sql += [definition for _, definition in own]
         audit = self._audit_schema(connection)
         if audit is not None:
             sql += guard_statements(audit, table)
@@ -497,7 +519,7 @@ class _Conversion:
         for grantee, privilege, grantable in grants:
             option = " WITH GRANT OPTION" if grantable else ""
             sql.append(f"GRANT {privilege} ON {table} TO {grantee}{option}")
-        return sql, [f"{name} {definition}" for name, definition in checks]
+        return sql
 
     def _add_partitions(self, partitions: list[tuple[str, datetime, datetime]]) -> tuple[str, ...]:
         """Create the missing partitions from the boundary on, each without blocking writers.
@@ -621,7 +643,7 @@ class _Conversion:
         """Read the table's state, refusing what the conversion cannot handle."""
         row = self._one(
             connection,
-            "SELECT c.oid, c.relkind, c.relispartition, c.relrowsecurity FROM pg_class c "
+            "SELECT c.oid, c.relkind, c.relispartition FROM pg_class c "
             "WHERE c.oid = to_regclass(:name)",
             name=self.table,
         )
@@ -632,7 +654,7 @@ class _Conversion:
                 "first (a new table can be partitioned from the start by revision "
                 "evlpart_0001), or pass the schema that holds it"
             )
-        oid, kind, is_partition, row_security = row
+        oid, kind, is_partition = row
         if kind == "p":
             default = self._one(
                 connection,
@@ -681,7 +703,7 @@ class _Conversion:
                 f"{sorted(_COLUMNS)} and primary key {PK_NAME} (id) were not found); "
                 "pass the schema of the package's event_logs"
             )
-        self._refuse_attachments(connection, oid, row_security=row_security)
+        self._refuse_attachments(connection)
         found = _Found("r")
         bound = self._one(
             connection,
@@ -719,8 +741,12 @@ class _Conversion:
             return None
         return str(schema)
 
-    def _refuse_attachments(self, connection: Connection, oid: int, *, row_security: bool) -> None:
+    def _refuse_attachments(self, connection: Connection) -> None:
         """Refuse what the swap would not carry over to the partitioned table."""
+        oid, row_security = connection.execute(
+            text("SELECT oid, relrowsecurity FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": self.table},
+        ).one()
         problems = []
         for name in INDEX_NAMES:
             if (
@@ -759,6 +785,19 @@ class _Conversion:
             # A partitioned table cannot have one; the others are carried over.
             ("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'c' "
              "AND connoinherit", "NO INHERIT constraint {}"),
+            # Attached under the lock, a foreign key that is not valid would be validated
+            # there (a scan of the table); valid ones are carried over.
+            ("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'f' "
+             "AND NOT convalidated", "foreign key {} is NOT VALID (VALIDATE it first)"),
+            # A unique index of a partitioned table must hold created_at, and an exclusion
+            # constraint is more than its index; other indexes are carried over.
+            ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+             "WHERE i.indrelid = :oid AND (i.indisunique OR i.indisexclusion) "
+             "AND NOT (c.relname = ANY (:ours))", "unique or exclusion index {}"),
+            # ATTACH would build the index again, under the lock.
+            ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+             "WHERE i.indrelid = :oid AND NOT i.indisvalid AND c.relname <> :key",
+             "index {} is invalid (REINDEX INDEX CONCURRENTLY it, or drop it)"),
         ]  # fmt: skip
         # The audit's guard is carried over: the legacy partition keeps its triggers, the
         # partitioned table and each new partition get them.
@@ -766,7 +805,10 @@ class _Conversion:
         for sql, what in checks:
             problems += [
                 what.format(name)
-                for (name,) in connection.execute(text(sql), {"oid": oid, "guard": guard})
+                for (name,) in connection.execute(
+                    text(sql),
+                    {"oid": oid, "guard": guard, "ours": [*_PACKAGE_INDEXES, _KEY], "key": _KEY},
+                )
             ]
         if row_security:
             problems.append("row-level security is enabled")
@@ -787,6 +829,17 @@ class _Conversion:
                 f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
                 f"recreate it on the partitioned table{later}"
             )
+
+    def _definition(self, connection: Connection) -> list[str]:
+        """The table as the swap's probe compares it (`_DEFINITION_SQL`)."""
+        return list(
+            connection.execute(
+                text(
+                    f"SELECT ({_DEFINITION_SQL}) FROM pg_class c WHERE c.oid = to_regclass(:name)"
+                ),
+                {"bound": _BOUND, "name": self.table},
+            ).scalar_one()
+        )
 
     def _checks(self, connection: Connection, oid: int) -> list[tuple[str, str]]:
         """The table's CHECK constraints but the conversion's own bound: names, definitions."""
@@ -813,14 +866,25 @@ class _Conversion:
         return None if row is None else bool(row[0])
 
     def _foreign_keys(self, connection: Connection) -> list[tuple[str, str]]:
-        """The package's foreign keys as the table declares them (targets, ON DELETE)."""
+        """The table's foreign keys, the package's and a host's, as it declares them."""
         rows = connection.execute(
             text(
                 "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                "WHERE conrelid = to_regclass(:name) AND contype = 'f' "
-                "AND conname = ANY(:names) ORDER BY conname"
+                "WHERE conrelid = to_regclass(:name) AND contype = 'f' ORDER BY conname"
             ),
-            {"name": self.table, "names": list(FK_NAMES.values())},
+            {"name": self.table},
+        )
+        return [(name, definition) for name, definition in rows]
+
+    def _own_indexes(self, connection: Connection, oid: int) -> list[tuple[str, str]]:
+        """A host's own indexes on the table: names and definitions."""
+        rows = connection.execute(
+            text(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = :oid "
+                "AND NOT (c.relname = ANY (:ours)) ORDER BY c.relname"
+            ),
+            {"oid": oid, "ours": [*_PACKAGE_INDEXES, _KEY]},
         )
         return [(name, definition) for name, definition in rows]
 
@@ -845,6 +909,13 @@ class _Conversion:
             )
         ]
         return (None if owner[1] else owner[0]), grants
+
+
+def _legacy_name(index: str) -> str:
+    """The name of the legacy partition's copy of a host's ``index``, within PostgreSQL's
+    63 bytes."""
+    name = f"{LEGACY_PARTITION}_{index}".encode()[:63]
+    return name.decode(errors="ignore")
 
 
 _BOUNDARY: Final = re.compile(r"'([^']+)'")
