@@ -4,6 +4,8 @@ through the parent."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from auditkit import (
+    CHUNK,
     add_session,
     audited_engine,
     audited_template,
@@ -22,12 +25,14 @@ from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
 from test_audit_migrations import BOUND, BOUND_SQL, bounded_tables, insert_at
 from test_partitions import comment_and_rows, drop_losing_its_connection, read_from
 
 from eventlog_persist import (
+    AsyncAuditSealer,
     convert_to_partitioned,
     drop_partitions,
     ensure_partitions,
@@ -36,6 +41,8 @@ from eventlog_persist import (
     purge_events,
     verify_audit,
 )
+from eventlog_persist import _audit_chain as audit_chain
+from eventlog_persist._audit_leaf import LEAF_COLUMNS
 from eventlog_persist._cli import main
 
 EventLog = build_host_models(feed=True, partitioned=True).EventLog
@@ -226,6 +233,120 @@ def test_a_row_deleted_behind_the_guard_of_a_partition_is_reported(db: Engine) -
     report = verify_audit(EventLog, db)
     assert [p.kind for p in report.problems] == ["chunk"]
     assert "1 fewer events than sealed" in report.problems[0].detail
+
+
+# -- an id stored twice ----------------------------------------------------------------------
+#
+# The partitioned table's key is (id, created_at): raw SQL can store one id twice, at two
+# times, and in one transaction both copies share (xid, id), the order seals are cut in.
+
+
+def twins(db: Engine) -> dict[str, Any]:
+    """One transaction: ids ...01 to ...05 in one session, ...04 stored twice (now and 10
+    weeks ago, the later copy first), so that with chunks of 4 the copies straddle a chunk
+    end whichever copy comes first."""
+    ensure_partitions(EventLog, db, ahead=0, now=OLD)
+    with db.begin() as connection:
+        ids = add_session(connection, events=0)
+        now = datetime.now(UTC)
+        rows = [(n, now) for n in (1, 2, 3)] + [(4, now), (4, OLD), (5, now)]
+        for n, at in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO event_logs (id, session_id, user_id, agent_id, event_type, "
+                    "payload, created_at) VALUES (:id, :s, :u, :a, 'chat', "
+                    "CAST(:payload AS jsonb), :at)"
+                ),
+                {
+                    "id": uuid.UUID(int=n),
+                    "s": ids["session"],
+                    "u": ids["user"],
+                    "a": ids["agent"],
+                    "payload": f'{{"at": "{at.isoformat()}"}}',
+                    "at": at,
+                },
+            )
+    return ids
+
+
+@pytest.mark.parametrize("erase", [None, "session", "agent"])
+def test_an_id_stored_twice_in_one_transaction_seals_and_verifies(
+    db: Engine, erase: str | None
+) -> None:
+    ids = twins(db)
+    seal_all(EventLog, db)
+    if erase == "session":  # both copies deleted: a tombstone each, under one id
+        with db.begin() as connection:
+            connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), ids)
+    elif erase == "agent":  # both copies kept, with a set_null tombstone each
+        with db.begin() as connection:
+            connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), ids)
+    erasures = {None: {}, "session": {"cascade": 6}, "agent": {"set_null": 6}}[erase]
+    assert_ok(db, **erasures)
+    assert verify_audit(EventLog, db).events == 6
+
+
+def test_a_copy_of_an_id_stored_twice_deleted_behind_the_guard_is_reported_in_its_chunk(
+    db: Engine,
+) -> None:
+    twins(db)
+    seal_all(EventLog, db)
+    with db.begin() as connection:  # the owner, switching the guard off
+        connection.execute(text("ALTER TABLE event_logs DISABLE TRIGGER event_logs_audit_delete"))
+        connection.execute(
+            text("DELETE FROM event_logs WHERE id = :id AND created_at > :old"),
+            {"id": uuid.UUID(int=4), "old": OLD},
+        )
+        connection.execute(text("ALTER TABLE event_logs ENABLE TRIGGER event_logs_audit_delete"))
+    report = verify_audit(EventLog, db)
+    # The earlier copy ended chunk 0, the later one began chunk 1.
+    assert [(p.kind, p.chunk) for p in report.problems] == [("chunk", 1)]
+    assert "1 fewer events than sealed" in report.problems[0].detail
+
+
+def test_rows_of_one_xid_and_id_are_put_in_time_order() -> None:
+    def row(n: int, at: str, xid: str | None = "7") -> tuple[Any, ...]:
+        values: list[Any] = [None] * len(LEAF_COLUMNS)
+        values[0], values[LEAF_COLUMNS.index("created_at")], values[-1] = str(n), at, xid
+        return tuple(values)
+
+    late, early = "2026-12-05 10:00:00.000001", "2026-12-05 10:00:00.000000"
+    rows = [row(1, late), row(2, late), row(2, early), row(2, "0001-01-01 00:00:00.000000"),
+            row(3, early, None), row(3, late, None), row(4, late)]  # fmt: skip
+    ordered = list(audit_chain._ties_by_time(iter(rows)))
+    assert ordered == [rows[0], rows[3], rows[2], rows[1], rows[4], rows[5], rows[6]]
+    assert list(audit_chain._ties_by_time(iter([row(9, late), row(9, early)]))) == [
+        row(9, early),
+        row(9, late),
+    ]
+    assert list(audit_chain._ties_by_time(iter([]))) == []
+
+
+def test_an_id_stored_twice_is_sealed_whole_by_the_async_sealer_page_by_page(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A page of one row: the async reader's next page starts right after each copy.
+    monkeypatch.setattr(audit_chain, "_YIELD_PER", 1)
+    twins(db)
+    exported: list[Any] = []
+
+    async def main() -> None:
+        engine = create_async_engine(db.url)
+        try:
+            async with AsyncAuditSealer(
+                EventLog, engine, interval=0.05, chunk_size=CHUNK, anchor=exported.append
+            ):
+                deadline = time.monotonic() + 30
+                while not exported or verify_audit(EventLog, db).unsealed:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    assert sum(seal.events for seal in exported) == 6
+    report = verify_audit(EventLog, db)
+    assert report.problems == (), [str(p) for p in report.problems]
 
 
 # -- retention -------------------------------------------------------------------------------

@@ -344,6 +344,33 @@ def _utc_datetime(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
+def _utc_text(value: datetime) -> str:
+    """An aware datetime as `_UTC_TEXT` writes it (in the audit's range of years, the
+    text's order is the time's)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+_CREATED: Final = LEAF_COLUMNS.index("created_at")
+"""Where a row of `_rows` holds ``created_at`` (as `_UTC_TEXT`)."""
+
+
+def _ties_by_time(rows: Iterator[Sequence[Any]]) -> Iterator[Sequence[Any]]:
+    """Rows by (xid, id) (or id), those of equal (xid, id) by ``created_at``: the order of
+    `_paged`. Only the partitioned layout, whose key is (id, created_at), can hold an id
+    twice, and raw SQL alone stores one so."""
+    held: list[Sequence[Any]] = []
+    for row in rows:
+        if held and (row[0] != held[0][0] or row[-1] != held[0][-1]):
+            if len(held) > 1:
+                held.sort(key=lambda tied: tied[_CREATED])
+            yield from held
+            held.clear()
+        held.append(row)
+    if len(held) > 1:
+        held.sort(key=lambda tied: tied[_CREATED])
+    yield from held
+
+
 def _rows_sql(tables: AuditTables, condition: str, order: str, style: str) -> str:
     """The window's rows: `LEAF_COLUMNS`, ids, keys, payload and xid as text, created_at
     as UTC text (`_UTC_TEXT`)."""
@@ -400,7 +427,7 @@ def _rows(
     connection: Connection, tables: AuditTables, xid_from: int | None, xid_to: int
 ) -> Iterator[Sequence[Any]]:
     """The window's rows (`LEAF_COLUMNS`, ids, keys, payload, xid and created_at as text)
-    by (xid, id):
+    by (xid, id, created_at):
     xid NULL first (the first window only).
 
     With psycopg, read by a server-side cursor of the driver, without SQLAlchemy's row
@@ -417,7 +444,9 @@ def _rows(
     for condition, order in parts:
         if isinstance(driver, psycopg.Connection):
             sql = _rows_sql(tables, condition, order, "%({})s")
-            yield from _prefetched(connection, driver, sql, params)
+            # Read in the (xid, id) index's order, ties put in order here: an ORDER BY
+            # ending in created_at could move the planner off the index to a sort.
+            yield from _ties_by_time(_prefetched(connection, driver, sql, params))
         else:
             yield from _paged(connection, tables, condition, order, params)
 
@@ -429,11 +458,16 @@ def _paged(
     row of the one before (by the (xid, id) index), buffered: no server-side cursor, which
     an async sealer cancelled mid-page (run_sync) would leave open."""
     by_xid = order.startswith("e.xid")
+    # created_at last: an id stored twice in one transaction (partitioned layout) is two
+    # rows of one (xid, id), and a page may end between them.
+    at = "CAST(:after_at AS timestamp) AT TIME ZONE 'UTC'"
     after = (
-        "(e.xid, e.id) > (CAST(CAST(:after_xid AS text) AS xid8), CAST(:after_id AS uuid))"
+        "(e.xid, e.id, e.created_at) > "
+        f"(CAST(CAST(:after_xid AS text) AS xid8), CAST(:after_id AS uuid), {at})"
         if by_xid
-        else "e.id > CAST(:after_id AS uuid)"
+        else f"(e.id, e.created_at) > (CAST(:after_id AS uuid), {at})"
     )
+    order = f"{order}, e.created_at"
     first = _rows_sql(tables, condition, order, ":{}") + f" LIMIT {_YIELD_PER}"
     rest = _rows_sql(tables, f"{condition} AND {after}", order, ":{}") + f" LIMIT {_YIELD_PER}"
     page = connection.execute(text(first), params).all()
@@ -442,7 +476,7 @@ def _paged(
         if len(page) < _YIELD_PER:
             return
         last = page[-1]
-        cursor = {"after_id": last[0], "after_xid": last[-1]} if by_xid else {"after_id": last[0]}
+        cursor = {"after_id": last[0], "after_xid": last[-1], "after_at": last[_CREATED]}
         page = connection.execute(text(rest), params | cursor).all()
 
 
@@ -454,23 +488,29 @@ def window_entries(
     *,
     check: Check | None = None,
 ) -> Iterator[Entry]:
-    """Every event of the window, present or erased, in (xid, id) order, each with its
-    first-written leaf: an erased event's (or a set-null one's) from its earliest
+    """Every event of the window, present or erased, in (xid, id, created_at) order, each
+    with its first-written leaf: an erased event's (or a set-null one's) from its earliest
     tombstone, any other's recomputed in Python from the row.
 
     With ``check``, a row that has tombstones is also checked against its earliest one.
     """
-    stones: dict[str, list[dict[str, Any]]] = {}
+    # Tombstones by row: (xid, id, created_at), as `_rows` orders the rows.
+    stones: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
     for stone in window_tombstones(connection, tables, xid_from, xid_to, by="event_xid"):
-        stones.setdefault(str(stone["event_id"]), []).append(stone)
-    erased = sorted(((stone[0]["event_xid"] or 0, event), stone) for event, stone in stones.items())
+        row_key = (
+            stone["event_xid"] or 0,
+            str(stone["event_id"]),
+            _utc_text(stone["event_created_at"]),
+        )
+        stones.setdefault(row_key, []).append(stone)
+    erased = sorted(stones.items())
     position = 0
     for row in _rows(connection, tables, xid_from, xid_to):
         event, xid_text = row[0], row[-1]
         xid = None if xid_text is None else int(xid_text)
-        key = (xid or 0, event)
+        key = (xid or 0, event, row[_CREATED])
         while position < len(erased) and erased[position][0] < key:
-            (old_xid, old_event), of_event = erased[position]
+            (old_xid, old_event, _), of_event = erased[position]
             yield Entry(
                 old_xid or None, old_event, _absent_with_tombstone(old_event, of_event, check)
             )
@@ -481,5 +521,5 @@ def window_entries(
         else:
             leaf = leaf_hash_of_text(row)
         yield Entry(xid, event, leaf)
-    for (old_xid, old_event), of_event in erased[position:]:
+    for (old_xid, old_event, _), of_event in erased[position:]:
         yield Entry(old_xid or None, old_event, _absent_with_tombstone(old_event, of_event, check))
