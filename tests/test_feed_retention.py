@@ -25,6 +25,7 @@ from eventlog_persist import (
     AsyncEventFeed,
     EventFeed,
     PurgeResult,
+    afeed_status,
     drop_partitions,
     feed_status,
     new_event,
@@ -408,6 +409,77 @@ def test_the_async_feed_raises_the_same(
     with pytest.raises(FeedDataLostError, match=r"^consumer 'c': retention") as raised:
         asyncio.run(fetch())
     assert raised.value.lost_events == 2
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_fetch_finding_events_lost_takes_no_lease_on_an_autocommit_engine(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    database_url: URL,
+    flavour: str,
+) -> None:
+    # On an engine in autocommit mode, each statement would commit as it ran: the lease
+    # too, before the fetch found the loss and raised.
+    model = host_models.EventLog
+    EventFeed(model, host_engine, consumer="c").register()
+    write(host_engine, host_models, keys, [OLD] * 2)
+    purge_events(model, host_engine, older_than=CUTOFF)
+    if flavour == "sync":
+        autocommit = host_engine.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(FeedDataLostError):
+            EventFeed(model, autocommit, consumer="c", owner="w1").fetch()
+    else:
+        url = database_url.set(drivername="postgresql+psycopg")
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+
+        async def fetch() -> None:
+            try:
+                await AsyncEventFeed(model, engine, consumer="c", owner="w1").fetch()
+            finally:
+                await engine.dispose()
+
+        with pytest.raises(FeedDataLostError):
+            asyncio.run(fetch())
+    assert marks(host_engine, "c")[0][5] is None
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_feed_status_reads_in_one_read_only_transaction_on_an_autocommit_engine(
+    host_engine: Engine, host_models: HostModels, database_url: URL, flavour: str
+) -> None:
+    EventFeed(host_models.EventLog, host_engine, consumer="c").register()
+    seen: list[tuple[Any, ...]] = []
+
+    def state(conn: Any, *_: Any) -> None:
+        # Each statement's transaction: its start and whether it may write.
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("SELECT transaction_timestamp(), current_setting('transaction_read_only')")
+        seen.append(tuple(cursor.fetchone()))
+        cursor.close()
+
+    if flavour == "sync":
+        engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+        event.listen(engine, "after_cursor_execute", state)
+        try:
+            statuses = feed_status(host_models.EventLog, engine)
+        finally:
+            engine.dispose()
+    else:
+        url = database_url.set(drivername="postgresql+psycopg")
+        async_engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        event.listen(async_engine.sync_engine, "after_cursor_execute", state)
+
+        async def read() -> list[Any]:
+            try:
+                return await afeed_status(host_models.EventLog, async_engine)
+            finally:
+                await async_engine.dispose()
+
+        statuses = asyncio.run(read())
+    assert [status.consumer for status in statuses] == ["c"]
+    assert len(seen) >= 3
+    assert set(seen) == {(seen[0][0], "on")}
 
 
 # -- drop_partitions ---------------------------------------------------------------------------

@@ -61,9 +61,11 @@ from eventlog_persist.exceptions import (
 
 __all__ = ["AsyncEventFeed", "EventFeed", "FeedBatch"]
 
-# A registration waits for any other one of its consumer (a lock), then reads whether it
-# exists: at READ COMMITTED that read sees the other one's rows, whatever the engine's level.
-_REGISTERING: Final = {"isolation_level": "READ COMMITTED"}
+# A feed's own transactions run at READ COMMITTED whatever the engine's level: a registration
+# waits for any other one of its consumer (a lock), then reads whether it exists, and that
+# read must see the other one's rows; and on an engine in autocommit mode (where BEGIN is
+# never sent) a fetch's lease would commit before the fetch could still fail and roll it back.
+OWN_TRANSACTION: Final = {"isolation_level": "READ COMMITTED"}
 # Undefined table, column or function: the feed's migration has not run (or PostgreSQL < 13).
 _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 
@@ -439,7 +441,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_start(start)
         try:
             with self._engine.connect() as connection:
-                read_committed = connection.execution_options(**_REGISTERING)
+                read_committed = connection.execution_options(**OWN_TRANSACTION)
                 with read_committed.begin():
                     return _register(self, read_committed, chosen)
         except DBAPIError as exc:
@@ -465,7 +467,11 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         self._ticket = self._wakeups.ticket()
         try:
-            with self._engine.begin() as connection:
+            with (
+                self._engine.connect() as own,
+                own.execution_options(**OWN_TRANSACTION) as connection,
+                connection.begin(),
+            ):
                 lease = self._statements.lease(fixed=self._part is not None)
                 row = connection.execute(lease, self._lease_params()).first()
                 if row is None:
@@ -671,7 +677,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_start(start)
         try:
             async with self._engine.connect() as connection:
-                read_committed = await connection.execution_options(**_REGISTERING)
+                read_committed = await connection.execution_options(**OWN_TRANSACTION)
                 async with read_committed.begin():
                     return await read_committed.run_sync(lambda sync: _register(self, sync, chosen))
         except DBAPIError as exc:
@@ -697,21 +703,24 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         self._ticket = self._wakeups.ticket()
         try:
-            async with self._engine.begin() as connection:
-                lease = self._statements.lease(fixed=self._part is not None)
-                row = (await connection.execute(lease, self._lease_params())).first()
-                if row is None:
-                    found = await connection.execute(
-                        self._statements.holder(), {"name": self._name}
-                    )
-                    raise self._refused(found.all())
-                part, generation, plan, current = self._plan(row, chosen)
-                page = self._statements.page(plan)
-                pages = [(plan, (await connection.execute(page, plan.params)).all())]
-                follow = self._follow(part, plan, pages[0][1], current)
-                if follow is not None:
-                    page = self._statements.page(follow)
-                    pages.append((follow, (await connection.execute(page, follow.params)).all()))
+            async with self._engine.connect() as own:
+                connection = await own.execution_options(**OWN_TRANSACTION)
+                async with connection.begin():
+                    lease = self._statements.lease(fixed=self._part is not None)
+                    row = (await connection.execute(lease, self._lease_params())).first()
+                    if row is None:
+                        found = await connection.execute(
+                            self._statements.holder(), {"name": self._name}
+                        )
+                        raise self._refused(found.all())
+                    part, generation, plan, current = self._plan(row, chosen)
+                    page = self._statements.page(plan)
+                    pages = [(plan, (await connection.execute(page, plan.params)).all())]
+                    follow = self._follow(part, plan, pages[0][1], current)
+                    if follow is not None:
+                        page = self._statements.page(follow)
+                        rows = (await connection.execute(page, follow.params)).all()
+                        pages.append((follow, rows))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
         return self._batch(part, generation, pages)

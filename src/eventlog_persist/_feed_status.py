@@ -72,6 +72,9 @@ __all__ = [
 
 # Undefined table, column or function: the feed's migration has not run (or PostgreSQL < 13).
 _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
+# The status is read in one transaction (`_status` makes it REPEATABLE READ READ ONLY), also
+# on an engine in autocommit mode, whose connections never send BEGIN.
+_ONE_SNAPSHOT: Final = {"isolation_level": "REPEATABLE READ"}
 _XID32: Final = 2**32
 
 
@@ -380,7 +383,11 @@ def feed_status(
     name = None if consumer is None else check_consumer(consumer)
     check_engine(engine, api="feed_status", is_async=False)
     try:
-        with engine.connect() as connection, connection.begin():
+        with (
+            engine.connect() as own,
+            own.execution_options(**_ONE_SNAPSHOT) as connection,
+            connection.begin(),
+        ):
             return _status(connection, table, name)
     except DBAPIError as exc:
         raise _translated(exc) from exc
@@ -425,8 +432,10 @@ async def afeed_status(
     name = None if consumer is None else check_consumer(consumer)
     check_engine(engine, api="afeed_status", is_async=True)
     try:
-        async with engine.connect() as connection, connection.begin():
-            return await connection.run_sync(lambda sync: _status(sync, table, name))
+        async with engine.connect() as own:
+            connection = await own.execution_options(**_ONE_SNAPSHOT)
+            async with connection.begin():
+                return await connection.run_sync(lambda sync: _status(sync, table, name))
     except DBAPIError as exc:
         raise _translated(exc) from exc
 
