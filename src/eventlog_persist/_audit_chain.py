@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import psycopg
@@ -361,14 +362,16 @@ def _ties_by_time(rows: Iterator[Sequence[Any]]) -> Iterator[Sequence[Any]]:
     held: list[Sequence[Any]] = []
     for row in rows:
         if held and (row[0] != held[0][0] or row[-1] != held[0][-1]):
-            if len(held) > 1:
-                held.sort(key=lambda tied: tied[_CREATED])
-            yield from held
+            yield from _by_time(held)
             held.clear()
         held.append(row)
-    if len(held) > 1:
-        held.sort(key=lambda tied: tied[_CREATED])
-    yield from held
+    yield from _by_time(held)
+
+
+def _by_time(rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    if len(rows) > 1:
+        rows.sort(key=itemgetter(_CREATED))
+    return rows
 
 
 def _rows_sql(tables: AuditTables, condition: str, order: str, style: str) -> str:
@@ -503,7 +506,7 @@ def window_entries(
             _utc_text(stone["event_created_at"]),
         )
         stones.setdefault(row_key, []).append(stone)
-    erased = sorted(stones.items())
+    erased = sorted(stones.items(), key=itemgetter(0))
     position = 0
     for row in _rows(connection, tables, xid_from, xid_to):
         event, xid_text = row[0], row[-1]

@@ -204,15 +204,15 @@ def _check_chunks(
     total = 0
     previous: tuple[int, str] | None = None
 
-    def expected(number: int) -> int:
+    def expected_size(number: int) -> int:
         return min(row.chunk_size, row.events - number * row.chunk_size)
 
     def close_chunk(number: int) -> None:
-        if len(leaves) != expected(number) or merkle_root(leaves) != roots[number]:
+        if len(leaves) != expected_size(number) or merkle_root(leaves) != roots[number]:
             problems.append(
                 AuditProblem(
                     "chunk",
-                    _chunk_detail(len(leaves), expected(number), ends[number]),
+                    _chunk_detail(len(leaves), expected_size(number), ends[number]),
                     seal=row.seq,
                     chunk=number,
                 )
@@ -229,7 +229,7 @@ def _check_chunks(
         previous = key
         while index < chunks and (
             key > end_keys[index]
-            or (tie and key == end_keys[index] and len(leaves) >= expected(index))
+            or (tie and key == end_keys[index] and len(leaves) >= expected_size(index))
         ):
             close_chunk(index)
             index += 1

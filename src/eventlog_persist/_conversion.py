@@ -8,9 +8,10 @@ The slow steps take no lock that blocks writers; one short transaction swaps the
 3. ``key``: ``CREATE UNIQUE INDEX CONCURRENTLY`` on ``(id, created_at)``.
 4. ``swap``: under ``lock_timeout``, retried: the table becomes the partition
    ``event_logs_legacy`` ``FROM (MINVALUE) TO (B)`` of a new partitioned ``event_logs`` with
-   the keys, foreign keys and indexes revision ``evlpart_0001`` creates and the table's own
-   CHECK constraints (the audit's on ``created_at``, a host's); its indexes and foreign keys
-   are attached, not rebuilt, and the valid CHECK spares ATTACH its scan.
+   the keys, foreign keys and indexes revision ``evlpart_0001`` creates, and the table's own
+   CHECK constraints (the audit's on ``created_at``, a host's), a host's foreign keys and
+   indexes, its owner and grants; its indexes and foreign keys are attached, not rebuilt,
+   and the valid CHECK spares ATTACH its scan.
 
 Each step detects that it was done, so an interrupted conversion resumes where it stopped.
 """
@@ -71,7 +72,9 @@ _DEFINITION_SQL: Final = (
     "UNION ALL SELECT 'inherits ' || h.inhparent || ' ' || h.inhrelid FROM pg_inherits h "
     "WHERE c.oid IN (h.inhparent, h.inhrelid) "
     "UNION ALL SELECT 'table ' || c.relowner || ' ' || c.relrowsecurity || ' ' "
-    "|| coalesce(c.relacl::text, '')"
+    "|| coalesce(c.relacl::text, '') "
+    "UNION ALL SELECT 'column ' || a.attname || ' ' || a.attacl::text FROM pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL AND NOT a.attisdropped"
     ") AS parts ORDER BY d)"
 )
 _KEY: Final = f"{LEGACY_PARTITION}_pkey"  # what duplicate detection recognises as a key
@@ -97,6 +100,10 @@ State: TypeAlias = Literal["converted", "prepared", "already_partitioned"]
 Step: TypeAlias = Literal["bound", "validate", "key", "swap"]
 
 
+class _Changed(Exception):
+    """The table's definition changed between the swap's reads and its lock."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConversionResult:
     """What `convert_to_partitioned` did.
@@ -110,7 +117,8 @@ class ConversionResult:
             ``key``, ``swap`` (steps found done are not listed).
         partitions: The partitions this call created after the legacy one (each attached
             after the swap, in its own short transaction).
-        swap_attempts: Swap transactions started (1 when no lock wait timed out).
+        swap_attempts: Swap transactions started (1 when no lock wait timed out and the
+            table did not change while the swap read it).
         swap_hold: Seconds the swap held its ACCESS EXCLUSIVE lock, measured by the server
             from the lock's grant to just before COMMIT (``clock_timestamp()``).
         swap_seconds: The same seen by the client: from the lock's grant to COMMIT's return.
@@ -275,6 +283,8 @@ class _Conversion:
         self.retry_delay = retry_delay
         self.progress = progress
         self.steps: list[tuple[Step, float]] = []
+        # The table as the caller named it, for messages; SQL names the schema found.
+        self.shown = self.table
 
     def name(self, relation: str) -> str:
         return f"{_quote(self.schema)}.{_quote(relation)}" if self.schema else _quote(relation)
@@ -393,6 +403,17 @@ class _Conversion:
             started = time.perf_counter()
             try:
                 hold, seconds = self._swap_once(boundary)
+            except _Changed:
+                if attempts >= self.attempts:
+                    raise ConversionError(
+                        f"convert: {TABLE_NAME} changed while the swap waited for its lock, "
+                        f"{attempts} times; run the conversion again"
+                    ) from None
+                self.progress(
+                    f"swap: attempt {attempts}: the table changed before the lock was "
+                    "granted; reading it again"
+                )
+                continue
             except DBAPIError as exc:
                 if sqlstate_of(exc) not in _RETRIED_STATES:
                     raise self._failed("swap", exc) from exc
@@ -422,11 +443,12 @@ class _Conversion:
         table = self.table
         with self.engine.connect() as connection:
             with connection.begin():
-                # Read before the lock, so that it is held for the DDL only. The refusals
-                # again: the table may have changed during the online steps.
+                # Read before the lock, so that it is held for the DDL only; the definition
+                # first, so that a change made while the rest is read shows under the lock.
+                # The refusals again: the table may have changed during the online steps.
+                definition = self._definition(connection)
                 self._refuse_attachments(connection)
                 statements = self._swap_statements(connection, boundary)
-                definition = self._definition(connection)
             run = connection.exec_driver_sql
             with connection.begin():
                 run(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_timeout * 1000))}ms'")
@@ -441,17 +463,19 @@ class _Conversion:
                         "pg_constraint k WHERE k.conrelid = c.oid AND k.conname = :bound AND "
                         "k.convalidated) AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x "
                         "ON x.oid = i.indexrelid WHERE i.indrelid = c.oid AND x.relname = :key "
-                        f"AND i.indisvalid) AND ({_DEFINITION_SQL}) = :definition "
+                        f"AND i.indisvalid), ({_DEFINITION_SQL}) = :definition "
                         "FROM pg_class c WHERE c.oid = to_regclass(:name)"
                     ),
                     {"bound": _BOUND, "key": _KEY, "name": table, "definition": definition},
-                ).one()
-                locked_at, ready = state
-                if not ready:
+                ).first()
+                if state is None or not state[1]:
                     raise ConversionError(
                         f"convert: {TABLE_NAME} changed while the conversion ran (another "
                         "conversion?); run it again"
                     )
+                locked_at, _, same = state
+                if not same:  # rolled back: the statements are made again
+                    raise _Changed
                 # One round trip for the DDL: the lock is held for as short as it can be.
                 run(";\n".join(statements))
                 done_at = run("SELECT clock_timestamp()").scalar_one()
@@ -643,8 +667,8 @@ class _Conversion:
         """Read the table's state, refusing what the conversion cannot handle."""
         row = self._one(
             connection,
-            "SELECT c.oid, c.relkind, c.relispartition FROM pg_class c "
-            "WHERE c.oid = to_regclass(:name)",
+            "SELECT c.oid, c.relkind, c.relispartition, n.nspname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)",
             name=self.table,
         )
         where = f" in schema {self.schema}" if self.schema else " on the search_path"
@@ -654,7 +678,10 @@ class _Conversion:
                 "first (a new table can be partitioned from the start by revision "
                 "evlpart_0001), or pass the schema that holds it"
             )
-        oid, kind, is_partition = row
+        oid, kind, is_partition, schema = row
+        # The table found on the search_path: the tables the conversion creates go to its
+        # schema, not to the first one on the path ("$user", say).
+        self.schema = str(schema)
         if kind == "p":
             default = self._one(
                 connection,
@@ -676,7 +703,7 @@ class _Conversion:
             )
         if kind != "r" or is_partition:
             raise ConversionError(
-                f"convert: {self.table} is not a plain table (relkind {kind!r}"
+                f"convert: {self.shown} is not a plain table (relkind {kind!r}"
                 f"{', a partition' if is_partition else ''}); only the event log's own "
                 "table can be converted"
             )
@@ -699,7 +726,7 @@ class _Conversion:
         )
         if not columns >= _COLUMNS or key is None or key[0] != "PRIMARY KEY (id)":
             raise ConversionError(
-                f"convert: {self.table} is not the event log's table (its columns "
+                f"convert: {self.shown} is not the event log's table (its columns "
                 f"{sorted(_COLUMNS)} and primary key {PK_NAME} (id) were not found); "
                 "pass the schema of the package's event_logs"
             )
@@ -743,10 +770,15 @@ class _Conversion:
 
     def _refuse_attachments(self, connection: Connection) -> None:
         """Refuse what the swap would not carry over to the partitioned table."""
-        oid, row_security = connection.execute(
+        found = connection.execute(
             text("SELECT oid, relrowsecurity FROM pg_class WHERE oid = to_regclass(:name)"),
             {"name": self.table},
-        ).one()
+        ).first()
+        if found is None:
+            raise ConversionError(
+                f"convert: {self.shown} is gone (renamed or dropped while the conversion ran)"
+            )
+        oid, row_security = found
         problems = []
         for name in INDEX_NAMES:
             if (
@@ -786,17 +818,26 @@ class _Conversion:
             ("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'c' "
              "AND connoinherit", "NO INHERIT constraint {}"),
             # Attached under the lock, a foreign key that is not valid would be validated
-            # there (a scan of the table); valid ones are carried over.
-            ("SELECT conname FROM pg_constraint WHERE conrelid = :oid AND contype = 'f' "
-             "AND NOT convalidated", "foreign key {} is NOT VALID (VALIDATE it first)"),
+            # there (a scan of the table); valid ones are carried over, and so are those
+            # PostgreSQL 18 does not enforce (never validated: no conenforced before 18).
+            ("SELECT conname FROM pg_constraint k WHERE conrelid = :oid AND contype = 'f' "
+             "AND NOT convalidated "
+             "AND coalesce((to_jsonb(k) ->> 'conenforced')::boolean, true)",
+             "foreign key {} is NOT VALID (VALIDATE it first)"),
+            # The partitioned table gets each foreign key anew.
+            ("SELECT conname || ' needs the REFERENCES privilege on ' || confrelid::regclass "
+             "FROM pg_constraint WHERE conrelid = :oid AND contype = 'f' "
+             "AND NOT has_table_privilege(confrelid, 'REFERENCES')", "foreign key {}"),
             # A unique index of a partitioned table must hold created_at, and an exclusion
             # constraint is more than its index; other indexes are carried over.
             ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
              "WHERE i.indrelid = :oid AND (i.indisunique OR i.indisexclusion) "
              "AND NOT (c.relname = ANY (:ours))", "unique or exclusion index {}"),
-            # ATTACH would build the index again, under the lock.
+            # ATTACH would build the index again, under the lock. (The key's is rebuilt by
+            # the conversion, the feed's reported below.)
             ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-             "WHERE i.indrelid = :oid AND NOT i.indisvalid AND c.relname <> :key",
+             "WHERE i.indrelid = :oid AND NOT i.indisvalid AND c.relname <> :key "
+             "AND c.relname <> :feed",
              "index {} is invalid (REINDEX INDEX CONCURRENTLY it, or drop it)"),
         ]  # fmt: skip
         # The audit's guard is carried over: the legacy partition keeps its triggers, the
@@ -807,9 +848,16 @@ class _Conversion:
                 what.format(name)
                 for (name,) in connection.execute(
                     text(sql),
-                    {"oid": oid, "guard": guard, "ours": [*_PACKAGE_INDEXES, _KEY], "key": _KEY},
+                    {
+                        "oid": oid,
+                        "guard": guard,
+                        "ours": [*_PACKAGE_INDEXES, _KEY],
+                        "key": _KEY,
+                        "feed": FEED_INDEX_NAME,
+                    },
                 )
             ]
+        problems += self._legacy_names_taken(connection, int(oid))
         if row_security:
             problems.append("row-level security is enabled")
         if self._feed_index(connection, oid) is False:
@@ -825,10 +873,48 @@ class _Conversion:
                 else ""
             )
             raise ConversionError(
-                f"convert: {self.table} has what the swap would not carry over to the "
+                f"convert: {self.shown} has what the swap would not carry over to the "
                 f"partitioned table: {'; '.join(problems)}. Remove or fix it, convert, then "
                 f"recreate it on the partitioned table{later}"
             )
+
+    def _legacy_names_taken(self, connection: Connection, oid: int) -> list[str]:
+        """A host index whose legacy copy's name (`_legacy_name`) is not free, described."""
+        own = [name for name, _ in self._own_indexes(connection, oid)]
+        theirs = {
+            _KEY,
+            LEGACY_PARTITION,
+            *(
+                f"{LEGACY_PARTITION}_{index.removeprefix('ix_event_logs_')}_idx"
+                for index in (*INDEX_NAMES, FEED_INDEX_NAME)
+            ),
+        }
+        existing = set(
+            connection.execute(
+                text(
+                    "SELECT name FROM unnest(CAST(:names AS text[])) AS name "
+                    "WHERE to_regclass(quote_ident(:schema) || '.' || quote_ident(name)) "
+                    "IS NOT NULL"
+                ),
+                {"names": [_legacy_name(name) for name in own], "schema": self.schema},
+            ).scalars()
+        )
+        problems = []
+        given: dict[str, str] = {}
+        for name in own:
+            legacy = _legacy_name(name)
+            if legacy in theirs or legacy in existing:
+                taken = "which exists" if legacy in existing else "which the conversion uses"
+            elif legacy in given:
+                taken = f"as would the copy of index {given[legacy]}"
+            else:
+                given[legacy] = name
+                continue
+            problems.append(
+                f"index {name}, whose copy on the legacy partition would be named {legacy}, "
+                f"{taken} (rename the index)"
+            )
+        return problems
 
     def _definition(self, connection: Connection) -> list[str]:
         """The table as the swap's probe compares it (`_DEFINITION_SQL`)."""
@@ -889,7 +975,8 @@ class _Conversion:
         return [(name, definition) for name, definition in rows]
 
     def _privileges(self, connection: Connection) -> tuple[str | None, list[tuple[str, str, bool]]]:
-        """The table's owner (when not the current role) and its grants to others."""
+        """The table's owner (when not the current role) and its grants to others, of the
+        table or of a column (``"SELECT (payload)"``)."""
         owner = connection.execute(
             text(
                 "SELECT r.rolname, r.rolname = current_user FROM pg_class c "
@@ -898,12 +985,22 @@ class _Conversion:
             {"name": self.table},
         ).one()
         grants = [
-            (_quote(grantee) if grantee else "PUBLIC", privilege, bool(grantable))
-            for grantee, privilege, grantable in connection.execute(
+            (
+                _quote(grantee) if grantee else "PUBLIC",
+                privilege if column is None else f"{privilege} ({_quote(column)})",
+                bool(grantable),
+            )
+            for grantee, privilege, grantable, column in connection.execute(
                 text(
-                    "SELECT r.rolname, a.privilege_type, a.is_grantable FROM pg_class c, "
+                    "SELECT r.rolname, a.privilege_type, a.is_grantable, NULL FROM pg_class c, "
                     "aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
-                    "WHERE c.oid = to_regclass(:name) AND a.grantee <> c.relowner"
+                    "WHERE c.oid = to_regclass(:name) AND a.grantee <> c.relowner "
+                    # A column's own grants (GRANT SELECT (payload) ...), also carried over.
+                    "UNION ALL SELECT r.rolname, a.privilege_type, a.is_grantable, t.attname "
+                    "FROM pg_class c JOIN pg_attribute t ON t.attrelid = c.oid, "
+                    "aclexplode(t.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+                    "WHERE c.oid = to_regclass(:name) AND t.attacl IS NOT NULL "
+                    "AND NOT t.attisdropped AND a.grantee <> c.relowner"
                 ),
                 {"name": self.table},
             )
