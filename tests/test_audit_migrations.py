@@ -1,4 +1,4 @@
-"""The opt-in audit schema (revisions evlaudit_0001 and evlaudit_0002): branch and linear
+"""The opt-in audit schema (revisions evlaudit_0001 to evlaudit_0003): branch and linear
 mode, the feed it needs, and the partitioned layout, whichever of the two runs first."""
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def test_heads_show_the_audit_branch(host: HostProject) -> None:
     assert sorted(heads) == [
         "eventlog_prereqs (app) (effective head)",
         "evl_0002 (eventlog) (effective head)",
-        "evlaudit_0002 (eventlog_audit) (head)",
+        "evlaudit_0003 (eventlog_audit) (head)",
         "evlfeed_0001 (eventlog_feed) (effective head)",
     ]
 
@@ -179,6 +179,7 @@ def test_upgrade_creates_tables_triggers_and_functions_and_check_is_clean(
     result = host.run("upgrade", "heads")
     assert result.stderr.index("-> evlfeed_0001") < result.stderr.index("-> evlaudit_0001")
     assert result.stderr.index("-> evlaudit_0001") < result.stderr.index("-> evlaudit_0002")
+    assert result.stderr.index("-> evlaudit_0002") < result.stderr.index("-> evlaudit_0003")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
@@ -252,6 +253,61 @@ def test_a_time_no_leaf_holds_refuses_the_upgrade_naming_the_row(
     assert_audit_schema(engine)
 
 
+def guard_lookups(engine: Engine) -> dict[str, bool]:
+    """Whether each guard function finds a row's earliest tombstone by its time too."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT proname, position('e.event_created_at = o.created_at' IN "
+                "pg_get_functiondef(oid)) > 0 FROM pg_proc WHERE proname IN "
+                "('event_log_audit_on_delete', 'event_log_audit_on_update')"
+            )
+        ).all()
+    return {str(name): bool(by_row) for name, by_row in rows}
+
+
+def test_evlaudit_0003_finds_a_rows_own_tombstone_and_its_downgrade_puts_it_back(
+    host: HostProject, engine: Engine
+) -> None:
+    both = ("event_log_audit_on_delete", "event_log_audit_on_update")
+    host.run("upgrade", "evlaudit_0002")
+    assert guard_lookups(engine) == dict.fromkeys(both, False)
+    host.run("upgrade", "heads")
+    assert guard_lookups(engine) == dict.fromkeys(both, True)
+    host.run("downgrade", "eventlog_audit@-1")
+    assert guard_lookups(engine) == dict.fromkeys(both, False)
+    # Offline, the same DO block.
+    script = host.run(
+        "-x", "eventlog_persist.schema=public", "upgrade", "evlaudit_0002:evlaudit_0003", "--sql"
+    ).stdout
+    with engine.connect() as connection:
+        connection.exec_driver_sql(script)
+        connection.commit()
+    assert guard_lookups(engine) == dict.fromkeys(both, True)
+
+
+def test_evlaudit_0003_refuses_a_guard_function_changed_by_hand(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "evlaudit_0002")
+    with engine.begin() as connection:
+        definition = connection.execute(
+            text("SELECT pg_get_functiondef('event_log_audit_on_update()'::regprocedure)")
+        ).scalar_one()
+        connection.exec_driver_sql(definition.replace("ORDER BY e.seq", "ORDER BY e.seq DESC"))
+    refused = host.run("upgrade", "heads", check=False)
+    assert refused.returncode != 0
+    assert (
+        "eventlog_persist: the guard function event_log_audit_on_update() does not hold the "
+        "condition evlaudit_0003 changes" in refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
+    assert guard_lookups(engine) == {
+        "event_log_audit_on_delete": False,
+        "event_log_audit_on_update": False,
+    }
+
+
 def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine) -> None:
     host.run("upgrade", "evlfeed_0001")
     with engine.connect() as connection:
@@ -260,7 +316,8 @@ def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine
     add_event(engine)
     with engine.begin() as connection:  # a cascade: one tombstone
         connection.execute(text("DELETE FROM chat_sessions"))
-    result = host.run("downgrade", "eventlog_audit@-1")
+    result = host.run("downgrade", "eventlog_audit@-2")
+    assert "Running downgrade evlaudit_0003" in result.stderr
     assert "Running downgrade evlaudit_0002" in result.stderr
     assert bounded_tables(engine) == {}
     assert guarded_tables(engine) == {"event_logs": set(GUARD)}
@@ -406,6 +463,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     assert "eventlog_feed_0001_add_transaction_ids_and_consumers.py" in written
     assert "eventlog_audit_0001_guard_event_logs_and_record_erasures.py" in written
     assert "eventlog_audit_0002_bound_created_at.py" in written
+    assert "eventlog_audit_0003_tombstone_leaf_by_row.py" in written
     copy = (
         tmp_path
         / "h"
@@ -415,13 +473,13 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     ).read_text()
     assert "down_revision = 'eventlog_feed_0001'" in copy
     assert "eventlog_persist_revision = 'evlaudit_0001'" in copy
-    assert host.run("heads").stdout.split() == ["eventlog_audit_0002", "(app)", "(head)"]
+    assert host.run("heads").stdout.split() == ["eventlog_audit_0003", "(app)", "(head)"]
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-2")
+    host.run("downgrade", "-3")
     found = audit_objects(engine)
     assert found["erasures"]["columns"] == {}
     assert found["triggers"] == set()
@@ -550,7 +608,7 @@ def test_linear_mode_copies_partitioned_feed_and_audit(
     assert_guarded_partitioned(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-2")
+    host.run("downgrade", "-3")
     assert guarded_tables(engine) == {}
     host.run("upgrade", "head")
     assert_guarded_partitioned(engine)

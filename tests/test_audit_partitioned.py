@@ -244,10 +244,17 @@ def test_a_row_deleted_behind_the_guard_of_a_partition_is_reported(db: Engine) -
 def twins(db: Engine) -> dict[str, Any]:
     """One transaction: ids ...01 to ...05 in one session, ...04 stored twice (now and 10
     weeks ago, the later copy first), so that with chunks of 4 the copies straddle a chunk
-    end whichever copy comes first."""
+    end whichever copy comes first. The old copy has an agent of its own (``old_agent``)."""
     ensure_partitions(EventLog, db, ahead=0, now=OLD)
     with db.begin() as connection:
         ids = add_session(connection, events=0)
+        ids["old_agent"] = connection.execute(
+            text(
+                "INSERT INTO user_agents (id, user_id, name) VALUES (gen_random_uuid(), :u, 'o') "
+                "RETURNING id"
+            ),
+            {"u": ids["user"]},
+        ).scalar_one()
         now = datetime.now(UTC)
         rows = [(n, now) for n in (1, 2, 3)] + [(4, now), (4, OLD), (5, now)]
         for n, at in rows:
@@ -261,7 +268,7 @@ def twins(db: Engine) -> dict[str, Any]:
                     "id": uuid.UUID(int=n),
                     "s": ids["session"],
                     "u": ids["user"],
-                    "a": ids["agent"],
+                    "a": ids["old_agent"] if at == OLD else ids["agent"],
                     "payload": f'{{"at": "{at.isoformat()}"}}',
                     "at": at,
                 },
@@ -280,10 +287,52 @@ def test_an_id_stored_twice_in_one_transaction_seals_and_verifies(
             connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), ids)
     elif erase == "agent":  # both copies kept, with a set_null tombstone each
         with db.begin() as connection:
-            connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), ids)
+            connection.execute(
+                text("DELETE FROM user_agents WHERE id IN (:agent, :old_agent)"), ids
+            )
     erasures = {None: {}, "session": {"cascade": 6}, "agent": {"set_null": 6}}[erase]
     assert_ok(db, **erasures)
     assert verify_audit(EventLog, db).events == 6
+
+
+@pytest.mark.parametrize("order", ["retention-then-cascade", "set-null-then-retention"])
+def test_copies_of_an_id_erased_apart_each_keep_their_own_leaf(db: Engine, order: str) -> None:
+    ids = twins(db)
+    seal_all(EventLog, db)
+    with db.connect() as connection:
+        sealed = {
+            (row.id, row.created_at): row.leaf
+            for row in connection.execute(
+                text(
+                    "SELECT id, created_at, event_log_leaf(id, session_id::text, user_id::text, "
+                    "project_id::text, agent_id::text, event_type, payload, created_at, "
+                    "error_code, tool_name, approval_status, request_id, trace_id, span_id, "
+                    "xid) AS leaf FROM event_logs WHERE id = :id"
+                ),
+                {"id": uuid.UUID(int=4)},
+            )
+        }
+
+    def drop_old() -> None:
+        result = drop_partitions(EventLog, db, older_than=OLD + timedelta(weeks=1))
+        assert result.erasures == 1
+
+    if order == "retention-then-cascade":
+        drop_old()
+        with db.begin() as connection:
+            connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), ids)
+        erasures = {"retention": 1, "cascade": 5}
+    else:  # the later copy's set_null tombstone comes first: the older copy's is not it
+        with db.begin() as connection:
+            connection.execute(text("DELETE FROM user_agents WHERE id = :agent"), ids)
+        drop_old()
+        erasures = {"set_null": 5, "retention": 1}
+    with db.connect() as connection:
+        stones = [s for s in tombstones(connection) if s["event_id"] == uuid.UUID(int=4)]
+    assert stones
+    for stone in stones:  # each copy's tombstones hold that copy's first-written leaf
+        assert bytes(stone["leaf"]) == bytes(sealed[(stone["event_id"], stone["event_created_at"])])
+    assert_ok(db, **erasures)
 
 
 def test_a_copy_of_an_id_stored_twice_deleted_behind_the_guard_is_reported_in_its_chunk(

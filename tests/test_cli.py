@@ -76,17 +76,21 @@ def test_linear_mode_reports_revisions_not_copied_yet(tmp_path: Path, database_u
 def test_linear_mode_reports_an_opt_in_branchs_revisions_not_copied_yet(
     tmp_path: Path, database_url: URL
 ) -> None:
-    """A history holding a copy of the audit's first revision lacks its second."""
+    """A history holding a copy of the audit's first revision lacks the later ones."""
     host = make_host(tmp_path / "h", database_url, mode="linear")
     config = Config(str(host.root / "alembic.ini"))
     write_linear_revisions(config)
     written = write_linear_revisions(config, feed=True, audit=True)
-    assert [path.name for path in written][-1] == "eventlog_audit_0002_bound_created_at.py"
+    assert [path.name for path in written][-2:] == [
+        "eventlog_audit_0002_bound_created_at.py",
+        "eventlog_audit_0003_tombstone_leaf_by_row.py",
+    ]
     written[-1].unlink()
+    written[-2].unlink()
     report = check_setup(config)
     assert report.mode == "linear"
     assert report.problems == (
-        "package revisions evlaudit_0002 are not in the host history yet; run "
+        "package revisions evlaudit_0002, evlaudit_0003 are not in the host history yet; run "
         "'eventlog-persist linear-revision' (with --partitioned, --feed, --audit for the "
         "branches opted in to) to write them",
     )

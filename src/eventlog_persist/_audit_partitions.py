@@ -92,8 +92,9 @@ def unguard(connection: Connection, schema: str, name: str) -> None:
 def record_retention(connection: Connection, schema: str, name: str) -> int:
     """Write one ``retention`` tombstone per row of the table ``name`` (a partition just
     detached from ``event_logs``), each with the event's first-written leaf: its earliest
-    tombstone's when it has one (a SET NULL recorded before), else the leaf of the row, by
-    the revision's own ``event_log_leaf``, as the guard triggers write them. Returns the
+    tombstone's (of that id and time) when it has one (a SET NULL recorded before), else
+    the leaf of the row, by the revision's own ``event_log_leaf``, as the guard triggers
+    write them. Returns the
     tombstones written. Run it in the transaction that drops the table (or keeps it), so
     that each event is recorded exactly once."""
     s = quote_identifier(schema)
@@ -108,7 +109,9 @@ def record_retention(connection: Connection, schema: str, name: str) -> int:
             "session_id, user_id, project_id, agent_id, leaf) "
             "SELECT 'retention', o.id, o.created_at, o.xid, o.session_id::text, "
             "o.user_id::text, o.project_id::text, o.agent_id::text, "
+            # The row's own: raw SQL can store an id twice on the partitioned layout.
             f"coalesce((SELECT e.leaf FROM {erasures} e WHERE e.event_id = o.id "
+            "AND e.event_created_at = o.created_at "
             f"ORDER BY e.seq LIMIT 1), {s}.event_log_leaf({row})) "
             f"FROM {s}.{quote_identifier(name)} o ORDER BY o.xid, o.id"
         )

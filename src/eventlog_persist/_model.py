@@ -81,7 +81,7 @@ class EventLogMixin(Generic[KeyT]):
     ``event_log_consumers`` table joins the same metadata. Without it ``xid`` is ``None``.
 
     Set ``__eventlog_audit__ = True`` (with ``__eventlog_feed__``) when the host opted in
-    to the audit (revisions ``evlaudit_0001`` and ``evlaudit_0002``): the tables
+    to the audit (revisions ``evlaudit_0001`` to ``evlaudit_0003``): the tables
     ``event_log_erasures`` and ``event_log_seals`` join the same metadata, and
     ``event_logs`` gets the CHECK ``ck_event_logs_created_at_range`` (the years 1 to 9999,
     UTC).
@@ -374,8 +374,8 @@ def event_log_model(
             ``__eventlog_feed__``.
 
             .. versionadded:: 0.3.0
-        audit: The host opted in to the audit (revisions ``evlaudit_0001`` and
-            ``evlaudit_0002``, which need the feed): the tables ``event_log_erasures`` and
+        audit: The host opted in to the audit (revisions ``evlaudit_0001`` to
+            ``evlaudit_0003``, which need the feed): the tables ``event_log_erasures`` and
             ``event_log_seals`` on the same metadata, and the CHECK
             ``ck_event_logs_created_at_range`` on ``event_logs``. Needs ``feed=True``; works
             with either layout. Sets ``__eventlog_audit__``.

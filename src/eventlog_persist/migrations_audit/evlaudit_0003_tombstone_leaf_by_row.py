@@ -1,0 +1,110 @@
+"""a tombstone takes the leaf of its own row's earliest tombstone
+
+Revision ID: evlaudit_0003
+Revises: evlaudit_0002
+Create Date: 2026-12-05
+
+Frozen history: this file declares its DDL inline and imports nothing from eventlog_persist,
+so it keeps doing exactly what it did when it was released.
+
+Opt-in (branch ``eventlog_audit``, after ``evlaudit_0002``). The guard functions of
+``evlaudit_0001`` give a new tombstone the leaf of the event's earliest tombstone (the leaf
+the seals hold for an event set to NULL before), found by ``event_id``. On the partitioned
+layout, whose key is ``(id, created_at)``, raw SQL can store one id twice: the second copy's
+tombstone then took the first copy's leaf. This revision finds the earliest tombstone by
+``event_id`` and ``event_created_at`` in both guard functions (``event_log_audit_on_delete``,
+``event_log_audit_on_update``); with one row per id, as the writers store them, nothing
+changes.
+
+One DO block rewrites each function from its own definition (``pg_get_functiondef``),
+replacing that one condition, online and offline; a function whose definition does not hold
+the condition (changed by hand) refuses the upgrade, named. The downgrade puts the condition
+back as it was.
+
+Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
+``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
+``schema`` (of ``event_logs``; default: the search path), as for evlaudit_0001.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+from alembic.util import CommandError
+
+revision = "evlaudit_0003"
+down_revision = "evlaudit_0002"
+branch_labels = None
+depends_on = None
+
+_SECTION = "eventlog_persist"
+_FUNCTIONS = ("event_log_audit_on_delete", "event_log_audit_on_update")
+_BY_ID = "WHERE e.event_id = o.id ORDER BY e.seq LIMIT 1"
+_BY_ROW = "WHERE e.event_id = o.id AND e.event_created_at = o.created_at ORDER BY e.seq LIMIT 1"
+
+
+def _setting(key: str) -> str | None:
+    config = context.config
+    attributes = config.attributes.get(_SECTION) or {}
+    if attributes.get(key) is not None:
+        return str(attributes[key])
+    x_arguments = context.get_x_argument(as_dictionary=True)
+    if f"{_SECTION}.{key}" in x_arguments:
+        return str(x_arguments[f"{_SECTION}.{key}"])
+    if config.file_config.has_option(_SECTION, key):
+        return config.file_config.get(_SECTION, key)
+    return None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    return f"{_quote(schema)}.{_quote(name)}" if schema else _quote(name)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _rewrite(old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in each guard function of the schema of event_logs."""
+    table = _qualified(_setting("schema"), "event_logs")
+    names = ", ".join(_literal(name) for name in _FUNCTIONS)
+    refusal = (
+        "eventlog_persist: the guard function % does not hold the condition evlaudit_0003 "
+        "changes (%); it was changed since evlaudit_0001 created it. Put evlaudit_0001's "
+        "definition back, then run this migration again"
+    )
+    try:
+        op.execute(
+            "DO $$ DECLARE fn regprocedure; definition text; found int := 0; BEGIN "
+            "FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = "
+            f"(SELECT relnamespace FROM pg_class WHERE oid = {_literal(table)}::regclass) "
+            f"AND p.proname IN ({names}) ORDER BY p.proname LOOP "
+            "definition := pg_get_functiondef(fn); "
+            f"IF position({_literal(old)} IN definition) = 0 THEN "
+            f"RAISE EXCEPTION {_literal(refusal)}, fn, {_literal(old)} "
+            "USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; "
+            f"EXECUTE replace(definition, {_literal(old)}, {_literal(new)}); "
+            "found := found + 1; END LOOP; "
+            f"IF found <> {len(_FUNCTIONS)} THEN RAISE EXCEPTION "
+            "'eventlog_persist: % of the audit''s 2 guard functions found next to %; run "
+            "evlaudit_0001 first', found, "
+            f"{_literal(table)}::regclass::text USING ERRCODE = 'undefined_function'; END IF; "
+            "END $$"
+        )
+    except sa.exc.DBAPIError as error:  # the refusals above: their message alone
+        message = str(error.orig).split("\n", 1)[0]
+        if not message.startswith("eventlog_persist:"):
+            raise
+        raise CommandError(message) from None
+
+
+def upgrade() -> None:
+    _rewrite(_BY_ID, _BY_ROW)
+
+
+def downgrade() -> None:
+    _rewrite(_BY_ROW, _BY_ID)
