@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from test_feed_migrations import CONSUMERS, FEED, MAIN, PARTITIONED, with_feed
 from test_feed_migrations import opt_in as opt_in_feed
 from test_partitioned_migrations import add_event
@@ -302,6 +302,38 @@ def test_evlaudit_0003_refuses_a_guard_function_changed_by_hand(
         "condition evlaudit_0003 changes" in refused.stderr
     )
     assert "Traceback" not in refused.stderr
+    assert guard_lookups(engine) == {
+        "event_log_audit_on_delete": False,
+        "event_log_audit_on_update": False,
+    }
+
+
+def test_evlaudit_0003_names_a_missing_table_and_a_role_that_does_not_own_the_guard(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "evlaudit_0002")
+
+    def script(schema: str) -> str:
+        return host.run(
+            "-x", f"eventlog_persist.schema={schema}", "upgrade", "evlaudit_0002:evlaudit_0003",
+            "--sql",
+        ).stdout  # fmt: skip
+
+    with engine.connect() as connection, pytest.raises(DBAPIError) as missing:
+        connection.exec_driver_sql(script("nowhere"))
+    assert 'eventlog_persist: there is no table "nowhere"."event_logs"' in str(missing.value)
+    role = f"other_{engine.url.database}"
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}"'))
+    other = create_engine(engine.url, connect_args={"options": f"-c role={role}"})
+    try:
+        with other.connect() as connection, pytest.raises(DBAPIError) as refused:
+            connection.exec_driver_sql(script("public"))
+    finally:
+        other.dispose()
+    assert "eventlog_persist: the guard function event_log_audit_on_delete() belongs to " in str(
+        refused.value
+    )
     assert guard_lookups(engine) == {
         "event_log_audit_on_delete": False,
         "event_log_audit_on_update": False,

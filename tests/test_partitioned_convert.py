@@ -804,17 +804,19 @@ def test_what_the_swap_cannot_carry_added_meanwhile_is_refused(
 def test_a_change_made_while_the_swap_reads_the_table_is_caught_under_its_lock(
     plain: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The change commits between the swap's reads, after the host's indexes were read:
-    # the statements miss it, and the definition compared under the lock must not.
+    # The change commits between the swap's reads, right after its statements read the
+    # host's indexes (the second read of an attempt; the refusals made the first): the
+    # statements miss it, and the definition compared under the lock must not.
     read = conversion._Conversion._own_indexes
-    changed: list[bool] = []
+    reads: list[bool] = []
 
     def read_then_change(self: Any, connection: Connection, oid: int) -> Any:
         found = read(self, connection, oid)
-        if not changed and self._swap_started:
-            changed.append(True)
-            with plain.begin() as other:
-                other.execute(text("CREATE INDEX ix_between ON event_logs (tool_name)"))
+        if self._swap_started:
+            reads.append(True)
+            if len(reads) == 2:
+                with plain.begin() as other:
+                    other.execute(text("CREATE INDEX ix_between ON event_logs (tool_name)"))
         return found
 
     convert_to_partitioned(plain, stop_before_swap=True)
@@ -828,7 +830,7 @@ def test_a_change_made_while_the_swap_reads_the_table_is_caught_under_its_lock(
 
     monkeypatch.setattr(conversion._Conversion, "_swap_once", marked)
     result = convert_to_partitioned(plain, partitions_ahead=1)
-    assert changed
+    assert len(reads) == 4  # two attempts
     assert result.swap_attempts == 2
     assert set(index_tree(plain, "ix_between")) == everywhere(plain, result) - {"event_logs"}
 
@@ -1230,6 +1232,7 @@ def test_a_host_index_whose_legacy_name_is_taken_is_refused(plain: Engine) -> No
         connection.execute(text("CREATE INDEX ix_mine ON event_logs (tool_name)"))
         connection.execute(text(f"CREATE INDEX {long}_a ON event_logs (error_code)"))
         connection.execute(text(f"CREATE INDEX {long}_b ON event_logs (approval_status)"))
+        connection.execute(text("CREATE TABLE event_logs_legacy_user_id_created_at_idx (a int)"))
     with pytest.raises(ConversionError) as refused:
         convert_to_partitioned(plain)
     cut = conversion._legacy_name(f"{long}_a")
@@ -1246,6 +1249,10 @@ def test_a_host_index_whose_legacy_name_is_taken_is_refused(plain: Engine) -> No
     assert (
         f"index {long}_b, whose copy on the legacy partition would be named {cut}, as would "
         f"the copy of index {long}_a (rename the index)"
+    ) in message
+    assert (
+        "relation event_logs_legacy_user_id_created_at_idx exists, and the swap gives its "
+        "name (rename or drop it)"
     ) in message
     assert kind(plain) == "r"
 
@@ -1271,6 +1278,15 @@ def test_a_foreign_key_to_a_table_the_role_may_not_reference_is_refused(plain: E
         converter.dispose()
     assert "foreign key fk_tool needs the REFERENCES privilege on tools" in str(refused.value)
     assert kind(plain) == "r"
+    # The referenced column's privilege is enough, as for PostgreSQL.
+    with plain.begin() as connection:
+        connection.execute(text(f'GRANT REFERENCES (name) ON tools TO "{role}"'))
+        connection.execute(text(f'GRANT CREATE ON SCHEMA public TO "{role}"'))
+    converter = create_engine(plain.url.set(username=role))
+    try:
+        assert convert_to_partitioned(converter).state == "converted"
+    finally:
+        converter.dispose()
 
 
 def test_a_foreign_key_postgresql_does_not_enforce_is_carried_over(plain: Engine) -> None:

@@ -406,8 +406,8 @@ class _Conversion:
             except _Changed:
                 if attempts >= self.attempts:
                     raise ConversionError(
-                        f"convert: {TABLE_NAME} changed while the swap waited for its lock, "
-                        f"{attempts} times; run the conversion again"
+                        f"convert: {TABLE_NAME} changed while the swap waited for its lock "
+                        f"(attempt {attempts} of {self.attempts}); run the conversion again"
                     ) from None
                 self.progress(
                     f"swap: attempt {attempts}: the table changed before the lock was "
@@ -775,9 +775,7 @@ class _Conversion:
             {"name": self.table},
         ).first()
         if found is None:
-            raise ConversionError(
-                f"convert: {self.shown} is gone (renamed or dropped while the conversion ran)"
-            )
+            raise self._gone()
         oid, row_security = found
         problems = []
         for name in INDEX_NAMES:
@@ -825,9 +823,11 @@ class _Conversion:
              "AND coalesce((to_jsonb(k) ->> 'conenforced')::boolean, true)",
              "foreign key {} is NOT VALID (VALIDATE it first)"),
             # The partitioned table gets each foreign key anew.
-            ("SELECT conname || ' needs the REFERENCES privilege on ' || confrelid::regclass "
-             "FROM pg_constraint WHERE conrelid = :oid AND contype = 'f' "
-             "AND NOT has_table_privilege(confrelid, 'REFERENCES')", "foreign key {}"),
+            ("SELECT k.conname || ' needs the REFERENCES privilege on ' "
+             "|| k.confrelid::regclass FROM pg_constraint k WHERE k.conrelid = :oid "
+             "AND k.contype = 'f' AND NOT has_table_privilege(k.confrelid, 'REFERENCES') "
+             "AND NOT (SELECT bool_and(has_column_privilege(k.confrelid, a, 'REFERENCES')) "
+             "FROM unnest(k.confkey) AS a)", "foreign key {}"),
             # A unique index of a partitioned table must hold created_at, and an exclusion
             # constraint is more than its index; other indexes are carried over.
             ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -879,7 +879,8 @@ class _Conversion:
             )
 
     def _legacy_names_taken(self, connection: Connection, oid: int) -> list[str]:
-        """A host index whose legacy copy's name (`_legacy_name`) is not free, described."""
+        """The names the swap gives that are taken: its own, and the legacy copies' of a
+        host's indexes (`_legacy_name`), described."""
         own = [name for name, _ in self._own_indexes(connection, oid)]
         theirs = {
             _KEY,
@@ -899,12 +900,25 @@ class _Conversion:
                 {"names": [_legacy_name(name) for name in own], "schema": self.schema},
             ).scalars()
         )
-        problems = []
+        # The names the swap gives (the key's index exists already, on event_logs).
+        problems = [
+            f"relation {name} exists, and the swap gives its name (rename or drop it)"
+            for name in connection.execute(
+                text(
+                    "SELECT name FROM unnest(CAST(:names AS text[])) AS name "
+                    "WHERE to_regclass(quote_ident(:schema) || '.' || quote_ident(name)) "
+                    "IS NOT NULL ORDER BY name"
+                ),
+                {"names": sorted(theirs - {_KEY}), "schema": self.schema},
+            ).scalars()
+        ]
         given: dict[str, str] = {}
         for name in own:
             legacy = _legacy_name(name)
-            if legacy in theirs or legacy in existing:
-                taken = "which exists" if legacy in existing else "which the conversion uses"
+            if legacy in theirs:
+                taken = "which the conversion uses"
+            elif legacy in existing:
+                taken = "which exists"
             elif legacy in given:
                 taken = f"as would the copy of index {given[legacy]}"
             else:
@@ -918,13 +932,17 @@ class _Conversion:
 
     def _definition(self, connection: Connection) -> list[str]:
         """The table as the swap's probe compares it (`_DEFINITION_SQL`)."""
-        return list(
-            connection.execute(
-                text(
-                    f"SELECT ({_DEFINITION_SQL}) FROM pg_class c WHERE c.oid = to_regclass(:name)"
-                ),
-                {"bound": _BOUND, "name": self.table},
-            ).scalar_one()
+        found = connection.execute(
+            text(f"SELECT ({_DEFINITION_SQL}) FROM pg_class c WHERE c.oid = to_regclass(:name)"),
+            {"bound": _BOUND, "name": self.table},
+        ).first()
+        if found is None:
+            raise self._gone()
+        return list(found[0])
+
+    def _gone(self) -> ConversionError:
+        return ConversionError(
+            f"convert: {self.shown} is gone (renamed or dropped while the conversion ran)"
         )
 
     def _checks(self, connection: Connection, oid: int) -> list[tuple[str, str]]:

@@ -17,9 +17,11 @@ tombstone then took the first copy's leaf. This revision finds the earliest tomb
 changes.
 
 One DO block rewrites each function from its own definition (``pg_get_functiondef``),
-replacing that one condition, online and offline; a function whose definition does not hold
-the condition (changed by hand) refuses the upgrade, named. The downgrade puts the condition
-back as it was.
+replacing that one condition, online and offline; ``CREATE OR REPLACE`` keeps its owner and
+grants, and only its owner (the role that ran ``evlaudit_0001``) or a superuser may run it.
+A function whose definition does not hold the condition (changed by hand), or owned by
+another role, refuses the upgrade, named. The downgrade puts the condition back as it was.
+Tombstones written before keep the leaf they were given.
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -72,28 +74,42 @@ def _rewrite(old: str, new: str) -> None:
     """Replace ``old`` by ``new`` in each guard function of the schema of event_logs."""
     table = _qualified(_setting("schema"), "event_logs")
     names = ", ".join(_literal(name) for name in _FUNCTIONS)
-    refusal = (
+    changed = (
         "eventlog_persist: the guard function % does not hold the condition evlaudit_0003 "
         "changes (%); it was changed since evlaudit_0001 created it. Put evlaudit_0001's "
         "definition back, then run this migration again"
     )
+    not_owner = (
+        "eventlog_persist: the guard function % belongs to %; run this migration as that role "
+        "(the one that ran evlaudit_0001) or a superuser"
+    )
+    missing = (
+        "eventlog_persist: % of the audit''s 2 guard functions found next to %; run "
+        "evlaudit_0001 first"
+    )
     try:
         op.execute(
-            "DO $$ DECLARE fn regprocedure; definition text; found int := 0; BEGIN "
-            "FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = "
-            f"(SELECT relnamespace FROM pg_class WHERE oid = {_literal(table)}::regclass) "
-            f"AND p.proname IN ({names}) ORDER BY p.proname LOOP "
+            "DO $$ DECLARE events regclass; fn regprocedure; owner name; definition text; "
+            "found int := 0; BEGIN "
+            f"events := to_regclass({_literal(table)}); "
+            "IF events IS NULL THEN RAISE EXCEPTION 'eventlog_persist: there is no table %; "
+            "pass -x eventlog_persist.schema=<the schema of event_logs>', "
+            f"{_literal(table)} USING ERRCODE = 'undefined_table'; END IF; "
+            "FOR fn, owner IN SELECT p.oid::regprocedure, pg_get_userbyid(p.proowner) "
+            "FROM pg_proc p WHERE p.pronamespace = "
+            "(SELECT relnamespace FROM pg_class WHERE oid = events) "
+            f"AND p.proname IN ({names}) AND p.pronargs = 0 ORDER BY p.proname LOOP "
+            "IF NOT pg_has_role(owner, 'MEMBER') THEN "
+            f"RAISE EXCEPTION {_literal(not_owner)}, fn, owner "
+            "USING ERRCODE = 'insufficient_privilege'; END IF; "
             "definition := pg_get_functiondef(fn); "
             f"IF position({_literal(old)} IN definition) = 0 THEN "
-            f"RAISE EXCEPTION {_literal(refusal)}, fn, {_literal(old)} "
+            f"RAISE EXCEPTION {_literal(changed)}, fn, {_literal(old)} "
             "USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; "
             f"EXECUTE replace(definition, {_literal(old)}, {_literal(new)}); "
             "found := found + 1; END LOOP; "
-            f"IF found <> {len(_FUNCTIONS)} THEN RAISE EXCEPTION "
-            "'eventlog_persist: % of the audit''s 2 guard functions found next to %; run "
-            "evlaudit_0001 first', found, "
-            f"{_literal(table)}::regclass::text USING ERRCODE = 'undefined_function'; END IF; "
-            "END $$"
+            f"IF found <> {len(_FUNCTIONS)} THEN RAISE EXCEPTION '{missing}', found, "
+            "events::text USING ERRCODE = 'undefined_function'; END IF; END $$"
         )
     except sa.exc.DBAPIError as error:  # the refusals above: their message alone
         message = str(error.orig).split("\n", 1)[0]
