@@ -241,10 +241,12 @@ def test_a_row_deleted_behind_the_guard_of_a_partition_is_reported(db: Engine) -
 # times, and in one transaction both copies share (xid, id), the order seals are cut in.
 
 
-def twins(db: Engine) -> dict[str, Any]:
+def twins(db: Engine, *, apart: bool = True) -> dict[str, Any]:
     """One transaction: ids ...01 to ...05 in one session, ...04 stored twice (now and 10
-    weeks ago, the later copy first), so that with chunks of 4 the copies straddle a chunk
-    end whichever copy comes first. The old copy has an agent of its own (``old_agent``)."""
+    weeks ago, or a millisecond before now when not ``apart``: then in one partition, whose
+    (xid, id) index keeps the copies in the order stored), the later copy first, so that with
+    chunks of 4 the copies straddle a chunk end whichever copy comes first. The earlier copy
+    has an agent of its own (``old_agent``)."""
     ensure_partitions(EventLog, db, ahead=0, now=OLD)
     with db.begin() as connection:
         ids = add_session(connection, events=0)
@@ -256,7 +258,8 @@ def twins(db: Engine) -> dict[str, Any]:
             {"u": ids["user"]},
         ).scalar_one()
         now = datetime.now(UTC)
-        rows = [(n, now) for n in (1, 2, 3)] + [(4, now), (4, OLD), (5, now)]
+        earlier = OLD if apart else now - timedelta(milliseconds=1)
+        rows = [(n, now) for n in (1, 2, 3)] + [(4, now), (4, earlier), (5, now)]
         for n, at in rows:
             connection.execute(
                 text(
@@ -268,7 +271,7 @@ def twins(db: Engine) -> dict[str, Any]:
                     "id": uuid.UUID(int=n),
                     "s": ids["session"],
                     "u": ids["user"],
-                    "a": ids["old_agent"] if at == OLD else ids["agent"],
+                    "a": ids["old_agent"] if at == earlier else ids["agent"],
                     "payload": f'{{"at": "{at.isoformat()}"}}',
                     "at": at,
                 },
@@ -371,12 +374,13 @@ def test_rows_of_one_xid_and_id_are_put_in_time_order() -> None:
     assert list(audit_chain._ties_by_time(iter([]))) == []
 
 
+@pytest.mark.parametrize("apart", [True, False], ids=["two-partitions", "one-partition"])
 def test_an_id_stored_twice_is_sealed_whole_by_the_async_sealer_page_by_page(
-    db: Engine, monkeypatch: pytest.MonkeyPatch
+    db: Engine, monkeypatch: pytest.MonkeyPatch, apart: bool
 ) -> None:
     # A page of one row: the async reader's next page starts right after each copy.
     monkeypatch.setattr(audit_chain, "_YIELD_PER", 1)
-    twins(db)
+    twins(db, apart=apart)
     exported: list[Any] = []
 
     async def main() -> None:
