@@ -149,7 +149,7 @@ def seal_all(model: Any, db: Engine, **options: Any) -> list[Seal]:
     seals = []
     deadline = time.monotonic() + 30
     while True:
-        seal = seal_events(model, db, chunk_size=CHUNK, **options)
+        seal = seal_events(model, db, **{"chunk_size": CHUNK, **options})
         if seal is not None:
             seals.append(seal)
         if verify_audit(model, db).unsealed == 0 and _unsealed_tombstones(db) == 0:

@@ -279,12 +279,15 @@ def twins(db: Engine, *, apart: bool = True) -> dict[str, Any]:
     return ids
 
 
-@pytest.mark.parametrize("erase", [None, "session", "agent"])
+@pytest.mark.parametrize(
+    ("erase", "chunk_size"), [(None, CHUNK), (None, 5), ("session", CHUNK), ("agent", CHUNK)]
+)
 def test_an_id_stored_twice_in_one_transaction_seals_and_verifies(
-    db: Engine, erase: str | None
+    db: Engine, erase: str | None, chunk_size: int
 ) -> None:
+    # Chunks of 4: the copies straddle a chunk end; of 5: a chunk ends at the second copy.
     ids = twins(db)
-    seal_all(EventLog, db)
+    seal_all(EventLog, db, chunk_size=chunk_size)
     if erase == "session":  # both copies deleted: a tombstone each, under one id
         with db.begin() as connection:
             connection.execute(text("DELETE FROM chat_sessions WHERE id = :session"), ids)
