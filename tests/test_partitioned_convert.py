@@ -677,10 +677,48 @@ def swap_after(plain: Engine, statement: str) -> ConversionResult:
     first lock: the swap finds the table changed under its lock, reads it again and swaps
     on its second attempt."""
     convert_to_partitioned(plain, stop_before_swap=True)
+    lines: list[str] = []
     with before_lock(plain, statement):
-        result = convert_to_partitioned(plain, partitions_ahead=1)
+        result = convert_to_partitioned(plain, partitions_ahead=1, on_progress=lines.append)
     assert result.swap_attempts == 2
+    assert (
+        "swap: attempt 1: the table changed before the lock was granted; reading it again" in lines
+    )
     return result
+
+
+def test_a_table_that_changes_before_every_lock_is_given_up_after_the_attempts(
+    plain: Engine,
+) -> None:
+    convert_to_partitioned(plain, stop_before_swap=True)
+    changes = 0
+
+    def meanwhile(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        nonlocal changes
+        if sql.startswith("LOCK TABLE"):
+            changes += 1
+            verb = (
+                "GRANT SELECT ON event_logs TO"
+                if changes % 2
+                else "REVOKE SELECT ON event_logs FROM"
+            )
+            with other.begin() as connection:
+                connection.execute(text(f"{verb} PUBLIC"))
+
+    other = create_engine(plain.url)
+    event.listen(plain, "before_cursor_execute", meanwhile)
+    try:
+        with pytest.raises(ConversionError) as refused:
+            convert_to_partitioned(plain, swap_attempts=3)
+    finally:
+        event.remove(plain, "before_cursor_execute", meanwhile)
+        other.dispose()
+    assert str(refused.value) == (
+        "convert: event_logs changed while the swap waited for its lock (attempt 3 of 3); run "
+        "the conversion again"
+    )
+    assert changes == 3
+    assert kind(plain) == "r"
 
 
 def refused_after(plain: Engine, statement: str, refusal: str) -> None:
