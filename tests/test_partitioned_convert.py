@@ -687,6 +687,40 @@ def swap_after(plain: Engine, statement: str) -> ConversionResult:
     return result
 
 
+@pytest.mark.parametrize("when", ["before the swap", "during its reads"])
+def test_a_table_renamed_away_is_named_gone(
+    plain: Engine, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    convert_to_partitioned(plain, stop_before_swap=True)
+
+    def rename() -> None:
+        with plain.begin() as other:
+            other.execute(text("ALTER TABLE event_logs RENAME TO elsewhere"))
+
+    if when == "before the swap":
+        swap = conversion._Conversion._swap
+
+        def renamed_first(self: Any, boundary: datetime) -> Any:
+            rename()
+            return swap(self, boundary)
+
+        monkeypatch.setattr(conversion._Conversion, "_swap", renamed_first)
+    else:  # after the definition was read, before the refusals read the table again
+        read = conversion._Conversion._definition
+
+        def read_then_rename(self: Any, connection: Connection) -> Any:
+            found = read(self, connection)
+            rename()
+            return found
+
+        monkeypatch.setattr(conversion._Conversion, "_definition", read_then_rename)
+    with pytest.raises(ConversionError) as gone:
+        convert_to_partitioned(plain)
+    assert str(gone.value) == (
+        'convert: "event_logs" is gone (renamed or dropped while the conversion ran)'
+    )
+
+
 def test_a_table_that_changes_before_every_lock_is_given_up_after_the_attempts(
     plain: Engine,
 ) -> None:
