@@ -3,6 +3,7 @@ and the steps the audit tests share: sealing everything, waiting for the horizon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -14,11 +15,19 @@ from hostkit import make_host
 from pgserver import ServerInfo
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from test_audit_migrations import AUDIT, opt_in
 from test_feed_migrations import FEED, MAIN, PARTITIONED
 from test_partitioned_migrations import opt_in as opt_in_partitioned
 
-from eventlog_persist import AuditReport, Seal, audit_leaf_hash, seal_events, verify_audit
+from eventlog_persist import (
+    AsyncAuditSealer,
+    AuditReport,
+    Seal,
+    audit_leaf_hash,
+    seal_events,
+    verify_audit,
+)
 
 LEAF_SELECT = (
     "SELECT id, session_id, user_id, project_id, agent_id, event_type, payload::text AS payload, "
@@ -156,6 +165,30 @@ def seal_all(model: Any, db: Engine, **options: Any) -> list[Seal]:
             return seals
         assert time.monotonic() < deadline, "the horizon did not pass the test's writes"
         time.sleep(0.05)
+
+
+def seal_async(model: Any, db: Engine) -> list[Seal]:
+    """Run an `AsyncAuditSealer` on ``db`` until every committed event is sealed; the seals
+    it exported."""
+    exported: list[Seal] = []
+
+    async def main() -> None:
+        engine = create_async_engine(db.url)
+        try:
+            async with AsyncAuditSealer(
+                model, engine, interval=0.05, chunk_size=CHUNK, anchor=exported.append
+            ):
+                deadline = time.monotonic() + 30
+                while not exported or await asyncio.to_thread(
+                    lambda: verify_audit(model, db).unsealed
+                ):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    return exported
 
 
 def _unsealed_tombstones(db: Engine) -> int:

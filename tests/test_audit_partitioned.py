@@ -4,8 +4,6 @@ through the parent."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,20 +17,20 @@ from auditkit import (
     audited_template,
     leaves,
     seal_all,
+    seal_async,
     tombstones,
 )
 from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from test_audit_guard import refusal
 from test_audit_migrations import BOUND, BOUND_SQL, bounded_tables, insert_at
 from test_partitions import comment_and_rows, drop_losing_its_connection, read_from
 
+from eventlog_persist import _audit_chain as audit_chain
 from eventlog_persist import (
-    AsyncAuditSealer,
     convert_to_partitioned,
     drop_partitions,
     ensure_partitions,
@@ -41,7 +39,6 @@ from eventlog_persist import (
     purge_events,
     verify_audit,
 )
-from eventlog_persist import _audit_chain as audit_chain
 from eventlog_persist._audit_leaf import LEAF_COLUMNS
 from eventlog_persist._cli import main
 
@@ -384,22 +381,7 @@ def test_an_id_stored_twice_is_sealed_whole_by_the_async_sealer_page_by_page(
     # A page of one row: the async reader's next page starts right after each copy.
     monkeypatch.setattr(audit_chain, "_YIELD_PER", 1)
     twins(db, apart=apart)
-    exported: list[Any] = []
-
-    async def main() -> None:
-        engine = create_async_engine(db.url)
-        try:
-            async with AsyncAuditSealer(
-                EventLog, engine, interval=0.05, chunk_size=CHUNK, anchor=exported.append
-            ):
-                deadline = time.monotonic() + 30
-                while not exported or verify_audit(EventLog, db).unsealed:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(main())
+    exported = seal_async(EventLog, db)
     assert sum(seal.events for seal in exported) == 6
     report = verify_audit(EventLog, db)
     assert report.problems == (), [str(p) for p in report.problems]

@@ -22,6 +22,7 @@ from auditkit import (
     audited_engine,
     audited_template,
     seal_all,
+    seal_async,
     tamper,
 )
 from auditor import documented_seals
@@ -420,22 +421,7 @@ def test_the_async_sealer_seals(pg_server: ServerInfo, db: Engine) -> None:
         "UPDATE event_logs SET xid = NULL WHERE id IN (SELECT id FROM event_logs ORDER BY id "
         "LIMIT 6000)",
     )
-    exported: list[Seal] = []
-
-    async def main() -> None:
-        engine = create_async_engine(db.url)
-        try:
-            async with AsyncAuditSealer(
-                EventLog, engine, interval=0.05, chunk_size=CHUNK, anchor=exported.append
-            ):
-                deadline = time.monotonic() + 30
-                while not exported or await asyncio.to_thread(unsealed, db):
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(main())
+    exported = seal_async(EventLog, db)
     report = verify_audit(EventLog, db, anchors=[s.anchor for s in exported])
     assert report.ok, [str(problem) for problem in report.problems[:3]]
     assert report.events == 12_000
