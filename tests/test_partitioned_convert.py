@@ -1339,10 +1339,11 @@ def test_a_foreign_key_to_a_table_the_role_may_not_reference_is_refused(plain: E
                 "REFERENCES tools (name)"
             )
         )
-        connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(text(f'CREATE ROLE "{role}"'))
         for table in ("event_logs", "users", "chat_sessions", "user_projects", "user_agents"):
             connection.execute(text(f'ALTER TABLE {table} OWNER TO "{role}"'))
-    converter = create_engine(plain.url.set(username=role))
+    # The role of the session (peer authentication may refuse logging in as another).
+    converter = create_engine(plain.url, connect_args={"options": f"-c role={role}"})
     try:
         with pytest.raises(ConversionError) as refused:
             convert_to_partitioned(converter)
@@ -1354,7 +1355,8 @@ def test_a_foreign_key_to_a_table_the_role_may_not_reference_is_refused(plain: E
     with plain.begin() as connection:
         connection.execute(text(f'GRANT REFERENCES (name) ON tools TO "{role}"'))
         connection.execute(text(f'GRANT CREATE ON SCHEMA public TO "{role}"'))
-    converter = create_engine(plain.url.set(username=role))
+    # The role of the session (peer authentication may refuse logging in as another).
+    converter = create_engine(plain.url, connect_args={"options": f"-c role={role}"})
     try:
         assert convert_to_partitioned(converter).state == "converted"
     finally:
