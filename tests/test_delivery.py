@@ -8,7 +8,6 @@ only watched on their way out of psycopg's ``connect``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from hostmodels import HostModels, seed
@@ -448,7 +448,7 @@ def test_a_value_the_client_cannot_encode_sinks_only_its_own_event(
     good = batch(user_id, session_id, 6)
     # A payload text built by hand, past the checks of new_event: a lone surrogate cannot
     # be encoded as UTF-8, so the client fails on that row before the server sees it.
-    bad = dataclasses.replace(good[2], id=uuid.uuid4(), payload_json='{"text": "a\ud800b"}')
+    bad = msgspec.structs.replace(good[2], id=uuid.uuid4(), payload_json='{"text": "a\ud800b"}')
     result = flavor.write(host_models.EventLog, host_engine, [*good[:3], bad, *good[3:]])
     assert result.written == 6
     ((event, error),) = result.dead_lettered

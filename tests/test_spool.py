@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -1167,7 +1166,9 @@ def test_a_drained_file_of_64_kib_is_replaced_and_deleted(
 ) -> None:
     user_id, session_id = seed(host_engine, host_models)
     events = _events_of(1024, 64)
-    events = [replace(event, session_id=session_id, user_id=user_id) for event in events]
+    events = [
+        msgspec.structs.replace(event, session_id=session_id, user_id=user_id) for event in events
+    ]
     size = len(encode_event(events[0]))
     with BufferedWriter(host_models.EventLog, host_engine.url, spool=Spool(tmp_path)) as writer:
         for event in events[:-1]:
@@ -1446,7 +1447,7 @@ def _events_over_two_files(engine: Engine, models: HostModels) -> list[NewEvent]
     and 1 in the 2nd file."""
     user_id, session_id = seed(engine, models)
     return [
-        replace(event, session_id=session_id, user_id=user_id)
+        msgspec.structs.replace(event, session_id=session_id, user_id=user_id)
         for event in _events_of(1 << 18, 5)  # 4 fill a file
     ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 import uuid
@@ -11,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import msgspec
 import psycopg
 import pytest
 import pytest_asyncio
@@ -851,7 +851,7 @@ def test_record_refuses_a_non_event_an_event_with_fields_and_a_key_of_the_wrong_
         with pytest.raises(
             ValidationError, match=r"^user_id=7 \(int\) does not fit the uuid column"
         ):
-            writer.record(session, dataclasses.replace(event, user_id=7))
+            writer.record(session, msgspec.structs.replace(event, user_id=7))
         assert not session.new
 
 

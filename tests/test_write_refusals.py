@@ -9,12 +9,17 @@ is sent: the caller's own transaction commits, and no event row exists.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import gc
+import pickle
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 from hostmodels import HostModels
@@ -224,7 +229,7 @@ async def test_every_other_write_path_refuses_in_the_caller(
             NewEvent(**by_hand)
         errors.append(caught.value)
         with expect_refusal() as caught:
-            dataclasses.replace(good, **fields)
+            msgspec.structs.replace(good, **fields)
         errors.append(caught.value)
 
     # record in an AsyncSession: the host's row commits.
@@ -362,7 +367,7 @@ def test_a_writer_refuses_options_and_events_of_the_wrong_kind(host_models: Host
     assert writer.counters.queued == 0
 
 
-NEW_EVENT_FIELDS = [field.name for field in dataclasses.fields(NewEvent) if field.init]
+NEW_EVENT_FIELDS = list(NewEvent.__struct_fields__)
 
 
 @pytest.fixture
@@ -436,11 +441,65 @@ def test_a_wrong_id_or_key_in_a_hand_made_event_is_refused() -> None:
         ({"event_type": "bad type"}, "event_type 'bad type' does not match"),
     ):
         with pytest.raises(ValidationError) as caught:
-            dataclasses.replace(good, **change)
+            msgspec.structs.replace(good, **change)
         assert str(caught.value).startswith(fragment)
     # A hand-made event gets the fixed checks only: the far future is a rule of new_event's.
-    far = dataclasses.replace(good, created_at=datetime(3000, 1, 1, tzinfo=UTC))
+    far = msgspec.structs.replace(good, created_at=datetime(3000, 1, 1, tzinfo=UTC))
     assert far.created_at.year == 3000
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="copy.replace is new in Python 3.13")
+def test_copy_replace_of_a_built_event_is_checked_again() -> None:
+    key = uuid.uuid4()
+    good = new_event(session_id=key, user_id=key, event_type="x")
+    with pytest.raises(ValidationError, match="created_at must be a timezone-aware datetime"):
+        copy.replace(good, created_at=datetime(2026, 1, 1))  # type: ignore[attr-defined]
+
+
+def test_a_hand_made_event_is_checked_on_any_thread_while_others_build_events() -> None:
+    """The writers skip the event's own checks for the values they checked already; that
+    leaves no thread, and no later construction, unchecked."""
+    key = uuid.uuid4()
+    good = new_event(session_id=key, user_id=key, event_type="x")
+    stop = threading.Event()
+
+    def build() -> None:
+        while not stop.is_set():
+            new_event(session_id=key, user_id=key, event_type="x", payload={"n": 1})
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    builders = [threading.Thread(target=build) for _ in range(2)]
+    for thread in builders:
+        thread.start()
+    try:
+        refused = 0
+        for _ in range(5000):
+            try:
+                msgspec.structs.replace(good, event_type="bad type")
+            except ValidationError:
+                refused += 1
+    finally:
+        stop.set()
+        for thread in builders:
+            thread.join()
+        sys.setswitchinterval(interval)
+    assert refused == 5000
+    with pytest.raises(ValidationError, match="event_type 'bad type' does not match"):
+        NewEvent(good.id, key, key, "bad type", "{}", good.created_at)
+
+
+def test_an_event_is_a_frozen_struct_that_the_collector_does_not_track() -> None:
+    """A queued event gives the garbage collector nothing to count (enqueue's p99)."""
+    key = uuid.uuid4()
+    event = new_event(session_id=key, user_id=key, event_type="x", payload={"a": [1]})
+    assert not gc.is_tracked(event)
+    with pytest.raises(AttributeError):
+        event.event_type = "y"  # type: ignore[misc]
+    again = pickle.loads(pickle.dumps(event))
+    assert again == event
+    assert hash(again) == hash(event)
+    assert msgspec.structs.asdict(event)["payload_json"] == '{"a":[1]}'
 
 
 def _model_with_keys(users: Any, chat_sessions: Any, projects: Any, agents: Any) -> Any:

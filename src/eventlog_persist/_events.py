@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Generic, NotRequired, TypeAlias
 
+import msgspec
 from typing_extensions import TypedDict
 
 from eventlog_persist._context import _CURRENT, Key, merge_extra, span_ids
@@ -69,14 +71,16 @@ class EventFields(TypedDict, Generic[KeyT]):
     span_id: NotRequired[str | None]
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(msgspec.Struct, frozen=True, gc=False):
     """One checked event, ready for any writer; build it with `new_event`.
 
-    An event made directly (``NewEvent(...)``, ``dataclasses.replace``) gets the fixed checks
-    of `new_event` too (types, the text columns, ``created_at``'s range; not a writer's
+    An event made directly (``NewEvent(...)``, ``msgspec.structs.replace``) gets the fixed
+    checks of `new_event` too (types, the text columns, ``created_at``'s range; not a writer's
     `EventFieldRules`), so no writer is ever handed a value that the driver cannot send or
     that Python cannot read back; its ``payload_json`` is taken as given.
+
+    It is a frozen `msgspec.Struct`: ``msgspec.structs.replace``, ``msgspec.structs.fields``
+    and ``msgspec.structs.asdict`` take the place of their `dataclasses` namesakes.
 
     Raises:
         ValidationError: A field breaks a fixed check (on direct construction only).
@@ -97,11 +101,10 @@ class NewEvent:
         request_id: The id of the request that recorded the event, if any.
         trace_id: The OpenTelemetry trace id (32 lowercase hex digits), if any.
         span_id: The OpenTelemetry span id (16 lowercase hex digits), if any.
-        payload_bytes: Length of ``payload_json`` in UTF-8 (computed, never given).
 
     .. versionchanged:: 0.3.0
-       ``request_id``, ``trace_id`` and ``span_id``; ``payload_bytes`` is always computed
-       (no longer an argument).
+       A frozen `msgspec.Struct` instead of a frozen dataclass; ``request_id``,
+       ``trace_id`` and ``span_id``; ``payload_bytes`` is a property (no longer an argument).
     """
 
     id: uuid.UUID
@@ -119,14 +122,20 @@ class NewEvent:
     request_id: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
-    payload_bytes: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_made_by_hand(self)
+        if not _BUILDING.now:
+            _check_made_by_hand(self)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Length of ``payload_json`` in UTF-8."""
+        text = self.payload_json
+        if text.isascii():
+            return len(text)
         # surrogatepass: a text taken as given may hold what no driver can send; its row is
         # refused when it is written (its own event only), not here.
-        size = len(self.payload_json.encode("utf-8", "surrogatepass"))
-        object.__setattr__(self, "payload_bytes", size)
+        return len(text.encode("utf-8", "surrogatepass"))
 
     @property
     def size_bytes(self) -> int:
@@ -136,74 +145,24 @@ class NewEvent:
         its Python string (1, 2 or 4 bytes per character, by the widest character in it),
         plus a fixed allowance for the rest of the event.
         """
-        return max(self.payload_bytes, sys.getsizeof(self.payload_json)) + _EVENT_OVERHEAD_BYTES
+        text = self.payload_json
+        in_memory = sys.getsizeof(text)
+        if text.isascii():  # its UTF-8 is one byte a character, under the object's size
+            return in_memory + _EVENT_OVERHEAD_BYTES
+        return max(self.payload_bytes, in_memory) + _EVENT_OVERHEAD_BYTES
 
 
 # Object headers, the UUID, the datetime and short strings of one NewEvent, rounded up.
 _EVENT_OVERHEAD_BYTES: Final = 512
 
 
-def _setter(name: str) -> Callable[[NewEvent, object], None]:
-    """The slot's own setter, which a frozen dataclass's ``__setattr__`` does not stand before."""
-    setter: Callable[[NewEvent, object], None] = getattr(NewEvent, name).__set__
-    return setter
+class _Building(threading.local):
+    """Set while `_build` makes an event of the values it has checked."""
+
+    now = False
 
 
-_set_id = _setter("id")
-_set_session_id = _setter("session_id")
-_set_user_id = _setter("user_id")
-_set_event_type = _setter("event_type")
-_set_payload_json = _setter("payload_json")
-_set_created_at = _setter("created_at")
-_set_project_id = _setter("project_id")
-_set_agent_id = _setter("agent_id")
-_set_error_code = _setter("error_code")
-_set_tool_name = _setter("tool_name")
-_set_approval_status = _setter("approval_status")
-_set_redacted_paths = _setter("redacted_paths")
-_set_request_id = _setter("request_id")
-_set_trace_id = _setter("trace_id")
-_set_span_id = _setter("span_id")
-_set_payload_bytes = _setter("payload_bytes")
-
-
-def _checked_event(  # one call per slot, unrolled: a loop over the setters took 1.4x the time
-    id: uuid.UUID,
-    session_id: Key | None,  # never None: `_build` checked it
-    user_id: Key | None,
-    event_type: str,
-    payload_json: str,
-    created_at: datetime,
-    project_id: Key | None,
-    agent_id: Key | None,
-    error_code: str | None,
-    tool_name: str | None,
-    approval_status: str | None,
-    redacted_paths: tuple[str, ...],
-    request_id: str | None,
-    trace_id: str | None,
-    span_id: str | None,
-    payload_bytes: int,
-) -> NewEvent:
-    """The event of `build_event`, which has checked every value already: no second check."""
-    event: NewEvent = object.__new__(NewEvent)
-    _set_id(event, id)
-    _set_session_id(event, session_id)
-    _set_user_id(event, user_id)
-    _set_event_type(event, event_type)
-    _set_payload_json(event, payload_json)
-    _set_created_at(event, created_at)
-    _set_project_id(event, project_id)
-    _set_agent_id(event, agent_id)
-    _set_error_code(event, error_code)
-    _set_tool_name(event, tool_name)
-    _set_approval_status(event, approval_status)
-    _set_redacted_paths(event, redacted_paths)
-    _set_request_id(event, request_id)
-    _set_trace_id(event, trace_id)
-    _set_span_id(event, span_id)
-    _set_payload_bytes(event, payload_bytes)
-    return event
+_BUILDING: Final = _Building()
 
 
 _FIELD_NAMES: Final = EventFields.__required_keys__ | EventFields.__optional_keys__
@@ -459,29 +418,35 @@ def _build(  # the fields of an event, positional: no keyword forwarding
     if payload is None:
         payload = {}
     if prepared is None:
-        text, size, redacted = payload_text(payload, payload_policy)
+        text, redacted = payload_text(payload, payload_policy)
     else:
         done = prepare_unchecked(payload, payload_policy)
         prepared.append(done)
-        text, size, redacted = done.json_text, done.size_bytes, done.redacted_paths
-    return _checked_event(
-        id,
-        session_id,
-        user_id,
-        str(event_type),
-        text,
-        created_at,
-        project_id,
-        agent_id,
-        None if error_code is None else str(error_code),
-        None if tool_name is None else str(tool_name),
-        None if approval_status is None else str(approval_status),
-        redacted,
-        request_id,
-        trace_id,
-        span_id,
-        size,
-    )
+        text, redacted = done.json_text, done.redacted_paths
+    # `_BUILDING`: every value is checked above, so the event's own checks are skipped. A
+    # flag of this thread's, not a second class: ``msgspec.structs.replace`` of the event
+    # (or ``copy.replace``) makes one of the same class, which must check again.
+    _BUILDING.now = True
+    try:
+        return NewEvent(
+            id,
+            session_id,  # type: ignore[arg-type]  # never None: checked above
+            user_id,  # type: ignore[arg-type]
+            str(event_type),
+            text,
+            created_at,
+            project_id,
+            agent_id,
+            None if error_code is None else str(error_code),
+            None if tool_name is None else str(tool_name),
+            None if approval_status is None else str(approval_status),
+            redacted,
+            request_id,
+            trace_id,
+            span_id,
+        )
+    finally:
+        _BUILDING.now = False
 
 
 def _check_required_key(name: str, value: object) -> None:

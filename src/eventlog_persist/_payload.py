@@ -597,8 +597,8 @@ def prepare_unchecked(value: object, policy: PayloadPolicy) -> PreparedPayload:
     return _prepare_carefully(value, policy)
 
 
-def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, int, tuple[str, ...]]:
-    """`prepare_payload`'s ``json_text``, ``size_bytes`` and ``redacted_paths`` only: for an
+def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, tuple[str, ...]]:
+    """`prepare_payload`'s ``json_text`` and ``redacted_paths`` only: for an
     event, which keeps no copy of the value (the quick path then makes none).
 
     Raises:
@@ -609,9 +609,9 @@ def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, int, tuple[
     if quick is not None:
         found = quick.text(value)
         if found is not None:
-            return found[0], len(found[1]), ()
+            return found[0], ()
     prepared = _prepare_carefully(value, policy)
-    return prepared.json_text, prepared.size_bytes, prepared.redacted_paths
+    return prepared.json_text, prepared.redacted_paths
 
 
 def _prepare_carefully(value: object, policy: PayloadPolicy) -> PreparedPayload:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, overload
 
@@ -22,7 +22,7 @@ __all__ = ["AsyncCapturingWriter", "CapturedEvent", "CapturingWriter", "payload_
 
 ModelT = TypeVar("ModelT", bound=EventLogMixin[Any])
 
-_FIELDS = frozenset(f.name for f in fields(NewEvent)) - {"payload_json", "payload_bytes"}
+_FIELDS = frozenset(NewEvent.__struct_fields__) - {"payload_json"}
 _MATCH_KEYS = _FIELDS | {"payload", "via"}
 
 
