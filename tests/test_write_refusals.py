@@ -488,6 +488,19 @@ def test_a_hand_made_event_is_checked_on_any_thread_while_others_build_events() 
     with pytest.raises(ValidationError, match="event_type 'bad type' does not match"):
         NewEvent(good.id, key, key, "bad type", "{}", good.created_at)
 
+    errors: list[BaseException] = []
+
+    def by_hand() -> None:  # a thread that never built an event
+        try:
+            NewEvent(good.id, key, key, "bad type", "{}", good.created_at)
+        except ValidationError as error:
+            errors.append(error)
+
+    fresh = threading.Thread(target=by_hand)
+    fresh.start()
+    fresh.join()
+    assert len(errors) == 1
+
 
 def test_an_event_is_a_frozen_struct_that_the_collector_does_not_track() -> None:
     """A queued event gives the garbage collector nothing to count (enqueue's p99)."""
