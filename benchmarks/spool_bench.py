@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import _svg
+import msgspec
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from write_bench import Base, ChatSession, EventLog, User, database  # the same host schema
@@ -133,7 +133,11 @@ def paired(
                 if call == "event":
                     # The two writers must not write one event twice: the spooled one
                     # gets a copy with its own id.
-                    item = event if writer is plain else replace(event, id=new_event_id())
+                    item = (
+                        event
+                        if writer is plain
+                        else msgspec.structs.replace(event, id=new_event_id())
+                    )
                     started = timer()
                     writer.enqueue(item)
                 else:

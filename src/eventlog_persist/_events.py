@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Generic, NotRequired, TypeAlias
+from typing import Final, Generic, NotRequired, TypeAlias, cast
 
 import msgspec
 from typing_extensions import TypedDict
@@ -79,8 +79,8 @@ class NewEvent(msgspec.Struct, frozen=True, gc=False):
     `EventFieldRules`), so no writer is ever handed a value that the driver cannot send or
     that Python cannot read back; its ``payload_json`` is taken as given.
 
-    It is a frozen `msgspec.Struct`: ``msgspec.structs.replace``, ``msgspec.structs.fields``
-    and ``msgspec.structs.asdict`` take the place of their `dataclasses` namesakes.
+    ``msgspec.structs.replace``, ``msgspec.structs.fields`` and ``msgspec.structs.asdict``
+    take the place of their `dataclasses` namesakes.
 
     Raises:
         ValidationError: A field breaks a fixed check (on direct construction only).
@@ -124,7 +124,10 @@ class NewEvent(msgspec.Struct, frozen=True, gc=False):
     span_id: str | None = None
 
     def __post_init__(self) -> None:
-        if not _BUILDING.now:
+        trusted = _BUILDING.text
+        if trusted is not None and self.payload_json is trusted:
+            _BUILDING.text = None  # this one event only
+        else:
             _check_made_by_hand(self)
 
     @property
@@ -157,9 +160,9 @@ _EVENT_OVERHEAD_BYTES: Final = 512
 
 
 class _Building(threading.local):
-    """Set while `_build` makes an event of the values it has checked."""
+    """The payload text of the event `_build` is making of the values it has checked."""
 
-    now = False
+    text: str | None = None
 
 
 _BUILDING: Final = _Building()
@@ -198,6 +201,12 @@ def _check_made_by_hand(event: NewEvent) -> None:
         raise ValidationError(
             f"payload_json must be a str of JSON text, got {type(event.payload_json).__name__}; "
             "build the event with new_event(), which prepares the payload"
+        )
+    paths = event.redacted_paths
+    if type(paths) is not tuple or not all(type(path) is str for path in paths):
+        raise ValidationError(
+            f"redacted_paths must be a tuple of str (JSON pointers), got {paths!r}; leave it "
+            "out, or pass the PreparedPayload's redacted_paths"
         )
 
 
@@ -387,9 +396,9 @@ def _build(  # the fields of an event, positional: no keyword forwarding
             trace_id, span_id = ids
     # The exact types first: the full checks only run for anything else.
     if type(session_id) is not uuid.UUID and type(session_id) is not int:
-        _check_required_key("session_id", session_id)
+        session_id = _required_key("session_id", session_id)
     if type(user_id) is not uuid.UUID and type(user_id) is not int:
-        _check_required_key("user_id", user_id)
+        user_id = _required_key("user_id", user_id)
     if project_id is not None:
         check_key("project_id", project_id, required=False)
     if agent_id is not None:
@@ -423,39 +432,45 @@ def _build(  # the fields of an event, positional: no keyword forwarding
         done = prepare_unchecked(payload, payload_policy)
         prepared.append(done)
         text, redacted = done.json_text, done.redacted_paths
-    # `_BUILDING`: every value is checked above, so the event's own checks are skipped. A
-    # flag of this thread's, not a second class: ``msgspec.structs.replace`` of the event
-    # (or ``copy.replace``) makes one of the same class, which must check again.
-    _BUILDING.now = True
+    # A str subclass's __str__ is the host's code: run it before the event is trusted.
+    event_type = str(event_type)
+    error_code = None if error_code is None else str(error_code)
+    tool_name = None if tool_name is None else str(tool_name)
+    approval_status = None if approval_status is None else str(approval_status)
+    # Every value is checked above, so the event's own checks are skipped for the event made
+    # of this very text, on this thread. Not a second class: ``msgspec.structs.replace`` (or
+    # ``copy.replace``) of the event makes one of the same class, which must check again.
+    _BUILDING.text = text
     try:
         return NewEvent(
             id,
-            session_id,  # type: ignore[arg-type]  # never None: checked above
-            user_id,  # type: ignore[arg-type]
-            str(event_type),
+            session_id,
+            user_id,
+            event_type,
             text,
             created_at,
             project_id,
             agent_id,
-            None if error_code is None else str(error_code),
-            None if tool_name is None else str(tool_name),
-            None if approval_status is None else str(approval_status),
+            error_code,
+            tool_name,
+            approval_status,
             redacted,
             request_id,
             trace_id,
             span_id,
         )
     finally:
-        _BUILDING.now = False
+        _BUILDING.text = None
 
 
-def _check_required_key(name: str, value: object) -> None:
+def _required_key(name: str, value: object) -> Key:
     if value is None:
         raise ValidationError(
             f"{name} is missing: pass {name}=... (the host's key), or record the event inside "
             f"event_context({name}=...)"
         )
     check_key(name, value, required=True)
+    return cast("Key", value)
 
 
 @dataclass(frozen=True, slots=True)

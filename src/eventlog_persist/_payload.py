@@ -550,7 +550,9 @@ def prepare_payload(value: object, *, policy: PayloadPolicy = DEFAULT_POLICY) ->
     * UUID: its canonical str; Decimal: ``str()``, exact (a float would round, and many
       JSON readers parse numbers as doubles);
     * bytes, bytearray, memoryview: a standard base64 str with padding (no type marker);
-    * dataclass instance: a dict of its fields; other `Mapping`: a dict;
+    * dataclass or `msgspec.Struct` instance: a dict of its fields by attribute name (a
+      Struct's ``rename``, ``tag`` and ``array_like`` are not applied); other `Mapping`: a
+      dict;
     * set, frozenset: a list, sorted when the elements are mutually comparable, else in
       iteration order;
     * anything else: ``policy.default(value)`` when set, else `PayloadError`.
@@ -804,6 +806,9 @@ class _Pass:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = dataclasses.fields(value)
             return self.entries(value, ((f.name, getattr(value, f.name)) for f in fields))
+        if isinstance(value, msgspec.Struct):
+            names = value.__struct_fields__
+            return self.entries(value, ((name, getattr(value, name)) for name in names))
         if isinstance(value, Mapping):
             return self.entries(value, value.items())
         if isinstance(value, (list, tuple)):

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import assert_type
 
+import msgspec
 from alembic.config import Config
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
@@ -237,6 +238,8 @@ def record(engine: Engine, session: Session, user: User, chat: uuid.UUID) -> Non
     built = new_event(session_id=chat, user_id=user.id, event_type="user_message", payload="hi")
     assert_type(writer.record(session, built), EventLog)
     assert_type(writer.event(session_id=chat, user_id=user.id, event_type="x"), NewEvent)
+    assert_type(msgspec.structs.replace(built, tool_name="search"), NewEvent)
+    assert_type(built.payload_bytes, int)
 
     # Detached: the NewEvent comes back, whether given fields or a built event.
     detached = writer.record_detached(
