@@ -69,8 +69,8 @@ _HAND_OVER_INTERVAL = 0.004
 """Seconds between two offers of the GIL to the writer thread by `BufferedWriter.enqueue`
 while a batch is written: below the interpreter's switch interval (5 ms). Shorter writes
 faster and delays more calls: at 2 ms the writer's work landed in more than one call in a
-hundred, at 3 ms the p99 rose to 3x `json.dumps` (docs/benchmarks/write-path.md, rounds 7
-and 12)."""
+hundred; at 3 ms the p99 passed 3x `json.dumps` in five runs of six
+(docs/benchmarks/write-path.md, rounds 7 and 12)."""
 _CANCEL_GRACE = 1.0
 """Seconds `AsyncBufferedWriter.close` lets a cancelled write end before cancelling it again:
 cancelled once, psycopg asks the server to cancel the statement and waits up to 10 s for it;
