@@ -40,10 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
 from eventlog_persist import (
+    ApprovalStatus,
     AsyncBufferedWriter,
     BufferedWriter,
     EventFieldRules,
     EventLogReader,
+    EventType,
     EventWriter,
     NewEvent,
     awrite_events,
@@ -438,11 +440,15 @@ def test_a_wrong_id_or_key_in_a_hand_made_event_is_refused() -> None:
         ({"project_id": 1.5}, "project_id must be a uuid.UUID, int or None"),
         ({"agent_id": "a1"}, "agent_id must be a uuid.UUID, int or None"),
         ({"payload_json": {"a": 1}}, "payload_json must be a str of JSON text, got dict"),
+        ({"payload_json": None}, "payload_json must be a str of JSON text, got NoneType"),
         ({"event_type": "bad type"}, "event_type 'bad type' does not match"),
+        ({"redacted_paths": ["/a"]}, "redacted_paths must be a tuple of str"),
+        ({"redacted_paths": ("/a", 1)}, "redacted_paths must be a tuple of str"),
     ):
         with pytest.raises(ValidationError) as caught:
             msgspec.structs.replace(good, **change)
         assert str(caught.value).startswith(fragment)
+    assert msgspec.structs.replace(good, redacted_paths=("/a",)).redacted_paths == ("/a",)
     # A hand-made event gets the fixed checks only: the far future is a rule of new_event's.
     far = msgspec.structs.replace(good, created_at=datetime(3000, 1, 1, tzinfo=UTC))
     assert far.created_at.year == 3000
@@ -500,6 +506,59 @@ def test_a_hand_made_event_is_checked_on_any_thread_while_others_build_events() 
     fresh.start()
     fresh.join()
     assert len(errors) == 1
+
+
+def test_code_that_runs_while_a_writer_builds_its_event_gets_its_own_events_checked() -> None:
+    """A profiler's hook (or a signal handler) may run between the writer's checks and the
+    event's; an event it makes by hand is checked all the same."""
+    key = uuid.uuid4()
+    good = new_event(session_id=key, user_id=key, event_type="x")
+    outcomes: list[str] = []
+
+    def hook(frame: Any, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == "__post_init__" and not outcomes:
+            try:
+                msgspec.structs.replace(good, event_type="bad type")
+            except ValidationError:
+                outcomes.append("refused")
+            else:
+                outcomes.append("accepted")
+
+    sys.setprofile(hook)
+    try:
+        built = new_event(session_id=key, user_id=key, event_type="y")
+    finally:
+        sys.setprofile(None)
+    assert outcomes == ["refused"]
+    assert built.event_type == "y"
+
+
+def test_an_event_holds_plain_str_and_the_keys_it_was_given() -> None:
+    class Text(str):
+        pass
+
+    class Id(uuid.UUID):
+        pass
+
+    key = Id(int=5)
+    event = new_event(
+        session_id=key,
+        user_id=key,
+        event_type=EventType.TOOL_CALL,
+        error_code=Text("timeout"),
+        tool_name=Text("search"),
+        approval_status=ApprovalStatus.GRANTED,
+    )
+    assert event.session_id is key
+    assert event.user_id is key
+    for value in (event.event_type, event.error_code, event.tool_name, event.approval_status):
+        assert type(value) is str
+    assert (event.event_type, event.error_code, event.tool_name, event.approval_status) == (
+        "tool_call",
+        "timeout",
+        "search",
+        "granted",
+    )
 
 
 def test_an_event_is_a_frozen_struct_that_the_collector_does_not_track() -> None:
