@@ -10,6 +10,7 @@ of the API reference, and the conversion of the reST version notes.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -92,3 +93,23 @@ Args:
 
 *Deprecated since version 0.4.0:* Use ``x``."""
     )
+
+
+def test_the_reference_shows_the_constructor_msgspec_makes_for_new_event() -> None:
+    griffe = pytest.importorskip("griffe", reason="griffe comes with the docs extra")
+    extension = griffe.load_extensions(f"{ROOT / 'scripts' / 'griffe_structs.py'}:StructSignatures")
+    package = griffe.load("eventlog_persist", search_paths=[ROOT / "src"], extensions=extension)
+    shown = [
+        (parameter.name, parameter.kind.value, parameter.default)
+        for parameter in package["NewEvent"]["__init__"].parameters
+        if parameter.name != "self"
+    ]
+    runtime = [
+        (
+            parameter.name,
+            parameter.kind.description,
+            None if parameter.default is parameter.empty else repr(parameter.default),
+        )
+        for parameter in inspect.signature(eventlog_persist.NewEvent).parameters.values()
+    ]
+    assert [(name, kind, default and str(default)) for name, kind, default in shown] == runtime
