@@ -600,8 +600,9 @@ def prepare_unchecked(value: object, policy: PayloadPolicy) -> PreparedPayload:
 
 
 def payload_text(value: object, policy: PayloadPolicy) -> tuple[str, tuple[str, ...]]:
-    """`prepare_payload`'s ``json_text`` and ``redacted_paths`` only: for an
-    event, which keeps no copy of the value (the quick path then makes none).
+    """`prepare_payload`'s ``json_text`` and ``redacted_paths`` alone, for an event.
+
+    An event keeps no copy of the value, so the quick path makes none.
 
     Raises:
         PayloadError: As `prepare_payload`.
