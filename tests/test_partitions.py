@@ -684,6 +684,35 @@ def test_an_interrupted_detach_is_finished_by_the_next_run(
     assert len(drop_partitions(model, host_engine, older_than=cutoff).dropped) == 1
 
 
+
+def test_a_table_kept_after_a_drop_that_never_detached_it_stays_kept(
+    database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    oldest = list_partitions(model, host_engine)[0].name
+    # A drop run marks the partition to be dropped, then its DETACH cannot even start.
+    blocker = host_engine.connect()
+    blocker.begin()
+    blocker.execute(text("LOCK TABLE ONLY event_logs IN SHARE MODE"))
+    impatient = create_engine(database_url, connect_args={"options": "-c lock_timeout=300"})
+    try:
+        with pytest.raises(OperationalError, match="lock timeout"):
+            drop_partitions(model, impatient, older_than=cutoff)
+    finally:
+        impatient.dispose()
+        blocker.close()
+    assert not any(p.detach_pending for p in list_partitions(model, host_engine))
+    # The host changes its mind and archives: what it keeps, later runs keep too.
+    first = drop_partitions(model, host_engine, older_than=cutoff, keep_detached=True)
+    assert oldest in first.detached
+    again = drop_partitions(model, host_engine, older_than=cutoff, keep_detached=True)
+    assert again.dropped == ()
+    later = drop_partitions(model, host_engine, older_than=NOW - 100 * WEEK)
+    assert later.dropped == ()
+    assert table_exists(host_engine, oldest)
+
+
 def ending_the_waiting_detach(
     engine: Engine, call: Callable[[], object], *, end: str = "pg_terminate_backend"
 ) -> BaseException:

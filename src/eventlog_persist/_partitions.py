@@ -349,6 +349,14 @@ def _drop_foreign_keys(connection: Connection, table: str) -> None:
         connection.execute(text(f"ALTER TABLE {table} {drops}"))
 
 
+def _comment(connection: Connection, table: str) -> str | None:
+    """The comment on ``table`` (schema-qualified and quoted), if any."""
+    comment = connection.execute(
+        text("SELECT obj_description(to_regclass(:name), 'pg_class')"), {"name": table}
+    ).scalar()
+    return None if comment is None else str(comment)
+
+
 def _finish(
     connection: Connection,
     parent: _Parent,
@@ -740,10 +748,7 @@ def drop_partitions(
                 marked = tagged = False
                 detach = None  # a plain DETACH left for the audit's transaction
                 if partition.detach_pending:
-                    comment = connection.execute(
-                        text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
-                        {"name": parent.child(partition.name)},
-                    ).scalar()
+                    comment = _comment(connection, parent.child(partition.name))
                     marked = comment == _TO_DROP
                     tagged = comment in (_TO_DROP, _TO_KEEP)
                     if audit and not tagged:
@@ -778,6 +783,12 @@ def drop_partitions(
                         # on evlfeed_0001), so only a table to drop needs the comment.
                         connection.execute(
                             text(f"COMMENT ON TABLE {parent.child(partition.name)} IS '{_TO_DROP}'")
+                        )
+                    elif _comment(connection, parent.child(partition.name)) == _TO_DROP:
+                        # An earlier run marked it to be dropped and failed before its
+                        # detach; kept now, so no later run may finish that drop.
+                        connection.execute(
+                            text(f"COMMENT ON TABLE {parent.child(partition.name)} IS NULL")
                         )
                     detach = (
                         f"ALTER TABLE {parent.qualified} DETACH PARTITION "
