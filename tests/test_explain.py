@@ -427,6 +427,22 @@ def test_scoped_purge_uses_its_index(loaded: tuple[Engine, Any], scope: str, ind
         assert_indexed(plan, index)
 
 
+def test_unscoped_purge_deletes_its_batch_through_the_primary_key(
+    loaded: tuple[Engine, Any],
+) -> None:
+    engine, data = loaded
+    k = pick(data)
+    table = bench_module("datagen").EventLog.__table__
+    statement = purge_statement(table, older_than=k["month"]["since"], batch_size=500)
+    compiled = statement.compile(engine)
+    plan = plan_of(engine, str(compiled), compiled.params)
+    # The batch is found by a scan that stops at 500 rows; each is then deleted by its key.
+    by_key = [node for node in nodes(plan) if node.get("Index Name") == "pk_event_logs"]
+    assert by_key, f"the DELETE does not find its rows by the primary key: {plan}"
+    assert all(re.search(r"\bid = ", node.get("Index Cond", "")) for node in by_key), plan
+    assert not [node for node in nodes(plan) if node["Node Type"] in ("Hash Join", "Merge Join")]
+
+
 @pytest.mark.parametrize(
     ("name", "index", "margin"),
     [

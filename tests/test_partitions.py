@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 from catalog import lock_waiters
 from hostmodels import HostModels, build_host_models, seed
@@ -19,6 +20,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from eventlog_persist import (
     EventWriter,
+    count_purgeable,
     drop_partitions,
     ensure_partitions,
     list_partitions,
@@ -951,3 +953,24 @@ def test_purge_serves_the_straddling_partition_and_scoped_deletes(
     assert result.deleted == result.batches > 0
     assert count(host_engine, older) == 0
     assert count(host_engine) == newer
+
+
+def test_purge_leaves_a_newer_event_that_shares_the_id_of_an_older_one(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    # The key is (id, created_at), so one id may be stored at two times (an event written
+    # again with another created_at); the copy at or after the cutoff is not the purge's.
+    model = host_models.EventLog
+    now = datetime.now(UTC)
+    ensure_partitions(model, host_engine, ahead=5, now=now - 4 * WEEK)
+    old = EventWriter(model).event(event_type="user_message", created_at=now - 3 * WEEK, **keys)
+    new = msgspec.structs.replace(old, created_at=now - HOUR)
+    assert write_events(model, host_engine, [old, new]).written == 2
+    cutoff = now - 2 * WEEK
+    assert count_purgeable(model, host_engine, older_than=cutoff) == 1
+    assert purge_events(model, host_engine, older_than=cutoff).deleted == 1
+    with host_engine.connect() as connection:
+        kept = connection.execute(
+            text("SELECT created_at FROM event_logs WHERE id = :id"), {"id": old.id}
+        ).scalars()
+        assert list(kept) == [new.created_at]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text
+from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -110,13 +110,15 @@ def purge_statement(
     near its start.
     """
     c = table.c
+    # By (id, created_at), not id alone: the partitioned layout's key, where one id may be
+    # stored at two times, and only the copy before the cutoff is this batch's.
     victims = (
-        select(c.id)
+        select(c.id, c.created_at)
         .where(*_conditions(table, older_than, user_id, project_id))
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
-    return delete(table).where(c.id.in_(victims.scalar_subquery()))
+    return delete(table).where(tuple_(c.id, c.created_at).in_(victims))
 
 
 @contextmanager
