@@ -686,7 +686,6 @@ def test_an_interrupted_detach_is_finished_by_the_next_run(
     assert len(drop_partitions(model, host_engine, older_than=cutoff).dropped) == 1
 
 
-
 def test_a_table_kept_after_a_drop_that_never_detached_it_stays_kept(
     database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
