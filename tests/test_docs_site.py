@@ -4,7 +4,8 @@ The site itself is built by CI (`.ci/run`: `mkdocs build --strict`, which fails 
 link, anchor or reference, a page missing from the nav, or a docstring griffe cannot
 parse); it is not rebuilt here, so the suite needs no docs tools and does not build the site
 once per Python. These tests check what the strict build cannot see: a public name left out
-of the API reference, and the conversion of the reST version notes.
+of the API reference, a reference page or name missing from the reference's index table, and
+the conversion of the reST version notes.
 """
 
 from __future__ import annotations
@@ -54,6 +55,38 @@ def test_every_reference_page_is_in_the_nav() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in REFERENCE.glob("*.md"):
         assert f"reference/{page.name}" in nav, page.name
+
+
+def reference_index_rows() -> dict[str, str]:
+    """The rows of the table in docs/reference/index.md: linked page name -> the names cell."""
+    rows = {}
+    for line in (REFERENCE / "index.md").read_text().splitlines():
+        match = re.fullmatch(r"\| \[[^\]]+\]\(([^)#]+\.md)\) \| (.+) \|", line)
+        if match:
+            rows[match[1]] = match[2]
+    return rows
+
+
+def test_every_reference_page_has_a_row_in_the_reference_index() -> None:
+    rows = reference_index_rows()
+    pages = sorted(page.name for page in REFERENCE.glob("*.md") if page.name != "index.md")
+    missing = [page for page in pages if page not in rows]
+    assert not missing, f"link these from docs/reference/index.md: {missing}"
+
+
+def test_the_reference_index_lists_the_names_each_page_documents() -> None:
+    rows = reference_index_rows()
+    for page in sorted(REFERENCE.glob("*.md")):
+        if page.name == "index.md" or page.name not in rows:
+            continue
+        names = re.findall(r"^::: eventlog_persist\.(\S+)$", page.read_text(), flags=re.M)
+        cell = rows[page.name]
+        missing = [
+            name
+            for name in names
+            if f"`{name}`" not in cell and f"`eventlog_persist.{name}`" not in cell
+        ]
+        assert not missing, f"add to the {page.name} row of docs/reference/index.md: {missing}"
 
 
 def test_version_notes_become_markdown() -> None:

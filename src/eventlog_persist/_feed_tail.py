@@ -405,7 +405,11 @@ class EventTail(_TailCore, Generic[KeyT]):
         (the latency of events recorded in the host's own transactions) and reads again.
 
         Args:
-            session_id, project_id, user_id, cursor, start: As in `read`.
+            session_id: As in `read`.
+            project_id: As in `read`.
+            user_id: As in `read`.
+            cursor: As in `read`.
+            start: As in `read`.
             poll: The longest wait between reads, in seconds.
             stop: Set it to end the iteration (it ends within ``poll`` seconds).
 
