@@ -505,6 +505,41 @@ def test_a_monthly_conversion_ends_the_legacy_partition_at_a_month_start(plain: 
     assert count(plain) == 500
 
 
+def test_a_conversion_prepared_for_months_swaps_to_months_unless_told_otherwise(
+    plain: Engine,
+) -> None:
+    prepared = convert_to_partitioned(plain, partition_interval="month", stop_before_swap=True)
+    with pytest.raises(ConversionError) as refused:
+        convert_to_partitioned(plain, partition_interval="week")
+    assert str(refused.value) == (
+        'convert: "event_logs" was prepared for monthly partitions, not weekly ones; pass '
+        "partition_interval='month' (CLI: --interval month), or leave it out to use the "
+        "table's own"
+    )
+    result = convert_to_partitioned(plain)
+    assert result.boundary == prepared.boundary
+    expected = partitions_after(prepared.boundary, datetime.now(UTC), "month", 4)
+    assert result.partitions == tuple(name for name, _, _ in expected)
+
+
+def test_a_converted_table_keeps_its_interval_when_run_again(
+    plain: Engine, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    convert_to_partitioned(plain, partition_interval="month", partitions_ahead=1)
+    before = dict(partitions(plain))
+    # Without the interval: the table's own, so only missing months are added.
+    again = convert_to_partitioned(plain, partitions_ahead=3)
+    after = dict(partitions(plain))
+    assert set(again.partitions) == set(after) - set(before)
+    assert all(re.fullmatch(r"event_logs_p\d{6}01", name) for name in again.partitions)
+    with pytest.raises(ConversionError, match=r"has monthly partitions, not weekly ones"):
+        convert_to_partitioned(plain, partition_interval="week", partitions_ahead=3)
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["convert", "--url", url, "--interval", "week"]) == 2
+    assert "has monthly partitions, not weekly ones" in capsys.readouterr().err
+    assert main(["convert", "--url", url]) == 0
+
+
 @pytest.mark.parametrize("validated", [False, True])
 def test_a_bound_that_came_too_close_is_set_again(plain: Engine, validated: bool) -> None:
     near = datetime.now(UTC) + timedelta(minutes=10)
@@ -1488,7 +1523,7 @@ def test_rows_after_the_boundary_are_refused_and_the_bound_removed(plain: Engine
     ("options", "message"),
     [
         ({"partition_interval": "day"}, "partition_interval='day' is not valid; use 'week' or"),
-        ({"partition_interval": None}, "partition_interval=None"),
+        ({"partition_interval": "Week"}, "partition_interval='Week'"),
         ({"partitions_ahead": 0}, "partitions_ahead=0 is not valid; use 1 to 52"),
         ({"partitions_ahead": 53}, "partitions_ahead=53"),
         ({"partitions_ahead": True}, "partitions_ahead=True"),

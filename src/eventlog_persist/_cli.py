@@ -175,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     convert.add_argument("--schema", help="schema of event_logs (default: search_path)")
     convert.add_argument(
-        "--interval", choices=("week", "month"), default="week", help="partition interval"
+        "--interval",
+        choices=("week", "month"),
+        help="partition interval (default: the one the table already has, else week)",
     )
     convert.add_argument(
         "--ahead", type=_count_argument, default=4, help="partitions ahead (1 to 52; default 4)"

@@ -33,6 +33,7 @@ from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate
 from eventlog_persist._partitions import (
     MAX_AHEAD,
     PartitionInterval,
+    interval_of_partitions,
     next_period,
     period_start,
 )
@@ -55,6 +56,8 @@ __all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
 LEGACY_PARTITION: Final = f"{TABLE_NAME}_legacy"
 """The converted table's name as the partition ``FROM (MINVALUE) TO (boundary)``."""
 _BOUND: Final = f"{LEGACY_PARTITION}_bound"
+_INTERVAL_NOTE: Final = "eventlog-persist: chosen for partition_interval="
+"""The comment on the bound, naming the interval it starts (the swap partitions by it)."""
 # What the swap reads before its lock and carries over (or that `_refuse_attachments` refuses),
 # as one list: the swap's probe compares it under the lock, so that a change made meanwhile
 # stops the swap instead of being lost. The conversion's own bound is left out.
@@ -144,13 +147,14 @@ class _Found:
     bound_valid: bool = False
     key_valid: bool | None = None  # None: no (id, created_at) index yet
     default_partition: str | None = None
+    bound_for: str | None = None  # the interval the bound was chosen for
 
 
 def convert_to_partitioned(
     engine: Engine,
     *,
     schema: str | None = None,
-    partition_interval: PartitionInterval = "week",
+    partition_interval: PartitionInterval | None = None,
     partitions_ahead: int = 4,
     lock_timeout: float = 0.05,
     swap_attempts: int = 50,
@@ -177,6 +181,12 @@ def convert_to_partitioned(
         engine: A synchronous engine on the database, as a role that owns ``event_logs``.
         schema: Schema of ``event_logs`` (default: the search_path).
         partition_interval: ``"week"`` (Mondays, UTC) or ``"month"``, as for evlpart_0001.
+            None (the default): the table's own, once a conversion has chosen its bound
+            (an interrupted or prepared conversion, a converted table); else ``"week"``.
+            One that differs from the table's raises `ConversionError`.
+
+            .. versionchanged:: 0.3.0
+               None is the default (it was ``"week"``).
         partitions_ahead: As for evlpart_0001 (1 to 52): partitions exist up to the one
             evlpart_0001 would create last.
         lock_timeout: Seconds each blocking transaction waits for a lock before it gives up
@@ -198,7 +208,7 @@ def convert_to_partitioned(
     .. versionadded:: 0.3.0
     """
     check_engine(engine, api="convert_to_partitioned", is_async=False)
-    if partition_interval not in get_args(PartitionInterval):
+    if partition_interval is not None and partition_interval not in get_args(PartitionInterval):
         raise ConfigurationError(
             f"partition_interval={partition_interval!r} is not valid; use 'week' or 'month'"
         )
@@ -267,7 +277,7 @@ class _Conversion:
         engine: Engine,
         *,
         schema: str | None,
-        interval: PartitionInterval,
+        interval: PartitionInterval | None,
         ahead: int,
         lock_timeout: float,
         attempts: int,
@@ -276,7 +286,8 @@ class _Conversion:
     ) -> None:
         self.engine = engine
         self.schema = schema
-        self.interval = interval
+        self.given: PartitionInterval | None = interval
+        self.interval: PartitionInterval = interval or "week"
         self.ahead = ahead
         self.lock_timeout = lock_timeout
         self.attempts = attempts
@@ -298,6 +309,7 @@ class _Conversion:
     def run(self, *, stop_before_swap: bool) -> ConversionResult:
         with self._autocommit() as connection:
             found = self._inspect(connection)
+            self.interval = self._interval(connection, found)
             if found.kind == "p":
                 if found.default_partition is not None:
                     raise ConversionError(
@@ -333,7 +345,9 @@ class _Conversion:
                     f"CHECK (created_at < {boundary.isoformat()}) NOT VALID",
                     lambda: self._blocking(
                         f"ALTER TABLE {self.table} ADD CONSTRAINT {_quote(_BOUND)} "
-                        f"CHECK (created_at < '{boundary.isoformat()}') NOT VALID"
+                        f"CHECK (created_at < '{boundary.isoformat()}') NOT VALID;\n"
+                        f"COMMENT ON CONSTRAINT {_quote(_BOUND)} ON {self.table} IS "
+                        f"'{_INTERVAL_NOTE}{self.interval}'"
                     ),
                 )
             if not found.bound_valid:
@@ -358,6 +372,24 @@ class _Conversion:
             )
             return ConversionResult("prepared", boundary, tuple(self.steps))
         return self._swap(boundary)
+
+    def _interval(self, connection: Connection, found: _Found) -> PartitionInterval:
+        """The caller's interval, checked against the one the table already has, if any."""
+        if found.kind == "p" and found.boundary is not None:
+            own = interval_of_partitions(connection, self.table)
+            has = f"has {own}ly partitions"
+        else:  # a bound set by an earlier run says which interval it starts
+            own = next((i for i in get_args(PartitionInterval) if i == found.bound_for), None)
+            has = f"was prepared for {own}ly partitions"
+        if own is None:
+            return self.interval
+        if self.given is not None and own != self.given:
+            raise ConversionError(
+                f"convert: {self.shown} {has}, not {self.given}ly ones; pass "
+                f"partition_interval={own!r} (CLI: --interval {own}), or leave it out to use "
+                "the table's own"
+            )
+        return own
 
     def _timed(self, step: Step, what: str, action: Callable[[], object]) -> None:
         self.progress(f"{step}: {what} ...")
@@ -734,7 +766,8 @@ class _Conversion:
         found = _Found("r")
         bound = self._one(
             connection,
-            "SELECT convalidated, pg_get_expr(conbin, conrelid) FROM pg_constraint "
+            "SELECT convalidated, pg_get_expr(conbin, conrelid), "
+            "obj_description(oid, 'pg_constraint') FROM pg_constraint "
             "WHERE conrelid = :oid AND conname = :name AND contype = 'c'",
             oid=oid,
             name=_BOUND,
@@ -742,6 +775,9 @@ class _Conversion:
         if bound is not None:
             found.bound_valid = bool(bound[0])
             found.boundary = _boundary_of(bound[1])
+            note = bound[2] or ""
+            if note.startswith(_INTERVAL_NOTE):
+                found.bound_for = note.removeprefix(_INTERVAL_NOTE)
         index = self._one(
             connection,
             "SELECT i.indisvalid AND i.indisready, i.indisunique, "

@@ -191,6 +191,7 @@ def _parent(connection: Connection, table: Table) -> _Parent:
     return _Parent(int(oid), str(schema), str(relname))
 
 
+_OID_SQL: Final = text("SELECT to_regclass(:name)::oid::bigint")
 _SIZED_PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="pg_total_relation_size(c.oid)"))
 # Sizes cost a stat() of every file of every partition and index: only listing shows them.
 _PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="0"))
@@ -412,6 +413,19 @@ def next_period(start: datetime, interval: PartitionInterval) -> datetime:
     if interval == "week":
         return start + timedelta(days=7)
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def interval_of_partitions(connection: Connection, table: str) -> PartitionInterval | None:
+    """The interval of the newest bounded partition of ``table`` (quoted, maybe qualified):
+    ``None`` if it has none, or if that partition is neither a week nor a calendar month."""
+    parent = _Parent(connection.execute(_OID_SQL, {"name": table}).scalar_one(), "", "")
+    partitions = _partitions(connection, parent)
+    if all(p.lower is None or p.upper is None for p in partitions):
+        return None
+    try:
+        return _interval_of(partitions)
+    except ConfigurationError:
+        return None
 
 
 def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
