@@ -125,8 +125,9 @@ _PARENT_SQL: Final = text(
     "SELECT c.oid::bigint, c.relkind::text, n.nspname, c.relname FROM pg_class c "
     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)"
 )
-# The bounds are cast back in the session that printed them, so TimeZone and DateStyle do not
-# matter; MINVALUE and MAXVALUE match no quoted literal and come back NULL.
+# The bounds are cast back in the session that printed them, so its TimeZone does not matter
+# (psycopg reads the timestamptz in DateStyle ISO only: docs/operations.md); MINVALUE and
+# MAXVALUE match no quoted literal and come back NULL.
 _LEFT_TO_DROP_SQL: Final = text(
     "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = :schema AND c.relkind = 'r' AND NOT c.relispartition "
