@@ -122,6 +122,29 @@ def test_sigterm_writes_the_queue_then_ends_the_process_as_sigterm_does(
     assert stored(host_engine) == {"queued": 3000}
 
 
+def test_sigterm_landing_while_enqueue_holds_the_writers_lock_writes_the_queue(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    # Python runs a signal handler in the main thread between two bytecodes, which may be
+    # inside enqueue's locked section; close() takes the same lock. The signal is sent here
+    # while the main thread holds the lock, to make that moment certain.
+    user_id, session_id = seed(host_engine, host_models)
+    held = """
+        import os, signal
+        signal.alarm(30)  # a deadlock: SIGALRM ends the process, and the test fails
+        with writer._lock:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(100_000))  # the handler runs here, the lock held
+    """
+    script = queue_then_wait(database_url, user_id, session_id).replace(
+        'print("queued", flush=True)', textwrap.indent(textwrap.dedent(held), " " * 8).strip()
+    )
+    process = start(script)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, err
+    assert stored(host_engine) == {"queued": 3000}
+
+
 def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queue(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:

@@ -3,8 +3,9 @@
 Python runs ``atexit`` hooks on a normal exit, ``sys.exit``, an unhandled exception and
 SIGINT, but not when SIGTERM (what ``docker stop`` and Kubernetes send) kills the process
 with the default action. So the first writer started in the main thread installs one
-SIGTERM handler for every writer: it closes them (each within its ``exit_timeout``), then
-gives the signal its previous effect. A forked child gets fresh writers of its own.
+SIGTERM handler for every writer: it has a thread close them (each within its
+``exit_timeout``), then gives the signal its previous effect. A forked child gets fresh writers
+of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _forkable: weakref.WeakSet[Any] = weakref.WeakSet()  # reset in a forked child
 _previous: Any = None  # the SIGTERM handler ours replaced; None while ours is not installed
 _installed = False
 _lock = threading.Lock()
+_closer: threading.Thread | None = None  # closing the writers after a SIGTERM
+_closed = threading.Event()  # they are: the next SIGTERM takes its previous effect
 
 
 def reset_after_fork(writer: _Forkable) -> None:
@@ -74,18 +77,34 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         # exits normally: the writers' exit hooks flush them after the last request.
         previous(signum, frame)
         return
+    if _closed.is_set():
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
+        return
+    global _closer
+    if _closer is None:
+        # Not in this handler: the signal may have landed in the main thread while it held a
+        # writer's lock (in enqueue), which close takes, and the lock is not reentrant.
+        _closer = threading.Thread(
+            target=_close_then_signal, args=(signum,), name="eventlog-persist-sigterm"
+        )
+        _closer.start()
+
+
+def _close_then_signal(signum: int) -> None:
     for writer in list(_writers):
         try:
             writer._close_at_exit()
         except Exception:  # pragma: no cover - close reports through the hook and the log
             logger.exception("closing a BufferedWriter on SIGTERM failed")
-    signal.signal(signal.SIGTERM, previous)
-    signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
+    _closed.set()
+    os.kill(os.getpid(), signum)  # to the main thread's handler, which ends the process
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _closer, _closed
     _lock = threading.Lock()  # another thread may have held it at the fork
+    _closer, _closed = None, threading.Event()
     for writer in list(_forkable):
         writer._after_fork_in_child()
 
