@@ -6,6 +6,7 @@ Each test runs a real process and counts the rows it left behind.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -286,6 +287,44 @@ def test_a_forked_child_writes_through_its_own_connection_and_thread(
     # The child exited 0, and the parent's connection survived the child: no retry.
     assert run_host_script(user_id, session_id, script) == ["0", "180", "0"]
     assert stored(host_engine) == {"parent": 130, "at-fork": 50, "child": 70}
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_multiprocessing_child_writes_its_queue_when_it_ends(
+    host_engine: Engine, host_models: HostModels, database_url: URL, method: str, tmp_path: Path
+) -> None:
+    # Such a child ends with os._exit, which runs no atexit hook.
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import multiprocessing
+
+        def work(url, keys):
+            writer = BufferedWriter(build_host_models().EventLog, url, flush_interval=600)
+            writer.start()
+            for _ in range(100):
+                writer.enqueue(event_type="child", **keys)
+
+        if __name__ == "__main__":
+            child = multiprocessing.get_context({method!r}).Process(
+                target=work, args=({conninfo(database_url)!r}, keys)
+            )
+            child.start()
+            child.join(60)
+            print(child.exitcode, flush=True)
+    """
+    path = tmp_path / "host.py"  # the child's __main__ must be a file (forkserver)
+    path.write_text(host_script(user_id, session_id, script))
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(path)],
+        cwd=TESTS,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.split()) == (0, ["0"]), done.stderr
+    assert stored(host_engine) == {"child": 100}
 
 
 def test_a_child_forked_while_the_writer_held_its_lock_is_not_locked_out(

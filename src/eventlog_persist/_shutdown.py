@@ -5,7 +5,8 @@ SIGINT, but not when SIGTERM (what ``docker stop`` and Kubernetes send) kills th
 with the default action. So the first writer started in the main thread installs one
 SIGTERM handler for every writer: it has a thread close them (each within its
 ``exit_timeout``), then gives the signal its previous effect. A forked child gets fresh writers
-of its own.
+of its own. A ``multiprocessing`` child (fork, forkserver) ends with ``os._exit``, which runs no
+``atexit`` hook, so its writers are also closed by a multiprocessing finalizer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import weakref
 from types import FrameType
@@ -36,6 +38,7 @@ _installed = False
 _lock = threading.Lock()
 _closer: threading.Thread | None = None  # closing the writers after a SIGTERM
 _closed = threading.Event()  # they are: the next SIGTERM takes its previous effect
+_finalizer: Any = None  # closes the writers at a multiprocessing child's end
 
 
 def reset_after_fork(writer: _Forkable) -> None:
@@ -44,10 +47,14 @@ def reset_after_fork(writer: _Forkable) -> None:
 
 
 def watch(writer: _Closable, *, sigterm: bool) -> None:
-    """Close ``writer`` on SIGTERM (when ``sigterm``) and at a forked child's exit."""
-    global _installed, _previous
+    """Close ``writer`` on SIGTERM (when ``sigterm``) and at a multiprocessing child's end."""
+    global _installed, _previous, _finalizer
     with _lock:
         _writers.add(writer)
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None and _finalizer is None:
+            # Its registry is emptied when a child starts, after the fork: so at a start.
+            _finalizer = util.Finalize(None, _close_all, exitpriority=100)
         if not sigterm or _installed:
             return
         if threading.current_thread() is not threading.main_thread():
@@ -91,20 +98,24 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         _closer.start()
 
 
-def _close_then_signal(signum: int) -> None:
+def _close_all() -> None:
     for writer in list(_writers):
         try:
             writer._close_at_exit()
         except Exception:  # pragma: no cover - close reports through the hook and the log
-            logger.exception("closing a BufferedWriter on SIGTERM failed")
+            logger.exception("closing a BufferedWriter at the process's end failed")
+
+
+def _close_then_signal(signum: int) -> None:
+    _close_all()
     _closed.set()
     os.kill(os.getpid(), signum)  # to the main thread's handler, which ends the process
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _closer, _closed
+    global _lock, _closer, _closed, _finalizer
     _lock = threading.Lock()  # another thread may have held it at the fork
-    _closer, _closed = None, threading.Event()
+    _closer, _closed, _finalizer = None, threading.Event(), None
     for writer in list(_forkable):
         writer._after_fork_in_child()
 
