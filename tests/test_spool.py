@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import gc
@@ -38,6 +39,7 @@ from eventlog_persist import (
     NewEvent,
     RetryPolicy,
     Spool,
+    WriterCounters,
     new_event,
 )
 from eventlog_persist import _spool as spool_module
@@ -1850,3 +1852,73 @@ def test_concurrent_producers_spill_and_read_back_without_loss_or_doubles(
     assert len(rows) == len(set(rows)) == 1600
     assert (final.written, final.dropped, final.spilled, final.dead_lettered) == (1600, 0, 0, 0)
     assert files(tmp_path) == []
+
+
+def test_flush_returns_once_close_leaves_the_spooled_events_on_the_spool(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    # The database is down: the queue holds 5 events, 95 more are on the spool only.
+    writer = BufferedWriter(
+        host_models.EventLog, DOWN, spool=Spool(tmp_path), max_queued=5, retry=FAST_RETRY
+    ).start()
+    key = uuid.uuid4()
+    for _ in range(100):
+        writer.enqueue(session_id=key, user_id=key, event_type="x")
+    flushed: list[bool] = []
+    waiting = threading.Thread(target=lambda: flushed.append(writer.flush()))
+    waiting.start()
+    final = writer.close(timeout=0.2)
+    waiting.join(10)
+    assert flushed == [True]  # given up: left on the spool for the next writer
+    assert final.spilled == 100
+    started = time.monotonic()
+    assert writer.flush(timeout=5)
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.asyncio
+async def test_async_flush_returns_once_close_leaves_the_spooled_events_on_the_spool(
+    host_models: HostModels, tmp_path: Path
+) -> None:
+    writer = await AsyncBufferedWriter(
+        host_models.EventLog, DOWN, spool=Spool(tmp_path), max_queued=5, retry=FAST_RETRY
+    ).start()
+    key = uuid.uuid4()
+    for _ in range(100):
+        await writer.enqueue(session_id=key, user_id=key, event_type="x")
+    waiting = asyncio.ensure_future(writer.flush())
+    await asyncio.sleep(0.1)
+    final = await writer.close(timeout=0.2)
+    assert await asyncio.wait_for(waiting, 10)
+    assert final.spilled == 100
+    assert await asyncio.wait_for(writer.flush(timeout=5), 1)
+
+
+def test_closing_from_the_dead_letter_hook_with_events_on_the_spool_ends_the_thread(
+    host_engine: Engine, host_models: HostModels, tmp_path: Path
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    closed: list[WriterCounters] = []
+    threads: list[threading.Thread] = []
+
+    def close_on_first(event: NewEvent, error: BaseException) -> None:
+        if not closed:
+            threads.append(threading.current_thread())  # the writer's own
+            closed.append(writer.close())
+
+    writer = BufferedWriter(
+        host_models.EventLog,
+        host_engine.url,
+        spool=Spool(tmp_path),
+        max_queued=5,
+        batch_size=5,
+        flush_interval=0.05,
+        on_dead_letter=close_on_first,
+    )
+    writer.enqueue(session_id=uuid.uuid4(), user_id=user_id, event_type="refused")  # no session
+    for _ in range(200):
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="ok")
+    writer.start()
+    wait_for(lambda: bool(closed), 10, "the hook's close")
+    assert closed[0].spilled > 0  # left on the spool for the next writer
+    wait_for(lambda: not threads[0].is_alive(), 10, "the writer thread's end")

@@ -431,7 +431,12 @@ class _State(Generic[KeyT]):
     def spool_waiting(self) -> bool:
         """Whether spooled events wait to be read back (the writer must not stop yet)."""
         journal = self.journal
-        return journal is not None and journal.spilled > 0 and not self.feed_blocked
+        return (
+            journal is not None
+            and journal.spilled > 0
+            and not self.feed_blocked
+            and not journal.closed  # closed by close(): they stay there for the next writer
+        )
 
     def release(self, batch: list[NewEvent]) -> None:
         self.pending -= len(batch)
@@ -456,6 +461,9 @@ class _State(Generic[KeyT]):
         self.release(inflight)
         self.release(queued)
         if self.journal is not None:  # they stay on the spool for the next writer
+            left = self.journal.spilled  # on disk only: given up as well, for flush()
+            self.taken += left
+            self.done += left
             self.journal.close()
             return []
         self.unwritten += len(inflight) + len(queued)
