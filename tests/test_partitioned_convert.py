@@ -537,7 +537,14 @@ def test_a_converted_table_keeps_its_interval_when_run_again(
     url = database_url.render_as_string(hide_password=False)
     assert main(["convert", "--url", url, "--interval", "week"]) == 2
     assert "has monthly partitions, not weekly ones" in capsys.readouterr().err
-    assert main(["convert", "--url", url]) == 0
+    assert main(["convert", "--url", url, "--ahead", "4"]) == 0
+    (added,) = set(dict(partitions(plain))) - set(after)
+    assert capsys.readouterr().out == (
+        f"eventlog-persist: event_logs is already partitioned; added the missing partitions "
+        f"{added}\n"
+    )
+    assert main(["convert", "--url", url, "--ahead", "4"]) == 0
+    assert "already partitioned; nothing to do" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("validated", [False, True])

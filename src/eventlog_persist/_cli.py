@@ -645,6 +645,11 @@ def _convert(args: argparse.Namespace) -> int:
             "eventlog-persist: prepared; deploy the model with partitioned=True, then run "
             "'eventlog-persist convert' again to swap"
         )
+    elif result.partitions:
+        print(
+            f"eventlog-persist: {TABLE_NAME} is already partitioned; added the missing "
+            f"partitions {', '.join(result.partitions)}"
+        )
     else:
         print(f"eventlog-persist: {TABLE_NAME} is already partitioned; nothing to do")
     return 0
