@@ -317,6 +317,49 @@ def test_an_event_left_over_from_a_full_batch_waits_flush_interval_from_its_own_
     assert (final.written, final.queued) == (5, 0)
 
 
+@pytest.mark.parametrize("writer_class", [BufferedWriter, AsyncBufferedWriter])
+def test_an_idle_writer_starts_a_batch_once_a_thousand_events_wait(
+    host_engine: Engine, host_models: HostModels, writer_class: Any
+) -> None:
+    # batch_size 5,000 and a long flush_interval: the writer does not wait for a full batch.
+    user_id, session_id = seed(host_engine, host_models)
+    fields = {"session_id": session_id, "user_id": user_id, "event_type": "burst"}
+
+    async def run() -> tuple[int, int]:
+        writer = writer_class(host_models.EventLog, host_engine.url, flush_interval=600)
+
+        async def enqueue(n: int) -> None:
+            for _ in range(n):
+                if writer_class is BufferedWriter:
+                    writer.enqueue(**fields)
+                else:
+                    await writer.enqueue(**fields)
+
+        async def stored(n: int) -> None:
+            deadline = time.monotonic() + 10
+            while counts(host_engine)[0] < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+
+        if writer_class is BufferedWriter:
+            writer.start()
+        else:
+            await writer.start()
+        try:
+            await enqueue(999)
+            await asyncio.sleep(0.5)
+            before = counts(host_engine)[0]  # 999 wait for flush_interval
+            await enqueue(1)
+            await stored(1000)
+            return before, counts(host_engine)[0]
+        finally:
+            if writer_class is BufferedWriter:
+                writer.close()
+            else:
+                await writer.close()
+
+    assert asyncio.run(run()) == (0, 1000)
+
+
 @pytest.mark.fault
 @pytest.mark.timeout(120)
 def test_terminated_backend_mid_stream_loses_and_doubles_nothing(

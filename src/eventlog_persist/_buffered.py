@@ -71,6 +71,11 @@ while a batch is written: below the interpreter's switch interval (5 ms). Shorte
 faster and delays more calls: at 2 ms the writer's work landed in more than one call in a
 hundred; at 3 ms the p99 passed 3x `json.dumps` in five runs of six
 (docs/benchmarks/write-path.md, rounds 7 and 12)."""
+_EARLY_START = 1000
+"""An idle writer starts a batch once this many events wait, not waiting for a full one (when
+``batch_size`` is larger): under a burst the server stores the first events while producers
+make the next ones, and the batches grow to what arrives during each write
+(docs/benchmarks/write-path.md, round 13)."""
 _CANCEL_GRACE = 1.0
 """Seconds `AsyncBufferedWriter.close` lets a cancelled write end before cancelling it again:
 cancelled once, psycopg asks the server to cancel the statement and waits up to 10 s for it;
@@ -131,6 +136,7 @@ class _State(Generic[KeyT]):
             model, payload_policy=payload_policy, field_rules=field_rules
         )
         self.batch_size = batch_size
+        self.start_at = min(batch_size, _EARLY_START)
         self.flush_interval = float(flush_interval)
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
@@ -313,7 +319,7 @@ class _State(Generic[KeyT]):
         """Queue the event; return True when the writer should wake up now.
 
         That is when the queue was empty (the writer sleeps without a deadline then, and
-        must start the ``flush_interval`` clock) or a batch is full.
+        must start the ``flush_interval`` clock) or enough wait to start a batch.
         """
         queue = self.queue
         first = not queue
@@ -325,7 +331,7 @@ class _State(Generic[KeyT]):
         self.pending += 1
         self.pending_bytes += size
         self.enqueued += 1
-        return first or len(queue) == self.batch_size
+        return first or len(queue) == self.start_at
 
     def drop(self, event: NewEvent, *, spool: str = "") -> _Dead:
         """Count a dropped event; return it with its error, to report without the lock."""
@@ -357,7 +363,7 @@ class _State(Generic[KeyT]):
         """
         if self.held:
             self.reoffer(time.monotonic())
-        if self.closing or self.flush_target > self.taken or len(self.queue) >= self.batch_size:
+        if self.closing or self.flush_target > self.taken or len(self.queue) >= self.start_at:
             return None
         if self.journal is not None and self.feed_room() is not None:
             return None  # spooled events to read back
@@ -616,9 +622,10 @@ class BufferedWriter(Generic[KeyT]):
     """A background thread that writes queued events in batches by binary COPY.
 
     `enqueue` checks the event in the caller (bad input raises there, never in the thread)
-    and queues it. The thread writes a batch when ``batch_size`` events are queued or the
-    oldest has waited ``flush_interval`` seconds, with the idempotent retries and bad-row
-    isolation of `write_events`. Nothing is dropped silently: every event that is not
+    and queues it. The thread writes a batch when ``batch_size`` events are queued (or, when
+    it is idle, 1,000 of them: a burst does not wait for a full batch) or the oldest has
+    waited ``flush_interval`` seconds, with the idempotent retries and bad-row isolation of
+    `write_events`. Nothing is dropped silently: every event that is not
     written goes to ``on_dead_letter(event, error)`` (or the ``eventlog_persist`` logger)
     and is counted in `counters`.
 
@@ -643,7 +650,8 @@ class BufferedWriter(Generic[KeyT]):
             psycopg connection and reopens it after a loss.
         batch_size: Most events per COPY transaction.
         flush_interval: Most seconds an event waits in the queue before a batch is written;
-            ``math.inf``: only full batches, `flush` and `close` write.
+            ``math.inf``: only batches of ``batch_size`` (or 1,000) events, `flush` and
+            `close` write.
         max_queued: Bound on queued events.
         max_queued_bytes: Bound on the queued events' `NewEvent.size_bytes`.
         when_full: ``"block"`` or ``"drop_newest"``, see above.
@@ -690,7 +698,8 @@ class BufferedWriter(Generic[KeyT]):
 
     .. versionchanged:: 0.3.0
        A ``block_timeout`` past what a thread can wait (``math.inf``) waits without limit,
-       as None does; ``exit_timeout`` must be finite.
+       as None does; ``exit_timeout`` must be finite. An idle writer starts a batch once
+       1,000 events wait.
     """
 
     def __init__(
