@@ -50,7 +50,9 @@ def test_ensure_list_drop_for_cron(
 
     assert main(["partitions", "drop", "--older-than", "3w", "--dry-run"]) == 0
     dry = capsys.readouterr().out.splitlines()
-    assert dry[-1].startswith("eventlog-persist: would drop 3 partitions older than")
+    assert dry[-1].startswith(
+        "eventlog-persist: would drop 3 partitions and detach and keep 0, older than"
+    )
     assert names == [p.name for p in list_partitions(host_models.EventLog, host_engine)]
     assert main(["partitions", "drop", "--older-than", "3w", "--keep-detached"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -108,3 +110,47 @@ def test_a_database_error_is_one_line_naming_the_next_run(
     assert "finished by the next run" in line
     assert main(["partitions", "drop", "--older-than", "4w", "--url", url]) == 0
     assert "2 partitions dropped" in capsys.readouterr().out
+
+
+def named(lines: list[str], prefix: str) -> set[str]:
+    """The partition named right after ``prefix`` in each line that starts with it."""
+    words = [line.removeprefix(prefix).split()[0] for line in lines if line.startswith(prefix)]
+    return {word for word in words if word.startswith("event_logs_")}
+
+
+def test_the_dry_run_names_what_the_run_then_does(
+    url: str, host_engine: Engine, host_models: HostModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=8)
+    )
+    # An earlier run detached a partition, then could not drop it: the next run drops it.
+    with host_engine.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM users"))
+        drop = ["partitions", "drop", "--older-than", "7w", "--lock-timeout", "0.2", "--url", url]
+        assert main(drop) == 2
+    capsys.readouterr()
+    assert main(["partitions", "drop", "--older-than", "5w", "--dry-run", "--url", url]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    assert any(line.endswith("(already detached)") for line in dry)
+    assert main(["partitions", "drop", "--older-than", "5w", "--url", url]) == 0
+    done = capsys.readouterr().out.splitlines()
+    would = named(dry, "eventlog-persist: would drop ")
+    assert would == named(done, "eventlog-persist: dropped ")
+    assert len(would) == 2  # the one left behind, and the other
+
+
+def test_the_dry_run_refuses_what_the_run_would_refuse(
+    url: str, host_engine: Engine, host_models: HostModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=4)
+    )
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE event_logs_default PARTITION OF event_logs DEFAULT"))
+    refusals = []
+    for dry_run in (["--dry-run"], []):
+        assert main(["partitions", "drop", "--older-than", "2w", "--url", url, *dry_run]) == 2
+        refusals.append(capsys.readouterr().err)
+    assert refusals[0] == refusals[1]
+    assert "--no-concurrently" in refusals[0]

@@ -19,6 +19,7 @@ from eventlog_persist._partitions import (
     drop_partitions,
     ensure_partitions,
     list_partitions,
+    planned_drop,
 )
 from eventlog_persist._schema import TABLE_NAME
 from eventlog_persist._urls import psycopg_engine
@@ -206,21 +207,23 @@ def _run(args: argparse.Namespace) -> int:
                 print(_line(partition))
             return 0
         if args.dry_run:
-            found = list_partitions(table, engine)
-            for partition in found:
-                if partition.detach_pending:
-                    print(f"eventlog-persist: would finish the pending detach of {partition.name}")
-            old = [
-                p
-                for p in found
-                if not p.default and p.upper is not None and p.upper <= args.older_than
-            ]
-            verb = "detach" if args.keep_detached else "drop"
-            for partition in old:
-                print(f"eventlog-persist: would {verb} {_line(partition)}")
+            plan = planned_drop(
+                table,
+                engine,
+                older_than=args.older_than,
+                keep_detached=args.keep_detached,
+                concurrently=args.concurrently,
+            )
+            shown = {p.name: p for p in list_partitions(table, engine)}
+            for name in plan.finalized:
+                print(f"eventlog-persist: would finish the pending detach of {name}")
+            for verb, names in (("drop", plan.dropped), ("detach and keep", plan.detached)):
+                for name in names:
+                    what = _line(shown[name]) if name in shown else f"{name} (already detached)"
+                    print(f"eventlog-persist: would {verb} {what}")
             print(
-                f"eventlog-persist: would {verb} {len(old)} partitions older than "
-                f"{args.older_than.isoformat()}"
+                f"eventlog-persist: would drop {len(plan.dropped)} partitions and detach and "
+                f"keep {len(plan.detached)}, older than {args.older_than.isoformat()}"
             )
             return 0
         result = drop_partitions(

@@ -637,6 +637,59 @@ def ensure_partitions(
     return tuple(name for name, _, _ in planned)
 
 
+def _refuse_concurrently_beside_default(
+    parent: _Parent, found: Sequence[PartitionInfo], concurrently: bool
+) -> None:
+    if concurrently and any(p.default for p in found):
+        raise ConfigurationError(
+            f"{parent.schema}.{parent.name} has a DEFAULT partition, and PostgreSQL "
+            "cannot detach a partition concurrently beside one; pass "
+            "concurrently=False (CLI: --no-concurrently; a plain DETACH locks the "
+            "table for a moment), or move the DEFAULT partition's rows into ranged "
+            "partitions and drop it"
+        )
+
+
+def planned_drop(
+    model: type[EventLogMixin[Any]] | Table,
+    bind: Engine | Connection,
+    *,
+    older_than: datetime,
+    keep_detached: bool = False,
+    concurrently: bool = True,
+) -> DropResult:
+    """What `drop_partitions` with these arguments would do now, doing nothing (the CLI's
+    ``--dry-run``); ``erasures`` stays 0. Raises what it would raise before its first change."""
+    check_cutoff(older_than, goes="partitions being written would go")
+    table = event_table(model)
+    dropped: list[str] = []
+    detached: list[str] = []
+    finalized: list[str] = []
+    with _connection(bind, autocommit=True) as connection:
+        parent = _parent(connection, table)
+        dropped += connection.execute(
+            _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
+        ).scalars()
+        if audited(connection, parent.schema):
+            detached += connection.execute(
+                _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_KEEP}
+            ).scalars()
+        found = _partitions(connection, parent)
+        _refuse_concurrently_beside_default(parent, found, concurrently)
+        for partition in found:
+            old = partition.upper is not None and partition.upper <= older_than
+            if partition.detach_pending:
+                finalized.append(partition.name)
+                marked = _comment(connection, parent.child(partition.name)) == _TO_DROP
+                drop = not keep_detached and (old or marked)
+            elif old and not partition.default:
+                drop = not keep_detached
+            else:
+                continue
+            (dropped if drop else detached).append(partition.name)
+    return DropResult(tuple(dropped), tuple(detached), tuple(finalized))
+
+
 def drop_partitions(
     model: type[EventLogMixin[Any]] | Table,
     bind: Engine | Connection,
@@ -750,14 +803,7 @@ def drop_partitions(
                     )
                     detached.append(name)
             found = _partitions(connection, parent)
-            if concurrently and any(p.default for p in found):
-                raise ConfigurationError(
-                    f"{parent.schema}.{parent.name} has a DEFAULT partition, and PostgreSQL "
-                    "cannot detach a partition concurrently beside one; pass "
-                    "concurrently=False (CLI: --no-concurrently; a plain DETACH locks the "
-                    "table for a moment), or move the DEFAULT partition's rows into ranged "
-                    "partitions and drop it"
-                )
+            _refuse_concurrently_beside_default(parent, found, concurrently)
             for partition in found:
                 old = partition.upper is not None and partition.upper <= older_than
                 marked = tagged = False
