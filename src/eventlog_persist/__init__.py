@@ -96,7 +96,6 @@ _ALEMBIC_HELPERS = frozenset(
         "include_name",
         "include_object",
         "skip_partitions",
-        "verify_audit",
         "write_linear_revisions",
     }
 )
