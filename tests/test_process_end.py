@@ -92,7 +92,8 @@ def run_host_script(user_id: Any, session_id: Any, body: str) -> list[str]:
 def queue_then_wait(
     url: URL, user_id: Any, session_id: Any, setup: str = "", **options: Any
 ) -> str:
-    """A process that queues 3,000 events (written only when it closes), then sleeps."""
+    """A process that queues 999 events, then sleeps: fewer than the 1,000 at which a writer
+    starts a batch, so they are written only when it closes."""
     extra = "".join(f", {name}={value!r}" for name, value in options.items())
     return f"""
         import time, uuid
@@ -103,7 +104,7 @@ def queue_then_wait(
         models = build_host_models()
         writer = BufferedWriter(models.EventLog, {conninfo(url)!r}, flush_interval=600{extra})
         writer.start()
-        for i in range(3000):
+        for i in range(999):
             writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
                            user_id=uuid.UUID({str(user_id)!r}), event_type="queued")
         print("queued", flush=True)
@@ -120,7 +121,7 @@ def test_sigterm_writes_the_queue_then_ends_the_process_as_sigterm_does(
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, err  # the signal's normal effect
-    assert stored(host_engine) == {"queued": 3000}
+    assert stored(host_engine) == {"queued": 999}
 
 
 def test_sigterm_landing_while_enqueue_holds_the_writers_lock_writes_the_queue(
@@ -143,7 +144,36 @@ def test_sigterm_landing_while_enqueue_holds_the_writers_lock_writes_the_queue(
     process = start(script)
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, err
-    assert stored(host_engine) == {"queued": 3000}
+    assert stored(host_engine) == {"queued": 999}
+
+
+def test_a_second_sigterm_while_the_writers_close_ends_the_process_at_once() -> None:
+    down = "host=/nonexistent-eventlog-dir port=1 dbname=x"  # close waits its exit_timeout
+    process = start(
+        f"""
+        import time, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        writer = BufferedWriter(build_host_models().EventLog, {down!r}, exit_timeout=30)
+        writer.start()
+        for _ in range(10):
+            writer.enqueue(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x")
+        print("queued", flush=True)
+        time.sleep(60)
+        """
+    )
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert process.poll() is None  # closing, for up to exit_timeout
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.communicate(timeout=20)
+    finally:
+        process.kill()  # if it is still closing
+    assert process.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5
 
 
 def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queue(
@@ -166,7 +196,7 @@ def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queu
     out, err = process.communicate(timeout=60)
     assert process.returncode == 3, err
     assert out.strip() == "host handler"
-    assert stored(host_engine) == {"queued": 3000, "during-shutdown": 1}
+    assert stored(host_engine) == {"queued": 999, "during-shutdown": 1}
 
 
 def test_without_the_handler_sigterm_kills_the_queue(
@@ -198,7 +228,7 @@ def test_sigterm_with_two_writers_writes_both_queues(
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, err
-    assert stored(host_engine) == {"queued": 3000, "other": 500}
+    assert stored(host_engine) == {"queued": 999, "other": 500}
 
 
 def test_an_ignored_sigterm_stays_ignored(database_url: URL, host_models: HostModels) -> None:

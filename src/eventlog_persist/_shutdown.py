@@ -3,14 +3,17 @@
 Python runs ``atexit`` hooks on a normal exit, ``sys.exit``, an unhandled exception and
 SIGINT, but not when SIGTERM (what ``docker stop`` and Kubernetes send) kills the process
 with the default action. So the first writer started in the main thread installs one
-SIGTERM handler for every writer: it has a thread close them (each within its
-``exit_timeout``), then gives the signal its previous effect. A forked child gets fresh writers
-of its own. A ``multiprocessing`` child (fork, forkserver) ends with ``os._exit``, which runs no
-``atexit`` hook, so its writers are also closed by a multiprocessing finalizer.
+SIGTERM handler for every writer, and a thread that waits for it: the handler wakes the
+thread, which closes the writers (each within its ``exit_timeout``), then gives the signal its
+previous effect. A second SIGTERM while they close takes that effect at once. A forked child
+gets fresh writers of its own. A ``multiprocessing`` child (fork, forkserver) ends with
+``os._exit``, which runs no ``atexit`` hook, so its writers are also closed by a
+multiprocessing finalizer.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -36,7 +39,9 @@ _forkable: weakref.WeakSet[Any] = weakref.WeakSet()  # reset in a forked child
 _previous: Any = None  # the SIGTERM handler ours replaced; None while ours is not installed
 _installed = False
 _lock = threading.Lock()
-_closer: threading.Thread | None = None  # closing the writers after a SIGTERM
+_closer: threading.Thread | None = None  # waits for a SIGTERM, then closes the writers
+_pipe: tuple[int, int] | None = None  # the closer reads, the handler writes
+_signalled = False  # a SIGTERM came: the closer is closing the writers
 _closed = threading.Event()  # they are: the next SIGTERM takes its previous effect
 _finalizer: Any = None  # closes the writers at a multiprocessing child's end
 
@@ -55,7 +60,10 @@ def watch(writer: _Closable, *, sigterm: bool) -> None:
         if util is not None and _finalizer is None:
             # Its registry is emptied when a child starts, after the fork: so at a start.
             _finalizer = util.Finalize(None, _close_all, exitpriority=100)
-        if not sigterm or _installed:
+        if not sigterm:
+            return
+        if _installed:  # in a forked child, the parent's handler: this process needs a closer
+            _start_closer()
             return
         if threading.current_thread() is not threading.main_thread():
             logger.warning(
@@ -67,9 +75,25 @@ def watch(writer: _Closable, *, sigterm: bool) -> None:
         current = signal.getsignal(signal.SIGTERM)
         if current is signal.SIG_IGN or current is None:
             return  # the host ignores SIGTERM, or handles it outside Python: leave it be
+        _start_closer()
         _previous = current
         signal.signal(signal.SIGTERM, _on_sigterm)
         _installed = True
+
+
+def _start_closer() -> None:
+    """Start the thread the handler wakes (under ``_lock``): not in the handler, which may run
+    where a thread cannot start (inside threading's own locks, or at interpreter exit)."""
+    global _closer, _pipe
+    if _closer is not None:
+        return
+    pipe = os.pipe()
+    closer = threading.Thread(
+        target=_close_on_signal, args=(pipe[0],), name="eventlog-persist-sigterm", daemon=True
+    )
+    closer.start()
+    _closer, _pipe = closer, pipe
+    atexit.register(_finish_closing)
 
 
 def unwatch(writer: _Closable) -> None:
@@ -78,44 +102,61 @@ def unwatch(writer: _Closable) -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _signalled
     previous = _previous
     if callable(previous):
         # The host's or its server's handler (uvicorn, gunicorn) shuts down gracefully and
         # exits normally: the writers' exit hooks flush them after the last request.
         previous(signum, frame)
         return
-    if _closed.is_set():
+    pipe = _pipe
+    if _closed.is_set() or _signalled or pipe is None:
+        # Closed; or a second SIGTERM while closing; or no writer started in this process.
         signal.signal(signal.SIGTERM, previous)
         signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
-        return
-    global _closer
-    if _closer is None:
-        # Not in this handler: the signal may have landed in the main thread while it held a
-        # writer's lock (in enqueue), which close takes, and the lock is not reentrant.
-        _closer = threading.Thread(
-            target=_close_then_signal, args=(signum,), name="eventlog-persist-sigterm"
-        )
-        _closer.start()
+        os._exit(128 + signum)  # PID 1 of a container does not take it
+    _signalled = True
+    # The closer, not this handler, closes the writers: the signal may have landed in the
+    # main thread while it held a writer's lock (in enqueue), which close takes.
+    os.write(pipe[1], bytes([signum]))
+
+
+def _writers_now() -> list[Any]:
+    with _lock:
+        return list(_writers)
 
 
 def _close_all() -> None:
-    for writer in list(_writers):
+    for writer in _writers_now():
         try:
             writer._close_at_exit()
         except Exception:  # pragma: no cover - close reports through the hook and the log
             logger.exception("closing a BufferedWriter at the process's end failed")
 
 
-def _close_then_signal(signum: int) -> None:
-    _close_all()
-    _closed.set()
-    os.kill(os.getpid(), signum)  # to the main thread's handler, which ends the process
+def _close_on_signal(read: int) -> None:
+    signum = os.read(read, 1)[0]
+    try:
+        _close_all()
+    finally:
+        _closed.set()
+        os.kill(os.getpid(), signum)  # to the main thread's handler, which ends the process
+
+
+def _finish_closing() -> None:
+    """At exit: let a closing that a SIGTERM started finish (the closer is a daemon)."""
+    closer = _closer
+    if _signalled and closer is not None:
+        closer.join()
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _closer, _closed, _finalizer
+    global _lock, _closer, _pipe, _signalled, _closed, _finalizer
     _lock = threading.Lock()  # another thread may have held it at the fork
-    _closer, _closed, _finalizer = None, threading.Event(), None
+    if _pipe is not None:
+        for end in _pipe:
+            os.close(end)
+    _closer, _pipe, _signalled, _closed, _finalizer = None, None, False, threading.Event(), None
     for writer in list(_forkable):
         writer._after_fork_in_child()
 
