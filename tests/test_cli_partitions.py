@@ -146,11 +146,19 @@ def test_the_dry_run_refuses_what_the_run_would_refuse(
     ensure_partitions(
         host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=4)
     )
+    [left, _] = [p.name for p in list_partitions(host_models.EventLog, host_engine)]
+    with host_engine.connect() as reader:  # detached, then not dropped: left for the next run
+        reader.execute(text("SELECT count(*) FROM users"))
+        drop = ["partitions", "drop", "--older-than", "3w", "--lock-timeout", "0.2", "--url", url]
+        assert main(drop) == 2
     with host_engine.begin() as connection:
         connection.execute(text("CREATE TABLE event_logs_default PARTITION OF event_logs DEFAULT"))
+    capsys.readouterr()
     refusals = []
     for dry_run in (["--dry-run"], []):
         assert main(["partitions", "drop", "--older-than", "2w", "--url", url, *dry_run]) == 2
         refusals.append(capsys.readouterr().err)
     assert refusals[0] == refusals[1]
     assert "--no-concurrently" in refusals[0]
+    with host_engine.connect() as connection:  # refused before any change
+        assert connection.execute(text("SELECT to_regclass(:t)"), {"t": left}).scalar()

@@ -773,6 +773,8 @@ def drop_partitions(
         consumers = feed_consumers(connection, table)
         audit = audited(connection, parent.schema)
         with _advisory_lock(connection, parent):
+            found = _partitions(connection, parent)
+            _refuse_concurrently_beside_default(parent, found, concurrently)
             # Detached by an earlier run that could not drop them (audit: nor record them).
             for name in connection.execute(
                 _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
@@ -802,8 +804,6 @@ def drop_partitions(
                         lock_timeout=lock_timeout,
                     )
                     detached.append(name)
-            found = _partitions(connection, parent)
-            _refuse_concurrently_beside_default(parent, found, concurrently)
             for partition in found:
                 old = partition.upper is not None and partition.upper <= older_than
                 marked = tagged = False
