@@ -357,6 +357,35 @@ def test_a_multiprocessing_child_writes_its_queue_when_it_ends(
     assert stored(host_engine) == {"child": 100}
 
 
+def test_a_forked_child_of_a_writer_given_a_connection_dead_letters_with_the_fix_named(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    # The connection is the parent's: the child cannot use it, and retrying cannot help.
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import psycopg, signal
+        errors = []
+        connection = psycopg.connect({conninfo(database_url)!r}, autocommit=True)
+        writer = BufferedWriter(models.EventLog, connection, flush_interval=0.01,
+                                on_dead_letter=lambda event, error: errors.append(error))
+        writer.start()
+        writer.enqueue(event_type="parent", **keys)
+        assert writer.flush(timeout=30)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # retried forever: SIGALRM ends the child, and the test fails
+            writer.enqueue(event_type="child", **keys)
+            counters = writer.close(timeout=30)
+            message = str(errors[0].__cause__) if errors else ""
+            ok = counters.dead_lettered == 1 and "belongs to the parent process" in message
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), writer.close(timeout=30).written, flush=True)
+    """
+    assert run_host_script(user_id, session_id, script) == ["0", "1"]
+    assert stored(host_engine) == {"parent": 1}
+
+
 def test_a_child_forked_while_the_writer_held_its_lock_is_not_locked_out(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:

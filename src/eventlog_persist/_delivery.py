@@ -474,11 +474,23 @@ class _ConnectorBase:
             self._conninfo = connect_conninfo(raw, connect_timeout, tcp_user_timeout)
         self.lock_timeout = lock_timeout
         self._read_only_logged = -math.inf
+        self._forked = False  # a given connection left behind in the parent
 
     def forget(self) -> None:
         """Drop the connection unclosed: in a forked child it is the parent's (psycopg does
         not close a connection another process opened when it is collected)."""
         self._conn: Any = None
+        self._forked = not self._owned
+
+    def _given_is_gone(self) -> Exception:
+        if self._forked:
+            # Not a connection error: retrying cannot bring it back (tried three times).
+            return ConfigurationError(
+                "the psycopg connection given to the writer belongs to the parent process, "
+                "which forked this one; in the child, give the writer a URL or an Engine "
+                "(it then opens a connection of its own), or create the writer after the fork"
+            )
+        return psycopg.OperationalError("the connection given to the writer is closed")
 
     def failed(self, exc: BaseException) -> bool:
         """Note a failed attempt; True when the database refused it as read-only.
@@ -606,13 +618,13 @@ class Connector(_ConnectorBase):
         if conn is not None and not conn.closed:
             return conn
         if not self._owned:
-            raise psycopg.OperationalError("the connection given to the writer is closed")
+            raise self._given_is_gone()
         self._conn = conn = psycopg.connect(self._conninfo, autocommit=True)
         return conn
 
     def broken(self) -> bool:
         conn = self._conn
-        return conn is None or conn.broken or conn.closed
+        return not self._forked and (conn is None or conn.broken or conn.closed)
 
     def discard(self) -> None:
         if self._owned and self._conn is not None:
@@ -795,13 +807,13 @@ class AsyncConnector(_ConnectorBase):
         if conn is not None and not conn.closed:
             return conn
         if not self._owned:
-            raise psycopg.OperationalError("the connection given to the writer is closed")
+            raise self._given_is_gone()
         self._conn = conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         return conn
 
     def broken(self) -> bool:
         conn = self._conn
-        return conn is None or conn.broken or conn.closed
+        return not self._forked and (conn is None or conn.broken or conn.closed)
 
     async def discard(self) -> None:
         if self._owned and self._conn is not None:
