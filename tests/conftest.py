@@ -8,6 +8,7 @@ can share the --pg-dsn server.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -26,6 +27,7 @@ from sqlalchemy.engine import URL
 
 _SERVER = pytest.StashKey[ServerInfo]()
 _STOP = pytest.StashKey[object]()
+_PARENT = pytest.StashKey[Path]()  # the folder the embedded server lives in
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,8 +58,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             password=str(params["password"]) if params.get("password") else None,
         )
     else:
-        server, info = start_embedded(Path(tempfile.mkdtemp(prefix="eventlog-pg-")))
+        parent = Path(tempfile.mkdtemp(prefix="eventlog-pg-"))
+        server, info = start_embedded(parent)
         config.stash[_STOP] = server
+        config.stash[_PARENT] = parent
         _skip_durability(info)
     # Fail the run loudly when the chosen server is not there; never skip.
     with psycopg.connect(**info.connect_kwargs("postgres")) as conn:
@@ -78,6 +82,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     server = session.config.stash.get(_STOP, None)
     if server is not None:
         server.cleanup()  # type: ignore[attr-defined]
+        shutil.rmtree(session.config.stash[_PARENT], ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
