@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from hostmodels import HostModels
+from hostmodels import HostModels, build_host_models
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -810,6 +810,19 @@ def test_a_key_of_the_wrong_type_for_the_table_is_refused_in_one_line(
     assert_refused(result, "--user-id", "event_logs.user_id holds UUID keys and '42' is not one")
     assert "pass a UUID" in result.stderr
     assert stored_ids(host_engine, host_models) == estate.all_ids()
+
+
+def test_a_key_out_of_the_columns_range_is_refused_in_one_line(
+    engine: Engine, database_url: URL
+) -> None:
+    build_host_models(keys="integer").Base.metadata.create_all(engine)
+    result = run_cli(database_url, "--older-than", CUTOFF.isoformat(), "--user-id", str(2**40))
+    assert_refused(
+        result,
+        "--user-id",
+        "user_id=1099511627776 is out of range for the int4 column user_id; pass an int from "
+        "-2147483648 to 2147483647",
+    )
 
 
 def test_a_url_without_a_driver_uses_psycopg(

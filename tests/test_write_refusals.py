@@ -608,9 +608,9 @@ def test_integer_keys_are_checked_against_the_range_of_their_column() -> None:
         for bad in (-limit - 1, limit):
             with pytest.raises(ValidationError) as caught:
                 writer.event(event_type="x", **{**keys, name: bad})
-            assert (
-                str(caught.value)
-                == f"{name}={bad} is out of range for the {sql_type} column {name}"
+            assert str(caught.value) == (
+                f"{name}={bad} is out of range for the {sql_type} column {name}; pass an int "
+                f"from {-limit} to {limit - 1}"
             )
         wrong = uuid.UUID(int=1)
         with pytest.raises(ValidationError) as caught:

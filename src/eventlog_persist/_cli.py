@@ -32,6 +32,7 @@ from eventlog_persist._retention import (
     purge_events,
 )
 from eventlog_persist._schema import TABLE_NAME
+from eventlog_persist._table import check_key_fits, key_sql_type
 from eventlog_persist._urls import EXAMPLE, conninfo, psycopg_engine
 from eventlog_persist.exceptions import (
     ConfigurationError,
@@ -603,13 +604,18 @@ class _BadArgument(Exception):
 def _key(table: Table, column: str, value: str) -> uuid.UUID | int:
     python_type = table.c[column].type.python_type
     try:
-        return uuid.UUID(value) if python_type is uuid.UUID else int(value)
+        key = uuid.UUID(value) if python_type is uuid.UUID else int(value)
     except ValueError:
         kind = "a UUID" if python_type is uuid.UUID else "an integer"
         raise _BadArgument(
             f"argument --{column.replace('_', '-')}: {TABLE_NAME}.{column} holds "
             f"{python_type.__name__} keys and {value!r} is not one; pass {kind}"
         ) from None
+    try:
+        check_key_fits(column, key_sql_type(table.c[column].type), key)
+    except ValidationError as exc:
+        raise _BadArgument(f"argument --{column.replace('_', '-')}: {exc}") from None
+    return key
 
 
 if __name__ == "__main__":

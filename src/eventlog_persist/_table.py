@@ -174,9 +174,11 @@ def check_key_fits(name: str, sql_type: str | None, value: object) -> None:
                 f"{name}={value!r} ({type(value).__name__}) does not fit the {sql_type} column "
                 f"{name}; pass an int"
             )
-        if not -INT_RANGES[sql_type] <= value < INT_RANGES[sql_type]:
+        limit = INT_RANGES[sql_type]
+        if not -limit <= value < limit:
             raise ValidationError(
-                f"{name}={value} is out of range for the {sql_type} column {name}"
+                f"{name}={value} is out of range for the {sql_type} column {name}; pass an int "
+                f"from {-limit} to {limit - 1}"
             )
 
 
