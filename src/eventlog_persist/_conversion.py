@@ -184,9 +184,6 @@ def convert_to_partitioned(
             None (the default): the table's own, once a conversion has chosen its bound
             (an interrupted or prepared conversion, a converted table); else ``"week"``.
             One that differs from the table's raises `ConversionError`.
-
-            .. versionchanged:: 0.3.0
-               None is the default (it was ``"week"``).
         partitions_ahead: As for evlpart_0001 (1 to 52): partitions exist up to the one
             evlpart_0001 would create last.
         lock_timeout: Seconds each blocking transaction waits for a lock before it gives up
