@@ -176,6 +176,60 @@ def test_a_second_sigterm_while_the_writers_close_ends_the_process_at_once() -> 
     assert time.monotonic() - started < 5
 
 
+def test_a_process_the_re_raised_sigterm_does_not_end_exits_with_143(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    # As PID 1 of a container, which takes no signal it has no handler for; here the main
+    # thread blocks SIGTERM, so the handler's own raise of it stays pending.
+    user_id, session_id = seed(host_engine, host_models)
+    blocked = """
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the main thread only
+        signal.alarm(30)  # never ended: SIGALRM ends the process, and the test fails
+        print("queued", flush=True)
+        for _ in range(600):  # the handler runs between these (no signal wakes this thread)
+            time.sleep(0.05)
+    """
+    script = queue_then_wait(database_url, user_id, session_id).replace(
+        'print("queued", flush=True)', textwrap.indent(textwrap.dedent(blocked), " " * 8).strip()
+    )
+    process = start(script)
+    wait_for_line(process, "queued")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert stored(host_engine) == {"queued": 999}
+
+
+def test_a_forked_child_closes_its_own_writer_on_sigterm(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    user_id, session_id = seed(host_engine, host_models)
+    script = f"""
+        import signal, threading
+        writer = BufferedWriter(models.EventLog, {conninfo(database_url)!r}, flush_interval=600)
+        writer.start()
+        BufferedWriter(models.EventLog, {conninfo(database_url)!r}).start().close()
+        closers = [t for t in threading.enumerate() if t.name == "eventlog-persist-sigterm"]
+        ready, told = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # not closed: SIGALRM ends the child, and the test fails
+            for _ in range(10):
+                writer.enqueue(event_type="child", **keys)
+            os.write(told, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.read(ready, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print(len(closers), os.waitstatus_to_exitcode(status), writer.close(timeout=30).written)
+    """
+    # One closer for both writers; the child's queue written, the child ended by SIGTERM.
+    assert run_host_script(user_id, session_id, script) == ["1", "-15", "0"]
+    assert stored(host_engine) == {"child": 10}
+
+
 def test_sigterm_goes_to_the_hosts_own_handler_and_the_exit_hook_writes_the_queue(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:

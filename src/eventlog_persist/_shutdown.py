@@ -41,8 +41,7 @@ _installed = False
 _lock = threading.Lock()
 _closer: threading.Thread | None = None  # waits for a SIGTERM, then closes the writers
 _pipe: tuple[int, int] | None = None  # the closer reads, the handler writes
-_signalled = False  # a SIGTERM came: the closer is closing the writers
-_closed = threading.Event()  # they are: the next SIGTERM takes its previous effect
+_signalled = False  # a SIGTERM came: the next one (the closer's, or another) ends the process
 _finalizer: Any = None  # closes the writers at a multiprocessing child's end
 
 
@@ -110,8 +109,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         previous(signum, frame)
         return
     pipe = _pipe
-    if _closed.is_set() or _signalled or pipe is None:
-        # Closed; or a second SIGTERM while closing; or no writer started in this process.
+    if _signalled or pipe is None:
+        # The closer's own, once the writers are closed; or a second SIGTERM while they close;
+        # or no writer started in this process.
         signal.signal(signal.SIGTERM, previous)
         signal.raise_signal(signum)  # the default action: the process ends by SIGTERM
         os._exit(128 + signum)  # PID 1 of a container does not take it
@@ -139,7 +139,6 @@ def _close_on_signal(read: int) -> None:
     try:
         _close_all()
     finally:
-        _closed.set()
         os.kill(os.getpid(), signum)  # to the main thread's handler, which ends the process
 
 
@@ -151,12 +150,12 @@ def _finish_closing() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _closer, _pipe, _signalled, _closed, _finalizer
+    global _lock, _closer, _pipe, _signalled, _finalizer
     _lock = threading.Lock()  # another thread may have held it at the fork
     if _pipe is not None:
         for end in _pipe:
             os.close(end)
-    _closer, _pipe, _signalled, _closed, _finalizer = None, None, False, threading.Event(), None
+    _closer, _pipe, _signalled, _finalizer = None, None, False, None
     for writer in list(_forkable):
         writer._after_fork_in_child()
 
