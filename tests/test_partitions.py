@@ -658,6 +658,16 @@ def hold(url: URL) -> tuple[Engine, Any]:
     return engine, connection
 
 
+def drop_timing_out(url: URL, model: Any, cutoff: datetime) -> None:
+    """A `drop_partitions` run whose role's lock_timeout (300 ms) cuts a lock wait short."""
+    impatient = create_engine(url, connect_args={"options": "-c lock_timeout=300"})
+    try:
+        with pytest.raises(OperationalError, match="lock timeout"):
+            drop_partitions(model, impatient, older_than=cutoff)
+    finally:
+        impatient.dispose()
+
+
 def test_an_interrupted_detach_is_finished_by_the_next_run(
     database_url: URL, host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:
@@ -667,12 +677,9 @@ def test_an_interrupted_detach_is_finished_by_the_next_run(
     holder, held = hold(database_url)
     # Our own run, interrupted: the detach waits for the reader past the session's
     # lock_timeout, as a cancel or a lost connection would cut it.
-    impatient = create_engine(database_url, connect_args={"options": "-c lock_timeout=300"})
     try:
-        with pytest.raises(OperationalError, match="lock timeout"):
-            drop_partitions(model, impatient, older_than=cutoff)
+        drop_timing_out(database_url, model, cutoff)
     finally:
-        impatient.dispose()
         held.close()
         holder.dispose()
     pending = [p for p in list_partitions(model, host_engine) if p.detach_pending]
@@ -696,12 +703,9 @@ def test_a_table_kept_after_a_drop_that_never_detached_it_stays_kept(
     blocker = host_engine.connect()
     blocker.begin()
     blocker.execute(text("LOCK TABLE ONLY event_logs IN SHARE MODE"))
-    impatient = create_engine(database_url, connect_args={"options": "-c lock_timeout=300"})
     try:
-        with pytest.raises(OperationalError, match="lock timeout"):
-            drop_partitions(model, impatient, older_than=cutoff)
+        drop_timing_out(database_url, model, cutoff)
     finally:
-        impatient.dispose()
         blocker.close()
     assert not any(p.detach_pending for p in list_partitions(model, host_engine))
     # The host changes its mind and archives: what it keeps, later runs keep too.

@@ -90,10 +90,15 @@ def run_host_script(user_id: Any, session_id: Any, body: str) -> list[str]:
 
 
 def queue_then_wait(
-    url: URL, user_id: Any, session_id: Any, setup: str = "", **options: Any
+    url: URL,
+    user_id: Any,
+    session_id: Any,
+    setup: str = "",
+    then: str = 'print("queued", flush=True)',
+    **options: Any,
 ) -> str:
-    """A process that queues 999 events, then sleeps: fewer than the 1,000 at which a writer
-    starts a batch, so they are written only when it closes."""
+    """A process that queues 999 events, runs ``then``, and sleeps: fewer events than the
+    1,000 at which a writer starts a batch, so they are written only when it closes."""
     extra = "".join(f", {name}={value!r}" for name, value in options.items())
     return f"""
         import time, uuid
@@ -107,7 +112,7 @@ def queue_then_wait(
         for i in range(999):
             writer.enqueue(session_id=uuid.UUID({str(session_id)!r}),
                            user_id=uuid.UUID({str(user_id)!r}), event_type="queued")
-        print("queued", flush=True)
+        {then}
         time.sleep(60)
     """
 
@@ -138,10 +143,7 @@ def test_sigterm_landing_while_enqueue_holds_the_writers_lock_writes_the_queue(
             os.kill(os.getpid(), signal.SIGTERM)
             sum(range(100_000))  # the handler runs here, the lock held
     """
-    script = queue_then_wait(database_url, user_id, session_id).replace(
-        'print("queued", flush=True)', textwrap.indent(textwrap.dedent(held), " " * 8).strip()
-    )
-    process = start(script)
+    process = start(queue_then_wait(database_url, user_id, session_id, then=held.strip()))
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, err
     assert stored(host_engine) == {"queued": 999}
@@ -190,10 +192,7 @@ def test_a_process_the_re_raised_sigterm_does_not_end_exits_with_143(
         for _ in range(600):  # the handler runs between these (no signal wakes this thread)
             time.sleep(0.05)
     """
-    script = queue_then_wait(database_url, user_id, session_id).replace(
-        'print("queued", flush=True)', textwrap.indent(textwrap.dedent(blocked), " " * 8).strip()
-    )
-    process = start(script)
+    process = start(queue_then_wait(database_url, user_id, session_id, then=blocked.strip()))
     wait_for_line(process, "queued")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
