@@ -315,6 +315,116 @@ def test_a_checkpoint_moved_while_the_purge_waited_is_judged_as_it_is_then(
             assert marks(host_engine, "c")[0][1] == 3
 
 
+def waits_on(engine: Engine, event: str, *, seconds: float = 10.0) -> bool:
+    """Whether a backend of this test's database comes to wait on a lock of this kind
+    (``pg_stat_activity.wait_event``: ``advisory``, ``transactionid``) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            found = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = :event"
+                ),
+                {"event": event},
+            ).scalar_one()
+            connection.commit()  # the activity is read once per transaction
+            if found:
+                return True
+            time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("claim", ["register", "reset"])
+def test_a_claim_on_stored_events_waits_for_the_purge_batch_in_progress(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    database_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    claim: str,
+) -> None:
+    """A consumer registered (or reset) from the earliest event while a purge batch runs
+    would claim events the batch then removes, and no one would tell it: the batch marks
+    the parts it sees before its DELETE. The claim waits for the batch instead, and claims
+    what is left."""
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    late = EventFeed(model, host_engine, consumer="late")
+    feed.register()
+    if claim == "reset":
+        late.register(start="latest")
+    write(host_engine, host_models, keys, [OLD] * 3)
+    kept = write(host_engine, host_models, keys, [NOW])
+    batch = feed.fetch()
+    results: list[PurgeResult] = []
+    claimed: list[bool] = []
+
+    def make_claim() -> None:
+        if claim == "register":
+            claimed.append(late.register(start="earliest"))
+        else:
+            claimed.append(main(["feed", "reset", "--consumer", "late", "--to", "earliest"]) == 0)
+
+    with host_engine.connect() as host:
+        host.begin()
+        feed.commit(batch, connection=host)  # c's row stays locked until the host ends
+        purge = threading.Thread(
+            target=lambda: results.append(purge_events(model, host_engine, older_than=CUTOFF))
+        )
+        purge.start()
+        assert waits_on(host_engine, "transactionid")  # the batch's DELETE ran; it marks next
+        claimer = threading.Thread(target=make_claim)
+        claimer.start()
+        assert waits_on(host_engine, "advisory")
+        assert not claimed
+        assert not results
+        host.rollback()
+        purge.join(timeout=30)
+        claimer.join(timeout=30)
+    capsys.readouterr()
+    assert results[0].deleted == 3
+    assert claimed == [True]
+    assert marks(host_engine, "c")[0][1] == 3  # its checkpoint did not move
+    assert marks(host_engine, "late")[0][1] is None  # it never claimed the 3
+    assert drain(late) == kept
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE", "AUTOCOMMIT"])
+def test_a_purge_runs_its_batches_at_read_committed_whatever_the_level_given(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], level: str
+) -> None:
+    """Each statement of a batch sees what committed before it: a checkpoint moved while
+    the batch waited is judged as it is then (a REPEATABLE READ batch would fail to update
+    the row). A connection passed in gets its own level back."""
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    feed.register()
+    write(host_engine, host_models, keys, [OLD] * 3)
+    batch = feed.fetch()
+    engine = host_engine.execution_options(isolation_level=level)
+    results: list[PurgeResult] = []
+    with engine.connect() as given:
+        with host_engine.connect() as host:
+            host.begin()
+            feed.commit(batch, connection=host)
+            purge = threading.Thread(
+                target=lambda: results.append(purge_events(model, given, older_than=CUTOFF))
+            )
+            purge.start()
+            assert waits_on(host_engine, "transactionid")
+            host.commit()
+            purge.join(timeout=30)
+        assert results == [PurgeResult(3, 1)]
+        dbapi: Any = given.connection.dbapi_connection
+        assert dbapi.autocommit is (level == "AUTOCOMMIT")
+        if level != "AUTOCOMMIT":
+            assert given.get_isolation_level() == level
+    assert marks(host_engine, "c")[0][1] is None  # delivered before the batch committed
+
+
 def test_a_database_with_the_feed_marks_whatever_model_purges(
     engine: Engine, host_models: HostModels
 ) -> None:
@@ -540,6 +650,43 @@ def test_dropping_or_detaching_a_partition_marks_the_consumers_behind_it(
             {"c": "eventlog-persist:%"},
         ).scalar_one()
     assert comments == 0
+
+
+def test_a_claim_on_stored_events_waits_for_the_drop_in_progress(
+    engine: Engine, layout: tuple[HostModels, list[str]]
+) -> None:
+    """A consumer registered after a partition's marking, before its detach commits, would
+    claim events the detach then removes, unmarked: the registration waits for the run."""
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    EventFeed(model, engine, consumer="c").register()
+    late = EventFeed(model, engine, consumer="late")
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
+    kept = write(engine, models, keys, [NOW])
+    upper = partition_bound(engine, partitions[0])
+    results: list[Any] = []
+    claimed: list[bool] = []
+    with engine.connect() as reader:
+        reader.begin()
+        reader.execute(text("SELECT count(*) FROM event_logs"))  # DETACH CONCURRENTLY waits
+        drop = threading.Thread(
+            target=lambda: results.append(drop_partitions(model, engine, older_than=upper))
+        )
+        drop.start()
+        assert waits_on(engine, "virtualxid")  # marked, detaching
+        claimer = threading.Thread(target=lambda: claimed.append(late.register()))
+        claimer.start()
+        assert waits_on(engine, "advisory")
+        assert not claimed
+        reader.rollback()
+        drop.join(timeout=30)
+        claimer.join(timeout=30)
+    assert results[0].dropped == (partitions[0],)
+    assert claimed == [True]
+    assert marks(engine, "c")[0][1] == 3
+    assert marks(engine, "late")[0][1] is None
+    assert drain(late) == kept
 
 
 def test_a_detach_that_failed_and_runs_again_counts_its_events_once(

@@ -568,6 +568,21 @@ def test_drop_removes_only_partitions_wholly_before_the_cutoff(
     assert drop_partitions(model, host_engine, older_than=cutoff) == type(result)()
 
 
+@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "AUTOCOMMIT"])
+def test_a_connection_passed_in_gets_its_own_isolation_level_back(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any], level: str
+) -> None:
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    with host_engine.execution_options(isolation_level=level).connect() as given:
+        ensure_partitions(model, given)
+        assert len(drop_partitions(model, given, older_than=cutoff).dropped) == 2
+        dbapi: Any = given.connection.dbapi_connection
+        assert dbapi.autocommit is (level == "AUTOCOMMIT")
+        if level != "AUTOCOMMIT":
+            assert given.get_isolation_level() == level
+
+
 def test_a_cutoff_in_the_future_is_refused_and_nothing_is_dropped(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
 ) -> None:

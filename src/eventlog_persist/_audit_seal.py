@@ -36,6 +36,7 @@ from eventlog_persist._audit_chain import (
     window_entries,
     window_tombstones,
 )
+from eventlog_persist._isolation import in_autocommit
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._urls import check_engine, shown
 from eventlog_persist.exceptions import AnchorError, AuditError, ConfigurationError
@@ -447,11 +448,6 @@ def seal_events(
 # events): its own connections leave an engine's autocommit mode, where each statement
 # reads a snapshot of its own (and BEGIN is never sent).
 IN_TRANSACTIONS: Final = {"isolation_level": "REPEATABLE READ"}
-
-
-def in_autocommit(connection: Connection) -> bool:
-    """Whether ``connection`` runs each statement in a transaction of its own."""
-    return getattr(connection.connection.dbapi_connection, "autocommit", False) is True
 
 
 def refuse_autocommit(connection: Connection, api: str) -> None:

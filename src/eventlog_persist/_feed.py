@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
+from eventlog_persist._feed_claims import claiming
 from eventlog_persist._feed_retention import data_lost
 from eventlog_persist._feed_sql import (
     DEFAULT_BATCH_SIZE,
@@ -423,6 +424,9 @@ class EventFeed(_FeedCore, Generic[KeyT]):
     def register(self, *, start: Literal["earliest", "latest"] | datetime = "earliest") -> bool:
         """Register the consumer, unless it is registered already.
 
+        Waits for a `purge_events` batch or a `drop_partitions` run in progress, so that
+        retention never removes events this consumer claims without marking it.
+
         Args:
             start: Where the consumer starts: ``"earliest"``, every stored event (rows
                 stored before the feed first, by id); ``"latest"``, the events of
@@ -659,6 +663,9 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
     ) -> bool:
         """Register the consumer, unless it is registered already.
 
+        Waits for a `purge_events` batch or a `drop_partitions` run in progress, so that
+        retention never removes events this consumer claims without marking it.
+
         Args:
             start: Where the consumer starts: ``"earliest"``, every stored event (rows
                 stored before the feed first, by id); ``"latest"``, the events of
@@ -828,6 +835,7 @@ def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool
     """Insert the consumer's rows (both feeds: the async one through ``run_sync``)."""
     statements, name = core._statements, core._name
     connection.execute(statements.registration_lock(), {"name": name})
+    connection.execute(claiming(statements.consumers))
     registered = connection.execute(statements.registered_parts(), {"name": name}).scalar()
     if registered is not None:
         if registered != statements.parts:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
+from eventlog_persist._feed_claims import claiming
 from eventlog_persist._feed_schema import PgSnapshot, Xid8, consumers_table
 from eventlog_persist._feed_sql import (
     EARLIEST,
@@ -75,6 +76,8 @@ _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 # The status is read in one transaction (`_status` makes it REPEATABLE READ READ ONLY), also
 # on an engine in autocommit mode, whose connections never send BEGIN.
 _ONE_SNAPSHOT: Final = {"isolation_level": "REPEATABLE READ"}
+# A reset's claim must see the removals committed while it waited for them (`claiming`).
+_OWN_TRANSACTION: Final = {"isolation_level": "READ COMMITTED"}
 _XID32: Final = 2**32
 
 
@@ -468,7 +471,12 @@ def reset_consumer(
     statements = FeedStatements(model)
     t = statements.consumers
     try:
-        with engine.begin() as connection:
+        with (
+            engine.connect() as own,
+            own.execution_options(**_OWN_TRANSACTION) as connection,
+            connection.begin(),
+        ):
+            connection.execute(claiming(t))
             rows = connection.execute(
                 select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
                 .where(t.c.consumer == name)

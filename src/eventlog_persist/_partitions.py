@@ -18,7 +18,9 @@ from eventlog_persist._audit_partitions import (
     record_retention,
     unguard,
 )
+from eventlog_persist._feed_claims import retaining, retaining_ended
 from eventlog_persist._feed_retention import BY_DETACH, BY_DROP, feed_consumers, mark_partition
+from eventlog_persist._isolation import at_level
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import event_table
 from eventlog_persist._retention import check_cutoff
@@ -250,14 +252,8 @@ def _connection(bind: Engine | Connection, *, autocommit: bool = False) -> Itera
     if not autocommit:
         yield bind
         return
-    level = bind.get_isolation_level()
-    bind.execution_options(isolation_level="AUTOCOMMIT")
-    try:
+    with at_level(bind, "AUTOCOMMIT"):
         yield bind
-    finally:
-        if bind.in_transaction():  # SQLAlchemy's autobegun marker; nothing is pending
-            bind.rollback()
-        bind.execution_options(isolation_level=level)
 
 
 @contextmanager
@@ -269,6 +265,22 @@ def _advisory_lock(connection: Connection, parent: _Parent) -> Iterator[None]:
     finally:
         if not connection.closed and not connection.invalidated:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": parent.lock_key})
+
+
+@contextmanager
+def _retaining(connection: Connection, consumers: Table | None) -> Iterator[None]:
+    """With the feed, hold off its new claims on stored events (`_feed_claims`) for the run:
+    from before a partition's marking until its detach has committed (autocommit
+    ``connection``)."""
+    if consumers is None:
+        yield
+        return
+    connection.execute(retaining(consumers, session=True))
+    try:
+        yield
+    finally:
+        if not connection.closed and not connection.invalidated:
+            connection.execute(retaining_ended(consumers))
 
 
 @contextmanager
@@ -722,7 +734,8 @@ def drop_partitions(
     On a database with the feed, before a partition is detached (to drop or to keep), every
     consumer part that had not been delivered all its events is marked: its fetches then
     raise `FeedDataLostError` until the consumer is reset. A partition is marked once, even
-    when its detach fails and a later run detaches it.
+    when its detach fails and a later run detaches it. A consumer registered or reset
+    meanwhile waits for the run.
 
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
@@ -772,7 +785,7 @@ def drop_partitions(
         parent = _parent(connection, table)
         consumers = feed_consumers(connection, table)
         audit = audited(connection, parent.schema)
-        with _advisory_lock(connection, parent):
+        with _advisory_lock(connection, parent), _retaining(connection, consumers):
             found = _partitions(connection, parent)
             _refuse_concurrently_beside_default(parent, found, concurrently)
             # Detached by an earlier run that could not drop them (audit: nor record them).

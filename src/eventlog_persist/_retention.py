@@ -17,10 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Delete, Engine, Select, Table, delete, func, select, text, tuple_
+from sqlalchemy.engine.interfaces import IsolationLevel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
 
+from eventlog_persist._feed_claims import retaining
 from eventlog_persist._feed_retention import feed_consumers, purge_and_mark
+from eventlog_persist._isolation import at_level
 from eventlog_persist._model import EventLogMixin
 from eventlog_persist._read_sql import check_key, event_table
 from eventlog_persist._urls import shown
@@ -49,6 +52,7 @@ _MAX_BATCH_SIZE: Final = 2**63 - 1
 # setting without the audit (nothing reads it then), a model need not declare the audit its
 # database has, and the statement costs one round trip per batch of thousands of deletes.
 _DECLARE_RETENTION: Final = text("SET LOCAL eventlog.erasure = 'retention'")
+_READ_COMMITTED: Final[IsolationLevel] = "READ COMMITTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +126,16 @@ def purge_statement(
 
 
 @contextmanager
-def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+def _read_committed(bind: Engine | Connection) -> Iterator[Connection]:
+    """A connection of ``bind`` at READ COMMITTED whatever its level (a ``Connection`` passed
+    in gets its own back after): each statement of a batch must see what committed before
+    it (`_feed_claims`), and a batch must be one transaction, which autocommit would not give."""
     if isinstance(bind, Engine):
-        with bind.begin() as connection:
+        with bind.connect() as connection:
+            connection.execution_options(isolation_level=_READ_COMMITTED)
             yield connection
     else:
-        with bind.begin():
+        with at_level(bind, _READ_COMMITTED):
             yield bind
 
 
@@ -212,7 +220,10 @@ def purge_events(
     On a database with the feed, each batch marks, in its own transaction, every consumer
     part that had not been delivered one of the events it deletes: that part's fetches then
     raise `FeedDataLostError` (never skipping them silently) until the consumer is reset.
+    A consumer registered or reset meanwhile waits for the batch in progress.
 
+    Each batch runs at READ COMMITTED, whatever the level of ``bind`` (a ``Connection``
+    passed in gets its own back after); on an ``Engine`` the run holds one connection.
     Each batch declares ``SET LOCAL eventlog.erasure = 'retention'`` in its transaction, so
     on a database with the audit every deleted event gets a ``retention`` tombstone in
     ``event_log_erasures``; the declaration ends with the batch (nothing is left set on a
@@ -249,7 +260,7 @@ def purge_events(
        ``on_batch`` added; ``sleep`` must be finite and at most a day; feed consumers not
        delivered the deleted events are marked; each batch declares retention for the
        audit's guard; a cutoff in the future raises `ValidationError`; ``batch_size``
-       past ``2**63 - 1`` raises `ConfigurationError`.
+       past ``2**63 - 1`` raises `ConfigurationError`; batches run at READ COMMITTED.
     """
     _check_bind(bind)
     if (
@@ -292,29 +303,32 @@ def purge_events(
     feed: bool | None = None  # whether the database has the feed: asked in the first batch
     marked: set[str] = set()
     deleted = batches = 0
+    consumers: Table | None = None
     try:
-        while True:
-            with _transaction(bind) as connection:
-                connection.execute(_DECLARE_RETENTION)
-                if feed is None:
-                    consumers = feed_consumers(connection, table)
-                    feed = consumers is not None
+        with _read_committed(bind) as connection:
+            while True:
+                with connection.begin():
+                    connection.execute(_DECLARE_RETENTION)
+                    if feed is None:
+                        consumers = feed_consumers(connection, table)
+                        feed = consumers is not None
+                        if consumers is not None:
+                            statement = purge_and_mark(purge, table, consumers)
                     if consumers is not None:
-                        statement = purge_and_mark(purge, table, consumers)
-                if feed:
-                    count, names = connection.execute(statement, {"cutoff": older_than}).one()
-                    marked.update(names or ())
-                else:
-                    count = connection.execute(statement).rowcount
-            if count:
-                deleted += count
-                batches += 1
-                if on_batch is not None:
-                    on_batch(PurgeResult(deleted, batches))
-            if count < batch_size or batches == max_batches:
-                break
-            if sleep:
-                time.sleep(sleep)
+                        connection.execute(retaining(consumers))
+                        count, names = connection.execute(statement, {"cutoff": older_than}).one()
+                        marked.update(names or ())
+                    else:
+                        count = connection.execute(statement).rowcount
+                if count:
+                    deleted += count
+                    batches += 1
+                    if on_batch is not None:
+                        on_batch(PurgeResult(deleted, batches))
+                if count < batch_size or batches == max_batches:
+                    break
+                if sleep:
+                    time.sleep(sleep)
     finally:
         if marked:
             logger.warning(
