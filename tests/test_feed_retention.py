@@ -711,6 +711,52 @@ def test_a_detach_that_failed_and_runs_again_counts_its_events_once(
     assert marks(engine, "c")[0][1] == 3
 
 
+@pytest.mark.parametrize("claim", ["register", "reset"])
+def test_a_claim_between_a_failed_detach_and_the_run_that_finishes_it_is_marked(
+    engine: Engine,
+    layout: tuple[HostModels, list[str]],
+    database_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    claim: str,
+) -> None:
+    """The run that finishes a detach marks no one again, so a claim made after the failed
+    run is judged when it is made, as that run judged the others; a claim on later events
+    only is not marked."""
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    EventFeed(model, engine, consumer="c").register()
+    late = EventFeed(model, engine, consumer="late")
+    recent = EventFeed(model, engine, consumer="recent")
+    if claim == "reset":
+        late.register(start="latest")
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
+    kept = write(engine, models, keys, [NOW])
+    upper = partition_bound(engine, partitions[0])
+    with engine.connect() as reader:  # a reader of the partition: a plain DETACH times out
+        reader.begin()
+        reader.execute(text(f"SELECT count(*) FROM {partitions[0]}"))
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(model, engine, older_than=upper, concurrently=False, lock_timeout=0.2)
+        reader.rollback()
+    if claim == "register":
+        assert late.register()
+    else:
+        assert main(["feed", "reset", "--consumer", "late", "--to", "earliest"]) == 0
+        capsys.readouterr()
+    assert recent.register(start=upper)
+    assert marks(engine, "late")[0][1:4] == (3, upper, "drop_partitions")
+    assert marks(engine, "recent")[0][1] is None
+    assert drop_partitions(model, engine, older_than=upper).dropped == (partitions[0],)
+    assert marks(engine, "late")[0][1] == 3  # counted once
+    assert marks(engine, "c")[0][1] == 3
+    with pytest.raises(FeedDataLostError, match="'late': retention \\(drop_partitions"):
+        late.fetch()
+    assert drain(recent) == kept
+
+
 def three_old_events_and_a_consumer(
     engine: Engine, layout: tuple[HostModels, list[str]]
 ) -> tuple[Any, str, datetime]:

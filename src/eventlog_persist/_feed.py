@@ -47,6 +47,7 @@ from eventlog_persist._feed_sql import (
 )
 from eventlog_persist._feed_wakeup import AsyncWakeups, Wakeups, check_poll
 from eventlog_persist._model import EventLogMixin, KeyT
+from eventlog_persist._partitions import mark_new_claim
 from eventlog_persist._read_types import EventRecord
 from eventlog_persist._table import quoted_name
 from eventlog_persist._urls import check_engine, shown
@@ -854,4 +855,8 @@ def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool
     created = connection.execute(
         statements.register(kind), {"name": name, **register_values(start, done)}
     ).first()
-    return created is not None
+    if created is None:
+        return False
+    if kind != "latest":
+        mark_new_claim(connection, statements.table, statements.consumers, name)
+    return True

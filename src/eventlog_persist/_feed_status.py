@@ -51,6 +51,7 @@ from eventlog_persist._feed_sql import (
     since_snapshot,
 )
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._partitions import mark_new_claim
 from eventlog_persist._read_sql import event_table
 from eventlog_persist._schema import XID_COLUMN
 from eventlog_persist._urls import check_engine
@@ -507,6 +508,8 @@ def reset_consumer(
             connection.execute(
                 _reset_statement(t, start), {"name": name, **register_values(start, done)}
             )
+            if start != "latest":
+                mark_new_claim(connection, table, t, name)
     except DBAPIError as exc:
         raise _translated(exc) from exc
     return ResetOutcome(len(rows), live[0][0] if live else None)

@@ -135,6 +135,17 @@ _LEFT_TO_DROP_SQL: Final = text(
     "WHERE n.nspname = :schema AND c.relkind = 'r' AND NOT c.relispartition "
     "AND obj_description(c.oid, 'pg_class') = :comment ORDER BY c.relname"
 )
+# Partitions a drop run marked (telling the feed's consumers) and left attached: it failed
+# before their detach, and the run that finishes them marks no one again.
+_MARKED_SQL: Final = text(
+    "SELECT n.nspname, c.relname, "
+    "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
+    "' TO \\(''([^'']*)''\\)$'))[1]::timestamptz, obj_description(c.oid, 'pg_class') "
+    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE i.inhparent = to_regclass(:events) AND NOT i.inhdetachpending "
+    "AND obj_description(c.oid, 'pg_class') IN (:drop, :keep) ORDER BY c.relname"
+)
 _FOREIGN_KEYS_SQL: Final = text(
     "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(:name) AND contype = 'f' "
     "ORDER BY conname"
@@ -265,6 +276,20 @@ def _advisory_lock(connection: Connection, parent: _Parent) -> Iterator[None]:
     finally:
         if not connection.closed and not connection.invalidated:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": parent.lock_key})
+
+
+def mark_new_claim(connection: Connection, events: Table, consumers: Table, name: str) -> None:
+    """Mark the parts of consumer ``name``, just registered or reset (`claiming` held), that
+    claim events of a partition a drop run marked and left attached: its detach is decided,
+    so the claim is judged as the run judged the others."""
+    marked = connection.execute(
+        _MARKED_SQL, {"events": quoted_name(events), "drop": _TO_DROP, "keep": _TO_KEEP}
+    ).all()
+    for schema, partition, upper, comment in marked:
+        statement = mark_partition(
+            schema, partition, consumers, by=BY_DETACH if comment == _TO_KEEP else BY_DROP
+        )
+        connection.execute(statement.where(consumers.c.consumer == name), {"cutoff": upper})
 
 
 @contextmanager
@@ -734,8 +759,9 @@ def drop_partitions(
     On a database with the feed, before a partition is detached (to drop or to keep), every
     consumer part that had not been delivered all its events is marked: its fetches then
     raise `FeedDataLostError` until the consumer is reset. A partition is marked once, even
-    when its detach fails and a later run detaches it. A consumer registered or reset
-    meanwhile waits for the run.
+    when its detach fails and a later run detaches it (a consumer registered or reset in
+    between is marked when it claims the events). A consumer registered or reset during the
+    run waits for it.
 
     Args:
         model: The host's ``EventLog`` model class, or a reflected ``event_logs`` Table.
