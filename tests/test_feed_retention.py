@@ -392,9 +392,10 @@ def test_a_claim_on_stored_events_waits_for_the_purge_batch_in_progress(
     assert drain(late) == kept
 
 
+@pytest.mark.parametrize("bind", ["engine", "connection"])
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE", "AUTOCOMMIT"])
 def test_a_purge_runs_its_batches_at_read_committed_whatever_the_level_given(
-    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], level: str
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any], level: str, bind: str
 ) -> None:
     """Each statement of a batch sees what committed before it: a checkpoint moved while
     the batch waited is judged as it is then (a REPEATABLE READ batch would fail to update
@@ -410,8 +411,9 @@ def test_a_purge_runs_its_batches_at_read_committed_whatever_the_level_given(
         with host_engine.connect() as host:
             host.begin()
             feed.commit(batch, connection=host)
+            target = engine if bind == "engine" else given
             purge = threading.Thread(
-                target=lambda: results.append(purge_events(model, given, older_than=CUTOFF))
+                target=lambda: results.append(purge_events(model, target, older_than=CUTOFF))
             )
             purge.start()
             assert waits_on(host_engine, "transactionid")

@@ -211,12 +211,11 @@ _SIZED_PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="pg_total_relation_s
 _PARTITIONS_SQL: Final = text(_PARTITIONS.format(size="0"))
 
 
-def _partitions(
-    connection: Connection, parent: _Parent, *, sized: bool = False
-) -> list[PartitionInfo]:
-    """The partitions of ``parent``; ``total_bytes`` is 0 unless ``sized``."""
+def _partitions(connection: Connection, parent: int, *, sized: bool = False) -> list[PartitionInfo]:
+    """The partitions of the table whose oid is ``parent``; ``total_bytes`` is 0 unless
+    ``sized``."""
     statement = _SIZED_PARTITIONS_SQL if sized else _PARTITIONS_SQL
-    rows = connection.execute(statement, {"parent": parent.oid})
+    rows = connection.execute(statement, {"parent": parent})
     return [
         PartitionInfo(
             name=name,
@@ -456,8 +455,7 @@ def next_period(start: datetime, interval: PartitionInterval) -> datetime:
 def interval_of_partitions(connection: Connection, table: str) -> PartitionInterval | None:
     """The interval of the newest bounded partition of ``table`` (quoted, maybe qualified):
     ``None`` if it has none, or if that partition is neither a week nor a calendar month."""
-    parent = _Parent(connection.execute(_OID_SQL, {"name": table}).scalar_one(), "", "")
-    partitions = _partitions(connection, parent)
+    partitions = _partitions(connection, connection.execute(_OID_SQL, {"name": table}).scalar_one())
     if all(p.lower is None or p.upper is None for p in partitions):
         return None
     try:
@@ -570,7 +568,7 @@ def list_partitions(
     """
     table = event_table(model)
     with _connection(bind) as connection, connection.begin():
-        return _partitions(connection, _parent(connection, table), sized=True)
+        return _partitions(connection, _parent(connection, table).oid, sized=True)
 
 
 def ensure_partitions(
@@ -646,7 +644,7 @@ def ensure_partitions(
                 text("SELECT set_config('lock_timeout', :value, true)"),
                 {"value": f"{max(1, round(lock_timeout * 1000))}ms"},
             )
-        existing = _partitions(connection, parent)
+        existing = _partitions(connection, parent.oid)
         chosen = interval or _interval_of(existing)
         planned = _planned(moment, chosen, ahead, existing, parent.name)
         for name, low, high in planned:
@@ -668,7 +666,7 @@ def ensure_partitions(
         if audited(connection, parent.schema):
             # The audit's guard on every partition that lacks it: those just created, and
             # those another tool (pg_partman) created.
-            for partition in _partitions(connection, parent):
+            for partition in _partitions(connection, parent.oid):
                 if not partition.detach_pending:
                     guard_partition(connection, parent.schema, partition.name)
     return tuple(name for name, _, _ in planned)
@@ -711,7 +709,7 @@ def planned_drop(
             detached += connection.execute(
                 _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_KEEP}
             ).scalars()
-        found = _partitions(connection, parent)
+        found = _partitions(connection, parent.oid)
         _refuse_concurrently_beside_default(parent, found, concurrently)
         for partition in found:
             old = partition.upper is not None and partition.upper <= older_than
@@ -812,7 +810,7 @@ def drop_partitions(
         consumers = feed_consumers(connection, table)
         audit = audited(connection, parent.schema)
         with _advisory_lock(connection, parent), _retaining(connection, consumers):
-            found = _partitions(connection, parent)
+            found = _partitions(connection, parent.oid)
             _refuse_concurrently_beside_default(parent, found, concurrently)
             # Detached by an earlier run that could not drop them (audit: nor record them).
             for name in connection.execute(
