@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -89,6 +90,12 @@ def test_host_keys_are_kept_and_not_changed() -> None:
     # A StrEnum is stored as its value.
     assert genai_payload(operation_name=EventType.CHAT) == {"gen_ai.operation.name": "chat"}
     assert type(genai_payload(operation_name=EventType.CHAT)["gen_ai.operation.name"]) is str
+    # So is a (str, Enum) member, whose str() would be "Provider.OPENAI".
+    assert genai_payload(provider=Provider.OPENAI) == {"gen_ai.provider.name": "openai"}
+
+
+class Provider(str, enum.Enum):  # noqa: UP042 - the pre-3.11 spelling of StrEnum
+    OPENAI = "openai"
 
 
 def test_the_docstring_example_holds() -> None:

@@ -10,6 +10,7 @@ is sent: the caller's own transaction commits, and no event row exists.
 from __future__ import annotations
 
 import copy
+import enum
 import gc
 import pickle
 import sys
@@ -531,6 +532,42 @@ def test_code_that_runs_while_a_writer_builds_its_event_gets_its_own_events_chec
         sys.setprofile(None)
     assert outcomes == ["refused"]
     assert built.event_type == "y"
+
+
+class LegacyKind(str, enum.Enum):  # noqa: UP042 - the pre-3.11 spelling of StrEnum
+    SUMMARY = "summary"
+    REVIEW = "review"
+
+
+def test_an_enum_member_of_str_is_stored_as_its_value_not_its_str() -> None:
+    """``str()`` of a ``(str, Enum)`` member is ``'LegacyKind.SUMMARY'``: the event keeps the
+    text that was checked, which readers' filters and the vocabulary compare with."""
+
+    class Shown(str):
+        def __str__(self) -> str:
+            return "something else"
+
+    key = uuid.uuid4()
+    event = new_event(
+        session_id=key,
+        user_id=key,
+        event_type=LegacyKind.SUMMARY,
+        error_code=LegacyKind.REVIEW,
+        tool_name=Shown("search"),
+        approval_status=LegacyKind.SUMMARY,
+        field_rules=EventFieldRules(event_types=LegacyKind, approval_statuses=LegacyKind),
+    )
+    values = (event.event_type, event.error_code, event.tool_name, event.approval_status)
+    assert values == ("summary", "review", "search", "summary")
+    assert all(type(value) is str for value in values)
+    refused = r"^event_type 'review' is not one of the allowed event types \('summary'\)"
+    with pytest.raises(ValidationError, match=refused):
+        new_event(
+            session_id=key,
+            user_id=key,
+            event_type=LegacyKind.REVIEW,
+            field_rules=EventFieldRules(event_types={LegacyKind.SUMMARY}),
+        )
 
 
 def test_an_event_holds_plain_str_and_the_keys_it_was_given() -> None:

@@ -432,11 +432,12 @@ def _build(  # the fields of an event, positional: no keyword forwarding
         done = prepare_unchecked(payload, payload_policy)
         prepared.append(done)
         text, redacted = done.json_text, done.redacted_paths
-    # A str subclass's __str__ is the host's code: run it before the event is trusted.
-    event_type = str(event_type)
-    error_code = None if error_code is None else str(error_code)
-    tool_name = None if tool_name is None else str(tool_name)
-    approval_status = None if approval_status is None else str(approval_status)
+    # The text of a str subclass (a `(str, Enum)` member: "summary", not its str()
+    # "Kind.SUMMARY"), the text checked above, with no host code run.
+    event_type = str.__str__(event_type)
+    error_code = None if error_code is None else str.__str__(error_code)
+    tool_name = None if tool_name is None else str.__str__(tool_name)
+    approval_status = None if approval_status is None else str.__str__(approval_status)
     # Every value is checked above, so the event's own checks are skipped for the event made
     # of this very text, on this thread. Not a second class: ``msgspec.structs.replace`` (or
     # ``copy.replace``) of the event makes one of the same class, which must check again.

@@ -139,7 +139,7 @@ def _name(argument: str, value: object) -> str:
     problem = forbidden_character(f"genai_payload({argument}=...)", value)
     if problem is not None:
         raise ValidationError(problem)
-    return str(value)  # a StrEnum member is stored as its value
+    return str.__str__(value)  # its text: a `(str, Enum)` member's value, not its str()
 
 
 def _count(argument: str, value: object) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, cast
 
 from eventlog_persist._schema import (
     APPROVAL_STATUS_LENGTH,
@@ -467,18 +467,20 @@ def _check_columns(values: tuple[object, ...], rules: EventFieldRules) -> None:
             if problem is not None:
                 raise ValidationError(problem)
             if len(passed) < _PASSED_MAX:
-                passed.add(str(value))
+                # The text of a str subclass (an Enum member's value), never its str().
+                passed.add(str.__str__(cast("str", value)))
         allowed: frozenset[str] | None = getattr(rules, column.rules_field)
         if allowed is not None and value not in allowed:
+            shown = _show(str.__str__(cast("str", value)))
             raise ValidationError(
-                f"{column.name} {_show(str(value))} is not one of the allowed {column.plural} "
+                f"{column.name} {shown} is not one of the allowed {column.plural} "
                 f"({_listing(allowed)}); use one of them, or add it to "
                 f"EventFieldRules({column.rules_field}=...)"
             )
 
 
 def _listing(allowed: frozenset[str], shown: int = 10) -> str:
-    names = sorted(str(name) for name in allowed)
+    names = sorted(str.__str__(name) for name in allowed)
     if not names:
         return "none"
     head = ", ".join(repr(name) for name in names[:shown])
