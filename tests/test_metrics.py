@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from hostmodels import HostModels, seed
@@ -332,6 +333,36 @@ def test_opentelemetry_points_match_the_snapshots(
     assert error.attributes["error.type"] == "EventWriteError"
     assert error.attributes["db.response.status_code"] == "23503"
     assert "api" not in after.get("eventlog.writer.events.written", {})
+
+
+def test_opentelemetry_registers_again_after_close_and_refuses_a_second_live_registration(
+    host_models: HostModels,
+) -> None:
+    """A new application lifespan registers its new writer on the same meter provider: the
+    instruments of the first registration report it (OpenTelemetry ignores new instruments of
+    the same names). While a registration is live, a second one is refused."""
+    key = host_models.new_key()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = BufferedWriter(host_models.EventLog, DOWN)
+    second = BufferedWriter(host_models.EventLog, DOWN)
+    try:
+        registration = register_opentelemetry(first, meter_provider=provider)
+        with pytest.raises(ConfigurationError, match="close\\(\\) the first registration"):
+            register_opentelemetry({"jobs": second}, meter_provider=provider)
+        assert otel_points(reader)["eventlog.writer.queue.depth"] == {"default": ANY}
+        registration.close()
+        assert "eventlog.writer.queue.depth" not in otel_points(reader)
+        second.enqueue(session_id=key, user_id=key, event_type="chat")
+        again = register_opentelemetry({"jobs": second}, meter_provider=provider)
+        depth = otel_points(reader)["eventlog.writer.queue.depth"]
+        assert list(depth) == ["jobs"]
+        assert depth["jobs"].value == 1
+        again.close()
+    finally:
+        first.close(timeout=0)
+        second.close(timeout=0)
+        provider.shutdown()
 
 
 # -- configuration and optional imports ------------------------------------------------------

@@ -215,6 +215,11 @@ class WriterSet:
     def clear(self) -> None:
         self._writers = {}
 
+    @property
+    def live(self) -> bool:
+        """Whether the exporter is not closed yet."""
+        return bool(self._writers)
+
 
 def _named(writers: object, api: str) -> dict[str, AnyWriter]:
     kinds = (BufferedWriter, AsyncBufferedWriter)

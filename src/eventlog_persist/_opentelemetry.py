@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
 
 from opentelemetry.metrics import (
@@ -14,6 +17,7 @@ from opentelemetry.metrics import (
 )
 
 from eventlog_persist._metric_specs import SPECS, WRITER_ATTRIBUTE, MetricSpec, WriterSet
+from eventlog_persist._stats import WriterStats
 from eventlog_persist.exceptions import ConfigurationError
 
 METER_NAME = "eventlog_persist"
@@ -21,7 +25,23 @@ METER_NAME = "eventlog_persist"
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
-def _observe(writers: WriterSet, spec: MetricSpec) -> _Callback:
+class _Instruments:
+    """The instruments made on one meter provider, reporting the writers registered now:
+    OpenTelemetry keeps the first instrument of a name, so a registration after `close`
+    (a new application lifespan) must reuse them, not make new ones it would ignore."""
+
+    def __init__(self, writers: WriterSet) -> None:
+        self.writers = writers
+
+    def stats(self) -> Iterator[tuple[str, WriterStats]]:
+        return self.writers.stats()
+
+
+_made: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _observe(writers: _Instruments, spec: MetricSpec) -> _Callback:
     def callback(options: CallbackOptions) -> list[Observation]:
         observations = []
         for name, stats in writers.stats():
@@ -33,7 +53,7 @@ def _observe(writers: WriterSet, spec: MetricSpec) -> _Callback:
     return callback
 
 
-def _observe_last_error(writers: WriterSet) -> _Callback:
+def _observe_last_error(writers: _Instruments) -> _Callback:
     def callback(options: CallbackOptions) -> list[Observation]:
         observations = []
         for name, stats in writers.stats():
@@ -55,6 +75,28 @@ def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
             "MeterProvider, or None for the global one"
         )
     provider = get_meter_provider() if meter_provider is None else meter_provider
+    with _lock:
+        try:
+            made = _made.get(provider)
+        except TypeError:  # a provider that takes no weak reference: made for each call
+            made = None
+        if made is not None:
+            if made.writers.live:
+                raise ConfigurationError(
+                    "register_opentelemetry() has writers on this meter provider already, "
+                    "and OpenTelemetry keeps the first instrument of a name: register every "
+                    "writer in one call ({'api': writer, 'jobs': other_writer}), or close() "
+                    "the first registration before registering again"
+                )
+            made.writers = writers
+            return
+        made = _Instruments(writers)
+        _make(provider, made)
+        with contextlib.suppress(TypeError):
+            _made[provider] = made
+
+
+def _make(provider: MeterProvider, writers: _Instruments) -> None:
     meter: Meter = provider.get_meter(METER_NAME, version("eventlog-persist"))
     create = {
         "counter": meter.create_observable_counter,

@@ -121,11 +121,12 @@ def register_opentelemetry(
 
     Returns:
         The registration; after its `MetricsRegistration.close` the instruments report
-        nothing.
+        nothing, until a new registration on the same meter provider gives them its writers.
 
     Raises:
-        ConfigurationError: opentelemetry-api is not installed, or ``writers`` or
-            ``meter_provider`` is not valid.
+        ConfigurationError: opentelemetry-api is not installed, ``writers`` or
+            ``meter_provider`` is not valid, or a registration on that meter provider is not
+            closed.
 
     .. versionadded:: 0.3.0
     """
