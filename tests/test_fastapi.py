@@ -15,7 +15,8 @@ from typing import Annotated, Any, get_type_hints
 
 import httpx2 as httpx
 import pytest
-from fastapi import BackgroundTasks, Depends, FastAPI, WebSocket
+from fastapi import BackgroundTasks, Depends, FastAPI, Request, WebSocket
+from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from hostmodels import HostModels, seed
 from psycopg.conninfo import conninfo_to_dict
@@ -299,6 +300,41 @@ async def test_the_request_id_header_is_used_and_echoed() -> None:
         response = await http.get("/", headers={"X-Request-ID": "req-42/a:b"})
     assert response.text == "req-42/a:b"
     assert response.headers.get_list("x-request-id") == ["req-42/a:b"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["wrapped", "added"])
+async def test_a_500_has_the_id_when_the_middleware_wraps_the_app(how: str) -> None:
+    """Starlette builds the 500 of an unhandled exception, and runs the ``Exception``
+    handler, outside every middleware added with ``add_middleware`` (docs/integrations.md)."""
+    app = FastAPI()
+    seen: list[str | None] = []
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, error: Exception) -> PlainTextResponse:
+        context = current_event_context()
+        seen.append(None if context is None else context.request_id)
+        return PlainTextResponse("failed", status_code=500)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    served: ASGIApp = app
+    if how == "wrapped":
+        served = EventContextMiddleware(app)
+    else:
+        app.add_middleware(EventContextMiddleware)
+    transport = httpx.ASGITransport(app=served, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/boom", headers={"X-Request-ID": "req-500"})
+    assert (response.status_code, response.text) == (500, "failed")
+    if how == "wrapped":
+        assert response.headers.get_list("x-request-id") == ["req-500"]
+        assert seen == ["req-500"]
+    else:
+        assert "x-request-id" not in response.headers
+        assert seen == [None]
 
 
 @pytest.mark.asyncio
