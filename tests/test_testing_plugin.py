@@ -5,8 +5,10 @@ in a subprocess."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostkit import EXAMPLE_HOST, make_host
@@ -226,6 +228,37 @@ def test_unreachable_server(host: pytest.Pytester) -> None:
     assert "cannot connect to the PostgreSQL server of --eventlog-dsn" in out
     assert "start the server or fix the DSN" in out
     assert "secret" not in out
+
+
+def test_a_clone_that_cannot_be_connected_to_fails_its_test_and_is_dropped(
+    host: pytest.Pytester, pg_server: ServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone made but refused on its first connection (too many clients, say): the test
+    that takes it fails with the cause, the others pass, and nothing is left behind."""
+    import psycopg
+
+    connect = psycopg.connect
+
+    def refusing(conninfo: str = "", *args: Any, **kwargs: Any) -> Any:
+        if re.search(r"dbname=evl_test_\w+_2\b", conninfo):
+            raise psycopg.OperationalError("FATAL:  sorry, too many clients already")
+        return connect(conninfo, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", refusing)
+    host.makepyfile(test_db=_USES_DATABASE + _USES_DATABASE.replace("test_", "test_more_"))
+    result = _run(host, pg_server)
+    result.assert_outcomes(passed=3, errors=1)
+    out = result.stdout.str()
+    assert "eventlog_persist.testing: cannot connect to the new test database" in out
+    assert "sorry, too many clients already; check the server's max_connections" in out
+    assert "Traceback" not in out
+    prefix = re.search(r"'(evl_test_\w+_)2'", out)
+    assert prefix is not None
+    with pg_server_connect(pg_server) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix[1]]
+        ).fetchall()
+    assert left == [], "every test database and the template are dropped"
 
 
 def test_migration_failure(host: pytest.Pytester, pg_server: ServerInfo) -> None:

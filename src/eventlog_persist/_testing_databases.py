@@ -186,7 +186,15 @@ class DatabaseFactory:
             ) from exc
         # The first connection to a new database builds its relation cache file: do it here,
         # in the background, rather than in the test.
-        psycopg.connect(self.server.conninfo(name)).close()
+        try:
+            psycopg.connect(self.server.conninfo(name)).close()
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # the cause is reported, not the cleanup's
+                drop_database(self._conn, name)
+            raise ValueError(
+                f"cannot connect to the new test database {name!r}: {str(exc).strip()}; "
+                "check the server's max_connections and what else holds connections to it"
+            ) from exc
         return name
 
     def _drop(self, name: str) -> None:
