@@ -392,6 +392,38 @@ def test_a_claim_on_stored_events_waits_for_the_purge_batch_in_progress(
     assert drain(late) == kept
 
 
+def test_a_reset_waits_two_seconds_at_most_for_rows_a_worker_holds(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    database_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reset holds retention off while it runs; a worker committing in the host's
+    transaction may hold the consumer's rows for as long as that runs, so the reset waits
+    for them 2 s at most, then fails naming why, and holds nothing off any more."""
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    feed.register()
+    write(host_engine, host_models, keys, [OLD] * 2)
+    batch = feed.fetch()
+    with host_engine.connect() as host:
+        host.begin()
+        feed.commit(batch, connection=host)  # c's row stays locked until the host ends
+        started = time.monotonic()
+        status = main(["feed", "reset", "--consumer", "c", "--to", "earliest", "--force"])
+        waited = time.monotonic() - started
+        # The claims lock went with the reset's transaction: another claim is not held off.
+        assert EventFeed(model, host_engine, consumer="other").register()
+        host.rollback()
+    assert status == 2
+    assert 1.9 < waited < 30
+    err = capsys.readouterr().err
+    assert "consumer 'c' is being committed by a worker whose transaction did not end" in err
+
+
 @pytest.mark.parametrize("bind", ["engine", "connection"])
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE", "AUTOCOMMIT"])
 def test_a_purge_runs_its_batches_at_read_committed_whatever_the_level_given(
@@ -677,6 +709,16 @@ def test_a_claim_on_stored_events_waits_for_the_drop_in_progress(
         )
         drop.start()
         assert waits_on(engine, "virtualxid")  # marked, detaching
+        # No claim on stored events, no wait: a consumer registered already, one from now on.
+        again = EventFeed(model, engine, consumer="c")
+        latest = EventFeed(model, engine, consumer="latest")
+        quick = threading.Thread(
+            target=lambda: claimed.extend([again.register(), latest.register(start="latest")])
+        )
+        quick.start()
+        quick.join(timeout=10)
+        assert claimed == [False, True]
+        claimed.clear()
         claimer = threading.Thread(target=lambda: claimed.append(late.register()))
         claimer.start()
         assert waits_on(engine, "advisory")
@@ -724,14 +766,38 @@ def test_a_claim_between_a_failed_detach_and_the_run_that_finishes_it_is_marked(
 ) -> None:
     """The run that finishes a detach marks no one again, so a claim made after the failed
     run is judged when it is made, as that run judged the others; a claim on later events
-    only is not marked."""
-    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    only is not marked. The claim is made by a role with rights on event_logs and the
+    consumers only (none on the partitions), as an application's role is."""
+    role = f"evl_app_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(text(f"GRANT SELECT, INSERT ON event_logs TO {role}"))
+        connection.execute(text(f"GRANT SELECT, INSERT, UPDATE ON event_log_consumers TO {role}"))
+    app_url = database_url.set(username=role, password=None)
+    app = create_engine(app_url)
+    monkeypatch.setenv("DATABASE_URL", app_url.render_as_string(hide_password=False))
+    try:
+        claim_after_a_failed_detach(engine, app, layout, capsys, claim)
+    finally:
+        app.dispose()
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP OWNED BY {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))
+
+
+def claim_after_a_failed_detach(
+    engine: Engine,
+    app: Engine,
+    layout: tuple[HostModels, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    claim: str,
+) -> None:
     models, partitions = layout
     keys = seed(engine, models)
     model = models.EventLog
     EventFeed(model, engine, consumer="c").register()
-    late = EventFeed(model, engine, consumer="late")
-    recent = EventFeed(model, engine, consumer="recent")
+    late = EventFeed(model, app, consumer="late")
+    recent = EventFeed(model, app, consumer="recent")
     if claim == "reset":
         late.register(start="latest")
     write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)

@@ -345,21 +345,24 @@ def test_runs_take_turns_on_the_documented_advisory_lock(
     assert names(host_engine, model) != before
 
 
-@pytest.mark.parametrize("bind", ["engine", "connection"])
+@pytest.mark.parametrize("bind", ["engine", "connection", "autocommit engine", "autocommit"])
 def test_a_failed_ensure_creates_nothing(
     bind: str, host_engine: Engine, host_models: HostModels
 ) -> None:
     # A stray table holds the name of the third partition: its CREATE fails, and the second
-    # one, created and attached in the same transaction, goes too.
+    # one, created and attached in the same transaction, goes too (in autocommit mode too).
     model = host_models.EventLog
     ensure_partitions(model, host_engine, ahead=0, now=NOW)
     with host_engine.begin() as connection:
         connection.execute(text("CREATE TABLE event_logs_p20261214 ()"))
-    with host_engine.connect() as connection:
-        target = host_engine if bind == "engine" else connection
+    given = host_engine.execution_options(
+        isolation_level="AUTOCOMMIT" if bind.startswith("autocommit") else "READ COMMITTED"
+    )
+    with given.connect() as connection:
+        target = given if bind.endswith("engine") else connection
         with pytest.raises(ProgrammingError, match="already exists"):
             ensure_partitions(model, target, ahead=2, now=NOW)
-        if bind == "connection":
+        if not bind.endswith("engine"):
             assert not connection.in_transaction()
             assert [p.name for p in list_partitions(model, connection)] == ["event_logs_p20261130"]
     assert names(host_engine, model) == ["event_logs_p20261130"]

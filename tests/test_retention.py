@@ -106,6 +106,40 @@ def test_max_batches_and_sleep(
     assert count_purgeable(model, host_engine, older_than=CUTOFF) == 14
 
 
+def test_a_connection_closed_during_a_pause_is_replaced_by_the_pool(
+    host_engine: Engine,
+    host_models: HostModels,
+    owners: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Engine's connection is checked out per batch: one the server closes while the
+    purge pauses (idle_session_timeout, a pooler, a load balancer) is the pool's to replace
+    (here by pool_pre_ping), and the purge goes on."""
+    engine = create_engine(
+        host_engine.url, pool_pre_ping=True, connect_args={"application_name": "purger"}
+    )
+
+    def server_closes_the_idle_connection(seconds: float) -> None:
+        with host_engine.connect() as admin:
+            closed = admin.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                    "FROM pg_stat_activity WHERE application_name = 'purger'"
+                )
+            ).scalar_one()
+        assert closed == 1
+
+    monkeypatch.setattr(retention.time, "sleep", server_closes_the_idle_connection)
+    try:
+        result = purge_events(
+            host_models.EventLog, engine, older_than=CUTOFF, batch_size=6, sleep=0.5
+        )
+    finally:
+        engine.dispose()
+    assert result == PurgeResult(deleted=20, batches=4)
+    assert kinds(host_engine, host_models) == ["kept"] * 6
+
+
 @pytest.mark.parametrize("scope", ["user", "project"])
 def test_scoped_purge(
     host_engine: Engine, host_models: HostModels, owners: list[dict[str, Any]], scope: str

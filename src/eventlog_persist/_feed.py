@@ -425,8 +425,9 @@ class EventFeed(_FeedCore, Generic[KeyT]):
     def register(self, *, start: Literal["earliest", "latest"] | datetime = "earliest") -> bool:
         """Register the consumer, unless it is registered already.
 
-        Waits for a `purge_events` batch or a `drop_partitions` run in progress, so that
-        retention never removes events this consumer claims without marking it.
+        A new consumer that claims stored events (``start`` other than ``"latest"``) waits
+        for a `purge_events` batch or a `drop_partitions` run in progress, so that
+        retention never removes events it claims without marking it.
 
         Args:
             start: Where the consumer starts: ``"earliest"``, every stored event (rows
@@ -664,8 +665,9 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
     ) -> bool:
         """Register the consumer, unless it is registered already.
 
-        Waits for a `purge_events` batch or a `drop_partitions` run in progress, so that
-        retention never removes events this consumer claims without marking it.
+        A new consumer that claims stored events (``start`` other than ``"latest"``) waits
+        for a `purge_events` batch or a `drop_partitions` run in progress, so that
+        retention never removes events it claims without marking it.
 
         Args:
             start: Where the consumer starts: ``"earliest"``, every stored event (rows
@@ -836,12 +838,13 @@ def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool
     """Insert the consumer's rows (both feeds: the async one through ``run_sync``)."""
     statements, name = core._statements, core._name
     connection.execute(statements.registration_lock(), {"name": name})
-    connection.execute(claiming(statements.consumers))
     registered = connection.execute(statements.registered_parts(), {"name": name}).scalar()
     if registered is not None:
         if registered != statements.parts:
             raise core._reshaped(int(registered))
         return False
+    if start != "latest":  # a claim on stored events: not while retention removes some
+        connection.execute(claiming(statements.consumers))
     done: Snapshot | None = None
     kind: Literal["earliest", "latest", "since"]
     if isinstance(start, datetime):

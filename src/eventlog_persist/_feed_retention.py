@@ -205,13 +205,23 @@ def purge_and_mark(purge: Delete, events: Table, consumers: Table) -> Select[Any
     )
 
 
-def mark_partition(schema: str, name: str, consumers: Table, *, by: str) -> Update:
+def mark_partition(
+    schema: str | None,
+    name: str,
+    consumers: Table,
+    *,
+    by: str,
+    bounded: bool = False,
+    since: datetime | None = None,
+) -> Update:
     """Mark the parts that were not delivered every event of partition ``name`` (about to
     be detached); RETURNING the names of the consumers marked. Parameter: ``cutoff``.
 
     Each part reads the partition's ``(xid, id)`` index from its checkpoint's xmin on (and
     its rows with no ``xid`` only while its backfill is pending): a part that is caught up
-    reads nothing.
+    reads nothing. ``bounded``: ``name`` is the partitioned table, read below ``cutoff`` and
+    from ``since`` (None: a partition from MINVALUE), which prunes it to the one partition
+    and needs the rights on the table only, not on the partition.
     """
     p: TableClause = table(
         name,
@@ -223,12 +233,17 @@ def mark_partition(schema: str, name: str, consumers: Table, *, by: str) -> Upda
     )
     t = consumers
     fed, pre_feed = _not_delivered(p.c, t.c)
+    where: list[ColumnElement[bool]] = []
+    if bounded:
+        where.append(p.c.created_at < bindparam("cutoff", type_=DateTime(timezone=True)))
+        if since is not None:
+            where.append(p.c.created_at >= since)
     counts = [
-        select(func.count()).select_from(p).where(missed).correlate(t).scalar_subquery()
+        select(func.count()).select_from(p).where(missed, *where).correlate(t).scalar_subquery()
         for missed in (fed, pre_feed)
     ]
     found = [
-        exists(select(literal(1)).select_from(p).where(missed).correlate(t))
+        exists(select(literal(1)).select_from(p).where(missed, *where).correlate(t))
         for missed in (fed, pre_feed)
     ]
     return (

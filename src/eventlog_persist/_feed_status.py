@@ -79,6 +79,8 @@ _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 _ONE_SNAPSHOT: Final = {"isolation_level": "REPEATABLE READ"}
 # A reset's claim must see the removals committed while it waited for them (`claiming`).
 _OWN_TRANSACTION: Final = {"isolation_level": "READ COMMITTED"}
+_ROWS_LOCK_TIMEOUT: Final = text("SET LOCAL lock_timeout = '2s'")
+_LOCK_NOT_AVAILABLE: Final = "55P03"
 _XID32: Final = 2**32
 
 
@@ -477,13 +479,28 @@ def reset_consumer(
             own.execution_options(**_OWN_TRANSACTION) as connection,
             connection.begin(),
         ):
-            connection.execute(claiming(t))
-            rows = connection.execute(
-                select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
-                .where(t.c.consumer == name)
-                .order_by(t.c.part)
-                .with_for_update()
-            ).all()
+            if start != "latest":  # a claim on stored events: not while retention runs
+                connection.execute(claiming(t))
+            # Bounded: retention waits behind this claim, and a worker's commit in the
+            # host's transaction may hold the rows as long as that transaction runs.
+            connection.execute(_ROWS_LOCK_TIMEOUT)
+            try:
+                rows = connection.execute(
+                    select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
+                    .where(t.c.consumer == name)
+                    .order_by(t.c.part)
+                    .with_for_update()
+                ).all()
+            except DBAPIError as exc:
+                if sqlstate_of(exc) != _LOCK_NOT_AVAILABLE:
+                    raise
+                raise LeaseHeldError(
+                    f"consumer {name!r} is being committed by a worker whose transaction did "
+                    "not end within 2 s (a batch committed in the host's transaction, say); "
+                    "reset again once it ends, or stop that worker first",
+                    owner=None,
+                    lease_until=None,
+                ) from exc
             if not rows:
                 raise _missing(name)
             live = [(owner, until) for owner, until, is_live in rows if is_live and owner]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy.engine.interfaces import IsolationLevel
 
 from eventlog_persist._audit_partitions import (
     audited,
@@ -138,11 +139,12 @@ _LEFT_TO_DROP_SQL: Final = text(
 # Partitions a drop run marked (telling the feed's consumers) and left attached: it failed
 # before their detach, and the run that finishes them marks no one again.
 _MARKED_SQL: Final = text(
-    "SELECT n.nspname, c.relname, "
+    "SELECT "
+    "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
+    "'FROM \\(''([^'']*)''\\) TO'))[1]::timestamptz, "
     "(regexp_match(pg_get_expr(c.relpartbound, c.oid), "
     "' TO \\(''([^'']*)''\\)$'))[1]::timestamptz, obj_description(c.oid, 'pg_class') "
     "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-    "JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE i.inhparent = to_regclass(:events) AND NOT i.inhdetachpending "
     "AND obj_description(c.oid, 'pg_class') IN (:drop, :keep) ORDER BY c.relname"
 )
@@ -251,18 +253,16 @@ def _check_bind(bind: object) -> None:
 
 @contextmanager
 def _connection(bind: Engine | Connection, *, autocommit: bool = False) -> Iterator[Connection]:
-    """A connection of ``bind`` with no transaction begun, in autocommit mode if asked."""
+    """A connection of ``bind`` with no transaction begun, in autocommit mode if asked, else
+    at READ COMMITTED (whose ``begin()`` is a transaction, as in autocommit mode it is not)."""
     _check_bind(bind)
+    level: IsolationLevel = "AUTOCOMMIT" if autocommit else "READ COMMITTED"
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            if autocommit:
-                connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.execution_options(isolation_level=level)
             yield connection
         return
-    if not autocommit:
-        yield bind
-        return
-    with at_level(bind, "AUTOCOMMIT"):
+    with at_level(bind, level):
         yield bind
 
 
@@ -284,9 +284,14 @@ def mark_new_claim(connection: Connection, events: Table, consumers: Table, name
     marked = connection.execute(
         _MARKED_SQL, {"events": quoted_name(events), "drop": _TO_DROP, "keep": _TO_KEEP}
     ).all()
-    for schema, partition, upper, comment in marked:
+    for lower, upper, comment in marked:
         statement = mark_partition(
-            schema, partition, consumers, by=BY_DETACH if comment == _TO_KEEP else BY_DROP
+            events.schema,
+            events.name,
+            consumers,
+            by=BY_DETACH if comment == _TO_KEEP else BY_DROP,
+            bounded=True,
+            since=lower,
         )
         connection.execute(statement.where(consumers.c.consumer == name), {"cutoff": upper})
 

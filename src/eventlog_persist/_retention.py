@@ -126,16 +126,29 @@ def purge_statement(
 
 
 @contextmanager
-def _read_committed(bind: Engine | Connection) -> Iterator[Connection]:
-    """A connection of ``bind`` at READ COMMITTED whatever its level (a ``Connection`` passed
-    in gets its own back after): each statement of a batch must see what committed before
-    it (`_feed_claims`), and a batch must be one transaction, which autocommit would not give."""
+def _read_committed(bind: Engine | Connection) -> Iterator[None]:
+    """Run a ``Connection`` passed in at READ COMMITTED for the purge, whatever its level, and
+    give it its own back after (`_transaction` sets an Engine's connections)."""
+    if isinstance(bind, Engine):
+        yield
+    else:
+        with at_level(bind, _READ_COMMITTED):
+            yield
+
+
+@contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """One batch's transaction at READ COMMITTED: each statement must see what committed
+    before it (`_feed_claims`), and the batch must be one transaction, which autocommit
+    would not give. An Engine's connection is checked out per batch, so a pause between
+    batches holds none (and a connection closed meanwhile is the pool's to replace)."""
     if isinstance(bind, Engine):
         with bind.connect() as connection:
             connection.execution_options(isolation_level=_READ_COMMITTED)
-            yield connection
+            with connection.begin():
+                yield connection
     else:
-        with at_level(bind, _READ_COMMITTED):
+        with bind.begin():
             yield bind
 
 
@@ -223,7 +236,7 @@ def purge_events(
     A consumer registered or reset meanwhile waits for the batch in progress.
 
     Each batch runs at READ COMMITTED, whatever the level of ``bind`` (a ``Connection``
-    passed in gets its own back after); on an ``Engine`` the run holds one connection.
+    passed in gets its own back after).
     Each batch declares ``SET LOCAL eventlog.erasure = 'retention'`` in its transaction, so
     on a database with the audit every deleted event gets a ``retention`` tombstone in
     ``event_log_erasures``; the declaration ends with the batch (nothing is left set on a
@@ -305,9 +318,9 @@ def purge_events(
     deleted = batches = 0
     consumers: Table | None = None
     try:
-        with _read_committed(bind) as connection:
+        with _read_committed(bind):
             while True:
-                with connection.begin():
+                with _transaction(bind) as connection:
                     connection.execute(_DECLARE_RETENTION)
                     if feed is None:
                         consumers = feed_consumers(connection, table)
