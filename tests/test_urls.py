@@ -413,7 +413,9 @@ def test_an_engine_of_another_database_is_one_line(host_models: HostModels) -> N
         (f"host=db password='{SECRET} x' nonsense", "'host=db password=*** nonsense'"),
         (f"dbname=app passwrd={SECRET}", "invalid connection option"),
         (f"postgresql://app:{SECRET}@db:notaport/app", "'postgresql://app:***@db:notaport/app'"),
-        ("host=db port=5432,x", "has the port '5432,x', which is not a number"),
+        ("host=db port=5432,x", "has a port '5432,x' that is not a number"),
+        # An unencoded "/" in the password: libpq reads its first piece as the port.
+        (f"postgresql://app:{SECRET}/k3y@db1:5432,db2/app", "has a port that is not a number"),
         (f"postgresql+psycopg://app:{SECRET}@db:port/app", "is not a valid database URL"),
         ("events.db", "'events.db' is not a usable PostgreSQL conninfo or URL"),
     ],
@@ -428,6 +430,13 @@ def test_a_bad_conninfo_is_a_configuration_error_without_the_password(
     assert SECRET not in message
     assert "; write it as postgresql://user:password@host:5432/dbname" in message
     assert raised.value.__cause__ is None  # no psycopg error behind it, with the value inside
+
+
+def test_a_password_with_a_space_is_hidden_whole(host_models: HostModels) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        write_events(host_models.EventLog, f"postgresql://app:pa ss{SECRET}@db/app?foo=1", [])
+    assert "'postgresql://app:***@db/app?foo=1' has the parameter foo" in str(raised.value)
+    assert "ss" + SECRET not in str(raised.value)
 
 
 def test_things_that_are_not_targets_are_refused_without_secrets(
