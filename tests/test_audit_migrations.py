@@ -430,6 +430,22 @@ def test_the_offline_script_builds_what_the_upgrade_does_and_names_rows_beyond(
     assert_audit_schema(engine)
 
 
+def test_the_offline_script_runs_as_psql_runs_it(host: HostProject, engine: Engine) -> None:
+    """Sent as written, with no placeholder processing (as psql sends it): a ``%`` in a
+    revision's SQL must not come out doubled (``dialect_opts={"paramstyle": "named"}`` in
+    env.py, as ``alembic init`` writes it; docs/adoption.md)."""
+    host.run("upgrade", "evlfeed_0001")
+    script = host.run(
+        "-x", "eventlog_persist.schema=public", "upgrade", "evlfeed_0001:heads", "--sql"
+    ).stdout
+    assert "%%" not in script
+    with engine.connect() as connection:
+        dbapi: Any = connection.connection.dbapi_connection
+        dbapi.autocommit = True  # the script says BEGIN and COMMIT itself, as psql reads it
+        dbapi.execute(script.encode())  # bytes, no parameters: psycopg sends it as it is
+    assert_audit_schema(engine)
+
+
 def test_a_row_stored_past_the_guard_refuses_the_upgrade_until_the_documented_fix(
     host: HostProject, engine: Engine
 ) -> None:

@@ -206,6 +206,8 @@ def test_downgrade_returns_to_the_plain_table_with_its_rows(
 
 def test_offline_sql_partitions_and_guards_against_rows(host: HostProject) -> None:
     sql = host.run("-x", "eventlog_persist.pk_type=uuid", "upgrade", "heads", "--sql").stdout
+    assert "format('" in sql
+    assert "%%" not in sql  # as psql will read it (env.py's paramstyle, docs/adoption.md)
     assert 'IF EXISTS (SELECT 1 FROM "event_logs") THEN RAISE EXCEPTION' in sql
     assert "PARTITION BY RANGE (created_at)" in sql
     assert "PRIMARY KEY (id, created_at)" in sql

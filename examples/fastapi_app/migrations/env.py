@@ -20,7 +20,12 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},  # else a "%" in the SQL is written "%%"
+    )
     with context.begin_transaction():
         context.run_migrations()
 
