@@ -13,11 +13,17 @@ import pytest
 from alembic.config import Config
 from alembic.util import CommandError
 from hostkit import HostProject, make_host
+from hostmodels import build_host_models
 from pgserver import ServerInfo
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Engine
 
-from eventlog_persist import check_setup, include_name, write_linear_revisions
+from eventlog_persist import (
+    ForeignKeyTargets,
+    check_setup,
+    include_name,
+    write_linear_revisions,
+)
 from eventlog_persist._alembic_setup import refuse_cut_location
 from eventlog_persist._cli import main
 from eventlog_persist.exceptions import MigrationSetupError
@@ -601,3 +607,25 @@ def test_an_asyncpg_url_works_where_asyncpg_is_not_installed(
     )
     assert unreachable.returncode == 2
     assert "ModuleNotFoundError" not in unreachable.stderr
+
+
+def test_check_finds_the_feed_of_a_table_in_a_mixed_case_schema(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    """The schema is quoted as a name: "App" is not app, where check would find no feed and
+    report the feed's column as drift to undo by hand."""
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "alembic.ini",
+        "%(here)s/migrations/versions eventlog_persist:migrations",
+        "%(here)s/migrations/versions eventlog_persist:migrations eventlog_persist:migrations_feed",
+    )
+    host.edit("alembic.ini", "# schema = public", "schema = App")
+    ini = host.root / "alembic.ini"
+    with engine.begin() as connection:
+        connection.execute(text('CREATE SCHEMA "App"'))
+    models = build_host_models(feed=True, targets=ForeignKeyTargets(schema="App"))
+    models.Base.metadata.create_all(engine)
+    with engine.connect() as connection:
+        report = check_setup(Config(str(ini)), connection=connection)
+    assert report.problems == ()

@@ -224,7 +224,16 @@ def test_the_feed_location_alone_is_reported(tmp_path: Path, database_url: URL) 
     result = host.run("eventlog-persist", "check", "--offline", check=False)
     assert result.returncode == 1
     assert "'eventlog_persist:migrations_feed' is in version_locations without" in result.stderr
-    assert "linear-revision --feed" in result.stderr
+    assert "remove it from version_locations and run 'eventlog-persist linear-revision --feed'" in (
+        result.stderr
+    )
+    # Following that advice without removing it names the location that is there.
+    refused = host.run("eventlog-persist", "linear-revision", "--feed", check=False)
+    assert refused.returncode == 2
+    assert "'eventlog_persist:migrations_feed' is in version_locations (branch mode)" in (
+        refused.stderr
+    )
+    assert "'eventlog_persist:migrations' is" not in refused.stderr
 
 
 def test_check_reports_a_missing_feed_index(host: HostProject, engine: Engine) -> None:

@@ -393,6 +393,8 @@ def test_feed_commands(
     assert "'yesterday' is not 'earliest', 'latest' or an ISO datetime" in err
     assert main(["feed", "reset", "--consumer", "x", "--to", "2026-01-01T00:00:00"]) == 2
     assert "has no UTC offset; add one, e.g. 2026-01-01T00:00:00+00:00" in capsys.readouterr().err
+    assert main(["feed", "reset", "--consumer", "x", "--to", "2026-01-01"]) == 2
+    assert "has no UTC offset; add one, e.g. 2026-01-01T00:00:00+00:00" in capsys.readouterr().err
     assert main(["feed", "reset", "--consumer", "nobody", "--to", "latest"]) == 2
     assert "consumer 'nobody' is not registered" in capsys.readouterr().err
     assert main(["feed", "status", "--consumer", "nobody"]) == 2

@@ -250,6 +250,7 @@ NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
         ("3600s", NOW - timedelta(hours=1)),
         ("2025-01-31T00:00:00+02:00", datetime(2025, 1, 30, 22, tzinfo=UTC)),
         ("2025-01-31T00:00:00Z", datetime(2025, 1, 31, tzinfo=UTC)),
+        ("2025-01-31T00:00:00+00:00", datetime(2025, 1, 31, tzinfo=UTC)),
     ],
 )
 def test_parse_cutoff(value: str, expected: datetime) -> None:
@@ -260,7 +261,8 @@ def test_parse_cutoff(value: str, expected: datetime) -> None:
     ("value", "message"),
     [
         ("30 days", "is neither an age"),
-        ("2025-01-31", "has no UTC offset"),
+        # The fix it names is a value it takes (test_parse_cutoff's last case).
+        ("2025-01-31", "has no UTC offset; add one, e.g. 2025-01-31T00:00:00+00:00"),
         ("2025-13-01T00:00:00+00:00", "is neither an age"),
         # Past datetime's range, and past timedelta's (999999999 days) too.
         ("739999d", "reaches back before the year 1"),
@@ -269,7 +271,7 @@ def test_parse_cutoff(value: str, expected: datetime) -> None:
     ],
 )
 def test_parse_cutoff_errors(value: str, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
         parse_cutoff(value, now=NOW)
 
 
@@ -758,7 +760,7 @@ def test_an_error_in_on_batch_ends_the_purge_after_that_batch(
         (["--older-than", "1000000000d"], "--older-than", "'1000000000d' reaches back before"),
         (["--older-than", "999999999d"], "--older-than", "give an age of at most "),
         (["--older-than", "soon"], "--older-than", "'soon' is neither an age"),
-        (["--older-than", "2025-01-31"], "--older-than", "add one, e.g. 2025-01-31+00:00"),
+        (["--older-than", "2025-01-31"], "--older-than", "add one, e.g. 2025-01-31T00:00:00+00:00"),
         # A pause that time.sleep() cannot take: a traceback after the first batch before.
         (["--sleep", "nan"], "--sleep", "'nan' is not a number of seconds from 0 to 86400"),
         (["--sleep", "inf"], "--sleep", "'inf' is not a number of seconds"),

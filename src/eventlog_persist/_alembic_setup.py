@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from eventlog_persist._audit_schema import ERASURES_TABLE, SEALS_TABLE
 from eventlog_persist._model import event_log_model
-from eventlog_persist._schema import CONSUMERS_TABLE, TABLE_NAME, XID_COLUMN
+from eventlog_persist._schema import CONSUMERS_TABLE, TABLE_NAME, XID_COLUMN, quote_identifier
 from eventlog_persist._targets import ForeignKeyTargets
 from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
 
@@ -298,8 +298,8 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
         problems.append(
             f"{location!r} is in version_locations without "
             f"{MIGRATIONS_LOCATION!r}, whose evl_0002 it depends on (every alembic command "
-            f"fails with KeyError); list both, or neither. In linear mode run "
-            f"'eventlog-persist linear-revision {flag}' instead"
+            f"fails with KeyError); list both, or neither. In linear mode, remove it from "
+            f"version_locations and run 'eventlog-persist linear-revision {flag}' instead"
         )
     elif linear:
         mode = "linear"
@@ -372,10 +372,13 @@ def write_linear_revisions(
             ``audit`` is asked without the feed.
     """
     locations = config.get_version_locations_list() or []
-    if MIGRATIONS_LOCATION in locations or any(loc in locations for loc in _OPT_IN_LOCATIONS):
+    listed = [loc for loc in (MIGRATIONS_LOCATION, *_OPT_IN_LOCATIONS) if loc in locations]
+    if listed:
+        names = " and ".join(repr(loc) for loc in listed)
         raise MigrationSetupError(
-            f"{MIGRATIONS_LOCATION!r} is in version_locations (branch mode); linear mode copies "
-            "the revisions instead. Remove it from version_locations first"
+            f"{names} {'is' if len(listed) == 1 else 'are'} in version_locations (branch "
+            "mode); linear mode copies the revisions instead. Remove "
+            f"{'it' if len(listed) == 1 else 'them'} from version_locations first"
         )
     host = _host_script(config, locations)
     heads = host.get_heads()
@@ -596,7 +599,8 @@ def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:
     class Base(DeclarativeBase):
         metadata = model_metadata
 
-    qualified = f"{targets.schema}.{TABLE_NAME}" if targets.schema else TABLE_NAME
+    name = quote_identifier(TABLE_NAME)
+    qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
     partitioned = connection.execute(
         text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:name)"),
         {"name": qualified},

@@ -17,13 +17,17 @@ from typing import NoReturn
 
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import MetaData, Table
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy import Table
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from eventlog_persist._alembic_setup import check_setup, write_linear_revisions
 from eventlog_persist._cli_audit import add_audit_parser, run_audit
 from eventlog_persist._cli_feed import add_feed_parser, run_feed
-from eventlog_persist._cli_partitions import add_partitions_parser, run_partitions
+from eventlog_persist._cli_partitions import (
+    add_partitions_parser,
+    reflect_event_logs,
+    run_partitions,
+)
 from eventlog_persist._retention import (
     DEFAULT_BATCH_SIZE,
     MAX_SLEEP,
@@ -492,7 +496,9 @@ def parse_cutoff(value: str, *, now: datetime | None = None) -> datetime:
             "datetime; write e.g. 90d or 2025-01-31T00:00:00+00:00"
         ) from None
     if cutoff.utcoffset() is None:
-        raise ValidationError(f"{value!r} has no UTC offset; add one, e.g. {value}+00:00")
+        raise ValidationError(
+            f"{value!r} has no UTC offset; add one, e.g. {cutoff.isoformat()}+00:00"
+        )
     return cutoff
 
 
@@ -539,19 +545,7 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
     try:
         with engine.connect() as connection:
             stage[0] = "reflect"
-            try:
-                table = Table(
-                    TABLE_NAME,
-                    MetaData(schema=args.schema),
-                    autoload_with=connection,
-                    resolve_fks=False,
-                )
-            except NoSuchTableError:
-                where = f"schema {args.schema!r}" if args.schema else "the search_path"
-                raise ConfigurationError(
-                    f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
-                    "or pass the schema that holds it as --schema"
-                ) from None
+            table = reflect_event_logs(connection, args.schema)
         user_id = None if args.user_id is None else _key(table, "user_id", args.user_id)
         project_id = None if args.project_id is None else _key(table, "project_id", args.project_id)
         if args.dry_run:
@@ -616,10 +610,6 @@ def _key(table: Table, column: str, value: str) -> uuid.UUID | int:
     except ValidationError as exc:
         raise _BadArgument(f"argument --{column.replace('_', '-')}: {exc}") from None
     return key
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _convert(args: argparse.Namespace) -> int:

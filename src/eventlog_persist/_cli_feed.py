@@ -7,12 +7,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, MetaData, Table
-from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy import Engine, Table
+from sqlalchemy.exc import SQLAlchemyError
 
-from eventlog_persist._cli_partitions import report_failure
+from eventlog_persist._cli_partitions import reflect_event_logs, report_failure
 from eventlog_persist._feed import EventFeed
-from eventlog_persist._feed_schema import register_feed_types
 from eventlog_persist._feed_sql import MAX_PARTS, FeedStart
 from eventlog_persist._feed_status import (
     ConsumerStatus,
@@ -65,7 +64,7 @@ def add_feed_parser(
     status.add_argument("--consumer", type=_consumer_argument, help="only this consumer")
     register = actions.add_parser(
         "register",
-        help="register a consumer (does nothing if it is registered already)",
+        help="register a consumer (does nothing if it is registered already with these parts)",
         description="Register a named consumer, as EventFeed(...).register(start=...) does. "
         "A consumer registered already keeps its checkpoint: use 'feed reset' to move it.",
     )
@@ -148,7 +147,7 @@ def _start_argument(value: str) -> FeedStart:
         ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(
-            f"{value!r} has no UTC offset; add one, e.g. {value}+00:00"
+            f"{value!r} has no UTC offset; add one, e.g. {moment.isoformat()}+00:00"
         )
     return moment
 
@@ -171,18 +170,8 @@ def run_feed(args: argparse.Namespace) -> int:
 
 def _reflect(engine: Engine, schema: str | None) -> Table:
     """``event_logs`` as the database has it; the feed reads it through this table."""
-    register_feed_types()
     with engine.connect() as connection:
-        try:
-            table = Table(
-                TABLE_NAME, MetaData(schema=schema), autoload_with=connection, resolve_fks=False
-            )
-        except NoSuchTableError:
-            where = f"schema {schema!r}" if schema else "the search_path"
-            raise ConfigurationError(
-                f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
-                "or pass the schema that holds it as --schema"
-            ) from None
+        table = reflect_event_logs(connection, schema)
     if XID_COLUMN not in table.c:
         raise ConfigurationError(
             f"{TABLE_NAME} has no {XID_COLUMN} column: the feed's migration (evlfeed_0001) "

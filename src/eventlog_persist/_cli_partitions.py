@@ -8,9 +8,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import Connection, MetaData, Table
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
 
+from eventlog_persist._feed_schema import register_feed_types
 from eventlog_persist._partitions import (
     DEFAULT_AHEAD,
     DEFAULT_PARTITION_LOCK_TIMEOUT,
@@ -156,6 +157,22 @@ def run_partitions(args: argparse.Namespace) -> int:
         return report_failure(f"partitions {args.action}", exc, _HINTS[args.action])
 
 
+def reflect_event_logs(connection: Connection, schema: str | None) -> Table:
+    """``event_logs`` as the database has it (the feed's ``xid8`` known, so no warning), or
+    a `ConfigurationError` naming where it looked."""
+    register_feed_types()
+    try:
+        return Table(
+            TABLE_NAME, MetaData(schema=schema), autoload_with=connection, resolve_fks=False
+        )
+    except NoSuchTableError:
+        where = f"schema {schema!r}" if schema else "the search_path"
+        raise ConfigurationError(
+            f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
+            "or pass the schema that holds it as --schema"
+        ) from None
+
+
 def report_failure(command: str, exc: SQLAlchemyError, hint: str) -> int:
     """Print a database error as one line on stderr, with ``hint``; return status 2."""
     error = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
@@ -172,19 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     engine = psycopg_engine(args.url)
     try:
         with engine.connect() as connection:
-            try:
-                table = Table(
-                    TABLE_NAME,
-                    MetaData(schema=args.schema),
-                    autoload_with=connection,
-                    resolve_fks=False,
-                )
-            except NoSuchTableError:
-                where = f"schema {args.schema!r}" if args.schema else "the search_path"
-                raise ConfigurationError(
-                    f"there is no {TABLE_NAME} table in {where} of that database; check --url, "
-                    "or pass the schema that holds it as --schema"
-                ) from None
+            table = reflect_event_logs(connection, args.schema)
         if args.action == "ensure":
             created = ensure_partitions(
                 table,
