@@ -1606,6 +1606,16 @@ def test_the_command_refuses_a_lock_timeout_the_call_would(
     assert f"argument --lock-timeout: {seconds!r} is not a number of seconds from 0.001 to" in err
 
 
+@pytest.mark.parametrize("ahead", ["0", "53", "99", "four"])
+def test_the_command_refuses_partitions_ahead_the_call_would(
+    database_url: URL, capsys: pytest.CaptureFixture[str], ahead: str
+) -> None:
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["convert", "--url", url, "--ahead", ahead]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --ahead: {ahead!r} is not a whole number from 1 to 52; pass e.g. 4" in err
+
+
 def test_the_command_prepares_then_swaps(
     plain: Engine, database_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:

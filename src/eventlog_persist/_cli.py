@@ -28,6 +28,7 @@ from eventlog_persist._cli_partitions import (
     reflect_event_logs,
     run_partitions,
 )
+from eventlog_persist._partitions import MAX_AHEAD
 from eventlog_persist._retention import (
     DEFAULT_BATCH_SIZE,
     MAX_SLEEP,
@@ -185,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="partition interval (default: the one the table already has, else week)",
     )
     convert.add_argument(
-        "--ahead", type=_count_argument, default=4, help="partitions ahead (1 to 52; default 4)"
+        "--ahead",
+        type=_convert_ahead_argument,
+        default=4,
+        help=f"partitions ahead (1 to {MAX_AHEAD}; default 4)",
     )
     convert.add_argument(
         "--lock-timeout",
@@ -325,6 +329,14 @@ def _url_argument(value: str) -> str:
         return conninfo(value)
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _convert_ahead_argument(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_AHEAD:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number from 1 to {MAX_AHEAD}; pass e.g. 4"
+        )
+    return int(value)
 
 
 def _count_argument(value: str) -> int:
