@@ -418,7 +418,20 @@ def test_a_reset_waits_two_seconds_at_most_for_rows_a_worker_holds(
         waited = time.monotonic() - started
         # The claims lock went with the reset's transaction: another claim is not held off.
         assert EventFeed(model, host_engine, consumer="other").register()
+        # A reset to "latest" claims nothing stored, holds no one off, and so waits as long
+        # as the rows are held.
+        latest: list[int] = []
+        resetting = threading.Thread(
+            target=lambda: latest.append(
+                main(["feed", "reset", "--consumer", "c", "--to", "latest", "--force"])
+            )
+        )
+        resetting.start()
+        resetting.join(timeout=3)
+        assert resetting.is_alive()
         host.rollback()
+        resetting.join(timeout=30)
+    assert latest == [0]
     assert status == 2
     assert 1.9 < waited < 30
     err = capsys.readouterr().err
@@ -480,13 +493,17 @@ def test_a_host_without_the_feed_purges_as_before(engine: Engine) -> None:
     write(engine, models, seed(engine, models), [OLD] * 3)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    assert purge_events(models.EventLog, engine, older_than=CUTOFF) == PurgeResult(3, 1)
-    # The audit's declaration (a placeholder here), the one look for the feed, then the
-    # plain DELETE.
-    assert len(statements) == 3
-    assert statements[0] == "SET LOCAL eventlog.erasure = 'retention'"
-    assert "event_log_consumers" not in statements[2]
-    assert statements[2].startswith("DELETE FROM event_logs")
+    assert purge_events(models.EventLog, engine, older_than=CUTOFF, batch_size=2) == (
+        PurgeResult(3, 2)
+    )
+    # Each batch: the audit's declaration (a placeholder here), then the plain DELETE; the
+    # first one looks for the feed in between, once for the run.
+    assert len(statements) == 5
+    assert statements[0] == statements[3] == "SET LOCAL eventlog.erasure = 'retention'"
+    assert "to_regclass(%(events)s)" in statements[1]
+    for delete in (statements[2], statements[4]):
+        assert "event_log_consumers" not in delete
+        assert delete.startswith("DELETE FROM event_logs")
 
 
 # -- reset, status, async ----------------------------------------------------------------------
@@ -802,28 +819,36 @@ def claim_after_a_failed_detach(
     if claim == "reset":
         late.register(start="latest")
     write(engine, models, keys, [NOW - timedelta(weeks=5)] * 3)
-    kept = write(engine, models, keys, [NOW])
     upper = partition_bound(engine, partitions[0])
+    # One transaction across the partition's bound: a start at the bound brings its older
+    # event along, which such a consumer never asked for.
+    _, after = write(engine, models, keys, [upper - timedelta(seconds=1), upper])
+    kept = [after, *write(engine, models, keys, [NOW])]
     with engine.connect() as reader:  # a reader of the partition: a plain DETACH times out
         reader.begin()
         reader.execute(text(f"SELECT count(*) FROM {partitions[0]}"))
         with pytest.raises(DBAPIError, match="lock timeout"):
             drop_partitions(model, engine, older_than=upper, concurrently=False, lock_timeout=0.2)
         reader.rollback()
+    assert marks(engine, "c")[0][1:4] == (4, upper, "drop_partitions")
     if claim == "register":
         assert late.register()
     else:
         assert main(["feed", "reset", "--consumer", "late", "--to", "earliest"]) == 0
-        capsys.readouterr()
     assert recent.register(start=upper)
-    assert marks(engine, "late")[0][1:4] == (3, upper, "drop_partitions")
+    # The fix c's error names (reset to the cutoff) holds: c is not marked again.
+    assert main(["feed", "reset", "--consumer", "c", "--to", upper.isoformat()]) == 0
+    capsys.readouterr()
+    assert marks(engine, "late")[0][1:4] == (4, upper, "drop_partitions")
     assert marks(engine, "recent")[0][1] is None
+    assert marks(engine, "c")[0][1] is None
     assert drop_partitions(model, engine, older_than=upper).dropped == (partitions[0],)
-    assert marks(engine, "late")[0][1] == 3  # counted once
-    assert marks(engine, "c")[0][1] == 3
+    assert marks(engine, "late")[0][1] == 4  # counted once
+    assert marks(engine, "c")[0][1] is None
     with pytest.raises(FeedDataLostError, match="'late': retention \\(drop_partitions"):
         late.fetch()
     assert drain(recent) == kept
+    assert drain(EventFeed(model, engine, consumer="c")) == kept
 
 
 def test_the_commands_read_the_feeds_column_without_a_warning(

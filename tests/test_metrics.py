@@ -365,6 +365,54 @@ def test_opentelemetry_registers_again_after_close_and_refuses_a_second_live_reg
         provider.shutdown()
 
 
+_GLOBAL_PROVIDER_SET_LATE = """
+from hostmodels import build_host_models
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from eventlog_persist import BufferedWriter
+from eventlog_persist.metrics import register_opentelemetry
+
+model = build_host_models().EventLog
+key = build_host_models().new_key()
+early, late = (BufferedWriter(model, {down!r}) for _ in range(2))
+register_opentelemetry(early).close()  # before the application set its provider
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+late.enqueue(session_id=key, user_id=key, event_type="chat")
+register_opentelemetry({{"jobs": late}})
+points = [
+    (point.attributes["eventlog.writer.name"], point.value)
+    for resource in reader.get_metrics_data().resource_metrics
+    for scope in resource.scope_metrics
+    for metric in scope.metrics
+    if metric.name == "eventlog.writer.queue.depth"
+    for point in metric.data.data_points
+]
+print(points)
+early.close(timeout=0)
+late.close(timeout=0)
+"""
+
+
+def test_opentelemetry_registers_again_on_the_global_provider_set_after_the_first() -> None:
+    """A registration through OpenTelemetry's stand-in provider, closed, then one after the
+    application set its provider (the stand-in's instruments moved there): the second
+    reports its writers through them. A process of its own: the global provider is set once."""
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER_SET_LATE.format(down=DOWN)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('jobs', 1)]"
+
+
 # -- configuration and optional imports ------------------------------------------------------
 
 

@@ -416,6 +416,8 @@ def test_an_engine_of_another_database_is_one_line(host_models: HostModels) -> N
         ("host=db port=5432,x", "has a port '5432,x' that is not a number"),
         # An unencoded "/" in the password: libpq reads its first piece as the port.
         (f"postgresql://app:{SECRET}/k3y@db1:5432,db2/app", "has a port that is not a number"),
+        # ... a piece that the shown text holds elsewhere too (the scheme).
+        ("postgresql://app:postgres/Secret1@db1:5432,db2/app", "has a port that is not a"),
         (f"postgresql+psycopg://app:{SECRET}@db:port/app", "is not a valid database URL"),
         ("events.db", "'events.db' is not a usable PostgreSQL conninfo or URL"),
     ],
@@ -428,15 +430,20 @@ def test_a_bad_conninfo_is_a_configuration_error_without_the_password(
     message = str(raised.value)
     assert shown in message
     assert SECRET not in message
+    assert "Secret1" not in message
+    assert "'postgres'" not in message  # a piece of a password read as the port
     assert "; write it as postgresql://user:password@host:5432/dbname" in message
     assert raised.value.__cause__ is None  # no psycopg error behind it, with the value inside
 
 
-def test_a_password_with_a_space_is_hidden_whole(host_models: HostModels) -> None:
+@pytest.mark.parametrize("password", [f"pa ss{SECRET}", f"p@ss{SECRET}", f"p@s s@{SECRET}"])
+def test_a_password_with_a_space_or_an_at_sign_is_hidden_whole(
+    host_models: HostModels, password: str
+) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        write_events(host_models.EventLog, f"postgresql://app:pa ss{SECRET}@db/app?foo=1", [])
+        write_events(host_models.EventLog, f"postgresql://app:{password}@db/app?foo=1", [])
     assert "'postgresql://app:***@db/app?foo=1' has the parameter foo" in str(raised.value)
-    assert "ss" + SECRET not in str(raised.value)
+    assert SECRET not in str(raised.value)
 
 
 def test_things_that_are_not_targets_are_refused_without_secrets(

@@ -25,6 +25,7 @@ from eventlog_persist._cli_audit import add_audit_parser, run_audit
 from eventlog_persist._cli_feed import add_feed_parser, run_feed
 from eventlog_persist._cli_partitions import (
     add_partitions_parser,
+    ahead_argument,
     reflect_event_logs,
     run_partitions,
 )
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     convert.add_argument(
         "--ahead",
-        type=_convert_ahead_argument,
+        type=ahead_argument(1),
         default=4,
         help=f"partitions ahead (1 to {MAX_AHEAD}; default 4)",
     )
@@ -329,14 +330,6 @@ def _url_argument(value: str) -> str:
         return conninfo(value)
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _convert_ahead_argument(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_AHEAD:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a whole number from 1 to {MAX_AHEAD}; pass e.g. 4"
-        )
-    return int(value)
 
 
 def _count_argument(value: str) -> int:

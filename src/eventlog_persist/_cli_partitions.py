@@ -50,7 +50,7 @@ def add_partitions_parser(
     )
     ensure.add_argument(
         "--ahead",
-        type=_ahead_argument,
+        type=ahead_argument(0),
         default=DEFAULT_AHEAD,
         help=f"partitions after the current one, 0 to {MAX_AHEAD} (default {DEFAULT_AHEAD})",
     )
@@ -105,12 +105,17 @@ def add_partitions_parser(
     return partitions
 
 
-def _ahead_argument(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= MAX_AHEAD:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a whole number from 0 to {MAX_AHEAD}; pass e.g. 4"
-        )
-    return int(value)
+def ahead_argument(least: int) -> Callable[[str], int]:
+    """The argparse type of ``--ahead``: a whole number from ``least`` to `MAX_AHEAD`."""
+
+    def ahead(value: str) -> int:
+        if not value.isdecimal() or not least <= int(value) <= MAX_AHEAD:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a whole number from {least} to {MAX_AHEAD}; pass e.g. 4"
+            )
+        return int(value)
+
+    return ahead
 
 
 def _lock_timeout_argument(value: str) -> float:

@@ -861,5 +861,6 @@ def _register(core: _FeedCore, connection: Connection, start: FeedStart) -> bool
     if created is None:
         return False
     if kind != "latest":
-        mark_new_claim(connection, statements.table, statements.consumers, name)
+        since = start if isinstance(start, datetime) else None
+        mark_new_claim(connection, statements.table, statements.consumers, name, since)
     return True

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
+from eventlog_persist._feed import OWN_TRANSACTION
 from eventlog_persist._feed_claims import claiming
 from eventlog_persist._feed_schema import PgSnapshot, Xid8, consumers_table
 from eventlog_persist._feed_sql import (
@@ -77,8 +78,6 @@ _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 # The status is read in one transaction (`_status` makes it REPEATABLE READ READ ONLY), also
 # on an engine in autocommit mode, whose connections never send BEGIN.
 _ONE_SNAPSHOT: Final = {"isolation_level": "REPEATABLE READ"}
-# A reset's claim must see the removals committed while it waited for them (`claiming`).
-_OWN_TRANSACTION: Final = {"isolation_level": "READ COMMITTED"}
 _ROWS_LOCK_TIMEOUT: Final = text("SET LOCAL lock_timeout = '2s'")
 _LOCK_NOT_AVAILABLE: Final = "55P03"
 _XID32: Final = 2**32
@@ -476,14 +475,14 @@ def reset_consumer(
     try:
         with (
             engine.connect() as own,
-            own.execution_options(**_OWN_TRANSACTION) as connection,
+            own.execution_options(**OWN_TRANSACTION) as connection,  # sees what it waited for
             connection.begin(),
         ):
             if start != "latest":  # a claim on stored events: not while retention runs
                 connection.execute(claiming(t))
-            # Bounded: retention waits behind this claim, and a worker's commit in the
-            # host's transaction may hold the rows as long as that transaction runs.
-            connection.execute(_ROWS_LOCK_TIMEOUT)
+                # Bounded: retention waits behind this claim, and a worker's commit in the
+                # host's transaction may hold the rows as long as that transaction runs.
+                connection.execute(_ROWS_LOCK_TIMEOUT)
             try:
                 rows = connection.execute(
                     select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
@@ -526,7 +525,8 @@ def reset_consumer(
                 _reset_statement(t, start), {"name": name, **register_values(start, done)}
             )
             if start != "latest":
-                mark_new_claim(connection, table, t, name)
+                since = start if isinstance(start, datetime) else None
+                mark_new_claim(connection, table, t, name, since)
     except DBAPIError as exc:
         raise _translated(exc) from exc
     return ResetOutcome(len(rows), live[0][0] if live else None)

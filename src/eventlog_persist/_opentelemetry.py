@@ -38,6 +38,9 @@ class _Instruments:
 
 
 _made: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
+# Those of the global provider, whatever object it is: made through OpenTelemetry's stand-in
+# before the application sets its provider, they move to that provider when it is set.
+_made_global: _Instruments | None = None
 _lock = threading.Lock()
 
 
@@ -74,12 +77,16 @@ def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
             f"meter_provider={meter_provider!r} is not valid; pass an OpenTelemetry "
             "MeterProvider, or None for the global one"
         )
+    global _made_global
     provider = get_meter_provider() if meter_provider is None else meter_provider
+    is_global = provider is get_meter_provider()
     with _lock:
         try:
             made = _made.get(provider)
         except TypeError:  # a provider that takes no weak reference: made for each call
             made = None
+        if made is None and is_global:
+            made = _made_global
         if made is not None:
             if made.writers.live:
                 raise ConfigurationError(
@@ -94,6 +101,8 @@ def register(writers: WriterSet, meter_provider: MeterProvider | None) -> None:
         _make(provider, made)
         with contextlib.suppress(TypeError):
             _made[provider] = made
+        if is_global:
+            _made_global = made
 
 
 def _make(provider: MeterProvider, writers: _Instruments) -> None:

@@ -277,21 +277,28 @@ def _advisory_lock(connection: Connection, parent: _Parent) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": parent.lock_key})
 
 
-def mark_new_claim(connection: Connection, events: Table, consumers: Table, name: str) -> None:
+def mark_new_claim(
+    connection: Connection, events: Table, consumers: Table, name: str, start: datetime | None
+) -> None:
     """Mark the parts of consumer ``name``, just registered or reset (`claiming` held), that
     claim events of a partition a drop run marked and left attached: its detach is decided,
-    so the claim is judged as the run judged the others."""
+    so the claim is judged as the run judged the others. From a ``start`` time, only the
+    events it promises count (created at or after it), not the older ones of a transaction
+    that straddles it, which come along but were never asked for."""
     marked = connection.execute(
         _MARKED_SQL, {"events": quoted_name(events), "drop": _TO_DROP, "keep": _TO_KEEP}
     ).all()
     for lower, upper, comment in marked:
+        since = lower if start is None or (lower is not None and lower > start) else start
+        if since is not None and since >= upper:
+            continue
         statement = mark_partition(
             events.schema,
             events.name,
             consumers,
             by=BY_DETACH if comment == _TO_KEEP else BY_DROP,
             bounded=True,
-            since=lower,
+            since=since,
         )
         connection.execute(statement.where(consumers.c.consumer == name), {"cutoff": upper})
 

@@ -313,7 +313,7 @@ def purge_events(
         batch_size=batch_size,
     )
     statement: Delete | Select[Any] = purge
-    feed: bool | None = None  # whether the database has the feed: asked in the first batch
+    looked = False  # for the feed's consumers: once, in the first batch
     marked: set[str] = set()
     deleted = batches = 0
     consumers: Table | None = None
@@ -322,9 +322,9 @@ def purge_events(
             while True:
                 with _transaction(bind) as connection:
                     connection.execute(_DECLARE_RETENTION)
-                    if feed is None:
+                    if not looked:
                         consumers = feed_consumers(connection, table)
-                        feed = consumers is not None
+                        looked = True
                         if consumers is not None:
                             statement = purge_and_mark(purge, table, consumers)
                     if consumers is not None:

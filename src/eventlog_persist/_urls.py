@@ -42,9 +42,9 @@ _TAKE_URLS: Final = frozenset(
 _SECRET_PARAM = re.compile(
     r"\b(\w*(?:pass|pwd|secret|_key)\w*)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE
 )
-# A password runs to the "@" (a space or "/" in it unencoded included): hiding too much is
-# harmless, showing a part of it is not.
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@]*@")
+# A password runs to the last "@" (a space, "/" or "@" in it unencoded included): hiding
+# too much is harmless, showing a piece of it is not.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:).*@")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _HOST_PORT = re.compile(r"^([A-Za-z0-9\-.]*):(\d+)$")
 _POSTGRESQL: Final = frozenset({"postgresql", "postgres"})
@@ -94,9 +94,9 @@ def conninfo(target: object) -> str:
     ports = params.get("port", "").split(",")
     if not all(port.isdigit() or not port for port in ports):  # else libpq says so at connect
         url = shown(target)
-        # An unencoded "/" or ":" in a password makes libpq read a piece of it as the port:
-        # named only if it is in what may be shown.
-        port = repr(params["port"]) + " " if params["port"] in url else ""
+        # An unencoded "/" in a URL's password makes libpq read a piece of it as the port:
+        # named only where no password can be, a conninfo or a URL without "@".
+        port = "" if "://" in url and "@" in url else repr(params["port"]) + " "
         raise ConfigurationError(
             f"{url!r} has a port {port}that is not a number; write it as {EXAMPLE}, and "
             "percent-encode any '/', ':', '@' or space in the password "
