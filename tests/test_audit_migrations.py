@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from test_feed_migrations import CONSUMERS, FEED, MAIN, PARTITIONED, with_feed
@@ -163,6 +163,12 @@ def host(tmp_path: Path, database_url: URL) -> HostProject:
     return host
 
 
+def run_script(connection: Connection, script: str) -> None:
+    """Run an offline script as psql does, every "%" as written: psycopg reads placeholders
+    in what exec_driver_sql sends, where "%%" stands for "%"."""
+    connection.exec_driver_sql(script.replace("%", "%%"))
+
+
 def test_heads_show_the_audit_branch(host: HostProject) -> None:
     heads = host.run("heads").stdout.splitlines()
     assert sorted(heads) == [
@@ -281,7 +287,7 @@ def test_evlaudit_0003_finds_a_rows_own_tombstone_and_its_downgrade_puts_it_back
         "-x", "eventlog_persist.schema=public", "upgrade", "evlaudit_0002:evlaudit_0003", "--sql"
     ).stdout
     with engine.connect() as connection:
-        connection.exec_driver_sql(script)
+        run_script(connection, script)
         connection.commit()
     assert guard_lookups(engine) == dict.fromkeys(both, True)
 
@@ -320,7 +326,7 @@ def test_evlaudit_0003_names_a_missing_table_and_a_role_that_does_not_own_the_gu
         ).stdout  # fmt: skip
 
     with engine.connect() as connection, pytest.raises(DBAPIError) as missing:
-        connection.exec_driver_sql(script("nowhere"))
+        run_script(connection, script("nowhere"))
     assert 'eventlog_persist: there is no table "nowhere"."event_logs"' in str(missing.value)
     role = f"other_{engine.url.database}"
     with engine.begin() as connection:
@@ -328,7 +334,7 @@ def test_evlaudit_0003_names_a_missing_table_and_a_role_that_does_not_own_the_gu
     other = create_engine(engine.url, connect_args={"options": f"-c role={role}"})
     try:
         with other.connect() as connection, pytest.raises(DBAPIError) as refused:
-            connection.exec_driver_sql(script("public"))
+            run_script(connection, script("public"))
     finally:
         other.dispose()
     assert "eventlog_persist: the guard function event_log_audit_on_delete() belongs to " in str(
@@ -420,12 +426,12 @@ def test_the_offline_script_builds_what_the_upgrade_does_and_names_rows_beyond(
     ).stdout
     insert_at(engine, "infinity")
     with engine.connect() as connection, pytest.raises(IntegrityError) as refused:
-        connection.exec_driver_sql(script)
+        run_script(connection, script)
     assert "1 row(s) of event_logs have a created_at outside" in str(refused.value)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM event_logs WHERE event_type = 'odd'"))
     with engine.connect() as connection:
-        connection.exec_driver_sql(script)
+        run_script(connection, script)
         connection.commit()
     assert_audit_schema(engine)
 
