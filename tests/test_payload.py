@@ -1704,3 +1704,70 @@ def test_a_policy_shows_only_its_settings() -> None:
     assert shown.startswith("PayloadPolicy(")
     assert "_masker" not in shown
     assert "_redact_suffixes" not in shown
+
+
+class Header(enum.StrEnum):
+    COOKIE = "Cookie"
+
+
+class PlainHeader(enum.Enum):
+    AUTHORIZATION = "Authorization"
+    ACCEPT = "Accept"
+
+
+def test_a_header_pair_named_by_an_enum_is_redacted_like_its_text() -> None:
+    pairs = [
+        [Header.COOKIE, "session=abc123"],
+        (PlainHeader.AUTHORIZATION, "Basic dXNlcjpwdw=="),
+        [PlainHeader.ACCEPT, "*/*"],
+    ]
+    result = prepare_payload({"headers": pairs})
+    assert result.json_text == (
+        '{"headers":[["Cookie","[REDACTED]"],["Authorization","[REDACTED]"],["Accept","*/*"]],'
+        '"_redacted":["/headers/0/1","/headers/1/1"]}'
+    )
+
+
+class WithUnset(msgspec.Struct):
+    a: int
+    b: int | msgspec.UnsetType = msgspec.UNSET
+
+
+@dataclasses.dataclass
+class NeverSet:
+    a: int
+    b: int = dataclasses.field(init=False)
+
+
+def test_a_struct_field_at_unset_is_left_out_as_msgspec_leaves_it() -> None:
+    result = prepare_payload({"s": WithUnset(1), "t": WithUnset(1, 2)})
+    assert result.json_text == '{"s":{"a":1},"t":{"a":1,"b":2}}'
+    encoded = msgspec.json.encode({"s": WithUnset(1), "t": WithUnset(1, 2)})
+    assert result.json_text == encoded.decode()
+
+
+def test_a_dataclass_field_never_set_is_a_payload_error_naming_it() -> None:
+    named = r"^the field 'b' of the .*NeverSet at '/x/0' has no value"
+    with pytest.raises(PayloadError, match=named) as raised:
+        prepare_payload({"x": [NeverSet(1)]})
+    assert raised.value.path == "/x/0"
+
+
+def test_a_record_key_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="without NUL or lone surrogates"):
+        PayloadPolicy(redaction_record_key="_red\ud800")
+
+
+def test_converted_containers_too_deep_for_the_stack_name_the_depth_and_the_fix() -> None:
+    """Within max_depth, but each namedtuple level takes several stack frames."""
+
+    class Level(NamedTuple):
+        inner: object
+
+    value: object = "leaf"
+    for _ in range(MAX_DEPTH_LIMIT - 1):
+        value = Level(value)
+    named = r"recursion limit at '/0/0.*\(depth \d+\): each level"
+    with pytest.raises(PayloadError, match=named) as raised:
+        prepare_payload(value, policy=PayloadPolicy(max_depth=MAX_DEPTH_LIMIT))
+    assert "flatten the payload" in str(raised.value)

@@ -383,3 +383,22 @@ def test_payload_bytes_is_the_utf8_size_of_the_text_however_the_event_is_made() 
     assert "payload_bytes" not in repr(changed)
     with pytest.raises(TypeError, match="payload_bytes"):
         NewEvent(event.id, key, key, "x", "{}", event.created_at, payload_bytes=0)  # type: ignore[call-arg]
+
+
+class Renamed(str, enum.Enum):  # noqa: UP042 - a str Enum whose text is not its value
+    SECRET = "password"
+
+    def __new__(cls, value: str) -> Renamed:
+        member = str.__new__(cls, "role")
+        member._value_ = value
+        return member
+
+
+def test_a_str_enum_key_is_its_text_on_both_paths() -> None:
+    """The quick path takes a key equal to a name it knows, and writes its text; the careful
+    pass writes the same text (as json.dumps does), not the Enum's value."""
+    assert check_same({"role": 1}, DEFAULT_POLICY) is not None  # "role" known as plain
+    fast = check_same({Renamed.SECRET: "hunter2"}, DEFAULT_POLICY)
+    assert fast is not None
+    assert fast.json_text == '{"role":"hunter2"}'
+    assert fast.json_text == json.dumps({Renamed.SECRET: "hunter2"}, separators=(",", ":"))

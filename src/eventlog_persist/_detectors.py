@@ -45,8 +45,9 @@ class _Shape:
 
 
 def _mask_bearer(match: re.Match[str]) -> str:
-    """Mask a credential that looks generated: 8+ characters with a digit or an upper-case
-    letter after the first, so that prose such as "Bearer authentication" is kept."""
+    """Mask a credential that looks generated: 8+ characters with a digit, or with a capital
+    or no letter at all after the first, so that prose such as "Bearer authentication" is
+    kept."""
     credential = match[3]
     if len(credential) >= 8 and (
         any(char.isdigit() for char in credential) or not credential[1:].islower()

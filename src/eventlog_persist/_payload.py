@@ -7,7 +7,7 @@ import dataclasses
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -285,6 +285,16 @@ def _walker(suffixes: tuple[str, ...], header_pairs: bool) -> _Walk:
     return plain
 
 
+def _name_of(item: object) -> str | None:
+    """The text a ``[name, value]`` pair's first item is stored as, if it is a name: a str
+    (a str Enum's text too), or an Enum whose value is one."""
+    if isinstance(item, str):
+        return str.__str__(item)
+    if isinstance(item, Enum) and isinstance(item.value, str):
+        return str.__str__(item.value)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Quick:
     """The quick path of one policy: what its tests need, built once."""
@@ -379,7 +389,8 @@ class PayloadPolicy:
         surrogates: Lone surrogates (``"\\ud800"``), which UTF-8 cannot encode: ``"replace"``
             (default) with U+FFFD and record the path, or ``"error"``.
         non_finite: NaN and ±Infinity, which JSON has no literal for: ``"null"`` (default)
-            stores null and records the path; ``"error"`` raises. -0.0 is kept as is.
+            stores null and records the path; ``"error"`` raises. -0.0 is kept as is in the
+            JSON text (JSONB stores it as 0.0).
         redact_keys: Key names whose whole value is stored as ``"[REDACTED]"``; see
             `DEFAULT_REDACT_KEYS` for the matching rule. Extend with
             ``DEFAULT_REDACT_KEYS | {"pin"}``; an empty set turns key redaction off.
@@ -442,11 +453,15 @@ class PayloadPolicy:
                 )
         record_key = self.redaction_record_key
         if record_key is not None and (
-            type(record_key) is not str or not record_key or "\x00" in record_key
+            type(record_key) is not str
+            or not record_key
+            or "\x00" in record_key
+            or _SURROGATE.search(record_key) is not None
         ):
             raise ConfigurationError(
-                f"PayloadPolicy(redaction_record_key={record_key!r}) is not valid; "
-                "use a non-empty str without NUL, or None to keep the record out of the payload"
+                f"PayloadPolicy(redaction_record_key={record_key!r}) is not valid; use a "
+                "non-empty str without NUL or lone surrogates, or None to keep the record out "
+                "of the payload"
             )
         object.__setattr__(self, "redact_keys", self._checked_redact_keys())
         object.__setattr__(self, "_redact_suffixes", _suffixes(self.redact_keys))
@@ -625,9 +640,12 @@ def _prepare_carefully(value: object, policy: PayloadPolicy) -> PreparedPayload:
     except RecursionError:
         path = _pointer(run.parts)
         raise PayloadError(
-            f"payload nests too deeply for Python's recursion limit {_where(path)}, likely a "
-            "__json__(), model_dump() or default hook that keeps returning new objects; "
-            "make the hook return plain data",
+            f"payload nests too deeply for Python's recursion limit {_where(path)} (depth "
+            f"{len(run.parts)}): each level of a converted container (a namedtuple, a "
+            "dataclass, a Mapping other than dict) takes more of the stack than a dict's, "
+            "and a __json__(), model_dump() or default hook that keeps returning new objects "
+            "never ends; flatten the payload (or lower PayloadPolicy(max_depth=...)), or make "
+            "the hook return plain data",
             path=path,
         ) from None
     record_key = policy.redaction_record_key
@@ -746,6 +764,23 @@ class _Pass:
         # 3 bits per digit undercounts (log2(10) ~ 3.32): smaller ints surely fit.
         self.max_int_bits = 3 * min(digits, _PG_MAX_INT_DIGITS)
 
+    def fields_of(self, value: object, names: Iterable[str]) -> Iterator[tuple[str, object]]:
+        """The fields of a dataclass or msgspec Struct, but those at ``msgspec.UNSET``, which
+        msgspec leaves out of what it encodes too."""
+        for name in names:
+            try:
+                item = getattr(value, name)
+            except AttributeError:
+                where = _pointer(self.parts[:-1])  # read as the object's entries are made
+                raise self.fail(
+                    f"the field {name!r} of the {_type_name(value)} {_where(where)} has no "
+                    "value (a field(init=False) never set?); set it, or convert the object to "
+                    "a dict first",
+                    where,
+                ) from None
+            if item is not msgspec.UNSET:
+                yield name, item
+
     def fail(self, message: str, path: str | None = None) -> PayloadError:
         return PayloadError(message, path=_pointer(self.parts) if path is None else path)
 
@@ -785,10 +820,10 @@ class _Pass:
 
     def known(self, value: object) -> JSONSafeValue:
         """Apply the built-in conversions, then ``default``; raise when nothing applies."""
+        if isinstance(value, str):  # a str Enum's too: its text, as for a key
+            return self.text(str.__str__(value))
         if isinstance(value, Enum):
             return self.value(value.value)
-        if isinstance(value, str):
-            return self.text(str.__str__(value))
         if isinstance(value, int):  # bool is final, so only true int subclasses get here
             return self.value(int(value))
         if isinstance(value, float):
@@ -805,11 +840,10 @@ class _Pass:
             raw = value.tobytes() if isinstance(value, memoryview) else value
             return self.text(base64.b64encode(raw).decode("ascii"), scan=False)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            fields = dataclasses.fields(value)
-            return self.entries(value, ((f.name, getattr(value, f.name)) for f in fields))
+            names = [f.name for f in dataclasses.fields(value)]
+            return self.entries(value, self.fields_of(value, names))
         if isinstance(value, msgspec.Struct):
-            names = value.__struct_fields__
-            return self.entries(value, ((name, getattr(value, name)) for name in names))
+            return self.entries(value, self.fields_of(value, value.__struct_fields__))
         if isinstance(value, Mapping):
             return self.entries(value, value.items())
         if isinstance(value, (list, tuple)):
@@ -923,13 +957,13 @@ class _Pass:
         if (
             len(value) == 2
             and self.header_pairs
-            and type(value[0]) is str
-            and self.is_secret(value[0])
+            and (named := _name_of(value[0])) is not None
+            and self.is_secret(named)
         ):
             self.enter(value)
             parts = self.parts
             parts[-1] = 0
-            name = self.text(value[0])
+            name = self.text(named)
             parts[-1] = 1
             self.redacted.append(_pointer(parts))
             self.leave()
@@ -948,10 +982,10 @@ class _Pass:
 
     def key(self, key: object) -> tuple[str, bool]:
         """Convert a non-str key as ``json.dumps`` does; the flag says a non-finite was replaced."""
+        if isinstance(key, str):  # a str Enum's too: its text, as json.dumps and the quick path
+            return str.__str__(key), False
         if isinstance(key, Enum):
             return self.key(key.value)
-        if isinstance(key, str):
-            return str.__str__(key), False
         if key is None:
             return "null", False
         if isinstance(key, bool):
