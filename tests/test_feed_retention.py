@@ -851,6 +851,32 @@ def claim_after_a_failed_detach(
     assert drain(EventFeed(model, engine, consumer="c")) == kept
 
 
+def test_a_claim_after_a_failed_detach_of_a_bounded_partition_counts_its_events_only(
+    engine: Engine, layout: tuple[HostModels, list[str]]
+) -> None:
+    """The run dropped the catch-all below, then failed on the first weekly partition: a
+    claim from the earliest event counts that partition's events, read from its lower bound."""
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    EventFeed(model, engine, consumer="c").register()
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 2)  # in the catch-all
+    lower, upper = (partition_bound(engine, name) for name in partitions[:2])
+    write(engine, models, keys, [lower + timedelta(hours=1)] * 3)
+    with engine.connect() as reader:  # a reader of the weekly partition: its DETACH times out
+        reader.begin()
+        reader.execute(text(f"SELECT count(*) FROM {partitions[1]}"))
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(model, engine, older_than=upper, concurrently=False, lock_timeout=0.2)
+        reader.rollback()
+    assert marks(engine, "c")[0][1] == 5
+    late = EventFeed(model, engine, consumer="late")
+    assert late.register()
+    assert marks(engine, "late")[0][1:3] == (3, upper)
+    assert EventFeed(model, engine, consumer="later").register(start=lower + timedelta(hours=2))
+    assert marks(engine, "later")[0][1] is None
+
+
 def test_the_commands_read_the_feeds_column_without_a_warning(
     engine: Engine, layout: tuple[HostModels, list[str]], database_url: URL
 ) -> None:

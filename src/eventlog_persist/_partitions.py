@@ -289,7 +289,8 @@ def mark_new_claim(
         _MARKED_SQL, {"events": quoted_name(events), "drop": _TO_DROP, "keep": _TO_KEEP}
     ).all()
     for lower, upper, comment in marked:
-        since = lower if start is None or (lower is not None and lower > start) else start
+        bounds = [bound for bound in (lower, start) if bound is not None]
+        since = max(bounds) if bounds else None  # the later of the two; None: no lower end
         if since is not None and since >= upper:
             continue
         statement = mark_partition(
