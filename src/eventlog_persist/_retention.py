@@ -237,6 +237,7 @@ def purge_events(
 
     Each batch runs at READ COMMITTED, whatever the level of ``bind`` (a ``Connection``
     passed in gets its own back after).
+
     Each batch declares ``SET LOCAL eventlog.erasure = 'retention'`` in its transaction, so
     on a database with the audit every deleted event gets a ``retention`` tombstone in
     ``event_log_erasures``; the declaration ends with the batch (nothing is left set on a
