@@ -291,8 +291,6 @@ def mark_new_claim(
     for lower, upper, comment in marked:
         bounds = [bound for bound in (lower, start) if bound is not None]
         since = max(bounds) if bounds else None  # the later of the two; None: no lower end
-        if since is not None and since >= upper:
-            continue
         statement = mark_partition(
             events.schema,
             events.name,
