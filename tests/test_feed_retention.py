@@ -5,16 +5,19 @@ one that was delivered them, or lost rows to the host's own deletes, does not.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hostmodels import HostModels, build_host_models, create_partitions, seed
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -283,39 +286,6 @@ def test_the_hosts_own_deletes_are_not_marked(
     assert drain(feed) == kept
 
 
-def test_a_checkpoint_moved_while_the_purge_waited_is_judged_as_it_is_then(
-    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
-) -> None:
-    """A worker commits its batch in the host's transaction while a purge batch waits for
-    the consumer's row: the purge judges the part by the checkpoint it finds committed."""
-    model = host_models.EventLog
-    feed = EventFeed(model, host_engine, consumer="c")
-    feed.register()
-
-    def purge_into(results: list[PurgeResult]) -> None:
-        results.append(purge_events(model, host_engine, older_than=CUTOFF))
-
-    for outcome in ("commit", "rollback"):
-        write(host_engine, host_models, keys, [OLD] * 3)
-        batch = feed.fetch()
-        assert len(batch.events) == 3
-        results: list[PurgeResult] = []
-        with host_engine.connect() as host:
-            host.begin()
-            feed.commit(batch, connection=host)  # the consumer's row stays locked
-            purge = threading.Thread(target=purge_into, args=(results,))
-            purge.start()
-            time.sleep(0.5)
-            assert not results  # waiting for the consumer's row
-            host.commit() if outcome == "commit" else host.rollback()
-            purge.join(timeout=30)
-        assert results[0].deleted == 3
-        if outcome == "commit":
-            assert marks(host_engine, "c")[0][1] is None
-        else:
-            assert marks(host_engine, "c")[0][1] == 3
-
-
 def waits_on(engine: Engine, event: str, *, seconds: float = 10.0) -> bool:
     """Whether a backend of this test's database comes to wait on a lock of this kind
     (``pg_stat_activity.wait_event``: ``advisory``, ``transactionid``) within ``seconds``."""
@@ -334,6 +304,52 @@ def waits_on(engine: Engine, event: str, *, seconds: float = 10.0) -> bool:
                 return True
             time.sleep(0.02)
     return False
+
+
+@contextmanager
+def purge_waiting(
+    engine: Engine, feed: EventFeed[Any], purge: Callable[[], PurgeResult]
+) -> Iterator[tuple[Connection, list[PurgeResult]]]:
+    """A worker commits its fetched batch in the host's transaction, left open (the caller
+    commits or rolls it back), and ``purge`` runs in a thread until its batch waits for the
+    consumer's row: its DELETE ran, it marks next. Yields the host's connection and the
+    purge's result, there once the block is left."""
+    batch = feed.fetch()
+    results: list[PurgeResult] = []
+    with engine.connect() as host:
+        host.begin()
+        feed.commit(batch, connection=host)  # the consumer's row stays locked
+        thread = threading.Thread(target=lambda: results.append(purge()))
+        thread.start()
+        try:
+            assert waits_on(engine, "transactionid")
+            yield host, results
+        finally:
+            if host.in_transaction():
+                host.rollback()
+            thread.join(timeout=30)
+
+
+def test_a_checkpoint_moved_while_the_purge_waited_is_judged_as_it_is_then(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """A worker commits its batch in the host's transaction while a purge batch waits for
+    the consumer's row: the purge judges the part by the checkpoint it finds committed."""
+    model = host_models.EventLog
+    feed = EventFeed(model, host_engine, consumer="c")
+    feed.register()
+
+    for outcome in ("commit", "rollback"):
+        write(host_engine, host_models, keys, [OLD] * 3)
+        purge = functools.partial(purge_events, model, host_engine, older_than=CUTOFF)
+        with purge_waiting(host_engine, feed, purge) as (host, results):
+            assert not results  # waiting for the consumer's row
+            host.commit() if outcome == "commit" else host.rollback()
+        assert results[0].deleted == 3
+        if outcome == "commit":
+            assert marks(host_engine, "c")[0][1] is None
+        else:
+            assert marks(host_engine, "c")[0][1] == 3
 
 
 @pytest.mark.parametrize("claim", ["register", "reset"])
@@ -359,8 +375,6 @@ def test_a_claim_on_stored_events_waits_for_the_purge_batch_in_progress(
         late.register(start="latest")
     write(host_engine, host_models, keys, [OLD] * 3)
     kept = write(host_engine, host_models, keys, [NOW])
-    batch = feed.fetch()
-    results: list[PurgeResult] = []
     claimed: list[bool] = []
 
     def make_claim() -> None:
@@ -369,22 +383,15 @@ def test_a_claim_on_stored_events_waits_for_the_purge_batch_in_progress(
         else:
             claimed.append(main(["feed", "reset", "--consumer", "late", "--to", "earliest"]) == 0)
 
-    with host_engine.connect() as host:
-        host.begin()
-        feed.commit(batch, connection=host)  # c's row stays locked until the host ends
-        purge = threading.Thread(
-            target=lambda: results.append(purge_events(model, host_engine, older_than=CUTOFF))
-        )
-        purge.start()
-        assert waits_on(host_engine, "transactionid")  # the batch's DELETE ran; it marks next
+    purge = functools.partial(purge_events, model, host_engine, older_than=CUTOFF)
+    with purge_waiting(host_engine, feed, purge) as (host, results):
         claimer = threading.Thread(target=make_claim)
         claimer.start()
         assert waits_on(host_engine, "advisory")
         assert not claimed
         assert not results
         host.rollback()
-        purge.join(timeout=30)
-        claimer.join(timeout=30)
+    claimer.join(timeout=30)
     capsys.readouterr()
     assert results[0].deleted == 3
     assert claimed == [True]
@@ -450,21 +457,12 @@ def test_a_purge_runs_its_batches_at_read_committed_whatever_the_level_given(
     feed = EventFeed(model, host_engine, consumer="c")
     feed.register()
     write(host_engine, host_models, keys, [OLD] * 3)
-    batch = feed.fetch()
     engine = host_engine.execution_options(isolation_level=level)
-    results: list[PurgeResult] = []
     with engine.connect() as given:
-        with host_engine.connect() as host:
-            host.begin()
-            feed.commit(batch, connection=host)
-            target = engine if bind == "engine" else given
-            purge = threading.Thread(
-                target=lambda: results.append(purge_events(model, target, older_than=CUTOFF))
-            )
-            purge.start()
-            assert waits_on(host_engine, "transactionid")
+        target = engine if bind == "engine" else given
+        purge = functools.partial(purge_events, model, target, older_than=CUTOFF)
+        with purge_waiting(host_engine, feed, purge) as (host, results):
             host.commit()
-            purge.join(timeout=30)
         assert results == [PurgeResult(3, 1)]
         dbapi: Any = given.connection.dbapi_connection
         assert dbapi.autocommit is (level == "AUTOCOMMIT")
