@@ -19,10 +19,10 @@ import pytest
 from hostmodels import HostModels, build_host_models, create_partitions, seed
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
-from test_partitions import comment_and_rows, read_from
+from test_partitions import comment_and_rows, drop_losing_its_connection, read_from
 from test_retention import run_main
 
 from eventlog_persist import (
@@ -873,6 +873,24 @@ def test_a_claim_after_a_failed_detach_of_a_bounded_partition_counts_its_events_
     assert marks(engine, "late")[0][1:3] == (3, upper)
     assert EventFeed(model, engine, consumer="later").register(start=lower + timedelta(hours=2))
     assert marks(engine, "later")[0][1] is None
+
+
+@pytest.mark.parametrize("concurrently", [True, False])
+def test_a_drop_losing_its_connection_raises_that_with_the_feed_too(
+    engine: Engine, layout: tuple[HostModels, list[str]], concurrently: bool
+) -> None:
+    """The error of the lost connection, not one of releasing the claims lock on it."""
+    models, partitions = layout
+    keys = seed(engine, models)
+    model = models.EventLog
+    EventFeed(model, engine, consumer="c").register()
+    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 2)
+    upper = partition_bound(engine, partitions[0])
+    error = drop_losing_its_connection(
+        engine, model, older_than=upper, concurrently=concurrently, lock_timeout=30
+    )
+    assert isinstance(error, OperationalError), repr(error)
+    assert EventFeed(model, engine, consumer="late").register()  # no lock left behind
 
 
 def test_the_commands_read_the_feeds_column_without_a_warning(

@@ -379,17 +379,25 @@ def test_an_interrupted_conversion_resumes_after_the_steps_done(
     assert count(plain) == 500
 
 
+@pytest.mark.parametrize("interval", ["week", "month"])
 def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again(
-    plain: Engine, monkeypatch: pytest.MonkeyPatch
+    plain: Engine, monkeypatch: pytest.MonkeyPatch, interval: str
 ) -> None:
+    """No partition but the legacy one says the table's interval yet: its bound, chosen for
+    the first run's interval, does; another interval is refused, as on a prepared table."""
+
     def interrupt(*args: Any, **kwargs: Any) -> None:
         raise Interrupted
 
     with monkeypatch.context() as patch:
         patch.setattr(conversion._Conversion, "_add_partitions", interrupt)
         with pytest.raises(Interrupted):
-            convert_to_partitioned(plain)
+            convert_to_partitioned(plain, partition_interval=interval)
     assert [name for name, _ in partitions(plain)] == ["event_logs_legacy"]
+    other = "week" if interval == "month" else "month"
+    if interval == "week":  # a boundary on a Monday that is also the 1st fits both
+        with pytest.raises(ConversionError, match=f"was prepared for {interval}ly partitions"):
+            convert_to_partitioned(plain, partition_interval=other)
     again = convert_to_partitioned(plain)
     assert again.state == "already_partitioned"
     assert again.partitions
@@ -397,6 +405,15 @@ def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again
         "event_logs_legacy",
         *sorted(again.partitions),
     ]
+    bounds = dict(partitions(plain))
+    for name in again.partitions:
+        start, end = (
+            datetime.fromisoformat(found) for found in re.findall(r"'([^']+)'", bounds[name])
+        )
+        if interval == "month":
+            assert (start.day, end.day, (end - start).days in (28, 29, 30, 31)) == (1, 1, True)
+        else:
+            assert (start.weekday(), end - start) == (0, timedelta(days=7))
 
 
 def test_running_again_with_more_partitions_ahead_adds_the_missing_ones(plain: Engine) -> None:

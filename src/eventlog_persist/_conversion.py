@@ -375,6 +375,14 @@ class _Conversion:
         if found.kind == "p" and found.boundary is not None:
             own = interval_of_partitions(connection, self.table)
             has = f"has {own}ly partitions"
+            if own is None:  # the legacy partition alone (a swap cut short): its bound says
+                fits = [
+                    i
+                    for i in get_args(PartitionInterval)
+                    if period_start(found.boundary, i) == found.boundary
+                ]
+                own = self.given if self.given in fits else next(iter(fits), None)
+                has = f"was prepared for {own}ly partitions"
         else:  # a bound set by an earlier run says which interval it starts
             own = next((i for i in get_args(PartitionInterval) if i == found.bound_for), None)
             has = f"was prepared for {own}ly partitions"
