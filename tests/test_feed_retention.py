@@ -881,12 +881,7 @@ def test_a_drop_losing_its_connection_raises_that_with_the_feed_too(
     engine: Engine, layout: tuple[HostModels, list[str]], concurrently: bool
 ) -> None:
     """The error of the lost connection, not one of releasing the claims lock on it."""
-    models, partitions = layout
-    keys = seed(engine, models)
-    model = models.EventLog
-    EventFeed(model, engine, consumer="c").register()
-    write(engine, models, keys, [NOW - timedelta(weeks=5)] * 2)
-    upper = partition_bound(engine, partitions[0])
+    model, _, upper = three_old_events_and_a_consumer(engine, layout)
     error = drop_losing_its_connection(
         engine, model, older_than=upper, concurrently=concurrently, lock_timeout=30
     )
