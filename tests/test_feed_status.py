@@ -378,11 +378,50 @@ def test_feed_commands(
     assert capsys.readouterr().out == (
         "eventlog-persist: registered consumer 'split' in 4 parts from earliest\n"
     )
-    assert EventFeed(host_models.EventLog, host_engine, consumer="split", parts=4).fetch().part == 0
+    first = EventFeed(host_models.EventLog, host_engine, consumer="split", parts=4, owner="w1")
+    assert first.fetch().part == 0
     assert main(["feed", "register", "--consumer", "split", "--parts", "4"]) == 0
     assert "is registered already" in capsys.readouterr().out
     assert main(["feed", "register", "--consumer", "split"]) == 2
-    assert "is registered with parts=4, this feed has parts=1" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "is registered with parts=4, this feed has parts=1" in error
+    assert "'eventlog-persist feed unregister --consumer split'" in error
+
+    # unregister: refused while a worker holds a lease, unless --force; then register anew.
+    worker = EventFeed(host_models.EventLog, host_engine, consumer="split", parts=4, owner="w2")
+    held = worker.fetch()
+    assert main(["feed", "unregister", "--consumer", "split"]) == 2
+    error = capsys.readouterr().err
+    assert "consumer 'split' is leased to 'w1' until" in error
+    assert "and unregister again, or pass --force: its next commit then raises " in error
+    assert "raises ConsumerNotFoundError and moves nothing" in error
+    assert main(["feed", "list"]) == 0
+    assert capsys.readouterr().out.count("split  part") == 4
+    assert main(["feed", "unregister", "--consumer", "split", "--force"]) == 0
+    assert capsys.readouterr().out == (
+        "eventlog-persist: unregistered consumer 'split' (4 parts); the leases of 'w1', 'w2' "
+        "were broken (their next commits raise ConsumerNotFoundError); register it again to "
+        "start "
+        "over: "
+        "eventlog-persist feed register --consumer split --start earliest|latest|TIME "
+        "[--parts N]\n"
+    )
+    with pytest.raises(ConsumerNotFoundError):
+        worker.commit(held)
+    with pytest.raises(ConsumerNotFoundError):
+        worker.fetch()
+    assert main(["feed", "unregister", "--consumer", "split"]) == 2
+    assert "consumer 'split' is not registered" in capsys.readouterr().err
+    assert main(["feed", "register", "--consumer", "split", "--parts", "2"]) == 0
+    assert "registered consumer 'split' in 2 parts" in capsys.readouterr().out
+    assert main(["feed", "unregister", "--consumer", "split"]) == 0  # no lease: no --force
+    assert capsys.readouterr().out.startswith(
+        "eventlog-persist: unregistered consumer 'split' (2 parts); register it again"
+    )
+    assert main(["feed", "register", "--consumer", "it's", "--start", "latest"]) == 0
+    capsys.readouterr()
+    assert main(["feed", "unregister", "--consumer", "it's"]) == 0
+    assert "--consumer 'it'\"'\"'s' --start" in capsys.readouterr().out
     for bad in ("0", "1025", "two"):
         assert main(["feed", "register", "--consumer", "x", "--parts", bad]) == 2
         assert f"{bad!r} is not a number of parts from 1 to 1024" in capsys.readouterr().err

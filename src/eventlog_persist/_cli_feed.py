@@ -1,8 +1,9 @@
-"""The ``eventlog-persist feed list|status|register|reset`` commands (operations)."""
+"""The ``eventlog-persist feed list|status|register|reset|unregister`` commands (operations)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -19,6 +20,7 @@ from eventlog_persist._feed_status import (
     feed_status,
     list_consumers,
     reset_consumer,
+    unregister_consumer,
 )
 from eventlog_persist._schema import CONSUMER_NAME_LENGTH, TABLE_NAME, XID_COLUMN
 from eventlog_persist._urls import psycopg_engine
@@ -36,10 +38,11 @@ _START_HELP = (
 def add_feed_parser(
     commands: Any, *, url: Callable[[str], str], environment: str
 ) -> argparse.ArgumentParser:
-    """Add ``feed`` and its four subcommands to the command line's subparsers."""
+    """Add ``feed`` and its five subcommands to the command line's subparsers."""
     feed: argparse.ArgumentParser = commands.add_parser(
         "feed",
-        help="list the feed's consumers, show their backlog and lease, register or reset one",
+        help="list the feed's consumers, show their backlog and lease, register, reset or "
+        "unregister one",
         description="Operate the feed's named consumers (event_log_consumers). A refusal or "
         "an error is one line on stderr and exit status 2.",
     )
@@ -103,7 +106,24 @@ def add_feed_parser(
         action="store_true",
         help="reset even while a worker holds the lease (its uncommitted batch is dropped)",
     )
-    for action in (listing, status, register, reset):
+    unregister = actions.add_parser(
+        "unregister",
+        help="remove a consumer: its checkpoint and lease (to change its parts, say)",
+        description="Remove every part of a registered consumer, as "
+        "EventFeed(...).unregister() does: its checkpoint, lease and delivered count. "
+        "Register it again to start over from a chosen start, e.g. with other --parts. "
+        "Refused while a worker holds a live lease, unless --force.",
+    )
+    unregister.add_argument(
+        "--consumer", type=_consumer_argument, required=True, help="a registered consumer"
+    )
+    unregister.add_argument(
+        "--force",
+        action="store_true",
+        help="unregister even while a worker holds the lease (its uncommitted batch is "
+        "dropped and its next commit raises ConsumerNotFoundError)",
+    )
+    for action in (listing, status, register, reset, unregister):
         action.add_argument(
             "--url",
             type=url,
@@ -157,6 +177,8 @@ _HINTS = {
     "status": "check --url, and that the role may SELECT from event_logs and event_log_consumers",
     "register": "check --url, and that the role may INSERT into event_log_consumers",
     "reset": "nothing was changed; check --url, and that the role may UPDATE event_log_consumers",
+    "unregister": "nothing was changed; check --url, and that the role may DELETE from "
+    "event_log_consumers",
 }
 
 
@@ -210,21 +232,38 @@ def _run(args: argparse.Namespace) -> int:
                     "checkpoint is kept (move it with 'eventlog-persist feed reset')"
                 )
             return 0
-        outcome = reset_consumer(
-            table, engine, consumer=args.consumer, to=args.to, force=args.force
-        )
+        if args.action == "unregister":
+            outcome = unregister_consumer(table, engine, consumer=args.consumer, force=args.force)
+        else:
+            outcome = reset_consumer(
+                table, engine, consumer=args.consumer, to=args.to, force=args.force
+            )
     finally:
         engine.dispose()
-    broke = (
-        f"; the lease of {outcome.broke_lease!r} was broken (its next commit raises LeaseLostError)"
-        if outcome.broke_lease
-        else ""
-    )
+    broke = _broken(outcome.broke_leases, args.action)
+    if args.action == "unregister":
+        print(
+            f"eventlog-persist: unregistered consumer {args.consumer!r} ({outcome.parts} "
+            f"parts){broke}; register it again to start over: eventlog-persist feed register "
+            f"--consumer {shlex.quote(args.consumer)} --start earliest|latest|TIME [--parts N]"
+        )
+        return 0
     print(
         f"eventlog-persist: reset consumer {args.consumer!r} ({outcome.parts} parts) to "
         f"{_start_text(args.to)}{broke}"
     )
     return 0
+
+
+def _broken(owners: tuple[str, ...], action: str) -> str:
+    """What the output says of the live leases a --force broke."""
+    if not owners:
+        return ""
+    error = "LeaseLostError" if action == "reset" else "ConsumerNotFoundError"
+    names = ", ".join(repr(owner) for owner in owners)
+    if len(owners) == 1:
+        return f"; the lease of {names} was broken (its next commit raises {error})"
+    return f"; the leases of {names} were broken (their next commits raise {error})"
 
 
 def _start_text(start: FeedStart) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import uuid
 from collections.abc import Sequence
@@ -243,8 +244,9 @@ class _FeedCore:
             f"consumer {self._name!r} is registered with parts={registered}, this feed has "
             f"parts={self._parts}; the parts of a consumer cannot change, as each part's "
             "checkpoint belongs to its sessions. Use parts="
-            f"{registered}, or unregister() the consumer and register(start=...) it again "
-            "with the new parts (it starts over from start)"
+            f"{registered}, or unregister the consumer (unregister(), or 'eventlog-persist "
+            f"feed unregister --consumer {shlex.quote(self._name)}') and register it again "
+            "with the new parts (it starts over from its start)"
         )
 
     def _refused(self, holders: Sequence[Row[Any]]) -> FeedError | ConfigurationError:

@@ -3,7 +3,8 @@
 Read-only: one REPEATABLE READ transaction reads the consumers' rows, counts each one's
 pending events with the feed's own visibility rules (`_feed_sql`'s snapshots) and looks up
 the transactions at the server's horizon in ``pg_stat_activity`` and ``pg_prepared_xacts``.
-Also the checkpoint reset behind ``eventlog-persist feed reset``.
+Also the checkpoint reset and the removal behind ``eventlog-persist feed reset`` and
+``feed unregister``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    delete,
     false,
     func,
     not_,
@@ -71,6 +73,7 @@ __all__ = [
     "feed_status",
     "list_consumers",
     "reset_consumer",
+    "unregister_consumer",
 ]
 
 # Undefined table, column or function: the feed's migration has not run (or PostgreSQL < 13).
@@ -450,10 +453,11 @@ async def afeed_status(
 
 @dataclass(frozen=True, slots=True)
 class ResetOutcome:
-    """What a reset replaced: the consumer's parts, and the lease it broke (if any)."""
+    """What a reset or an unregister replaced: the consumer's parts, and the owners of the
+    live leases it broke (``force``)."""
 
     parts: int
-    broke_lease: str | None
+    broke_leases: tuple[str, ...]
 
 
 def reset_consumer(
@@ -483,36 +487,9 @@ def reset_consumer(
                 # Bounded: retention waits behind this claim, and a worker's commit in the
                 # host's transaction may hold the rows as long as that transaction runs.
                 connection.execute(_ROWS_LOCK_TIMEOUT)
-            try:
-                rows = connection.execute(
-                    select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
-                    .where(t.c.consumer == name)
-                    .order_by(t.c.part)
-                    .with_for_update()
-                ).all()
-            except DBAPIError as exc:
-                if sqlstate_of(exc) != _LOCK_NOT_AVAILABLE:
-                    raise
-                raise LeaseHeldError(
-                    f"consumer {name!r} is being committed by a worker whose transaction did "
-                    "not end within 2 s (a batch committed in the host's transaction, say); "
-                    "reset again once it ends, or stop that worker first",
-                    owner=None,
-                    lease_until=None,
-                ) from exc
-            if not rows:
-                raise _missing(name)
-            live = [(owner, until) for owner, until, is_live in rows if is_live and owner]
-            if live and not force:
-                owner, until = live[0]
-                raise LeaseHeldError(
-                    f"consumer {name!r} is leased to {owner!r} until {until.isoformat()}: a "
-                    "worker is consuming it. Stop that worker (or wait until its lease ends) "
-                    "and reset again, or pass --force: its next commit then raises "
-                    "LeaseLostError and moves nothing",
-                    owner=owner,
-                    lease_until=until,
-                )
+            rows, live = _lock_parts(
+                connection, t, name, force, again="reset again", fenced="LeaseLostError"
+            )
             done: Snapshot | None = None
             if isinstance(start, datetime):
                 first, now = connection.execute(
@@ -529,7 +506,70 @@ def reset_consumer(
                 mark_new_claim(connection, table, t, name, since)
     except DBAPIError as exc:
         raise _translated(exc) from exc
-    return ResetOutcome(len(rows), live[0][0] if live else None)
+    return ResetOutcome(len(rows), live)
+
+
+def unregister_consumer(
+    table: Table, engine: Engine, *, consumer: str, force: bool
+) -> ResetOutcome:
+    """Remove every part of ``consumer``: its checkpoint and lease, as ``unregister()`` does.
+
+    Refused with `LeaseHeldError` while a lease is live, unless ``force``: the worker's next
+    commit and fetch then raise `ConsumerNotFoundError`.
+    """
+    name = check_consumer(consumer)
+    t = consumers_table(table.metadata, schema=table.schema)
+    try:
+        with engine.begin() as connection:
+            rows, live = _lock_parts(
+                connection, t, name, force, again="unregister again", fenced="ConsumerNotFoundError"
+            )
+            connection.execute(delete(t).where(t.c.consumer == name))
+    except DBAPIError as exc:
+        raise _translated(exc) from exc
+    return ResetOutcome(len(rows), live)
+
+
+def _lock_parts(
+    connection: Connection, t: Table, name: str, force: bool, *, again: str, fenced: str
+) -> tuple[list[Any], tuple[str, ...]]:
+    """Lock the consumer's rows; refuse a live lease unless ``force``.
+
+    Returns the rows and the owners of the live leases that ``force`` breaks.
+    """
+    try:
+        rows = list(
+            connection.execute(
+                select(t.c.owner, t.c.lease_until, t.c.lease_until > func.now())
+                .where(t.c.consumer == name)
+                .order_by(t.c.part)
+                .with_for_update()
+            ).all()
+        )
+    except DBAPIError as exc:
+        if sqlstate_of(exc) != _LOCK_NOT_AVAILABLE:
+            raise
+        raise LeaseHeldError(
+            f"consumer {name!r} is being committed by a worker whose transaction did "
+            f"not end within 2 s (a batch committed in the host's transaction, say); {again} "
+            "once it ends, or stop that worker first",
+            owner=None,
+            lease_until=None,
+        ) from exc
+    if not rows:
+        raise _missing(name)
+    live = [(owner, until) for owner, until, is_live in rows if is_live and owner]
+    if live and not force:
+        owner, until = live[0]
+        raise LeaseHeldError(
+            f"consumer {name!r} is leased to {owner!r} until {until.isoformat()}: a "
+            f"worker is consuming it. Stop that worker (or wait until its lease ends) and "
+            f"{again}, or pass --force: its next commit then raises {fenced} and moves "
+            "nothing",
+            owner=owner,
+            lease_until=until,
+        )
+    return rows, tuple(dict.fromkeys(owner for owner, _until in live))
 
 
 def _reset_statement(t: Table, start: FeedStart) -> Any:
