@@ -16,6 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hostmodels import HostModels, seed
 from pgserver import ServerInfo
@@ -399,6 +400,52 @@ def test_terminated_backend_mid_stream_loses_and_doubles_nothing(
     assert final.written == total
     assert final.retried >= 1
     assert (final.dead_lettered, final.dropped, final.unwritten, final.queued) == (0, 0, 0, 0)
+
+
+def terminate(engine: Engine, pid: int) -> None:
+    with engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def test_a_given_connection_the_server_ends_is_given_up_on_with_the_fix_named(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    """It is never reopened, so no retry can write through it: not retried forever."""
+    user_id, session_id = seed(host_engine, host_models)
+    dead = DeadLetters()
+    dsn = host_engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        writer = BufferedWriter(
+            host_models.EventLog, conn, retry=FAST_RETRY, on_dead_letter=dead
+        ).start()
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        assert writer.flush(timeout=10)
+        terminate(host_engine, conn.info.backend_pid)
+        writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+        assert writer.flush(timeout=10)  # given up on, not retried forever
+        final = writer.close(timeout=5)
+    assert (final.written, final.dead_lettered, final.unwritten) == (1, 1, 0)
+    ((_event, error),) = dead.items
+    assert "the psycopg connection given to the writer is closed" in str(error)
+    assert "give the writer a URL or an Engine" in str(error)
+
+    async def run() -> list[tuple[NewEvent, EventWriteError]]:
+        failed = DeadLetters()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            writer = await AsyncBufferedWriter(
+                host_models.EventLog, aconn, retry=FAST_RETRY, on_dead_letter=failed
+            ).start()
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+            assert await writer.flush(timeout=10)
+            terminate(host_engine, aconn.info.backend_pid)
+            await writer.enqueue(session_id=session_id, user_id=user_id, event_type="chat")
+            assert await writer.flush(timeout=10)
+            assert (await writer.close(timeout=5)).dead_lettered == 1
+        return failed.items
+
+    ((_event, error),) = asyncio.run(run())
+    assert "the psycopg connection given to the writer is closed" in str(error)
+    assert counts(host_engine)[0] == 2
 
 
 @pytest.mark.fault

@@ -482,15 +482,19 @@ class _ConnectorBase:
         self._conn: Any = None
         self._forked = not self._owned
 
-    def _given_is_gone(self) -> Exception:
+    def _given_is_gone(self) -> ConfigurationError:
+        # Not a connection error: no retry can bring a given connection back.
         if self._forked:
-            # Not a connection error: retrying cannot bring it back (tried three times).
             return ConfigurationError(
                 "the psycopg connection given to the writer belongs to the parent process, "
                 "which forked this one; in the child, give the writer a URL or an Engine "
                 "(it then opens a connection of its own), or create the writer after the fork"
             )
-        return psycopg.OperationalError("the connection given to the writer is closed")
+        return ConfigurationError(
+            "the psycopg connection given to the writer is closed (the server ended it, or "
+            "it was closed), and a given connection is never reopened; give the writer a "
+            "URL or an Engine, which it reconnects after a connection loss or a failover"
+        )
 
     def failed(self, exc: BaseException) -> bool:
         """Note a failed attempt; True when the database refused it as read-only.
@@ -615,7 +619,7 @@ class Connector(_ConnectorBase):
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and not conn.broken:
             return conn
         if not self._owned:
             raise self._given_is_gone()
@@ -624,7 +628,7 @@ class Connector(_ConnectorBase):
 
     def broken(self) -> bool:
         conn = self._conn
-        return not self._forked and (conn is None or conn.broken or conn.closed)
+        return self._owned and (conn is None or conn.broken or conn.closed)
 
     def discard(self) -> None:
         if self._owned and self._conn is not None:
@@ -804,7 +808,7 @@ class AsyncConnector(_ConnectorBase):
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and not conn.broken:
             return conn
         if not self._owned:
             raise self._given_is_gone()
@@ -813,7 +817,7 @@ class AsyncConnector(_ConnectorBase):
 
     def broken(self) -> bool:
         conn = self._conn
-        return not self._forked and (conn is None or conn.broken or conn.closed)
+        return self._owned and (conn is None or conn.broken or conn.closed)
 
     async def discard(self) -> None:
         if self._owned and self._conn is not None:

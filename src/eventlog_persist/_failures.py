@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from eventlog_persist._retry import RetryPolicy
 from eventlog_persist._schema import PK_NAME
-from eventlog_persist.exceptions import EventWriteError, RetriesExhaustedError
+from eventlog_persist.exceptions import ConfigurationError, EventWriteError, RetriesExhaustedError
 
 if TYPE_CHECKING:
     from eventlog_persist._events import NewEvent
@@ -103,6 +103,8 @@ def classify_error(exc: BaseException) -> ErrorKind:
     """
     if isinstance(exc, RowEncodingError):
         return ErrorKind.ROW
+    if isinstance(exc, ConfigurationError):  # a given connection that is closed, say
+        return ErrorKind.BATCH
     if isinstance(exc, (PoolTimeoutError, DisconnectionError)):
         return ErrorKind.TRANSIENT
     if isinstance(exc, DBAPIError):
@@ -357,6 +359,11 @@ def write_error(
         else:
             fix = "check the event's values against the table's constraints"
         message = f"{what}: the database refused it ({detail}); {fix}"
+    elif reason is Reason.SETUP and isinstance(cause, ConfigurationError):
+        message = (
+            f"{what}: {cause}. If the connection was lost during a commit, the event may be "
+            "stored: replaying it (write_events) is safe, an id already stored is skipped"
+        )
     elif reason is Reason.SETUP:
         if state in _NOT_MIGRATED:
             fix = (
