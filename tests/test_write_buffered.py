@@ -1153,6 +1153,31 @@ def test_flush_before_start_raises_instead_of_hanging(host_models: HostModels) -
     assert writer.flush(timeout=0)  # closed: nothing left to wait for
 
 
+def test_closing_a_writer_never_started_names_the_missing_start(host_models: HostModels) -> None:
+    key = uuid.uuid4()
+    dead = DeadLetters()
+    writer = BufferedWriter(host_models.EventLog, DOWN, on_dead_letter=dead)
+    writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
+    assert writer.close(timeout=30).unwritten == 1
+    ((_event, error),) = dead.items
+    assert type(error) is WriterClosedError
+    assert "the BufferedWriter was closed without being started" in str(error)
+    assert "call start() before enqueueing, or use the writer as a context manager (with " in (
+        str(error)
+    )
+
+    async def run() -> DeadLetters:
+        failed = DeadLetters()
+        writer = AsyncBufferedWriter(host_models.EventLog, DOWN, on_dead_letter=failed)
+        await writer.enqueue(new_event(session_id=key, user_id=key, event_type="x"))
+        assert (await writer.close(timeout=30)).unwritten == 1
+        return failed
+
+    ((_event, error),) = asyncio.run(run()).items
+    assert "the AsyncBufferedWriter was closed without being started" in str(error)
+    assert "(async with AsyncBufferedWriter(...) as writer)" in str(error)
+
+
 def test_a_closed_writer_cannot_be_started_again(host_models: HostModels) -> None:
     writer = BufferedWriter(host_models.EventLog, DOWN)
     writer.close(timeout=0)

@@ -449,8 +449,10 @@ class _State(Generic[KeyT]):
         self.pending_bytes -= sum(event.size_bytes for event in batch)
         self.done += len(batch)
 
-    def abandon(self) -> _Dead:
+    def abandon(self, *, never_started: str | None = None) -> _Dead:
         """Give up on the batch being written and the queue (the writer is closing for good).
+
+        ``never_started``: the writer's class name when it was closed without being started.
 
         Returns:
             Each event with its `WriterClosedError`, to report without the lock.
@@ -474,7 +476,10 @@ class _State(Generic[KeyT]):
             return []
         self.unwritten += len(inflight) + len(queued)
         dead: _Dead = [(event, _closed_error(event, None, in_flight=True)) for event in inflight]
-        dead.extend((event, _closed_error(event, None, in_flight=False)) for event in queued)
+        dead.extend(
+            (event, _closed_error(event, None, in_flight=False, never_started=never_started))
+            for event in queued
+        )
         self.note(dead)
         return dead
 
@@ -558,9 +563,20 @@ def _partition_error(event: NewEvent, error: EventWriteError, waited: float) -> 
 
 
 def _closed_error(
-    event: NewEvent, cause: BaseException | None, *, in_flight: bool
+    event: NewEvent,
+    cause: BaseException | None,
+    *,
+    in_flight: bool,
+    never_started: str | None = None,
 ) -> WriterClosedError:
-    if in_flight:
+    if never_started is not None:
+        using = "async with" if never_started.startswith("Async") else "with"
+        message = (
+            f"event {event.id} was not written: the {never_started} was closed without "
+            "being started, so nothing wrote its queue; call start() before enqueueing, or "
+            f"use the writer as a context manager ({using} {never_started}(...) as writer)"
+        )
+    elif in_flight:
         message = (
             f"event {event.id} may not have been written: the writer closed while its batch "
             "was being written (the database is down, slow or unreachable), so its commit "
@@ -886,7 +902,7 @@ class BufferedWriter(Generic[KeyT]):
                 self._abort.set()  # stop retrying; the thread closes its connection on exit
         with self._lock:
             # Never started, or stuck in a network call: give up on what is left.
-            dead = state.abandon()
+            dead = state.abandon(never_started=None if thread else "BufferedWriter")
             self._room.notify_all()  # flushes waiting for what was just given up
         report_dead_letters(state.on_dead_letter, dead)
         return self.counters
@@ -1209,7 +1225,7 @@ class AsyncBufferedWriter(Generic[KeyT]):
         # Give up on the queue and the batch being written before cancelling the task, so
         # they count as unwritten once, whatever the task's last write did.
         with self._lock:
-            dead = state.abandon()
+            dead = state.abandon(never_started=None if task else "AsyncBufferedWriter")
         self._room.set()
         report_dead_letters(state.on_dead_letter, dead)
         if task is not None and not task.done():
