@@ -894,10 +894,60 @@ def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
     }
     messages = [record.getMessage() for record in caplog.records]
     damaged_at, torn_at = sum(map(len, records[:10])), sum(map(len, records[:19]))
-    damaged = f"a damaged record at byte {damaged_at}, {len(records[10])} bytes skipped"
+    damaged = (
+        f"the bytes up to the next whole record) at byte {damaged_at}, "
+        f"{len(records[10])} bytes skipped"
+    )
     torn = f"a torn record (cut short by a crash) at byte {torn_at}, {len(records[19]) - 5} bytes"
     assert any(damaged in message for message in messages), messages
     assert any(torn in message for message in messages), messages
+    assert files(tmp_path) == []
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("damage", ["length", "zeroed page", "length fits"])
+def test_damage_to_a_records_length_loses_only_the_records_it_covers(
+    damage: str,
+    host_engine: Engine,
+    host_models: HostModels,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A length the disk changed no longer ends the parse: it goes on at the next whole record."""
+    user_id, session_id = seed(host_engine, host_models)
+    events = chat_events(user_id, session_id, 40)
+    spool_down(host_models, tmp_path, events)
+    [segment] = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    records = [encode_event(event) for event in events]
+    third = sum(map(len, records[:2]))
+    if damage == "length":
+        data[third + 2] ^= 0x01  # a bit of the 3rd record's length: past the file's end
+        lost = {2}
+    elif damage == "length fits":
+        data[third] ^= 0x04  # 4 bytes off: it ends inside the 4th record, which is whole
+        lost = {2}
+    else:  # a block of zeros from inside the 3rd record into the 5th
+        data[third + 10 : third + 10 + len(records[2]) + len(records[3])] = bytes(
+            len(records[2]) + len(records[3])
+        )
+        lost = {2, 3, 4}
+    segment.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="eventlog_persist"):
+        writer = BufferedWriter(
+            host_models.EventLog, host_engine.url, spool=Spool(tmp_path)
+        ).start()
+        assert writer.flush(timeout=20)
+    final = writer.close()
+    kept = [event for i, event in enumerate(events) if i not in lost]
+    assert (final.replayed, final.written, final.spool_damaged) == (len(kept), len(kept), 1)
+    assert sorted(stored(host_engine)) == sorted(event.id for event in kept)
+    [message] = [record.getMessage() for record in caplog.records if "skipped" in record.msg]
+    skipped = sum(len(records[i]) for i in lost)
+    assert (
+        "a damaged record (or several: the bytes up to the next whole record) at byte "
+        f"{third}, {skipped} bytes skipped"
+    ) in message
     assert files(tmp_path) == []
 
 
@@ -952,7 +1002,10 @@ def test_records_damaged_in_the_open_spool_are_skipped_and_reported(
     assert sorted(stored(host_engine)) == sorted(event.id for event in events[:5] + events[6:7])
     messages = [record.getMessage() for record in caplog.records if "record" in record.msg]
     assert len(messages) == 2, messages
-    assert f"a damaged record at byte {sixth}, {len(records[5])} bytes skipped" in messages[0]
+    assert (
+        f"the bytes up to the next whole record) at byte {sixth}, {len(records[5])} bytes skipped"
+        in messages[0]
+    )
     assert (
         f"a torn record (cut short by a crash) at byte {eighth}, {len(records[7])} bytes"
         in messages[1]

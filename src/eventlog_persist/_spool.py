@@ -224,31 +224,76 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
 def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, memoryview | None]]:
     """``(offset, end, body)`` of each record in ``data[start:]``, at most ``limit``.
 
-    A record whose checksum does not match (but whose length fits) gives ``body=None`` and
-    the parse goes on after it; a record cut short (a torn tail) gives ``end=-1`` and ends
-    the parse. Zeros to the end (the room a writer that was killed had reserved) end it
-    too, silently; a zero length before anything else is a torn tail.
+    A damaged stretch (a checksum that does not match, a length that a disk error changed)
+    gives ``body=None`` and ``end`` at the next whole record, where the parse goes on; a
+    stretch with no whole record after it (a torn tail) gives ``end=-1`` and ends the parse.
+    Zeros to the end (the room a writer that was killed had reserved) end it too, silently.
     """
     view = memoryview(data)
     size = len(data)
     at = start
     while at < size and limit > 0:
-        if at + _FRAME.size > size:
+        if at + _FRAME.size <= size:
+            length, crc = _FRAME.unpack_from(data, at)
+            if not length and data.count(0, at) == size - at:
+                return
+            end = at + _FRAME.size + length
+            if length and end <= size:
+                body = view[at + _FRAME.size : end]
+                if _crc32(body) == crc:
+                    yield at, end, body
+                    at = end
+                    limit -= 1
+                    continue
+                if _chain_holds(data, view, end):  # the length held: the body is damaged
+                    yield at, end, None
+                    at = end
+                    limit -= 1
+                    continue
+        following = _next_whole(data, view, at + 1)
+        if following < 0:
             yield at, -1, None
             return
-        length, crc = _FRAME.unpack_from(data, at)
-        if not length:  # no record is empty
-            if data.count(0, at) != size - at:
-                yield at, -1, None
-            return
-        end = at + _FRAME.size + length
-        if end > size:
-            yield at, -1, None
-            return
-        body = view[at + _FRAME.size : end]
-        yield at, end, (body if _crc32(body) == crc else None)
-        at = end
+        yield at, following, None
+        at = following
         limit -= 1
+
+
+def _chain_holds(data: bytes, view: memoryview, at: int) -> bool:
+    """Whether the lengths from ``at`` lead to a whole record, zeros or the end of ``data``.
+
+    A length that a disk error changed lands inside another record, where the next length
+    read is a random one: the chain breaks at once (or within a few steps).
+    """
+    size = len(data)
+    while True:
+        if at >= size or data.count(0, at) == size - at:
+            return True
+        if at + _FRAME.size > size:
+            return False
+        length, crc = _FRAME.unpack_from(data, at)
+        end = at + _FRAME.size + length
+        if not length or end > size:
+            return False
+        if _crc32(view[at + _FRAME.size : end]) == crc:
+            return True
+        at = end
+
+
+def _next_whole(data: bytes, view: memoryview, at: int) -> int:
+    """The first offset from ``at`` where a whole record starts; -1 if none does.
+
+    Byte by byte, only after damage: a length past the end is rejected at once, and a
+    checksum matches by chance once in 2**32 (`_decoded` then refuses the body).
+    """
+    size = len(data)
+    unpack = _FRAME.unpack_from
+    for offset in range(at, size - _FRAME.size + 1):
+        length, crc = unpack(data, offset)
+        end = offset + _FRAME.size + length
+        if length and end <= size and _crc32(view[offset + _FRAME.size : end]) == crc:
+            return offset
+    return -1
 
 
 # --- the journal --------------------------------------------------------------------------------
@@ -534,10 +579,14 @@ class Journal:
     ) -> None:
         if now:
             self.damaged += 1
-        what = "a torn record (cut short by a crash)" if torn else "a damaged record"
+        what = (
+            "a torn record (cut short by a crash)"
+            if torn
+            else "a damaged record (or several: the bytes up to the next whole record)"
+        )
         logger.error(
-            "spool %s: %s at byte %d, %d bytes skipped; the event in it is lost, the "
-            "records around it are replayed",
+            "spool %s: %s at byte %d, %d bytes skipped; the events in them are lost, the "
+            "records around them are replayed",
             path,
             what,
             offset,
