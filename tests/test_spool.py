@@ -794,6 +794,33 @@ def test_a_new_writer_adopts_the_spools_of_dead_processes_only(
     assert files(tmp_path) == []
 
 
+def test_folders_that_are_not_a_spool_or_cannot_be_opened_are_left_alone(
+    host_models: HostModels, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``lost+found`` at a volume's root, or a spool of a writer of another user, does not stop
+    a writer from starting."""
+    key = uuid.uuid4()
+    spool_down(host_models, tmp_path, chat_events(key, key, 3))
+    [dead] = list(tmp_path.iterdir())
+    not_a_spool = tmp_path / "lost+found"
+    shutil.copytree(dead, not_a_spool)  # even one that looks like a spool inside
+    shutil.rmtree(dead)
+    unreadable = tmp_path / "otherhost-4242"
+    unreadable.mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:  # opening its lock fails (ENXIO), as EACCES would
+        sock.bind(str(unreadable / "lock"))
+        with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+            writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+        assert writer.counters.spilled == 0
+        writer.close(timeout=0)
+    assert sorted(path.name for path in not_a_spool.iterdir()) == sorted(
+        ["lock", "table", "000000000001.seg"]
+    )
+    [warning] = [r.getMessage() for r in caplog.records if "not replaying" in r.getMessage()]
+    assert f"not replaying the spool {unreadable}: its lock cannot be opened (" in warning
+    assert "the writers that share a Spool directory must run as one user" in warning
+
+
 # -- SIGKILL -----------------------------------------------------------------------------------
 
 _PRODUCER = """

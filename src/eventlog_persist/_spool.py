@@ -353,6 +353,11 @@ def _segment_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+_SPOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]+-[0-9]+\Z")
+"""The name `_process_name` gives a process's spool; other folders (``lost+found`` at the root
+of a volume, say) are left alone."""
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -444,7 +449,7 @@ class Journal:
             inherited = [path for _, path in own]
             number = own[-1][0] + 1 if own else 1
             for sibling in sorted(self.root.iterdir()):
-                if sibling != self.dir and sibling.is_dir():
+                if sibling != self.dir and _SPOOL_NAME_RE.match(sibling.name) and sibling.is_dir():
                     moved = self._adopt(sibling, number)
                     inherited.extend(moved)
                     number += len(moved)
@@ -514,6 +519,14 @@ class Journal:
             fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return []  # being created, or adopted by someone else
+        except OSError as exc:
+            logger.warning(
+                "not replaying the spool %s: its lock cannot be opened (%s); the writers that "
+                "share a Spool directory must run as one user",
+                sibling,
+                exc,
+            )
+            return []
         moved: list[Path] = []
         try:
             try:
