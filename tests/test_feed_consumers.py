@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from eventlog_persist import (
     AsyncEventFeed,
@@ -340,6 +342,77 @@ def test_a_late_commit_goes_through_when_nobody_took_over(
     feed.commit(batch)
     assert [event.id for event in batch.events] == written
     assert ids(drain(feed)) == []
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_a_commit_waiting_for_a_reset_is_told_its_lease_is_lost_whatever_the_engines_level(
+    database_url: URL,
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    level: str,
+) -> None:
+    """commit(), release() and unregister() run at READ COMMITTED as fetch() does: a commit
+    that waited for a reset's row lock reads the row as it is then, not a serialization
+    failure."""
+    write(host_engine, host_models, keys, 4)
+    engine = host_engine.execution_options(isolation_level=level)
+    feed = EventFeed(host_models.EventLog, engine, consumer="c", owner="w")
+    feed.register()
+
+    def waiting() -> bool:
+        with host_engine.connect() as connection:
+            return bool(
+                connection.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                ).scalar_one()
+            )
+
+    def commit_behind_a_reset(commit: Any) -> BaseException | None:
+        outcome: list[BaseException | None] = []
+        with host_engine.begin() as resetting:
+            resetting.execute(
+                text(
+                    "UPDATE event_log_consumers SET generation = generation + 1, owner = NULL, "
+                    "lease_until = NULL WHERE consumer = 'c'"
+                )
+            )
+            thread = threading.Thread(target=lambda: outcome.append(_raised(commit)))
+            thread.start()
+            wait_for(waiting, what="the commit waiting for the reset")
+        thread.join(timeout=15)
+        return outcome[0]
+
+    batch = feed.fetch()
+    error = commit_behind_a_reset(lambda: feed.commit(batch))
+    assert isinstance(error, LeaseLostError), repr(error)
+    assert feed.fetch().events == batch.events  # the checkpoint did not move
+    feed.release()
+
+    async def run() -> BaseException | None:
+        async_engine = create_async_engine(database_url, isolation_level=level)
+        try:
+            twin = AsyncEventFeed(host_models.EventLog, async_engine, consumer="c", owner="a")
+            fetched = await twin.fetch()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None,
+                commit_behind_a_reset,
+                lambda: asyncio.run_coroutine_threadsafe(twin.commit(fetched), loop).result(),
+            )
+        finally:
+            await async_engine.dispose()
+
+    error = asyncio.run(run())
+    assert isinstance(error, LeaseLostError), repr(error)
+
+
+def _raised(call: Any) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # the outcome is the test's to judge
+        return exc
+    return None
 
 
 def test_release_hands_the_lease_over_at_once(

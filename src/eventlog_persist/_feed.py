@@ -9,11 +9,12 @@ under the generation it was fetched with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -69,6 +70,28 @@ __all__ = ["AsyncEventFeed", "EventFeed", "FeedBatch"]
 # read must see the other one's rows; and on an engine in autocommit mode (where BEGIN is
 # never sent) a fetch's lease would commit before the fetch could still fail and roll it back.
 OWN_TRANSACTION: Final = {"isolation_level": "READ COMMITTED"}
+
+
+@contextlib.contextmanager
+def own_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction of the feed's own, at `OWN_TRANSACTION`'s level whatever the engine's."""
+    with (
+        engine.connect() as own,
+        own.execution_options(**OWN_TRANSACTION) as connection,
+        connection.begin(),
+    ):
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def aown_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`own_transaction` of an ``AsyncEngine``."""
+    async with engine.connect() as own:
+        connection = await own.execution_options(**OWN_TRANSACTION)
+        async with connection.begin():
+            yield connection
+
+
 # Undefined table, column or function: the feed's migration has not run (or PostgreSQL < 13).
 _NOT_MIGRATED: Final = frozenset({"42P01", "42703", "42883"})
 
@@ -475,11 +498,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         self._ticket = self._wakeups.ticket()
         try:
-            with (
-                self._engine.connect() as own,
-                own.execution_options(**OWN_TRANSACTION) as connection,
-                connection.begin(),
-            ):
+            with own_transaction(self._engine) as connection:
                 lease = self._statements.lease(fixed=self._part is not None)
                 row = connection.execute(lease, self._lease_params()).first()
                 if row is None:
@@ -525,7 +544,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
                 raise self._translated(exc) from exc
             return
         try:
-            with self._engine.begin() as own:
+            with own_transaction(self._engine) as own:
                 self._commit_on(own, batch, params)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
@@ -569,7 +588,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
         A batch fetched before and not committed is then delivered again.
         """
         try:
-            with self._engine.begin() as connection:
+            with own_transaction(self._engine) as connection:
                 connection.execute(
                     self._statements.release(), {"name": self._name, "me": self._owner}
                 )
@@ -583,7 +602,7 @@ class EventFeed(_FeedCore, Generic[KeyT]):
             True if it was registered.
         """
         try:
-            with self._engine.begin() as connection:
+            with own_transaction(self._engine) as connection:
                 removed = connection.execute(self._statements.unregister(), {"name": self._name})
                 return bool(removed.rowcount)
         except DBAPIError as exc:
@@ -715,24 +734,22 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         chosen = check_limit(limit)
         self._ticket = self._wakeups.ticket()
         try:
-            async with self._engine.connect() as own:
-                connection = await own.execution_options(**OWN_TRANSACTION)
-                async with connection.begin():
-                    lease = self._statements.lease(fixed=self._part is not None)
-                    row = (await connection.execute(lease, self._lease_params())).first()
-                    if row is None:
-                        found = await connection.execute(
-                            self._statements.holder(), {"name": self._name}
-                        )
-                        raise self._refused(found.all())
-                    part, generation, plan, current = self._plan(row, chosen)
-                    page = self._statements.page(plan)
-                    pages = [(plan, (await connection.execute(page, plan.params)).all())]
-                    follow = self._follow(part, plan, pages[0][1], current)
-                    if follow is not None:
-                        page = self._statements.page(follow)
-                        rows = (await connection.execute(page, follow.params)).all()
-                        pages.append((follow, rows))
+            async with aown_transaction(self._engine) as connection:
+                lease = self._statements.lease(fixed=self._part is not None)
+                row = (await connection.execute(lease, self._lease_params())).first()
+                if row is None:
+                    found = await connection.execute(
+                        self._statements.holder(), {"name": self._name}
+                    )
+                    raise self._refused(found.all())
+                part, generation, plan, current = self._plan(row, chosen)
+                page = self._statements.page(plan)
+                pages = [(plan, (await connection.execute(page, plan.params)).all())]
+                follow = self._follow(part, plan, pages[0][1], current)
+                if follow is not None:
+                    page = self._statements.page(follow)
+                    rows = (await connection.execute(page, follow.params)).all()
+                    pages.append((follow, rows))
         except DBAPIError as exc:
             raise self._translated(exc) from exc
         return self._batch(part, generation, pages)
@@ -767,7 +784,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
                 raise self._translated(exc) from exc
             return
         try:
-            async with self._engine.begin() as own:
+            async with aown_transaction(self._engine) as own:
                 await self._commit_on(own, batch, params)
         except DBAPIError as exc:
             raise self._translated(exc) from exc
@@ -813,7 +830,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
         A batch fetched before and not committed is then delivered again.
         """
         try:
-            async with self._engine.begin() as connection:
+            async with aown_transaction(self._engine) as connection:
                 await connection.execute(
                     self._statements.release(), {"name": self._name, "me": self._owner}
                 )
@@ -827,7 +844,7 @@ class AsyncEventFeed(_FeedCore, Generic[KeyT]):
             True if it was registered.
         """
         try:
-            async with self._engine.begin() as connection:
+            async with aown_transaction(self._engine) as connection:
                 removed = await connection.execute(
                     self._statements.unregister(), {"name": self._name}
                 )

@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventlog_persist._failures import sqlstate_of
-from eventlog_persist._feed import OWN_TRANSACTION
+from eventlog_persist._feed import own_transaction
 from eventlog_persist._feed_claims import claiming
 from eventlog_persist._feed_schema import PgSnapshot, Xid8, consumers_table
 from eventlog_persist._feed_sql import (
@@ -477,11 +477,7 @@ def reset_consumer(
     statements = FeedStatements(model)
     t = statements.consumers
     try:
-        with (
-            engine.connect() as own,
-            own.execution_options(**OWN_TRANSACTION) as connection,  # sees what it waited for
-            connection.begin(),
-        ):
+        with own_transaction(engine) as connection:  # sees what it waited for
             if start != "latest":  # a claim on stored events: not while retention runs
                 connection.execute(claiming(t))
                 # Bounded: retention waits behind this claim, and a worker's commit in the
@@ -520,7 +516,7 @@ def unregister_consumer(
     name = check_consumer(consumer)
     t = consumers_table(table.metadata, schema=table.schema)
     try:
-        with engine.begin() as connection:
+        with own_transaction(engine) as connection:
             rows, live = _lock_parts(
                 connection, t, name, force, again="unregister again", fenced="ConsumerNotFoundError"
             )
