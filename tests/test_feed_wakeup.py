@@ -206,6 +206,80 @@ def test_a_lost_listener_connection_wakes_the_waiter_and_comes_back(
         assert len(feed.fetch().events) == 1
 
 
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+def test_the_listener_outlives_an_idle_session_timeout(
+    database_url: URL,
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: tuple[Any, Any],
+    caplog: pytest.LogCaptureFixture,
+    flavor: str,
+) -> None:
+    """It is idle by design: a database's idle_session_timeout must not end it every period."""
+    with host_engine.begin() as connection:
+        connection.execute(
+            text(f'ALTER DATABASE "{database_url.database}" SET idle_session_timeout = 300')
+        )
+
+    probe = create_engine(database_url, poolclass=NullPool)  # no pooled session idles out
+
+    def alive_for(seconds: float, pid: list[int]) -> None:
+        time.sleep(seconds)  # several timeouts
+        assert listeners(probe) == pid
+
+    if flavor == "sync":
+        engine = create_engine(database_url)  # its sessions start after the ALTER
+        try:
+            with EventFeed(host_models.EventLog, engine, consumer="c") as feed:
+                feed.register(start="latest")
+                listening(feed)
+                pid = listeners(probe)
+                alive_for(1.5, pid)
+                write_events(host_models.EventLog, host_engine, events(keys, 1))
+                assert feed.wait(timeout=NEVER) is True
+        finally:
+            engine.dispose()
+    else:
+
+        async def run() -> list[int]:
+            engine = create_async_engine(database_url)
+            try:
+                async with AsyncEventFeed(host_models.EventLog, engine, consumer="c") as feed:
+                    await feed.register(start="latest")
+                    assert await feed.wait(timeout=NEVER) is True
+                    pid = listeners(probe)
+                    await asyncio.sleep(1.5)
+                    assert listeners(probe) == pid
+                    write_events(host_models.EventLog, host_engine, events(keys, 1))
+                    assert await feed.wait(timeout=NEVER) is True
+                    return pid
+            finally:
+                await engine.dispose()
+
+        pid = asyncio.run(run())
+    assert len(pid) == 1
+    assert not [r for r in caplog.records if "LISTEN connection failed" in r.getMessage()]
+
+
+def test_the_listeners_tcp_socket_sends_keepalives_after_a_minute_of_silence() -> None:
+    import socket
+
+    from eventlog_persist import _feed_wakeup
+
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        _feed_wakeup._keep_alive(client.fileno())
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    with socket.socket(socket.AF_UNIX) as unix:
+        _feed_wakeup._keep_alive(unix.fileno())  # nothing to set on a Unix socket
+        assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
 def test_close_stops_listening(host_engine: Engine, host_models: HostModels) -> None:
     feed = EventFeed(host_models.EventLog, host_engine, consumer="c")
     feed.register()

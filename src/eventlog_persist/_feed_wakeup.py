@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 from typing import Any, Final, TypeAlias
 
@@ -88,6 +90,31 @@ def _listener_conninfo(target: object) -> str:
 
 
 _NAME_IT: Final = sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME))
+# The listener is idle by design: a role's or database's idle_session_timeout (PostgreSQL 14+)
+# would end it every period, losing what was notified meanwhile.
+_NO_IDLE_TIMEOUT: Final = sql.SQL("SET idle_session_timeout = 0")
+_KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+
+
+def _keep_alive(fileno: int) -> None:
+    """TCP keepalives after a minute of silence on the listener's socket.
+
+    A NAT or load balancer that drops idle flows (an AWS NLB after 350 s) then keeps this one,
+    and a peer gone without a word is noticed within about 90 s, where the system's defaults
+    take over two hours and the listener would wait on a dead socket meanwhile.
+    """
+    with socket.socket(fileno=os.dup(fileno)) as sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return  # a Unix socket: nothing between the ends to drop it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):  # Linux; macOS has TCP_KEEPALIVE instead of the first
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _idle_for_good(info: psycopg.ConnectionInfo) -> list[sql.SQL]:
+    """The statements that keep the listener's session from being ended for idling."""
+    return [_NO_IDLE_TIMEOUT] if info.server_version >= 140000 else []
 
 
 def _pooled(engine: object) -> bool:
@@ -184,6 +211,9 @@ class Wakeups(_Base):
         while not self._stop.is_set():
             try:
                 with self._connect() as conn:
+                    for statement in _idle_for_good(conn.info):
+                        conn.execute(statement)
+                    _keep_alive(conn.fileno())
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
                     self._fire()  # whatever was notified before this point was missed
@@ -287,6 +317,9 @@ class AsyncWakeups(_Base):
             try:
                 conn = await self._connect()
                 async with conn:
+                    for statement in _idle_for_good(conn.info):
+                        await conn.execute(statement)
+                    _keep_alive(conn.fileno())
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
                     self._fire()
