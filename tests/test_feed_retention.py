@@ -130,6 +130,8 @@ def test_a_consumer_behind_a_purge_fails_every_fetch_naming_the_fix(
     ahead = EventFeed(model, host_engine, consumer="ahead")
     behind.register(start="earliest")
     ahead.register(start="earliest")
+    spaced = EventFeed(model, host_engine, consumer="web hooks")
+    spaced.register(start="earliest")
     old = write(host_engine, host_models, keys, [OLD] * 12, per_tx=5)
     new = write(host_engine, host_models, keys, [NOW] * 3)
     assert drain(ahead) == old + new
@@ -153,9 +155,12 @@ def test_a_consumer_behind_a_purge_fails_every_fetch_naming_the_fix(
     assert message.startswith("consumer 'behind': retention (purge_events, first at ")
     assert f"removed 12 events created before {CUTOFF.isoformat()}" in message
     assert "does not skip them silently" in message
-    assert f"'eventlog-persist feed reset --consumer behind --to {CUTOFF.isoformat()}'" in message
+    assert f": eventlog-persist feed reset --consumer behind --to {CUTOFF.isoformat()} (" in message
     assert "unregister() and register(start=...)" in message
     assert marks(host_engine, "behind")[0][5] is None  # the failed fetch took no lease
+    with pytest.raises(FeedDataLostError) as raised:
+        spaced.fetch()
+    assert f"feed reset --consumer 'web hooks' --to {CUTOFF.isoformat()} (" in str(raised.value)
 
     # Delivered everything that went, or registered after: not marked, and goes on.
     assert marks(host_engine, "ahead")[0][1] is None

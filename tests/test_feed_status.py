@@ -385,7 +385,8 @@ def test_feed_commands(
     assert main(["feed", "register", "--consumer", "split"]) == 2
     error = capsys.readouterr().err
     assert "is registered with parts=4, this feed has parts=1" in error
-    assert "'eventlog-persist feed unregister --consumer split'" in error
+    assert "or eventlog-persist feed unregister --consumer split) and register it" in error
+    assert "start it at or before its oldest pending event" in error
 
     # unregister: refused while a worker holds a lease, unless --force; then register anew.
     worker = EventFeed(host_models.EventLog, host_engine, consumer="split", parts=4, owner="w2")
@@ -435,9 +436,14 @@ def test_feed_commands(
     assert main(["feed", "reset", "--consumer", "x", "--to", "2026-01-01"]) == 2
     assert "has no UTC offset; add one, e.g. 2026-01-01T00:00:00+00:00" in capsys.readouterr().err
     assert main(["feed", "reset", "--consumer", "nobody", "--to", "latest"]) == 2
-    assert "consumer 'nobody' is not registered" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "consumer 'nobody' is not registered" in error
+    assert "leave the name out" not in error  # reset needs one
+    assert "'eventlog-persist feed list' lists the registered ones" in error
     assert main(["feed", "status", "--consumer", "nobody"]) == 2
-    assert "consumer 'nobody' is not registered" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "consumer 'nobody' is not registered" in error
+    assert "or leave the name out to see every consumer" in error
 
 
 def test_feed_commands_need_the_feed_schema(

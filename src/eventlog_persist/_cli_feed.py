@@ -342,5 +342,5 @@ def _lost_line(status: ConsumerStatus) -> str:
         f"lost by {status.consumer} part {status.part}/{status.parts}: {status.lost_events} "
         f"events{before}, removed by {status.lost_by or 'retention'} before they were "
         "delivered; its fetches raise FeedDataLostError until it is reset: eventlog-persist "
-        f"feed reset --consumer {status.consumer} --to {to}"
+        f"feed reset --consumer {shlex.quote(status.consumer)} --to {to}"
     )

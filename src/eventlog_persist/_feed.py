@@ -267,9 +267,11 @@ class _FeedCore:
             f"consumer {self._name!r} is registered with parts={registered}, this feed has "
             f"parts={self._parts}; the parts of a consumer cannot change, as each part's "
             "checkpoint belongs to its sessions. Use parts="
-            f"{registered}, or unregister the consumer (unregister(), or 'eventlog-persist "
-            f"feed unregister --consumer {shlex.quote(self._name)}') and register it again "
-            "with the new parts (it starts over from its start)"
+            f"{registered}, or unregister the consumer (unregister(), or eventlog-persist "
+            f"feed unregister --consumer {shlex.quote(self._name)}) and register it again "
+            "with the new parts: it starts over from its start, so to keep what it was not "
+            "delivered yet, start it at or before its oldest pending event (feed_status(): "
+            "now minus oldest_pending_age) or at 'earliest', and deduplicate on event.id"
         )
 
     def _refused(self, holders: Sequence[Row[Any]]) -> FeedError | ConfigurationError:

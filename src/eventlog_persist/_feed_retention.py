@@ -19,6 +19,7 @@ marked, and one that was not always is.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -275,8 +276,8 @@ def data_lost(
     return FeedDataLostError(
         f"{which}: retention ({lost_by or 'unknown'}{when}) removed {lost_events} events"
         f"{before} that it had not been delivered; the feed cannot deliver them and does "
-        "not skip them silently. Reset the consumer to go on: 'eventlog-persist feed reset "
-        f"--consumer {consumer} --to {to}' (delivers what is stored from then on, some "
+        "not skip them silently. Reset the consumer to go on: eventlog-persist feed reset "
+        f"--consumer {shlex.quote(consumer)} --to {to} (delivers what is stored from then on, some "
         "again: deduplicate on event.id; --to latest skips the rest), or unregister() and "
         "register(start=...) it. To keep it from happening, let consumers catch up before "
         "retention removes events (feed_status: oldest_pending_age below the retention age)",

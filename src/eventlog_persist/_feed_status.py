@@ -195,11 +195,12 @@ def _translated(exc: DBAPIError) -> Exception:
     return exc
 
 
-def _missing(name: str) -> ConsumerNotFoundError:
+def _missing(name: str, *, listing: bool = False) -> ConsumerNotFoundError:
+    every = ", or leave the name out to see every consumer" if listing else ""
     return ConsumerNotFoundError(
         f"consumer {name!r} is not registered; register it first (EventFeed(...).register() "
-        "or 'eventlog-persist feed register --consumer NAME'), or leave the name out to see "
-        "every consumer"
+        f"or 'eventlog-persist feed register --consumer NAME'){every}; 'eventlog-persist feed "
+        "list' lists the registered ones"
     )
 
 
@@ -316,7 +317,7 @@ def _status(connection: Connection, table: Table, name: str | None) -> list[Cons
         _consumers_query(consumers, name is not None), {} if name is None else {"name": name}
     ).all()
     if name is not None and not rows:
-        raise _missing(name)
+        raise _missing(name, listing=True)
     blockers: tuple[FeedBlocker, ...] | None = None
     found = []
     for row in rows:
