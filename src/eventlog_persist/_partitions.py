@@ -929,6 +929,6 @@ def drop_partitions(
             "drop_partitions removed events that feed consumers %s had not been delivered "
             "yet; their fetches raise FeedDataLostError until they are reset (see "
             "'eventlog-persist feed status')",
-            ", ".join(sorted(behind)),
+            ", ".join(repr(name) for name in sorted(behind)),
         )
     return DropResult(tuple(dropped), tuple(detached), tuple(finalized), erased)

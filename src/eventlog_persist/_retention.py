@@ -349,6 +349,6 @@ def purge_events(
                 "purge_events removed events that feed consumers %s had not been delivered "
                 "yet; their fetches raise FeedDataLostError until they are reset (see "
                 "'eventlog-persist feed status')",
-                ", ".join(sorted(marked)),
+                ", ".join(repr(name) for name in sorted(marked)),
             )
     return PurgeResult(deleted, batches)
