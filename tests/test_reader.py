@@ -7,7 +7,7 @@ import functools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -449,6 +449,8 @@ def test_integer_keyed_reader_refuses_uuids_and_keys_out_of_range(engine: Engine
     assert integer.session_timeline(2**63 - 1, user_id=1).items == ()
     with pytest.raises(ValidationError, match=r"uuid\.UUID or an int"):
         integer.user_timeline(True)
+    with pytest.raises(ValidationError, match=r"got str '42'; convert it with int\(\.\.\.\)$"):
+        integer.user_timeline("42")  # type: ignore[arg-type]
 
 
 class Who(enum.IntEnum):
@@ -600,6 +602,49 @@ def test_calendar_buckets_follow_daylight_saving(
     ]
 
 
+def test_bounds_in_one_zone_across_a_clocks_back_hour_compare_as_instants(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    """Python compares two times of one zone object by their clocks (fold ignored): 01:50 EDT
+    reads later than 01:10 EST, which is 20 minutes after it."""
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2024, 11, 3, 1, 50, tzinfo=new_york)  # 05:50 UTC
+    later = datetime(2024, 11, 3, 1, 10, fold=1, tzinfo=new_york)  # 06:10 UTC
+    chat, user = world.sessions[1][0], world.users[1]
+    add_events(
+        host_engine,
+        host_models,
+        [
+            {"session_id": chat, "user_id": user, "event_type": "x", "created_at": at}
+            for at in (
+                datetime(2024, 11, 3, 6, tzinfo=UTC),
+                datetime(2024, 11, 3, 6, 20, tzinfo=UTC),
+            )
+        ],
+    )
+    reader = EventLogReader(host_models.EventLog, host_engine)
+    # A range that is not empty (one event, at 06:00 UTC).
+    assert len(reader.user_timeline(user, since=first, until=later).items) == 1
+    assert reader.count(user_id=user, since=first, until=later) == 1
+    # The bounds given both ways intersect: the later since, the earlier until.
+    two_hours = first + timedelta(hours=2)
+    assert reader.count(user_id=user, since=first, until=two_hours, filters=after(later)) == 1
+    hour_before = first - timedelta(hours=1)
+    assert reader.count(user_id=user, since=hour_before, until=first, filters=before(later)) == 0
+    page = reader.user_timeline(user, since=first, until=two_hours, filters=after(later))
+    assert [event.created_at for event in page.items] == [datetime(2024, 11, 3, 6, 20, tzinfo=UTC)]
+    with pytest.raises(ValidationError, match="is an empty range"):
+        reader.user_timeline(user, since=later, until=first)
+
+
+def after(moment: datetime) -> EventFilter:
+    return EventFilter(since=moment)
+
+
+def before(moment: datetime) -> EventFilter:
+    return EventFilter(until=moment)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -620,6 +665,11 @@ def test_calendar_buckets_follow_daylight_saving(
         ({"time_zone": "WET"}, "'Europe/Lisbon'"),
         ({"time_zone": "eet"}, "'Europe/Athens'"),
         ({"time_zone": "localtime"}, "this machine's zone"),
+        # Files of the zone folder that PostgreSQL does not know as zones.
+        ({"time_zone": "posix/Europe/Paris"}, "is not an IANA time zone"),
+        ({"time_zone": "right/Europe/Paris"}, "is not an IANA time zone"),
+        ({"time_zone": "posixrules"}, "is not an IANA time zone"),
+        ({"since": date(2025, 1, 1)}, r"pass a timezone-aware datetime, e\.g\. datetime\("),
         ({"filters": "x"}, "EventFilter"),
     ],
 )

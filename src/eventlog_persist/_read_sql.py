@@ -3,12 +3,13 @@ and the per-table cache of compiled driver SQL. Shared by the sync and the async
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Literal, get_args
 
@@ -135,13 +136,15 @@ def check_key(table: Table, name: str, value: object) -> None:
     An int for a UUID column (or the reverse) would otherwise reach the database and come
     back as the driver's "operator does not exist" error.
     """
+    sql_type = key_sql_type(table.c[name].type)
     if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int)):
+        convert = "uuid.UUID(...)" if sql_type == "uuid" else "int(...)"
         raise ValidationError(
             f"{name} must be a uuid.UUID or an int (the host's primary-key type), got "
             f"{type(value).__name__} {value!r}"
-            + ("; convert it with uuid.UUID(...)" if isinstance(value, str) else "")
+            + (f"; convert it with {convert}" if isinstance(value, str) else "")
         )
-    check_key_fits(name, key_sql_type(table.c[name].type), value)
+    check_key_fits(name, sql_type, value)
 
 
 # Times are returned within what Python reads back in any session time zone. A row that
@@ -619,12 +622,18 @@ def _aggregate_shape(
     return shape, params
 
 
+# Instants, not wall clocks: two times that share one zone object compare by their clock
+# readings, fold ignored, so in the hour a DST change repeats the later one can read earlier.
 def _later(one: datetime | None, other: datetime | None) -> datetime | None:
-    return other if one is None else one if other is None else max(one, other)
+    return other if one is None else one if other is None else max(one, other, key=_instant)
 
 
 def _earlier(one: datetime | None, other: datetime | None) -> datetime | None:
-    return other if one is None else one if other is None else min(one, other)
+    return other if one is None else one if other is None else min(one, other, key=_instant)
+
+
+def _instant(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
 
 
 def _total_select(table: Table, shape: tuple[str, ...]) -> Select[Any]:
@@ -740,13 +749,17 @@ def _check_time_zone(time_zone: str) -> None:
             "time_zone='localtime' is this machine's zone, which the database server does "
             "not know; pass its IANA name, such as 'Europe/Paris'"
         )
-    try:
-        zoneinfo.ZoneInfo(time_zone)
-    # OSError: a folder of zones ("Europe") or a name too long for a file name.
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
+    # The zone database's own names: a file the folder also holds but PostgreSQL does not
+    # know (posix/Europe/Paris, right/..., posixrules) is refused here, not by the server.
+    if not isinstance(time_zone, str) or time_zone not in _zone_names():
         raise ValidationError(
             f"time_zone={time_zone!r} is not an IANA time zone name such as 'UTC' or 'Europe/Paris'"
-        ) from exc
+        )
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 def bucket_query(

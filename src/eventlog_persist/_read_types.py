@@ -192,7 +192,10 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
         if value is None:
             continue
         if not isinstance(value, datetime):
-            raise ValidationError(f"{owner}({name}=...) must be a datetime, got {value!r}")
+            raise ValidationError(
+                f"{owner}({name}=...) must be a datetime, got {value!r}; pass a timezone-aware "
+                "datetime, e.g. datetime(2026, 12, 1, tzinfo=UTC)"
+            )
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValidationError(
                 f"{owner}({name}={value.isoformat()}) is a naive datetime, which PostgreSQL "
@@ -206,7 +209,8 @@ def check_range(since: datetime | None, until: datetime | None, *, owner: str) -
                 f"{owner}({name}={value.isoformat()}) is before year 1 or after 9999 once "
                 "moved to UTC; pass a time within that range, or None for no bound"
             ) from None
-    if since is not None and until is not None and since >= until:
+    # In UTC: two times of one zone object compare by their clocks, fold ignored (DST).
+    if since is not None and until is not None and since.astimezone(UTC) >= until.astimezone(UTC):
         raise ValidationError(
             f"{owner}(since={since.isoformat()}, until={until.isoformat()}) is an empty range; "
             "since must be before until (since is inclusive, until exclusive)"
