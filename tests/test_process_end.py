@@ -284,6 +284,39 @@ def test_sigterm_with_two_writers_writes_both_queues(
     assert stored(host_engine) == {"queued": 999, "other": 500}
 
 
+@pytest.mark.parametrize("end", ["SIGTERM", "exit"])
+def test_writers_close_together_within_the_longest_exit_timeout(end: str) -> None:
+    """Three writers whose database is down: the process ends after about one exit_timeout
+    (3 s), not after the three of them one by one (9 s)."""
+    down = "host=/nonexistent-eventlog-dir port=1 dbname=x"
+    ending = "time.sleep(60)" if end == "SIGTERM" else "sys.exit(0)"
+    process = start(
+        f"""
+        import sys, time, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        models = build_host_models()
+        writers = [
+            BufferedWriter(models.EventLog, {down!r}, exit_timeout=3.0).start()
+            for _ in range(3)
+        ]
+        for writer in writers:
+            writer.enqueue(session_id=uuid.uuid4(), user_id=uuid.uuid4(), event_type="x")
+        print("queued", flush=True)
+        {ending}
+        """
+    )
+    wait_for_line(process, "queued")
+    began = time.monotonic()
+    if end == "SIGTERM":
+        process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    took = time.monotonic() - began
+    assert process.returncode == (-signal.SIGTERM if end == "SIGTERM" else 0), err
+    assert err.count("may not have been written: the writer closed") == 3, err
+    assert 2.9 < took < 7.0, f"{took:.1f} s"
+
+
 def test_an_ignored_sigterm_stays_ignored(database_url: URL, host_models: HostModels) -> None:
     script = f"""
         import signal

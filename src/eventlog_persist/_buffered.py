@@ -830,7 +830,18 @@ class BufferedWriter(Generic[KeyT]):
         self.close()
 
     def _close_at_exit(self) -> None:
-        self.close(self._exit_timeout)
+        _shutdown.close_all(self)  # the other writers too, all at once
+
+    def _begin_close(self) -> None:
+        """Have the thread write what is queued now (the first step of `close`)."""
+        with self._lock:
+            self._state.closing = True
+            self._wake.notify()
+            self._room.notify_all()
+
+    def _close_since(self, started: float) -> None:
+        """`close` within what is left of ``exit_timeout`` since ``started``."""
+        self.close(max(0.0, self._exit_timeout - (time.monotonic() - started)))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event enqueued so far is written or given up.
@@ -891,10 +902,8 @@ class BufferedWriter(Generic[KeyT]):
         atexit.unregister(self._close_at_exit)
         _shutdown.unwatch(self)
         state = self._state
+        self._begin_close()
         with self._lock:
-            state.closing = True
-            self._wake.notify()
-            self._room.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
