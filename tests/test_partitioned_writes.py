@@ -463,6 +463,24 @@ def test_closing_gives_up_held_events_at_once(
     assert NO_PARTITION in str(dead.items[0][1])
 
 
+def test_an_event_set_aside_for_its_partition_counts_in_the_oldest_queued_age(
+    host_engine: Engine, host_models: HostModels, keys: dict[str, Any]
+) -> None:
+    """It is queued (``counters.queued``) and in memory: the alert signal must see it age."""
+    dead = DeadLetters()
+    writer = buffered(host_models, host_engine, dead, flush_interval=0.05).start()
+    started = time.monotonic()
+    writer.enqueue(event_type="chat", created_at=FAR, **keys)
+    wait_for(lambda: writer.counters.retried >= 2, 10, "the event offered again")
+    stats = writer.stats
+    assert stats.counters.queued == 1
+    assert stats.oldest_queued_age is not None
+    assert stats.oldest_queued_age >= 0.5  # the first backoff is 0.5 s: not restarted by it
+    assert stats.oldest_queued_age <= time.monotonic() - started
+    writer.close(timeout=0.5)
+    assert writer.stats.oldest_queued_age is None
+
+
 @pytest.mark.fault
 def test_a_close_that_gives_up_reports_the_held_events_with_the_rest(
     host_engine: Engine, host_models: HostModels, keys: dict[str, Any]

@@ -147,7 +147,8 @@ class _State(Generic[KeyT]):
         self.missing_partition_timeout = float(missing_partition_timeout)
         # Events whose created_at had no partition: set aside, re-offered (see `hold`).
         self.held: list[_Held] = []
-        self.missing: dict[object, tuple[float, int]] = {}  # event id -> (since, tries)
+        # event id -> (since its first write failed, tries, arrival of the oldest of its batch)
+        self.missing: dict[object, tuple[float, int, float]] = {}
         self.queue: deque[NewEvent] = deque()
         self.inflight: list[NewEvent] | None = None  # the batch being written
         self.oldest = 0.0  # monotonic time the oldest queued event arrived
@@ -220,6 +221,9 @@ class _State(Generic[KeyT]):
             since: float | None = self.inflight_since
         else:
             since = self.arrivals[0] if self.arrivals else None
+        if self.missing:  # set aside for a missing partition, or queued again: since they came
+            first = min(arrived for _since, _tries, arrived in self.missing.values())
+            since = first if since is None else min(since, first)
         times = self.batch_times
         p50, slowest = times.p50_and_max()
         return WriterStats(
@@ -503,9 +507,9 @@ class _State(Generic[KeyT]):
             given_up = []
             for event, error in dead:
                 if is_missing_partition(error.__cause__ or error):
-                    since, tries = missing.get(event.id, (now, 0))
+                    since, tries, arrived = missing.get(event.id, (now, 0, self.inflight_since))
                     if not self.closing and now - since < limit:
-                        missing[event.id] = (since, tries + 1)
+                        missing[event.id] = (since, tries + 1, arrived)
                         self.held.append(_Held(event, since, tries + 1, now, limit))
                         held.add(id(event))
                         self.count_retry(error, False)
