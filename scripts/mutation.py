@@ -116,6 +116,7 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_outages.py::test_a_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
             "tests/test_outages.py::test_an_async_bulk_write_rides_out_a_read_only_spell_with_the_defaults",
             "tests/test_process_end.py::test_a_forked_child_writes_through_its_own_connection_and_thread",
+            "tests/test_process_end.py::test_a_forked_child_of_a_writer_given_a_connection_dead_letters_with_the_fix_named",
         ),
     ),
     "setup": Target(
