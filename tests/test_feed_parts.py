@@ -420,6 +420,31 @@ def test_a_worker_that_lost_its_lease_rolls_the_hosts_transaction_back(
         slow.commit(batch, connection=session)  # type: ignore[arg-type]
 
 
+def test_a_commit_in_a_long_host_transaction_renews_the_lease_from_when_it_ran(
+    host_engine: Engine, host_models: HostModels
+) -> None:
+    """Not from the transaction's start: the lease would have ended before the commit."""
+    derived_events(host_engine, host_models, 2, 4)
+    feed = EventFeed(host_models.EventLog, host_engine, consumer="once", lease=1.0)
+    feed.register()
+    batch = feed.fetch()
+    with host_engine.begin() as connection:
+        connection.execute(text("SELECT 1"))  # the transaction starts here
+        time.sleep(1.2)  # the handler works longer than the lease
+        derive(connection, batch)
+        feed.commit(batch, connection=connection)
+        live, committed = connection.execute(
+            text(
+                "SELECT lease_until > clock_timestamp() + interval '0.5 seconds', "
+                "committed_at > now() + interval '1 second' FROM event_log_consumers "
+                "WHERE consumer = 'once'"
+            )
+        ).one()
+    assert (live, committed) == (True, True)
+    with pytest.raises(LeaseHeldError):  # still this worker's
+        EventFeed(host_models.EventLog, host_engine, consumer="once").fetch()
+
+
 def test_a_batch_committed_again_or_after_a_later_one_moves_nothing(
     host_engine: Engine, host_models: HostModels
 ) -> None:

@@ -648,8 +648,10 @@ class FeedStatements:
                 backfill_since=_timestamp("backfill_since"),
                 backfill_after=bindparam("backfill_after", type_=t.c.backfill_after.type),
                 delivered=t.c.delivered + bindparam("count", type_=t.c.delivered.type),
-                committed_at=func.now(),
-                lease_until=func.now() + bindparam("lease", type_=Interval()),
+                # The statement's time, not the transaction's: a commit in the host's
+                # transaction (``connection=``) renews the lease from when it ran.
+                committed_at=func.statement_timestamp(),
+                lease_until=func.statement_timestamp() + bindparam("lease", type_=Interval()),
             )
         )
 
