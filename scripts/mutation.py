@@ -103,6 +103,7 @@ TARGETS: Final[dict[str, Target]] = {
             "tests/test_write_record.py",
             "tests/test_write_buffered.py",
             "tests/test_delivery.py::test_a_row_refused_by_a_host_constraint_names_it_and_points_at_the_constraints",
+            "tests/test_delivery.py::test_a_closed_connection_the_caller_gave_is_not_reopened",
             "tests/test_outages.py::test_a_read_only_spell_longer_than_the_deadline_names_the_cause",
             "tests/test_outages.py::test_a_bulk_write_does_not_wait_forever_behind_a_row_lock",
         ),
