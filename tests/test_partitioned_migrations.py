@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from catalog import UUID_KEYS, expected_event_logs, of_table, snapshot
 from hostkit import HostProject, make_host
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 PARTITIONED = "%(here)s/migrations/versions eventlog_persist:migrations "
 PARTITIONED += "eventlog_persist:migrations_partitioned"
@@ -202,6 +203,57 @@ def test_downgrade_returns_to_the_plain_table_with_its_rows(
     host.run("downgrade", "eventlog@base")
     with engine.connect() as connection:
         assert snapshot(connection) == host_only
+
+
+def test_downgrade_stops_while_a_partitions_detach_is_pending(
+    host: HostProject, engine: Engine, database_url: URL
+) -> None:
+    """SELECT * FROM event_logs leaves such a partition out, and DROP TABLE of the renamed
+    table would drop it: its rows would be lost without a word."""
+    host.run("upgrade", "heads")
+    add_event(engine)  # in the current week's partition
+    (current,) = [name for name, bound in partitions(engine) if _holds_now(bound)]
+    reader = engine.connect()
+    reader.execute(text("SELECT count(*) FROM event_logs"))  # a transaction the detach waits for
+    impatient = create_engine(
+        database_url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c lock_timeout=300"},
+    )
+    detach = text(f"ALTER TABLE event_logs DETACH PARTITION {current} CONCURRENTLY")
+    try:
+        with impatient.connect() as connection, pytest.raises(OperationalError, match="lock"):
+            connection.execute(detach)
+    finally:
+        impatient.dispose()
+        reader.close()
+    # Offline, as psql runs the script: the same refusal, from a DO block.
+    offline = host.run("downgrade", "evlpart_0001:eventlog_partitioned@base", "--sql").stdout
+    (guard,) = [line for line in offline.splitlines() if "inhdetachpending" in line]
+    with engine.connect() as connection, pytest.raises(DBAPIError, match="still being detached"):
+        connection.exec_driver_sql(guard.rstrip(";").replace("%", "%%"))
+    result = host.run("downgrade", "eventlog_partitioned@base", check=False)
+    assert result.returncode != 0
+    assert f"partition {current} of event_logs is still being detached" in result.stderr
+    assert f"DETACH PARTITION {current} FINALIZE" in result.stderr
+    with engine.begin() as connection:  # nothing changed: finish it, and the downgrade runs
+        assert connection.execute(text(f"SELECT count(*) FROM {current}")).scalar() == 1
+        connection.execute(text(f"ALTER TABLE event_logs DETACH PARTITION {current} FINALIZE"))
+        week = monday(datetime.now(UTC))
+        connection.execute(
+            text(
+                f"ALTER TABLE event_logs ATTACH PARTITION {current} FOR VALUES FROM "
+                f"('{week.isoformat()}') TO ('{(week + timedelta(days=7)).isoformat()}')"
+            )
+        )
+    host.run("downgrade", "eventlog_partitioned@base")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 1
+
+
+def _holds_now(bound: str) -> bool:
+    start, end = (datetime.fromisoformat(part.split("'")[1]) for part in bound.split(" TO "))
+    return start <= datetime.now(UTC) < end
 
 
 def test_offline_sql_partitions_and_guards_against_rows(host: HostProject) -> None:

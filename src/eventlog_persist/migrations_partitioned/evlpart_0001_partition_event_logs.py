@@ -17,7 +17,9 @@ is refused: ``eventlog-persist convert`` (``convert_to_partitioned``) converts a
 online, and this revision then finds ``event_logs`` partitioned and changes nothing.
 
 The downgrade turns the partitioned table back into the plain one and keeps every row (they
-are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy).
+are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy); it stops
+while a partition's detach is pending (an interrupted ``DETACH ... CONCURRENTLY``), whose rows
+it could not copy.
 
 Both directions keep the opt-in feed's column ``xid`` (revision ``evlfeed_0001``, of another
 branch, which may run before or after this one) with its default, and build its index
@@ -301,8 +303,46 @@ def upgrade() -> None:
     _audit_guard(schema)
 
 
+_PENDING_MESSAGE = (
+    "eventlog_persist: partition %s of event_logs is still being detached (an interrupted "
+    "DETACH ... CONCURRENTLY): the plain table would not get its rows, and the downgrade "
+    "would drop it with them. Finish the detach first: run 'eventlog-persist partitions "
+    "drop' again (it completes what the interrupted run was doing), or ALTER TABLE "
+    "event_logs DETACH PARTITION %s FINALIZE and keep or drop that table yourself"
+)
+
+
+def _refuse_pending_detach(schema: str | None) -> None:
+    """Stop when a partition's detach is pending: ``SELECT * FROM event_logs`` leaves it
+    out, while ``DROP TABLE`` of the renamed table drops it (PostgreSQL 14+)."""
+    parent = _qualified(schema, "event_logs").replace("'", "''")
+    if context.is_offline_mode():
+        message = _PENDING_MESSAGE.replace("'", "''")
+        op.execute(
+            "DO $$ DECLARE pending text; BEGIN IF current_setting('server_version_num')::int "
+            ">= 140000 THEN EXECUTE 'SELECT i.inhrelid::regclass::text FROM pg_inherits i "
+            f"WHERE i.inhparent = ''{parent.replace(chr(39), chr(39) * 2)}''::regclass AND "
+            "i.inhdetachpending LIMIT 1' INTO pending; END IF; IF pending IS NOT NULL THEN "
+            "RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = "
+            f"format('{message}', pending, pending); END IF; END $$"
+        )
+        return
+    bind = op.get_bind()
+    if int(bind.execute(sa.text("SHOW server_version_num")).scalar_one()) < 140000:
+        return
+    pending = bind.execute(
+        sa.text(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i WHERE i.inhparent = "
+            f"'{parent}'::regclass AND i.inhdetachpending LIMIT 1"
+        )
+    ).scalar()
+    if pending is not None:
+        raise CommandError(_PENDING_MESSAGE % (pending, pending))
+
+
 def downgrade() -> None:
     schema = _setting("schema")
+    _refuse_pending_detach(schema)
     if not context.is_offline_mode():
         twice = op.get_bind().execute(
             sa.text(
