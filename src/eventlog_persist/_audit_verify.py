@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    true,
 )
 from sqlalchemy.exc import DBAPIError
 
@@ -304,6 +305,7 @@ def _forged(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
         for seq, event, name, text in sorted(unreadable)
     ]
     problems.extend(_forged_among(connection, tables))
+    problems.extend(_nulled_by_hand(connection, tables))
     return problems
 
 
@@ -327,18 +329,61 @@ def _not_a_key(text: Any, sql_type: str | None) -> Any:
     return and_(text.is_not(None), not_(in_range))
 
 
+def _parent_exists(tables: AuditTables, name: str, text: Any) -> Any:
+    """The condition that the parent ``text`` (a tombstone's ``key::text``) names exists."""
+    sql_type = tables.events.c[name].type
+    key: Any = cast(text, sql_type)
+    unreadable = _not_a_key(text, key_sql_type(sql_type))
+    if unreadable is not None:
+        # Cast only a key text (CASE keeps the order; a WHERE does not): another one names
+        # no parent, and is reported apart.
+        key = case((not_(unreadable), key), else_=null())
+    return exists().where(_parent(tables, name) == key)
+
+
+def _nulled_by_hand(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
+    """The rows whose project or agent is NULL while their earliest tombstone records one
+    that still exists: no ON DELETE SET NULL made it NULL, and the guard allows no other
+    change (the leaf check sets the keys back, so it cannot see this)."""
+    e = tables.erasures.c
+    rows = tables.events.c
+    earliest = (
+        select(e.seq, e.project_id, e.agent_id)
+        .where(e.event_id == rows.id, e.event_created_at == rows.created_at)
+        .order_by(e.seq)
+        .limit(1)
+        .lateral("earliest")
+    )
+    problems: list[AuditProblem] = []
+    for name in ("project_id", "agent_id"):
+        recorded = earliest.c[name]
+        query = (
+            select(rows.id, earliest.c.seq, recorded)
+            .select_from(tables.events.join(earliest, true()))
+            .where(
+                rows[name].is_(None),
+                recorded.is_not(None),
+                _parent_exists(tables, name, recorded),
+            )
+            .order_by(rows.id)
+        )
+        problems.extend(
+            AuditProblem(
+                "tombstone",
+                f"event {event}: {name} is NULL, but its earliest tombstone {seq} records "
+                f"{value}, which still exists: set to NULL by hand, not by an ON DELETE SET "
+                "NULL",
+            )
+            for event, seq, value in connection.execute(query)
+        )
+    return problems
+
+
 def _forged_among(connection: Connection, tables: AuditTables) -> list[AuditProblem]:
     e = tables.erasures.c
-    events = tables.events.c
 
     def present(name: str) -> Any:
-        key: Any = cast(e[name], events[name].type)
-        unreadable = _not_a_key(e[name], key_sql_type(events[name].type))
-        if unreadable is not None:
-            # Cast only a key text (CASE keeps the order; a WHERE does not): another one
-            # names no parent, and is reported apart.
-            key = case((not_(unreadable), key), else_=null())
-        return exists().where(_parent(tables, name) == key)
+        return _parent_exists(tables, name, e[name])
 
     cascade = select(e.seq, e.event_id).where(
         e.kind == "cascade", present("session_id"), present("user_id")
