@@ -317,6 +317,29 @@ def test_writers_close_together_within_the_longest_exit_timeout(end: str) -> Non
     assert 2.9 < took < 7.0, f"{took:.1f} s"
 
 
+def test_a_host_exit_hook_registered_after_the_first_writer_still_writes_through_it(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    """The writers' exit hook sits where the first writer registered it: the host's hooks
+    registered later run before it, even when another writer starts after them."""
+    user_id, session_id = seed(host_engine, host_models)
+    keys = f"session_id=uuid.UUID({str(session_id)!r}), user_id=uuid.UUID({str(user_id)!r})"
+    process = start(
+        f"""
+        import atexit, uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        models = build_host_models()
+        events = BufferedWriter(models.EventLog, {conninfo(database_url)!r}).start()
+        atexit.register(lambda: events.enqueue({keys}, event_type="goodbye"))
+        audit = BufferedWriter(models.EventLog, {conninfo(database_url)!r}).start()
+        """
+    )
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert stored(host_engine) == {"goodbye": 1}
+
+
 def test_an_ignored_sigterm_stays_ignored(database_url: URL, host_models: HostModels) -> None:
     script = f"""
         import signal

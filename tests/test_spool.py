@@ -698,6 +698,24 @@ def test_the_room_a_killed_writer_reserved_is_not_damage_but_bytes_in_it_are(
 
 
 @pytest.mark.fault
+@pytest.mark.parametrize("room", [1, 7, 8])
+def test_a_few_reserved_zeros_after_the_last_record_are_not_damage_either(
+    host_models: HostModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    """Fewer zeros than a record's header (the record ended just before the reservation's
+    end) are the same room, not a torn record."""
+    _pin_host(monkeypatch)
+    key = uuid.uuid4()
+    events = chat_events(key, key, 3)
+    dead = _leave_spool(host_models, tmp_path, events, "gone-1")
+    [segment] = sorted(dead.glob("*.seg"))
+    segment.write_bytes(segment.read_bytes() + bytes(room))
+    writer = BufferedWriter(host_models.EventLog, DOWN, spool=Spool(tmp_path))
+    assert (writer.counters.spilled, writer.counters.spool_damaged) == (3, 0)
+    writer.close(timeout=0)
+
+
+@pytest.mark.fault
 def test_the_size_cap_counts_the_adopted_records(host_models: HostModels, tmp_path: Path) -> None:
     key = uuid.uuid4()
     events = [

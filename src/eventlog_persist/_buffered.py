@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import threading
@@ -660,8 +659,9 @@ class BufferedWriter(Generic[KeyT]):
     Transient errors (a lost connection, a restart, a failover, a database that accepts only
     reads, a lock held past ``lock_timeout``) are retried on a new connection with
     `BUFFERED_RETRY`, until the database is back, unless ``retry`` says otherwise. The
-    writer registers `close` with `atexit`, so a process that exits normally writes what is
-    queued first (up to ``exit_timeout`` seconds).
+    first writer started registers an `atexit` hook that closes every writer of the process
+    together, so a process that exits normally writes what is queued first (up to each
+    writer's ``exit_timeout`` seconds, all at once).
 
     Args:
         model: The host's ``EventLog`` model.
@@ -807,7 +807,6 @@ class BufferedWriter(Generic[KeyT]):
                 target=self._run, name="eventlog-buffered-writer", daemon=True
             )
             self._thread.start()
-        atexit.register(self._close_at_exit)
         _shutdown.watch(self, sigterm=self._handle_sigterm)
         return self
 
@@ -832,9 +831,6 @@ class BufferedWriter(Generic[KeyT]):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _close_at_exit(self) -> None:
-        _shutdown.close_all(self)  # the other writers too, all at once
 
     def _begin_close(self) -> None:
         """Have the thread write what is queued now (the first step of `close`)."""
@@ -903,7 +899,6 @@ class BufferedWriter(Generic[KeyT]):
            anything changes; infinity waits without limit, as None does.
         """
         timeout = check_wait("timeout", timeout)
-        atexit.unregister(self._close_at_exit)
         _shutdown.unwatch(self)
         state = self._state
         self._begin_close()

@@ -45,6 +45,7 @@ _closer: threading.Thread | None = None  # waits for a SIGTERM, then closes the 
 _pipe: tuple[int, int] | None = None  # the closer reads, the handler writes
 _signalled = False  # a SIGTERM came: the next one (the closer's, or another) ends the process
 _finalizer: Any = None  # closes the writers at a multiprocessing child's end
+_exit_hook = False  # close_all is an atexit hook (a forked child inherits it)
 
 
 def reset_after_fork(writer: _Forkable) -> None:
@@ -53,10 +54,16 @@ def reset_after_fork(writer: _Forkable) -> None:
 
 
 def watch(writer: _Closable, *, sigterm: bool) -> None:
-    """Close ``writer`` on SIGTERM (when ``sigterm``) and at a multiprocessing child's end."""
-    global _installed, _previous, _finalizer
+    """Close ``writer`` at the process's exit, on SIGTERM (when ``sigterm``) and at a
+    multiprocessing child's end."""
+    global _installed, _previous, _finalizer, _exit_hook
     with _lock:
         _writers.add(writer)
+        if not _exit_hook:
+            # One hook, registered by the first writer: exit hooks run last in, first out, so
+            # the host's own hooks registered after it (which may still enqueue) run first.
+            atexit.register(close_all)
+            _exit_hook = True
         util = sys.modules.get("multiprocessing.util")
         if util is not None and _finalizer is None:
             # Its registry is emptied when a child starts, after the fork: so at a start.

@@ -221,36 +221,43 @@ def decode_event(body: bytes | memoryview) -> NewEvent:
     )
 
 
-def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, memoryview | None]]:
+def _records(
+    data: bytes, start: int, limit: int, *, resync: bool = True
+) -> Iterator[tuple[int, int, memoryview | None]]:
     """``(offset, end, body)`` of each record in ``data[start:]``, at most ``limit``.
 
     A damaged stretch (a checksum that does not match, a length that a disk error changed)
     gives ``body=None`` and ``end`` at the next whole record, where the parse goes on; a
     stretch with no whole record after it (a torn tail) gives ``end=-1`` and ends the parse.
     Zeros to the end (the room a writer that was killed had reserved) end it too, silently.
+    Without ``resync`` (a segment this writer appends to, whose records it counts one by
+    one) a damaged body is skipped by its length and a damaged length ends the parse.
     """
     view = memoryview(data)
     size = len(data)
+    zeros = len(data.rstrip(b"\0"))  # where the zeros to the end start
+    held: dict[int, bool] = {}  # `_chain_holds`, by offset
     at = start
     while at < size and limit > 0:
+        if at >= zeros:
+            return
+        length = crc = 0
         if at + _FRAME.size <= size:
             length, crc = _FRAME.unpack_from(data, at)
-            if not length and data.count(0, at) == size - at:
-                return
-            end = at + _FRAME.size + length
-            if length and end <= size:
-                body = view[at + _FRAME.size : end]
-                if _crc32(body) == crc:
-                    yield at, end, body
-                    at = end
-                    limit -= 1
-                    continue
-                if _chain_holds(data, view, end):  # the length held: the body is damaged
-                    yield at, end, None
-                    at = end
-                    limit -= 1
-                    continue
-        following = _next_whole(data, view, at + 1)
+        end = at + _FRAME.size + length
+        if length and end <= size:
+            body = view[at + _FRAME.size : end]
+            if _crc32(body) == crc:
+                yield at, end, body
+                at = end
+                limit -= 1
+                continue
+            if not resync or _chain_holds(data, view, end, zeros, held):  # the length held
+                yield at, end, None
+                at = end
+                limit -= 1
+                continue
+        following = _next_whole(data, view, at + 1) if resync else -1
         if following < 0:
             yield at, -1, None
             return
@@ -259,25 +266,37 @@ def _records(data: bytes, start: int, limit: int) -> Iterator[tuple[int, int, me
         limit -= 1
 
 
-def _chain_holds(data: bytes, view: memoryview, at: int) -> bool:
-    """Whether the lengths from ``at`` lead to a whole record, zeros or the end of ``data``.
+def _chain_holds(data: bytes, view: memoryview, at: int, zeros: int, held: dict[int, bool]) -> bool:
+    """Whether the lengths from ``at`` lead to a whole record, the zeros or the end of
+    ``data`` (``zeros``: where the zeros to its end start; ``held``: answers so far).
 
     A length that a disk error changed lands inside another record, where the next length
     read is a random one: the chain breaks at once (or within a few steps).
     """
     size = len(data)
+    walked = []
+    answer = False
     while True:
-        if at >= size or data.count(0, at) == size - at:
-            return True
+        if at in held:
+            answer = held[at]
+            break
+        walked.append(at)
+        if at >= zeros:
+            answer = True
+            break
         if at + _FRAME.size > size:
-            return False
+            break
         length, crc = _FRAME.unpack_from(data, at)
         end = at + _FRAME.size + length
         if not length or end > size:
-            return False
+            break
         if _crc32(view[at + _FRAME.size : end]) == crc:
-            return True
+            answer = True
+            break
         at = end
+    for offset in walked:
+        held[offset] = answer
+    return answer
 
 
 def _next_whole(data: bytes, view: memoryview, at: int) -> int:
@@ -800,7 +819,7 @@ class Journal:
             fed = at = 0
             # An inherited segment may hold damaged records besides the ``records`` whole ones.
             most = len(data) if segment.inherited else records - index
-            for start, end, body in _records(data, 0, most):
+            for start, end, body in _records(data, 0, most, resync=segment.inherited):
                 event = None if end < 0 else _decoded(body)
                 if event is None:
                     if end < 0:

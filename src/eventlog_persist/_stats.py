@@ -42,7 +42,8 @@ class WriterCounters:
         replayed: With a `Spool`: events read back from the spools of earlier writers
             (this process's last writer, processes that are gone).
         spool_damaged: With a `Spool`: damaged records skipped (a torn tail left by a
-            crash mid-write, a record whose checksum does not match), each logged at ERROR.
+            crash mid-write, a record whose checksum does not match; a damaged length or
+            a block of zeros over several records counts once), each logged at ERROR.
     """
 
     written: int
