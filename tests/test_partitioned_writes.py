@@ -32,6 +32,7 @@ from eventlog_persist import (
     ensure_partitions,
     write_events,
 )
+from eventlog_persist import _buffered as buffered_module
 from eventlog_persist._failures import ErrorKind, classify_error, is_primary_key
 from eventlog_persist.exceptions import EventWriteError, WriterClosedError
 
@@ -479,6 +480,32 @@ def test_an_event_set_aside_for_its_partition_counts_in_the_oldest_queued_age(
     assert stats.oldest_queued_age <= time.monotonic() - started
     writer.close(timeout=0.5)
     assert writer.stats.oldest_queued_age is None
+
+
+def test_an_event_set_aside_then_given_up_by_a_bug_no_longer_ages(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its re-offer fails in the writer's own code (a bug): reported, and no longer in memory."""
+    real = buffered_module.deliver
+    calls: list[int] = []
+
+    def deliver(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the re-offer of the event set aside
+            raise RuntimeError("a bug of the package's")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(buffered_module, "deliver", deliver)
+    dead = DeadLetters()
+    writer = buffered(host_models, host_engine, dead, flush_interval=0.01).start()
+    writer.enqueue(event_type="chat", created_at=FAR, **keys)
+    wait_for(lambda: len(dead.items) == 1, 10, "the event given up")
+    stats = writer.stats
+    writer.close(timeout=1)
+    assert (stats.counters.queued, stats.oldest_queued_age) == (0, None)
 
 
 @pytest.mark.fault

@@ -433,6 +433,9 @@ class _State(Generic[KeyT]):
         else:  # cancelled or interrupted mid-write
             dead = [(event, _closed_error(event, error, in_flight=True)) for event in batch]
             self.unwritten += len(dead)
+        if outcome is None and self.missing:  # given up: none of them waits any more
+            for event in batch:
+                self.missing.pop(event.id, None)
         self.release(batch)
         self.note(dead)
         return dead
