@@ -4,6 +4,7 @@ back) and ``eventlog-persist feed list|status|register|reset``."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -423,6 +424,14 @@ def test_feed_commands(
     capsys.readouterr()
     assert main(["feed", "unregister", "--consumer", "it's"]) == 0
     assert "--consumer 'it'\"'\"'s' --start" in capsys.readouterr().out
+    # A name that begins with '-': the command given must still parse (argparse would read
+    # "--consumer -nightly" as an option).
+    assert main(["feed", "register", "--consumer=-nightly", "--parts", "2"]) == 0
+    assert main(["feed", "register", "--consumer=-nightly"]) == 2
+    given = capsys.readouterr().err.split("or eventlog-persist ")[1].split(")")[0]
+    assert given == "feed unregister --consumer=-nightly"
+    assert main([*shlex.split(given)]) == 0
+    assert "unregistered consumer '-nightly' (2 parts)" in capsys.readouterr().out
     for bad in ("0", "1025", "two"):
         assert main(["feed", "register", "--consumer", "x", "--parts", bad]) == 2
         assert f"{bad!r} is not a number of parts from 1 to 1024" in capsys.readouterr().err

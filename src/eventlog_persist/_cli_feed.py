@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -13,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from eventlog_persist._cli_partitions import reflect_event_logs, report_failure
 from eventlog_persist._feed import EventFeed
-from eventlog_persist._feed_sql import MAX_PARTS, FeedStart
+from eventlog_persist._feed_sql import MAX_PARTS, FeedStart, consumer_option
 from eventlog_persist._feed_status import (
     ConsumerStatus,
     FeedBlocker,
@@ -245,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"eventlog-persist: unregistered consumer {args.consumer!r} ({outcome.parts} "
             f"parts){broke}; register it again to start over: eventlog-persist feed register "
-            f"--consumer {shlex.quote(args.consumer)} --start earliest|latest|TIME [--parts N]"
+            f"{consumer_option(args.consumer)} --start earliest|latest|TIME [--parts N]"
         )
         return 0
     print(
@@ -342,5 +341,5 @@ def _lost_line(status: ConsumerStatus) -> str:
         f"lost by {status.consumer} part {status.part}/{status.parts}: {status.lost_events} "
         f"events{before}, removed by {status.lost_by or 'retention'} before they were "
         "delivered; its fetches raise FeedDataLostError until it is reset: eventlog-persist "
-        f"feed reset --consumer {shlex.quote(status.consumer)} --to {to}"
+        f"feed reset {consumer_option(status.consumer)} --to {to}"
     )

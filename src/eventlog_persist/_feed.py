@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -42,6 +41,7 @@ from eventlog_persist._feed_sql import (
     check_owner,
     check_parts,
     check_start,
+    consumer_option,
     plan_page,
     records,
     register_values,
@@ -268,7 +268,7 @@ class _FeedCore:
             f"parts={self._parts}; the parts of a consumer cannot change, as each part's "
             "checkpoint belongs to its sessions. Use parts="
             f"{registered}, or unregister the consumer (unregister(), or eventlog-persist "
-            f"feed unregister --consumer {shlex.quote(self._name)}) and register it again "
+            f"feed unregister {consumer_option(self._name)}) and register it again "
             "with the new parts: it starts over from its start, so to keep what it was not "
             "delivered yet, start it at or before its oldest pending event (feed_status(): "
             "now minus oldest_pending_age) or at 'earliest', and deduplicate on event.id"

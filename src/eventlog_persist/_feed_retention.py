@@ -19,7 +19,6 @@ marked, and one that was not always is.
 
 from __future__ import annotations
 
-import shlex
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -54,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.types import NullType
 
 from eventlog_persist._feed_schema import Xid8, consumers_table
-from eventlog_persist._feed_sql import session_part
+from eventlog_persist._feed_sql import consumer_option, session_part
 from eventlog_persist._schema import CONSUMERS_TABLE, XID_COLUMN
 from eventlog_persist._table import quoted_name
 from eventlog_persist.exceptions import FeedDataLostError
@@ -277,7 +276,7 @@ def data_lost(
         f"{which}: retention ({lost_by or 'unknown'}{when}) removed {lost_events} events"
         f"{before} that it had not been delivered; the feed cannot deliver them and does "
         "not skip them silently. Reset the consumer to go on: eventlog-persist feed reset "
-        f"--consumer {shlex.quote(consumer)} --to {to} (delivers what is stored from then on, some "
+        f"{consumer_option(consumer)} --to {to} (delivers what is stored from then on, some "
         "again: deduplicate on event.id; --to latest skips the rest), or unregister() and "
         "register(start=...) it. To keep it from happening, let consumers catch up before "
         "retention removes events (feed_status: oldest_pending_age below the retention age)",

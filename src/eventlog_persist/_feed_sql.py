@@ -19,6 +19,7 @@ sorts before ``9999``.
 from __future__ import annotations
 
 import re
+import shlex
 import typing
 import uuid
 from collections.abc import Callable, Sequence
@@ -81,6 +82,7 @@ __all__ = [
     "check_owner",
     "check_parts",
     "check_start",
+    "consumer_option",
     "horizon_target",
     "plan_page",
     "records",
@@ -282,6 +284,13 @@ def plan_page(start: Checkpoint, current: Snapshot, *, mode: FeedMode, limit: in
 
 
 # --- argument checks ------------------------------------------------------------------------
+
+
+def consumer_option(name: str) -> str:
+    """``--consumer NAME`` as a shell takes it in a command the messages give (``=`` before a
+    name that begins with ``-``, which argparse would read as an option)."""
+    quoted = shlex.quote(name)
+    return f"--consumer={quoted}" if name.startswith("-") else f"--consumer {quoted}"
 
 
 def check_consumer(consumer: object) -> str:
