@@ -262,6 +262,7 @@ def test_the_listener_outlives_an_idle_session_timeout(
 
 
 def test_the_listeners_tcp_socket_sends_keepalives_after_a_minute_of_silence() -> None:
+    """Unless the host's connection string set keepalives of its own."""
     import socket
 
     from eventlog_persist import _feed_wakeup
@@ -270,13 +271,15 @@ def test_the_listeners_tcp_socket_sends_keepalives_after_a_minute_of_silence() -
         socket.create_server(("127.0.0.1", 0)) as server,
         socket.create_connection(server.getsockname()) as client,
     ):
-        _feed_wakeup._keep_alive(client.fileno())
+        _feed_wakeup._keep_alive(client.fileno(), {"keepalives_idle": "5"})  # the host's
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        _feed_wakeup._keep_alive(client.fileno(), {"host": "db"})
         assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     with socket.socket(socket.AF_UNIX) as unix:
-        _feed_wakeup._keep_alive(unix.fileno())  # nothing to set on a Unix socket
+        _feed_wakeup._keep_alive(unix.fileno(), {})  # nothing to set on a Unix socket
         assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
 
 

@@ -96,13 +96,16 @@ _NO_IDLE_TIMEOUT: Final = sql.SQL("SET idle_session_timeout = 0")
 _KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
 
 
-def _keep_alive(fileno: int) -> None:
-    """TCP keepalives after a minute of silence on the listener's socket.
+def _keep_alive(fileno: int, parameters: dict[str, str]) -> None:
+    """TCP keepalives after a minute of silence on the listener's socket, unless its
+    connection's ``parameters`` (libpq's) set keepalives of their own.
 
     A NAT or load balancer that drops idle flows (an AWS NLB after 350 s) then keeps this one,
     and a peer gone without a word is noticed within about 90 s, where the system's defaults
     take over two hours and the listener would wait on a dead socket meanwhile.
     """
+    if any(name.startswith("keepalives") for name in parameters):
+        return  # the host chose; libpq applied it
     with socket.socket(fileno=os.dup(fileno)) as sock:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return  # a Unix socket: nothing between the ends to drop it
@@ -213,7 +216,7 @@ class Wakeups(_Base):
                 with self._connect() as conn:
                     for statement in _idle_for_good(conn.info):
                         conn.execute(statement)
-                    _keep_alive(conn.fileno())
+                    _keep_alive(conn.fileno(), conn.info.get_parameters())
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
                     self._fire()  # whatever was notified before this point was missed
@@ -319,7 +322,7 @@ class AsyncWakeups(_Base):
                 async with conn:
                     for statement in _idle_for_good(conn.info):
                         await conn.execute(statement)
-                    _keep_alive(conn.fileno())
+                    _keep_alive(conn.fileno(), conn.info.get_parameters())
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._failures = 0
                     self._fire()
