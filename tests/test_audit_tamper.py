@@ -28,7 +28,7 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import DataError, ProgrammingError
 
 from eventlog_persist import SealAnchor, seal_events, verify_audit
-from eventlog_persist.exceptions import ConfigurationError, MigrationSetupError
+from eventlog_persist.exceptions import AuditError, ConfigurationError, MigrationSetupError
 
 EventLog = build_host_models(feed=True).EventLog
 
@@ -308,6 +308,36 @@ def test_a_key_set_null_by_hand_after_another_set_null_is_found(
         connection.execute(
             text("DELETE FROM user_projects WHERE id = :p"), {"p": session["project"]}
         )
+    assert verify_audit(EventLog, db).ok
+
+
+def test_a_row_with_a_hand_set_xid_holds_sealing_back_and_is_named(db: Engine) -> None:
+    """A role that may only INSERT can set xid (it is a default): the sealer names the row
+    and its fix, not the restore's pg_resetwal."""
+    with db.begin() as connection:
+        session = add_session(connection, events=2)
+        connection.execute(text("CREATE ROLE insert_only"))
+        connection.execute(text("GRANT SELECT, INSERT ON event_logs TO insert_only"))
+        connection.execute(text("SET LOCAL ROLE insert_only"))
+        forged = connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, xid) "
+                "VALUES (gen_random_uuid(), :s, :u, 't', '{}', '4294967296000') RETURNING id"
+            ),
+            {"s": session["session"], "u": session["user"]},
+        ).scalar_one()
+    with pytest.raises(AuditError) as held:
+        seal_events(EventLog, db)
+    message = str(held.value)
+    assert "1 events hold transaction ids at or past the server's next one" in message
+    assert f"e.g. event {forged}, and the seals and tombstones do not" in message
+    assert "inserted with a hand-set xid" in message
+    assert "never with pg_resetwal" in message
+    with db.begin() as connection:  # the fix named
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(text("DELETE FROM event_logs WHERE xid >= '4294967296000'"))
+    settle(db)
+    assert seal_events(EventLog, db) is not None
     assert verify_audit(EventLog, db).ok
 
 

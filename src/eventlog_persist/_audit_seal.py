@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias, cast
 
+import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -282,7 +283,7 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         # run, so a database without the audit's columns is named whatever the server's load.
         stored = max(xid_from or 0, highest or 0)
         if stored >= following:
-            raise _behind(stored, following)
+            raise _behind(connection, tables, stored, following, chain=xid_from or 0)
         roots: list[bytes] = []
         ends: list[bytes] = []
         chunk: list[bytes] = []
@@ -345,17 +346,41 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
     return seal
 
 
-def _behind(stored: int, following: int) -> AuditError:
-    """The server's transaction ids are below those the database holds: a logical restore."""
+def _behind(
+    connection: Connection, tables: AuditTables, stored: int, following: int, *, chain: int
+) -> AuditError:
+    """The server's transaction ids are below those the database holds: a logical restore,
+    or (when only events hold them) rows inserted with a hand-set ``xid``."""
     epoch = (stored >> 32) + 1  # the ids from this epoch on pass every one stored
+    restore = (
+        "Transaction ids belong to a cluster, so this database was restored logically "
+        "(pg_dump / pg_restore) into another one; events written here now would take ids "
+        "inside the windows sealed or to be sealed. Stop the server and advance its ids past "
+        f"them with 'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), then "
+        "seal again"
+    )
+    erased = connection.execute(sa.select(sa.func.max(tables.erasures.c.erased_xid))).scalar()
+    if chain < following and (erased is None or int(erased) < following):
+        # Only events: a restore before the first seal, or rows whose xid a role that may
+        # INSERT set by hand (it is only a default). The restore's fix is no fix for those.
+        events = tables.events.c
+        past = events.xid >= sa.literal(following, type_=events.xid.type)
+        count, example = connection.execute(
+            sa.select(sa.func.count(), sa.func.min(sa.cast(events.id, sa.Text()))).where(past)
+        ).one()
+        return AuditError(
+            "the server's transaction ids are behind the ones this database holds: "
+            f"{count} events hold transaction ids at or past the server's next one "
+            f"({following}), e.g. event {example}, and the seals and tombstones do not. "
+            "Either they were inserted with a hand-set xid (a role that may INSERT into "
+            "event_logs can set it, and one such row holds every seal back): erase them "
+            "(SET LOCAL eventlog.erasure = 'erasure'; DELETE FROM event_logs WHERE xid >= "
+            f"'{following}'), never with pg_resetwal. Or {restore[0].lower()}{restore[1:]}"
+        )
     return AuditError(
         "the server's transaction ids are behind the ones this database holds: the audit "
         f"chain, an event or a tombstone holds transaction id {stored}, and the server's next "
-        f"one is {following}. Transaction ids belong to a cluster, so this database was restored "
-        "logically (pg_dump / pg_restore) into another one; events written here now would "
-        "take ids inside the windows sealed or to be sealed. Stop the server and advance its "
-        f"ids past them with 'pg_resetwal -e {epoch} PGDATA' (docs/audit.md, \"Restoring\"), "
-        "then seal again"
+        f"one is {following}. {restore}"
     )
 
 
