@@ -4,6 +4,7 @@ through the parent."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from auditkit import (
     leaves,
     seal_all,
     seal_async,
+    settle,
     tombstones,
 )
 from hostmodels import build_host_models
@@ -37,6 +39,7 @@ from eventlog_persist import (
     event_log_model,
     list_partitions,
     purge_events,
+    seal_events,
     verify_audit,
 )
 from eventlog_persist._audit_leaf import LEAF_COLUMNS
@@ -484,6 +487,35 @@ def test_a_partition_detached_but_not_dropped_is_recorded_by_the_next_run(db: En
     assert len(result.dropped) == 1
     assert result.erasures == 3
     assert_ok(db, retention=3)
+
+
+def test_no_seal_is_taken_while_a_partitions_removal_is_unfinished(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its events (written late, never sealed) left event_logs without tombstones yet: a seal
+    then would lack them, and their tombstones would put them back in its window."""
+    old_events(db, 2)  # not sealed
+    name = partition_of(db, OLD)
+    cutoff = OLD + timedelta(weeks=1)
+    holder = create_engine(db.url)
+    held = holder.connect()
+    held.execute(text("SELECT count(*) FROM users"))  # holds up the DROP: it rolls back
+    try:
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            drop_partitions(EventLog, db, older_than=cutoff, lock_timeout=0.2)
+    finally:
+        held.close()
+        holder.dispose()
+    with db.begin() as connection:
+        add_session(connection, events=1)
+    settle(db)
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        assert seal_events(EventLog, db) is None
+    assert f"the removal of partition {name} is unfinished" in caplog.text
+    assert "run 'eventlog-persist partitions drop' again to finish it" in caplog.text
+    assert drop_partitions(EventLog, db, older_than=cutoff).erasures == 2
+    seal_all(EventLog, db)
+    assert_ok(db, retention=2)
 
 
 def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_run(

@@ -39,6 +39,7 @@ from eventlog_persist._audit_chain import (
 )
 from eventlog_persist._isolation import in_autocommit
 from eventlog_persist._model import EventLogMixin
+from eventlog_persist._partitions import unfinished_removal
 from eventlog_persist._urls import check_engine, shown
 from eventlog_persist.exceptions import AnchorError, AuditError, ConfigurationError
 
@@ -272,6 +273,22 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
         ).scalar_one()
         if not locked:
             logger.info("audit: another sealer is sealing now; nothing sealed")
+            return None
+        unfinished = unfinished_removal(connection, tables.events)
+        if unfinished is not None:
+            # Its events have left event_logs and their tombstones are not written yet: a
+            # window sealed now would lack them, and the tombstones would add them back.
+            partition, running = unfinished
+            if running:
+                logger.info("audit: drop_partitions is removing %s; nothing sealed", partition)
+            else:
+                logger.warning(
+                    "audit: the removal of partition %s is unfinished (a drop_partitions run "
+                    "stopped after its detach), so its events' tombstones are not written yet; "
+                    "nothing is sealed until it is: run 'eventlog-persist partitions drop' "
+                    "again to finish it",
+                    partition,
+                )
             return None
         last = read_seals(connection, tables, last_only=True)
         previous = last[0] if last else None

@@ -406,6 +406,35 @@ def _comment(connection: Connection, table: str) -> str | None:
     return None if comment is None else str(comment)
 
 
+_UNFINISHED_SQL: Final = text(
+    "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind = 'r' AND NOT "
+    "c.relispartition AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = "
+    "CAST(:parent AS regclass)) AND obj_description(c.oid, 'pg_class') IN (:to_drop, :to_keep) "
+    "UNION ALL SELECT i.inhrelid::regclass::text FROM pg_inherits i "
+    "WHERE i.inhparent = CAST(:parent AS regclass) AND i.inhdetachpending LIMIT 1"
+)
+_MAINTAINED_SQL: Final = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = :space "
+    "AND objid = CAST(:parent AS regclass)::oid AND objsubid = 1 AND granted)"
+)
+
+
+def unfinished_removal(connection: Connection, events: Table) -> tuple[str, bool] | None:
+    """A partition whose removal `drop_partitions` has begun and not recorded yet (detach
+    pending, or detached and marked), and whether a maintenance run holds the table now."""
+    version = connection.dialect.server_version_info
+    if version is not None and version < (14,):  # no DETACH ... CONCURRENTLY
+        return None
+    parent = quoted_name(events)
+    found = connection.execute(
+        _UNFINISHED_SQL, {"to_drop": _TO_DROP, "to_keep": _TO_KEEP, "parent": parent}
+    ).scalar()
+    if found is None:
+        return None
+    running = connection.execute(_MAINTAINED_SQL, {"space": _LOCK_SPACE, "parent": parent})
+    return str(found), bool(running.scalar())
+
+
 def _finish(
     connection: Connection,
     parent: _Parent,
