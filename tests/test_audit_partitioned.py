@@ -513,6 +513,20 @@ def test_no_seal_is_taken_while_a_partitions_removal_is_unfinished(
         assert seal_events(EventLog, db) is None
     assert f"the removal of partition {name} is unfinished" in caplog.text
     assert "run 'eventlog-persist partitions drop' again to finish it" in caplog.text
+    caplog.clear()
+    with db.connect() as maintenance:  # a run holding the table now: told as such
+        maintenance.execute(
+            text(
+                "SELECT pg_advisory_lock((x'45564C50'::bigint << 32) | "
+                "'event_logs'::regclass::oid::bigint)"
+            )
+        )
+        with caplog.at_level(logging.INFO, logger="eventlog_persist"):
+            assert seal_events(EventLog, db) is None
+        maintenance.execute(text("SELECT pg_advisory_unlock_all()"))
+        maintenance.commit()
+    assert f"drop_partitions is removing {name}; nothing sealed" in caplog.text
+    assert "is unfinished" not in caplog.text
     assert drop_partitions(EventLog, db, older_than=cutoff).erasures == 2
     seal_all(EventLog, db)
     assert_ok(db, retention=2)
