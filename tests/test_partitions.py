@@ -3,6 +3,7 @@ interrupted detach, and purge_events on the partitioned layout."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -622,6 +623,42 @@ def test_two_drops_at_once_both_succeed(
     for thread in threads:
         thread.join(30)
     assert sorted(len(result.dropped) for result in results) == [0, 2]
+
+
+def test_a_partition_another_tool_attached_from_another_schema_is_left_alone(
+    host_engine: Engine,
+    host_models: HostModels,
+    keys: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It stopped every drop run (and a table of its name in event_logs' schema would have
+    been taken for it and dropped); now it is skipped with a warning, the others go."""
+    model = host_models.EventLog
+    cutoff = old_and_new(host_engine, model, keys)
+    with host_engine.begin() as connection:
+        connection.execute(text("CREATE SCHEMA archive"))
+        connection.execute(
+            text(
+                "CREATE TABLE archive.event_logs_2025 PARTITION OF event_logs "
+                "FOR VALUES FROM ('2025-01-01+00') TO ('2026-01-01+00')"
+            )
+        )
+        connection.execute(text("CREATE TABLE public.event_logs_2025 (note text)"))
+        connection.execute(text("INSERT INTO public.event_logs_2025 VALUES ('precious')"))
+    with caplog.at_level(logging.WARNING, logger="eventlog_persist"):
+        result = drop_partitions(model, host_engine, older_than=cutoff)
+    assert len(result.dropped) == 2
+    assert "event_logs_2025" not in result.dropped
+    assert 'partition "archive"."event_logs_2025" of' in caplog.text
+    assert "is in another schema than its table: partition maintenance leaves it alone" in (
+        caplog.text
+    )
+    with host_engine.connect() as connection:
+        assert connection.execute(text("SELECT note FROM public.event_logs_2025")).all() == [
+            ("precious",)
+        ]
+        assert connection.execute(text("SELECT to_regclass('archive.event_logs_2025')")).scalar()
+    assert ensure_partitions(model, host_engine, ahead=1) == ()
 
 
 def test_drop_can_keep_the_tables_for_archiving(

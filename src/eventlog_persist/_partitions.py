@@ -77,7 +77,8 @@ class PartitionInfo:
 
     Attributes:
         name: The partition's table name (``event_logs_pYYYYMMDD`` when this package made it).
-        schema: Its schema (the parent's).
+        schema: Its schema (the parent's, unless another tool attached it from elsewhere:
+            maintenance leaves such a partition alone).
         lower: First instant it holds; ``None`` for ``MINVALUE`` (and a DEFAULT partition).
         upper: First instant it no longer holds; ``None`` for ``MAXVALUE`` (and DEFAULT).
         default: It is a DEFAULT partition (holds what no other partition holds).
@@ -231,6 +232,23 @@ def _partitions(connection: Connection, parent: int, *, sized: bool = False) -> 
         )
         for name, schema, lower, upper, is_default, tuples, size, pending in rows
     ]
+
+
+def _in_its_schema(parent: _Parent, found: Sequence[PartitionInfo]) -> list[PartitionInfo]:
+    """The partitions in ``event_logs``' own schema, the ones maintenance handles; another
+    tool may attach one from elsewhere, which is left alone (with a warning)."""
+    for partition in found:
+        if partition.schema != parent.schema:
+            logger.warning(
+                "partition %s.%s of %s is in another schema than its table: partition "
+                "maintenance leaves it alone (drop_partitions neither detaches nor drops it); "
+                "detach and drop it by hand, or move it (ALTER TABLE ... SET SCHEMA %s)",
+                quote_identifier(partition.schema),
+                quote_identifier(partition.name),
+                parent.qualified,
+                quote_identifier(parent.schema),
+            )
+    return [partition for partition in found if partition.schema == parent.schema]
 
 
 def _check_bind(bind: object) -> None:
@@ -706,7 +724,7 @@ def ensure_partitions(
         if audited(connection, parent.schema):
             # The audit's guard on every partition that lacks it: those just created, and
             # those another tool (pg_partman) created.
-            for partition in _partitions(connection, parent.oid):
+            for partition in _in_its_schema(parent, _partitions(connection, parent.oid)):
                 if not partition.detach_pending:
                     guard_partition(connection, parent.schema, partition.name)
     return tuple(name for name, _, _ in planned)
@@ -751,7 +769,7 @@ def planned_drop(
             ).scalars()
         found = _partitions(connection, parent.oid)
         _refuse_concurrently_beside_default(parent, found, concurrently)
-        for partition in found:
+        for partition in _in_its_schema(parent, found):
             old = partition.upper is not None and partition.upper <= older_than
             if partition.detach_pending:
                 finalized.append(partition.name)
@@ -852,6 +870,7 @@ def drop_partitions(
         with _advisory_lock(connection, parent), _retaining(connection, consumers):
             found = _partitions(connection, parent.oid)
             _refuse_concurrently_beside_default(parent, found, concurrently)
+            found = _in_its_schema(parent, found)
             # Detached by an earlier run that could not drop them (audit: nor record them).
             for name in connection.execute(
                 _LEFT_TO_DROP_SQL, {"schema": parent.schema, "comment": _TO_DROP}
