@@ -283,30 +283,34 @@ def test_a_key_set_null_then_given_another_value_is_found(
     )
 
 
+@pytest.mark.parametrize(("deleted", "nulled"), [("agent", "project"), ("project", "agent")])
 def test_a_key_set_null_by_hand_after_another_set_null_is_found(
-    db: Engine, sealed: dict[str, Any]
+    db: Engine, sealed: dict[str, Any], deleted: str, nulled: str
 ) -> None:
-    """After the agent's ON DELETE SET NULL, the row has a tombstone; its project set to NULL
-    by hand (the guard off) while the project still exists is no SET NULL either."""
+    """After one parent's ON DELETE SET NULL, the row has a tombstone; its other key set to
+    NULL by hand (the guard off) while that parent still exists is no SET NULL either."""
+    tables = {"agent": "user_agents", "project": "user_projects"}
     session = sealed["sessions"][2]
     with db.begin() as connection:
-        connection.execute(text("DELETE FROM user_agents WHERE id = :a"), {"a": session["agent"]})
+        connection.execute(
+            text(f"DELETE FROM {tables[deleted]} WHERE id = :k"), {"k": session[deleted]}
+        )
     seal_all(EventLog, db)
     assert verify_audit(EventLog, db).ok
     victim = session["events"][0]
-    tamper(db, "UPDATE event_logs SET project_id = NULL WHERE id = :e", e=victim)
+    tamper(db, f"UPDATE event_logs SET {nulled}_id = NULL WHERE id = :e", e=victim)
     report = verify_audit(EventLog, db)
     assert [p.kind for p in report.problems] == ["tombstone"]
     assert report.problems[0].detail.startswith(
-        f"event {victim}: project_id is NULL, but its earliest tombstone "
+        f"event {victim}: {nulled}_id is NULL, but its earliest tombstone "
     )
     assert report.problems[0].detail.endswith(
-        f"records {session['project']}, which still exists: set to NULL by hand, not by an "
+        f"records {session[nulled]}, which still exists: set to NULL by hand, not by an "
         "ON DELETE SET NULL"
     )
-    with db.begin() as connection:  # the project deleted after all: now a NULL it could make
+    with db.begin() as connection:  # that parent deleted after all: now a NULL it could make
         connection.execute(
-            text("DELETE FROM user_projects WHERE id = :p"), {"p": session["project"]}
+            text(f"DELETE FROM {tables[nulled]} WHERE id = :k"), {"k": session[nulled]}
         )
     assert verify_audit(EventLog, db).ok
 

@@ -317,6 +317,45 @@ def test_writers_close_together_within_the_longest_exit_timeout(end: str) -> Non
     assert 2.9 < took < 7.0, f"{took:.1f} s"
 
 
+def test_writers_at_exit_write_their_queues_at_the_same_time(
+    host_engine: Engine, host_models: HostModels, database_url: URL
+) -> None:
+    """Each write takes 1.5 s here (a host trigger) and exit_timeout is 2.5 s: one writer
+    after the other, the second would have 1 s left; together both are written."""
+    user_id, session_id = seed(host_engine, host_models)
+    with host_engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER slow BEFORE INSERT ON event_logs "
+                "FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+            )
+        )
+    keys = f"session_id=uuid.UUID({str(session_id)!r}), user_id=uuid.UUID({str(user_id)!r})"
+    process = start(
+        f"""
+        import uuid
+        from hostmodels import build_host_models
+        from eventlog_persist import BufferedWriter
+        models = build_host_models()
+        for kind in ("first", "second"):
+            writer = BufferedWriter(
+                models.EventLog, {conninfo(database_url)!r}, flush_interval=600,
+                exit_timeout=2.5,
+            ).start()
+            writer.enqueue({keys}, event_type=kind)
+        """
+    )
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert stored(host_engine) == {"first": 1, "second": 1}, err
+
+
 def test_a_host_exit_hook_registered_after_the_first_writer_still_writes_through_it(
     host_engine: Engine, host_models: HostModels, database_url: URL
 ) -> None:

@@ -135,16 +135,14 @@ def _writers_now() -> list[Any]:
         return list(_writers)
 
 
-def close_all(also: _Closable | None = None) -> None:
-    """Close every watched writer (and ``also``) together, at the process's end.
+def close_all() -> None:
+    """Close every watched writer together, at the process's end.
 
     Each is told first, so their threads write their queues at once, and the process waits
     the longest ``exit_timeout``, not their sum (three writers of 10 s against a database
     that is down would outlast Kubernetes' 30 s grace period one after another).
     """
     writers = _writers_now()
-    if also is not None and also not in writers:
-        writers.append(also)
     started = time.monotonic()
     for writer in writers:
         writer._begin_close()
