@@ -31,6 +31,7 @@ from eventlog_persist import (
     NewEvent,
     RetryPolicy,
     convert_to_partitioned,
+    ensure_partitions,
 )
 from eventlog_persist import _conversion as conversion
 from eventlog_persist._cli import main
@@ -398,7 +399,10 @@ def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again
     if interval == "week":  # a boundary on a Monday that is also the 1st fits both
         with pytest.raises(ConversionError, match=f"was prepared for {interval}ly partitions"):
             convert_to_partitioned(plain, partition_interval=other)
-    again = convert_to_partitioned(plain)
+    (bound,) = re.findall(r"TO \('([^']+)'\)", dict(partitions(plain))["event_logs_legacy"])
+    ends = datetime.fromisoformat(bound)
+    both = ends.weekday() == 0 and ends.day == 1  # then the interval must be given again
+    again = convert_to_partitioned(plain, partition_interval=interval if both else None)
     assert again.state == "already_partitioned"
     assert again.partitions
     assert sorted(name for name, _ in partitions(plain)) == [
@@ -414,6 +418,49 @@ def test_partitions_missing_after_an_interrupted_swap_are_created_when_run_again
             assert (start.day, end.day, (end - start).days in (28, 29, 30, 31)) == (1, 1, True)
         else:
             assert (start.weekday(), end - start) == (0, timedelta(days=7))
+
+
+def next_first(monday: bool) -> datetime:
+    """The next 1st of a month, at least two days ahead, that is (or is not) a Monday."""
+    month = (datetime.now(UTC) + timedelta(days=2)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    while True:
+        month = (month + timedelta(days=32)).replace(day=1)
+        if (month.weekday() == 0) == monday:
+            return month
+
+
+@pytest.mark.parametrize("monday", [False, True])
+def test_after_a_swap_cut_short_the_legacy_bound_says_the_interval_or_it_must_be_given(
+    plain: Engine, host_models: HostModels, monkeypatch: pytest.MonkeyPatch, monday: bool
+) -> None:
+    """A 1st that is no Monday starts only a month; a Monday the 1st starts both, and neither
+    the conversion nor ensure_partitions guesses (it used to be a week: a 3-day stub)."""
+    boundary = next_first(monday)
+    now = datetime.now(UTC)
+    ahead = (boundary.year - now.year) * 12 + boundary.month - now.month
+    monkeypatch.setattr(conversion, "choose_boundary", lambda now, interval: boundary)
+
+    def interrupt(*args: Any, **kwargs: Any) -> None:
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conversion._Conversion, "_add_partitions", interrupt)
+        with pytest.raises(Interrupted):
+            convert_to_partitioned(plain, partition_interval="month")
+    model = host_models.EventLog
+    if monday:
+        with pytest.raises(ConfigurationError, match="where a week and a month both start"):
+            ensure_partitions(model, plain, ahead=ahead)
+        with pytest.raises(ConversionError, match="where a week and a month both start"):
+            convert_to_partitioned(plain)
+        created = ensure_partitions(model, plain, ahead=ahead, interval="month")
+    else:
+        created = ensure_partitions(model, plain, ahead=ahead)
+    assert created == (f"event_logs_p{boundary:%Y%m%d}",)
+    after = (boundary + timedelta(days=32)).replace(day=1)
+    assert f"TO ('{after:%Y-%m-%d}" in dict(partitions(plain))[created[0]]
 
 
 def test_running_again_with_more_partitions_ahead_adds_the_missing_ones(plain: Engine) -> None:

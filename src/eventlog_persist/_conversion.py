@@ -381,6 +381,13 @@ class _Conversion:
                     for i in get_args(PartitionInterval)
                     if period_start(found.boundary, i) == found.boundary
                 ]
+                if len(fits) > 1 and self.given is None:
+                    raise ConversionError(
+                        f"convert: {self.shown} was swapped with its legacy partition ending "
+                        f"at {found.boundary.isoformat()}, where a week and a month both start, "
+                        "and stopped before its first partitions; pass the interval it was "
+                        "given: partition_interval='week' or 'month' (CLI: --interval)"
+                    )
                 own = self.given if self.given in fits else next(iter(fits), None)
                 has = f"was prepared for {own}ly partitions"
         else:  # a bound set by an earlier run says which interval it starts

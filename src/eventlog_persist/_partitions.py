@@ -530,7 +530,7 @@ def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
         if p.lower is not None and p.upper is not None
     ]
     if not bounded:
-        return "week"
+        return _interval_after_legacy(partitions)
     upper, lower, name = max(bounded)
     if upper - lower == timedelta(days=7):
         return "week"
@@ -541,6 +541,27 @@ def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
         f"({lower.isoformat()} to {upper.isoformat()}): it is neither a week nor a calendar "
         "month; pass interval='week' or interval='month' (CLI: --interval)"
     )
+
+
+def _interval_after_legacy(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
+    """With no bounded partition: a week, unless a conversion's legacy partition (from
+    MINVALUE) ends where only a month starts; refused where both could (a Monday the 1st)."""
+    ends = [p.upper.astimezone(UTC) for p in partitions if p.lower is None and p.upper]
+    if not ends:
+        return "week"
+    bound = max(ends)
+    weekly = bound == period_start(bound, "week")
+    monthly = bound == period_start(bound, "month")
+    if monthly and not weekly:
+        return "month"
+    if weekly and monthly:
+        raise ConfigurationError(
+            f"cannot tell the partition interval: the only partition ends at "
+            f"{bound.isoformat()}, where a week and a month both start (a conversion stopped "
+            "before its first partitions); pass interval='week' or interval='month' (CLI: "
+            "--interval), the one the conversion was given"
+        )
+    return "week"
 
 
 def _gaps(
