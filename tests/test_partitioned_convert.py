@@ -711,6 +711,9 @@ def test_by_default_a_lock_is_tried_50_times_for_50_ms_half_a_second_apart(
     assert "'swap' could not get its locks in 50 attempts of lock_timeout 0.05 s" in str(
         failed.value
     )
+    assert str(failed.value).endswith(
+        "with more swap_attempts or a longer lock_timeout (CLI: --attempts, --lock-timeout)"
+    )
     timeouts = [s for s, _ in statements if s.startswith("SET LOCAL lock_timeout")]
     assert timeouts == ["SET LOCAL lock_timeout = '50ms'"] * 50
     assert pauses == [0.5] * 49

@@ -657,7 +657,7 @@ class _Conversion:
             f"convert: step {step!r} could not get its locks in {attempts} attempts of "
             f"lock_timeout {self.lock_timeout:g} s ({server_text(exc)}); {self._holders()}. "
             "The steps before it stay done: run the conversion again, or with more "
-            "swap_attempts or a longer lock_timeout"
+            "swap_attempts or a longer lock_timeout (CLI: --attempts, --lock-timeout)"
         )
 
     def _holders(self) -> str:
