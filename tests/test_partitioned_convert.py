@@ -463,6 +463,35 @@ def test_after_a_swap_cut_short_the_legacy_bound_says_the_interval_or_it_must_be
     assert f"TO ('{after:%Y-%m-%d}" in dict(partitions(plain))[created[0]]
 
 
+def test_running_again_skips_ranges_that_partitions_named_otherwise_hold(plain: Engine) -> None:
+    """pg_partman names its partitions otherwise (4.x: event_logs_pYYYYwWW): the same weeks
+    are not attached again under this package's names, which would overlap them."""
+    first = convert_to_partitioned(plain, partitions_ahead=1)
+    bounds = [
+        datetime.fromisoformat(found)
+        for _, bound in partitions(plain)
+        for found in re.findall(r"TO \('([^']+)'\)", bound)
+    ]
+    last = max(bounds)
+    with plain.begin() as connection:
+        for k in range(2):
+            low = last + k * timedelta(weeks=1)
+            year, week, _ = low.isocalendar()
+            connection.execute(
+                text(
+                    f"CREATE TABLE event_logs_p{year}w{week:02d} PARTITION OF event_logs FOR "
+                    f"VALUES FROM ('{low.isoformat()}') TO "
+                    f"('{(low + timedelta(weeks=1)).isoformat()}')"
+                )
+            )
+    again = convert_to_partitioned(plain, partitions_ahead=6)
+    assert again.state == "already_partitioned"
+    assert first.partitions
+    after = last + 2 * timedelta(weeks=1)  # the weeks after them, up to 6 ahead
+    assert again.partitions
+    assert again.partitions[0] == f"event_logs_p{after:%Y%m%d}"
+
+
 def test_running_again_with_more_partitions_ahead_adds_the_missing_ones(plain: Engine) -> None:
     first = convert_to_partitioned(plain, partitions_ahead=1)
     now = datetime.now(UTC)

@@ -33,6 +33,7 @@ from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate
 from eventlog_persist._partitions import (
     MAX_AHEAD,
     PartitionInterval,
+    free_ranges,
     interval_of_partitions,
     next_period,
     period_start,
@@ -606,7 +607,11 @@ class _Conversion:
                     {"names": [self.name(name) for name, _, _ in partitions]},
                 ).scalars()
             )
-            missing = [partition for partition in partitions if self.name(partition[0]) in absent]
+            missing = [
+                partition
+                for partition in free_ranges(connection, self.table, partitions)
+                if self.name(partition[0]) in absent
+            ]
             owner, _ = self._privileges(connection)
             audit = self._audit_schema(connection)
         created = []

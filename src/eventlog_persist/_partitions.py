@@ -522,6 +522,16 @@ def interval_of_partitions(connection: Connection, table: str) -> PartitionInter
         return None
 
 
+def free_ranges(
+    connection: Connection, table: str, planned: Sequence[tuple[str, datetime, datetime]]
+) -> list[tuple[str, datetime, datetime]]:
+    """Of ``planned`` ``(name, from, to)``, those no partition of ``table`` (quoted, maybe
+    qualified) holds any of, whatever its name (pg_partman names its own otherwise)."""
+    oid = connection.execute(_OID_SQL, {"name": table}).scalar_one()
+    taken = [(p.lower, p.upper) for p in _partitions(connection, oid)]
+    return [item for item in planned if _gaps(item[1], item[2], taken) == [(item[1], item[2])]]
+
+
 def _interval_of(partitions: Sequence[PartitionInfo]) -> PartitionInterval:
     """The interval of the newest bounded partition: a week or a month long; else a week."""
     bounded = [
