@@ -345,6 +345,34 @@ def test_a_row_with_a_hand_set_xid_holds_sealing_back_and_is_named(db: Engine) -
     assert verify_audit(EventLog, db).ok
 
 
+def test_an_erased_event_of_year_1_seals_and_verifies_in_a_session_west_of_utc(
+    db: Engine,
+) -> None:
+    """Its tombstone's time, read by the driver in that zone, falls before year 1 (BC)."""
+    with db.begin() as connection:
+        session = add_session(connection, events=1)
+        first = connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, "
+                "created_at) VALUES (gen_random_uuid(), :s, :u, 't', '{}', "
+                "'0001-01-01 00:00:00+00') RETURNING id"
+            ),
+            {"s": session["session"], "u": session["user"]},
+        ).scalar_one()
+    with db.begin() as connection:
+        connection.execute(text("SET LOCAL eventlog.erasure = 'erasure'"))
+        connection.execute(text("DELETE FROM event_logs WHERE id = :e"), {"e": first})
+    settle(db)
+    west = create_engine(db.url, connect_args={"options": "-c TimeZone=America/New_York"})
+    try:
+        assert seal_events(EventLog, west) is not None
+        report = verify_audit(EventLog, west)
+    finally:
+        west.dispose()
+    assert report.ok, report.problems
+    assert report.erasures["erasure"] == 1
+
+
 def test_an_erased_event_put_back_is_found(db: Engine, sealed: dict[str, Any]) -> None:
     victim = sealed["order"][4]
     tamper(db, "CREATE TABLE kept AS SELECT * FROM event_logs WHERE id = :e", e=victim)

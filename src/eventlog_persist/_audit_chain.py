@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import psycopg
-from sqlalchemy import Connection, MetaData, Table, select, text
+from sqlalchemy import Connection, MetaData, Table, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from eventlog_persist._audit_leaf import (
@@ -250,8 +250,23 @@ def window_tombstones(
         condition = condition & (column >= xid_from)
     elif by == "event_xid":
         condition = condition | column.is_(None)
-    query = select(tables.erasures).where(condition).order_by(column.nulls_first(), e.seq)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    # The times as UTC text: the driver reads a year-1 time wrongly (as BC) in a session
+    # time zone west of UTC.
+    columns = [
+        func.to_char(func.timezone("UTC", c), _UTC_FORMAT).label(c.name) if c.name in _TIMES else c
+        for c in tables.erasures.c
+    ]
+    query = select(*columns).where(condition).order_by(column.nulls_first(), e.seq)
+    stones = []
+    for row in connection.execute(query).mappings():
+        stone = dict(row)
+        for name in _TIMES:
+            stone[name] = _utc_datetime(stone[name])
+        stones.append(stone)
+    return stones
+
+
+_TIMES: Final = ("event_created_at", "erased_at")
 
 
 class Entry(NamedTuple):
@@ -329,7 +344,8 @@ def _absent_with_tombstone(event: str, stones: list[dict[str, Any]], check: Chec
     return bytes(stones[0]["leaf"])
 
 
-_UTC_TEXT: Final = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+_UTC_FORMAT: Final = "YYYY-MM-DD HH24:MI:SS.US"
+_UTC_TEXT: Final = f"to_char(created_at AT TIME ZONE 'UTC', '{_UTC_FORMAT}')"
 """``created_at`` as UTC text in a fixed format that no session setting changes (cheaper to
 read than a timestamptz; `leaf_hash_of_text` builds the leaf's time from it)."""
 
