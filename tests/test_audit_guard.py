@@ -132,7 +132,9 @@ def test_truncate_is_refused_for_the_application_role(
         "eventlog_persist: TRUNCATE of event_logs refused: it would erase events without "
         "recording them. Delete them instead after SET LOCAL eventlog.erasure = 'retention' "
         "(or 'erasure'), which records each in event_log_erasures; to remove the audit "
-        "schema, run alembic downgrade eventlog_audit@base"
+        "schema, downgrade the audit revisions (alembic downgrade eventlog_audit@base; in "
+        "linear mode, alembic downgrade to the revision of your history before the one that "
+        "added them)"
     )
     assert count(db, "event_logs") == 1
 
@@ -162,7 +164,9 @@ def test_the_audit_records_are_append_only(
     statement = statement.replace("sealed_at", "erased_at" if "erasures" in table else "sealed_at")
     assert refusal(db, statement.format(table)) == (
         f"eventlog_persist: {operation} of {table} refused: the audit records are append-only; "
-        "to remove them all, run alembic downgrade eventlog_audit@base"
+        "to remove them all, downgrade the audit revisions (alembic downgrade "
+        "eventlog_audit@base; in linear mode, alembic downgrade to the revision of your history "
+        "before the one that added them)"
     )
 
 

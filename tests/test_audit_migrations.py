@@ -1,4 +1,4 @@
-"""The opt-in audit schema (revisions evlaudit_0001 to evlaudit_0003): branch and linear
+"""The opt-in audit schema (revisions evlaudit_0001 to evlaudit_0004): branch and linear
 mode, the feed it needs, and the partitioned layout, whichever of the two runs first."""
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_heads_show_the_audit_branch(host: HostProject) -> None:
     assert sorted(heads) == [
         "eventlog_prereqs (app) (effective head)",
         "evl_0002 (eventlog) (effective head)",
-        "evlaudit_0003 (eventlog_audit) (head)",
+        "evlaudit_0004 (eventlog_audit) (head)",
         "evlfeed_0001 (eventlog_feed) (effective head)",
     ]
 
@@ -186,6 +186,7 @@ def test_upgrade_creates_tables_triggers_and_functions_and_check_is_clean(
     assert result.stderr.index("-> evlfeed_0001") < result.stderr.index("-> evlaudit_0001")
     assert result.stderr.index("-> evlaudit_0001") < result.stderr.index("-> evlaudit_0002")
     assert result.stderr.index("-> evlaudit_0002") < result.stderr.index("-> evlaudit_0003")
+    assert result.stderr.index("-> evlaudit_0003") < result.stderr.index("-> evlaudit_0004")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
@@ -278,7 +279,7 @@ def test_evlaudit_0003_finds_a_rows_own_tombstone_and_its_downgrade_puts_it_back
     both = ("event_log_audit_on_delete", "event_log_audit_on_update")
     host.run("upgrade", "evlaudit_0002")
     assert guard_lookups(engine) == dict.fromkeys(both, False)
-    host.run("upgrade", "heads")
+    host.run("upgrade", "evlaudit_0003")
     assert guard_lookups(engine) == dict.fromkeys(both, True)
     host.run("downgrade", "eventlog_audit@-1")
     assert guard_lookups(engine) == dict.fromkeys(both, False)
@@ -290,6 +291,55 @@ def test_evlaudit_0003_finds_a_rows_own_tombstone_and_its_downgrade_puts_it_back
         run_script(connection, script)
         connection.commit()
     assert guard_lookups(engine) == dict.fromkeys(both, True)
+
+
+def refusal_advice(engine: Engine) -> dict[str, bool]:
+    """Whether each refusing function names the linear mode's downgrade (evlaudit_0004)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT proname, pg_get_functiondef(oid) LIKE '%in linear mode, alembic "
+                "downgrade to%' FROM pg_proc WHERE proname IN "
+                "('event_log_audit_refuse_truncate', 'event_log_audit_append_only')"
+            )
+        ).all()
+    return {str(name): bool(both) for name, both in rows}
+
+
+def test_evlaudit_0004_words_the_refusals_for_both_modes_and_its_downgrade_puts_them_back(
+    host: HostProject, engine: Engine
+) -> None:
+    both = ("event_log_audit_append_only", "event_log_audit_refuse_truncate")
+    host.run("upgrade", "evlaudit_0003")
+    assert refusal_advice(engine) == dict.fromkeys(both, False)
+    host.run("upgrade", "heads")
+    assert refusal_advice(engine) == dict.fromkeys(both, True)
+    host.run("downgrade", "eventlog_audit@-1")
+    assert refusal_advice(engine) == dict.fromkeys(both, False)
+    script = host.run(
+        "-x", "eventlog_persist.schema=public", "upgrade", "evlaudit_0003:evlaudit_0004", "--sql"
+    ).stdout
+    with engine.connect() as connection:
+        run_script(connection, script)
+        connection.commit()
+    assert refusal_advice(engine) == dict.fromkeys(both, True)
+    # A function changed by hand is refused, named, and nothing changes.
+    host.run("downgrade", "eventlog_audit@-1")
+    with engine.begin() as connection:
+        definition = connection.execute(
+            text("SELECT pg_get_functiondef('event_log_audit_append_only()'::regprocedure)")
+        ).scalar_one()
+        connection.exec_driver_sql(
+            definition.replace("run alembic downgrade eventlog_audit@base", "ask").replace(
+                "%", "%%"
+            )
+        )
+    refused = host.run("upgrade", "heads", check=False)
+    assert refused.returncode != 0
+    assert "the guard function event_log_audit_append_only() does not hold the sentence" in (
+        refused.stderr
+    )
+    assert refusal_advice(engine) == dict.fromkeys(both, False)
 
 
 def test_evlaudit_0003_refuses_a_guard_function_changed_by_hand(
@@ -354,7 +404,8 @@ def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine
     add_event(engine)
     with engine.begin() as connection:  # a cascade: one tombstone
         connection.execute(text("DELETE FROM chat_sessions"))
-    result = host.run("downgrade", "eventlog_audit@-2")
+    result = host.run("downgrade", "eventlog_audit@-3")
+    assert "Running downgrade evlaudit_0004" in result.stderr
     assert "Running downgrade evlaudit_0003" in result.stderr
     assert "Running downgrade evlaudit_0002" in result.stderr
     assert bounded_tables(engine) == {}
@@ -518,6 +569,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     assert "eventlog_audit_0001_guard_event_logs_and_record_erasures.py" in written
     assert "eventlog_audit_0002_bound_created_at.py" in written
     assert "eventlog_audit_0003_tombstone_leaf_by_row.py" in written
+    assert "eventlog_audit_0004_refusals_name_either_downgrade.py" in written
     copy = (
         tmp_path
         / "h"
@@ -527,13 +579,22 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     ).read_text()
     assert "down_revision = 'eventlog_feed_0001'" in copy
     assert "eventlog_persist_revision = 'evlaudit_0001'" in copy
-    assert host.run("heads").stdout.split() == ["eventlog_audit_0003", "(app)", "(head)"]
+    assert host.run("heads").stdout.split() == ["eventlog_audit_0004", "(app)", "(head)"]
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-3")
+    # The guard's refusals name the downgrade of this mode too, and it works as they say.
+    with engine.begin() as connection:
+        refused = connection.execute(
+            text(
+                "SELECT pg_get_functiondef('event_log_audit_refuse_truncate()'::regprocedure) "
+                "LIKE '%in linear mode, alembic downgrade to the revision of your history%'"
+            )
+        ).scalar()
+    assert refused is True
+    host.run("downgrade", "-4")
     found = audit_objects(engine)
     assert found["erasures"]["columns"] == {}
     assert found["triggers"] == set()
@@ -662,7 +723,7 @@ def test_linear_mode_copies_partitioned_feed_and_audit(
     assert_guarded_partitioned(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-3")
+    host.run("downgrade", "-4")
     assert guarded_tables(engine) == {}
     host.run("upgrade", "head")
     assert_guarded_partitioned(engine)
