@@ -130,7 +130,9 @@ TARGETS: Final[dict[str, Target]] = {
     ),
     "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
     "detectors": Target("src/eventlog_persist/_detectors.py", ("tests/test_redaction.py",)),
-    "spool": Target("src/eventlog_persist/_spool.py", ("tests/test_spool.py",)),
+    "spool": Target(
+        "src/eventlog_persist/_spool.py", ("tests/test_spool_records.py", "tests/test_spool.py")
+    ),
     "events": Target(
         "src/eventlog_persist/_events.py",
         (
