@@ -167,9 +167,16 @@ def test_every_partition_has_the_guard_and_new_ones_get_it(db: Engine) -> None:
                 "('2001-01-01') TO ('2001-02-01')"
             )
         )
+        connection.execute(text("CREATE SCHEMA archive"))  # and one in another schema
+        connection.execute(
+            text(
+                "CREATE TABLE archive.event_logs_old PARTITION OF event_logs FOR VALUES FROM "
+                "('2000-01-01') TO ('2000-02-01')"
+            )
+        )
     assert guard_of(db, "event_logs_other") == set()
     assert ensure_partitions(EventLog, db, ahead=6) == ()
-    for name in [*created, "event_logs_other"]:
+    for name in [*created, "event_logs_other", "archive.event_logs_old"]:
         assert guard_of(db, name) == GUARD
     every = [*partitions, *created, "event_logs_other", "event_logs"]
     assert bounded_tables(db) == dict.fromkeys(every, BOUND_SQL)
@@ -525,7 +532,7 @@ def test_no_seal_is_taken_while_a_partitions_removal_is_unfinished(
             assert seal_events(EventLog, db) is None
         maintenance.execute(text("SELECT pg_advisory_unlock_all()"))
         maintenance.commit()
-    assert f"drop_partitions is removing {name}; nothing sealed" in caplog.text
+    assert f"partition maintenance is running (removing {name}); nothing sealed" in caplog.text
     assert "is unfinished" not in caplog.text
     assert drop_partitions(EventLog, db, older_than=cutoff).erasures == 2
     seal_all(EventLog, db)

@@ -44,11 +44,14 @@ def audited(connection: Connection, schema: str) -> bool:
     return bool(found)
 
 
-def guard_partition(connection: Connection, schema: str, name: str) -> bool:
-    """Put the guard's three statement triggers on partition ``name`` if it lacks them (a
-    statement that names a partition fires only that partition's statement triggers, and
-    PostgreSQL copies only row-level triggers to new partitions). Returns whether it did."""
-    table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
+def guard_partition(
+    connection: Connection, schema: str, name: str, *, in_schema: str | None = None
+) -> bool:
+    """Put the guard's three statement triggers on partition ``name`` (of schema
+    ``in_schema``, default ``schema``, the audit's) if it lacks them (a statement that names
+    a partition fires only that partition's statement triggers, and PostgreSQL copies only
+    row-level triggers to new partitions). Returns whether it did."""
+    table = f"{quote_identifier(in_schema or schema)}.{quote_identifier(name)}"
     present = set(
         connection.execute(
             text(

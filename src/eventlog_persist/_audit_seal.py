@@ -280,7 +280,10 @@ def _seal_on(connection: Connection, tables: AuditTables, chunk_size: int) -> Se
             # window sealed now would lack them, and the tombstones would add them back.
             partition, running = unfinished
             if running:
-                logger.info("audit: drop_partitions is removing %s; nothing sealed", partition)
+                logger.info(
+                    "audit: partition maintenance is running (removing %s); nothing sealed",
+                    partition,
+                )
             else:
                 logger.warning(
                     "audit: the removal of partition %s is unfinished (a drop_partitions run "

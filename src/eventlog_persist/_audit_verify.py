@@ -26,7 +26,6 @@ from sqlalchemy import (
     select,
     table,
     text,
-    true,
 )
 from sqlalchemy.exc import DBAPIError
 
@@ -347,19 +346,27 @@ def _nulled_by_hand(connection: Connection, tables: AuditTables) -> list[AuditPr
     change (the leaf check sets the keys back, so it cannot see this)."""
     e = tables.erasures.c
     rows = tables.events.c
+    # From the tombstones (usually few), not from the rows: the earliest of each row's.
+    first = (
+        select(func.min(e.seq).label("seq"))
+        .group_by(e.event_id, e.event_created_at)
+        .subquery("first")
+    )
     earliest = (
-        select(e.seq, e.project_id, e.agent_id)
-        .where(e.event_id == rows.id, e.event_created_at == rows.created_at)
-        .order_by(e.seq)
-        .limit(1)
-        .lateral("earliest")
+        select(e.event_id, e.event_created_at, e.seq, e.project_id, e.agent_id)
+        .join_from(tables.erasures, first, e.seq == first.c.seq)
+        .subquery("earliest")
+    )
+    joined = tables.events.join(
+        earliest,
+        and_(rows.id == earliest.c.event_id, rows.created_at == earliest.c.event_created_at),
     )
     problems: list[AuditProblem] = []
     for name in ("project_id", "agent_id"):
         recorded = earliest.c[name]
         query = (
             select(rows.id, earliest.c.seq, recorded)
-            .select_from(tables.events.join(earliest, true()))
+            .select_from(joined)
             .where(
                 rows[name].is_(None),
                 recorded.is_not(None),

@@ -33,6 +33,7 @@ from eventlog_persist._failures import LOCK_NOT_AVAILABLE, server_text, sqlstate
 from eventlog_persist._partitions import (
     MAX_AHEAD,
     PartitionInterval,
+    bounded_partitions,
     free_ranges,
     interval_of_partitions,
     next_period,
@@ -376,7 +377,8 @@ class _Conversion:
         if found.kind == "p" and found.boundary is not None:
             own = interval_of_partitions(connection, self.table)
             has = f"has {own}ly partitions"
-            if own is None:  # the legacy partition alone (a swap cut short): its bound says
+            if own is None and not bounded_partitions(connection, self.table):
+                # The legacy partition alone (a swap cut short): its bound says.
                 fits = [
                     i
                     for i in get_args(PartitionInterval)

@@ -428,8 +428,10 @@ _UNFINISHED_SQL: Final = text(
     "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind = 'r' AND NOT "
     "c.relispartition AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = "
     "CAST(:parent AS regclass)) AND obj_description(c.oid, 'pg_class') IN (:to_drop, :to_keep) "
-    "UNION ALL SELECT i.inhrelid::regclass::text FROM pg_inherits i "
-    "WHERE i.inhparent = CAST(:parent AS regclass) AND i.inhdetachpending LIMIT 1"
+    "UNION ALL SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = "
+    "i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass) AND i.inhdetachpending AND "
+    "c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = CAST(:parent AS regclass)) "
+    "LIMIT 1"
 )
 _MAINTAINED_SQL: Final = text(
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = :space "
@@ -439,7 +441,8 @@ _MAINTAINED_SQL: Final = text(
 
 def unfinished_removal(connection: Connection, events: Table) -> tuple[str, bool] | None:
     """A partition whose removal `drop_partitions` has begun and not recorded yet (detach
-    pending, or detached and marked), and whether a maintenance run holds the table now."""
+    pending, or detached and marked; in ``event_logs``' schema, the one maintenance
+    handles), and whether a maintenance run holds the table now."""
     version = connection.dialect.server_version_info
     if version is not None and version < (14,):  # no DETACH ... CONCURRENTLY
         return None
@@ -508,6 +511,12 @@ def next_period(start: datetime, interval: PartitionInterval) -> datetime:
     if interval == "week":
         return start + timedelta(days=7)
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def bounded_partitions(connection: Connection, table: str) -> int:
+    """How many partitions of ``table`` (quoted, maybe qualified) have both bounds."""
+    partitions = _partitions(connection, connection.execute(_OID_SQL, {"name": table}).scalar_one())
+    return sum(p.lower is not None and p.upper is not None for p in partitions)
 
 
 def interval_of_partitions(connection: Connection, table: str) -> PartitionInterval | None:
@@ -755,9 +764,11 @@ def ensure_partitions(
         if audited(connection, parent.schema):
             # The audit's guard on every partition that lacks it: those just created, and
             # those another tool (pg_partman) created.
-            for partition in _in_its_schema(parent, _partitions(connection, parent.oid)):
+            for partition in _partitions(connection, parent.oid):
                 if not partition.detach_pending:
-                    guard_partition(connection, parent.schema, partition.name)
+                    guard_partition(
+                        connection, parent.schema, partition.name, in_schema=partition.schema
+                    )
     return tuple(name for name, _, _ in planned)
 
 
