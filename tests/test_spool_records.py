@@ -138,3 +138,22 @@ def test_the_limit_counts_damaged_items_too() -> None:
     second[2] ^= 0x01
     stretched = RECORDS[0] + bytes(second) + b"".join(RECORDS[2:])
     assert parsed(stretched, limit=2) == [(0, ENDS[0], True), (ENDS[0], ENDS[1], False)]
+
+
+def test_a_damaged_record_before_a_torn_tail_is_one_torn_stretch() -> None:
+    """The chain from the damaged record runs into fewer bytes than a header: no whole record
+    after it, so the two are one stretch that ends the parse."""
+    data = RECORDS[0] + damaged(BODIES[1]) + RECORDS[2][:5]
+    assert parsed(data) == [(0, ENDS[0], True), (ENDS[0], -1, False)]
+
+
+def test_the_resync_finds_a_last_record_of_one_byte() -> None:
+    second = bytearray(RECORDS[1])
+    second[2] ^= 0x01
+    last = record(b"x")
+    data = RECORDS[0] + bytes(second) + last
+    assert parsed(data) == [
+        (0, ENDS[0], True),
+        (ENDS[0], ENDS[1], False),
+        (ENDS[1], ENDS[1] + len(last), True),
+    ]
