@@ -908,6 +908,17 @@ def test_sigkill_at_a_random_moment_loses_nothing_that_enqueue_returned(
 # -- torn records, the size cap, spilling and reading back ------------------------------------
 
 
+def spooled_down(
+    engine: Engine, models: HostModels, directory: Path, count: int
+) -> tuple[list[NewEvent], Path, list[bytes]]:
+    """``count`` events of a seeded session left on the spool (one segment), and their records."""
+    user_id, session_id = seed(engine, models)
+    events = chat_events(user_id, session_id, count)
+    spool_down(models, directory, events)
+    [segment] = segments(directory)
+    return events, segment, [encode_event(event) for event in events]
+
+
 @pytest.mark.fault
 def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
     file_mode: str,
@@ -916,12 +927,8 @@ def test_a_torn_tail_and_a_damaged_record_are_skipped_and_reported(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    user_id, session_id = seed(host_engine, host_models)
-    events = chat_events(user_id, session_id, 20)
-    spool_down(host_models, tmp_path, events)
-    [segment] = segments(tmp_path)
+    events, segment, records = spooled_down(host_engine, host_models, tmp_path, 20)
     data = bytearray(segment.read_bytes())
-    records = [encode_event(event) for event in events]
     assert bytes(data) == b"".join(records)
     middle = sum(map(len, records[:10])) + 30
     data[middle] ^= 0xFF  # a flipped byte in the 11th record's body
@@ -959,12 +966,8 @@ def test_damage_to_a_records_length_loses_only_the_records_it_covers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A length the disk changed no longer ends the parse: it goes on at the next whole record."""
-    user_id, session_id = seed(host_engine, host_models)
-    events = chat_events(user_id, session_id, 40)
-    spool_down(host_models, tmp_path, events)
-    [segment] = segments(tmp_path)
+    events, segment, records = spooled_down(host_engine, host_models, tmp_path, 40)
     data = bytearray(segment.read_bytes())
-    records = [encode_event(event) for event in events]
     third = sum(map(len, records[:2]))
     if damage == "length":
         data[third + 2] ^= 0x01  # a bit of the 3rd record's length: past the file's end
