@@ -307,8 +307,9 @@ _PENDING_MESSAGE = (
     "eventlog_persist: partition %s of event_logs is still being detached (an interrupted "
     "DETACH ... CONCURRENTLY): the plain table would not get its rows, and the downgrade "
     "would drop it with them. Finish the detach first: run 'eventlog-persist partitions "
-    "drop' again (it completes what the interrupted run was doing), or ALTER TABLE "
-    "event_logs DETACH PARTITION %s FINALIZE and keep or drop that table yourself"
+    "drop' again (it completes what the interrupted run was doing, in event_logs' schema), "
+    "or ALTER TABLE event_logs DETACH PARTITION %s FINALIZE and keep or drop that table "
+    "yourself"
 )
 
 
