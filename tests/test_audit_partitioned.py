@@ -536,6 +536,39 @@ def test_no_seal_is_taken_while_a_partitions_removal_is_unfinished(
     assert_ok(db, retention=2)
 
 
+def test_a_pending_detach_in_another_schema_does_not_hold_sealing_back(db: Engine) -> None:
+    """Maintenance leaves such a partition alone (it would never finish the detach), so the
+    sealer does not wait for it either."""
+    with db.begin() as connection:
+        connection.execute(text("CREATE SCHEMA archive"))
+        connection.execute(
+            text(
+                "CREATE TABLE archive.event_logs_old PARTITION OF event_logs FOR VALUES FROM "
+                "('2000-01-01') TO ('2000-02-01')"
+            )
+        )
+    holder = create_engine(db.url)
+    held = holder.connect()
+    held.execute(text("SELECT count(*) FROM event_logs"))  # the detach waits for it
+    impatient = create_engine(
+        db.url, isolation_level="AUTOCOMMIT", connect_args={"options": "-c lock_timeout=300"}
+    )
+    try:
+        with impatient.connect() as connection, pytest.raises(OperationalError, match="lock"):
+            connection.execute(
+                text("ALTER TABLE event_logs DETACH PARTITION archive.event_logs_old CONCURRENTLY")
+            )
+    finally:
+        impatient.dispose()
+        held.close()
+        holder.dispose()
+    assert [p.name for p in list_partitions(EventLog, db) if p.detach_pending] == ["event_logs_old"]
+    with db.begin() as connection:
+        add_session(connection, events=1)
+    settle(db)
+    assert seal_events(EventLog, db) is not None
+
+
 def test_a_partition_detached_to_keep_but_not_recorded_is_recorded_by_the_next_run(
     db: Engine,
 ) -> None:

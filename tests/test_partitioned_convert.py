@@ -463,6 +463,31 @@ def test_after_a_swap_cut_short_the_legacy_bound_says_the_interval_or_it_must_be
     assert f"TO ('{after:%Y-%m-%d}" in dict(partitions(plain))[created[0]]
 
 
+def test_a_monday_the_first_is_no_question_once_partitions_of_another_length_exist(
+    plain: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the legacy partition alone asks for the interval: beside partitions that are
+    neither weeks nor months (pg_partman's daily ones, say) the conversion goes on."""
+    boundary = next_first(monday=True)
+    monkeypatch.setattr(conversion, "choose_boundary", lambda now, interval: boundary)
+
+    def interrupt(*args: Any, **kwargs: Any) -> None:
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conversion._Conversion, "_add_partitions", interrupt)
+        with pytest.raises(Interrupted):
+            convert_to_partitioned(plain)
+    with plain.begin() as connection:
+        connection.execute(
+            text(
+                f"CREATE TABLE event_logs_day PARTITION OF event_logs FOR VALUES FROM "
+                f"('{boundary.isoformat()}') TO ('{(boundary + timedelta(days=1)).isoformat()}')"
+            )
+        )
+    assert convert_to_partitioned(plain).state == "already_partitioned"
+
+
 def test_running_again_skips_ranges_that_partitions_named_otherwise_hold(plain: Engine) -> None:
     """pg_partman names its partitions otherwise (4.x: event_logs_pYYYYwWW): the same weeks
     are not attached again under this package's names, which would overlap them."""
