@@ -318,11 +318,12 @@ def test_a_key_set_null_by_hand_after_another_set_null_is_found(
 def test_a_row_with_a_hand_set_xid_holds_sealing_back_and_is_named(db: Engine) -> None:
     """A role that may only INSERT can set xid (it is a default): the sealer names the row
     and its fix, not the restore's pg_resetwal."""
+    role = f"insert_only_{db.url.database}"  # roles are the cluster's: one per database
     with db.begin() as connection:
         session = add_session(connection, events=2)
-        connection.execute(text("CREATE ROLE insert_only"))
-        connection.execute(text("GRANT SELECT, INSERT ON event_logs TO insert_only"))
-        connection.execute(text("SET LOCAL ROLE insert_only"))
+        connection.execute(text(f'CREATE ROLE "{role}"'))
+        connection.execute(text(f'GRANT SELECT, INSERT ON event_logs TO "{role}"'))
+        connection.execute(text(f'SET LOCAL ROLE "{role}"'))
         forged = connection.execute(
             text(
                 "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, xid) "
