@@ -55,12 +55,22 @@ _ENVIRONMENT = "DATABASE_URL"
 when it is not given."""
 
 
+_NO_VALUE = re.compile(r"argument (?:-{1,2}[\w-]+/)*(-{1,2}[\w-]+): expected one argument")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with each refusal on one line: ``PROG: error: WHAT; FIX`` and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
         # Our own checks name the fix after "; "; argparse's own messages get a pointer to --help.
         hint = "" if "; " in message else f"; see '{self.prog} --help'"
+        missing = _NO_VALUE.fullmatch(message)
+        if missing:
+            # argparse reads a value such as -5d as the next option and says only this.
+            hint = (
+                f"; give {missing[1]} a value (one that starts with '-' is written "
+                f"{missing[1]}=VALUE)"
+            )
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
 
@@ -484,6 +494,11 @@ def parse_cutoff(value: str, *, now: datetime | None = None) -> datetime:
     """
     now = now or datetime.now(UTC)
     match = _AGE.fullmatch(value.strip())
+    if match is None and (negative := _AGE.fullmatch(value.strip().removeprefix("-"))):
+        raise ValidationError(
+            f"{value!r} is a negative age; an age counts back from now, so write "
+            f"{negative[0]} (a cutoff in the future is refused)"
+        )
     if match:
         try:
             return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
