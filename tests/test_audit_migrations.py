@@ -260,71 +260,70 @@ def test_a_time_no_leaf_holds_refuses_the_upgrade_naming_the_row(
     assert_audit_schema(engine)
 
 
-def guard_lookups(engine: Engine) -> dict[str, bool]:
-    """Whether each guard function finds a row's earliest tombstone by its time too."""
+def functions_holding(engine: Engine, functions: tuple[str, ...], fragment: str) -> dict[str, bool]:
+    """Whether each function's definition holds ``fragment``."""
     with engine.connect() as connection:
         rows = connection.execute(
             text(
-                "SELECT proname, position('e.event_created_at = o.created_at' IN "
-                "pg_get_functiondef(oid)) > 0 FROM pg_proc WHERE proname IN "
-                "('event_log_audit_on_delete', 'event_log_audit_on_update')"
-            )
+                "SELECT proname, position(:fragment IN pg_get_functiondef(oid)) > 0 "
+                "FROM pg_proc WHERE proname = ANY(:functions)"
+            ),
+            {"fragment": fragment, "functions": list(functions)},
         ).all()
-    return {str(name): bool(by_row) for name, by_row in rows}
+    return {str(name): bool(holds) for name, holds in rows}
 
 
-def test_evlaudit_0003_finds_a_rows_own_tombstone_and_its_downgrade_puts_it_back(
-    host: HostProject, engine: Engine
-) -> None:
-    both = ("event_log_audit_on_delete", "event_log_audit_on_update")
-    host.run("upgrade", "evlaudit_0002")
-    assert guard_lookups(engine) == dict.fromkeys(both, False)
-    host.run("upgrade", "evlaudit_0003")
-    assert guard_lookups(engine) == dict.fromkeys(both, True)
-    host.run("downgrade", "eventlog_audit@-1")
-    assert guard_lookups(engine) == dict.fromkeys(both, False)
-    # Offline, the same DO block.
-    script = host.run(
-        "-x", "eventlog_persist.schema=public", "upgrade", "evlaudit_0002:evlaudit_0003", "--sql"
-    ).stdout
-    with engine.connect() as connection:
-        run_script(connection, script)
-        connection.commit()
-    assert guard_lookups(engine) == dict.fromkeys(both, True)
+GUARDS = ("event_log_audit_on_delete", "event_log_audit_on_update")
+REFUSALS = ("event_log_audit_append_only", "event_log_audit_refuse_truncate")
+BY_ROW = "e.event_created_at = o.created_at"  # evlaudit_0003: a row's own tombstone
+BOTH_MODES = "in linear mode, alembic downgrade to"  # evlaudit_0004: either downgrade
+
+
+def guard_lookups(engine: Engine) -> dict[str, bool]:
+    """Whether each guard function finds a row's earliest tombstone by its time too."""
+    return functions_holding(engine, GUARDS, BY_ROW)
 
 
 def refusal_advice(engine: Engine) -> dict[str, bool]:
     """Whether each refusing function names the linear mode's downgrade (evlaudit_0004)."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                "SELECT proname, pg_get_functiondef(oid) LIKE '%in linear mode, alembic "
-                "downgrade to%' FROM pg_proc WHERE proname IN "
-                "('event_log_audit_refuse_truncate', 'event_log_audit_append_only')"
-            )
-        ).all()
-    return {str(name): bool(both) for name, both in rows}
+    return functions_holding(engine, REFUSALS, BOTH_MODES)
 
 
-def test_evlaudit_0004_words_the_refusals_for_both_modes_and_its_downgrade_puts_them_back(
-    host: HostProject, engine: Engine
+@pytest.mark.parametrize(
+    ("before", "revision", "functions", "fragment"),
+    [
+        ("evlaudit_0002", "evlaudit_0003", GUARDS, BY_ROW),
+        ("evlaudit_0003", "evlaudit_0004", REFUSALS, BOTH_MODES),
+    ],
+)
+def test_a_function_rewriting_revision_applies_online_and_offline_and_its_downgrade_undoes_it(
+    host: HostProject,
+    engine: Engine,
+    before: str,
+    revision: str,
+    functions: tuple[str, ...],
+    fragment: str,
 ) -> None:
-    both = ("event_log_audit_append_only", "event_log_audit_refuse_truncate")
-    host.run("upgrade", "evlaudit_0003")
-    assert refusal_advice(engine) == dict.fromkeys(both, False)
-    host.run("upgrade", "heads")
-    assert refusal_advice(engine) == dict.fromkeys(both, True)
+    host.run("upgrade", before)
+    assert functions_holding(engine, functions, fragment) == dict.fromkeys(functions, False)
+    host.run("upgrade", revision)
+    assert functions_holding(engine, functions, fragment) == dict.fromkeys(functions, True)
     host.run("downgrade", "eventlog_audit@-1")
-    assert refusal_advice(engine) == dict.fromkeys(both, False)
+    assert functions_holding(engine, functions, fragment) == dict.fromkeys(functions, False)
+    # Offline, the same DO block.
     script = host.run(
-        "-x", "eventlog_persist.schema=public", "upgrade", "evlaudit_0003:evlaudit_0004", "--sql"
+        "-x", "eventlog_persist.schema=public", "upgrade", f"{before}:{revision}", "--sql"
     ).stdout
     with engine.connect() as connection:
         run_script(connection, script)
         connection.commit()
-    assert refusal_advice(engine) == dict.fromkeys(both, True)
-    # A function changed by hand is refused, named, and nothing changes.
-    host.run("downgrade", "eventlog_audit@-1")
+    assert functions_holding(engine, functions, fragment) == dict.fromkeys(functions, True)
+
+
+def test_evlaudit_0004_refuses_a_refusing_function_changed_by_hand(
+    host: HostProject, engine: Engine
+) -> None:
+    host.run("upgrade", "evlaudit_0003")
     with engine.begin() as connection:
         definition = connection.execute(
             text("SELECT pg_get_functiondef('event_log_audit_append_only()'::regprocedure)")
@@ -339,7 +338,7 @@ def test_evlaudit_0004_words_the_refusals_for_both_modes_and_its_downgrade_puts_
     assert "the guard function event_log_audit_append_only() does not hold the sentence" in (
         refused.stderr
     )
-    assert refusal_advice(engine) == dict.fromkeys(both, False)
+    assert refusal_advice(engine) == dict.fromkeys(REFUSALS, False)
 
 
 def test_evlaudit_0003_refuses_a_guard_function_changed_by_hand(
