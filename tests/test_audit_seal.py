@@ -121,6 +121,28 @@ def test_events_written_before_the_feed_verify_after_their_erasure(db: Engine, w
     assert (report.events, dict(report.erasures)["cascade"]) == (5, 5)
 
 
+def test_a_payload_nested_past_pythons_recursion_limit_is_sealed_and_verified(
+    db: Engine,
+) -> None:
+    """The writers refuse such a payload; another tool may store one. Sealing used to stop
+    at it for good (no canonical JSON); now it is sealed like any other event."""
+    with db.begin() as connection:
+        ids = add_session(connection, events=1)
+        deep = '{"b": 1.50, "a": ' * 5000 + "[0.1, 2]" + "}" * 5000
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload) "
+                "VALUES (gen_random_uuid(), :s, :u, 'imported', CAST(:deep AS jsonb))"
+            ),
+            {"deep": deep, "s": ids["session"], "u": ids["user"]},
+        )
+    seals = seal_all(EventLog, db)
+    assert sum(seal.events for seal in seals) == 2
+    report = verify_audit(EventLog, db)
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.events, report.unsealed) == (2, 0)
+
+
 def test_windows_are_chunked_by_numeric_transaction_ids(db: Engine) -> None:
     """xid 9 comes before 10 and 100 (read as text, 100 would come before 9)."""
     with db.begin() as connection:

@@ -304,3 +304,35 @@ async def test_the_async_reader_pages_across_odd_rows(
         cursor = page.next_cursor
     assert [event.id for event in seen] == stored_order(host_engine, chat, "oldest")
     assert [event.created_at for event in seen if event.id in odd_ids] == sorted(odd_ids.values())
+
+
+def test_a_payload_nested_past_pythons_recursion_limit_is_read(
+    host_engine: Engine, host_models: HostModels, world: World
+) -> None:
+    """jsonb holds thousands of levels; the writers refuse more than 256, another tool may
+    store more. msgspec and json.loads recurse per level; the reader's psycopg path then
+    decodes without recursion, so the page is read (the other paths: docs/reading.md)."""
+    chat, user = world.sessions[0][0], world.users[0]
+    depth = 5000
+    with host_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload, "
+                "created_at) VALUES (:id, :chat, :user, 'imported', CAST(:deep AS jsonb), "
+                "now() + interval '1 day')"
+            ),
+            {
+                "id": uuid.uuid4(),
+                "chat": chat,
+                "user": user,
+                "deep": '{"a": [1.5, ' * depth + '"end"' + "]}" * depth,
+            },
+        )
+    page = EventLogReader(host_models.EventLog, host_engine).session_timeline(chat, user_id=user)
+    assert len(page.items) == 13
+    value = page.items[0].payload
+    for _ in range(depth):
+        assert isinstance(value, dict)
+        assert value["a"][0] == 1.5
+        value = value["a"][1]
+    assert value == "end"

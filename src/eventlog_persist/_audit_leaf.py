@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
+from eventlog_persist._json_deep import loads as deep_loads
 from eventlog_persist.exceptions import ValidationError
 
 __all__ = [
@@ -93,7 +94,7 @@ def _fast_canonical(text: str | bytes | bytearray) -> str | None:
     None when one is not (the exact, slower path then runs)."""
     try:
         value = _VERBATIM.decode(text if isinstance(text, str) else text.decode())
-    except (_NotVerbatim, ValueError):
+    except (_NotVerbatim, ValueError, RecursionError):
         return None
     return _COMPACT.encode(value)
 
@@ -129,45 +130,60 @@ def _number(value: Decimal) -> str:
     return text[1:] if text.startswith("-") and not value else text  # numeric has no -0
 
 
+class _Text(str):
+    """Text `_canonical` writes as it is (punctuation, a key), not a value to encode."""
+
+
 def _canonical(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(_string(value))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        # As the writers send it (repr, via json.dumps) and jsonb stores it (numeric).
-        out.append(_number(Decimal(repr(value))))
-    elif isinstance(value, Decimal):
-        out.append(_number(value))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        for index, key in enumerate(sorted(value)):
-            if not isinstance(key, str):
-                raise ValidationError(f"a payload key must be a str, got {key!r}")
-            if index:
-                out.append(",")
-            out.append(_string(key))
-            out.append(":")
-            _canonical(value[key], out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _canonical(item, out)
-        out.append("]")
-    else:
-        raise ValidationError(
-            f"a payload value must be JSON (dict, list, str, int, float, Decimal, bool, "
-            f"None), got {type(value).__name__}"
-        )
+    # A stack of what is left to write, not recursion: a payload another tool stored may
+    # be nested far past Python's recursion limit.
+    todo: list[Any] = [value]
+    while todo:
+        value = todo.pop()
+        if type(value) is _Text:
+            out.append(value)
+        elif value is None:
+            out.append("null")
+        elif value is True:
+            out.append("true")
+        elif value is False:
+            out.append("false")
+        elif isinstance(value, str):
+            out.append(_string(value))
+        elif isinstance(value, int):
+            out.append(str(value))
+        elif isinstance(value, float):
+            # As the writers send it (repr, via json.dumps) and jsonb stores it (numeric).
+            out.append(_number(Decimal(repr(value))))
+        elif isinstance(value, Decimal):
+            out.append(_number(value))
+        elif isinstance(value, Mapping):
+            out.append("{")
+            todo.append(_CLOSE_OBJECT)
+            for index, key in enumerate(sorted(value, reverse=True)):
+                if not isinstance(key, str):
+                    raise ValidationError(f"a payload key must be a str, got {key!r}")
+                todo.append(value[key])
+                todo.append(_Text(_string(key) + ":"))
+                if index < len(value) - 1:
+                    todo.append(_COMMA)
+        elif isinstance(value, list | tuple):
+            out.append("[")
+            todo.append(_CLOSE_ARRAY)
+            for index in range(len(value) - 1, -1, -1):
+                todo.append(value[index])
+                if index:
+                    todo.append(_COMMA)
+        else:
+            raise ValidationError(
+                f"a payload value must be JSON (dict, list, str, int, float, Decimal, bool, "
+                f"None), got {type(value).__name__}"
+            )
+
+
+_COMMA: Final = _Text(",")
+_CLOSE_OBJECT: Final = _Text("}")
+_CLOSE_ARRAY: Final = _Text("]")
 
 
 def canonical_json(value: Any) -> str:
@@ -180,8 +196,8 @@ def canonical_json(value: Any) -> str:
             payload that is a bare JSON string is given as its text, e.g. ``'"hi"'``.
 
     Raises:
-        ValidationError: ``value`` is no payload a row holds, or is nested deeper than
-            Python's recursion limit.
+        ValidationError: ``value`` is no payload a row holds. Any depth is taken: another
+            tool may store a payload nested past Python's recursion limit.
     """
     try:
         return _canonical_json(value)
@@ -202,7 +218,10 @@ def _canonical_json(value: Any) -> str:
         if fast is not None:
             return fast
         try:
-            value = json.loads(value, parse_float=Decimal, parse_int=Decimal)
+            try:
+                value = json.loads(value, parse_float=Decimal, parse_int=Decimal)
+            except RecursionError:
+                value = deep_loads(value, parse_float=Decimal, parse_int=Decimal)
         except ValueError as exc:
             raise ValidationError(
                 f"a payload given as str must be its jsonb text (payload::text), got "
@@ -398,8 +417,7 @@ def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:
 
     Raises:
         ValidationError: A column is missing or holds a value no ``event_logs`` row holds
-            (text that is not UTF-8, a lone surrogate), or a payload nested deeper than
-            Python's recursion limit.
+            (text that is not UTF-8, a lone surrogate).
 
     Example:
         >>> audit_leaf_hash(row).hex()  # doctest: +SKIP

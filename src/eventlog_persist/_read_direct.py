@@ -22,6 +22,7 @@ from psycopg.types.json import JsonbLoader
 from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
+from eventlog_persist._json_deep import loads as deep_loads
 from eventlog_persist._read_sql import PreparedQuery
 
 __all__ = [
@@ -185,14 +186,19 @@ class _PayloadLoader(JsonbLoader):
 
     msgspec reads every JSON number as ``json.loads`` does (ints of any size, floats
     correctly rounded) and refuses only what ``json.loads`` reads otherwise (a number beyond
-    the float range, which it makes ``inf``): those documents go to ``json.loads``.
+    the float range, which it makes ``inf``): those documents go to ``json.loads``, and one
+    nested past Python's recursion limit (stored by another tool) to `_json_deep.loads`.
     """
 
     def load(self, data: Buffer) -> Any:
         try:
             return _decode(data)
         except Exception:
-            return json.loads(bytes(data))
+            text = bytes(data).decode()
+            try:
+                return json.loads(text)
+            except RecursionError:
+                return deep_loads(text)
 
 
 def _default_jsonb_loader(dbapi_connection: PsycopgConnection[Any]) -> bool:
