@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from waiting import wait_for, waits_for_a_lock
 
-from eventlog_persist import BufferedWriter, Spool
+from eventlog_persist import BufferedWriter, Spool, new_event_id
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -856,3 +857,24 @@ def test_uvicorn_on_sigterm_runs_the_lifespan_shutdown_that_flushes_both_writers
     # done, gave the signal back to the handler it had found: the package's.
     assert process.returncode == -signal.SIGTERM
     assert stored(host_engine) == {"async": 2000, "thread": 2000}
+
+
+def test_forked_children_mint_different_ids_for_the_same_instant() -> None:
+    """An id for a given ``created_at`` takes its tail from a per-process counter: each child
+    starts its own, or two workers forked from one parent store the same id for two events
+    of the same millisecond (one of them lost to ON CONFLICT DO NOTHING)."""
+    at = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    new_event_id(at)  # the parent's counter is in use before the fork
+    ids = set()
+    for _ in range(2):
+        ready, told = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(told, new_event_id(at).bytes)
+            os._exit(0)
+        os.close(told)
+        ids.add(os.read(ready, 16))
+        os.close(ready)
+        os.waitpid(pid, 0)
+    ids.add(new_event_id(at).bytes)
+    assert len(ids) == 3

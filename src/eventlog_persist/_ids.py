@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -15,10 +16,26 @@ from eventlog_persist.exceptions import ValidationError
 __all__ = ["ID_TIME_WINDOW", "id_time", "new_event_id"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _counter() -> Iterator[int]:
+    return itertools.count(int.from_bytes(os.urandom(10)) >> 7)
+
+
 # The 74 bits after an id's time, for ids minted at a given instant: one counter for the
 # process, from a random start, so that such ids of the same millisecond keep the order they
 # were made in (RFC 9562's monotonic random method, across milliseconds too).
-_TAILS: Final = itertools.count(int.from_bytes(os.urandom(10)) >> 7)
+_tails = _counter()
+
+
+def _new_counter_in_child() -> None:
+    # A forked child (gunicorn --preload, Celery prefork) would go on from the parent's count
+    # and mint the ids its siblings mint for the same millisecond.
+    global _tails
+    _tails = _counter()
+
+
+os.register_at_fork(after_in_child=_new_counter_in_child)
 _TAIL_BITS: Final = (1 << 74) - 1
 _LOW_BITS: Final = (1 << 62) - 1
 
@@ -78,7 +95,7 @@ def new_event_id(at: datetime | None = None) -> uuid.UUID:
     milliseconds = (at - _EPOCH) // timedelta(milliseconds=1)
     if milliseconds < 0:
         return _new_uuid7()
-    tail = next(_TAILS) & _TAIL_BITS
+    tail = next(_tails) & _TAIL_BITS
     # time (48 bits), version 7, 12 tail bits, variant 0b10, 62 tail bits
     return _uuid_of(
         milliseconds << 80 | 0x7 << 76 | (tail >> 62) << 64 | 0b10 << 62 | tail & _LOW_BITS
