@@ -49,6 +49,7 @@ from eventlog_persist import (
     EventType,
     EventWriter,
     NewEvent,
+    PayloadPolicy,
     awrite_events,
     event_log_model,
     new_event,
@@ -288,6 +289,18 @@ async def test_every_other_write_path_refuses_in_the_caller(
     [
         pytest.param({"event_type": "x", "tool": "search"}, "tool", id="unknown-name"),
         pytest.param({"tool_name": "search"}, "event_type", id="event_type-missing"),
+        # new_event's options: taken by the check before, then ignored (the writer's applied).
+        pytest.param(
+            {"event_type": "x", "payload_policy": PayloadPolicy(redact_keys={"pin"})},
+            "'payload_policy': a writer applies its own payload_policy; give them to its "
+            r"constructor, e.g. EventWriter\(EventLog, payload_policy=...\)",
+            id="payload_policy",
+        ),
+        pytest.param(
+            {"event_type": "x", "field_rules": EventFieldRules(), "payload_policy": None},
+            "'field_rules': a writer applies its own field_rules and payload_policy",
+            id="field_rules",
+        ),
     ],
 )
 async def test_a_field_name_unknown_or_missing_is_a_type_error_naming_it(

@@ -525,6 +525,14 @@ class EventBuilder(Generic[KeyT]):
     ) -> NewEvent:
         """`_build` from a write verb's keyword fields."""
         if "event_type" not in fields or not _FIELD_NAMES.issuperset(fields):
+            options = sorted(fields.keys() & {"payload_policy", "field_rules"})
+            if options:  # new_event takes them: it would build an event with them and return
+                raise TypeError(
+                    f"unexpected keyword argument {options[0]!r}: a writer applies its own "
+                    f"{' and '.join(options)}; give them to its constructor, e.g. "
+                    f"EventWriter(EventLog, {options[0]}=...), or build the event with "
+                    f"new_event(..., {options[0]}=...) and pass it"
+                )
             new_event(**fields)  # a name missing or unknown: its TypeError names it
         return _build(  # positionally: no second binding of the keywords
             fields.get("session_id"),
