@@ -819,7 +819,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], option: str, messag
         ("mysql+pymysql://app:secret@db/app", "'mysql+pymysql://app:***@db/app' is not a"),
         ("events", "'events' is not a usable PostgreSQL conninfo or URL"),
         ("postgresql+psycopg://app:secret@db:port/app", "not a valid database URL"),
-        ("host=db password=secret dbname", "'host=db password=*** dbname' is not a usable"),
+        ("host=db password=secret dbname", "'host=db password=***' is not a usable"),
         ("postgresql+asyncpg://app:secret@db/app?ssl=maybe", "ssl='maybe', which is not an"),
         ("postgresql+asyncpg://app:secret@db/app?server_settings=x", "server_settings, which"),
     ],

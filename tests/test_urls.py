@@ -7,6 +7,8 @@ are translated to libpq's, dropped, or refused by name, never with a password sh
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -409,8 +411,8 @@ def test_an_engine_of_another_database_is_one_line(host_models: HostModels) -> N
 @pytest.mark.parametrize(
     ("target", "shown"),
     [
-        (f"host=db password={SECRET} dbname", "'host=db password=*** dbname' is not a usable"),
-        (f"host=db password='{SECRET} x' nonsense", "'host=db password=*** nonsense'"),
+        (f"host=db password={SECRET} dbname", "'host=db password=***' is not a usable"),
+        (f"host=db password='{SECRET} x' nonsense", "'host=db password=***' is not a"),
         (f"dbname=app passwrd={SECRET}", "invalid connection option"),
         (f"postgresql://app:{SECRET}@db:notaport/app", "'postgresql://app:***@db:notaport/app'"),
         ("host=db port=5432,x", "has a port '5432,x' that is not a number"),
@@ -458,3 +460,61 @@ def test_things_that_are_not_targets_are_refused_without_secrets(
     with pytest.raises(ConfigurationError, match="needs a sqlalchemy Engine") as raised:
         EventWriter(host_models.EventLog).record_detached(url, event_type="x")  # type: ignore[call-overload]
     assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql://app@%2Fvar%2Frun%2Fpostgresql/app",  # a socket folder as the host
+        "postgresql://app@db/app?application_name=nightly+purge",  # "+" is itself
+        f"postgres://app:pa+ss{SECRET}@db/app",
+        "postgresql://app@h1,h2:5433/app",  # h1 on the default port
+        "postgresql://app@[::1],[::2]:5433/app",
+        "postgresql:///app?host=/tmp&port=5433",
+    ],
+)
+def test_a_libpq_uri_is_read_as_libpq_reads_it(uri: str) -> None:
+    assert params(uri) == {key: str(value) for key, value in conninfo_to_dict(uri).items()}
+
+
+@pytest.mark.parametrize("target", ["", "   ", " \n", "\t"])
+def test_an_empty_url_is_refused_not_read_as_libpqs_defaults(
+    target: str, host_models: HostModels, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq reads "" as every default: a cron line's --url "$DATABASE_URL", the variable
+    unset, purged whatever database PGHOST or the local socket named."""
+    with pytest.raises(ConfigurationError, match="the database URL is empty"):
+        write_events(host_models.EventLog, target, [])
+    with pytest.raises(ConfigurationError, match="is DATABASE_URL unset"):
+        BufferedWriter(host_models.EventLog, target)
+    monkeypatch.setenv("DATABASE_URL", text_of(database_url))
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlog_persist", "purge", "--url", target, "--older-than", "1d"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert "the database URL is empty" in result.stderr
+
+
+def test_every_sqlalchemy_postgresql_driver_name_is_a_url() -> None:
+    for driver in ("psycopg", "psycopg_async", "psycopg2", "psycopg2cffi", "asyncpg", "pg8000"):
+        got = params(f"postgresql+{driver}://app:{SECRET}@db:5433/app")
+        assert (got["host"], got["port"], got["password"]) == ("db", "5433", SECRET), driver
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "host=db user=app password=correct horse",
+        "host=db user=app password='correct horse",
+        "host=db password=correct\thorse 'x",
+        "postgresql+psycopg_async://app:correct horse@db:port/app",
+        "postgresql://app:correct\nhorse@db:notaport/app",
+    ],
+)
+def test_no_piece_of_a_password_is_in_a_refusal(target: str, host_models: HostModels) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        write_events(host_models.EventLog, target, [])
+    assert "horse" not in str(raised.value)

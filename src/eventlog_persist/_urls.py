@@ -44,8 +44,9 @@ _SECRET_PARAM = re.compile(
 )
 # A password runs to the last "@" (a space, "/" or "@" in it unencoded included): hiding
 # too much is harmless, showing a piece of it is not.
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:).*@")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:).*@", re.DOTALL)
+_NAMES_AN_OPTION = re.compile(r'invalid (?:connection|URI query) (?:option|parameter) "\w+"\s*$')
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+._\-]*)://")  # postgresql+psycopg_async too
 _HOST_PORT = re.compile(r"^([A-Za-z0-9\-.]*):(\d+)$")
 _POSTGRESQL: Final = frozenset({"postgresql", "postgres"})
 _SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -119,12 +120,29 @@ def libpq_params(target: object) -> dict[str, str]:
             f"{shown(target)} is not a database URL or conninfo; pass a string such as "
             f"{EXAMPLE}, a sqlalchemy URL, or an engine"
         )
+    if not target.strip():
+        # libpq would read it as "all defaults" and connect wherever PGHOST or the local
+        # socket points: a cron line's --url "$DATABASE_URL" with the variable unset.
+        raise ConfigurationError(
+            f"the database URL is empty ({target!r}; is DATABASE_URL unset?); write it as "
+            f"{EXAMPLE} or as a libpq conninfo such as 'host=db dbname=app user=app'"
+        )
     match = _SCHEME.match(target)
     if match is None:
         return _libpq_params(target)
     backend, _, driver = match[1].lower().partition("+")
     if backend not in _POSTGRESQL:
         raise not_postgresql(target)
+    if not driver:
+        # libpq's own URI: libpq reads it (a percent-encoded socket folder as the host, "+"
+        # as itself, a port per host); SQLAlchemy only when libpq refuses it, for another
+        # driver's query parameters such as ssl=require.
+        try:
+            conninfo_to_dict(target)
+        except psycopg.ProgrammingError:
+            pass
+        else:
+            return _libpq_params(target)
     try:
         url = make_url(target)
     except (ArgumentError, ValueError) as exc:
@@ -146,9 +164,19 @@ def not_postgresql(target: object) -> ConfigurationError:
 
 
 def _unusable(target: object, exc: Exception) -> ConfigurationError:
-    reason = " ".join(shown(str(exc)).split())
+    text, said = str(target), str(exc)
+    secret = _SECRET_PARAM.search(text)
+    if secret:
+        # Unparsable, a password may run past where the pattern stops (a space, a quote
+        # left open): nothing after its keyword is shown.
+        text = text[: secret.start(3)] + "***..."
+    if ("://" in text or secret) and not _NAMES_AN_OPTION.match(said):
+        # libpq's reason quotes the text where it stopped, which may be inside a password.
+        reason = "libpq cannot parse it"
+    else:
+        reason = " ".join(shown(said).split())
     return ConfigurationError(
-        f"{shown(target)!r} is not a usable PostgreSQL conninfo or URL ({reason}); write it "
+        f"{shown(text)!r} is not a usable PostgreSQL conninfo or URL ({reason}); write it "
         f"as {EXAMPLE} or as a libpq conninfo such as 'host=db dbname=app user=app'"
     )
 
