@@ -318,6 +318,15 @@ def test_purge_command(
     assert dry.returncode == 0, dry.stderr
     assert "would purge 20 events" in dry.stdout
     assert count_purgeable(model, host_engine, older_than=CUTOFF) == 20
+    # What the real run with --max-batches would do: stop after 2 batches of 4.
+    capped = run_cli(
+        database_url, "--older-than", iso, "--dry-run", "--batch-size", "4", "--max-batches", "2"
+    )
+    assert "would purge 8 events older than" in capped.stdout
+    assert "(of 20: --max-batches 2 stops the run there)" in capped.stdout
+    enough = run_cli(database_url, "--older-than", iso, "--dry-run", "--max-batches", "5")
+    assert "would purge 20 events older than" in enough.stdout
+    assert "(of" not in enough.stdout
     user = str(owners[1]["user"])
     scoped = run_cli(database_url, "--older-than", iso, "--user-id", user, "--batch-size", "4")
     assert scoped.returncode == 0, scoped.stderr

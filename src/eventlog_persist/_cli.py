@@ -573,7 +573,16 @@ def _purge_at(args: argparse.Namespace, cutoff: datetime, stage: list[str]) -> i
             count = count_purgeable(
                 table, engine, older_than=cutoff, user_id=user_id, project_id=project_id
             )
-            print(f"eventlog-persist: would purge {count} events older than {cutoff.isoformat()}")
+            most = None if args.max_batches is None else args.batch_size * args.max_batches
+            stops = (
+                ""
+                if most is None or count <= most
+                else f" (of {count}: --max-batches {args.max_batches} stops the run there)"
+            )
+            print(
+                f"eventlog-persist: would purge {count if not stops else most} events older "
+                f"than {cutoff.isoformat()}{stops}"
+            )
             return 0
         stage[0] = "purge"
         result = purge_events(
