@@ -317,3 +317,77 @@ def test_linear_mode_opts_in_later(tmp_path: Path, database_url: URL, engine: En
     assert "eventlog_0001" not in written
     host.run("upgrade", "head")
     assert len(partitions(engine)) == 5
+
+
+def what_the_host_gave(engine: Engine) -> dict[str, Any]:
+    """event_logs' owner, grants (table and columns), comments and the host's own index."""
+    with engine.connect() as connection:
+
+        def rows(sql: str) -> list[Any]:
+            return sorted(tuple(row) for row in connection.execute(text(sql)))
+
+        return {
+            "owner": rows(
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'event_logs'::regclass"
+            ),
+            "grants": rows(
+                "SELECT pg_get_userbyid(a.grantee), a.privilege_type, a.is_grantable "
+                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'event_logs'::regclass "
+                "AND a.grantee <> c.relowner"
+            ),
+            "column grants": rows(
+                "SELECT t.attname, pg_get_userbyid(a.grantee), a.privilege_type FROM "
+                "pg_attribute t, aclexplode(t.attacl) a WHERE t.attrelid = 'event_logs'::regclass"
+            ),
+            "comments": rows(
+                "SELECT objsubid, description FROM pg_description WHERE objoid = "
+                "'event_logs'::regclass"
+            ),
+            "host index": rows(
+                # A partitioned table's index is shown ON ONLY the parent.
+                "SELECT indexrelid::regclass::text, replace(pg_get_indexdef(indexrelid), "
+                "' ON ONLY ', ' ON ') FROM pg_index "
+                "WHERE indrelid = 'event_logs'::regclass AND indexrelid::regclass::text "
+                "LIKE 'ix_host_%'"
+            ),
+        }
+
+
+def test_both_directions_keep_what_the_host_gave_the_table(
+    host: HostProject, engine: Engine
+) -> None:
+    """Owner, grants, comments and the host's own indexes: the rebuild used to drop them all
+    (the application's role could no longer read or write)."""
+    host.run("upgrade", "evl_0002")
+    database = engine.url.database
+    owner, writer = f"{database}_owner", f"{database}_writer"  # roles are the cluster's
+    with engine.begin() as connection:
+        for role in (owner, writer):
+            connection.execute(text(f'CREATE ROLE "{role}"'))
+        for statement in (
+            f'GRANT CREATE ON SCHEMA public TO "{owner}"',
+            f'ALTER TABLE event_logs OWNER TO "{owner}"',
+            f'GRANT SELECT, INSERT ON event_logs TO "{writer}" WITH GRANT OPTION',
+            f'GRANT UPDATE (tool_name) ON event_logs TO "{writer}"',
+            "GRANT SELECT ON event_logs TO PUBLIC",
+            "COMMENT ON TABLE event_logs IS 'the host''s note'",
+            "COMMENT ON COLUMN event_logs.tool_name IS 'which tool'",
+            "CREATE INDEX ix_host_trace ON event_logs (trace_id) WHERE trace_id IS NOT NULL",
+        ):
+            connection.execute(text(statement))
+    given = what_the_host_gave(engine)
+    assert given["owner"] == [(owner,)]
+    assert len(given["grants"]) == 3
+    assert len(given["host index"]) == 1
+    host.run("upgrade", "heads")
+    assert what_the_host_gave(engine) == given
+    add_event(engine)
+    host.run("downgrade", "eventlog_partitioned@base")
+    assert what_the_host_gave(engine) == given
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 1
+    host.run("downgrade", "eventlog@base")
+    with engine.begin() as connection:
+        for role in (owner, writer):
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))

@@ -21,6 +21,10 @@ are copied in one transaction, under an ACCESS EXCLUSIVE lock for the whole copy
 while a partition's detach is pending (an interrupted ``DETACH ... CONCURRENTLY``), whose rows
 it could not copy.
 
+Both directions keep what a host gave ``event_logs``: its owner, its grants (table and
+columns), its comments and its own indexes, recreated under their names (not its own
+constraints, triggers or policies).
+
 Both directions keep the opt-in feed's column ``xid`` (revision ``evlfeed_0001``, of another
 branch, which may run before or after this one) with its default, and build its index
 ``ix_event_logs_xid_id`` on the new table when the column is there.
@@ -166,6 +170,7 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
         f"(LIKE {_qualified(schema, old)} INCLUDING DEFAULTS){layout}"
     )
     _audit_bound(schema, old)
+    _carry_over(schema, old)
     if not partitioned:
         op.execute(
             f"INSERT INTO {_qualified(schema, 'event_logs')} "
@@ -192,6 +197,54 @@ def _rebuild(schema: str | None, *, partitioned: bool) -> None:
             f"({column}, created_at){condition}"
         )
     _feed_index(schema)
+
+
+def _carry_over(schema: str | None, old: str) -> None:
+    """What the host gave the old table, on the new one: its owner, its grants (on the table
+    and on columns), its comments, and its own indexes (their names kept: each old one is
+    renamed away first). One DO block, online and offline."""
+    table = _qualified(schema, "event_logs").replace("'", "''")
+    source = _qualified(schema, old).replace("'", "''")
+    ours = ", ".join(
+        f"'{name}'" for name in ("pk_event_logs", _FEED_INDEX, *(i[0] for i in _INDEXES))
+    )
+    grantee = (
+        "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END"
+    )
+    option = "CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END"
+    op.execute(
+        "DO $$ DECLARE "
+        f"src regclass := '{source}'::regclass; dst regclass := '{table}'::regclass; "
+        "src_name text; item record; BEGIN "
+        "SELECT format('%I.%I', n.nspname, c.relname) INTO src_name FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = src; "
+        "EXECUTE format('ALTER TABLE %s OWNER TO %I', dst, "
+        "(SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = src)); "
+        "FOR item IN SELECT a.privilege_type AS privilege, "
+        f"{grantee} AS grantee, {option} AS option FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.oid = src AND a.grantee <> c.relowner LOOP "
+        "EXECUTE format('GRANT %s ON %s TO %s%s', item.privilege, dst, item.grantee, "
+        "item.option); END LOOP; "
+        "FOR item IN SELECT t.attname, a.privilege_type AS privilege, "
+        f"{grantee} AS grantee, {option} AS option FROM pg_attribute t, aclexplode(t.attacl) a "
+        "WHERE t.attrelid = src AND t.attnum > 0 AND NOT t.attisdropped LOOP "
+        "EXECUTE format('GRANT %s (%I) ON %s TO %s%s', item.privilege, item.attname, dst, "
+        "item.grantee, item.option); END LOOP; "
+        "EXECUTE format('COMMENT ON TABLE %s IS %L', dst, obj_description(src, 'pg_class')); "
+        "FOR item IN SELECT t.attname, d.description FROM pg_attribute t JOIN pg_description d "
+        "ON d.objoid = src AND d.classoid = 'pg_class'::regclass AND d.objsubid = t.attnum "
+        "WHERE t.attrelid = src AND t.attnum > 0 LOOP "
+        "EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', dst, item.attname, item.description); "
+        "END LOOP; "
+        "FOR item IN SELECT i.indexrelid AS old_index, pg_get_indexdef(i.indexrelid) AS "
+        "definition FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        f"WHERE i.indrelid = src AND c.relname NOT IN ({ours}) LOOP "
+        "EXECUTE format('ALTER INDEX %s RENAME TO %I', item.old_index::regclass, "
+        "'evlpart_' || item.old_index::text); "
+        "EXECUTE replace(replace(item.definition, ' ON ONLY ' || src_name || ' ', "
+        "' ON ' || dst::text || ' '), ' ON ' || src_name || ' ', ' ON ' || dst::text || ' '); "
+        "END LOOP; END $$"
+    )
 
 
 def _audit_bound(schema: str | None, old: str) -> None:
