@@ -290,6 +290,25 @@ def test_secret_is_masked_alone_and_in_text(secret: Secret) -> None:
 
 
 @pytest.mark.parametrize("secret", SECRETS, ids=lambda s: f"{s.detector}-{s.text[:12]}")
+@pytest.mark.parametrize("before", ["\n", "\t", "\r", "é", "\x08"])
+def test_secret_is_masked_inside_json_encoded_text_after_an_escape(
+    secret: Secret, before: str
+) -> None:
+    """A tool's output or a function call's arguments: JSON text inside a string, where a
+    secret on a new line follows the two characters \\ and n (or \\u00e9): a letter or
+    digit, which the "not inside a longer word" test used to take for part of a word."""
+    inner = json.dumps({"stdout": f"ok{before}{secret.text}"})
+    assert "\\" in inner  # the escape is in the text: it is what the test is about
+    result = prepare_payload({"role": "tool", "content": inner})
+    assert result.redacted_paths == ("/content",)
+    assert json.loads(json.loads(result.json_text)["content"]) == {
+        "stdout": f"ok{before}{secret.stored}"
+    }
+    twice = prepare_payload({"arguments": json.dumps({"payload": inner})})
+    assert twice.redacted_paths == ("/arguments",)
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=lambda s: f"{s.detector}-{s.text[:12]}")
 def test_each_detector_alone_finds_its_secret_and_off_keeps_it(secret: Secret) -> None:
     assert text_of(prepare_payload({"t": secret.text}, policy=only(secret.detector))) == (
         secret.stored

@@ -44,6 +44,14 @@ class _Shape:
     loose: str
 
 
+def _starts(word: str, literal: str) -> str:
+    """Regex: ``literal`` (fixed width, just matched) starts a word: no ``word`` character
+    before it, or an escape sequence that ends with a letter or digit (``\\n``, ``\\t``,
+    ``\\u00e9``): in JSON-encoded text inside a string (a tool's output, a function call's
+    arguments) a secret on a new line follows the two characters ``\\`` and ``n``."""
+    return f"(?:(?<!{word}{literal})|(?<=\\\\[nrtbf]{literal})|(?<=\\\\u[0-9A-Fa-f]{{4}}{literal}))"
+
+
 def _mask_bearer(match: re.Match[str]) -> str:
     """Mask a credential that looks generated: 8+ characters with a digit, or with a capital
     or no letter at all after the first, so that prose such as "Bearer authentication" is
@@ -65,11 +73,12 @@ def _mask_url_password(match: re.Match[str]) -> str:
 # such as "sk-learn-pipeline" is not taken for a key.
 _LLM_API_KEY: Final = _Shape(
     "-",
-    r"-(?<=sk-)(?<![A-Za-z0-9_-]sk-)",
+    r"-(?<=sk-)" + _starts("[A-Za-z0-9_-]", "sk-"),
     27,
     re.compile(
-        r"sk-(?<![A-Za-z0-9_-]sk-)"
-        r"(?:(?:proj|ant|svcacct|admin|None)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{32,})"
+        r"sk-"
+        + _starts("[A-Za-z0-9_-]", "sk-")
+        + r"(?:(?:proj|ant|svcacct|admin|None)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{32,})"
     ),
     REDACTED,
     r"-(?<=sk-)",
@@ -78,9 +87,9 @@ _LLM_API_KEY: Final = _Shape(
 # digits, and no more.
 _AWS_ACCESS_KEY: Final = _Shape(
     "I",
-    r"IA(?<=A[KS]IA)(?<![A-Za-z0-9]A[KS]IA)",
+    r"IA(?<=A[KS]IA)" + _starts("[A-Za-z0-9]", "A[KS]IA"),
     20,
-    re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    re.compile(r"A" + _starts("[A-Za-z0-9]", "A") + r"[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"),
     REDACTED,
     r"IA(?<=A[KS]IA)",
 )
@@ -88,27 +97,34 @@ _AWS_ACCESS_KEY: Final = _Shape(
 # ghr_ refresh) and fine-grained ones (github_pat_).
 _GITHUB_TOKEN: Final = _Shape(
     "_",
-    r"_(?<=gh[pousr]_)(?<![A-Za-z0-9_]gh[pousr]_)|_(?<=github_pat_)(?<![A-Za-z0-9_]github_pat_)",
+    r"_(?<=gh[pousr]_)"
+    + _starts("[A-Za-z0-9_]", "gh[pousr]_")
+    + r"|_(?<=github_pat_)"
+    + _starts("[A-Za-z0-9_]", "github_pat_"),
     33,
-    re.compile(r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})"),
+    re.compile(
+        r"g"
+        + _starts("[A-Za-z0-9_]", "g")
+        + r"(?:h[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})"
+    ),
     REDACTED,
     r"_(?<=gh[pousr]_)|_(?<=github_pat_)",
 )
 # GitLab personal access tokens.
 _GITLAB_TOKEN: Final = _Shape(
     "-",
-    r"-(?<=glpat-)(?<![A-Za-z0-9_-]glpat-)",
+    r"-(?<=glpat-)" + _starts("[A-Za-z0-9_-]", "glpat-"),
     26,
-    re.compile(r"glpat-(?<![A-Za-z0-9_-]glpat-)[A-Za-z0-9_-]{20,}"),
+    re.compile(r"glpat-" + _starts("[A-Za-z0-9_-]", "glpat-") + r"[A-Za-z0-9_-]{20,}"),
     REDACTED,
     r"-(?<=glpat-)",
 )
 # Slack bot, user, app-level, refresh and configuration tokens.
 _SLACK_TOKEN: Final = _Shape(
     "-",
-    r"-(?<=xox[abprs]-)(?<![A-Za-z0-9]xox[abprs]-)",
+    r"-(?<=xox[abprs]-)" + _starts("[A-Za-z0-9]", "xox[abprs]-"),
     15,
-    re.compile(r"xox(?<![A-Za-z0-9]xox)[abprs]-[A-Za-z0-9-]{10,}"),
+    re.compile(r"xox" + _starts("[A-Za-z0-9]", "xox") + r"[abprs]-[A-Za-z0-9-]{10,}"),
     REDACTED,
     r"-(?<=xox[abprs]-)",
 )
@@ -116,9 +132,13 @@ _SLACK_TOKEN: Final = _Shape(
 # empty in unsigned tokens.
 _JWT: Final = _Shape(
     "J",
-    r"J(?<=eyJ)(?<![A-Za-z0-9_-]eyJ)",
+    r"J(?<=eyJ)" + _starts("[A-Za-z0-9_-]", "eyJ"),
     10,
-    re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+    re.compile(
+        r"eyJ"
+        + _starts("[A-Za-z0-9_-]", "eyJ")
+        + r"[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    ),
     REDACTED,
     r"J(?<=eyJ)",
 )
@@ -128,7 +148,10 @@ _BEARER: Final = _Shape(
     "earer",
     15,
     re.compile(
-        r"([Bb]earer)(?<![A-Za-z0-9][Bb]earer)([ \t]+)([A-Za-z0-9._~+/-]*[A-Za-z0-9_~+/-]=*)"
+        r"([Bb]earer)"
+        + _starts("[A-Za-z0-9]", "[Bb]earer")
+        # A tab in JSON-encoded text is a backslash and a "t" (more backslashes when twice).
+        + r"((?:[ \t]|\\+t)+)([A-Za-z0-9._~+/-]*[A-Za-z0-9_~+/-]=*)"
     ),
     _mask_bearer,
     "earer",
