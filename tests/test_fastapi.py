@@ -190,6 +190,30 @@ async def test_a_dependency_without_the_lifespan_names_the_fix(path: str, name: 
 
 
 @pytest.mark.asyncio
+async def test_an_endpoint_of_a_mounted_sub_application_finds_the_writer_and_reader(
+    host_engine: Engine, host_models: HostModels, keys: tuple[Any, Any]
+) -> None:
+    """Starlette gives a mounted application's endpoints its own (empty) app.state."""
+    outer = make_app(host_models, host_engine.url)
+    api = FastAPI()
+
+    @api.post("/events", dependencies=[Depends(chat_context)])
+    async def post(events: Events, reader: Reader) -> dict[str, bool]:
+        await events.enqueue(event_type="mounted")
+        state = outer.state
+        return {"writer": events is state.yielded, "reader": reader is state.eventlog_reader}
+
+    outer.mount("/api", api)
+    async with running(outer), client(outer) as http:
+        answer = await http.post("/api/events", params=params(keys))
+        assert answer.json() == {"writer": True, "reader": True}
+    assert [e.event_type for e in timeline(host_engine, host_models, keys[1])] == ["mounted"]
+    async with client(outer) as http:  # the lifespan ended: named, as before
+        with pytest.raises(ConfigurationError, match="a mounted sub-application finds"):
+            await http.post("/api/events", params=params(keys))
+
+
+@pytest.mark.asyncio
 async def test_the_lifespan_runs_once_per_app(host_models: HostModels, database_url: URL) -> None:
     app = FastAPI()
     engine = create_async_engine(database_url, poolclass=pool.NullPool)

@@ -56,7 +56,10 @@ _READER: Final = "eventlog_reader"
 _FIX: Final = (
     "run eventlog_lifespan in the application's lifespan (async with eventlog_lifespan(app, "
     "EventLog, engine): yield); in tests, start the lifespan too (with TestClient(app) as "
-    "client, or an ASGI lifespan driver: httpx's ASGITransport does not run it)"
+    "client, or an ASGI lifespan driver: httpx's ASGITransport does not run it); an "
+    "endpoint of a mounted sub-application finds the outer application's when one "
+    "eventlog_lifespan runs in the process, else set the sub-application's "
+    "state.eventlog_writer and state.eventlog_reader in the outer lifespan"
 )
 
 # A request id taken from a header: 1 to 128 visible ASCII characters, no spaces. Safe to
@@ -146,18 +149,34 @@ async def eventlog_lifespan(
     writer = await AsyncBufferedWriter(model, engine, **writer_options).start()
     setattr(state, _WRITER, writer)
     setattr(state, _READER, reader)
+    _RUNNING.append(state)
     try:
         yield writer
     finally:
+        _RUNNING.remove(state)
         delattr(state, _WRITER)
         delattr(state, _READER)
         await writer.close(close_timeout)
 
 
+_RUNNING: Final[list[Any]] = []
+"""The ``app.state`` of each application whose `eventlog_lifespan` runs in this process."""
+
+
+def _running(connection: HTTPConnection, name: str) -> Any:
+    found = getattr(connection.app.state, name, None)
+    if found is None and len(_RUNNING) == 1:
+        # An endpoint of a mounted sub-application sees that application's own state; the
+        # lifespan ran for the outer one. With one lifespan in the process, it is that one.
+        found = getattr(_RUNNING[0], name, None)
+    return found
+
+
 def event_writer(connection: HTTPConnection) -> AsyncBufferedWriter[Any]:
     """Dependency: the application's `AsyncBufferedWriter`, started by `eventlog_lifespan`.
 
-    Declare it once with the host's key type, and use it in any endpoint; in plain
+    Declare it once with the host's key type, and use it in any endpoint (of a mounted
+    sub-application too, with one `eventlog_lifespan` in the process); in plain
     Starlette, call ``event_writer(request)``.
 
     Raises:
@@ -168,7 +187,7 @@ def event_writer(connection: HTTPConnection) -> AsyncBufferedWriter[Any]:
 
     .. versionadded:: 0.3.0
     """
-    writer: AsyncBufferedWriter[Any] | None = getattr(connection.app.state, _WRITER, None)
+    writer: AsyncBufferedWriter[Any] | None = _running(connection, _WRITER)
     if writer is None:
         raise ConfigurationError(f"no event writer on app.state: {_FIX}")
     return writer
@@ -177,7 +196,7 @@ def event_writer(connection: HTTPConnection) -> AsyncBufferedWriter[Any]:
 def event_reader(connection: HTTPConnection) -> AsyncEventLogReader[Any]:
     """Dependency: the application's `AsyncEventLogReader`, made by `eventlog_lifespan`.
 
-    Declare it once with the host's key type, and use it in any endpoint.
+    Declare it once with the host's key type, and use it in any endpoint (as `event_writer`).
 
     Raises:
         ConfigurationError: The application did not run `eventlog_lifespan`.
@@ -187,7 +206,7 @@ def event_reader(connection: HTTPConnection) -> AsyncEventLogReader[Any]:
 
     .. versionadded:: 0.3.0
     """
-    reader: AsyncEventLogReader[Any] | None = getattr(connection.app.state, _READER, None)
+    reader: AsyncEventLogReader[Any] | None = _running(connection, _READER)
     if reader is None:
         raise ConfigurationError(f"no event reader on app.state: {_FIX}")
     return reader
