@@ -232,8 +232,11 @@ def test_check_url_reports_drift_of_the_migrated_table(
         conn.execute(text("ALTER TABLE event_logs ALTER COLUMN tool_name TYPE varchar(200)"))
         conn.execute(text("ALTER TABLE event_logs DROP CONSTRAINT fk_event_logs_agent_id"))
         conn.execute(text("ALTER TABLE event_logs ADD COLUMN note text"))
+        conn.execute(text("ALTER TABLE event_logs ALTER COLUMN id TYPE text"))
     with engine.connect() as conn:
         [problem] = check_setup(config, connection=conn).problems
+    # In PostgreSQL's words: the column is a uuid (it read "the model says CHAR(32)").
+    assert "column id type is TEXT, the model says UUID" in problem
     assert problem.startswith("event_logs in the database differs from the package's model: ")
     assert "index ix_event_logs_session_id_created_at is missing" in problem
     assert "column tool_name type is VARCHAR(200), the model says VARCHAR(128)" in problem

@@ -18,8 +18,9 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from alembic.util.pyfiles import coerce_resource_to_filename
 from sqlalchemy import Column, MetaData, Table, inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeEngine
 
 from eventlog_persist._audit_schema import ERASURES_TABLE, SEALS_TABLE
 from eventlog_persist._model import event_log_model
@@ -639,13 +640,15 @@ def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:
             "include_schemas": targets.schema is not None,
         },
     )
-    return [_describe(diff) for diff in compare_metadata(context, model_metadata)]
+    return [
+        _describe(diff, connection.dialect) for diff in compare_metadata(context, model_metadata)
+    ]
 
 
-def _describe(diff: Any) -> str:
+def _describe(diff: Any, dialect: Dialect) -> str:
     """One autogenerate difference in words: what the database has, what the model says."""
     if isinstance(diff, list):  # column modifications come as a list of tuples
-        return "; ".join(_describe(item) for item in diff)
+        return "; ".join(_describe(item, dialect) for item in diff)
     kind = diff[0]
     if kind in ("add_index", "remove_index"):
         index = diff[1]
@@ -662,5 +665,15 @@ def _describe(diff: Any) -> str:
     if kind.startswith("modify_"):
         _, _, _, column, _, existing, wanted = diff
         what = kind.removeprefix("modify_").replace("_", " ")
-        return f"column {column} {what} is {existing}, the model says {wanted}"
+        return (
+            f"column {column} {what} is {_sql(existing, dialect)}, the model says "
+            f"{_sql(wanted, dialect)}"
+        )
     return repr(diff)
+
+
+def _sql(value: Any, dialect: Dialect) -> Any:
+    """A type as PostgreSQL names it (a Uuid column is ``UUID``, not its generic CHAR(32))."""
+    if isinstance(value, TypeEngine):
+        return value.compile(dialect=dialect)
+    return value
