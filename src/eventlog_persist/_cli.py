@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--url",
         type=_url_argument,
-        help=f"use this PostgreSQL database instead of an embedded one (never ${_ENVIRONMENT}: "
-        "the demo creates and drops tables)",
+        help="use this PostgreSQL database, whose public schema holds no table, instead of an "
+        f"embedded one (never ${_ENVIRONMENT}: the demo creates its tables and drops them)",
     )
 
     purge = commands.add_parser(

