@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import ForeignKey, String, Uuid, func, select, text
@@ -150,13 +149,16 @@ def run_demo(*, url: str | None = None) -> int:
 def _refuse_tables(database: str) -> None:
     """The demo creates its tables in ``public`` and drops them after: only where there are
     none, so that nothing of the caller's is touched."""
-    with psycopg.connect(database) as connection:
-        found = [
-            str(name)
-            for (name,) in connection.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1 LIMIT 5"
-            )
-        ]
+    engine = psycopg_engine(database)
+    try:
+        with engine.connect() as connection:
+            found = connection.scalars(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1 LIMIT 5"
+                )
+            ).all()
+    finally:
+        engine.dispose()
     if found:
         raise ConfigurationError(
             f"the demo needs a database whose public schema holds no table; this one holds "
