@@ -83,6 +83,11 @@ ADDED_NAME_SPELLINGS = [
     "credentials",
     "cookies",
     "jwts",
+    # Dotted names, as OpenTelemetry-style attributes are spelled.
+    "api.key",
+    "llm.api.key",
+    "private.key",
+    "db.password",
 ]
 
 
@@ -434,6 +439,22 @@ def test_header_pairs_with_secret_names_are_redacted(name: str) -> None:
     assert result.value == {
         "request": {"headers": [["Accept", "text/plain"], [name, REDACTED], [name, REDACTED]]},
         "_redacted": ["/request/headers/1/1", "/request/headers/2/1"],
+    }
+
+
+def test_asgi_raw_header_pairs_with_secret_names_are_redacted() -> None:
+    """ASGI's scope["headers"] and httpx's raw headers are (bytes, bytes) pairs: the name
+    is kept as bytes are stored (base64), the value withheld (it was stored as base64)."""
+    headers = [(b"authorization", b"Bearer " + b"Ab3dEf9h" * 3), (b"host", b"api.example")]
+    result = prepare_payload({"scope": {"headers": headers}})
+    assert result.value == {
+        "scope": {
+            "headers": [
+                [base64.b64encode(b"authorization").decode(), REDACTED],
+                [base64.b64encode(b"host").decode(), base64.b64encode(b"api.example").decode()],
+            ]
+        },
+        "_redacted": ["/scope/headers/0/1"],
     }
 
 

@@ -158,7 +158,7 @@ _PG_MAX_INT_DIGITS: Final = 131072
 
 
 def _normalize_key(key: str) -> str:
-    return key.casefold().replace("-", "").replace("_", "").replace(" ", "")
+    return key.casefold().replace("-", "").replace("_", "").replace(" ", "").replace(".", "")
 
 
 def _pointer(parts: Sequence[str | int]) -> str:
@@ -286,12 +286,14 @@ def _walker(suffixes: tuple[str, ...], header_pairs: bool) -> _Walk:
 
 
 def _name_of(item: object) -> str | None:
-    """The text a ``[name, value]`` pair's first item is stored as, if it is a name: a str
-    (a str Enum's text too), or an Enum whose value is one."""
+    """The name a ``[name, value]`` pair's first item holds, if it is one: a str (a str
+    Enum's text too), an Enum whose value is one, or bytes (ASGI's raw headers)."""
     if isinstance(item, str):
         return str.__str__(item)
     if isinstance(item, Enum) and isinstance(item.value, str):
         return str.__str__(item.value)
+    if isinstance(item, bytes | bytearray):
+        return bytes(item).decode("latin-1")
     return None
 
 
@@ -480,7 +482,7 @@ class PayloadPolicy:
             if not isinstance(key, str) or not _normalize_key(key):
                 raise ConfigurationError(
                     f"PayloadPolicy(redact_keys=...) contains {key!r}; every entry must be a "
-                    "key name with at least one character other than '-', '_' and space"
+                    "key name with at least one character other than '-', '_', '.' and space"
                 )
         return frozenset(keys)
 
@@ -963,7 +965,12 @@ class _Pass:
             self.enter(value)
             parts = self.parts
             parts[-1] = 0
-            name = self.text(named)
+            # A bytes name is stored as bytes are (base64); only its value is withheld.
+            name = (
+                self.value(value[0])
+                if isinstance(value[0], bytes | bytearray)
+                else (self.text(named))
+            )
             parts[-1] = 1
             self.redacted.append(_pointer(parts))
             self.leave()
