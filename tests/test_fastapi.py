@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from hostmodels import HostModels, seed
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy import Engine, func, pool, select
+from sqlalchemy import Engine, create_engine, func, pool, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import ASGIApp, Message
@@ -251,6 +251,23 @@ async def test_the_lifespans_shutdown_keeps_to_its_close_timeout(
     assert asyncio.get_running_loop().time() - started < 0.3 + 1.5
     assert [type(error) for error in dead] == [WriterClosedError]
     assert not hasattr(app.state, "eventlog_writer")
+
+
+@pytest.mark.asyncio
+async def test_a_sync_engine_or_a_url_is_refused_naming_create_async_engine(
+    host_models: HostModels, database_url: URL
+) -> None:
+    app = FastAPI()
+    sync = create_engine(database_url)
+    url = database_url.render_as_string(hide_password=False)
+    for given in (sync, url):
+        with pytest.raises(ConfigurationError, match=r"make one with create_async_engine\(url\)"):
+            async with eventlog_lifespan(app, host_models.EventLog, given):  # type: ignore[arg-type]
+                pass
+        assert not hasattr(app.state, "eventlog_writer")
+    sync.dispose()
+    with pytest.raises(ConfigurationError, match=r"an engine made with create_async_engine\("):
+        AsyncEventLogReader(host_models.EventLog, url)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

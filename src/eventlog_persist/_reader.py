@@ -684,7 +684,7 @@ class AsyncEventLogReader(_Statements, Generic[KeyT]):
     ) -> None:
         if not _is_async(bind):
             sync = isinstance(bind, (Engine, Connection, Session))
-            fix = "use EventLogReader for sync binds" if sync else _BIND_FIX
+            fix = "use EventLogReader for sync binds" if sync else _ASYNC_BIND_FIX
             raise ConfigurationError(
                 f"AsyncEventLogReader needs a sqlalchemy AsyncEngine, AsyncConnection or "
                 f"AsyncSession, got {shown(bind)}; {fix}"
@@ -973,6 +973,7 @@ _BIND_FIX: Final = (
     "the reader runs on the application's own engine or session: pass it (an engine made "
     "with create_engine(url) for a URL)"
 )
+_ASYNC_BIND_FIX: Final = _BIND_FIX.replace("create_engine(", "create_async_engine(")
 
 
 def _is_async(bind: object) -> bool:

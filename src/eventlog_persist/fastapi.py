@@ -27,6 +27,7 @@ from eventlog_persist._payload import PayloadPolicy
 from eventlog_persist._reader import AsyncEventLogReader
 from eventlog_persist._retry import RetryPolicy
 from eventlog_persist._spool import Spool
+from eventlog_persist._urls import shown
 from eventlog_persist._vocabulary import EventFieldRules
 from eventlog_persist.exceptions import ConfigurationError
 
@@ -139,6 +140,12 @@ async def eventlog_lifespan(
     .. versionadded:: 0.3.0
     """
     check_seconds("close_timeout", close_timeout, allow_none=True)
+    if not isinstance(engine, AsyncEngine):
+        raise ConfigurationError(
+            f"eventlog_lifespan needs the application's AsyncEngine, got {shown(engine)}; make "
+            "one with create_async_engine(url) (postgresql+psycopg:// or "
+            "postgresql+asyncpg://) and pass it"
+        )
     state = app.state
     if getattr(state, _WRITER, None) is not None:
         raise ConfigurationError(
