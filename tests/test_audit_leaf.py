@@ -137,6 +137,52 @@ def test_python_and_sql_leaves_are_byte_identical(
     assert bytes(leaf) == audit_leaf_hash({**row, "payload": value})
 
 
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=JSON)
+def test_the_databases_flat_canonical_json_is_its_nested_one(db: Engine, payload: Any) -> None:
+    """evlaudit_0005: the one without recursion, run past the stack's depth, writes every
+    payload as the one that recurses (and as Python) does."""
+    with db.connect() as connection:
+        nested, flat, stored = connection.execute(
+            text(
+                "SELECT event_log_canonical_json_nested(CAST(:p AS jsonb)), "
+                "event_log_canonical_json_flat(CAST(:p AS jsonb)), CAST(:p AS jsonb)::text"
+            ),
+            {"p": json.dumps(payload)},
+        ).one()
+    assert flat == nested == canonical_json(stored)
+
+
+def test_an_event_nested_past_the_stack_is_erased_with_its_leaf(db: Engine) -> None:
+    """Its leaf could not be computed in the database ("stack depth limit exceeded"), so such
+    a row, which another tool may store, could be neither erased nor purged."""
+    deep = '{"b": 1.50, "a": ' * 5000 + '[0.1, 2, {}, [], "\\u00e9"]' + "}" * 5000
+    with db.begin() as connection:
+        canonical = connection.execute(
+            text("SELECT event_log_canonical_json(CAST(:p AS jsonb))"), {"p": deep}
+        ).scalar_one()
+        assert canonical == canonical_json(deep)
+        ids = add_session(connection, events=1)
+        connection.execute(
+            text(
+                "INSERT INTO event_logs (id, session_id, user_id, event_type, payload) "
+                "VALUES (gen_random_uuid(), :s, :u, 'imported', CAST(:p AS jsonb))"
+            ),
+            {"s": ids["session"], "u": ids["user"], "p": deep},
+        )
+        before = leaves(connection, "user_id = :u", u=ids["user"])
+    with db.begin() as connection:
+        connection.execute(text("DELETE FROM users WHERE id = :u"), {"u": ids["user"]})
+    with db.connect() as connection:
+        stones = {stone["event_id"]: stone["leaf"] for stone in tombstones(connection)}
+    assert len(before) == 2
+    assert {key: stones[key] for key in before} == before
+
+
 @pytest.mark.parametrize(
     "session",
     [

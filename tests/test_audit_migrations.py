@@ -1,4 +1,4 @@
-"""The opt-in audit schema (revisions evlaudit_0001 to evlaudit_0004): branch and linear
+"""The opt-in audit schema (revisions evlaudit_0001 to evlaudit_0005): branch and linear
 mode, the feed it needs, and the partitioned layout, whichever of the two runs first."""
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ FUNCTIONS = {
     "event_log_audit_on_update",
     "event_log_audit_refuse_truncate",
     "event_log_canonical_json",
+    "event_log_canonical_json_flat",
+    "event_log_canonical_json_nested",
     "event_log_leaf",
 }
 
@@ -174,7 +176,7 @@ def test_heads_show_the_audit_branch(host: HostProject) -> None:
     assert sorted(heads) == [
         "eventlog_prereqs (app) (effective head)",
         "evl_0002 (eventlog) (effective head)",
-        "evlaudit_0004 (eventlog_audit) (head)",
+        "evlaudit_0005 (eventlog_audit) (head)",
         "evlfeed_0001 (eventlog_feed) (effective head)",
     ]
 
@@ -187,6 +189,7 @@ def test_upgrade_creates_tables_triggers_and_functions_and_check_is_clean(
     assert result.stderr.index("-> evlaudit_0001") < result.stderr.index("-> evlaudit_0002")
     assert result.stderr.index("-> evlaudit_0002") < result.stderr.index("-> evlaudit_0003")
     assert result.stderr.index("-> evlaudit_0003") < result.stderr.index("-> evlaudit_0004")
+    assert result.stderr.index("-> evlaudit_0004") < result.stderr.index("-> evlaudit_0005")
     assert_audit_schema(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (branch mode)" in host.run("eventlog-persist", "check").stdout
@@ -277,6 +280,7 @@ GUARDS = ("event_log_audit_on_delete", "event_log_audit_on_update")
 REFUSALS = ("event_log_audit_append_only", "event_log_audit_refuse_truncate")
 BY_ROW = "e.event_created_at = o.created_at"  # evlaudit_0003: a row's own tombstone
 BOTH_MODES = "in linear mode, alembic downgrade to"  # evlaudit_0004: either downgrade
+ANY_DEPTH = "EXCEPTION WHEN statement_too_complex"  # evlaudit_0005: past the stack's depth
 
 
 def guard_lookups(engine: Engine) -> dict[str, bool]:
@@ -294,6 +298,7 @@ def refusal_advice(engine: Engine) -> dict[str, bool]:
     [
         ("evlaudit_0002", "evlaudit_0003", GUARDS, BY_ROW),
         ("evlaudit_0003", "evlaudit_0004", REFUSALS, BOTH_MODES),
+        ("evlaudit_0004", "evlaudit_0005", ("event_log_canonical_json",), ANY_DEPTH),
     ],
 )
 def test_a_function_rewriting_revision_applies_online_and_offline_and_its_downgrade_undoes_it(
@@ -318,6 +323,37 @@ def test_a_function_rewriting_revision_applies_online_and_offline_and_its_downgr
         run_script(connection, script)
         connection.commit()
     assert functions_holding(engine, functions, fragment) == dict.fromkeys(functions, True)
+
+
+def test_evlaudit_0005s_downgrade_puts_back_evlaudit_0001s_function_exactly(
+    host: HostProject, engine: Engine
+) -> None:
+    def definitions() -> dict[str, str]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT proname, pg_get_functiondef(oid) FROM pg_proc "
+                    "WHERE proname LIKE 'event_log_canonical_json%'"
+                )
+            ).all()
+        return {str(name): str(definition) for name, definition in rows}
+
+    host.run("upgrade", "evlaudit_0004")
+    before = definitions()
+    assert list(before) == ["event_log_canonical_json"]
+    host.run("upgrade", "evlaudit_0005")
+    after = definitions()
+    assert sorted(after) == [
+        "event_log_canonical_json",
+        "event_log_canonical_json_flat",
+        "event_log_canonical_json_nested",
+    ]
+    # The recursive body is kept, word for word, under its new name.
+    assert after["event_log_canonical_json_nested"] == before["event_log_canonical_json"].replace(
+        "event_log_canonical_json", "event_log_canonical_json_nested"
+    )
+    host.run("downgrade", "eventlog_audit@-1")
+    assert definitions() == before
 
 
 def test_evlaudit_0004_refuses_a_refusing_function_changed_by_hand(
@@ -403,7 +439,8 @@ def test_downgrade_removes_everything_it_added(host: HostProject, engine: Engine
     add_event(engine)
     with engine.begin() as connection:  # a cascade: one tombstone
         connection.execute(text("DELETE FROM chat_sessions"))
-    result = host.run("downgrade", "eventlog_audit@-3")
+    result = host.run("downgrade", "eventlog_audit@-4")
+    assert "Running downgrade evlaudit_0005" in result.stderr
     assert "Running downgrade evlaudit_0004" in result.stderr
     assert "Running downgrade evlaudit_0003" in result.stderr
     assert "Running downgrade evlaudit_0002" in result.stderr
@@ -472,7 +509,7 @@ def test_the_offline_script_builds_what_the_upgrade_does_and_names_rows_beyond(
 ) -> None:
     host.run("upgrade", "evlfeed_0001")
     script = host.run(
-        "-x", "eventlog_persist.schema=public", "upgrade", "evlfeed_0001:evlaudit_0002", "--sql"
+        "-x", "eventlog_persist.schema=public", "upgrade", "evlfeed_0001:heads", "--sql"
     ).stdout
     insert_at(engine, "infinity")
     with engine.connect() as connection, pytest.raises(IntegrityError) as refused:
@@ -569,6 +606,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     assert "eventlog_audit_0002_bound_created_at.py" in written
     assert "eventlog_audit_0003_tombstone_leaf_by_row.py" in written
     assert "eventlog_audit_0004_refusals_name_either_downgrade.py" in written
+    assert "eventlog_audit_0005_canonical_json_at_any_depth.py" in written
     copy = (
         tmp_path
         / "h"
@@ -578,7 +616,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
     ).read_text()
     assert "down_revision = 'eventlog_feed_0001'" in copy
     assert "eventlog_persist_revision = 'evlaudit_0001'" in copy
-    assert host.run("heads").stdout.split() == ["eventlog_audit_0004", "(app)", "(head)"]
+    assert host.run("heads").stdout.split() == ["eventlog_audit_0005", "(app)", "(head)"]
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check", "--offline").stdout
     host.run("upgrade", "head")
     assert_audit_schema(engine)
@@ -593,7 +631,7 @@ def test_linear_mode_copies_the_audit_revision_on_request(
             )
         ).scalar()
     assert refused is True
-    host.run("downgrade", "-4")
+    host.run("downgrade", "-5")
     found = audit_objects(engine)
     assert found["erasures"]["columns"] == {}
     assert found["triggers"] == set()
@@ -722,7 +760,7 @@ def test_linear_mode_copies_partitioned_feed_and_audit(
     assert_guarded_partitioned(engine)
     assert "No new upgrade operations detected." in host.run("check").stdout
     assert "setup OK (linear mode)" in host.run("eventlog-persist", "check").stdout
-    host.run("downgrade", "-4")
+    host.run("downgrade", "-5")
     assert guarded_tables(engine) == {}
     host.run("upgrade", "head")
     assert_guarded_partitioned(engine)

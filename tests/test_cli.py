@@ -126,19 +126,19 @@ def test_linear_mode_reports_an_opt_in_branchs_revisions_not_copied_yet(
     config = Config(str(host.root / "alembic.ini"))
     write_linear_revisions(config)
     written = write_linear_revisions(config, feed=True, audit=True)
-    assert [path.name for path in written][-3:] == [
+    assert [path.name for path in written][-4:] == [
         "eventlog_audit_0002_bound_created_at.py",
         "eventlog_audit_0003_tombstone_leaf_by_row.py",
         "eventlog_audit_0004_refusals_name_either_downgrade.py",
+        "eventlog_audit_0005_canonical_json_at_any_depth.py",
     ]
-    written[-1].unlink()
-    written[-2].unlink()
-    written[-3].unlink()
+    for copy in written[-4:]:
+        copy.unlink()
     report = check_setup(config)
     assert report.mode == "linear"
     assert report.problems == (
-        "package revisions evlaudit_0002, evlaudit_0003, evlaudit_0004 are not in the host "
-        "history yet; run "
+        "package revisions evlaudit_0002, evlaudit_0003, evlaudit_0004, evlaudit_0005 are not "
+        "in the host history yet; run "
         "'eventlog-persist linear-revision' (with --partitioned, --feed, --audit for the "
         "branches opted in to) to write them",
     )

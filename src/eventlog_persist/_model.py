@@ -81,7 +81,7 @@ class EventLogMixin(Generic[KeyT]):
     ``event_log_consumers`` table joins the same metadata. Without it ``xid`` is ``None``.
 
     Set ``__eventlog_audit__ = True`` (with ``__eventlog_feed__``) when the host opted in
-    to the audit (revisions ``evlaudit_0001`` to ``evlaudit_0004``): the tables
+    to the audit (revisions ``evlaudit_0001`` to ``evlaudit_0005``): the tables
     ``event_log_erasures`` and ``event_log_seals`` join the same metadata, and
     ``event_logs`` gets the CHECK ``ck_event_logs_created_at_range`` (the years 1 to 9999,
     UTC).
@@ -375,7 +375,7 @@ def event_log_model(
 
             .. versionadded:: 0.3.0
         audit: The host opted in to the audit (revisions ``evlaudit_0001`` to
-            ``evlaudit_0004``, which need the feed): the tables ``event_log_erasures`` and
+            ``evlaudit_0005``, which need the feed): the tables ``event_log_erasures`` and
             ``event_log_seals`` on the same metadata, and the CHECK
             ``ck_event_logs_created_at_range`` on ``event_logs``. Needs ``feed=True``; works
             with either layout. Sets ``__eventlog_audit__``.
