@@ -25,6 +25,17 @@ from eventlog_persist._audit_leaf import canonical_json, leaf_document
 from eventlog_persist.exceptions import ValidationError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+LEAF_OPTIONAL = (
+    "project_id",
+    "agent_id",
+    "error_code",
+    "tool_name",
+    "approval_status",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "xid",
+)
 
 SESSION_SETTINGS = st.fixed_dictionaries(
     {
@@ -470,6 +481,29 @@ def test_a_payload_nested_past_the_recursion_limit_has_its_canonical_json() -> N
     text = '{"b": 1.50, "a": ' * depth + "[0.1, 2]" + "}" * depth
     assert canonical_json(text) == '{"a":' * depth + "[0.1,2]" + ',"b":1.50}' * depth
     assert canonical_json(text.encode()) == canonical_json(text)
+
+
+def test_a_payload_inside_itself_is_refused_and_a_shared_one_is_not() -> None:
+    """A cycle used to raise RecursionError; written without recursion it would never end."""
+    cyclic: dict[str, Any] = {"a": 1}
+    cyclic["self"] = [cyclic]
+    with pytest.raises(ValidationError, match="a payload value contains itself"):
+        canonical_json(cyclic)
+    with pytest.raises(ValidationError, match="a payload value contains itself"):
+        audit_leaf_hash(
+            {
+                "id": uuid.uuid4(),
+                **dict.fromkeys(("session_id", "user_id"), 1),
+                **dict.fromkeys(LEAF_OPTIONAL, None),
+                "event_type": "x",
+                "payload": cyclic,
+                "created_at": datetime.now(UTC),
+            }
+        )
+    shared = [1, {"b": 2}]
+    assert canonical_json({"x": shared, "y": [shared, shared]}) == (
+        '{"x":[1,{"b":2}],"y":[[1,{"b":2}],[1,{"b":2}]]}'
+    )
 
 
 def test_a_nan_payload_is_refused() -> None:

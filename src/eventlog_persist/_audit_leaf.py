@@ -134,14 +134,28 @@ class _Text(str):
     """Text `_canonical` writes as it is (punctuation, a key), not a value to encode."""
 
 
+class _Close:
+    """The end of a container `_canonical` is writing: its bracket, and its id to forget."""
+
+    __slots__ = ("bracket", "container")
+
+    def __init__(self, bracket: str, container: int) -> None:
+        self.bracket = bracket
+        self.container = container
+
+
 def _canonical(value: Any, out: list[str]) -> None:
     # A stack of what is left to write, not recursion: a payload another tool stored may
-    # be nested far past Python's recursion limit.
+    # be nested far past Python's recursion limit. A container inside itself never ends.
     todo: list[Any] = [value]
+    open_containers: set[int] = set()
     while todo:
         value = todo.pop()
         if type(value) is _Text:
             out.append(value)
+        elif type(value) is _Close:
+            out.append(value.bracket)
+            open_containers.discard(value.container)
         elif value is None:
             out.append("null")
         elif value is True:
@@ -157,23 +171,27 @@ def _canonical(value: Any, out: list[str]) -> None:
             out.append(_number(Decimal(repr(value))))
         elif isinstance(value, Decimal):
             out.append(_number(value))
-        elif isinstance(value, Mapping):
-            out.append("{")
-            todo.append(_CLOSE_OBJECT)
-            for index, key in enumerate(sorted(value, reverse=True)):
-                if not isinstance(key, str):
-                    raise ValidationError(f"a payload key must be a str, got {key!r}")
-                todo.append(value[key])
-                todo.append(_Text(_string(key) + ":"))
-                if index < len(value) - 1:
-                    todo.append(_COMMA)
-        elif isinstance(value, list | tuple):
-            out.append("[")
-            todo.append(_CLOSE_ARRAY)
-            for index in range(len(value) - 1, -1, -1):
-                todo.append(value[index])
-                if index:
-                    todo.append(_COMMA)
+        elif isinstance(value, Mapping | list | tuple):
+            if id(value) in open_containers:
+                raise ValidationError("a payload value contains itself; no stored row does")
+            open_containers.add(id(value))
+            if isinstance(value, Mapping):
+                out.append("{")
+                todo.append(_Close("}", id(value)))
+                for index, key in enumerate(sorted(value, reverse=True)):
+                    if not isinstance(key, str):
+                        raise ValidationError(f"a payload key must be a str, got {key!r}")
+                    todo.append(value[key])
+                    todo.append(_Text(_string(key) + ":"))
+                    if index < len(value) - 1:
+                        todo.append(_COMMA)
+            else:
+                out.append("[")
+                todo.append(_Close("]", id(value)))
+                for index in range(len(value) - 1, -1, -1):
+                    todo.append(value[index])
+                    if index:
+                        todo.append(_COMMA)
         else:
             raise ValidationError(
                 f"a payload value must be JSON (dict, list, str, int, float, Decimal, bool, "
@@ -182,8 +200,6 @@ def _canonical(value: Any, out: list[str]) -> None:
 
 
 _COMMA: Final = _Text(",")
-_CLOSE_OBJECT: Final = _Text("}")
-_CLOSE_ARRAY: Final = _Text("]")
 
 
 def canonical_json(value: Any) -> str:
@@ -203,7 +219,7 @@ def canonical_json(value: Any) -> str:
         return _canonical_json(value)
     except ValidationError:
         raise
-    except (UnicodeError, RecursionError, ValueError) as exc:
+    except (UnicodeError, ValueError) as exc:
         raise ValidationError(f"this payload has no canonical JSON: {_reason(exc)}") from exc
 
 
@@ -429,7 +445,7 @@ def audit_leaf_hash(row: Mapping[Any, Any]) -> bytes:
         document = leaf_document(row)
     except ValidationError:
         raise
-    except (UnicodeError, RecursionError, ValueError) as exc:
+    except (UnicodeError, ValueError) as exc:
         raise ValidationError(f"this row has no leaf: {_reason(exc)}") from exc
     return hashlib.sha256(LEAF_PREFIX + document).digest()
 
@@ -440,6 +456,4 @@ def _reason(exc: BaseException) -> str:
             f"{exc} (PostgreSQL text is UTF-8 and holds no lone surrogate, so no stored row "
             "has this value)"
         )
-    if isinstance(exc, RecursionError):
-        return "its payload is nested deeper than Python's recursion limit (sys.setrecursionlimit)"
     return str(exc)
