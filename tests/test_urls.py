@@ -466,8 +466,7 @@ def test_things_that_are_not_targets_are_refused_without_secrets(
     "uri",
     [
         "postgresql://app@%2Fvar%2Frun%2Fpostgresql/app",  # a socket folder as the host
-        "postgresql://app@db/app?application_name=nightly+purge",  # "+" is itself
-        f"postgres://app:pa+ss{SECRET}@db/app",
+        f"postgres://app:{SECRET}@%2Frun%2Fpg:5433/app?sslmode=disable",
         "postgresql://app@h1,h2:5433/app",  # h1 on the default port
         "postgresql://app@[::1],[::2]:5433/app",
         "postgresql:///app?host=/tmp&port=5433",
@@ -475,6 +474,26 @@ def test_things_that_are_not_targets_are_refused_without_secrets(
 )
 def test_a_libpq_uri_is_read_as_libpq_reads_it(uri: str) -> None:
     assert params(uri) == {key: str(value) for key, value in conninfo_to_dict(uri).items()}
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        # The forms SQLAlchemy reads otherwise than libpq, as the host's own engine reads them.
+        ("postgresql://app@/app?host=h1:5432&host=h2:5433", {"host": "h1,h2", "port": "5432,5433"}),
+        ("postgresql://app@/app?host=h1:5432", {"host": "h1", "port": "5432"}),
+        (f"postgresql://app:pass/{SECRET}@db/app", {"host": "db", "password": f"pass/{SECRET}"}),
+        (
+            "postgresql://app@db/app?options=-c+statement_timeout%3D5000",
+            {"options": "-c statement_timeout=5000"},
+        ),
+    ],
+)
+def test_a_driverless_url_is_read_as_the_hosts_engine_reads_it(
+    uri: str, expected: dict[str, str]
+) -> None:
+    got = params(uri)
+    assert {key: got.get(key) for key in expected} == expected
 
 
 @pytest.mark.parametrize("target", ["", "   ", " \n", "\t"])

@@ -133,16 +133,6 @@ def libpq_params(target: object) -> dict[str, str]:
     backend, _, driver = match[1].lower().partition("+")
     if backend not in _POSTGRESQL:
         raise not_postgresql(target)
-    if not driver:
-        # libpq's own URI: libpq reads it (a percent-encoded socket folder as the host, "+"
-        # as itself, a port per host); SQLAlchemy only when libpq refuses it, for another
-        # driver's query parameters such as ssl=require.
-        try:
-            conninfo_to_dict(target)
-        except psycopg.ProgrammingError:
-            pass
-        else:
-            return _libpq_params(target)
     try:
         url = make_url(target)
     except (ArgumentError, ValueError) as exc:
@@ -152,6 +142,14 @@ def libpq_params(target: object) -> dict[str, str]:
             f"{shown(target)!r} is not a valid database URL ({shown(str(exc))}); write it as "
             f"{EXAMPLE}"
         ) from None
+    if not driver and url.host and ("%" in url.host or "," in url.host):
+        # SQLAlchemy reads the rest as the host's own engine does, but keeps a percent-encoded
+        # socket folder encoded (postgresql://app@%2Fvar%2Frun%2Fpostgresql/app) and gives a
+        # list of hosts one port (h1,h2:5433); libpq reads its own URI right.
+        try:
+            return _libpq_params(target)
+        except ConfigurationError:
+            pass  # another driver's query parameter (ssl=require): SQLAlchemy's reading
     return _url_params(url, target)
 
 
