@@ -203,13 +203,23 @@ async def test_an_endpoint_of_a_mounted_sub_application_finds_the_writer_and_rea
         state = outer.state
         return {"writer": events is state.yielded, "reader": reader is state.eventlog_reader}
 
+    inner = FastAPI()  # mounted in the mounted one
+    inner.post("/events", dependencies=[Depends(chat_context)])(post)
+    api.mount("/inner", inner)
     outer.mount("/api", api)
+    other = FastAPI()  # an application of its own, whose lifespan did not run
+    other.post("/events")(post)
     async with running(outer), client(outer) as http:
-        answer = await http.post("/api/events", params=params(keys))
-        assert answer.json() == {"writer": True, "reader": True}
-    assert [e.event_type for e in timeline(host_engine, host_models, keys[1])] == ["mounted"]
+        for path in ("/api/events", "/api/inner/events"):
+            answer = await http.post(path, params=params(keys))
+            assert answer.json() == {"writer": True, "reader": True}
+        # Another application never gets this one's writer (its events would go there).
+        async with client(other) as elsewhere:
+            with pytest.raises(ConfigurationError, match=r"no event writer on app\.state"):
+                await elsewhere.post("/events", params=params(keys))
+    assert [e.event_type for e in timeline(host_engine, host_models, keys[1])] == ["mounted"] * 2
     async with client(outer) as http:  # the lifespan ended: named, as before
-        with pytest.raises(ConfigurationError, match="a mounted sub-application finds"):
+        with pytest.raises(ConfigurationError, match="an application mounted in that one finds"):
             await http.post("/api/events", params=params(keys))
 
 

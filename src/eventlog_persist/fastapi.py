@@ -34,6 +34,7 @@ from eventlog_persist.exceptions import ConfigurationError
 try:
     from starlette.applications import Starlette
     from starlette.requests import HTTPConnection
+    from starlette.routing import Mount
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ModuleNotFoundError as exc:  # pragma: no cover - tested in a subprocess
     if exc.name is None or exc.name.split(".")[0] != "starlette":
@@ -58,9 +59,8 @@ _FIX: Final = (
     "run eventlog_lifespan in the application's lifespan (async with eventlog_lifespan(app, "
     "EventLog, engine): yield); in tests, start the lifespan too (with TestClient(app) as "
     "client, or an ASGI lifespan driver: httpx's ASGITransport does not run it); an "
-    "endpoint of a mounted sub-application finds the outer application's when one "
-    "eventlog_lifespan runs in the process, else set the sub-application's "
-    "state.eventlog_writer and state.eventlog_reader in the outer lifespan"
+    "endpoint of an application mounted in that one finds its writer and reader when the "
+    "mount was there before the lifespan started"
 )
 
 # A request id taken from a header: 1 to 128 visible ASCII characters, no spaces. Safe to
@@ -156,34 +156,46 @@ async def eventlog_lifespan(
     writer = await AsyncBufferedWriter(model, engine, **writer_options).start()
     setattr(state, _WRITER, writer)
     setattr(state, _READER, reader)
-    _RUNNING.append(state)
+    mounted = [sub for sub in _mounted(app) if sub not in _OUTER]
+    _OUTER.update(dict.fromkeys(mounted, state))
     try:
         yield writer
     finally:
-        _RUNNING.remove(state)
+        for sub in mounted:
+            del _OUTER[sub]
         delattr(state, _WRITER)
         delattr(state, _READER)
         await writer.close(close_timeout)
 
 
-_RUNNING: Final[list[Any]] = []
-"""The ``app.state`` of each application whose `eventlog_lifespan` runs in this process."""
+_OUTER: Final[dict[Any, Any]] = {}
+"""Each application mounted in one whose `eventlog_lifespan` runs, and that one's state:
+Starlette gives a mounted application's endpoints its own ``app.state``."""
+
+
+def _mounted(app: Any) -> list[Any]:
+    """The applications mounted in ``app``, at any depth."""
+    found = []
+    for route in getattr(app, "routes", ()):
+        sub = getattr(route, "app", None)
+        if isinstance(route, Mount) and sub is not None and hasattr(sub, "state"):
+            found += [sub, *_mounted(sub)]
+    return found
 
 
 def _running(connection: HTTPConnection, name: str) -> Any:
-    found = getattr(connection.app.state, name, None)
-    if found is None and len(_RUNNING) == 1:
-        # An endpoint of a mounted sub-application sees that application's own state; the
-        # lifespan ran for the outer one. With one lifespan in the process, it is that one.
-        found = getattr(_RUNNING[0], name, None)
+    app = connection.app
+    found = getattr(app.state, name, None)
+    if found is None and app in _OUTER:
+        found = getattr(_OUTER[app], name, None)
     return found
 
 
 def event_writer(connection: HTTPConnection) -> AsyncBufferedWriter[Any]:
     """Dependency: the application's `AsyncBufferedWriter`, started by `eventlog_lifespan`.
 
-    Declare it once with the host's key type, and use it in any endpoint (of a mounted
-    sub-application too, with one `eventlog_lifespan` in the process); in plain
+    Declare it once with the host's key type, and use it in any endpoint (of an application
+    mounted in that one too); in plain
     Starlette, call ``event_writer(request)``.
 
     Raises:
