@@ -330,10 +330,10 @@ def what_the_host_gave(engine: Engine) -> dict[str, Any]:
             "owner": rows(
                 "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'event_logs'::regclass"
             ),
-            "grants": rows(
+            "grants": rows(  # the owner's own too
                 "SELECT pg_get_userbyid(a.grantee), a.privilege_type, a.is_grantable "
-                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'event_logs'::regclass "
-                "AND a.grantee <> c.relowner"
+                "FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a "
+                "WHERE c.oid = 'event_logs'::regclass"
             ),
             "column grants": rows(
                 "SELECT t.attname, pg_get_userbyid(a.grantee), a.privilege_type FROM "
@@ -360,9 +360,9 @@ def test_both_directions_keep_what_the_host_gave_the_table(
     (the application's role could no longer read or write)."""
     host.run("upgrade", "evl_0002")
     database = engine.url.database
-    owner, writer = f"{database}_owner", f"{database}_writer"  # roles are the cluster's
+    owner, writer, reporting = (f"{database}_{role}" for role in ("owner", "writer", "reports"))
     with engine.begin() as connection:
-        for role in (owner, writer):
+        for role in (owner, writer, reporting):  # roles are the cluster's: named after the db
             connection.execute(text(f'CREATE ROLE "{role}"'))
         for statement in (
             f'GRANT CREATE ON SCHEMA public TO "{owner}"',
@@ -370,6 +370,9 @@ def test_both_directions_keep_what_the_host_gave_the_table(
             f'GRANT SELECT, INSERT ON event_logs TO "{writer}" WITH GRANT OPTION',
             f'GRANT UPDATE (tool_name) ON event_logs TO "{writer}"',
             "GRANT SELECT ON event_logs TO PUBLIC",
+            f'REVOKE TRUNCATE ON event_logs FROM "{owner}"',  # the owner's own, taken back
+            # What the migrating role's new tables get: not event_logs, which the host chose.
+            f'ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO "{reporting}"',
             "COMMENT ON TABLE event_logs IS 'the host''s note'",
             "COMMENT ON COLUMN event_logs.tool_name IS 'which tool'",
             "CREATE INDEX ix_host_trace ON event_logs (trace_id) WHERE trace_id IS NOT NULL",
@@ -377,7 +380,9 @@ def test_both_directions_keep_what_the_host_gave_the_table(
             connection.execute(text(statement))
     given = what_the_host_gave(engine)
     assert given["owner"] == [(owner,)]
-    assert len(given["grants"]) == 3
+    assert (owner, "TRUNCATE", False) not in given["grants"]
+    assert (owner, "DELETE", False) in given["grants"]
+    assert not [grant for grant in given["grants"] if grant[0] == reporting]
     assert len(given["host index"]) == 1
     host.run("upgrade", "heads")
     assert what_the_host_gave(engine) == given
@@ -388,6 +393,12 @@ def test_both_directions_keep_what_the_host_gave_the_table(
         assert connection.execute(text("SELECT count(*) FROM event_logs")).scalar() == 1
     host.run("downgrade", "eventlog@base")
     with engine.begin() as connection:
-        for role in (owner, writer):
+        connection.execute(
+            text(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES "
+                f'FROM "{reporting}"'
+            )
+        )
+        for role in (owner, writer, reporting):
             connection.execute(text(f'DROP OWNED BY "{role}"'))
             connection.execute(text(f'DROP ROLE "{role}"'))

@@ -220,9 +220,16 @@ def _carry_over(schema: str | None, old: str) -> None:
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = src; "
         "EXECUTE format('ALTER TABLE %s OWNER TO %I', dst, "
         "(SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = src)); "
+        # The new table's privileges become the old one's exactly: none first (not those
+        # the migrating role's default privileges gave it, nor the owner's own), then the
+        # old ones, the owner's included (NULL: the defaults, the owner's all).
+        "FOR item IN SELECT DISTINCT "
+        f"{grantee} AS grantee FROM pg_class c, "
+        "aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a WHERE c.oid = dst LOOP "
+        "EXECUTE format('REVOKE ALL ON %s FROM %s', dst, item.grantee); END LOOP; "
         "FOR item IN SELECT a.privilege_type AS privilege, "
-        f"{grantee} AS grantee, {option} AS option FROM pg_class c, aclexplode(c.relacl) a "
-        "WHERE c.oid = src AND a.grantee <> c.relowner LOOP "
+        f"{grantee} AS grantee, {option} AS option FROM pg_class c, "
+        "aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a WHERE c.oid = src LOOP "
         "EXECUTE format('GRANT %s ON %s TO %s%s', item.privilege, dst, item.grantee, "
         "item.option); END LOOP; "
         "FOR item IN SELECT t.attname, a.privilege_type AS privilege, "
