@@ -77,11 +77,19 @@ def test_the_demo_refuses_a_database_that_holds_tables(
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE users (id int)"))
         connection.execute(text("CREATE TABLE alembic_version (version_num text)"))
+        connection.execute(text("CREATE SCHEMA app"))
+        connection.execute(text("CREATE TABLE app.orders (id int)"))
     assert main(["demo", "--url", database_url.render_as_string(hide_password=False)]) == 2
     err = capsys.readouterr().err
-    assert "the demo needs a database whose public schema holds no table; this one holds " in err
-    assert "alembic_version, users: pass --url of an empty database" in err
-    assert sorted(inspect(engine).get_table_names()) == ["alembic_version", "users"]
+    assert "the demo needs a database whose search path holds no table; this one holds " in err
+    assert "public.alembic_version, public.users: pass --url of an empty database" in err
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE users, alembic_version"))
+    # Any schema of the search path: the demo would create its tables there.
+    in_app = database_url.update_query_dict({"options": "-csearch_path=app,public"})
+    assert main(["demo", "--url", in_app.render_as_string(hide_password=False)]) == 2
+    assert "this one holds app.orders: pass --url" in capsys.readouterr().err
+    assert inspect(engine).get_table_names(schema="app") == ["orders"]
 
 
 def test_both_modes_at_once_is_a_problem(tmp_path: Path, database_url: URL) -> None:

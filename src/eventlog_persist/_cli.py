@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--url",
         type=_url_argument,
-        help="use this PostgreSQL database, whose public schema holds no table, instead of an "
+        help="use this PostgreSQL database, whose search path holds no table, instead of an "
         f"embedded one (never ${_ENVIRONMENT}: the demo creates its tables and drops them)",
     )
 

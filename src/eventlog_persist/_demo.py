@@ -114,9 +114,9 @@ def run_demo(*, url: str | None = None) -> int:
     show the indexed queries and the cascade, then downgrade the branch.
 
     Args:
-        url: A PostgreSQL database to use (its ``public`` schema must be empty), as a URL of
-            any driver or a conninfo; default: an embedded PostgreSQL server started for the
-            demo and removed afterwards.
+        url: A PostgreSQL database to use (no schema of its search path may hold a table),
+            as a URL of any driver or a conninfo; default: an embedded PostgreSQL server
+            started for the demo and removed afterwards.
     """
     with _database(url) as database_url, tempfile.TemporaryDirectory() as scripts:
         if url is not None:
@@ -147,21 +147,23 @@ def run_demo(*, url: str | None = None) -> int:
 
 
 def _refuse_tables(database: str) -> None:
-    """The demo creates its tables in ``public`` and drops them after: only where there are
-    none, so that nothing of the caller's is touched."""
+    """The demo creates its tables in the first schema of the search path and drops them
+    after: only where no schema of the search path holds a table, so that nothing of the
+    caller's is touched or shadowed."""
     engine = psycopg_engine(database)
     try:
         with engine.connect() as connection:
             found = connection.scalars(
                 text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1 LIMIT 5"
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                    "WHERE schemaname = ANY (current_schemas(false)) ORDER BY 1 LIMIT 5"
                 )
             ).all()
     finally:
         engine.dispose()
     if found:
         raise ConfigurationError(
-            f"the demo needs a database whose public schema holds no table; this one holds "
+            f"the demo needs a database whose search path holds no table; this one holds "
             f"{', '.join(found)}: pass --url of an empty database (createdb eventlog_demo), or "
             "leave --url out to run on an embedded PostgreSQL"
         )
