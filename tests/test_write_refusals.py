@@ -292,7 +292,7 @@ async def test_every_other_write_path_refuses_in_the_caller(
         # new_event's options: taken by the check before, then ignored (the writer's applied).
         pytest.param(
             {"event_type": "x", "payload_policy": PayloadPolicy(redact_keys={"pin"})},
-            "'payload_policy': a writer applies its own payload_policy; give them to its "
+            "'payload_policy': a writer applies its own payload_policy; give it to its "
             r"constructor, e.g. EventWriter\(EventLog, payload_policy=...\)",
             id="payload_policy",
         ),

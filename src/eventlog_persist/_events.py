@@ -529,7 +529,8 @@ class EventBuilder(Generic[KeyT]):
             if options:  # new_event takes them: it would build an event with them and return
                 raise TypeError(
                     f"unexpected keyword argument {options[0]!r}: a writer applies its own "
-                    f"{' and '.join(options)}; give them to its constructor, e.g. "
+                    f"{' and '.join(options)}; give {'them' if len(options) > 1 else 'it'} "
+                    "to its constructor, e.g. "
                     f"EventWriter(EventLog, {options[0]}=...), or build the event with "
                     f"new_event(..., {options[0]}=...) and pass it"
                 )

@@ -133,11 +133,12 @@ DEFAULT_REDACT_KEYS: Final = frozenset(
 )
 """Key names whose values are redacted by default.
 
-A key matches when, after case-folding and removing ``-``, ``_`` and spaces, it equals or
-ends with one of these names so normalized, or with its plural made by adding ``s``:
-``"X-Api-Key"``, ``"openai_api_key"``, ``"DB Password"``, ``"secrets"`` and ``"apiKeys"`` all
-match. Names that end in ``token`` get no plural, because ``*_tokens`` keys count tokens in
-LLM payloads: ``"max_tokens"``, ``"input_tokens"`` and ``"token_count"`` stay visible. The
+A key matches when, after case-folding and removing ``-``, ``_``, ``.`` and spaces, it
+equals or ends with one of these names so normalized, or with its plural made by adding ``s``:
+``"X-Api-Key"``, ``"openai_api_key"``, ``"DB Password"``, ``"llm.api.key"``, ``"secrets"`` and
+``"apiKeys"`` all match. Names that end in ``token`` get no plural, because ``*_tokens``
+keys count tokens in LLM payloads: ``"max_tokens"``, ``"input_tokens"`` and ``"token_count"``
+stay visible. The
 ``"token"`` entry also matches the ``token`` field of LLM log-probabilities; drop it with
 ``DEFAULT_REDACT_KEYS - {"token"}`` if you log those.
 
