@@ -130,6 +130,11 @@ TARGETS: Final[dict[str, Target]] = {
     ),
     "shutdown": Target("src/eventlog_persist/_shutdown.py", ("tests/test_process_end.py",)),
     "detectors": Target("src/eventlog_persist/_detectors.py", ("tests/test_redaction.py",)),
+    "jsondeep": Target("src/eventlog_persist/_json_deep.py", ("tests/test_json_deep.py",)),
+    "urls": Target(
+        "src/eventlog_persist/_urls.py",
+        ("tests/test_urls.py", "tests/test_retention.py", "tests/test_cli.py"),
+    ),
     "spool": Target(
         "src/eventlog_persist/_spool.py", ("tests/test_spool_records.py", "tests/test_spool.py")
     ),
@@ -159,6 +164,7 @@ TARGETS: Final[dict[str, Target]] = {
     "ids": Target(
         "src/eventlog_persist/_ids.py",
         (
+            "tests/test_process_end.py::test_forked_children_mint_different_ids_for_the_same_instant",
             "tests/test_reader_bounds.py",
             "tests/test_partition_pruning.py",
             "tests/test_write_refusals.py",
