@@ -119,6 +119,10 @@ def test_documents_at_the_edges_read_as_json_loads_reads_them(text: str) -> None
         '"\\x"',
         "[1]]",
         "{}}",
+        "[1}",  # brackets that do not pair
+        '{"a": 1]',
+        '{"a"x1}',  # a key without its colon
+        '{"a" , 1}',
     ],
 )
 def test_what_json_loads_refuses_is_refused(text: str) -> None:
