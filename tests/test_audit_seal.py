@@ -641,6 +641,31 @@ def test_the_commands_refuse_bad_anchors(
     assert f"{accented} is not an anchor file: it is not ASCII" in err
 
 
+@pytest.mark.parametrize("command", [["seal"], ["verify"], ["status", "--max-age", "60"]])
+def test_the_commands_on_a_database_without_the_audits_tables_name_the_migration(
+    db: Engine, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """PostgreSQL's message has LINE and caret lines: the one-line refusal lost its fix
+    (status printed the raw error and asked for SELECT privileges)."""
+    with db.begin() as connection:
+        connection.execute(text("DROP TABLE event_log_seals"))
+    status, out, err = cli(db, *command, capsys=capsys)
+    assert status == 2
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith("eventlog-persist: error: the audit's schema is missing from this ")
+    assert 'relation "event_log_seals" does not exist); run its migration' in line
+    assert line.endswith("(linear mode: 'eventlog-persist linear-revision --feed --audit')")
+
+
+def test_a_max_age_past_ten_years_is_refused_naming_the_bound(
+    db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = cli(db, "status", "--max-age", "400000000", capsys=capsys)
+    assert status == 2
+    assert "'400000000' is not a number of seconds above 0 and at most 315360000 (10" in err
+
+
 def test_verifying_a_table_that_lost_a_foreign_key_names_the_fix(
     db: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:

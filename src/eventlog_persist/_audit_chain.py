@@ -183,12 +183,18 @@ def translated(exc: DBAPIError) -> Exception:
     """The audit's schema missing: `MigrationSetupError` naming the fix; else ``exc``."""
     if sqlstate_of(exc) in _NOT_MIGRATED:
         return MigrationSetupError(
-            f"the audit's schema is missing from this database ({exc.orig}); run its "
+            f"the audit's schema is missing from this database ({_first_line(exc.orig)}); "
+            "run its "
             "migration: add 'eventlog_persist:migrations_feed' and "
             "'eventlog_persist:migrations_audit' to version_locations and 'alembic upgrade "
             "heads' (linear mode: 'eventlog-persist linear-revision --feed --audit')"
         )
     return exc
+
+
+def _first_line(error: object) -> str:
+    """PostgreSQL's message alone: not its LINE and caret lines, on a line of their own."""
+    return str(error).strip().split("\n", 1)[0]
 
 
 def transaction_ids(connection: Connection, tables: AuditTables) -> tuple[int, int, int | None]:

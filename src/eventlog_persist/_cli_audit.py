@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from eventlog_persist._audit_chain import audit_tables_of, read_seals
+from eventlog_persist._audit_chain import audit_tables_of, read_seals, translated
 from eventlog_persist._audit_seal import FileAnchor, SealAnchor, seal_events
 from eventlog_persist._audit_verify import verify_audit
 from eventlog_persist._cli_feed import _age, _reflect
@@ -130,7 +130,8 @@ def _age_argument(value: str) -> float:
         seconds = -1.0
     if not 0 < seconds <= _MAX_AGE:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a number of seconds above 0; pass e.g. 3600"
+            f"{value!r} is not a number of seconds above 0 and at most {_MAX_AGE:.0f} (10 "
+            "years); pass e.g. 3600"
         )
     return seconds
 
@@ -219,14 +220,20 @@ def _run(args: argparse.Namespace, engine: Engine, anchors: list[SealAnchor]) ->
 def _status(args: argparse.Namespace, engine: Engine, model: Any) -> int:
     tables = audit_tables_of(model, api="audit status")
     c = tables.events.c
-    with engine.connect() as connection:
-        last = read_seals(connection, tables, last_only=True)
-        query = select(c.id).select_from(tables.events)
-        if last:
-            query = query.where(c.xid >= last[0].xid_to)
-        unsealed = int(
-            connection.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-        )
+    try:
+        with engine.connect() as connection:
+            last = read_seals(connection, tables, last_only=True)
+            query = select(c.id).select_from(tables.events)
+            if last:
+                query = query.where(c.xid >= last[0].xid_to)
+            unsealed = int(
+                connection.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            )
+    except DBAPIError as exc:
+        error = translated(exc)  # the audit's schema missing: named, with the fix
+        if error is exc:
+            raise
+        raise error from exc
     if not last:
         print(f"eventlog-persist: no seal yet; {unsealed} events unsealed")
         return 1 if args.max_age is not None else 0
