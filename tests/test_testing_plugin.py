@@ -261,6 +261,66 @@ def test_a_clone_that_cannot_be_connected_to_fails_its_test_and_is_dropped(
     assert left == [], "every test database and the template are dropped"
 
 
+_SETTINGS_TEST = """
+from sqlalchemy import text
+
+def test_settings(eventlog_engine):
+    with eventlog_engine.connect() as connection:
+        shown = [connection.scalar(text(f"SHOW {name}")) for name in ("search_path", "TimeZone")]
+        assert shown == ['app, "$user", "a "" b"', "Asia/Tokyo"]
+        assert connection.scalar(text("SHOW work_mem")) == "5MB"
+        assert connection.scalar(text("SELECT count(*) FROM settings")) == 0  # unqualified
+"""
+
+
+def test_each_test_database_keeps_the_settings_the_migrations_gave_the_template(
+    host: pytest.Pytester, pg_server: ServerInfo
+) -> None:
+    """CREATE DATABASE ... TEMPLATE copies no ALTER DATABASE setting: a search_path the
+    host's code relies on was lost in every test database."""
+    revision = host.path / "migrations" / "versions" / "h001_core.py"
+    revision.write_text(
+        revision.read_text().replace(
+            "def upgrade() -> None:\n",
+            "def upgrade() -> None:\n"
+            "    op.execute('CREATE SCHEMA app')\n"
+            "    op.execute('CREATE TABLE app.settings (k text)')\n"
+            "    op.execute(\"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = "
+            'app, \\"$user\\", \\"a \\"\\" b\\"\', current_database()); '
+            "EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(), "
+            "'Asia/Tokyo'); EXECUTE format('ALTER ROLE %I IN DATABASE %I SET work_mem = %L', "
+            "current_user, current_database(), '5MB'); END $$\")\n",
+        )
+    )
+    host.makepyfile(test_settings=_SETTINGS_TEST)
+    _run(host, pg_server).assert_outcomes(passed=1)
+
+
+def test_a_role_that_cannot_create_databases_fails_each_test_in_one_line(
+    host: pytest.Pytester, pg_server: ServerInfo, database_url: URL
+) -> None:
+    role = f"{database_url.database}_nocreatedb"  # roles are the cluster's: named after the db
+    with pg_server_connect(pg_server) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        dsn = pg_server.sqlalchemy_url("postgres").set(username=role)
+        host.makepyfile(test_db=_USES_DATABASE)
+        out = _errors(
+            host.runpytest_inprocess(
+                "-p",
+                "eventlog_persist.testing",
+                "--eventlog-dsn",
+                dsn.set(drivername="postgresql").render_as_string(hide_password=False),
+            )
+        )
+        assert f"role '{role}' cannot create the test databases" in out
+        assert f"grant it CREATEDB (ALTER ROLE {role} CREATEDB)" in out
+        assert "Traceback" not in out
+    finally:
+        with pg_server_connect(pg_server) as conn:
+            conn.execute(f'DROP ROLE "{role}"')
+
+
 def test_migration_failure(host: pytest.Pytester, pg_server: ServerInfo) -> None:
     revision = host.path / "migrations" / "versions" / "h001_core.py"
     revision.write_text(

@@ -45,7 +45,14 @@ def migrate_template(server: PostgresServer, name: str, alembic_ini: Path) -> No
             "eventlog_alembic_ini (relative to the pytest configuration file)"
         )
     with server.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(_ident(name)))
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(_ident(name)))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            role = conn.info.user
+            raise ValueError(
+                f"role {role!r} cannot create the test databases ({str(exc).strip()}); grant "
+                f"it CREATEDB (ALTER ROLE {role} CREATEDB) or give a DSN of a role that has it"
+            ) from None
     url = server.url(name)
     config = Config(str(alembic_ini))
     # ConfigParser interpolates "%": the URL's escapes (a socket path's %2F) need doubling.
@@ -184,6 +191,21 @@ class DatabaseFactory:
                 f"{str(exc).strip()}; no session may stay connected to the template (a "
                 "fixture or test connecting to it by name)"
             ) from exc
+        # CREATE DATABASE copies no ALTER DATABASE (or ALTER ROLE ... IN DATABASE) setting:
+        # the host's migrations may have set a search_path its code relies on.
+        settings = self._conn.execute(_SETTINGS, [self.template]).fetchall()
+        for role, setting in settings:
+            parameter, _, value = str(setting).partition("=")
+            target = (
+                sql.SQL("DATABASE {}").format(_ident(name))
+                if role is None
+                else sql.SQL("ROLE {} IN DATABASE {}").format(_ident(role), _ident(name))
+            )
+            self._conn.execute(
+                sql.SQL("ALTER {} SET {} = {}").format(
+                    target, sql.Identifier(parameter), _setting_value(parameter, value)
+                )
+            )
         # The first connection to a new database builds its relation cache file: do it here,
         # in the background, rather than in the test.
         try:
@@ -199,6 +221,59 @@ class DatabaseFactory:
 
     def _drop(self, name: str) -> None:
         drop_database(self._conn, name)
+
+
+_SETTINGS = (
+    "SELECT r.rolname, unnest(s.setconfig) FROM pg_db_role_setting s "
+    "JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole "
+    "WHERE d.datname = %s ORDER BY 1 NULLS FIRST"
+)
+# The settings PostgreSQL stores as a list of quoted items (pg_dump's GUC_LIST_QUOTE ones):
+# each item is given as a string of its own, the others as one string.
+_LISTS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+
+
+def _setting_value(parameter: str, value: str) -> sql.Composable:
+    if parameter.lower() not in _LISTS:
+        return sql.Literal(value)
+    items = _list_items(value)
+    return sql.SQL(", ").join(map(sql.Literal, items)) if items else sql.Literal("")
+
+
+def _list_items(value: str) -> list[str]:
+    """The items of a stored list setting: ``"$user", public`` is ``$user`` and ``public``."""
+    items: list[str] = []
+    item, quoted, index = "", False, 0
+    while index < len(value):
+        char = value[index]
+        if quoted:
+            if char == '"' and value[index + 1 : index + 2] == '"':
+                item += '"'
+                index += 1
+            elif char == '"':
+                quoted = False
+            else:
+                item += char
+        elif char == '"':
+            quoted = True
+        elif char == ",":
+            items.append(item)
+            item = ""
+        elif not char.isspace():  # between items; a quoted item keeps its own
+            item += char
+        index += 1
+    if item or items:
+        items.append(item)
+    return items
 
 
 def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
