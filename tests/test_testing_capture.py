@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from hostmodels import HostModels, build_host_models
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventlog_persist import BufferedWriter, EventFieldRules, EventType, EventWriter, new_event
 from eventlog_persist.exceptions import (
@@ -16,6 +18,7 @@ from eventlog_persist.exceptions import (
     PayloadError,
     ValidationError,
     WriterClosedError,
+    WriterNotStartedError,
 )
 from eventlog_persist.testing import AsyncCapturingWriter, CapturingWriter, payload_of
 
@@ -95,8 +98,47 @@ def test_refuses_the_timeouts_the_real_writer_refuses(models: HostModels) -> Non
             with pytest.raises(ConfigurationError) as fake_error:
                 call(bad)
             assert str(fake_error.value) == str(real_error.value)
-    fake.enqueue(session_id=SESSION, user_id=USER, event_type="chat")  # not closed
+    fake.start().enqueue(session_id=SESSION, user_id=USER, event_type="chat")  # not closed
     assert fake.close(float("inf")).written == 1
+
+
+def test_refuses_the_lifecycle_slips_the_real_writer_refuses(models: HostModels) -> None:
+    """A host that forgets start() loses every event in production: its tests must fail."""
+    for fake in (CapturingWriter(models.EventLog), AsyncCapturingWriter(models.EventLog)):
+        run = asyncio.run if isinstance(fake, AsyncCapturingWriter) else (lambda value: value)
+        result = fake.enqueue(session_id=SESSION, user_id=USER, event_type="chat")
+        run(result)  # type: ignore[operator]
+        with pytest.raises(WriterNotStartedError, match=r"flush\(\) was called before start\(\)"):
+            run(fake.flush())  # type: ignore[operator]
+        counters = run(fake.close())  # type: ignore[operator]
+        assert (counters.written, counters.unwritten) == (0, 1)  # as the real writer's
+        with pytest.raises(WriterClosedError, match="is closed; create a new one"):
+            run(fake.start())  # type: ignore[operator]
+    writer = CapturingWriter(models.EventLog)
+    sync_engine = create_engine("postgresql+psycopg://app@db/app")  # never connected
+    async_engine = create_async_engine("postgresql+psycopg://app@db/app")
+    with pytest.raises(ConfigurationError, match="record_detached got AsyncEngine"):
+        writer.record_detached(async_engine, session_id=SESSION, user_id=USER, event_type="x")
+    with pytest.raises(ConfigurationError, match="arecord_detached got Engine"):
+        asyncio.run(
+            writer.arecord_detached(sync_engine, session_id=SESSION, user_id=USER, event_type="x")
+        )
+    writer.record_detached(sync_engine, session_id=SESSION, user_id=USER, event_type="x")
+    assert writer.event_types == ["x"]
+    real = EventWriter(models.EventLog)
+    assert (writer.payload_policy, writer.field_rules) == (real.payload_policy, real.field_rules)
+    sync_engine.dispose()
+    asyncio.run(async_engine.dispose())
+
+
+def test_payloads_match_as_json_values_true_is_not_one(models: HostModels) -> None:
+    writer = CapturingWriter(models.EventLog)
+    writer.enqueue(
+        session_id=SESSION, user_id=USER, event_type="chat", payload={"ok": True, "n": [1, 0]}
+    )
+    writer.assert_recorded(payload={"ok": True, "n": [1, 0]})
+    writer.assert_not_recorded(payload={"ok": 1})
+    writer.assert_not_recorded(payload={"n": [True, False]})
 
 
 def test_assertions(models: HostModels) -> None:
@@ -122,8 +164,8 @@ def test_assertions(models: HostModels) -> None:
         "expected an event matching event_type='tool_call', payload={'query': 'mysql'}" in message
     )
     assert (
-        "found 0; captured 2:\n  1. via enqueue, event_type='tool_call', tool_name='search'"
-        in message
+        f"found 0; captured 2:\n  1. via enqueue, event_type='tool_call', session_id={SESSION!r}, "
+        f"user_id={USER!r}, tool_name='search'" in message
     )
     with pytest.raises(AssertionError, match="expected 1 event"):
         writer.assert_recorded(event_type="tool_call", count=1)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, overload
 
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from eventlog_persist._buffered import check_wait
@@ -14,9 +16,10 @@ from eventlog_persist._events import EventBuilder, EventFields, NewEvent
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
 from eventlog_persist._stats import WriterCounters
+from eventlog_persist._urls import check_engine
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist._writer import event_row
-from eventlog_persist.exceptions import WriterClosedError
+from eventlog_persist.exceptions import WriterClosedError, WriterNotStartedError
 
 __all__ = ["AsyncCapturingWriter", "CapturedEvent", "CapturingWriter", "payload_of"]
 
@@ -58,6 +61,7 @@ class _Capture(Generic[KeyT]):
             model, payload_policy=payload_policy, field_rules=field_rules
         )
         self.captured: list[CapturedEvent] = []
+        self._started = False
         self._closed = False
 
     # -- what was captured --
@@ -147,22 +151,34 @@ class _Capture(Generic[KeyT]):
 
     # -- the writers' common verbs --
 
+    @property
+    def payload_policy(self) -> PayloadPolicy:
+        """How this writer converts, redacts and caps payloads, as the real writer's."""
+        return self._builder.payload_policy
+
+    @property
+    def field_rules(self) -> EventFieldRules:
+        """Which ``event_type`` and column values this writer allows, as the real writer's."""
+        return self._builder.field_rules
+
     def event(self, **fields: Unpack[EventFields[KeyT]]) -> NewEvent:
         """Build a checked event, as `EventWriter.event` does."""
         return self._builder.event(fields)
 
     @property
     def counters(self) -> WriterCounters:
-        """The counters a buffered writer would show: every enqueued event is written."""
-        written = sum(item.via == "enqueue" for item in self.captured)
+        """The counters a buffered writer would show: every enqueued event is written, once
+        started (closed without being started, the real writer writes none of them)."""
+        enqueued = sum(item.via == "enqueue" for item in self.captured)
+        lost = self._closed and not self._started
         return WriterCounters(
-            written=written,
+            written=0 if lost else enqueued,
             duplicates=0,
             retried=0,
             read_only_retries=0,
             dead_lettered=0,
             dropped=0,
-            unwritten=0,
+            unwritten=enqueued if lost else 0,
             queued=0,
             queued_bytes=0,
             errors=0,
@@ -184,6 +200,28 @@ class _Capture(Generic[KeyT]):
         self.captured.append(CapturedEvent("enqueue", event))
         return event
 
+    def _start(self) -> None:
+        if self._closed:
+            raise WriterClosedError(
+                f"this {type(self).__name__} is closed; create a new one", event=None
+            )
+        self._started = True
+
+    def _flush(self, timeout: float | None) -> bool:
+        check_wait("timeout", timeout)
+        if not self._started:
+            raise WriterNotStartedError(
+                f"{type(self).__name__}.flush() was called before start(), which the real "
+                "writer refuses (it would wait forever); call start() first (or use the writer "
+                "as a context manager)"
+            )
+        return True
+
+    def _close(self, timeout: float | None) -> WriterCounters:
+        check_wait("timeout", timeout)
+        self._closed = True
+        return self.counters
+
 
 class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
     """Stands in for `EventWriter` and `BufferedWriter` in unit tests: captures, never writes.
@@ -192,8 +230,11 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
     `ValidationError` and `PayloadError`), then appends it to `captured` instead of touching
     a session, an engine or a database. Pass it where the host's code expects its writer.
 
-    Covered: `event`, `record`, `record_detached`, `arecord_detached` (of `EventWriter`);
-    `enqueue`, `start`, `flush`, `close`, `counters` and ``with`` (of `BufferedWriter`).
+    Covered: `event`, `record`, `record_detached`, `arecord_detached`, `payload_policy` and
+    `field_rules` (of `EventWriter`); `enqueue`, `start`, `flush`, `close`, `counters` and
+    ``with`` (of `BufferedWriter`), with their refusals: ``flush`` before ``start``, ``start``
+    or ``enqueue`` after ``close``, an engine of the other flavour to ``record_detached`` or
+    ``arecord_detached`` (``None`` or another stand-in is taken: no engine is used).
 
     Args:
         model: The host's ``EventLog`` model (its key types are checked; no table is used).
@@ -236,7 +277,8 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
         self, engine: object, event: NewEvent | None = None, /, **fields: Any
     ) -> NewEvent:
         """Capture the event, as `EventWriter.record_detached` would write it (``engine``
-        is not used)."""
+        is not used; an ``AsyncEngine`` is refused, as there)."""
+        _check_flavour(engine, api="record_detached", is_async=False)
         return self._capture("record_detached", event, fields)
 
     @overload
@@ -248,7 +290,9 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
     async def arecord_detached(
         self, engine: object, event: NewEvent | None = None, /, **fields: Any
     ) -> NewEvent:
-        """Capture the event, as `EventWriter.arecord_detached` would write it."""
+        """Capture the event, as `EventWriter.arecord_detached` would write it (``engine``
+        is not used; a sync ``Engine`` is refused, as there)."""
+        _check_flavour(engine, api="arecord_detached", is_async=True)
         return self._capture("arecord_detached", event, fields)
 
     @overload
@@ -264,20 +308,26 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
         return self._enqueue(event, fields)
 
     def start(self) -> Self:
-        """Nothing to start; returns the writer."""
+        """Nothing to start; returns the writer.
+
+        Raises:
+            WriterClosedError: `close` was called, as the real writer refuses.
+        """
+        self._start()
         return self
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to wait for; returns True (a ``timeout`` the real writer refuses raises)."""
-        check_wait("timeout", timeout)
-        return True
+        """Nothing to wait for; returns True.
+
+        Raises:
+            WriterNotStartedError: `start` was not called, as the real writer refuses.
+        """
+        return self._flush(timeout)
 
     def close(self, timeout: float | None = 30.0) -> WriterCounters:
-        """Refuse further `enqueue` calls; return the counters (a ``timeout`` the real writer
-        refuses raises, as there)."""
-        check_wait("timeout", timeout)
-        self._closed = True
-        return self.counters
+        """Refuse further `enqueue` calls; return the counters (closed without being
+        started, the enqueued events count as unwritten, as the real writer loses them)."""
+        return self._close(timeout)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -312,20 +362,17 @@ class AsyncCapturingWriter(_Capture[KeyT]):
         return self._enqueue(event, fields)
 
     async def start(self) -> Self:
-        """Nothing to start; returns the writer."""
+        """Nothing to start; returns the writer (see `CapturingWriter.start`)."""
+        self._start()
         return self
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to wait for; returns True (a ``timeout`` the real writer refuses raises)."""
-        check_wait("timeout", timeout)
-        return True
+        """Nothing to wait for; returns True (see `CapturingWriter.flush`)."""
+        return self._flush(timeout)
 
     async def close(self, timeout: float | None = 30.0) -> WriterCounters:
-        """Refuse further `enqueue` calls; return the counters (a ``timeout`` the real writer
-        refuses raises, as there)."""
-        check_wait("timeout", timeout)
-        self._closed = True
-        return self.counters
+        """Refuse further `enqueue` calls; return the counters (see `CapturingWriter.close`)."""
+        return self._close(timeout)
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -339,6 +386,13 @@ class AsyncCapturingWriter(_Capture[KeyT]):
         await self.close()
 
 
+def _check_flavour(engine: object, *, api: str, is_async: bool) -> None:
+    """The real writer's refusal of an engine of the other flavour; anything else (None, a
+    stand-in) is taken, as a unit test may have no engine at all."""
+    if isinstance(engine, Engine | AsyncEngine):
+        check_engine(engine, api=api, is_async=is_async)
+
+
 def _matches(item: CapturedEvent, expected: dict[str, Any]) -> bool:
     for name, value in expected.items():
         if name == "via":
@@ -347,13 +401,26 @@ def _matches(item: CapturedEvent, expected: dict[str, Any]) -> bool:
         elif name == "payload":
             stored = payload_of(item.event)
             if isinstance(value, dict) and isinstance(stored, dict):
-                if any(key not in stored or stored[key] != v for key, v in value.items()):
+                if any(key not in stored or not _same(stored[key], v) for key, v in value.items()):
                     return False
-            elif stored != value:
+            elif not _same(stored, value):
                 return False
         elif getattr(item.event, name) != value:
             return False
     return True
+
+
+def _same(stored: Any, expected: Any) -> bool:
+    """Equal as JSON values: ``true`` is not ``1`` (Python's ``True == 1``)."""
+    if isinstance(stored, bool) or isinstance(expected, bool):
+        return type(stored) is type(expected) and stored == expected
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        return stored.keys() == expected.keys() and all(
+            _same(stored[key], expected[key]) for key in stored
+        )
+    if isinstance(stored, list) and isinstance(expected, list | tuple):
+        return len(stored) == len(expected) and all(map(_same, stored, expected))
+    return bool(stored == expected)
 
 
 def _describe(expected: dict[str, Any]) -> str:
@@ -363,7 +430,16 @@ def _describe(expected: dict[str, Any]) -> str:
 def _summary(item: CapturedEvent) -> str:
     event = item.event
     parts = [f"via {item.via}", f"event_type={event.event_type!r}"]
-    for name in ("tool_name", "error_code", "approval_status", "request_id"):
+    for name in (
+        "session_id",
+        "user_id",
+        "project_id",
+        "agent_id",
+        "tool_name",
+        "error_code",
+        "approval_status",
+        "request_id",
+    ):
         value = getattr(event, name)
         if value is not None:
             parts.append(f"{name}={value!r}")
