@@ -7,6 +7,11 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +324,53 @@ def test_a_role_that_cannot_create_databases_fails_each_test_in_one_line(
     finally:
         with pg_server_connect(pg_server) as conn:
             conn.execute(f'DROP ROLE "{role}"')
+
+
+_SLEEPS = """
+import pathlib
+import time
+
+def test_sleeps(eventlog_database_url):
+    pathlib.Path("started.txt").write_text(str(eventlog_database_url.database))
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("server", ["dsn", "embedded"])
+def test_a_run_ended_by_sigterm_leaves_no_database_and_no_server(
+    host: pytest.Pytester, pg_server: ServerInfo, server: str
+) -> None:
+    """SIGTERM (a cancelled CI job, docker stop) used to end the process at once: the
+    embedded server kept running and the test databases stayed (as after SIGKILL)."""
+    host.makepyfile(test_sleeps=_SLEEPS)
+    before = set(Path(tempfile.gettempdir()).glob("eventlog-testing-*"))
+    where = ["--eventlog-dsn", pg_server.libpq_dsn("postgres")] if server == "dsn" else []
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "eventlog_persist.testing", "-p", "no:randomly",
+         "-p", "no:xdist", "-q", *where],
+        cwd=host.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    started = host.path / "started.txt"
+    deadline = time.monotonic() + 90
+    while not started.exists():
+        assert run.poll() is None, run.communicate()[0]
+        assert time.monotonic() < deadline, "the test did not start"
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    output = run.communicate(timeout=60)[0]
+    assert run.returncode == 2, output  # interrupted, as by Ctrl-C
+    if server == "dsn":
+        prefix = started.read_text().rsplit("_", 1)[0] + "_"
+        with pg_server_connect(pg_server) as conn:
+            left = conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
+            ).fetchall()
+        assert left == []
+    else:
+        assert set(Path(tempfile.gettempdir()).glob("eventlog-testing-*")) == before
 
 
 def test_migration_failure(host: pytest.Pytester, pg_server: ServerInfo) -> None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -153,12 +155,36 @@ def pytest_report_header(config: pytest.Config) -> str:
 # -- server and template -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, ``docker stop``) ends the run as Ctrl-C does, so that the
+    session's teardown removes the embedded server and the test databases; by default it
+    ends the process at once, leaving them behind. A handler of the host's is kept."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def eventlog_postgresql(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
     """The PostgreSQL server of the test databases (see the module docs for which)."""
     dsn = _dsn(request.config)
     fixture = str(request.config.getini("eventlog_server_fixture"))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_interrupt())
         server = _or_fail(
             lambda: (
                 server_from_dsn(dsn[0], source=dsn[1])
