@@ -402,3 +402,47 @@ def test_both_directions_keep_what_the_host_gave_the_table(
         for role in (owner, writer, reporting):
             connection.execute(text(f'DROP OWNED BY "{role}"'))
             connection.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_check_names_a_recorded_revision_the_configuration_cannot_find(
+    host: HostProject, engine: Engine
+) -> None:
+    """A configuration that lost an opt-in's location (another environment's alembic.ini):
+    'setup OK' while every alembic command failed with "Can't locate revision"."""
+    host.run("upgrade", "heads")
+    host.edit(
+        "alembic.ini", PARTITIONED, "%(here)s/migrations/versions eventlog_persist:migrations"
+    )
+    refused = host.run("upgrade", "heads", check=False)
+    assert "Can't locate revision identified by 'evlpart_0001'" in refused.stdout + refused.stderr
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 1
+    assert (
+        "the database records revision 'evlpart_0001', which this configuration cannot find, "
+        'so every alembic command fails ("Can\'t locate revision"): add '
+        "'eventlog_persist:migrations_partitioned' to version_locations (linear mode: "
+        "'eventlog-persist linear-revision --partitioned')"
+    ) in result.stderr
+
+
+def test_check_names_a_converted_table_without_the_opt_in(
+    tmp_path: Path, engine: Engine, database_url: URL
+) -> None:
+    """'convert' partitions the table and says to run 'alembic upgrade heads', which records
+    evlpart_0001 only with the opt-in's location: without it, it recorded nothing."""
+    host = make_host(tmp_path / "plain", database_url)
+    host.run("upgrade", "heads")
+    add_event(engine)
+    converted = host.run("eventlog-persist", "convert", check=False)
+    assert converted.returncode == 0, converted.stderr
+    assert "'eventlog_persist:migrations_partitioned' to version_locations" in converted.stdout
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 1
+    assert (
+        "event_logs is partitioned (by 'eventlog-persist convert'), but this configuration does "
+        "not opt in to the partitioned layout: add 'eventlog_persist:migrations_partitioned'"
+    ) in result.stderr
+    opt_in(host)
+    host.run("upgrade", "heads")
+    assert "evlpart_0001" in host.run("current").stdout
+    assert "setup OK" in host.run("eventlog-persist", "check").stdout

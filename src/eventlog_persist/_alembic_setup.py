@@ -328,8 +328,82 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
 
     if connection is not None:
         problems.extend(_read_only(connection))
+        problems.extend(_recorded_problems(config, connection, mode, locations, linear))
         problems.extend(_database_problems(config, connection))
     return SetupReport(mode, tuple(problems))
+
+
+# Each package branch's revision prefix, location and linear-revision flags.
+_BRANCHES: Final = (
+    ("evlpart_", PARTITIONED_LOCATION, "--partitioned"),
+    ("evlfeed_", FEED_LOCATION, "--feed"),
+    ("evlaudit_", AUDIT_LOCATION, "--feed --audit"),
+    ("evl_", MIGRATIONS_LOCATION, ""),
+)
+
+
+def _opt_in(revision: str) -> str:
+    """How a configuration gets a package revision: its location, or its linear copy."""
+    for prefix, location, flag in _BRANCHES:
+        if revision.startswith(prefix):
+            return (
+                f"add {location!r} to version_locations (linear mode: 'eventlog-persist "
+                f"linear-revision{' ' + flag if flag else ''}')"
+            )
+    return "add the folder that holds its file to version_locations, or put the file back"
+
+
+def _recorded_problems(
+    config: Config,
+    connection: Connection,
+    mode: str | None,
+    locations: list[str],
+    linear: list[str],
+) -> list[str]:
+    """What the database holds that this configuration cannot see: a revision recorded in
+    ``alembic_version`` that no version location holds (every alembic command then fails),
+    and a partitioned ``event_logs`` (made by 'eventlog-persist convert') without the
+    partitioned opt-in, whose upgrade would record nothing."""
+    problems: list[str] = []
+    if connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL")):
+        recorded = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
+        try:
+            script = ScriptDirectory.from_config(config)
+        except Exception:  # the history itself is broken: reported by check_setup already
+            return problems
+        for revision in sorted(map(str, recorded)):
+            try:
+                found = script.get_revision(revision)
+            except Exception:
+                found = None
+            if found is None:
+                problems.append(
+                    f"the database records revision {revision!r}, which this configuration "
+                    'cannot find, so every alembic command fails ("Can\'t locate revision"): '
+                    f"{_opt_in(revision)}"
+                )
+    partitioned_opted = PARTITIONED_LOCATION in locations or any(
+        revision.startswith("evlpart_") for revision in linear
+    )
+    if mode is not None and not partitioned_opted:
+        try:
+            targets = _targets(config)
+        except ConfigurationError:  # reported by _database_problems
+            return problems
+        name = quote_identifier(TABLE_NAME)
+        qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+        kind = connection.execute(
+            text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": qualified},
+        ).scalar()
+        if kind == "p":
+            problems.append(
+                f"{TABLE_NAME} is partitioned (by 'eventlog-persist convert'), but this "
+                f"configuration does not opt in to the partitioned layout: "
+                f"{_opt_in('evlpart_0001')}, then run 'alembic upgrade heads', which records "
+                "evlpart_0001 and changes nothing else"
+            )
+    return problems
 
 
 def write_linear_revisions(

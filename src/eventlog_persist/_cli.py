@@ -661,9 +661,11 @@ def _convert(args: argparse.Namespace) -> int:
     if result.state == "converted":
         print(
             f"eventlog-persist: converted; {TABLE_NAME}_legacy holds the rows before "
-            f"{result.boundary.isoformat() if result.boundary else '?'}; now run "
-            "'alembic upgrade heads' (it records evlpart_0001) and deploy the model with "
-            "partitioned=True"
+            f"{result.boundary.isoformat() if result.boundary else '?'}; now opt in to the "
+            "partitioned layout if not yet (add 'eventlog_persist:migrations_partitioned' to "
+            "version_locations; linear mode: 'eventlog-persist linear-revision "
+            "--partitioned'), run 'alembic upgrade heads' (it records evlpart_0001) and "
+            "deploy the model with partitioned=True"
         )
     elif result.state == "prepared":
         print(
