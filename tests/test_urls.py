@@ -388,6 +388,7 @@ def test_a_psycopg_connection_of_the_other_flavour_names_the_twin(
     "target",
     [
         f"mysql+pymysql://app:{SECRET}@db/app",
+        f"mysql://app:{SECRET}@db:port/app",  # named before any parse, which would fail
         "sqlite:///events.db",
         URL.create("sqlite"),
         URL.create("mssql+pyodbc", username="app", password=SECRET, host="db"),
@@ -521,6 +522,15 @@ def test_every_sqlalchemy_postgresql_driver_name_is_a_url() -> None:
     for driver in ("psycopg", "psycopg_async", "psycopg2", "psycopg2cffi", "asyncpg", "pg8000"):
         got = params(f"postgresql+{driver}://app:{SECRET}@db:5433/app")
         assert (got["host"], got["port"], got["password"]) == ("db", "5433", SECRET), driver
+
+
+def test_libpqs_reason_is_given_where_no_password_can_be_in_it(host_models: HostModels) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        write_events(host_models.EventLog, "host=db dbname", [])
+    assert '(missing "=" after "dbname" in connection info string)' in str(raised.value)
+    with pytest.raises(ConfigurationError) as raised:
+        write_events(host_models.EventLog, "postgresql://db:x:y/app?#", [])
+    assert "(libpq cannot parse it)" in str(raised.value)
 
 
 @pytest.mark.parametrize(
