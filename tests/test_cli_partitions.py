@@ -162,3 +162,37 @@ def test_the_dry_run_refuses_what_the_run_would_refuse(
     assert "--no-concurrently" in refusals[0]
     with host_engine.connect() as connection:  # refused before any change
         assert connection.execute(text("SELECT to_regclass(:t)"), {"t": left}).scalar()
+
+
+def test_the_dry_run_refuses_a_role_that_does_not_own_the_tables(
+    database_url: URL,
+    host_engine: Engine,
+    host_models: HostModels,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DETACH and DROP are for the owner: the dry run said it would drop what the run then
+    failed to ("must be owner of table")."""
+    ensure_partitions(
+        host_models.EventLog, host_engine, ahead=1, now=datetime.now(UTC) - timedelta(weeks=4)
+    )
+    before = list_partitions(host_models.EventLog, host_engine)
+    role = f"{database_url.database}_reader"  # roles are the cluster's: named after the db
+    with host_engine.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+    try:
+        url = database_url.set(username=role).render_as_string(hide_password=False)
+        outcomes = []
+        for dry_run in (["--dry-run"], []):
+            status = main(["partitions", "drop", "--older-than", "2w", "--url", url, *dry_run])
+            outcomes.append((status, capsys.readouterr()))
+        (dry, dry_output), (real, real_output) = outcomes
+        assert (dry, real) == (2, 2)
+        assert dry_output.out == ""
+        assert f"the role '{role}' does not own event_logs, event_logs_p" in dry_output.err
+        assert "must be owner of table" in real_output.err
+        assert list_partitions(host_models.EventLog, host_engine) == before  # nothing dropped
+    finally:
+        with host_engine.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))

@@ -822,7 +822,33 @@ def planned_drop(
             else:
                 continue
             (dropped if drop else detached).append(partition.name)
+        acted_on = [parent.qualified, *map(parent.child, {*dropped, *detached, *finalized})]
+        if len(acted_on) > 1:
+            _refuse_not_owned(connection, acted_on)
     return DropResult(tuple(dropped), tuple(detached), tuple(finalized))
+
+
+def _refuse_not_owned(connection: Connection, tables: list[str]) -> None:
+    """A dry run refuses what the run would: DETACH and DROP are for the tables' owner."""
+    not_owned = (
+        connection.execute(
+            text(
+                "SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = ANY "
+                "(SELECT to_regclass(name) FROM unnest(CAST(:tables AS text[])) AS name) "
+                "AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1"
+            ),
+            {"tables": tables},
+        )
+        .scalars()
+        .all()
+    )
+    if not_owned:
+        role = connection.scalar(text("SELECT current_user"))
+        raise ConfigurationError(
+            f"the role {role!r} does not own {', '.join(not_owned)}: the run would fail "
+            '("must be owner of table"); run it as the owner of event_logs (the role that '
+            "ran the migrations)"
+        )
 
 
 def drop_partitions(
