@@ -446,3 +446,20 @@ def test_check_names_a_converted_table_without_the_opt_in(
     host.run("upgrade", "heads")
     assert "evlpart_0001" in host.run("current").stdout
     assert "setup OK" in host.run("eventlog-persist", "check").stdout
+
+
+def test_check_passes_while_a_prepared_conversion_waits_for_its_swap(
+    tmp_path: Path, engine: Engine, database_url: URL
+) -> None:
+    """adoption.md: 'convert --prepare', deploy, 'convert'. A CI step running 'check' during
+    the deploy failed on the swap's key and advised to undo it by hand."""
+    host = make_host(tmp_path / "plain", database_url)
+    host.run("upgrade", "heads")
+    add_event(engine)
+    prepared = host.run("eventlog-persist", "convert", "--prepare", check=False)
+    assert prepared.returncode == 0, prepared.stderr
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT to_regclass('event_logs_legacy_pkey')"))
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 0, result.stderr
+    assert "setup OK" in result.stdout

@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeEngine
 
 from eventlog_persist._audit_schema import ERASURES_TABLE, SEALS_TABLE
+from eventlog_persist._conversion import LEGACY_KEY, PREPARED_BOUND
 from eventlog_persist._model import event_log_model
 from eventlog_persist._schema import CONSUMERS_TABLE, TABLE_NAME, XID_COLUMN, quote_identifier
 from eventlog_persist._targets import ForeignKeyTargets
@@ -644,6 +645,9 @@ def _database_problems(config: Config, connection: Connection) -> list[str]:
     if not inspector.has_table(TABLE_NAME, schema=targets.schema):
         return []  # not created yet: 'alembic upgrade heads' will
     differences = _drift(connection, targets)
+    if differences and _conversion_prepared(connection, targets):
+        # 'convert --prepare' built the swap's key; the host deploys meanwhile (adoption.md).
+        differences = [d for d in differences if d != f"index {LEGACY_KEY} is not in the model"]
     if not differences:
         return []
     return [
@@ -652,6 +656,21 @@ def _database_problems(config: Config, connection: Connection) -> list[str]:
         f"pending; otherwise {TABLE_NAME} was altered outside the package's revisions: "
         "undo that change by hand"
     ]
+
+
+def _conversion_prepared(connection: Connection, targets: ForeignKeyTargets) -> bool:
+    """Whether a conversion stopped before its swap (``convert --prepare``) holds the table."""
+    name = quote_identifier(TABLE_NAME)
+    qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+    return bool(
+        connection.scalar(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+                "to_regclass(:table) AND conname = :bound)"
+            ),
+            {"table": qualified, "bound": PREPARED_BOUND},
+        )
+    )
 
 
 def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:

@@ -53,11 +53,19 @@ from eventlog_persist._schema import (
 from eventlog_persist._urls import check_engine
 from eventlog_persist.exceptions import ConfigurationError, ConversionError
 
-__all__ = ["LEGACY_PARTITION", "ConversionResult", "convert_to_partitioned"]
+__all__ = [
+    "LEGACY_KEY",
+    "LEGACY_PARTITION",
+    "PREPARED_BOUND",
+    "ConversionResult",
+    "convert_to_partitioned",
+]
 
 LEGACY_PARTITION: Final = f"{TABLE_NAME}_legacy"
 """The converted table's name as the partition ``FROM (MINVALUE) TO (boundary)``."""
 _BOUND: Final = f"{LEGACY_PARTITION}_bound"
+PREPARED_BOUND: Final = _BOUND
+"""The CHECK a prepared conversion leaves on the plain ``event_logs`` until its swap."""
 _INTERVAL_NOTE: Final = "eventlog-persist: chosen for partition_interval="
 """The comment on the bound, naming the interval it starts (the swap partitions by it)."""
 # What the swap reads before its lock and carries over (or that `_refuse_attachments` refuses),
@@ -83,6 +91,8 @@ _DEFINITION_SQL: Final = (
     ") AS parts ORDER BY d)"
 )
 _KEY: Final = f"{LEGACY_PARTITION}_pkey"  # what duplicate detection recognises as a key
+LEGACY_KEY: Final = _KEY
+"""The unique index on ``(id, created_at)`` a prepared conversion builds for its swap."""
 # The indexes the package creates (the swap makes them itself); any other is a host's own.
 _PACKAGE_INDEXES: Final = (PK_NAME, *INDEX_NAMES, FEED_INDEX_NAME)
 # (column, partial-index condition) of each index, as evl_0001 and evlpart_0001 declare them.
