@@ -633,7 +633,7 @@ def test_the_commands_refuse_bad_anchors(
     assert f"{bad}, line 2: 'nonsense' is not a seal anchor" in err
     status, _, err = cli(db, "verify", "--anchors-from", str(tmp_path / "missing"), capsys=capsys)
     assert status == 2
-    assert "No such file" in err
+    assert f"--anchors-from {tmp_path / 'missing'}: No such file or directory; give the file" in err
     accented = tmp_path / "têtes.txt"
     accented.write_text("# têtes\n1:" + "ab" * 32 + "\n")
     status, _, err = cli(db, "verify", "--anchors-from", str(accented), capsys=capsys)

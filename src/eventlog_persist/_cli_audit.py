@@ -146,6 +146,11 @@ def _anchors_from(path: Path) -> list[SealAnchor]:
             f"{exc.start}); it holds SEQ:HASH lines, as 'eventlog-persist audit seal' prints "
             "them"
         ) from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--anchors-from {path}: {exc.strerror or exc}; give the file 'eventlog-persist "
+            "audit seal --anchor-file' writes (or pass each anchor with --anchor SEQ:HASH)"
+        ) from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
