@@ -188,6 +188,19 @@ def test_cli_check_missing_targets_with_url(
     )
 
 
+def test_cli_check_missing_targets_in_linear_mode_names_no_anchor(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Linear mode has no 'eventlog_prereqs': the fix names the copy of evl_0001."""
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    write_linear_revisions(Config(str(host.root / "alembic.ini")))
+    url = database_url.render_as_string(hide_password=False)
+    assert main(["check", "-c", str(host.root / "alembic.ini"), "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert "run the host's migrations up to the revision before the copy of evl_0001" in err
+    assert "eventlog_prereqs" not in err
+
+
 # What Alembic before 1.16 wrote: the separator under its old name, and no [eventlog_persist].
 _PRE_1_16 = pytest.mark.filterwarnings(
     "ignore:The version_path_separator configuration parameter is deprecated:DeprecationWarning"

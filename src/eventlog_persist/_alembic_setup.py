@@ -330,7 +330,7 @@ def check_setup(config: Config, *, connection: Connection | None = None) -> Setu
     if connection is not None:
         problems.extend(_read_only(connection))
         problems.extend(_recorded_problems(config, connection, mode, locations, linear))
-        problems.extend(_database_problems(config, connection))
+        problems.extend(_database_problems(config, connection, mode))
     return SetupReport(mode, tuple(problems))
 
 
@@ -621,7 +621,7 @@ def _targets(config: Config) -> ForeignKeyTargets:
     return ForeignKeyTargets(**given)
 
 
-def _database_problems(config: Config, connection: Connection) -> list[str]:
+def _database_problems(config: Config, connection: Connection, mode: str | None) -> list[str]:
     try:
         targets = _targets(config)
     except ConfigurationError as exc:
@@ -638,7 +638,13 @@ def _database_problems(config: Config, connection: Connection) -> list[str]:
         exist = "does not exist" if len(missing) == 1 else "do not exist"
         return [
             f"FK target {tables} {', '.join(map(repr, missing))} {exist} in {where} of "
-            f"that database; run the host's migrations up to {ANCHOR_REVISION!r} first, "
+            "that database; run the host's migrations up to "
+            + (
+                "the revision before the copy of evl_0001 (eventlog_0001)"
+                if mode == "linear"
+                else repr(ANCHOR_REVISION)
+            )
+            + " first, "
             f"check --url, or name your tables in the [{_SECTION}] section of alembic.ini "
             "(e.g. 'users = accounts')"
         ]
