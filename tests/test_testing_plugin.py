@@ -373,6 +373,28 @@ def test_a_run_ended_by_sigterm_leaves_no_database_and_no_server(
         assert set(Path(tempfile.gettempdir()).glob("eventlog-testing-*")) == before
 
 
+_DRIVERS = """
+import pytest
+from sqlalchemy import create_engine, text
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "pg8000"])
+def test_driver(eventlog_postgresql, eventlog_database_url, driver):
+    url = eventlog_postgresql.url(eventlog_database_url.database, driver=driver)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT current_database()")) == url.database
+    engine.dispose()
+"""
+
+
+def test_the_servers_url_serves_every_sync_driver_over_a_unix_socket(
+    host: pytest.Pytester, pg_server: ServerInfo
+) -> None:
+    """pg8000 takes no socket folder as its host: it read it as a host name."""
+    host.makepyfile(test_drivers=_DRIVERS)
+    _run(host, pg_server).assert_outcomes(passed=3)
+
+
 def test_migration_failure(host: pytest.Pytester, pg_server: ServerInfo) -> None:
     revision = host.path / "migrations" / "versions" / "h001_core.py"
     revision.write_text(

@@ -49,10 +49,13 @@ class PostgresServer:
     options: Mapping[str, str] = field(default_factory=dict)
 
     def url(self, database: str, *, driver: str = "psycopg") -> URL:
-        """SQLAlchemy URL of ``database`` on this server (``postgresql+psycopg`` by default)."""
+        """SQLAlchemy URL of ``database`` on this server (``postgresql+psycopg`` by default;
+        any SQLAlchemy PostgreSQL driver: pg8000 gets a Unix socket as its ``unix_sock``)."""
         socket = self.host.startswith("/")
         query = dict(self.options)
-        if socket:
+        if socket and driver == "pg8000":
+            query.update(unix_sock=f"{self.host}/.s.PGSQL.{self.port}")
+        elif socket:
             query.update(host=self.host, port=str(self.port))
         return URL.create(
             f"postgresql+{driver}",
