@@ -127,6 +127,8 @@ def test_refuses_the_lifecycle_slips_the_real_writer_refuses(models: HostModels)
     assert writer.event_types == ["x"]
     real = EventWriter(models.EventLog)
     assert (writer.payload_policy, writer.field_rules) == (real.payload_policy, real.field_rules)
+    stats = writer.stats()  # as BufferedWriter.stats(): what a health endpoint reads
+    assert (stats.counters, stats.batches, stats.last_error) == (writer.counters, 0, None)
     sync_engine.dispose()
     asyncio.run(async_engine.dispose())
 

@@ -15,7 +15,7 @@ from eventlog_persist._buffered import check_wait
 from eventlog_persist._events import EventBuilder, EventFields, NewEvent
 from eventlog_persist._model import EventLogMixin, KeyT
 from eventlog_persist._payload import DEFAULT_POLICY, PayloadPolicy
-from eventlog_persist._stats import WriterCounters
+from eventlog_persist._stats import WriterCounters, WriterStats
 from eventlog_persist._urls import check_engine
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist._writer import event_row
@@ -184,6 +184,20 @@ class _Capture(Generic[KeyT]):
             errors=0,
         )
 
+    def stats(self) -> WriterStats:
+        """The snapshot a buffered writer would give: its `counters`, nothing queued, no
+        batch, no error."""
+        return WriterStats(
+            counters=self.counters,
+            oldest_queued_age=None,
+            batches=0,
+            batch_seconds_total=0.0,
+            last_batch_seconds=None,
+            recent_batch_seconds_p50=None,
+            recent_batch_seconds_max=None,
+            last_error=None,
+        )
+
     def _capture(self, via: str, event: NewEvent | None, fields: dict[str, Any]) -> NewEvent:
         event = self._builder.given(event, cast("EventFields[KeyT]", fields))
         self.captured.append(CapturedEvent(via, event))
@@ -231,10 +245,11 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
     a session, an engine or a database. Pass it where the host's code expects its writer.
 
     Covered: `event`, `record`, `record_detached`, `arecord_detached`, `payload_policy` and
-    `field_rules` (of `EventWriter`); `enqueue`, `start`, `flush`, `close`, `counters` and
-    ``with`` (of `BufferedWriter`), with their refusals: ``flush`` before ``start``, ``start``
-    or ``enqueue`` after ``close``, an engine of the other flavour to ``record_detached`` or
-    ``arecord_detached`` (``None`` or another stand-in is taken: no engine is used).
+    `field_rules` (of `EventWriter`); `enqueue`, `start`, `flush`, `close`, `counters`,
+    `stats` and ``with`` (of `BufferedWriter`), with their refusals: ``flush`` before
+    ``start``, ``start`` or ``enqueue`` after ``close``, an engine of the other flavour to
+    ``record_detached`` or ``arecord_detached`` (``None`` or another stand-in is taken: no
+    engine is used).
 
     Args:
         model: The host's ``EventLog`` model (its key types are checked; no table is used).
