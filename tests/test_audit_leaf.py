@@ -21,20 +21,15 @@ from pgserver import ServerInfo
 from sqlalchemy import Connection, Engine, text
 
 from eventlog_persist import audit_leaf_hash
-from eventlog_persist._audit_leaf import canonical_json, leaf_document
+from eventlog_persist._audit_leaf import LEAF_COLUMNS, canonical_json, leaf_document
 from eventlog_persist.exceptions import ValidationError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
-LEAF_OPTIONAL = (
-    "project_id",
-    "agent_id",
-    "error_code",
-    "tool_name",
-    "approval_status",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "xid",
+# The columns a row may leave NULL.
+LEAF_OPTIONAL = tuple(
+    column
+    for column in LEAF_COLUMNS
+    if column not in ("id", "session_id", "user_id", "event_type", "payload", "created_at")
 )
 
 SESSION_SETTINGS = st.fixed_dictionaries(

@@ -391,8 +391,7 @@ def _recorded_problems(
             targets = _targets(config)
         except ConfigurationError:  # reported by _database_problems
             return problems
-        name = quote_identifier(TABLE_NAME)
-        qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+        qualified = _event_logs_name(targets)
         kind = connection.execute(
             text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
             {"name": qualified},
@@ -664,10 +663,15 @@ def _database_problems(config: Config, connection: Connection, mode: str | None)
     ]
 
 
+def _event_logs_name(targets: ForeignKeyTargets) -> str:
+    """``event_logs``, schema-qualified when the settings name a schema, quoted for SQL."""
+    name = quote_identifier(TABLE_NAME)
+    return f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+
+
 def _conversion_prepared(connection: Connection, targets: ForeignKeyTargets) -> bool:
     """Whether a conversion stopped before its swap (``convert --prepare``) holds the table."""
-    name = quote_identifier(TABLE_NAME)
-    qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+    qualified = _event_logs_name(targets)
     return bool(
         connection.scalar(
             text(
@@ -699,8 +703,7 @@ def _drift(connection: Connection, targets: ForeignKeyTargets) -> list[str]:
     class Base(DeclarativeBase):
         metadata = model_metadata
 
-    name = quote_identifier(TABLE_NAME)
-    qualified = f"{quote_identifier(targets.schema)}.{name}" if targets.schema else name
+    qualified = _event_logs_name(targets)
     partitioned = connection.execute(
         text("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(:name)"),
         {"name": qualified},
