@@ -163,6 +163,24 @@ def test_the_databases_flat_canonical_json_is_its_nested_one(db: Engine, payload
     assert flat == nested == canonical_json(stored)
 
 
+def test_the_leaf_functions_run_in_a_query_forced_parallel(db: Engine) -> None:
+    """evlaudit_0005's EXCEPTION block opens a subtransaction, which PostgreSQL before 17
+    refuses in a parallel worker: the functions are marked PARALLEL UNSAFE."""
+    with db.connect() as connection:
+        version = connection.scalar(text("SHOW server_version_num"))
+        setting = "debug_parallel_query" if int(version) >= 160000 else "force_parallel_mode"
+        connection.execute(text(f"SET {setting} = on"))
+        rows = connection.execute(
+            text(
+                "SELECT event_log_canonical_json(jsonb_build_object('b', g, 'a', 1)), "
+                "length(event_log_leaf(gen_random_uuid(), '1', '2', NULL, NULL, 'x', "
+                "jsonb_build_object('g', g), now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL)) "
+                "FROM generate_series(1, 3) AS g"
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [(f'{{"a":1,"b":{g}}}', 32) for g in (1, 2, 3)]
+
+
 def test_an_event_nested_past_the_stack_is_erased_with_its_leaf(db: Engine) -> None:
     """Its leaf could not be computed in the database ("stack depth limit exceeded"), so such
     a row, which another tool may store, could be neither erased nor purged."""

@@ -306,9 +306,11 @@ def test_a_role_that_cannot_create_databases_fails_each_test_in_one_line(
 ) -> None:
     role = f"{database_url.database}_nocreatedb"  # roles are the cluster's: named after the db
     with pg_server_connect(pg_server) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'CREATE ROLE "{role}"')
     try:
-        dsn = pg_server.sqlalchemy_url("postgres").set(username=role)
+        # The role set at connection start, not a login: a server with peer authentication
+        # (Debian's PostgreSQL 15 in CI) lets the test's own user in only.
+        dsn = pg_server.sqlalchemy_url("postgres").update_query_dict({"options": f"-crole={role}"})
         host.makepyfile(test_db=_USES_DATABASE)
         out = _errors(
             host.runpytest_inprocess(

@@ -48,7 +48,8 @@ def migrate_template(server: PostgresServer, name: str, alembic_ini: Path) -> No
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(_ident(name)))
         except psycopg.errors.InsufficientPrivilege as exc:
-            role = conn.info.user
+            conn.rollback()
+            role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
             raise ValueError(
                 f"role {role!r} cannot create the test databases ({str(exc).strip()}); grant "
                 f"it CREATEDB (ALTER ROLE {role} CREATEDB) or give a DSN of a role that has it"

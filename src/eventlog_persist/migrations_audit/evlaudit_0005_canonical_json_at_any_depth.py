@@ -15,7 +15,9 @@ be erased or purged while the audit was on ("stack depth limit exceeded"). This 
 keeps that function's body as ``event_log_canonical_json_nested`` (the same text, calling
 itself), adds ``event_log_canonical_json_flat`` (the same result from a stack of its own, no
 recursion) and makes ``event_log_canonical_json`` run the first and, only when the stack
-runs out, the second. Every leaf stays byte for byte what it was.
+runs out, the second. Every leaf stays byte for byte what it was. That function and
+``event_log_leaf``, which calls it, are marked ``PARALLEL UNSAFE``: the exception block it
+needs opens a subtransaction, which PostgreSQL before 17 refuses in a parallel query.
 
 One DO block finds the schema of ``event_logs``, online and offline; ``CREATE OR REPLACE``
 keeps the function's owner and grants, and only its owner (the role that ran
@@ -136,14 +138,25 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _create(replace: bool, name: str, body: str) -> str:
+def _create(replace: bool, name: str, body: str, head: str = _HEAD) -> str:
     """A statement of the DO block: the function ``name`` with ``body``, in the schema of
     event_logs (``@`` in ``body``)."""
     verb = "CREATE OR REPLACE FUNCTION" if replace else "CREATE FUNCTION"
     statement = (
-        f"{verb} %1$I.{name}(value jsonb) RETURNS text {_HEAD} $canonical$\n"
+        f"{verb} %1$I.{name}(value jsonb) RETURNS text {head} $canonical$\n"
         + body.replace("@", "%1$I")
         + "$canonical$"
+    )
+    return f"EXECUTE format({_literal(statement)}, schema); "
+
+
+def _leaf_parallel(mode: str) -> str:
+    """A statement of the DO block: ``event_log_leaf``, which calls the canonical JSON, marked
+    ``PARALLEL mode``."""
+    statement = (
+        "ALTER FUNCTION %1$I.event_log_leaf(uuid, text, text, text, text, text, jsonb, "
+        "timestamp with time zone, text, text, text, text, text, text, xid8) "
+        f"PARALLEL {mode}"
     )
     return f"EXECUTE format({_literal(statement)}, schema); "
 
@@ -168,7 +181,10 @@ def upgrade() -> None:
     _in_schema(
         _create(False, nested, _RECURSIVE.replace("<name>", nested))
         + _create(False, "event_log_canonical_json_flat", _FLAT)
-        + _create(True, "event_log_canonical_json", _EITHER)
+        # An EXCEPTION block opens a subtransaction, which PostgreSQL before 17 refuses in a
+        # parallel query ("cannot start subtransactions during a parallel operation").
+        + _create(True, "event_log_canonical_json", _EITHER, _HEAD.replace("SAFE", "UNSAFE"))
+        + _leaf_parallel("UNSAFE")
     )
 
 
@@ -176,6 +192,7 @@ def downgrade() -> None:
     name = "event_log_canonical_json"
     _in_schema(
         _create(True, name, _RECURSIVE.replace("<name>", name))
+        + _leaf_parallel("SAFE")
         + "EXECUTE format('DROP FUNCTION %1$I.event_log_canonical_json_nested(jsonb), "
         "%1$I.event_log_canonical_json_flat(jsonb)', schema); "
     )
