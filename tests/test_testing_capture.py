@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
 from hostmodels import HostModels, build_host_models
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -18,8 +20,8 @@ from eventlog_persist.exceptions import (
     PayloadError,
     ValidationError,
     WriterClosedError,
-    WriterNotStartedError,
 )
+from eventlog_persist.fastapi import event_writer
 from eventlog_persist.testing import AsyncCapturingWriter, CapturingWriter, payload_of
 
 SESSION, USER = uuid.uuid4(), uuid.uuid4()
@@ -108,8 +110,8 @@ def test_refuses_the_lifecycle_slips_the_real_writer_refuses(models: HostModels)
         run = asyncio.run if isinstance(fake, AsyncCapturingWriter) else (lambda value: value)
         result = fake.enqueue(session_id=SESSION, user_id=USER, event_type="chat")
         run(result)  # type: ignore[operator]
-        with pytest.raises(WriterNotStartedError, match=r"flush\(\) was called before start\(\)"):
-            run(fake.flush())  # type: ignore[operator]
+        # A flush is taken: the stand-in may replace a writer the application starts.
+        assert run(fake.flush()) is True  # type: ignore[operator]
         counters = run(fake.close())  # type: ignore[operator]
         assert (counters.written, counters.unwritten) == (0, 1)  # as the real writer's
         with pytest.raises(WriterClosedError, match="is closed; create a new one"):
@@ -127,7 +129,7 @@ def test_refuses_the_lifecycle_slips_the_real_writer_refuses(models: HostModels)
     assert writer.event_types == ["x"]
     real = EventWriter(models.EventLog)
     assert (writer.payload_policy, writer.field_rules) == (real.payload_policy, real.field_rules)
-    stats = writer.stats()  # as BufferedWriter.stats(): what a health endpoint reads
+    stats = writer.stats  # as BufferedWriter.stats: what a health endpoint reads
     assert (stats.counters, stats.batches, stats.last_error) == (writer.counters, 0, None)
     sync_engine.dispose()
     asyncio.run(async_engine.dispose())
@@ -194,3 +196,18 @@ def test_async_writer(models: HostModels) -> None:
     asyncio.run(handler(writer))
     writer.assert_recorded(event_type="agent_message", via="enqueue", count=1)
     assert writer.event(session_id=SESSION, user_id=USER, event_type="chat").event_type == "chat"
+
+
+def test_an_override_of_the_applications_writer_is_flushed_unstarted(models: HostModels) -> None:
+    """The lifespan starts the real writer; the stand-in that replaces it never is."""
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def chat(writer: Annotated[Any, Depends(event_writer)]) -> dict[str, bool]:
+        await writer.enqueue(session_id=SESSION, user_id=USER, event_type="user_message")
+        return {"flushed": await writer.flush(5)}
+
+    capture: AsyncCapturingWriter[uuid.UUID] = AsyncCapturingWriter(models.EventLog)
+    app.dependency_overrides[event_writer] = lambda: capture
+    assert TestClient(app).post("/chat").json() == {"flushed": True}
+    capture.assert_recorded(event_type="user_message")

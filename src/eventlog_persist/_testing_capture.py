@@ -19,7 +19,7 @@ from eventlog_persist._stats import WriterCounters, WriterStats
 from eventlog_persist._urls import check_engine
 from eventlog_persist._vocabulary import DEFAULT_FIELD_RULES, EventFieldRules
 from eventlog_persist._writer import event_row
-from eventlog_persist.exceptions import WriterClosedError, WriterNotStartedError
+from eventlog_persist.exceptions import WriterClosedError
 
 __all__ = ["AsyncCapturingWriter", "CapturedEvent", "CapturingWriter", "payload_of"]
 
@@ -184,6 +184,7 @@ class _Capture(Generic[KeyT]):
             errors=0,
         )
 
+    @property
     def stats(self) -> WriterStats:
         """The snapshot a buffered writer would give: its `counters`, nothing queued, no
         batch, no error."""
@@ -222,13 +223,9 @@ class _Capture(Generic[KeyT]):
         self._started = True
 
     def _flush(self, timeout: float | None) -> bool:
+        # No refusal of a flush before start(): the stand-in replaces a writer that the
+        # application's lifespan starts (a FastAPI dependency override), never itself.
         check_wait("timeout", timeout)
-        if not self._started:
-            raise WriterNotStartedError(
-                f"{type(self).__name__}.flush() was called before start(), which the real "
-                "writer refuses (it would wait forever); call start() first (or use the writer "
-                "as a context manager)"
-            )
         return True
 
     def _close(self, timeout: float | None) -> WriterCounters:
@@ -246,10 +243,10 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
 
     Covered: `event`, `record`, `record_detached`, `arecord_detached`, `payload_policy` and
     `field_rules` (of `EventWriter`); `enqueue`, `start`, `flush`, `close`, `counters`,
-    `stats` and ``with`` (of `BufferedWriter`), with their refusals: ``flush`` before
-    ``start``, ``start`` or ``enqueue`` after ``close``, an engine of the other flavour to
-    ``record_detached`` or ``arecord_detached`` (``None`` or another stand-in is taken: no
-    engine is used).
+    `stats` and ``with`` (of `BufferedWriter`), with their refusals: ``start`` or
+    ``enqueue`` after ``close``, an engine of the other flavour to ``record_detached`` or
+    ``arecord_detached`` (``None`` or another stand-in is taken: no engine is used); closed
+    without being started, its enqueued events count as unwritten.
 
     Args:
         model: The host's ``EventLog`` model (its key types are checked; no table is used).
@@ -332,11 +329,8 @@ class CapturingWriter(_Capture[KeyT], Generic[ModelT, KeyT]):
         return self
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to wait for; returns True.
-
-        Raises:
-            WriterNotStartedError: `start` was not called, as the real writer refuses.
-        """
+        """Nothing to wait for; returns True (started or not: the stand-in may replace a
+        writer that the application starts)."""
         return self._flush(timeout)
 
     def close(self, timeout: float | None = 30.0) -> WriterCounters:
