@@ -4,6 +4,7 @@ in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import re
 import shutil
@@ -457,3 +458,37 @@ def test_example_host_suite_with_pytest_alembic(
     ):
         assert f"pytest-alembic::{name} PASSED" in result.stdout
     assert "8 passed" in result.stdout
+
+
+def test_a_template_setting_the_clone_cannot_take_fails_the_clone_and_leaves_no_database(
+    pg_server: ServerInfo, database_url: URL
+) -> None:
+    """A superuser-only setting on the template, the plugin's role not a superuser: the
+    clone failed with a raw psycopg error and stayed on the server."""
+    from eventlog_persist._testing_databases import DatabaseFactory
+    from eventlog_persist._testing_server import server_from_dsn
+
+    role = f"{database_url.database}_cloner"  # roles are the cluster's: named after the db
+    template = f"{database_url.database}_cl_tpl"
+    with pg_server_connect(pg_server) as conn:
+        conn.execute(f'CREATE ROLE "{role}" CREATEDB')
+        conn.execute(f'CREATE DATABASE "{template}" OWNER "{role}"')
+        conn.execute(f'ALTER DATABASE "{template}" SET log_min_duration_statement = 0')
+    try:
+        dsn = pg_server.sqlalchemy_url("postgres").update_query_dict({"options": f"-crole={role}"})
+        server = server_from_dsn(dsn.set(drivername="postgresql").render_as_string(False))
+        factory = DatabaseFactory(server, template)
+        with pytest.raises(ValueError, match="cannot set log_min_duration_statement on the test"):
+            factory.take()
+        with contextlib.suppress(ValueError):
+            factory.close()  # the clone made ahead fails the same way
+        with pg_server_connect(pg_server) as conn:
+            left = conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                [template.removesuffix("_tpl") + "_"],
+            ).fetchall()
+        assert left == [(template,)]
+    finally:
+        with pg_server_connect(pg_server) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}"')
+            conn.execute(f'DROP ROLE "{role}"')

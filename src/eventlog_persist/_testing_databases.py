@@ -202,11 +202,21 @@ class DatabaseFactory:
                 if role is None
                 else sql.SQL("ROLE {} IN DATABASE {}").format(_ident(role), _ident(name))
             )
-            self._conn.execute(
-                sql.SQL("ALTER {} SET {} = {}").format(
-                    target, sql.Identifier(parameter), _setting_value(parameter, value)
+            try:
+                self._conn.execute(
+                    sql.SQL("ALTER {} SET {} = {}").format(
+                        target, sql.Identifier(parameter), _setting_value(parameter, value)
+                    )
                 )
-            )
+            except psycopg.Error as exc:
+                with contextlib.suppress(Exception):  # the cause is reported, not the cleanup's
+                    drop_database(self._conn, name)
+                whose = "" if role is None else f" for role {role!r}"
+                raise ValueError(
+                    f"cannot set {parameter}{whose} on the test database {name!r} as the "
+                    f"template has it: {str(exc).strip()}; give the plugin's role the right to "
+                    "set it, or let the migrations not set it"
+                ) from exc
         # The first connection to a new database builds its relation cache file: do it here,
         # in the background, rather than in the test.
         try:
