@@ -356,6 +356,40 @@ def test_evlaudit_0005s_downgrade_puts_back_evlaudit_0001s_function_exactly(
     assert definitions() == before
 
 
+def test_evlaudit_0005s_functions_may_be_run_by_whoever_may_run_the_canonical_json(
+    host: HostProject, engine: Engine
+) -> None:
+    """New functions get the default privileges, which a host may have narrowed: a role
+    allowed to run event_log_canonical_json then could not run the body it calls."""
+    host.run("upgrade", "evlaudit_0004")
+    role = f"{engine.url.database}_auditor"  # roles are the cluster's: named after the db
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}"'))
+        connection.execute(
+            text("REVOKE EXECUTE ON FUNCTION event_log_canonical_json(jsonb) FROM PUBLIC")
+        )
+        connection.execute(
+            text(f'GRANT EXECUTE ON FUNCTION event_log_canonical_json(jsonb) TO "{role}"')
+        )
+        connection.execute(text("ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"))
+    try:
+        host.run("upgrade", "evlaudit_0005")
+        with engine.begin() as connection:
+            connection.execute(text(f'SET LOCAL ROLE "{role}"'))
+            deep = '{"a": ' * 2000 + "1" + "}" * 2000  # past the stack: the flat body runs
+            canonical = connection.execute(
+                text("SELECT event_log_canonical_json(CAST(:p AS jsonb))"), {"p": deep}
+            ).scalar_one()
+        assert canonical == '{"a":' * 2000 + "1" + "}" * 2000
+    finally:
+        with engine.begin() as connection:
+            connection.execute(
+                text("ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
+            )
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))
+
+
 def test_evlaudit_0004_refuses_a_refusing_function_changed_by_hand(
     host: HostProject, engine: Engine
 ) -> None:

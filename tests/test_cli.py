@@ -188,6 +188,32 @@ def test_cli_check_missing_targets_with_url(
     )
 
 
+def test_check_reads_no_other_applications_history(
+    tmp_path: Path, database_url: URL, engine: Engine
+) -> None:
+    """A host with its own version table, another application's alembic_version beside it:
+    only the package's revisions are looked for (the other's are not this host's)."""
+    host = make_host(tmp_path / "h", database_url)
+    host.edit(
+        "migrations/env.py",
+        "context.configure(connection=connection, target_metadata=target_metadata)",
+        "context.configure(connection=connection, target_metadata=target_metadata, "
+        "version_table='host_version')",
+    )
+    host.run("upgrade", "heads")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32))"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('billing_0042')"))
+    assert "setup OK" in host.run("eventlog-persist", "check").stdout
+    with engine.begin() as connection:  # a package revision there is looked for
+        connection.execute(text("INSERT INTO alembic_version VALUES ('evlfeed_0001')"))
+    result = host.run("eventlog-persist", "check", check=False)
+    assert "the database records revision 'evlfeed_0001', which this configuration" in (
+        result.stderr
+    )
+    assert "billing_0042" not in result.stderr
+
+
 def test_cli_check_missing_targets_in_linear_mode_names_no_anchor(
     tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:

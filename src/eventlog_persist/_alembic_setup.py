@@ -373,6 +373,10 @@ def _recorded_problems(
         except Exception:  # the history itself is broken: reported by check_setup already
             return problems
         for revision in sorted(map(str, recorded)):
+            if not revision.startswith(("evl", "eventlog_")):
+                # The package's revisions and their linear copies only: another application
+                # sharing the database may keep its own history in an alembic_version.
+                continue
             try:
                 found = script.get_revision(revision)
             except Exception:

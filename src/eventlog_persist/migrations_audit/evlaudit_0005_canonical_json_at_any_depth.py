@@ -21,8 +21,8 @@ needs opens a subtransaction, which PostgreSQL before 17 refuses in a parallel q
 
 One DO block finds the schema of ``event_logs``, online and offline; ``CREATE OR REPLACE``
 keeps the function's owner and grants, and only its owner (the role that ran
-``evlaudit_0001``) or a superuser may run it. The downgrade puts ``evlaudit_0001``'s body
-back and drops the two functions.
+``evlaudit_0001``) or a superuser may run it; whoever may run it may run the two new
+functions. The downgrade puts ``evlaudit_0001``'s body back and drops the two functions.
 
 Settings (first found wins): ``config.attributes["eventlog_persist"]`` (a dict), then
 ``-x eventlog_persist.<key>=<value>``, then an ``[eventlog_persist]`` section in alembic.ini:
@@ -150,6 +150,21 @@ def _create(replace: bool, name: str, body: str, head: str = _HEAD) -> str:
     return f"EXECUTE format({_literal(statement)}, schema); "
 
 
+def _grants_as_the_wrappers() -> str:
+    """A statement of the DO block: who may run ``event_log_canonical_json`` may run the two
+    functions it calls (new functions get the default privileges, which a host may have
+    narrowed)."""
+    return (
+        "FOR grantee IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE "
+        "quote_ident(pg_get_userbyid(a.grantee)) END FROM pg_proc p, "
+        "aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a WHERE p.oid = "
+        "to_regprocedure(format('%I.event_log_canonical_json(jsonb)', schema)) "
+        "AND a.privilege_type = 'EXECUTE' LOOP "
+        "EXECUTE format('GRANT EXECUTE ON FUNCTION %1$I.event_log_canonical_json_nested(jsonb), "
+        "%1$I.event_log_canonical_json_flat(jsonb) TO %2$s', schema, grantee); END LOOP; "
+    )
+
+
 def _leaf_parallel(mode: str) -> str:
     """A statement of the DO block: ``event_log_leaf``, which calls the canonical JSON, marked
     ``PARALLEL mode``."""
@@ -165,7 +180,7 @@ def _in_schema(statements: str) -> None:
     """Run ``statements`` (of `_create`) with ``schema`` set to that of event_logs."""
     table = _qualified(_setting("schema"), "event_logs")
     op.execute(
-        "DO $$ DECLARE events regclass; schema name; BEGIN "
+        "DO $$ DECLARE events regclass; schema name; grantee text; BEGIN "
         f"events := to_regclass({_literal(table)}); "
         "IF events IS NULL THEN RAISE EXCEPTION 'eventlog_persist: there is no table %; "
         "pass -x eventlog_persist.schema=<the schema of event_logs>', "
@@ -185,6 +200,7 @@ def upgrade() -> None:
         # parallel query ("cannot start subtransactions during a parallel operation").
         + _create(True, "event_log_canonical_json", _EITHER, _HEAD.replace("SAFE", "UNSAFE"))
         + _leaf_parallel("UNSAFE")
+        + _grants_as_the_wrappers()
     )
 
 
