@@ -441,6 +441,24 @@ def test_a_host_folder_named_after_the_package_is_not_a_split_location(
     assert (report.mode, report.problems) == ("linear", ())
 
 
+def test_linear_revisions_go_only_where_alembic_reads_them(
+    tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --version-path outside version_locations: the copies were written, exit 0, and
+    Alembic never saw them."""
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    elsewhere = host.root / "other"
+    elsewhere.mkdir()
+    ini = str(host.root / "alembic.ini")
+    assert main(["linear-revision", "-c", ini, "--version-path", str(elsewhere)]) == 2
+    assert f"{elsewhere} is not a folder Alembic reads revisions from (" in (
+        capsys.readouterr().err
+    )
+    assert list(elsewhere.iterdir()) == []
+    inside = host.root / "migrations" / "versions"
+    assert main(["linear-revision", "-c", ini, "--version-path", str(inside)]) == 0
+
+
 def test_a_bad_table_name_in_the_settings_is_refused_by_name(
     tmp_path: Path, database_url: URL, engine: Engine
 ) -> None:

@@ -447,8 +447,9 @@ def write_linear_revisions(
         The files written, oldest first (empty when the host is up to date).
 
     Raises:
-        MigrationSetupError: The host is in branch mode, its history has several heads, or
-            ``audit`` is asked without the feed.
+        MigrationSetupError: The host is in branch mode, its history has several heads,
+            ``version_path`` is not a folder Alembic reads, or ``audit`` is asked without the
+            feed.
     """
     locations = config.get_version_locations_list() or []
     listed = [loc for loc in (MIGRATIONS_LOCATION, *_OPT_IN_LOCATIONS) if loc in locations]
@@ -473,6 +474,15 @@ def write_linear_revisions(
     }
     if version_path is not None:
         target = Path(version_path)
+        read = [coerce_resource_to_filename(loc) for loc in locations] or [
+            Path(host.dir, "versions")
+        ]
+        if target.resolve() not in {Path(folder).resolve() for folder in read}:
+            raise MigrationSetupError(
+                f"{target} is not a folder Alembic reads revisions from "
+                f"({', '.join(map(str, read))}): it would never see the copies. Pass one of "
+                "those, or add the folder to version_locations first"
+            )
     elif locations:
         target = coerce_resource_to_filename(locations[0])
     else:
