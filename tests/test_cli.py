@@ -214,6 +214,22 @@ def test_check_reads_no_other_applications_history(
     assert "billing_0042" not in result.stderr
 
 
+def test_check_names_a_recorded_linear_copy_whose_file_is_gone(
+    tmp_path: Path, database_url: URL
+) -> None:
+    host = make_host(tmp_path / "h", database_url, mode="linear")
+    [_, second] = write_linear_revisions(Config(str(host.root / "alembic.ini")))
+    host.run("upgrade", "head")
+    second.unlink()
+    result = host.run("eventlog-persist", "check", check=False)
+    assert result.returncode == 1
+    assert (
+        "the database records revision 'eventlog_0002', which this configuration cannot find, "
+        'so every alembic command fails ("Can\'t locate revision"): add the folder that holds '
+        "its file to version_locations, or put the file back"
+    ) in result.stderr
+
+
 def test_cli_check_missing_targets_in_linear_mode_names_no_anchor(
     tmp_path: Path, database_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -319,10 +335,12 @@ def test_check_url_reports_drift_of_the_migrated_table(
         conn.execute(text("ALTER TABLE event_logs DROP CONSTRAINT fk_event_logs_agent_id"))
         conn.execute(text("ALTER TABLE event_logs ADD COLUMN note text"))
         conn.execute(text("ALTER TABLE event_logs ALTER COLUMN id TYPE text"))
+        conn.execute(text("ALTER TABLE event_logs ALTER COLUMN error_code SET NOT NULL"))
     with engine.connect() as conn:
         [problem] = check_setup(config, connection=conn).problems
     # In PostgreSQL's words: the column is a uuid (it read "the model says CHAR(32)").
     assert "column id type is TEXT, the model says UUID" in problem
+    assert "column error_code nullable is False, the model says True" in problem
     assert problem.startswith("event_logs in the database differs from the package's model: ")
     assert "index ix_event_logs_session_id_created_at is missing" in problem
     assert "column tool_name type is VARCHAR(200), the model says VARCHAR(128)" in problem

@@ -368,10 +368,7 @@ def _recorded_problems(
     problems: list[str] = []
     if connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL")):
         recorded = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
-        try:
-            script = ScriptDirectory.from_config(config)
-        except Exception:  # the history itself is broken: reported by check_setup already
-            return problems
+        script = ScriptDirectory.from_config(config)  # check_setup loaded it already
         for revision in sorted(map(str, recorded)):
             if not revision.startswith(("evl", "eventlog_")):
                 # The package's revisions and their linear copies only: another application
